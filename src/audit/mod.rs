@@ -1,0 +1,47 @@
+//! The record stage's durable half: one record per call, handed to an [`AuditSink`].
+//!
+//! [`NoAudit`] is the pass-through used while no audit store is configured: records
+//! are dropped (the access log and metrics still see every call).
+
+use std::time::{Duration, SystemTime};
+
+use crate::generate::Attempt;
+use crate::wire::Usage;
+
+/// Everything known about one finished call. Text fields are already sanitised.
+#[derive(Debug, Clone)]
+pub struct CallRecord {
+    pub at: SystemTime,
+    pub request_id: String,
+    pub tenant: String,
+    pub key_id: Option<String>,
+    pub user: Option<String>,
+    pub alias: String,
+    /// The target that answered, if any did.
+    pub target: Option<String>,
+    pub attempts: Vec<Attempt>,
+    pub stream: bool,
+    pub cache: &'static str,
+    /// The HTTP status the client got (for a stream: the status of its head).
+    pub status: u16,
+    /// How the call ended: `ok`, `error`, `interrupted` or `abandoned`.
+    pub outcome: &'static str,
+    /// The error code, for calls that failed.
+    pub error: Option<&'static str>,
+    pub latency: Duration,
+    pub time_to_first_token: Option<Duration>,
+    pub usage: Option<Usage>,
+    pub answer_chars: usize,
+}
+
+pub trait AuditSink: Send + Sync {
+    /// Takes one record. Must return at once: it runs on the request path.
+    fn record(&self, record: CallRecord);
+}
+
+/// Pass-through: records are dropped.
+pub struct NoAudit;
+
+impl AuditSink for NoAudit {
+    fn record(&self, _record: CallRecord) {}
+}

@@ -1,0 +1,215 @@
+//! Configuration in two phases: the file (plus `RAGWAY__…` overrides) is parsed into
+//! the raw structs of [`raw`], then [`validate`] checks everything at once and builds
+//! the typed [`Config`] the rest of the gateway uses. Secrets are read from the
+//! environment variables the file names, never from the file.
+
+mod env;
+mod raw;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use env::Env;
+use raw::RawConfig;
+
+use crate::generate::endpoint::ChatEndpoint;
+
+/// The validated configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    pub auth: AuthConfig,
+    pub providers: BTreeMap<String, ProviderConfig>,
+    pub models: BTreeMap<String, ModelConfig>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    #[serde(serialize_with = "as_secs")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+    /// Whether prompt and answer text may appear in logs (off by default).
+    pub log_prompts: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Client authentication. With no keys configured, every caller is the `default`
+/// tenant.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AuthConfig {
+    pub keys: Vec<ClientKey>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientKey {
+    pub id: String,
+    pub tenant: String,
+    #[serde(skip)]
+    pub sha256: [u8; 32],
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProviderConfig {
+    pub kind: ProviderKind,
+    pub base_url: ChatEndpoint,
+    pub api_key_env: Option<String>,
+    pub api_key: Option<Secret>,
+    pub headers: BTreeMap<String, String>,
+    /// Ask the provider for a usage chunk on every stream, so audit and metrics know
+    /// the token counts even when the client did not ask for them.
+    pub request_usage: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// Any OpenAI-compatible chat completions API.
+    Openai,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelConfig {
+    pub targets: Vec<TargetRef>,
+    pub description: Option<String>,
+}
+
+/// `provider:upstream-model`, as written in a route's `targets`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub struct TargetRef {
+    pub provider: String,
+    pub model: String,
+}
+
+impl fmt::Display for TargetRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.provider, self.model)
+    }
+}
+
+impl From<TargetRef> for String {
+    fn from(target: TargetRef) -> String {
+        target.to_string()
+    }
+}
+
+/// A secret read from the environment. Its `Debug` and `Serialize` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_secs())
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file is not valid TOML: {0}")]
+    Syntax(String),
+    #[error("invalid configuration:\n{}", format_problems(.0))]
+    Invalid(Vec<Problem>),
+}
+
+/// One problem with one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+fn format_problems(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {}: {}", p.key, p.message))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Config {
+    /// Loads the file at `path` (or the defaults when there is none) with overrides
+    /// and secrets from `env`.
+    pub fn load(path: Option<&Path>, env: &Env) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        Config::from_toml(&text, env)
+    }
+
+    pub fn from_toml(text: &str, env: &Env) -> Result<Config, ConfigError> {
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let override_problems = env.apply_overrides(&mut table);
+        if !override_problems.is_empty() {
+            return Err(ConfigError::Invalid(
+                override_problems
+                    .into_iter()
+                    .map(|(key, message)| Problem { key, message })
+                    .collect(),
+            ));
+        }
+        let raw: RawConfig = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
+                ConfigError::Invalid(vec![Problem {
+                    key: e.path().to_string(),
+                    message: e.inner().to_string(),
+                }])
+            })?;
+        validate::validate(raw, env).map_err(ConfigError::Invalid)
+    }
+
+    /// The config as TOML, secrets redacted: what `ragway check-config` prints.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}

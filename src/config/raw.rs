@@ -1,0 +1,74 @@
+//! The config file as written: every section and key the file may hold, nothing
+//! checked yet beyond its type. `deny_unknown_fields` turns a typo into an error that
+//! names the key instead of a silently ignored setting.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
+    pub auth: RawAuth,
+    #[serde(default)]
+    pub providers: BTreeMap<String, RawProvider>,
+    #[serde(default)]
+    pub models: BTreeMap<String, RawModel>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<String>,
+    pub max_body_bytes: Option<u64>,
+    pub shutdown_grace_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub level: Option<String>,
+    pub format: Option<String>,
+    pub log_prompts: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    #[serde(default)]
+    pub keys: Vec<RawClientKey>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientKey {
+    pub id: String,
+    pub tenant: String,
+    /// The environment variable that holds the key.
+    pub key_env: Option<String>,
+    /// Or the key's SHA-256 in hex, so the file never holds the key itself.
+    pub sha256: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    pub kind: String,
+    pub base_url: Option<String>,
+    pub api_key_env: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub request_usage: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    pub targets: Vec<String>,
+    pub description: Option<String>,
+}

@@ -1,0 +1,254 @@
+//! Raw config → [`Config`], collecting every problem instead of stopping at the first,
+//! so an operator fixes a file in one round.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::raw::{RawAuth, RawConfig, RawLog, RawModel, RawProvider, RawServer};
+use super::{
+    AuthConfig, ClientKey, Config, Env, LogConfig, LogFormat, ModelConfig, Problem,
+    ProviderConfig, ProviderKind, Secret, ServerConfig, TargetRef,
+};
+use crate::generate::endpoint::ChatEndpoint;
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+const DEFAULT_MAX_BODY: u64 = 4 * 1024 * 1024;
+const MAX_BODY_CEILING: u64 = 256 * 1024 * 1024;
+
+/// Collects problems while validation goes on.
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+}
+
+pub(super) fn validate(raw: RawConfig, env: &Env) -> Result<Config, Vec<Problem>> {
+    let mut problems = Problems(Vec::new());
+    let server = server(raw.server, &mut problems);
+    let log = log(raw.log, &mut problems);
+    let auth = auth(raw.auth, env, &mut problems);
+    // Routes are checked against every declared provider, so a provider with a bad
+    // key is reported once, not again by every route that uses it.
+    let declared: BTreeSet<String> = raw.providers.keys().cloned().collect();
+    let providers: BTreeMap<_, _> = raw
+        .providers
+        .into_iter()
+        .filter_map(|(name, p)| Some((name.clone(), provider(&name, p, env, &mut problems)?)))
+        .collect();
+    let models = raw
+        .models
+        .into_iter()
+        .filter_map(|(alias, m)| Some((alias.clone(), model(&alias, m, &declared, &mut problems)?)))
+        .collect();
+    if problems.0.is_empty() {
+        Ok(Config {
+            server,
+            log,
+            auth,
+            providers,
+            models,
+        })
+    } else {
+        Err(problems.0)
+    }
+}
+
+fn server(raw: RawServer, problems: &mut Problems) -> ServerConfig {
+    let listen_text = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+    let listen = listen_text.parse::<SocketAddr>().unwrap_or_else(|e| {
+        problems.add("server.listen", format!("`{listen_text}` is not an address: {e}"));
+        SocketAddr::from(([127, 0, 0, 1], 8080))
+    });
+    let max_body = raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY);
+    if max_body == 0 || max_body > MAX_BODY_CEILING {
+        problems.add(
+            "server.max_body_bytes",
+            format!("must be between 1 and {MAX_BODY_CEILING}"),
+        );
+    }
+    ServerConfig {
+        listen,
+        max_body_bytes: usize::try_from(max_body).unwrap_or(usize::MAX),
+        shutdown_grace: Duration::from_secs(raw.shutdown_grace_secs.unwrap_or(10)),
+    }
+}
+
+fn log(raw: RawLog, problems: &mut Problems) -> LogConfig {
+    let level = raw.level.unwrap_or_else(|| "info".to_owned());
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
+        problems.add("log.level", format!("`{level}` is not a log filter: {e}"));
+    }
+    let format = match raw.format.as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            problems.add("log.format", format!("`{other}` is not one of: text, json"));
+            LogFormat::Text
+        }
+    };
+    LogConfig {
+        level,
+        format,
+        log_prompts: raw.log_prompts.unwrap_or(false),
+    }
+}
+
+fn auth(raw: RawAuth, env: &Env, problems: &mut Problems) -> AuthConfig {
+    let mut ids = BTreeSet::new();
+    let mut keys = Vec::new();
+    for (i, key) in raw.keys.into_iter().enumerate() {
+        let at = format!("auth.keys[{i}]");
+        if key.id.trim().is_empty() || !ids.insert(key.id.clone()) {
+            problems.add(format!("{at}.id"), "must be non-empty and unique");
+        }
+        if key.tenant.trim().is_empty() {
+            problems.add(format!("{at}.tenant"), "must not be empty");
+        }
+        let digest = match (&key.key_env, &key.sha256) {
+            (Some(var), None) => match env.get(var).filter(|v| !v.is_empty()) {
+                Some(secret) => Some(Sha256::digest(secret.as_bytes()).into()),
+                None => {
+                    problems.add(
+                        format!("{at}.key_env"),
+                        format!("environment variable {var} is not set"),
+                    );
+                    None
+                }
+            },
+            (None, Some(hex)) => parse_sha256(hex).or_else(|| {
+                problems.add(format!("{at}.sha256"), "must be 64 hex digits");
+                None
+            }),
+            _ => {
+                problems.add(&at, "set exactly one of key_env or sha256");
+                None
+            }
+        };
+        if let Some(sha256) = digest {
+            keys.push(ClientKey {
+                id: key.id,
+                tenant: key.tenant,
+                sha256,
+            });
+        }
+    }
+    AuthConfig { keys }
+}
+
+fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.trim();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn provider(
+    name: &str,
+    raw: RawProvider,
+    env: &Env,
+    problems: &mut Problems,
+) -> Option<ProviderConfig> {
+    let at = format!("providers.{name}");
+    let before = problems.0.len();
+    if name.is_empty() || name.contains(':') {
+        problems.add(&at, "a provider name must be non-empty and must not contain ':'");
+    }
+    let kind = match raw.kind.as_str() {
+        "openai" => Some(ProviderKind::Openai),
+        other => {
+            problems.add(format!("{at}.kind"), format!("`{other}` is not one of: openai"));
+            None
+        }
+    };
+    let base_url = match raw.base_url.as_deref() {
+        Some(url) => ChatEndpoint::parse(url)
+            .map_err(|e| problems.add(format!("{at}.base_url"), e))
+            .ok(),
+        None => {
+            problems.add(format!("{at}.base_url"), "is required");
+            None
+        }
+    };
+    let api_key = raw.api_key_env.as_deref().and_then(|var| {
+        match env.get(var).filter(|v| !v.is_empty()) {
+            Some(value) => Some(Secret::new(value)),
+            None => {
+                problems.add(
+                    format!("{at}.api_key_env"),
+                    format!("environment variable {var} is not set"),
+                );
+                None
+            }
+        }
+    });
+    for (header, value) in &raw.headers {
+        let key = format!("{at}.headers.{header}");
+        if reqwest::header::HeaderName::from_bytes(header.as_bytes()).is_err()
+            || reqwest::header::HeaderValue::from_str(value).is_err()
+        {
+            problems.add(&key, "is not a valid HTTP header");
+        } else if header.eq_ignore_ascii_case("authorization") {
+            problems.add(&key, "secrets belong in api_key_env, not in the file");
+        }
+    }
+    if problems.0.len() > before {
+        return None;
+    }
+    Some(ProviderConfig {
+        kind: kind?,
+        base_url: base_url?,
+        api_key_env: raw.api_key_env,
+        api_key,
+        headers: raw.headers,
+        request_usage: raw.request_usage.unwrap_or(true),
+    })
+}
+
+fn model(
+    alias: &str,
+    raw: RawModel,
+    providers: &BTreeSet<String>,
+    problems: &mut Problems,
+) -> Option<ModelConfig> {
+    let at = format!("models.{alias}");
+    let before = problems.0.len();
+    if alias.trim().is_empty() {
+        problems.add(&at, "a model alias must not be empty");
+    }
+    if raw.targets.is_empty() {
+        problems.add(format!("{at}.targets"), "must list at least one target");
+    }
+    let mut targets = Vec::new();
+    for (i, text) in raw.targets.iter().enumerate() {
+        let key = format!("{at}.targets[{i}]");
+        match text.split_once(':') {
+            Some((provider, model)) if !provider.is_empty() && !model.is_empty() => {
+                if !providers.contains(provider) {
+                    problems.add(&key, format!("provider `{provider}` is not configured"));
+                }
+                targets.push(TargetRef {
+                    provider: provider.to_owned(),
+                    model: model.to_owned(),
+                });
+            }
+            _ => problems.add(&key, format!("`{text}` is not `provider:model`")),
+        }
+    }
+    (problems.0.len() == before).then_some(ModelConfig {
+        targets,
+        description: raw.description,
+    })
+}

@@ -1,0 +1,108 @@
+//! The errors a client can be told about. They know nothing of HTTP: `http::error`
+//! maps them to status codes, and the streaming path writes the same body in-band.
+
+use std::time::Duration;
+
+use crate::wire::{ErrorBody, ErrorEnvelope};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GatewayError {
+    /// The request is malformed; `param` names the offending field.
+    #[error("{message}")]
+    InvalidRequest {
+        message: String,
+        param: Option<String>,
+    },
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    #[error("request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("the model `{0}` does not exist")]
+    ModelNotFound(String),
+    #[error("no route to `{0}`")]
+    NotFound(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// Every target of the route failed before answering.
+    #[error("{message}")]
+    Unavailable {
+        message: String,
+        retry_after: Duration,
+    },
+    /// A provider refused to answer on content grounds; its reason is passed on.
+    #[error("{0}")]
+    ContentFilter(String),
+    /// The answer broke off after the client had begun to receive it.
+    #[error("{0}")]
+    StreamInterrupted(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl GatewayError {
+    pub fn invalid(message: impl Into<String>, param: impl Into<Option<String>>) -> Self {
+        GatewayError::InvalidRequest {
+            message: message.into(),
+            param: param.into(),
+        }
+    }
+
+    /// The OpenAI error `type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            GatewayError::InvalidRequest { .. }
+            | GatewayError::UnsupportedMediaType
+            | GatewayError::PayloadTooLarge { .. }
+            | GatewayError::ModelNotFound(_)
+            | GatewayError::NotFound(_)
+            | GatewayError::MethodNotAllowed
+            | GatewayError::ContentFilter(_) => "invalid_request_error",
+            GatewayError::Unauthorized(_) => "authentication_error",
+            GatewayError::Unavailable { .. } | GatewayError::StreamInterrupted(_) => {
+                "upstream_error"
+            }
+            GatewayError::Internal(_) => "server_error",
+        }
+    }
+
+    /// The OpenAI error `code`: stable, machine-readable, low-cardinality (it also
+    /// labels metrics and audit rows).
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::InvalidRequest { .. } => "invalid_request",
+            GatewayError::Unauthorized(_) => "invalid_api_key",
+            GatewayError::UnsupportedMediaType => "unsupported_media_type",
+            GatewayError::PayloadTooLarge { .. } => "payload_too_large",
+            GatewayError::ModelNotFound(_) => "model_not_found",
+            GatewayError::NotFound(_) => "not_found",
+            GatewayError::MethodNotAllowed => "method_not_allowed",
+            GatewayError::Unavailable { .. } => "all_targets_failed",
+            GatewayError::ContentFilter(_) => "content_filter",
+            GatewayError::StreamInterrupted(_) => "stream_interrupted",
+            GatewayError::Internal(_) => "internal_error",
+        }
+    }
+
+    pub fn body(&self) -> ErrorEnvelope {
+        let param = match self {
+            GatewayError::InvalidRequest { param, .. } => param.clone(),
+            GatewayError::ModelNotFound(_) => Some("model".to_owned()),
+            _ => None,
+        };
+        // Internal details go to the log, not to the client.
+        let message = match self {
+            GatewayError::Internal(_) => "internal error".to_owned(),
+            other => other.to_string(),
+        };
+        ErrorEnvelope {
+            error: ErrorBody {
+                message,
+                kind: self.kind().to_owned(),
+                param,
+                code: Some(self.code().to_owned()),
+            },
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Splits a provider's streamed body into JSON payloads.
+//!
+//! Accepts what providers really send: SSE `data:` lines (with or without the space),
+//! comments, `event:`/`id:`/`retry:` fields and multi-line events; Infini-AI's bare
+//! JSON objects separated by blank lines with no `data:` prefix; `\r\n` line ends;
+//! and events not separated by blank lines at all. A payload is released as soon as
+//! it is complete JSON, so a provider that forgets the blank line does not make the
+//! client wait for the end of the stream.
+
+use serde::de::IgnoredAny;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// One payload: a JSON text, possibly several concatenated values.
+    Payload(String),
+    /// `[DONE]`: the provider says the stream is over.
+    Done,
+}
+
+#[derive(Debug, Default)]
+pub struct FrameDecoder {
+    /// Bytes after the last newline, waiting for the rest of their line.
+    partial: Vec<u8>,
+    /// The payload being assembled from `data:` lines or bare lines.
+    pending: String,
+}
+
+impl FrameDecoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds bytes; complete frames are appended to `out`.
+    pub fn push(&mut self, bytes: &[u8], out: &mut Vec<Frame>) {
+        let mut rest = bytes;
+        while let Some(newline) = rest.iter().position(|&b| b == b'\n') {
+            let (head, tail) = rest.split_at(newline);
+            rest = &tail[1..];
+            if self.partial.is_empty() {
+                self.line(head, out);
+            } else {
+                let mut line = std::mem::take(&mut self.partial);
+                line.extend_from_slice(head);
+                self.line(&line, out);
+            }
+        }
+        self.partial.extend_from_slice(rest);
+    }
+
+    /// The body has ended: releases whatever is left.
+    pub fn finish(&mut self, out: &mut Vec<Frame>) {
+        if !self.partial.is_empty() {
+            let line = std::mem::take(&mut self.partial);
+            self.line(&line, out);
+        }
+        self.dispatch(out);
+    }
+
+    fn line(&mut self, raw: &[u8], out: &mut Vec<Frame>) {
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let line = String::from_utf8_lossy(raw);
+        if line.trim().is_empty() {
+            self.dispatch(out);
+            return;
+        }
+        if let Some(data) = line.strip_prefix("data:") {
+            let data = data.strip_prefix(' ').unwrap_or(data);
+            self.append(data);
+        } else if line.starts_with(':')
+            || line.starts_with("event:")
+            || line.starts_with("id:")
+            || line.starts_with("retry:")
+        {
+            return; // SSE fields that carry no payload
+        } else {
+            self.append(&line); // a bare JSON line
+        }
+        if self.pending_is_complete() {
+            self.dispatch(out);
+        }
+    }
+
+    fn append(&mut self, text: &str) {
+        if !self.pending.is_empty() {
+            self.pending.push('\n');
+        }
+        self.pending.push_str(text);
+    }
+
+    fn pending_is_complete(&self) -> bool {
+        let text = self.pending.trim();
+        if text == "[DONE]" {
+            return true;
+        }
+        let mut values = serde_json::Deserializer::from_str(text).into_iter::<IgnoredAny>();
+        let mut any = false;
+        for value in values.by_ref() {
+            if value.is_err() {
+                return false;
+            }
+            any = true;
+        }
+        any
+    }
+
+    fn dispatch(&mut self, out: &mut Vec<Frame>) {
+        let text = self.pending.trim();
+        if text == "[DONE]" {
+            out.push(Frame::Done);
+        } else if !text.is_empty() {
+            out.push(Frame::Payload(text.to_owned()));
+        }
+        self.pending.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_in_pieces(body: &str, piece: usize) -> Vec<Frame> {
+        let mut decoder = FrameDecoder::new();
+        let mut out = Vec::new();
+        for chunk in body.as_bytes().chunks(piece) {
+            decoder.push(chunk, &mut out);
+        }
+        decoder.finish(&mut out);
+        out
+    }
+
+    fn payloads(frames: &[Frame]) -> Vec<&str> {
+        frames
+            .iter()
+            .filter_map(|f| match f {
+                Frame::Payload(p) => Some(p.as_str()),
+                Frame::Done => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sse_with_comments_fields_and_crlf() {
+        let body = ": keep-alive\r\nevent: message\r\nid: 1\r\ndata: {\"a\":1}\r\n\r\ndata:{\"a\":2}\n\ndata: [DONE]\n\n";
+        for piece in 1..body.len() {
+            let frames = decode_in_pieces(body, piece);
+            assert_eq!(payloads(&frames), ["{\"a\":1}", "{\"a\":2}"], "piece {piece}");
+            assert_eq!(frames.last(), Some(&Frame::Done));
+        }
+    }
+
+    #[test]
+    fn multi_line_data_is_joined() {
+        let frames = decode_in_pieces("data: {\"a\":\ndata: 1}\n\n", 3);
+        assert_eq!(payloads(&frames), ["{\"a\":\n1}"]);
+    }
+
+    #[test]
+    fn bare_json_objects_separated_by_blank_lines() {
+        let body = "{\"choices\":[]}\n\n{\"choices\":[],\n \"object\":\"chat.completion.chunk\"}\n\n";
+        let frames = decode_in_pieces(body, 5);
+        assert_eq!(frames.len(), 2);
+        assert!(!frames.contains(&Frame::Done));
+    }
+
+    #[test]
+    fn events_without_blank_lines_are_released_at_once() {
+        let mut decoder = FrameDecoder::new();
+        let mut out = Vec::new();
+        decoder.push(b"data: {\"a\":1}\ndata: {\"a\":2}\n", &mut out);
+        assert_eq!(out.len(), 2, "released before the stream ends");
+    }
+
+    #[test]
+    fn a_last_line_without_newline_is_kept() {
+        let frames = decode_in_pieces("data: {\"a\":1}", 4);
+        assert_eq!(payloads(&frames), ["{\"a\":1}"]);
+    }
+
+    #[test]
+    fn malformed_payload_is_passed_on_for_the_caller_to_judge() {
+        let frames = decode_in_pieces("data: {\"a\":\n\ndata: [DONE]\n\n", 2);
+        assert_eq!(frames, [Frame::Payload("{\"a\":".into()), Frame::Done]);
+    }
+}

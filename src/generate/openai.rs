@@ -1,0 +1,285 @@
+//! The client for any OpenAI-compatible chat API (Qiniu, SiliconFlow, DeepSeek,
+//! Infini-AI GenStudio, vLLM, llama.cpp server, …), over one pooled HTTP client.
+
+use std::error::Error as _;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
+use serde::Serialize;
+
+use super::endpoint::ChatEndpoint;
+use super::error::{ProviderError, UpstreamError};
+use super::stream::{ChunkStream, chunk_stream};
+use super::{ChatProvider, stream};
+use crate::config::{ProviderConfig, Secret};
+use crate::wire::{ChatCompletion, ChatRequest, StreamOptions};
+
+/// How much of an error body is read: enough for any provider's message.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+/// A whole answer larger than this is refused rather than buffered.
+const MAX_ANSWER_BODY: usize = 32 * 1024 * 1024;
+
+pub struct OpenAiProvider {
+    endpoint: ChatEndpoint,
+    headers: HeaderMap,
+    request_usage: bool,
+    http: reqwest::Client,
+}
+
+impl OpenAiProvider {
+    pub fn new(config: &ProviderConfig, http: reqwest::Client) -> Self {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        for (name, value) in &config.headers {
+            // Validated with the config; a bad pair cannot reach here.
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                headers.insert(name, value);
+            }
+        }
+        if let Some(value) = config.api_key.as_ref().and_then(bearer) {
+            headers.insert(header::AUTHORIZATION, value);
+        }
+        OpenAiProvider {
+            endpoint: config.base_url.clone(),
+            headers,
+            request_usage: config.request_usage,
+            http,
+        }
+    }
+
+    async fn send(
+        &self,
+        model: &str,
+        request: &ChatRequest,
+        stream: bool,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let stream_options = stream.then(|| {
+            let mut options = request.stream_options.clone().unwrap_or_default();
+            if self.request_usage {
+                options.include_usage = Some(true);
+            }
+            options
+        });
+        let body = serde_json::to_vec(&Outgoing {
+            model,
+            stream,
+            stream_options,
+            request,
+        })
+        .map_err(|e| UpstreamError::Protocol(format!("cannot encode request: {e}")))?;
+        let mut headers = self.headers.clone();
+        if stream {
+            headers.insert(header::ACCEPT, HeaderValue::from_static("text/event-stream"));
+        }
+        let response = self
+            .http
+            .post(self.endpoint.url_for(model))
+            .headers(headers)
+            .body(body)
+            .send()
+            .await
+            .map_err(send_error)?;
+        if response.status().is_success() {
+            Ok(response)
+        } else {
+            Err(error_response(response).await)
+        }
+    }
+}
+
+/// The request as sent upstream: the client's fields, with the upstream model name.
+#[derive(Serialize)]
+struct Outgoing<'a> {
+    model: &'a str,
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<StreamOptions>,
+    #[serde(flatten)]
+    request: &'a ChatRequest,
+}
+
+#[async_trait]
+impl ChatProvider for OpenAiProvider {
+    async fn complete(
+        &self,
+        model: &str,
+        request: &ChatRequest,
+    ) -> Result<ChatCompletion, UpstreamError> {
+        let response = self.send(model, request, false).await?;
+        let status = response.status().as_u16();
+        let body = read_capped(response, MAX_ANSWER_BODY).await?;
+        let mut completion: ChatCompletion = serde_json::from_slice(&body)
+            .map_err(|e| UpstreamError::Protocol(format!("malformed completion: {e}")))?;
+        if let Some(error) = completion.extra.remove("error") {
+            let detail = ProviderError::from_json(&serde_json::json!({ "error": error }));
+            return Err(UpstreamError::Status {
+                status,
+                detail,
+                retry_after: None,
+            });
+        }
+        if completion.choices.is_empty() {
+            return Err(UpstreamError::Protocol("completion has no choices".to_owned()));
+        }
+        if take_blocked(&mut completion) {
+            for choice in &mut completion.choices {
+                choice.finish_reason = Some("content_filter".to_owned());
+            }
+        }
+        Ok(completion)
+    }
+
+    async fn stream(&self, model: &str, request: &ChatRequest) -> Result<ChunkStream, UpstreamError> {
+        let response = self.send(model, request, true).await?;
+        Ok(chunk_stream(response.bytes_stream()))
+    }
+}
+
+/// Removes the moderation flag from a whole answer; true if it was set.
+fn take_blocked(completion: &mut ChatCompletion) -> bool {
+    let mut blocked = stream::is_true(completion.extra.remove("blocked"));
+    for choice in &mut completion.choices {
+        blocked |= stream::is_true(choice.extra.remove("blocked"));
+    }
+    blocked
+}
+
+fn bearer(key: &Secret) -> Option<HeaderValue> {
+    let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose())).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
+/// A failure before any response headers arrived.
+fn send_error(error: reqwest::Error) -> UpstreamError {
+    let detail = error_chain(&error);
+    if error.is_timeout() {
+        UpstreamError::Timeout(detail)
+    } else {
+        UpstreamError::Connect(detail)
+    }
+}
+
+/// The error and its causes, without the URL: reqwest's own text stops at
+/// "error sending request", the cause ("connection refused") is further down.
+fn error_chain(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    if let Some(url) = error.url() {
+        text = text.replace(&format!(" ({url})"), "");
+    }
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+async fn error_response(response: reqwest::Response) -> UpstreamError {
+    let status = response.status().as_u16();
+    let retry_after = retry_after(response.headers());
+    let detail = match read_capped(response, MAX_ERROR_BODY).await {
+        Ok(body) => ProviderError::from_body(&body),
+        Err(e) => ProviderError {
+            message: format!("error body unreadable: {e}"),
+            ..Default::default()
+        },
+    };
+    UpstreamError::Status {
+        status,
+        detail,
+        retry_after,
+    }
+}
+
+/// Reads a body up to `cap` bytes; a larger body is an error (answers) or is cut
+/// (error bodies are only read for their message).
+async fn read_capped(response: reqwest::Response, cap: usize) -> Result<Bytes, UpstreamError> {
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(piece) = stream.next().await {
+        let piece = piece.map_err(|e| UpstreamError::Interrupted(error_chain(&e)))?;
+        if body.len() + piece.len() > cap {
+            if cap == MAX_ERROR_BODY {
+                body.extend_from_slice(&piece[..cap - body.len()]);
+                break;
+            }
+            return Err(UpstreamError::Protocol(format!("answer larger than {cap} bytes")));
+        }
+        body.extend_from_slice(&piece);
+    }
+    Ok(Bytes::from(body))
+}
+
+/// `retry-after-ms`, or `Retry-After` in seconds or as an HTTP date.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let text = |name: &str| headers.get(name)?.to_str().ok().map(str::trim);
+    if let Some(ms) = text("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
+        return (ms.is_finite() && ms >= 0.0).then(|| Duration::from_secs_f64(ms / 1000.0));
+    }
+    let value = text("retry-after")?;
+    if let Ok(secs) = value.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    let when = httpdate(value)?;
+    Some(when.duration_since(SystemTime::now()).unwrap_or_default())
+}
+
+/// Parses the IMF-fixdate form of an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).
+fn httpdate(text: &str) -> Option<SystemTime> {
+    let parts: Vec<&str> = text.split_whitespace().collect();
+    let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
+        return None;
+    };
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| m == month)? as i64
+        + 1;
+    let (day, year): (i64, i64) = (day.parse().ok()?, year.parse().ok()?);
+    let hms: Vec<i64> = time.split(':').map(|p| p.parse().ok()).collect::<Option<_>>()?;
+    let [h, m, s] = hms.as_slice() else {
+        return None;
+    };
+    // Days since the epoch, from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + m * 60 + s;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_forms() {
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("2"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
+        h.insert("retry-after-ms", HeaderValue::from_static("150"));
+        assert_eq!(retry_after(&h), Some(Duration::from_millis(150)));
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"));
+        assert_eq!(retry_after(&h), Some(Duration::ZERO), "a past date means now");
+        assert_eq!(
+            httpdate("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777))
+        );
+        h.insert("retry-after", HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&h), None);
+    }
+}

@@ -1,0 +1,98 @@
+//! `POST /v1/chat/completions`.
+
+use std::convert::Infallible;
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Extension, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::body::parse_json;
+use super::observe::{RequestId, ServedModel};
+use crate::error::GatewayError;
+use crate::pipeline::{Caller, Reply, ReplyBody, RequestCtx};
+use crate::state::AppState;
+use crate::wire::ChatRequest;
+
+pub async fn completions(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Extension(RequestId(request_id)): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let request: ChatRequest = match parse_json(&headers, body, state.config.server.max_body_bytes)
+        .and_then(|r: ChatRequest| r.validate().map(|()| r))
+    {
+        Ok(request) => request,
+        Err(error) => return error.into_response(),
+    };
+    let Some(route) = state.routes.get(&request.model) else {
+        return GatewayError::ModelNotFound(request.model).into_response();
+    };
+    let alias = route.alias.clone();
+    let ctx = RequestCtx::new(request_id, caller, route, &request, started);
+    let (mut response, served) = match state.pipeline.run(ctx, request).await {
+        Ok(reply) => {
+            let served = ServedModel {
+                alias,
+                target: reply.target.clone(),
+                attempts: reply.attempts,
+            };
+            (reply_response(reply), served)
+        }
+        Err(error) => {
+            let served = ServedModel {
+                alias,
+                target: None,
+                attempts: 0,
+            };
+            (error.into_response(), served)
+        }
+    };
+    response.extensions_mut().insert(served);
+    response
+}
+
+fn reply_response(reply: Reply) -> Response {
+    let mut response = match reply.body {
+        ReplyBody::Complete(completion) => Json(completion).into_response(),
+        ReplyBody::Stream(frames) => sse_response(frames),
+    };
+    let headers = response.headers_mut();
+    if let Some(value) = reply.target.and_then(|t| HeaderValue::from_str(&t).ok()) {
+        headers.insert(HeaderName::from_static("x-ragway-target"), value);
+    }
+    headers.insert(
+        HeaderName::from_static("x-ragway-attempts"),
+        HeaderValue::from(reply.attempts),
+    );
+    headers.insert(
+        HeaderName::from_static("x-ragway-cache"),
+        HeaderValue::from_static(reply.cache.as_str()),
+    );
+    response
+}
+
+fn sse_response(frames: mpsc::Receiver<Bytes>) -> Response {
+    let body = futures_util::stream::unfold(frames, |mut frames| async move {
+        let frame = frames.recv().await?;
+        Some((Ok::<_, Infallible>(frame), frames))
+    });
+    let mut response = Response::new(Body::from_stream(body));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Tells nginx-style proxies in front of ragway not to buffer the stream.
+    headers.insert(
+        HeaderName::from_static("x-accel-buffering"),
+        HeaderValue::from_static("no"),
+    );
+    response
+}

@@ -1,0 +1,45 @@
+//! The one place where errors become HTTP: status codes and OpenAI-shaped bodies.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::error::GatewayError;
+
+pub fn status_for(error: &GatewayError) -> StatusCode {
+    match error {
+        GatewayError::InvalidRequest { .. } | GatewayError::ContentFilter(_) => {
+            StatusCode::BAD_REQUEST
+        }
+        GatewayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+        GatewayError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        GatewayError::ModelNotFound(_) | GatewayError::NotFound(_) => StatusCode::NOT_FOUND,
+        GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        GatewayError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        GatewayError::StreamInterrupted(_) => StatusCode::BAD_GATEWAY,
+        GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        if let GatewayError::Internal(detail) = &self {
+            tracing::error!(detail, "internal error");
+        }
+        let mut response = (status_for(&self), Json(self.body())).into_response();
+        if let GatewayError::Unavailable { retry_after, .. } = &self {
+            let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let GatewayError::Unauthorized(_) = &self {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}

@@ -1,0 +1,68 @@
+//! What the pipeline knows about one request besides its body.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::cache::{CacheKey, CacheStatus};
+use crate::generate::{Attempt, Route};
+use crate::retrieve::Citation;
+use crate::wire::ChatRequest;
+
+/// Who is calling, as authentication established it.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub tenant: Arc<str>,
+    /// The id of the client key used (never the key itself); `None` with auth off.
+    pub key_id: Option<Arc<str>>,
+}
+
+impl Caller {
+    /// The caller when client authentication is off.
+    pub fn anonymous() -> Self {
+        Caller {
+            tenant: "default".into(),
+            key_id: None,
+        }
+    }
+}
+
+pub struct RequestCtx {
+    pub request_id: Arc<str>,
+    pub caller: Caller,
+    /// The end user the client named in the `user` field.
+    pub user: Option<String>,
+    pub route: Arc<Route>,
+    pub started: Instant,
+    pub stream: bool,
+    /// The client asked for a usage chunk at the end of its stream.
+    pub wants_stream_usage: bool,
+    /// Every upstream attempt, in order.
+    pub attempts: Vec<Attempt>,
+    pub cache: CacheStatus,
+    pub cache_key: Option<CacheKey>,
+    pub citations: Vec<Citation>,
+}
+
+impl RequestCtx {
+    pub fn new(
+        request_id: Arc<str>,
+        caller: Caller,
+        route: Arc<Route>,
+        request: &ChatRequest,
+        started: Instant,
+    ) -> Self {
+        RequestCtx {
+            request_id,
+            caller,
+            user: request.user.clone(),
+            route,
+            started,
+            stream: request.is_stream(),
+            wants_stream_usage: request.wants_stream_usage(),
+            attempts: Vec::new(),
+            cache: CacheStatus::Bypass,
+            cache_key: None,
+            citations: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! The record stage: once a call has ended, its answer is cached (when whole and
+//! cacheable) and its record handed to the audit sink.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::respond::Accumulator;
+use super::{Pipeline, RequestCtx};
+use crate::audit::CallRecord;
+use crate::cache::CacheKey;
+use crate::error::GatewayError;
+use crate::generate::UpstreamError;
+use crate::wire::ChatCompletion;
+
+/// How a stream ended.
+pub(super) enum StreamEnd {
+    Complete,
+    /// The upstream failed after the client had begun to receive the answer.
+    Interrupted(UpstreamError),
+    /// The client went away.
+    Abandoned,
+}
+
+impl Pipeline {
+    pub(super) fn record_whole(
+        &self,
+        ctx: &RequestCtx,
+        target: &str,
+        reply: &ChatCompletion,
+        to_store: Option<(CacheKey, ChatCompletion)>,
+    ) {
+        if let Some((key, answer)) = to_store {
+            self.store(key, answer);
+        }
+        let answer_chars = reply
+            .choices
+            .iter()
+            .filter_map(|c| c.message.content.as_deref())
+            .map(|t| t.chars().count())
+            .sum();
+        let mut record = base_record(ctx, 200, "ok");
+        record.target = Some(target.to_owned());
+        record.usage = reply.usage;
+        record.answer_chars = answer_chars;
+        self.audit.record(record);
+    }
+
+    pub(super) fn record_error(&self, ctx: &RequestCtx, error: &GatewayError) {
+        let status = crate::http::status_for(error).as_u16();
+        let mut record = base_record(ctx, status, "error");
+        record.error = Some(error.code());
+        self.audit.record(record);
+    }
+
+    pub(super) fn record_stream(
+        &self,
+        ctx: &RequestCtx,
+        target: &str,
+        end: StreamEnd,
+        accumulated: Accumulator,
+        first_token: Option<Duration>,
+    ) {
+        let outcome = match &end {
+            StreamEnd::Complete => "ok",
+            StreamEnd::Interrupted(_) => "interrupted",
+            StreamEnd::Abandoned => "abandoned",
+        };
+        self.metrics
+            .stream_finished(&ctx.route.alias, target, outcome, ctx.started.elapsed());
+        let mut record = base_record(ctx, 200, outcome);
+        record.target = Some(target.to_owned());
+        record.time_to_first_token = first_token;
+        record.usage = accumulated.usage;
+        record.answer_chars = accumulated.answer_chars();
+        if let StreamEnd::Interrupted(_) = end {
+            record.error = Some("stream_interrupted");
+        }
+        // Only an answer that finished is worth serving again.
+        if let (StreamEnd::Complete, Some(key)) = (&end, ctx.cache_key)
+            && let Some(answer) = accumulated.into_completion(target)
+        {
+            self.store(key, answer);
+        }
+        self.audit.record(record);
+    }
+
+    fn store(&self, key: CacheKey, answer: ChatCompletion) {
+        let cache = Arc::clone(&self.cache);
+        self.tasks.spawn(async move { cache.store(key, answer).await });
+    }
+}
+
+fn base_record(ctx: &RequestCtx, status: u16, outcome: &'static str) -> CallRecord {
+    CallRecord {
+        at: SystemTime::now(),
+        request_id: ctx.request_id.to_string(),
+        tenant: ctx.caller.tenant.to_string(),
+        key_id: ctx.caller.key_id.as_deref().map(str::to_owned),
+        user: ctx.user.clone(),
+        alias: ctx.route.alias.to_string(),
+        target: None,
+        attempts: ctx.attempts.clone(),
+        stream: ctx.stream,
+        cache: ctx.cache.as_str(),
+        status,
+        outcome,
+        error: None,
+        latency: ctx.started.elapsed(),
+        time_to_first_token: None,
+        usage: None,
+        answer_chars: 0,
+    }
+}

@@ -1,0 +1,79 @@
+//! The application state, built once from the validated config.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio_util::task::TaskTracker;
+
+use crate::audit::NoAudit;
+use crate::cache::NoCache;
+use crate::config::Config;
+use crate::generate::{Router, Routes};
+use crate::http::ClientKeys;
+use crate::pipeline::Pipeline;
+use crate::retrieve::NoRetrieval;
+use crate::sanitize::NoSanitizer;
+use crate::telemetry::Metrics;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub routes: Arc<Routes>,
+    pub pipeline: Pipeline,
+    pub metrics: Arc<Metrics>,
+    pub client_keys: Arc<ClientKeys>,
+    /// Set when shutdown begins: `/readyz` turns away new traffic.
+    pub draining: Arc<AtomicBool>,
+    /// Unix seconds at start-up (the `created` of each model card).
+    pub started_at: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot build the HTTP client: {0}")]
+    HttpClient(#[from] reqwest::Error),
+}
+
+impl AppState {
+    pub fn from_config(config: Config) -> Result<AppState, BuildError> {
+        let metrics = Arc::new(Metrics::new());
+        let routes = Arc::new(Routes::from_config(&config, &upstream_client()?));
+        let pipeline = Pipeline {
+            sanitizer: Arc::new(NoSanitizer),
+            cache: Arc::new(NoCache),
+            retriever: Arc::new(NoRetrieval),
+            generator: Arc::new(Router::new(Arc::clone(&metrics))),
+            audit: Arc::new(NoAudit),
+            metrics: Arc::clone(&metrics),
+            tasks: TaskTracker::new(),
+        };
+        Ok(AppState {
+            client_keys: Arc::new(ClientKeys::from_config(&config.auth)),
+            config: Arc::new(config),
+            routes,
+            pipeline,
+            metrics,
+            draining: Arc::new(AtomicBool::new(false)),
+            started_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        })
+    }
+
+    /// Background work (streams, cache stores) still running.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.pipeline.tasks
+    }
+}
+
+/// One pooled client for every provider: connections are reused per host.
+fn upstream_client() -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .user_agent(concat!("ragway/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(10))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .tcp_nodelay(true)
+        .build()
+}

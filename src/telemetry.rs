@@ -1,0 +1,201 @@
+//! Logs and metrics. Each event is one method here that both writes the log line and
+//! updates its metrics, so the two never disagree. Labels are low-cardinality: route
+//! templates, configured aliases and targets, status codes — never a prompt, a user
+//! or a raw URI.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+use crate::config::{LogConfig, LogFormat};
+
+/// Seconds, from half a millisecond (a cache hit) to two minutes (a long answer).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 120.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    upstream_duration: HistogramVec,
+    upstream_attempts: IntCounterVec,
+    time_to_first_token: HistogramVec,
+}
+
+/// One finished HTTP request, as the access log and the request metrics see it.
+pub struct RequestFinished<'a> {
+    pub method: &'a str,
+    pub route: &'a str,
+    /// The configured alias, or `""` for requests that are not about a model.
+    pub model: &'a str,
+    pub status: u16,
+    pub elapsed: Duration,
+    pub target: Option<&'a str>,
+    pub attempts: usize,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("ragway_requests_total", "HTTP requests by route, model and status"),
+            &["route", "model", "status"],
+        )
+        .expect("static metric definition");
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "ragway_request_duration_seconds",
+                "Time to the response head (for streams: to the first byte sent)",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route", "model"],
+        )
+        .expect("static metric definition");
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "ragway_upstream_duration_seconds",
+                "Duration of one upstream attempt, to the end of its answer",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["target"],
+        )
+        .expect("static metric definition");
+        let upstream_attempts = IntCounterVec::new(
+            Opts::new(
+                "ragway_upstream_attempts_total",
+                "Upstream attempts by target and outcome",
+            ),
+            &["target", "outcome"],
+        )
+        .expect("static metric definition");
+        let time_to_first_token = HistogramVec::new(
+            HistogramOpts::new(
+                "ragway_time_to_first_token_seconds",
+                "Time from request to the first streamed token sent to the client",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["model"],
+        )
+        .expect("static metric definition");
+        for collector in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_duration.clone()),
+            Box::new(upstream_duration.clone()),
+            Box::new(upstream_attempts.clone()),
+            Box::new(time_to_first_token.clone()),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            upstream_attempts,
+            time_to_first_token,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for the text format.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    pub fn request_finished(&self, e: &RequestFinished<'_>) {
+        let status = e.status.to_string();
+        self.requests
+            .with_label_values(&[e.route, e.model, &status])
+            .inc();
+        self.request_duration
+            .with_label_values(&[e.route, e.model])
+            .observe(e.elapsed.as_secs_f64());
+        tracing::info!(
+            method = e.method,
+            route = e.route,
+            model = e.model,
+            status = e.status,
+            latency_ms = millis(e.elapsed),
+            upstream = e.target,
+            attempts = e.attempts,
+            "request finished"
+        );
+    }
+
+    /// An attempt that ended before the answer was handed on (failed, or answered in
+    /// full without streaming).
+    pub fn upstream_attempt(&self, target: &str, outcome: &str, elapsed: Duration, error: Option<&str>) {
+        self.upstream_attempts
+            .with_label_values(&[target, outcome])
+            .inc();
+        self.upstream_duration
+            .with_label_values(&[target])
+            .observe(elapsed.as_secs_f64());
+        match error {
+            Some(error) => tracing::warn!(upstream = target, outcome, latency_ms = millis(elapsed), error, "upstream attempt failed"),
+            None => tracing::debug!(upstream = target, outcome, latency_ms = millis(elapsed), "upstream attempt answered"),
+        }
+    }
+
+    /// A stream that was handed to the client has ended; `elapsed` runs from the
+    /// start of its attempt.
+    pub fn upstream_stream_ended(&self, target: &str, elapsed: Duration) {
+        self.upstream_attempts
+            .with_label_values(&[target, "ok"])
+            .inc();
+        self.upstream_duration
+            .with_label_values(&[target])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn first_token(&self, model: &str, elapsed: Duration) {
+        self.time_to_first_token
+            .with_label_values(&[model])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The end of a streamed answer, which the access log saw begin.
+    pub fn stream_finished(&self, model: &str, target: &str, outcome: &str, elapsed: Duration) {
+        tracing::info!(
+            model,
+            upstream = target,
+            outcome,
+            latency_ms = millis(elapsed),
+            "stream finished"
+        );
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// Installs the global tracing subscriber. `RUST_LOG` overrides the configured level.
+pub fn init_logging(config: &LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match config.format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    if let Err(e) = result {
+        eprintln!("logging already initialised: {e}");
+    }
+}

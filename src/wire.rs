@@ -1,0 +1,461 @@
+//! The OpenAI chat wire format, shared by the HTTP API and the provider client.
+//!
+//! Known fields are typed so that bad input is rejected by name; every other field is
+//! kept in `extra` and passed through untouched, so clients can use provider features
+//! (`enable_thinking`, `logprobs`, …) that ragway does not model.
+
+use std::fmt;
+
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::GatewayError;
+
+// === requests ===
+
+/// A client's `POST /v1/chat/completions` body.
+///
+/// `model`, `stream` and `stream_options` are not serialised: the provider client
+/// writes its own (the upstream model name, and the usage option it needs).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChatRequest {
+    #[serde(skip_serializing)]
+    pub model: String,
+    pub messages: Vec<Message>,
+    #[serde(default, skip_serializing)]
+    pub stream: Option<bool>,
+    #[serde(default, skip_serializing)]
+    pub stream_options: Option<StreamOptions>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_completion_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<Stop>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// ragway's own per-request options; never forwarded upstream.
+    #[serde(default, skip_serializing)]
+    pub ragway: Option<RagwayOptions>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl ChatRequest {
+    pub fn is_stream(&self) -> bool {
+        self.stream.unwrap_or(false)
+    }
+
+    /// Checks what the types alone cannot: the rules a field's value must follow.
+    pub fn validate(&self) -> Result<(), GatewayError> {
+        let invalid = |param: &str, message: &str| {
+            Err(GatewayError::invalid(
+                format!("invalid `{param}`: {message}"),
+                param.to_owned(),
+            ))
+        };
+        if self.model.trim().is_empty() {
+            return invalid("model", "must not be empty");
+        }
+        if self.messages.is_empty() {
+            return invalid("messages", "must hold at least one message");
+        }
+        for (i, message) in self.messages.iter().enumerate() {
+            let needs_content = !matches!(message.role, Role::Assistant);
+            if needs_content && message.content.is_none() {
+                return invalid(&format!("messages[{i}].content"), "is required for this role");
+            }
+        }
+        if self.n.is_some_and(|n| n != 1) {
+            return invalid("n", "only n = 1 is supported");
+        }
+        if self.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
+            return invalid("temperature", "must be between 0 and 2");
+        }
+        if self.top_p.is_some_and(|p| !(0.0..=1.0).contains(&p)) {
+            return invalid("top_p", "must be between 0 and 1");
+        }
+        if self.max_tokens == Some(0) || self.max_completion_tokens == Some(0) {
+            return invalid("max_tokens", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Whether the client asked for a usage chunk at the end of a stream.
+    pub fn wants_stream_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false)
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_usage: Option<bool>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// Options a client may send under the `ragway` member of a request.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RagwayOptions {
+    /// Ground this request in the tenant's documents (default: the alias's setting).
+    #[serde(default)]
+    pub rag: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Message {
+    pub role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<Content>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    System,
+    Developer,
+    User,
+    Assistant,
+    Tool,
+    Function,
+}
+
+/// A message's content: a plain string or a list of typed parts.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+impl Content {
+    /// The text of the content, parts joined by newlines; images and files are skipped.
+    pub fn text(&self) -> String {
+        match self {
+            Content::Text(text) => text.clone(),
+            Content::Parts(parts) => parts
+                .iter()
+                .filter_map(|part| match part {
+                    ContentPart::Text { text } => Some(text.as_str()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+}
+
+// Written by hand rather than `untagged` so that an error inside a part keeps its
+// path (`messages[0].content[1].type`) instead of "did not match any variant".
+impl<'de> Deserialize<'de> for Content {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ContentVisitor;
+
+        impl<'de> Visitor<'de> for ContentVisitor {
+            type Value = Content;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or an array of content parts")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Content, E> {
+                Ok(Content::Text(v.to_owned()))
+            }
+
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Content, E> {
+                Ok(Content::Text(v))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Content, A::Error> {
+                let mut parts = Vec::with_capacity(seq.size_hint().unwrap_or(1));
+                while let Some(part) = seq.next_element()? {
+                    parts.push(part);
+                }
+                Ok(Content::Parts(parts))
+            }
+        }
+
+        deserializer.deserialize_any(ContentVisitor)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ContentPart {
+    Text { text: String },
+    ImageUrl { image_url: ImageUrl },
+    InputAudio { input_audio: Value },
+    File { file: Value },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageUrl {
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+// === responses ===
+
+/// A whole (non-streaming) chat completion.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChatCompletion {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default = "completion_object")]
+    pub object: String,
+    #[serde(default)]
+    pub created: u64,
+    #[serde(default)]
+    pub model: String,
+    #[serde(default)]
+    pub choices: Vec<Choice>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+fn completion_object() -> String {
+    "chat.completion".to_owned()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Choice {
+    #[serde(default)]
+    pub index: u32,
+    pub message: ResponseMessage,
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ResponseMessage {
+    #[serde(default = "assistant_role")]
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<String>,
+    /// DeepSeek-R1's reasoning section, passed through as the provider sent it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Value>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl ResponseMessage {
+    /// An empty assistant message.
+    pub fn assistant() -> Self {
+        ResponseMessage {
+            role: assistant_role(),
+            ..Default::default()
+        }
+    }
+}
+
+fn assistant_role() -> String {
+    "assistant".to_owned()
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    #[serde(default, deserialize_with = "null_as_zero")]
+    pub prompt_tokens: u64,
+    #[serde(default, deserialize_with = "null_as_zero")]
+    pub completion_tokens: u64,
+    #[serde(default, deserialize_with = "null_as_zero")]
+    pub total_tokens: u64,
+}
+
+fn null_as_zero<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    Ok(Option::<u64>::deserialize(deserializer)?.unwrap_or(0))
+}
+
+/// One streamed chunk. Every field has a default: Infini-AI's bare-JSON streams send
+/// `object` and `created` only in their last chunk.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ChatChunk {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub object: String,
+    #[serde(default)]
+    pub created: u64,
+    #[serde(default)]
+    pub model: String,
+    #[serde(default)]
+    pub choices: Vec<ChunkChoice>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl ChatChunk {
+    /// Whether any choice carries a finish reason: the answer is complete.
+    pub fn is_finish(&self) -> bool {
+        self.choices.iter().any(|c| c.finish_reason.is_some())
+    }
+
+    /// Whether this chunk carries something a client would see (text, a tool call,
+    /// a finish reason), as opposed to an empty role announcement.
+    pub fn has_payload(&self) -> bool {
+        self.usage.is_some()
+            || self.choices.iter().any(|c| {
+                c.finish_reason.is_some()
+                    || c.delta.content.as_deref().is_some_and(|s| !s.is_empty())
+                    || c.delta
+                        .reasoning_content
+                        .as_deref()
+                        .is_some_and(|s| !s.is_empty())
+                    || c.delta.tool_calls.is_some()
+            })
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ChunkChoice {
+    #[serde(default)]
+    pub index: u32,
+    #[serde(default)]
+    pub delta: Delta,
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Delta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Value>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+// === models and errors ===
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelList {
+    pub object: String,
+    pub data: Vec<ModelCard>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelCard {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub owned_by: String,
+}
+
+/// `{"error": {...}}`, the body of every error ragway returns.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorEnvelope {
+    pub error: ErrorBody,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub message: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub param: Option<String>,
+    pub code: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &str) -> Result<ChatRequest, String> {
+        let de = &mut serde_json::Deserializer::from_str(body);
+        serde_path_to_error::deserialize(de).map_err(|e| e.path().to_string())
+    }
+
+    #[test]
+    fn unknown_fields_pass_through_and_ours_stay_home() {
+        let req = parse(
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],
+                "enable_thinking":true,"stream":true,"ragway":{"rag":false}}"#,
+        )
+        .unwrap();
+        let out = serde_json::to_value(&req).unwrap();
+        assert_eq!(out["enable_thinking"], true);
+        assert!(out.get("model").is_none());
+        assert!(out.get("stream").is_none());
+        assert!(out.get("ragway").is_none());
+        assert_eq!(req.ragway.unwrap().rag, Some(false));
+    }
+
+    #[test]
+    fn errors_inside_content_parts_keep_their_path() {
+        let path = parse(
+            r#"{"model":"m","messages":[{"role":"user","content":[
+                {"type":"text","text":"a"},{"type":"video","x":1}]}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(path, "messages[0].content[1].type");
+        let path = parse(r#"{"model":"m","messages":[{"role":"bot","content":"x"}]}"#).unwrap_err();
+        assert_eq!(path, "messages[0].role");
+        let path = parse(r#"{"model":"m","messages":[],"temperature":"hot"}"#).unwrap_err();
+        assert_eq!(path, "temperature");
+    }
+
+    #[test]
+    fn image_parts_round_trip() {
+        let req = parse(
+            r#"{"model":"m","messages":[{"role":"user","content":[
+                {"type":"text","text":"what is this?"},
+                {"type":"image_url","image_url":{"url":"data:image/png;base64,AA","detail":"low"}}]}]}"#,
+        )
+        .unwrap();
+        let out = serde_json::to_value(&req).unwrap();
+        assert_eq!(out["messages"][0]["content"][1]["image_url"]["detail"], "low");
+        assert_eq!(req.messages[0].content.as_ref().unwrap().text(), "what is this?");
+    }
+}
