@@ -79,7 +79,10 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     tasks.close();
     if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
-        tracing::warn!(?grace, "background work still running at the end of the grace period");
+        tracing::warn!(
+            ?grace,
+            "background work still running at the end of the grace period"
+        );
     }
     Ok(())
 }

@@ -42,7 +42,10 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("ragway_requests_total", "HTTP requests by route, model and status"),
+            Opts::new(
+                "ragway_requests_total",
+                "HTTP requests by route, model and status",
+            ),
             &["route", "model", "status"],
         )
         .expect("static metric definition");
@@ -132,7 +135,13 @@ impl Metrics {
 
     /// An attempt that ended before the answer was handed on (failed, or answered in
     /// full without streaming).
-    pub fn upstream_attempt(&self, target: &str, outcome: &str, elapsed: Duration, error: Option<&str>) {
+    pub fn upstream_attempt(
+        &self,
+        target: &str,
+        outcome: &str,
+        elapsed: Duration,
+        error: Option<&str>,
+    ) {
         self.upstream_attempts
             .with_label_values(&[target, outcome])
             .inc();
@@ -140,8 +149,19 @@ impl Metrics {
             .with_label_values(&[target])
             .observe(elapsed.as_secs_f64());
         match error {
-            Some(error) => tracing::warn!(upstream = target, outcome, latency_ms = millis(elapsed), error, "upstream attempt failed"),
-            None => tracing::debug!(upstream = target, outcome, latency_ms = millis(elapsed), "upstream attempt answered"),
+            Some(error) => tracing::warn!(
+                upstream = target,
+                outcome,
+                latency_ms = millis(elapsed),
+                error,
+                "upstream attempt failed"
+            ),
+            None => tracing::debug!(
+                upstream = target,
+                outcome,
+                latency_ms = millis(elapsed),
+                "upstream attempt answered"
+            ),
         }
     }
 

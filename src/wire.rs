@@ -78,7 +78,10 @@ impl ChatRequest {
         for (i, message) in self.messages.iter().enumerate() {
             let needs_content = !matches!(message.role, Role::Assistant);
             if needs_content && message.content.is_none() {
-                return invalid(&format!("messages[{i}].content"), "is required for this role");
+                return invalid(
+                    &format!("messages[{i}].content"),
+                    "is required for this role",
+                );
             }
         }
         if self.n.is_some_and(|n| n != 1) {
@@ -455,7 +458,13 @@ mod tests {
         )
         .unwrap();
         let out = serde_json::to_value(&req).unwrap();
-        assert_eq!(out["messages"][0]["content"][1]["image_url"]["detail"], "low");
-        assert_eq!(req.messages[0].content.as_ref().unwrap().text(), "what is this?");
+        assert_eq!(
+            out["messages"][0]["content"][1]["image_url"]["detail"],
+            "low"
+        );
+        assert_eq!(
+            req.messages[0].content.as_ref().unwrap().text(),
+            "what is this?"
+        );
     }
 }

@@ -1,1 +1,11 @@
+//! The one integration-test binary: the gateway on a real socket, against a fake
+//! provider on loopback.
 
+mod support;
+
+mod api;
+mod bad_input;
+mod config;
+mod openai_sdk;
+mod providers;
+mod routing;

@@ -198,8 +198,8 @@ impl Config {
                     .collect(),
             ));
         }
-        let raw: RawConfig = serde_path_to_error::deserialize(toml::Value::Table(table))
-            .map_err(|e| {
+        let raw: RawConfig =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
                 ConfigError::Invalid(vec![Problem {
                     key: e.path().to_string(),
                     message: e.inner().to_string(),

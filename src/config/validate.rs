@@ -9,8 +9,8 @@ use sha2::{Digest, Sha256};
 
 use super::raw::{RawAuth, RawConfig, RawLog, RawModel, RawProvider, RawServer};
 use super::{
-    AuthConfig, ClientKey, Config, Env, LogConfig, LogFormat, ModelConfig, Problem,
-    ProviderConfig, ProviderKind, Secret, ServerConfig, TargetRef,
+    AuthConfig, ClientKey, Config, Env, LogConfig, LogFormat, ModelConfig, Problem, ProviderConfig,
+    ProviderKind, Secret, ServerConfig, TargetRef,
 };
 use crate::generate::endpoint::ChatEndpoint;
 
@@ -64,7 +64,10 @@ pub(super) fn validate(raw: RawConfig, env: &Env) -> Result<Config, Vec<Problem>
 fn server(raw: RawServer, problems: &mut Problems) -> ServerConfig {
     let listen_text = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
     let listen = listen_text.parse::<SocketAddr>().unwrap_or_else(|e| {
-        problems.add("server.listen", format!("`{listen_text}` is not an address: {e}"));
+        problems.add(
+            "server.listen",
+            format!("`{listen_text}` is not an address: {e}"),
+        );
         SocketAddr::from(([127, 0, 0, 1], 8080))
     });
     let max_body = raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY);
@@ -164,12 +167,18 @@ fn provider(
     let at = format!("providers.{name}");
     let before = problems.0.len();
     if name.is_empty() || name.contains(':') {
-        problems.add(&at, "a provider name must be non-empty and must not contain ':'");
+        problems.add(
+            &at,
+            "a provider name must be non-empty and must not contain ':'",
+        );
     }
     let kind = match raw.kind.as_str() {
         "openai" => Some(ProviderKind::Openai),
         other => {
-            problems.add(format!("{at}.kind"), format!("`{other}` is not one of: openai"));
+            problems.add(
+                format!("{at}.kind"),
+                format!("`{other}` is not one of: openai"),
+            );
             None
         }
     };
@@ -182,18 +191,19 @@ fn provider(
             None
         }
     };
-    let api_key = raw.api_key_env.as_deref().and_then(|var| {
-        match env.get(var).filter(|v| !v.is_empty()) {
-            Some(value) => Some(Secret::new(value)),
-            None => {
-                problems.add(
-                    format!("{at}.api_key_env"),
-                    format!("environment variable {var} is not set"),
-                );
-                None
-            }
-        }
-    });
+    let api_key =
+        raw.api_key_env
+            .as_deref()
+            .and_then(|var| match env.get(var).filter(|v| !v.is_empty()) {
+                Some(value) => Some(Secret::new(value)),
+                None => {
+                    problems.add(
+                        format!("{at}.api_key_env"),
+                        format!("environment variable {var} is not set"),
+                    );
+                    None
+                }
+            });
     for (header, value) in &raw.headers {
         let key = format!("{at}.headers.{header}");
         if reqwest::header::HeaderName::from_bytes(header.as_bytes()).is_err()

@@ -169,9 +169,14 @@ mod tests {
             br#"{"error":{"message":"the price of the model is not set (model: x)","type":"quota_exceeded_error"}}"#,
         );
         assert_eq!(qiniu.kind.as_deref(), Some("quota_exceeded_error"));
-        assert!(qiniu.message.starts_with("the price of the model is not set"));
+        assert!(
+            qiniu
+                .message
+                .starts_with("the price of the model is not set")
+        );
 
-        let missing = ProviderError::from_body(br#"{"error":"authorization header missing","status":false}"#);
+        let missing =
+            ProviderError::from_body(br#"{"error":"authorization header missing","status":false}"#);
         assert_eq!(missing.message, "authorization header missing");
 
         let deepseek = ProviderError::from_body(br#"{"code":42901,"message":"rate limited"}"#);

@@ -143,7 +143,11 @@ mod tests {
         let body = ": keep-alive\r\nevent: message\r\nid: 1\r\ndata: {\"a\":1}\r\n\r\ndata:{\"a\":2}\n\ndata: [DONE]\n\n";
         for piece in 1..body.len() {
             let frames = decode_in_pieces(body, piece);
-            assert_eq!(payloads(&frames), ["{\"a\":1}", "{\"a\":2}"], "piece {piece}");
+            assert_eq!(
+                payloads(&frames),
+                ["{\"a\":1}", "{\"a\":2}"],
+                "piece {piece}"
+            );
             assert_eq!(frames.last(), Some(&Frame::Done));
         }
     }
@@ -156,7 +160,8 @@ mod tests {
 
     #[test]
     fn bare_json_objects_separated_by_blank_lines() {
-        let body = "{\"choices\":[]}\n\n{\"choices\":[],\n \"object\":\"chat.completion.chunk\"}\n\n";
+        let body =
+            "{\"choices\":[]}\n\n{\"choices\":[],\n \"object\":\"chat.completion.chunk\"}\n\n";
         let frames = decode_in_pieces(body, 5);
         assert_eq!(frames.len(), 2);
         assert!(!frames.contains(&Frame::Done));

@@ -38,8 +38,11 @@ pub trait ChatProvider: Send + Sync {
 
     /// A streamed answer. `Ok` means the provider accepted the request; the stream
     /// itself reports how it ended.
-    async fn stream(&self, model: &str, request: &ChatRequest)
-    -> Result<ChunkStream, UpstreamError>;
+    async fn stream(
+        &self,
+        model: &str,
+        request: &ChatRequest,
+    ) -> Result<ChunkStream, UpstreamError>;
 }
 
 /// The generate stage, as the pipeline sees it.

@@ -32,7 +32,10 @@ pub struct OpenAiProvider {
 impl OpenAiProvider {
     pub fn new(config: &ProviderConfig, http: reqwest::Client) -> Self {
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         for (name, value) in &config.headers {
             // Validated with the config; a bad pair cannot reach here.
             if let (Ok(name), Ok(value)) = (
@@ -75,7 +78,10 @@ impl OpenAiProvider {
         .map_err(|e| UpstreamError::Protocol(format!("cannot encode request: {e}")))?;
         let mut headers = self.headers.clone();
         if stream {
-            headers.insert(header::ACCEPT, HeaderValue::from_static("text/event-stream"));
+            headers.insert(
+                header::ACCEPT,
+                HeaderValue::from_static("text/event-stream"),
+            );
         }
         let response = self
             .http
@@ -125,7 +131,9 @@ impl ChatProvider for OpenAiProvider {
             });
         }
         if completion.choices.is_empty() {
-            return Err(UpstreamError::Protocol("completion has no choices".to_owned()));
+            return Err(UpstreamError::Protocol(
+                "completion has no choices".to_owned(),
+            ));
         }
         if take_blocked(&mut completion) {
             for choice in &mut completion.choices {
@@ -135,7 +143,11 @@ impl ChatProvider for OpenAiProvider {
         Ok(completion)
     }
 
-    async fn stream(&self, model: &str, request: &ChatRequest) -> Result<ChunkStream, UpstreamError> {
+    async fn stream(
+        &self,
+        model: &str,
+        request: &ChatRequest,
+    ) -> Result<ChunkStream, UpstreamError> {
         let response = self.send(model, request, true).await?;
         Ok(chunk_stream(response.bytes_stream()))
     }
@@ -211,7 +223,9 @@ async fn read_capped(response: reqwest::Response, cap: usize) -> Result<Bytes, U
                 body.extend_from_slice(&piece[..cap - body.len()]);
                 break;
             }
-            return Err(UpstreamError::Protocol(format!("answer larger than {cap} bytes")));
+            return Err(UpstreamError::Protocol(format!(
+                "answer larger than {cap} bytes"
+            )));
         }
         body.extend_from_slice(&piece);
     }
@@ -245,7 +259,10 @@ fn httpdate(text: &str) -> Option<SystemTime> {
     .position(|m| m == month)? as i64
         + 1;
     let (day, year): (i64, i64) = (day.parse().ok()?, year.parse().ok()?);
-    let hms: Vec<i64> = time.split(':').map(|p| p.parse().ok()).collect::<Option<_>>()?;
+    let hms: Vec<i64> = time
+        .split(':')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
     let [h, m, s] = hms.as_slice() else {
         return None;
     };
@@ -273,8 +290,15 @@ mod tests {
         h.insert("retry-after-ms", HeaderValue::from_static("150"));
         assert_eq!(retry_after(&h), Some(Duration::from_millis(150)));
         let mut h = HeaderMap::new();
-        h.insert("retry-after", HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"));
-        assert_eq!(retry_after(&h), Some(Duration::ZERO), "a past date means now");
+        h.insert(
+            "retry-after",
+            HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"),
+        );
+        assert_eq!(
+            retry_after(&h),
+            Some(Duration::ZERO),
+            "a past date means now"
+        );
         assert_eq!(
             httpdate("Sun, 06 Nov 1994 08:49:37 GMT"),
             Some(SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777))

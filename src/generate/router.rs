@@ -58,7 +58,8 @@ impl Generate for Router {
             match result {
                 Ok(output) => {
                     if matches!(output, Output::Complete(_)) {
-                        self.metrics.upstream_attempt(&target.id, "ok", latency, None);
+                        self.metrics
+                            .upstream_attempt(&target.id, "ok", latency, None);
                     }
                     ctx.attempts.push(Attempt {
                         target: target.id.clone(),
@@ -73,8 +74,12 @@ impl Generate for Router {
                 }
                 Err(error) => {
                     let message = error.to_string();
-                    self.metrics
-                        .upstream_attempt(&target.id, error.class(), latency, Some(&message));
+                    self.metrics.upstream_attempt(
+                        &target.id,
+                        error.class(),
+                        latency,
+                        Some(&message),
+                    );
                     ctx.attempts.push(Attempt {
                         target: target.id.clone(),
                         latency,

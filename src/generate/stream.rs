@@ -33,10 +33,13 @@ where
         finished: false,
         closed: false,
     };
-    Box::pin(futures_util::stream::unfold(reader, |mut reader| async move {
-        let item = reader.next_item().await?;
-        Some((item, reader))
-    }))
+    Box::pin(futures_util::stream::unfold(
+        reader,
+        |mut reader| async move {
+            let item = reader.next_item().await?;
+            Some((item, reader))
+        },
+    ))
 }
 
 struct ChunkReader<S> {
@@ -91,7 +94,8 @@ where
             match frame {
                 Frame::Done => self.closed = true,
                 Frame::Payload(text) => {
-                    for value in serde_json::Deserializer::from_str(&text).into_iter::<ChatChunk>() {
+                    for value in serde_json::Deserializer::from_str(&text).into_iter::<ChatChunk>()
+                    {
                         match value {
                             Ok(chunk) => self.take_chunk(chunk),
                             Err(e) => self.fail(UpstreamError::Protocol(format!(
@@ -164,7 +168,9 @@ mod tests {
             .chunks(7)
             .map(|c| Ok(Bytes::copy_from_slice(c)))
             .collect();
-        chunk_stream(futures_util::stream::iter(pieces)).collect().await
+        chunk_stream(futures_util::stream::iter(pieces))
+            .collect()
+            .await
     }
 
     fn text(items: &[Result<ChatChunk, UpstreamError>]) -> String {
@@ -220,17 +226,18 @@ mod tests {
         .await;
         assert_eq!(items.len(), 2);
         let last = items[1].as_ref().unwrap();
-        assert_eq!(last.choices[0].finish_reason.as_deref(), Some("content_filter"));
+        assert_eq!(
+            last.choices[0].finish_reason.as_deref(),
+            Some("content_filter")
+        );
         assert!(!last.extra.contains_key("blocked"));
         assert_eq!(text(&items), "Hi");
     }
 
     #[tokio::test]
     async fn an_error_object_mid_stream_is_typed() {
-        let items = collect(
-            "data: {\"error\":{\"message\":\"model timeout\",\"code\":50003}}\n\n",
-        )
-        .await;
+        let items =
+            collect("data: {\"error\":{\"message\":\"model timeout\",\"code\":50003}}\n\n").await;
         match &items[0] {
             Err(UpstreamError::Status { detail, .. }) => {
                 assert_eq!(detail.code.as_deref(), Some("50003"))

@@ -29,7 +29,10 @@ pub fn parse_json<T: DeserializeOwned>(
     }
     if let Err(e) = std::str::from_utf8(&body) {
         return Err(GatewayError::invalid(
-            format!("the request body is not valid UTF-8 (at byte {})", e.valid_up_to()),
+            format!(
+                "the request body is not valid UTF-8 (at byte {})",
+                e.valid_up_to()
+            ),
             None,
         ));
     }
@@ -38,17 +41,28 @@ pub fn parse_json<T: DeserializeOwned>(
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
-    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
         return false;
     };
-    let mime = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let mime = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
 fn describe(error: serde_path_to_error::Error<serde_json::Error>) -> GatewayError {
     use serde_json::error::Category;
     let inner = error.inner();
-    if matches!(inner.classify(), Category::Syntax | Category::Eof | Category::Io) {
+    if matches!(
+        inner.classify(),
+        Category::Syntax | Category::Eof | Category::Io
+    ) {
         return GatewayError::invalid(format!("the request body is not valid JSON: {inner}"), None);
     }
     let path = error.path().to_string();

@@ -35,10 +35,9 @@ impl IntoResponse for GatewayError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if let GatewayError::Unauthorized(_) = &self {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer"),
-            );
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

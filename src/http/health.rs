@@ -19,7 +19,10 @@ pub async fn healthz() -> Json<serde_json::Value> {
 /// Stage backends (cache, vector store, audit) add their checks here as they land.
 pub async fn readyz(State(state): State<AppState>) -> Response {
     if state.draining.load(Ordering::Relaxed) {
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "draining" })))
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "draining" })),
+        )
             .into_response();
     }
     Json(json!({ "status": "ready", "models": state.routes.aliases().count() })).into_response()
@@ -27,7 +30,10 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.metrics.render(),
     )
         .into_response()

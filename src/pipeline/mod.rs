@@ -58,7 +58,7 @@ enum Answer {
         target: Arc<str>,
         reply: ChatCompletion,
         /// The sanitised answer and its key, when it should be cached.
-        to_store: Option<(CacheKey, ChatCompletion)>,
+        to_store: Option<Box<(CacheKey, ChatCompletion)>>,
     },
     Stream {
         target: Arc<str>,
@@ -69,7 +69,11 @@ enum Answer {
 }
 
 impl Pipeline {
-    pub async fn run(&self, mut ctx: RequestCtx, request: ChatRequest) -> Result<Reply, GatewayError> {
+    pub async fn run(
+        &self,
+        mut ctx: RequestCtx,
+        request: ChatRequest,
+    ) -> Result<Reply, GatewayError> {
         match self.answer(&mut ctx, request).await {
             Ok(Answer::Whole {
                 target,
@@ -99,7 +103,11 @@ impl Pipeline {
     }
 
     /// Stages 1–5.
-    async fn answer(&self, ctx: &mut RequestCtx, mut prompt: ChatRequest) -> Result<Answer, GatewayError> {
+    async fn answer(
+        &self,
+        ctx: &mut RequestCtx,
+        mut prompt: ChatRequest,
+    ) -> Result<Answer, GatewayError> {
         let restorer = self.sanitizer.sanitize(&mut prompt)?; // 1. sanitize
         match self.cache.lookup(ctx, &prompt).await {
             // 2. cache

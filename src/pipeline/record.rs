@@ -27,9 +27,10 @@ impl Pipeline {
         ctx: &RequestCtx,
         target: &str,
         reply: &ChatCompletion,
-        to_store: Option<(CacheKey, ChatCompletion)>,
+        to_store: Option<Box<(CacheKey, ChatCompletion)>>,
     ) {
-        if let Some((key, answer)) = to_store {
+        if let Some(stored) = to_store {
+            let (key, answer) = *stored;
             self.store(key, answer);
         }
         let answer_chars = reply
@@ -86,7 +87,8 @@ impl Pipeline {
 
     fn store(&self, key: CacheKey, answer: ChatCompletion) {
         let cache = Arc::clone(&self.cache);
-        self.tasks.spawn(async move { cache.store(key, answer).await });
+        self.tasks
+            .spawn(async move { cache.store(key, answer).await });
     }
 }
 

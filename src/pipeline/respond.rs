@@ -13,9 +13,7 @@ use serde_json::{Value, json};
 use super::{Answer, RequestCtx};
 use crate::generate::ChunkStream;
 use crate::sanitize::{Restorer, StreamRestorer};
-use crate::wire::{
-    ChatChunk, ChatCompletion, Choice, ChunkChoice, Delta, ResponseMessage, Usage,
-};
+use crate::wire::{ChatChunk, ChatCompletion, Choice, ChunkChoice, Delta, ResponseMessage, Usage};
 
 /// A whole answer from a provider.
 pub(super) fn whole(
@@ -24,7 +22,7 @@ pub(super) fn whole(
     completion: ChatCompletion,
     restorer: &dyn Restorer,
 ) -> Answer {
-    let to_store = ctx.cache_key.map(|key| (key, completion.clone()));
+    let to_store = ctx.cache_key.map(|key| Box::new((key, completion.clone())));
     let reply = restore_whole(ctx, &target, completion, restorer);
     Answer::Whole {
         target,
@@ -35,7 +33,11 @@ pub(super) fn whole(
 
 /// A cached (sanitised) answer, restored with this request's own values; replayed as
 /// chunks when the client asked for a stream.
-pub(super) fn cached(ctx: &RequestCtx, answer: ChatCompletion, restorer: Box<dyn Restorer>) -> Answer {
+pub(super) fn cached(
+    ctx: &RequestCtx,
+    answer: ChatCompletion,
+    restorer: Box<dyn Restorer>,
+) -> Answer {
     let target: Arc<str> = answer.model.as_str().into();
     if ctx.stream {
         let chunks: ChunkStream = Box::pin(futures_util::stream::iter(
@@ -153,8 +155,11 @@ impl ChunkShaper {
         for choice in &mut chunk.choices {
             let delta = &mut choice.delta;
             delta.content = restore_piece(self.content.as_mut(), delta.content.take(), finish);
-            delta.reasoning_content =
-                restore_piece(self.reasoning.as_mut(), delta.reasoning_content.take(), finish);
+            delta.reasoning_content = restore_piece(
+                self.reasoning.as_mut(),
+                delta.reasoning_content.take(),
+                finish,
+            );
         }
         if finish && let Some(citations) = &self.citations {
             chunk.extra.insert("ragway".to_owned(), citations.clone());

@@ -39,17 +39,20 @@ impl Pipeline {
             body: ReplyBody::Stream(rx),
         };
         let pipeline = self.clone();
-        self.tasks.spawn(async move {
-            let shaper = ChunkShaper::new(&ctx, &target, restorer.as_ref());
-            let (end, accumulated, first_token) = forward(&pipeline, &ctx, chunks, shaper, tx).await;
-            if !ctx.cache.is_hit() {
-                pipeline
-                    .metrics
-                    .upstream_stream_ended(&target, started.elapsed());
+        self.tasks.spawn(
+            async move {
+                let shaper = ChunkShaper::new(&ctx, &target, restorer.as_ref());
+                let (end, accumulated, first_token) =
+                    forward(&pipeline, &ctx, chunks, shaper, tx).await;
+                if !ctx.cache.is_hit() {
+                    pipeline
+                        .metrics
+                        .upstream_stream_ended(&target, started.elapsed());
+                }
+                pipeline.record_stream(&ctx, &target, end, accumulated, first_token);
             }
-            pipeline.record_stream(&ctx, &target, end, accumulated, first_token);
-        }
-        .instrument(tracing::Span::current()));
+            .instrument(tracing::Span::current()),
+        );
         reply
     }
 }

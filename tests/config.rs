@@ -1,0 +1,192 @@
+//! Config loading as an operator meets it: the shipped example, every problem reported
+//! at once, environment overrides, and the `ragway` binary itself.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use ragway::config::{Config, ConfigError, Env};
+
+const EXAMPLE: &str = include_str!("../ragway.example.toml");
+
+fn example_env() -> Env {
+    Env::from_pairs([
+        ("QINIU_API_KEY", "sk-q"),
+        ("SILICONFLOW_API_KEY", "sk-s"),
+        ("DEEPSEEK_API_KEY", "sk-d"),
+        ("INFINI_API_KEY", "sk-i"),
+    ])
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let config = Config::from_toml(EXAMPLE, &example_env()).expect("example validates");
+    for provider in ["qiniu", "siliconflow", "deepseek", "infini"] {
+        assert!(config.providers.contains_key(provider), "{provider}");
+    }
+    assert!(
+        config.auth.keys.is_empty(),
+        "client keys are off in the example"
+    );
+    assert!(!config.models.is_empty());
+}
+
+#[test]
+fn every_problem_is_reported_at_once_by_key() {
+    let toml = r#"
+        [server]
+        listen = "not-an-address"
+        [providers.qiniu]
+        kind = "openai"
+        base_url = "https://api.qnaigc.com/v1/chat/completions"
+        api_key_env = "MISSING_KEY"
+        [providers.bare]
+        kind = "openai"
+        base_url = "https://api.qnaigc.com"
+        [models.chat]
+        targets = ["qiniu:deepseek-v3", "nowhere:x", "no-colon"]
+    "#;
+    let Err(ConfigError::Invalid(problems)) = Config::from_toml(toml, &Env::default()) else {
+        panic!("expected validation errors");
+    };
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "server.listen",
+            "providers.bare.base_url",
+            "providers.qiniu.base_url",
+            "providers.qiniu.api_key_env",
+            "models.chat.targets[1]",
+            "models.chat.targets[2]",
+        ]
+    );
+    let base = &problems[2].message;
+    assert!(
+        base.contains("`https://api.qnaigc.com/v1`"),
+        "the fix is in the message: {base}"
+    );
+    assert!(problems[3].message.contains("MISSING_KEY"));
+}
+
+#[test]
+fn unknown_keys_are_named() {
+    let err = Config::from_toml("[server]\nlisten_on = \"x\"\n", &Env::default()).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("server") && text.contains("listen_on"),
+        "{text}"
+    );
+    let err = Config::from_toml(
+        "[providers.q]\nkind = \"openai\"\nbase_url = \"http://x/v1\"\napi_key = \"sk-inline\"\n",
+        &Env::default(),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("api_key"),
+        "secrets cannot be written in the file: {err}"
+    );
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let env = Env::from_pairs([
+        ("RAGWAY__SERVER__LISTEN", "0.0.0.0:9999"),
+        ("RAGWAY__LOG__FORMAT", "json"),
+    ]);
+    let config = Config::from_toml("[server]\nlisten = \"127.0.0.1:1\"\n", &env).unwrap();
+    assert_eq!(config.server.listen.to_string(), "0.0.0.0:9999");
+    assert_eq!(config.log.format, ragway::config::LogFormat::Json);
+    let env = Env::from_pairs([("RAGWAY__SERVER__BOGUS", "1")]);
+    assert!(
+        Config::from_toml("", &env)
+            .unwrap_err()
+            .to_string()
+            .contains("bogus")
+    );
+}
+
+#[test]
+fn check_config_prints_the_config_with_secrets_redacted() {
+    let output = Command::new(env!("CARGO_BIN_EXE_ragway"))
+        .args([
+            "check-config",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/ragway.example.toml"),
+        ])
+        .env("QINIU_API_KEY", "sk-qiniu-secret-value")
+        .env("SILICONFLOW_API_KEY", "sk-s")
+        .env("DEEPSEEK_API_KEY", "sk-d")
+        .env("INFINI_API_KEY", "sk-i")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("QINIU_API_KEY"), "{stdout}");
+    assert!(stdout.contains("<redacted>"));
+    assert!(!stdout.contains("sk-qiniu-secret-value"));
+
+    let output = Command::new(env!("CARGO_BIN_EXE_ragway"))
+        .args([
+            "check-config",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/ragway.example.toml"),
+        ])
+        .env_remove("QINIU_API_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("providers.qiniu.api_key_env"));
+}
+
+/// The real binary: it starts with no config at all, serves, and stops cleanly on
+/// SIGTERM.
+#[test]
+fn the_binary_serves_and_shuts_down_gracefully() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ragway"))
+        .arg("serve")
+        .env("RAGWAY__SERVER__LISTEN", "127.0.0.1:0")
+        .env("RAGWAY__LOG__FORMAT", "json")
+        .env_remove("RAGWAY_CONFIG")
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let address = loop {
+        let line = lines.next().expect("a log line").unwrap();
+        let event: serde_json::Value = serde_json::from_str(&line).expect("JSON logs");
+        if event["message"] == "ragway listening" {
+            break event["address"].as_str().unwrap().to_owned();
+        }
+    };
+    let health = std::net::TcpStream::connect(&address).and_then(|mut s| {
+        use std::io::{Read, Write};
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        Ok(text)
+    });
+    assert!(health.unwrap().starts_with("HTTP/1.1 200"));
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "ragway did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

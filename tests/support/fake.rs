@@ -1,0 +1,494 @@
+//! A scriptable OpenAI-compatible provider on loopback. Its behaviour comes from the
+//! requested model name (`ok`, `status-503`, `cut-after-40`, …; anything after a `#`
+//! or `?` is ignored, so tests can keep counters apart and pass Qiniu's `?search`).
+//! It counts the attempts it saw per model and keeps every request body.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::{Value, json};
+
+pub const OK_TOKENS: [&str; 6] = ["Hello", " from", " the", " fake", " provider", "."];
+
+#[derive(Default)]
+struct Seen {
+    attempts: HashMap<String, Vec<Instant>>,
+    requests: Vec<SeenRequest>,
+}
+
+#[derive(Clone, Debug)]
+pub struct SeenRequest {
+    pub path: String,
+    pub authorization: Option<String>,
+    pub body: Value,
+}
+
+#[derive(Clone, Default)]
+struct FakeState {
+    seen: Arc<Mutex<Seen>>,
+}
+
+pub struct FakeProvider {
+    pub addr: std::net::SocketAddr,
+    state: FakeState,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+impl FakeProvider {
+    pub async fn start() -> FakeProvider {
+        let state = FakeState::default();
+        let app = Router::new()
+            .route("/v1/chat/completions", post(chat))
+            .route("/maas/{model}/{chip}/chat/completions", post(chat))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        FakeProvider {
+            addr,
+            state,
+            _server: server,
+        }
+    }
+
+    /// The base URL to configure (`…/v1`).
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// How many requests named this model (the full name, tag included).
+    pub fn attempts(&self, model: &str) -> usize {
+        let seen = self.state.seen.lock().unwrap();
+        seen.attempts.get(model).map_or(0, Vec::len)
+    }
+
+    pub fn total_attempts(&self) -> usize {
+        let seen = self.state.seen.lock().unwrap();
+        seen.attempts.values().map(Vec::len).sum()
+    }
+
+    pub fn requests(&self) -> Vec<SeenRequest> {
+        self.state.seen.lock().unwrap().requests.clone()
+    }
+
+    pub fn last_request(&self) -> SeenRequest {
+        self.requests().pop().expect("the fake saw no request")
+    }
+}
+
+async fn chat(
+    State(state): State<FakeState>,
+    path: Option<Path<(String, String)>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    // Infini-AI style: the model is in the path.
+    let model = match &path {
+        Some(Path((model, _))) => model.clone(),
+        None => body["model"].as_str().unwrap_or_default().to_owned(),
+    };
+    let attempt = {
+        let mut seen = state.seen.lock().unwrap();
+        let list = seen.attempts.entry(model.clone()).or_default();
+        list.push(Instant::now());
+        let n = list.len();
+        seen.requests.push(SeenRequest {
+            path: uri.path().to_owned(),
+            authorization: headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            body: body.clone(),
+        });
+        n
+    };
+    let stream = body["stream"].as_bool().unwrap_or(false);
+    let behaviour = model
+        .split(['#', '?'])
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    respond(&behaviour, &model, attempt, stream, &body).await
+}
+
+/// Splits `name-N` into (`name`, N).
+fn with_number(behaviour: &str) -> (&str, Option<u64>) {
+    match behaviour.rsplit_once('-') {
+        Some((name, n)) if n.parse::<u64>().is_ok() => (name, n.parse().ok()),
+        _ => (behaviour, None),
+    }
+}
+
+async fn respond(
+    behaviour: &str,
+    model: &str,
+    attempt: usize,
+    stream: bool,
+    body: &Value,
+) -> Response {
+    let (name, n) = with_number(behaviour);
+    match name {
+        "ok" => answer(
+            model,
+            &OK_TOKENS.map(String::from),
+            stream,
+            Script::default(),
+        ),
+        "echo" => {
+            let text = last_user_text(body);
+            answer(model, &[text], stream, Script::default())
+        }
+        "tokens" => answer(model, &numbered(n.unwrap_or(10)), stream, Script::default()),
+        "reasoning" => answer(
+            model,
+            &OK_TOKENS.map(String::from),
+            stream,
+            Script {
+                reasoning: Some(vec!["Let me".into(), " think.".into()]),
+                ..Script::default()
+            },
+        ),
+        "fail-once" if attempt == 1 => error(
+            500,
+            json!({"error": {"message": "internal error", "type": "server_error"}}),
+            None,
+        ),
+        "fail-once" => answer(
+            model,
+            &OK_TOKENS.map(String::from),
+            stream,
+            Script::default(),
+        ),
+        "status" => {
+            let status = n.unwrap_or(500) as u16;
+            error(
+                status,
+                json!({"error": {"message": format!("upstream status {status}"), "type": "server_error"}}),
+                None,
+            )
+        }
+        "retry-after" => error(
+            429,
+            json!({"error": {"message": "rate limited", "type": "rate_limit_error"}}),
+            Some(n.unwrap_or(1)),
+        ),
+        "price-not-set" => error(
+            503,
+            json!({"error": {"message": format!("the price of the model is not set (model: {model})"), "type": "quota_exceeded_error"}}),
+            None,
+        ),
+        "auth-missing" => error(
+            401,
+            json!({"error": "authorization header missing", "status": false}),
+            None,
+        ),
+        "deepseek" => {
+            let code = n.unwrap_or(50003);
+            let status = (code / 100) as u16;
+            error(
+                status,
+                json!({"code": code, "message": format!("deepseek error {code}")}),
+                None,
+            )
+        }
+        "context-length" => error(
+            400,
+            json!({"error": {"message": "This model's maximum context length is 8192 tokens", "type": "invalid_request_error", "code": "context_length_exceeded"}}),
+            None,
+        ),
+        "content-filter" => error(
+            400,
+            json!({"error": {"message": "Input data may contain inappropriate content.", "type": "invalid_request_error", "code": "content_policy_violation"}}),
+            None,
+        ),
+        "error-body" => (
+            StatusCode::OK,
+            axum::Json(json!({"error": {"message": "model timeout", "code": 50003}})),
+        )
+            .into_response(),
+        "slow-ttft" => answer(
+            model,
+            &OK_TOKENS.map(String::from),
+            stream,
+            Script {
+                first_delay: Duration::from_millis(n.unwrap_or(500)),
+                ..Script::default()
+            },
+        ),
+        "cut-after" => answer(
+            model,
+            &numbered(n.unwrap_or(40) + 20),
+            stream,
+            Script {
+                end: End::Cut(n.unwrap_or(40) as usize),
+                ..Script::default()
+            },
+        ),
+        "stall-after" => answer(
+            model,
+            &numbered(n.unwrap_or(3) + 20),
+            stream,
+            Script {
+                end: End::Stall(n.unwrap_or(3) as usize),
+                ..Script::default()
+            },
+        ),
+        "malformed-chunk" => answer(
+            model,
+            &OK_TOKENS.map(String::from),
+            stream,
+            Script {
+                malformed_after: Some(n.unwrap_or(2) as usize),
+                ..Script::default()
+            },
+        ),
+        "no-done" => answer(
+            model,
+            &OK_TOKENS.map(String::from),
+            stream,
+            Script {
+                end: End::NoDone,
+                ..Script::default()
+            },
+        ),
+        "bare-json" => answer(
+            model,
+            &OK_TOKENS.map(String::from),
+            stream,
+            Script {
+                bare_json: true,
+                end: End::NoDone,
+                ..Script::default()
+            },
+        ),
+        "blocked" => answer(
+            model,
+            &OK_TOKENS.map(String::from),
+            stream,
+            Script {
+                blocked_after: Some(2),
+                bare_json: true,
+                ..Script::default()
+            },
+        ),
+        "role-then-die" => {
+            let role = chunk(model, json!({"role": "assistant"}), None);
+            sse_body(vec![(Duration::ZERO, sse(&role))], false)
+        }
+        "silent" => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            error(504, json!({"error": {"message": "never"}}), None)
+        }
+        _ => error(
+            404,
+            json!({"error": {"message": format!("The model `{model}` does not exist"), "type": "invalid_request_error", "code": "model_not_found"}}),
+            None,
+        ),
+    }
+}
+
+fn numbered(n: u64) -> Vec<String> {
+    (0..n).map(|i| format!("t{i} ")).collect()
+}
+
+fn last_user_text(body: &Value) -> String {
+    let messages = body["messages"].as_array().cloned().unwrap_or_default();
+    let last = messages.iter().rev().find(|m| m["role"] == "user");
+    match last.map(|m| &m["content"]) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p["text"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+fn error(status: u16, body: Value, retry_after: Option<u64>) -> Response {
+    let mut response = (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response();
+    if let Some(secs) = retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, secs.to_string().parse().unwrap());
+    }
+    response
+}
+
+#[derive(Default, Clone, Copy, PartialEq)]
+enum End {
+    #[default]
+    Done,
+    NoDone,
+    /// Close after this many tokens, with no finish chunk.
+    Cut(usize),
+    /// Stop sending after this many tokens, and keep the connection open.
+    Stall(usize),
+}
+
+#[derive(Default)]
+struct Script {
+    first_delay: Duration,
+    reasoning: Option<Vec<String>>,
+    end: End,
+    bare_json: bool,
+    malformed_after: Option<usize>,
+    blocked_after: Option<usize>,
+}
+
+fn usage(completion_tokens: usize) -> Value {
+    json!({"prompt_tokens": 7, "completion_tokens": completion_tokens, "total_tokens": 7 + completion_tokens})
+}
+
+fn answer(model: &str, tokens: &[String], stream: bool, script: Script) -> Response {
+    if !stream {
+        return whole(model, tokens, script);
+    }
+    let frame = |value: &Value| {
+        if script.bare_json {
+            format!("{value}\n\n")
+        } else {
+            sse(value)
+        }
+    };
+    let mut frames = Vec::new();
+    let mut delay = script.first_delay;
+    let mut push = |text: String, frames: &mut Vec<(Duration, String)>| {
+        frames.push((delay, text));
+        delay = Duration::from_millis(1);
+    };
+    push(
+        frame(&chunk(
+            model,
+            json!({"role": "assistant", "content": ""}),
+            None,
+        )),
+        &mut frames,
+    );
+    for piece in script.reasoning.iter().flatten() {
+        push(
+            frame(&chunk(model, json!({"reasoning_content": piece}), None)),
+            &mut frames,
+        );
+    }
+    for (i, token) in tokens.iter().enumerate() {
+        if script.malformed_after == Some(i) {
+            push(
+                "data: {\"choices\": [{\"delta\": {\"content\": \n\n".to_owned(),
+                &mut frames,
+            );
+        }
+        if script.blocked_after == Some(i) {
+            let mut blocked = chunk(model, json!({}), None);
+            blocked["blocked"] = json!(true);
+            push(frame(&blocked), &mut frames);
+            return sse_body(frames, false);
+        }
+        match script.end {
+            End::Cut(n) if i == n => return sse_body(frames, false),
+            End::Stall(n) if i == n => return sse_body(frames, true),
+            _ => {}
+        }
+        let mut c = chunk(model, json!({"content": token}), None);
+        if script.bare_json {
+            // Infini-AI sends object and created only in the last chunk.
+            c.as_object_mut().unwrap().remove("object");
+            c.as_object_mut().unwrap().remove("created");
+        }
+        push(frame(&c), &mut frames);
+    }
+    push(frame(&chunk(model, json!({}), Some("stop"))), &mut frames);
+    let mut usage_chunk = chunk(model, json!({}), None);
+    usage_chunk["choices"] = json!([]);
+    usage_chunk["usage"] = usage(tokens.len());
+    push(frame(&usage_chunk), &mut frames);
+    if script.end == End::Done {
+        push("data: [DONE]\n\n".to_owned(), &mut frames);
+    }
+    sse_body(frames, false)
+}
+
+fn whole(model: &str, tokens: &[String], script: Script) -> Response {
+    let mut message = json!({"role": "assistant", "content": tokens.concat()});
+    if let Some(reasoning) = &script.reasoning {
+        message["reasoning_content"] = json!(reasoning.concat());
+    }
+    let mut body = json!({
+        "id": "fake-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        "usage": usage(tokens.len()),
+    });
+    if script.blocked_after.is_some() {
+        body["blocked"] = json!(true);
+    }
+    let delay = script.first_delay;
+    let response = axum::Json(body).into_response();
+    if delay.is_zero() {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let delayed = futures_util::stream::once(async move {
+        tokio::time::sleep(delay).await;
+        axum::body::to_bytes(body, usize::MAX)
+            .await
+            .map_err(|e| e.to_string())
+    });
+    Response::from_parts(parts, Body::from_stream(delayed))
+}
+
+fn chunk(model: &str, delta: Value, finish: Option<&str>) -> Value {
+    json!({
+        "id": "fake-chunk",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    })
+}
+
+fn sse(value: &Value) -> String {
+    format!("data: {value}\n\n")
+}
+
+/// Sends each frame after its delay; then closes, or with `hang` keeps the
+/// connection open without sending more.
+fn sse_body(frames: Vec<(Duration, String)>, hang: bool) -> Response {
+    let body = futures_util::stream::unfold(
+        (frames.into_iter(), hang),
+        |(mut frames, hang)| async move {
+            match frames.next() {
+                Some((delay, text)) => {
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    Some((Ok::<_, Infallible>(Bytes::from(text)), (frames, hang)))
+                }
+                None if hang => {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    None
+                }
+                None => None,
+            }
+        },
+    );
+    let mut response = Response::new(Body::from_stream(body));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, "text/event-stream".parse().unwrap());
+    response
+}

@@ -1,0 +1,142 @@
+//! Shared test harness: the fake provider and a gateway on a real socket.
+
+pub mod fake;
+
+use std::time::Duration;
+
+use ragway::AppState;
+use ragway::config::{Config, Env};
+use serde_json::{Value, json};
+
+pub use fake::FakeProvider;
+
+/// A gateway serving on `127.0.0.1:0`.
+pub struct Gateway {
+    pub url: String,
+    pub state: AppState,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+impl Gateway {
+    pub async fn start(config_toml: &str) -> Gateway {
+        Gateway::start_with_env(config_toml, &[]).await
+    }
+
+    pub async fn start_with_env(config_toml: &str, env: &[(&str, &str)]) -> Gateway {
+        let config = Config::from_toml(config_toml, &Env::from_pairs(env.iter().copied()))
+            .unwrap_or_else(|e| panic!("test config is invalid: {e}"));
+        let state = AppState::from_config(config).expect("state builds");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let app = ragway::app(state.clone());
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Gateway {
+            url,
+            state,
+            _server: server,
+        }
+    }
+
+    /// A gateway whose aliases each route to targets on `fake`, given as upstream
+    /// model names: `[("chat", &["ok"])]` makes alias `chat` → `fake:ok`.
+    pub async fn over(fake: &FakeProvider, models: &[(&str, &[&str])]) -> Gateway {
+        Gateway::start(&config_over(fake, models)).await
+    }
+
+    pub fn http(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap()
+    }
+
+    pub async fn chat(&self, body: Value) -> reqwest::Response {
+        self.http()
+            .post(format!("{}/v1/chat/completions", self.url))
+            .json(&body)
+            .send()
+            .await
+            .expect("gateway reachable")
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http()
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .expect("gateway reachable")
+    }
+}
+
+pub fn config_over(fake: &FakeProvider, models: &[(&str, &[&str])]) -> String {
+    let mut toml = format!(
+        "[providers.fake]\nkind = \"openai\"\nbase_url = \"{}\"\n",
+        fake.base_url()
+    );
+    for (alias, targets) in models {
+        let targets: Vec<String> = targets.iter().map(|t| format!("\"fake:{t}\"")).collect();
+        toml.push_str(&format!(
+            "\n[models.\"{alias}\"]\ntargets = [{}]\n",
+            targets.join(", ")
+        ));
+    }
+    toml
+}
+
+pub fn ask(model: &str, text: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": text}]})
+}
+
+pub fn ask_stream(model: &str, text: &str) -> Value {
+    let mut body = ask(model, text);
+    body["stream"] = json!(true);
+    body
+}
+
+/// A parsed SSE response: the JSON events, whether `[DONE]` came, and the raw text.
+pub struct Sse {
+    pub events: Vec<Value>,
+    pub done: bool,
+    pub raw: String,
+}
+
+impl Sse {
+    pub async fn read(response: reqwest::Response) -> Sse {
+        let raw = response.text().await.expect("stream body");
+        let mut events = Vec::new();
+        let mut done = false;
+        for block in raw.split("\n\n").filter(|b| !b.trim().is_empty()) {
+            let data = block
+                .strip_prefix("data: ")
+                .unwrap_or_else(|| panic!("not an SSE data event: {block:?}"));
+            assert!(!done, "an event after [DONE]: {block:?}");
+            if data == "[DONE]" {
+                done = true;
+            } else {
+                events.push(serde_json::from_str(data).expect("event is JSON"));
+            }
+        }
+        Sse { events, done, raw }
+    }
+
+    /// The answer's text, concatenated from the deltas.
+    pub fn text(&self) -> String {
+        self.events
+            .iter()
+            .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+            .collect()
+    }
+
+    pub fn finish_reasons(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .filter_map(|e| e["choices"][0]["finish_reason"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    pub fn error(&self) -> Option<&Value> {
+        self.events.iter().find_map(|e| e.get("error"))
+    }
+}
