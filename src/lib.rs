@@ -21,3 +21,23 @@ pub use state::AppState;
 pub fn app(state: AppState) -> axum::Router {
     http::router(state)
 }
+
+/// Serves `app(state)` on `listener` until `shutdown` resolves, then lets open
+/// requests finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    // Streamed chunks are small writes: without TCP_NODELAY, Nagle's algorithm holds
+    // each one back until the previous is acknowledged.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::warn!(%error, "cannot set TCP_NODELAY");
+        }
+    });
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -205,12 +205,20 @@ fn millis(d: Duration) -> f64 {
 }
 
 /// Installs the global tracing subscriber. `RUST_LOG` overrides the configured level.
-pub fn init_logging(config: &LogConfig) {
+///
+/// Lines are written by a background thread through a buffer, so a request never
+/// waits on a write to stderr; nothing is dropped (a full queue makes callers wait).
+/// Keep the returned guard until exit: dropping it flushes what is queued.
+pub fn init_logging(config: &LogConfig) -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("ragway-log")
+        .finish(std::io::BufWriter::new(std::io::stderr()));
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let result = match config.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
@@ -218,4 +226,5 @@ pub fn init_logging(config: &LogConfig) {
     if let Err(e) = result {
         eprintln!("logging already initialised: {e}");
     }
+    guard
 }

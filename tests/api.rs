@@ -64,6 +64,30 @@ async fn streaming_sends_chunks_then_done() {
 }
 
 #[tokio::test]
+async fn chunks_reach_the_client_as_they_arrive() {
+    let fake = FakeProvider::start().await;
+    // Six tokens, 300 ms apart: the whole answer takes about two seconds.
+    let gw = Gateway::over(&fake, &[("chat", &["drip-300"])]).await;
+    let started = std::time::Instant::now();
+    let mut response = gw.chat(ask_stream("chat", "hi")).await;
+    let mut first_token_at = None;
+    let mut body = String::new();
+    while let Some(piece) = response.chunk().await.unwrap() {
+        body.push_str(&String::from_utf8_lossy(&piece));
+        if first_token_at.is_none() && body.contains("\"content\":\"Hello\"") {
+            first_token_at = Some(started.elapsed());
+        }
+    }
+    let total = started.elapsed();
+    let first = first_token_at.expect("the first token arrived");
+    assert!(total.as_millis() >= 1500, "the fake drips: {total:?}");
+    assert!(
+        first.as_millis() < 1000,
+        "the first token is forwarded at once, not buffered: {first:?} of {total:?}"
+    );
+}
+
+#[tokio::test]
 async fn include_usage_adds_the_usage_chunk() {
     let fake = FakeProvider::start().await;
     let gw = Gateway::over(&fake, &[("chat", &["ok"])]).await;

@@ -42,8 +42,6 @@ pub struct ServerConfig {
 pub struct LogConfig {
     pub level: String,
     pub format: LogFormat,
-    /// Whether prompt and answer text may appear in logs (off by default).
-    pub log_prompts: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -34,7 +34,6 @@ pub struct RawServer {
 pub struct RawLog {
     pub level: Option<String>,
     pub format: Option<String>,
-    pub log_prompts: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

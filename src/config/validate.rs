@@ -97,11 +97,7 @@ fn log(raw: RawLog, problems: &mut Problems) -> LogConfig {
             LogFormat::Text
         }
     };
-    LogConfig {
-        level,
-        format,
-        log_prompts: raw.log_prompts.unwrap_or(false),
-    }
+    LogConfig { level, format }
 }
 
 fn auth(raw: RawAuth, env: &Env, problems: &mut Problems) -> AuthConfig {

@@ -17,6 +17,8 @@ const MODEL_SLOT: &str = "{model}";
 pub struct ChatEndpoint {
     /// The base with no trailing slash; holds `{model}` for a per-model template.
     base: String,
+    /// The whole URL when it does not depend on the model, parsed once.
+    fixed: Option<Url>,
 }
 
 impl ChatEndpoint {
@@ -50,19 +52,26 @@ impl ChatEndpoint {
         if base.matches(MODEL_SLOT).count() > 1 {
             return Err(format!("`{base_url}` holds {MODEL_SLOT} more than once"));
         }
+        let fixed = match base.contains(MODEL_SLOT) {
+            true => None,
+            false => Some(
+                Url::parse(&format!("{base}{CHAT_PATH}"))
+                    .map_err(|e| format!("`{base_url}` is not a URL: {e}"))?,
+            ),
+        };
         Ok(ChatEndpoint {
             base: base.to_owned(),
+            fixed,
         })
     }
 
     /// The chat completions URL for one upstream model.
-    pub fn url_for(&self, model: &str) -> String {
-        let base = if self.base.contains(MODEL_SLOT) {
-            self.base.replace(MODEL_SLOT, &encode_segment(model))
-        } else {
-            self.base.clone()
-        };
-        base + CHAT_PATH
+    pub fn url_for(&self, model: &str) -> Result<Url, String> {
+        if let Some(url) = &self.fixed {
+            return Ok(url.clone());
+        }
+        let expanded = self.base.replace(MODEL_SLOT, &encode_segment(model)) + CHAT_PATH;
+        Url::parse(&expanded).map_err(|e| format!("`{expanded}` is not a URL: {e}"))
     }
 
     pub fn is_per_model(&self) -> bool {
@@ -97,7 +106,7 @@ mod tests {
     fn a_versioned_base_gets_the_chat_path() {
         let e = ChatEndpoint::parse("https://api.qnaigc.com/v1/").unwrap();
         assert_eq!(
-            e.url_for("deepseek-v3?search"),
+            e.url_for("deepseek-v3?search").unwrap().as_str(),
             "https://api.qnaigc.com/v1/chat/completions"
         );
     }
@@ -107,11 +116,11 @@ mod tests {
         let e = ChatEndpoint::parse("https://cloud.infini-ai.com/maas/{model}/nvidia").unwrap();
         assert!(e.is_per_model());
         assert_eq!(
-            e.url_for("deepseek-v3"),
+            e.url_for("deepseek-v3").unwrap().as_str(),
             "https://cloud.infini-ai.com/maas/deepseek-v3/nvidia/chat/completions"
         );
         assert_eq!(
-            e.url_for("a b/c"),
+            e.url_for("a b/c").unwrap().as_str(),
             "https://cloud.infini-ai.com/maas/a%20b%2Fc/nvidia/chat/completions"
         );
     }

@@ -83,9 +83,13 @@ impl OpenAiProvider {
                 HeaderValue::from_static("text/event-stream"),
             );
         }
+        let url = self
+            .endpoint
+            .url_for(model)
+            .map_err(UpstreamError::Connect)?;
         let response = self
             .http
-            .post(self.endpoint.url_for(model))
+            .post(url)
             .headers(headers)
             .body(body)
             .send()

@@ -34,11 +34,7 @@ pub async fn observe(
 ) -> Response {
     let started = Instant::now();
     let id = request_id(request.headers());
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let method = request.method().clone();
     request.extensions_mut().insert(RequestId(id.clone()));
     let span = tracing::info_span!("request", request_id = %id);
@@ -50,7 +46,7 @@ pub async fn observe(
     span.in_scope(|| {
         metrics.request_finished(&RequestFinished {
             method: method.as_str(),
-            route: &route,
+            route: route.as_ref().map_or("unmatched", MatchedPath::as_str),
             model: served.map_or("", |s| &s.alias),
             status: response.status().as_u16(),
             elapsed: started.elapsed(),

@@ -218,6 +218,15 @@ async fn respond(
             axum::Json(json!({"error": {"message": "model timeout", "code": 50003}})),
         )
             .into_response(),
+        "drip" => answer(
+            model,
+            &OK_TOKENS.map(String::from),
+            stream,
+            Script {
+                gap: Duration::from_millis(n.unwrap_or(100)),
+                ..Script::default()
+            },
+        ),
         "slow-ttft" => answer(
             model,
             &OK_TOKENS.map(String::from),
@@ -341,6 +350,8 @@ enum End {
 #[derive(Default)]
 struct Script {
     first_delay: Duration,
+    /// The pause between chunks after the first.
+    gap: Duration,
     reasoning: Option<Vec<String>>,
     end: End,
     bare_json: bool,
@@ -367,7 +378,7 @@ fn answer(model: &str, tokens: &[String], stream: bool, script: Script) -> Respo
     let mut delay = script.first_delay;
     let mut push = |text: String, frames: &mut Vec<(Duration, String)>| {
         frames.push((delay, text));
-        delay = Duration::from_millis(1);
+        delay = script.gap;
     };
     push(
         frame(&chunk(

@@ -4,6 +4,8 @@ pub mod fake;
 
 use std::time::Duration;
 
+use futures_util::FutureExt;
+
 use ragway::AppState;
 use ragway::config::{Config, Env};
 use serde_json::{Value, json};
@@ -28,10 +30,9 @@ impl Gateway {
         let state = AppState::from_config(config).expect("state builds");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let app = ragway::app(state.clone());
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
+        let server = tokio::spawn(
+            ragway::serve(listener, state.clone(), std::future::pending()).map(|r| r.unwrap()),
+        );
         Gateway {
             url,
             state,

@@ -1,0 +1,31 @@
+# The two commands: `make run` serves the gateway, `make test` runs the whole suite.
+# Both install what they need on a fresh machine.
+
+SHELL := /bin/bash
+# Build output lives outside the checkout, so a fresh clone (and CI) reuses it.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/ragway/target
+CARGO ?= cargo
+CONFIG ?= $(wildcard ragway.toml)
+
+.PHONY: run test lint fmt bench-overhead
+
+## Serve on 127.0.0.1:8080 (ragway.toml if present, built-in defaults otherwise).
+run:
+	$(CARGO) run --locked --release --bin ragway -- serve $(if $(CONFIG),--config $(CONFIG))
+
+## The whole test suite, as CI runs it.
+test:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) test --workspace --locked
+
+## Lints the code as reviewers do.
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## Gateway overhead benchmark (writes nothing; paste the table into docs/BENCHMARKS.md).
+bench-overhead:
+	scripts/bench-overhead.sh
