@@ -16,8 +16,19 @@ use crate::retrieve::NoRetrieval;
 use crate::sanitize::NoSanitizer;
 use crate::telemetry::Metrics;
 
+/// Cheap to clone (one `Arc`): axum clones it for every handler and middleware.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub config: Arc<Config>,
     pub routes: Arc<Routes>,
     pub pipeline: Pipeline,
@@ -48,7 +59,7 @@ impl AppState {
             metrics: Arc::clone(&metrics),
             tasks: TaskTracker::new(),
         };
-        Ok(AppState {
+        Ok(AppState(Arc::new(Shared {
             client_keys: Arc::new(ClientKeys::from_config(&config.auth)),
             config: Arc::new(config),
             routes,
@@ -58,7 +69,7 @@ impl AppState {
             started_at: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
-        })
+        })))
     }
 
     /// Background work (streams, cache stores) still running.
