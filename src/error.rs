@@ -31,6 +31,13 @@ pub enum GatewayError {
         message: String,
         retry_after: Duration,
     },
+    /// Every target refused the request itself (too long, a parameter it does not
+    /// take): the client's to fix, not an outage.
+    #[error("{message}")]
+    UpstreamRejected {
+        message: String,
+        context_length: bool,
+    },
     /// A provider refused to answer on content grounds; its reason is passed on.
     #[error("{0}")]
     ContentFilter(String),
@@ -58,6 +65,7 @@ impl GatewayError {
             | GatewayError::ModelNotFound(_)
             | GatewayError::NotFound(_)
             | GatewayError::MethodNotAllowed
+            | GatewayError::UpstreamRejected { .. }
             | GatewayError::ContentFilter(_) => "invalid_request_error",
             GatewayError::Unauthorized(_) => "authentication_error",
             GatewayError::Unavailable { .. } | GatewayError::StreamInterrupted(_) => {
@@ -79,6 +87,11 @@ impl GatewayError {
             GatewayError::NotFound(_) => "not_found",
             GatewayError::MethodNotAllowed => "method_not_allowed",
             GatewayError::Unavailable { .. } => "all_targets_failed",
+            GatewayError::UpstreamRejected {
+                context_length: true,
+                ..
+            } => "context_length_exceeded",
+            GatewayError::UpstreamRejected { .. } => "upstream_rejected",
             GatewayError::ContentFilter(_) => "content_filter",
             GatewayError::StreamInterrupted(_) => "stream_interrupted",
             GatewayError::Internal(_) => "internal_error",

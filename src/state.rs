@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio_util::task::TaskTracker;
 
@@ -49,7 +49,10 @@ pub enum BuildError {
 impl AppState {
     pub fn from_config(config: Config) -> Result<AppState, BuildError> {
         let metrics = Arc::new(Metrics::new());
-        let routes = Arc::new(Routes::from_config(&config, &upstream_client()?));
+        let routes = Arc::new(Routes::from_config(&config)?);
+        for target in routes.targets() {
+            metrics.breaker_registered(&target.id);
+        }
         let pipeline = Pipeline {
             sanitizer: Arc::new(NoSanitizer),
             cache: Arc::new(NoCache),
@@ -76,15 +79,4 @@ impl AppState {
     pub fn tasks(&self) -> &TaskTracker {
         &self.pipeline.tasks
     }
-}
-
-/// One pooled client for every provider: connections are reused per host.
-fn upstream_client() -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        .user_agent(concat!("ragway/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(Duration::from_secs(10))
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
-        .tcp_nodelay(true)
-        .build()
 }

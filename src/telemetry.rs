@@ -6,8 +6,11 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
+
+use crate::generate::BreakerState;
 
 use crate::config::{LogConfig, LogFormat};
 
@@ -24,6 +27,9 @@ pub struct Metrics {
     upstream_duration: HistogramVec,
     upstream_attempts: IntCounterVec,
     time_to_first_token: HistogramVec,
+    breaker_state: IntGaugeVec,
+    failovers: IntCounterVec,
+    config_errors: IntCounterVec,
 }
 
 /// One finished HTTP request, as the access log and the request metrics see it.
@@ -84,12 +90,39 @@ impl Metrics {
             &["model"],
         )
         .expect("static metric definition");
+        let breaker_state = IntGaugeVec::new(
+            Opts::new(
+                "ragway_breaker_state",
+                "Circuit breaker per target: 0 closed, 1 half-open, 2 open",
+            ),
+            &["target"],
+        )
+        .expect("static metric definition");
+        let failovers = IntCounterVec::new(
+            Opts::new(
+                "ragway_failovers_total",
+                "Moves from one target to the next, by the reason the first was left",
+            ),
+            &["from", "to", "reason"],
+        )
+        .expect("static metric definition");
+        let config_errors = IntCounterVec::new(
+            Opts::new(
+                "ragway_config_errors_total",
+                "Attempts refused for a configuration error (bad key, unknown model)",
+            ),
+            &["target"],
+        )
+        .expect("static metric definition");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
             Box::new(upstream_duration.clone()),
             Box::new(upstream_attempts.clone()),
             Box::new(time_to_first_token.clone()),
+            Box::new(breaker_state.clone()),
+            Box::new(failovers.clone()),
+            Box::new(config_errors.clone()),
         ] {
             registry
                 .register(collector)
@@ -102,6 +135,9 @@ impl Metrics {
             upstream_duration,
             upstream_attempts,
             time_to_first_token,
+            breaker_state,
+            failovers,
+            config_errors,
         }
     }
 
@@ -174,6 +210,35 @@ impl Metrics {
         self.upstream_duration
             .with_label_values(&[target])
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// A target exists: its breaker starts closed.
+    pub fn breaker_registered(&self, target: &str) {
+        self.breaker_state.with_label_values(&[target]).set(0);
+    }
+
+    /// A breaker changed state.
+    pub fn breaker_changed(&self, target: &str, state: BreakerState) {
+        self.breaker_state
+            .with_label_values(&[target])
+            .set(state.gauge());
+        if state != BreakerState::Closed {
+            tracing::warn!(upstream = target, state = ?state, "circuit breaker changed");
+        } else {
+            tracing::info!(upstream = target, state = ?state, "circuit breaker changed");
+        }
+    }
+
+    /// The router left `from` for `to`.
+    pub fn failover(&self, from: &str, to: &str, reason: &str) {
+        self.failovers.with_label_values(&[from, to, reason]).inc();
+        tracing::info!(from, to, reason, "failing over");
+    }
+
+    /// A target answered with a configuration error: a wrong key or model id.
+    pub fn config_error(&self, target: &str, message: &str) {
+        self.config_errors.with_label_values(&[target]).inc();
+        tracing::error!(upstream = target, error = message, "provider configuration error");
     }
 
     pub fn first_token(&self, model: &str, elapsed: Duration) {

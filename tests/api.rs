@@ -30,7 +30,20 @@ async fn chat_returns_the_answer_and_names_the_target() {
         seen.body["model"], "ok",
         "the upstream model is sent, not the alias"
     );
-    assert_eq!(seen.body["stream"], false);
+    // A whole answer is streamed from upstream and assembled, so that a silent
+    // provider is noticed within the first-token deadline.
+    assert_eq!(seen.body["stream"], true);
+}
+
+#[tokio::test]
+async fn a_provider_that_cannot_stream_is_asked_for_whole_answers() {
+    let fake = FakeProvider::start().await;
+    let toml = crate::support::config_with(&fake, "stream_upstream = false", &[("chat", &["reasoning"])]);
+    let gw = Gateway::start(&toml).await;
+    let body: Value = gw.chat(ask("chat", "hi")).await.json().await.unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], OK_TOKENS.concat());
+    assert_eq!(body["choices"][0]["message"]["reasoning_content"], "Let me think.");
+    assert_eq!(fake.last_request().body["stream"], false);
 }
 
 #[tokio::test]

@@ -199,14 +199,16 @@ async fn invalid_utf8_is_400() {
 #[tokio::test]
 async fn every_route_down_is_503_with_retry_after() {
     let fake = FakeProvider::start().await;
-    let gw = Gateway::over(
+    // One attempt per target keeps this about the answer, not the retries.
+    let toml = crate::support::config_with(
         &fake,
+        "retry.attempts = 1",
         &[
             ("chat", &["status-503", "status-500"]),
             ("slow-down", &["retry-after-7"]),
         ],
-    )
-    .await;
+    );
+    let gw = Gateway::start(&toml).await;
     let response = gw.chat(ask("chat", "hi")).await;
     assert_eq!(response.headers()["retry-after"], "2", "the default hint");
     let error = expect_error(response, 503).await;

@@ -19,6 +19,7 @@ pub use env::Env;
 use raw::RawConfig;
 
 use crate::generate::endpoint::ChatEndpoint;
+use crate::generate::{BreakerPolicy, Deadlines, RetryPolicy};
 
 /// The validated configuration.
 #[derive(Debug, Clone, Serialize)]
@@ -56,6 +57,9 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct AuthConfig {
     pub keys: Vec<ClientKey>,
+    pub admin_key_env: Option<String>,
+    /// Without one, the `/admin/…` endpoints are off.
+    pub admin_key: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -76,6 +80,10 @@ pub struct ProviderConfig {
     /// Ask the provider for a usage chunk on every stream, so audit and metrics know
     /// the token counts even when the client did not ask for them.
     pub request_usage: bool,
+    pub stream_upstream: bool,
+    pub deadlines: Deadlines,
+    pub retry: RetryPolicy,
+    pub breaker: BreakerPolicy,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -89,6 +97,9 @@ pub enum ProviderKind {
 pub struct ModelConfig {
     pub targets: Vec<TargetRef>,
     pub description: Option<String>,
+    #[serde(serialize_with = "as_duration")]
+    pub request_timeout: Duration,
+    pub failover_on_content_filter: bool,
 }
 
 /// `provider:upstream-model`, as written in a route's `targets`.
@@ -139,6 +150,35 @@ impl Serialize for Secret {
 
 fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(d.as_secs())
+}
+
+/// Writes a duration the way the config file takes it: `200ms`, `2s`, `1.5s`.
+pub(crate) fn as_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    if d.subsec_millis() != 0 && d.as_secs() == 0 {
+        s.serialize_str(&format!("{}ms", d.as_millis()))
+    } else {
+        s.serialize_str(&format!("{}s", d.as_secs_f64()))
+    }
+}
+
+/// Reads `200ms`, `2s`, `1.5s`, `5m` or `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("`{text}` needs a unit: ms, s, m or h"))?;
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration"))?;
+    let seconds = match unit.trim() {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => return Err(format!("`{other}` is not a unit: use ms, s, m or h")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("`{text}` is out of range"))
 }
 
 /// Why a configuration could not be loaded.

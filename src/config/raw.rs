@@ -41,6 +41,8 @@ pub struct RawLog {
 pub struct RawAuth {
     #[serde(default)]
     pub keys: Vec<RawClientKey>,
+    /// The environment variable holding the key for `/admin/…` endpoints.
+    pub admin_key_env: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -63,6 +65,33 @@ pub struct RawProvider {
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     pub request_usage: Option<bool>,
+    /// Ask for a stream even when the client wants a whole answer, and assemble it:
+    /// then the first-token and idle deadlines can tell a silent provider from a
+    /// slow answer.
+    pub stream_upstream: Option<bool>,
+    pub connect_timeout: Option<String>,
+    pub first_token_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    #[serde(default)]
+    pub retry: RawRetry,
+    #[serde(default)]
+    pub breaker: RawBreaker,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    pub attempts: Option<u32>,
+    pub base: Option<String>,
+    pub cap: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBreaker {
+    pub failures: Option<u32>,
+    pub open_for: Option<String>,
+    pub max_open_for: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -70,4 +99,8 @@ pub struct RawProvider {
 pub struct RawModel {
     pub targets: Vec<String>,
     pub description: Option<String>,
+    /// The whole request's deadline, across every target and retry.
+    pub request_timeout: Option<String>,
+    /// Try the next target when a provider refuses on content grounds.
+    pub failover_on_content_filter: Option<bool>,
 }

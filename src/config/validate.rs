@@ -7,16 +7,20 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use super::raw::{RawAuth, RawConfig, RawLog, RawModel, RawProvider, RawServer};
+use super::raw::{
+    RawAuth, RawBreaker, RawConfig, RawLog, RawModel, RawProvider, RawRetry, RawServer,
+};
 use super::{
     AuthConfig, ClientKey, Config, Env, LogConfig, LogFormat, ModelConfig, Problem, ProviderConfig,
-    ProviderKind, Secret, ServerConfig, TargetRef,
+    ProviderKind, Secret, ServerConfig, TargetRef, parse_duration,
 };
 use crate::generate::endpoint::ChatEndpoint;
+use crate::generate::{BreakerPolicy, Deadlines, RetryPolicy};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_MAX_BODY: u64 = 4 * 1024 * 1024;
 const MAX_BODY_CEILING: u64 = 256 * 1024 * 1024;
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Collects problems while validation goes on.
 struct Problems(Vec<Problem>);
@@ -27,6 +31,33 @@ impl Problems {
             key: key.into(),
             message: message.into(),
         });
+    }
+
+    /// A positive duration at `key`, or `default` when it is not set.
+    fn duration(&mut self, key: &str, text: Option<&str>, default: Duration) -> Duration {
+        match text.map(parse_duration) {
+            None => default,
+            Some(Ok(d)) if !d.is_zero() => d,
+            Some(Ok(_)) => {
+                self.add(key, "must be longer than zero");
+                default
+            }
+            Some(Err(e)) => {
+                self.add(key, e);
+                default
+            }
+        }
+    }
+
+    /// The secret in the environment variable `var` names, which must be set.
+    fn secret(&mut self, key: &str, var: &str, env: &Env) -> Option<Secret> {
+        match env.get(var).filter(|v| !v.is_empty()) {
+            Some(value) => Some(Secret::new(value)),
+            None => {
+                self.add(key, format!("environment variable {var} is not set"));
+                None
+            }
+        }
     }
 }
 
@@ -139,7 +170,15 @@ fn auth(raw: RawAuth, env: &Env, problems: &mut Problems) -> AuthConfig {
             });
         }
     }
-    AuthConfig { keys }
+    let admin_key = raw
+        .admin_key_env
+        .as_deref()
+        .and_then(|var| problems.secret("auth.admin_key_env", var, env));
+    AuthConfig {
+        keys,
+        admin_key_env: raw.admin_key_env,
+        admin_key,
+    }
 }
 
 fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
@@ -187,19 +226,30 @@ fn provider(
             None
         }
     };
-    let api_key =
-        raw.api_key_env
-            .as_deref()
-            .and_then(|var| match env.get(var).filter(|v| !v.is_empty()) {
-                Some(value) => Some(Secret::new(value)),
-                None => {
-                    problems.add(
-                        format!("{at}.api_key_env"),
-                        format!("environment variable {var} is not set"),
-                    );
-                    None
-                }
-            });
+    let api_key = raw
+        .api_key_env
+        .as_deref()
+        .and_then(|var| problems.secret(&format!("{at}.api_key_env"), var, env));
+    let defaults = Deadlines::default();
+    let deadlines = Deadlines {
+        connect: problems.duration(
+            &format!("{at}.connect_timeout"),
+            raw.connect_timeout.as_deref(),
+            defaults.connect,
+        ),
+        first_token: problems.duration(
+            &format!("{at}.first_token_timeout"),
+            raw.first_token_timeout.as_deref(),
+            defaults.first_token,
+        ),
+        idle: problems.duration(
+            &format!("{at}.idle_timeout"),
+            raw.idle_timeout.as_deref(),
+            defaults.idle,
+        ),
+    };
+    let retry = retry(&at, raw.retry, problems);
+    let breaker = breaker(&at, raw.breaker, problems);
     for (header, value) in &raw.headers {
         let key = format!("{at}.headers.{header}");
         if reqwest::header::HeaderName::from_bytes(header.as_bytes()).is_err()
@@ -220,7 +270,50 @@ fn provider(
         api_key,
         headers: raw.headers,
         request_usage: raw.request_usage.unwrap_or(true),
+        stream_upstream: raw.stream_upstream.unwrap_or(true),
+        deadlines,
+        retry,
+        breaker,
     })
+}
+
+fn retry(at: &str, raw: RawRetry, problems: &mut Problems) -> RetryPolicy {
+    let defaults = RetryPolicy::default();
+    let attempts = raw.attempts.unwrap_or(defaults.attempts);
+    if !(1..=10).contains(&attempts) {
+        problems.add(format!("{at}.retry.attempts"), "must be between 1 and 10");
+    }
+    RetryPolicy {
+        attempts,
+        base: problems.duration(&format!("{at}.retry.base"), raw.base.as_deref(), defaults.base),
+        cap: problems.duration(&format!("{at}.retry.cap"), raw.cap.as_deref(), defaults.cap),
+    }
+}
+
+fn breaker(at: &str, raw: RawBreaker, problems: &mut Problems) -> BreakerPolicy {
+    let defaults = BreakerPolicy::default();
+    let failures = raw.failures.unwrap_or(defaults.failures);
+    if failures == 0 {
+        problems.add(format!("{at}.breaker.failures"), "must be at least 1");
+    }
+    let open_for = problems.duration(
+        &format!("{at}.breaker.open_for"),
+        raw.open_for.as_deref(),
+        defaults.open_for,
+    );
+    let max_open_for = problems.duration(
+        &format!("{at}.breaker.max_open_for"),
+        raw.max_open_for.as_deref(),
+        defaults.max_open_for.max(open_for),
+    );
+    if max_open_for < open_for {
+        problems.add(format!("{at}.breaker.max_open_for"), "must not be shorter than open_for");
+    }
+    BreakerPolicy {
+        failures,
+        open_for,
+        max_open_for,
+    }
 }
 
 fn model(
@@ -253,8 +346,15 @@ fn model(
             _ => problems.add(&key, format!("`{text}` is not `provider:model`")),
         }
     }
+    let request_timeout = problems.duration(
+        &format!("{at}.request_timeout"),
+        raw.request_timeout.as_deref(),
+        DEFAULT_REQUEST_TIMEOUT,
+    );
     (problems.0.len() == before).then_some(ModelConfig {
         targets,
         description: raw.description,
+        request_timeout,
+        failover_on_content_filter: raw.failover_on_content_filter.unwrap_or(false),
     })
 }

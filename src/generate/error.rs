@@ -11,8 +11,9 @@ pub enum UpstreamError {
     /// No response headers arrived: refused, reset, DNS or TLS failure.
     #[error("connection failed: {0}")]
     Connect(String),
-    #[error("timed out: {0}")]
-    Timeout(String),
+    /// A deadline passed.
+    #[error("{0}")]
+    Timeout(TimeoutPhase),
     /// The provider answered with an error status, or an error object in its body.
     #[error("HTTP {status}: {detail}")]
     Status {
@@ -36,7 +37,7 @@ impl UpstreamError {
     pub fn class(&self) -> &'static str {
         match self {
             UpstreamError::Connect(_) => "connect",
-            UpstreamError::Timeout(_) => "timeout",
+            UpstreamError::Timeout(phase) => phase.class(),
             UpstreamError::Status { status, .. } => match status {
                 400..=499 => "http_4xx",
                 500..=599 => "http_5xx",
@@ -70,6 +71,41 @@ impl UpstreamError {
             UpstreamError::Status { retry_after, .. } => *retry_after,
             _ => None,
         }
+    }
+}
+
+/// Which deadline passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutPhase {
+    /// No connection within the connect deadline.
+    Connect,
+    /// No first token (and perhaps no response at all) within its deadline.
+    FirstToken,
+    /// The stream went quiet for longer than the idle deadline.
+    Idle,
+    /// The request's overall deadline.
+    Total,
+}
+
+impl TimeoutPhase {
+    pub fn class(self) -> &'static str {
+        match self {
+            TimeoutPhase::Connect => "connect_timeout",
+            TimeoutPhase::FirstToken => "first_token_timeout",
+            TimeoutPhase::Idle => "idle_timeout",
+            TimeoutPhase::Total => "deadline",
+        }
+    }
+}
+
+impl fmt::Display for TimeoutPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TimeoutPhase::Connect => "no connection within the connect deadline",
+            TimeoutPhase::FirstToken => "no first token within the first-token deadline",
+            TimeoutPhase::Idle => "the stream went quiet past the idle deadline",
+            TimeoutPhase::Total => "the request's deadline passed",
+        })
     }
 }
 

@@ -4,11 +4,14 @@
 //! its ordered targets; [`Router`] walks them, failing over while nothing has been
 //! sent to the client.
 
+mod assemble;
+mod breaker;
 pub mod endpoint;
 pub mod error;
 mod frames;
 pub mod openai;
 mod route;
+mod retry;
 mod router;
 pub mod stream;
 
@@ -17,7 +20,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-pub use error::{ProviderError, UpstreamError};
+pub use assemble::Assembler;
+pub use breaker::{Breaker, BreakerPolicy, BreakerSnapshot, BreakerState};
+pub use error::{ProviderError, TimeoutPhase, UpstreamError};
+pub use retry::RetryPolicy;
 pub use route::{Route, Routes, Target};
 pub use router::Router;
 pub use stream::ChunkStream;
@@ -68,6 +74,30 @@ pub enum Output {
     Complete(ChatCompletion),
     /// A stream whose first chunk with content has arrived: it is committed.
     Stream(ChunkStream),
+}
+
+/// How long a target may take, per phase of one attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Deadlines {
+    /// To establish a connection.
+    #[serde(serialize_with = "crate::config::as_duration")]
+    pub connect: Duration,
+    /// From sending the request to the first token of the answer.
+    #[serde(serialize_with = "crate::config::as_duration")]
+    pub first_token: Duration,
+    /// The longest gap between two chunks of a stream.
+    #[serde(serialize_with = "crate::config::as_duration")]
+    pub idle: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines {
+            connect: Duration::from_secs(2),
+            first_token: Duration::from_secs(10),
+            idle: Duration::from_secs(10),
+        }
+    }
 }
 
 /// One call to one target, kept for headers, logs and the audit record.

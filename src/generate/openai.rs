@@ -11,7 +11,7 @@ use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
 
 use super::endpoint::ChatEndpoint;
-use super::error::{ProviderError, UpstreamError};
+use super::error::{ProviderError, TimeoutPhase, UpstreamError};
 use super::stream::{ChunkStream, chunk_stream};
 use super::{ChatProvider, stream};
 use crate::config::{ProviderConfig, Secret};
@@ -30,7 +30,15 @@ pub struct OpenAiProvider {
 }
 
 impl OpenAiProvider {
-    pub fn new(config: &ProviderConfig, http: reqwest::Client) -> Self {
+    /// Each provider has its own connection pool, with its own connect deadline.
+    pub fn new(config: &ProviderConfig) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("ragway/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(config.deadlines.connect)
+            .pool_idle_timeout(std::time::Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .build()?;
         let mut headers = HeaderMap::new();
         headers.insert(
             header::CONTENT_TYPE,
@@ -48,12 +56,12 @@ impl OpenAiProvider {
         if let Some(value) = config.api_key.as_ref().and_then(bearer) {
             headers.insert(header::AUTHORIZATION, value);
         }
-        OpenAiProvider {
+        Ok(OpenAiProvider {
             endpoint: config.base_url.clone(),
             headers,
             request_usage: config.request_usage,
             http,
-        }
+        })
     }
 
     async fn send(
@@ -174,11 +182,10 @@ fn bearer(key: &Secret) -> Option<HeaderValue> {
 
 /// A failure before any response headers arrived.
 fn send_error(error: reqwest::Error) -> UpstreamError {
-    let detail = error_chain(&error);
     if error.is_timeout() {
-        UpstreamError::Timeout(detail)
+        UpstreamError::Timeout(TimeoutPhase::Connect)
     } else {
-        UpstreamError::Connect(detail)
+        UpstreamError::Connect(error_chain(&error))
     }
 }
 

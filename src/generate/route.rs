@@ -2,67 +2,87 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use super::ChatProvider;
+use super::breaker::Breaker;
 use super::openai::OpenAiProvider;
+use super::{ChatProvider, Deadlines, RetryPolicy};
 use crate::config::{Config, ProviderKind};
 
-/// One `provider:upstream-model` a route may call.
+/// One `provider:upstream-model` a route may call. A target named by several
+/// routes is one target, with one breaker.
 pub struct Target {
     /// `provider:model`, as written in the config; the label in headers and metrics.
     pub id: Arc<str>,
     /// The model name sent upstream (suffixes such as Qiniu's `?search` included).
     pub model: String,
     pub provider: Arc<dyn ChatProvider>,
+    pub breaker: Arc<Breaker>,
+    pub retry: RetryPolicy,
+    pub deadlines: Deadlines,
+    /// Whole answers are asked for as streams and assembled.
+    pub stream_upstream: bool,
 }
 
 pub struct Route {
     pub alias: Arc<str>,
-    pub targets: Vec<Target>,
+    pub targets: Vec<Arc<Target>>,
+    /// The deadline for the whole request, across every target and retry.
+    pub request_timeout: Duration,
+    pub failover_on_content_filter: bool,
 }
 
 #[derive(Default)]
 pub struct Routes {
     by_alias: BTreeMap<String, Arc<Route>>,
+    targets: BTreeMap<Arc<str>, Arc<Target>>,
 }
 
 impl Routes {
-    /// Builds every provider once and every route over them.
-    pub fn from_config(config: &Config, http: &reqwest::Client) -> Routes {
-        let providers: BTreeMap<&str, Arc<dyn ChatProvider>> = config
-            .providers
-            .iter()
-            .map(|(name, p)| {
-                let provider: Arc<dyn ChatProvider> = match p.kind {
-                    ProviderKind::Openai => Arc::new(OpenAiProvider::new(p, http.clone())),
+    /// Builds every provider once, every target once, and every route over them.
+    pub fn from_config(config: &Config) -> Result<Routes, reqwest::Error> {
+        let mut providers: BTreeMap<&str, Arc<dyn ChatProvider>> = BTreeMap::new();
+        for (name, p) in &config.providers {
+            let provider: Arc<dyn ChatProvider> = match p.kind {
+                ProviderKind::Openai => Arc::new(OpenAiProvider::new(p)?),
+            };
+            providers.insert(name.as_str(), provider);
+        }
+        let mut targets: BTreeMap<Arc<str>, Arc<Target>> = BTreeMap::new();
+        let mut by_alias = BTreeMap::new();
+        for (alias, model) in &config.models {
+            let mut route_targets = Vec::new();
+            for t in &model.targets {
+                // Validation guarantees the provider exists.
+                let (Some(provider), Some(settings)) = (
+                    providers.get(t.provider.as_str()),
+                    config.providers.get(&t.provider),
+                ) else {
+                    continue;
                 };
-                (name.as_str(), provider)
-            })
-            .collect();
-        let by_alias = config
-            .models
-            .iter()
-            .map(|(alias, model)| {
-                let targets = model
-                    .targets
-                    .iter()
-                    .filter_map(|t| {
-                        Some(Target {
-                            id: t.to_string().into(),
-                            model: t.model.clone(),
-                            // Validation guarantees the provider exists.
-                            provider: providers.get(t.provider.as_str())?.clone(),
-                        })
+                let id: Arc<str> = t.to_string().into();
+                let target = targets.entry(id.clone()).or_insert_with(|| {
+                    Arc::new(Target {
+                        id,
+                        model: t.model.clone(),
+                        provider: provider.clone(),
+                        breaker: Arc::new(Breaker::new(settings.breaker)),
+                        retry: settings.retry,
+                        deadlines: settings.deadlines,
+                        stream_upstream: settings.stream_upstream,
                     })
-                    .collect();
-                let route = Route {
-                    alias: alias.as_str().into(),
-                    targets,
-                };
-                (alias.clone(), Arc::new(route))
-            })
-            .collect();
-        Routes { by_alias }
+                });
+                route_targets.push(Arc::clone(target));
+            }
+            let route = Route {
+                alias: alias.as_str().into(),
+                targets: route_targets,
+                request_timeout: model.request_timeout,
+                failover_on_content_filter: model.failover_on_content_filter,
+            };
+            by_alias.insert(alias.clone(), Arc::new(route));
+        }
+        Ok(Routes { by_alias, targets })
     }
 
     pub fn get(&self, alias: &str) -> Option<Arc<Route>> {
@@ -71,5 +91,10 @@ impl Routes {
 
     pub fn aliases(&self) -> impl Iterator<Item = &str> {
         self.by_alias.keys().map(String::as_str)
+    }
+
+    /// Every target of every route, once each.
+    pub fn targets(&self) -> impl Iterator<Item = &Arc<Target>> {
+        self.targets.values()
     }
 }

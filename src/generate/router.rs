@@ -1,25 +1,45 @@
-//! Walks a route's targets in order. A target that fails before anything reaches
-//! the client is recorded and the next one is tried; for a stream, "anything" means
-//! the first chunk with content, so a provider that accepts and then dies silently
-//! still fails over.
+//! Walks a route's targets in order, within the request's deadline.
+//!
+//! For each target: ask its breaker (an open one is skipped at once), make an
+//! attempt under the target's deadlines, and on failure let [`classify`] decide —
+//! retry the same target after a jittered back-off or the provider's `Retry-After`,
+//! move to the next target, or stop and tell the client. Nothing is failed over once
+//! the first content has gone to the client: for a stream, "gone" means its first
+//! chunk with content, so a provider that accepts and then dies silently still fails
+//! over.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
+use tokio::time::{Instant, timeout_at};
 
-use super::{Attempt, ChunkStream, Generate, Generation, Output, Target, UpstreamError};
+use super::assemble::Assembler;
+use super::breaker::{Permit, Verdict};
+use super::retry::{Disposition, classify};
+use super::{
+    Attempt, ChunkStream, Generate, Generation, Output, Route, Target, TimeoutPhase, UpstreamError,
+};
 use crate::error::GatewayError;
 use crate::pipeline::RequestCtx;
 use crate::telemetry::Metrics;
-use crate::wire::ChatRequest;
+use crate::wire::{ChatCompletion, ChatRequest};
 
-/// What a client is told to wait when no upstream said how long.
+/// What a client is told to wait when nothing better is known.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(2);
 
 pub struct Router {
     metrics: Arc<Metrics>,
+}
+
+/// How one target ended for a request that it did not answer.
+enum Left {
+    /// Its breaker was open: no attempt was made.
+    Skipped,
+    Failed(UpstreamError, Disposition),
+    /// The request's deadline passed: no target may be tried.
+    OutOfTime,
 }
 
 impl Router {
@@ -27,39 +47,38 @@ impl Router {
         Router { metrics }
     }
 
-    async fn attempt(
-        &self,
-        target: &Target,
-        prompt: &ChatRequest,
-        stream: bool,
-    ) -> Result<Output, UpstreamError> {
-        if stream {
-            open_stream(target, prompt).await.map(Output::Stream)
-        } else {
-            let completion = target.provider.complete(&target.model, prompt).await?;
-            Ok(Output::Complete(completion))
-        }
-    }
-}
-
-#[async_trait]
-impl Generate for Router {
-    async fn generate(
+    /// Every attempt one target gets for one request.
+    async fn try_target(
         &self,
         ctx: &mut RequestCtx,
+        route: &Route,
+        target: &Arc<Target>,
         prompt: &ChatRequest,
-    ) -> Result<Generation, GatewayError> {
-        let route = ctx.route.clone();
-        let mut last_error = None;
-        for target in &route.targets {
-            let started = Instant::now();
-            let result = self.attempt(target, prompt, ctx.stream).await;
+        deadline: Instant,
+    ) -> Result<Generation, Left> {
+        let mut retries = 0;
+        let mut last: Option<UpstreamError> = None;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Left::OutOfTime);
+            }
+            let (permit, transition) = target.breaker.try_acquire(now);
+            self.report(target, transition);
+            let Some(permit) = permit else {
+                // Opened (or busy probing) while this request waited to retry.
+                return Err(match last {
+                    Some(error) => Left::Failed(error, Disposition::NextTarget),
+                    None => Left::Skipped,
+                });
+            };
+            let started = std::time::Instant::now();
+            let result = self.attempt(target, prompt, ctx.stream, deadline, permit).await;
             let latency = started.elapsed();
-            match result {
+            let error = match result {
                 Ok(output) => {
                     if matches!(output, Output::Complete(_)) {
-                        self.metrics
-                            .upstream_attempt(&target.id, "ok", latency, None);
+                        self.metrics.upstream_attempt(&target.id, "ok", latency, None);
                     }
                     ctx.attempts.push(Attempt {
                         target: target.id.clone(),
@@ -72,27 +91,162 @@ impl Generate for Router {
                         output,
                     });
                 }
-                Err(error) => {
-                    let message = error.to_string();
-                    self.metrics.upstream_attempt(
-                        &target.id,
-                        error.class(),
-                        latency,
-                        Some(&message),
-                    );
-                    ctx.attempts.push(Attempt {
-                        target: target.id.clone(),
-                        latency,
-                        error: Some(error.clone()),
-                    });
-                    if error.is_content_filter() {
-                        return Err(GatewayError::ContentFilter(provider_reason(&error)));
-                    }
-                    last_error = Some((target.id.clone(), error));
-                }
+                Err(error) => error,
+            };
+            let classified = classify(&error, route.failover_on_content_filter);
+            self.metrics.upstream_attempt(
+                &target.id,
+                error.class(),
+                latency,
+                Some(&error.to_string()),
+            );
+            if classified.config_error {
+                self.metrics.config_error(&target.id, &error.to_string());
+            }
+            ctx.attempts.push(Attempt {
+                target: target.id.clone(),
+                latency,
+                error: Some(error.clone()),
+            });
+            if classified.disposition != Disposition::Retry {
+                return Err(Left::Failed(error, classified.disposition));
+            }
+            retries += 1;
+            let wait = target
+                .retry
+                .wait(retries, fastrand::f64(), error.retry_after());
+            if retries >= target.retry.attempts || Instant::now() + wait >= deadline {
+                return Err(Left::Failed(error, Disposition::NextTarget));
+            }
+            last = Some(error);
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// One attempt. The breaker permit travels with a committed stream, which
+    /// records its verdict when it ends.
+    async fn attempt(
+        &self,
+        target: &Arc<Target>,
+        prompt: &ChatRequest,
+        client_streams: bool,
+        deadline: Instant,
+        permit: Permit,
+    ) -> Result<Output, UpstreamError> {
+        let result = if client_streams || target.stream_upstream {
+            self.streamed(target, prompt, client_streams, deadline).await
+        } else {
+            // A provider that cannot stream: only the request's deadline bounds it.
+            match timeout_at(deadline, target.provider.complete(&target.model, prompt)).await {
+                Ok(result) => result.map(Output::Complete),
+                Err(_) => Err(UpstreamError::Timeout(TimeoutPhase::Total)),
+            }
+        };
+        let now = Instant::now();
+        match result {
+            Ok(Output::Stream(chunks)) => Ok(Output::Stream(self.settle_at_end(
+                target, chunks, permit,
+            ))),
+            Ok(complete) => {
+                self.report(target, permit.record(Verdict::Success, now));
+                Ok(complete)
+            }
+            Err(error) => {
+                // The verdict depends on the route's content-filter choice only for
+                // refusals, which are neutral either way.
+                let verdict = classify(&error, false).verdict;
+                self.report(target, permit.record(verdict, now));
+                Err(error)
             }
         }
-        Err(unavailable(&route.alias, &ctx.attempts, last_error))
+    }
+
+    /// Opens a stream, waits for its first content under the first-token deadline,
+    /// and then either hands it on (the client streams) or assembles it.
+    async fn streamed(
+        &self,
+        target: &Target,
+        prompt: &ChatRequest,
+        client_streams: bool,
+        deadline: Instant,
+    ) -> Result<Output, UpstreamError> {
+        let first_token_by = deadline.min(Instant::now() + target.deadlines.first_token);
+        let opened = timeout_at(first_token_by, open_stream(target, prompt)).await;
+        let chunks = match opened {
+            Ok(result) => result?,
+            Err(_) if first_token_by == deadline => {
+                return Err(UpstreamError::Timeout(TimeoutPhase::Total));
+            }
+            Err(_) => return Err(UpstreamError::Timeout(TimeoutPhase::FirstToken)),
+        };
+        let chunks = with_deadlines(chunks, target.deadlines.idle, deadline);
+        if client_streams {
+            return Ok(Output::Stream(chunks));
+        }
+        collect(chunks).await.map(Output::Complete)
+    }
+
+    /// Wraps a committed stream so that its end settles the breaker permit: a clean
+    /// end is a success, an error a failure, a stream dropped early (the client left)
+    /// neutral.
+    fn settle_at_end(&self, target: &Arc<Target>, chunks: ChunkStream, permit: Permit) -> ChunkStream {
+        let state = (chunks, Some(permit), Arc::clone(target), Arc::clone(&self.metrics));
+        Box::pin(futures_util::stream::unfold(
+            state,
+            |(mut chunks, mut permit, target, metrics)| async move {
+                let item = chunks.next().await;
+                let verdict = match &item {
+                    None => Some(Verdict::Success),
+                    Some(Err(_)) => Some(Verdict::Failure),
+                    Some(Ok(_)) => None,
+                };
+                if let (Some(verdict), Some(permit)) = (verdict, permit.take()) {
+                    let transition = permit.record(verdict, Instant::now());
+                    if let Some(state) = transition {
+                        metrics.breaker_changed(&target.id, state);
+                    }
+                }
+                Some((item?, (chunks, permit, target, metrics)))
+            },
+        ))
+    }
+
+    fn report(&self, target: &Target, transition: Option<super::BreakerState>) {
+        if let Some(state) = transition {
+            self.metrics.breaker_changed(&target.id, state);
+        }
+    }
+}
+
+#[async_trait]
+impl Generate for Router {
+    async fn generate(
+        &self,
+        ctx: &mut RequestCtx,
+        prompt: &ChatRequest,
+    ) -> Result<Generation, GatewayError> {
+        let route = Arc::clone(&ctx.route);
+        let deadline = Instant::from_std(ctx.started) + route.request_timeout;
+        let mut left: Option<(Arc<str>, &'static str)> = None;
+        let mut last_error = None;
+        for target in &route.targets {
+            if let Some((from, reason)) = left.take() {
+                self.metrics.failover(&from, &target.id, reason);
+            }
+            match self.try_target(ctx, &route, target, prompt, deadline).await {
+                Ok(generation) => return Ok(generation),
+                Err(Left::Skipped) => left = Some((target.id.clone(), "breaker_open")),
+                Err(Left::Failed(error, Disposition::Stop)) => {
+                    return Err(GatewayError::ContentFilter(provider_reason(&error)));
+                }
+                Err(Left::Failed(error, _)) => {
+                    left = Some((target.id.clone(), error.class()));
+                    last_error = Some((target.id.clone(), error));
+                }
+                Err(Left::OutOfTime) => break,
+            }
+        }
+        Err(exhausted(&route, &ctx.attempts, last_error))
     }
 }
 
@@ -121,6 +275,41 @@ async fn open_stream(target: &Target, prompt: &ChatRequest) -> Result<ChunkStrea
     Ok(Box::pin(futures_util::stream::iter(held).chain(stream)))
 }
 
+/// Ends a stream with a timeout error when it goes quiet for `idle`, or when the
+/// request's deadline passes.
+fn with_deadlines(chunks: ChunkStream, idle: Duration, deadline: Instant) -> ChunkStream {
+    Box::pin(futures_util::stream::unfold(
+        Some(chunks),
+        move |chunks| async move {
+            let mut chunks = chunks?;
+            let by = deadline.min(Instant::now() + idle);
+            match timeout_at(by, chunks.next()).await {
+                Ok(Some(item)) => Some((item, Some(chunks))),
+                Ok(None) => None,
+                Err(_) => {
+                    let phase = match by == deadline {
+                        true => TimeoutPhase::Total,
+                        false => TimeoutPhase::Idle,
+                    };
+                    Some((Err(UpstreamError::Timeout(phase)), None))
+                }
+            }
+        },
+    ))
+}
+
+/// A whole answer from a stream: any error on the way fails the attempt, which can
+/// then be retried, since the client has seen nothing.
+async fn collect(mut chunks: ChunkStream) -> Result<ChatCompletion, UpstreamError> {
+    let mut answer = Assembler::default();
+    while let Some(chunk) = chunks.next().await {
+        answer.add(&chunk?);
+    }
+    answer
+        .finish()
+        .ok_or_else(|| UpstreamError::Protocol("the stream held no answer".to_owned()))
+}
+
 fn provider_reason(error: &UpstreamError) -> String {
     match error {
         UpstreamError::Status { detail, .. } => detail.message.clone(),
@@ -128,23 +317,47 @@ fn provider_reason(error: &UpstreamError) -> String {
     }
 }
 
-fn unavailable(
-    alias: &str,
+/// The error for a request no target answered.
+fn exhausted(
+    route: &Route,
     attempts: &[Attempt],
     last: Option<(Arc<str>, UpstreamError)>,
 ) -> GatewayError {
+    // A request every target refused as such (too long, a bad parameter) is the
+    // client's to fix, not an outage to wait out.
+    if let Some((_, error @ UpstreamError::Status { status, detail, .. })) = &last
+        && (400..500).contains(status)
+        && classify(error, false).verdict == Verdict::Neutral
+    {
+        return GatewayError::UpstreamRejected {
+            message: detail.message.clone(),
+            context_length: detail.code.as_deref() == Some("context_length_exceeded"),
+        };
+    }
+    let now = Instant::now();
+    // Wait for the first provider that asked for a pause, or the first open breaker
+    // to let a probe through, whichever is sooner.
     let retry_after = attempts
         .iter()
         .filter_map(|a| a.error.as_ref()?.retry_after())
+        .chain(route.targets.iter().filter_map(|t| {
+            let secs = t.breaker.snapshot(now).retry_in_secs?;
+            Some(Duration::from_secs_f64(secs))
+        }))
         .min()
         .unwrap_or(DEFAULT_RETRY_AFTER)
         .clamp(Duration::from_secs(1), Duration::from_secs(300));
     let message = match last {
         Some((target, error)) => format!(
-            "every target of `{alias}` failed ({} attempts); the last, {target}, said: {error}",
+            "every target of `{}` failed ({} attempts); the last, {target}, said: {error}",
+            route.alias,
             attempts.len()
         ),
-        None => format!("`{alias}` has no target that can be tried"),
+        None if attempts.is_empty() => format!(
+            "every target of `{}` is unavailable (circuit open) or out of time",
+            route.alias
+        ),
+        None => format!("`{}` ran out of time", route.alias),
     };
     GatewayError::Unavailable {
         message,

@@ -8,9 +8,9 @@ use crate::error::GatewayError;
 
 pub fn status_for(error: &GatewayError) -> StatusCode {
     match error {
-        GatewayError::InvalidRequest { .. } | GatewayError::ContentFilter(_) => {
-            StatusCode::BAD_REQUEST
-        }
+        GatewayError::InvalidRequest { .. }
+        | GatewayError::UpstreamRejected { .. }
+        | GatewayError::ContentFilter(_) => StatusCode::BAD_REQUEST,
         GatewayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         GatewayError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,

@@ -4,12 +4,11 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::respond::Accumulator;
 use super::{Pipeline, RequestCtx};
 use crate::audit::CallRecord;
 use crate::cache::CacheKey;
 use crate::error::GatewayError;
-use crate::generate::UpstreamError;
+use crate::generate::{Assembler, UpstreamError};
 use crate::wire::ChatCompletion;
 
 /// How a stream ended.
@@ -58,7 +57,7 @@ impl Pipeline {
         ctx: &RequestCtx,
         target: &str,
         end: StreamEnd,
-        accumulated: Accumulator,
+        accumulated: Assembler,
         first_token: Option<Duration>,
     ) {
         let outcome = match &end {
@@ -71,15 +70,18 @@ impl Pipeline {
         let mut record = base_record(ctx, 200, outcome);
         record.target = Some(target.to_owned());
         record.time_to_first_token = first_token;
-        record.usage = accumulated.usage;
+        record.usage = accumulated.usage();
         record.answer_chars = accumulated.answer_chars();
         if let StreamEnd::Interrupted(_) = end {
             record.error = Some("stream_interrupted");
         }
-        // Only an answer that finished is worth serving again.
-        if let (StreamEnd::Complete, Some(key)) = (&end, ctx.cache_key)
-            && let Some(answer) = accumulated.into_completion(target)
+        // Only an answer that finished is worth serving again; streamed tool calls
+        // are not replayed.
+        let finished = accumulated.finish_reason() == Some("stop") && !accumulated.has_tool_calls();
+        if let (StreamEnd::Complete, Some(key), true) = (&end, ctx.cache_key, finished)
+            && let Some(mut answer) = accumulated.finish()
         {
+            answer.model = target.to_owned();
             self.store(key, answer);
         }
         self.audit.record(record);

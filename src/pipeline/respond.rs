@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::{Answer, RequestCtx};
 use crate::generate::ChunkStream;
 use crate::sanitize::{Restorer, StreamRestorer};
-use crate::wire::{ChatChunk, ChatCompletion, Choice, ChunkChoice, Delta, ResponseMessage, Usage};
+use crate::wire::{ChatChunk, ChatCompletion, ChunkChoice, Delta};
 
 /// A whole answer from a provider.
 pub(super) fn whole(
@@ -211,67 +211,6 @@ fn restore_piece(
         }
     }
     text
-}
-
-/// Collects a streamed answer (sanitised, as it came from upstream) for the cache
-/// and the audit record.
-#[derive(Default)]
-pub(super) struct Accumulator {
-    content: String,
-    reasoning: String,
-    finish_reason: Option<String>,
-    pub(super) usage: Option<Usage>,
-    /// Streamed tool calls arrive as fragments; such answers are not rebuilt.
-    has_tool_calls: bool,
-}
-
-impl Accumulator {
-    pub(super) fn add(&mut self, chunk: &ChatChunk) {
-        if chunk.usage.is_some() {
-            self.usage = chunk.usage;
-        }
-        for choice in &chunk.choices {
-            if let Some(text) = &choice.delta.content {
-                self.content.push_str(text);
-            }
-            if let Some(text) = &choice.delta.reasoning_content {
-                self.reasoning.push_str(text);
-            }
-            self.has_tool_calls |= choice.delta.tool_calls.is_some();
-            if choice.finish_reason.is_some() {
-                self.finish_reason.clone_from(&choice.finish_reason);
-            }
-        }
-    }
-
-    pub(super) fn answer_chars(&self) -> usize {
-        self.content.chars().count() + self.reasoning.chars().count()
-    }
-
-    /// The whole answer, if the stream delivered one that can be stored.
-    pub(super) fn into_completion(self, target: &str) -> Option<ChatCompletion> {
-        if self.has_tool_calls || self.finish_reason.as_deref() != Some("stop") {
-            return None;
-        }
-        Some(ChatCompletion {
-            id: String::new(),
-            object: "chat.completion".to_owned(),
-            created: now(),
-            model: target.to_owned(),
-            choices: vec![Choice {
-                index: 0,
-                message: ResponseMessage {
-                    content: Some(self.content),
-                    reasoning_content: (!self.reasoning.is_empty()).then_some(self.reasoning),
-                    ..ResponseMessage::assistant()
-                },
-                finish_reason: self.finish_reason,
-                extra: Default::default(),
-            }],
-            usage: self.usage,
-            extra: Default::default(),
-        })
-    }
 }
 
 fn response_id(ctx: &RequestCtx) -> String {

@@ -13,10 +13,10 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::record::StreamEnd;
-use super::respond::{Accumulator, ChunkShaper};
+use super::respond::ChunkShaper;
 use super::{Pipeline, Reply, ReplyBody, RequestCtx};
 use crate::error::GatewayError;
-use crate::generate::ChunkStream;
+use crate::generate::{Assembler, ChunkStream};
 use crate::sanitize::Restorer;
 
 /// Frames buffered between the upstream reader and a slow client.
@@ -63,8 +63,9 @@ async fn forward(
     mut chunks: ChunkStream,
     mut shaper: ChunkShaper,
     tx: mpsc::Sender<Bytes>,
-) -> (StreamEnd, Accumulator, Option<Duration>) {
-    let mut accumulated = Accumulator::default();
+) -> (StreamEnd, Assembler, Option<Duration>) {
+    // The answer as it came from upstream (sanitised), for the cache and the record.
+    let mut accumulated = Assembler::default();
     let mut first_token = None;
     let end = loop {
         let item = tokio::select! {

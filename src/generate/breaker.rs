@@ -1,0 +1,367 @@
+//! A circuit breaker per target: a small state machine whose every method takes the
+//! current time, so tests drive it with a clock of their own (tokio's paused time in
+//! the router, plain instants in unit tests).
+//!
+//! Written here rather than taken from the `failsafe` crate: failsafe lets *every*
+//! call through while half-open (so 200 concurrent requests all land on a provider
+//! that is only maybe back), and reads `std::time::Instant` directly, which tokio's
+//! paused time cannot move.
+//!
+//! - **Closed:** calls pass. After `failures` consecutive failures it opens. While
+//!   the last call failed (the target is suspect), only one call at a time is let
+//!   through; the rest skip to the next target instead of piling onto a failing one.
+//! - **Open:** calls are refused at once until `open_for` has passed; each
+//!   consecutive opening doubles that, up to `max_open_for`.
+//! - **Half-open:** one probe is let through. Success closes the breaker; failure
+//!   opens it again for longer. A probe that ends without a verdict (the client left)
+//!   frees the slot for the next caller.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct BreakerPolicy {
+    /// Consecutive failures that open the breaker.
+    pub failures: u32,
+    /// How long the first opening lasts.
+    #[serde(serialize_with = "crate::config::as_duration")]
+    pub open_for: Duration,
+    /// The longest an opening may last after repeated failed probes.
+    #[serde(serialize_with = "crate::config::as_duration")]
+    pub max_open_for: Duration,
+}
+
+impl Default for BreakerPolicy {
+    fn default() -> Self {
+        BreakerPolicy {
+            failures: 5,
+            open_for: Duration::from_secs(30),
+            max_open_for: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerState {
+    Closed,
+    HalfOpen,
+    Open,
+}
+
+impl BreakerState {
+    /// The `ragway_breaker_state` gauge value.
+    pub fn gauge(self) -> i64 {
+        match self {
+            BreakerState::Closed => 0,
+            BreakerState::HalfOpen => 1,
+            BreakerState::Open => 2,
+        }
+    }
+}
+
+/// What became of a call, for the breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Success,
+    Failure,
+    /// Says nothing about the target's health (a refused prompt, a client that left).
+    Neutral,
+}
+
+#[derive(Debug)]
+pub struct Breaker {
+    policy: BreakerPolicy,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    state: Phase,
+    consecutive_failures: u32,
+    /// Openings since the last success: the exponent of the back-off.
+    opens: u32,
+    in_flight: u32,
+    successes: u64,
+    failures: u64,
+    rejected: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+enum Phase {
+    #[default]
+    Closed,
+    Open {
+        until: Instant,
+    },
+    HalfOpen {
+        probing: bool,
+    },
+}
+
+/// Permission for one call. Record its verdict with [`Permit::record`]; a permit
+/// dropped unrecorded (its request was cancelled) counts as [`Verdict::Neutral`].
+#[derive(Debug)]
+#[must_use]
+pub struct Permit {
+    breaker: Arc<Breaker>,
+    probe: bool,
+    recorded: bool,
+}
+
+impl Permit {
+    /// Records how the call went; returns the state change it caused, if any.
+    pub fn record(mut self, verdict: Verdict, now: Instant) -> Transition {
+        self.recorded = true;
+        self.breaker.settle(self.probe, verdict, now)
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if !self.recorded {
+            self.breaker.settle(self.probe, Verdict::Neutral, Instant::now());
+        }
+    }
+}
+
+/// A breaker's state for operators (`GET /admin/breakers`).
+#[derive(Debug, Clone, Serialize)]
+pub struct BreakerSnapshot {
+    pub state: BreakerState,
+    pub consecutive_failures: u32,
+    pub opens: u32,
+    pub in_flight: u32,
+    /// Seconds until an open breaker lets a probe through.
+    pub retry_in_secs: Option<f64>,
+    pub successes: u64,
+    pub failures: u64,
+    pub rejected: u64,
+}
+
+/// A state change, for the caller to report.
+pub type Transition = Option<BreakerState>;
+
+impl Breaker {
+    pub fn new(policy: BreakerPolicy) -> Self {
+        Breaker {
+            policy,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    /// Asks to make a call now. `None`: skip this target.
+    pub fn try_acquire(self: &Arc<Self>, now: Instant) -> (Option<Permit>, Transition) {
+        let mut inner = self.lock();
+        let (permit, transition) = match inner.state {
+            Phase::Closed if inner.consecutive_failures > 0 && inner.in_flight > 0 => {
+                (None, None) // suspect: one call at a time
+            }
+            Phase::Closed => (Some(self.permit(false)), None),
+            Phase::Open { until } if now < until => (None, None),
+            Phase::Open { .. } | Phase::HalfOpen { probing: false } => {
+                let changed = !matches!(inner.state, Phase::HalfOpen { .. });
+                inner.state = Phase::HalfOpen { probing: true };
+                let transition = changed.then_some(BreakerState::HalfOpen);
+                (Some(self.permit(true)), transition)
+            }
+            Phase::HalfOpen { probing: true } => (None, None),
+        };
+        match &permit {
+            Some(_) => inner.in_flight += 1,
+            None => inner.rejected += 1,
+        }
+        (permit, transition)
+    }
+
+    fn permit(self: &Arc<Self>, probe: bool) -> Permit {
+        Permit {
+            breaker: Arc::clone(self),
+            probe,
+            recorded: false,
+        }
+    }
+
+    fn settle(&self, probe: bool, verdict: Verdict, now: Instant) -> Transition {
+        let mut inner = self.lock();
+        inner.in_flight = inner.in_flight.saturating_sub(1);
+        match verdict {
+            Verdict::Success => {
+                inner.successes += 1;
+                inner.consecutive_failures = 0;
+                inner.opens = 0;
+                let was_closed = matches!(inner.state, Phase::Closed);
+                inner.state = Phase::Closed;
+                (!was_closed).then_some(BreakerState::Closed)
+            }
+            Verdict::Failure => {
+                inner.failures += 1;
+                inner.consecutive_failures = inner.consecutive_failures.saturating_add(1);
+                let trips = probe
+                    || (matches!(inner.state, Phase::Closed)
+                        && inner.consecutive_failures >= self.policy.failures);
+                if trips {
+                    self.open(&mut inner, now);
+                    return Some(BreakerState::Open);
+                }
+                None
+            }
+            Verdict::Neutral => {
+                if probe && matches!(inner.state, Phase::HalfOpen { .. }) {
+                    inner.state = Phase::HalfOpen { probing: false };
+                }
+                None
+            }
+        }
+    }
+
+    fn open(&self, inner: &mut Inner, now: Instant) {
+        let factor = 2u32.saturating_pow(inner.opens.min(16));
+        let open_for = self
+            .policy
+            .open_for
+            .saturating_mul(factor)
+            .min(self.policy.max_open_for);
+        inner.opens = inner.opens.saturating_add(1);
+        inner.state = Phase::Open {
+            until: now + open_for,
+        };
+    }
+
+    pub fn state(&self, now: Instant) -> BreakerState {
+        self.snapshot(now).state
+    }
+
+    pub fn snapshot(&self, now: Instant) -> BreakerSnapshot {
+        let inner = self.lock();
+        let (state, retry_in_secs) = match inner.state {
+            Phase::Closed => (BreakerState::Closed, None),
+            Phase::HalfOpen { .. } => (BreakerState::HalfOpen, None),
+            // An open breaker whose time is up is half-open to the next caller.
+            Phase::Open { until } if now >= until => (BreakerState::HalfOpen, None),
+            Phase::Open { until } => (
+                BreakerState::Open,
+                Some(until.duration_since(now).as_secs_f64()),
+            ),
+        };
+        BreakerSnapshot {
+            state,
+            consecutive_failures: inner.consecutive_failures,
+            opens: inner.opens,
+            in_flight: inner.in_flight,
+            retry_in_secs,
+            successes: inner.successes,
+            failures: inner.failures,
+            rejected: inner.rejected,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // The state is a few counters; a panic elsewhere cannot leave it torn.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn breaker() -> Arc<Breaker> {
+        Arc::new(Breaker::new(BreakerPolicy {
+            failures: 3,
+            open_for: Duration::from_secs(30),
+            max_open_for: Duration::from_secs(100),
+        }))
+    }
+
+    fn fail(b: &Arc<Breaker>, now: Instant) -> Transition {
+        let (permit, _) = b.try_acquire(now);
+        permit.expect("permitted").record(Verdict::Failure, now)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn opens_after_consecutive_failures_then_probes_once() {
+        let b = breaker();
+        let t0 = Instant::now();
+        assert_eq!(fail(&b, t0), None);
+        assert_eq!(fail(&b, t0), None);
+        assert_eq!(fail(&b, t0), Some(BreakerState::Open));
+        assert!(b.try_acquire(t0).0.is_none(), "open: skipped at once");
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert!(b.try_acquire(Instant::now()).0.is_none());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let now = Instant::now();
+        let (probe, transition) = b.try_acquire(now);
+        assert_eq!(transition, Some(BreakerState::HalfOpen));
+        let probe = probe.expect("one probe");
+        assert!(b.try_acquire(now).0.is_none(), "only one probe at a time");
+        assert_eq!(probe.record(Verdict::Success, now), Some(BreakerState::Closed));
+        assert!(b.try_acquire(now).0.is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn repeated_openings_back_off_up_to_the_cap() {
+        let b = breaker();
+        let mut now = Instant::now();
+        for _ in 0..3 {
+            fail(&b, now);
+        }
+        let mut waits = Vec::new();
+        for _ in 0..4 {
+            let retry = b.snapshot(now).retry_in_secs.expect("open");
+            waits.push(retry.round() as u64);
+            now += Duration::from_secs_f64(retry);
+            let (probe, _) = b.try_acquire(now);
+            assert_eq!(
+                probe.expect("probe").record(Verdict::Failure, now),
+                Some(BreakerState::Open)
+            );
+        }
+        assert_eq!(waits, [30, 60, 100, 100]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_suspect_target_gets_one_call_at_a_time() {
+        let b = breaker();
+        let now = Instant::now();
+        fail(&b, now);
+        let (first, _) = b.try_acquire(now);
+        let first = first.expect("one call");
+        assert!(b.try_acquire(now).0.is_none(), "the others skip");
+        first.record(Verdict::Success, now);
+        let (a, _) = b.try_acquire(now);
+        let (c, _) = b.try_acquire(now);
+        assert!(a.is_some() && c.is_some(), "healthy again: no limit");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_abandoned_probe_frees_the_slot() {
+        let b = breaker();
+        let now = Instant::now();
+        for _ in 0..3 {
+            fail(&b, now);
+        }
+        let later = now + Duration::from_secs(30);
+        let (probe, _) = b.try_acquire(later);
+        drop(probe); // its request was cancelled
+        assert!(b.try_acquire(later).0.is_some(), "the next caller may probe");
+        assert_eq!(b.snapshot(later).state, BreakerState::HalfOpen);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn successes_reset_the_count() {
+        let b = breaker();
+        let now = Instant::now();
+        fail(&b, now);
+        fail(&b, now);
+        let (p, _) = b.try_acquire(now);
+        p.unwrap().record(Verdict::Success, now);
+        fail(&b, now);
+        fail(&b, now);
+        assert_eq!(b.state(now), BreakerState::Closed);
+        assert_eq!(b.snapshot(now).consecutive_failures, 2);
+    }
+}
