@@ -15,6 +15,8 @@ pub enum GatewayError {
     },
     #[error("{0}")]
     Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,
     #[error("request body is larger than the limit of {limit} bytes")]
@@ -68,6 +70,7 @@ impl GatewayError {
             | GatewayError::UpstreamRejected { .. }
             | GatewayError::ContentFilter(_) => "invalid_request_error",
             GatewayError::Unauthorized(_) => "authentication_error",
+            GatewayError::Forbidden(_) => "permission_error",
             GatewayError::Unavailable { .. } | GatewayError::StreamInterrupted(_) => {
                 "upstream_error"
             }
@@ -81,6 +84,7 @@ impl GatewayError {
         match self {
             GatewayError::InvalidRequest { .. } => "invalid_request",
             GatewayError::Unauthorized(_) => "invalid_api_key",
+            GatewayError::Forbidden(_) => "forbidden",
             GatewayError::UnsupportedMediaType => "unsupported_media_type",
             GatewayError::PayloadTooLarge { .. } => "payload_too_large",
             GatewayError::ModelNotFound(_) => "model_not_found",

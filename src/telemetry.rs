@@ -6,8 +6,7 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::generate::BreakerState;
@@ -238,7 +237,11 @@ impl Metrics {
     /// A target answered with a configuration error: a wrong key or model id.
     pub fn config_error(&self, target: &str, message: &str) {
         self.config_errors.with_label_values(&[target]).inc();
-        tracing::error!(upstream = target, error = message, "provider configuration error");
+        tracing::error!(
+            upstream = target,
+            error = message,
+            "provider configuration error"
+        );
     }
 
     pub fn first_token(&self, model: &str, elapsed: Duration) {

@@ -38,11 +38,18 @@ async fn chat_returns_the_answer_and_names_the_target() {
 #[tokio::test]
 async fn a_provider_that_cannot_stream_is_asked_for_whole_answers() {
     let fake = FakeProvider::start().await;
-    let toml = crate::support::config_with(&fake, "stream_upstream = false", &[("chat", &["reasoning"])]);
+    let toml = crate::support::config_with(
+        &fake,
+        "stream_upstream = false",
+        &[("chat", &["reasoning"])],
+    );
     let gw = Gateway::start(&toml).await;
     let body: Value = gw.chat(ask("chat", "hi")).await.json().await.unwrap();
     assert_eq!(body["choices"][0]["message"]["content"], OK_TOKENS.concat());
-    assert_eq!(body["choices"][0]["message"]["reasoning_content"], "Let me think.");
+    assert_eq!(
+        body["choices"][0]["message"]["reasoning_content"],
+        "Let me think."
+    );
     assert_eq!(fake.last_request().body["stream"], false);
 }
 

@@ -8,4 +8,5 @@ mod bad_input;
 mod config;
 mod openai_sdk;
 mod providers;
+mod resilience;
 mod routing;

@@ -17,7 +17,11 @@ async fn a_failed_target_fails_over_to_the_next() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["model"], "fake:ok", "the answer names who served it");
     assert_eq!(fake.attempts("status-503"), 3, "a 503 is retried");
-    assert_eq!(fake.attempts("price-not-set"), 1, "a configuration error is not");
+    assert_eq!(
+        fake.attempts("price-not-set"),
+        1,
+        "a configuration error is not"
+    );
     assert_eq!(fake.attempts("ok"), 1);
 }
 
@@ -56,7 +60,11 @@ async fn a_stream_that_dies_before_any_content_fails_over() {
     let sse = Sse::read(response).await;
     assert!(sse.done);
     assert_eq!(sse.text(), OK_TOKENS.concat());
-    assert_eq!(fake.attempts("role-then-die"), 3, "a dropped stream is retried first");
+    assert_eq!(
+        fake.attempts("role-then-die"),
+        3,
+        "a dropped stream is retried first"
+    );
 }
 
 #[tokio::test]

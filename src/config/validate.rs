@@ -285,7 +285,11 @@ fn retry(at: &str, raw: RawRetry, problems: &mut Problems) -> RetryPolicy {
     }
     RetryPolicy {
         attempts,
-        base: problems.duration(&format!("{at}.retry.base"), raw.base.as_deref(), defaults.base),
+        base: problems.duration(
+            &format!("{at}.retry.base"),
+            raw.base.as_deref(),
+            defaults.base,
+        ),
         cap: problems.duration(&format!("{at}.retry.cap"), raw.cap.as_deref(), defaults.cap),
     }
 }
@@ -307,7 +311,10 @@ fn breaker(at: &str, raw: RawBreaker, problems: &mut Problems) -> BreakerPolicy 
         defaults.max_open_for.max(open_for),
     );
     if max_open_for < open_for {
-        problems.add(format!("{at}.breaker.max_open_for"), "must not be shorter than open_for");
+        problems.add(
+            format!("{at}.breaker.max_open_for"),
+            "must not be shorter than open_for",
+        );
     }
     BreakerPolicy {
         failures,

@@ -100,8 +100,8 @@ impl Assembler {
             .into_iter()
             .map(|(index, parts)| {
                 let tool_calls: Vec<Value> = parts.tool_calls.into_values().collect();
-                let content = (!parts.content.is_empty() || tool_calls.is_empty())
-                    .then_some(parts.content);
+                let content =
+                    (!parts.content.is_empty() || tool_calls.is_empty()).then_some(parts.content);
                 let mut extra = parts.extra;
                 if let Some(logprobs) = parts.logprobs {
                     extra.insert("logprobs".to_owned(), logprobs);
@@ -110,8 +110,7 @@ impl Assembler {
                     index,
                     message: ResponseMessage {
                         content,
-                        reasoning_content: (!parts.reasoning.is_empty())
-                            .then_some(parts.reasoning),
+                        reasoning_content: (!parts.reasoning.is_empty()).then_some(parts.reasoning),
                         tool_calls: (!tool_calls.is_empty()).then_some(Value::Array(tool_calls)),
                         ..ResponseMessage::assistant()
                     },
@@ -183,14 +182,21 @@ mod tests {
         let mut a = Assembler::default();
         a.add(&chunk(json!({"id": "x", "model": "m", "created": 5,
             "choices": [{"index": 0, "delta": {"role": "assistant", "reasoning_content": "hm"}}]})));
-        a.add(&chunk(json!({"choices": [{"index": 0, "delta": {"content": "Hel"}}]})));
-        a.add(&chunk(json!({"choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"}],
-            "system_fingerprint": "fp"})));
+        a.add(&chunk(
+            json!({"choices": [{"index": 0, "delta": {"content": "Hel"}}]}),
+        ));
+        a.add(&chunk(
+            json!({"choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"}],
+            "system_fingerprint": "fp"}),
+        ));
         a.add(&chunk(json!({"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}})));
         assert_eq!(a.answer_chars(), 7);
         let c = a.finish().unwrap();
         assert_eq!(c.choices[0].message.content.as_deref(), Some("Hello"));
-        assert_eq!(c.choices[0].message.reasoning_content.as_deref(), Some("hm"));
+        assert_eq!(
+            c.choices[0].message.reasoning_content.as_deref(),
+            Some("hm")
+        );
         assert_eq!(c.choices[0].finish_reason.as_deref(), Some("stop"));
         assert_eq!(c.usage.unwrap().total_tokens, 3);
         assert_eq!(c.extra["system_fingerprint"], "fp");
@@ -202,9 +208,13 @@ mod tests {
         let mut a = Assembler::default();
         a.add(&chunk(json!({"choices": [{"index": 0, "delta": {"tool_calls": [
             {"index": 0, "id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{\"q\""}}]}}]})));
-        a.add(&chunk(json!({"choices": [{"index": 0, "delta": {"tool_calls": [
-            {"index": 0, "function": {"arguments": ": 1}"}}]}}]})));
-        a.add(&chunk(json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})));
+        a.add(&chunk(
+            json!({"choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": 0, "function": {"arguments": ": 1}"}}]}}]}),
+        ));
+        a.add(&chunk(
+            json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}),
+        ));
         assert!(a.has_tool_calls());
         let c = a.finish().unwrap();
         let calls = c.choices[0].message.tool_calls.as_ref().unwrap();
@@ -218,11 +228,19 @@ mod tests {
     fn logprobs_are_concatenated_and_empty_streams_yield_nothing() {
         let mut a = Assembler::default();
         for token in ["a", "b"] {
-            a.add(&chunk(json!({"choices": [{"index": 0, "delta": {"content": token},
-                "logprobs": {"content": [{"token": token, "logprob": -0.1}]}}]})));
+            a.add(&chunk(
+                json!({"choices": [{"index": 0, "delta": {"content": token},
+                "logprobs": {"content": [{"token": token, "logprob": -0.1}]}}]}),
+            ));
         }
         let c = a.finish().unwrap();
-        assert_eq!(c.choices[0].extra["logprobs"]["content"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            c.choices[0].extra["logprobs"]["content"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
         assert!(Assembler::default().finish().is_none());
     }
 }

@@ -123,7 +123,8 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         if !self.recorded {
-            self.breaker.settle(self.probe, Verdict::Neutral, Instant::now());
+            self.breaker
+                .settle(self.probe, Verdict::Neutral, Instant::now());
         }
     }
 }
@@ -261,7 +262,9 @@ impl Breaker {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // The state is a few counters; a panic elsewhere cannot leave it torn.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -298,7 +301,10 @@ mod tests {
         assert_eq!(transition, Some(BreakerState::HalfOpen));
         let probe = probe.expect("one probe");
         assert!(b.try_acquire(now).0.is_none(), "only one probe at a time");
-        assert_eq!(probe.record(Verdict::Success, now), Some(BreakerState::Closed));
+        assert_eq!(
+            probe.record(Verdict::Success, now),
+            Some(BreakerState::Closed)
+        );
         assert!(b.try_acquire(now).0.is_some());
     }
 
@@ -347,7 +353,10 @@ mod tests {
         let later = now + Duration::from_secs(30);
         let (probe, _) = b.try_acquire(later);
         drop(probe); // its request was cancelled
-        assert!(b.try_acquire(later).0.is_some(), "the next caller may probe");
+        assert!(
+            b.try_acquire(later).0.is_some(),
+            "the next caller may probe"
+        );
         assert_eq!(b.snapshot(later).state, BreakerState::HalfOpen);
     }
 

@@ -10,8 +10,8 @@ pub mod endpoint;
 pub mod error;
 mod frames;
 pub mod openai;
-mod route;
 mod retry;
+mod route;
 mod router;
 pub mod stream;
 

@@ -144,7 +144,11 @@ mod tests {
         use Disposition::*;
         let cases = [
             (UpstreamError::Connect("refused".into()), Retry, false),
-            (UpstreamError::Timeout(TimeoutPhase::FirstToken), NextTarget, false),
+            (
+                UpstreamError::Timeout(TimeoutPhase::FirstToken),
+                NextTarget,
+                false,
+            ),
             (status(429, None, None, "slow down"), Retry, false),
             (status(408, None, None, "timeout"), Retry, false),
             (status(500, None, None, "oops"), Retry, false),
@@ -152,19 +156,53 @@ mod tests {
             (status(503, None, None, "busy"), Retry, false),
             (status(504, None, None, "timeout"), Retry, false),
             (status(429, None, Some("42901"), "rate"), Retry, false),
-            (status(200, None, Some("50003"), "model timeout"), Retry, false),
-            (status(401, None, Some("40101"), "auth"), NextTarget, true),
-            (status(401, None, None, "authorization header missing"), NextTarget, true),
-            (status(403, None, None, "forbidden"), NextTarget, true),
-            (status(404, None, Some("model_not_found"), "no model"), NextTarget, true),
             (
-                status(503, Some("quota_exceeded_error"), None, "the price of the model is not set (model: x)"),
+                status(200, None, Some("50003"), "model timeout"),
+                Retry,
+                false,
+            ),
+            (status(401, None, Some("40101"), "auth"), NextTarget, true),
+            (
+                status(401, None, None, "authorization header missing"),
                 NextTarget,
                 true,
             ),
-            (status(400, None, Some("context_length_exceeded"), "too long"), NextTarget, false),
-            (status(400, Some("invalid_request_error"), Some("content_policy_violation"), "no"), Stop, false),
-            (status(422, None, None, "unsupported parameter"), NextTarget, false),
+            (status(403, None, None, "forbidden"), NextTarget, true),
+            (
+                status(404, None, Some("model_not_found"), "no model"),
+                NextTarget,
+                true,
+            ),
+            (
+                status(
+                    503,
+                    Some("quota_exceeded_error"),
+                    None,
+                    "the price of the model is not set (model: x)",
+                ),
+                NextTarget,
+                true,
+            ),
+            (
+                status(400, None, Some("context_length_exceeded"), "too long"),
+                NextTarget,
+                false,
+            ),
+            (
+                status(
+                    400,
+                    Some("invalid_request_error"),
+                    Some("content_policy_violation"),
+                    "no",
+                ),
+                Stop,
+                false,
+            ),
+            (
+                status(422, None, None, "unsupported parameter"),
+                NextTarget,
+                false,
+            ),
         ];
         for (error, disposition, config_error) in cases {
             let c = classify(&error, false);
@@ -172,7 +210,11 @@ mod tests {
             assert_eq!(c.config_error, config_error, "{error}");
         }
         let filter = status(400, None, Some("content_filter"), "no");
-        assert_eq!(classify(&filter, true).disposition, NextTarget, "configurable");
+        assert_eq!(
+            classify(&filter, true).disposition,
+            NextTarget,
+            "configurable"
+        );
         assert_eq!(classify(&filter, false).verdict, Verdict::Neutral);
     }
 

@@ -73,12 +73,15 @@ impl Router {
                 });
             };
             let started = std::time::Instant::now();
-            let result = self.attempt(target, prompt, ctx.stream, deadline, permit).await;
+            let result = self
+                .attempt(target, prompt, ctx.stream, deadline, permit)
+                .await;
             let latency = started.elapsed();
             let error = match result {
                 Ok(output) => {
                     if matches!(output, Output::Complete(_)) {
-                        self.metrics.upstream_attempt(&target.id, "ok", latency, None);
+                        self.metrics
+                            .upstream_attempt(&target.id, "ok", latency, None);
                     }
                     ctx.attempts.push(Attempt {
                         target: target.id.clone(),
@@ -134,7 +137,8 @@ impl Router {
         permit: Permit,
     ) -> Result<Output, UpstreamError> {
         let result = if client_streams || target.stream_upstream {
-            self.streamed(target, prompt, client_streams, deadline).await
+            self.streamed(target, prompt, client_streams, deadline)
+                .await
         } else {
             // A provider that cannot stream: only the request's deadline bounds it.
             match timeout_at(deadline, target.provider.complete(&target.model, prompt)).await {
@@ -144,9 +148,9 @@ impl Router {
         };
         let now = Instant::now();
         match result {
-            Ok(Output::Stream(chunks)) => Ok(Output::Stream(self.settle_at_end(
-                target, chunks, permit,
-            ))),
+            Ok(Output::Stream(chunks)) => {
+                Ok(Output::Stream(self.settle_at_end(target, chunks, permit)))
+            }
             Ok(complete) => {
                 self.report(target, permit.record(Verdict::Success, now));
                 Ok(complete)
@@ -189,8 +193,18 @@ impl Router {
     /// Wraps a committed stream so that its end settles the breaker permit: a clean
     /// end is a success, an error a failure, a stream dropped early (the client left)
     /// neutral.
-    fn settle_at_end(&self, target: &Arc<Target>, chunks: ChunkStream, permit: Permit) -> ChunkStream {
-        let state = (chunks, Some(permit), Arc::clone(target), Arc::clone(&self.metrics));
+    fn settle_at_end(
+        &self,
+        target: &Arc<Target>,
+        chunks: ChunkStream,
+        permit: Permit,
+    ) -> ChunkStream {
+        let state = (
+            chunks,
+            Some(permit),
+            Arc::clone(target),
+            Arc::clone(&self.metrics),
+        );
         Box::pin(futures_util::stream::unfold(
             state,
             |(mut chunks, mut permit, target, metrics)| async move {

@@ -12,6 +12,7 @@ pub fn status_for(error: &GatewayError) -> StatusCode {
         | GatewayError::UpstreamRejected { .. }
         | GatewayError::ContentFilter(_) => StatusCode::BAD_REQUEST,
         GatewayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+        GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
         GatewayError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         GatewayError::ModelNotFound(_) | GatewayError::NotFound(_) => StatusCode::NOT_FOUND,

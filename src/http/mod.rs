@@ -1,5 +1,6 @@
 //! The HTTP API: OpenAI-compatible routes plus health and metrics.
 
+mod admin;
 mod auth;
 mod body;
 mod chat;
@@ -30,8 +31,15 @@ pub fn router(state: AppState) -> Router {
             Arc::clone(&state.client_keys),
             auth::authenticate,
         ));
+    let admin = Router::new()
+        .route("/admin/breakers", get(admin::breakers))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            admin::require_admin,
+        ));
     Router::new()
         .merge(api)
+        .merge(admin)
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

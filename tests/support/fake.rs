@@ -72,6 +72,12 @@ impl FakeProvider {
         seen.attempts.get(model).map_or(0, Vec::len)
     }
 
+    /// When each attempt for this model arrived.
+    pub fn attempt_times(&self, model: &str) -> Vec<Instant> {
+        let seen = self.state.seen.lock().unwrap();
+        seen.attempts.get(model).cloned().unwrap_or_default()
+    }
+
     pub fn total_attempts(&self) -> usize {
         let seen = self.state.seen.lock().unwrap();
         seen.attempts.values().map(Vec::len).sum()
@@ -120,7 +126,35 @@ async fn chat(
         .next()
         .unwrap_or_default()
         .to_owned();
+    if let ("flap", Some(ms)) = with_number(&behaviour) {
+        // 503 until `ms` after the first request for this model, then healthy.
+        let first = state.seen.lock().unwrap().attempts[&model][0];
+        if first.elapsed() < Duration::from_millis(ms) {
+            let body = json!({"error": {"message": "flapping", "type": "server_error"}});
+            return error(503, body, None);
+        }
+        return respond("ok", &model, attempt, stream, &body).await;
+    }
     respond(&behaviour, &model, attempt, stream, &body).await
+}
+
+/// A listener that accepts connections and closes them before sending anything: a
+/// provider that resets before headers. Returns its base URL and a counter of the
+/// connections it took.
+pub async fn resetting_listener() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = count.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            // Linger 0: the close is a reset, not a clean end.
+            let _ = socket.set_zero_linger();
+            drop(socket);
+        }
+    });
+    (url, count)
 }
 
 /// Splits `name-N` into (`name`, N).

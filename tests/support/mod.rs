@@ -77,7 +77,11 @@ pub fn config_over(fake: &FakeProvider, models: &[(&str, &[&str])]) -> String {
 
 /// Like [`config_over`], with extra lines for the `fake` provider's section (e.g.
 /// `"retry.attempts = 1"`).
-pub fn config_with(fake: &FakeProvider, provider_lines: &str, models: &[(&str, &[&str])]) -> String {
+pub fn config_with(
+    fake: &FakeProvider,
+    provider_lines: &str,
+    models: &[(&str, &[&str])],
+) -> String {
     let mut toml = format!(
         "[providers.fake]\nkind = \"openai\"\nbase_url = \"{}\"\n{provider_lines}\n",
         fake.base_url()

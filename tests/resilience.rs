@@ -1,0 +1,434 @@
+//! Never hang, never hammer, never lie: each provider fault, with what the provider
+//! saw (attempts, spacing) and what the client got.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::fake::{OK_TOKENS, resetting_listener};
+use crate::support::{FakeProvider, Gateway, Sse, ask, ask_stream, config_with};
+
+/// Deadlines short enough to keep the suite quick.
+const QUICK: &str = "first_token_timeout = \"500ms\"\nidle_timeout = \"500ms\"";
+
+fn gaps(times: &[Instant]) -> Vec<Duration> {
+    times.windows(2).map(|w| w[1] - w[0]).collect()
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured_then_the_next_target_answers() {
+    let fake = FakeProvider::start().await;
+    let gw = Gateway::over(&fake, &[("chat", &["retry-after-2", "ok"])]).await;
+    let response = gw.chat(ask("chat", "hi")).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-ragway-target"], "fake:ok");
+    let times = fake.attempt_times("retry-after-2");
+    assert_eq!(times.len(), 3, "bounded: three attempts");
+    for gap in gaps(&times) {
+        assert!(
+            gap >= Duration::from_millis(1800),
+            "Retry-After: 2 waited, got {gap:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_429_without_retry_after_backs_off_with_jitter() {
+    let fake = FakeProvider::start().await;
+    let gw = Gateway::over(&fake, &[("chat", &["status-429", "ok"])]).await;
+    let response = gw.chat(ask("chat", "hi")).await;
+    assert_eq!(response.headers()["x-ragway-target"], "fake:ok");
+    let times = fake.attempt_times("status-429");
+    assert_eq!(times.len(), 3);
+    let gaps = gaps(&times);
+    // Full jitter: each wait is at most base · 2^(n−1) (200 ms, then 400 ms).
+    assert!(gaps[0] <= Duration::from_millis(300), "{gaps:?}");
+    assert!(gaps[1] <= Duration::from_millis(500), "{gaps:?}");
+}
+
+#[tokio::test]
+async fn a_500_once_is_retried_on_the_same_target() {
+    let fake = FakeProvider::start().await;
+    let gw = Gateway::over(&fake, &[("chat", &["fail-once", "ok"])]).await;
+    let response = gw.chat(ask_stream("chat", "hi")).await;
+    assert_eq!(response.headers()["x-ragway-target"], "fake:fail-once");
+    assert_eq!(response.headers()["x-ragway-attempts"], "2");
+    assert_eq!(Sse::read(response).await.text(), OK_TOKENS.concat());
+    assert_eq!(fake.attempts("fail-once"), 2);
+    assert_eq!(fake.attempts("ok"), 0);
+}
+
+#[tokio::test]
+async fn a_503_forever_gets_three_attempts_then_the_next_target_answers() {
+    let fake = FakeProvider::start().await;
+    let gw = Gateway::over(&fake, &[("chat", &["status-503", "ok"])]).await;
+    let response = gw.chat(ask("chat", "hi")).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-ragway-target"], "fake:ok");
+    assert_eq!(response.headers()["x-ragway-attempts"], "4");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["model"], "fake:ok");
+    assert_eq!(
+        body["usage"]["completion_tokens"], 6,
+        "billed to the target that served"
+    );
+    assert_eq!(fake.attempts("status-503"), 3);
+}
+
+#[tokio::test]
+async fn a_reset_before_headers_is_retried_then_failed_over() {
+    let fake = FakeProvider::start().await;
+    let (reset_url, resets) = resetting_listener().await;
+    let toml = format!(
+        "[providers.reset]\nkind = \"openai\"\nbase_url = \"{reset_url}\"\n\
+         [providers.fake]\nkind = \"openai\"\nbase_url = \"{}\"\n\
+         [models.chat]\ntargets = [\"reset:any\", \"fake:ok\"]\n",
+        fake.base_url()
+    );
+    let gw = Gateway::start(&toml).await;
+    let response = gw.chat(ask("chat", "hi")).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-ragway-target"], "fake:ok");
+    assert_eq!(resets.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_silent_provider_is_left_at_the_first_token_deadline_and_not_asked_again() {
+    let fake = FakeProvider::start().await;
+    let toml = config_with(&fake, QUICK, &[("chat", &["silent", "ok"])]);
+    let gw = Gateway::start(&toml).await;
+    for body in [ask("chat", "hi"), ask_stream("chat", "hi")] {
+        let started = Instant::now();
+        let response = gw.chat(body).await;
+        assert_eq!(response.headers()["x-ragway-target"], "fake:ok");
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed < Duration::from_millis(1500),
+            "within the deadline: {elapsed:?}"
+        );
+    }
+    assert_eq!(
+        fake.attempts("silent"),
+        2,
+        "once per request, never retried"
+    );
+    let metrics = gw.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains(
+        r#"ragway_upstream_attempts_total{outcome="first_token_timeout",target="fake:silent"} 2"#
+    ));
+}
+
+#[tokio::test]
+async fn a_slow_first_token_fails_over_within_its_deadline() {
+    let fake = FakeProvider::start().await;
+    let toml = config_with(
+        &fake,
+        QUICK,
+        &[
+            ("slow", &["slow-ttft-3000", "ok"]),
+            ("fine", &["slow-ttft-200"]),
+        ],
+    );
+    let gw = Gateway::start(&toml).await;
+    let started = Instant::now();
+    let sse = Sse::read(gw.chat(ask_stream("slow", "hi")).await).await;
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    assert_eq!(sse.events[0]["model"], "fake:ok");
+    assert_eq!(fake.attempts("slow-ttft-3000"), 1);
+    // A first token inside the deadline is simply slow, not a failure.
+    let response = gw.chat(ask_stream("fine", "hi")).await;
+    assert_eq!(response.headers()["x-ragway-target"], "fake:slow-ttft-200");
+    assert!(Sse::read(response).await.done);
+}
+
+#[tokio::test]
+async fn a_stalled_stream_ends_with_an_error_not_a_finish() {
+    let fake = FakeProvider::start().await;
+    let toml = config_with(&fake, QUICK, &[("chat", &["stall-after-3", "ok"])]);
+    let gw = Gateway::start(&toml).await;
+    let started = Instant::now();
+    let sse = Sse::read(gw.chat(ask_stream("chat", "hi")).await).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the idle deadline ended it"
+    );
+    assert!(!sse.done && sse.finish_reasons().is_empty(), "{}", sse.raw);
+    let error = sse.error().expect("an in-band error");
+    assert!(
+        error["message"].as_str().unwrap().contains("idle"),
+        "{error}"
+    );
+    assert_eq!(sse.text(), "t0 t1 t2 ");
+    // A whole answer has sent nothing yet, so the same stall fails over.
+    let response = gw.chat(ask("chat", "hi")).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-ragway-target"], "fake:ok");
+    assert_eq!(gw.get("/healthz").await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_whole_answer_cut_mid_stream_is_retried_not_returned_short() {
+    let fake = FakeProvider::start().await;
+    let gw = Gateway::over(&fake, &[("chat", &["cut-after-40", "tokens-60"])]).await;
+    let body: Value = gw.chat(ask("chat", "count")).await.json().await.unwrap();
+    let text = body["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(
+        text.split_whitespace().count(),
+        60,
+        "the complete answer, from the next target"
+    );
+    assert_eq!(body["model"], "fake:tokens-60");
+    assert_eq!(fake.attempts("cut-after-40"), 3);
+}
+
+#[tokio::test]
+async fn a_stream_without_done_is_finalised_at_once_with_usage() {
+    let fake = FakeProvider::start().await;
+    let gw = Gateway::over(&fake, &[("chat", &["no-done"])]).await;
+    let mut body = ask_stream("chat", "hi");
+    body["stream_options"] = json!({"include_usage": true});
+    let started = Instant::now();
+    let sse = Sse::read(gw.chat(body).await).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "no wait for an idle deadline"
+    );
+    assert!(sse.done);
+    let usage = sse
+        .events
+        .iter()
+        .find_map(|e| e.get("usage"))
+        .expect("usage");
+    assert_eq!(usage["completion_tokens"], 6);
+}
+
+#[tokio::test]
+async fn context_length_exceeded_moves_on_after_one_attempt() {
+    let fake = FakeProvider::start().await;
+    let gw = Gateway::over(
+        &fake,
+        &[
+            ("chat", &["context-length", "ok"]),
+            ("only", &["context-length#2"]),
+        ],
+    )
+    .await;
+    let response = gw.chat(ask("chat", "a very long prompt")).await;
+    assert_eq!(response.headers()["x-ragway-target"], "fake:ok");
+    assert_eq!(fake.attempts("context-length"), 1);
+    // With no target left, the client learns its prompt is too long — not an outage.
+    let response = gw.chat(ask("only", "a very long prompt")).await;
+    assert_eq!(response.status(), 400);
+    assert!(response.headers().get("retry-after").is_none());
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "context_length_exceeded");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("maximum context length")
+    );
+}
+
+#[tokio::test]
+async fn a_content_filter_can_be_configured_to_fail_over() {
+    let fake = FakeProvider::start().await;
+    let mut toml = config_with(&fake, "", &[("strict", &["content-filter", "ok"])]);
+    toml.push_str("\n[models.lenient]\ntargets = [\"fake:content-filter#2\", \"fake:ok\"]\nfailover_on_content_filter = true\n");
+    let gw = Gateway::start(&toml).await;
+    let response = gw.chat(ask("strict", "x")).await;
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("inappropriate content")
+    );
+    assert_eq!(fake.attempts("content-filter"), 1);
+    let response = gw.chat(ask("lenient", "x")).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-ragway-target"], "fake:ok");
+    assert_eq!(fake.attempts("content-filter#2"), 1);
+}
+
+#[tokio::test]
+async fn configuration_errors_are_counted_and_failed_over() {
+    let fake = FakeProvider::start().await;
+    let gw = Gateway::over(
+        &fake,
+        &[("chat", &["price-not-set", "deepseek-40101", "ok"])],
+    )
+    .await;
+    assert_eq!(gw.chat(ask("chat", "hi")).await.status(), 200);
+    assert_eq!(fake.attempts("price-not-set"), 1);
+    assert_eq!(fake.attempts("deepseek-40101"), 1);
+    let metrics = gw.get("/metrics").await.text().await.unwrap();
+    for line in [
+        r#"ragway_config_errors_total{target="fake:price-not-set"} 1"#,
+        r#"ragway_config_errors_total{target="fake:deepseek-40101"} 1"#,
+        r#"ragway_failovers_total{from="fake:price-not-set",reason="http_5xx",to="fake:deepseek-40101"} 1"#,
+        r#"ragway_failovers_total{from="fake:deepseek-40101",reason="http_4xx",to="fake:ok"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+}
+
+/// The primary is down for three seconds, then healthy; a request every 200 ms.
+#[tokio::test]
+async fn a_flapping_primary_is_skipped_while_down_and_used_again_when_back() {
+    let fake = FakeProvider::start().await;
+    let toml = config_with(
+        &fake,
+        "retry.attempts = 1\nbreaker.failures = 3\nbreaker.open_for = \"1s\"\nbreaker.max_open_for = \"1s\"",
+        &[("chat", &["flap-3000", "ok"])],
+    );
+    let gw = Gateway::start(&toml).await;
+    let started = Instant::now();
+    let mut served = Vec::new();
+    let mut saw_open = false;
+    while started.elapsed() < Duration::from_millis(5500) {
+        let response = gw.chat(ask("chat", "hi")).await;
+        assert_eq!(response.status(), 200, "every request is answered");
+        let target = response.headers()["x-ragway-target"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        served.push((started.elapsed(), target));
+        let metrics = gw.get("/metrics").await.text().await.unwrap();
+        saw_open |= metrics.contains(r#"ragway_breaker_state{target="fake:flap-3000"} 2"#);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(saw_open, "the breaker opened during the outage");
+    let during: Vec<_> = served
+        .iter()
+        .filter(|(t, _)| *t < Duration::from_millis(2900))
+        .collect();
+    assert!(
+        during.iter().all(|(_, target)| target == "fake:ok"),
+        "{during:?}"
+    );
+    let back = served
+        .iter()
+        .find(|(t, target)| *t > Duration::from_secs(3) && target == "fake:flap-3000")
+        .unwrap_or_else(|| panic!("never back on the primary: {served:?}"));
+    assert!(
+        back.0 < Duration::from_millis(4500),
+        "back within the open period: {back:?}"
+    );
+    assert!(served.last().unwrap().1 == "fake:flap-3000", "{served:?}");
+    // Down for 3 s at a request every ~200 ms: without the breaker the primary would
+    // have seen each of them; with it, three failures and a probe a second.
+    let times = fake.attempt_times("flap-3000");
+    let in_outage = times
+        .iter()
+        .filter(|t| **t - times[0] < Duration::from_secs(3))
+        .count();
+    assert!(
+        in_outage <= 6,
+        "{in_outage} attempts during the outage, {} requests",
+        during.len()
+    );
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_requests_do_not_hammer_a_down_primary() {
+    let fake = FakeProvider::start().await;
+    let gw = Gateway::over(&fake, &[("chat", &["status-503", "ok"])]).await;
+    // The primary goes down: the first requests find out (3 attempts, then 2 more
+    // open the breaker).
+    for _ in 0..2 {
+        assert_eq!(gw.chat(ask("chat", "hi")).await.status(), 200);
+    }
+    assert_eq!(fake.attempts("status-503"), 5);
+    let requests = (0..200).map(|_| gw.chat(ask("chat", "hi")));
+    for response in futures_util::future::join_all(requests).await {
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-ragway-target"], "fake:ok");
+    }
+    assert_eq!(
+        fake.attempts("status-503"),
+        5,
+        "the open breaker skips it at once"
+    );
+    assert_eq!(fake.attempts("ok"), 202);
+}
+
+/// The harder case: 200 requests arrive together before anything is known. Those
+/// already sent when the first failure comes back cannot be recalled, but none of
+/// them is retried on the failing primary: no request tries it three times.
+#[tokio::test]
+async fn a_cold_burst_onto_a_down_primary_is_not_multiplied_by_retries() {
+    let fake = FakeProvider::start().await;
+    let gw = Gateway::over(&fake, &[("chat", &["status-503", "ok"])]).await;
+    let requests = (0..200).map(|_| gw.chat(ask("chat", "hi")));
+    for response in futures_util::future::join_all(requests).await {
+        assert_eq!(response.status(), 200);
+    }
+    let primary = fake.attempts("status-503");
+    println!("a cold burst of 200: the primary saw {primary} attempts");
+    assert!(
+        primary <= 200 + 5,
+        "the primary saw {primary} attempts for 200 requests"
+    );
+    assert_eq!(fake.attempts("ok"), 200);
+}
+
+#[tokio::test]
+async fn the_admin_api_shows_breakers_behind_its_key() {
+    let fake = FakeProvider::start().await;
+    let mut toml = config_with(
+        &fake,
+        "retry.attempts = 1\nbreaker.failures = 2",
+        &[("chat", &["status-503", "ok"])],
+    );
+    toml.push_str("\n[auth]\nadmin_key_env = \"ADMIN_KEY\"\n");
+    let gw = Gateway::start_with_env(&toml, &[("ADMIN_KEY", "admin-secret")]).await;
+    for _ in 0..2 {
+        gw.chat(ask("chat", "hi")).await;
+    }
+    let url = format!("{}/admin/breakers", gw.url);
+    assert_eq!(gw.http().get(&url).send().await.unwrap().status(), 401);
+    assert_eq!(
+        gw.http()
+            .get(&url)
+            .bearer_auth("nope")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let body: Value = gw
+        .http()
+        .get(&url)
+        .bearer_auth("admin-secret")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let breakers = body["breakers"].as_array().unwrap();
+    let primary = breakers
+        .iter()
+        .find(|b| b["target"] == "fake:status-503")
+        .unwrap();
+    assert_eq!(primary["state"], "open");
+    assert_eq!(primary["failures"], 2);
+    assert!(primary["retry_in_secs"].as_f64().unwrap() > 25.0);
+    let backup = breakers.iter().find(|b| b["target"] == "fake:ok").unwrap();
+    assert_eq!(backup["state"], "closed");
+    assert_eq!(backup["successes"], 2);
+    // A third request skips the open primary at once.
+    gw.chat(ask("chat", "hi")).await;
+    assert_eq!(fake.attempts("status-503"), 2);
+
+    let off = Gateway::over(&fake, &[("chat", &["ok"])]).await;
+    let response = off.get("/admin/breakers").await;
+    assert_eq!(
+        response.status(),
+        403,
+        "no admin key configured: the admin API is off"
+    );
+}
