@@ -70,6 +70,60 @@ fn every_problem_is_reported_at_once_by_key() {
 }
 
 #[test]
+fn durations_and_policies_are_checked() {
+    let toml = r#"
+        [providers.p]
+        kind = "openai"
+        base_url = "http://127.0.0.1:1/v1"
+        first_token_timeout = "10"
+        idle_timeout = "0s"
+        retry = { attempts = 0, base = "fast" }
+        breaker = { failures = 0, open_for = "1m", max_open_for = "10s" }
+        [models.m]
+        targets = ["p:x"]
+        request_timeout = "2 weeks"
+    "#;
+    let Err(ConfigError::Invalid(problems)) = Config::from_toml(toml, &Env::default()) else {
+        panic!("expected validation errors");
+    };
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "providers.p.first_token_timeout",
+            "providers.p.idle_timeout",
+            "providers.p.retry.attempts",
+            "providers.p.retry.base",
+            "providers.p.breaker.failures",
+            "providers.p.breaker.max_open_for",
+            "models.m.request_timeout",
+        ]
+    );
+    let ok = toml
+        .replace("\"10\"", "\"750ms\"")
+        .replace("\"0s\"", "\"1.5s\"")
+        .replace(
+            "attempts = 0, base = \"fast\"",
+            "attempts = 2, base = \"100ms\"",
+        )
+        .replace("failures = 0", "failures = 3")
+        .replace("\"10s\" }", "\"10m\" }")
+        .replace("\"2 weeks\"", "\"90s\"");
+    let config = Config::from_toml(&ok, &Env::default()).expect(&ok);
+    let p = &config.providers["p"];
+    assert_eq!(
+        p.deadlines.first_token,
+        std::time::Duration::from_millis(750)
+    );
+    assert_eq!(p.retry.attempts, 2);
+    assert_eq!(p.breaker.max_open_for, std::time::Duration::from_secs(600));
+    assert_eq!(
+        config.models["m"].request_timeout,
+        std::time::Duration::from_secs(90)
+    );
+}
+
+#[test]
 fn unknown_keys_are_named() {
     let err = Config::from_toml("[server]\nlisten_on = \"x\"\n", &Env::default()).unwrap_err();
     let text = err.to_string();

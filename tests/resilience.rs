@@ -432,3 +432,148 @@ async fn the_admin_api_shows_breakers_behind_its_key() {
         "no admin key configured: the admin API is off"
     );
 }
+
+/// The flapping primary at full scale, with the default breaker (5 failures, 30 s
+/// open, ×1.5 per reopening) and retry settings: down for 60 s, a request every 3 s.
+/// The router runs in process against scripted providers, under tokio's paused
+/// clock, so two simulated minutes take milliseconds.
+mod paused {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use ragway::generate::{
+        Breaker, BreakerPolicy, ChatProvider, ChunkStream, Deadlines, Generate, ProviderError,
+        RetryPolicy, Route, Router, Target, UpstreamError,
+    };
+    use ragway::pipeline::{Caller, RequestCtx};
+    use ragway::telemetry::Metrics;
+    use ragway::wire::{ChatChunk, ChatCompletion, ChatRequest};
+    use serde_json::json;
+    use tokio::time::Instant;
+
+    /// Down (503) until `up_at`, then answers; records when it was called.
+    struct Scripted {
+        up_at: Instant,
+        calls: Mutex<Vec<Instant>>,
+    }
+
+    #[async_trait]
+    impl ChatProvider for Scripted {
+        async fn complete(
+            &self,
+            _: &str,
+            _: &ChatRequest,
+        ) -> Result<ChatCompletion, UpstreamError> {
+            unreachable!("targets here stream upstream")
+        }
+
+        async fn stream(&self, _: &str, _: &ChatRequest) -> Result<ChunkStream, UpstreamError> {
+            let now = Instant::now();
+            self.calls.lock().unwrap().push(now);
+            if now < self.up_at {
+                return Err(UpstreamError::Status {
+                    status: 503,
+                    detail: ProviderError {
+                        message: "down".into(),
+                        ..Default::default()
+                    },
+                    retry_after: None,
+                });
+            }
+            let chunk: ChatChunk = serde_json::from_value(json!({
+                "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]
+            }))
+            .unwrap();
+            Ok(Box::pin(futures_util::stream::iter([Ok(chunk)])))
+        }
+    }
+
+    fn target(id: &str, provider: Arc<Scripted>) -> Arc<Target> {
+        Arc::new(Target {
+            id: id.into(),
+            model: "m".into(),
+            provider,
+            breaker: Arc::new(Breaker::new(BreakerPolicy::default())),
+            retry: RetryPolicy::default(),
+            deadlines: Deadlines::default(),
+            stream_upstream: true,
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sixty_second_outage_with_default_settings() {
+        let start = Instant::now();
+        let primary = Arc::new(Scripted {
+            up_at: start + Duration::from_secs(60),
+            calls: Mutex::default(),
+        });
+        let backup = Arc::new(Scripted {
+            up_at: start,
+            calls: Mutex::default(),
+        });
+        let route = Arc::new(Route {
+            alias: "chat".into(),
+            targets: vec![
+                target("primary", primary.clone()),
+                target("backup", backup.clone()),
+            ],
+            request_timeout: Duration::from_secs(120),
+            failover_on_content_filter: false,
+        });
+        let router = Router::new(Arc::new(Metrics::new()));
+        let prompt: ChatRequest = serde_json::from_value(json!({
+            "model": "chat", "messages": [{"role": "user", "content": "hi"}]
+        }))
+        .unwrap();
+        let mut served = Vec::new();
+        for i in 0..40u64 {
+            tokio::time::sleep_until(start + Duration::from_secs(3 * i)).await;
+            let mut ctx = RequestCtx::new(
+                "r".into(),
+                Caller::anonymous(),
+                route.clone(),
+                &prompt,
+                Instant::now(),
+            );
+            let generation = router
+                .generate(&mut ctx, &prompt)
+                .await
+                .expect("every request is answered");
+            served.push((Instant::now() - start, generation.target.to_string()));
+        }
+        let calls: Vec<u64> = primary
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|t| (*t - start).as_secs())
+            .collect();
+        println!("primary called at (s): {calls:?}");
+        // Outage: 5 failures open the breaker (3 attempts for the first request, 2 for
+        // the second); one probe 30 s later fails and reopens it for 45 s.
+        assert_eq!(calls.iter().filter(|&&t| t < 60).count(), 6, "{calls:?}");
+        assert!(
+            served
+                .iter()
+                .filter(|(t, _)| t.as_secs() < 60)
+                .all(|(_, target)| target == "backup")
+        );
+        let back = served
+            .iter()
+            .find(|(_, target)| target == "primary")
+            .expect("back on the primary")
+            .0;
+        println!("back on the primary at {back:?}");
+        assert!(
+            back > Duration::from_secs(60) && back <= Duration::from_secs(90),
+            "back at {back:?}: within 30 s of recovery"
+        );
+        assert!(
+            served
+                .iter()
+                .filter(|(t, _)| *t > back)
+                .all(|(_, target)| target == "primary")
+        );
+    }
+}

@@ -11,7 +11,7 @@
 //!   the last call failed (the target is suspect), only one call at a time is let
 //!   through; the rest skip to the next target instead of piling onto a failing one.
 //! - **Open:** calls are refused at once until `open_for` has passed; each
-//!   consecutive opening doubles that, up to `max_open_for`.
+//!   consecutive opening lasts 1.5 times longer, up to `max_open_for`.
 //! - **Half-open:** one probe is let through. Success closes the breaker; failure
 //!   opens it again for longer. A probe that ends without a verdict (the client left)
 //!   frees the slot for the next caller.
@@ -220,11 +220,11 @@ impl Breaker {
     }
 
     fn open(&self, inner: &mut Inner, now: Instant) {
-        let factor = 2u32.saturating_pow(inner.opens.min(16));
-        let open_for = self
-            .policy
-            .open_for
-            .saturating_mul(factor)
+        // ×1.5 per consecutive opening: a long outage is probed less often, yet a
+        // provider back after one failed probe is used again within 45 s (defaults).
+        let factor = 1.5f64.powi(inner.opens.min(32) as i32);
+        let open_for = Duration::try_from_secs_f64(self.policy.open_for.as_secs_f64() * factor)
+            .unwrap_or(self.policy.max_open_for)
             .min(self.policy.max_open_for);
         inner.opens = inner.opens.saturating_add(1);
         inner.state = Phase::Open {
@@ -326,7 +326,7 @@ mod tests {
                 Some(BreakerState::Open)
             );
         }
-        assert_eq!(waits, [30, 60, 100, 100]);
+        assert_eq!(waits, [30, 45, 68, 100]);
     }
 
     #[tokio::test(start_paused = true)]

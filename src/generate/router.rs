@@ -72,7 +72,7 @@ impl Router {
                     None => Left::Skipped,
                 });
             };
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             let result = self
                 .attempt(target, prompt, ctx.stream, deadline, permit)
                 .await;
@@ -240,7 +240,7 @@ impl Generate for Router {
         prompt: &ChatRequest,
     ) -> Result<Generation, GatewayError> {
         let route = Arc::clone(&ctx.route);
-        let deadline = Instant::from_std(ctx.started) + route.request_timeout;
+        let deadline = ctx.started + route.request_timeout;
         let mut left: Option<(Arc<str>, &'static str)> = None;
         let mut last_error = None;
         for target in &route.targets {

@@ -112,6 +112,7 @@ where
     }
 
     fn take_chunk(&mut self, mut chunk: ChatChunk) {
+        whole_answer_as_delta(&mut chunk);
         if let Some(error) = chunk.extra.remove("error") {
             let detail = ProviderError::from_json(&serde_json::json!({ "error": error }));
             return self.fail(UpstreamError::Status {
@@ -133,6 +134,24 @@ where
     fn fail(&mut self, error: UpstreamError) {
         self.ready.push_back(Err(error));
         self.closed = true;
+    }
+}
+
+/// Some servers answer a stream request with one whole `chat.completion`: its
+/// `message` becomes the chunk's delta (tool calls numbered, as deltas carry them).
+fn whole_answer_as_delta(chunk: &mut ChatChunk) {
+    for choice in &mut chunk.choices {
+        let Some(mut message) = choice.extra.remove("message") else {
+            continue;
+        };
+        if let Some(Value::Array(calls)) = message.get_mut("tool_calls") {
+            for (index, call) in calls.iter_mut().enumerate() {
+                if let Some(call) = call.as_object_mut() {
+                    call.entry("index").or_insert(Value::from(index));
+                }
+            }
+        }
+        choice.delta = serde_json::from_value(message).unwrap_or_default();
     }
 }
 
@@ -232,6 +251,16 @@ mod tests {
         );
         assert!(!last.extra.contains_key("blocked"));
         assert_eq!(text(&items), "Hi");
+    }
+
+    #[tokio::test]
+    async fn a_whole_completion_in_answer_to_a_stream_request_is_read() {
+        let items = collect(
+            "{\"id\":\"x\",\"object\":\"chat.completion\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"Hi there\"},\"finish_reason\":\"stop\"}]}",
+        )
+        .await;
+        assert_eq!(items.len(), 1);
+        assert_eq!(text(&items), "Hi there");
     }
 
     #[tokio::test]

@@ -1,7 +1,7 @@
 //! `POST /v1/chat/completions`.
 
 use std::convert::Infallible;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use axum::Json;
 use axum::body::Body;

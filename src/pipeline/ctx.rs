@@ -1,7 +1,7 @@
 //! What the pipeline knows about one request besides its body.
 
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use crate::cache::{CacheKey, CacheStatus};
 use crate::generate::{Attempt, Route};

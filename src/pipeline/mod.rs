@@ -62,7 +62,7 @@ enum Answer {
     },
     Stream {
         target: Arc<str>,
-        started: std::time::Instant,
+        started: tokio::time::Instant,
         chunks: ChunkStream,
         restorer: Box<dyn Restorer>,
     },

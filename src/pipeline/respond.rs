@@ -45,7 +45,7 @@ pub(super) fn cached(
         ));
         return Answer::Stream {
             target,
-            started: std::time::Instant::now(),
+            started: tokio::time::Instant::now(),
             chunks,
             restorer,
         };

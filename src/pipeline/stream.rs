@@ -4,7 +4,9 @@
 //! (the upstream call is dropped at once, which cancels it).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
