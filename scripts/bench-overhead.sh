@@ -35,7 +35,10 @@ cleanup() {
 trap cleanup EXIT
 
 # --- the instant upstream ---------------------------------------------------------
-answer='{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"bench","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I help you today?"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":9,"total_tokens":18}}'
+# A canned streamed answer (three chunks, usage, [DONE]): ragway streams from upstream
+# by default, also for clients that want a whole answer, and assembles it.
+chunk() { printf 'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,"model":"bench","choices":[%s]%s}\\n\\n' "$1" "$2"; }
+answer="$(chunk '{"index":0,"delta":{"role":"assistant","content":"Hello! "},"finish_reason":null}' '')$(chunk '{"index":0,"delta":{"content":"How can I help you today?"},"finish_reason":null}' '')$(chunk '{"index":0,"delta":{},"finish_reason":"stop"}' '')$(chunk '' ',"usage":{"prompt_tokens":9,"completion_tokens":9,"total_tokens":18}')data: [DONE]\\n\\n"
 mkdir -p "$work/nginx/logs"
 cat >"$work/nginx/nginx.conf" <<EOF
 worker_processes 1;
@@ -49,7 +52,7 @@ http {
   client_body_temp_path $work/nginx;
   server {
     listen 127.0.0.1:$UPSTREAM_PORT;
-    location / { default_type application/json; return 200 '$answer'; }
+    location / { default_type text/event-stream; return 200 '$answer'; }
   }
 }
 EOF
@@ -80,8 +83,11 @@ wait_for() {
 }
 wait_for "http://127.0.0.1:$GATEWAY_PORT/healthz"
 body='{"model":"bench","messages":[{"role":"user","content":"Hello, who are you?"}]}'
+# The gateway answers, and assembles the streamed answer correctly.
 curl -sf -H 'content-type: application/json' -d "$body" \
-  "http://127.0.0.1:$GATEWAY_PORT/v1/chat/completions" >/dev/null
+  "http://127.0.0.1:$GATEWAY_PORT/v1/chat/completions" |
+  python3 -c 'import json,sys; c=json.load(sys.stdin)["choices"][0]["message"]["content"]; \
+assert c == "Hello! How can I help you today?", c' >&2
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$ragway_pid/status"; }
 idle_rss=$(rss_kb)
 
