@@ -15,6 +15,14 @@ fn gaps(times: &[Instant]) -> Vec<Duration> {
     times.windows(2).map(|w| w[1] - w[0]).collect()
 }
 
+fn fmt(durations: &[Duration]) -> String {
+    let ms: Vec<String> = durations
+        .iter()
+        .map(|d| format!("{} ms", d.as_millis()))
+        .collect();
+    ms.join(", ")
+}
+
 #[tokio::test]
 async fn retry_after_is_honoured_then_the_next_target_answers() {
     let fake = FakeProvider::start().await;
@@ -24,6 +32,7 @@ async fn retry_after_is_honoured_then_the_next_target_answers() {
     assert_eq!(response.headers()["x-ragway-target"], "fake:ok");
     let times = fake.attempt_times("retry-after-2");
     assert_eq!(times.len(), 3, "bounded: three attempts");
+    println!("429 Retry-After 2: attempts {} apart", fmt(&gaps(&times)));
     for gap in gaps(&times) {
         assert!(
             gap >= Duration::from_millis(1800),
@@ -41,6 +50,7 @@ async fn a_429_without_retry_after_backs_off_with_jitter() {
     let times = fake.attempt_times("status-429");
     assert_eq!(times.len(), 3);
     let gaps = gaps(&times);
+    println!("429 without Retry-After: attempts {} apart", fmt(&gaps));
     // Full jitter: each wait is at most base · 2^(n−1) (200 ms, then 400 ms).
     assert!(gaps[0] <= Duration::from_millis(300), "{gaps:?}");
     assert!(gaps[1] <= Duration::from_millis(500), "{gaps:?}");
@@ -102,6 +112,9 @@ async fn a_silent_provider_is_left_at_the_first_token_deadline_and_not_asked_aga
         let response = gw.chat(body).await;
         assert_eq!(response.headers()["x-ragway-target"], "fake:ok");
         let elapsed = started.elapsed();
+        println!(
+            "silent provider, 500 ms first-token deadline: answered by the next in {elapsed:?}"
+        );
         assert!(
             elapsed < Duration::from_millis(1500),
             "within the deadline: {elapsed:?}"
@@ -132,6 +145,10 @@ async fn a_slow_first_token_fails_over_within_its_deadline() {
     let gw = Gateway::start(&toml).await;
     let started = Instant::now();
     let sse = Sse::read(gw.chat(ask_stream("slow", "hi")).await).await;
+    println!(
+        "3 s first token, 500 ms deadline: answered by the next in {:?}",
+        started.elapsed()
+    );
     assert!(started.elapsed() < Duration::from_millis(1500));
     assert_eq!(sse.events[0]["model"], "fake:ok");
     assert_eq!(fake.attempts("slow-ttft-3000"), 1);
@@ -148,6 +165,10 @@ async fn a_stalled_stream_ends_with_an_error_not_a_finish() {
     let gw = Gateway::start(&toml).await;
     let started = Instant::now();
     let sse = Sse::read(gw.chat(ask_stream("chat", "hi")).await).await;
+    println!(
+        "stall after 3 tokens, 500 ms idle deadline: in-band error after {:?}",
+        started.elapsed()
+    );
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "the idle deadline ended it"
@@ -189,6 +210,10 @@ async fn a_stream_without_done_is_finalised_at_once_with_usage() {
     body["stream_options"] = json!({"include_usage": true});
     let started = Instant::now();
     let sse = Sse::read(gw.chat(body).await).await;
+    println!(
+        "no [DONE]: finished {:?} after the request",
+        started.elapsed()
+    );
     assert!(
         started.elapsed() < Duration::from_secs(1),
         "no wait for an idle deadline"
@@ -312,6 +337,10 @@ async fn a_flapping_primary_is_skipped_while_down_and_used_again_when_back() {
         .iter()
         .find(|(t, target)| *t > Duration::from_secs(3) && target == "fake:flap-3000")
         .unwrap_or_else(|| panic!("never back on the primary: {served:?}"));
+    println!(
+        "flapping (3 s down, 1 s open): back on the primary at {:?}",
+        back.0
+    );
     assert!(
         back.0 < Duration::from_millis(4500),
         "back within the open period: {back:?}"

@@ -66,6 +66,15 @@ impl UpstreamError {
         says(&detail.code) || says(&detail.kind)
     }
 
+    /// An `error` member found in a body the provider sent with `status`.
+    pub fn in_body(status: u16, error: Value) -> Self {
+        UpstreamError::Status {
+            status,
+            detail: ProviderError::from_json(&serde_json::json!({ "error": error })),
+            retry_after: None,
+        }
+    }
+
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             UpstreamError::Status { retry_after, .. } => *retry_after,

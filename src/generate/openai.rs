@@ -135,12 +135,7 @@ impl ChatProvider for OpenAiProvider {
         let mut completion: ChatCompletion = serde_json::from_slice(&body)
             .map_err(|e| UpstreamError::Protocol(format!("malformed completion: {e}")))?;
         if let Some(error) = completion.extra.remove("error") {
-            let detail = ProviderError::from_json(&serde_json::json!({ "error": error }));
-            return Err(UpstreamError::Status {
-                status,
-                detail,
-                retry_after: None,
-            });
+            return Err(UpstreamError::in_body(status, error));
         }
         if completion.choices.is_empty() {
             return Err(UpstreamError::Protocol(

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use serde_json::Value;
 
-use super::error::{ProviderError, UpstreamError};
+use super::error::UpstreamError;
 use super::frames::{Frame, FrameDecoder};
 use crate::wire::{ChatChunk, ChunkChoice};
 
@@ -114,12 +114,7 @@ where
     fn take_chunk(&mut self, mut chunk: ChatChunk) {
         whole_answer_as_delta(&mut chunk);
         if let Some(error) = chunk.extra.remove("error") {
-            let detail = ProviderError::from_json(&serde_json::json!({ "error": error }));
-            return self.fail(UpstreamError::Status {
-                status: 200,
-                detail,
-                retry_after: None,
-            });
+            return self.fail(UpstreamError::in_body(200, error));
         }
         if take_blocked(&mut chunk) {
             mark_content_filter(&mut chunk);
