@@ -200,11 +200,11 @@ impl Metrics {
         }
     }
 
-    /// A stream that was handed to the client has ended; `elapsed` runs from the
-    /// start of its attempt.
-    pub fn upstream_stream_ended(&self, target: &str, elapsed: Duration) {
+    /// A stream that was handed to the client has ended (`ok`, `interrupted` or
+    /// `abandoned`); `elapsed` runs from the start of its attempt.
+    pub fn upstream_stream_ended(&self, target: &str, outcome: &str, elapsed: Duration) {
         self.upstream_attempts
-            .with_label_values(&[target, "ok"])
+            .with_label_values(&[target, outcome])
             .inc();
         self.upstream_duration
             .with_label_values(&[target])

@@ -338,19 +338,18 @@ impl ChatChunk {
         self.choices.iter().any(|c| c.finish_reason.is_some())
     }
 
-    /// Whether this chunk carries something a client would see (text, a tool call,
-    /// a finish reason), as opposed to an empty role announcement.
+    /// Whether this chunk carries something of the answer (text, a tool call, a
+    /// finish reason), as opposed to an empty role announcement or usage alone.
     pub fn has_payload(&self) -> bool {
-        self.usage.is_some()
-            || self.choices.iter().any(|c| {
-                c.finish_reason.is_some()
-                    || c.delta.content.as_deref().is_some_and(|s| !s.is_empty())
-                    || c.delta
-                        .reasoning_content
-                        .as_deref()
-                        .is_some_and(|s| !s.is_empty())
-                    || c.delta.tool_calls.is_some()
-            })
+        self.choices.iter().any(|c| {
+            c.finish_reason.is_some()
+                || c.delta.content.as_deref().is_some_and(|s| !s.is_empty())
+                || c.delta
+                    .reasoning_content
+                    .as_deref()
+                    .is_some_and(|s| !s.is_empty())
+                || c.delta.tool_calls.is_some()
+        })
     }
 }
 
@@ -447,6 +446,16 @@ mod tests {
         assert_eq!(path, "messages[0].role");
         let path = parse(r#"{"model":"m","messages":[],"temperature":"hot"}"#).unwrap_err();
         assert_eq!(path, "temperature");
+    }
+
+    #[test]
+    fn usage_alone_is_not_part_of_the_answer() {
+        let chunk: ChatChunk = serde_json::from_str(
+            r#"{"choices":[{"index":0,"delta":{"role":"assistant"}}],
+                "usage":{"prompt_tokens":1,"completion_tokens":0,"total_tokens":1}}"#,
+        )
+        .unwrap();
+        assert!(!chunk.has_payload());
     }
 
     #[test]

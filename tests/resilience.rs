@@ -188,6 +188,46 @@ async fn a_stalled_stream_ends_with_an_error_not_a_finish() {
 }
 
 #[tokio::test]
+async fn quiet_after_the_finish_chunk_ends_the_answer_cleanly() {
+    let fake = FakeProvider::start().await;
+    let toml = config_with(&fake, QUICK, &[("chat", &["finish-then-stall", "ok"])]);
+    let gw = Gateway::start(&toml).await;
+    let sse = Sse::read(gw.chat(ask_stream("chat", "hi")).await).await;
+    assert!(sse.done, "a finished answer stays finished: {}", sse.raw);
+    assert!(sse.error().is_none());
+    assert_eq!(sse.finish_reasons(), ["stop"]);
+    let response = gw.chat(ask("chat", "hi")).await;
+    assert_eq!(
+        response.headers()["x-ragway-target"],
+        "fake:finish-then-stall"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], OK_TOKENS.concat());
+}
+
+#[tokio::test]
+async fn a_pause_longer_than_the_back_off_cap_moves_to_the_next_target() {
+    let fake = FakeProvider::start().await;
+    let gw = Gateway::over(
+        &fake,
+        &[
+            ("chat", &["retry-after-30", "ok"]),
+            ("alone", &["retry-after-30#2"]),
+        ],
+    )
+    .await;
+    let started = Instant::now();
+    let response = gw.chat(ask("chat", "hi")).await;
+    assert_eq!(response.headers()["x-ragway-target"], "fake:ok");
+    assert!(started.elapsed() < Duration::from_secs(2), "not waited on");
+    assert_eq!(fake.attempts("retry-after-30"), 1);
+    // With no other target, the client is told the provider's own pause.
+    let response = gw.chat(ask("alone", "hi")).await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "30");
+}
+
+#[tokio::test]
 async fn a_whole_answer_cut_mid_stream_is_retried_not_returned_short() {
     let fake = FakeProvider::start().await;
     let gw = Gateway::over(&fake, &[("chat", &["cut-after-40", "tokens-60"])]).await;
@@ -260,6 +300,7 @@ async fn a_content_filter_can_be_configured_to_fail_over() {
     let fake = FakeProvider::start().await;
     let mut toml = config_with(&fake, "", &[("strict", &["content-filter", "ok"])]);
     toml.push_str("\n[models.lenient]\ntargets = [\"fake:content-filter#2\", \"fake:ok\"]\nfailover_on_content_filter = true\n");
+    toml.push_str("\n[models.all-refuse]\ntargets = [\"fake:content-filter#3\", \"fake:content-filter#4\"]\nfailover_on_content_filter = true\n");
     let gw = Gateway::start(&toml).await;
     let response = gw.chat(ask("strict", "x")).await;
     assert_eq!(response.status(), 400);
@@ -275,6 +316,11 @@ async fn a_content_filter_can_be_configured_to_fail_over() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-ragway-target"], "fake:ok");
     assert_eq!(fake.attempts("content-filter#2"), 1);
+    // Failing over, and every target refuses: still a refusal, not an outage.
+    let response = gw.chat(ask("all-refuse", "x")).await;
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "content_filter");
 }
 
 #[tokio::test]

@@ -21,6 +21,8 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_MAX_BODY: u64 = 4 * 1024 * 1024;
 const MAX_BODY_CEILING: u64 = 256 * 1024 * 1024;
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// No deadline or breaker period is longer than a day.
+const MAX_DURATION: Duration = Duration::from_secs(86_400);
 
 /// Collects problems while validation goes on.
 struct Problems(Vec<Problem>);
@@ -37,9 +39,9 @@ impl Problems {
     fn duration(&mut self, key: &str, text: Option<&str>, default: Duration) -> Duration {
         match text.map(parse_duration) {
             None => default,
-            Some(Ok(d)) if !d.is_zero() => d,
+            Some(Ok(d)) if !d.is_zero() && d <= MAX_DURATION => d,
             Some(Ok(_)) => {
-                self.add(key, "must be longer than zero");
+                self.add(key, "must be longer than zero and at most 24h");
                 default
             }
             Some(Err(e)) => {

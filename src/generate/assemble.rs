@@ -82,10 +82,6 @@ impl Assembler {
             .sum()
     }
 
-    pub fn finish_reason(&self) -> Option<&str> {
-        self.choices.values().next()?.finish_reason.as_deref()
-    }
-
     pub fn has_tool_calls(&self) -> bool {
         self.choices.values().any(|c| !c.tool_calls.is_empty())
     }

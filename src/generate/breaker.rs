@@ -8,8 +8,9 @@
 //! paused time cannot move.
 //!
 //! - **Closed:** calls pass. After `failures` consecutive failures it opens. While
-//!   the last call failed (the target is suspect), only one call at a time is let
-//!   through; the rest skip to the next target instead of piling onto a failing one.
+//!   the last call failed (the target is suspect), only one trial call at a time is
+//!   let through; the rest skip to the next target instead of piling onto a failing
+//!   one.
 //! - **Open:** calls are refused at once until `open_for` has passed; each
 //!   consecutive opening lasts 1.5 times longer, up to `max_open_for`.
 //! - **Half-open:** one probe is let through. Success closes the breaker; failure
@@ -85,6 +86,8 @@ struct Inner {
     /// Openings since the last success: the exponent of the back-off.
     opens: u32,
     in_flight: u32,
+    /// While the last call failed, the one call allowed to find out more is out.
+    trial_out: bool,
     successes: u64,
     failures: u64,
     rejected: u64,
@@ -108,15 +111,26 @@ enum Phase {
 #[must_use]
 pub struct Permit {
     breaker: Arc<Breaker>,
-    probe: bool,
+    kind: Call,
     recorded: bool,
+}
+
+/// Why a call was let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    /// The target is healthy.
+    Normal,
+    /// The target is suspect (its last call failed): one call at a time.
+    Trial,
+    /// The breaker is half-open: the one probe.
+    Probe,
 }
 
 impl Permit {
     /// Records how the call went; returns the state change it caused, if any.
     pub fn record(mut self, verdict: Verdict, now: Instant) -> Transition {
         self.recorded = true;
-        self.breaker.settle(self.probe, verdict, now)
+        self.breaker.settle(self.kind, verdict, now)
     }
 }
 
@@ -124,7 +138,7 @@ impl Drop for Permit {
     fn drop(&mut self) {
         if !self.recorded {
             self.breaker
-                .settle(self.probe, Verdict::Neutral, Instant::now());
+                .settle(self.kind, Verdict::Neutral, Instant::now());
         }
     }
 }
@@ -158,16 +172,22 @@ impl Breaker {
     pub fn try_acquire(self: &Arc<Self>, now: Instant) -> (Option<Permit>, Transition) {
         let mut inner = self.lock();
         let (permit, transition) = match inner.state {
-            Phase::Closed if inner.consecutive_failures > 0 && inner.in_flight > 0 => {
-                (None, None) // suspect: one call at a time
+            Phase::Closed if inner.consecutive_failures == 0 => {
+                (Some(self.permit(Call::Normal)), None)
             }
-            Phase::Closed => (Some(self.permit(false)), None),
+            // Suspect: one trial call at a time finds out whether it recovered;
+            // calls let through while it was healthy do not count.
+            Phase::Closed if inner.trial_out => (None, None),
+            Phase::Closed => {
+                inner.trial_out = true;
+                (Some(self.permit(Call::Trial)), None)
+            }
             Phase::Open { until } if now < until => (None, None),
             Phase::Open { .. } | Phase::HalfOpen { probing: false } => {
                 let changed = !matches!(inner.state, Phase::HalfOpen { .. });
                 inner.state = Phase::HalfOpen { probing: true };
                 let transition = changed.then_some(BreakerState::HalfOpen);
-                (Some(self.permit(true)), transition)
+                (Some(self.permit(Call::Probe)), transition)
             }
             Phase::HalfOpen { probing: true } => (None, None),
         };
@@ -178,22 +198,27 @@ impl Breaker {
         (permit, transition)
     }
 
-    fn permit(self: &Arc<Self>, probe: bool) -> Permit {
+    fn permit(self: &Arc<Self>, kind: Call) -> Permit {
         Permit {
             breaker: Arc::clone(self),
-            probe,
+            kind,
             recorded: false,
         }
     }
 
-    fn settle(&self, probe: bool, verdict: Verdict, now: Instant) -> Transition {
+    fn settle(&self, kind: Call, verdict: Verdict, now: Instant) -> Transition {
         let mut inner = self.lock();
         inner.in_flight = inner.in_flight.saturating_sub(1);
+        if kind == Call::Trial {
+            inner.trial_out = false;
+        }
+        let probe = kind == Call::Probe;
         match verdict {
             Verdict::Success => {
                 inner.successes += 1;
                 inner.consecutive_failures = 0;
                 inner.opens = 0;
+                inner.trial_out = false;
                 let was_closed = matches!(inner.state, Phase::Closed);
                 inner.state = Phase::Closed;
                 (!was_closed).then_some(BreakerState::Closed)
@@ -227,9 +252,12 @@ impl Breaker {
             .unwrap_or(self.policy.max_open_for)
             .min(self.policy.max_open_for);
         inner.opens = inner.opens.saturating_add(1);
-        inner.state = Phase::Open {
-            until: now + open_for,
-        };
+        inner.trial_out = false;
+        // Durations are bounded by config validation; saturate all the same.
+        let until = now
+            .checked_add(open_for)
+            .unwrap_or(now + Duration::from_secs(86_400));
+        inner.state = Phase::Open { until };
     }
 
     pub fn state(&self, now: Instant) -> BreakerState {
@@ -341,6 +369,27 @@ mod tests {
         let (a, _) = b.try_acquire(now);
         let (c, _) = b.try_acquire(now);
         assert!(a.is_some() && c.is_some(), "healthy again: no limit");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_admitted_while_healthy_do_not_block_the_trial() {
+        let b = breaker();
+        let now = Instant::now();
+        let (long_stream, _) = b.try_acquire(now);
+        let long_stream = long_stream.expect("healthy");
+        fail(&b, now); // another call fails while the stream is still running
+        let (trial, _) = b.try_acquire(now);
+        assert!(
+            trial.is_some(),
+            "one trial call passes despite the call in flight"
+        );
+        assert!(b.try_acquire(now).0.is_none(), "but only one");
+        drop(trial);
+        assert!(
+            b.try_acquire(now).0.is_some(),
+            "a cancelled trial frees the slot"
+        );
+        long_stream.record(Verdict::Success, now);
     }
 
     #[tokio::test(start_paused = true)]

@@ -15,7 +15,12 @@ pub enum Frame {
     Payload(String),
     /// `[DONE]`: the provider says the stream is over.
     Done,
+    /// One event grew past [`MAX_EVENT`]: nothing more is read.
+    Oversized,
 }
+
+/// The largest single event ragway buffers; a whole answer is capped likewise.
+pub const MAX_EVENT: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, Default)]
 pub struct FrameDecoder {
@@ -23,6 +28,7 @@ pub struct FrameDecoder {
     partial: Vec<u8>,
     /// The payload being assembled from `data:` lines or bare lines.
     pending: String,
+    oversized: bool,
 }
 
 impl FrameDecoder {
@@ -32,6 +38,9 @@ impl FrameDecoder {
 
     /// Feeds bytes; complete frames are appended to `out`.
     pub fn push(&mut self, bytes: &[u8], out: &mut Vec<Frame>) {
+        if self.oversized {
+            return;
+        }
         let mut rest = bytes;
         while let Some(newline) = rest.iter().position(|&b| b == b'\n') {
             let (head, tail) = rest.split_at(newline);
@@ -45,6 +54,10 @@ impl FrameDecoder {
             }
         }
         self.partial.extend_from_slice(rest);
+        if self.partial.len() + self.pending.len() > MAX_EVENT {
+            self.oversized = true;
+            out.push(Frame::Oversized);
+        }
     }
 
     /// The body has ended: releases whatever is left.
@@ -75,7 +88,10 @@ impl FrameDecoder {
         } else {
             self.append(&line); // a bare JSON line
         }
-        if self.pending_is_complete() {
+        // Only a line that ends a JSON object (or says [DONE]) can complete the
+        // payload; checking just those keeps a long multi-line event linear.
+        let closes = line.trim_end().ends_with(['}', ']']);
+        if closes && self.pending_is_complete() {
             self.dispatch(out);
         }
     }
@@ -88,6 +104,9 @@ impl FrameDecoder {
     }
 
     fn pending_is_complete(&self) -> bool {
+        if self.pending.len() > MAX_EVENT {
+            return false; // reported as oversized by `push`
+        }
         let text = self.pending.trim();
         if text == "[DONE]" {
             return true;
@@ -133,7 +152,7 @@ mod tests {
             .iter()
             .filter_map(|f| match f {
                 Frame::Payload(p) => Some(p.as_str()),
-                Frame::Done => None,
+                Frame::Done | Frame::Oversized => None,
             })
             .collect()
     }
@@ -173,6 +192,17 @@ mod tests {
         let mut out = Vec::new();
         decoder.push(b"data: {\"a\":1}\ndata: {\"a\":2}\n", &mut out);
         assert_eq!(out.len(), 2, "released before the stream ends");
+    }
+
+    #[test]
+    fn an_endless_event_stops_the_stream() {
+        let mut decoder = FrameDecoder::new();
+        let mut out = Vec::new();
+        let line = vec![b'x'; 1024 * 1024];
+        for _ in 0..17 {
+            decoder.push(&line, &mut out);
+        }
+        assert_eq!(out, [Frame::Oversized]);
     }
 
     #[test]

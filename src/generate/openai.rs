@@ -134,7 +134,7 @@ impl ChatProvider for OpenAiProvider {
         let body = read_capped(response, MAX_ANSWER_BODY).await?;
         let mut completion: ChatCompletion = serde_json::from_slice(&body)
             .map_err(|e| UpstreamError::Protocol(format!("malformed completion: {e}")))?;
-        if let Some(error) = completion.extra.remove("error") {
+        if let Some(error) = completion.extra.remove("error").filter(|e| !e.is_null()) {
             return Err(UpstreamError::in_body(status, error));
         }
         if completion.choices.is_empty() {
@@ -238,18 +238,27 @@ async fn read_capped(response: reqwest::Response, cap: usize) -> Result<Bytes, U
     Ok(Bytes::from(body))
 }
 
+/// The longest pause a provider may ask for; anything longer is read as this.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
 /// `retry-after-ms`, or `Retry-After` in seconds or as an HTTP date.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let text = |name: &str| headers.get(name)?.to_str().ok().map(str::trim);
+    let seconds = |secs: f64| {
+        (secs.is_finite() && secs >= 0.0)
+            .then(|| Duration::try_from_secs_f64(secs).unwrap_or(MAX_RETRY_AFTER))
+            .map(|d| d.min(MAX_RETRY_AFTER))
+    };
     if let Some(ms) = text("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
-        return (ms.is_finite() && ms >= 0.0).then(|| Duration::from_secs_f64(ms / 1000.0));
+        return seconds(ms / 1000.0);
     }
     let value = text("retry-after")?;
     if let Ok(secs) = value.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+        return seconds(secs);
     }
     let when = httpdate(value)?;
-    Some(when.duration_since(SystemTime::now()).unwrap_or_default())
+    let wait = when.duration_since(SystemTime::now()).unwrap_or_default();
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 /// Parses the IMF-fixdate form of an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).
@@ -272,6 +281,15 @@ fn httpdate(text: &str) -> Option<SystemTime> {
     let [h, m, s] = hms.as_slice() else {
         return None;
     };
+    // Out-of-range fields are not a date (and would overflow the arithmetic).
+    let in_range = (1970..=9999).contains(&year)
+        && (1..=31).contains(&day)
+        && (0..24).contains(h)
+        && (0..60).contains(m)
+        && (0..=60).contains(s);
+    if !in_range {
+        return None;
+    }
     // Days since the epoch, from the civil date (Howard Hinnant's algorithm).
     let y = if month <= 2 { year - 1 } else { year };
     let era = y.div_euclid(400);
@@ -310,6 +328,16 @@ mod tests {
             Some(SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777))
         );
         h.insert("retry-after", HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&h), None);
+        // Absurd values are capped or refused, never a panic.
+        h.insert("retry-after", HeaderValue::from_static("1e300"));
+        assert_eq!(retry_after(&h), Some(MAX_RETRY_AFTER));
+        h.insert(
+            "retry-after",
+            HeaderValue::from_static("Sun, 06 Nov 99999999999999 99:49:37 GMT"),
+        );
+        assert_eq!(retry_after(&h), None);
+        h.insert("retry-after-ms", HeaderValue::from_static("NaN"));
         assert_eq!(retry_after(&h), None);
     }
 }

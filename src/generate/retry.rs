@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::breaker::Verdict;
-use super::error::UpstreamError;
+use super::error::{TimeoutPhase, UpstreamError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct RetryPolicy {
@@ -96,6 +96,8 @@ pub fn classify(error: &UpstreamError, failover_on_content_filter: bool) -> Clas
         UpstreamError::Connect(_) | UpstreamError::Interrupted(_) | UpstreamError::Truncated => {
             RETRY
         }
+        // The request's own budget ran out: no fault of the target's.
+        UpstreamError::Timeout(TimeoutPhase::Total) => NOT_HERE,
         // A provider that says nothing in time is not asked again in this request.
         UpstreamError::Timeout(_) => DOWN,
         UpstreamError::Protocol(_) => DOWN,
@@ -125,7 +127,7 @@ pub fn classify(error: &UpstreamError, failover_on_content_filter: bool) -> Clas
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::generate::error::{ProviderError, TimeoutPhase};
+    use crate::generate::error::ProviderError;
 
     fn status(status: u16, kind: Option<&str>, code: Option<&str>, message: &str) -> UpstreamError {
         UpstreamError::Status {

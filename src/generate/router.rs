@@ -24,7 +24,7 @@ use super::{
 use crate::error::GatewayError;
 use crate::pipeline::RequestCtx;
 use crate::telemetry::Metrics;
-use crate::wire::{ChatCompletion, ChatRequest};
+use crate::wire::{ChatChunk, ChatCompletion, ChatRequest};
 
 /// What a client is told to wait when nothing better is known.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(2);
@@ -118,7 +118,14 @@ impl Router {
             let wait = target
                 .retry
                 .wait(retries, fastrand::f64(), error.retry_after());
-            if retries >= target.retry.attempts || Instant::now() + wait >= deadline {
+            // A provider asking for a longer pause than the back-off cap is left for
+            // the next target rather than waited on (its hint still reaches the
+            // client if no target answers).
+            let too_long = wait > target.retry.cap;
+            let past_deadline = Instant::now()
+                .checked_add(wait)
+                .is_none_or(|t| t >= deadline);
+            if retries >= target.retry.attempts || too_long || past_deadline {
                 return Err(Left::Failed(error, Disposition::NextTarget));
             }
             last = Some(error);
@@ -174,7 +181,9 @@ impl Router {
         client_streams: bool,
         deadline: Instant,
     ) -> Result<Output, UpstreamError> {
-        let first_token_by = deadline.min(Instant::now() + target.deadlines.first_token);
+        let first_token_by = Instant::now()
+            .checked_add(target.deadlines.first_token)
+            .map_or(deadline, |t| t.min(deadline));
         let opened = timeout_at(first_token_by, open_stream(target, prompt)).await;
         let chunks = match opened {
             Ok(result) => result?,
@@ -243,24 +252,33 @@ impl Generate for Router {
         let deadline = ctx.started + route.request_timeout;
         let mut left: Option<(Arc<str>, &'static str)> = None;
         let mut last_error = None;
+        // Whether every target refused the request itself (rather than being down).
+        let mut all_refused = true;
         for target in &route.targets {
             if let Some((from, reason)) = left.take() {
                 self.metrics.failover(&from, &target.id, reason);
             }
             match self.try_target(ctx, &route, target, prompt, deadline).await {
                 Ok(generation) => return Ok(generation),
-                Err(Left::Skipped) => left = Some((target.id.clone(), "breaker_open")),
+                Err(Left::Skipped) => {
+                    all_refused = false;
+                    left = Some((target.id.clone(), "breaker_open"));
+                }
                 Err(Left::Failed(error, Disposition::Stop)) => {
                     return Err(GatewayError::ContentFilter(provider_reason(&error)));
                 }
                 Err(Left::Failed(error, _)) => {
+                    all_refused &= classify(&error, false).verdict == Verdict::Neutral;
                     left = Some((target.id.clone(), error.class()));
                     last_error = Some((target.id.clone(), error));
                 }
-                Err(Left::OutOfTime) => break,
+                Err(Left::OutOfTime) => {
+                    all_refused = false;
+                    break;
+                }
             }
         }
-        Err(exhausted(&route, &ctx.attempts, last_error))
+        Err(exhausted(&route, &ctx.attempts, last_error, all_refused))
     }
 }
 
@@ -290,15 +308,20 @@ async fn open_stream(target: &Target, prompt: &ChatRequest) -> Result<ChunkStrea
 }
 
 /// Ends a stream with a timeout error when it goes quiet for `idle`, or when the
-/// request's deadline passes.
+/// request's deadline passes. Quiet after the finish chunk (a provider slow to send
+/// its usage or `[DONE]`) ends it cleanly: the answer is complete.
 fn with_deadlines(chunks: ChunkStream, idle: Duration, deadline: Instant) -> ChunkStream {
     Box::pin(futures_util::stream::unfold(
-        Some(chunks),
-        move |chunks| async move {
-            let mut chunks = chunks?;
-            let by = deadline.min(Instant::now() + idle);
+        Some((chunks, false)),
+        move |state| async move {
+            let (mut chunks, finished) = state?;
+            let by = deadline.min(Instant::now().checked_add(idle).unwrap_or(deadline));
             match timeout_at(by, chunks.next()).await {
-                Ok(Some(item)) => Some((item, Some(chunks))),
+                Ok(Some(item)) => {
+                    let finished = finished || item.as_ref().is_ok_and(ChatChunk::is_finish);
+                    Some((item, Some((chunks, finished))))
+                }
+                Ok(None) | Err(_) if finished => None,
                 Ok(None) => None,
                 Err(_) => {
                     let phase = match by == deadline {
@@ -336,13 +359,17 @@ fn exhausted(
     route: &Route,
     attempts: &[Attempt],
     last: Option<(Arc<str>, UpstreamError)>,
+    all_refused: bool,
 ) -> GatewayError {
-    // A request every target refused as such (too long, a bad parameter) is the
-    // client's to fix, not an outage to wait out.
-    if let Some((_, error @ UpstreamError::Status { status, detail, .. })) = &last
+    // A request every target refused as such (too long, a bad parameter, refused on
+    // content grounds) is the client's to fix, not an outage to wait out.
+    if all_refused
+        && let Some((_, error @ UpstreamError::Status { status, detail, .. })) = &last
         && (400..500).contains(status)
-        && classify(error, false).verdict == Verdict::Neutral
     {
+        if error.is_content_filter() {
+            return GatewayError::ContentFilter(detail.message.clone());
+        }
         return GatewayError::UpstreamRejected {
             message: detail.message.clone(),
             context_length: detail.code.as_deref() == Some("context_length_exceeded"),
@@ -362,6 +389,15 @@ fn exhausted(
         .unwrap_or(DEFAULT_RETRY_AFTER)
         .clamp(Duration::from_secs(1), Duration::from_secs(300));
     let message = match last {
+        // A misconfigured target's own words (which can quote a key's last
+        // characters) stay in the gateway's log.
+        Some((target, error)) if classify(&error, false).config_error => format!(
+            "every target of `{}` failed ({} attempts); the last, {target}, is misconfigured \
+             ({}: see the gateway's log)",
+            route.alias,
+            attempts.len(),
+            error.class()
+        ),
         Some((target, error)) => format!(
             "every target of `{}` failed ({} attempts); the last, {target}, said: {error}",
             route.alias,

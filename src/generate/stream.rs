@@ -93,6 +93,10 @@ where
             }
             match frame {
                 Frame::Done => self.closed = true,
+                Frame::Oversized => self.fail(UpstreamError::Protocol(format!(
+                    "a stream event larger than {} bytes",
+                    super::frames::MAX_EVENT
+                ))),
                 Frame::Payload(text) => {
                     for value in serde_json::Deserializer::from_str(&text).into_iter::<ChatChunk>()
                     {
@@ -113,7 +117,7 @@ where
 
     fn take_chunk(&mut self, mut chunk: ChatChunk) {
         whole_answer_as_delta(&mut chunk);
-        if let Some(error) = chunk.extra.remove("error") {
+        if let Some(error) = chunk.extra.remove("error").filter(|e| !e.is_null()) {
             return self.fail(UpstreamError::in_body(200, error));
         }
         if take_blocked(&mut chunk) {
@@ -126,8 +130,13 @@ where
         self.ready.push_back(Ok(chunk));
     }
 
+    /// Ends the stream with `error` — unless the answer already finished, in which
+    /// case what follows (a broken connection while waiting for `[DONE]`, a bad
+    /// trailing chunk) cannot unfinish it.
     fn fail(&mut self, error: UpstreamError) {
-        self.ready.push_back(Err(error));
+        if !self.finished {
+            self.ready.push_back(Err(error));
+        }
         self.closed = true;
     }
 }
@@ -220,6 +229,16 @@ mod tests {
     async fn a_cut_stream_is_truncated() {
         let items = collect("data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n").await;
         assert!(matches!(items.last(), Some(Err(UpstreamError::Truncated))));
+    }
+
+    #[tokio::test]
+    async fn trouble_after_the_finish_chunk_does_not_unfinish_the_answer() {
+        let items = collect(
+            "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"},\"finish_reason\":\"stop\"}]}\n\ndata: {oops}\n\n",
+        )
+        .await;
+        assert_eq!(items.len(), 1);
+        assert!(items[0].is_ok());
     }
 
     #[tokio::test]

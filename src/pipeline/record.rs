@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::{Pipeline, RequestCtx};
+use super::{Pipeline, RequestCtx, respond};
 use crate::audit::CallRecord;
 use crate::cache::CacheKey;
 use crate::error::GatewayError;
@@ -18,6 +18,16 @@ pub(super) enum StreamEnd {
     Interrupted(UpstreamError),
     /// The client went away.
     Abandoned,
+}
+
+impl StreamEnd {
+    pub(super) fn outcome(&self) -> &'static str {
+        match self {
+            StreamEnd::Complete => "ok",
+            StreamEnd::Interrupted(_) => "interrupted",
+            StreamEnd::Abandoned => "abandoned",
+        }
+    }
 }
 
 impl Pipeline {
@@ -60,11 +70,7 @@ impl Pipeline {
         accumulated: Assembler,
         first_token: Option<Duration>,
     ) {
-        let outcome = match &end {
-            StreamEnd::Complete => "ok",
-            StreamEnd::Interrupted(_) => "interrupted",
-            StreamEnd::Abandoned => "abandoned",
-        };
+        let outcome = end.outcome();
         self.metrics
             .stream_finished(&ctx.route.alias, target, outcome, ctx.started.elapsed());
         let mut record = base_record(ctx, 200, outcome);
@@ -75,11 +81,10 @@ impl Pipeline {
         if let StreamEnd::Interrupted(_) = end {
             record.error = Some("stream_interrupted");
         }
-        // Only an answer that finished is worth serving again; streamed tool calls
-        // are not replayed.
-        let finished = accumulated.finish_reason() == Some("stop") && !accumulated.has_tool_calls();
-        if let (StreamEnd::Complete, Some(key), true) = (&end, ctx.cache_key, finished)
+        // Only an answer that finished is worth serving again.
+        if let (StreamEnd::Complete, Some(key)) = (&end, ctx.cache_key)
             && let Some(mut answer) = accumulated.finish()
+            && respond::cacheable(&answer)
         {
             answer.model = target.to_owned();
             self.store(key, answer);

@@ -22,7 +22,10 @@ pub(super) fn whole(
     completion: ChatCompletion,
     restorer: &dyn Restorer,
 ) -> Answer {
-    let to_store = ctx.cache_key.map(|key| Box::new((key, completion.clone())));
+    let to_store = ctx
+        .cache_key
+        .filter(|_| cacheable(&completion))
+        .map(|key| Box::new((key, completion.clone())));
     let reply = restore_whole(ctx, &target, completion, restorer);
     Answer::Whole {
         target,
@@ -211,6 +214,15 @@ fn restore_piece(
         }
     }
     text
+}
+
+/// Whether an answer may be served again: finished normally, with no tool calls
+/// (a tool call's result belongs to the conversation that made it).
+pub(super) fn cacheable(answer: &ChatCompletion) -> bool {
+    answer
+        .choices
+        .iter()
+        .all(|c| c.finish_reason.as_deref() == Some("stop") && c.message.tool_calls.is_none())
 }
 
 fn response_id(ctx: &RequestCtx) -> String {

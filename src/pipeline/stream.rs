@@ -47,9 +47,11 @@ impl Pipeline {
                 let (end, accumulated, first_token) =
                     forward(&pipeline, &ctx, chunks, shaper, tx).await;
                 if !ctx.cache.is_hit() {
-                    pipeline
-                        .metrics
-                        .upstream_stream_ended(&target, started.elapsed());
+                    pipeline.metrics.upstream_stream_ended(
+                        &target,
+                        end.outcome(),
+                        started.elapsed(),
+                    );
                 }
                 pipeline.record_stream(&ctx, &target, end, accumulated, first_token);
             }

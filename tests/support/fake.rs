@@ -279,6 +279,15 @@ async fn respond(
                 ..Script::default()
             },
         ),
+        "finish-then-stall" => answer(
+            model,
+            &OK_TOKENS.map(String::from),
+            stream,
+            Script {
+                end: End::FinishThenStall,
+                ..Script::default()
+            },
+        ),
         "stall-after" => answer(
             model,
             &numbered(n.unwrap_or(3) + 20),
@@ -379,6 +388,8 @@ enum End {
     Cut(usize),
     /// Stop sending after this many tokens, and keep the connection open.
     Stall(usize),
+    /// Send the whole answer and its finish chunk, then neither `[DONE]` nor close.
+    FinishThenStall,
 }
 
 #[derive(Default)]
@@ -462,7 +473,7 @@ fn answer(model: &str, tokens: &[String], stream: bool, script: Script) -> Respo
     if script.end == End::Done {
         push("data: [DONE]\n\n".to_owned(), &mut frames);
     }
-    sse_body(frames, false)
+    sse_body(frames, script.end == End::FinishThenStall)
 }
 
 fn whole(model: &str, tokens: &[String], script: Script) -> Response {
