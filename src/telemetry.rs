@@ -46,97 +46,63 @@ pub struct RequestFinished<'a> {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let metric = IntCounterVec::new(Opts::new(name, help), labels)
+                .expect("static metric definition");
+            register(&registry, metric)
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+            let metric = HistogramVec::new(opts, labels).expect("static metric definition");
+            register(&registry, metric)
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let metric =
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
+            register(&registry, metric)
+        };
+        Metrics {
+            requests: counter(
                 "ragway_requests_total",
                 "HTTP requests by route, model and status",
+                &["route", "model", "status"],
             ),
-            &["route", "model", "status"],
-        )
-        .expect("static metric definition");
-        let request_duration = HistogramVec::new(
-            HistogramOpts::new(
+            request_duration: histogram(
                 "ragway_request_duration_seconds",
                 "Time to the response head (for streams: to the first byte sent)",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["route", "model"],
-        )
-        .expect("static metric definition");
-        let upstream_duration = HistogramVec::new(
-            HistogramOpts::new(
+                &["route", "model"],
+            ),
+            upstream_duration: histogram(
                 "ragway_upstream_duration_seconds",
                 "Duration of one upstream attempt, to the end of its answer",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["target"],
-        )
-        .expect("static metric definition");
-        let upstream_attempts = IntCounterVec::new(
-            Opts::new(
+                &["target"],
+            ),
+            upstream_attempts: counter(
                 "ragway_upstream_attempts_total",
                 "Upstream attempts by target and outcome",
+                &["target", "outcome"],
             ),
-            &["target", "outcome"],
-        )
-        .expect("static metric definition");
-        let time_to_first_token = HistogramVec::new(
-            HistogramOpts::new(
+            time_to_first_token: histogram(
                 "ragway_time_to_first_token_seconds",
                 "Time from request to the first streamed token sent to the client",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["model"],
-        )
-        .expect("static metric definition");
-        let breaker_state = IntGaugeVec::new(
-            Opts::new(
+                &["model"],
+            ),
+            breaker_state: gauge(
                 "ragway_breaker_state",
                 "Circuit breaker per target: 0 closed, 1 half-open, 2 open",
+                &["target"],
             ),
-            &["target"],
-        )
-        .expect("static metric definition");
-        let failovers = IntCounterVec::new(
-            Opts::new(
+            failovers: counter(
                 "ragway_failovers_total",
                 "Moves from one target to the next, by the reason the first was left",
+                &["from", "to", "reason"],
             ),
-            &["from", "to", "reason"],
-        )
-        .expect("static metric definition");
-        let config_errors = IntCounterVec::new(
-            Opts::new(
+            config_errors: counter(
                 "ragway_config_errors_total",
                 "Attempts refused for a configuration error (bad key, unknown model)",
+                &["target"],
             ),
-            &["target"],
-        )
-        .expect("static metric definition");
-        for collector in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(request_duration.clone()),
-            Box::new(upstream_duration.clone()),
-            Box::new(upstream_attempts.clone()),
-            Box::new(time_to_first_token.clone()),
-            Box::new(breaker_state.clone()),
-            Box::new(failovers.clone()),
-            Box::new(config_errors.clone()),
-        ] {
-            registry
-                .register(collector)
-                .expect("metric names are unique");
-        }
-        Metrics {
             registry,
-            requests,
-            request_duration,
-            upstream_duration,
-            upstream_attempts,
-            time_to_first_token,
-            breaker_state,
-            failovers,
-            config_errors,
         }
     }
 
@@ -266,6 +232,14 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Registers a metric; names are fixed here, so a clash is a programming error.
+fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
+    metric
 }
 
 fn millis(d: Duration) -> f64 {
