@@ -1,0 +1,97 @@
+//! Sentence embeddings with a BERT-family model (all-MiniLM-L6-v2 by default):
+//! safetensors + tokenizer.json + config.json from a directory; mean pooling over
+//! the attention mask, L2-normalised; batched, padded to the longest in the batch,
+//! truncated at the model's limit.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config, DTYPE};
+use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+
+use crate::EngineError;
+
+/// Tokens per input; longer inputs are truncated (MiniLM was trained at 256).
+const MAX_TOKENS: usize = 256;
+/// Inputs per forward pass.
+const BATCH: usize = 32;
+
+pub struct Embedder {
+    model: BertModel,
+    tokenizer: Tokenizer,
+    device: Device,
+    pub dimension: usize,
+}
+
+impl Embedder {
+    pub fn load(dir: &Path, device: &Device) -> Result<Self, EngineError> {
+        let load = |what: &str, e: &dyn std::fmt::Display| {
+            EngineError::Load(format!("{}: {what}: {e}", dir.display()))
+        };
+        let config_text = std::fs::read_to_string(dir.join("config.json"))
+            .map_err(|e| load("config.json", &e))?;
+        let config: Config = serde_json::from_str(&config_text).map_err(|e| load("config.json", &e))?;
+        let dimension = serde_json::from_str::<serde_json::Value>(&config_text)
+            .ok()
+            .and_then(|v| v["hidden_size"].as_u64())
+            .unwrap_or(384) as usize;
+        let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
+            .map_err(|e| load("tokenizer.json", &e))?;
+        // The shipped tokenizer pads every input to 128: pad to the batch's longest.
+        tokenizer.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::BatchLongest,
+            ..PaddingParams::default()
+        }));
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: MAX_TOKENS,
+                ..TruncationParams::default()
+            }))
+            .map_err(|e| load("tokenizer.json", &e))?;
+        // SAFETY: the file is mapped read-only and not modified while mapped.
+        let vb = unsafe {
+            VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], DTYPE, device)
+        }
+        .map_err(|e| load("model.safetensors", &e))?;
+        let model = BertModel::load(vb, &config).map_err(|e| load("model", &e))?;
+        Ok(Embedder { model, tokenizer, device: device.clone(), dimension })
+    }
+
+    /// One unit-length vector per input, in order.
+    pub fn embed(&self, inputs: &[String]) -> Result<Vec<Vec<f32>>, EngineError> {
+        let mut out = Vec::with_capacity(inputs.len());
+        for batch in inputs.chunks(BATCH) {
+            out.extend(self.embed_batch(batch)?);
+        }
+        Ok(out)
+    }
+
+    fn embed_batch(&self, inputs: &[String]) -> Result<Vec<Vec<f32>>, EngineError> {
+        let infer = |e: candle_core::Error| EngineError::Inference(e.to_string());
+        let encodings = self
+            .tokenizer
+            .encode_batch_fast(inputs.to_vec(), true)
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        let rows = |f: &dyn Fn(&tokenizers::Encoding) -> &[u32]| -> Result<Tensor, EngineError> {
+            let rows: Vec<Tensor> = encodings
+                .iter()
+                .map(|e| Tensor::new(f(e), &self.device))
+                .collect::<Result<_, _>>()
+                .map_err(infer)?;
+            Tensor::stack(&rows, 0).map_err(infer)
+        };
+        let ids = rows(&|e| e.get_ids())?;
+        let types = rows(&|e| e.get_type_ids())?;
+        let mask = rows(&|e| e.get_attention_mask())?;
+        let hidden = self.model.forward(&ids, &types, Some(&mask)).map_err(infer)?;
+        // Mean over real tokens only, then unit length.
+        let mask = mask.to_dtype(DType::F32).and_then(|m| m.unsqueeze(2)).map_err(infer)?;
+        let summed = hidden.broadcast_mul(&mask).and_then(|h| h.sum(1)).map_err(infer)?;
+        let counts = mask.sum(1).map_err(infer)?;
+        let mean = summed.broadcast_div(&counts).map_err(infer)?;
+        let norm = mean.sqr().and_then(|s| s.sum_keepdim(1)).and_then(|s| s.sqrt()).map_err(infer)?;
+        let unit = mean.broadcast_div(&norm).map_err(infer)?;
+        unit.to_vec2::<f32>().map_err(infer)
+    }
+}

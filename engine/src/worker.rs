@@ -1,0 +1,89 @@
+//! Serving discipline for a chat model: one instance on its own thread (with its own
+//! compute threads), fed by a bounded queue. A full queue is refused at once — the
+//! caller answers 503 with `Retry-After`, or moves to another target — and a caller
+//! that stops listening cancels its generation at the next token.
+
+use std::sync::Arc;
+use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
+use std::thread;
+
+use crate::chat::{ChatModel, GenerateParams, Generated};
+use crate::{EngineError, Message};
+
+/// What a job hears back.
+#[derive(Debug)]
+pub enum Event {
+    /// The prompt is ready; its length in tokens.
+    Started { prompt_tokens: usize },
+    Text(String),
+    Done(Generated),
+    Failed(EngineError),
+}
+
+/// One request for an answer. `sink` gets the events; when it returns `false` (its
+/// receiver is gone) the generation stops.
+pub struct Job {
+    pub messages: Vec<Message>,
+    pub params: GenerateParams,
+    pub sink: Box<dyn FnMut(Event) -> bool + Send>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the local model's queue is full")]
+pub struct QueueFull;
+
+pub struct LocalLlm {
+    queue: SyncSender<Job>,
+    pub model: Arc<ChatModel>,
+}
+
+impl LocalLlm {
+    /// Starts the worker: `threads` compute threads, at most `queue` waiting jobs.
+    pub fn start(model: ChatModel, threads: usize, queue: usize) -> Result<Self, EngineError> {
+        let model = Arc::new(model);
+        let (sender, jobs) = sync_channel::<Job>(queue);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .thread_name(|i| format!("ragway-llm-{i}"))
+            .build()
+            .map_err(|e| EngineError::Load(format!("compute threads: {e}")))?;
+        let worker_model = Arc::clone(&model);
+        thread::Builder::new()
+            .name("ragway-llm".into())
+            .spawn(move || {
+                // Ends when every sender is gone (the gateway shut down).
+                for job in jobs {
+                    pool.install(|| run(&worker_model, job));
+                }
+            })
+            .map_err(|e| EngineError::Load(format!("worker thread: {e}")))?;
+        Ok(LocalLlm { queue: sender, model })
+    }
+
+    /// Queues a job, or refuses it at once when the queue is full.
+    pub fn submit(&self, job: Job) -> Result<(), QueueFull> {
+        match self.queue.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => Err(QueueFull),
+        }
+    }
+}
+
+fn run(model: &ChatModel, mut job: Job) {
+    let prompt = match model.prompt(&job.messages) {
+        Ok(prompt) => prompt,
+        Err(e) => {
+            (job.sink)(Event::Failed(e));
+            return;
+        }
+    };
+    if !(job.sink)(Event::Started { prompt_tokens: prompt.len() }) {
+        return; // the caller left while the job waited
+    }
+    let sink = &mut job.sink;
+    let result = model.generate(&prompt, &job.params, &mut |text| sink(Event::Text(text.to_owned())));
+    let _ = match result {
+        Ok(generated) => sink(Event::Done(generated)),
+        Err(e) => sink(Event::Failed(e)),
+    };
+}
