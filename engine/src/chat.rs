@@ -106,9 +106,16 @@ pub struct ChatModel {
 impl ChatModel {
     pub fn load(path: &Path, device: &Device) -> Result<Self, EngineError> {
         let load = |e: candle_core::Error| EngineError::Load(format!("{}: {e}", path.display()));
-        let mut file = File::open(path).map_err(|e| EngineError::Load(format!("{}: {e}", path.display())))?;
+        let mut file =
+            File::open(path).map_err(|e| EngineError::Load(format!("{}: {e}", path.display())))?;
         let content = gguf_file::Content::read(&mut file).map_err(load)?;
-        let md_text = |key: &str| content.metadata.get(key).and_then(|v| v.to_string().ok()).cloned();
+        let md_text = |key: &str| {
+            content
+                .metadata
+                .get(key)
+                .and_then(|v| v.to_string().ok())
+                .cloned()
+        };
         let architecture = md_text("general.architecture").unwrap_or_default();
         let context = content
             .metadata
@@ -118,8 +125,14 @@ impl ChatModel {
         let tokenizer = GgufTokenizer::from_gguf(&content)?;
         let template = ChatTemplate::new(md_text("tokenizer.chat_template"), &architecture)?;
         let weights = match architecture.as_str() {
-            "llama" => Weights::Llama(quantized_llama::ModelWeights::from_gguf(content, &mut file, device).map_err(load)?),
-            "gemma3" => Weights::Gemma3(quantized_gemma3::ModelWeights::from_gguf(content, &mut file, device).map_err(load)?),
+            "llama" => Weights::Llama(
+                quantized_llama::ModelWeights::from_gguf(content, &mut file, device)
+                    .map_err(load)?,
+            ),
+            "gemma3" => Weights::Gemma3(
+                quantized_gemma3::ModelWeights::from_gguf(content, &mut file, device)
+                    .map_err(load)?,
+            ),
             other => {
                 return Err(EngineError::Load(format!(
                     "unsupported architecture `{other}` (supported: llama, gemma3)"
@@ -127,7 +140,14 @@ impl ChatModel {
             }
         };
         tracing::info!(path = %path.display(), %architecture, context, template = template.source, "chat model loaded");
-        Ok(ChatModel { weights, tokenizer, template, device: device.clone(), architecture, context })
+        Ok(ChatModel {
+            weights,
+            tokenizer,
+            template,
+            device: device.clone(),
+            architecture,
+            context,
+        })
     }
 
     /// The prompt for these messages, as token ids.
@@ -157,7 +177,9 @@ impl ChatModel {
         let mut text = Utf8Tokens::default();
         let mut stops = StopScanner::new(&params.stop);
         let mut history: Vec<u32> = prompt.to_vec();
-        let mut input = Tensor::new(prompt, &self.device).and_then(|t| t.unsqueeze(0)).map_err(infer)?;
+        let mut input = Tensor::new(prompt, &self.device)
+            .and_then(|t| t.unsqueeze(0))
+            .map_err(infer)?;
         let mut position = 0;
         let mut generated = 0;
         let finish = loop {
@@ -170,8 +192,12 @@ impl ChatModel {
                 logits
             } else {
                 let start = history.len().saturating_sub(params.repeat_last_n);
-                candle_transformers::utils::apply_repeat_penalty(&logits, params.repeat_penalty, &history[start..])
-                    .map_err(infer)?
+                candle_transformers::utils::apply_repeat_penalty(
+                    &logits,
+                    params.repeat_penalty,
+                    &history[start..],
+                )
+                .map_err(infer)?
             };
             let next = sampler.sample(&logits).map_err(infer)?;
             position += input.dim(1).map_err(infer)?;
@@ -188,7 +214,9 @@ impl ChatModel {
             if stopped {
                 break Finish::Stop;
             }
-            input = Tensor::new(&[next], &self.device).and_then(|t| t.unsqueeze(0)).map_err(infer)?;
+            input = Tensor::new(&[next], &self.device)
+                .and_then(|t| t.unsqueeze(0))
+                .map_err(infer)?;
         };
         if finish != Finish::Cancelled {
             let rest = stops.finish(&text.finish(&self.tokenizer)?);
@@ -196,7 +224,11 @@ impl ChatModel {
                 emit(&rest);
             }
         }
-        Ok(Generated { finish, prompt_tokens: prompt.len(), completion_tokens: generated })
+        Ok(Generated {
+            finish,
+            prompt_tokens: prompt.len(),
+            completion_tokens: generated,
+        })
     }
 }
 

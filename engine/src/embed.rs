@@ -31,7 +31,8 @@ impl Embedder {
         };
         let config_text = std::fs::read_to_string(dir.join("config.json"))
             .map_err(|e| load("config.json", &e))?;
-        let config: Config = serde_json::from_str(&config_text).map_err(|e| load("config.json", &e))?;
+        let config: Config =
+            serde_json::from_str(&config_text).map_err(|e| load("config.json", &e))?;
         let dimension = serde_json::from_str::<serde_json::Value>(&config_text)
             .ok()
             .and_then(|v| v["hidden_size"].as_u64())
@@ -55,7 +56,12 @@ impl Embedder {
         }
         .map_err(|e| load("model.safetensors", &e))?;
         let model = BertModel::load(vb, &config).map_err(|e| load("model", &e))?;
-        Ok(Embedder { model, tokenizer, device: device.clone(), dimension })
+        Ok(Embedder {
+            model,
+            tokenizer,
+            device: device.clone(),
+            dimension,
+        })
     }
 
     /// One unit-length vector per input, in order.
@@ -84,13 +90,26 @@ impl Embedder {
         let ids = rows(&|e| e.get_ids())?;
         let types = rows(&|e| e.get_type_ids())?;
         let mask = rows(&|e| e.get_attention_mask())?;
-        let hidden = self.model.forward(&ids, &types, Some(&mask)).map_err(infer)?;
+        let hidden = self
+            .model
+            .forward(&ids, &types, Some(&mask))
+            .map_err(infer)?;
         // Mean over real tokens only, then unit length.
-        let mask = mask.to_dtype(DType::F32).and_then(|m| m.unsqueeze(2)).map_err(infer)?;
-        let summed = hidden.broadcast_mul(&mask).and_then(|h| h.sum(1)).map_err(infer)?;
+        let mask = mask
+            .to_dtype(DType::F32)
+            .and_then(|m| m.unsqueeze(2))
+            .map_err(infer)?;
+        let summed = hidden
+            .broadcast_mul(&mask)
+            .and_then(|h| h.sum(1))
+            .map_err(infer)?;
         let counts = mask.sum(1).map_err(infer)?;
         let mean = summed.broadcast_div(&counts).map_err(infer)?;
-        let norm = mean.sqr().and_then(|s| s.sum_keepdim(1)).and_then(|s| s.sqrt()).map_err(infer)?;
+        let norm = mean
+            .sqr()
+            .and_then(|s| s.sum_keepdim(1))
+            .and_then(|s| s.sqrt())
+            .map_err(infer)?;
         let unit = mean.broadcast_div(&norm).map_err(infer)?;
         unit.to_vec2::<f32>().map_err(infer)
     }

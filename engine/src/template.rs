@@ -36,9 +36,15 @@ impl ChatTemplate {
         };
         let mut env = Environment::new();
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |message: String| -> Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message))
-        });
+        env.add_function(
+            "raise_exception",
+            |message: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    message,
+                ))
+            },
+        );
         env.add_template_owned("chat", text)
             .map_err(|e| EngineError::Template(e.to_string()))?;
         Ok(ChatTemplate { env, source })
@@ -46,13 +52,23 @@ impl ChatTemplate {
 
     /// The prompt's token ids: template text with its special tokens, and each
     /// message's content encoded as plain text.
-    pub fn encode(&self, messages: &[Message], tokenizer: &GgufTokenizer) -> Result<Vec<u32>, EngineError> {
+    pub fn encode(
+        &self,
+        messages: &[Message],
+        tokenizer: &GgufTokenizer,
+    ) -> Result<Vec<u32>, EngineError> {
         let placeholders: Vec<Message> = messages
             .iter()
             .enumerate()
-            .map(|(i, m)| Message { role: m.role.clone(), content: sentinel(i) })
+            .map(|(i, m)| Message {
+                role: m.role.clone(),
+                content: sentinel(i),
+            })
             .collect();
-        let bos = tokenizer.bos.and_then(|id| tokenizer.decode(&[id]).ok()).unwrap_or_default();
+        let bos = tokenizer
+            .bos
+            .and_then(|id| tokenizer.decode(&[id]).ok())
+            .unwrap_or_default();
         let eos = tokenizer.decode(&[tokenizer.eos]).unwrap_or_default();
         let rendered = self
             .env
@@ -74,12 +90,12 @@ impl ChatTemplate {
         while let Some(start) = rest.find('\u{E000}') {
             ids.extend(tokenizer.encode_template(&rest[..start])?);
             let after = &rest[start + '\u{E000}'.len_utf8()..];
-            let end = after
-                .find('\u{E001}')
-                .ok_or_else(|| EngineError::Template("a message marker was cut by the template".into()))?;
-            let index: usize = after[..end]
-                .parse()
-                .map_err(|_| EngineError::Template("a message marker was altered by the template".into()))?;
+            let end = after.find('\u{E001}').ok_or_else(|| {
+                EngineError::Template("a message marker was cut by the template".into())
+            })?;
+            let index: usize = after[..end].parse().map_err(|_| {
+                EngineError::Template("a message marker was altered by the template".into())
+            })?;
             let content = messages
                 .get(index)
                 .ok_or_else(|| EngineError::Template("unknown message marker".into()))?;

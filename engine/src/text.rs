@@ -53,7 +53,12 @@ impl StopScanner {
     /// (the text is then cut just before it).
     pub fn push(&mut self, piece: &str) -> (String, bool) {
         self.held.push_str(piece);
-        if let Some(at) = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min() {
+        if let Some(at) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.held.find(s.as_str()))
+            .min()
+        {
             let out = self.held[..at].to_owned();
             self.held.clear();
             return (out, true);
@@ -61,7 +66,11 @@ impl StopScanner {
         let keep = self
             .stops
             .iter()
-            .flat_map(|stop| (1..stop.len()).filter(|&k| stop.is_char_boundary(k)).map(move |k| &stop[..k]))
+            .flat_map(|stop| {
+                (1..stop.len())
+                    .filter(|&k| stop.is_char_boundary(k))
+                    .map(move |k| &stop[..k])
+            })
             .filter(|prefix| self.held.ends_with(prefix))
             .map(str::len)
             .max()
@@ -89,7 +98,11 @@ mod tests {
     fn a_stop_split_across_pieces_is_caught_and_nothing_else_is_delayed() {
         let mut s = StopScanner::new(&["\n\nUser:".to_owned()]);
         assert_eq!(s.push("Hello"), ("Hello".to_owned(), false));
-        assert_eq!(s.push(" there\n"), (" there".to_owned(), false), "holds back only the newline");
+        assert_eq!(
+            s.push(" there\n"),
+            (" there".to_owned(), false),
+            "holds back only the newline"
+        );
         assert_eq!(s.push("\nUs"), (String::new(), false));
         assert_eq!(s.push("er: hi"), (String::new(), true));
     }

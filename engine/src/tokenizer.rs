@@ -20,7 +20,9 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::{AddedToken, DecoderWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
+use tokenizers::{
+    AddedToken, DecoderWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer,
+};
 
 use crate::EngineError;
 
@@ -48,17 +50,30 @@ impl GgufTokenizer {
     pub fn from_gguf(content: &Content) -> Result<Self, EngineError> {
         let md = |key: &str| content.metadata.get(key);
         let text = |key: &str| md(key).and_then(|v| v.to_string().ok()).cloned();
-        let tokens: Vec<String> = strings(md("tokenizer.ggml.tokens"))
-            .ok_or_else(|| EngineError::Tokenizer("the GGUF has no tokenizer.ggml.tokens".into()))?;
+        let tokens: Vec<String> = strings(md("tokenizer.ggml.tokens")).ok_or_else(|| {
+            EngineError::Tokenizer("the GGUF has no tokenizer.ggml.tokens".into())
+        })?;
         let types: Vec<i32> = match md("tokenizer.ggml.token_type") {
             Some(Value::Array(values)) => values.iter().map(|v| v.to_i32().unwrap_or(1)).collect(),
             _ => vec![1; tokens.len()],
         };
         let model = text("tokenizer.ggml.model").unwrap_or_else(|| "gpt2".into());
         let mut tokenizer = match model.as_str() {
-            "gpt2" => byte_level_bpe(&tokens, md("tokenizer.ggml.merges"), text("tokenizer.ggml.pre").as_deref())?,
-            "llama" => sentencepiece(&tokens, md("tokenizer.ggml.scores"), md("tokenizer.ggml.unknown_token_id"))?,
-            other => return Err(EngineError::Tokenizer(format!("unsupported tokenizer model `{other}`"))),
+            "gpt2" => byte_level_bpe(
+                &tokens,
+                md("tokenizer.ggml.merges"),
+                text("tokenizer.ggml.pre").as_deref(),
+            )?,
+            "llama" => sentencepiece(
+                &tokens,
+                md("tokenizer.ggml.scores"),
+                md("tokenizer.ggml.unknown_token_id"),
+            )?,
+            other => {
+                return Err(EngineError::Tokenizer(format!(
+                    "unsupported tokenizer model `{other}`"
+                )));
+            }
         };
         let specials: Vec<AddedToken> = tokens
             .iter()
@@ -74,12 +89,24 @@ impl GgufTokenizer {
         let id = |key: &str| md(key).and_then(|v| v.to_u32().ok());
         let eos = id("tokenizer.ggml.eos_token_id")
             .ok_or_else(|| EngineError::Tokenizer("the GGUF has no eos_token_id".into()))?;
-        let id_of: HashMap<String, u32> = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
-        let end_of_turn = ["<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|endoftext|>", "<|end|>"]
+        let id_of: HashMap<String, u32> = tokens
             .iter()
-            .filter_map(|t| id_of.get(*t).copied())
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
             .collect();
-        let add_bos = md("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false);
+        let end_of_turn = [
+            "<|im_end|>",
+            "<end_of_turn>",
+            "<|eot_id|>",
+            "<|endoftext|>",
+            "<|end|>",
+        ]
+        .iter()
+        .filter_map(|t| id_of.get(*t).copied())
+        .collect();
+        let add_bos = md("tokenizer.ggml.add_bos_token")
+            .and_then(|v| v.to_bool().ok())
+            .unwrap_or(false);
         Ok(GgufTokenizer {
             template: tokenizer,
             plain,
@@ -134,9 +161,16 @@ fn strings(value: Option<&Value>) -> Option<Vec<String>> {
     }
 }
 
-fn byte_level_bpe(tokens: &[String], merges: Option<&Value>, pre: Option<&str>) -> Result<Tokenizer, EngineError> {
-    let vocab: tokenizers::models::bpe::Vocab =
-        tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+fn byte_level_bpe(
+    tokens: &[String],
+    merges: Option<&Value>,
+    pre: Option<&str>,
+) -> Result<Tokenizer, EngineError> {
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
     let merges: Vec<(String, String)> = strings(merges)
         .unwrap_or_default()
         .into_iter()
@@ -150,11 +184,21 @@ fn byte_level_bpe(tokens: &[String], merges: Option<&Value>, pre: Option<&str>) 
     let byte_level = ByteLevel::new(false, true, true);
     let pre_tokenizer: PreTokenizerWrapper = match pre.unwrap_or("default") {
         // SmolLM: single digits, then GPT-2's byte-level split.
-        "smollm" | "starcoder" => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
+        "smollm" | "starcoder" => {
+            Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()
+        }
         "llama3" | "llama-bpe" | "qwen2" | "deepseek-llm" | "deepseek-v3" => {
-            let split = Split::new(SplitPattern::Regex(LLAMA3_SPLIT.into()), SplitDelimiterBehavior::Isolated, false)
-                .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
-            Sequence::new(vec![split.into(), ByteLevel::new(false, true, false).into()]).into()
+            let split = Split::new(
+                SplitPattern::Regex(LLAMA3_SPLIT.into()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+            Sequence::new(vec![
+                split.into(),
+                ByteLevel::new(false, true, false).into(),
+            ])
+            .into()
         }
         _ => byte_level.into(),
     };
@@ -163,21 +207,32 @@ fn byte_level_bpe(tokens: &[String], merges: Option<&Value>, pre: Option<&str>) 
     Ok(tokenizer)
 }
 
-fn sentencepiece(tokens: &[String], scores: Option<&Value>, unknown: Option<&Value>) -> Result<Tokenizer, EngineError> {
+fn sentencepiece(
+    tokens: &[String],
+    scores: Option<&Value>,
+    unknown: Option<&Value>,
+) -> Result<Tokenizer, EngineError> {
     let scores: Vec<f64> = match scores {
-        Some(Value::Array(values)) => values.iter().map(|v| v.to_f32().map(f64::from).unwrap_or(0.0)).collect(),
+        Some(Value::Array(values)) => values
+            .iter()
+            .map(|v| v.to_f32().map(f64::from).unwrap_or(0.0))
+            .collect(),
         _ => vec![0.0; tokens.len()],
     };
     let vocab = tokens.iter().cloned().zip(scores).collect();
     let unk = unknown.and_then(|v| v.to_u32().ok()).map(|id| id as usize);
-    let unigram = Unigram::from(vocab, unk, true).map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+    let unigram =
+        Unigram::from(vocab, unk, true).map_err(|e| EngineError::Tokenizer(e.to_string()))?;
     let mut tokenizer = Tokenizer::new(unigram);
     tokenizer
-        .with_normalizer(Some(ReplaceNormalizer::new(" ", "▁").map_err(|e| EngineError::Tokenizer(e.to_string()))?))
+        .with_normalizer(Some(
+            ReplaceNormalizer::new(" ", "▁").map_err(|e| EngineError::Tokenizer(e.to_string()))?,
+        ))
         .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
     let decoder = DecoderSequence::new(vec![
         tokenizers::decoders::DecoderWrapper::Replace(
-            tokenizers::normalizers::replace::Replace::new("▁", " ").map_err(|e| EngineError::Tokenizer(e.to_string()))?,
+            tokenizers::normalizers::replace::Replace::new("▁", " ")
+                .map_err(|e| EngineError::Tokenizer(e.to_string()))?,
         ),
         ByteFallback::default().into(),
         Fuse::default().into(),

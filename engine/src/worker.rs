@@ -14,7 +14,9 @@ use crate::{EngineError, Message};
 #[derive(Debug)]
 pub enum Event {
     /// The prompt is ready; its length in tokens.
-    Started { prompt_tokens: usize },
+    Started {
+        prompt_tokens: usize,
+    },
     Text(String),
     Done(Generated),
     Failed(EngineError),
@@ -57,7 +59,10 @@ impl LocalLlm {
                 }
             })
             .map_err(|e| EngineError::Load(format!("worker thread: {e}")))?;
-        Ok(LocalLlm { queue: sender, model })
+        Ok(LocalLlm {
+            queue: sender,
+            model,
+        })
     }
 
     /// Queues a job, or refuses it at once when the queue is full.
@@ -77,11 +82,15 @@ fn run(model: &ChatModel, mut job: Job) {
             return;
         }
     };
-    if !(job.sink)(Event::Started { prompt_tokens: prompt.len() }) {
+    if !(job.sink)(Event::Started {
+        prompt_tokens: prompt.len(),
+    }) {
         return; // the caller left while the job waited
     }
     let sink = &mut job.sink;
-    let result = model.generate(&prompt, &job.params, &mut |text| sink(Event::Text(text.to_owned())));
+    let result = model.generate(&prompt, &job.params, &mut |text| {
+        sink(Event::Text(text.to_owned()))
+    });
     let _ = match result {
         Ok(generated) => sink(Event::Done(generated)),
         Err(e) => sink(Event::Failed(e)),
