@@ -42,8 +42,8 @@ pub struct Shared {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("cannot build the HTTP client: {0}")]
-    HttpClient(#[from] reqwest::Error),
+    #[error(transparent)]
+    Provider(#[from] crate::generate::LoadError),
 }
 
 impl AppState {

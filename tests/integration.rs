@@ -6,6 +6,7 @@ mod support;
 mod api;
 mod bad_input;
 mod config;
+mod local;
 mod openai_sdk;
 mod providers;
 mod resilience;

@@ -29,6 +29,32 @@ pub struct Config {
     pub auth: AuthConfig,
     pub providers: BTreeMap<String, ProviderConfig>,
     pub models: BTreeMap<String, ModelConfig>,
+    pub embeddings: Option<EmbeddingsConfig>,
+}
+
+/// The sentence embedder served at `POST /v1/embeddings`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EmbeddingsConfig {
+    pub name: String,
+    pub model: PathBuf,
+    pub device: String,
+}
+
+/// A model served in process (`kind = "local"`).
+#[derive(Debug, Clone, Serialize)]
+pub struct LocalModelConfig {
+    pub model: PathBuf,
+    pub device: String,
+    /// Compute threads for the model.
+    pub threads: usize,
+    /// Requests that may wait for the model; more are refused with 503.
+    pub queue: usize,
+    /// Put first when a conversation has no system message (small models answer
+    /// sensibly only with one).
+    pub system_prompt: Option<String>,
+    /// The answer length when a request sets none.
+    pub max_tokens: usize,
+    pub repeat_penalty: f32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -73,7 +99,10 @@ pub struct ClientKey {
 #[derive(Debug, Clone, Serialize)]
 pub struct ProviderConfig {
     pub kind: ProviderKind,
-    pub base_url: ChatEndpoint,
+    /// For `openai` providers.
+    pub base_url: Option<ChatEndpoint>,
+    /// For `local` providers.
+    pub local: Option<LocalModelConfig>,
     pub api_key_env: Option<String>,
     pub api_key: Option<Secret>,
     pub headers: BTreeMap<String, String>,
@@ -91,6 +120,8 @@ pub struct ProviderConfig {
 pub enum ProviderKind {
     /// Any OpenAI-compatible chat completions API.
     Openai,
+    /// A GGUF model run in process on candle.
+    Local,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -100,6 +131,7 @@ pub struct ModelConfig {
     #[serde(serialize_with = "as_duration")]
     pub request_timeout: Duration,
     pub failover_on_content_filter: bool,
+    pub local_fallback: bool,
 }
 
 /// `provider:upstream-model`, as written in a route's `targets`.
@@ -112,7 +144,10 @@ pub struct TargetRef {
 
 impl fmt::Display for TargetRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.provider, self.model)
+        match self.model.is_empty() {
+            true => f.write_str(&self.provider), // a local model: `local`
+            false => write!(f, "{}:{}", self.provider, self.model),
+        }
     }
 }
 
@@ -181,6 +216,19 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("`{text}` is out of range"))
 }
 
+/// The configuration with no file: the local model answers (`make run` fetches it),
+/// and the local embedder serves `/v1/embeddings`.
+pub const DEFAULT_CONFIG: &str = r#"
+[providers.local]
+kind = "local"
+model = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+system_prompt = "You are a helpful assistant."
+
+[embeddings]
+name = "all-minilm-l6-v2"
+model = "models/all-MiniLM-L6-v2"
+"#;
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -211,15 +259,15 @@ fn format_problems(problems: &[Problem]) -> String {
 }
 
 impl Config {
-    /// Loads the file at `path` (or the defaults when there is none) with overrides
-    /// and secrets from `env`.
+    /// Loads the file at `path` (or [`DEFAULT_CONFIG`] when there is none) with
+    /// overrides and secrets from `env`.
     pub fn load(path: Option<&Path>, env: &Env) -> Result<Config, ConfigError> {
         let text = match path {
             Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                 path: path.to_owned(),
                 source,
             })?,
-            None => String::new(),
+            None => DEFAULT_CONFIG.to_owned(),
         };
         Config::from_toml(&text, env)
     }

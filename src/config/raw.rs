@@ -19,6 +19,17 @@ pub struct RawConfig {
     pub providers: BTreeMap<String, RawProvider>,
     #[serde(default)]
     pub models: BTreeMap<String, RawModel>,
+    pub embeddings: Option<RawEmbeddings>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEmbeddings {
+    /// The name clients ask for in `POST /v1/embeddings`.
+    pub name: Option<String>,
+    /// A directory with config.json, model.safetensors and tokenizer.json.
+    pub model: String,
+    pub device: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -76,6 +87,15 @@ pub struct RawProvider {
     pub retry: RawRetry,
     #[serde(default)]
     pub breaker: RawBreaker,
+    // kind = "local" only:
+    /// The GGUF file.
+    pub model: Option<String>,
+    pub device: Option<String>,
+    pub threads: Option<usize>,
+    pub queue: Option<usize>,
+    pub system_prompt: Option<String>,
+    pub max_tokens: Option<usize>,
+    pub repeat_penalty: Option<f32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -103,4 +123,6 @@ pub struct RawModel {
     pub request_timeout: Option<String>,
     /// Try the next target when a provider refuses on content grounds.
     pub failover_on_content_filter: Option<bool>,
+    /// End the route with the local model (default: true when one is configured).
+    pub local_fallback: Option<bool>,
 }

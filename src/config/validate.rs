@@ -7,12 +7,16 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use std::path::PathBuf;
+
 use super::raw::{
-    RawAuth, RawBreaker, RawConfig, RawLog, RawModel, RawProvider, RawRetry, RawServer,
+    RawAuth, RawBreaker, RawConfig, RawEmbeddings, RawLog, RawModel, RawProvider, RawRetry,
+    RawServer,
 };
 use super::{
-    AuthConfig, ClientKey, Config, Env, LogConfig, LogFormat, ModelConfig, Problem, ProviderConfig,
-    ProviderKind, Secret, ServerConfig, TargetRef, parse_duration,
+    AuthConfig, ClientKey, Config, EmbeddingsConfig, Env, LocalModelConfig, LogConfig, LogFormat,
+    ModelConfig, Problem, ProviderConfig, ProviderKind, Secret, ServerConfig, TargetRef,
+    parse_duration,
 };
 use crate::generate::endpoint::ChatEndpoint;
 use crate::generate::{BreakerPolicy, Deadlines, RetryPolicy};
@@ -71,6 +75,19 @@ pub(super) fn validate(raw: RawConfig, env: &Env) -> Result<Config, Vec<Problem>
     // Routes are checked against every declared provider, so a provider with a bad
     // key is reported once, not again by every route that uses it.
     let declared: BTreeSet<String> = raw.providers.keys().cloned().collect();
+    let locals: BTreeSet<String> = raw
+        .providers
+        .iter()
+        .filter(|(_, p)| p.kind == "local")
+        .map(|(name, _)| name.clone())
+        .collect();
+    if locals.len() > 1 {
+        problems.add(
+            "providers",
+            "at most one provider may be of kind = \"local\"",
+        );
+    }
+    let embeddings = embeddings(raw.embeddings, &mut problems);
     let providers: BTreeMap<_, _> = raw
         .providers
         .into_iter()
@@ -79,7 +96,12 @@ pub(super) fn validate(raw: RawConfig, env: &Env) -> Result<Config, Vec<Problem>
     let models = raw
         .models
         .into_iter()
-        .filter_map(|(alias, m)| Some((alias.clone(), model(&alias, m, &declared, &mut problems)?)))
+        .filter_map(|(alias, m)| {
+            Some((
+                alias.clone(),
+                model(&alias, m, &declared, &locals, &mut problems)?,
+            ))
+        })
         .collect();
     if problems.0.is_empty() {
         Ok(Config {
@@ -88,6 +110,7 @@ pub(super) fn validate(raw: RawConfig, env: &Env) -> Result<Config, Vec<Problem>
             auth,
             providers,
             models,
+            embeddings,
         })
     } else {
         Err(problems.0)
@@ -211,28 +234,47 @@ fn provider(
     }
     let kind = match raw.kind.as_str() {
         "openai" => Some(ProviderKind::Openai),
+        "local" => Some(ProviderKind::Local),
         other => {
             problems.add(
                 format!("{at}.kind"),
-                format!("`{other}` is not one of: openai"),
+                format!("`{other}` is not one of: openai, local"),
             );
             None
         }
     };
-    let base_url = match raw.base_url.as_deref() {
-        Some(url) => ChatEndpoint::parse(url)
+    let base_url = match (kind, raw.base_url.as_deref()) {
+        (Some(ProviderKind::Openai), Some(url)) => ChatEndpoint::parse(url)
             .map_err(|e| problems.add(format!("{at}.base_url"), e))
             .ok(),
-        None => {
+        (Some(ProviderKind::Openai), None) => {
             problems.add(format!("{at}.base_url"), "is required");
             None
         }
+        (_, Some(_)) => {
+            problems.add(format!("{at}.base_url"), "is only for kind = \"openai\"");
+            None
+        }
+        (_, None) => None,
     };
+    let local = match kind {
+        Some(ProviderKind::Local) => local_model(&at, &raw, problems),
+        _ => {
+            only_local(&at, &raw, problems);
+            None
+        }
+    };
+    // A model on this machine's CPU needs longer for its first token.
+    let slow = kind == Some(ProviderKind::Local);
     let api_key = raw
         .api_key_env
         .as_deref()
         .and_then(|var| problems.secret(&format!("{at}.api_key_env"), var, env));
-    let defaults = Deadlines::default();
+    let defaults = if slow {
+        Deadlines::local()
+    } else {
+        Deadlines::default()
+    };
     let deadlines = Deadlines {
         connect: problems.duration(
             &format!("{at}.connect_timeout"),
@@ -267,7 +309,8 @@ fn provider(
     }
     Some(ProviderConfig {
         kind: kind?,
-        base_url: base_url?,
+        base_url,
+        local,
         api_key_env: raw.api_key_env,
         api_key,
         headers: raw.headers,
@@ -276,6 +319,112 @@ fn provider(
         deadlines,
         retry,
         breaker,
+    })
+}
+
+fn local_model(at: &str, raw: &RawProvider, problems: &mut Problems) -> Option<LocalModelConfig> {
+    let Some(model) = raw.model.as_deref() else {
+        problems.add(
+            format!("{at}.model"),
+            "is required for kind = \"local\" (a GGUF file)",
+        );
+        return None;
+    };
+    let model = PathBuf::from(model);
+    if !model.is_file() {
+        problems.add(
+            format!("{at}.model"),
+            format!(
+                "{} does not exist (make models fetches the default files)",
+                model.display()
+            ),
+        );
+    }
+    let device = raw.device.clone().unwrap_or_else(|| "auto".to_owned());
+    if !valid_device(&device) {
+        problems.add(
+            format!("{at}.device"),
+            format!("`{device}` is not one of: auto, cpu, cuda:N"),
+        );
+    }
+    let threads = raw.threads.unwrap_or(1);
+    if !(1..=256).contains(&threads) {
+        problems.add(format!("{at}.threads"), "must be between 1 and 256");
+    }
+    let queue = raw.queue.unwrap_or(8);
+    if !(1..=10_000).contains(&queue) {
+        problems.add(format!("{at}.queue"), "must be between 1 and 10000");
+    }
+    let max_tokens = raw.max_tokens.unwrap_or(512);
+    if max_tokens == 0 {
+        problems.add(format!("{at}.max_tokens"), "must be at least 1");
+    }
+    let repeat_penalty = raw.repeat_penalty.unwrap_or(1.1);
+    if !(1.0..=2.0).contains(&repeat_penalty) {
+        problems.add(
+            format!("{at}.repeat_penalty"),
+            "must be between 1.0 and 2.0",
+        );
+    }
+    Some(LocalModelConfig {
+        model,
+        device,
+        threads,
+        queue,
+        system_prompt: raw.system_prompt.clone(),
+        max_tokens,
+        repeat_penalty,
+    })
+}
+
+/// Keys that mean something only for a local model.
+fn only_local(at: &str, raw: &RawProvider, problems: &mut Problems) {
+    let set = [
+        ("model", raw.model.is_some()),
+        ("device", raw.device.is_some()),
+        ("threads", raw.threads.is_some()),
+        ("queue", raw.queue.is_some()),
+        ("system_prompt", raw.system_prompt.is_some()),
+        ("max_tokens", raw.max_tokens.is_some()),
+        ("repeat_penalty", raw.repeat_penalty.is_some()),
+    ];
+    for (key, _) in set.iter().filter(|(_, is_set)| *is_set) {
+        problems.add(format!("{at}.{key}"), "is only for kind = \"local\"");
+    }
+}
+
+pub(super) fn valid_device(spec: &str) -> bool {
+    matches!(spec, "auto" | "cpu")
+        || spec
+            .strip_prefix("cuda:")
+            .is_some_and(|n| n.parse::<usize>().is_ok())
+}
+
+fn embeddings(raw: Option<RawEmbeddings>, problems: &mut Problems) -> Option<EmbeddingsConfig> {
+    let raw = raw?;
+    let model = PathBuf::from(&raw.model);
+    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+        if !model.join(file).is_file() {
+            problems.add(
+                "embeddings.model",
+                format!(
+                    "{} has no {file} (make models fetches the default files)",
+                    model.display()
+                ),
+            );
+        }
+    }
+    let device = raw.device.unwrap_or_else(|| "auto".to_owned());
+    if !valid_device(&device) {
+        problems.add(
+            "embeddings.device",
+            format!("`{device}` is not one of: auto, cpu, cuda:N"),
+        );
+    }
+    Some(EmbeddingsConfig {
+        name: raw.name.unwrap_or_else(|| "embeddings".to_owned()),
+        model,
+        device,
     })
 }
 
@@ -329,6 +478,7 @@ fn model(
     alias: &str,
     raw: RawModel,
     providers: &BTreeSet<String>,
+    locals: &BTreeSet<String>,
     problems: &mut Problems,
 ) -> Option<ModelConfig> {
     let at = format!("models.{alias}");
@@ -343,6 +493,11 @@ fn model(
     for (i, text) in raw.targets.iter().enumerate() {
         let key = format!("{at}.targets[{i}]");
         match text.split_once(':') {
+            // A local provider serves one model: its name alone is the target.
+            None if locals.contains(text.as_str()) => targets.push(TargetRef {
+                provider: text.clone(),
+                model: String::new(),
+            }),
             Some((provider, model)) if !provider.is_empty() && !model.is_empty() => {
                 if !providers.contains(provider) {
                     problems.add(&key, format!("provider `{provider}` is not configured"));
@@ -365,5 +520,6 @@ fn model(
         description: raw.description,
         request_timeout,
         failover_on_content_filter: raw.failover_on_content_filter.unwrap_or(false),
+        local_fallback: raw.local_fallback.unwrap_or(true),
     })
 }

@@ -9,6 +9,7 @@ mod breaker;
 pub mod endpoint;
 pub mod error;
 mod frames;
+mod local;
 pub mod openai;
 mod retry;
 mod route;
@@ -26,7 +27,7 @@ pub use assemble::Assembler;
 pub use breaker::{Breaker, BreakerPolicy, BreakerSnapshot, BreakerState};
 pub use error::{ProviderError, TimeoutPhase, UpstreamError};
 pub use retry::RetryPolicy;
-pub use route::{Route, Routes, Target};
+pub use route::{LOCAL_ALIAS, LoadError, Route, Routes, Target};
 pub use router::Router;
 pub use stream::ChunkStream;
 
@@ -90,6 +91,17 @@ pub struct Deadlines {
     /// The longest gap between two chunks of a stream.
     #[serde(serialize_with = "crate::config::as_duration")]
     pub idle: Duration,
+}
+
+impl Deadlines {
+    /// For a model on this machine: a CPU may take a while over a long prompt.
+    pub fn local() -> Self {
+        Deadlines {
+            connect: Duration::from_secs(2),
+            first_token: Duration::from_secs(60),
+            idle: Duration::from_secs(30),
+        }
+    }
 }
 
 impl Default for Deadlines {

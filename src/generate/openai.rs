@@ -31,14 +31,19 @@ pub struct OpenAiProvider {
 
 impl OpenAiProvider {
     /// Each provider has its own connection pool, with its own connect deadline.
-    pub fn new(config: &ProviderConfig) -> Result<Self, reqwest::Error> {
+    pub fn new(config: &ProviderConfig) -> Result<Self, String> {
+        let endpoint = config
+            .base_url
+            .clone()
+            .ok_or("an openai provider needs a base_url")?;
         let http = reqwest::Client::builder()
             .user_agent(concat!("ragway/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(config.deadlines.connect)
             .pool_idle_timeout(std::time::Duration::from_secs(90))
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
-            .build()?;
+            .build()
+            .map_err(|e| e.to_string())?;
         let mut headers = HeaderMap::new();
         headers.insert(
             header::CONTENT_TYPE,
@@ -57,7 +62,7 @@ impl OpenAiProvider {
             headers.insert(header::AUTHORIZATION, value);
         }
         Ok(OpenAiProvider {
-            endpoint: config.base_url.clone(),
+            endpoint,
             headers,
             request_usage: config.request_usage,
             http,

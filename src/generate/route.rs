@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::breaker::Breaker;
+use super::local::LocalProvider;
 use super::openai::OpenAiProvider;
 use super::{ChatProvider, Deadlines, RetryPolicy};
-use crate::config::{Config, ProviderKind};
+use crate::config::{Config, ModelConfig, ProviderKind, TargetRef};
 
 /// One `provider:upstream-model` a route may call. A target named by several
 /// routes is one target, with one breaker.
@@ -38,19 +39,64 @@ pub struct Routes {
     targets: BTreeMap<Arc<str>, Arc<Target>>,
 }
 
+/// A provider that could not be started.
+#[derive(Debug, thiserror::Error)]
+#[error("provider `{provider}`: {message}")]
+pub struct LoadError {
+    pub provider: String,
+    pub message: String,
+}
+
+/// The alias under which the local model answers on its own.
+pub const LOCAL_ALIAS: &str = "local";
+
 impl Routes {
     /// Builds every provider once, every target once, and every route over them.
-    pub fn from_config(config: &Config) -> Result<Routes, reqwest::Error> {
+    /// The local model, when there is one, ends every route that does not opt out,
+    /// and answers on its own as `local`.
+    pub fn from_config(config: &Config) -> Result<Routes, LoadError> {
         let mut providers: BTreeMap<&str, Arc<dyn ChatProvider>> = BTreeMap::new();
         for (name, p) in &config.providers {
-            let provider: Arc<dyn ChatProvider> = match p.kind {
-                ProviderKind::Openai => Arc::new(OpenAiProvider::new(p)?),
+            let failed = |message: String| LoadError {
+                provider: name.clone(),
+                message,
+            };
+            let provider: Arc<dyn ChatProvider> = match (&p.kind, &p.local) {
+                (ProviderKind::Local, Some(local)) => {
+                    Arc::new(LocalProvider::load(local).map_err(|e| failed(e.to_string()))?)
+                }
+                _ => Arc::new(OpenAiProvider::new(p).map_err(|e| failed(e.to_string()))?),
             };
             providers.insert(name.as_str(), provider);
         }
+        let local = config
+            .providers
+            .iter()
+            .find(|(_, p)| p.kind == ProviderKind::Local)
+            .map(|(name, _)| TargetRef {
+                provider: name.clone(),
+                model: String::new(),
+            });
+        let mut models = config.models.clone();
+        if let Some(local) = &local {
+            for model in models.values_mut() {
+                if model.local_fallback && !model.targets.contains(local) {
+                    model.targets.push(local.clone());
+                }
+            }
+            models
+                .entry(LOCAL_ALIAS.to_owned())
+                .or_insert_with(|| ModelConfig {
+                    targets: vec![local.clone()],
+                    description: Some("the model served by this gateway".to_owned()),
+                    request_timeout: Duration::from_secs(120),
+                    failover_on_content_filter: false,
+                    local_fallback: false,
+                });
+        }
         let mut targets: BTreeMap<Arc<str>, Arc<Target>> = BTreeMap::new();
         let mut by_alias = BTreeMap::new();
-        for (alias, model) in &config.models {
+        for (alias, model) in &models {
             let mut route_targets = Vec::new();
             for t in &model.targets {
                 // Validation guarantees the provider exists.

@@ -1,0 +1,112 @@
+//! The local model through the gateway (real model files): the last target of every
+//! route, the `local` alias, and its serving discipline.
+
+use serde_json::{Value, json};
+
+use crate::support::{FakeProvider, Gateway, Sse, ask, ask_stream, config_over};
+
+const SMOLLM: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+fn local_section(extra: &str) -> String {
+    format!(
+        "\n[providers.local]\nkind = \"local\"\nmodel = \"{SMOLLM}\"\n\
+         system_prompt = \"You are a helpful assistant.\"\n{extra}\n"
+    )
+}
+
+fn capital(model: &str) -> Value {
+    json!({
+        "model": model,
+        "temperature": 0,
+        "max_tokens": 24,
+        "messages": [{"role": "user", "content": "What is the capital of France?"}]
+    })
+}
+
+#[tokio::test]
+async fn with_every_remote_down_the_local_model_answers() {
+    let fake = FakeProvider::start().await;
+    let mut toml = config_over(&fake, &[("chat", &["status-503"])]);
+    toml.push_str("\n[models.strict]\ntargets = [\"fake:status-503#2\"]\nlocal_fallback = false\n");
+    toml.push_str(&local_section(""));
+    let gw = Gateway::start(&toml).await;
+    let response = gw.chat(capital("chat")).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-ragway-target"], "local");
+    let body: Value = response.json().await.unwrap();
+    let text = body["choices"][0]["message"]["content"].as_str().unwrap();
+    println!("local answer: {text:?}");
+    assert!(text.contains("Paris"), "{text:?}");
+    assert_eq!(body["model"], "local");
+    assert!(body["usage"]["prompt_tokens"].as_u64().unwrap() > 10);
+    assert_eq!(
+        fake.attempts("status-503"),
+        3,
+        "the remote target was tried first"
+    );
+    // A route may opt out of the fallback.
+    assert_eq!(gw.chat(capital("strict")).await.status(), 503);
+    let models: Value = gw.get("/v1/models").await.json().await.unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&"local"), "{ids:?}");
+}
+
+#[tokio::test]
+async fn greedy_streaming_equals_greedy_whole_answers() {
+    let gw = Gateway::start(&local_section("")).await;
+    let whole: Value = gw.chat(capital("local")).await.json().await.unwrap();
+    let mut body = capital("local");
+    body["stream"] = json!(true);
+    let response = gw.chat(body).await;
+    assert_eq!(response.headers()["x-ragway-target"], "local");
+    let sse = Sse::read(response).await;
+    assert!(sse.done);
+    assert_eq!(
+        sse.text(),
+        whole["choices"][0]["message"]["content"].as_str().unwrap()
+    );
+    let mut short = capital("local");
+    short["max_tokens"] = json!(3);
+    let body: Value = gw.chat(short).await.json().await.unwrap();
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+    assert_eq!(body["usage"]["completion_tokens"], 3);
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_503_with_retry_after() {
+    let gw = Gateway::start(&local_section("queue = 1\nretry.attempts = 1")).await;
+    let long = |n: usize| {
+        let mut body = ask_stream("local", &format!("Write a very long story number {n}."));
+        body["max_tokens"] = json!(400);
+        body
+    };
+    // One generates, one waits in the queue, the third is refused at once.
+    let mut first = gw.chat(long(1)).await;
+    assert_eq!(first.status(), 200);
+    first.chunk().await.unwrap();
+    let second = tokio::spawn({
+        let http = gw.http();
+        let url = format!("{}/v1/chat/completions", gw.url);
+        let body = long(2);
+        async move { http.post(url).json(&body).send().await.unwrap().status() }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let third = gw.chat(ask("local", "hi")).await;
+    assert_eq!(third.status(), 503);
+    assert_eq!(third.headers()["retry-after"], "1");
+    let body: Value = third.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("queue is full"),
+        "{body}"
+    );
+    drop(first); // the client leaves: its generation stops and the queue moves
+    assert_eq!(second.await.unwrap(), 200);
+}
