@@ -38,18 +38,30 @@ pub struct Shared {
     pub draining: Arc<AtomicBool>,
     /// Unix seconds at start-up (the `created` of each model card).
     pub started_at: u64,
+    /// The sentence embedder and the name clients ask for it by.
+    pub embedder: Option<(String, Arc<ragway_engine::Embedder>)>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error(transparent)]
     Provider(#[from] crate::generate::LoadError),
+    #[error("embeddings: {0}")]
+    Embedder(#[from] ragway_engine::EngineError),
 }
 
 impl AppState {
     pub fn from_config(config: Config) -> Result<AppState, BuildError> {
         let metrics = Arc::new(Metrics::new());
         let routes = Arc::new(Routes::from_config(&config)?);
+        let embedder = match &config.embeddings {
+            Some(e) => {
+                let device = ragway_engine::device(&e.device)?;
+                let model = ragway_engine::Embedder::load(&e.model, &device)?;
+                Some((e.name.clone(), Arc::new(model)))
+            }
+            None => None,
+        };
         for target in routes.targets() {
             metrics.breaker_registered(&target.id);
         }
@@ -72,6 +84,7 @@ impl AppState {
             started_at: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            embedder,
         })))
     }
 

@@ -110,3 +110,53 @@ async fn a_full_queue_answers_503_with_retry_after() {
     drop(first); // the client leaves: its generation stops and the queue moves
     assert_eq!(second.await.unwrap(), 200);
 }
+
+#[tokio::test]
+async fn embeddings_are_served_in_the_openai_format() {
+    let toml = "[embeddings]\nname = \"minilm\"\nmodel = \"models/all-MiniLM-L6-v2\"\n";
+    let gw = Gateway::start(toml).await;
+    let post = |body: Value| {
+        let http = gw.http();
+        let url = format!("{}/v1/embeddings", gw.url);
+        async move { http.post(url).json(&body).send().await.unwrap() }
+    };
+    let one: Value = post(json!({"model": "minilm", "input": "hello world"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["object"], "list");
+    assert_eq!(one["data"][0]["object"], "embedding");
+    assert_eq!(one["data"][0]["embedding"].as_array().unwrap().len(), 384);
+    assert!(one["usage"]["prompt_tokens"].as_u64().unwrap() >= 2);
+    let many: Value = post(json!({"model": "minilm", "input": ["a cat", "hello world"]}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(many["data"].as_array().unwrap().len(), 2);
+    assert_eq!(many["data"][1]["index"], 1);
+    let a = one["data"][0]["embedding"].as_array().unwrap();
+    let b = many["data"][1]["embedding"].as_array().unwrap();
+    let diff = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x.as_f64().unwrap() - y.as_f64().unwrap()).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        diff < 1e-4,
+        "the same text embeds the same alone or in a batch"
+    );
+    assert_eq!(
+        post(json!({"model": "nope", "input": "x"})).await.status(),
+        404
+    );
+    for bad in [
+        json!({"model": "minilm", "input": []}),
+        json!({"model": "minilm", "input": 5}),
+        json!({"model": "minilm"}),
+    ] {
+        let response = post(bad.clone()).await;
+        assert_eq!(response.status(), 400, "{bad}");
+    }
+}

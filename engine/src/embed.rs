@@ -66,14 +66,22 @@ impl Embedder {
 
     /// One unit-length vector per input, in order.
     pub fn embed(&self, inputs: &[String]) -> Result<Vec<Vec<f32>>, EngineError> {
-        let mut out = Vec::with_capacity(inputs.len());
-        for batch in inputs.chunks(BATCH) {
-            out.extend(self.embed_batch(batch)?);
-        }
-        Ok(out)
+        Ok(self.embed_counted(inputs)?.0)
     }
 
-    fn embed_batch(&self, inputs: &[String]) -> Result<Vec<Vec<f32>>, EngineError> {
+    /// The vectors, and how many tokens the inputs held (after truncation).
+    pub fn embed_counted(&self, inputs: &[String]) -> Result<(Vec<Vec<f32>>, usize), EngineError> {
+        let mut out = Vec::with_capacity(inputs.len());
+        let mut tokens = 0;
+        for batch in inputs.chunks(BATCH) {
+            let (vectors, count) = self.embed_batch(batch)?;
+            out.extend(vectors);
+            tokens += count;
+        }
+        Ok((out, tokens))
+    }
+
+    fn embed_batch(&self, inputs: &[String]) -> Result<(Vec<Vec<f32>>, usize), EngineError> {
         let infer = |e: candle_core::Error| EngineError::Inference(e.to_string());
         let encodings = self
             .tokenizer
@@ -87,6 +95,10 @@ impl Embedder {
                 .map_err(infer)?;
             Tensor::stack(&rows, 0).map_err(infer)
         };
+        let tokens = encodings
+            .iter()
+            .map(|e| e.get_attention_mask().iter().filter(|&&m| m == 1).count())
+            .sum();
         let ids = rows(&|e| e.get_ids())?;
         let types = rows(&|e| e.get_type_ids())?;
         let mask = rows(&|e| e.get_attention_mask())?;
@@ -111,6 +123,6 @@ impl Embedder {
             .and_then(|s| s.sqrt())
             .map_err(infer)?;
         let unit = mean.broadcast_div(&norm).map_err(infer)?;
-        unit.to_vec2::<f32>().map_err(infer)
+        Ok((unit.to_vec2::<f32>().map_err(infer)?, tokens))
     }
 }
