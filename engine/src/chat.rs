@@ -6,7 +6,7 @@
 use std::fs::File;
 use std::path::Path;
 
-use candle_core::quantized::gguf_file;
+use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use candle_transformers::models::{quantized_gemma3, quantized_llama};
@@ -103,12 +103,39 @@ pub struct ChatModel {
     pub context: usize,
 }
 
+/// Weight types candle has no fast CPU kernel for, re-quantised to Q8_0 at load.
+const SLOW_ON_CPU: [GgmlDType; 2] = [GgmlDType::Q4_0, GgmlDType::Q4_1];
+
 impl ChatModel {
-    pub fn load(path: &Path, device: &Device) -> Result<Self, EngineError> {
+    /// Loads a GGUF file. With `requantize`, weights of a type candle runs slowly on
+    /// the CPU (Q4_0, Q4_1) are converted to Q8_0 first.
+    pub fn load(path: &Path, device: &Device, requantize: bool) -> Result<Self, EngineError> {
         let load = |e: candle_core::Error| EngineError::Load(format!("{}: {e}", path.display()));
         let mut file =
             File::open(path).map_err(|e| EngineError::Load(format!("{}: {e}", path.display())))?;
         let content = gguf_file::Content::read(&mut file).map_err(load)?;
+        let slow = content
+            .tensor_infos
+            .values()
+            .any(|t| SLOW_ON_CPU.contains(&t.ggml_dtype));
+        if requantize && slow && device.is_cpu() {
+            let started = std::time::Instant::now();
+            let bytes = requantized(&content, &mut file).map_err(load)?;
+            tracing::info!(path = %path.display(), elapsed = ?started.elapsed(), "weights re-quantised to Q8_0");
+            let mut memory = std::io::Cursor::new(bytes);
+            let content = gguf_file::Content::read(&mut memory).map_err(load)?;
+            return Self::from_content(path, content, &mut memory, device);
+        }
+        Self::from_content(path, content, &mut file, device)
+    }
+
+    fn from_content<R: std::io::Read + std::io::Seek>(
+        path: &Path,
+        content: gguf_file::Content,
+        file: &mut R,
+        device: &Device,
+    ) -> Result<Self, EngineError> {
+        let load = |e: candle_core::Error| EngineError::Load(format!("{}: {e}", path.display()));
         let md_text = |key: &str| {
             content
                 .metadata
@@ -126,12 +153,10 @@ impl ChatModel {
         let template = ChatTemplate::new(md_text("tokenizer.chat_template"), &architecture)?;
         let weights = match architecture.as_str() {
             "llama" => Weights::Llama(
-                quantized_llama::ModelWeights::from_gguf(content, &mut file, device)
-                    .map_err(load)?,
+                quantized_llama::ModelWeights::from_gguf(content, file, device).map_err(load)?,
             ),
             "gemma3" => Weights::Gemma3(
-                quantized_gemma3::ModelWeights::from_gguf(content, &mut file, device)
-                    .map_err(load)?,
+                quantized_gemma3::ModelWeights::from_gguf(content, file, device).map_err(load)?,
             ),
             other => {
                 return Err(EngineError::Load(format!(
@@ -230,6 +255,29 @@ impl ChatModel {
             completion_tokens: generated,
         })
     }
+}
+
+/// The same GGUF, in memory, with slow weight types re-quantised to Q8_0.
+fn requantized(content: &gguf_file::Content, file: &mut File) -> candle_core::Result<Vec<u8>> {
+    let mut tensors = Vec::with_capacity(content.tensor_infos.len());
+    for name in content.tensor_infos.keys() {
+        let tensor = content.tensor(file, name, &Device::Cpu)?;
+        let tensor = if SLOW_ON_CPU.contains(&tensor.dtype()) {
+            QTensor::quantize(&tensor.dequantize(&Device::Cpu)?, GgmlDType::Q8_0)?
+        } else {
+            tensor
+        };
+        tensors.push((name.as_str(), tensor));
+    }
+    let metadata: Vec<(&str, &gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
+    let mut out = std::io::Cursor::new(Vec::new());
+    gguf_file::write(&mut out, &metadata, &tensors)?;
+    Ok(out.into_inner())
 }
 
 fn sampling(params: &GenerateParams) -> Sampling {

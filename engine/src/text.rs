@@ -8,7 +8,8 @@ use crate::tokenizer::GgufTokenizer;
 const MAX_PENDING: usize = 8;
 
 /// Decodes tokens as they come, holding back those that end inside a multi-byte
-/// character (they decode to U+FFFD until the rest arrives).
+/// character (they decode to U+FFFD until the rest arrives). Invalid bytes a model
+/// produces are dropped: a client never sees U+FFFD from ragway.
 #[derive(Default)]
 pub struct Utf8Tokens {
     pending: Vec<u32>,
@@ -22,7 +23,9 @@ impl Utf8Tokens {
             return Ok(String::new());
         }
         self.pending.clear();
-        Ok(text)
+        // What is still a replacement character is a byte sequence the model got
+        // wrong, not a split character: it is dropped rather than shown.
+        Ok(text.replace('\u{FFFD}', ""))
     }
 
     /// What is left when generation ends. A character cut off by the token limit is

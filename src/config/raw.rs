@@ -96,6 +96,7 @@ pub struct RawProvider {
     pub system_prompt: Option<String>,
     pub max_tokens: Option<usize>,
     pub repeat_penalty: Option<f32>,
+    pub requantize: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

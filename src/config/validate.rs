@@ -374,6 +374,7 @@ fn local_model(at: &str, raw: &RawProvider, problems: &mut Problems) -> Option<L
         system_prompt: raw.system_prompt.clone(),
         max_tokens,
         repeat_penalty,
+        requantize: raw.requantize.unwrap_or(true),
     })
 }
 
@@ -387,6 +388,7 @@ fn only_local(at: &str, raw: &RawProvider, problems: &mut Problems) {
         ("system_prompt", raw.system_prompt.is_some()),
         ("max_tokens", raw.max_tokens.is_some()),
         ("repeat_penalty", raw.repeat_penalty.is_some()),
+        ("requantize", raw.requantize.is_some()),
     ];
     for (key, _) in set.iter().filter(|(_, is_set)| *is_set) {
         problems.add(format!("{at}.{key}"), "is only for kind = \"local\"");

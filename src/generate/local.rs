@@ -29,7 +29,7 @@ impl LocalProvider {
     /// Loads the model and starts its worker.
     pub fn load(config: &LocalModelConfig) -> Result<Self, EngineError> {
         let device = ragway_engine::device(&config.device)?;
-        let model = ChatModel::load(&config.model, &device)?;
+        let model = ChatModel::load(&config.model, &device, config.requantize)?;
         let llm = LocalLlm::start(model, config.threads, config.queue)?;
         Ok(LocalProvider {
             llm,
