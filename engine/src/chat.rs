@@ -180,6 +180,39 @@ impl ChatModel {
         self.template.encode(messages, &self.tokenizer)
     }
 
+    /// The prompt, cut to leave `reserve` tokens of the context for the answer:
+    /// the oldest turns go first; system messages and the last message (the
+    /// question) are never dropped. Returns the prompt and how many turns were cut.
+    pub fn fitted_prompt(
+        &self,
+        messages: &[Message],
+        reserve: usize,
+    ) -> Result<(Vec<u32>, usize), EngineError> {
+        let budget = self.context.saturating_sub(reserve.min(self.context / 2));
+        let mut kept: Vec<Message> = messages.to_vec();
+        let mut dropped = 0;
+        loop {
+            let prompt = self.prompt(&kept)?;
+            if prompt.len() <= budget {
+                return Ok((prompt, dropped));
+            }
+            let last = kept.len().saturating_sub(1);
+            let Some(oldest) = kept
+                .iter()
+                .enumerate()
+                .position(|(i, m)| i < last && m.role != "system")
+            else {
+                return Err(EngineError::Input(format!(
+                    "the prompt needs {} tokens; the model's context holds {}",
+                    prompt.len(),
+                    self.context
+                )));
+            };
+            kept.remove(oldest);
+            dropped += 1;
+        }
+    }
+
     /// Generates an answer to `prompt`, handing each piece of text (whole UTF-8
     /// characters, stop sequences held back) to `emit`, which returns `false` to stop.
     pub fn generate(

@@ -75,8 +75,13 @@ impl LocalLlm {
 }
 
 fn run(model: &ChatModel, mut job: Job) {
-    let prompt = match model.prompt(&job.messages) {
-        Ok(prompt) => prompt,
+    let prompt = match model.fitted_prompt(&job.messages, job.params.max_tokens) {
+        Ok((prompt, dropped)) => {
+            if dropped > 0 {
+                tracing::info!(dropped, "older turns dropped to fit the context window");
+            }
+            prompt
+        }
         Err(e) => {
             (job.sink)(Event::Failed(e));
             return;

@@ -117,6 +117,50 @@ fn user_text_cannot_forge_a_turn() {
 }
 
 #[test]
+fn a_long_history_is_cut_from_the_oldest_turn_never_the_question() {
+    let model = smollm();
+    let filler = "Tell me about the weather in great detail. ".repeat(60);
+    let mut messages = vec![Message {
+        role: "system".into(),
+        content: "You are a helpful assistant.".into(),
+    }];
+    for _ in 0..20 {
+        messages.push(Message {
+            role: "user".into(),
+            content: filler.clone(),
+        });
+        messages.push(Message {
+            role: "assistant".into(),
+            content: filler.clone(),
+        });
+    }
+    messages.push(Message {
+        role: "user".into(),
+        content: "What is the capital of France?".into(),
+    });
+    let (prompt, dropped) = model.fitted_prompt(&messages, 256).unwrap();
+    assert!(
+        dropped > 0 && prompt.len() + 256 <= model.context,
+        "{dropped} {}",
+        prompt.len()
+    );
+    let text = model.tokenizer.decode(&prompt).unwrap();
+    assert!(
+        text.contains("You are a helpful assistant.")
+            && text.ends_with("What is the capital of France?<|im_end|>\n<|im_start|>assistant\n")
+    );
+    // A question that alone overflows the window is refused, not cut.
+    let huge = vec![Message {
+        role: "user".into(),
+        content: "word ".repeat(5000),
+    }];
+    assert!(matches!(
+        model.fitted_prompt(&huge, 256),
+        Err(ragway_engine::EngineError::Input(_))
+    ));
+}
+
+#[test]
 fn stop_sequences_and_max_tokens_end_the_answer() {
     let messages = chat(
         "You are a helpful assistant.",

@@ -1,0 +1,119 @@
+//! Local model speed: load time, prompt processing and generation tokens/s, peak
+//! RSS; and embedding throughput. Run in release:
+//!
+//!   cargo run --release -p ragway-engine --example bench -- MODEL.gguf THREADS [--no-requantize]
+//!   cargo run --release -p ragway-engine --example bench -- --embed MODEL_DIR THREADS
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use ragway_engine::{ChatModel, Embedder, GenerateParams, Message};
+
+const PROMPT: &str = "Write a long, detailed story about a lighthouse keeper who finds a message in a bottle. Describe the sea, the weather, the keeper's daily routine, and what the message says.";
+const GENERATE: usize = 128;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--embed") {
+        let threads = args.get(2).and_then(|t| t.parse().ok()).unwrap_or(2);
+        return pool(threads).install(|| embed(PathBuf::from(&args[1])));
+    }
+    let path = PathBuf::from(args.first().expect("MODEL.gguf THREADS"));
+    let threads: usize = args.get(1).and_then(|t| t.parse().ok()).unwrap_or(1);
+    let requantize = !args.iter().any(|a| a == "--no-requantize");
+    pool(threads).install(|| chat(path, threads, requantize));
+}
+
+fn pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("thread pool")
+}
+
+fn chat(path: PathBuf, threads: usize, requantize: bool) {
+    let started = Instant::now();
+    let model = ChatModel::load(&path, &candle_core::Device::Cpu, requantize).expect("model loads");
+    let load = started.elapsed();
+    let messages = vec![
+        Message {
+            role: "system".into(),
+            content: "You are a helpful assistant.".into(),
+        },
+        Message {
+            role: "user".into(),
+            content: PROMPT.into(),
+        },
+    ];
+    let prompt = model.prompt(&messages).expect("prompt");
+    let run = |max_tokens: usize| {
+        let params = GenerateParams {
+            max_tokens,
+            repeat_penalty: 1.0,
+            ..Default::default()
+        };
+        let started = Instant::now();
+        let generated = model
+            .generate(&prompt, &params, &mut |_| true)
+            .expect("generates");
+        (started.elapsed(), generated.completion_tokens)
+    };
+    run(4); // warm-up
+    let (prefill, _) = run(1);
+    let (total, tokens) = run(GENERATE);
+    let generation = (total - prefill).as_secs_f64() / (tokens.max(2) - 1) as f64;
+    println!(
+        "model={} requantize={requantize} threads={threads} load_s={:.2} prompt_tokens={} pp_tok_s={:.1} generated={tokens} gen_tok_s={:.1} peak_rss_mib={}",
+        path.file_name().unwrap_or_default().to_string_lossy(),
+        load.as_secs_f64(),
+        prompt.len(),
+        prompt.len() as f64 / prefill.as_secs_f64(),
+        1.0 / generation,
+        peak_rss_mib(),
+    );
+}
+
+fn embed(dir: PathBuf) {
+    let started = Instant::now();
+    let embedder = Embedder::load(&dir, &candle_core::Device::Cpu).expect("embedder loads");
+    let load = started.elapsed();
+    let sentences: Vec<String> = (0..32)
+        .map(|i| format!("Sentence number {i} asks how to reset a forgotten password for the customer portal."))
+        .collect();
+    embedder.embed(&sentences).expect("warm-up");
+    let rounds = 10;
+    let started = Instant::now();
+    for _ in 0..rounds {
+        embedder.embed(&sentences).expect("embeds");
+    }
+    let batch = started.elapsed().as_secs_f64() / rounds as f64;
+    let mut single = Vec::new();
+    for sentence in sentences.iter().take(20) {
+        let started = Instant::now();
+        embedder
+            .embed(std::slice::from_ref(sentence))
+            .expect("embeds");
+        single.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    single.sort_by(f64::total_cmp);
+    println!(
+        "embedder={} load_s={:.2} batch32_sentences_s={:.0} single_p50_ms={:.1} single_max_ms={:.1} peak_rss_mib={}",
+        dir.display(),
+        load.as_secs_f64(),
+        32.0 / batch,
+        single[single.len() / 2],
+        single[single.len() - 1],
+        peak_rss_mib(),
+    );
+}
+
+fn peak_rss_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb / 1024)
+}
