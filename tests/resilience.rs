@@ -540,7 +540,9 @@ mod paused {
             _: &str,
             _: &ChatRequest,
         ) -> Result<ChatCompletion, UpstreamError> {
-            unreachable!("targets here stream upstream")
+            Err(UpstreamError::Protocol(
+                "this scripted provider only streams".into(),
+            ))
         }
 
         async fn stream(&self, _: &str, _: &ChatRequest) -> Result<ChunkStream, UpstreamError> {
