@@ -162,18 +162,12 @@ fn environment_overrides_the_file() {
 
 #[test]
 fn check_config_prints_the_config_with_secrets_redacted() {
-    let output = Command::new(env!("CARGO_BIN_EXE_ragway"))
-        .args([
-            "check-config",
-            "--config",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/ragway.example.toml"),
-        ])
-        .env("QINIU_API_KEY", "sk-qiniu-secret-value")
-        .env("SILICONFLOW_API_KEY", "sk-s")
-        .env("DEEPSEEK_API_KEY", "sk-d")
-        .env("INFINI_API_KEY", "sk-i")
-        .output()
-        .unwrap();
+    let output = check_example(&[
+        ("QINIU_API_KEY", "sk-qiniu-secret-value"),
+        ("SILICONFLOW_API_KEY", "sk-s"),
+        ("DEEPSEEK_API_KEY", "sk-d"),
+        ("INFINI_API_KEY", "sk-i"),
+    ]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -184,17 +178,28 @@ fn check_config_prints_the_config_with_secrets_redacted() {
     assert!(stdout.contains("<redacted>"));
     assert!(!stdout.contains("sk-qiniu-secret-value"));
 
-    let output = Command::new(env!("CARGO_BIN_EXE_ragway"))
-        .args([
-            "check-config",
-            "--config",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/ragway.example.toml"),
-        ])
-        .env_remove("QINIU_API_KEY")
-        .output()
-        .unwrap();
+    let output = check_example(&[]);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("providers.qiniu.api_key_env"));
+}
+
+/// `ragway check-config` on the shipped example, with only these keys set.
+fn check_example(keys: &[(&str, &str)]) -> std::process::Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ragway"));
+    command.args([
+        "check-config",
+        "--config",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/ragway.example.toml"),
+    ]);
+    for var in [
+        "QINIU_API_KEY",
+        "SILICONFLOW_API_KEY",
+        "DEEPSEEK_API_KEY",
+        "INFINI_API_KEY",
+    ] {
+        command.env_remove(var);
+    }
+    command.envs(keys.iter().copied()).output().unwrap()
 }
 
 /// The real binary: it starts with no config at all, serves, and stops cleanly on

@@ -168,16 +168,9 @@ fn auth(raw: RawAuth, env: &Env, problems: &mut Problems) -> AuthConfig {
             problems.add(format!("{at}.tenant"), "must not be empty");
         }
         let digest = match (&key.key_env, &key.sha256) {
-            (Some(var), None) => match env.get(var).filter(|v| !v.is_empty()) {
-                Some(secret) => Some(Sha256::digest(secret.as_bytes()).into()),
-                None => {
-                    problems.add(
-                        format!("{at}.key_env"),
-                        format!("environment variable {var} is not set"),
-                    );
-                    None
-                }
-            },
+            (Some(var), None) => problems
+                .secret(&format!("{at}.key_env"), var, env)
+                .map(|secret| Sha256::digest(secret.expose().as_bytes()).into()),
             (None, Some(hex)) => parse_sha256(hex).or_else(|| {
                 problems.add(format!("{at}.sha256"), "must be 64 hex digits");
                 None

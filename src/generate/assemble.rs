@@ -4,9 +4,23 @@
 
 use std::collections::BTreeMap;
 
+use futures_util::StreamExt;
 use serde_json::{Map, Value};
 
+use super::{ChunkStream, UpstreamError};
 use crate::wire::{ChatChunk, ChatCompletion, Choice, ResponseMessage, Usage};
+
+/// A whole answer from a stream. Any error on the way fails it: nothing has been
+/// sent to the client, so the attempt can be retried or failed over.
+pub async fn collect(mut chunks: ChunkStream) -> Result<ChatCompletion, UpstreamError> {
+    let mut answer = Assembler::default();
+    while let Some(chunk) = chunks.next().await {
+        answer.add(&chunk?);
+    }
+    answer
+        .finish()
+        .ok_or_else(|| UpstreamError::Protocol("the stream held no answer".to_owned()))
+}
 
 #[derive(Debug, Default)]
 pub struct Assembler {
@@ -80,10 +94,6 @@ impl Assembler {
             .values()
             .map(|c| c.content.chars().count() + c.reasoning.chars().count())
             .sum()
-    }
-
-    pub fn has_tool_calls(&self) -> bool {
-        self.choices.values().any(|c| !c.tool_calls.is_empty())
     }
 
     /// The whole answer; `None` if no choice ever arrived.
@@ -211,7 +221,6 @@ mod tests {
         a.add(&chunk(
             json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}),
         ));
-        assert!(a.has_tool_calls());
         let c = a.finish().unwrap();
         let calls = c.choices[0].message.tool_calls.as_ref().unwrap();
         assert_eq!(calls[0]["id"], "call_1");

@@ -260,10 +260,6 @@ impl Breaker {
         inner.state = Phase::Open { until };
     }
 
-    pub fn state(&self, now: Instant) -> BreakerState {
-        self.snapshot(now).state
-    }
-
     pub fn snapshot(&self, now: Instant) -> BreakerSnapshot {
         let inner = self.lock();
         let (state, retry_in_secs) = match inner.state {
@@ -419,7 +415,7 @@ mod tests {
         p.unwrap().record(Verdict::Success, now);
         fail(&b, now);
         fail(&b, now);
-        assert_eq!(b.state(now), BreakerState::Closed);
+        assert_eq!(b.snapshot(now).state, BreakerState::Closed);
         assert_eq!(b.snapshot(now).consecutive_failures, 2);
     }
 }

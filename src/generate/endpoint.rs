@@ -73,10 +73,6 @@ impl ChatEndpoint {
         let expanded = self.base.replace(MODEL_SLOT, &encode_segment(model)) + CHAT_PATH;
         Url::parse(&expanded).map_err(|e| format!("`{expanded}` is not a URL: {e}"))
     }
-
-    pub fn is_per_model(&self) -> bool {
-        self.base.contains(MODEL_SLOT)
-    }
 }
 
 impl From<ChatEndpoint> for String {
@@ -114,7 +110,6 @@ mod tests {
     #[test]
     fn a_template_is_expanded_per_model() {
         let e = ChatEndpoint::parse("https://cloud.infini-ai.com/maas/{model}/nvidia").unwrap();
-        assert!(e.is_per_model());
         assert_eq!(
             e.url_for("deepseek-v3").unwrap().as_str(),
             "https://cloud.infini-ai.com/maas/deepseek-v3/nvidia/chat/completions"

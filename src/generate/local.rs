@@ -11,7 +11,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::ChatProvider;
-use super::assemble::Assembler;
+use super::assemble::collect;
 use super::error::{ProviderError, UpstreamError};
 use super::stream::ChunkStream;
 use crate::config::LocalModelConfig;
@@ -95,14 +95,7 @@ impl ChatProvider for LocalProvider {
         model: &str,
         request: &ChatRequest,
     ) -> Result<ChatCompletion, UpstreamError> {
-        let mut chunks = self.stream(model, request).await?;
-        let mut answer = Assembler::default();
-        while let Some(chunk) = chunks.next().await {
-            answer.add(&chunk?);
-        }
-        answer
-            .finish()
-            .ok_or_else(|| UpstreamError::Protocol("the local model gave no answer".into()))
+        collect(self.stream(model, request).await?).await
     }
 
     async fn stream(

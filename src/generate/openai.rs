@@ -136,7 +136,7 @@ impl ChatProvider for OpenAiProvider {
     ) -> Result<ChatCompletion, UpstreamError> {
         let response = self.send(model, request, false).await?;
         let status = response.status().as_u16();
-        let body = read_capped(response, MAX_ANSWER_BODY).await?;
+        let body = read_capped(response, MAX_ANSWER_BODY, Overflow::Refuse).await?;
         let mut completion: ChatCompletion = serde_json::from_slice(&body)
             .map_err(|e| UpstreamError::Protocol(format!("malformed completion: {e}")))?;
         if let Some(error) = completion.extra.remove("error").filter(|e| !e.is_null()) {
@@ -208,7 +208,7 @@ fn error_chain(error: &reqwest::Error) -> String {
 async fn error_response(response: reqwest::Response) -> UpstreamError {
     let status = response.status().as_u16();
     let retry_after = retry_after(response.headers());
-    let detail = match read_capped(response, MAX_ERROR_BODY).await {
+    let detail = match read_capped(response, MAX_ERROR_BODY, Overflow::Truncate).await {
         Ok(body) => ProviderError::from_body(&body),
         Err(e) => ProviderError {
             message: format!("error body unreadable: {e}"),
@@ -222,21 +222,33 @@ async fn error_response(response: reqwest::Response) -> UpstreamError {
     }
 }
 
-/// Reads a body up to `cap` bytes; a larger body is an error (answers) or is cut
-/// (error bodies are only read for their message).
-async fn read_capped(response: reqwest::Response, cap: usize) -> Result<Bytes, UpstreamError> {
+/// What to do with the part of a body past its cap.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Overflow {
+    /// An error body is read only for its message: keep the start.
+    Truncate,
+    /// A whole answer larger than the cap is refused rather than buffered.
+    Refuse,
+}
+
+async fn read_capped(
+    response: reqwest::Response,
+    cap: usize,
+    overflow: Overflow,
+) -> Result<Bytes, UpstreamError> {
     let mut body = Vec::new();
     let mut stream = response.bytes_stream();
     while let Some(piece) = stream.next().await {
         let piece = piece.map_err(|e| UpstreamError::Interrupted(error_chain(&e)))?;
-        if body.len() + piece.len() > cap {
-            if cap == MAX_ERROR_BODY {
-                body.extend_from_slice(&piece[..cap - body.len()]);
-                break;
+        let room = cap - body.len();
+        if piece.len() > room {
+            if overflow == Overflow::Refuse {
+                return Err(UpstreamError::Protocol(format!(
+                    "answer larger than {cap} bytes"
+                )));
             }
-            return Err(UpstreamError::Protocol(format!(
-                "answer larger than {cap} bytes"
-            )));
+            body.extend_from_slice(&piece[..room]);
+            break;
         }
         body.extend_from_slice(&piece);
     }

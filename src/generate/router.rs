@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use tokio::time::{Instant, timeout_at};
 
-use super::assemble::Assembler;
+use super::assemble::collect;
 use super::breaker::{Permit, Verdict};
 use super::retry::{Disposition, classify};
 use super::{
@@ -24,7 +24,7 @@ use super::{
 use crate::error::GatewayError;
 use crate::pipeline::RequestCtx;
 use crate::telemetry::Metrics;
-use crate::wire::{ChatChunk, ChatCompletion, ChatRequest};
+use crate::wire::{ChatChunk, ChatRequest};
 
 /// What a client is told to wait when nothing better is known.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(2);
@@ -73,16 +73,23 @@ impl Router {
                 });
             };
             let started = Instant::now();
-            let result = self
-                .attempt(target, prompt, ctx.stream, deadline, permit)
-                .await;
+            let result = self.attempt(target, prompt, ctx.stream, deadline).await;
             let latency = started.elapsed();
             let error = match result {
                 Ok(output) => {
-                    if matches!(output, Output::Complete(_)) {
-                        self.metrics
-                            .upstream_attempt(&target.id, "ok", latency, None);
-                    }
+                    let output = match output {
+                        // A committed stream records its verdict when it ends.
+                        Output::Stream(chunks) => {
+                            Output::Stream(self.settle_at_end(target, chunks, permit))
+                        }
+                        complete => {
+                            let transition = permit.record(Verdict::Success, Instant::now());
+                            self.report(target, transition);
+                            self.metrics
+                                .upstream_attempt(&target.id, "ok", latency, None);
+                            complete
+                        }
+                    };
                     ctx.attempts.push(Attempt {
                         target: target.id.clone(),
                         latency,
@@ -97,14 +104,12 @@ impl Router {
                 Err(error) => error,
             };
             let classified = classify(&error, route.failover_on_content_filter);
-            self.metrics.upstream_attempt(
-                &target.id,
-                error.class(),
-                latency,
-                Some(&error.to_string()),
-            );
+            self.report(target, permit.record(classified.verdict, Instant::now()));
+            let message = error.to_string();
+            self.metrics
+                .upstream_attempt(&target.id, error.class(), latency, Some(&message));
             if classified.config_error {
-                self.metrics.config_error(&target.id, &error.to_string());
+                self.metrics.config_error(&target.id, &message);
             }
             ctx.attempts.push(Attempt {
                 target: target.id.clone(),
@@ -133,42 +138,23 @@ impl Router {
         }
     }
 
-    /// One attempt. The breaker permit travels with a committed stream, which
-    /// records its verdict when it ends.
+    /// One attempt, under the target's deadlines.
     async fn attempt(
         &self,
-        target: &Arc<Target>,
+        target: &Target,
         prompt: &ChatRequest,
         client_streams: bool,
         deadline: Instant,
-        permit: Permit,
     ) -> Result<Output, UpstreamError> {
-        let result = if client_streams || target.stream_upstream {
-            self.streamed(target, prompt, client_streams, deadline)
-                .await
-        } else {
-            // A provider that cannot stream: only the request's deadline bounds it.
-            match timeout_at(deadline, target.provider.complete(&target.model, prompt)).await {
-                Ok(result) => result.map(Output::Complete),
-                Err(_) => Err(UpstreamError::Timeout(TimeoutPhase::Total)),
-            }
-        };
-        let now = Instant::now();
-        match result {
-            Ok(Output::Stream(chunks)) => {
-                Ok(Output::Stream(self.settle_at_end(target, chunks, permit)))
-            }
-            Ok(complete) => {
-                self.report(target, permit.record(Verdict::Success, now));
-                Ok(complete)
-            }
-            Err(error) => {
-                // The verdict depends on the route's content-filter choice only for
-                // refusals, which are neutral either way.
-                let verdict = classify(&error, false).verdict;
-                self.report(target, permit.record(verdict, now));
-                Err(error)
-            }
+        if client_streams || target.stream_upstream {
+            return self
+                .streamed(target, prompt, client_streams, deadline)
+                .await;
+        }
+        // A provider that cannot stream: only the request's deadline bounds it.
+        match timeout_at(deadline, target.provider.complete(&target.model, prompt)).await {
+            Ok(result) => result.map(Output::Complete),
+            Err(_) => Err(UpstreamError::Timeout(TimeoutPhase::Total)),
         }
     }
 
@@ -333,18 +319,6 @@ fn with_deadlines(chunks: ChunkStream, idle: Duration, deadline: Instant) -> Chu
             }
         },
     ))
-}
-
-/// A whole answer from a stream: any error on the way fails the attempt, which can
-/// then be retried, since the client has seen nothing.
-async fn collect(mut chunks: ChunkStream) -> Result<ChatCompletion, UpstreamError> {
-    let mut answer = Assembler::default();
-    while let Some(chunk) = chunks.next().await {
-        answer.add(&chunk?);
-    }
-    answer
-        .finish()
-        .ok_or_else(|| UpstreamError::Protocol("the stream held no answer".to_owned()))
 }
 
 fn provider_reason(error: &UpstreamError) -> String {

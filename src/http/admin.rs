@@ -3,7 +3,6 @@
 
 use axum::Json;
 use axum::extract::{Request, State};
-use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -24,12 +23,7 @@ pub async fn require_admin(
         )
         .into_response();
     };
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
+    let presented = super::auth::bearer(&request).unwrap_or_default();
     // Comparing digests keeps the comparison's time independent of the key.
     if Sha256::digest(presented.as_bytes()) != Sha256::digest(admin_key.expose().as_bytes()) {
         return GatewayError::Unauthorized("invalid admin key".to_owned()).into_response();

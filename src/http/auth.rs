@@ -40,26 +40,30 @@ impl ClientKeys {
         if self.by_hash.is_empty() {
             return Ok(Caller::anonymous());
         }
-        let presented = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .ok_or_else(|| {
-                GatewayError::Unauthorized(
-                    "missing API key: send it as `Authorization: Bearer <key>`".to_owned(),
-                )
-            })?;
+        let presented = bearer(request).ok_or_else(|| {
+            GatewayError::Unauthorized(
+                "missing API key: send it as `Authorization: Bearer <key>`".to_owned(),
+            )
+        })?;
         let hash: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         self.by_hash
             .get(&hash)
             .cloned()
             .ok_or_else(|| GatewayError::Unauthorized("invalid API key".to_owned()))
     }
+}
+
+/// The key in `Authorization: Bearer <key>`, if there is one.
+pub(super) fn bearer(request: &Request) -> Option<&str> {
+    let value = request
+        .headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let key = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))?;
+    Some(key.trim())
 }
 
 /// Puts the [`Caller`] in the request's extensions, or answers 401.
