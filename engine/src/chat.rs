@@ -1,23 +1,19 @@
-//! A GGUF chat model on candle: quantized llama (SmolLM2, Llama, Mistral-style) or
-//! gemma3, chosen by the
-//! file's `general.architecture`, with its tokenizer and chat template taken from the
-//! same file.
+//! A GGUF chat model — llama, qwen2 or gemma3, chosen by the file's
+//! `general.architecture` — with its tokenizer and chat template taken from the
+//! same file, and the generation loop: sampling, stop sequences, whole characters.
 
 use std::fs::File;
 use std::path::Path;
 
-use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
+use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
-use candle_transformers::models::{quantized_gemma3, quantized_llama};
 
+use crate::runtime::{MAX_CONTEXT, Runtime, Weights};
 use crate::template::ChatTemplate;
 use crate::text::{StopScanner, Utf8Tokens};
 use crate::tokenizer::GgufTokenizer;
 use crate::{EngineError, Message};
-
-/// candle's RoPE tables stop at 4096 positions whatever the file says.
-const MAX_POSITIONS: usize = 4096;
 
 /// Sampling and limits for one answer.
 #[derive(Debug, Clone)]
@@ -76,24 +72,8 @@ pub struct Generated {
     pub completion_tokens: usize,
 }
 
-#[derive(Clone)]
-enum Weights {
-    Llama(quantized_llama::ModelWeights),
-    Gemma3(quantized_gemma3::ModelWeights),
-}
-
-impl Weights {
-    fn forward(&mut self, input: &Tensor, position: usize) -> candle_core::Result<Tensor> {
-        match self {
-            Weights::Llama(m) => m.forward(input, position),
-            Weights::Gemma3(m) => m.forward(input, position),
-        }
-    }
-}
-
 pub struct ChatModel {
-    /// Never run directly: each answer starts from a clone (shared weights, fresh
-    /// caches), since the models' attention-mask caches grow with every prompt.
+    /// Each answer runs in a fresh [`Session`](crate::runtime::Session).
     weights: Weights,
     pub tokenizer: GgufTokenizer,
     template: ChatTemplate,
@@ -103,39 +83,26 @@ pub struct ChatModel {
     pub context: usize,
 }
 
-/// Weight types candle has no fast CPU kernel for, re-quantised to Q8_0 at load.
-const SLOW_ON_CPU: [GgmlDType; 2] = [GgmlDType::Q4_0, GgmlDType::Q4_1];
-
 impl ChatModel {
-    /// Loads a GGUF file. With `requantize`, weights of a type candle runs slowly on
-    /// the CPU (Q4_0, Q4_1) are converted to Q8_0 first.
+    /// Loads a GGUF file on the default runtime (see [`Runtime`]). With
+    /// `requantize`, weights of a type without a fast kernel on the CPU are
+    /// converted to Q8_0 first.
     pub fn load(path: &Path, device: &Device, requantize: bool) -> Result<Self, EngineError> {
-        let load = |e: candle_core::Error| EngineError::Load(format!("{}: {e}", path.display()));
-        let mut file =
-            File::open(path).map_err(|e| EngineError::Load(format!("{}: {e}", path.display())))?;
-        let content = gguf_file::Content::read(&mut file).map_err(load)?;
-        let slow = content
-            .tensor_infos
-            .values()
-            .any(|t| SLOW_ON_CPU.contains(&t.ggml_dtype));
-        if requantize && slow && device.is_cpu() {
-            let started = std::time::Instant::now();
-            let bytes = requantized(&content, &mut file).map_err(load)?;
-            tracing::info!(path = %path.display(), elapsed = ?started.elapsed(), "weights re-quantised to Q8_0");
-            let mut memory = std::io::Cursor::new(bytes);
-            let content = gguf_file::Content::read(&mut memory).map_err(load)?;
-            return Self::from_content(path, content, &mut memory, device);
-        }
-        Self::from_content(path, content, &mut file, device)
+        Self::load_on(path, device, requantize, Runtime::Auto)
     }
 
-    fn from_content<R: std::io::Read + std::io::Seek>(
+    /// Loads a GGUF file on the given runtime.
+    pub fn load_on(
         path: &Path,
-        content: gguf_file::Content,
-        file: &mut R,
         device: &Device,
+        requantize: bool,
+        runtime: Runtime,
     ) -> Result<Self, EngineError> {
-        let load = |e: candle_core::Error| EngineError::Load(format!("{}: {e}", path.display()));
+        let load =
+            |e: &dyn std::fmt::Display| EngineError::Load(format!("{}: {e}", path.display()));
+        let started = std::time::Instant::now();
+        let mut file = File::open(path).map_err(|e| load(&e))?;
+        let content = gguf_file::Content::read(&mut file).map_err(|e| load(&e))?;
         let md_text = |key: &str| {
             content
                 .metadata
@@ -144,27 +111,20 @@ impl ChatModel {
                 .cloned()
         };
         let architecture = md_text("general.architecture").unwrap_or_default();
-        let context = content
+        let trained = content
             .metadata
             .get(&format!("{architecture}.context_length"))
             .and_then(|v| v.to_u32().ok())
-            .map_or(MAX_POSITIONS, |n| (n as usize).min(MAX_POSITIONS));
+            .map_or(4096, |n| n as usize);
         let tokenizer = GgufTokenizer::from_gguf(&content)?;
         let template = ChatTemplate::new(md_text("tokenizer.chat_template"), &architecture)?;
-        let weights = match architecture.as_str() {
-            "llama" => Weights::Llama(
-                quantized_llama::ModelWeights::from_gguf(content, file, device).map_err(load)?,
-            ),
-            "gemma3" => Weights::Gemma3(
-                quantized_gemma3::ModelWeights::from_gguf(content, file, device).map_err(load)?,
-            ),
-            other => {
-                return Err(EngineError::Load(format!(
-                    "unsupported architecture `{other}` (supported: llama, gemma3)"
-                )));
-            }
-        };
-        tracing::info!(path = %path.display(), %architecture, context, template = template.source, "chat model loaded");
+        let weights =
+            Weights::load(content, &mut file, device, runtime, requantize).map_err(|e| load(&e))?;
+        let context = trained.min(weights.max_positions()).min(MAX_CONTEXT);
+        tracing::info!(
+            path = %path.display(), %architecture, context, runtime = weights.name(),
+            template = template.source, elapsed = ?started.elapsed(), "chat model loaded"
+        );
         Ok(ChatModel {
             weights,
             tokenizer,
@@ -213,6 +173,21 @@ impl ChatModel {
         }
     }
 
+    /// The logits for the token after `prompt` (the model's raw scores, before
+    /// sampling).
+    pub fn next_token_logits(&self, prompt: &[u32]) -> Result<Vec<f32>, EngineError> {
+        if prompt.is_empty() || prompt.len() >= self.context {
+            return Err(EngineError::Input(format!(
+                "the prompt has {} tokens; the context holds {}",
+                prompt.len(),
+                self.context
+            )));
+        }
+        self.weights
+            .session(prompt.len())
+            .forward(prompt, &self.device)
+    }
+
     /// Generates an answer to `prompt`, handing each piece of text (whole UTF-8
     /// characters, stop sequences held back) to `emit`, which returns `false` to stop.
     pub fn generate(
@@ -229,42 +204,33 @@ impl ChatModel {
                 self.context
             )));
         }
-        let mut model = self.weights.clone();
-        let mut sampler = LogitsProcessor::from_sampling(params.seed, sampling(params));
         let budget = params.max_tokens.min(self.context - prompt.len());
+        let mut session = self.weights.session(prompt.len() + budget);
+        let mut sampler = LogitsProcessor::from_sampling(params.seed, sampling(params));
         let mut text = Utf8Tokens::default();
         let mut stops = StopScanner::new(&params.stop);
         let mut history: Vec<u32> = prompt.to_vec();
-        let mut input = Tensor::new(prompt, &self.device)
-            .and_then(|t| t.unsqueeze(0))
-            .map_err(infer)?;
-        let mut position = 0;
+        let mut input: &[u32] = prompt;
+        let mut next;
         let mut generated = 0;
         let finish = loop {
             if generated == budget {
                 break Finish::Length;
             }
-            let logits = model.forward(&input, position).map_err(infer)?;
-            let logits = logits.squeeze(0).map_err(infer)?;
-            let logits = if params.repeat_penalty == 1.0 {
-                logits
-            } else {
+            let mut logits = session.forward(input, &self.device)?;
+            if params.repeat_penalty != 1.0 {
                 let start = history.len().saturating_sub(params.repeat_last_n);
-                candle_transformers::utils::apply_repeat_penalty(
-                    &logits,
-                    params.repeat_penalty,
-                    &history[start..],
-                )
-                .map_err(infer)?
-            };
-            let next = sampler.sample(&logits).map_err(infer)?;
-            position += input.dim(1).map_err(infer)?;
+                penalise_repeats(&mut logits, params.repeat_penalty, &history[start..]);
+            }
+            let vocab = logits.len();
+            let logits = Tensor::from_vec(logits, vocab, &Device::Cpu).map_err(infer)?;
+            next = [sampler.sample(&logits).map_err(infer)?];
             generated += 1;
-            if self.tokenizer.is_end(next) {
+            if self.tokenizer.is_end(next[0]) {
                 break Finish::Stop;
             }
-            history.push(next);
-            let piece = text.push(next, &self.tokenizer)?;
+            history.push(next[0]);
+            let piece = text.push(next[0], &self.tokenizer)?;
             let (out, stopped) = stops.push(&piece);
             if !out.is_empty() && !emit(&out) {
                 break Finish::Cancelled;
@@ -272,9 +238,7 @@ impl ChatModel {
             if stopped {
                 break Finish::Stop;
             }
-            input = Tensor::new(&[next], &self.device)
-                .and_then(|t| t.unsqueeze(0))
-                .map_err(infer)?;
+            input = &next;
         };
         if finish != Finish::Cancelled {
             let rest = stops.finish(&text.finish(&self.tokenizer)?);
@@ -290,27 +254,21 @@ impl ChatModel {
     }
 }
 
-/// The same GGUF, in memory, with slow weight types re-quantised to Q8_0.
-fn requantized(content: &gguf_file::Content, file: &mut File) -> candle_core::Result<Vec<u8>> {
-    let mut tensors = Vec::with_capacity(content.tensor_infos.len());
-    for name in content.tensor_infos.keys() {
-        let tensor = content.tensor(file, name, &Device::Cpu)?;
-        let tensor = if SLOW_ON_CPU.contains(&tensor.dtype()) {
-            QTensor::quantize(&tensor.dequantize(&Device::Cpu)?, GgmlDType::Q8_0)?
-        } else {
-            tensor
-        };
-        tensors.push((name.as_str(), tensor));
+/// Makes tokens already in `recent` less likely, as candle's and llama.cpp's
+/// repeat penalty does: positive logits divided, negative ones multiplied.
+fn penalise_repeats(logits: &mut [f32], penalty: f32, recent: &[u32]) {
+    let mut seen = std::collections::HashSet::with_capacity(recent.len());
+    for &token in recent {
+        if seen.insert(token)
+            && let Some(logit) = logits.get_mut(token as usize)
+        {
+            *logit = if *logit >= 0.0 {
+                *logit / penalty
+            } else {
+                *logit * penalty
+            };
+        }
     }
-    let metadata: Vec<(&str, &gguf_file::Value)> = content
-        .metadata
-        .iter()
-        .map(|(k, v)| (k.as_str(), v))
-        .collect();
-    let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
-    let mut out = std::io::Cursor::new(Vec::new());
-    gguf_file::write(&mut out, &metadata, &tensors)?;
-    Ok(out.into_inner())
 }
 
 fn sampling(params: &GenerateParams) -> Sampling {

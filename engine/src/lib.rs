@@ -3,7 +3,9 @@
 //! here reaches the network: model files come from disk.
 
 mod chat;
+mod decoder;
 mod embed;
+mod runtime;
 mod template;
 mod text;
 mod tokenizer;
@@ -11,6 +13,7 @@ mod worker;
 
 pub use chat::{ChatModel, Finish, GenerateParams, Generated};
 pub use embed::Embedder;
+pub use runtime::Runtime;
 pub use worker::{Event, Job, LocalLlm, QueueFull};
 
 use serde::Serialize;

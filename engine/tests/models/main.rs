@@ -6,13 +6,15 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use ragway_engine::{ChatModel, Embedder, Event, Finish, GenerateParams, Job, LocalLlm, Message};
 
-fn models() -> PathBuf {
+mod reference;
+
+pub fn models() -> PathBuf {
     std::env::var_os("RAGWAY_MODELS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models"))
 }
 
-fn smollm() -> &'static ChatModel {
+pub fn smollm() -> &'static ChatModel {
     static MODEL: OnceLock<ChatModel> = OnceLock::new();
     MODEL.get_or_init(|| {
         ChatModel::load(
@@ -35,7 +37,7 @@ fn embedder() -> &'static Embedder {
     })
 }
 
-fn chat(system: &str, user: &str) -> Vec<Message> {
+pub fn chat(system: &str, user: &str) -> Vec<Message> {
     vec![
         Message {
             role: "system".into(),
@@ -48,7 +50,7 @@ fn chat(system: &str, user: &str) -> Vec<Message> {
     ]
 }
 
-fn answer(
+pub fn answer(
     model: &ChatModel,
     messages: &[Message],
     params: &GenerateParams,
@@ -152,7 +154,7 @@ fn a_long_history_is_cut_from_the_oldest_turn_never_the_question() {
     // A question that alone overflows the window is refused, not cut.
     let huge = vec![Message {
         role: "user".into(),
-        content: "word ".repeat(5000),
+        content: "word ".repeat(model.context + 100),
     }];
     assert!(matches!(
         model.fitted_prompt(&huge, 256),

@@ -1,0 +1,256 @@
+//! ragway's own decoder for llama-family GGUF models (llama, qwen2) on the CPU.
+//!
+//! candle's quantised models spend most of a small model's token on work around
+//! the weights — a KV cache re-concatenated every token, keys and values copied
+//! per query head, a tensor allocated per operation — and have no SIMD kernel for
+//! Q4_1. This one keeps a preallocated KV cache per answer, reads grouped keys in
+//! place, quantises each input once for the matrices that share it, and splits
+//! every product across the compute threads the worker was given. The arithmetic
+//! is the same as candle's reference models; tests hold the two to the same logits.
+
+mod kernels;
+mod load;
+mod matrix;
+mod ops;
+mod parallel;
+
+use std::sync::Arc;
+
+use crate::EngineError;
+use matrix::{Matrix, matmul, matmul_prepared, same_input};
+use ops::Rope;
+
+pub use load::{load, supports};
+
+/// Shapes and constants, from the GGUF's metadata.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub layers: usize,
+    pub dim: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub ffn: usize,
+    pub eps: f32,
+    pub vocab: usize,
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    q: Box<dyn Matrix>,
+    k: Box<dyn Matrix>,
+    v: Box<dyn Matrix>,
+    /// qwen2's attention biases.
+    bias: Option<[Vec<f32>; 3]>,
+    o: Box<dyn Matrix>,
+    ffn_norm: Vec<f32>,
+    gate: Box<dyn Matrix>,
+    up: Box<dyn Matrix>,
+    down: Box<dyn Matrix>,
+}
+
+pub struct Decoder {
+    pub config: Config,
+    embed: Arc<dyn Matrix>,
+    /// The embedding matrix itself when the model ties them.
+    output: Arc<dyn Matrix>,
+    output_norm: Vec<f32>,
+    layers: Vec<Layer>,
+    rope: Rope,
+}
+
+/// The keys and values of one answer so far, room for `capacity` positions.
+pub struct Cache {
+    keys: Vec<f32>,
+    values: Vec<f32>,
+    capacity: usize,
+    len: usize,
+}
+
+/// Per-forward buffers, `tokens` rows each.
+struct Buffers {
+    x: Vec<f32>,
+    normed: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    delta: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+}
+
+impl Decoder {
+    /// An empty cache for an answer of at most `capacity` positions (prompt included).
+    pub fn cache(&self, capacity: usize) -> Cache {
+        let c = &self.config;
+        let size = c.layers * c.kv_heads * capacity * c.head_dim;
+        Cache {
+            keys: vec![0.0; size],
+            values: vec![0.0; size],
+            capacity,
+            len: 0,
+        }
+    }
+
+    /// Runs `tokens` at the positions after those in `cache`, and returns the
+    /// logits that follow the last of them.
+    pub fn forward(&self, cache: &mut Cache, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
+        let c = &self.config;
+        let m = tokens.len();
+        if m == 0 || cache.len + m > cache.capacity {
+            return Err(EngineError::Input(format!(
+                "{m} tokens do not fit after {} of {} positions",
+                cache.len, cache.capacity
+            )));
+        }
+        let (dim, q_dim, kv_dim) = (c.dim, c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        let mut b = Buffers {
+            x: vec![0.0; m * dim],
+            normed: vec![0.0; m * dim],
+            q: vec![0.0; m * q_dim],
+            k: vec![0.0; m * kv_dim],
+            v: vec![0.0; m * kv_dim],
+            attn: vec![0.0; m * q_dim],
+            delta: vec![0.0; m * dim],
+            gate: vec![0.0; m * c.ffn],
+            up: vec![0.0; m * c.ffn],
+        };
+        for (&token, row) in tokens.iter().zip(b.x.chunks_exact_mut(dim)) {
+            if token as usize >= c.vocab {
+                return Err(EngineError::Input(format!(
+                    "token {token} is not in the vocabulary"
+                )));
+            }
+            self.embed.row(token as usize, row);
+        }
+        let angles: Vec<(Vec<f32>, Vec<f32>)> = (0..m)
+            .map(|i| {
+                let (mut cos, mut sin) = (Vec::new(), Vec::new());
+                self.rope.at(cache.len + i, &mut cos, &mut sin);
+                (cos, sin)
+            })
+            .collect();
+        for (l, layer) in self.layers.iter().enumerate() {
+            self.attention(l, layer, cache, &angles, &mut b);
+            self.feed_forward(layer, &mut b);
+        }
+        cache.len += m;
+        let last = &b.x[(m - 1) * dim..];
+        let mut normed = vec![0.0; dim];
+        ops::rms_norm(last, &self.output_norm, c.eps, &mut normed);
+        let mut logits = vec![0.0; c.vocab];
+        matmul(self.output.as_ref(), &normed, 1, &mut logits);
+        Ok(logits)
+    }
+
+    fn attention(
+        &self,
+        l: usize,
+        layer: &Layer,
+        cache: &mut Cache,
+        angles: &[(Vec<f32>, Vec<f32>)],
+        b: &mut Buffers,
+    ) {
+        let c = &self.config;
+        let m = angles.len();
+        for (x, out) in
+            b.x.chunks_exact(c.dim)
+                .zip(b.normed.chunks_exact_mut(c.dim))
+        {
+            ops::rms_norm(x, &layer.attn_norm, c.eps, out);
+        }
+        // q, k and v read the same input: quantise it once when their types agree.
+        let act = layer.q.activations(&b.normed, m);
+        matmul_prepared(layer.q.as_ref(), &act, &mut b.q);
+        for (w, out) in [(&layer.k, &mut b.k), (&layer.v, &mut b.v)] {
+            if same_input(layer.q.as_ref(), w.as_ref()) {
+                matmul_prepared(w.as_ref(), &act, out);
+            } else {
+                matmul(w.as_ref(), &b.normed, m, out);
+            }
+        }
+        if let Some(bias) = &layer.bias {
+            for (buf, bias) in [&mut b.q, &mut b.k, &mut b.v].into_iter().zip(bias) {
+                for row in buf.chunks_exact_mut(bias.len()) {
+                    row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+                }
+            }
+        }
+        let kv_dim = c.kv_heads * c.head_dim;
+        for (i, (cos, sin)) in angles.iter().enumerate() {
+            let q = &mut b.q[i * c.heads * c.head_dim..(i + 1) * c.heads * c.head_dim];
+            self.rope.apply(q, c.head_dim, cos, sin);
+            let k = &mut b.k[i * kv_dim..(i + 1) * kv_dim];
+            self.rope.apply(k, c.head_dim, cos, sin);
+        }
+        self.store(l, cache, &b.k, &b.v, m);
+        self.attend(l, cache, &b.q, &mut b.attn, m);
+        matmul(layer.o.as_ref(), &b.attn, m, &mut b.delta);
+        b.x.iter_mut().zip(&b.delta).for_each(|(x, d)| *x += d);
+    }
+
+    /// Writes the new keys and values at positions `len..len + m`.
+    fn store(&self, l: usize, cache: &mut Cache, k: &[f32], v: &[f32], m: usize) {
+        let c = &self.config;
+        let hd = c.head_dim;
+        for i in 0..m {
+            for g in 0..c.kv_heads {
+                let at = self.slot(l, g, cache.capacity) + (cache.len + i) * hd;
+                let from = (i * c.kv_heads + g) * hd;
+                cache.keys[at..at + hd].copy_from_slice(&k[from..from + hd]);
+                cache.values[at..at + hd].copy_from_slice(&v[from..from + hd]);
+            }
+        }
+    }
+
+    /// Where layer `l`'s KV head `g` starts in the cache.
+    fn slot(&self, l: usize, g: usize, capacity: usize) -> usize {
+        (l * self.config.kv_heads + g) * capacity * self.config.head_dim
+    }
+
+    /// Causal attention of `m` new queries, each over every position up to its own;
+    /// query heads share their group's keys and values in place.
+    fn attend(&self, l: usize, cache: &Cache, q: &[f32], out: &mut [f32], m: usize) {
+        let c = &self.config;
+        let (hd, group) = (c.head_dim, c.heads / c.kv_heads);
+        let shared = parallel::Out::new(out);
+        parallel::split(m * c.heads, 1, 1, |range| {
+            let mut scores = vec![0.0; cache.len + m];
+            let mut head_out = vec![0.0; hd];
+            for job in range {
+                let (i, h) = (job / c.heads, job % c.heads);
+                let slot = self.slot(l, h / group, cache.capacity);
+                let len = cache.len + i + 1;
+                let keys = &cache.keys[slot..slot + len * hd];
+                let values = &cache.values[slot..slot + len * hd];
+                let query = &q[job * hd..(job + 1) * hd];
+                ops::attend(query, keys, values, len, &mut scores, &mut head_out);
+                for (j, v) in head_out.iter().enumerate() {
+                    shared.set(job * hd + j, *v);
+                }
+            }
+        });
+    }
+
+    fn feed_forward(&self, layer: &Layer, b: &mut Buffers) {
+        let c = &self.config;
+        let m = b.x.len() / c.dim;
+        for (x, out) in
+            b.x.chunks_exact(c.dim)
+                .zip(b.normed.chunks_exact_mut(c.dim))
+        {
+            ops::rms_norm(x, &layer.ffn_norm, c.eps, out);
+        }
+        let act = layer.gate.activations(&b.normed, m);
+        matmul_prepared(layer.gate.as_ref(), &act, &mut b.gate);
+        if same_input(layer.gate.as_ref(), layer.up.as_ref()) {
+            matmul_prepared(layer.up.as_ref(), &act, &mut b.up);
+        } else {
+            matmul(layer.up.as_ref(), &b.normed, m, &mut b.up);
+        }
+        ops::swiglu(&mut b.gate, &b.up);
+        matmul(layer.down.as_ref(), &b.gate, m, &mut b.delta);
+        b.x.iter_mut().zip(&b.delta).for_each(|(x, d)| *x += d);
+    }
+}

@@ -1,0 +1,169 @@
+//! The small f32 operations between the matrix products: RMS norm, rotary position
+//! embeddings, attention over the KV cache, SwiGLU.
+//!
+//! Sums run over eight independent accumulators, so the compiler vectorises them
+//! without reordering a single floating-point sum.
+
+/// `a · b`.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (a8, a_rest) = a.split_at(a.len() / 8 * 8);
+    let (b8, b_rest) = b.split_at(a8.len());
+    for (x, y) in a8.chunks_exact(8).zip(b8.chunks_exact(8)) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let tail: f32 = a_rest.iter().zip(b_rest).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `out += scale · v`.
+#[inline]
+fn add_scaled(out: &mut [f32], v: &[f32], scale: f32) {
+    for (o, x) in out.iter_mut().zip(v) {
+        *o += scale * x;
+    }
+}
+
+/// `out = x / rms(x) · weight`.
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let mean = dot(x, x) / x.len() as f32;
+    let scale = 1.0 / (mean + eps).sqrt();
+    for ((o, v), w) in out.iter_mut().zip(x).zip(weight) {
+        *o = v * scale * w;
+    }
+}
+
+/// SwiGLU: `gate = silu(gate) · up`.
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+/// How a model pairs the dimensions it rotates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Adjacent pairs `(2i, 2i+1)`: llama GGUFs (their Q/K rows are permuted for it).
+    Interleaved,
+    /// Halves `(i, i + d/2)`: qwen2 and GPT-NeoX.
+    Halves,
+}
+
+/// Rotary position embeddings for one position: `cos`/`sin` per rotated pair.
+pub struct Rope {
+    pub style: RopeStyle,
+    /// Per pair, the angle per position.
+    pub inv_freq: Vec<f32>,
+}
+
+impl Rope {
+    /// The angles' cosines and sines at `position`.
+    pub fn at(&self, position: usize, cos: &mut Vec<f32>, sin: &mut Vec<f32>) {
+        cos.clear();
+        sin.clear();
+        for &f in &self.inv_freq {
+            let angle = position as f32 * f;
+            cos.push(angle.cos());
+            sin.push(angle.sin());
+        }
+    }
+
+    /// Rotates each head of `x` (heads of `head_dim`) in place.
+    pub fn apply(&self, x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
+        let pairs = cos.len();
+        for head in x.chunks_exact_mut(head_dim) {
+            for i in 0..pairs {
+                let (a, b) = match self.style {
+                    RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                    RopeStyle::Halves => (i, i + pairs),
+                };
+                let (x0, x1) = (head[a], head[b]);
+                head[a] = x0 * cos[i] - x1 * sin[i];
+                head[b] = x0 * sin[i] + x1 * cos[i];
+            }
+        }
+    }
+}
+
+/// One query head against its cached keys and values at positions `0..len`:
+/// `out = softmax(q · K / √d) · V`. `scores` is scratch of at least `len`.
+pub fn attend(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    len: usize,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let head_dim = q.len();
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let scores = &mut scores[..len];
+    let mut max = f32::NEG_INFINITY;
+    for (t, s) in scores.iter_mut().enumerate() {
+        *s = dot(q, &keys[t * head_dim..(t + 1) * head_dim]) * scale;
+        max = max.max(*s);
+    }
+    let mut total = 0f32;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        total += *s;
+    }
+    out.fill(0.0);
+    for (t, s) in scores.iter().enumerate() {
+        add_scaled(out, &values[t * head_dim..(t + 1) * head_dim], s / total);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_matches_a_plain_sum_at_every_length() {
+        for n in [0, 1, 7, 8, 9, 64, 67] {
+            let a: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 - 3.0).collect();
+            let b: Vec<f32> = (0..n).map(|i| 1.0 - i as f32 * 0.25).collect();
+            let plain: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+            assert!((dot(&a, &b) - plain).abs() < 1e-3, "n = {n}");
+        }
+    }
+
+    #[test]
+    fn rope_styles_rotate_different_pairs_and_keep_length() {
+        let rope = |style| Rope {
+            style,
+            inv_freq: vec![1.0, 0.5],
+        };
+        let (mut cos, mut sin) = (Vec::new(), Vec::new());
+        let r = rope(RopeStyle::Interleaved);
+        r.at(1, &mut cos, &mut sin);
+        let mut x = vec![1.0, 0.0, 1.0, 0.0];
+        r.apply(&mut x, 4, &cos, &sin);
+        assert!((x[0] - 1f32.cos()).abs() < 1e-6 && (x[1] - 1f32.sin()).abs() < 1e-6);
+        let mut y = vec![1.0, 1.0, 0.0, 0.0];
+        rope(RopeStyle::Halves).apply(&mut y, 4, &cos, &sin);
+        assert!((y[0] - 1f32.cos()).abs() < 1e-6 && (y[2] - 1f32.sin()).abs() < 1e-6);
+        assert!((y[1] - 0.5f32.cos()).abs() < 1e-6 && (y[3] - 0.5f32.sin()).abs() < 1e-6);
+        let norm: f32 = y.iter().map(|v| v * v).sum();
+        assert!((norm - 2.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn attention_weights_values_by_softmax() {
+        // Two positions; the query matches the second key far better.
+        let q = [10.0, 0.0];
+        let keys = [0.0, 1.0, 1.0, 0.0];
+        let values = [1.0, 2.0, 3.0, 4.0];
+        let mut scores = [0.0; 2];
+        let mut out = [0.0; 2];
+        attend(&q, &keys, &values, 2, &mut scores, &mut out);
+        let w = 1.0 / (1.0 + (-10.0f32 / 2f32.sqrt()).exp());
+        assert!((out[0] - (w * 3.0 + (1.0 - w) * 1.0)).abs() < 1e-4);
+        // Only the first position visible: its value exactly.
+        attend(&q, &keys, &values, 1, &mut scores, &mut out);
+        assert_eq!(out, [1.0, 2.0]);
+    }
+}
