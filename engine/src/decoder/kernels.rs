@@ -97,31 +97,44 @@ pub fn level() -> Level {
 
 /// One weight type the kernels here handle.
 pub trait Block: Copy + Send + Sync + 'static {
-    /// The dot product of one row of blocks with the activations.
-    fn dot(level: Level, w: &[Self], a: &[Act]) -> f32;
+    /// The dot products of one row of blocks with `N` rows of activations: each
+    /// weight block is unpacked once for all of them.
+    fn dots<const N: usize>(level: Level, w: &[Self], a: [&[Act]; N]) -> [f32; N];
+    /// The portable dot product of one row, which defines the arithmetic.
+    fn dot_portable(w: &[Self], a: &[Act]) -> f32;
     /// Writes the block's 32 values.
     fn dequantize(&self, out: &mut [f32]);
 }
 
-impl Block for Q4_0 {
-    fn dot(level: Level, w: &[Self], a: &[Act]) -> f32 {
-        match level {
+/// Dispatches `dots` to a level's kernel, or to the portable loop.
+macro_rules! dots_by_level {
+    ($level:expr, $w:expr, $a:expr, $avx2:ident, $vnni:ident) => {
+        match $level {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `level()` saw the CPU features these functions enable.
-            Level::Avx2 => unsafe { x86::q4_0_avx2(w, a) },
+            Level::Avx2 => unsafe { x86::$avx2($w, $a) },
             #[cfg(target_arch = "x86_64")]
-            Level::AvxVnni => unsafe { x86::q4_0_vnni(w, a) },
-            Level::Portable => w
-                .iter()
-                .zip(a)
-                .map(|(w, a)| {
-                    let dot: i32 = (0..BLOCK)
-                        .map(|j| nibble(&w.qs, j) * i32::from(a.qs[j]))
-                        .sum();
-                    w.d.to_f32() * (a.d * dot as f32 - 8.0 * a.sum)
-                })
-                .sum(),
+            Level::AvxVnni => unsafe { x86::$vnni($w, $a) },
+            Level::Portable => $a.map(|a| Self::dot_portable($w, a)),
         }
+    };
+}
+
+impl Block for Q4_0 {
+    fn dots<const N: usize>(level: Level, w: &[Self], a: [&[Act]; N]) -> [f32; N] {
+        dots_by_level!(level, w, a, q4_0_avx2, q4_0_vnni)
+    }
+
+    fn dot_portable(w: &[Self], a: &[Act]) -> f32 {
+        w.iter()
+            .zip(a)
+            .map(|(w, a)| {
+                let dot: i32 = (0..BLOCK)
+                    .map(|j| nibble(&w.qs, j) * i32::from(a.qs[j]))
+                    .sum();
+                w.d.to_f32() * (a.d * dot as f32 - 8.0 * a.sum)
+            })
+            .sum()
     }
 
     fn dequantize(&self, out: &mut [f32]) {
@@ -133,24 +146,20 @@ impl Block for Q4_0 {
 }
 
 impl Block for Q4_1 {
-    fn dot(level: Level, w: &[Self], a: &[Act]) -> f32 {
-        match level {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `level()` saw the CPU features these functions enable.
-            Level::Avx2 => unsafe { x86::q4_1_avx2(w, a) },
-            #[cfg(target_arch = "x86_64")]
-            Level::AvxVnni => unsafe { x86::q4_1_vnni(w, a) },
-            Level::Portable => w
-                .iter()
-                .zip(a)
-                .map(|(w, a)| {
-                    let dot: i32 = (0..BLOCK)
-                        .map(|j| nibble(&w.qs, j) * i32::from(a.qs[j]))
-                        .sum();
-                    w.d.to_f32() * a.d * dot as f32 + w.m.to_f32() * a.sum
-                })
-                .sum(),
-        }
+    fn dots<const N: usize>(level: Level, w: &[Self], a: [&[Act]; N]) -> [f32; N] {
+        dots_by_level!(level, w, a, q4_1_avx2, q4_1_vnni)
+    }
+
+    fn dot_portable(w: &[Self], a: &[Act]) -> f32 {
+        w.iter()
+            .zip(a)
+            .map(|(w, a)| {
+                let dot: i32 = (0..BLOCK)
+                    .map(|j| nibble(&w.qs, j) * i32::from(a.qs[j]))
+                    .sum();
+                w.d.to_f32() * a.d * dot as f32 + w.m.to_f32() * a.sum
+            })
+            .sum()
     }
 
     fn dequantize(&self, out: &mut [f32]) {
@@ -162,26 +171,22 @@ impl Block for Q4_1 {
 }
 
 impl Block for Q8_0 {
-    fn dot(level: Level, w: &[Self], a: &[Act]) -> f32 {
-        match level {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `level()` saw the CPU features these functions enable.
-            Level::Avx2 => unsafe { x86::q8_0_avx2(w, a) },
-            #[cfg(target_arch = "x86_64")]
-            Level::AvxVnni => unsafe { x86::q8_0_vnni(w, a) },
-            Level::Portable => w
-                .iter()
-                .zip(a)
-                .map(|(w, a)| {
-                    let dot: i32 =
-                        w.qs.iter()
-                            .zip(&a.qs)
-                            .map(|(&x, &y)| i32::from(x) * i32::from(y))
-                            .sum();
-                    w.d.to_f32() * a.d * dot as f32
-                })
-                .sum(),
-        }
+    fn dots<const N: usize>(level: Level, w: &[Self], a: [&[Act]; N]) -> [f32; N] {
+        dots_by_level!(level, w, a, q8_0_avx2, q8_0_vnni)
+    }
+
+    fn dot_portable(w: &[Self], a: &[Act]) -> f32 {
+        w.iter()
+            .zip(a)
+            .map(|(w, a)| {
+                let dot: i32 =
+                    w.qs.iter()
+                        .zip(&a.qs)
+                        .map(|(&x, &y)| i32::from(x) * i32::from(y))
+                        .sum();
+                w.d.to_f32() * a.d * dot as f32
+            })
+            .sum()
     }
 
     fn dequantize(&self, out: &mut [f32]) {
@@ -202,18 +207,19 @@ fn nibble(qs: &[u8; 16], j: usize) -> i32 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    //! One loop per weight type; `kernels!` instantiates each for AVX2 (`maddubs`
-    //! then `madd`) and for AVX-VNNI (one `dpbusd`), so the compiler inlines the
-    //! intrinsics of each level into its own function.
+    //! Four rows at a time; `kernels!` instantiates each loop for AVX2 (`maddubs`
+    //! then `madd`) and for AVX-VNNI (one `dpbusd`), so each level's intrinsics
+    //! inline into its own function.
 
     use std::arch::x86_64::*;
 
     use super::{Act, Q4_0, Q4_1, Q8_0};
 
-    /// Reads an f16 inline (F16C); `half`'s conversion is an out-of-line call.
-    macro_rules! f16_to_f32 {
-        ($h:expr) => {
-            _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from($h.to_bits()))))
+    /// Two f16s (low half first) as `[a, b, 0, 0]`, inline (F16C); `half`'s
+    /// conversion is an out-of-line call.
+    macro_rules! f16x2 {
+        ($bits:expr) => {
+            _mm_cvtph_ps(_mm_cvtsi32_si128($bits as i32))
         };
     }
 
@@ -221,10 +227,8 @@ mod x86 {
     macro_rules! unpack_nibbles {
         ($qs:expr) => {{
             let packed = _mm_loadu_si128($qs.as_ptr() as *const __m128i);
-            let low = _mm_set1_epi8(0x0F);
-            let lo = _mm_and_si128(packed, low);
-            let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low);
-            _mm256_set_m128i(hi, lo)
+            let both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
+            _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
         }};
     }
 
@@ -250,64 +254,103 @@ mod x86 {
         };
     }
 
+    /// One kernel. `$unpack` reads a weight block once; `$block` combines it with
+    /// one activation block into the integer sums to accumulate and a pair
+    /// `[scale, offset]` (lane 0 scales the sums; lane 1 adds up the offset terms).
+    /// Two accumulators per activation row break the dependency between
+    /// consecutive blocks.
+    macro_rules! kernel {
+        ($features:literal, $name:ident, $ty:ty, |$w:ident| $unpack:expr,
+         |$a:ident, $q:ident| $block:expr, $finish:expr) => {
+            #[target_feature(enable = $features)]
+            pub unsafe fn $name<const N: usize>(w: &[$ty], a: [&[Act]; N]) -> [f32; N] {
+                assert!(a.iter().all(|a| a.len() >= w.len()));
+                // SAFETY: activations are at least as long as the row (checked
+                // above), and every load reads within one block.
+                unsafe {
+                    let mut acc = [[_mm256_setzero_ps(); 2]; N];
+                    let mut pair = [[_mm_setzero_ps(); 2]; N];
+                    for (i, $w) in w.iter().enumerate() {
+                        let $q = $unpack;
+                        for t in 0..N {
+                            let $a = a[t].get_unchecked(i);
+                            let (so, sums): (__m128, __m256) = $block;
+                            let k = i & 1;
+                            acc[t][k] = _mm256_fmadd_ps(_mm256_broadcastss_ps(so), sums, acc[t][k]);
+                            pair[t][k] = _mm_add_ps(pair[t][k], so);
+                        }
+                    }
+                    let finish: fn(f32, f32) -> f32 = $finish;
+                    std::array::from_fn(|t| {
+                        let sum = horizontal_sum!(_mm256_add_ps(acc[t][0], acc[t][1]));
+                        let pair = _mm_add_ps(pair[t][0], pair[t][1]);
+                        finish(sum, _mm_cvtss_f32(_mm_movehdup_ps(pair)))
+                    })
+                }
+            }
+        };
+    }
+
+    /// An activation block's `[d, sum]`.
+    macro_rules! act_pair {
+        ($a:expr) => {
+            _mm_castsi128_ps(_mm_loadl_epi64(&$a.d as *const f32 as *const __m128i))
+        };
+    }
+
+    macro_rules! load {
+        ($qs:expr) => {
+            _mm256_loadu_si256($qs.as_ptr() as *const __m256i)
+        };
+    }
+
     macro_rules! kernels {
         ($features:literal, $dot:ident, $q4_0:ident, $q4_1:ident, $q8_0:ident) => {
-            #[target_feature(enable = $features)]
-            pub unsafe fn $q4_0(w: &[Q4_0], a: &[Act]) -> f32 {
-                // SAFETY: every load reads one block's own 16 or 32 bytes.
-                unsafe {
-                    let mut acc = _mm256_setzero_ps();
-                    let mut offset = 0f32;
-                    for (w, a) in w.iter().zip(a) {
-                        let d = f16_to_f32!(w.d);
-                        let q = unpack_nibbles!(w.qs);
-                        let x = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
-                        let sum = _mm256_cvtepi32_ps($dot!(q, x));
-                        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), sum, acc);
-                        offset += d * a.sum;
-                    }
-                    horizontal_sum!(acc) - 8.0 * offset
-                }
-            }
-
-            #[target_feature(enable = $features)]
-            pub unsafe fn $q4_1(w: &[Q4_1], a: &[Act]) -> f32 {
-                // SAFETY: every load reads one block's own 16 or 32 bytes.
-                unsafe {
-                    let mut acc = _mm256_setzero_ps();
-                    let mut offset = 0f32;
-                    for (w, a) in w.iter().zip(a) {
-                        let d = f16_to_f32!(w.d);
-                        let m = f16_to_f32!(w.m);
-                        let q = unpack_nibbles!(w.qs);
-                        let x = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
-                        let sum = _mm256_cvtepi32_ps($dot!(q, x));
-                        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), sum, acc);
-                        offset += m * a.sum;
-                    }
-                    horizontal_sum!(acc) + offset
-                }
-            }
-
-            #[target_feature(enable = $features)]
-            pub unsafe fn $q8_0(w: &[Q8_0], a: &[Act]) -> f32 {
-                // SAFETY: every load reads one block's own 32 bytes.
-                unsafe {
-                    let mut acc = _mm256_setzero_ps();
-                    for (w, a) in w.iter().zip(a) {
-                        let d = f16_to_f32!(w.d);
-                        let q = _mm256_loadu_si256(w.qs.as_ptr() as *const __m256i);
-                        let x = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
-                        // i8 × i8 as u8 × i8: |q| times x with q's sign.
-                        let sum = _mm256_cvtepi32_ps($dot!(
-                            _mm256_sign_epi8(q, q),
-                            _mm256_sign_epi8(x, q)
-                        ));
-                        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), sum, acc);
-                    }
-                    horizontal_sum!(acc)
-                }
-            }
+            // [d, d] · [a.d, a.sum]
+            kernel!(
+                $features,
+                $q4_0,
+                Q4_0,
+                |w| (
+                    _mm_broadcastss_ps(f16x2!(w.d.to_bits() as u32)),
+                    unpack_nibbles!(w.qs)
+                ),
+                |a, q| (
+                    _mm_mul_ps(q.0, act_pair!(a)),
+                    _mm256_cvtepi32_ps($dot!(q.1, load!(a.qs)))
+                ),
+                |sum, offset| sum - 8.0 * offset
+            );
+            // [d, m] · [a.d, a.sum]
+            kernel!(
+                $features,
+                $q4_1,
+                Q4_1,
+                |w| (
+                    f16x2!(w.d.to_bits() as u32 | (w.m.to_bits() as u32) << 16),
+                    unpack_nibbles!(w.qs)
+                ),
+                |a, q| (
+                    _mm_mul_ps(q.0, act_pair!(a)),
+                    _mm256_cvtepi32_ps($dot!(q.1, load!(a.qs)))
+                ),
+                |sum, offset| sum + offset
+            );
+            // [d, 0] · [a.d, a.sum]; i8 × i8 as u8 × i8: |q| times x with q's sign.
+            kernel!(
+                $features,
+                $q8_0,
+                Q8_0,
+                |w| {
+                    let q = load!(w.qs);
+                    (f16x2!(w.d.to_bits() as u32), _mm256_sign_epi8(q, q), q)
+                },
+                |a, q| {
+                    let sums = $dot!(q.1, _mm256_sign_epi8(load!(a.qs), q.2));
+                    (_mm_mul_ps(q.0, act_pair!(a)), _mm256_cvtepi32_ps(sums))
+                },
+                |sum, _| sum
+            );
         };
     }
 
@@ -368,15 +411,15 @@ mod tests {
         let exact: f32 = w.iter().zip(&x).map(|(w, x)| w * x).sum();
         let scale: f32 = w.iter().zip(&x).map(|(w, x)| (w * x).abs()).sum();
         for level in levels() {
-            let got = B::dot(level, blocks, &a);
+            let [got] = B::dots(level, blocks, [&a]);
             assert!(
                 (got - exact).abs() <= 0.01 * scale,
                 "{level:?}: {got} vs {exact} (scale {scale})"
             );
         }
-        let portable = B::dot(Level::Portable, blocks, &a);
+        let portable = B::dot_portable(blocks, &a);
         for level in levels() {
-            let got = B::dot(level, blocks, &a);
+            let [got] = B::dots(level, blocks, [&a]);
             assert!(
                 (got - portable).abs() <= 1e-4 * scale,
                 "{level:?}: {got} vs {portable}"

@@ -191,11 +191,22 @@ impl<B: Block> Matrix for Native<B> {
             unreachable!("activations are made by the matrix that reads them")
         };
         let tokens = data.len() / blocks;
+        let act = |t: usize| &data[t * blocks..(t + 1) * blocks];
+        // Row by row, so the weights stream through once; four tokens at a time
+        // (a prompt), so each weight block is unpacked once for all four.
         for r in rows {
             let w = &self.blocks[r * blocks..(r + 1) * blocks];
-            for t in 0..tokens {
-                let a = &data[t * blocks..(t + 1) * blocks];
-                out.set(t * self.rows + r, B::dot(self.level, w, a));
+            let mut t = 0;
+            while t + 4 <= tokens {
+                let dots = B::dots(self.level, w, [act(t), act(t + 1), act(t + 2), act(t + 3)]);
+                for (k, dot) in dots.into_iter().enumerate() {
+                    out.set((t + k) * self.rows + r, dot);
+                }
+                t += 4;
+            }
+            for t in t..tokens {
+                let [dot] = B::dots(self.level, w, [act(t)]);
+                out.set(t * self.rows + r, dot);
             }
         }
     }
