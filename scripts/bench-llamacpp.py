@@ -1,7 +1,7 @@
 """llama.cpp (through llama-cpp-python, built from source) on the same GGUF, prompt,
 token count and thread count as `cargo run --release -p ragway-engine --example bench`.
 
-    python3 scripts/bench-llamacpp.py MODEL.gguf THREADS
+    python3 scripts/bench-llamacpp.py MODEL.gguf THREADS [--long]
 """
 import resource
 import sys
@@ -14,16 +14,18 @@ PROMPT = (
     "Describe the sea, the weather, the keeper's daily routine, and what the message says."
 )
 GENERATE = 128
+LONG = 24
 
 
 def main():
     path, threads = sys.argv[1], int(sys.argv[2])
+    prompt_text = " ".join([PROMPT] * (LONG if "--long" in sys.argv[3:] else 1))
     started = time.perf_counter()
     llm = Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=2048, verbose=False)
     load = time.perf_counter() - started
     text = (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-        f"<|im_start|>user\n{PROMPT}<|im_end|>\n<|im_start|>assistant\n"
+        f"<|im_start|>user\n{prompt_text}<|im_end|>\n<|im_start|>assistant\n"
     )
     prompt = llm.tokenize(text.encode(), add_bos=False, special=True)
 

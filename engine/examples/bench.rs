@@ -1,7 +1,7 @@
 //! Local model speed: load time, prompt processing and generation tokens/s, peak
 //! RSS; and embedding throughput. Run in release:
 //!
-//!   cargo run --release -p ragway-engine --example bench -- MODEL.gguf THREADS [--no-requantize]
+//!   cargo run --release -p ragway-engine --example bench -- MODEL.gguf THREADS [--no-requantize] [--long]
 //!   cargo run --release -p ragway-engine --example bench -- --embed MODEL_DIR THREADS
 
 use std::path::PathBuf;
@@ -11,17 +11,30 @@ use ragway_engine::{ChatModel, Embedder, GenerateParams, Message};
 
 const PROMPT: &str = "Write a long, detailed story about a lighthouse keeper who finds a message in a bottle. Describe the sea, the weather, the keeper's daily routine, and what the message says.";
 const GENERATE: usize = 128;
+const LONG: usize = 24;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("--embed") {
-        let threads = args.get(2).and_then(|t| t.parse().ok()).unwrap_or(2);
+    let embedding = args.first().map(String::as_str) == Some("--embed");
+    let threads: usize = args
+        .get(if embedding { 2 } else { 1 })
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(1);
+    // What candle runs (gemma3, BERT) takes its threads from this variable.
+    // SAFETY: no other thread exists yet.
+    unsafe { std::env::set_var("CANDLE_NUM_THREADS", threads.to_string()) };
+    if embedding {
         return pool(threads).install(|| embed(PathBuf::from(&args[1])));
     }
     let path = PathBuf::from(args.first().expect("MODEL.gguf THREADS"));
-    let threads: usize = args.get(1).and_then(|t| t.parse().ok()).unwrap_or(1);
     let requantize = !args.iter().any(|a| a == "--no-requantize");
-    pool(threads).install(|| chat(path, threads, requantize));
+    // --long: the same request, its text 24 times over (about 1,000 tokens).
+    let repeat = if args.iter().any(|a| a == "--long") {
+        LONG
+    } else {
+        1
+    };
+    pool(threads).install(|| chat(path, threads, requantize, repeat));
 }
 
 fn pool(threads: usize) -> rayon::ThreadPool {
@@ -31,19 +44,13 @@ fn pool(threads: usize) -> rayon::ThreadPool {
         .expect("thread pool")
 }
 
-fn chat(path: PathBuf, threads: usize, requantize: bool) {
+fn chat(path: PathBuf, threads: usize, requantize: bool, repeat: usize) {
     let started = Instant::now();
     let model = ChatModel::load(&path, &candle_core::Device::Cpu, requantize).expect("model loads");
     let load = started.elapsed();
     let messages = vec![
-        Message {
-            role: "system".into(),
-            content: "You are a helpful assistant.".into(),
-        },
-        Message {
-            role: "user".into(),
-            content: PROMPT.into(),
-        },
+        Message::new("system", "You are a helpful assistant."),
+        Message::new("user", [PROMPT].repeat(repeat).join(" ")),
     ];
     let prompt = model.prompt(&messages).expect("prompt");
     let run = |max_tokens: usize| {

@@ -141,8 +141,10 @@ impl ChatModel {
     }
 
     /// The prompt, cut to leave `reserve` tokens of the context for the answer:
-    /// the oldest turns go first; system messages and the last message (the
-    /// question) are never dropped. Returns the prompt and how many turns were cut.
+    /// retrieved passages go first, then the oldest turns (a question with its
+    /// answers, so roles still alternate); system messages and the last message
+    /// (the question) are never dropped. Returns the prompt and how many messages
+    /// were cut.
     pub fn fitted_prompt(
         &self,
         messages: &[Message],
@@ -150,26 +152,18 @@ impl ChatModel {
     ) -> Result<(Vec<u32>, usize), EngineError> {
         let budget = self.context.saturating_sub(reserve.min(self.context / 2));
         let mut kept: Vec<Message> = messages.to_vec();
-        let mut dropped = 0;
         loop {
             let prompt = self.prompt(&kept)?;
             if prompt.len() <= budget {
-                return Ok((prompt, dropped));
+                return Ok((prompt, messages.len() - kept.len()));
             }
-            let last = kept.len().saturating_sub(1);
-            let Some(oldest) = kept
-                .iter()
-                .enumerate()
-                .position(|(i, m)| i < last && m.role != "system")
-            else {
+            if !drop_least_needed(&mut kept) {
                 return Err(EngineError::Input(format!(
                     "the prompt needs {} tokens; the model's context holds {}",
                     prompt.len(),
                     self.context
                 )));
-            };
-            kept.remove(oldest);
-            dropped += 1;
+            }
         }
     }
 
@@ -252,6 +246,27 @@ impl ChatModel {
             completion_tokens: generated,
         })
     }
+}
+
+/// Drops what a cut prompt misses least: the last passage, else the oldest turn.
+/// False when only system messages and the question are left.
+fn drop_least_needed(kept: &mut Vec<Message>) -> bool {
+    let Some(last) = kept.len().checked_sub(1) else {
+        return false;
+    };
+    if let Some(i) = kept[..last].iter().rposition(|m| m.passage) {
+        kept.remove(i);
+        return true;
+    }
+    let Some(start) = kept[..last].iter().position(|m| m.role != "system") else {
+        return false;
+    };
+    let mut end = start + 1;
+    while end < last && !matches!(kept[end].role.as_str(), "user" | "system") {
+        end += 1;
+    }
+    kept.drain(start..end);
+    true
 }
 
 /// Makes tokens already in `recent` less likely, as candle's and llama.cpp's

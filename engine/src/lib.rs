@@ -38,6 +38,28 @@ pub enum EngineError {
 pub struct Message {
     pub role: String,
     pub content: String,
+    /// Retrieved text the model can answer without: when a prompt must be cut to
+    /// fit the context, passages go first (the last one first), before any turn.
+    #[serde(skip)]
+    pub passage: bool,
+}
+
+impl Message {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Message {
+            role: role.into(),
+            content: content.into(),
+            passage: false,
+        }
+    }
+
+    /// A retrieved passage, in a message of its own.
+    pub fn passage(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Message {
+            passage: true,
+            ..Message::new(role, content)
+        }
+    }
 }
 
 /// `auto` (CUDA when built with it and present, else CPU), `cpu`, or `cuda:N`.

@@ -60,10 +60,7 @@ impl ChatTemplate {
         let placeholders: Vec<Message> = messages
             .iter()
             .enumerate()
-            .map(|(i, m)| Message {
-                role: m.role.clone(),
-                content: sentinel(i),
-            })
+            .map(|(i, m)| Message::new(m.role.clone(), sentinel(i)))
             .collect();
         let bos = tokenizer
             .bos

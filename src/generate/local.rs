@@ -41,26 +41,22 @@ impl LocalProvider {
         let mut messages: Vec<Message> = request
             .messages
             .iter()
-            .map(|m| Message {
-                role: match m.role {
+            .map(|m| {
+                let role = match m.role {
                     Role::System | Role::Developer => "system",
                     Role::Assistant => "assistant",
                     Role::User | Role::Tool | Role::Function => "user",
-                }
-                .to_owned(),
-                content: m.content.as_ref().map(|c| c.text()).unwrap_or_default(),
+                };
+                Message::new(
+                    role,
+                    m.content.as_ref().map(|c| c.text()).unwrap_or_default(),
+                )
             })
             .collect();
         if let Some(system) = &self.config.system_prompt
             && messages.first().is_none_or(|m| m.role != "system")
         {
-            messages.insert(
-                0,
-                Message {
-                    role: "system".into(),
-                    content: system.clone(),
-                },
-            );
+            messages.insert(0, Message::new("system", system.clone()));
         }
         messages
     }

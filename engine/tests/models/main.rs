@@ -38,16 +38,7 @@ fn embedder() -> &'static Embedder {
 }
 
 pub fn chat(system: &str, user: &str) -> Vec<Message> {
-    vec![
-        Message {
-            role: "system".into(),
-            content: system.into(),
-        },
-        Message {
-            role: "user".into(),
-            content: user.into(),
-        },
-    ]
+    vec![Message::new("system", system), Message::new("user", user)]
 }
 
 pub fn answer(
@@ -122,24 +113,12 @@ fn user_text_cannot_forge_a_turn() {
 fn a_long_history_is_cut_from_the_oldest_turn_never_the_question() {
     let model = smollm();
     let filler = "Tell me about the weather in great detail. ".repeat(60);
-    let mut messages = vec![Message {
-        role: "system".into(),
-        content: "You are a helpful assistant.".into(),
-    }];
+    let mut messages = vec![Message::new("system", "You are a helpful assistant.")];
     for _ in 0..20 {
-        messages.push(Message {
-            role: "user".into(),
-            content: filler.clone(),
-        });
-        messages.push(Message {
-            role: "assistant".into(),
-            content: filler.clone(),
-        });
+        messages.push(Message::new("user", filler.clone()));
+        messages.push(Message::new("assistant", filler.clone()));
     }
-    messages.push(Message {
-        role: "user".into(),
-        content: "What is the capital of France?".into(),
-    });
+    messages.push(Message::new("user", "What is the capital of France?"));
     let (prompt, dropped) = model.fitted_prompt(&messages, 256).unwrap();
     assert!(
         dropped > 0 && prompt.len() + 256 <= model.context,
@@ -152,14 +131,62 @@ fn a_long_history_is_cut_from_the_oldest_turn_never_the_question() {
             && text.ends_with("What is the capital of France?<|im_end|>\n<|im_start|>assistant\n")
     );
     // A question that alone overflows the window is refused, not cut.
-    let huge = vec![Message {
-        role: "user".into(),
-        content: "word ".repeat(model.context + 100),
-    }];
+    let huge = vec![Message::new("user", "word ".repeat(model.context + 100))];
     assert!(matches!(
         model.fitted_prompt(&huge, 256),
         Err(ragway_engine::EngineError::Input(_))
     ));
+}
+
+#[test]
+fn passages_are_cut_before_any_turn_and_a_turn_goes_whole() {
+    let model = smollm();
+    let text = |tag: &str, words: usize| {
+        format!(
+            "{tag}: {}",
+            "lorem ipsum dolor sit amet. ".repeat(words / 5)
+        )
+    };
+    let conversation = |turn_words: usize| {
+        vec![
+            Message::new("system", "You are a helpful assistant."),
+            Message::passage("system", text("PASSAGE-ONE", 600)),
+            Message::passage("system", text("PASSAGE-TWO", 600)),
+            Message::new("user", text("OLD-QUESTION", turn_words)),
+            Message::new("assistant", text("OLD-ANSWER", turn_words)),
+            Message::new("user", "What is the capital of France?"),
+        ]
+    };
+    // About 2.2 tokens a word here. The budget is the context less the reserve
+    // (at most half the context).
+    let budget = model.context / 2;
+
+    let kept = |turn_words| {
+        let (prompt, dropped) = model
+            .fitted_prompt(&conversation(turn_words), budget)
+            .unwrap();
+        assert!(prompt.len() <= budget);
+        let text = model.tokenizer.decode(&prompt).unwrap();
+        assert!(
+            text.ends_with("What is the capital of France?<|im_end|>\n<|im_start|>assistant\n")
+        );
+        let has = |tag: &str| text.contains(tag);
+        (
+            dropped,
+            has("PASSAGE-ONE"),
+            has("PASSAGE-TWO"),
+            has("OLD-QUESTION"),
+            has("OLD-ANSWER"),
+        )
+    };
+    // Everything fits: nothing is cut.
+    assert_eq!(kept(100), (0, true, true, true, true));
+    // Too long by a little: the last passage goes, the turn stays.
+    assert_eq!(kept(450), (1, true, false, true, true));
+    // Longer: both passages go before the turn does.
+    assert_eq!(kept(800), (2, false, false, true, true));
+    // The turn alone is too long: it goes, question and answer together.
+    assert_eq!(kept(1000), (4, false, false, false, false));
 }
 
 #[test]
@@ -229,10 +256,7 @@ fn gemma3_loads_and_generates() {
     )
     .unwrap();
     assert_eq!(model.architecture, "gemma3");
-    let messages = vec![Message {
-        role: "user".into(),
-        content: "The capital of France is".into(),
-    }];
+    let messages = vec![Message::new("user", "The capital of France is")];
     let (text, _, _) = answer(
         &model,
         &messages,
