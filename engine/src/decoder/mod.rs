@@ -210,24 +210,25 @@ impl Decoder {
     }
 
     /// Causal attention of `m` new queries, each over every position up to its own;
-    /// query heads share their group's keys and values in place.
+    /// the query heads of a group read their shared keys and values once.
     fn attend(&self, l: usize, cache: &Cache, q: &[f32], out: &mut [f32], m: usize) {
         let c = &self.config;
-        let (hd, group) = (c.head_dim, c.heads / c.kv_heads);
+        let hd = c.head_dim;
+        let width = hd * c.heads / c.kv_heads; // one group's queries
         let shared = parallel::Out::new(out);
-        parallel::split(m * c.heads, 1, 1, |range| {
-            let mut scores = vec![0.0; cache.len + m];
-            let mut head_out = vec![0.0; hd];
+        parallel::split(m * c.kv_heads, 1, 1, |range| {
+            let mut scores = vec![0.0; (cache.len + m) * c.heads / c.kv_heads];
+            let mut group_out = vec![0.0; width];
             for job in range {
-                let (i, h) = (job / c.heads, job % c.heads);
-                let slot = self.slot(l, h / group, cache.capacity);
+                let (i, g) = (job / c.kv_heads, job % c.kv_heads);
+                let slot = self.slot(l, g, cache.capacity);
                 let len = cache.len + i + 1;
                 let keys = &cache.keys[slot..slot + len * hd];
                 let values = &cache.values[slot..slot + len * hd];
-                let query = &q[job * hd..(job + 1) * hd];
-                ops::attend(query, keys, values, len, &mut scores, &mut head_out);
-                for (j, v) in head_out.iter().enumerate() {
-                    shared.set(job * hd + j, *v);
+                let queries = &q[job * width..(job + 1) * width];
+                ops::attend(queries, keys, values, hd, len, &mut scores, &mut group_out);
+                for (j, v) in group_out.iter().enumerate() {
+                    shared.set(job * width + j, *v);
                 }
             }
         });
