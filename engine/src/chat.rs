@@ -85,8 +85,9 @@ pub struct ChatModel {
 
 impl ChatModel {
     /// Loads a GGUF file on the default runtime (see [`Runtime`]). With
-    /// `requantize`, weights of a type without a fast kernel on the CPU are
-    /// converted to Q8_0 first.
+    /// `requantize`, weights of a type without a fast kernel on the CPU become
+    /// Q8_0 at load: Q5_0, Q5_1, F16 and F32 on the decoder; Q4_0 and Q4_1 on
+    /// candle's models.
     pub fn load(path: &Path, device: &Device, requantize: bool) -> Result<Self, EngineError> {
         Self::load_on(path, device, requantize, Runtime::Auto)
     }

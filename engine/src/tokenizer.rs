@@ -187,7 +187,7 @@ fn byte_level_bpe(
         "smollm" | "starcoder" => {
             Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()
         }
-        "llama3" | "llama-bpe" | "qwen2" | "deepseek-llm" | "deepseek-v3" => {
+        "llama3" | "llama-bpe" | "qwen2" | "deepseek-r1-qwen" | "deepseek-llm" | "deepseek-v3" => {
             let split = Split::new(
                 SplitPattern::Regex(LLAMA3_SPLIT.into()),
                 SplitDelimiterBehavior::Isolated,

@@ -55,7 +55,8 @@ pub struct LocalModelConfig {
     /// The answer length when a request sets none.
     pub max_tokens: usize,
     pub repeat_penalty: f32,
-    /// Convert weight types candle runs slowly on a CPU (Q4_0, Q4_1) to Q8_0 at load.
+    /// Convert weight types with no fast CPU kernel to Q8_0 at load (see
+    /// `ragway_engine::ChatModel::load`).
     pub requantize: bool,
 }
 
