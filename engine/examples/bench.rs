@@ -1,13 +1,16 @@
 //! Local model speed: load time, prompt processing and generation tokens/s, peak
 //! RSS; and embedding throughput. Run in release:
 //!
-//!   cargo run --release -p ragway-engine --example bench -- MODEL.gguf THREADS [--no-requantize] [--long]
+//!   cargo run --release -p ragway-engine --example bench -- MODEL.gguf THREADS [--no-requantize] [--long] [--candle]
+//!
+//! `--long` repeats the request's text 24 times (about 1,000 tokens); `--candle` runs
+//! the model on candle's implementation instead of ragway's decoder.
 //!   cargo run --release -p ragway-engine --example bench -- --embed MODEL_DIR THREADS
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use ragway_engine::{ChatModel, Embedder, GenerateParams, Message};
+use ragway_engine::{ChatModel, Embedder, GenerateParams, Message, Runtime};
 
 const PROMPT: &str = "Write a long, detailed story about a lighthouse keeper who finds a message in a bottle. Describe the sea, the weather, the keeper's daily routine, and what the message says.";
 const GENERATE: usize = 128;
@@ -28,13 +31,14 @@ fn main() {
     }
     let path = PathBuf::from(args.first().expect("MODEL.gguf THREADS"));
     let requantize = !args.iter().any(|a| a == "--no-requantize");
-    // --long: the same request, its text 24 times over (about 1,000 tokens).
-    let repeat = if args.iter().any(|a| a == "--long") {
-        LONG
+    let flag = |name: &str| args.iter().any(|a| a == name);
+    let repeat = if flag("--long") { LONG } else { 1 };
+    let runtime = if flag("--candle") {
+        Runtime::Candle
     } else {
-        1
+        Runtime::Auto
     };
-    pool(threads).install(|| chat(path, threads, requantize, repeat));
+    pool(threads).install(|| chat(path, threads, requantize, repeat, runtime));
 }
 
 fn pool(threads: usize) -> rayon::ThreadPool {
@@ -44,9 +48,10 @@ fn pool(threads: usize) -> rayon::ThreadPool {
         .expect("thread pool")
 }
 
-fn chat(path: PathBuf, threads: usize, requantize: bool, repeat: usize) {
+fn chat(path: PathBuf, threads: usize, requantize: bool, repeat: usize, runtime: Runtime) {
     let started = Instant::now();
-    let model = ChatModel::load(&path, &candle_core::Device::Cpu, requantize).expect("model loads");
+    let model = ChatModel::load_on(&path, &candle_core::Device::Cpu, requantize, runtime)
+        .expect("model loads");
     let load = started.elapsed();
     let messages = vec![
         Message::new("system", "You are a helpful assistant."),
@@ -70,7 +75,7 @@ fn chat(path: PathBuf, threads: usize, requantize: bool, repeat: usize) {
     let (total, tokens) = run(GENERATE);
     let generation = (total - prefill).as_secs_f64() / (tokens.max(2) - 1) as f64;
     println!(
-        "model={} requantize={requantize} threads={threads} load_s={:.2} prompt_tokens={} pp_tok_s={:.1} generated={tokens} gen_tok_s={:.1} peak_rss_mib={}",
+        "model={} runtime={runtime:?} requantize={requantize} threads={threads} load_s={:.2} prompt_tokens={} pp_tok_s={:.1} generated={tokens} gen_tok_s={:.1} peak_rss_mib={}",
         path.file_name().unwrap_or_default().to_string_lossy(),
         load.as_secs_f64(),
         prompt.len(),

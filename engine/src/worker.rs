@@ -53,9 +53,18 @@ impl LocalLlm {
         thread::Builder::new()
             .name("ragway-llm".into())
             .spawn(move || {
-                // Ends when every sender is gone (the gateway shut down).
+                // Ends when every sender is gone (the gateway shut down). A panic
+                // ends its own job (the caller sees the stream stop unfinished),
+                // never the worker, so later requests are still served.
                 for job in jobs {
-                    pool.install(|| run(&worker_model, job));
+                    let ran = pool.install(|| {
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            run(&worker_model, job)
+                        }))
+                    });
+                    if ran.is_err() {
+                        tracing::error!("the local model failed on a request");
+                    }
                 }
             })
             .map_err(|e| EngineError::Load(format!("worker thread: {e}")))?;

@@ -8,7 +8,7 @@ use candle_core::Device;
 use candle_core::quantized::gguf_file::Content;
 
 use super::matrix::{self, Matrix};
-use super::ops::{Rope, RopeStyle};
+use super::ops::{MAX_GROUP, Rope, RopeStyle};
 use super::{Config, Decoder, Layer};
 use crate::EngineError;
 
@@ -107,7 +107,11 @@ impl<R: Read + Seek> Gguf<'_, R> {
         let kv_heads = self
             .int(&format!("{arch}.attention.head_count_kv"))
             .unwrap_or(heads);
-        if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
+        if heads == 0
+            || kv_heads == 0
+            || !heads.is_multiple_of(kv_heads)
+            || heads / kv_heads > MAX_GROUP
+        {
             return Err(EngineError::Load(format!(
                 "{heads} attention heads cannot share {kv_heads} key/value heads"
             )));

@@ -1,8 +1,7 @@
 //! ragway's decoder against candle's reference models, on the same files: the same
-//! logits (within quantisation noise) and the same greedy answers. The qwen2 file is
-//! made here from SmolLM2 (rows un-permuted for qwen2's rotary layout, random
-//! attention biases added, some weights in other GGUF types), so both qwen2
-//! implementations are held to one model.
+//! logits, within quantisation noise. The qwen2 file is made here from SmolLM2 (rows
+//! un-permuted for qwen2's rotary layout, random attention biases added, some
+//! weights in other GGUF types), so both qwen2 implementations are held to one model.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -16,9 +15,11 @@ use super::{answer, chat, models, smollm};
 
 /// Logits from two implementations of one model: the same top token, no logit
 /// further apart than `tolerance` of the logits' spread, and a mean difference a
-/// quarter of that. (Each quantises activations its own way: on SmolLM2, candle and
-/// this decoder both differ from llama.cpp by up to 0.78 over a spread of 32, and
-/// from each other by 0.73.)
+/// quarter of that. Each implementation quantises activations its own way, and the
+/// rounding noise that leaves is large: on these files candle, llama.cpp and this
+/// decoder differ pairwise by a mean of 0.1–0.4 over a spread of 31–32, and by up
+/// to 1.3. Real mistakes stand far outside it (measured on the qwen2 file: biases
+/// ignored, mean 5.4 and max 13; llama's rotary layout on qwen2, mean 2.7, max 12).
 fn assert_close(native: &[f32], reference: &[f32], tolerance: f32) {
     let argmax = |l: &[f32]| {
         l.iter()
@@ -80,10 +81,15 @@ fn the_decoder_matches_candle_on_llama() {
     assert_close(
         &smollm().next_token_logits(&prompt).unwrap(),
         &reference.next_token_logits(&prompt).unwrap(),
-        0.04,
+        0.08,
     );
+    // Greedy answers part wherever two next tokens score within that noise, so
+    // each is checked for sense, not for equality.
     let question = "What is the capital of France?";
-    assert_eq!(greedy(smollm(), question), greedy(&reference, question));
+    for model in [smollm(), &reference] {
+        let text = greedy(model, question);
+        assert!(text.contains("Paris"), "{text:?}");
+    }
 }
 
 #[test]
@@ -98,8 +104,8 @@ fn the_decoder_matches_candle_on_qwen2() {
     assert!(prompt.len() > 80, "{}", prompt.len());
     let expected = reference.next_token_logits(&prompt).unwrap();
     // Every type as stored; then Q5_0, Q5_1 and F16 re-quantised to Q8_0, which
-    // rounds those weights a second time (measured: mean |Δ| 0.39 against 0.18).
-    for (requantize, tolerance) in [(false, 0.04), (true, 0.06)] {
+    // rounds those weights a second time.
+    for (requantize, tolerance) in [(false, 0.08), (true, 0.1)] {
         let native = ChatModel::load(path, &Device::Cpu, requantize).unwrap();
         assert_eq!(native.architecture, "qwen2");
         assert_close(
@@ -109,8 +115,7 @@ fn the_decoder_matches_candle_on_qwen2() {
         );
     }
     let native = ChatModel::load(path, &Device::Cpu, true).unwrap();
-    // Greedy answers part wherever two next tokens score within that noise of each
-    // other, so only the decoder's is checked: the model still makes sense.
+    // The decoder's answer still makes sense.
     let text = greedy(&native, "What is the capital of France?");
     assert!(text.contains("Paris"), "{text:?}");
 }
@@ -139,7 +144,7 @@ fn retyped(name: &str, tensor: QTensor) -> QTensor {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     let dtype = match name.rsplit('.').nth(1) {
-        Some("ffn_down") if layer % 2 == 0 => GgmlDType::Q4K,
+        Some("ffn_down") if layer.is_multiple_of(2) => GgmlDType::Q4K,
         Some("ffn_down") => GgmlDType::Q6K,
         Some("attn_v") => GgmlDType::Q5_0,
         Some("ffn_up") => GgmlDType::Q5_1,
@@ -221,10 +226,10 @@ fn write_qwen2(from: &Path, to: &Path) {
         ));
         let width = heads * head_dim;
         if let Some(block) = name.strip_suffix("attn_q.weight") {
-            tensors.push((format!("{block}attn_q.bias"), noise(width, 0.1)));
+            tensors.push((format!("{block}attn_q.bias"), noise(width, 0.5)));
         } else if let Some(block) = name.strip_suffix("attn_k.weight") {
-            tensors.push((format!("{block}attn_k.bias"), noise(width, 0.1)));
-            tensors.push((format!("{block}attn_v.bias"), noise(width, 0.02)));
+            tensors.push((format!("{block}attn_k.bias"), noise(width, 0.5)));
+            tensors.push((format!("{block}attn_v.bias"), noise(width, 0.15)));
         }
     }
     let metadata: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
