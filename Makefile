@@ -7,7 +7,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/ragway/target
 CARGO ?= cargo
 CONFIG ?= $(wildcard ragway.toml)
 
-.PHONY: run test lint fmt models bench-overhead
+.PHONY: run test lint fmt models bench-overhead bench-local
 
 ## Serve on 127.0.0.1:8080 (ragway.toml if present, built-in defaults otherwise).
 run: models
@@ -33,3 +33,7 @@ fmt:
 ## Gateway overhead benchmark (writes nothing; paste the table into docs/BENCHMARKS.md).
 bench-overhead:
 	scripts/bench-overhead.sh
+
+## Local model speed against llama.cpp, and the embedder (prints a table of medians).
+bench-local:
+	scripts/bench-local.sh
