@@ -7,6 +7,7 @@ import resource
 import sys
 import time
 
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 from llama_cpp import Llama
 
 PROMPT = (
@@ -15,6 +16,9 @@ PROMPT = (
 )
 GENERATE = 128
 LONG = 24
+# ragway's fallbacks for files without a chat template (engine/src/template.rs).
+CHATML = "{% for message in messages %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+GEMMA = "{{ bos_token }}{% for message in messages %}{% if message.role == 'system' %}{% set role = 'user' %}{% elif message.role == 'assistant' %}{% set role = 'model' %}{% else %}{% set role = message.role %}{% endif %}<start_of_turn>{{ role }}\n{{ message.content }}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
 
 
 def main():
@@ -23,9 +27,19 @@ def main():
     started = time.perf_counter()
     llm = Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=2048, verbose=False)
     load = time.perf_counter() - started
-    text = (
-        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-        f"<|im_start|>user\n{prompt_text}<|im_end|>\n<|im_start|>assistant\n"
+    # The file's own chat template, as ragway renders it.
+    env = ImmutableSandboxedEnvironment(trim_blocks=False, lstrip_blocks=False)
+    env.globals["raise_exception"] = lambda message: (_ for _ in ()).throw(ValueError(message))
+    fallback = GEMMA if llm.metadata.get("general.architecture", "").startswith("gemma") else CHATML
+    template = env.from_string(llm.metadata.get("tokenizer.chat_template") or fallback)
+    text = template.render(
+        messages=[
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": prompt_text},
+        ],
+        add_generation_prompt=True,
+        bos_token=llm.detokenize([llm.token_bos()]).decode(),
+        eos_token=llm.detokenize([llm.token_eos()]).decode(),
     )
     prompt = llm.tokenize(text.encode(), add_bos=False, special=True)
 

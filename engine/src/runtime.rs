@@ -1,6 +1,5 @@
-//! Which code runs a model's forward pass. llama-family models on the CPU run on
-//! ragway's own decoder (`decoder/`); everything else — gemma3, and every model on
-//! a GPU — on candle's quantised models.
+//! Which code runs a model's forward pass. On the CPU, ragway's own decoder
+//! (`decoder/`: llama, qwen2, gemma3); on a GPU, candle's quantised models.
 
 use std::io::{Read, Seek};
 use std::sync::{Mutex, MutexGuard};
@@ -15,11 +14,12 @@ use crate::decoder::{self, Decoder};
 /// Which implementation runs a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Runtime {
-    /// The decoder for llama-family models on the CPU, candle otherwise.
+    /// The decoder on the CPU, candle on a GPU.
     #[default]
     Auto,
     /// candle's models only: what a GPU runs, and the reference the decoder is
-    /// tested against.
+    /// tested against (for llama and qwen2; candle's gemma3 gates its feed-forward
+    /// with SiLU where Gemma uses GELU).
     Candle,
 }
 

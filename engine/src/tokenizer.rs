@@ -14,8 +14,9 @@ use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::decoders::fuse::Fuse;
 use tokenizers::decoders::sequence::Sequence as DecoderSequence;
 use tokenizers::models::bpe::BPE;
-use tokenizers::models::unigram::Unigram;
-use tokenizers::normalizers::Replace as ReplaceNormalizer;
+use tokenizers::normalizers::{
+    NormalizerWrapper, Prepend, Replace as ReplaceNormalizer, Sequence as NormalizerSequence,
+};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
@@ -26,6 +27,22 @@ use tokenizers::{
 
 use crate::EngineError;
 
+/// Tokens that open or close a turn: never read from a user's text, whatever
+/// type the file gives them.
+const TURN_MARKERS: [&str; 10] = [
+    "<|im_start|>",
+    "<|im_end|>",
+    "<start_of_turn>",
+    "<end_of_turn>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<|endoftext|>",
+    "<|end|>",
+    "<|user|>",
+];
+
+const NORMAL: i32 = 1;
 const CONTROL: i32 = 3;
 const USER_DEFINED: i32 = 4;
 
@@ -66,8 +83,9 @@ impl GgufTokenizer {
             )?,
             "llama" => sentencepiece(
                 &tokens,
+                &types,
                 md("tokenizer.ggml.scores"),
-                md("tokenizer.ggml.unknown_token_id"),
+                md("tokenizer.ggml.add_space_prefix").and_then(|v| v.to_bool().ok()),
             )?,
             other => {
                 return Err(EngineError::Tokenizer(format!(
@@ -75,14 +93,27 @@ impl GgufTokenizer {
                 )));
             }
         };
-        let specials: Vec<AddedToken> = tokens
+        // Control tokens count only in a template's own text. User-defined ones
+        // (Gemma's runs of spaces and newlines, …) are matched in any text, as
+        // llama.cpp matches them — except anything that marks a turn.
+        let (specials, ordinary): (Vec<_>, Vec<_>) = tokens
             .iter()
             .zip(&types)
             .filter(|(_, kind)| matches!(**kind, CONTROL | USER_DEFINED))
+            .partition(|(token, kind)| **kind == CONTROL || TURN_MARKERS.contains(&token.as_str()));
+        let specials: Vec<AddedToken> = specials
+            .into_iter()
             .map(|(token, _)| AddedToken::from(token.clone(), true))
+            .collect();
+        let ordinary: Vec<AddedToken> = ordinary
+            .into_iter()
+            .map(|(token, _)| AddedToken::from(token.clone(), false).normalized(false))
             .collect();
         tokenizer
             .add_special_tokens(specials)
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        tokenizer
+            .add_tokens(ordinary)
             .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
         let mut plain = tokenizer.clone();
         plain.set_encode_special_tokens(true);
@@ -207,32 +238,72 @@ fn byte_level_bpe(
     Ok(tokenizer)
 }
 
+/// SentencePiece's BPE (Llama 2, Gemma): the pair whose merged piece scores
+/// highest merges first, and characters outside the vocabulary fall back to byte
+/// tokens — llama.cpp's algorithm. The merges are derived from the scores as
+/// Hugging Face's converter derives them: every split of a piece into two pieces,
+/// ranked by the whole piece's score. Only normal pieces merge, so no text can
+/// merge into a control token.
 fn sentencepiece(
     tokens: &[String],
+    types: &[i32],
     scores: Option<&Value>,
-    unknown: Option<&Value>,
+    add_space_prefix: Option<bool>,
 ) -> Result<Tokenizer, EngineError> {
-    let scores: Vec<f64> = match scores {
-        Some(Value::Array(values)) => values
-            .iter()
-            .map(|v| v.to_f32().map(f64::from).unwrap_or(0.0))
-            .collect(),
-        _ => vec![0.0; tokens.len()],
+    let error = |e: &dyn std::fmt::Display| EngineError::Tokenizer(e.to_string());
+    let scores: Vec<f32> = match scores {
+        Some(Value::Array(values)) => values.iter().map(|v| v.to_f32().unwrap_or(0.0)).collect(),
+        _ => {
+            return Err(EngineError::Tokenizer(
+                "the GGUF has no tokenizer.ggml.scores".into(),
+            ));
+        }
     };
-    let vocab = tokens.iter().cloned().zip(scores).collect();
-    let unk = unknown.and_then(|v| v.to_u32().ok()).map(|id| id as usize);
-    let unigram =
-        Unigram::from(vocab, unk, true).map_err(|e| EngineError::Tokenizer(e.to_string()))?;
-    let mut tokenizer = Tokenizer::new(unigram);
+    let normal: HashMap<&str, u32> = tokens
+        .iter()
+        .zip(types)
+        .enumerate()
+        .filter(|(_, (_, kind))| **kind == NORMAL)
+        .map(|(i, (t, _))| (t.as_str(), i as u32))
+        .collect();
+    let mut merges: Vec<(f32, u32, u32, &str, &str)> = Vec::new();
+    for (piece, &id) in &normal {
+        for (at, _) in piece.char_indices().skip(1) {
+            let (left, right) = piece.split_at(at);
+            if let (Some(&l), Some(&r)) = (normal.get(left), normal.get(right)) {
+                merges.push((scores[id as usize], l, r, left, right));
+            }
+        }
+    }
+    // Highest score first; ties by the pieces' ids, as the converter orders them.
+    merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let merges = merges
+        .into_iter()
+        .map(|(_, _, _, l, r)| (l.to_owned(), r.to_owned()))
+        .collect();
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .byte_fallback(true)
+        .build()
+        .map_err(|e| error(&e))?;
+    let mut tokenizer = Tokenizer::new(bpe);
+    let replace = ReplaceNormalizer::new(" ", "▁").map_err(|e| error(&e))?;
+    let normalizer: NormalizerWrapper = if add_space_prefix.unwrap_or(true) {
+        NormalizerSequence::new(vec![Prepend::new("▁".into()).into(), replace.into()]).into()
+    } else {
+        replace.into()
+    };
     tokenizer
-        .with_normalizer(Some(
-            ReplaceNormalizer::new(" ", "▁").map_err(|e| EngineError::Tokenizer(e.to_string()))?,
-        ))
-        .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        .with_normalizer(Some(normalizer))
+        .map_err(|e| error(&e))?;
     let decoder = DecoderSequence::new(vec![
         tokenizers::decoders::DecoderWrapper::Replace(
-            tokenizers::normalizers::replace::Replace::new("▁", " ")
-                .map_err(|e| EngineError::Tokenizer(e.to_string()))?,
+            tokenizers::normalizers::replace::Replace::new("▁", " ").map_err(|e| error(&e))?,
         ),
         ByteFallback::default().into(),
         Fuse::default().into(),

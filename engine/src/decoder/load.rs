@@ -9,21 +9,27 @@ use candle_core::quantized::gguf_file::Content;
 
 use super::matrix::{self, Matrix};
 use super::ops::{MAX_GROUP, Rope, RopeStyle};
-use super::{Config, Decoder, Layer};
+use super::{Activation, Config, Decoder, Layer};
 use crate::EngineError;
 
-/// The architectures this decoder runs, and how each rotates positions.
+/// The architectures this decoder runs.
 pub fn supports(architecture: &str) -> bool {
     style(architecture).is_some()
 }
 
+/// How each architecture rotates positions.
 fn style(architecture: &str) -> Option<RopeStyle> {
     match architecture {
         "llama" => Some(RopeStyle::Interleaved),
-        "qwen2" => Some(RopeStyle::Halves),
+        "qwen2" | "gemma3" => Some(RopeStyle::Halves),
         _ => None,
     }
 }
+
+/// Gemma 3: five sliding-window layers to one global one, unless the file says.
+const GEMMA3_WINDOW_PATTERN: usize = 6;
+/// Gemma 3's sliding-window layers rotate with this base unless the file says.
+const GEMMA3_WINDOW_ROPE_BASE: f32 = 10_000.0;
 
 /// Loads the model; `requantize` converts weight types without a SIMD kernel to Q8_0.
 pub fn load<R: Read + Seek>(
@@ -47,7 +53,25 @@ impl<R: Read + Seek> Gguf<'_, R> {
             EngineError::Load(format!("the decoder does not run `{arch}` models"))
         })?;
         let config = self.config(&arch)?;
-        let rope = self.rope(&arch, &config, style)?;
+        let base = self
+            .float(&format!("{arch}.rope.freq_base"))
+            .unwrap_or(10_000.0);
+        let mut ropes = vec![self.rope(&arch, &config, style, base, true)?];
+        let gemma = arch == "gemma3";
+        let window = self.int(&format!("{arch}.attention.sliding_window")).ok();
+        let pattern = self
+            .int(&format!("{arch}.attention.sliding_window_pattern"))
+            .unwrap_or(GEMMA3_WINDOW_PATTERN)
+            .max(1);
+        if gemma && window.is_some() {
+            // Sliding-window layers keep the short base, and no scaling.
+            let base = self
+                .float(&format!("{arch}.rope.freq_base_swa"))
+                .unwrap_or(GEMMA3_WINDOW_ROPE_BASE);
+            ropes.push(self.rope(&arch, &config, style, base, false)?);
+        }
+        // Sliding-window layer: all but every `pattern`-th (as llama.cpp counts them).
+        let sliding = |i: usize| gemma && window.is_some() && i % pattern < pattern - 1;
         if self
             .content
             .tensor_infos
@@ -65,8 +89,15 @@ impl<R: Read + Seek> Gguf<'_, R> {
         };
         let output_norm = self.vector("output_norm.weight")?;
         let layers = (0..config.layers)
-            .map(|i| self.layer(i, requantize))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|i| {
+                let mut layer = self.layer(i, requantize)?;
+                if sliding(i) {
+                    layer.window = window;
+                    layer.rope = 1;
+                }
+                Ok(layer)
+            })
+            .collect::<Result<Vec<_>, EngineError>>()?;
         let check = |what: &str, got: usize, want: usize| {
             if got == want {
                 Ok(())
@@ -97,7 +128,7 @@ impl<R: Read + Seek> Gguf<'_, R> {
             output,
             output_norm,
             layers,
-            rope,
+            ropes,
         })
     }
 
@@ -125,8 +156,17 @@ impl<R: Read + Seek> Gguf<'_, R> {
             .get("token_embd.weight")
             .and_then(|t| t.shape.dims().first().copied())
             .ok_or_else(|| EngineError::Load("the GGUF has no token_embd.weight".into()))?;
+        let layers = self.int(&format!("{arch}.block_count"))?;
+        let gemma = arch == "gemma3";
+        // Gemma 3 27B scales queries by its width per head rather than its head
+        // size, as llama.cpp and Google's reference do; no GGUF key says so.
+        let attn_width = if gemma && layers == 62 {
+            dim / heads
+        } else {
+            head_dim
+        };
         Ok(Config {
-            layers: self.int(&format!("{arch}.block_count"))?,
+            layers,
             dim,
             heads,
             kv_heads,
@@ -134,19 +174,37 @@ impl<R: Read + Seek> Gguf<'_, R> {
             ffn: self.int(&format!("{arch}.feed_forward_length"))?,
             eps: self.float(&format!("{arch}.attention.layer_norm_rms_epsilon"))?,
             vocab,
+            embed_scale: if gemma { (dim as f32).sqrt() } else { 1.0 },
+            attn_scale: 1.0 / (attn_width as f32).sqrt(),
+            activation: if gemma {
+                Activation::Gelu
+            } else {
+                Activation::Silu
+            },
+            logit_softcap: self
+                .float(&format!("{arch}.final_logit_softcapping"))
+                .ok()
+                .filter(|cap| *cap > 0.0),
         })
     }
 
-    fn rope(&mut self, arch: &str, config: &Config, style: RopeStyle) -> Result<Rope, EngineError> {
-        let base = self
-            .float(&format!("{arch}.rope.freq_base"))
-            .unwrap_or(10_000.0);
+    /// A rotary embedding with this base; `scaled` applies the file's rope scaling.
+    fn rope(
+        &mut self,
+        arch: &str,
+        config: &Config,
+        style: RopeStyle,
+        base: f32,
+        scaled: bool,
+    ) -> Result<Rope, EngineError> {
         let dims = self
             .int(&format!("{arch}.rope.dimension_count"))
             .unwrap_or(config.head_dim)
             .min(config.head_dim);
         let mut scale = 1.0;
-        if let Ok(kind) = self.text(&format!("{arch}.rope.scaling.type")) {
+        if let Ok(kind) = self.text(&format!("{arch}.rope.scaling.type"))
+            && scaled
+        {
             match kind.as_str() {
                 "none" => {}
                 "linear" => {
@@ -163,7 +221,7 @@ impl<R: Read + Seek> Gguf<'_, R> {
             }
         }
         // Llama 3.x files carry per-frequency divisors for their long context.
-        let factors = if self.content.tensor_infos.contains_key("rope_freqs.weight") {
+        let factors = if scaled && self.content.tensor_infos.contains_key("rope_freqs.weight") {
             Some(self.vector("rope_freqs.weight")?)
         } else {
             None
@@ -179,7 +237,7 @@ impl<R: Read + Seek> Gguf<'_, R> {
 
     fn layer(&mut self, i: usize, requantize: bool) -> Result<Layer, EngineError> {
         let name = |part: &str| format!("blk.{i}.{part}");
-        let bias = if self.content.tensor_infos.contains_key(&name("attn_q.bias")) {
+        let bias = if self.has(&name("attn_q.bias")) {
             Some([
                 self.vector(&name("attn_q.bias"))?,
                 self.vector(&name("attn_k.bias"))?,
@@ -188,18 +246,45 @@ impl<R: Read + Seek> Gguf<'_, R> {
         } else {
             None
         };
+        let qk_norm = if self.has(&name("attn_q_norm.weight")) {
+            Some([
+                self.vector(&name("attn_q_norm.weight"))?,
+                self.vector(&name("attn_k_norm.weight"))?,
+            ])
+        } else {
+            None
+        };
+        let post_attn_norm = self.optional_vector(&name("post_attention_norm.weight"))?;
+        let post_ffn_norm = self.optional_vector(&name("post_ffw_norm.weight"))?;
         Ok(Layer {
             attn_norm: self.vector(&name("attn_norm.weight"))?,
             q: self.matrix(&name("attn_q.weight"), requantize)?,
             k: self.matrix(&name("attn_k.weight"), requantize)?,
             v: self.matrix(&name("attn_v.weight"), requantize)?,
             bias,
+            qk_norm,
             o: self.matrix(&name("attn_output.weight"), requantize)?,
+            post_attn_norm,
             ffn_norm: self.vector(&name("ffn_norm.weight"))?,
             gate: self.matrix(&name("ffn_gate.weight"), requantize)?,
             up: self.matrix(&name("ffn_up.weight"), requantize)?,
             down: self.matrix(&name("ffn_down.weight"), requantize)?,
+            post_ffn_norm,
+            window: None,
+            rope: 0,
         })
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+
+    fn optional_vector(&mut self, name: &str) -> Result<Option<Vec<f32>>, EngineError> {
+        if self.has(name) {
+            self.vector(name).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     fn tensor(&mut self, name: &str) -> Result<candle_core::quantized::QTensor, EngineError> {

@@ -1,12 +1,14 @@
-//! ragway's own decoder for llama-family GGUF models (llama, qwen2) on the CPU.
+//! ragway's own decoder for GGUF chat models on the CPU: the llama family (llama,
+//! qwen2) and gemma3.
 //!
 //! candle's quantised models spend most of a small model's token on work around
 //! the weights — a KV cache re-concatenated every token, keys and values copied
 //! per query head, a tensor allocated per operation — and have no SIMD kernel for
 //! Q4_1. This one keeps a preallocated KV cache per answer, reads grouped keys in
 //! place, quantises each input once for the matrices that share it, and splits
-//! every product across the compute threads the worker was given. The arithmetic
-//! is the same as candle's reference models; tests hold the two to the same logits.
+//! every product across the compute threads the worker was given. Tests hold it to
+//! candle's reference models (llama, qwen2) and to llama.cpp (gemma3, whose candle
+//! model gates its feed-forward with SiLU where Gemma uses GELU).
 
 mod kernels;
 mod load;
@@ -33,6 +35,22 @@ pub struct Config {
     pub ffn: usize,
     pub eps: f32,
     pub vocab: usize,
+    /// What the token embedding is multiplied by (Gemma: √dim).
+    pub embed_scale: f32,
+    /// What query · key is multiplied by (usually 1/√head_dim).
+    pub attn_scale: f32,
+    pub activation: Activation,
+    /// Gemma 2-style `cap · tanh(logit / cap)` on the output.
+    pub logit_softcap: Option<f32>,
+}
+
+/// The feed-forward gate's activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// SwiGLU: llama, qwen2.
+    Silu,
+    /// GeGLU with the tanh approximation: Gemma.
+    Gelu,
 }
 
 struct Layer {
@@ -42,11 +60,20 @@ struct Layer {
     v: Box<dyn Matrix>,
     /// qwen2's attention biases.
     bias: Option<[Vec<f32>; 3]>,
+    /// Gemma 3's per-head RMS norms of queries and keys.
+    qk_norm: Option<[Vec<f32>; 2]>,
     o: Box<dyn Matrix>,
+    /// Gemma's norms of each block's output, before the residual.
+    post_attn_norm: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
     gate: Box<dyn Matrix>,
     up: Box<dyn Matrix>,
     down: Box<dyn Matrix>,
+    post_ffn_norm: Option<Vec<f32>>,
+    /// Sliding-window layers see only this many positions, their own included.
+    window: Option<usize>,
+    /// Which of the decoder's rotary embeddings the layer uses.
+    rope: usize,
 }
 
 pub struct Decoder {
@@ -56,7 +83,8 @@ pub struct Decoder {
     output: Arc<dyn Matrix>,
     output_norm: Vec<f32>,
     layers: Vec<Layer>,
-    rope: Rope,
+    /// One, or (Gemma 3) one for sliding-window layers and one for global ones.
+    ropes: Vec<Rope>,
 }
 
 /// The keys and values of one answer so far, room for `capacity` positions.
@@ -79,6 +107,9 @@ struct Buffers {
     gate: Vec<f32>,
     up: Vec<f32>,
 }
+
+/// Per token of a forward pass, per rotary embedding: the angles' cosines and sines.
+type Angles = Vec<Vec<(Vec<f32>, Vec<f32>)>>;
 
 impl Decoder {
     /// An empty cache for an answer of at most `capacity` positions (prompt included).
@@ -123,12 +154,21 @@ impl Decoder {
                 )));
             }
             self.embed.row(token as usize, row);
+            if c.embed_scale != 1.0 {
+                row.iter_mut().for_each(|v| *v *= c.embed_scale);
+            }
         }
-        let angles: Vec<(Vec<f32>, Vec<f32>)> = (0..m)
+        let angles: Angles = (0..m)
             .map(|i| {
-                let (mut cos, mut sin) = (Vec::new(), Vec::new());
-                self.rope.at(cache.len + i, &mut cos, &mut sin);
-                (cos, sin)
+                let position = cache.len + i;
+                self.ropes
+                    .iter()
+                    .map(|rope| {
+                        let (mut cos, mut sin) = (Vec::new(), Vec::new());
+                        rope.at(position, &mut cos, &mut sin);
+                        (cos, sin)
+                    })
+                    .collect()
             })
             .collect();
         for (l, layer) in self.layers.iter().enumerate() {
@@ -141,6 +181,9 @@ impl Decoder {
         ops::rms_norm(last, &self.output_norm, c.eps, &mut normed);
         let mut logits = vec![0.0; c.vocab];
         matmul(self.output.as_ref(), &normed, 1, &mut logits);
+        if let Some(cap) = c.logit_softcap {
+            logits.iter_mut().for_each(|l| *l = cap * (*l / cap).tanh());
+        }
         Ok(logits)
     }
 
@@ -149,7 +192,7 @@ impl Decoder {
         l: usize,
         layer: &Layer,
         cache: &mut Cache,
-        angles: &[(Vec<f32>, Vec<f32>)],
+        angles: &Angles,
         b: &mut Buffers,
     ) {
         let c = &self.config;
@@ -177,17 +220,37 @@ impl Decoder {
                 }
             }
         }
-        let kv_dim = c.kv_heads * c.head_dim;
-        for (i, (cos, sin)) in angles.iter().enumerate() {
-            let q = &mut b.q[i * c.heads * c.head_dim..(i + 1) * c.heads * c.head_dim];
-            self.rope.apply(q, c.head_dim, cos, sin);
-            let k = &mut b.k[i * kv_dim..(i + 1) * kv_dim];
-            self.rope.apply(k, c.head_dim, cos, sin);
+        if let Some([q_norm, k_norm]) = &layer.qk_norm {
+            for (buf, weight) in [(&mut b.q, q_norm), (&mut b.k, k_norm)] {
+                for head in buf.chunks_exact_mut(c.head_dim) {
+                    let x = head.to_vec();
+                    ops::rms_norm(&x, weight, c.eps, head);
+                }
+            }
+        }
+        let rope = &self.ropes[layer.rope];
+        let (q_dim, kv_dim) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        for (i, per_rope) in angles.iter().enumerate() {
+            let (cos, sin) = &per_rope[layer.rope];
+            rope.apply(&mut b.q[i * q_dim..(i + 1) * q_dim], c.head_dim, cos, sin);
+            rope.apply(&mut b.k[i * kv_dim..(i + 1) * kv_dim], c.head_dim, cos, sin);
         }
         self.store(l, cache, &b.k, &b.v, m);
-        self.attend(l, cache, &b.q, &mut b.attn, m);
+        self.attend(l, layer.window, cache, &b.q, &mut b.attn, m);
         matmul(layer.o.as_ref(), &b.attn, m, &mut b.delta);
-        b.x.iter_mut().zip(&b.delta).for_each(|(x, d)| *x += d);
+        self.add_residual(&mut b.x, &mut b.delta, layer.post_attn_norm.as_deref());
+    }
+
+    /// `x += delta`, the delta RMS-normed first where the model says so (Gemma).
+    fn add_residual(&self, x: &mut [f32], delta: &mut [f32], norm: Option<&[f32]>) {
+        let dim = self.config.dim;
+        if let Some(weight) = norm {
+            for row in delta.chunks_exact_mut(dim) {
+                let raw = row.to_vec();
+                ops::rms_norm(&raw, weight, self.config.eps, row);
+            }
+        }
+        x.iter_mut().zip(delta.iter()).for_each(|(x, d)| *x += d);
     }
 
     /// Writes the new keys and values at positions `len..len + m`.
@@ -209,9 +272,18 @@ impl Decoder {
         (l * self.config.kv_heads + g) * capacity * self.config.head_dim
     }
 
-    /// Causal attention of `m` new queries, each over every position up to its own;
-    /// the query heads of a group read their shared keys and values once.
-    fn attend(&self, l: usize, cache: &Cache, q: &[f32], out: &mut [f32], m: usize) {
+    /// Causal attention of `m` new queries, each over every position up to its own
+    /// (the last `window` of them, on a sliding-window layer); the query heads of a
+    /// group read their shared keys and values once.
+    fn attend(
+        &self,
+        l: usize,
+        window: Option<usize>,
+        cache: &Cache,
+        q: &[f32],
+        out: &mut [f32],
+        m: usize,
+    ) {
         let c = &self.config;
         let hd = c.head_dim;
         let width = hd * c.heads / c.kv_heads; // one group's queries
@@ -222,11 +294,22 @@ impl Decoder {
             for job in range {
                 let (i, g) = (job / c.kv_heads, job % c.kv_heads);
                 let slot = self.slot(l, g, cache.capacity);
-                let len = cache.len + i + 1;
-                let keys = &cache.keys[slot..slot + len * hd];
-                let values = &cache.values[slot..slot + len * hd];
+                let end = cache.len + i + 1;
+                let start = window.map_or(0, |w| end.saturating_sub(w));
+                let keys = &cache.keys[slot + start * hd..slot + end * hd];
+                let values = &cache.values[slot + start * hd..slot + end * hd];
                 let queries = &q[job * width..(job + 1) * width];
-                ops::attend(queries, keys, values, hd, len, &mut scores, &mut group_out);
+                let (scale, len) = (c.attn_scale, end - start);
+                ops::attend(
+                    queries,
+                    keys,
+                    values,
+                    hd,
+                    len,
+                    scale,
+                    &mut scores,
+                    &mut group_out,
+                );
                 for (j, v) in group_out.iter().enumerate() {
                     shared.set(job * width + j, *v);
                 }
@@ -250,8 +333,11 @@ impl Decoder {
         } else {
             matmul(layer.up.as_ref(), &b.normed, m, &mut b.up);
         }
-        ops::swiglu(&mut b.gate, &b.up);
+        match c.activation {
+            Activation::Silu => ops::swiglu(&mut b.gate, &b.up),
+            Activation::Gelu => ops::geglu(&mut b.gate, &b.up),
+        }
         matmul(layer.down.as_ref(), &b.gate, m, &mut b.delta);
-        b.x.iter_mut().zip(&b.delta).for_each(|(x, d)| *x += d);
+        self.add_residual(&mut b.x, &mut b.delta, layer.post_ffn_norm.as_deref());
     }
 }

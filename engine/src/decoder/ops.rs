@@ -52,7 +52,17 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
 /// SwiGLU: `gate = silu(gate) · up`.
 pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     for (g, u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
+        *g = *g / (1.0 + exp(-*g)) * u;
+    }
+}
+
+/// GeGLU: `gate = gelu(gate) · up`, GELU in its tanh approximation written as a
+/// sigmoid: `0.5·x·(1 + tanh(z)) = x / (1 + e^(-2z))`.
+pub fn geglu(gate: &mut [f32], up: &[f32]) {
+    const TWO_SQRT_2_OVER_PI: f32 = 1.595_769_1;
+    for (g, u) in gate.iter_mut().zip(up) {
+        let x = *g;
+        *g = x / (1.0 + exp(-TWO_SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x))) * u;
     }
 }
 
@@ -102,25 +112,27 @@ impl Rope {
 }
 
 /// The query heads of one group against the keys and values they share, at
-/// positions `0..len`: `out[h] = softmax(q[h] · K / √d) · V`. Each key and value
+/// positions `0..len`: `out[h] = softmax(scale · q[h] · K) · V`. Each key and value
 /// row is read once for the whole group. `queries` and `out` hold the group's
 /// heads one after another; `scores` is scratch of at least `len × heads`.
+#[allow(clippy::too_many_arguments)] // the inputs of attention, and two buffers
 pub fn attend(
     queries: &[f32],
     keys: &[f32],
     values: &[f32],
     head_dim: usize,
     len: usize,
+    scale: f32,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has AVX2 and FMA (checked above).
-        return unsafe { attend_avx2(queries, keys, values, head_dim, len, scores, out) };
+        return unsafe { attend_avx2(queries, keys, values, head_dim, len, scale, scores, out) };
     }
     attend_any(
-        queries, keys, values, head_dim, len, scores, out, plain_madd,
+        queries, keys, values, head_dim, len, scale, scores, out, plain_madd,
     )
 }
 
@@ -128,12 +140,14 @@ pub fn attend(
 /// fused multiply-add a step.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)] // `attend`'s
 unsafe fn attend_avx2(
     queries: &[f32],
     keys: &[f32],
     values: &[f32],
     head_dim: usize,
     len: usize,
+    scale: f32,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
@@ -143,6 +157,7 @@ unsafe fn attend_avx2(
         values,
         head_dim,
         len,
+        scale,
         scores,
         out,
         f32::mul_add,
@@ -157,12 +172,12 @@ fn attend_any(
     values: &[f32],
     head_dim: usize,
     len: usize,
+    scale: f32,
     scores: &mut [f32],
     out: &mut [f32],
     madd: impl Fn(f32, f32, f32) -> f32 + Copy,
 ) {
     let heads = queries.len() / head_dim;
-    let scale = 1.0 / (head_dim as f32).sqrt();
     // scores[h * len + t]: each head's row contiguous for the softmax.
     let scores = &mut scores[..len * heads];
     for t in 0..len {
@@ -178,13 +193,13 @@ fn attend_any(
         let mut chunks = row.chunks_exact_mut(8);
         for chunk in &mut chunks {
             for i in 0..8 {
-                chunk[i] = exp_nonpositive(chunk[i] - max);
+                chunk[i] = exp(chunk[i] - max);
                 sums[i] += chunk[i];
             }
         }
         let mut tail = 0f32;
         for s in chunks.into_remainder() {
-            *s = exp_nonpositive(*s - max);
+            *s = exp(*s - max);
             tail += *s;
         }
         *total = sums.iter().sum::<f32>() + tail;
@@ -224,16 +239,16 @@ fn max_of(row: &[f32]) -> f32 {
         .fold(f32::NEG_INFINITY, |m, v| if *v > m { *v } else { m })
 }
 
-/// `eˣ` for `x ≤ 0` (a softmax's shifted scores), to about 2 parts in 10⁷, in
-/// arithmetic the compiler vectorises (`f32::exp` is a library call per value).
+/// `eˣ` to about 2 parts in 10⁷, for `x` in [-87, 88] (beyond, the bound's value),
+/// in arithmetic the compiler vectorises (`f32::exp` is a library call per value).
 #[inline(always)]
-pub fn exp_nonpositive(x: f32) -> f32 {
+pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
     // Adding then subtracting 1.5 · 2²³ rounds to the nearest integer.
     const ROUND: f32 = 12_582_912.0;
-    let x = if x < -87.0 { -87.0 } else { x };
+    let x = x.clamp(-87.0, 88.0);
     let n = (x * LOG2E + ROUND) - ROUND;
     let r = (x - n * LN2_HI) - n * LN2_LO;
     // e^r on [-ln2/2, ln2/2]: Taylor to r⁶.
@@ -287,11 +302,29 @@ mod tests {
         let values = [1.0, 2.0, 3.0, 4.0];
         let mut scores = [0.0; 2];
         let mut out = [0.0; 2];
-        attend(&q, &keys, &values, 2, 2, &mut scores, &mut out);
+        attend(
+            &q,
+            &keys,
+            &values,
+            2,
+            2,
+            1.0 / 2f32.sqrt(),
+            &mut scores,
+            &mut out,
+        );
         let w = 1.0 / (1.0 + (-10.0f32 / 2f32.sqrt()).exp());
         assert!((out[0] - (w * 3.0 + (1.0 - w) * 1.0)).abs() < 1e-4);
         // Only the first position visible: its value exactly.
-        attend(&q, &keys, &values, 2, 1, &mut scores, &mut out);
+        attend(
+            &q,
+            &keys,
+            &values,
+            2,
+            1,
+            1.0 / 2f32.sqrt(),
+            &mut scores,
+            &mut out,
+        );
         assert_eq!(out, [1.0, 2.0]);
     }
 
@@ -302,20 +335,29 @@ mod tests {
         let queries = [0.5, -1.0, 2.0, 0.25, -0.5, 1.5];
         let mut scores = [0.0; 12];
         let mut together = [0.0; 6];
-        attend(&queries, &keys, &values, 3, 4, &mut scores, &mut together);
+        attend(
+            &queries,
+            &keys,
+            &values,
+            3,
+            4,
+            0.5,
+            &mut scores,
+            &mut together,
+        );
         for h in 0..2 {
             let mut alone = [0.0; 3];
             let q = &queries[h * 3..(h + 1) * 3];
-            attend(q, &keys, &values, 3, 4, &mut scores, &mut alone);
+            attend(q, &keys, &values, 3, 4, 0.5, &mut scores, &mut alone);
             assert_eq!(alone, together[h * 3..(h + 1) * 3]);
         }
     }
 
     #[test]
     fn the_vectorised_exp_matches_the_library() {
-        for i in 0..=20_000 {
-            let x = -(i as f32) * 0.005; // 0 down to -100
-            let (got, want) = (exp_nonpositive(x), x.exp());
+        for i in 0..=37_600 {
+            let x = 88.0 - i as f32 * 0.005; // 88 down to -100
+            let (got, want) = (exp(x), x.exp());
             assert!(
                 (got - want).abs() <= 3e-7 * want + 1e-37,
                 "e^{x}: {got} vs {want}"

@@ -247,18 +247,25 @@ fn a_chinese_prompt_streams_whole_characters() {
     }
 }
 
+pub fn gemma() -> &'static ChatModel {
+    static MODEL: OnceLock<ChatModel> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        ChatModel::load(
+            &models().join("gemma-3-270m-q4_k_m.gguf"),
+            &candle_core::Device::Cpu,
+            true,
+        )
+        .expect("run scripts/fetch-models.sh first")
+    })
+}
+
 #[test]
 fn gemma3_loads_and_generates() {
-    let model = ChatModel::load(
-        &models().join("gemma-3-270m-q4_k_m.gguf"),
-        &candle_core::Device::Cpu,
-        true,
-    )
-    .unwrap();
+    let model = gemma();
     assert_eq!(model.architecture, "gemma3");
     let messages = vec![Message::new("user", "The capital of France is")];
     let (text, _, _) = answer(
-        &model,
+        model,
         &messages,
         &GenerateParams {
             max_tokens: 16,
