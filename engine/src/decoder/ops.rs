@@ -59,7 +59,7 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
 /// GeGLU: `gate = gelu(gate) · up`, GELU in its tanh approximation written as a
 /// sigmoid: `0.5·x·(1 + tanh(z)) = x / (1 + e^(-2z))`.
 pub fn geglu(gate: &mut [f32], up: &[f32]) {
-    const TWO_SQRT_2_OVER_PI: f32 = 1.595_769_1;
+    const TWO_SQRT_2_OVER_PI: f32 = 1.595_769;
     for (g, u) in gate.iter_mut().zip(up) {
         let x = *g;
         *g = x / (1.0 + exp(-TWO_SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x))) * u;
