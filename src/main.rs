@@ -68,9 +68,10 @@ fn serve(config: Config) -> ExitCode {
     }
 }
 
-/// Models that run on candle (gemma3, and any model on a GPU) take their CPU
-/// threads from one process-wide pool sized by `CANDLE_NUM_THREADS`: set it to the
-/// local model's `threads`, unless the operator set it.
+/// candle's quantised kernels (what runs a local model other than on ragway's own
+/// decoder) take their CPU threads from one process-wide pool sized by
+/// `CANDLE_NUM_THREADS`: set it to the local model's `threads`, unless the operator
+/// set it.
 fn candle_threads(config: &Config) {
     let threads = config
         .providers

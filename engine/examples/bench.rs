@@ -23,7 +23,7 @@ fn main() {
         .get(if embedding { 2 } else { 1 })
         .and_then(|t| t.parse().ok())
         .unwrap_or(1);
-    // What candle runs (gemma3, BERT) takes its threads from this variable.
+    // What candle runs (`--candle`, the embedder) takes its threads from here.
     // SAFETY: no other thread exists yet.
     unsafe { std::env::set_var("CANDLE_NUM_THREADS", threads.to_string()) };
     if embedding {

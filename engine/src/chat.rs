@@ -87,7 +87,7 @@ impl ChatModel {
     /// Loads a GGUF file on the default runtime (see [`Runtime`]). With
     /// `requantize`, weights of a type without a fast kernel on the CPU become
     /// Q8_0 at load: Q5_0, Q5_1, F16 and F32 on the decoder; Q4_0 and Q4_1 on
-    /// candle's models.
+    /// candle's models (run on a CPU only when asked for).
     pub fn load(path: &Path, device: &Device, requantize: bool) -> Result<Self, EngineError> {
         Self::load_on(path, device, requantize, Runtime::Auto)
     }
