@@ -38,8 +38,8 @@ def main():
             {"role": "user", "content": prompt_text},
         ],
         add_generation_prompt=True,
-        bos_token=llm.detokenize([llm.token_bos()]).decode(),
-        eos_token=llm.detokenize([llm.token_eos()]).decode(),
+        bos_token=llm.detokenize([llm.token_bos()], special=True).decode(),
+        eos_token=llm.detokenize([llm.token_eos()], special=True).decode(),
     )
     prompt = llm.tokenize(text.encode(), add_bos=False, special=True)
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Local model speed: ragway's decoder, candle's implementation and llama.cpp on the
-# same GGUF, prompt, token count and thread count, interleaved, ROUNDS times each;
-# prints a Markdown table of medians. Then Gemma 3 (candle) and the embedder.
+# same GGUF, prompt, token count and thread count, interleaved, ROUNDS times each,
+# for SmolLM2 and Gemma 3; prints a Markdown table of medians. Then the embedder.
 #
 #   scripts/bench-local.sh          (ROUNDS=3, THREADS="1 2" by default)
 #
@@ -28,12 +28,17 @@ LLAMA="$venv/bin/python scripts/bench-llamacpp.py"
 
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
-for prompt in "" --long; do
-  for threads in $THREADS; do
-    for _ in $(seq "$ROUNDS"); do
-      echo "ragway $prompt $($BENCH $SMOLLM "$threads" $prompt)" >>"$out"
-      echo "candle $prompt $($BENCH $SMOLLM "$threads" $prompt --candle)" >>"$out"
-      echo "llama.cpp $prompt $($LLAMA $SMOLLM "$threads" $prompt)" >>"$out"
+for model in $SMOLLM $GEMMA; do
+  for prompt in "" --long; do
+    for threads in $THREADS; do
+      for _ in $(seq "$ROUNDS"); do
+        echo "ragway $($BENCH "$model" "$threads" $prompt)" >>"$out"
+        # candle's gemma3 prefills at ~30 tokens/s: the long prompt would take minutes.
+        if [ "$model" != "$GEMMA" ] || [ -z "$prompt" ]; then
+          echo "candle $($BENCH "$model" "$threads" $prompt --candle)" >>"$out"
+        fi
+        echo "llama.cpp $($LLAMA "$model" "$threads" $prompt 2>/dev/null | tail -n 1)" >>"$out"
+      done
     done
   done
 done
@@ -43,18 +48,16 @@ rows = {}
 for line in open(sys.argv[1]):
     engine, rest = line.split(" ", 1)
     fields = dict(re.findall(r"(\w+)=(\S+)", rest))
-    key = (fields["prompt_tokens"], engine, fields["threads"])
+    key = (fields["model"], fields["prompt_tokens"], engine, fields["threads"])
     rows.setdefault(key, []).append(fields)
-print("| prompt tokens | engine | threads | load s | prompt tok/s | generation tok/s | peak RSS MiB |")
-print("|---:|---|---:|---:|---:|---:|---:|")
-for (tokens, engine, threads), runs in sorted(rows.items(), key=lambda kv: (int(kv[0][0]), kv[0][2], kv[0][1])):
+print("| model | prompt tokens | engine | threads | load s | prompt tok/s | generation tok/s | peak RSS MiB |")
+print("|---|---:|---|---:|---:|---:|---:|---:|")
+order = lambda kv: (kv[0][0], int(kv[0][1]), kv[0][3], kv[0][2])
+for (model, tokens, engine, threads), runs in sorted(rows.items(), key=order):
     med = lambda f: statistics.median(float(r[f]) for r in runs)
-    print(f"| {tokens} | {engine} | {threads} | {med('load_s'):.2f} | {med('pp_tok_s'):.0f} | "
+    print(f"| {model} | {tokens} | {engine} | {threads} | {med('load_s'):.2f} | {med('pp_tok_s'):.0f} | "
           f"{med('gen_tok_s'):.1f} | {med('peak_rss_mib'):.0f} |")
 PY
-for threads in $THREADS; do
-  $BENCH $GEMMA "$threads"
-done
 for threads in $THREADS; do
   $BENCH --embed models/all-MiniLM-L6-v2 "$threads"
 done
