@@ -9,7 +9,7 @@ use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 
-use crate::runtime::{MAX_CONTEXT, Runtime, Weights};
+use crate::runtime::{Runtime, Weights};
 use crate::template::ChatTemplate;
 use crate::text::{StopScanner, Utf8Tokens};
 use crate::tokenizer::GgufTokenizer;
@@ -121,7 +121,7 @@ impl ChatModel {
         let template = ChatTemplate::new(md_text("tokenizer.chat_template"), &architecture)?;
         let weights =
             Weights::load(content, &mut file, device, runtime, requantize).map_err(|e| load(&e))?;
-        let context = trained.min(weights.max_positions()).min(MAX_CONTEXT);
+        let context = trained.min(weights.max_positions());
         tracing::info!(
             path = %path.display(), %architecture, context, runtime = weights.name(),
             template = template.source, elapsed = ?started.elapsed(), "chat model loaded"
@@ -168,9 +168,8 @@ impl ChatModel {
         }
     }
 
-    /// The logits for the token after `prompt` (the model's raw scores, before
-    /// sampling).
-    pub fn next_token_logits(&self, prompt: &[u32]) -> Result<Vec<f32>, EngineError> {
+    /// A prompt must leave room in the context for at least one more token.
+    fn check(&self, prompt: &[u32]) -> Result<(), EngineError> {
         if prompt.is_empty() || prompt.len() >= self.context {
             return Err(EngineError::Input(format!(
                 "the prompt has {} tokens; the context holds {}",
@@ -178,6 +177,13 @@ impl ChatModel {
                 self.context
             )));
         }
+        Ok(())
+    }
+
+    /// The logits for the token after `prompt` (the model's raw scores, before
+    /// sampling).
+    pub fn next_token_logits(&self, prompt: &[u32]) -> Result<Vec<f32>, EngineError> {
+        self.check(prompt)?;
         self.weights
             .session(prompt.len())
             .forward(prompt, &self.device)
@@ -192,13 +198,7 @@ impl ChatModel {
         emit: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generated, EngineError> {
         let infer = |e: candle_core::Error| EngineError::Inference(e.to_string());
-        if prompt.is_empty() || prompt.len() >= self.context {
-            return Err(EngineError::Input(format!(
-                "the prompt has {} tokens; the context holds {}",
-                prompt.len(),
-                self.context
-            )));
-        }
+        self.check(prompt)?;
         let budget = params.max_tokens.min(self.context - prompt.len());
         let mut session = self.weights.session(prompt.len() + budget);
         let mut sampler = LogitsProcessor::from_sampling(params.seed, sampling(params));

@@ -87,12 +87,13 @@ impl Weights {
         })
     }
 
-    /// The longest sequence this runtime can take: candle's llama and gemma3
-    /// build their rotary tables for 4096 positions whatever the file says.
+    /// The longest sequence this runtime is given: [`MAX_CONTEXT`], or 4096 for
+    /// candle's llama, which builds its rotary tables for that many positions
+    /// whatever the file says.
     pub fn max_positions(&self) -> usize {
         match self {
-            Weights::Decoder(_) | Weights::Qwen2(_) => MAX_CONTEXT,
-            Weights::Llama(_) | Weights::Gemma3(_) => 4096,
+            Weights::Llama(_) => 4096,
+            _ => MAX_CONTEXT,
         }
     }
 
