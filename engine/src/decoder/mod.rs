@@ -197,22 +197,11 @@ impl Decoder {
     ) {
         let c = &self.config;
         let m = angles.len();
-        for (x, out) in
-            b.x.chunks_exact(c.dim)
-                .zip(b.normed.chunks_exact_mut(c.dim))
-        {
-            ops::rms_norm(x, &layer.attn_norm, c.eps, out);
-        }
-        // q, k and v read the same input: quantise it once when their types agree.
-        let act = layer.q.activations(&b.normed, m);
-        matmul_prepared(layer.q.as_ref(), &act, &mut b.q);
-        for (w, out) in [(&layer.k, &mut b.k), (&layer.v, &mut b.v)] {
-            if same_input(layer.q.as_ref(), w.as_ref()) {
-                matmul_prepared(w.as_ref(), &act, out);
-            } else {
-                matmul(w.as_ref(), &b.normed, m, out);
-            }
-        }
+        ops::rms_norm_rows(&b.x, &layer.attn_norm, c.eps, &mut b.normed);
+        let q = (layer.q.as_ref(), b.q.as_mut_slice());
+        let k = (layer.k.as_ref(), b.k.as_mut_slice());
+        let v = (layer.v.as_ref(), b.v.as_mut_slice());
+        project(&b.normed, m, [q, k, v]);
         if let Some(bias) = &layer.bias {
             for (buf, bias) in [&mut b.q, &mut b.k, &mut b.v].into_iter().zip(bias) {
                 for row in buf.chunks_exact_mut(bias.len()) {
@@ -221,12 +210,8 @@ impl Decoder {
             }
         }
         if let Some([q_norm, k_norm]) = &layer.qk_norm {
-            for (buf, weight) in [(&mut b.q, q_norm), (&mut b.k, k_norm)] {
-                for head in buf.chunks_exact_mut(c.head_dim) {
-                    let x = head.to_vec();
-                    ops::rms_norm(&x, weight, c.eps, head);
-                }
-            }
+            ops::rms_norm_rows_in_place(&mut b.q, q_norm, c.eps);
+            ops::rms_norm_rows_in_place(&mut b.k, k_norm, c.eps);
         }
         let rope = &self.ropes[layer.rope];
         let (q_dim, kv_dim) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
@@ -243,12 +228,8 @@ impl Decoder {
 
     /// `x += delta`, the delta RMS-normed first where the model says so (Gemma).
     fn add_residual(&self, x: &mut [f32], delta: &mut [f32], norm: Option<&[f32]>) {
-        let dim = self.config.dim;
         if let Some(weight) = norm {
-            for row in delta.chunks_exact_mut(dim) {
-                let raw = row.to_vec();
-                ops::rms_norm(&raw, weight, self.config.eps, row);
-            }
+            ops::rms_norm_rows_in_place(delta, weight, self.config.eps);
         }
         x.iter_mut().zip(delta.iter()).for_each(|(x, d)| *x += d);
     }
@@ -320,24 +301,31 @@ impl Decoder {
     fn feed_forward(&self, layer: &Layer, b: &mut Buffers) {
         let c = &self.config;
         let m = b.x.len() / c.dim;
-        for (x, out) in
-            b.x.chunks_exact(c.dim)
-                .zip(b.normed.chunks_exact_mut(c.dim))
-        {
-            ops::rms_norm(x, &layer.ffn_norm, c.eps, out);
-        }
-        let act = layer.gate.activations(&b.normed, m);
-        matmul_prepared(layer.gate.as_ref(), &act, &mut b.gate);
-        if same_input(layer.gate.as_ref(), layer.up.as_ref()) {
-            matmul_prepared(layer.up.as_ref(), &act, &mut b.up);
-        } else {
-            matmul(layer.up.as_ref(), &b.normed, m, &mut b.up);
-        }
+        ops::rms_norm_rows(&b.x, &layer.ffn_norm, c.eps, &mut b.normed);
+        let gate = (layer.gate.as_ref(), b.gate.as_mut_slice());
+        let up = (layer.up.as_ref(), b.up.as_mut_slice());
+        project(&b.normed, m, [gate, up]);
         match c.activation {
             Activation::Silu => ops::swiglu(&mut b.gate, &b.up),
             Activation::Gelu => ops::geglu(&mut b.gate, &b.up),
         }
         matmul(layer.down.as_ref(), &b.gate, m, &mut b.delta);
         self.add_residual(&mut b.x, &mut b.delta, layer.post_ffn_norm.as_deref());
+    }
+}
+
+/// `out = w · input` for each matrix, the `m` input rows quantised once for all
+/// the matrices that read them the way the first does.
+fn project<const N: usize>(input: &[f32], m: usize, outputs: [(&dyn Matrix, &mut [f32]); N]) {
+    let Some(first) = outputs.first().map(|(w, _)| *w) else {
+        return;
+    };
+    let shared = first.activations(input, m);
+    for (w, out) in outputs {
+        if same_input(first, w) {
+            matmul_prepared(w, &shared, out);
+        } else {
+            matmul(w, input, m, out);
+        }
     }
 }

@@ -42,10 +42,27 @@ fn add_scaled_with(out: &mut [f32], v: &[f32], scale: f32, madd: impl Fn(f32, f3
 
 /// `out = x / rms(x) · weight`.
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
-    let mean = dot(x, x) / x.len() as f32;
-    let scale = 1.0 / (mean + eps).sqrt();
+    let scale = 1.0 / (dot(x, x) / x.len() as f32 + eps).sqrt();
     for ((o, v), w) in out.iter_mut().zip(x).zip(weight) {
         *o = v * scale * w;
+    }
+}
+
+/// [`rms_norm`] of each row of `x` (rows as long as `weight`), into `out`.
+pub fn rms_norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let n = weight.len();
+    for (x, out) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        rms_norm(x, weight, eps, out);
+    }
+}
+
+/// [`rms_norm`] of each row of `x` (rows as long as `weight`), in place.
+pub fn rms_norm_rows_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
+    for row in x.chunks_exact_mut(weight.len()) {
+        let scale = 1.0 / (dot(row, row) / row.len() as f32 + eps).sqrt();
+        row.iter_mut()
+            .zip(weight)
+            .for_each(|(v, w)| *v = *v * scale * w);
     }
 }
 
