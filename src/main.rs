@@ -50,7 +50,6 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: Config) -> ExitCode {
-    candle_threads(&config);
     let _log_guard = ragway::telemetry::init_logging(&config.log);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -65,24 +64,6 @@ fn serve(config: Config) -> ExitCode {
             tracing::error!(%error, "ragway stopped");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// candle's quantised kernels (what runs a local model other than on ragway's own
-/// decoder) take their CPU threads from one process-wide pool sized by
-/// `CANDLE_NUM_THREADS`: set it to the local model's `threads`, unless the operator
-/// set it.
-fn candle_threads(config: &Config) {
-    let threads = config
-        .providers
-        .values()
-        .find_map(|p| p.local.as_ref())
-        .map(|l| l.threads);
-    if let Some(threads) = threads
-        && std::env::var_os("CANDLE_NUM_THREADS").is_none()
-    {
-        // SAFETY: called first thing in `serve`, before any other thread exists.
-        unsafe { std::env::set_var("CANDLE_NUM_THREADS", threads.to_string()) };
     }
 }
 

@@ -212,13 +212,18 @@ impl ChatModel {
             if generated == budget {
                 break Finish::Length;
             }
-            let mut logits = session.forward(input, &self.device)?;
+            let logits = session.forward(input, &self.device)?;
+            let vocab = logits.len();
+            let mut logits = Tensor::from_vec(logits, vocab, &Device::Cpu).map_err(infer)?;
             if params.repeat_penalty != 1.0 {
                 let start = history.len().saturating_sub(params.repeat_last_n);
-                penalise_repeats(&mut logits, params.repeat_penalty, &history[start..]);
+                logits = candle_transformers::utils::apply_repeat_penalty(
+                    &logits,
+                    params.repeat_penalty,
+                    &history[start..],
+                )
+                .map_err(infer)?;
             }
-            let vocab = logits.len();
-            let logits = Tensor::from_vec(logits, vocab, &Device::Cpu).map_err(infer)?;
             next = [sampler.sample(&logits).map_err(infer)?];
             generated += 1;
             if self.tokenizer.is_end(next[0]) {
@@ -268,23 +273,6 @@ fn drop_least_needed(kept: &mut Vec<Message>) -> bool {
     }
     kept.drain(start..end);
     true
-}
-
-/// Makes tokens already in `recent` less likely, as candle's and llama.cpp's
-/// repeat penalty does: positive logits divided, negative ones multiplied.
-fn penalise_repeats(logits: &mut [f32], penalty: f32, recent: &[u32]) {
-    let mut seen = std::collections::HashSet::with_capacity(recent.len());
-    for &token in recent {
-        if seen.insert(token)
-            && let Some(logit) = logits.get_mut(token as usize)
-        {
-            *logit = if *logit >= 0.0 {
-                *logit / penalty
-            } else {
-                *logit * penalty
-            };
-        }
-    }
 }
 
 fn sampling(params: &GenerateParams) -> Sampling {

@@ -27,20 +27,27 @@ use tokenizers::{
 
 use crate::EngineError;
 
-/// Tokens that open or close a turn: never read from a user's text, whatever
-/// type the file gives them.
-const TURN_MARKERS: [&str; 10] = [
-    "<|im_start|>",
+/// Tokens that end a turn besides EOS.
+const TURN_ENDS: [&str; 5] = [
     "<|im_end|>",
-    "<start_of_turn>",
     "<end_of_turn>",
-    "<|start_header_id|>",
-    "<|end_header_id|>",
     "<|eot_id|>",
     "<|endoftext|>",
     "<|end|>",
+];
+/// Tokens that open a turn or name its speaker.
+const TURN_STARTS: [&str; 5] = [
+    "<|im_start|>",
+    "<start_of_turn>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
     "<|user|>",
 ];
+
+/// Never read from a user's text, whatever type the file gives it.
+fn marks_a_turn(token: &str) -> bool {
+    TURN_ENDS.contains(&token) || TURN_STARTS.contains(&token)
+}
 
 const NORMAL: i32 = 1;
 const CONTROL: i32 = 3;
@@ -100,7 +107,7 @@ impl GgufTokenizer {
             .iter()
             .zip(&types)
             .filter(|(_, kind)| matches!(**kind, CONTROL | USER_DEFINED))
-            .partition(|(token, kind)| **kind == CONTROL || TURN_MARKERS.contains(&token.as_str()));
+            .partition(|(token, kind)| **kind == CONTROL || marks_a_turn(token));
         let specials: Vec<AddedToken> = specials
             .into_iter()
             .map(|(token, _)| AddedToken::from(token.clone(), true))
@@ -125,16 +132,10 @@ impl GgufTokenizer {
             .enumerate()
             .map(|(i, t)| (t.clone(), i as u32))
             .collect();
-        let end_of_turn = [
-            "<|im_end|>",
-            "<end_of_turn>",
-            "<|eot_id|>",
-            "<|endoftext|>",
-            "<|end|>",
-        ]
-        .iter()
-        .filter_map(|t| id_of.get(*t).copied())
-        .collect();
+        let end_of_turn = TURN_ENDS
+            .iter()
+            .filter_map(|t| id_of.get(*t).copied())
+            .collect();
         let add_bos = md("tokenizer.ggml.add_bos_token")
             .and_then(|v| v.to_bool().ok())
             .unwrap_or(false);

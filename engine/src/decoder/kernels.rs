@@ -52,21 +52,42 @@ pub struct Act {
     pub qs: [i8; 32],
 }
 
-/// Quantises `x` (a multiple of 32 long) into `out`.
+/// 32 values as `q · d`, `d = max|x| / 127`.
+fn quantize_block(chunk: &[f32]) -> (f32, [i8; 32]) {
+    let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let inv = if d == 0.0 { 0.0 } else { 1.0 / d };
+    let mut qs = [0i8; 32];
+    for (q, v) in qs.iter_mut().zip(chunk) {
+        *q = (v * inv).round() as i8;
+    }
+    (d, qs)
+}
+
+/// Quantises activations `x` (a multiple of 32 long) into `out`.
 pub fn quantize(x: &[f32], out: &mut [Act]) {
     for (chunk, block) in x.chunks_exact(BLOCK).zip(out.iter_mut()) {
-        let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
-        let inv = if d == 0.0 { 0.0 } else { 1.0 / d };
-        let mut total = 0i32;
-        for (q, v) in block.qs.iter_mut().zip(chunk) {
-            let r = (v * inv).round() as i8;
-            *q = r;
-            total += i32::from(r);
-        }
-        block.d = d;
-        block.sum = d * total as f32;
+        let (d, qs) = quantize_block(chunk);
+        let total: i32 = qs.iter().map(|&q| i32::from(q)).sum();
+        *block = Act {
+            d,
+            sum: d * total as f32,
+            qs,
+        };
     }
+}
+
+/// Quantises weights `x` (a multiple of 32 long) to Q8_0 blocks.
+pub fn quantize_q8_0(x: &[f32]) -> Box<[Q8_0]> {
+    x.chunks_exact(BLOCK)
+        .map(|chunk| {
+            let (d, qs) = quantize_block(chunk);
+            Q8_0 {
+                d: f16::from_f32(d),
+                qs,
+            }
+        })
+        .collect()
 }
 
 /// The SIMD level this CPU offers.
@@ -100,10 +121,16 @@ pub trait Block: Copy + Send + Sync + 'static {
     /// The dot products of one row of blocks with `N` rows of activations: each
     /// weight block is unpacked once for all of them.
     fn dots<const N: usize>(level: Level, w: &[Self], a: [&[Act]; N]) -> [f32; N];
-    /// The portable dot product of one row, which defines the arithmetic.
-    fn dot_portable(w: &[Self], a: &[Act]) -> f32;
+    /// One block's dot product with 32 activations, which defines the arithmetic
+    /// the SIMD kernels reproduce.
+    fn dot_block(&self, a: &Act) -> f32;
     /// Writes the block's 32 values.
     fn dequantize(&self, out: &mut [f32]);
+
+    /// The portable dot product of one row.
+    fn dot_portable(w: &[Self], a: &[Act]) -> f32 {
+        w.iter().zip(a).map(|(w, a)| w.dot_block(a)).sum()
+    }
 }
 
 /// Dispatches `dots` to a level's kernel, or to the portable loop.
@@ -125,16 +152,9 @@ impl Block for Q4_0 {
         dots_by_level!(level, w, a, q4_0_avx2, q4_0_vnni)
     }
 
-    fn dot_portable(w: &[Self], a: &[Act]) -> f32 {
-        w.iter()
-            .zip(a)
-            .map(|(w, a)| {
-                let dot: i32 = (0..BLOCK)
-                    .map(|j| nibble(&w.qs, j) * i32::from(a.qs[j]))
-                    .sum();
-                w.d.to_f32() * (a.d * dot as f32 - 8.0 * a.sum)
-            })
-            .sum()
+    fn dot_block(&self, a: &Act) -> f32 {
+        let dot = nibble_dot(&self.qs, a);
+        self.d.to_f32() * (a.d * dot as f32 - 8.0 * a.sum)
     }
 
     fn dequantize(&self, out: &mut [f32]) {
@@ -150,16 +170,9 @@ impl Block for Q4_1 {
         dots_by_level!(level, w, a, q4_1_avx2, q4_1_vnni)
     }
 
-    fn dot_portable(w: &[Self], a: &[Act]) -> f32 {
-        w.iter()
-            .zip(a)
-            .map(|(w, a)| {
-                let dot: i32 = (0..BLOCK)
-                    .map(|j| nibble(&w.qs, j) * i32::from(a.qs[j]))
-                    .sum();
-                w.d.to_f32() * a.d * dot as f32 + w.m.to_f32() * a.sum
-            })
-            .sum()
+    fn dot_block(&self, a: &Act) -> f32 {
+        let dot = nibble_dot(&self.qs, a);
+        self.d.to_f32() * a.d * dot as f32 + self.m.to_f32() * a.sum
     }
 
     fn dequantize(&self, out: &mut [f32]) {
@@ -175,18 +188,14 @@ impl Block for Q8_0 {
         dots_by_level!(level, w, a, q8_0_avx2, q8_0_vnni)
     }
 
-    fn dot_portable(w: &[Self], a: &[Act]) -> f32 {
-        w.iter()
-            .zip(a)
-            .map(|(w, a)| {
-                let dot: i32 =
-                    w.qs.iter()
-                        .zip(&a.qs)
-                        .map(|(&x, &y)| i32::from(x) * i32::from(y))
-                        .sum();
-                w.d.to_f32() * a.d * dot as f32
-            })
-            .sum()
+    fn dot_block(&self, a: &Act) -> f32 {
+        let dot: i32 = self
+            .qs
+            .iter()
+            .zip(&a.qs)
+            .map(|(&x, &y)| i32::from(x) * i32::from(y))
+            .sum();
+        self.d.to_f32() * a.d * dot as f32
     }
 
     fn dequantize(&self, out: &mut [f32]) {
@@ -195,6 +204,11 @@ impl Block for Q8_0 {
             *v = f32::from(*q) * d;
         }
     }
+}
+
+/// Σ nibble · activation over a block, nibbles unsigned (0..15).
+fn nibble_dot(qs: &[u8; 16], a: &Act) -> i32 {
+    (0..BLOCK).map(|j| nibble(qs, j) * i32::from(a.qs[j])).sum()
 }
 
 fn nibble(qs: &[u8; 16], j: usize) -> i32 {

@@ -92,7 +92,7 @@ pub fn from_qtensor(t: &QTensor, requantize: bool) -> Result<Box<dyn Matrix>, En
             Box::new(Native::<Q8_0> {
                 rows,
                 cols,
-                blocks: quantize_q8_0(&values),
+                blocks: kernels::quantize_q8_0(&values),
                 level,
             })
         }
@@ -107,25 +107,6 @@ pub fn from_qtensor(t: &QTensor, requantize: bool) -> Result<Box<dyn Matrix>, En
         }
     };
     Ok(matrix)
-}
-
-fn quantize_q8_0(values: &[f32]) -> Box<[Q8_0]> {
-    values
-        .chunks_exact(BLOCK)
-        .map(|chunk| {
-            let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            let inv = if d == 0.0 { 0.0 } else { 1.0 / d };
-            let mut qs = [0i8; 32];
-            for (q, v) in qs.iter_mut().zip(chunk) {
-                *q = (v * inv).round() as i8;
-            }
-            Q8_0 {
-                d: f16::from_f32(d),
-                qs,
-            }
-        })
-        .collect()
 }
 
 /// Copies raw little-endian blocks into typed storage.
