@@ -190,6 +190,28 @@ fn passages_are_cut_before_any_turn_and_a_turn_goes_whole() {
 }
 
 #[test]
+fn sampling_follows_its_seed() {
+    let messages = chat(
+        "You are a helpful assistant.",
+        "Write a short poem about rain.",
+    );
+    let sampled = |seed| {
+        let params = GenerateParams {
+            max_tokens: 24,
+            temperature: 0.9,
+            top_p: Some(0.95),
+            top_k: Some(40),
+            seed,
+            ..Default::default()
+        };
+        answer(smollm(), &messages, &params).0
+    };
+    assert_eq!(sampled(7), sampled(7), "the same seed, the same answer");
+    let distinct: std::collections::HashSet<String> = (1..=4).map(sampled).collect();
+    assert!(distinct.len() > 1, "four seeds, one answer: {distinct:?}");
+}
+
+#[test]
 fn stop_sequences_and_max_tokens_end_the_answer() {
     let messages = chat(
         "You are a helpful assistant.",
