@@ -78,6 +78,19 @@ async fn greedy_streaming_equals_greedy_whole_answers() {
 }
 
 #[tokio::test]
+async fn a_question_longer_than_the_context_is_refused_clearly() {
+    let gw = Gateway::start(&local_section("")).await;
+    let mut body = capital("local");
+    body["messages"][0]["content"] = json!("word ".repeat(9_000)); // SmolLM2 holds 8,192
+    let response = gw.chat(body).await;
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "context_length_exceeded", "{error}");
+    // The model is still serving.
+    assert_eq!(gw.chat(capital("local")).await.status(), 200);
+}
+
+#[tokio::test]
 async fn a_full_queue_answers_503_with_retry_after() {
     let gw = Gateway::start(&local_section("queue = 1\nretry.attempts = 1")).await;
     let long = |n: usize| {
