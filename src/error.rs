@@ -40,9 +40,13 @@ pub enum GatewayError {
         message: String,
         context_length: bool,
     },
-    /// A provider refused to answer on content grounds; its reason is passed on.
+    /// A provider, or ragway's content guard, refused on content grounds.
     #[error("{0}")]
     ContentFilter(String),
+    /// The request holds personal data of kinds the policy refuses (named, never
+    /// the values).
+    #[error("the request contains personal data that may not be sent: {}", .0.join(", "))]
+    PiiBlocked(Vec<&'static str>),
     /// The answer broke off after the client had begun to receive it.
     #[error("{0}")]
     StreamInterrupted(String),
@@ -68,7 +72,8 @@ impl GatewayError {
             | GatewayError::NotFound(_)
             | GatewayError::MethodNotAllowed
             | GatewayError::UpstreamRejected { .. }
-            | GatewayError::ContentFilter(_) => "invalid_request_error",
+            | GatewayError::ContentFilter(_)
+            | GatewayError::PiiBlocked(_) => "invalid_request_error",
             GatewayError::Unauthorized(_) => "authentication_error",
             GatewayError::Forbidden(_) => "permission_error",
             GatewayError::Unavailable { .. } | GatewayError::StreamInterrupted(_) => {
@@ -97,6 +102,7 @@ impl GatewayError {
             } => "context_length_exceeded",
             GatewayError::UpstreamRejected { .. } => "upstream_rejected",
             GatewayError::ContentFilter(_) => "content_filter",
+            GatewayError::PiiBlocked(_) => "pii_blocked",
             GatewayError::StreamInterrupted(_) => "stream_interrupted",
             GatewayError::Internal(_) => "internal_error",
         }

@@ -13,7 +13,7 @@ use crate::generate::{Router, Routes};
 use crate::http::ClientKeys;
 use crate::pipeline::Pipeline;
 use crate::retrieve::NoRetrieval;
-use crate::sanitize::NoSanitizer;
+use crate::sanitize::{ContentGuard, PiiSanitizer};
 use crate::telemetry::Metrics;
 
 /// Cheap to clone (one `Arc`): axum clones it for every handler and middleware.
@@ -48,10 +48,21 @@ pub enum BuildError {
     Provider(#[from] crate::generate::LoadError),
     #[error("embeddings: {0}")]
     Embedder(#[from] ragway_engine::EngineError),
+    #[error("content guard: {0}")]
+    Guard(String),
 }
 
 impl AppState {
     pub fn from_config(config: Config) -> Result<AppState, BuildError> {
+        AppState::from_config_with(config, |_| {})
+    }
+
+    /// Like [`AppState::from_config`], with a chance to replace pipeline stages (an
+    /// embedding application's own audit sink or retriever, say) before serving.
+    pub fn from_config_with(
+        config: Config,
+        customize: impl FnOnce(&mut Pipeline),
+    ) -> Result<AppState, BuildError> {
         let metrics = Arc::new(Metrics::new());
         let routes = Arc::new(Routes::from_config(&config)?);
         let embedder = match &config.embeddings {
@@ -65,8 +76,17 @@ impl AppState {
         for target in routes.targets() {
             metrics.breaker_registered(&target.id);
         }
-        let pipeline = Pipeline {
-            sanitizer: Arc::new(NoSanitizer),
+        let guard = match &config.guard {
+            Some(g) => ContentGuard::from_file(&g.file, g.action, g.check_every)
+                .map_err(BuildError::Guard)?,
+            None => ContentGuard::disabled(),
+        };
+        let mut pipeline = Pipeline {
+            sanitizer: Arc::new(PiiSanitizer::new(
+                config.pii.actions.clone(),
+                hash_key(&config),
+            )),
+            guard: Arc::new(guard),
             cache: Arc::new(NoCache),
             retriever: Arc::new(NoRetrieval),
             generator: Arc::new(Router::new(Arc::clone(&metrics))),
@@ -74,6 +94,7 @@ impl AppState {
             metrics: Arc::clone(&metrics),
             tasks: TaskTracker::new(),
         };
+        customize(&mut pipeline);
         Ok(AppState(Arc::new(Shared {
             client_keys: Arc::new(ClientKeys::from_config(&config.auth)),
             config: Arc::new(config),
@@ -91,5 +112,16 @@ impl AppState {
     /// Background work (streams, cache stores) still running.
     pub fn tasks(&self) -> &TaskTracker {
         &self.pipeline.tasks
+    }
+}
+
+/// The key of the `hash` action: the configured one, or a random one for this run.
+fn hash_key(config: &Config) -> Vec<u8> {
+    match &config.pii.hash_key {
+        Some(key) => key.expose().as_bytes().to_vec(),
+        None => [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()]
+            .iter()
+            .flat_map(|u| *u.as_bytes())
+            .collect(),
     }
 }

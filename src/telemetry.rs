@@ -29,6 +29,8 @@ pub struct Metrics {
     breaker_state: IntGaugeVec,
     failovers: IntCounterVec,
     config_errors: IntCounterVec,
+    pii_detections: IntCounterVec,
+    guard_blocks: IntCounterVec,
 }
 
 /// One finished HTTP request, as the access log and the request metrics see it.
@@ -101,6 +103,16 @@ impl Metrics {
                 "ragway_config_errors_total",
                 "Attempts refused for a configuration error (bad key, unknown model)",
                 &["target"],
+            ),
+            pii_detections: counter(
+                "ragway_pii_detections_total",
+                "Personal data found in requests, by kind and the action taken",
+                &["kind", "action"],
+            ),
+            guard_blocks: counter(
+                "ragway_guard_blocks_total",
+                "Requests and answers refused by the content guard",
+                &["direction"],
             ),
             registry,
         }
@@ -214,6 +226,19 @@ impl Metrics {
         self.time_to_first_token
             .with_label_values(&[model])
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// What the sanitiser found in one request (counts only: never a value).
+    pub fn pii_detected(&self, kind: &str, action: &str, count: u32) {
+        self.pii_detections
+            .with_label_values(&[kind, action])
+            .inc_by(u64::from(count));
+    }
+
+    /// `direction` is `input` or `output`.
+    pub fn guard_blocked(&self, direction: &str) {
+        self.guard_blocks.with_label_values(&[direction]).inc();
+        tracing::info!(direction, "content guard refused");
     }
 
     /// The end of a streamed answer, which the access log saw begin.

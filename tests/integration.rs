@@ -8,6 +8,8 @@ mod bad_input;
 mod config;
 mod local;
 mod openai_sdk;
+mod pii;
+mod privacy;
 mod providers;
 mod resilience;
 mod routing;

@@ -518,8 +518,8 @@ mod paused {
 
     use async_trait::async_trait;
     use ragway::generate::{
-        Breaker, BreakerPolicy, ChatProvider, ChunkStream, Deadlines, Generate, ProviderError,
-        RetryPolicy, Route, Router, Target, UpstreamError,
+        Breaker, BreakerPolicy, ChatProvider, ChunkStream, Deadlines, Generate, Prompt,
+        ProviderError, RetryPolicy, Route, Router, Target, UpstreamError,
     };
     use ragway::pipeline::{Caller, RequestCtx};
     use ragway::telemetry::Metrics;
@@ -575,6 +575,7 @@ mod paused {
             retry: RetryPolicy::default(),
             deadlines: Deadlines::default(),
             stream_upstream: true,
+            raw_input: false,
         })
     }
 
@@ -603,6 +604,10 @@ mod paused {
             "model": "chat", "messages": [{"role": "user", "content": "hi"}]
         }))
         .unwrap();
+        let as_prompt = Prompt {
+            sanitised: prompt.clone(),
+            raw: None,
+        };
         let mut served = Vec::new();
         for i in 0..40u64 {
             tokio::time::sleep_until(start + Duration::from_secs(3 * i)).await;
@@ -614,7 +619,7 @@ mod paused {
                 Instant::now(),
             );
             let generation = router
-                .generate(&mut ctx, &prompt)
+                .generate(&mut ctx, &as_prompt)
                 .await
                 .expect("every request is answered");
             served.push((Instant::now() - start, generation.target.to_string()));

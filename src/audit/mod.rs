@@ -32,6 +32,12 @@ pub struct CallRecord {
     pub time_to_first_token: Option<Duration>,
     pub usage: Option<Usage>,
     pub answer_chars: usize,
+    /// Personal data found in the request: kind and count, never a value.
+    pub pii: Vec<(&'static str, u32)>,
+    /// The messages as sent upstream (placeholders, never raw values), as JSON.
+    pub prompt: String,
+    /// The answer's text before restoring (placeholders, never raw values).
+    pub answer: String,
 }
 
 pub trait AuditSink: Send + Sync {

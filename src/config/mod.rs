@@ -20,6 +20,8 @@ use raw::RawConfig;
 
 use crate::generate::endpoint::ChatEndpoint;
 use crate::generate::{BreakerPolicy, Deadlines, RetryPolicy};
+use crate::sanitize::Policy;
+use crate::sanitize::guard::GuardAction;
 
 /// The validated configuration.
 #[derive(Debug, Clone, Serialize)]
@@ -30,6 +32,39 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderConfig>,
     pub models: BTreeMap<String, ModelConfig>,
     pub embeddings: Option<EmbeddingsConfig>,
+    pub pii: PiiConfig,
+    pub guard: Option<GuardConfig>,
+}
+
+/// What happens to personal data (see `sanitize`).
+#[derive(Debug, Clone, Serialize)]
+pub struct PiiConfig {
+    pub actions: Policy,
+    pub hash_key_env: Option<String>,
+    /// The key of the `hash` action; without one, a random key per process (hashes
+    /// then match only within one run).
+    pub hash_key: Option<Secret>,
+    pub local_input: LocalInput,
+}
+
+/// What the in-process model is given. Remote providers always get sanitised text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LocalInput {
+    /// Placeholders, as remote providers see them.
+    Sanitised,
+    /// The user's own text: the data never leaves the process anyway, and a small
+    /// model answers better about a number it can read.
+    Raw,
+}
+
+/// The content guard's list and what a match does.
+#[derive(Debug, Clone, Serialize)]
+pub struct GuardConfig {
+    pub file: PathBuf,
+    pub action: GuardAction,
+    #[serde(serialize_with = "as_duration")]
+    pub check_every: Duration,
 }
 
 /// The sentence embedder served at `POST /v1/embeddings`.

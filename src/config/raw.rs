@@ -20,6 +20,29 @@ pub struct RawConfig {
     #[serde(default)]
     pub models: BTreeMap<String, RawModel>,
     pub embeddings: Option<RawEmbeddings>,
+    #[serde(default)]
+    pub pii: RawPii,
+    pub guard: Option<RawGuard>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPii {
+    /// Kind → `placeholder` | `mask` | `hash` | `block` | `allow`.
+    #[serde(default)]
+    pub actions: BTreeMap<String, String>,
+    /// The environment variable holding the key of the `hash` action.
+    pub hash_key_env: Option<String>,
+    /// What the local model is given: `sanitised` (the default) or `raw`.
+    pub local_input: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGuard {
+    pub file: String,
+    pub action: Option<String>,
+    pub check_every: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

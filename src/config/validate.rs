@@ -10,16 +10,18 @@ use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 
 use super::raw::{
-    RawAuth, RawBreaker, RawConfig, RawEmbeddings, RawLog, RawModel, RawProvider, RawRetry,
-    RawServer,
+    RawAuth, RawBreaker, RawConfig, RawEmbeddings, RawGuard, RawLog, RawModel, RawPii, RawProvider,
+    RawRetry, RawServer,
 };
 use super::{
-    AuthConfig, ClientKey, Config, EmbeddingsConfig, Env, LocalModelConfig, LogConfig, LogFormat,
-    ModelConfig, Problem, ProviderConfig, ProviderKind, Secret, ServerConfig, TargetRef,
-    parse_duration,
+    AuthConfig, ClientKey, Config, EmbeddingsConfig, Env, GuardConfig, LocalInput,
+    LocalModelConfig, LogConfig, LogFormat, ModelConfig, PiiConfig, Problem, ProviderConfig,
+    ProviderKind, Secret, ServerConfig, TargetRef, parse_duration,
 };
 use crate::generate::endpoint::ChatEndpoint;
 use crate::generate::{BreakerPolicy, Deadlines, RetryPolicy};
+use crate::sanitize::guard::GuardAction;
+use crate::sanitize::{Action, Kind, Policy};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_MAX_BODY: u64 = 4 * 1024 * 1024;
@@ -88,6 +90,8 @@ pub(super) fn validate(raw: RawConfig, env: &Env) -> Result<Config, Vec<Problem>
         );
     }
     let embeddings = embeddings(raw.embeddings, &mut problems);
+    let pii = pii(raw.pii, env, &mut problems);
+    let guard = raw.guard.and_then(|g| guard(g, &mut problems));
     let providers: BTreeMap<_, _> = raw
         .providers
         .into_iter()
@@ -111,10 +115,69 @@ pub(super) fn validate(raw: RawConfig, env: &Env) -> Result<Config, Vec<Problem>
             providers,
             models,
             embeddings,
+            pii,
+            guard,
         })
     } else {
         Err(problems.0)
     }
+}
+
+fn pii(raw: RawPii, env: &Env, problems: &mut Problems) -> PiiConfig {
+    let mut actions = Policy::default();
+    for (name, action) in &raw.actions {
+        let key = format!("pii.actions.{name}");
+        match (Kind::from_name(name), Action::from_name(action)) {
+            (Some(kind), Some(action)) => actions.set(kind, action),
+            (None, _) => {
+                let kinds: Vec<&str> = Kind::PII.iter().map(|k| k.name()).collect();
+                problems.add(key, format!("unknown kind; one of: {}", kinds.join(", ")));
+            }
+            (_, None) => problems.add(
+                key,
+                "must be \"placeholder\", \"mask\", \"hash\", \"block\" or \"allow\"",
+            ),
+        }
+    }
+    let hash_key = raw
+        .hash_key_env
+        .as_deref()
+        .and_then(|var| problems.secret("pii.hash_key_env", var, env));
+    let local_input = match raw.local_input.as_deref() {
+        None | Some("sanitised" | "sanitized") => LocalInput::Sanitised,
+        Some("raw") => LocalInput::Raw,
+        Some(_) => {
+            problems.add("pii.local_input", "must be \"sanitised\" or \"raw\"");
+            LocalInput::Sanitised
+        }
+    };
+    PiiConfig {
+        actions,
+        hash_key_env: raw.hash_key_env,
+        hash_key,
+        local_input,
+    }
+}
+
+fn guard(raw: RawGuard, problems: &mut Problems) -> Option<GuardConfig> {
+    let action = match raw.action.as_deref() {
+        None | Some("block") => GuardAction::Block,
+        Some("mask") => GuardAction::Mask,
+        Some(_) => {
+            problems.add("guard.action", "must be \"block\" or \"mask\"");
+            return None;
+        }
+    };
+    let check_every = problems.duration(
+        "guard.check_every",
+        raw.check_every.as_deref(),
+        Duration::from_secs(1),
+    );
+    Some(GuardConfig {
+        file: PathBuf::from(raw.file),
+        action,
+        check_every,
+    })
 }
 
 fn server(raw: RawServer, problems: &mut Problems) -> ServerConfig {

@@ -96,6 +96,15 @@ impl Assembler {
             .sum()
     }
 
+    /// The answer text so far, choices joined by newlines.
+    pub fn text(&self) -> String {
+        self.choices
+            .values()
+            .map(|c| c.content.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// The whole answer; `None` if no choice ever arrived.
     pub fn finish(self) -> Option<ChatCompletion> {
         if self.choices.is_empty() {

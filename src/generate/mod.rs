@@ -61,8 +61,25 @@ pub trait Generate: Send + Sync {
     async fn generate(
         &self,
         ctx: &mut RequestCtx,
-        prompt: &ChatRequest,
+        prompt: &Prompt,
     ) -> Result<Generation, GatewayError>;
+}
+
+/// The request as targets are given it.
+pub struct Prompt {
+    /// With placeholders: what every remote provider gets.
+    pub sanitised: ChatRequest,
+    /// The user's own text, restored for a target that reads it (`raw_input`).
+    pub raw: Option<ChatRequest>,
+}
+
+impl Prompt {
+    pub fn for_target(&self, target: &Target) -> &ChatRequest {
+        match &self.raw {
+            Some(raw) if target.raw_input => raw,
+            _ => &self.sanitised,
+        }
+    }
 }
 
 /// An answer from the target that served it.
@@ -71,6 +88,8 @@ pub struct Generation {
     /// When the serving attempt began (for the upstream duration of a stream).
     pub started: Instant,
     pub output: Output,
+    /// The target read the user's own text, so its answer may hold raw values.
+    pub raw_output: bool,
 }
 
 pub enum Output {

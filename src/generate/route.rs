@@ -8,7 +8,7 @@ use super::breaker::Breaker;
 use super::local::LocalProvider;
 use super::openai::OpenAiProvider;
 use super::{ChatProvider, Deadlines, RetryPolicy};
-use crate::config::{Config, ModelConfig, ProviderKind, TargetRef};
+use crate::config::{Config, LocalInput, ModelConfig, ProviderKind, TargetRef};
 
 /// One `provider:upstream-model` a route may call. A target named by several
 /// routes is one target, with one breaker.
@@ -23,6 +23,9 @@ pub struct Target {
     pub deadlines: Deadlines,
     /// Whole answers are asked for as streams and assembled.
     pub stream_upstream: bool,
+    /// Given the user's own text instead of placeholders (the local model, when
+    /// `pii.local_input = "raw"`); never a remote provider.
+    pub raw_input: bool,
 }
 
 pub struct Route {
@@ -116,6 +119,8 @@ impl Routes {
                         retry: settings.retry,
                         deadlines: settings.deadlines,
                         stream_upstream: settings.stream_upstream,
+                        raw_input: settings.kind == ProviderKind::Local
+                            && config.pii.local_input == LocalInput::Raw,
                     })
                 });
                 route_targets.push(Arc::clone(target));

@@ -19,7 +19,8 @@ use super::assemble::collect;
 use super::breaker::{Permit, Verdict};
 use super::retry::{Disposition, classify};
 use super::{
-    Attempt, ChunkStream, Generate, Generation, Output, Route, Target, TimeoutPhase, UpstreamError,
+    Attempt, ChunkStream, Generate, Generation, Output, Prompt, Route, Target, TimeoutPhase,
+    UpstreamError,
 };
 use crate::error::GatewayError;
 use crate::pipeline::RequestCtx;
@@ -53,9 +54,10 @@ impl Router {
         ctx: &mut RequestCtx,
         route: &Route,
         target: &Arc<Target>,
-        prompt: &ChatRequest,
+        prompt: &Prompt,
         deadline: Instant,
     ) -> Result<Generation, Left> {
+        let prompt = prompt.for_target(target);
         let mut retries = 0;
         let mut last: Option<UpstreamError> = None;
         loop {
@@ -99,6 +101,7 @@ impl Router {
                         target: target.id.clone(),
                         started,
                         output,
+                        raw_output: target.raw_input,
                     });
                 }
                 Err(error) => error,
@@ -232,7 +235,7 @@ impl Generate for Router {
     async fn generate(
         &self,
         ctx: &mut RequestCtx,
-        prompt: &ChatRequest,
+        prompt: &Prompt,
     ) -> Result<Generation, GatewayError> {
         let route = Arc::clone(&ctx.route);
         let deadline = ctx.started + route.request_timeout;

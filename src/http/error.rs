@@ -10,7 +10,8 @@ pub fn status_for(error: &GatewayError) -> StatusCode {
     match error {
         GatewayError::InvalidRequest { .. }
         | GatewayError::UpstreamRejected { .. }
-        | GatewayError::ContentFilter(_) => StatusCode::BAD_REQUEST,
+        | GatewayError::ContentFilter(_)
+        | GatewayError::PiiBlocked(_) => StatusCode::BAD_REQUEST,
         GatewayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
         GatewayError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,

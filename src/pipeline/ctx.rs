@@ -6,6 +6,7 @@ use tokio::time::Instant;
 use crate::cache::{CacheKey, CacheStatus};
 use crate::generate::{Attempt, Route};
 use crate::retrieve::Citation;
+use crate::sanitize::Kind;
 use crate::wire::ChatRequest;
 
 /// Who is calling, as authentication established it.
@@ -29,7 +30,7 @@ impl Caller {
 pub struct RequestCtx {
     pub request_id: Arc<str>,
     pub caller: Caller,
-    /// The end user the client named in the `user` field.
+    /// The end user the client named in the `user` field (sanitised).
     pub user: Option<String>,
     pub route: Arc<Route>,
     pub started: Instant,
@@ -41,6 +42,12 @@ pub struct RequestCtx {
     pub cache: CacheStatus,
     pub cache_key: Option<CacheKey>,
     pub citations: Vec<Citation>,
+    /// Personal data found in the request, per kind (never the values).
+    pub pii: Vec<(Kind, u32)>,
+    /// The sanitised messages as JSON, for the audit record.
+    pub prompt_text: String,
+    /// The serving target read the user's own text (see `Target::raw_input`).
+    pub raw_output: bool,
 }
 
 impl RequestCtx {
@@ -63,6 +70,9 @@ impl RequestCtx {
             cache: CacheStatus::Bypass,
             cache_key: None,
             citations: Vec::new(),
+            pii: Vec::new(),
+            prompt_text: String::new(),
+            raw_output: false,
         }
     }
 }

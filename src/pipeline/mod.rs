@@ -18,16 +18,20 @@ pub use ctx::{Caller, RequestCtx};
 use crate::audit::AuditSink;
 use crate::cache::{AnswerCache, CacheKey, CacheLookup, CacheStatus};
 use crate::error::GatewayError;
-use crate::generate::{ChunkStream, Generate, Output};
+use crate::generate::{ChunkStream, Generate, Output, Prompt};
 use crate::retrieve::Retriever;
-use crate::sanitize::{Restorer, Sanitizer};
+use crate::sanitize::guard::Verdict;
+use crate::sanitize::{ContentGuard, Sanitizer, Scope, Vault, for_each_text};
 use crate::telemetry::Metrics;
 use crate::wire::{ChatCompletion, ChatRequest};
+use respond::ToClient;
 
 /// The stages, each behind its trait, plus what they share.
 #[derive(Clone)]
 pub struct Pipeline {
     pub sanitizer: Arc<dyn Sanitizer>,
+    /// The operator's list of refused words, applied to requests and answers.
+    pub guard: Arc<ContentGuard>,
     pub cache: Arc<dyn AnswerCache>,
     pub retriever: Arc<dyn Retriever>,
     pub generator: Arc<dyn Generate>,
@@ -59,12 +63,16 @@ enum Answer {
         reply: ChatCompletion,
         /// The sanitised answer and its key, when it should be cached.
         to_store: Option<Box<(CacheKey, ChatCompletion)>>,
+        /// The answer's text as the audit record keeps it (sanitised).
+        recorded: String,
+        /// The content guard cut the answer.
+        filtered: bool,
     },
     Stream {
         target: Arc<str>,
         started: tokio::time::Instant,
         chunks: ChunkStream,
-        restorer: Box<dyn Restorer>,
+        to_client: ToClient,
     },
 }
 
@@ -79,8 +87,10 @@ impl Pipeline {
                 target,
                 reply,
                 to_store,
+                recorded,
+                filtered,
             }) => {
-                self.record_whole(&ctx, &target, &reply, to_store); // 6. record
+                self.record_whole(&ctx, &target, &reply, to_store, recorded, filtered); // 6. record
                 Ok(Reply {
                     target: Some(target),
                     attempts: ctx.attempts.len(),
@@ -93,8 +103,8 @@ impl Pipeline {
                 target,
                 started,
                 chunks,
-                restorer,
-            }) => Ok(self.stream(ctx, target, started, chunks, restorer)),
+                to_client,
+            }) => Ok(self.stream(ctx, target, started, chunks, to_client)),
             Err(error) => {
                 self.record_error(&ctx, &error); // 6. record
                 Err(error)
@@ -108,12 +118,13 @@ impl Pipeline {
         ctx: &mut RequestCtx,
         mut prompt: ChatRequest,
     ) -> Result<Answer, GatewayError> {
-        let restorer = self.sanitizer.sanitize(&mut prompt)?; // 1. sanitize
+        let guard = self.guard.list(); // 1. sanitize: the content guard, then PII
+        let mut vault = self.sanitize(ctx, &mut prompt, &guard)?;
         match self.cache.lookup(ctx, &prompt).await {
             // 2. cache
             CacheLookup::Hit(answer, tier) => {
                 ctx.cache = tier;
-                return Ok(respond::cached(ctx, answer, restorer));
+                return Ok(respond::cached(ctx, answer, ToClient::new(vault, guard)));
             }
             CacheLookup::Miss(key) => {
                 ctx.cache = CacheStatus::Miss;
@@ -121,19 +132,94 @@ impl Pipeline {
             }
             CacheLookup::Bypass => ctx.cache = CacheStatus::Bypass,
         }
-        ctx.citations = self.retriever.ground(ctx, &mut prompt).await?; // 3. retrieve
+        let mut pii = Scope {
+            sanitizer: self.sanitizer.as_ref(),
+            vault: &mut vault,
+        };
+        ctx.citations = self.retriever.ground(ctx, &mut prompt, &mut pii).await?; // 3. retrieve
+        let prompt = Prompt {
+            raw: raw_prompt(ctx, &prompt, &vault),
+            sanitised: prompt,
+        };
         let generation = self.generator.generate(ctx, &prompt).await?; // 4. generate
+        ctx.raw_output = generation.raw_output;
+        let to_client = ToClient::new(vault, guard);
         Ok(match generation.output {
             // 5. respond (a stream is shaped as it flows, in `stream`)
             Output::Complete(completion) => {
-                respond::whole(ctx, generation.target, completion, restorer.as_ref())
+                let recorded = self.recorded_text(ctx, &to_client.vault, &completion);
+                respond::whole(ctx, generation.target, completion, &to_client, recorded)
             }
             Output::Stream(chunks) => Answer::Stream {
                 target: generation.target,
                 started: generation.started,
                 chunks,
-                restorer,
+                to_client,
             },
         })
     }
+
+    /// Stage 1: the content guard over what the user wrote, then personal data into
+    /// placeholders. What was found is counted even when the request is refused.
+    fn sanitize(
+        &self,
+        ctx: &mut RequestCtx,
+        prompt: &mut ChatRequest,
+        guard: &crate::sanitize::guard::GuardList,
+    ) -> Result<Vault, GatewayError> {
+        let mut blocked = false;
+        for_each_text(prompt, &mut |text| match guard.check(text) {
+            Verdict::Pass => {}
+            Verdict::Masked(masked) => *text = masked,
+            Verdict::Blocked(_) => blocked = true,
+        });
+        if blocked {
+            self.metrics.guard_blocked("input");
+            return Err(GatewayError::ContentFilter(
+                "the request contains content this service does not accept".to_owned(),
+            ));
+        }
+        let mut vault = Vault::new();
+        let result = self.sanitizer.sanitize(prompt, &mut vault);
+        for (kind, action, count) in vault.detections() {
+            self.metrics.pii_detected(kind.name(), action.name(), count);
+        }
+        ctx.pii = vault.counts();
+        ctx.user.clone_from(&prompt.user);
+        ctx.prompt_text = serde_json::to_string(&prompt.messages).unwrap_or_default();
+        result.map(|()| vault)
+    }
+
+    /// The answer's text for the audit record: as the provider wrote it (it only
+    /// ever saw placeholders), or sanitised again when the target read raw text.
+    fn recorded_text(
+        &self,
+        ctx: &RequestCtx,
+        vault: &Vault,
+        completion: &ChatCompletion,
+    ) -> String {
+        let text = respond::answer_text(completion);
+        self.sanitize_for_record(ctx, vault, text)
+    }
+
+    fn sanitize_for_record(&self, ctx: &RequestCtx, vault: &Vault, text: String) -> String {
+        if !ctx.raw_output {
+            return text;
+        }
+        // A failure here must not put raw text on the record: keep nothing instead.
+        self.sanitizer
+            .sanitize_text(&text, &mut vault.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// The request with its own values back, for a target that reads raw text; `None`
+/// when no target of the route does, or there is nothing to restore.
+fn raw_prompt(ctx: &RequestCtx, prompt: &ChatRequest, vault: &Vault) -> Option<ChatRequest> {
+    if vault.is_empty() || !ctx.route.targets.iter().any(|t| t.raw_input) {
+        return None;
+    }
+    let mut raw = prompt.clone();
+    for_each_text(&mut raw, &mut |text| *text = vault.restore(text));
+    Some(raw)
 }

@@ -18,6 +18,8 @@ pub(super) enum StreamEnd {
     Interrupted(UpstreamError),
     /// The client went away.
     Abandoned,
+    /// The content guard cut the answer.
+    Filtered,
 }
 
 impl StreamEnd {
@@ -26,6 +28,7 @@ impl StreamEnd {
             StreamEnd::Complete => "ok",
             StreamEnd::Interrupted(_) => "interrupted",
             StreamEnd::Abandoned => "abandoned",
+            StreamEnd::Filtered => "content_filter",
         }
     }
 }
@@ -37,21 +40,30 @@ impl Pipeline {
         target: &str,
         reply: &ChatCompletion,
         to_store: Option<Box<(CacheKey, ChatCompletion)>>,
+        recorded: String,
+        filtered: bool,
     ) {
         if let Some(stored) = to_store {
             let (key, answer) = *stored;
             self.store(key, answer);
         }
+        let outcome = if filtered {
+            self.metrics.guard_blocked("output");
+            "content_filter"
+        } else {
+            "ok"
+        };
         let answer_chars = reply
             .choices
             .iter()
             .filter_map(|c| c.message.content.as_deref())
             .map(|t| t.chars().count())
             .sum();
-        let mut record = base_record(ctx, 200, "ok");
+        let mut record = base_record(ctx, 200, outcome);
         record.target = Some(target.to_owned());
         record.usage = reply.usage;
         record.answer_chars = answer_chars;
+        record.answer = recorded;
         self.audit.record(record);
     }
 
@@ -69,6 +81,7 @@ impl Pipeline {
         end: StreamEnd,
         accumulated: Assembler,
         first_token: Option<Duration>,
+        recorded: String,
     ) {
         let outcome = end.outcome();
         self.metrics
@@ -78,11 +91,13 @@ impl Pipeline {
         record.time_to_first_token = first_token;
         record.usage = accumulated.usage();
         record.answer_chars = accumulated.answer_chars();
+        record.answer = recorded;
         if let StreamEnd::Interrupted(_) = end {
             record.error = Some("stream_interrupted");
         }
-        // Only an answer that finished is worth serving again.
-        if let (StreamEnd::Complete, Some(key)) = (&end, ctx.cache_key)
+        // Only an answer that finished is worth serving again, and one produced from
+        // raw text may hold raw values.
+        if let (StreamEnd::Complete, Some(key), false) = (&end, ctx.cache_key, ctx.raw_output)
             && let Some(mut answer) = accumulated.finish()
             && respond::cacheable(&answer)
         {
@@ -118,5 +133,8 @@ fn base_record(ctx: &RequestCtx, status: u16, outcome: &'static str) -> CallReco
         time_to_first_token: None,
         usage: None,
         answer_chars: 0,
+        pii: ctx.pii.iter().map(|&(kind, n)| (kind.name(), n)).collect(),
+        prompt: ctx.prompt_text.clone(),
+        answer: String::new(),
     }
 }

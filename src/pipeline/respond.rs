@@ -12,35 +12,66 @@ use serde_json::{Value, json};
 
 use super::{Answer, RequestCtx};
 use crate::generate::ChunkStream;
-use crate::sanitize::{Restorer, StreamRestorer};
+use crate::sanitize::guard::{GuardList, GuardStream, Verdict};
+use crate::sanitize::{StreamRestorer, Vault};
 use crate::wire::{ChatChunk, ChatCompletion, ChunkChoice, Delta};
+
+/// The finish reason of an answer the content guard cut.
+const FILTERED: &str = "content_filter";
+
+/// What turns an upstream (sanitised) answer into the client's: this request's own
+/// values restored, then the content guard.
+#[derive(Clone)]
+pub(super) struct ToClient {
+    pub vault: Arc<Vault>,
+    pub guard: Arc<GuardList>,
+}
+
+impl ToClient {
+    pub(super) fn new(vault: Vault, guard: Arc<GuardList>) -> Self {
+        ToClient {
+            vault: Arc::new(vault),
+            guard,
+        }
+    }
+
+    /// One whole text; `true` when the guard cut it.
+    fn text(&self, text: &str) -> (String, bool) {
+        let restored = self.vault.restore(text);
+        match self.guard.check(&restored) {
+            Verdict::Pass => (restored, false),
+            Verdict::Masked(masked) => (masked, false),
+            Verdict::Blocked(before) => (before, true),
+        }
+    }
+}
 
 /// A whole answer from a provider.
 pub(super) fn whole(
     ctx: &RequestCtx,
     target: Arc<str>,
     completion: ChatCompletion,
-    restorer: &dyn Restorer,
+    to_client: &ToClient,
+    recorded: String,
 ) -> Answer {
+    // An answer produced from raw text may hold raw values: it is never cached.
     let to_store = ctx
         .cache_key
-        .filter(|_| cacheable(&completion))
+        .filter(|_| cacheable(&completion) && !ctx.raw_output)
         .map(|key| Box::new((key, completion.clone())));
-    let reply = restore_whole(ctx, &target, completion, restorer);
+    let (reply, filtered) = restore_whole(ctx, &target, completion, to_client);
     Answer::Whole {
         target,
         reply,
         to_store,
+        recorded,
+        filtered,
     }
 }
 
 /// A cached (sanitised) answer, restored with this request's own values; replayed as
 /// chunks when the client asked for a stream.
-pub(super) fn cached(
-    ctx: &RequestCtx,
-    answer: ChatCompletion,
-    restorer: Box<dyn Restorer>,
-) -> Answer {
+pub(super) fn cached(ctx: &RequestCtx, answer: ChatCompletion, to_client: ToClient) -> Answer {
     let target: Arc<str> = answer.model.as_str().into();
     if ctx.stream {
         let chunks: ChunkStream = Box::pin(futures_util::stream::iter(
@@ -50,39 +81,60 @@ pub(super) fn cached(
             target,
             started: tokio::time::Instant::now(),
             chunks,
-            restorer,
+            to_client,
         };
     }
-    let reply = restore_whole(ctx, &target, answer, restorer.as_ref());
+    let recorded = answer_text(&answer);
+    let (reply, filtered) = restore_whole(ctx, &target, answer, &to_client);
     Answer::Whole {
         target,
         reply,
         to_store: None,
+        recorded,
+        filtered,
     }
+}
+
+/// The text of an answer's choices, as the audit record keeps it.
+pub(super) fn answer_text(completion: &ChatCompletion) -> String {
+    completion
+        .choices
+        .iter()
+        .filter_map(|c| c.message.content.as_deref())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn restore_whole(
     ctx: &RequestCtx,
     target: &str,
     mut completion: ChatCompletion,
-    restorer: &dyn Restorer,
-) -> ChatCompletion {
+    to_client: &ToClient,
+) -> (ChatCompletion, bool) {
     completion.id = response_id(ctx);
     completion.object = "chat.completion".to_owned();
     completion.created = now();
     completion.model = target.to_owned();
+    let mut filtered = false;
     for choice in &mut completion.choices {
         let message = &mut choice.message;
-        message.content = message.content.as_deref().map(|t| restorer.restore(t));
-        message.reasoning_content = message
-            .reasoning_content
-            .as_deref()
-            .map(|t| restorer.restore(t));
+        let mut cut = false;
+        for field in [&mut message.content, &mut message.reasoning_content] {
+            if let Some(text) = field.as_deref() {
+                let (text, blocked) = to_client.text(text);
+                *field = Some(text);
+                cut |= blocked;
+            }
+        }
+        if cut {
+            choice.finish_reason = Some(FILTERED.to_owned());
+            filtered = true;
+        }
     }
     if let Some(citations) = citations(ctx) {
         completion.extra.insert("ragway".to_owned(), citations);
     }
-    completion
+    (completion, filtered)
 }
 
 /// Splits a whole answer into the chunks a stream would have carried.
@@ -129,21 +181,68 @@ pub(super) struct ChunkShaper {
     model: String,
     wants_usage: bool,
     citations: Option<Value>,
-    content: Box<dyn StreamRestorer>,
-    reasoning: Box<dyn StreamRestorer>,
+    content: FieldFilter,
+    reasoning: FieldFilter,
+    /// The content guard cut the answer: nothing more is sent.
+    filtered: bool,
+}
+
+/// One streamed text field: placeholders restored, then the content guard. Each
+/// holds back only the tail that the next piece could still change.
+struct FieldFilter {
+    restorer: StreamRestorer,
+    guard: GuardStream,
+}
+
+impl FieldFilter {
+    fn new(to_client: &ToClient) -> Self {
+        FieldFilter {
+            restorer: StreamRestorer::new(Arc::clone(&to_client.vault)),
+            guard: to_client.guard.stream(),
+        }
+    }
+
+    /// The text to send for `piece` (and, at the end, what was held); `true` when
+    /// the guard cut the answer here.
+    fn piece(&mut self, piece: Option<String>, end: bool) -> (Option<String>, bool) {
+        let had_piece = piece.is_some();
+        let mut text = piece.map(|p| self.restorer.push(&p));
+        if end {
+            let rest = self.restorer.finish();
+            text.get_or_insert_with(String::new).push_str(&rest);
+        }
+        let Some(restored) = text else {
+            return (None, false);
+        };
+        let (mut out, mut cut) = self.guard.push(&restored);
+        if end && !cut {
+            let (rest, blocked) = self.guard.finish();
+            out.push_str(&rest);
+            cut = blocked;
+        }
+        // A finish chunk with no text of its own gains no empty field.
+        let out = (had_piece || !out.is_empty()).then_some(out);
+        (out, cut)
+    }
 }
 
 impl ChunkShaper {
-    pub(super) fn new(ctx: &RequestCtx, target: &str, restorer: &dyn Restorer) -> Self {
+    pub(super) fn new(ctx: &RequestCtx, target: &str, to_client: &ToClient) -> Self {
         ChunkShaper {
             id: response_id(ctx),
             created: now(),
             model: target.to_owned(),
             wants_usage: ctx.wants_stream_usage,
             citations: citations(ctx),
-            content: restorer.stream(),
-            reasoning: restorer.stream(),
+            content: FieldFilter::new(to_client),
+            reasoning: FieldFilter::new(to_client),
+            filtered: false,
         }
+    }
+
+    /// The guard cut the answer: the last chunk sent said so, the stream ends.
+    pub(super) fn filtered(&self) -> bool {
+        self.filtered
     }
 
     /// The chunk as the client sees it, or `None` when nothing of it is for them.
@@ -157,14 +256,19 @@ impl ChunkShaper {
         let finish = chunk.is_finish();
         for choice in &mut chunk.choices {
             let delta = &mut choice.delta;
-            delta.content = restore_piece(self.content.as_mut(), delta.content.take(), finish);
-            delta.reasoning_content = restore_piece(
-                self.reasoning.as_mut(),
-                delta.reasoning_content.take(),
-                finish,
-            );
+            let (content, cut_content) = self.content.piece(delta.content.take(), finish);
+            let (reasoning, cut_reasoning) =
+                self.reasoning.piece(delta.reasoning_content.take(), finish);
+            delta.content = content;
+            delta.reasoning_content = reasoning;
+            if cut_content || cut_reasoning {
+                choice.finish_reason = Some(FILTERED.to_owned());
+                self.filtered = true;
+            }
         }
-        if finish && let Some(citations) = &self.citations {
+        if (finish || self.filtered)
+            && let Some(citations) = &self.citations
+        {
             chunk.extra.insert("ragway".to_owned(), citations.clone());
         }
         Some(self.stamp(chunk))
@@ -172,23 +276,30 @@ impl ChunkShaper {
 
     /// Text still held back when the stream ended without a finish chunk.
     pub(super) fn finish(&mut self) -> Option<ChatChunk> {
-        let content = self.content.finish();
-        let reasoning = self.reasoning.finish();
-        if content.is_empty() && reasoning.is_empty() {
-            return None;
-        }
-        let delta = Delta {
-            content: (!content.is_empty()).then_some(content),
-            reasoning_content: (!reasoning.is_empty()).then_some(reasoning),
-            ..Default::default()
-        };
-        Some(self.stamp(ChatChunk {
+        let mut chunk = ChatChunk {
             choices: vec![ChunkChoice {
-                delta,
+                delta: Delta {
+                    content: Some(String::new()),
+                    reasoning_content: Some(String::new()),
+                    ..Default::default()
+                },
                 ..Default::default()
             }],
             ..Default::default()
-        }))
+        };
+        let choice = &mut chunk.choices[0];
+        let (content, cut_content) = self.content.piece(None, true);
+        let (reasoning, cut_reasoning) = self.reasoning.piece(None, true);
+        choice.delta.content = content.filter(|t| !t.is_empty());
+        choice.delta.reasoning_content = reasoning.filter(|t| !t.is_empty());
+        if cut_content || cut_reasoning {
+            choice.finish_reason = Some(FILTERED.to_owned());
+            self.filtered = true;
+        }
+        let empty = choice.delta.content.is_none()
+            && choice.delta.reasoning_content.is_none()
+            && choice.finish_reason.is_none();
+        (!empty).then(|| self.stamp(chunk))
     }
 
     fn stamp(&self, mut chunk: ChatChunk) -> ChatChunk {
@@ -198,22 +309,6 @@ impl ChunkShaper {
         chunk.model.clone_from(&self.model);
         chunk
     }
-}
-
-/// Restores one streamed piece; at the finish chunk, also releases what was held.
-fn restore_piece(
-    restorer: &mut dyn StreamRestorer,
-    piece: Option<String>,
-    finish: bool,
-) -> Option<String> {
-    let mut text = piece.map(|p| restorer.push(&p));
-    if finish {
-        let rest = restorer.finish();
-        if !rest.is_empty() {
-            text.get_or_insert_with(String::new).push_str(&rest);
-        }
-    }
-    text
 }
 
 /// Whether an answer may be served again: finished normally, with no tool calls

@@ -15,11 +15,10 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::record::StreamEnd;
-use super::respond::ChunkShaper;
+use super::respond::{ChunkShaper, ToClient};
 use super::{Pipeline, Reply, ReplyBody, RequestCtx};
 use crate::error::GatewayError;
 use crate::generate::{Assembler, ChunkStream};
-use crate::sanitize::Restorer;
 
 /// Frames buffered between the upstream reader and a slow client.
 const CHANNEL_FRAMES: usize = 32;
@@ -31,7 +30,7 @@ impl Pipeline {
         target: Arc<str>,
         started: Instant,
         chunks: ChunkStream,
-        restorer: Box<dyn Restorer>,
+        to_client: ToClient,
     ) -> Reply {
         let (tx, rx) = mpsc::channel(CHANNEL_FRAMES);
         let reply = Reply {
@@ -43,7 +42,7 @@ impl Pipeline {
         let pipeline = self.clone();
         self.tasks.spawn(
             async move {
-                let shaper = ChunkShaper::new(&ctx, &target, restorer.as_ref());
+                let shaper = ChunkShaper::new(&ctx, &target, &to_client);
                 let (end, accumulated, first_token) =
                     forward(&pipeline, &ctx, chunks, shaper, tx).await;
                 if !ctx.cache.is_hit() {
@@ -53,7 +52,9 @@ impl Pipeline {
                         started.elapsed(),
                     );
                 }
-                pipeline.record_stream(&ctx, &target, end, accumulated, first_token);
+                let recorded =
+                    pipeline.sanitize_for_record(&ctx, &to_client.vault, accumulated.text());
+                pipeline.record_stream(&ctx, &target, end, accumulated, first_token, recorded);
             }
             .instrument(tracing::Span::current()),
         );
@@ -94,6 +95,10 @@ async fn forward(
         if tx.send(data_frame(&shaped)).await.is_err() {
             break StreamEnd::Abandoned;
         }
+        if shaper.filtered() {
+            pipeline.metrics.guard_blocked("output");
+            break StreamEnd::Filtered;
+        }
     };
     // The client is told how it ended; a send error here means it left already.
     match &end {
@@ -101,6 +106,11 @@ async fn forward(
             if let Some(rest) = shaper.finish() {
                 let _ = tx.send(data_frame(&rest)).await;
             }
+            let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+        }
+        // The answer was cut on purpose: its last chunk said why; the stream ends
+        // normally (and the upstream call is dropped).
+        StreamEnd::Filtered => {
             let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
         }
         StreamEnd::Interrupted(error) => {

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::error::GatewayError;
 use crate::pipeline::RequestCtx;
+use crate::sanitize::Scope;
 use crate::wire::ChatRequest;
 
 /// A passage the answer was grounded in, as shown to the client.
@@ -22,11 +23,14 @@ pub struct Citation {
 
 #[async_trait]
 pub trait Retriever: Send + Sync {
-    /// Adds the relevant passages to `prompt`; returns what it used.
+    /// Adds the relevant passages to `prompt`; returns what it used. Every passage
+    /// goes through `pii` first, into the request's own vault: a document's personal
+    /// data reaches a provider only as placeholders, restored in the answer.
     async fn ground(
         &self,
         ctx: &RequestCtx,
         prompt: &mut ChatRequest,
+        pii: &mut Scope<'_>,
     ) -> Result<Vec<Citation>, GatewayError>;
 }
 
@@ -39,6 +43,7 @@ impl Retriever for NoRetrieval {
         &self,
         _ctx: &RequestCtx,
         _prompt: &mut ChatRequest,
+        _pii: &mut Scope<'_>,
     ) -> Result<Vec<Citation>, GatewayError> {
         Ok(Vec::new())
     }

@@ -1,61 +1,185 @@
 //! The sanitize stage: personal data in a request is replaced by placeholders before
 //! anything leaves the process, and restored in the answer for the client.
 //!
-//! [`NoSanitizer`] is the pass-through used until detectors are configured: it
-//! changes nothing and has nothing to restore.
+//! - [`detect`] finds values (a `RegexSet` pre-filter, then a validator per shape);
+//! - [`check`] holds the check-digit and date arithmetic the validators use;
+//! - [`Policy`] says per [`Kind`] what to do: placeholder, mask, hash, block, allow;
+//! - [`Vault`] remembers the placeholders of one request and restores them, also
+//!   in streams ([`StreamRestorer`]);
+//! - [`guard`] is the operator's list of words and patterns refused or starred out
+//!   in both directions.
+
+mod check;
+mod detect;
+pub mod guard;
+mod kind;
+mod replace;
+mod vault;
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use serde_json::Value;
+
+pub use detect::{Detectors, Found};
+pub use guard::ContentGuard;
+pub use kind::{Action, Kind, Policy};
+pub use vault::{StreamRestorer, Vault};
 
 use crate::error::GatewayError;
-use crate::wire::ChatRequest;
+use crate::wire::{ChatRequest, ContentPart};
 
 pub trait Sanitizer: Send + Sync {
-    /// Rewrites `request` in place; returns what restores the placeholders it wrote.
-    /// An error rejects the request: it is never forwarded unsanitised.
-    fn sanitize(&self, request: &mut ChatRequest) -> Result<Box<dyn Restorer>, GatewayError>;
+    /// Rewrites every text of `request` in place, recording its placeholders in
+    /// `vault`. An error rejects the request: it is never forwarded unsanitised.
+    fn sanitize(&self, request: &mut ChatRequest, vault: &mut Vault) -> Result<(), GatewayError>;
+
+    /// One more text for the same request (a retrieved passage, or an answer that
+    /// was produced from raw text), into the same vault. Never refuses: `block`
+    /// applies to what the user sends.
+    fn sanitize_text(&self, text: &str, vault: &mut Vault) -> Result<String, GatewayError>;
 }
 
-/// Turns the placeholders of one request back into its own values.
-pub trait Restorer: Send + Sync {
-    /// Restores a whole text.
-    fn restore(&self, text: &str) -> String;
-
-    /// A restorer for one streamed text field; it may hold back the tail of a piece
-    /// that could be the start of a placeholder split across chunks.
-    fn stream(&self) -> Box<dyn StreamRestorer>;
+/// The detectors of [`detect`] under a [`Policy`].
+pub struct PiiSanitizer {
+    detectors: Detectors,
+    policy: Policy,
+    /// The key of the `hash` action.
+    hash_key: Vec<u8>,
 }
 
-pub trait StreamRestorer: Send {
-    fn push(&mut self, piece: &str) -> String;
-    /// Releases whatever was held back, at the end of the stream.
-    fn finish(&mut self) -> String;
-}
+impl PiiSanitizer {
+    pub fn new(policy: Policy, hash_key: Vec<u8>) -> PiiSanitizer {
+        PiiSanitizer {
+            detectors: Detectors::new(),
+            policy,
+            hash_key,
+        }
+    }
 
-/// Pass-through: no detection, nothing to restore.
-pub struct NoSanitizer;
-
-impl Sanitizer for NoSanitizer {
-    fn sanitize(&self, _request: &mut ChatRequest) -> Result<Box<dyn Restorer>, GatewayError> {
-        Ok(Box::new(NothingToRestore))
+    /// `text` with its values replaced, or `None` when it holds none. Kinds whose
+    /// action is `block` are added to `blocked` (and still replaced).
+    fn rewrite(&self, text: &str, vault: &mut Vault, blocked: &mut Vec<Kind>) -> Option<String> {
+        let found = self.detectors.find(text);
+        if found.is_empty() {
+            return None;
+        }
+        let mut out = String::with_capacity(text.len() + 8 * found.len());
+        let mut last = 0;
+        for Found { start, end, kind } in found {
+            out.push_str(&text[last..start]);
+            last = end;
+            let value = &text[start..end];
+            let action = self.policy.action(kind);
+            if kind != Kind::Literal {
+                vault.count(kind, action);
+            }
+            match action {
+                Action::Placeholder => out.push_str(vault.placeholder(kind, value)),
+                Action::Block => {
+                    if !blocked.contains(&kind) {
+                        blocked.push(kind);
+                    }
+                    out.push_str(vault.placeholder(kind, value));
+                }
+                Action::Mask => out.push_str(&replace::mask(kind, value)),
+                Action::Hash => out.push_str(&replace::hash(kind, value, &self.hash_key)),
+                Action::Allow => out.push_str(value),
+            }
+        }
+        out.push_str(&text[last..]);
+        Some(out)
     }
 }
 
-struct NothingToRestore;
+/// Runs the detectors failing closed: a panic in one rejects the request instead of
+/// letting it through.
+fn fail_closed<T>(work: impl FnOnce() -> T) -> Result<T, GatewayError> {
+    catch_unwind(AssertUnwindSafe(work))
+        .map_err(|_| GatewayError::Internal("the PII sanitiser failed".to_owned()))
+}
 
-impl Restorer for NothingToRestore {
-    fn restore(&self, text: &str) -> String {
-        text.to_owned()
+impl Sanitizer for PiiSanitizer {
+    fn sanitize(&self, request: &mut ChatRequest, vault: &mut Vault) -> Result<(), GatewayError> {
+        let mut blocked = Vec::new();
+        fail_closed(|| {
+            for_each_text(request, &mut |text| {
+                if let Some(clean) = self.rewrite(text, vault, &mut blocked) {
+                    *text = clean;
+                }
+            });
+        })?;
+        if blocked.is_empty() {
+            return Ok(());
+        }
+        blocked.sort();
+        Err(GatewayError::PiiBlocked(
+            blocked.into_iter().map(Kind::name).collect(),
+        ))
     }
 
-    fn stream(&self) -> Box<dyn StreamRestorer> {
-        Box::new(NothingToRestore)
+    /// A kind whose action is `block` is replaced by a placeholder here: a document
+    /// or an answer is not the user's request to refuse.
+    fn sanitize_text(&self, text: &str, vault: &mut Vault) -> Result<String, GatewayError> {
+        fail_closed(|| {
+            self.rewrite(text, vault, &mut Vec::new())
+                .unwrap_or_else(|| text.to_owned())
+        })
     }
 }
 
-impl StreamRestorer for NothingToRestore {
-    fn push(&mut self, piece: &str) -> String {
-        piece.to_owned()
-    }
+/// The sanitiser bound to one request's vault, for the stages after the first that
+/// bring in more text (retrieved passages).
+pub struct Scope<'a> {
+    pub sanitizer: &'a dyn Sanitizer,
+    pub vault: &'a mut Vault,
+}
 
-    fn finish(&mut self) -> String {
-        String::new()
+impl Scope<'_> {
+    pub fn text(&mut self, text: &str) -> Result<String, GatewayError> {
+        self.sanitizer.sanitize_text(text, self.vault)
+    }
+}
+
+/// Every text of a request that is sent upstream: message contents and text parts,
+/// names, tool calls and any extra fields, the `user` field and the request's own
+/// extra fields. Images, audio and files are not text and pass as they are.
+pub fn for_each_text(request: &mut ChatRequest, f: &mut dyn FnMut(&mut String)) {
+    use crate::wire::Content;
+    for message in &mut request.messages {
+        match &mut message.content {
+            Some(Content::Text(text)) => f(text),
+            Some(Content::Parts(parts)) => {
+                for part in parts {
+                    if let ContentPart::Text { text } = part {
+                        f(text);
+                    }
+                }
+            }
+            None => {}
+        }
+        if let Some(name) = &mut message.name {
+            f(name);
+        }
+        for call in message.tool_calls.iter_mut().flatten() {
+            for_each_json_text(call, f);
+        }
+        for value in message.extra.values_mut() {
+            for_each_json_text(value, f);
+        }
+    }
+    if let Some(user) = &mut request.user {
+        f(user);
+    }
+    for value in request.extra.values_mut() {
+        for_each_json_text(value, f);
+    }
+}
+
+fn for_each_json_text(value: &mut Value, f: &mut dyn FnMut(&mut String)) {
+    match value {
+        Value::String(text) => f(text),
+        Value::Array(items) => items.iter_mut().for_each(|v| for_each_json_text(v, f)),
+        Value::Object(map) => map.values_mut().for_each(|v| for_each_json_text(v, f)),
+        _ => {}
     }
 }

@@ -184,6 +184,16 @@ async fn respond(
             let text = last_user_text(body);
             answer(model, &[text], stream, Script::default())
         }
+        // The user's text back in pieces of n characters, so that a placeholder in it
+        // arrives split across chunks.
+        "echo-split" => {
+            let chars: Vec<char> = last_user_text(body).chars().collect();
+            let pieces: Vec<String> = chars
+                .chunks(n.unwrap_or(3).max(1) as usize)
+                .map(|c| c.iter().collect())
+                .collect();
+            answer(model, &pieces, stream, Script::default())
+        }
         "tokens" => answer(model, &numbered(n.unwrap_or(10)), stream, Script::default()),
         "reasoning" => answer(
             model,

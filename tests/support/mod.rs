@@ -7,7 +7,9 @@ use std::time::Duration;
 use futures_util::FutureExt;
 
 use ragway::AppState;
+use ragway::audit::{AuditSink, CallRecord};
 use ragway::config::{Config, Env};
+use ragway::pipeline::Pipeline;
 use serde_json::{Value, json};
 
 pub use fake::FakeProvider;
@@ -25,9 +27,18 @@ impl Gateway {
     }
 
     pub async fn start_with_env(config_toml: &str, env: &[(&str, &str)]) -> Gateway {
+        Gateway::start_customized(config_toml, env, |_| {}).await
+    }
+
+    /// A gateway whose pipeline stages `customize` may replace.
+    pub async fn start_customized(
+        config_toml: &str,
+        env: &[(&str, &str)],
+        customize: impl FnOnce(&mut Pipeline),
+    ) -> Gateway {
         let config = Config::from_toml(config_toml, &Env::from_pairs(env.iter().copied()))
             .unwrap_or_else(|e| panic!("test config is invalid: {e}"));
-        let state = AppState::from_config(config).expect("state builds");
+        let state = AppState::from_config_with(config, customize).expect("state builds");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let server = tokio::spawn(
@@ -68,6 +79,22 @@ impl Gateway {
             .send()
             .await
             .expect("gateway reachable")
+    }
+}
+
+/// An audit sink that keeps every record, for tests to read.
+#[derive(Default)]
+pub struct MemoryAudit(std::sync::Mutex<Vec<CallRecord>>);
+
+impl MemoryAudit {
+    pub fn records(&self) -> Vec<CallRecord> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+impl AuditSink for MemoryAudit {
+    fn record(&self, record: CallRecord) {
+        self.0.lock().unwrap().push(record);
     }
 }
 

@@ -1,0 +1,440 @@
+//! Finding personal data in text: one regular expression per identifier shape, a
+//! [`RegexSet`] over all of them as a pre-filter (clean text costs one pass), and a
+//! validator per shape that checks what a pattern cannot — check digits, dates,
+//! issuer prefixes, and that the match is not part of a longer token.
+//!
+//! Patterns use ASCII classes only: the lazy DFA then never gives up on Chinese text
+//! (Unicode word boundaries would make it fall back to a slower engine).
+
+use std::collections::BTreeMap;
+use std::net::Ipv6Addr;
+use std::ops::Range;
+
+use regex::{Regex, RegexSet};
+
+use super::check;
+use super::kind::Kind;
+
+/// A detected value: its byte range in the text and its kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub start: usize,
+    pub end: usize,
+    pub kind: Kind,
+}
+
+/// Checks a candidate match; returns the range to replace (a match may be cut
+/// short, or only part of it be the secret), or `None` to reject it.
+type Validate = fn(&str, Range<usize>) -> Option<Range<usize>>;
+
+struct Detector {
+    kind: Kind,
+    regex: Regex,
+    validate: Validate,
+}
+
+pub struct Detectors {
+    prefilter: RegexSet,
+    detectors: Vec<Detector>,
+}
+
+/// (kind, pattern, validator), in no particular order: overlaps are settled by kind.
+const PATTERNS: &[(Kind, &str, Validate)] = &[
+    (Kind::Literal, r"<[A-Z][A-Z_]*_[0-9]{1,6}>", accept),
+    // Mainland mobile: 1[3-9] and nine digits, 3-4-4 groups, optional +86/0086/86.
+    (
+        Kind::Mobile,
+        r"(?:(?:\+86|0086)[ -]?|86[ -])?1[3-9][0-9](?:[ -]?[0-9]{4}){2}",
+        mobile,
+    ),
+    // Landline: area code in brackets or followed by a separator, a local number
+    // that starts with 2-9, an optional extension.
+    (
+        Kind::Landline,
+        r"(?:\(0[1-9][0-9]{1,2}\)|（0[1-9][0-9]{1,2}）|0[1-9][0-9]{1,2}[ -])[ ]?[2-9][0-9]{6,7}(?:(?:-|转|ext\.? ?|[xX])[0-9]{1,6})?",
+        landline,
+    ),
+    (
+        Kind::IdCard,
+        r"[1-9][0-9]{5}(?:18|19|20)[0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])[0-9]{3}[0-9Xx]",
+        id_card,
+    ),
+    (
+        Kind::IdCard,
+        r"[1-9][0-9]{7}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])[0-9]{3}",
+        id_card,
+    ),
+    (Kind::BankCard, r"[0-9](?:[ -]?[0-9]){14,18}", bank_card),
+    (
+        Kind::CreditCode,
+        r"[0-9A-HJ-NPQRTUWXY]{2}[0-9]{6}[0-9A-HJ-NPQRTUWXY]{10}",
+        credit_code,
+    ),
+    (
+        Kind::Passport,
+        r"[EG][0-9]{8}|E[A-HJ-NP-Z][0-9]{7}",
+        standalone,
+    ),
+    // Exit-entry permits: Hong Kong and Macau (C, W), home-return (H, M), Taiwan (T, L).
+    (
+        Kind::TravelPermit,
+        r"[CWHMTL][0-9]{8}|C[A-HJ-NP-Z][0-9]{7}",
+        standalone,
+    ),
+    (
+        Kind::Email,
+        r"[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,24}",
+        email,
+    ),
+    (Kind::IpAddress, r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}", ipv4),
+    (
+        Kind::IpAddress,
+        r"[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}",
+        ipv6,
+    ),
+    (Kind::IntlPhone, r"\+[1-9](?:[ -]?[0-9]){7,14}", intl_phone),
+    // Secrets: provider API keys, cloud access keys, tokens.
+    (Kind::Secret, r"sk-[A-Za-z0-9][A-Za-z0-9_-]{19,}", api_key),
+    (Kind::Secret, r"(?:AKIA|ASIA)[0-9A-Z]{16}", standalone),
+    (Kind::Secret, r"LTAI[0-9A-Za-z]{12,20}", standalone),
+    (Kind::Secret, r"AKID[0-9A-Za-z]{32}", standalone),
+    (Kind::Secret, r"gh[pousr]_[A-Za-z0-9]{36}", standalone),
+    (Kind::Secret, r"github_pat_[A-Za-z0-9_]{22,}", standalone),
+    (Kind::Secret, r"AIza[0-9A-Za-z_-]{35}", standalone),
+    (Kind::Secret, r"xox[abprs]-[A-Za-z0-9-]{10,}", standalone),
+    (
+        Kind::Secret,
+        r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
+        standalone,
+    ),
+    (
+        Kind::Secret,
+        r"[Bb]earer[ \t]+[A-Za-z0-9._~+/-]{16,}=*",
+        bearer,
+    ),
+    (
+        Kind::Secret,
+        r"[A-Za-z][A-Za-z0-9+.-]*://[^\s:/?#@]+:[^\s/?#@]+@",
+        url_password,
+    ),
+];
+
+/// A rejected match this long or longer resumes the search after itself rather than
+/// one character on, so that no input can make the scan quadratic.
+const RESCAN_LIMIT: usize = 40;
+
+impl Detectors {
+    pub fn new() -> Detectors {
+        // The patterns are constants: a failure here is a bug caught by every test.
+        let prefilter =
+            RegexSet::new(PATTERNS.iter().map(|(_, p, _)| *p)).expect("built-in patterns compile");
+        let detectors = PATTERNS
+            .iter()
+            .map(|&(kind, pattern, validate)| Detector {
+                kind,
+                regex: Regex::new(pattern).expect("built-in patterns compile"),
+                validate,
+            })
+            .collect();
+        Detectors {
+            prefilter,
+            detectors,
+        }
+    }
+
+    /// The values in `text`, in order, none overlapping.
+    pub fn find(&self, text: &str) -> Vec<Found> {
+        let matched = self.prefilter.matches(text);
+        if !matched.matched_any() {
+            return Vec::new();
+        }
+        let mut candidates = Vec::new();
+        for index in matched.iter() {
+            scan(&self.detectors[index], text, &mut candidates);
+        }
+        settle(candidates)
+    }
+}
+
+impl Default for Detectors {
+    fn default() -> Self {
+        Detectors::new()
+    }
+}
+
+fn scan(detector: &Detector, text: &str, out: &mut Vec<Found>) {
+    let mut at = 0;
+    while at <= text.len() {
+        let Some(m) = detector.regex.find_at(text, at) else {
+            break;
+        };
+        match (detector.validate)(text, m.range()) {
+            Some(span) => {
+                at = span.end.max(m.start() + 1);
+                out.push(Found {
+                    start: span.start,
+                    end: span.end,
+                    kind: detector.kind,
+                });
+            }
+            None if m.len() >= RESCAN_LIMIT => at = m.end().max(m.start() + 1),
+            // A longer run may hide a valid value that starts inside this match.
+            None => at = next_char(text, m.start()),
+        }
+    }
+}
+
+/// Keeps, of overlapping candidates, the one of the earlier kind (then the earlier,
+/// then the longer one).
+fn settle(mut candidates: Vec<Found>) -> Vec<Found> {
+    candidates.sort_unstable_by_key(|f| (f.kind, f.start, usize::MAX - f.end));
+    let mut taken: BTreeMap<usize, Found> = BTreeMap::new();
+    for found in candidates {
+        let clashes_before = taken
+            .range(..found.end)
+            .next_back()
+            .is_some_and(|(_, t)| t.end > found.start);
+        if !clashes_before {
+            taken.insert(found.start, found);
+        }
+    }
+    taken.into_values().collect()
+}
+
+// === validators ===
+
+fn accept(_: &str, range: Range<usize>) -> Option<Range<usize>> {
+    Some(range)
+}
+
+fn before(text: &str, at: usize) -> Option<char> {
+    text[..at].chars().next_back()
+}
+
+fn after(text: &str, at: usize) -> Option<char> {
+    text[at..].chars().next()
+}
+
+fn next_char(text: &str, at: usize) -> usize {
+    at + after(text, at).map_or(1, char::len_utf8)
+}
+
+fn alnum(c: Option<char>) -> bool {
+    c.is_some_and(|c| c.is_ascii_alphanumeric())
+}
+
+fn digit(c: Option<char>) -> bool {
+    c.is_some_and(|c| c.is_ascii_digit())
+}
+
+/// Not glued to letters or digits on either side.
+fn standalone(text: &str, range: Range<usize>) -> Option<Range<usize>> {
+    (!alnum(before(text, range.start)) && !alnum(after(text, range.end))).then_some(range)
+}
+
+fn digits(s: &str) -> Vec<u8> {
+    s.bytes().filter(u8::is_ascii_digit).collect()
+}
+
+fn mobile(text: &str, range: Range<usize>) -> Option<Range<usize>> {
+    let prev = before(text, range.start);
+    // `+1 381…` is a North American number, not a mainland mobile.
+    let glued = alnum(prev) || (prev == Some('+') && !text[range.clone()].starts_with('+'));
+    (!glued && !alnum(after(text, range.end))).then_some(range)
+}
+
+fn landline(text: &str, range: Range<usize>) -> Option<Range<usize>> {
+    if alnum(before(text, range.start)) || digit(after(text, range.end)) {
+        return None;
+    }
+    let s = &text[range.clone()];
+    let mut groups = s
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|g| !g.is_empty());
+    let area = groups.next()?;
+    let local = groups.next()?;
+    let fits = match area.as_bytes() {
+        [b'0', b'1', b'0'] | [b'0', b'2', _] => local.len() == 8,
+        [b'0', b'3'..=b'9', _, _] => local.len() == 7 || local.len() == 8,
+        _ => false,
+    };
+    fits.then_some(range)
+}
+
+fn id_card(text: &str, range: Range<usize>) -> Option<Range<usize>> {
+    let id = text[range.clone()].as_bytes();
+    let valid = if id.len() == 18 {
+        check::valid_id18(id)
+    } else {
+        check::valid_id15(id)
+    };
+    (valid && standalone(text, range.clone()).is_some()).then_some(range)
+}
+
+/// A card number, written whole or in groups. A run longer than a card is tried
+/// cut at each of its separators, so `6222 0212 3456 7890 12 items` still finds
+/// the card; the cut must leave a valid scheme prefix, length and Luhn sum.
+fn bank_card(text: &str, range: Range<usize>) -> Option<Range<usize>> {
+    if alnum(before(text, range.start)) {
+        return None;
+    }
+    let s = &text[range.clone()];
+    let separators: Vec<usize> = s
+        .char_indices()
+        .filter(|(_, c)| !c.is_ascii_digit())
+        .map(|(i, _)| i)
+        .collect();
+    if let Some(&first) = separators.first()
+        && separators
+            .iter()
+            .any(|&i| s.as_bytes()[i] != s.as_bytes()[first])
+    {
+        return None; // mixed separators: not how anyone writes a card number
+    }
+    let ends = std::iter::once(s.len()).chain(separators.iter().rev().copied());
+    for end in ends {
+        if alnum(after(text, range.start + end)) {
+            continue;
+        }
+        let number = digits(&s[..end]);
+        if check::card_scheme(&number) && check::luhn(&number) {
+            return Some(range.start..range.start + end);
+        }
+    }
+    None
+}
+
+fn credit_code(text: &str, range: Range<usize>) -> Option<Range<usize>> {
+    let valid = check::valid_credit_code(text[range.clone()].as_bytes());
+    (valid && standalone(text, range.clone()).is_some()).then_some(range)
+}
+
+fn email(text: &str, range: Range<usize>) -> Option<Range<usize>> {
+    let s = &text[range.clone()];
+    let local = &s[..s.find('@')?];
+    let bad_local = local.contains("..") || local.ends_with('.');
+    (!bad_local && !alnum(after(text, range.end))).then_some(range)
+}
+
+fn ipv4(text: &str, range: Range<usize>) -> Option<Range<usize>> {
+    let prev = before(text, range.start);
+    if alnum(prev) || prev == Some('.') || alnum(after(text, range.end)) {
+        return None;
+    }
+    // `1.2.3.4.5` is a version or an outline number, not an address.
+    if text[range.end..].starts_with('.') && digit(after(text, range.end + 1)) {
+        return None;
+    }
+    let octets_ok = text[range.clone()]
+        .split('.')
+        .all(|o| o.parse::<u8>().is_ok() && (o.len() == 1 || !o.starts_with('0')));
+    (octets_ok && !names_a_version(text, range.start)).then_some(range)
+}
+
+/// Whether the words just before `at` say a version number follows.
+fn names_a_version(text: &str, at: usize) -> bool {
+    let mut from = at.saturating_sub(12);
+    while !text.is_char_boundary(from) {
+        from += 1;
+    }
+    let window = text[from..at].to_ascii_lowercase();
+    ["version", "ver.", "ver ", "release", "版本", "build"]
+        .iter()
+        .any(|w| window.contains(w))
+}
+
+fn ipv6(text: &str, range: Range<usize>) -> Option<Range<usize>> {
+    let edge = |c: Option<char>| alnum(c) || matches!(c, Some(':' | '_' | '.'));
+    if edge(before(text, range.start)) || edge(after(text, range.end)) {
+        return None;
+    }
+    let s = &text[range.clone()];
+    s.parse::<Ipv6Addr>().ok()?;
+    // `a::b`, `::1` and the like are more often code than addresses.
+    let groups = s.split(':').filter(|g| !g.is_empty());
+    let (mut count, mut full) = (0, false);
+    for group in groups {
+        count += 1;
+        full |= group.len() == 4 && group.bytes().any(|b| b.is_ascii_digit());
+    }
+    (count >= 3 || full).then_some(range)
+}
+
+fn intl_phone(text: &str, range: Range<usize>) -> Option<Range<usize>> {
+    let count = digits(&text[range.clone()]).len();
+    let ok = !alnum(before(text, range.start))
+        && !alnum(after(text, range.end))
+        && (8..=15).contains(&count);
+    ok.then_some(range)
+}
+
+fn api_key(text: &str, range: Range<usize>) -> Option<Range<usize>> {
+    let prev = before(text, range.start);
+    let body = &text[range.start + 3..range.end];
+    let random =
+        body.bytes().any(|b| b.is_ascii_digit()) && body.bytes().any(|b| b.is_ascii_alphabetic());
+    (random && !alnum(prev) && !matches!(prev, Some('-' | '_'))).then_some(range)
+}
+
+/// Only the token after `Bearer` is the secret.
+fn bearer(text: &str, range: Range<usize>) -> Option<Range<usize>> {
+    let s = &text[range.clone()];
+    let token = s[6..].trim_start_matches([' ', '\t']);
+    let start = range.end - token.len();
+    let random = token.bytes().any(|b| b.is_ascii_digit());
+    (random && !alnum(before(text, range.start))).then_some(start..range.end)
+}
+
+/// Only the password of `scheme://user:password@host` is the secret.
+fn url_password(text: &str, range: Range<usize>) -> Option<Range<usize>> {
+    let s = &text[range.clone()];
+    let credentials = &s[s.find("://")? + 3..s.len() - 1];
+    let colon = credentials.find(':')?;
+    let end = range.end - 1;
+    Some(end - (credentials.len() - colon - 1)..end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds(text: &str) -> Vec<(Kind, &str)> {
+        Detectors::new()
+            .find(text)
+            .into_iter()
+            .map(|f| (f.kind, &text[f.start..f.end]))
+            .collect()
+    }
+
+    #[test]
+    fn overlapping_claims_go_to_the_earlier_kind() {
+        assert_eq!(
+            kinds("mail 13812345678@163.com now"),
+            [(Kind::Email, "13812345678@163.com")]
+        );
+        assert_eq!(
+            kinds("身份证11010519491231002X"),
+            [(Kind::IdCard, "11010519491231002X")]
+        );
+    }
+
+    #[test]
+    fn a_card_inside_a_longer_run_is_cut_at_a_separator() {
+        assert_eq!(
+            kinds("卡号 6222 0212 3456 7890 128 12 件"),
+            [(Kind::BankCard, "6222 0212 3456 7890 128")]
+        );
+    }
+
+    #[test]
+    fn only_the_secret_part_is_taken() {
+        assert_eq!(
+            kinds("postgres://admin:s3cr3t@db:5432/app"),
+            [(Kind::Secret, "s3cr3t")]
+        );
+        assert_eq!(
+            kinds("Authorization: Bearer abcdef0123456789abcdef"),
+            [(Kind::Secret, "abcdef0123456789abcdef")]
+        );
+    }
+}

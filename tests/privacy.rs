@@ -1,0 +1,291 @@
+//! Personal data through the whole gateway: what the provider saw, what the client
+//! got, what the audit record kept; refusals, masks, the content guard, and a
+//! sanitiser failure that must not let a request through.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ragway::error::GatewayError;
+use ragway::pipeline::RequestCtx;
+use ragway::retrieve::{Citation, Retriever};
+use ragway::sanitize::{Sanitizer, Scope, Vault};
+use ragway::wire::{ChatRequest, Content, Message, Role};
+use serde_json::{Value, json};
+
+use crate::support::{FakeProvider, Gateway, MemoryAudit, Sse, ask, ask_stream, config_over};
+
+const PHONE: &str = "13812345678";
+const ID: &str = "11010519491231002X";
+
+fn question() -> String {
+    format!("我的手机{PHONE}，身份证{ID}，请复述。")
+}
+
+async fn with_audit(config: &str) -> (Gateway, Arc<MemoryAudit>) {
+    let audit = Arc::new(MemoryAudit::default());
+    let sink = audit.clone();
+    let gw = Gateway::start_customized(config, &[], move |p| p.audit = sink).await;
+    (gw, audit)
+}
+
+/// Waits for the audit record of a stream, written when its task ends.
+async fn one_record(audit: &MemoryAudit) -> ragway::audit::CallRecord {
+    for _ in 0..100 {
+        if let Some(record) = audit.records().pop() {
+            return record;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no audit record");
+}
+
+fn sent_upstream(fake: &FakeProvider) -> String {
+    fake.last_request().body.to_string()
+}
+
+#[tokio::test]
+async fn a_phone_and_an_id_reach_the_provider_only_as_placeholders() {
+    let fake = FakeProvider::start().await;
+    let (gw, audit) = with_audit(&config_over(&fake, &[("chat", &["echo"])])).await;
+    let mut body = ask("chat", &question());
+    body["user"] = json!(PHONE);
+    let response = gw.chat(body).await;
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+
+    let upstream = sent_upstream(&fake);
+    assert!(
+        !upstream.contains(PHONE) && !upstream.contains(ID),
+        "{upstream}"
+    );
+    assert!(
+        upstream.contains("<PHONE_1>") && upstream.contains("<ID_CARD_1>"),
+        "{upstream}"
+    );
+    // The echoed answer comes back with the client's own values.
+    assert_eq!(answer["choices"][0]["message"]["content"], question());
+
+    let record = one_record(&audit).await;
+    let kept = format!("{} {} {:?}", record.prompt, record.answer, record.user);
+    assert!(!kept.contains(PHONE) && !kept.contains(ID), "{kept}");
+    assert!(record.answer.contains("<PHONE_1>"), "{}", record.answer);
+    assert_eq!(record.pii, [("id_card", 1), ("mobile", 2)]);
+
+    let metrics = gw.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(r#"ragway_pii_detections_total{action="placeholder",kind="mobile"} 2"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_placeholder_split_across_stream_chunks_reaches_the_client_restored() {
+    let fake = FakeProvider::start().await;
+    let (gw, audit) = with_audit(&config_over(&fake, &[("chat", &["echo-split-2"])])).await;
+    for split in ["echo-split-1", "echo-split-2", "echo-split-5"] {
+        let cfg = config_over(&fake, &[("chat", &[split])]);
+        let gw = Gateway::start(&cfg).await;
+        let sse = Sse::read(gw.chat(ask_stream("chat", &question())).await).await;
+        assert!(sse.done, "{}", sse.raw);
+        assert_eq!(sse.text(), question(), "pieces of {split}");
+        assert!(!sent_upstream(&fake).contains(PHONE));
+    }
+    let sse = Sse::read(gw.chat(ask_stream("chat", &question())).await).await;
+    assert_eq!(sse.text(), question());
+    let record = one_record(&audit).await;
+    assert!(!record.answer.contains(PHONE) && record.answer.contains("<PHONE_1>"));
+}
+
+#[tokio::test]
+async fn a_blocked_kind_is_refused_by_name_and_never_sent() {
+    let fake = FakeProvider::start().await;
+    let config = format!(
+        "{}\n[pii.actions]\nid_card = \"block\"\n",
+        config_over(&fake, &[("chat", &["echo"])])
+    );
+    let (gw, audit) = with_audit(&config).await;
+    let response = gw.chat(ask("chat", &question())).await;
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "pii_blocked");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("id_card") && !message.contains(ID),
+        "{message}"
+    );
+    assert_eq!(fake.total_attempts(), 0);
+    let record = one_record(&audit).await;
+    assert_eq!(record.error, Some("pii_blocked"));
+    assert!(!record.prompt.contains(ID), "{}", record.prompt);
+}
+
+#[tokio::test]
+async fn masked_and_hashed_values_go_out_changed_and_stay_changed() {
+    let fake = FakeProvider::start().await;
+    let config = format!(
+        "{}\n[pii]\nhash_key_env = \"PII_KEY\"\n[pii.actions]\nmobile = \"mask\"\nid_card = \"hash\"\n",
+        config_over(&fake, &[("chat", &["echo"])])
+    );
+    let gw = Gateway::start_with_env(&config, &[("PII_KEY", "k")]).await;
+    let answer: Value = gw
+        .chat(ask("chat", &question()))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let upstream = sent_upstream(&fake);
+    assert!(
+        upstream.contains("138****5678") && upstream.contains("<ID_CARD#"),
+        "{upstream}"
+    );
+    let content = answer["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(
+        content.contains("138****5678") && !content.contains(ID),
+        "{content}"
+    );
+    // The same value hashes the same in the next request.
+    gw.chat(ask("chat", &question())).await;
+    let again = sent_upstream(&fake);
+    let token = |s: &str| s[s.find("<ID_CARD#").unwrap()..][..22].to_owned();
+    assert_eq!(token(&upstream), token(&again));
+}
+
+/// A sanitiser that cannot do its work.
+struct Broken;
+
+impl Sanitizer for Broken {
+    fn sanitize(&self, _: &mut ChatRequest, _: &mut Vault) -> Result<(), GatewayError> {
+        Err(GatewayError::Internal("detector unavailable".to_owned()))
+    }
+
+    fn sanitize_text(&self, _: &str, _: &mut Vault) -> Result<String, GatewayError> {
+        Err(GatewayError::Internal("detector unavailable".to_owned()))
+    }
+}
+
+#[tokio::test]
+async fn when_sanitising_fails_the_request_fails_closed() {
+    let fake = FakeProvider::start().await;
+    let config = config_over(&fake, &[("chat", &["echo"])]);
+    let gw = Gateway::start_customized(&config, &[], |p| p.sanitizer = Arc::new(Broken)).await;
+    let response = gw.chat(ask("chat", &question())).await;
+    assert_eq!(response.status(), 500);
+    let text = response.text().await.unwrap();
+    assert!(!text.contains(PHONE), "{text}");
+    assert_eq!(fake.total_attempts(), 0, "nothing may be forwarded raw");
+}
+
+/// A retriever that grounds every request in one passage holding a phone number.
+struct OnePassage;
+
+#[async_trait]
+impl Retriever for OnePassage {
+    async fn ground(
+        &self,
+        _ctx: &RequestCtx,
+        prompt: &mut ChatRequest,
+        pii: &mut Scope<'_>,
+    ) -> Result<Vec<Citation>, GatewayError> {
+        let passage = pii.text("售后专线 13900001111，或回拨 13812345678。")?;
+        prompt.messages.insert(
+            0,
+            Message {
+                role: Role::System,
+                content: Some(Content::Text(passage)),
+                name: None,
+                tool_calls: None,
+                tool_call_id: None,
+                extra: Default::default(),
+            },
+        );
+        Ok(Vec::new())
+    }
+}
+
+#[tokio::test]
+async fn retrieved_passages_share_the_request_vault() {
+    let fake = FakeProvider::start().await;
+    let config = config_over(&fake, &[("chat", &["echo"])]);
+    let gw = Gateway::start_customized(&config, &[], |p| p.retriever = Arc::new(OnePassage)).await;
+    let response = gw.chat(ask("chat", &question())).await;
+    assert_eq!(response.status(), 200);
+    let system = fake.last_request().body["messages"][0]["content"].to_string();
+    // The user's own number keeps its placeholder; the document's gets the next one.
+    assert!(
+        system.contains("<PHONE_2>") && system.contains("<PHONE_1>"),
+        "{system}"
+    );
+    assert!(
+        !system.contains("13900001111") && !system.contains(PHONE),
+        "{system}"
+    );
+}
+
+fn guard_config(fake: &FakeProvider, dir: &std::path::Path, action: &str, model: &str) -> String {
+    format!(
+        "{}\n[guard]\nfile = \"{}\"\naction = \"{action}\"\ncheck_every = \"50ms\"\n",
+        config_over(fake, &[("chat", &[model])]),
+        dir.join("guard.txt").display()
+    )
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ragway-{name}-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn the_content_guard_refuses_input_and_cuts_output() {
+    let fake = FakeProvider::start().await;
+    let dir = temp_dir("guard");
+    std::fs::write(dir.join("guard.txt"), "# test list\n机密\nre:fak[e]\n").unwrap();
+    let gw = Gateway::start(&guard_config(&fake, &dir, "block", "ok")).await;
+
+    let response = gw.chat(ask("chat", "这份机密文件写了什么？")).await;
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "content_filter");
+    assert_eq!(fake.total_attempts(), 0);
+
+    // The fake answers "Hello from the fake provider.": cut before "fake".
+    let answer: Value = gw.chat(ask("chat", "hi")).await.json().await.unwrap();
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        "Hello from the "
+    );
+    assert_eq!(answer["choices"][0]["finish_reason"], "content_filter");
+
+    let sse = Sse::read(gw.chat(ask_stream("chat", "hi")).await).await;
+    assert!(sse.done, "{}", sse.raw);
+    assert_eq!(sse.text(), "Hello from the ");
+    assert_eq!(sse.finish_reasons(), ["content_filter"]);
+
+    let metrics = gw.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains(r#"ragway_guard_blocks_total{direction="input"} 1"#));
+    assert!(metrics.contains(r#"ragway_guard_blocks_total{direction="output"} 2"#));
+}
+
+#[tokio::test]
+async fn the_guard_masks_when_told_to_and_rereads_its_list() {
+    let fake = FakeProvider::start().await;
+    let dir = temp_dir("guard-mask");
+    std::fs::write(dir.join("guard.txt"), "fake\n").unwrap();
+    let gw = Gateway::start(&guard_config(&fake, &dir, "mask", "ok")).await;
+    let text = |v: Value| {
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let answer = text(gw.chat(ask("chat", "hi")).await.json().await.unwrap());
+    assert_eq!(answer, "Hello from the **** provider.");
+    let sse = Sse::read(gw.chat(ask_stream("chat", "hi")).await).await;
+    assert_eq!(sse.text(), "Hello from the **** provider.");
+
+    std::fs::write(dir.join("guard.txt"), "provider\nhello\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let answer = text(gw.chat(ask("chat", "hi")).await.json().await.unwrap());
+    assert_eq!(answer, "***** from the fake ********.");
+}
