@@ -1,16 +1,25 @@
-//! Finding personal data in text: one regular expression per identifier shape, a
-//! [`RegexSet`] over all of them as a pre-filter (clean text costs one pass), and a
-//! validator per shape that checks what a pattern cannot — check digits, dates,
-//! issuer prefixes, and that the match is not part of a longer token.
+//! Finding personal data in text: one regular expression per identifier shape, all
+//! of them compiled into one multi-pattern automaton, and a validator per shape that
+//! checks what a pattern cannot — check digits, dates, issuer prefixes, and that the
+//! match is not part of a longer token.
+//!
+//! The automaton is the engine under `regex::RegexSet` (`regex_automata::meta`),
+//! used directly because it also says *where* and *which*: one pass over the text
+//! yields each leftmost candidate with its pattern, where a `RegexSet` answers only
+//! which patterns occur and leaves a second scan per kind (measured on 1 MB of clean
+//! text: 2.7 ms for the set alone, then 1.3–2 ms for each kind it flagged; one
+//! pass here: 2.0 ms). When a candidate fails its validator, the later patterns are
+//! tried anchored at the same place, so a digit run that is not an ID number can
+//! still be a bank card.
 //!
 //! Patterns use ASCII classes only: the lazy DFA then never gives up on Chinese text
 //! (Unicode word boundaries would make it fall back to a slower engine).
 
-use std::collections::BTreeMap;
 use std::net::Ipv6Addr;
 use std::ops::Range;
 
-use regex::{Regex, RegexSet};
+use regex_automata::meta::Regex;
+use regex_automata::{Anchored, Input, Match, PatternID};
 
 use super::check;
 use super::kind::Kind;
@@ -27,18 +36,15 @@ pub struct Found {
 /// short, or only part of it be the secret), or `None` to reject it.
 type Validate = fn(&str, Range<usize>) -> Option<Range<usize>>;
 
-struct Detector {
-    kind: Kind,
-    regex: Regex,
-    validate: Validate,
-}
-
 pub struct Detectors {
-    prefilter: RegexSet,
-    detectors: Vec<Detector>,
+    /// Every pattern, in the order of [`Kind`]: where several match at one place,
+    /// the earlier kind is found.
+    automaton: Regex,
+    /// Per pattern of the automaton.
+    validators: Vec<(Kind, Validate)>,
 }
 
-/// (kind, pattern, validator), in no particular order: overlaps are settled by kind.
+/// (kind, pattern, validator); sorted by kind when compiled.
 const PATTERNS: &[(Kind, &str, Validate)] = &[
     (Kind::Literal, r"<[A-Z][A-Z_]*_[0-9]{1,6}>", accept),
     // Mainland mobile: 1[3-9] and nine digits, 3-4-4 groups, optional +86/0086/86.
@@ -119,40 +125,67 @@ const PATTERNS: &[(Kind, &str, Validate)] = &[
     ),
 ];
 
-/// A rejected match this long or longer resumes the search after itself rather than
-/// one character on, so that no input can make the scan quadratic.
-const RESCAN_LIMIT: usize = 40;
-
 impl Detectors {
     pub fn new() -> Detectors {
+        let mut patterns = PATTERNS.to_vec();
+        patterns.sort_by_key(|&(kind, _, _)| kind);
         // The patterns are constants: a failure here is a bug caught by every test.
-        let prefilter =
-            RegexSet::new(PATTERNS.iter().map(|(_, p, _)| *p)).expect("built-in patterns compile");
-        let detectors = PATTERNS
-            .iter()
-            .map(|&(kind, pattern, validate)| Detector {
-                kind,
-                regex: Regex::new(pattern).expect("built-in patterns compile"),
-                validate,
-            })
-            .collect();
+        let automaton = Regex::new_many(&patterns.iter().map(|p| p.1).collect::<Vec<_>>())
+            .expect("built-in patterns compile");
+        let validators = patterns.iter().map(|&(kind, _, v)| (kind, v)).collect();
         Detectors {
-            prefilter,
-            detectors,
+            automaton,
+            validators,
         }
     }
 
     /// The values in `text`, in order, none overlapping.
     pub fn find(&self, text: &str) -> Vec<Found> {
-        let matched = self.prefilter.matches(text);
-        if !matched.matched_any() {
-            return Vec::new();
+        let mut found = Vec::new();
+        let mut at = 0;
+        while at < text.len() {
+            let Some(candidate) = self.automaton.search(&Input::new(text).range(at..)) else {
+                break;
+            };
+            match self.first_valid(text, candidate) {
+                Some(value) => {
+                    at = value.end.max(candidate.start() + 1);
+                    found.push(value);
+                }
+                None => at = skip_token(text, candidate.start()),
+            }
         }
-        let mut candidates = Vec::new();
-        for index in matched.iter() {
-            scan(&self.detectors[index], text, &mut candidates);
+        found
+    }
+
+    /// The candidate's own pattern, then each later one anchored at the same start,
+    /// until a validator accepts. (No earlier pattern matches there: the automaton
+    /// would have reported it.)
+    fn first_valid(&self, text: &str, candidate: Match) -> Option<Found> {
+        let first = candidate.pattern().as_usize();
+        for index in first..self.validators.len() {
+            let range = if index == first {
+                candidate.range()
+            } else {
+                let pattern = PatternID::new(index).ok()?;
+                let input = Input::new(text)
+                    .range(candidate.start()..)
+                    .anchored(Anchored::Pattern(pattern));
+                match self.automaton.search(&input) {
+                    Some(m) => m.range(),
+                    None => continue,
+                }
+            };
+            let (kind, validate) = self.validators[index];
+            if let Some(span) = validate(text, range) {
+                return Some(Found {
+                    start: span.start,
+                    end: span.end,
+                    kind,
+                });
+            }
         }
-        settle(candidates)
+        None
     }
 }
 
@@ -162,43 +195,17 @@ impl Default for Detectors {
     }
 }
 
-fn scan(detector: &Detector, text: &str, out: &mut Vec<Found>) {
-    let mut at = 0;
-    while at <= text.len() {
-        let Some(m) = detector.regex.find_at(text, at) else {
-            break;
-        };
-        match (detector.validate)(text, m.range()) {
-            Some(span) => {
-                at = span.end.max(m.start() + 1);
-                out.push(Found {
-                    start: span.start,
-                    end: span.end,
-                    kind: detector.kind,
-                });
-            }
-            None if m.len() >= RESCAN_LIMIT => at = m.end().max(m.start() + 1),
-            // A longer run may hide a valid value that starts inside this match.
-            None => at = next_char(text, m.start()),
-        }
-    }
-}
-
-/// Keeps, of overlapping candidates, the one of the earlier kind (then the earlier,
-/// then the longer one).
-fn settle(mut candidates: Vec<Found>) -> Vec<Found> {
-    candidates.sort_unstable_by_key(|f| (f.kind, f.start, usize::MAX - f.end));
-    let mut taken: BTreeMap<usize, Found> = BTreeMap::new();
-    for found in candidates {
-        let clashes_before = taken
-            .range(..found.end)
-            .next_back()
-            .is_some_and(|(_, t)| t.end > found.start);
-        if !clashes_before {
-            taken.insert(found.start, found);
-        }
-    }
-    taken.into_values().collect()
+/// Where to look next after a rejected candidate at `start`: past the run of
+/// letters and digits it began in. Every validator refuses a value glued to a
+/// letter or digit before it, so no value starts inside such a run (an e-mail
+/// address or URL starts at the run's beginning, where it was already tried). This
+/// keeps long digit runs, and any input, to one search per run.
+fn skip_token(text: &str, start: usize) -> usize {
+    let run = text.as_bytes()[start..]
+        .iter()
+        .take_while(|b| b.is_ascii_alphanumeric())
+        .count();
+    if run > 0 { start + run } else { next_char(text, start) }
 }
 
 // === validators ===
