@@ -63,7 +63,10 @@ fn sanitize(c: &mut Criterion) {
     let sanitizer = PiiSanitizer::new(Policy::default(), b"bench".to_vec());
     let mut group = c.benchmark_group("sanitize_1mb");
     group.measurement_time(Duration::from_secs(8));
-    for (name, input) in [("clean", text(CLEAN, 1 << 20)), ("dense", text(DENSE, 1 << 20))] {
+    for (name, input) in [
+        ("clean", text(CLEAN, 1 << 20)),
+        ("dense", text(DENSE, 1 << 20)),
+    ] {
         group.throughput(Throughput::Bytes(input.len() as u64));
         group.bench_function(name, |b| {
             b.iter(|| {
@@ -84,7 +87,9 @@ fn sanitize(c: &mut Criterion) {
             || request.clone(),
             |mut request| {
                 let mut vault = Vault::new();
-                sanitizer.sanitize(&mut request, &mut vault).expect("sanitised");
+                sanitizer
+                    .sanitize(&mut request, &mut vault)
+                    .expect("sanitised");
                 black_box(vault.restore(&answer))
             },
             BatchSize::SmallInput,

@@ -249,3 +249,49 @@ fn the_binary_serves_and_shuts_down_gracefully() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn personal_data_settings_are_checked_by_key() {
+    let toml = r#"
+        [pii]
+        local_input = "plain"
+        hash_key_env = "NO_SUCH_KEY"
+        [pii.actions]
+        phone = "mask"
+        email = "drop"
+        id_card = "block"
+        [guard]
+        file = "guard.txt"
+        action = "hide"
+    "#;
+    let Err(ConfigError::Invalid(problems)) = Config::from_toml(toml, &Env::default()) else {
+        panic!("expected validation errors");
+    };
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "pii.actions.email",
+            "pii.actions.phone",
+            "pii.hash_key_env",
+            "pii.local_input",
+            "guard.action",
+        ]
+    );
+    assert!(
+        problems[1].message.contains("mobile"),
+        "names the kinds: {}",
+        problems[1].message
+    );
+
+    let config = Config::from_toml(
+        "[pii]\nlocal_input = \"raw\"\n[pii.actions]\nid_card = \"block\"\n",
+        &Env::default(),
+    )
+    .expect("valid");
+    assert_eq!(
+        config.pii.actions.action(ragway::sanitize::Kind::IdCard),
+        ragway::sanitize::Action::Block
+    );
+    assert_eq!(config.pii.local_input, ragway::config::LocalInput::Raw);
+}

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use ragway::cache::{AnswerCache, CacheKey, CacheLookup, CacheStatus};
 use ragway::error::GatewayError;
 use ragway::pipeline::RequestCtx;
 use ragway::retrieve::{Citation, Retriever};
 use ragway::sanitize::{Sanitizer, Scope, Vault};
-use ragway::wire::{ChatRequest, Content, Message, Role};
+use ragway::wire::{ChatCompletion, ChatRequest, Content, Message, Role};
 use serde_json::{Value, json};
 
 use crate::support::{FakeProvider, Gateway, MemoryAudit, Sse, ask, ask_stream, config_over};
@@ -288,4 +289,111 @@ async fn the_guard_masks_when_told_to_and_rereads_its_list() {
     tokio::time::sleep(Duration::from_millis(120)).await;
     let answer = text(gw.chat(ask("chat", "hi")).await.json().await.unwrap());
     assert_eq!(answer, "***** from the fake ********.");
+}
+
+/// A cache that keeps answers in memory, keyed by the sanitised messages: enough to
+/// show what the pipeline hands a cache and how it serves a hit.
+#[derive(Default)]
+struct MessagesCache(std::sync::Mutex<std::collections::HashMap<CacheKey, ChatCompletion>>);
+
+#[async_trait]
+impl AnswerCache for MessagesCache {
+    async fn lookup(&self, _ctx: &RequestCtx, prompt: &ChatRequest) -> CacheLookup {
+        use sha2::Digest;
+        let messages = serde_json::to_vec(&prompt.messages).unwrap();
+        let key = CacheKey(sha2::Sha256::digest(messages).into());
+        match self.0.lock().unwrap().get(&key) {
+            Some(answer) => CacheLookup::Hit(answer.clone(), CacheStatus::HitL1),
+            None => CacheLookup::Miss(key),
+        }
+    }
+
+    async fn store(&self, key: CacheKey, answer: ChatCompletion) {
+        self.0.lock().unwrap().insert(key, answer);
+    }
+}
+
+#[tokio::test]
+async fn a_cached_answer_is_stored_sanitised_and_shows_the_next_user_their_own_number() {
+    let fake = FakeProvider::start().await;
+    let cache = Arc::new(MessagesCache::default());
+    let stages = cache.clone();
+    let config = config_over(&fake, &[("chat", &["echo"])]);
+    let gw = Gateway::start_customized(&config, &[], move |p| p.cache = stages).await;
+    let ask_with = |phone: &str| ask("chat", &format!("请回拨 {phone}，谢谢"));
+
+    let first: Value = gw.chat(ask_with(PHONE)).await.json().await.unwrap();
+    assert_eq!(
+        first["choices"][0]["message"]["content"],
+        format!("请回拨 {PHONE}，谢谢")
+    );
+    // The store runs in the background: wait for it.
+    for _ in 0..100 {
+        if !cache.0.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stored = format!("{:?}", cache.0.lock().unwrap().values().next().unwrap());
+    assert!(
+        !stored.contains(PHONE) && stored.contains("<PHONE_1>"),
+        "{stored}"
+    );
+
+    let other = "13987654321";
+    let response = gw.chat(ask_with(other)).await;
+    assert_eq!(response.headers()["x-ragway-cache"], "hit-l1");
+    let second: Value = response.json().await.unwrap();
+    assert_eq!(
+        second["choices"][0]["message"]["content"],
+        format!("请回拨 {other}，谢谢")
+    );
+    assert_eq!(
+        fake.attempts("echo"),
+        1,
+        "the second answer came from the cache"
+    );
+
+    let sse = Sse::read(
+        gw.chat({
+            let mut body = ask_with("13700001111");
+            body["stream"] = json!(true);
+            body
+        })
+        .await,
+    )
+    .await;
+    assert_eq!(sse.text(), "请回拨 13700001111，谢谢");
+}
+
+const SMOLLM: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// What the local model was given shows in its prompt token count: the number's
+/// eleven digits are eleven tokens, its placeholder fewer.
+async fn local_prompt_tokens(local_input: &str) -> (u64, ragway::audit::CallRecord) {
+    let config = format!(
+        "[providers.local]\nkind = \"local\"\nmodel = \"{SMOLLM}\"\n\
+         [pii]\nlocal_input = \"{local_input}\"\n"
+    );
+    let (gw, audit) = with_audit(&config).await;
+    let body = json!({
+        "model": "local", "temperature": 0, "max_tokens": 16,
+        "messages": [{"role": "user", "content": format!("Repeat my number: {PHONE}")}]
+    });
+    let answer: Value = gw.chat(body).await.json().await.unwrap();
+    let tokens = answer["usage"]["prompt_tokens"].as_u64().expect("usage");
+    (tokens, one_record(&audit).await)
+}
+
+#[tokio::test]
+async fn the_local_model_reads_placeholders_unless_configured_to_read_raw_text() {
+    let (sanitised, _) = local_prompt_tokens("sanitised").await;
+    let (raw, record) = local_prompt_tokens("raw").await;
+    assert!(
+        raw > sanitised,
+        "raw {raw} vs sanitised {sanitised} prompt tokens"
+    );
+    // Whatever the model answered from the raw text, the record keeps no value.
+    assert!(!record.answer.contains(PHONE), "{}", record.answer);
+    assert!(!record.prompt.contains(PHONE), "{}", record.prompt);
 }

@@ -205,7 +205,11 @@ fn skip_token(text: &str, start: usize) -> usize {
         .iter()
         .take_while(|b| b.is_ascii_alphanumeric())
         .count();
-    if run > 0 { start + run } else { next_char(text, start) }
+    if run > 0 {
+        start + run
+    } else {
+        next_char(text, start)
+    }
 }
 
 // === validators ===
