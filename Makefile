@@ -7,7 +7,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/ragway/target
 CARGO ?= cargo
 CONFIG ?= $(wildcard ragway.toml)
 
-.PHONY: run test lint fmt models bench-overhead bench-local
+.PHONY: run test lint fmt models bench-overhead bench-local bench-pii
 
 ## Serve on 127.0.0.1:8080 (ragway.toml if present, built-in defaults otherwise).
 run: models
@@ -37,3 +37,7 @@ bench-overhead:
 ## Local model speed against llama.cpp, and the embedder (prints a table of medians).
 bench-local:
 	scripts/bench-local.sh
+
+## PII sanitiser throughput and per-request cost (criterion, one thread).
+bench-pii:
+	$(CARGO) bench --locked --bench sanitize

@@ -195,10 +195,6 @@ impl ContentGuard {
         })
     }
 
-    pub fn is_enabled(&self) -> bool {
-        self.source.is_some()
-    }
-
     /// The current list (re-read first if the file changed).
     pub fn list(&self) -> Arc<GuardList> {
         self.reload_if_changed();
