@@ -119,6 +119,9 @@ impl GuardList {
     /// Where the tail of `text` that could still begin a match starts.
     fn hold_from(&self, text: &str) -> usize {
         let mut from = text.len();
+        if self.words.is_empty() && self.pattern_hold == 0 {
+            return from;
+        }
         if self.pattern_hold > 0 {
             let mut at = text.len().saturating_sub(self.pattern_hold);
             while !text.is_char_boundary(at) {
@@ -257,6 +260,9 @@ pub struct GuardStream {
 impl GuardStream {
     /// What can be sent of `piece` now, and whether the answer must end here.
     pub fn push(&mut self, piece: &str) -> (String, bool) {
+        if self.list.regex.is_none() {
+            return (piece.to_owned(), false); // an empty list holds nothing back
+        }
         self.held.push_str(piece);
         let text = std::mem::take(&mut self.held);
         match self.list.action {
