@@ -18,6 +18,14 @@ fn example_env() -> Env {
     ])
 }
 
+/// The problems validation reports for `toml` (which must have some).
+fn problems(toml: &str) -> Vec<ragway::config::Problem> {
+    match Config::from_toml(toml, &Env::default()) {
+        Err(ConfigError::Invalid(problems)) => problems,
+        other => panic!("expected validation errors, got {other:?}"),
+    }
+}
+
 #[test]
 fn the_example_config_is_valid() {
     let config = Config::from_toml(EXAMPLE, &example_env()).expect("example validates");
@@ -46,9 +54,7 @@ fn every_problem_is_reported_at_once_by_key() {
         [models.chat]
         targets = ["qiniu:deepseek-v3", "nowhere:x", "no-colon"]
     "#;
-    let Err(ConfigError::Invalid(problems)) = Config::from_toml(toml, &Env::default()) else {
-        panic!("expected validation errors");
-    };
+    let problems = problems(toml);
     let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
     assert_eq!(
         keys,
@@ -83,9 +89,7 @@ fn durations_and_policies_are_checked() {
         targets = ["p:x"]
         request_timeout = "2 weeks"
     "#;
-    let Err(ConfigError::Invalid(problems)) = Config::from_toml(toml, &Env::default()) else {
-        panic!("expected validation errors");
-    };
+    let problems = problems(toml);
     let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
     assert_eq!(
         keys,
@@ -264,9 +268,7 @@ fn personal_data_settings_are_checked_by_key() {
         file = "guard.txt"
         action = "hide"
     "#;
-    let Err(ConfigError::Invalid(problems)) = Config::from_toml(toml, &Env::default()) else {
-        panic!("expected validation errors");
-    };
+    let problems = problems(toml);
     let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
     assert_eq!(
         keys,
