@@ -230,3 +230,77 @@ fn check_stream(
     prop_assert_eq!(sent, expected);
     Ok(())
 }
+
+mod guard {
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+    use ragway::sanitize::guard::{GuardAction, GuardList, Verdict};
+
+    const LIST: &str = "机密\nforbidden\nkb\nre:ab[0-9]{3}\n";
+
+    fn piece() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "[a-zA-Z0-9 ]{0,8}",
+            Just("机密".to_owned()),
+            Just("FORBIDDEN".to_owned()),
+            Just("forbid".to_owned()),
+            Just("\u{212A}".to_owned()),
+            Just("Ω İ ſ".to_owned()),
+            Just("ab12".to_owned()),
+            Just("3".to_owned()),
+        ]
+    }
+
+    /// The text a stream sends, cut at `cuts`, and whether the guard ended it.
+    fn streamed(list: &Arc<GuardList>, text: &str, cuts: &[prop::sample::Index]) -> (String, bool) {
+        let boundaries: Vec<usize> = (0..=text.len())
+            .filter(|&i| text.is_char_boundary(i))
+            .collect();
+        let mut points: Vec<usize> = cuts
+            .iter()
+            .map(|c| boundaries[c.index(boundaries.len())])
+            .collect();
+        points.sort_unstable();
+        points.push(text.len());
+        let mut stream = list.stream();
+        let (mut sent, mut at) = (String::new(), 0);
+        for point in points {
+            let (out, cut) = stream.push(&text[at..point]);
+            sent.push_str(&out);
+            at = point;
+            if cut {
+                return (sent, true);
+            }
+        }
+        let (rest, cut) = stream.finish();
+        sent.push_str(&rest);
+        (sent, cut)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn a_streamed_answer_is_guarded_as_the_whole_would_be(
+            pieces in prop::collection::vec(piece(), 1..8),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..8),
+        ) {
+            let text = pieces.concat();
+            let block = Arc::new(GuardList::parse(LIST, GuardAction::Block).unwrap());
+            let expected = match block.check(&text) {
+                Verdict::Blocked(before) => (before, true),
+                _ => (text.clone(), false),
+            };
+            prop_assert_eq!(streamed(&block, &text, &cuts), expected);
+
+            let mask = Arc::new(GuardList::parse(LIST, GuardAction::Mask).unwrap());
+            let expected = match mask.check(&text) {
+                Verdict::Masked(masked) => masked,
+                _ => text.clone(),
+            };
+            prop_assert_eq!(streamed(&mask, &text, &cuts), (expected, false));
+        }
+    }
+}

@@ -397,3 +397,31 @@ async fn the_local_model_reads_placeholders_unless_configured_to_read_raw_text()
     assert!(!record.answer.contains(PHONE), "{}", record.answer);
     assert!(!record.prompt.contains(PHONE), "{}", record.prompt);
 }
+
+#[tokio::test]
+async fn tool_definitions_stop_sequences_and_refused_requests_leak_nothing() {
+    let fake = FakeProvider::start().await;
+    let dir = temp_dir("guard-user");
+    std::fs::write(dir.join("guard.txt"), "机密\n").unwrap();
+    let (gw, audit) = with_audit(&guard_config(&fake, &dir, "block", "echo")).await;
+    let mut body = ask("chat", "hi");
+    body["tools"] = json!([{"type": "function", "function": {
+        "name": "lookup", "description": format!("the caller is {PHONE}"),
+        "parameters": {"type": "object", "properties": {}}}}]);
+    body["stop"] = json!([ID]);
+    assert_eq!(gw.chat(body).await.status(), 200);
+    let upstream = sent_upstream(&fake);
+    assert!(
+        !upstream.contains(PHONE) && !upstream.contains(ID),
+        "{upstream}"
+    );
+
+    // Refused by the guard before sanitising: the record keeps neither text nor user.
+    let mut body = ask("chat", "机密");
+    body["user"] = json!("zhang.san@example.com");
+    assert_eq!(gw.chat(body).await.status(), 400);
+    let record = audit.records().pop().unwrap();
+    assert_eq!(record.error, Some("content_filter"));
+    assert_eq!(record.user, None);
+    assert!(record.prompt.is_empty());
+}

@@ -61,7 +61,8 @@ impl RequestCtx {
         RequestCtx {
             request_id,
             caller,
-            user: request.user.clone(),
+            // Set once sanitised: a raw value must not reach the record.
+            user: None,
             route,
             started,
             stream: request.is_stream(),

@@ -185,8 +185,12 @@ impl Pipeline {
             self.metrics.pii_detected(kind.name(), action.name(), count);
         }
         ctx.pii = vault.counts();
-        ctx.user.clone_from(&prompt.user);
-        ctx.prompt_text = serde_json::to_string(&prompt.messages).unwrap_or_default();
+        // A refused request was wholly rewritten and may be recorded; after a failure
+        // the text may be half raw, and is not.
+        if matches!(result, Ok(()) | Err(GatewayError::PiiBlocked(_))) {
+            ctx.user.clone_from(&prompt.user);
+            ctx.prompt_text = serde_json::to_string(&prompt.messages).unwrap_or_default();
+        }
         result.map(|()| vault)
     }
 

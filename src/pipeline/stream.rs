@@ -72,7 +72,7 @@ async fn forward(
     // The answer as it came from upstream (sanitised), for the cache and the record.
     let mut accumulated = Assembler::default();
     let mut first_token = None;
-    let end = loop {
+    let mut end = loop {
         let item = tokio::select! {
             biased;
             _ = tx.closed() => break StreamEnd::Abandoned,
@@ -101,16 +101,21 @@ async fn forward(
         }
     };
     // The client is told how it ended; a send error here means it left already.
-    match &end {
-        StreamEnd::Complete => {
-            if let Some(rest) = shaper.finish() {
-                let _ = tx.send(data_frame(&rest)).await;
-            }
-            let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+    if let StreamEnd::Complete = end {
+        // What was held back, for a stream that ended without a finish chunk; the
+        // guard may still cut it.
+        if let Some(rest) = shaper.finish() {
+            let _ = tx.send(data_frame(&rest)).await;
         }
-        // The answer was cut on purpose: its last chunk said why; the stream ends
-        // normally (and the upstream call is dropped).
-        StreamEnd::Filtered => {
+        if shaper.filtered() {
+            pipeline.metrics.guard_blocked("output");
+            end = StreamEnd::Filtered;
+        }
+    }
+    match &end {
+        // A cut answer's last chunk said why (`content_filter`); the stream ends
+        // normally either way (and a cut one drops the upstream call).
+        StreamEnd::Complete | StreamEnd::Filtered => {
             let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
         }
         StreamEnd::Interrupted(error) => {

@@ -114,8 +114,10 @@ pub fn luhn(digits: &[u8]) -> bool {
 }
 
 /// Whether a card number's issuer prefix and length belong to a scheme ragway
-/// recognises: UnionPay (62, 16–19 digits), Visa (4, 16 or 19), Mastercard (51–55 and
-/// 2221–2720, 16), American Express (34/37, 15) and JCB (3528–3589, 16–19).
+/// recognises: UnionPay (62, 16–19 digits), mainland banks' own debit ranges (60 —
+/// Bank of China's 6013 —, 65, and 95 — ICBC's 9558; 16–19), Visa (4, 16 or 19),
+/// Mastercard (51–55 and 2221–2720, 16), American Express (34/37, 15) and JCB
+/// (3528–3589, 16–19).
 pub fn card_scheme(digits: &[u8]) -> bool {
     let len = digits.len();
     if !(15..=19).contains(&len) {
@@ -123,7 +125,8 @@ pub fn card_scheme(digits: &[u8]) -> bool {
     }
     let prefix = |n: usize| number(&digits[..n]);
     match digits.first() {
-        Some(b'6') => prefix(2) == 62 && (16..=19).contains(&len),
+        Some(b'6') => matches!(prefix(2), 60 | 62 | 65) && len >= 16,
+        Some(b'9') => prefix(2) == 95 && len >= 16,
         Some(b'4') => len == 16 || len == 19,
         Some(b'5') => (51..=55).contains(&prefix(2)) && len == 16,
         Some(b'2') => (2221..=2720).contains(&prefix(4)) && len == 16,
@@ -219,6 +222,7 @@ mod tests {
         assert!(card_scheme(b"6222021234567890128"));
         assert!(card_scheme(b"378282246310005"));
         assert!(!card_scheme(b"9111111111111111"));
+        assert!(card_scheme(b"9558801234567890123"));
     }
 
     #[test]

@@ -50,7 +50,7 @@ const PATTERNS: &[(Kind, &str, Validate)] = &[
     // Mainland mobile: 1[3-9] and nine digits, 3-4-4 groups, optional +86/0086/86.
     (
         Kind::Mobile,
-        r"(?:(?:\+86|0086)[ -]?|86[ -])?1[3-9][0-9](?:[ -]?[0-9]{4}){2}",
+        r"(?:(?:\+86|0086|86)[ -]?)?1[3-9][0-9](?:[ -]?[0-9]{4}){2}",
         mobile,
     ),
     // Landline: area code in brackets or followed by a separator, a local number
@@ -120,8 +120,8 @@ const PATTERNS: &[(Kind, &str, Validate)] = &[
     ),
     (
         Kind::Secret,
-        r"[A-Za-z][A-Za-z0-9+.-]*://[^\s:/?#@]+:[^\s/?#@]+@",
-        url_password,
+        r"[A-Za-z][A-Za-z0-9+.-]*://[^\s:/?#@]+:[^\s/?#]+@",
+        url_credentials,
     ),
 ];
 
@@ -295,16 +295,20 @@ fn bank_card(text: &str, range: Range<usize>) -> Option<Range<usize>> {
         .filter(|(_, c)| !c.is_ascii_digit())
         .map(|(i, _)| i)
         .collect();
-    if let Some(&first) = separators.first()
-        && separators
-            .iter()
-            .any(|&i| s.as_bytes()[i] != s.as_bytes()[first])
-    {
-        return None; // mixed separators: not how anyone writes a card number
-    }
     let ends = std::iter::once(s.len()).chain(separators.iter().rev().copied());
     for end in ends {
         if alnum(after(text, range.start + end)) {
+            continue;
+        }
+        // One kind of separator within the card: mixed ones are not how anyone
+        // writes a card number (and a date after it may use another).
+        let mut used = separators
+            .iter()
+            .filter(|&&i| i < end)
+            .map(|&i| s.as_bytes()[i]);
+        if let Some(first) = used.next()
+            && used.any(|b| b != first)
+        {
             continue;
         }
         let number = digits(&s[..end]);
@@ -396,13 +400,13 @@ fn bearer(text: &str, range: Range<usize>) -> Option<Range<usize>> {
     (random && !alnum(before(text, range.start))).then_some(start..range.end)
 }
 
-/// Only the password of `scheme://user:password@host` is the secret.
-fn url_password(text: &str, range: Range<usize>) -> Option<Range<usize>> {
+/// The credentials of `scheme://user:password@host` are the secret: the password,
+/// and the user name with it (often an e-mail address or a phone number). A password
+/// holding `@` runs to the last `@` before the path.
+fn url_credentials(text: &str, range: Range<usize>) -> Option<Range<usize>> {
     let s = &text[range.clone()];
-    let credentials = &s[s.find("://")? + 3..s.len() - 1];
-    let colon = credentials.find(':')?;
-    let end = range.end - 1;
-    Some(end - (credentials.len() - colon - 1)..end)
+    let start = range.start + s.find("://")? + 3;
+    Some(start..range.end - 1)
 }
 
 #[cfg(test)]
@@ -432,6 +436,10 @@ mod tests {
     #[test]
     fn a_card_inside_a_longer_run_is_cut_at_a_separator() {
         assert_eq!(
+            kinds("卡号 4111-1111-1111-1111 2025年到期"),
+            [(Kind::BankCard, "4111-1111-1111-1111")]
+        );
+        assert_eq!(
             kinds("卡号 6222 0212 3456 7890 128 12 件"),
             [(Kind::BankCard, "6222 0212 3456 7890 128")]
         );
@@ -441,7 +449,11 @@ mod tests {
     fn only_the_secret_part_is_taken() {
         assert_eq!(
             kinds("postgres://admin:s3cr3t@db:5432/app"),
-            [(Kind::Secret, "s3cr3t")]
+            [(Kind::Secret, "admin:s3cr3t")]
+        );
+        assert_eq!(
+            kinds("mysql://13812345678:p@ss@db/x"),
+            [(Kind::Secret, "13812345678:p@ss")]
         );
         assert_eq!(
             kinds("Authorization: Bearer abcdef0123456789abcdef"),

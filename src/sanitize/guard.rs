@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use regex::Regex;
+use regex_automata::hybrid::dfa::{Cache, DFA};
+use regex_automata::{Anchored, Input};
 use serde::Serialize;
 
 /// What a match does.
@@ -20,18 +22,22 @@ pub enum GuardAction {
     Mask,
 }
 
-/// A stream holds back at most this many bytes for a pattern with no length bound.
-const UNBOUNDED_HOLD: usize = 64;
+/// How far back in a stream's text a match may begin, for a pattern with no length
+/// bound (a longer match can stream out; words and bounded patterns are exact).
+const UNBOUNDED_LOOKBACK: usize = 4096;
 
 /// One version of the list, compiled, with what a match does.
 #[derive(Debug)]
 pub struct GuardList {
     action: GuardAction,
     regex: Option<Regex>,
-    /// The words, lower-cased, to hold back a stream's tail that could begin one.
-    words: Vec<String>,
-    /// For patterns: the longest tail that could begin a match.
-    pattern_hold: usize,
+    /// The same entries as a lazy DFA, asked in streams whether a match could still
+    /// begin at a place once more text arrives — exact under case folding and any
+    /// script, where comparing lower-cased prefixes is not.
+    dfa: Option<DFA>,
+    /// The longest match in bytes (case folds included): no match that could still
+    /// grow begins further back than this from the end of the text.
+    lookback: usize,
 }
 
 impl GuardList {
@@ -40,42 +46,45 @@ impl GuardList {
         GuardList {
             action: GuardAction::Block,
             regex: None,
-            words: Vec::new(),
-            pattern_hold: 0,
+            dfa: None,
+            lookback: 0,
         }
     }
 
     pub fn parse(text: &str, action: GuardAction) -> Result<GuardList, String> {
         let mut alternatives = Vec::new();
-        let mut words = Vec::new();
-        let mut pattern_hold = 0;
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            if let Some(pattern) = line.strip_prefix("re:") {
-                let hir =
-                    regex_syntax::parse(pattern).map_err(|e| format!("line {}: {e}", n + 1))?;
-                let longest = hir.properties().maximum_len().unwrap_or(UNBOUNDED_HOLD + 1);
-                pattern_hold = pattern_hold.max(longest.saturating_sub(1).min(UNBOUNDED_HOLD));
-                alternatives.push(format!("(?:{pattern})"));
-            } else {
-                alternatives.push(regex::escape(line));
-                words.push(line.to_lowercase());
+            let alternative = match line.strip_prefix("re:") {
+                Some(pattern) => format!("(?:{pattern})"),
+                None => regex::escape(line),
+            };
+            let hir =
+                regex_syntax::parse(&alternative).map_err(|e| format!("line {}: {e}", n + 1))?;
+            if hir.properties().minimum_len() == Some(0) {
+                return Err(format!("line {}: the entry matches empty text", n + 1));
             }
+            alternatives.push(alternative);
         }
-        let regex = if alternatives.is_empty() {
-            None
-        } else {
-            let joined = format!("(?i){}", alternatives.join("|"));
-            Some(Regex::new(&joined).map_err(|e| e.to_string())?)
-        };
+        if alternatives.is_empty() {
+            return Ok(GuardList {
+                action,
+                ..GuardList::empty()
+            });
+        }
+        let joined = format!("(?i){}", alternatives.join("|"));
+        let longest = regex_syntax::parse(&joined)
+            .map_err(|e| e.to_string())?
+            .properties()
+            .maximum_len();
         Ok(GuardList {
             action,
-            regex,
-            words,
-            pattern_hold,
+            regex: Some(Regex::new(&joined).map_err(|e| e.to_string())?),
+            dfa: Some(DFA::new(&joined).map_err(|e| e.to_string())?),
+            lookback: longest.map_or(UNBOUNDED_LOOKBACK, |n| n.min(UNBOUNDED_LOOKBACK)),
         })
     }
 
@@ -93,6 +102,7 @@ impl GuardList {
     pub fn stream(self: &Arc<Self>) -> GuardStream {
         GuardStream {
             list: Arc::clone(self),
+            cache: self.dfa.as_ref().map(DFA::create_cache),
             held: String::new(),
         }
     }
@@ -116,34 +126,41 @@ impl GuardList {
         )
     }
 
-    /// Where the tail of `text` that could still begin a match starts.
-    fn hold_from(&self, text: &str) -> usize {
-        let mut from = text.len();
-        if self.words.is_empty() && self.pattern_hold == 0 {
-            return from;
+    /// Where the tail of `text` that could still begin a match starts: the earliest
+    /// place, within the longest match from the end, from which the automaton is
+    /// not yet dead at the end of the text.
+    fn hold_from(&self, cache: &mut Cache, text: &str) -> usize {
+        let Some(dfa) = &self.dfa else {
+            return text.len();
+        };
+        let mut from = text.len().saturating_sub(self.lookback);
+        while !text.is_char_boundary(from) {
+            from += 1;
         }
-        if self.pattern_hold > 0 {
-            let mut at = text.len().saturating_sub(self.pattern_hold);
-            while !text.is_char_boundary(at) {
-                at += 1;
-            }
-            from = at;
-        }
-        let lower = text.to_lowercase();
-        // Lower-casing can change byte lengths outside ASCII; then hold by patterns only.
-        if lower.len() == text.len() {
-            for word in &self.words {
-                // The longest prefix first: `abab` must hold four bytes for `ababc`.
-                for (cut, _) in word.char_indices().rev().filter(|&(i, _)| i > 0) {
-                    if lower.ends_with(&word[..cut]) {
-                        from = from.min(text.len() - cut);
-                        break;
-                    }
-                }
-            }
-        }
-        from
+        (from..text.len())
+            .filter(|&start| text.is_char_boundary(start))
+            .find(|&start| could_begin(dfa, cache, text, start))
+            .unwrap_or(text.len())
     }
+}
+
+/// Whether a match anchored at `start` is still possible at the end of `text`. An
+/// automaton that gives up (a cache failure, a Unicode word boundary) says yes:
+/// holding back too much is safe, too little is not.
+fn could_begin(dfa: &DFA, cache: &mut Cache, text: &str, start: usize) -> bool {
+    let input = Input::new(text).range(start..).anchored(Anchored::Yes);
+    let Ok(mut state) = dfa.start_state_forward(cache, &input) else {
+        return true;
+    };
+    for &byte in &text.as_bytes()[start..] {
+        match dfa.next_state(cache, state, byte) {
+            Ok(next) if next.is_dead() => return false,
+            Ok(next) if next.is_quit() => return true,
+            Ok(next) => state = next,
+            Err(_) => return true,
+        }
+    }
+    true
 }
 
 /// The guard as the pipeline holds it: the current list, and where it comes from.
@@ -254,15 +271,17 @@ fn read(
 /// until the next piece decides it.
 pub struct GuardStream {
     list: Arc<GuardList>,
+    /// The lazy DFA's working memory, one per stream.
+    cache: Option<Cache>,
     held: String,
 }
 
 impl GuardStream {
     /// What can be sent of `piece` now, and whether the answer must end here.
     pub fn push(&mut self, piece: &str) -> (String, bool) {
-        if self.list.regex.is_none() {
+        let Some(cache) = &mut self.cache else {
             return (piece.to_owned(), false); // an empty list holds nothing back
-        }
+        };
         self.held.push_str(piece);
         let text = std::mem::take(&mut self.held);
         match self.list.action {
@@ -270,14 +289,14 @@ impl GuardStream {
                 if let Some((start, _)) = self.list.first(&text) {
                     return (text[..start].to_owned(), true);
                 }
-                let keep = self.list.hold_from(&text);
+                let keep = self.list.hold_from(cache, &text);
                 self.held = text[keep..].to_owned();
                 (text[..keep].to_owned(), false)
             }
             GuardAction::Mask => {
                 // Matches wholly before the held tail are final; one that reaches
                 // into the tail is held with it.
-                let mut keep = self.list.hold_from(&text);
+                let mut keep = self.list.hold_from(cache, &text);
                 if let Some(regex) = &self.list.regex {
                     for m in regex.find_iter(&text) {
                         if m.start() < keep && m.end() > keep {
@@ -339,6 +358,24 @@ mod tests {
         assert_eq!(stream.push("a forb"), ("a ".to_owned(), false));
         assert_eq!(stream.push("idden b"), ("********* b".to_owned(), false));
         assert_eq!(stream.finish(), (String::new(), false));
+    }
+
+    #[test]
+    fn case_folding_outside_ascii_neither_leaks_nor_panics() {
+        // U+2126 OHM SIGN lower-cases to a shorter ω: the word must still be held.
+        let mut stream = list(GuardAction::Block, "forbidden\n").stream();
+        assert_eq!(stream.push("10 kΩ for"), ("10 kΩ ".to_owned(), false));
+        assert_eq!(stream.push("bidden"), (String::new(), true));
+        // U+212A KELVIN SIGN folds to k.
+        let mut stream = list(GuardAction::Mask, "kb\n").stream();
+        let (sent, _) = stream.push("İİ\u{212A}");
+        assert_eq!(sent, "İİ");
+        assert_eq!(stream.push("B!"), ("**!".to_owned(), false));
+    }
+
+    #[test]
+    fn an_entry_that_matches_empty_text_is_refused() {
+        assert!(GuardList::parse("re:a*\n", GuardAction::Block).is_err());
     }
 
     #[test]

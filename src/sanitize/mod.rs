@@ -141,10 +141,11 @@ impl Scope<'_> {
 }
 
 /// Every text of a request that is sent upstream: message contents and text parts,
-/// names, tool calls and any extra fields, the `user` field and the request's own
-/// extra fields. Images, audio and files are not text and pass as they are.
+/// names, tool calls and any extra fields; tool definitions, `tool_choice`,
+/// `response_format` and `stop`; the `user` field and the request's own extra
+/// fields. Images, audio and files are not text and pass as they are.
 pub fn for_each_text(request: &mut ChatRequest, f: &mut dyn FnMut(&mut String)) {
-    use crate::wire::Content;
+    use crate::wire::{Content, Stop};
     for message in &mut request.messages {
         match &mut message.content {
             Some(Content::Text(text)) => f(text),
@@ -169,6 +170,21 @@ pub fn for_each_text(request: &mut ChatRequest, f: &mut dyn FnMut(&mut String)) 
     }
     if let Some(user) = &mut request.user {
         f(user);
+    }
+    // A stop sequence is rewritten like the answer it must match.
+    match &mut request.stop {
+        Some(Stop::One(stop)) => f(stop),
+        Some(Stop::Many(stops)) => stops.iter_mut().for_each(&mut *f),
+        None => {}
+    }
+    let typed = [&mut request.tool_choice, &mut request.response_format];
+    for value in request
+        .tools
+        .iter_mut()
+        .flatten()
+        .chain(typed.into_iter().flatten())
+    {
+        for_each_json_text(value, f);
     }
     for value in request.extra.values_mut() {
         for_each_json_text(value, f);

@@ -16,8 +16,8 @@ pub fn mask(kind: Kind, value: &str) -> String {
             }
             None => "***".to_owned(),
         },
-        // Nothing of a secret is worth keeping but its kind of prefix.
-        Kind::Secret => format!("{}****", value.chars().take(3).collect::<String>()),
+        // Nothing of a secret may show: even its first characters can be the secret.
+        Kind::Secret => "****".to_owned(),
         Kind::IpAddress => match value.find(['.', ':']) {
             Some(cut) if value.contains('.') => format!("{}.*.*.*", &value[..cut]),
             Some(cut) => format!("{}:****", &value[..cut]),
@@ -93,7 +93,7 @@ mod tests {
             "z***@example.com"
         );
         assert_eq!(mask(Kind::IpAddress, "192.168.1.20"), "192.*.*.*");
-        assert_eq!(mask(Kind::Secret, "sk-abcdef0123456789abcdef"), "sk-****");
+        assert_eq!(mask(Kind::Secret, "sk-abcdef0123456789abcdef"), "****");
     }
 
     #[test]

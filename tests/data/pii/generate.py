@@ -123,7 +123,7 @@ for fmt in ["{} {} {}", "{}-{}-{}"]:
         m = mobile()
         v = fmt.format(m[:3], m[3:7], m[7:])
         case("mobile", f"手机 {v} 已验证", ("mobile", v))
-for prefix in ["+86", "+86 ", "0086", "0086-", "86 ", "+86-"]:
+for prefix in ["+86", "+86 ", "0086", "0086-", "86 ", "+86-", "86"]:
     m = mobile()
     v = prefix + m
     case("mobile", f"请拨打{v}咨询", ("mobile", v))
@@ -137,6 +137,7 @@ for area, local in [("010", 8), ("021", 8), ("020", 8), ("0755", 8), ("0571", 8)
         case("landline", f"办公电话：{v}，工作日可打", ("landline", v))
 case("landline", "总机 010-62345678-8021 转人工", ("landline", "010-62345678-8021"))
 case("landline", "Front desk: 021-52341234转305", ("landline", "021-52341234转305"))
+case("bank_card", "卡号 4111-1111-1111-1111 2025年到期", ("bank_card", "4111-1111-1111-1111"))
 
 for _ in range(30):
     v = id18()
@@ -151,6 +152,7 @@ for _ in range(8):
     case("id_card", f"旧身份证号 {v} 需换领", ("id_card", v))
 
 for prefix, length, name in [("62", 16, "unionpay16"), ("62", 19, "unionpay19"),
+                             ("6013", 19, "boc"), ("9558", 19, "icbc"),
                              ("4", 16, "visa"), ("51", 16, "mc"), ("55", 16, "mc"),
                              ("2221", 16, "mc2"), ("34", 15, "amex"), ("37", 15, "amex"),
                              ("3530", 16, "jcb"), ("6228", 19, "abc")]:
@@ -207,8 +209,9 @@ for v in ["sk-proj-" + "".join(rng.choice(string.ascii_letters + string.digits) 
 tok = "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(32))
 case("secret", f"curl -H 'Authorization: Bearer {tok}' https://api", ("secret", tok))
 case("secret", "连接串 mysql://root:Passw0rd!@10.1.2.3:3306/db",
-     ("secret", "Passw0rd!"), ("ip_address", "10.1.2.3"))
-case("secret", "postgres://app:s3cr3t@db.internal/app", ("secret", "s3cr3t"))
+     ("secret", "root:Passw0rd!"), ("ip_address", "10.1.2.3"))
+case("secret", "postgres://app:s3cr3t@db.internal/app", ("secret", "app:s3cr3t"))
+case("secret", "redis://default:p@ss@cache:6379/0", ("secret", "default:p@ss"))
 jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
 case("secret", f"token {jwt} expired", ("secret", jwt))
 
@@ -253,7 +256,7 @@ for prefix, length in [("62", 16), ("62", 19), ("4", 16), ("51", 16), ("37", 15)
     for _ in range(5):
         case("negative_card", f"卡号 {card(prefix, length, valid=False)} 无效")
 for _ in range(5):
-    case("negative_card", f"流水号 {card('9', 16)}")
+    case("negative_card", f"流水号 {card('8', 16)}")
 for v in ["v1.2.3", "version 1.2.3.4", "1.0.0-beta.1", "Python 3.11.7", "10.0.19041.1",
           "Chrome 120.0.6099.109", "rustc 1.95.0", "版本 2.3.4.5", "build 4.4.1.208",
           "Release 2023.11.24.1", "node v20.20.2", "OpenSSL 3.0.11", "1.2.3.4.5",
