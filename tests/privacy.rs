@@ -425,3 +425,41 @@ async fn tool_definitions_stop_sequences_and_refused_requests_leak_nothing() {
     assert_eq!(record.user, None);
     assert!(record.prompt.is_empty());
 }
+
+#[tokio::test]
+async fn tool_call_arguments_come_back_with_the_users_values() {
+    let fake = FakeProvider::start().await;
+    let cfg = |model: &str| config_over(&fake, &[("chat", &[model])]);
+    let expected = json!({"query": question()});
+
+    let gw = Gateway::start(&cfg("tool-echo")).await;
+    let answer: Value = gw
+        .chat(ask("chat", &question()))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let arguments = answer["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
+        .as_str()
+        .unwrap();
+    assert_eq!(serde_json::from_str::<Value>(arguments).unwrap(), expected);
+    assert!(!sent_upstream(&fake).contains(PHONE));
+
+    for piece in ["tool-echo-1", "tool-echo-3", "tool-echo-7"] {
+        let gw = Gateway::start(&cfg(piece)).await;
+        let sse = Sse::read(gw.chat(ask_stream("chat", &question())).await).await;
+        assert!(sse.done, "{}", sse.raw);
+        let arguments: String = sse
+            .events
+            .iter()
+            .filter_map(|e| e["choices"][0]["delta"]["tool_calls"].as_array())
+            .flatten()
+            .filter_map(|call| call["function"]["arguments"].as_str())
+            .collect();
+        assert_eq!(
+            serde_json::from_str::<Value>(&arguments).unwrap(),
+            expected,
+            "{piece}"
+        );
+    }
+}

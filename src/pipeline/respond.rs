@@ -5,6 +5,7 @@
 //! Unlike the other stages this is the pipeline's own logic with nothing to switch
 //! or replace, so it is plain functions rather than a trait.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -130,11 +131,32 @@ fn restore_whole(
             choice.finish_reason = Some(FILTERED.to_owned());
             filtered = true;
         }
+        if let Some(calls) = &mut message.tool_calls {
+            restore_arguments(&to_client.vault, calls);
+        }
     }
     if let Some(citations) = citations(ctx) {
         completion.extra.insert("ragway".to_owned(), citations);
     }
     (completion, filtered)
+}
+
+/// Restores the `arguments` of tool calls: the client's application runs the tool
+/// with its user's own values. (The content guard does not cut arguments: they are
+/// JSON for a program, not text for a reader.)
+fn restore_arguments(vault: &Vault, calls: &mut Value) {
+    match calls {
+        Value::Array(items) => items.iter_mut().for_each(|v| restore_arguments(vault, v)),
+        Value::Object(map) => {
+            for (key, value) in map.iter_mut() {
+                match value {
+                    Value::String(text) if key == "arguments" => *text = vault.restore_json(text),
+                    other => restore_arguments(vault, other),
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Splits a whole answer into the chunks a stream would have carried.
@@ -183,6 +205,9 @@ pub(super) struct ChunkShaper {
     citations: Option<Value>,
     content: FieldFilter,
     reasoning: FieldFilter,
+    /// Per tool call index: its streamed `arguments`.
+    arguments: BTreeMap<u64, StreamRestorer>,
+    vault: Arc<Vault>,
     /// The content guard cut the answer: nothing more is sent.
     filtered: bool,
 }
@@ -236,7 +261,44 @@ impl ChunkShaper {
             citations: citations(ctx),
             content: FieldFilter::new(to_client),
             reasoning: FieldFilter::new(to_client),
+            arguments: BTreeMap::new(),
+            vault: Arc::clone(&to_client.vault),
             filtered: false,
+        }
+    }
+
+    /// Restores the argument fragments of a chunk's tool calls; at the end, adds
+    /// what each call still held back.
+    fn tool_calls(&mut self, delta: &mut Delta, end: bool) {
+        if self.vault.is_empty() {
+            return;
+        }
+        if let Some(Value::Array(calls)) = &mut delta.tool_calls {
+            for call in calls {
+                let index = call["index"].as_u64().unwrap_or(0);
+                if let Some(Value::String(fragment)) = call.pointer_mut("/function/arguments") {
+                    let restorer = self
+                        .arguments
+                        .entry(index)
+                        .or_insert_with(|| StreamRestorer::for_json(Arc::clone(&self.vault)));
+                    *fragment = restorer.push(fragment);
+                }
+            }
+        }
+        if !end {
+            return;
+        }
+        for (index, restorer) in &mut self.arguments {
+            let rest = restorer.finish();
+            if rest.is_empty() {
+                continue;
+            }
+            let calls = delta
+                .tool_calls
+                .get_or_insert_with(|| Value::Array(Vec::new()));
+            if let Value::Array(calls) = calls {
+                calls.push(json!({"index": index, "function": {"arguments": rest}}));
+            }
         }
     }
 
@@ -261,6 +323,7 @@ impl ChunkShaper {
                 self.reasoning.piece(delta.reasoning_content.take(), finish);
             delta.content = content;
             delta.reasoning_content = reasoning;
+            self.tool_calls(delta, finish);
             if cut_content || cut_reasoning {
                 choice.finish_reason = Some(FILTERED.to_owned());
                 self.filtered = true;
@@ -287,9 +350,12 @@ impl ChunkShaper {
             }],
             ..Default::default()
         };
-        let choice = &mut chunk.choices[0];
         let (content, cut_content) = self.content.piece(None, true);
         let (reasoning, cut_reasoning) = self.reasoning.piece(None, true);
+        let mut delta = std::mem::take(&mut chunk.choices[0].delta);
+        self.tool_calls(&mut delta, true);
+        let choice = &mut chunk.choices[0];
+        choice.delta = delta;
         choice.delta.content = content.filter(|t| !t.is_empty());
         choice.delta.reasoning_content = reasoning.filter(|t| !t.is_empty());
         if cut_content || cut_reasoning {
@@ -298,6 +364,7 @@ impl ChunkShaper {
         }
         let empty = choice.delta.content.is_none()
             && choice.delta.reasoning_content.is_none()
+            && choice.delta.tool_calls.is_none()
             && choice.finish_reason.is_none();
         (!empty).then(|| self.stamp(chunk))
     }

@@ -78,11 +78,19 @@ impl Vault {
     /// `text` with every placeholder of this request replaced by its value.
     pub fn restore(&self, text: &str) -> String {
         let mut out = String::with_capacity(text.len());
-        self.restore_into(text, &mut out);
+        self.restore_into(text, &mut out, Escape::None);
         out
     }
 
-    fn restore_into(&self, text: &str, out: &mut String) {
+    /// Like [`Vault::restore`], for text that is JSON (a tool call's `arguments`):
+    /// values are escaped as inside a JSON string, where placeholders stand.
+    pub fn restore_json(&self, text: &str) -> String {
+        let mut out = String::with_capacity(text.len());
+        self.restore_into(text, &mut out, Escape::Json);
+        out
+    }
+
+    fn restore_into(&self, text: &str, out: &mut String, escape: Escape) {
         if self.originals.is_empty() {
             out.push_str(text);
             return;
@@ -93,7 +101,14 @@ impl Vault {
             let candidate = &rest[open..];
             match candidate.find('>').map(|close| &candidate[..=close]) {
                 Some(token) if self.originals.contains_key(token) => {
-                    out.push_str(&self.originals[token]);
+                    let value = &self.originals[token];
+                    match escape {
+                        Escape::None => out.push_str(value),
+                        Escape::Json => {
+                            let quoted = serde_json::Value::from(value.as_str()).to_string();
+                            out.push_str(&quoted[1..quoted.len() - 1]);
+                        }
+                    }
                     rest = &candidate[token.len()..];
                 }
                 _ => {
@@ -112,12 +127,19 @@ impl Vault {
     }
 }
 
+#[derive(Debug, Clone, Copy)]
+enum Escape {
+    None,
+    Json,
+}
+
 /// Restores one streamed text field. A placeholder may arrive split across chunks
 /// (`<PHO` + `NE_1>`): the shortest tail that could still become a placeholder is
 /// held back until the next piece decides it, and nothing else is delayed.
 pub struct StreamRestorer {
     vault: Arc<Vault>,
     held: String,
+    escape: Escape,
 }
 
 impl StreamRestorer {
@@ -125,6 +147,15 @@ impl StreamRestorer {
         StreamRestorer {
             vault,
             held: String::new(),
+            escape: Escape::None,
+        }
+    }
+
+    /// For a streamed tool call's `arguments` (see [`Vault::restore_json`]).
+    pub fn for_json(vault: Arc<Vault>) -> StreamRestorer {
+        StreamRestorer {
+            escape: Escape::Json,
+            ..StreamRestorer::new(vault)
         }
     }
 
@@ -136,7 +167,8 @@ impl StreamRestorer {
             _ => self.held.len(),
         };
         let mut out = String::with_capacity(keep);
-        self.vault.restore_into(&self.held[..keep], &mut out);
+        self.vault
+            .restore_into(&self.held[..keep], &mut out, self.escape);
         self.held.drain(..keep);
         out
     }
@@ -144,7 +176,9 @@ impl StreamRestorer {
     /// Releases what was held back, at the end of the stream.
     pub fn finish(&mut self) -> String {
         let held = std::mem::take(&mut self.held);
-        self.vault.restore(&held)
+        let mut out = String::with_capacity(held.len());
+        self.vault.restore_into(&held, &mut out, self.escape);
+        out
     }
 }
 
@@ -163,6 +197,16 @@ mod tests {
             vault.restore("call <PHONE_2> or <PHONE_1>, not <PHONE_3> <"),
             "call 13912345678 or 13812345678, not <PHONE_3> <"
         );
+    }
+
+    #[test]
+    fn values_restored_into_json_are_escaped() {
+        let mut vault = Vault::new();
+        vault.placeholder(Kind::Secret, "pa\"ss\\");
+        let arguments = r#"{"password": "<SECRET_1>"}"#;
+        let restored = vault.restore_json(arguments);
+        let parsed: serde_json::Value = serde_json::from_str(&restored).unwrap();
+        assert_eq!(parsed["password"], "pa\"ss\\");
     }
 
     #[test]

@@ -194,6 +194,12 @@ async fn respond(
                 .collect();
             answer(model, &pieces, stream, Script::default())
         }
+        // A call of the tool `lookup` with the user's text as its `query`, the
+        // arguments streamed in pieces of n characters.
+        "tool-echo" => {
+            let arguments = json!({"query": last_user_text(body)}).to_string();
+            tool_call(model, &arguments, stream, n.unwrap_or(4) as usize)
+        }
         "tokens" => answer(model, &numbered(n.unwrap_or(10)), stream, Script::default()),
         "reasoning" => answer(
             model,
@@ -484,6 +490,42 @@ fn answer(model: &str, tokens: &[String], stream: bool, script: Script) -> Respo
         push("data: [DONE]\n\n".to_owned(), &mut frames);
     }
     sse_body(frames, script.end == End::FinishThenStall)
+}
+
+fn tool_call(model: &str, arguments: &str, stream: bool, piece: usize) -> Response {
+    let call = |arguments: &str| {
+        json!({"index": 0, "id": "call_1", "type": "function",
+               "function": {"name": "lookup", "arguments": arguments}})
+    };
+    if !stream {
+        let message =
+            json!({"role": "assistant", "content": null, "tool_calls": [call(arguments)]});
+        return axum::Json(json!({
+            "id": "fake-1", "object": "chat.completion", "created": 1, "model": model,
+            "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}],
+        }))
+        .into_response();
+    }
+    let chars: Vec<char> = arguments.chars().collect();
+    let mut frames = vec![(
+        Duration::ZERO,
+        sse(&chunk(model, json!({"role": "assistant"}), None)),
+    )];
+    for (i, part) in chars.chunks(piece.max(1)).enumerate() {
+        let part: String = part.iter().collect();
+        let delta = if i == 0 {
+            json!({"tool_calls": [call(&part)]})
+        } else {
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": part}}]})
+        };
+        frames.push((Duration::ZERO, sse(&chunk(model, delta, None))));
+    }
+    frames.push((
+        Duration::ZERO,
+        sse(&chunk(model, json!({}), Some("tool_calls"))),
+    ));
+    frames.push((Duration::ZERO, "data: [DONE]\n\n".to_owned()));
+    sse_body(frames, false)
 }
 
 fn whole(model: &str, tokens: &[String], script: Script) -> Response {
