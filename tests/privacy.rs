@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ragway::cache::{AnswerCache, CacheKey, CacheLookup, CacheStatus};
 use ragway::error::GatewayError;
-use ragway::pipeline::RequestCtx;
+use ragway::pipeline::{Pipeline, RequestCtx};
 use ragway::retrieve::{Citation, Retriever};
 use ragway::sanitize::{Sanitizer, Scope, Vault};
 use ragway::wire::{ChatCompletion, ChatRequest, Content, Message, Role};
@@ -39,6 +39,19 @@ async fn one_record(audit: &MemoryAudit) -> ragway::audit::CallRecord {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("no audit record");
+}
+
+/// A fake provider that echoes the question, and a gateway in front of it whose
+/// stages `customize` may replace.
+async fn over_echo(customize: impl FnOnce(&mut Pipeline)) -> (FakeProvider, Gateway) {
+    let fake = FakeProvider::start().await;
+    let gw = Gateway::start_customized(&echo_config(&fake, ""), &[], customize).await;
+    (fake, gw)
+}
+
+/// The alias `chat` routed to the echoing fake, with more config lines.
+fn echo_config(fake: &FakeProvider, extra: &str) -> String {
+    format!("{}\n{extra}\n", config_over(fake, &[("chat", &["echo"])]))
 }
 
 fn sent_upstream(fake: &FakeProvider) -> String {
@@ -101,10 +114,7 @@ async fn a_placeholder_split_across_stream_chunks_reaches_the_client_restored() 
 #[tokio::test]
 async fn a_blocked_kind_is_refused_by_name_and_never_sent() {
     let fake = FakeProvider::start().await;
-    let config = format!(
-        "{}\n[pii.actions]\nid_card = \"block\"\n",
-        config_over(&fake, &[("chat", &["echo"])])
-    );
+    let config = echo_config(&fake, "[pii.actions]\nid_card = \"block\"");
     let (gw, audit) = with_audit(&config).await;
     let response = gw.chat(ask("chat", &question())).await;
     assert_eq!(response.status(), 400);
@@ -124,9 +134,9 @@ async fn a_blocked_kind_is_refused_by_name_and_never_sent() {
 #[tokio::test]
 async fn masked_and_hashed_values_go_out_changed_and_stay_changed() {
     let fake = FakeProvider::start().await;
-    let config = format!(
-        "{}\n[pii]\nhash_key_env = \"PII_KEY\"\n[pii.actions]\nmobile = \"mask\"\nid_card = \"hash\"\n",
-        config_over(&fake, &[("chat", &["echo"])])
+    let config = echo_config(
+        &fake,
+        "[pii]\nhash_key_env = \"PII_KEY\"\n[pii.actions]\nmobile = \"mask\"\nid_card = \"hash\"",
     );
     let gw = Gateway::start_with_env(&config, &[("PII_KEY", "k")]).await;
     let answer: Value = gw
@@ -167,9 +177,7 @@ impl Sanitizer for Broken {
 
 #[tokio::test]
 async fn when_sanitising_fails_the_request_fails_closed() {
-    let fake = FakeProvider::start().await;
-    let config = config_over(&fake, &[("chat", &["echo"])]);
-    let gw = Gateway::start_customized(&config, &[], |p| p.sanitizer = Arc::new(Broken)).await;
+    let (fake, gw) = over_echo(|p| p.sanitizer = Arc::new(Broken)).await;
     let response = gw.chat(ask("chat", &question())).await;
     assert_eq!(response.status(), 500);
     let text = response.text().await.unwrap();
@@ -206,9 +214,7 @@ impl Retriever for OnePassage {
 
 #[tokio::test]
 async fn retrieved_passages_share_the_request_vault() {
-    let fake = FakeProvider::start().await;
-    let config = config_over(&fake, &[("chat", &["echo"])]);
-    let gw = Gateway::start_customized(&config, &[], |p| p.retriever = Arc::new(OnePassage)).await;
+    let (fake, gw) = over_echo(|p| p.retriever = Arc::new(OnePassage)).await;
     let response = gw.chat(ask("chat", &question())).await;
     assert_eq!(response.status(), 200);
     let system = fake.last_request().body["messages"][0]["content"].to_string();
@@ -315,11 +321,9 @@ impl AnswerCache for MessagesCache {
 
 #[tokio::test]
 async fn a_cached_answer_is_stored_sanitised_and_shows_the_next_user_their_own_number() {
-    let fake = FakeProvider::start().await;
     let cache = Arc::new(MessagesCache::default());
     let stages = cache.clone();
-    let config = config_over(&fake, &[("chat", &["echo"])]);
-    let gw = Gateway::start_customized(&config, &[], move |p| p.cache = stages).await;
+    let (fake, gw) = over_echo(move |p| p.cache = stages).await;
     let ask_with = |phone: &str| ask("chat", &format!("请回拨 {phone}，谢谢"));
 
     let first: Value = gw.chat(ask_with(PHONE)).await.json().await.unwrap();
