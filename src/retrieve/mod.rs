@@ -3,6 +3,8 @@
 //! [`NoRetrieval`] is the pass-through used while no document store is configured:
 //! the prompt goes on unchanged and nothing is cited.
 
+pub mod chunk;
+
 use async_trait::async_trait;
 use serde::Serialize;
 
