@@ -4,6 +4,7 @@
 //! the prompt goes on unchanged and nothing is cited.
 
 pub mod chunk;
+pub mod prompt;
 
 use async_trait::async_trait;
 use serde::Serialize;
