@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::support::{FakeProvider, Gateway, ask, config_over};
+use crate::support::{FakeProvider, Gateway, ask, config_over, expect_error};
 
 async fn post_raw(
     gw: &Gateway,
@@ -17,23 +17,6 @@ async fn post_raw(
         .send()
         .await
         .unwrap()
-}
-
-/// Asserts the status and the OpenAI error shape; returns the error object.
-async fn expect_error(response: reqwest::Response, status: u16) -> Value {
-    assert_eq!(response.status(), status);
-    let body: Value = response.json().await.expect("error body is JSON");
-    let error = body["error"].clone();
-    assert!(
-        error["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{body}"
-    );
-    assert!(error["type"].is_string(), "{body}");
-    assert!(
-        error.get("param").is_some() && error.get("code").is_some(),
-        "{body}"
-    );
-    error
 }
 
 async fn gateway() -> (FakeProvider, Gateway) {

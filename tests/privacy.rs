@@ -14,7 +14,9 @@ use ragway::sanitize::{Sanitizer, Scope, Vault};
 use ragway::wire::{ChatCompletion, ChatRequest, Content, Message, Role};
 use serde_json::{Value, json};
 
-use crate::support::{FakeProvider, Gateway, MemoryAudit, Sse, ask, ask_stream, config_over};
+use crate::support::{
+    FakeProvider, Gateway, MemoryAudit, Sse, ask, ask_stream, config_over, expect_error,
+};
 
 const PHONE: &str = "13812345678";
 const ID: &str = "11010519491231002X";
@@ -116,11 +118,9 @@ async fn a_blocked_kind_is_refused_by_name_and_never_sent() {
     let fake = FakeProvider::start().await;
     let config = echo_config(&fake, "[pii.actions]\nid_card = \"block\"");
     let (gw, audit) = with_audit(&config).await;
-    let response = gw.chat(ask("chat", &question())).await;
-    assert_eq!(response.status(), 400);
-    let error: Value = response.json().await.unwrap();
-    assert_eq!(error["error"]["code"], "pii_blocked");
-    let message = error["error"]["message"].as_str().unwrap();
+    let error = expect_error(gw.chat(ask("chat", &question())).await, 400).await;
+    assert_eq!(error["code"], "pii_blocked");
+    let message = error["message"].as_str().unwrap();
     assert!(
         message.contains("id_card") && !message.contains(ID),
         "{message}"
@@ -139,12 +139,7 @@ async fn masked_and_hashed_values_go_out_changed_and_stay_changed() {
         "[pii]\nhash_key_env = \"PII_KEY\"\n[pii.actions]\nmobile = \"mask\"\nid_card = \"hash\"",
     );
     let gw = Gateway::start_with_env(&config, &[("PII_KEY", "k")]).await;
-    let answer: Value = gw
-        .chat(ask("chat", &question()))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let answer: Value = gw.answer(ask("chat", &question())).await;
     let upstream = sent_upstream(&fake);
     assert!(
         upstream.contains("138****5678") && upstream.contains("<ID_CARD#"),
@@ -178,10 +173,8 @@ impl Sanitizer for Broken {
 #[tokio::test]
 async fn when_sanitising_fails_the_request_fails_closed() {
     let (fake, gw) = over_echo(|p| p.sanitizer = Arc::new(Broken)).await;
-    let response = gw.chat(ask("chat", &question())).await;
-    assert_eq!(response.status(), 500);
-    let text = response.text().await.unwrap();
-    assert!(!text.contains(PHONE), "{text}");
+    let error = expect_error(gw.chat(ask("chat", &question())).await, 500).await;
+    assert!(!error.to_string().contains(PHONE), "{error}");
     assert_eq!(fake.total_attempts(), 0, "nothing may be forwarded raw");
 }
 
@@ -250,14 +243,12 @@ async fn the_content_guard_refuses_input_and_cuts_output() {
     std::fs::write(dir.join("guard.txt"), "# test list\n机密\nre:fak[e]\n").unwrap();
     let gw = Gateway::start(&guard_config(&fake, &dir, "block", "ok")).await;
 
-    let response = gw.chat(ask("chat", "这份机密文件写了什么？")).await;
-    assert_eq!(response.status(), 400);
-    let error: Value = response.json().await.unwrap();
-    assert_eq!(error["error"]["code"], "content_filter");
+    let error = expect_error(gw.chat(ask("chat", "这份机密文件写了什么？")).await, 400).await;
+    assert_eq!(error["code"], "content_filter");
     assert_eq!(fake.total_attempts(), 0);
 
     // The fake answers "Hello from the fake provider.": cut before "fake".
-    let answer: Value = gw.chat(ask("chat", "hi")).await.json().await.unwrap();
+    let answer: Value = gw.answer(ask("chat", "hi")).await;
     assert_eq!(
         answer["choices"][0]["message"]["content"],
         "Hello from the "
@@ -286,14 +277,14 @@ async fn the_guard_masks_when_told_to_and_rereads_its_list() {
             .unwrap()
             .to_owned()
     };
-    let answer = text(gw.chat(ask("chat", "hi")).await.json().await.unwrap());
+    let answer = text(gw.answer(ask("chat", "hi")).await);
     assert_eq!(answer, "Hello from the **** provider.");
     let sse = Sse::read(gw.chat(ask_stream("chat", "hi")).await).await;
     assert_eq!(sse.text(), "Hello from the **** provider.");
 
     std::fs::write(dir.join("guard.txt"), "provider\nhello\n").unwrap();
     tokio::time::sleep(Duration::from_millis(120)).await;
-    let answer = text(gw.chat(ask("chat", "hi")).await.json().await.unwrap());
+    let answer = text(gw.answer(ask("chat", "hi")).await);
     assert_eq!(answer, "***** from the fake ********.");
 }
 
@@ -326,7 +317,7 @@ async fn a_cached_answer_is_stored_sanitised_and_shows_the_next_user_their_own_n
     let (fake, gw) = over_echo(move |p| p.cache = stages).await;
     let ask_with = |phone: &str| ask("chat", &format!("请回拨 {phone}，谢谢"));
 
-    let first: Value = gw.chat(ask_with(PHONE)).await.json().await.unwrap();
+    let first: Value = gw.answer(ask_with(PHONE)).await;
     assert_eq!(
         first["choices"][0]["message"]["content"],
         format!("请回拨 {PHONE}，谢谢")
@@ -384,7 +375,7 @@ async fn local_prompt_tokens(local_input: &str) -> (u64, ragway::audit::CallReco
         "model": "local", "temperature": 0, "max_tokens": 16,
         "messages": [{"role": "user", "content": format!("Repeat my number: {PHONE}")}]
     });
-    let answer: Value = gw.chat(body).await.json().await.unwrap();
+    let answer: Value = gw.answer(body).await;
     let tokens = answer["usage"]["prompt_tokens"].as_u64().expect("usage");
     (tokens, one_record(&audit).await)
 }
@@ -437,12 +428,7 @@ async fn tool_call_arguments_come_back_with_the_users_values() {
     let expected = json!({"query": question()});
 
     let gw = Gateway::start(&cfg("tool-echo")).await;
-    let answer: Value = gw
-        .chat(ask("chat", &question()))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let answer: Value = gw.answer(ask("chat", &question())).await;
     let arguments = answer["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
         .as_str()
         .unwrap();

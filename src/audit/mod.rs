@@ -43,6 +43,12 @@ pub struct CallRecord {
 pub trait AuditSink: Send + Sync {
     /// Takes one record. Must return at once: it runs on the request path.
     fn record(&self, record: CallRecord);
+
+    /// Whether records keep the prompt's text; when not, the pipeline does not
+    /// serialise it for them.
+    fn keeps_text(&self) -> bool {
+        true
+    }
 }
 
 /// Pass-through: records are dropped.
@@ -50,4 +56,8 @@ pub struct NoAudit;
 
 impl AuditSink for NoAudit {
     fn record(&self, _record: CallRecord) {}
+
+    fn keeps_text(&self) -> bool {
+        false
+    }
 }

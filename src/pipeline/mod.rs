@@ -147,7 +147,8 @@ impl Pipeline {
         Ok(match generation.output {
             // 5. respond (a stream is shaped as it flows, in `stream`)
             Output::Complete(completion) => {
-                let recorded = self.recorded_text(ctx, &to_client.vault, &completion);
+                let text = respond::answer_text(&completion);
+                let recorded = self.sanitize_for_record(ctx, &to_client.vault, text);
                 respond::whole(ctx, generation.target, completion, &to_client, recorded)
             }
             Output::Stream(chunks) => Answer::Stream {
@@ -189,23 +190,15 @@ impl Pipeline {
         // the text may be half raw, and is not.
         if matches!(result, Ok(()) | Err(GatewayError::PiiBlocked(_))) {
             ctx.user.clone_from(&prompt.user);
-            ctx.prompt_text = serde_json::to_string(&prompt.messages).unwrap_or_default();
+            if self.audit.keeps_text() {
+                ctx.prompt_text = serde_json::to_string(&prompt.messages).unwrap_or_default();
+            }
         }
         result.map(|()| vault)
     }
 
     /// The answer's text for the audit record: as the provider wrote it (it only
     /// ever saw placeholders), or sanitised again when the target read raw text.
-    fn recorded_text(
-        &self,
-        ctx: &RequestCtx,
-        vault: &Vault,
-        completion: &ChatCompletion,
-    ) -> String {
-        let text = respond::answer_text(completion);
-        self.sanitize_for_record(ctx, vault, text)
-    }
-
     fn sanitize_for_record(&self, ctx: &RequestCtx, vault: &Vault, text: String) -> String {
         if !ctx.raw_output {
             return text;

@@ -339,34 +339,30 @@ impl ChunkShaper {
 
     /// Text still held back when the stream ended without a finish chunk.
     pub(super) fn finish(&mut self) -> Option<ChatChunk> {
-        let mut chunk = ChatChunk {
+        let (content, cut_content) = self.content.piece(None, true);
+        let (reasoning, cut_reasoning) = self.reasoning.piece(None, true);
+        let mut delta = Delta {
+            content: content.filter(|t| !t.is_empty()),
+            reasoning_content: reasoning.filter(|t| !t.is_empty()),
+            ..Default::default()
+        };
+        self.tool_calls(&mut delta, true);
+        let cut = cut_content || cut_reasoning;
+        self.filtered |= cut;
+        let empty = delta.content.is_none()
+            && delta.reasoning_content.is_none()
+            && delta.tool_calls.is_none();
+        if empty && !cut {
+            return None;
+        }
+        Some(self.stamp(ChatChunk {
             choices: vec![ChunkChoice {
-                delta: Delta {
-                    content: Some(String::new()),
-                    reasoning_content: Some(String::new()),
-                    ..Default::default()
-                },
+                delta,
+                finish_reason: cut.then(|| FILTERED.to_owned()),
                 ..Default::default()
             }],
             ..Default::default()
-        };
-        let (content, cut_content) = self.content.piece(None, true);
-        let (reasoning, cut_reasoning) = self.reasoning.piece(None, true);
-        let mut delta = std::mem::take(&mut chunk.choices[0].delta);
-        self.tool_calls(&mut delta, true);
-        let choice = &mut chunk.choices[0];
-        choice.delta = delta;
-        choice.delta.content = content.filter(|t| !t.is_empty());
-        choice.delta.reasoning_content = reasoning.filter(|t| !t.is_empty());
-        if cut_content || cut_reasoning {
-            choice.finish_reason = Some(FILTERED.to_owned());
-            self.filtered = true;
-        }
-        let empty = choice.delta.content.is_none()
-            && choice.delta.reasoning_content.is_none()
-            && choice.delta.tool_calls.is_none()
-            && choice.finish_reason.is_none();
-        (!empty).then(|| self.stamp(chunk))
+        }))
     }
 
     fn stamp(&self, mut chunk: ChatChunk) -> ChatChunk {

@@ -73,6 +73,11 @@ impl Gateway {
             .expect("gateway reachable")
     }
 
+    /// A whole answer's JSON body.
+    pub async fn answer(&self, body: Value) -> Value {
+        self.chat(body).await.json().await.expect("answer is JSON")
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.http()
             .get(format!("{}{path}", self.url))
@@ -121,6 +126,23 @@ pub fn config_with(
         ));
     }
     toml
+}
+
+/// Asserts the status and the OpenAI error shape; returns the error object.
+pub async fn expect_error(response: reqwest::Response, status: u16) -> Value {
+    assert_eq!(response.status(), status);
+    let body: Value = response.json().await.expect("error body is JSON");
+    let error = body["error"].clone();
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(error["type"].is_string(), "{body}");
+    assert!(
+        error.get("param").is_some() && error.get("code").is_some(),
+        "{body}"
+    );
+    error
 }
 
 pub fn ask(model: &str, text: &str) -> Value {
