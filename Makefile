@@ -7,7 +7,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/ragway/target
 CARGO ?= cargo
 CONFIG ?= $(wildcard ragway.toml)
 
-.PHONY: run test lint fmt toolchain models bench-overhead bench-local bench-pii
+.PHONY: run test lint fmt toolchain models bench-overhead bench-local bench-pii bench-rag
 
 ## Serve on 127.0.0.1:8080 (ragway.toml if present, built-in defaults otherwise).
 run: toolchain models
@@ -46,3 +46,7 @@ bench-local:
 ## PII sanitiser throughput and per-request cost (criterion, one thread).
 bench-pii:
 	$(CARGO) bench --locked --bench sanitize
+
+## Retrieval quality (labelled set), ingest speed, and search latency at 100,000 chunks.
+bench-rag: toolchain models
+	$(CARGO) bench --locked --bench retrieve

@@ -17,8 +17,8 @@ pub enum GatewayError {
     Unauthorized(String),
     #[error("{0}")]
     Forbidden(String),
-    #[error("Content-Type must be application/json")]
-    UnsupportedMediaType,
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("the model `{0}` does not exist")]
@@ -66,7 +66,7 @@ impl GatewayError {
     pub fn kind(&self) -> &'static str {
         match self {
             GatewayError::InvalidRequest { .. }
-            | GatewayError::UnsupportedMediaType
+            | GatewayError::UnsupportedMediaType(_)
             | GatewayError::PayloadTooLarge { .. }
             | GatewayError::ModelNotFound(_)
             | GatewayError::NotFound(_)
@@ -90,7 +90,7 @@ impl GatewayError {
             GatewayError::InvalidRequest { .. } => "invalid_request",
             GatewayError::Unauthorized(_) => "invalid_api_key",
             GatewayError::Forbidden(_) => "forbidden",
-            GatewayError::UnsupportedMediaType => "unsupported_media_type",
+            GatewayError::UnsupportedMediaType(_) => "unsupported_media_type",
             GatewayError::PayloadTooLarge { .. } => "payload_too_large",
             GatewayError::ModelNotFound(_) => "model_not_found",
             GatewayError::NotFound(_) => "not_found",

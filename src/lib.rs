@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod generate;
 pub mod http;
+pub mod ingest;
 pub mod pipeline;
 pub mod retrieve;
 pub mod sanitize;

@@ -29,6 +29,29 @@ enum Command {
     Serve,
     /// Validate the config and print it, secrets redacted.
     CheckConfig,
+    /// Add files (or every readable file under directories) to a tenant's documents.
+    /// Each file is one document, its path the id: ingesting it again replaces it,
+    /// or does nothing when it has not changed.
+    Ingest(IngestArgs),
+}
+
+#[derive(clap::Args)]
+struct IngestArgs {
+    /// Files and directories (.txt, .md, .html, .json, .jsonl).
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    #[arg(long)]
+    tenant: String,
+    /// The collection the documents join (default: retrieval.default_collection).
+    #[arg(long)]
+    collection: Option<String>,
+    /// Send them to a running gateway instead of opening the store here (an
+    /// embedded store is open in one process at a time).
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// With --server: the bearer key (a client key of the tenant, or the admin key).
+    #[arg(long, env = "RAGWAY_API_KEY", hide_env_values = true)]
+    key: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -46,7 +69,78 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Serve => serve(config),
+        Command::Ingest(args) => ingest(config, args),
     }
+}
+
+fn ingest(config: Config, args: IngestArgs) -> ExitCode {
+    let Some(retrieval) = config.retrieval.clone() else {
+        eprintln!("ingest: the config has no [retrieval] section");
+        return ExitCode::from(2);
+    };
+    let files = match ragway::ingest::collect(&args.paths) {
+        Ok(files) if files.is_empty() => {
+            eprintln!("ingest: no readable documents under the paths given");
+            return ExitCode::from(2);
+        }
+        Ok(files) => files,
+        Err(error) => {
+            eprintln!("ingest: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("ingest: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let collection = args
+        .collection
+        .unwrap_or_else(|| retrieval.default_collection.clone());
+    runtime.block_on(async {
+        let (to, store) = match args.server {
+            Some(url) => (
+                ragway::ingest::Destination::Gateway {
+                    client: reqwest::Client::new(),
+                    url,
+                    key: args.key,
+                },
+                None,
+            ),
+            None => match AppState::open_corpus(&config).await {
+                Ok(corpus) => {
+                    let store = std::sync::Arc::clone(corpus.store());
+                    (ragway::ingest::Destination::Store(corpus), Some(store))
+                }
+                Err(error) => {
+                    eprintln!("ingest: {error}");
+                    return ExitCode::FAILURE;
+                }
+            },
+        };
+        let bar = indicatif::ProgressBar::new(files.len() as u64);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} documents  {elapsed_precise}  {wide_msg}",
+        ) {
+            bar.set_style(style);
+        }
+        let summary = ragway::ingest::ingest(&files, &args.tenant, &collection, &to, &bar).await;
+        bar.finish_and_clear();
+        if let Some(store) = store {
+            eprintln!("indexing…");
+            if let Err(error) = store.finish().await {
+                eprintln!("ingest: {error}");
+                return ExitCode::FAILURE;
+            }
+        }
+        println!("{}", summary.describe());
+        match summary.failed.is_empty() {
+            true => ExitCode::SUCCESS,
+            false => ExitCode::FAILURE,
+        }
+    })
 }
 
 fn serve(config: Config) -> ExitCode {
@@ -70,14 +164,17 @@ fn serve(config: Config) -> ExitCode {
 async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let listen = config.server.listen;
     let grace = config.server.shutdown_grace;
-    let state = AppState::from_config(config)?;
+    let state = AppState::from_config(config).await?;
+    state.spawn_maintenance(std::time::Duration::from_secs(5));
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(address = %listener.local_addr()?, "ragway listening");
     let draining = state.draining.clone();
+    let shutdown = state.shutdown.clone();
     let tasks = state.tasks().clone();
     ragway::serve(listener, state, async move {
         shutdown_signal().await;
         draining.store(true, Ordering::Relaxed);
+        shutdown.cancel();
         tracing::info!("shutting down: finishing open requests");
     })
     .await?;

@@ -4,15 +4,24 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::audit::NoAudit;
 use crate::cache::NoCache;
 use crate::config::Config;
+use crate::config::{RetrievalConfig, StoreConfig};
 use crate::generate::{Router, Routes};
 use crate::http::ClientKeys;
 use crate::pipeline::Pipeline;
-use crate::retrieve::NoRetrieval;
+use crate::retrieve::chunk::ChunkSize;
+use crate::retrieve::corpus::Corpus;
+use crate::retrieve::ground::Grounding;
+use crate::retrieve::prompt::Prompts;
+use crate::retrieve::store::VectorStore;
+use crate::retrieve::store::edge::EdgeStore;
+use crate::retrieve::store::server::QdrantServer;
+use crate::retrieve::{NoRetrieval, Retriever};
 use crate::sanitize::{ContentGuard, PiiSanitizer};
 use crate::telemetry::Metrics;
 
@@ -40,6 +49,10 @@ pub struct Shared {
     pub started_at: u64,
     /// The sentence embedder and the name clients ask for it by.
     pub embedder: Option<(String, Arc<ragway_engine::Embedder>)>,
+    /// The tenants' documents, with `[retrieval]` configured.
+    pub corpus: Option<Arc<Corpus>>,
+    /// Cancelled when shutdown begins: background loops end.
+    pub shutdown: CancellationToken,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,16 +63,18 @@ pub enum BuildError {
     Embedder(#[from] ragway_engine::EngineError),
     #[error("content guard: {0}")]
     Guard(String),
+    #[error("retrieval: {0}")]
+    Retrieval(String),
 }
 
 impl AppState {
-    pub fn from_config(config: Config) -> Result<AppState, BuildError> {
-        AppState::from_config_with(config, |_| {})
+    pub async fn from_config(config: Config) -> Result<AppState, BuildError> {
+        AppState::from_config_with(config, |_| {}).await
     }
 
     /// Like [`AppState::from_config`], with a chance to replace pipeline stages (an
     /// embedding application's own audit sink or retriever, say) before serving.
-    pub fn from_config_with(
+    pub async fn from_config_with(
         config: Config,
         customize: impl FnOnce(&mut Pipeline),
     ) -> Result<AppState, BuildError> {
@@ -81,6 +96,13 @@ impl AppState {
                 .map_err(BuildError::Guard)?,
             None => ContentGuard::disabled(),
         };
+        let (corpus, retriever) = match (&config.retrieval, &embedder) {
+            (Some(retrieval), Some((_, embedder))) => {
+                let (corpus, grounding) = retrieval_stage(&config, retrieval, embedder).await?;
+                (Some(corpus), Arc::new(grounding) as Arc<dyn Retriever>)
+            }
+            _ => (None, Arc::new(NoRetrieval) as Arc<dyn Retriever>),
+        };
         let mut pipeline = Pipeline {
             sanitizer: Arc::new(PiiSanitizer::new(
                 config.pii.actions.clone(),
@@ -88,7 +110,7 @@ impl AppState {
             )),
             guard: Arc::new(guard),
             cache: Arc::new(NoCache),
-            retriever: Arc::new(NoRetrieval),
+            retriever,
             generator: Arc::new(Router::new(Arc::clone(&metrics))),
             audit: Arc::new(NoAudit),
             metrics: Arc::clone(&metrics),
@@ -106,13 +128,122 @@ impl AppState {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             embedder,
+            corpus,
+            shutdown: CancellationToken::new(),
         })))
+    }
+
+    /// The document store and embedder alone, for `ragway ingest`.
+    pub async fn open_corpus(config: &Config) -> Result<Arc<Corpus>, BuildError> {
+        let (Some(retrieval), Some(e)) = (&config.retrieval, &config.embeddings) else {
+            return Err(BuildError::Retrieval(
+                "needs [retrieval] and [embeddings] in the config".to_owned(),
+            ));
+        };
+        let device = ragway_engine::device(&e.device)?;
+        let embedder = Arc::new(ragway_engine::Embedder::load(&e.model, &device)?);
+        let store = open_store(&retrieval.store, embedder.dimension).await?;
+        Ok(Arc::new(corpus(store, embedder, retrieval)))
+    }
+
+    /// Keeps the document store healthy while serving (see
+    /// [`VectorStore::maintain`]); ends with `tasks`' shutdown, finishing the store.
+    pub fn spawn_maintenance(&self, every: std::time::Duration) {
+        let Some(corpus) = self.corpus.clone() else {
+            return;
+        };
+        let token = self.shutdown.clone();
+        self.pipeline.tasks.spawn(async move {
+            let store = corpus.store();
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => break,
+                    () = tokio::time::sleep(every) => {}
+                }
+                if let Err(error) = store.maintain().await {
+                    tracing::warn!(%error, "document store maintenance failed");
+                }
+            }
+            if let Err(error) = store.finish().await {
+                tracing::error!(%error, "document store: final flush failed");
+            }
+        });
     }
 
     /// Background work (streams, cache stores) still running.
     pub fn tasks(&self) -> &TaskTracker {
         &self.pipeline.tasks
     }
+}
+
+/// The document store, and the retrieve stage over it.
+async fn retrieval_stage(
+    config: &Config,
+    retrieval: &RetrievalConfig,
+    embedder: &Arc<ragway_engine::Embedder>,
+) -> Result<(Arc<Corpus>, Grounding), BuildError> {
+    let store = open_store(&retrieval.store, embedder.dimension).await?;
+    let corpus = Arc::new(corpus(store, Arc::clone(embedder), retrieval));
+    let prompts = match &retrieval.prompts {
+        Some(dir) => Prompts::load(dir).map_err(BuildError::Retrieval)?,
+        None => Prompts::builtin(),
+    };
+    let by_alias = config
+        .models
+        .iter()
+        .filter_map(|(alias, m)| Some((alias.clone(), m.rag.clone()?)))
+        .collect();
+    let grounding = Grounding::new(
+        Arc::clone(&corpus),
+        prompts,
+        retrieval.language,
+        retrieval.defaults.clone(),
+        by_alias,
+    );
+    Ok((corpus, grounding))
+}
+
+fn corpus(
+    store: Arc<dyn VectorStore>,
+    embedder: Arc<ragway_engine::Embedder>,
+    retrieval: &RetrievalConfig,
+) -> Corpus {
+    let size = ChunkSize {
+        target: retrieval.chunk_tokens,
+        overlap: retrieval.chunk_overlap,
+    };
+    Corpus::new(store, embedder, size).with_cjk_dense_weight(retrieval.cjk_dense_weight)
+}
+
+/// The deadline of each call to a Qdrant server.
+const QDRANT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens the configured vector store.
+pub async fn open_store(
+    store: &StoreConfig,
+    dimension: usize,
+) -> Result<Arc<dyn VectorStore>, BuildError> {
+    Ok(match store {
+        StoreConfig::Embedded { path } => Arc::new(
+            EdgeStore::open(path, dimension).map_err(|e| BuildError::Retrieval(e.to_string()))?,
+        ),
+        StoreConfig::Qdrant {
+            url,
+            collection,
+            api_key,
+            ..
+        } => Arc::new(
+            QdrantServer::connect(
+                url,
+                api_key.as_ref().map(|k| k.expose().to_owned()),
+                collection,
+                dimension,
+                QDRANT_TIMEOUT,
+            )
+            .await
+            .map_err(|e| BuildError::Retrieval(e.to_string()))?,
+        ),
+    })
 }
 
 /// The key of the `hash` action: the configured one, or a random one for this run.

@@ -12,4 +12,7 @@ mod pii;
 mod privacy;
 mod providers;
 mod resilience;
+mod retrieval;
 mod routing;
+mod store;
+mod store_server;

@@ -20,6 +20,8 @@ const BATCH: usize = 32;
 pub struct Embedder {
     model: BertModel,
     tokenizer: Tokenizer,
+    /// The same tokenizer without padding or truncation, for counting.
+    counter: Tokenizer,
     device: Device,
     pub dimension: usize,
 }
@@ -38,6 +40,11 @@ impl Embedder {
             .and_then(|v| v["hidden_size"].as_u64())
             .unwrap_or(384) as usize;
         let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
+            .map_err(|e| load("tokenizer.json", &e))?;
+        let mut counter = tokenizer.clone();
+        counter.with_padding(None);
+        counter
+            .with_truncation(None)
             .map_err(|e| load("tokenizer.json", &e))?;
         // The shipped tokenizer pads every input to 128: pad to the batch's longest.
         tokenizer.with_padding(Some(PaddingParams {
@@ -59,9 +66,23 @@ impl Embedder {
         Ok(Embedder {
             model,
             tokenizer,
+            counter,
             device: device.clone(),
             dimension,
         })
+    }
+
+    /// How many tokens the model reads for `text` (special tokens not counted, no
+    /// truncation): what chunks are sized by.
+    pub fn count_tokens(&self, text: &str) -> usize {
+        self.counter
+            .encode_fast(text, false)
+            .map_or(text.len() / 4, |e| e.len())
+    }
+
+    /// The most tokens one input may have; the rest is not read.
+    pub fn max_tokens(&self) -> usize {
+        MAX_TOKENS
     }
 
     /// One unit-length vector per input, in order.

@@ -6,6 +6,7 @@
 use std::time::{Duration, SystemTime};
 
 use crate::generate::Attempt;
+use crate::retrieve::Citation;
 use crate::wire::Usage;
 
 /// Everything known about one finished call. Text fields are already sanitised.
@@ -38,6 +39,8 @@ pub struct CallRecord {
     pub prompt: String,
     /// The answer's text before restoring (placeholders, never raw values).
     pub answer: String,
+    /// The passages the answer was grounded in: document, chunk and score.
+    pub passages: Vec<Citation>,
 }
 
 pub trait AuditSink: Send + Sync {

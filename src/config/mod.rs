@@ -5,6 +5,7 @@
 
 mod env;
 mod raw;
+mod retrieval;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -17,6 +18,7 @@ use serde::Serialize;
 
 pub use env::Env;
 use raw::RawConfig;
+pub use retrieval::{PromptLanguage, RagSettings, RetrievalConfig, StoreConfig};
 
 use crate::generate::endpoint::ChatEndpoint;
 use crate::generate::{BreakerPolicy, Deadlines, RetryPolicy};
@@ -34,6 +36,7 @@ pub struct Config {
     pub embeddings: Option<EmbeddingsConfig>,
     pub pii: PiiConfig,
     pub guard: Option<GuardConfig>,
+    pub retrieval: Option<RetrievalConfig>,
 }
 
 /// What happens to personal data (see `sanitize`).
@@ -170,6 +173,8 @@ pub struct ModelConfig {
     pub request_timeout: Duration,
     pub failover_on_content_filter: bool,
     pub local_fallback: bool,
+    /// How the alias grounds answers; `None` without `[retrieval]`.
+    pub rag: Option<RagSettings>,
 }
 
 /// `provider:upstream-model`, as written in a route's `targets`.
@@ -255,7 +260,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// The configuration with no file: the local model answers (`make run` fetches it),
-/// and the local embedder serves `/v1/embeddings`.
+/// the local embedder serves `/v1/embeddings`, and answers are grounded in the
+/// documents of the embedded store under `data/`.
 pub const DEFAULT_CONFIG: &str = r#"
 [providers.local]
 kind = "local"
@@ -265,6 +271,10 @@ system_prompt = "You are a helpful assistant."
 [embeddings]
 name = "all-minilm-l6-v2"
 model = "models/all-MiniLM-L6-v2"
+
+[retrieval]
+store = "embedded"
+path = "data/qdrant"
 "#;
 
 /// Why a configuration could not be loaded.

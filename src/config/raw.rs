@@ -23,6 +23,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub pii: RawPii,
     pub guard: Option<RawGuard>,
+    pub retrieval: Option<super::retrieval::RawRetrieval>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -149,4 +150,7 @@ pub struct RawModel {
     pub failover_on_content_filter: Option<bool>,
     /// End the route with the local model (default: true when one is configured).
     pub local_fallback: Option<bool>,
+    /// Ground answers in the tenant's documents: `false`, or settings overriding
+    /// `[retrieval]`'s.
+    pub rag: Option<super::retrieval::RawRag>,
 }

@@ -16,7 +16,7 @@ use super::raw::{
 use super::{
     AuthConfig, ClientKey, Config, EmbeddingsConfig, Env, GuardConfig, LocalInput,
     LocalModelConfig, LogConfig, LogFormat, ModelConfig, PiiConfig, Problem, ProviderConfig,
-    ProviderKind, Secret, ServerConfig, TargetRef, parse_duration,
+    ProviderKind, RagSettings, Secret, ServerConfig, TargetRef, parse_duration,
 };
 use crate::generate::endpoint::ChatEndpoint;
 use crate::generate::{BreakerPolicy, Deadlines, RetryPolicy};
@@ -31,10 +31,10 @@ const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 const MAX_DURATION: Duration = Duration::from_secs(86_400);
 
 /// Collects problems while validation goes on.
-struct Problems(Vec<Problem>);
+pub(super) struct Problems(Vec<Problem>);
 
 impl Problems {
-    fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
         self.0.push(Problem {
             key: key.into(),
             message: message.into(),
@@ -58,7 +58,7 @@ impl Problems {
     }
 
     /// The secret in the environment variable `var` names, which must be set.
-    fn secret(&mut self, key: &str, var: &str, env: &Env) -> Option<Secret> {
+    pub(super) fn secret(&mut self, key: &str, var: &str, env: &Env) -> Option<Secret> {
         match env.get(var).filter(|v| !v.is_empty()) {
             Some(value) => Some(Secret::new(value)),
             None => {
@@ -92,6 +92,10 @@ pub(super) fn validate(raw: RawConfig, env: &Env) -> Result<Config, Vec<Problem>
     let embeddings = embeddings(raw.embeddings, &mut problems);
     let pii = pii(raw.pii, env, &mut problems);
     let guard = raw.guard.and_then(|g| guard(g, &mut problems));
+    let retrieval = raw
+        .retrieval
+        .map(|r| super::retrieval::retrieval(r, embeddings.is_some(), env, &mut problems));
+    let rag_base = retrieval.as_ref().map(|r| r.defaults.clone());
     let providers: BTreeMap<_, _> = raw
         .providers
         .into_iter()
@@ -103,7 +107,14 @@ pub(super) fn validate(raw: RawConfig, env: &Env) -> Result<Config, Vec<Problem>
         .filter_map(|(alias, m)| {
             Some((
                 alias.clone(),
-                model(&alias, m, &declared, &locals, &mut problems)?,
+                model(
+                    &alias,
+                    m,
+                    &declared,
+                    &locals,
+                    rag_base.as_ref(),
+                    &mut problems,
+                )?,
             ))
         })
         .collect();
@@ -117,6 +128,7 @@ pub(super) fn validate(raw: RawConfig, env: &Env) -> Result<Config, Vec<Problem>
             embeddings,
             pii,
             guard,
+            retrieval,
         })
     } else {
         Err(problems.0)
@@ -537,6 +549,7 @@ fn model(
     raw: RawModel,
     providers: &BTreeSet<String>,
     locals: &BTreeSet<String>,
+    rag_base: Option<&RagSettings>,
     problems: &mut Problems,
 ) -> Option<ModelConfig> {
     let at = format!("models.{alias}");
@@ -573,11 +586,23 @@ fn model(
         raw.request_timeout.as_deref(),
         DEFAULT_REQUEST_TIMEOUT,
     );
+    let rag = match rag_base {
+        Some(base) => Some(super::retrieval::alias_settings(
+            &at, raw.rag, base, problems,
+        )),
+        None => {
+            if raw.rag.is_some() {
+                problems.add(format!("{at}.rag"), "needs a [retrieval] section");
+            }
+            None
+        }
+    };
     (problems.0.len() == before).then_some(ModelConfig {
         targets,
         description: raw.description,
         request_timeout,
         failover_on_content_filter: raw.failover_on_content_filter.unwrap_or(false),
         local_fallback: raw.local_fallback.unwrap_or(true),
+        rag,
     })
 }

@@ -95,6 +95,8 @@ impl Routes {
                     request_timeout: Duration::from_secs(120),
                     failover_on_content_filter: false,
                     local_fallback: false,
+                    // The retrieve stage's defaults apply.
+                    rag: None,
                 });
         }
         let mut targets: BTreeMap<Arc<str>, Arc<Target>> = BTreeMap::new();

@@ -3,6 +3,7 @@
 
 use axum::Json;
 use axum::extract::{Request, State};
+use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -23,12 +24,26 @@ pub async fn require_admin(
         )
         .into_response();
     };
-    let presented = super::auth::bearer(&request).unwrap_or_default();
-    // Comparing digests keeps the comparison's time independent of the key.
-    if Sha256::digest(presented.as_bytes()) != Sha256::digest(admin_key.expose().as_bytes()) {
+    if !matches_admin_key(admin_key.expose(), request.headers()) {
         return GatewayError::Unauthorized("invalid admin key".to_owned()).into_response();
     }
     next.run(request).await
+}
+
+/// Whether the request carries the admin key (never, with the admin API off).
+pub fn is_admin(state: &AppState, headers: &HeaderMap) -> bool {
+    state
+        .config
+        .auth
+        .admin_key
+        .as_ref()
+        .is_some_and(|key| matches_admin_key(key.expose(), headers))
+}
+
+fn matches_admin_key(admin_key: &str, headers: &HeaderMap) -> bool {
+    let presented = super::auth::bearer(headers).unwrap_or_default();
+    // Comparing digests keeps the comparison's time independent of the key.
+    Sha256::digest(presented.as_bytes()) == Sha256::digest(admin_key.as_bytes())
 }
 
 /// Every target's circuit breaker: state, counts, and when an open one will probe.

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::header;
+use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
@@ -36,11 +36,12 @@ impl ClientKeys {
         ClientKeys { by_hash }
     }
 
-    fn caller(&self, request: &Request) -> Result<Caller, GatewayError> {
+    /// The caller the request's bearer key names (anonymous with auth off).
+    pub fn caller_of(&self, headers: &HeaderMap) -> Result<Caller, GatewayError> {
         if self.by_hash.is_empty() {
             return Ok(Caller::anonymous());
         }
-        let presented = bearer(request).ok_or_else(|| {
+        let presented = bearer(headers).ok_or_else(|| {
             GatewayError::Unauthorized(
                 "missing API key: send it as `Authorization: Bearer <key>`".to_owned(),
             )
@@ -54,12 +55,8 @@ impl ClientKeys {
 }
 
 /// The key in `Authorization: Bearer <key>`, if there is one.
-pub(super) fn bearer(request: &Request) -> Option<&str> {
-    let value = request
-        .headers()
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
+pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let key = value
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("bearer "))?;
@@ -72,7 +69,7 @@ pub async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Response {
-    match keys.caller(&request) {
+    match keys.caller_of(request.headers()) {
         Ok(caller) => {
             request.extensions_mut().insert(caller);
             next.run(request).await

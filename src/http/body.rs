@@ -15,7 +15,9 @@ pub fn parse_json<T: DeserializeOwned>(
     limit: usize,
 ) -> Result<T, GatewayError> {
     if !is_json(headers) {
-        return Err(GatewayError::UnsupportedMediaType);
+        return Err(GatewayError::UnsupportedMediaType(
+            "Content-Type must be application/json".to_owned(),
+        ));
     }
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {

@@ -29,6 +29,7 @@ pub async fn completions(
     let started = Instant::now();
     let request: ChatRequest = match parse_json(&headers, body, state.config.server.max_body_bytes)
         .and_then(|r: ChatRequest| r.validate().map(|()| r))
+        .and_then(|r| rag_header(&headers, r))
     {
         Ok(request) => request,
         Err(error) => return error.into_response(),
@@ -58,6 +59,32 @@ pub async fn completions(
     };
     response.extensions_mut().insert(served);
     response
+}
+
+/// `x-ragway-rag: off` (or `on`) switches retrieval for this request, like
+/// `"ragway": {"rag": false}` in the body, for clients that cannot add fields.
+fn rag_header(headers: &HeaderMap, mut request: ChatRequest) -> Result<ChatRequest, GatewayError> {
+    let Some(value) = headers.get("x-ragway-rag") else {
+        return Ok(request);
+    };
+    let on = match value
+        .to_str()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "on" | "true" | "1" => true,
+        "off" | "false" | "0" => false,
+        _ => {
+            return Err(GatewayError::invalid(
+                "the x-ragway-rag header must be `on` or `off`",
+                Some("x-ragway-rag".to_owned()),
+            ));
+        }
+    };
+    request.ragway.get_or_insert_with(Default::default).rag = Some(on);
+    Ok(request)
 }
 
 fn reply_response(reply: Reply) -> Response {

@@ -14,7 +14,7 @@ pub fn status_for(error: &GatewayError) -> StatusCode {
         | GatewayError::PiiBlocked(_) => StatusCode::BAD_REQUEST,
         GatewayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
-        GatewayError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        GatewayError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         GatewayError::ModelNotFound(_) | GatewayError::NotFound(_) => StatusCode::NOT_FOUND,
         GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,

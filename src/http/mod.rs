@@ -4,6 +4,7 @@ mod admin;
 mod auth;
 mod body;
 mod chat;
+mod documents;
 mod embeddings;
 mod error;
 mod health;
@@ -14,7 +15,7 @@ use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::Uri;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Router, middleware};
 
 pub use auth::ClientKeys;
@@ -39,9 +40,25 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             admin::require_admin,
         ));
+    // Documents authenticate themselves (a client key or the admin key), and take
+    // bodies up to the document limit rather than the chat limit.
+    let document_limit = state
+        .config
+        .retrieval
+        .as_ref()
+        .map_or(0, |r| r.max_document_bytes);
+    let documents = Router::new()
+        .route(
+            "/v1/documents",
+            post(documents::create).get(documents::list),
+        )
+        .route("/v1/documents/{*id}", delete(documents::delete))
+        // Room for the multipart framing around a document of the largest size.
+        .layer(DefaultBodyLimit::max(document_limit + 64 * 1024));
     Router::new()
         .merge(api)
         .merge(admin)
+        .merge(documents)
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

@@ -42,6 +42,9 @@ pub struct RequestCtx {
     pub cache: CacheStatus,
     pub cache_key: Option<CacheKey>,
     pub citations: Vec<Citation>,
+    /// What retrieval would ground the answer in (corpus generation and template
+    /// version): part of the cache key.
+    pub corpus_version: Option<String>,
     /// Personal data found in the request, per kind (never the values).
     pub pii: Vec<(Kind, u32)>,
     /// The sanitised messages as JSON, for the audit record.
@@ -71,6 +74,7 @@ impl RequestCtx {
             cache: CacheStatus::Bypass,
             cache_key: None,
             citations: Vec::new(),
+            corpus_version: None,
             pii: Vec::new(),
             prompt_text: String::new(),
             raw_output: false,

@@ -120,6 +120,9 @@ impl Pipeline {
     ) -> Result<Answer, GatewayError> {
         let guard = self.guard.list(); // 1. sanitize: the content guard, then PII
         let mut vault = self.sanitize(ctx, &mut prompt, &guard)?;
+        // The cache key includes what retrieval would use: a document change or a
+        // template edit makes earlier answers unreachable.
+        ctx.corpus_version = self.retriever.corpus_version(ctx).await?;
         match self.cache.lookup(ctx, &prompt).await {
             // 2. cache
             CacheLookup::Hit(answer, tier) => {

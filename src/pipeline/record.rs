@@ -136,5 +136,6 @@ fn base_record(ctx: &RequestCtx, status: u16, outcome: &'static str) -> CallReco
         pii: ctx.pii.iter().map(|&(kind, n)| (kind.name(), n)).collect(),
         prompt: ctx.prompt_text.clone(),
         answer: String::new(),
+        passages: ctx.citations.clone(),
     }
 }

@@ -1,10 +1,22 @@
 //! The retrieve stage: ground the prompt in the tenant's own documents.
 //!
-//! [`NoRetrieval`] is the pass-through used while no document store is configured:
+//! - [`corpus`]: ingest (extract → chunk → embed → store) and hybrid search;
+//! - [`store`]: the vector store contract and its two Qdrant backends;
+//! - [`keyword`] and [`fuse`]: BM25 terms and reciprocal rank fusion;
+//! - [`ground`]: the stage itself, through the templates of [`prompt`].
+//!
+//! [`NoRetrieval`] is the pass-through used while `[retrieval]` is not configured:
 //! the prompt goes on unchanged and nothing is cited.
 
 pub mod chunk;
+pub mod corpus;
+pub mod eval;
+pub mod extract;
+pub mod fuse;
+pub mod ground;
+pub mod keyword;
 pub mod prompt;
+pub mod store;
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -35,6 +47,13 @@ pub trait Retriever: Send + Sync {
         prompt: &mut ChatRequest,
         pii: &mut Scope<'_>,
     ) -> Result<Vec<Citation>, GatewayError>;
+
+    /// What the answers of this caller are built on — the tenant's corpus
+    /// generation and the template version — for the cache key; `None` when
+    /// nothing is retrieved.
+    async fn corpus_version(&self, _ctx: &RequestCtx) -> Result<Option<String>, GatewayError> {
+        Ok(None)
+    }
 }
 
 /// Pass-through: no retrieval.

@@ -107,9 +107,19 @@ impl Prompts {
         &self.version
     }
 
-    /// The system message grounding `question` in `passages`.
+    /// The system message grounding `question` in `passages`, in the question's
+    /// language.
     pub fn render(&self, question: &str, passages: &[PassageView<'_>]) -> Result<String, String> {
-        let lang = Lang::of(question);
+        self.render_in(Lang::of(question), question, passages)
+    }
+
+    /// Like [`Prompts::render`], in a given language.
+    pub fn render_in(
+        &self,
+        lang: Lang,
+        question: &str,
+        passages: &[PassageView<'_>],
+    ) -> Result<String, String> {
         let template = self
             .env
             .get_template(lang.file())

@@ -38,7 +38,9 @@ impl Gateway {
     ) -> Gateway {
         let config = Config::from_toml(config_toml, &Env::from_pairs(env.iter().copied()))
             .unwrap_or_else(|e| panic!("test config is invalid: {e}"));
-        let state = AppState::from_config_with(config, customize).expect("state builds");
+        let state = AppState::from_config_with(config, customize)
+            .await
+            .expect("state builds");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let server = tokio::spawn(

@@ -1,0 +1,273 @@
+//! `[retrieval]`: where the tenants' documents live and how answers are grounded in
+//! them; per model alias, `rag = false` or `rag = { top_k = …, … }` overrides.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::validate::Problems;
+use super::{Env, Secret};
+
+/// The retrieve stage's settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct RetrievalConfig {
+    pub store: StoreConfig,
+    /// A directory with `rag.zh.j2` and `rag.en.j2`; the built-in templates without.
+    pub prompts: Option<PathBuf>,
+    pub language: PromptLanguage,
+    /// Chunk size and overlap, in the embedder's tokens.
+    pub chunk_tokens: usize,
+    pub chunk_overlap: usize,
+    /// The largest document `POST /v1/documents` takes.
+    pub max_document_bytes: usize,
+    /// The collection documents go into when none is named.
+    pub default_collection: String,
+    /// How much the embedder's ranking counts, against keywords' 1, for a question
+    /// in Chinese: low for an English-only embedder (the default), 1 for a
+    /// multilingual one.
+    pub cjk_dense_weight: f32,
+    /// For every alias that does not override them.
+    pub defaults: RagSettings,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum StoreConfig {
+    /// Qdrant Edge in process, data under `path`.
+    Embedded { path: PathBuf },
+    /// A Qdrant server (gRPC).
+    Qdrant {
+        url: String,
+        collection: String,
+        api_key_env: Option<String>,
+        api_key: Option<Secret>,
+    },
+}
+
+/// Which grounding template a question gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PromptLanguage {
+    /// By the question's script.
+    Auto,
+    Zh,
+    En,
+}
+
+/// How one alias grounds its answers.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RagSettings {
+    pub enabled: bool,
+    /// Passages per answer, at most.
+    pub top_k: usize,
+    /// The cosine similarity below which a passage found only by meaning (not by
+    /// any of the question's words) is left out.
+    pub min_score: f32,
+    /// The passages' budget in tokens (estimated).
+    pub context_tokens: usize,
+    /// Search this collection only; all of the tenant's when unset.
+    pub collection: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetrieval {
+    /// `embedded` (the default) or `qdrant`.
+    pub store: Option<String>,
+    pub path: Option<String>,
+    pub url: Option<String>,
+    pub collection: Option<String>,
+    pub api_key_env: Option<String>,
+    pub prompts: Option<String>,
+    pub language: Option<String>,
+    pub chunk_tokens: Option<usize>,
+    pub chunk_overlap: Option<usize>,
+    pub max_document_bytes: Option<u64>,
+    pub default_collection: Option<String>,
+    pub cjk_dense_weight: Option<f32>,
+    // The defaults of every alias (see `RawRagSettings`).
+    pub enabled: Option<bool>,
+    pub top_k: Option<usize>,
+    pub min_score: Option<f32>,
+    pub context_tokens: Option<usize>,
+    pub search_collection: Option<String>,
+}
+
+/// A model's `rag`: `false`, `true`, or a table of settings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawRag {
+    Switch(bool),
+    Settings(RawRagSettings),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRagSettings {
+    pub enabled: Option<bool>,
+    pub top_k: Option<usize>,
+    pub min_score: Option<f32>,
+    pub context_tokens: Option<usize>,
+    pub search_collection: Option<String>,
+}
+
+const DEFAULT_PATH: &str = "data/qdrant";
+const DEFAULT_MAX_DOCUMENT: u64 = 16 * 1024 * 1024;
+
+pub(super) fn retrieval(
+    raw: RawRetrieval,
+    has_embedder: bool,
+    env: &Env,
+    problems: &mut Problems,
+) -> RetrievalConfig {
+    if !has_embedder {
+        problems.add(
+            "retrieval",
+            "needs [embeddings]: documents and questions are embedded by it",
+        );
+    }
+    let store = match raw.store.as_deref().unwrap_or("embedded") {
+        "embedded" => StoreConfig::Embedded {
+            path: PathBuf::from(raw.path.as_deref().unwrap_or(DEFAULT_PATH)),
+        },
+        "qdrant" => {
+            let url = raw.url.clone().unwrap_or_default();
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                problems.add(
+                    "retrieval.url",
+                    "store = \"qdrant\" needs the server's gRPC URL, e.g. http://qdrant:6334",
+                );
+            }
+            let api_key = raw
+                .api_key_env
+                .as_deref()
+                .and_then(|var| problems.secret("retrieval.api_key_env", var, env));
+            StoreConfig::Qdrant {
+                url,
+                collection: raw
+                    .collection
+                    .clone()
+                    .unwrap_or_else(|| "ragway".to_owned()),
+                api_key_env: raw.api_key_env.clone(),
+                api_key,
+            }
+        }
+        other => {
+            problems.add(
+                "retrieval.store",
+                format!("`{other}` is not \"embedded\" or \"qdrant\""),
+            );
+            StoreConfig::Embedded {
+                path: PathBuf::from(DEFAULT_PATH),
+            }
+        }
+    };
+    let language = match raw.language.as_deref().unwrap_or("auto") {
+        "auto" => PromptLanguage::Auto,
+        "zh" => PromptLanguage::Zh,
+        "en" => PromptLanguage::En,
+        other => {
+            problems.add(
+                "retrieval.language",
+                format!("`{other}` is not auto, zh or en"),
+            );
+            PromptLanguage::Auto
+        }
+    };
+    let chunk_tokens = raw.chunk_tokens.unwrap_or(200);
+    if !(16..=512).contains(&chunk_tokens) {
+        problems.add("retrieval.chunk_tokens", "must be between 16 and 512");
+    }
+    let chunk_overlap = raw.chunk_overlap.unwrap_or(chunk_tokens / 7);
+    if chunk_overlap >= chunk_tokens {
+        problems.add(
+            "retrieval.chunk_overlap",
+            "must be smaller than chunk_tokens",
+        );
+    }
+    let max_document_bytes = raw.max_document_bytes.unwrap_or(DEFAULT_MAX_DOCUMENT);
+    if max_document_bytes == 0 || max_document_bytes > 256 * 1024 * 1024 {
+        problems.add(
+            "retrieval.max_document_bytes",
+            "must be between 1 and 268435456",
+        );
+    }
+    let cjk_dense_weight = raw
+        .cjk_dense_weight
+        .unwrap_or(crate::retrieve::corpus::CJK_DENSE_WEIGHT);
+    if !(0.0..=1.0).contains(&cjk_dense_weight) {
+        problems.add("retrieval.cjk_dense_weight", "must be between 0 and 1");
+    }
+    let base = RagSettings {
+        enabled: true,
+        top_k: 4,
+        min_score: 0.3,
+        context_tokens: 1500,
+        collection: None,
+    };
+    let own = RawRagSettings {
+        enabled: raw.enabled,
+        top_k: raw.top_k,
+        min_score: raw.min_score,
+        context_tokens: raw.context_tokens,
+        search_collection: raw.search_collection,
+    };
+    let defaults = settings("retrieval", own, &base, problems);
+    RetrievalConfig {
+        store,
+        prompts: raw.prompts.map(PathBuf::from),
+        language,
+        chunk_tokens,
+        chunk_overlap,
+        max_document_bytes: max_document_bytes as usize,
+        default_collection: raw
+            .default_collection
+            .unwrap_or_else(|| "default".to_owned()),
+        cjk_dense_weight,
+        defaults,
+    }
+}
+
+/// An alias's settings: `base` with `raw`'s overrides.
+pub(super) fn alias_settings(
+    at: &str,
+    raw: Option<RawRag>,
+    base: &RagSettings,
+    problems: &mut Problems,
+) -> RagSettings {
+    match raw {
+        None => base.clone(),
+        Some(RawRag::Switch(enabled)) => RagSettings {
+            enabled,
+            ..base.clone()
+        },
+        Some(RawRag::Settings(raw)) => settings(&format!("{at}.rag"), raw, base, problems),
+    }
+}
+
+fn settings(
+    at: &str,
+    raw: RawRagSettings,
+    base: &RagSettings,
+    problems: &mut Problems,
+) -> RagSettings {
+    let top_k = raw.top_k.unwrap_or(base.top_k);
+    if !(1..=50).contains(&top_k) {
+        problems.add(format!("{at}.top_k"), "must be between 1 and 50");
+    }
+    let min_score = raw.min_score.unwrap_or(base.min_score);
+    if !(-1.0..=1.0).contains(&min_score) {
+        problems.add(format!("{at}.min_score"), "must be between -1 and 1");
+    }
+    let context_tokens = raw.context_tokens.unwrap_or(base.context_tokens);
+    if context_tokens < 16 {
+        problems.add(format!("{at}.context_tokens"), "must be at least 16");
+    }
+    RagSettings {
+        enabled: raw.enabled.unwrap_or(base.enabled),
+        top_k,
+        min_score,
+        context_tokens,
+        collection: raw.search_collection.or_else(|| base.collection.clone()),
+    }
+}

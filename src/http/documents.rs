@@ -1,0 +1,284 @@
+//! `/v1/documents`: a tenant's documents for retrieval. A client key manages its
+//! own tenant's documents; the admin key names the tenant (`tenant` field or query
+//! parameter). Off (404) while `[retrieval]` is not configured.
+//!
+//! - `POST /v1/documents`: JSON `{"text", "id"?, "title"?, "source"?, "collection"?,
+//!   "format"?}`, or `multipart/form-data` with a `file` part (its name's extension
+//!   gives the format) and the same optional fields as text parts. 201 when stored,
+//!   200 when the same document was already there.
+//! - `GET /v1/documents?limit=N`: the tenant's documents.
+//! - `DELETE /v1/documents/{id}`: removes one (ids may hold `/`).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::error::GatewayError;
+use crate::retrieve::corpus::{Corpus, NewDocument};
+use crate::retrieve::extract::Format;
+use crate::state::AppState;
+
+const DEFAULT_LIST: usize = 1000;
+const MAX_LIST: usize = 10_000;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    tenant: Option<String>,
+    limit: Option<usize>,
+}
+
+/// The JSON form of an upload.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Upload {
+    #[serde(default)]
+    text: String,
+    id: Option<String>,
+    title: Option<String>,
+    source: Option<String>,
+    collection: Option<String>,
+    /// `text`, `markdown`, `html`, `json` or `jsonl`; `markdown` by default.
+    format: Option<String>,
+    tenant: Option<String>,
+    /// A multipart upload's file: its name and bytes.
+    #[serde(skip)]
+    file: Option<(String, Bytes)>,
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    Query(params): Query<Params>,
+    request: Request,
+) -> Result<(StatusCode, Json<Value>), GatewayError> {
+    let corpus = corpus(&state)?;
+    let headers = request.headers().clone();
+    let upload = read_upload(&state, &headers, request).await?;
+    let tenant = tenant(
+        &state,
+        &headers,
+        upload.tenant.as_deref().or(params.tenant.as_deref()),
+    )?;
+    let retrieval = state.config.retrieval.as_ref().ok_or_else(off)?;
+    let (format, bytes, name) = match &upload.file {
+        Some((name, bytes)) => {
+            let format = Format::of_name(name).ok_or_else(|| {
+                GatewayError::invalid(
+                    format!(
+                        "`{name}` is not a document type ragway reads; use one of: {}",
+                        Format::EXTENSIONS
+                    ),
+                    Some("file".to_owned()),
+                )
+            })?;
+            (format, bytes.clone(), Some(name.clone()))
+        }
+        None => {
+            let format = match upload.format.as_deref().unwrap_or("markdown") {
+                "text" | "txt" => Format::Text,
+                "markdown" | "md" => Format::Markdown,
+                "html" => Format::Html,
+                "json" => Format::Json,
+                "jsonl" => Format::JsonLines,
+                other => {
+                    return Err(GatewayError::invalid(
+                        format!("`{other}` is not one of: text, markdown, html, json, jsonl"),
+                        Some("format".to_owned()),
+                    ));
+                }
+            };
+            (format, Bytes::from(upload.text.clone().into_bytes()), None)
+        }
+    };
+    if bytes.len() > retrieval.max_document_bytes {
+        return Err(GatewayError::PayloadTooLarge {
+            limit: retrieval.max_document_bytes,
+        });
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        let param = if name.is_some() { "file" } else { "text" };
+        return Err(GatewayError::invalid(
+            "the document is empty",
+            Some(param.to_owned()),
+        ));
+    }
+    let id = upload
+        .id
+        .clone()
+        .or_else(|| name.clone())
+        .unwrap_or_else(|| content_id(&bytes));
+    let source = upload.source.clone().or(name).unwrap_or_else(|| id.clone());
+    let collection = upload
+        .collection
+        .clone()
+        .unwrap_or_else(|| retrieval.default_collection.clone());
+    let doc = NewDocument::from_bytes(id, collection, source, format, &bytes, upload.title)?;
+    let ingested = corpus.ingest(&tenant, doc).await?;
+    let status = match ingested.unchanged {
+        true => StatusCode::OK,
+        false => StatusCode::CREATED,
+    };
+    let mut body = json!(ingested);
+    body["object"] = json!("document");
+    Ok((status, Json(body)))
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(params): Query<Params>,
+) -> Result<Json<Value>, GatewayError> {
+    let corpus = corpus(&state)?;
+    let tenant = tenant(&state, &headers, params.tenant.as_deref())?;
+    let limit = params.limit.unwrap_or(DEFAULT_LIST).clamp(1, MAX_LIST);
+    let documents = corpus.documents(&tenant, limit).await?;
+    Ok(Json(json!({ "object": "list", "data": documents })))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(params): Query<Params>,
+) -> Result<Json<Value>, GatewayError> {
+    let corpus = corpus(&state)?;
+    let tenant = tenant(&state, &headers, params.tenant.as_deref())?;
+    let removed = corpus.delete(&tenant, &id).await?;
+    if removed == 0 {
+        return Err(GatewayError::NotFound(format!("document `{id}`")));
+    }
+    Ok(Json(
+        json!({ "object": "document.deleted", "id": id, "deleted": true, "chunks": removed }),
+    ))
+}
+
+fn off() -> GatewayError {
+    GatewayError::NotFound("/v1/documents (retrieval is not configured)".to_owned())
+}
+
+fn corpus(state: &AppState) -> Result<Arc<Corpus>, GatewayError> {
+    state.corpus.clone().ok_or_else(off)
+}
+
+/// The tenant a request acts for: the admin key's choice, or the client key's own.
+fn tenant(
+    state: &AppState,
+    headers: &HeaderMap,
+    asked: Option<&str>,
+) -> Result<String, GatewayError> {
+    if super::admin::is_admin(state, headers) {
+        return asked
+            .filter(|t| !t.trim().is_empty())
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                GatewayError::invalid(
+                    "with the admin key, name the tenant (`tenant`)",
+                    Some("tenant".to_owned()),
+                )
+            });
+    }
+    let caller = state.client_keys.caller_of(headers)?;
+    match asked {
+        Some(other) if other != caller.tenant.as_ref() => Err(GatewayError::Forbidden(
+            "a client key manages only its own tenant's documents".to_owned(),
+        )),
+        _ => Ok(caller.tenant.to_string()),
+    }
+}
+
+async fn read_upload(
+    state: &AppState,
+    headers: &HeaderMap,
+    request: Request,
+) -> Result<Upload, GatewayError> {
+    let media_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let limit = state
+        .config
+        .retrieval
+        .as_ref()
+        .map_or(0, |r| r.max_document_bytes);
+    if media_type.starts_with("multipart/form-data") {
+        let multipart = Multipart::from_request(request, state)
+            .await
+            .map_err(|e| GatewayError::invalid(e.body_text(), None))?;
+        return read_multipart(multipart, limit).await;
+    }
+    if media_type.starts_with("application/json") {
+        let body = Bytes::from_request(request, state).await;
+        return super::body::parse_json(headers, body, limit);
+    }
+    Err(GatewayError::UnsupportedMediaType(
+        "send a document as application/json or multipart/form-data".to_owned(),
+    ))
+}
+
+async fn read_multipart(mut multipart: Multipart, limit: usize) -> Result<Upload, GatewayError> {
+    let mut upload = Upload::default();
+    let too_large = |e: axum::extract::multipart::MultipartError| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            GatewayError::PayloadTooLarge { limit }
+        } else {
+            GatewayError::invalid(format!("cannot read the upload: {}", e.body_text()), None)
+        }
+    };
+    while let Some(field) = multipart.next_field().await.map_err(too_large)? {
+        let name = field.name().unwrap_or_default().to_owned();
+        match name.as_str() {
+            "file" => {
+                let file_name = field.file_name().unwrap_or_default().to_owned();
+                if file_name.is_empty() {
+                    return Err(GatewayError::invalid(
+                        "the `file` part needs a file name (its extension gives the type)",
+                        Some("file".to_owned()),
+                    ));
+                }
+                let bytes = field.bytes().await.map_err(too_large)?;
+                upload.file = Some((file_name, bytes));
+            }
+            "id" | "title" | "source" | "collection" | "tenant" => {
+                let value = field.text().await.map_err(too_large)?;
+                let slot = match name.as_str() {
+                    "id" => &mut upload.id,
+                    "title" => &mut upload.title,
+                    "source" => &mut upload.source,
+                    "collection" => &mut upload.collection,
+                    _ => &mut upload.tenant,
+                };
+                *slot = Some(value);
+            }
+            other => {
+                return Err(GatewayError::invalid(
+                    format!(
+                        "unknown part `{other}`: send `file` and optionally id, title, source, collection, tenant"
+                    ),
+                    Some(other.to_owned()),
+                ));
+            }
+        }
+    }
+    if upload.file.is_none() {
+        return Err(GatewayError::invalid(
+            "the upload has no `file` part",
+            Some("file".to_owned()),
+        ));
+    }
+    Ok(upload)
+}
+
+/// The id of a document posted without one: from its text, so posting the same
+/// text again is idempotent.
+fn content_id(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("doc-{hex}")
+}

@@ -1,0 +1,399 @@
+//! Text out of the formats documents arrive in. The result is Markdown-flavoured
+//! plain text, so the chunker sees headings wherever the format had them.
+//!
+//! - `.txt`, `.md`: as they are (UTF-8; a byte-order mark is dropped);
+//! - `.html`: tags stripped, `<script>`/`<style>` dropped, `<h1>`…`<h6>` turned into
+//!   Markdown headings, block elements into paragraph breaks, entities decoded;
+//! - `.json`: an object with a text field, or an array of them; `.jsonl`: one such
+//!   object per line. Each record becomes its own section, titled by its `title`
+//!   (or `question`) field, so a chunk never mixes two records.
+//!
+//! PDF is not read: the well-kept pure-Rust extractors (`pdf-extract` over `lopdf`)
+//! lose the reading order of multi-column pages and the text of CJK fonts without a
+//! `ToUnicode` map, which are common in the Chinese documents this serves; convert
+//! PDFs to text first (e.g. `pdftotext -layout`).
+
+use serde_json::Value;
+
+/// The formats ragway reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Markdown,
+    Html,
+    Json,
+    JsonLines,
+}
+
+impl Format {
+    pub const EXTENSIONS: &'static str = ".txt, .md, .markdown, .html, .htm, .json, .jsonl";
+
+    /// By the file name's extension.
+    pub fn of_name(name: &str) -> Option<Format> {
+        let extension = name.rsplit_once('.')?.1.to_ascii_lowercase();
+        Some(match extension.as_str() {
+            "txt" | "text" => Format::Text,
+            "md" | "markdown" => Format::Markdown,
+            "html" | "htm" => Format::Html,
+            "json" => Format::Json,
+            "jsonl" | "ndjson" => Format::JsonLines,
+            _ => return None,
+        })
+    }
+
+    /// By a media type (`text/markdown; charset=utf-8`).
+    pub fn of_media_type(media_type: &str) -> Option<Format> {
+        let essence = media_type.split(';').next()?.trim().to_ascii_lowercase();
+        Some(match essence.as_str() {
+            "text/plain" => Format::Text,
+            "text/markdown" | "text/x-markdown" => Format::Markdown,
+            "text/html" => Format::Html,
+            "application/json" => Format::Json,
+            "application/jsonl" | "application/x-ndjson" | "application/jsonlines" => {
+                Format::JsonLines
+            }
+            _ => return None,
+        })
+    }
+}
+
+/// A document's text, and its title when the format names one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Extracted {
+    pub title: Option<String>,
+    pub text: String,
+}
+
+/// The fields a JSON record's text is read from, in order of preference.
+const TEXT_FIELDS: [&str; 4] = ["text", "content", "body", "answer"];
+const TITLE_FIELDS: [&str; 3] = ["title", "question", "name"];
+
+pub fn extract(format: Format, bytes: &[u8]) -> Result<Extracted, String> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        format!(
+            "the document is not UTF-8 text (at byte {})",
+            e.valid_up_to()
+        )
+    })?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let extracted = match format {
+        Format::Text | Format::Markdown => Extracted {
+            title: None,
+            text: text.to_owned(),
+        },
+        Format::Html => html(text),
+        Format::Json => {
+            let value: Value =
+                serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+            match value {
+                Value::Array(items) => records(items.iter())?,
+                one => records(std::iter::once(&one))?,
+            }
+        }
+        Format::JsonLines => {
+            let mut items = Vec::new();
+            for (n, line) in text.lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                items.push(
+                    serde_json::from_str::<Value>(line)
+                        .map_err(|e| format!("line {}: not valid JSON: {e}", n + 1))?,
+                );
+            }
+            records(items.iter())?
+        }
+    };
+    if extracted.text.trim().is_empty() {
+        return Err("the document has no text".to_owned());
+    }
+    Ok(extracted)
+}
+
+/// JSON records into sections. One record alone gives the document its title.
+fn records<'a>(items: impl ExactSizeIterator<Item = &'a Value>) -> Result<Extracted, String> {
+    let single = items.len() == 1;
+    let mut out = Extracted {
+        title: None,
+        text: String::new(),
+    };
+    for (n, item) in items.enumerate() {
+        let field = |names: &[&str]| {
+            names
+                .iter()
+                .find_map(|name| item.get(name).and_then(Value::as_str))
+                .map(str::trim)
+        };
+        let text = field(&TEXT_FIELDS).ok_or_else(|| {
+            format!(
+                "record {}: no text field (one of: {})",
+                n + 1,
+                TEXT_FIELDS.join(", ")
+            )
+        })?;
+        let title = field(&TITLE_FIELDS).filter(|t| !t.is_empty());
+        if single {
+            out.title = title.map(str::to_owned);
+            out.text = text.to_owned();
+            break;
+        }
+        if let Some(title) = title {
+            out.text.push_str(&format!("## {}\n\n", one_line(title)));
+        } else {
+            out.text.push_str(&format!("## {}\n\n", n + 1));
+        }
+        out.text.push_str(text);
+        out.text.push_str("\n\n");
+    }
+    Ok(out)
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Elements whose content is not text.
+const DROPPED: [&str; 6] = ["script", "style", "noscript", "template", "svg", "head"];
+/// Elements that end a paragraph.
+const BLOCKS: [&str; 20] = [
+    "p",
+    "div",
+    "br",
+    "li",
+    "tr",
+    "table",
+    "ul",
+    "ol",
+    "section",
+    "article",
+    "header",
+    "footer",
+    "nav",
+    "aside",
+    "blockquote",
+    "pre",
+    "hr",
+    "dd",
+    "dt",
+    "main",
+];
+
+fn html(source: &str) -> Extracted {
+    let title = element_text(source, "title").or_else(|| element_text(source, "h1"));
+    let mut out = String::new();
+    let mut rest = source;
+    while let Some(open) = rest.find('<') {
+        out.push_str(&decode_entities(&rest[..open]));
+        rest = &rest[open..];
+        // Comments and declarations.
+        if let Some(after) = rest.strip_prefix("<!--") {
+            rest = after.find("-->").map_or("", |end| &after[end + 3..]);
+            continue;
+        }
+        let Some(close) = rest.find('>') else {
+            rest = "";
+            break;
+        };
+        let tag = &rest[1..close];
+        rest = &rest[close + 1..];
+        let closing = tag.starts_with('/');
+        let name: String = tag
+            .trim_start_matches('/')
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .collect::<String>()
+            .to_ascii_lowercase();
+        if !closing && DROPPED.contains(&name.as_str()) && !tag.ends_with('/') {
+            // Skip to the matching end tag.
+            let end = format!("</{name}");
+            let lower = rest.to_ascii_lowercase();
+            rest = match lower.find(&end) {
+                Some(at) => rest[at..].find('>').map_or("", |gt| &rest[at + gt + 1..]),
+                None => "",
+            };
+            continue;
+        }
+        if let Some(level) = heading_level(&name) {
+            out.push_str("\n\n");
+            if !closing {
+                out.push_str(&"#".repeat(level));
+                out.push(' ');
+            }
+        } else if BLOCKS.contains(&name.as_str()) {
+            out.push_str("\n\n");
+            if name == "li" && !closing {
+                out.push_str("- ");
+            }
+        } else if name == "td" || name == "th" {
+            out.push(' ');
+        }
+    }
+    out.push_str(&decode_entities(rest));
+    Extracted {
+        title,
+        text: tidy(&out),
+    }
+}
+
+fn heading_level(name: &str) -> Option<usize> {
+    match name.as_bytes() {
+        [b'h', d @ b'1'..=b'6'] => Some(usize::from(d - b'0')),
+        _ => None,
+    }
+}
+
+/// The text inside the first `<name>` element, tags removed.
+fn element_text(source: &str, name: &str) -> Option<String> {
+    let lower = source.to_ascii_lowercase();
+    let start = lower.find(&format!("<{name}"))?;
+    let open_end = start + lower[start..].find('>')? + 1;
+    let end = open_end + lower[open_end..].find(&format!("</{name}"))?;
+    let inner = &source[open_end..end];
+    let mut text = String::new();
+    let mut in_tag = false;
+    for c in inner.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => in_tag = false,
+            c if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    let text = one_line(&decode_entities(&text));
+    (!text.is_empty()).then_some(text)
+}
+
+/// Collapses runs of spaces within lines and of blank lines between paragraphs.
+fn tidy(text: &str) -> String {
+    let mut out = String::new();
+    let mut blank = 0;
+    for line in text.lines() {
+        let line = one_line(line);
+        if line.is_empty() {
+            blank += 1;
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(if blank > 0 { "\n\n" } else { "\n" });
+        }
+        blank = 0;
+        out.push_str(&line);
+    }
+    out
+}
+
+fn decode_entities(text: &str) -> String {
+    if !text.contains('&') {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('&') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        let decoded = rest[1..]
+            .find(';')
+            .filter(|&end| end <= 10)
+            .and_then(|end| {
+                let entity = &rest[1..end + 1];
+                let c = match entity {
+                    "amp" => Some('&'),
+                    "lt" => Some('<'),
+                    "gt" => Some('>'),
+                    "quot" => Some('"'),
+                    "apos" => Some('\''),
+                    "nbsp" => Some(' '),
+                    _ => entity.strip_prefix('#').and_then(|n| {
+                        let code = match n.strip_prefix(['x', 'X']) {
+                            Some(hex) => u32::from_str_radix(hex, 16).ok(),
+                            None => n.parse().ok(),
+                        };
+                        code.and_then(char::from_u32)
+                    }),
+                }?;
+                Some((c, end + 2))
+            });
+        match decoded {
+            Some((c, len)) => {
+                out.push(c);
+                rest = &rest[len..];
+            }
+            None => {
+                out.push('&');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_by_name_and_media_type() {
+        assert_eq!(Format::of_name("a/b/Guide.MD"), Some(Format::Markdown));
+        assert_eq!(Format::of_name("faq.jsonl"), Some(Format::JsonLines));
+        assert_eq!(Format::of_name("report.pdf"), None);
+        assert_eq!(Format::of_name("README"), None);
+        assert_eq!(
+            Format::of_media_type("text/html; charset=utf-8"),
+            Some(Format::Html)
+        );
+        assert_eq!(Format::of_media_type("application/octet-stream"), None);
+    }
+
+    #[test]
+    fn html_keeps_headings_and_paragraphs_and_drops_scripts() {
+        let page = r#"<html><head><title>退货政策</title><style>p{color:red}</style></head>
+            <body><h1>退货</h1><p>收货后 <b>7 天</b>内可退。</p><script>alert("x<p>")</script>
+            <h2>Fees &amp; costs</h2><ul><li>One&nbsp;&#8364;</li><li>Two</li></ul>
+            <!-- <p>hidden</p> --></body></html>"#;
+        let out = extract(Format::Html, page.as_bytes()).unwrap();
+        assert_eq!(out.title.as_deref(), Some("退货政策"));
+        assert_eq!(
+            out.text,
+            "# 退货\n\n收货后 7 天内可退。\n\n## Fees & costs\n\n- One €\n\n- Two"
+        );
+    }
+
+    #[test]
+    fn json_records_become_sections() {
+        let jsonl =
+            "{\"question\":\"How long?\",\"answer\":\"Seven days.\"}\n\n{\"text\":\"No title.\"}\n";
+        let out = extract(Format::JsonLines, jsonl.as_bytes()).unwrap();
+        assert_eq!(
+            out.text,
+            "## How long?\n\nSeven days.\n\n## 2\n\nNo title.\n\n"
+        );
+        let one = extract(Format::Json, br#"{"title":"T","content":"Body"}"#).unwrap();
+        assert_eq!(one.title.as_deref(), Some("T"));
+        assert_eq!(one.text, "Body");
+    }
+
+    #[test]
+    fn bad_documents_are_refused_with_a_reason() {
+        assert!(
+            extract(Format::Text, b"  \n ")
+                .unwrap_err()
+                .contains("no text")
+        );
+        assert!(
+            extract(Format::Text, &[0xff, 0xfe, 0x00])
+                .unwrap_err()
+                .contains("UTF-8")
+        );
+        assert!(
+            extract(Format::Json, b"{\"x\":1}")
+                .unwrap_err()
+                .contains("text field")
+        );
+        assert!(
+            extract(Format::JsonLines, b"{}\nnot json")
+                .unwrap_err()
+                .contains("line 2")
+        );
+    }
+}

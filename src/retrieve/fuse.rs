@@ -1,0 +1,131 @@
+//! Reciprocal rank fusion: merges ranked lists whose scores are not comparable
+//! (cosine similarity and BM25) by rank alone. A passage's score is the sum over
+//! the lists of weight / (K + rank). The original paper's K = 60 (Cormack et al.,
+//! 2009) suits many deep lists; ours are two lists of a few dozen candidates, where
+//! it flattens the top ranks until noise in one list decides: K = 10 (measured in
+//! docs/BENCHMARKS.md, with the alternatives). The
+//! keyword list weighs 1; the dense list's weight says how far the embedder can be
+//! trusted with the question (see `Corpus::dense_weight`).
+
+use std::collections::HashMap;
+
+use uuid::Uuid;
+
+use super::store::Hit;
+
+const K: f32 = 10.0;
+
+/// One fused passage, with what each list said of it.
+#[derive(Debug, Clone)]
+pub struct Fused {
+    pub hit: Hit,
+    /// The fused score scaled to 0..=1: 1 means first in every list.
+    pub score: f32,
+    pub dense: Option<f32>,
+    pub keyword: Option<f32>,
+}
+
+/// Fuses the dense and keyword lists (each best first), best first.
+pub fn fuse(dense: Vec<Hit>, keyword: Vec<Hit>, dense_weight: f32) -> Vec<Fused> {
+    let mut by_id: HashMap<Uuid, Fused> = HashMap::new();
+    let mut order: Vec<Uuid> = Vec::new();
+    for (list, is_dense) in [(dense, true), (keyword, false)] {
+        let weight = if is_dense { dense_weight } else { 1.0 };
+        for (rank, hit) in list.into_iter().enumerate() {
+            let contribution = weight / (K + rank as f32 + 1.0);
+            let raw = hit.score;
+            let entry = by_id.entry(hit.id).or_insert_with(|| {
+                order.push(hit.id);
+                Fused {
+                    hit,
+                    score: 0.0,
+                    dense: None,
+                    keyword: None,
+                }
+            });
+            entry.score += contribution;
+            match is_dense {
+                true => entry.dense = Some(raw),
+                false => entry.keyword = Some(raw),
+            }
+        }
+    }
+    let best = (1.0 + dense_weight) / (K + 1.0);
+    let mut fused: Vec<Fused> = order
+        .into_iter()
+        .filter_map(|id| by_id.remove(&id))
+        .map(|mut f| {
+            f.score /= best;
+            f
+        })
+        .collect();
+    // Stable: ties keep dense order first.
+    fused.sort_by(|a, b| b.score.total_cmp(&a.score));
+    fused
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::retrieve::store::ChunkPayload;
+
+    fn hit(n: u8, score: f32) -> Hit {
+        Hit {
+            id: Uuid::from_bytes([n; 16]),
+            score,
+            payload: ChunkPayload {
+                tenant: "t".into(),
+                collection: "c".into(),
+                doc_id: format!("d{n}"),
+                chunk_index: 0,
+                chunks: 1,
+                text: String::new(),
+                title: String::new(),
+                headings: Vec::new(),
+                source: String::new(),
+                ingested_at: 0,
+                hash: String::new(),
+                doc_hash: String::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_passage_found_by_both_lists_wins() {
+        let fused = fuse(
+            vec![hit(1, 0.9), hit(2, 0.8)],
+            vec![hit(3, 12.0), hit(2, 7.0)],
+            1.0,
+        );
+        let ids: Vec<u8> = fused.iter().map(|f| f.hit.id.as_bytes()[0]).collect();
+        assert_eq!(ids, [2, 1, 3]);
+        assert_eq!(fused[0].dense, Some(0.8));
+        assert_eq!(fused[0].keyword, Some(7.0));
+        assert!(fused[0].score < 1.0 && fused[0].score > 0.9);
+    }
+
+    #[test]
+    fn first_in_both_scores_one() {
+        let fused = fuse(vec![hit(1, 0.5)], vec![hit(1, 3.0)], 0.3);
+        assert!((fused[0].score - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_light_dense_list_defers_to_keywords() {
+        let fused = fuse(
+            vec![hit(1, 0.9), hit(2, 0.8)],
+            vec![hit(2, 5.0), hit(3, 4.0)],
+            0.2,
+        );
+        let ids: Vec<u8> = fused.iter().map(|f| f.hit.id.as_bytes()[0]).collect();
+        assert_eq!(ids, [2, 3, 1]);
+    }
+
+    #[test]
+    fn one_list_alone_keeps_its_order() {
+        let fused = fuse(Vec::new(), vec![hit(4, 3.0), hit(5, 2.0)], 1.0);
+        assert_eq!(fused.len(), 2);
+        assert_eq!(fused[0].hit.id.as_bytes()[0], 4);
+        assert_eq!(fused[0].dense, None);
+    }
+}

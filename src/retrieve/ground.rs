@@ -1,0 +1,257 @@
+//! The retrieve stage proper: find the tenant's passages for the question, put them
+//! in the prompt through the grounding template, and say which ones were used.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::corpus::{Corpus, CorpusError, Mode};
+use super::fuse::Fused;
+use super::prompt::{Lang, PassageView, Prompts};
+use super::{Citation, Retriever};
+use crate::config::{PromptLanguage, RagSettings};
+use crate::error::GatewayError;
+use crate::pipeline::RequestCtx;
+use crate::sanitize::Scope;
+use crate::wire::{ChatRequest, Content, Message, Role};
+
+pub struct Grounding {
+    corpus: Arc<Corpus>,
+    prompts: Prompts,
+    language: PromptLanguage,
+    defaults: RagSettings,
+    by_alias: BTreeMap<String, RagSettings>,
+}
+
+impl Grounding {
+    pub fn new(
+        corpus: Arc<Corpus>,
+        prompts: Prompts,
+        language: PromptLanguage,
+        defaults: RagSettings,
+        by_alias: BTreeMap<String, RagSettings>,
+    ) -> Grounding {
+        Grounding {
+            corpus,
+            prompts,
+            language,
+            defaults,
+            by_alias,
+        }
+    }
+
+    fn settings(&self, alias: &str) -> &RagSettings {
+        self.by_alias.get(alias).unwrap_or(&self.defaults)
+    }
+
+    /// The passages kept for `question`: found by one of its words or similar
+    /// enough in meaning, best first, within the alias's count and token budget.
+    async fn passages(
+        &self,
+        tenant: &str,
+        question: &str,
+        settings: &RagSettings,
+    ) -> Result<Vec<Fused>, CorpusError> {
+        let found = self
+            .corpus
+            .search(
+                tenant,
+                settings.collection.as_deref(),
+                question,
+                Mode::Hybrid,
+                settings.top_k * 2,
+            )
+            .await?;
+        let mut budget = settings.context_tokens;
+        let mut kept = Vec::new();
+        for passage in found {
+            let relevant =
+                passage.keyword.is_some() || passage.dense.is_some_and(|s| s >= settings.min_score);
+            if !relevant {
+                continue;
+            }
+            let cost = estimate_tokens(&passage.hit.payload.text);
+            // The first passage is always kept: without it there is no grounding.
+            if !kept.is_empty() && cost > budget {
+                break;
+            }
+            budget = budget.saturating_sub(cost);
+            kept.push(passage);
+            if kept.len() == settings.top_k {
+                break;
+            }
+        }
+        Ok(kept)
+    }
+}
+
+#[async_trait]
+impl Retriever for Grounding {
+    async fn ground(
+        &self,
+        ctx: &RequestCtx,
+        prompt: &mut ChatRequest,
+        pii: &mut Scope<'_>,
+    ) -> Result<Vec<Citation>, GatewayError> {
+        let settings = self.settings(&ctx.route.alias);
+        let wanted = prompt
+            .ragway
+            .as_ref()
+            .and_then(|o| o.rag)
+            .unwrap_or(settings.enabled);
+        let Some(question) = wanted.then(|| last_user_text(prompt)).flatten() else {
+            return Ok(Vec::new());
+        };
+        let passages = self
+            .passages(&ctx.caller.tenant, &question, settings)
+            .await?;
+        if passages.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The passages are the tenant's own text: their personal data goes into the
+        // request's vault like the user's, and leaves only as placeholders.
+        let mut shown = Vec::with_capacity(passages.len());
+        for p in &passages {
+            let payload = &p.hit.payload;
+            let headings = payload
+                .headings
+                .iter()
+                .map(|h| pii.text(h))
+                .collect::<Result<Vec<_>, _>>()?;
+            shown.push((
+                pii.text(&payload.title)?,
+                headings,
+                pii.text(&payload.text)?,
+            ));
+        }
+        let views: Vec<PassageView<'_>> = passages
+            .iter()
+            .zip(&shown)
+            .enumerate()
+            .map(|(i, (p, (title, headings, text)))| PassageView {
+                n: i + 1,
+                title,
+                headings: below_title(title, headings),
+                source: &p.hit.payload.source,
+                text,
+            })
+            .collect();
+        let lang = match self.language {
+            PromptLanguage::Auto => Lang::of(&question),
+            PromptLanguage::Zh => Lang::Zh,
+            PromptLanguage::En => Lang::En,
+        };
+        let grounding = self
+            .prompts
+            .render_in(lang, &question, &views)
+            .map_err(GatewayError::Internal)?;
+        add_system_text(prompt, grounding);
+        Ok(passages
+            .into_iter()
+            .map(|p| Citation {
+                doc_id: p.hit.payload.doc_id,
+                title: p.hit.payload.title,
+                source: p.hit.payload.source,
+                chunk: p.hit.payload.chunk_index,
+                score: p.score,
+            })
+            .collect())
+    }
+
+    async fn corpus_version(&self, ctx: &RequestCtx) -> Result<Option<String>, GatewayError> {
+        let generation = self.corpus.generation(&ctx.caller.tenant).await?;
+        Ok(Some(format!("{generation}/{}", self.prompts.version())))
+    }
+}
+
+/// The heading path without a first heading that only repeats the title (a
+/// Markdown document's `# Title`).
+fn below_title<'a>(title: &str, headings: &'a [String]) -> &'a [String] {
+    match headings.split_first() {
+        Some((first, rest)) if first.trim() == title.trim() => rest,
+        _ => headings,
+    }
+}
+
+/// The question: the text of the last user message.
+fn last_user_text(prompt: &ChatRequest) -> Option<String> {
+    let message = prompt
+        .messages
+        .iter()
+        .rev()
+        .find(|m| m.role == Role::User)?;
+    let text = message.content.as_ref()?.text();
+    (!text.trim().is_empty()).then_some(text)
+}
+
+/// Appends to the leading system message, or puts one first. One system message
+/// suits every provider and chat template (some accept only one, and only first).
+fn add_system_text(prompt: &mut ChatRequest, text: String) {
+    match prompt.messages.first_mut() {
+        Some(Message {
+            role: Role::System | Role::Developer,
+            content: Some(Content::Text(existing)),
+            ..
+        }) => {
+            existing.push_str("\n\n");
+            existing.push_str(&text);
+        }
+        _ => prompt.messages.insert(
+            0,
+            Message {
+                role: Role::System,
+                content: Some(Content::Text(text)),
+                name: None,
+                tool_calls: None,
+                tool_call_id: None,
+                extra: Default::default(),
+            },
+        ),
+    }
+}
+
+/// Tokens a passage costs in a prompt, estimated without the provider's tokenizer:
+/// one per CJK character, one per four other characters.
+pub fn estimate_tokens(text: &str) -> usize {
+    let (cjk, other) = text.chars().fold((0usize, 0usize), |(cjk, other), c| {
+        if ('\u{2e80}'..='\u{9fff}').contains(&c) || ('\u{f900}'..='\u{faff}').contains(&c) {
+            (cjk + 1, other)
+        } else {
+            (cjk, other + 1)
+        }
+    });
+    cjk + other.div_ceil(4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_estimates_count_ideographs_singly() {
+        assert_eq!(estimate_tokens("退货政策"), 4);
+        assert_eq!(estimate_tokens("abcdefgh"), 2);
+        assert_eq!(estimate_tokens("七天 days"), 2 + 2);
+    }
+
+    #[test]
+    fn grounding_joins_the_leading_system_message() {
+        let mut prompt: ChatRequest = serde_json::from_str(
+            r#"{"model":"m","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Q"}]}"#,
+        )
+        .unwrap();
+        add_system_text(&mut prompt, "Passages".to_owned());
+        assert_eq!(prompt.messages.len(), 2);
+        assert_eq!(
+            prompt.messages[0].content.as_ref().unwrap().text(),
+            "Be brief.\n\nPassages"
+        );
+        let mut bare: ChatRequest =
+            serde_json::from_str(r#"{"model":"m","messages":[{"role":"user","content":"Q"}]}"#)
+                .unwrap();
+        add_system_text(&mut bare, "Passages".to_owned());
+        assert_eq!(bare.messages[0].role, Role::System);
+        assert_eq!(last_user_text(&bare).as_deref(), Some("Q"));
+    }
+}

@@ -1,0 +1,642 @@
+//! Qdrant Edge: the vector store in process, on local disk, so one machine needs
+//! no Qdrant server.
+//!
+//! The data directory holds the shard (`shard/`), the tenants' corpus generations
+//! (`generations.json`) and `ragway.lock`. What shaped this backend:
+//!
+//! - every [`EdgeShard`] call blocks (locks, its rayon pool, disk), so each one runs
+//!   in `spawn_blocking`;
+//! - nothing runs in the background: writes reach the WAL, but segments are
+//!   persisted only by `flush()`, and the HNSW index is built only by `optimize()`,
+//!   which takes about a minute for 50k vectors. [`VectorStore::maintain`] flushes
+//!   when anything was written and optimizes only after a burst of writes has been
+//!   quiet for [`OPTIMIZE_QUIET`], never under steady writes;
+//! - one process per directory: the shard's WAL is `flock`ed, and so, before the
+//!   shard is touched, is `ragway.lock`, so a second process gets a clear error
+//!   instead of loading segments another process is writing.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, TryLockError};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use qdrant_edge::{
+    Condition, CountRequestBuilder, CreateIndex, Distance, EdgeConfigBuilder, EdgeShard,
+    EdgeSparseVectorParamsBuilder, EdgeVectorParamsBuilder, FieldCondition, FieldIndexOperations,
+    Filter, HasIdCondition, IntegerIndexParamsBuilder, JsonPath, KeywordIndexParamsBuilder, Match,
+    Modifier, NamedQuery, OperationError, Payload, PayloadFieldSchema, PayloadSchemaParams,
+    PointId, PointInsertOperations, PointOperations, PointStruct, PointStructPersisted, QueryEnum,
+    QueryRequestBuilder, ScoringQuery, ScrollRequestBuilder, UpdateOperation, Vector,
+    VectorInternal, Vectors, WithPayloadInterface, WithVector,
+};
+use serde::Deserialize;
+
+use super::{
+    DENSE, DocumentInfo, Hit, KEYWORDS, Query, QueryVector, SparseVector, StoreError, StoredChunk,
+    VectorStore,
+};
+
+/// How long writes must have stopped before [`VectorStore::maintain`] rebuilds the
+/// index: an ingest sends documents one by one, and optimizing between two of them
+/// would redo the work for each.
+pub const OPTIMIZE_QUIET: Duration = Duration::from_secs(10);
+
+/// The shard's directory inside the data directory.
+const SHARD_DIR: &str = "shard";
+const GENERATIONS_FILE: &str = "generations.json";
+const LOCK_FILE: &str = "ragway.lock";
+/// The file the shard keeps its config in (not exported by the crate).
+const SHARD_CONFIG_FILE: &str = "edge_config.json";
+/// Points read per scroll call when listing documents.
+const SCROLL_PAGE: usize = 256;
+
+/// The payload fields a document's description needs: not the chunk's text.
+const DOCUMENT_FIELDS: &[&str] = &[
+    "doc_id",
+    "collection",
+    "title",
+    "source",
+    "chunks",
+    "ingested_at",
+    "doc_hash",
+];
+
+/// The embedded store. Cheap to share: everything is behind one `Arc`.
+pub struct EdgeStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shard: EdgeShard,
+    dimension: usize,
+    dir: PathBuf,
+    /// Tenant → generation, as in `generations.json`.
+    generations: Mutex<BTreeMap<String, u64>>,
+    /// Written since the last flush.
+    unflushed: AtomicBool,
+    /// Written since the last optimize.
+    unoptimized: AtomicBool,
+    last_write: Mutex<Instant>,
+    /// One maintenance run at a time (the periodic task and a shutdown's `finish`).
+    maintenance: Mutex<()>,
+    quiet: Duration,
+    /// Holds the directory's lock; declared last so it outlives the shard.
+    _lock: File,
+}
+
+impl EdgeStore {
+    /// Opens the store in `dir`, creating it if absent, for dense vectors of
+    /// `dimension`. Fails if another process has it open, or if it holds vectors of
+    /// another dimension (a different embedding model).
+    pub fn open(dir: &Path, dimension: usize) -> Result<EdgeStore, StoreError> {
+        EdgeStore::open_with(dir, dimension, OPTIMIZE_QUIET)
+    }
+
+    /// [`EdgeStore::open`] with the quiet time before optimizing (tests use a short one).
+    pub fn open_with(
+        dir: &Path,
+        dimension: usize,
+        quiet: Duration,
+    ) -> Result<EdgeStore, StoreError> {
+        let unavailable = |what: &str, e: &dyn std::fmt::Display| {
+            StoreError::Unavailable(format!("{what} {}: {e}", dir.display()))
+        };
+        fs::create_dir_all(dir).map_err(|e| unavailable("cannot create", &e))?;
+        let lock = lock(dir)?;
+        let generations = read_generations(&dir.join(GENERATIONS_FILE))?;
+        let shard_dir = dir.join(SHARD_DIR);
+        // The shard writes its config first when it is created.
+        let existing = shard_dir.join(SHARD_CONFIG_FILE).exists();
+        let shard = if existing {
+            let shard = EdgeShard::load(&shard_dir, None)
+                .map_err(|e| unavailable("cannot load the vector store in", &e))?;
+            check_config(&shard, dir, dimension)?;
+            shard
+        } else {
+            let config = EdgeConfigBuilder::new()
+                .vector(
+                    DENSE,
+                    EdgeVectorParamsBuilder::new(dimension, Distance::Cosine).build(),
+                )
+                .sparse_vector(
+                    KEYWORDS,
+                    EdgeSparseVectorParamsBuilder::new()
+                        .modifier(Modifier::Idf)
+                        .build(),
+                )
+                .build();
+            EdgeShard::new(&shard_dir, config)
+                .map_err(|e| unavailable("cannot create the vector store in", &e))?
+        };
+        create_indexes(&shard).map_err(|e| unavailable("cannot index the vector store in", &e))?;
+        Ok(EdgeStore {
+            inner: Arc::new(Inner {
+                shard,
+                dimension,
+                dir: dir.to_path_buf(),
+                generations: Mutex::new(generations),
+                unflushed: AtomicBool::new(false),
+                // A process that ended before optimizing may have left work.
+                unoptimized: AtomicBool::new(existing),
+                last_write: Mutex::new(Instant::now()),
+                maintenance: Mutex::new(()),
+                quiet,
+                _lock: lock,
+            }),
+        })
+    }
+
+    /// Makes every write durable now (blocking; for shutdown paths outside the
+    /// runtime). [`VectorStore::finish`] also builds the indexes.
+    pub fn flush_now(&self) -> Result<(), StoreError> {
+        self.inner.flush()
+    }
+
+    /// Runs `work` on the blocking pool.
+    async fn blocking<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || work(&inner))
+            .await
+            .map_err(|e| StoreError::Failed(format!("store task failed: {e}")))?
+    }
+}
+
+/// Takes `ragway.lock` in `dir`, or says who holds it.
+fn lock(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join(LOCK_FILE);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(StoreError::Unavailable(format!(
+            "the document store {} is in use by another ragway process (only one may \
+             open it: stop the server before running `ragway ingest` into it, or give \
+             each its own path)",
+            dir.display()
+        ))),
+        Err(TryLockError::Error(e)) => Err(StoreError::Unavailable(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// Checks that a loaded shard has this backend's vectors, at `dimension`.
+fn check_config(shard: &EdgeShard, dir: &Path, dimension: usize) -> Result<(), StoreError> {
+    let config = shard.config();
+    let Some(dense) = config.vectors.get(DENSE) else {
+        return Err(StoreError::Unavailable(format!(
+            "{} holds no `{DENSE}` vectors: not a ragway document store",
+            dir.display()
+        )));
+    };
+    if dense.size != dimension {
+        return Err(StoreError::Unavailable(format!(
+            "the document store {} holds {}-dimensional vectors, but the embedding model \
+             makes {dimension}-dimensional ones: use the model it was built with, or a new \
+             store path (and ingest again)",
+            dir.display(),
+            dense.size
+        )));
+    }
+    if !config.sparse_vectors.contains_key(KEYWORDS) {
+        return Err(StoreError::Unavailable(format!(
+            "{} holds no `{KEYWORDS}` vectors: not a ragway document store",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Creates the payload indexes the filters use, those still missing.
+fn create_indexes(shard: &EdgeShard) -> Result<(), OperationError> {
+    let keyword = |tenant: bool| {
+        PayloadSchemaParams::Keyword(KeywordIndexParamsBuilder::new().is_tenant(tenant).build())
+    };
+    let wanted = [
+        ("tenant", keyword(true)),
+        ("collection", keyword(false)),
+        ("doc_id", keyword(false)),
+        (
+            "chunk_index",
+            PayloadSchemaParams::Integer(IntegerIndexParamsBuilder::new().build()),
+        ),
+    ];
+    let existing = shard.info()?.payload_schema;
+    let mut created = false;
+    for (field, params) in wanted {
+        let field_name = key(field);
+        if existing.contains_key(&field_name) {
+            continue;
+        }
+        shard.update(UpdateOperation::FieldIndexOperation(
+            FieldIndexOperations::CreateIndex(CreateIndex {
+                field_name,
+                field_schema: Some(PayloadFieldSchema::FieldParams(params)),
+            }),
+        ))?;
+        created = true;
+    }
+    if created {
+        shard.flush()?;
+    }
+    Ok(())
+}
+
+fn read_generations(path: &Path) -> Result<BTreeMap<String, u64>, StoreError> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            // Starting again from 0 could bring back cached answers of old documents.
+            StoreError::Unavailable(format!("{} is damaged: {e}", path.display()))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(StoreError::Unavailable(format!(
+            "cannot read {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// Writes `generations.json` whole or not at all: a temporary file, renamed.
+fn write_generations(dir: &Path, generations: &BTreeMap<String, u64>) -> std::io::Result<()> {
+    let path = dir.join(GENERATIONS_FILE);
+    let temp = dir.join(format!("{GENERATIONS_FILE}.tmp"));
+    let mut file = File::create(&temp)?;
+    file.write_all(&serde_json::to_vec_pretty(generations)?)?;
+    file.sync_all()?;
+    fs::rename(&temp, &path)
+}
+
+impl Inner {
+    fn mark_written(&self) {
+        *guard(&self.last_write) = Instant::now();
+        self.unflushed.store(true, Ordering::SeqCst);
+        self.unoptimized.store(true, Ordering::SeqCst);
+    }
+
+    fn update(&self, operation: PointOperations) -> Result<(), StoreError> {
+        let result = self
+            .shard
+            .update(UpdateOperation::PointOperation(operation));
+        // Even a failed operation may have written part of its points.
+        self.mark_written();
+        result.map_err(failed("write"))
+    }
+
+    fn count(&self, filter: Filter) -> Result<u64, StoreError> {
+        let request = CountRequestBuilder::new()
+            .filter(filter)
+            .exact(true)
+            .build();
+        let count = self.shard.count(request).map_err(failed("count"))?;
+        Ok(count as u64)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.unflushed.store(false, Ordering::SeqCst);
+        self.shard.flush().map_err(|e| {
+            self.unflushed.store(true, Ordering::SeqCst);
+            failed("flush")(e)
+        })
+    }
+
+    /// Flushes if anything was written; optimizes after a burst of writes once it
+    /// has been quiet (or at once when `eager`).
+    fn maintain(&self, eager: bool) -> Result<(), StoreError> {
+        let _one_at_a_time = guard(&self.maintenance);
+        if self.unflushed.load(Ordering::SeqCst) {
+            self.flush()?;
+        }
+        let quiet = guard(&self.last_write).elapsed() >= self.quiet;
+        if (eager || quiet) && self.unoptimized.swap(false, Ordering::SeqCst) {
+            let started = Instant::now();
+            match self.shard.optimize() {
+                Ok(changed) => tracing::info!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    changed,
+                    "document store optimized"
+                ),
+                Err(e) => {
+                    self.unoptimized.store(true, Ordering::SeqCst);
+                    return Err(failed("optimize")(e));
+                }
+            }
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Pages through the points `filter` matches (payload `fields` only).
+    fn scroll_all(
+        &self,
+        filter: Filter,
+        fields: &[&str],
+    ) -> Result<Vec<qdrant_edge::Record>, StoreError> {
+        let with_payload = WithPayloadInterface::Fields(fields.iter().map(|f| key(f)).collect());
+        let mut records = Vec::new();
+        let mut offset = None;
+        loop {
+            let mut request = ScrollRequestBuilder::new()
+                .limit(SCROLL_PAGE)
+                .filter(filter.clone())
+                .with_payload(with_payload.clone())
+                .with_vector(WithVector::Bool(false));
+            if let Some(offset) = offset {
+                request = request.offset(offset);
+            }
+            let (page, next) = self.shard.scroll(request.build()).map_err(failed("read"))?;
+            records.extend(page);
+            match next {
+                Some(next) => offset = Some(next),
+                None => return Ok(records),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl VectorStore for EdgeStore {
+    async fn replace(
+        &self,
+        tenant: &str,
+        doc_id: &str,
+        chunks: Vec<StoredChunk>,
+    ) -> Result<(), StoreError> {
+        let dimension = self.inner.dimension;
+        for chunk in &chunks {
+            if chunk.payload.tenant != tenant || chunk.payload.doc_id != doc_id {
+                return Err(StoreError::Failed(format!(
+                    "chunk {} belongs to {}/{}, not to {tenant}/{doc_id}",
+                    chunk.id, chunk.payload.tenant, chunk.payload.doc_id
+                )));
+            }
+            if chunk.dense.len() != dimension {
+                return Err(StoreError::Failed(format!(
+                    "chunk {} has a {}-dimensional vector; the store holds {dimension}",
+                    chunk.id,
+                    chunk.dense.len()
+                )));
+            }
+        }
+        let ids: Vec<PointId> = chunks.iter().map(|c| PointId::Uuid(c.id)).collect();
+        let points = chunks
+            .into_iter()
+            .map(point)
+            .collect::<Result<Vec<_>, _>>()?;
+        let document = document_filter(tenant, doc_id);
+        let foreign = Filter {
+            must_not: Some(vec![matches("tenant", tenant.to_owned())]),
+            ..Filter::default()
+        }
+        .with_point_ids(ids.iter().copied());
+        self.blocking(move |inner| {
+            // Ids derive from the tenant too, so this never happens by chance; but an
+            // upsert would take another tenant's point over, so it is checked here.
+            if !ids.is_empty() && inner.count(foreign)? > 0 {
+                return Err(StoreError::Failed(
+                    "a chunk id is taken by another tenant's chunk".to_owned(),
+                ));
+            }
+            if !points.is_empty() {
+                inner.update(PointOperations::UpsertPoints(
+                    PointInsertOperations::PointsList(points),
+                ))?;
+            }
+            // Then whatever of the document is not among the new chunks.
+            let mut stale = document;
+            if !ids.is_empty() {
+                stale.must_not = Some(vec![Condition::HasId(
+                    ids.into_iter().collect::<HasIdCondition>(),
+                )]);
+            }
+            if inner.count(stale.clone())? > 0 {
+                inner.update(PointOperations::DeletePointsByFilter(stale))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete(&self, tenant: &str, doc_id: &str) -> Result<u64, StoreError> {
+        let filter = document_filter(tenant, doc_id);
+        self.blocking(move |inner| {
+            let count = inner.count(filter.clone())?;
+            if count > 0 {
+                inner.update(PointOperations::DeletePointsByFilter(filter))?;
+            }
+            Ok(count)
+        })
+        .await
+    }
+
+    async fn document(
+        &self,
+        tenant: &str,
+        doc_id: &str,
+    ) -> Result<Option<DocumentInfo>, StoreError> {
+        let mut filter = document_filter(tenant, doc_id);
+        push_must(&mut filter, matches("chunk_index", 0i64));
+        self.blocking(move |inner| {
+            let records = inner.scroll_all(filter, DOCUMENT_FIELDS)?;
+            Ok(records.into_iter().find_map(|r| document_info(r.payload?)))
+        })
+        .await
+    }
+
+    async fn documents(&self, tenant: &str, limit: usize) -> Result<Vec<DocumentInfo>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut filter = tenant_filter(tenant);
+        push_must(&mut filter, matches("chunk_index", 0i64));
+        self.blocking(move |inner| {
+            // Points come in id order, not the documents' order: read all, then sort.
+            let records = inner.scroll_all(filter, DOCUMENT_FIELDS)?;
+            let mut documents: Vec<DocumentInfo> = records
+                .into_iter()
+                .filter_map(|r| document_info(r.payload?))
+                .collect();
+            documents.sort_by(|a, b| a.id.cmp(&b.id));
+            documents.dedup_by(|a, b| a.id == b.id);
+            documents.truncate(limit);
+            Ok(documents)
+        })
+        .await
+    }
+
+    async fn search(&self, query: Query<'_>) -> Result<Vec<Hit>, StoreError> {
+        let vector = match query.vector {
+            QueryVector::Dense(dense) => {
+                NamedQuery::new(VectorInternal::Dense(dense.to_vec()), DENSE)
+            }
+            QueryVector::Keywords(sparse) if sparse.is_empty() => return Ok(Vec::new()),
+            QueryVector::Keywords(sparse) => NamedQuery::new(sparse_vector(sparse)?.0, KEYWORDS),
+        };
+        if query.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut filter = tenant_filter(query.tenant);
+        if let Some(collection) = query.collection {
+            push_must(&mut filter, matches("collection", collection.to_owned()));
+        }
+        let request = QueryRequestBuilder::new(query.limit)
+            .query(ScoringQuery::Vector(QueryEnum::Nearest(vector)))
+            .filter(filter)
+            .with_payload(WithPayloadInterface::Bool(true))
+            .with_vector(WithVector::Bool(false))
+            .build();
+        self.blocking(move |inner| {
+            let points = inner.shard.query(request).map_err(failed("search"))?;
+            Ok(points
+                .into_iter()
+                .filter_map(|p| {
+                    let PointId::Uuid(id) = p.id else {
+                        return None;
+                    };
+                    let payload = serde_json::from_value(serde_json::Value::Object(p.payload?.0));
+                    match payload {
+                        Ok(payload) => Some(Hit {
+                            id,
+                            score: p.score,
+                            payload,
+                        }),
+                        Err(error) => {
+                            tracing::warn!(%id, %error, "skipping a stored chunk with a bad payload");
+                            None
+                        }
+                    }
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn count(&self, tenant: &str) -> Result<u64, StoreError> {
+        let filter = tenant_filter(tenant);
+        self.blocking(move |inner| inner.count(filter)).await
+    }
+
+    async fn generation(&self, tenant: &str) -> Result<u64, StoreError> {
+        Ok(guard(&self.inner.generations)
+            .get(tenant)
+            .copied()
+            .unwrap_or(0))
+    }
+
+    async fn bump_generation(&self, tenant: &str) -> Result<u64, StoreError> {
+        let tenant = tenant.to_owned();
+        self.blocking(move |inner| {
+            // Held through the write, so bumps are written in the order they happen.
+            let mut generations = guard(&inner.generations);
+            let mut next = generations.clone();
+            let generation = next.get(&tenant).copied().unwrap_or(0) + 1;
+            next.insert(tenant, generation);
+            write_generations(&inner.dir, &next).map_err(|e| {
+                StoreError::Failed(format!(
+                    "cannot write {}: {e}",
+                    inner.dir.join(GENERATIONS_FILE).display()
+                ))
+            })?;
+            *generations = next;
+            Ok(generation)
+        })
+        .await
+    }
+
+    async fn maintain(&self) -> Result<(), StoreError> {
+        self.blocking(|inner| inner.maintain(false)).await
+    }
+
+    async fn finish(&self) -> Result<(), StoreError> {
+        self.blocking(|inner| inner.maintain(true)).await
+    }
+}
+
+/// A chunk as a point: both vectors (no keyword vector for a chunk without terms)
+/// and the payload.
+fn point(chunk: StoredChunk) -> Result<PointStructPersisted, StoreError> {
+    let mut vectors = vec![(DENSE, Vector::new_dense(chunk.dense))];
+    if !chunk.keywords.is_empty() {
+        vectors.push((KEYWORDS, sparse_vector(&chunk.keywords)?));
+    }
+    let payload = serde_json::to_value(&chunk.payload)
+        .map_err(|e| StoreError::Failed(format!("chunk {}: {e}", chunk.id)))?;
+    Ok(PointStruct::new(
+        PointId::Uuid(chunk.id),
+        Vectors::new_named(vectors),
+        payload,
+    )
+    .into())
+}
+
+fn sparse_vector(sparse: &SparseVector) -> Result<Vector, StoreError> {
+    Vector::new_sparse(sparse.indices.clone(), sparse.values.clone())
+        .map_err(|e| StoreError::Failed(format!("bad keyword vector: {e}")))
+}
+
+fn document_info(payload: Payload) -> Option<DocumentInfo> {
+    #[derive(Deserialize)]
+    struct Fields {
+        doc_id: String,
+        collection: String,
+        title: String,
+        source: String,
+        chunks: u32,
+        ingested_at: u64,
+        doc_hash: String,
+    }
+    let f: Fields = serde_json::from_value(serde_json::Value::Object(payload.0)).ok()?;
+    Some(DocumentInfo {
+        id: f.doc_id,
+        collection: f.collection,
+        title: f.title,
+        source: f.source,
+        chunks: f.chunks,
+        ingested_at: f.ingested_at,
+        hash: f.doc_hash,
+    })
+}
+
+/// A payload key; the fields are plain names, always valid paths.
+fn key(field: &str) -> JsonPath {
+    JsonPath::try_from(field).unwrap_or_else(|()| panic!("invalid payload key {field:?}"))
+}
+
+fn matches(field: &str, value: impl Into<Match>) -> Condition {
+    Condition::Field(FieldCondition::new_match(key(field), value.into()))
+}
+
+/// Every read and write starts from this: the store enforces tenant isolation.
+fn tenant_filter(tenant: &str) -> Filter {
+    Filter::new_must(matches("tenant", tenant.to_owned()))
+}
+
+fn document_filter(tenant: &str, doc_id: &str) -> Filter {
+    let mut filter = tenant_filter(tenant);
+    push_must(&mut filter, matches("doc_id", doc_id.to_owned()));
+    filter
+}
+
+fn push_must(filter: &mut Filter, condition: Condition) {
+    filter.must.get_or_insert_with(Vec::new).push(condition);
+}
+
+fn failed(what: &'static str) -> impl Fn(OperationError) -> StoreError {
+    move |e| StoreError::Failed(format!("{what}: {e}"))
+}
+
+fn guard<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}

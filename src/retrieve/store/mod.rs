@@ -1,0 +1,185 @@
+//! Where chunks live. [`VectorStore`] is the whole contract; two backends keep the
+//! same points and payload schema:
+//!
+//! - [`edge::EdgeStore`]: Qdrant Edge in process, data on local disk (the default,
+//!   so a single machine needs no server);
+//! - [`server::QdrantServer`]: a Qdrant server over gRPC (production), one collection
+//!   per deployment with a tenant payload index.
+//!
+//! Every point carries a dense vector (`dense`, cosine) from the embedder and a
+//! sparse one (`keywords`, BM25 term weights whose IDF the store applies), so both
+//! halves of hybrid retrieval are filtered, persisted and deleted together.
+//!
+//! Tenant isolation lives here: every read and write takes the tenant and adds it
+//! to the store's filter itself, so no caller can forget it.
+
+pub mod edge;
+pub mod server;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The dense vector's name in both backends.
+pub const DENSE: &str = "dense";
+/// The sparse (keyword) vector's name in both backends.
+pub const KEYWORDS: &str = "keywords";
+
+/// What every stored chunk carries besides its vectors. Field names are the payload
+/// keys in both backends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChunkPayload {
+    pub tenant: String,
+    pub collection: String,
+    pub doc_id: String,
+    pub chunk_index: u32,
+    /// How many chunks the document has (so chunk 0 describes the document).
+    pub chunks: u32,
+    pub text: String,
+    pub title: String,
+    /// Headings above the chunk, outermost first.
+    pub headings: Vec<String>,
+    /// Where the document came from: a path, a file name or a URL.
+    pub source: String,
+    /// Unix seconds.
+    pub ingested_at: u64,
+    /// SHA-256 (hex) of the chunk's content: its id derives from it.
+    pub hash: String,
+    /// SHA-256 (hex) of the whole document: an unchanged document is not re-embedded.
+    pub doc_hash: String,
+}
+
+/// A sparse vector: term ids and weights, ids ascending and unique.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SparseVector {
+    pub indices: Vec<u32>,
+    pub values: Vec<f32>,
+}
+
+impl SparseVector {
+    pub fn is_empty(&self) -> bool {
+        self.indices.is_empty()
+    }
+}
+
+/// A chunk ready to store.
+#[derive(Debug, Clone)]
+pub struct StoredChunk {
+    pub id: Uuid,
+    pub dense: Vec<f32>,
+    pub keywords: SparseVector,
+    pub payload: ChunkPayload,
+}
+
+/// Which half of the index a search asks.
+#[derive(Debug, Clone, Copy)]
+pub enum QueryVector<'a> {
+    Dense(&'a [f32]),
+    Keywords(&'a SparseVector),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Query<'a> {
+    pub tenant: &'a str,
+    /// Search one collection of the tenant's, or all of them.
+    pub collection: Option<&'a str>,
+    pub vector: QueryVector<'a>,
+    pub limit: usize,
+}
+
+/// One search result, best first.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub id: Uuid,
+    /// Cosine similarity for dense searches; BM25 for keyword searches.
+    pub score: f32,
+    pub payload: ChunkPayload,
+}
+
+/// A stored document, as `GET /v1/documents` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DocumentInfo {
+    pub id: String,
+    pub collection: String,
+    pub title: String,
+    pub source: String,
+    pub chunks: u32,
+    pub ingested_at: u64,
+    pub hash: String,
+}
+
+impl From<ChunkPayload> for DocumentInfo {
+    fn from(p: ChunkPayload) -> Self {
+        DocumentInfo {
+            id: p.doc_id,
+            collection: p.collection,
+            title: p.title,
+            source: p.source,
+            chunks: p.chunks,
+            ingested_at: p.ingested_at,
+            hash: p.doc_hash,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be opened or reached.
+    #[error("vector store unavailable: {0}")]
+    Unavailable(String),
+    /// The store refused or failed an operation.
+    #[error("vector store: {0}")]
+    Failed(String),
+}
+
+#[async_trait]
+pub trait VectorStore: Send + Sync {
+    /// Stores a document's chunks and removes those of its earlier version that are
+    /// not among them. Ids derive from content, so storing the same chunks again
+    /// changes nothing. New chunks are written before old ones go: a search never
+    /// finds the document missing.
+    async fn replace(
+        &self,
+        tenant: &str,
+        doc_id: &str,
+        chunks: Vec<StoredChunk>,
+    ) -> Result<(), StoreError>;
+
+    /// Removes a document's chunks; returns how many there were.
+    async fn delete(&self, tenant: &str, doc_id: &str) -> Result<u64, StoreError>;
+
+    /// The stored document's description (from its first chunk), if there is one.
+    async fn document(
+        &self,
+        tenant: &str,
+        doc_id: &str,
+    ) -> Result<Option<DocumentInfo>, StoreError>;
+
+    /// The tenant's documents, at most `limit`, ordered by id.
+    async fn documents(&self, tenant: &str, limit: usize) -> Result<Vec<DocumentInfo>, StoreError>;
+
+    /// The tenant's nearest chunks to the query vector, best first.
+    async fn search(&self, query: Query<'_>) -> Result<Vec<Hit>, StoreError>;
+
+    /// Every stored chunk of the tenant (for tests and re-indexing).
+    async fn count(&self, tenant: &str) -> Result<u64, StoreError>;
+
+    /// The tenant's corpus generation: bumped by every change to its documents, and
+    /// part of the answer cache's key, so no cached answer outlives its sources.
+    async fn generation(&self, tenant: &str) -> Result<u64, StoreError>;
+
+    /// Bumps the tenant's generation; returns the new one.
+    async fn bump_generation(&self, tenant: &str) -> Result<u64, StoreError>;
+
+    /// Makes every write durable and, after a burst of writes, rebuilds indexes.
+    /// Backends that do both themselves do nothing.
+    async fn maintain(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Before the process ends: makes every write durable and builds the indexes
+    /// that writes since the last build need, without waiting for quiet.
+    async fn finish(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

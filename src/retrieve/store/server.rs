@@ -1,0 +1,1074 @@
+//! The vector store on a Qdrant server, over gRPC (`http://host:6334`): for
+//! production, where several gateway replicas share one index.
+//!
+//! **One collection per deployment, tenants told apart by payload.** Every point
+//! carries its `tenant`, and every read and write of this backend adds
+//! `tenant == T` to its filter itself. That is Qdrant's own advice for many tenants
+//! (<https://qdrant.tech/documentation/guides/multiple-partitions/>): a collection
+//! per tenant costs memory and start-up time per collection and does not scale to
+//! many small tenants, while a keyword index on the tenant field with `is_tenant`
+//! makes Qdrant store each tenant's points together, so a tenant's search reads
+//! its own segment ranges. Searches are always filtered by tenant, so the dense
+//! HNSW graph is built per tenant (`payload_m`) rather than globally (`m = 0`), as
+//! that guide also recommends.
+//!
+//! The collection holds the same points and payload as the embedded backend
+//! ([`super::edge`]): a named dense vector [`DENSE`] (cosine) and a named sparse
+//! vector [`KEYWORDS`] whose IDF Qdrant applies (`Modifier::Idf`), with payload
+//! indexes on `tenant` (the tenant index), `collection`, `doc_id` and `chunk_index`.
+//!
+//! The tenants' corpus generations live in a second, tiny collection,
+//! `{collection}_generations`: one point per tenant (see [`generation_point_id`]).
+//! Writes use `wait = true`, so a call returns once its change is searchable, and
+//! the server makes them durable and indexes them itself: [`VectorStore::maintain`]
+//! and [`VectorStore::finish`] have nothing to do.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use qdrant_client::qdrant::r#match::MatchValue;
+use qdrant_client::qdrant::point_id::PointIdOptions;
+use qdrant_client::qdrant::{
+    CollectionInfo, Condition, CountPointsBuilder, CreateCollectionBuilder,
+    CreateFieldIndexCollectionBuilder, DeletePointsBuilder, Distance, FieldType, Filter,
+    GetPointsBuilder, HnswConfigDiffBuilder, IntegerIndexParamsBuilder, KeywordIndexParamsBuilder,
+    Modifier, PayloadIncludeSelector, PointId, PointStruct, Query as QdrantQuery,
+    QueryPointsBuilder, ScrollPointsBuilder, SparseVectorParamsBuilder, SparseVectorsConfigBuilder,
+    UpsertPointsBuilder, Value, Vector, VectorInput, VectorParamsBuilder, VectorsConfigBuilder,
+    payload_index_params, vectors_config,
+};
+use qdrant_client::{Payload, Qdrant, QdrantError};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::{
+    ChunkPayload, DENSE, DocumentInfo, Hit, KEYWORDS, Query, QueryVector, StoreError, StoredChunk,
+    VectorStore,
+};
+
+/// How long a tenant's generation read from the server is reused. It is read on
+/// every chat request (it is part of the answer cache's key), so it is cached; a
+/// bump made by another replica is seen here at most this late.
+pub const GENERATION_TTL: Duration = Duration::from_secs(1);
+
+/// Points per upsert request: a long document's chunks go in several requests
+/// (all written before the old version's stale chunks are deleted).
+const UPSERT_BATCH: usize = 128;
+/// Points read per scroll request when listing documents.
+const SCROLL_PAGE: u32 = 256;
+/// `payload_m` of the per-tenant HNSW graphs (Qdrant's default `m`).
+const PAYLOAD_M: u64 = 16;
+
+/// The payload fields a document's description needs: not the chunk's text.
+const DOCUMENT_FIELDS: &[&str] = &[
+    "doc_id",
+    "collection",
+    "title",
+    "source",
+    "chunks",
+    "ingested_at",
+    "doc_hash",
+];
+
+/// gRPC status codes (the numbers are fixed by the gRPC spec), for telling an
+/// unreachable server from a refused request.
+mod grpc_code {
+    pub const CANCELLED: i32 = 1;
+    pub const DEADLINE_EXCEEDED: i32 = 4;
+    pub const RESOURCE_EXHAUSTED: i32 = 8;
+    pub const INTERNAL: i32 = 13;
+    pub const UNAVAILABLE: i32 = 14;
+}
+
+/// The Qdrant server backend. Cheap to share behind an `Arc`; the client keeps a
+/// small pool of gRPC connections and reconnects by itself.
+pub struct QdrantServer {
+    client: Qdrant,
+    collection: String,
+    generations_collection: String,
+    dimension: usize,
+    /// Tenant → (generation, when it was read or written here).
+    generations: Mutex<HashMap<String, (u64, Instant)>>,
+}
+
+/// The collection holding the tenants' generations, beside `collection`.
+pub fn generations_collection(collection: &str) -> String {
+    format!("{collection}_generations")
+}
+
+impl QdrantServer {
+    /// Connects to the Qdrant server at `url` (gRPC, e.g. `http://localhost:6334`),
+    /// creating `collection` (and its generations collection) if missing, for dense
+    /// vectors of `dimension`, and the payload indexes still missing. `timeout`
+    /// bounds connecting and every request.
+    ///
+    /// Fails with [`StoreError::Unavailable`] if the server cannot be reached, and
+    /// if the collection exists with vectors of another size (another embedding
+    /// model) or without this backend's vectors.
+    pub async fn connect(
+        url: &str,
+        api_key: Option<String>,
+        collection: &str,
+        dimension: usize,
+        timeout: Duration,
+    ) -> Result<QdrantServer, StoreError> {
+        let client = Qdrant::from_url(url)
+            .api_key(api_key)
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            // The check runs a blocking health check on a thread of its own and
+            // prints to stdout; the health check below says more.
+            .skip_compatibility_check()
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("Qdrant at {url}: {}", describe(&e))))?;
+        client.health_check().await.map_err(|e| {
+            StoreError::Unavailable(format!("cannot reach Qdrant at {url}: {}", describe(&e)))
+        })?;
+        let store = QdrantServer {
+            client,
+            collection: collection.to_owned(),
+            generations_collection: generations_collection(collection),
+            dimension,
+            generations: Mutex::new(HashMap::new()),
+        };
+        store.prepare_chunks().await?;
+        store.prepare_generations().await?;
+        Ok(store)
+    }
+
+    /// The collection this store writes to.
+    pub fn collection(&self) -> &str {
+        &self.collection
+    }
+
+    /// Creates the chunks' collection if missing, checks its vectors and creates
+    /// the payload indexes still missing.
+    async fn prepare_chunks(&self) -> Result<(), StoreError> {
+        let name = &self.collection;
+        let mut vectors = VectorsConfigBuilder::default();
+        vectors.add_named_vector_params(
+            DENSE,
+            VectorParamsBuilder::new(self.dimension as u64, Distance::Cosine),
+        );
+        let mut sparse = SparseVectorsConfigBuilder::default();
+        sparse.add_named_vector_params(
+            KEYWORDS,
+            SparseVectorParamsBuilder::default().modifier(Modifier::Idf),
+        );
+        let create = CreateCollectionBuilder::new(name)
+            .vectors_config(vectors)
+            .sparse_vectors_config(sparse)
+            .hnsw_config(HnswConfigDiffBuilder::default().payload_m(PAYLOAD_M).m(0));
+        self.ensure_collection(name, create).await?;
+        let info = self.collection_info(name).await?;
+        check_schema(&info, name, self.dimension)?;
+        for (field, field_type, params) in payload_indexes() {
+            if info.payload_schema.contains_key(field) {
+                continue;
+            }
+            self.client
+                .create_field_index(
+                    CreateFieldIndexCollectionBuilder::new(name, field, field_type)
+                        .field_index_params(params)
+                        .wait(true),
+                )
+                .await
+                .map_err(unavailable(&format!(
+                    "cannot index `{field}` in collection `{name}`"
+                )))?;
+        }
+        Ok(())
+    }
+
+    /// Creates the generations' collection if missing: one point per tenant, with
+    /// a constant one-dimensional vector (Qdrant points need one) and the payload
+    /// `{tenant, generation}`.
+    async fn prepare_generations(&self) -> Result<(), StoreError> {
+        let name = &self.generations_collection;
+        let create = CreateCollectionBuilder::new(name)
+            .vectors_config(VectorParamsBuilder::new(1, Distance::Dot));
+        self.ensure_collection(name, create).await
+    }
+
+    /// Creates a collection unless it exists. Another replica may create it at
+    /// the same time: a failed create is fine if the collection exists afterwards.
+    async fn ensure_collection(
+        &self,
+        name: &str,
+        create: CreateCollectionBuilder,
+    ) -> Result<(), StoreError> {
+        let exists = self
+            .client
+            .collection_exists(name)
+            .await
+            .map_err(unavailable(&format!("cannot look up collection `{name}`")))?;
+        if exists {
+            return Ok(());
+        }
+        match self.client.create_collection(create).await {
+            Ok(_) => {
+                tracing::info!(collection = name, "Qdrant collection created");
+                Ok(())
+            }
+            Err(error) => match self.client.collection_exists(name).await {
+                Ok(true) => Ok(()),
+                _ => Err(unavailable(&format!("cannot create collection `{name}`"))(
+                    error,
+                )),
+            },
+        }
+    }
+
+    async fn collection_info(&self, name: &str) -> Result<CollectionInfo, StoreError> {
+        self.client
+            .collection_info(name)
+            .await
+            .map_err(unavailable(&format!("cannot read collection `{name}`")))?
+            .result
+            .ok_or_else(|| {
+                StoreError::Unavailable(format!("Qdrant described no collection `{name}`"))
+            })
+    }
+
+    /// Upserts points, `UPSERT_BATCH` at a time, each batch applied before the call
+    /// returns.
+    async fn upsert(&self, collection: &str, points: Vec<PointStruct>) -> Result<(), StoreError> {
+        let mut points = points.into_iter().peekable();
+        while points.peek().is_some() {
+            let batch: Vec<PointStruct> = points.by_ref().take(UPSERT_BATCH).collect();
+            self.client
+                .upsert_points(UpsertPointsBuilder::new(collection, batch).wait(true))
+                .await
+                .map_err(failed("write"))?;
+        }
+        Ok(())
+    }
+
+    async fn delete_matching(&self, filter: Filter) -> Result<(), StoreError> {
+        self.client
+            .delete_points(
+                DeletePointsBuilder::new(&self.collection)
+                    .points(filter)
+                    .wait(true),
+            )
+            .await
+            .map_err(failed("delete"))?;
+        Ok(())
+    }
+
+    async fn count_matching(&self, filter: Filter) -> Result<u64, StoreError> {
+        let response = self
+            .client
+            .count(
+                CountPointsBuilder::new(&self.collection)
+                    .filter(filter)
+                    .exact(true),
+            )
+            .await
+            .map_err(failed("count"))?;
+        Ok(response.result.map_or(0, |r| r.count))
+    }
+
+    /// The descriptions of the documents whose first chunks `filter` matches, in
+    /// the order Qdrant returns them (by point id), reading every page.
+    async fn scroll_documents(&self, filter: Filter) -> Result<Vec<DocumentInfo>, StoreError> {
+        let fields: Vec<String> = DOCUMENT_FIELDS.iter().map(|f| (*f).to_owned()).collect();
+        let mut documents = Vec::new();
+        let mut offset: Option<PointId> = None;
+        loop {
+            let mut request = ScrollPointsBuilder::new(&self.collection)
+                .filter(filter.clone())
+                .limit(SCROLL_PAGE)
+                .with_payload(PayloadIncludeSelector::new(fields.clone()))
+                .with_vectors(false);
+            if let Some(offset) = offset.take() {
+                request = request.offset(offset);
+            }
+            let page = self.client.scroll(request).await.map_err(failed("read"))?;
+            documents.extend(
+                page.result
+                    .into_iter()
+                    .filter_map(|p| document_info(p.payload)),
+            );
+            match page.next_page_offset {
+                Some(next) => offset = Some(next),
+                None => return Ok(documents),
+            }
+        }
+    }
+
+    /// The tenant's generation as stored on the server (0 if never bumped).
+    async fn read_generation(&self, tenant: &str) -> Result<u64, StoreError> {
+        let id = PointId::from(generation_point_id(tenant).to_string());
+        let response = self
+            .client
+            .get_points(
+                GetPointsBuilder::new(&self.generations_collection, vec![id])
+                    .with_payload(true)
+                    .with_vectors(false),
+            )
+            .await
+            .map_err(failed("read the corpus generation"))?;
+        match response.result.into_iter().next() {
+            None => Ok(0),
+            Some(point) => parse_generation(point.payload).ok_or_else(|| {
+                StoreError::Failed(format!(
+                    "the corpus generation of tenant {tenant:?} in `{}` is damaged",
+                    self.generations_collection
+                ))
+            }),
+        }
+    }
+
+    fn cache(&self) -> MutexGuard<'_, HashMap<String, (u64, Instant)>> {
+        self.generations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl VectorStore for QdrantServer {
+    async fn replace(
+        &self,
+        tenant: &str,
+        doc_id: &str,
+        chunks: Vec<StoredChunk>,
+    ) -> Result<(), StoreError> {
+        for chunk in &chunks {
+            if chunk.payload.tenant != tenant || chunk.payload.doc_id != doc_id {
+                return Err(StoreError::Failed(format!(
+                    "chunk {} belongs to {}/{}, not to {tenant}/{doc_id}",
+                    chunk.id, chunk.payload.tenant, chunk.payload.doc_id
+                )));
+            }
+            if chunk.dense.len() != self.dimension {
+                return Err(StoreError::Failed(format!(
+                    "chunk {} has a {}-dimensional vector; the store holds {}",
+                    chunk.id,
+                    chunk.dense.len(),
+                    self.dimension
+                )));
+            }
+        }
+        let ids: Vec<String> = chunks.iter().map(|c| c.id.to_string()).collect();
+        // Ids derive from the tenant too, so this never happens by chance; but an
+        // upsert would take another tenant's point over, so it is checked here.
+        if !ids.is_empty()
+            && self
+                .count_matching(foreign_filter(tenant, ids.clone()))
+                .await?
+                > 0
+        {
+            return Err(StoreError::Failed(
+                "a chunk id is taken by another tenant's chunk".to_owned(),
+            ));
+        }
+        let points = chunks
+            .into_iter()
+            .map(point)
+            .collect::<Result<Vec<_>, _>>()?;
+        // The new version first, so a search never finds the document missing...
+        self.upsert(&self.collection, points).await?;
+        // ...then whatever of the document is not among its new chunks.
+        self.delete_matching(stale_filter(tenant, doc_id, ids))
+            .await
+    }
+
+    async fn delete(&self, tenant: &str, doc_id: &str) -> Result<u64, StoreError> {
+        let filter = document_filter(tenant, doc_id);
+        let count = self.count_matching(filter.clone()).await?;
+        if count > 0 {
+            self.delete_matching(filter).await?;
+        }
+        Ok(count)
+    }
+
+    async fn document(
+        &self,
+        tenant: &str,
+        doc_id: &str,
+    ) -> Result<Option<DocumentInfo>, StoreError> {
+        let mut filter = document_filter(tenant, doc_id);
+        filter.must.push(first_chunk());
+        Ok(self.scroll_documents(filter).await?.into_iter().next())
+    }
+
+    async fn documents(&self, tenant: &str, limit: usize) -> Result<Vec<DocumentInfo>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut filter = tenant_filter(tenant);
+        filter.must.push(first_chunk());
+        // Points come in id order, not the documents' order: read all, then sort.
+        // (Qdrant orders scrolls only by numeric or datetime fields.)
+        let mut documents = self.scroll_documents(filter).await?;
+        documents.sort_by(|a, b| a.id.cmp(&b.id));
+        documents.dedup_by(|a, b| a.id == b.id);
+        documents.truncate(limit);
+        Ok(documents)
+    }
+
+    async fn search(&self, query: Query<'_>) -> Result<Vec<Hit>, StoreError> {
+        let (using, vector) = match query.vector {
+            QueryVector::Dense(dense) => (DENSE, VectorInput::new_dense(dense.to_vec())),
+            // No terms: nothing can match, and Qdrant would refuse an empty vector.
+            QueryVector::Keywords(sparse) if sparse.is_empty() => return Ok(Vec::new()),
+            QueryVector::Keywords(sparse) => (
+                KEYWORDS,
+                VectorInput::new_sparse(sparse.indices.clone(), sparse.values.clone()),
+            ),
+        };
+        if query.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let response = self
+            .client
+            .query(
+                QueryPointsBuilder::new(&self.collection)
+                    .query(QdrantQuery::new_nearest(vector))
+                    .using(using)
+                    .filter(search_filter(query.tenant, query.collection))
+                    .limit(query.limit as u64)
+                    .with_payload(true)
+                    .with_vectors(false),
+            )
+            .await
+            .map_err(failed("search"))?;
+        Ok(response
+            .result
+            .into_iter()
+            .filter_map(|point| {
+                let id = point_uuid(point.id.as_ref())?;
+                match chunk_payload(point.payload) {
+                    Ok(payload) => Some(Hit {
+                        id,
+                        score: point.score,
+                        payload,
+                    }),
+                    Err(error) => {
+                        tracing::warn!(%id, %error, "skipping a stored chunk with a bad payload");
+                        None
+                    }
+                }
+            })
+            .collect())
+    }
+
+    async fn count(&self, tenant: &str) -> Result<u64, StoreError> {
+        self.count_matching(tenant_filter(tenant)).await
+    }
+
+    /// Read from the server at most once per [`GENERATION_TTL`] per tenant.
+    async fn generation(&self, tenant: &str) -> Result<u64, StoreError> {
+        if let Some(&(generation, at)) = self.cache().get(tenant)
+            && at.elapsed() < GENERATION_TTL
+        {
+            return Ok(generation);
+        }
+        let generation = self.read_generation(tenant).await?;
+        self.cache()
+            .insert(tenant.to_owned(), (generation, Instant::now()));
+        Ok(generation)
+    }
+
+    /// Sets the generation to `max(old + 1, now in Unix microseconds)`, so values
+    /// are not consecutive. Replicas share the value but not a lock: two bumping at
+    /// once both read `old` and the last write wins. With plain `old + 1` both
+    /// would write the same value, and a replica that read a stale `old` (a lagging
+    /// replica of a Qdrant cluster) would write a value already in use, so answers
+    /// cached under it would outlive its document change. A clock reading differs
+    /// from every value before it; `+ 1` keeps the value moving even if a clock
+    /// stands still or goes back.
+    async fn bump_generation(&self, tenant: &str) -> Result<u64, StoreError> {
+        let old = self.read_generation(tenant).await?;
+        let generation = next_generation(old, unix_micros());
+        let payload = Payload::try_from(serde_json::json!({
+            "tenant": tenant,
+            "generation": generation,
+        }))
+        .map_err(|e| StoreError::Failed(format!("generation payload: {e}")))?;
+        let point = PointStruct::new(
+            generation_point_id(tenant).to_string(),
+            vec![1.0_f32],
+            payload,
+        );
+        self.client
+            .upsert_points(
+                UpsertPointsBuilder::new(&self.generations_collection, vec![point]).wait(true),
+            )
+            .await
+            .map_err(failed("write the corpus generation"))?;
+        self.cache()
+            .insert(tenant.to_owned(), (generation, Instant::now()));
+        Ok(generation)
+    }
+}
+
+/// The payload indexes the filters use: the tenant index first.
+fn payload_indexes() -> [(&'static str, FieldType, payload_index_params::IndexParams); 4] {
+    let keyword = |is_tenant: bool| {
+        payload_index_params::IndexParams::from(
+            KeywordIndexParamsBuilder::default().is_tenant(is_tenant),
+        )
+    };
+    [
+        ("tenant", FieldType::Keyword, keyword(true)),
+        ("collection", FieldType::Keyword, keyword(false)),
+        ("doc_id", FieldType::Keyword, keyword(false)),
+        (
+            "chunk_index",
+            FieldType::Integer,
+            IntegerIndexParamsBuilder::new(true, true).into(),
+        ),
+    ]
+}
+
+/// Checks that an existing collection has this backend's vectors, at `dimension`.
+fn check_schema(info: &CollectionInfo, name: &str, dimension: usize) -> Result<(), StoreError> {
+    let params = info.config.as_ref().and_then(|c| c.params.as_ref());
+    let dense = params
+        .and_then(|p| p.vectors_config.as_ref())
+        .and_then(|v| v.config.as_ref())
+        .and_then(|config| match config {
+            vectors_config::Config::ParamsMap(map) => map.map.get(DENSE),
+            vectors_config::Config::Params(_) => None,
+        });
+    let Some(dense) = dense else {
+        return Err(StoreError::Unavailable(format!(
+            "Qdrant collection `{name}` holds no `{DENSE}` vectors: not a ragway collection \
+             (configure another collection name)"
+        )));
+    };
+    if dense.size != dimension as u64 {
+        return Err(StoreError::Unavailable(format!(
+            "Qdrant collection `{name}` holds {}-dimensional vectors, but the embedding model \
+             makes {dimension}-dimensional ones: use the model it was built with, or another \
+             collection (and ingest again)",
+            dense.size
+        )));
+    }
+    let has_keywords = params
+        .and_then(|p| p.sparse_vectors_config.as_ref())
+        .is_some_and(|s| s.map.contains_key(KEYWORDS));
+    if !has_keywords {
+        return Err(StoreError::Unavailable(format!(
+            "Qdrant collection `{name}` holds no `{KEYWORDS}` vectors: not a ragway collection \
+             (configure another collection name)"
+        )));
+    }
+    Ok(())
+}
+
+/// A chunk as a point: both vectors (no keyword vector for a chunk without terms)
+/// and the payload.
+fn point(chunk: StoredChunk) -> Result<PointStruct, StoreError> {
+    let mut vectors = HashMap::from([(DENSE.to_owned(), Vector::new_dense(chunk.dense))]);
+    if !chunk.keywords.is_empty() {
+        vectors.insert(
+            KEYWORDS.to_owned(),
+            Vector::new_sparse(chunk.keywords.indices, chunk.keywords.values),
+        );
+    }
+    let payload = to_payload(&chunk.payload)
+        .map_err(|e| StoreError::Failed(format!("chunk {}: {e}", chunk.id)))?;
+    Ok(PointStruct::new(chunk.id.to_string(), vectors, payload))
+}
+
+fn to_payload(payload: &ChunkPayload) -> Result<Payload, String> {
+    let json = serde_json::to_value(payload).map_err(|e| e.to_string())?;
+    Payload::try_from(json).map_err(|e| e.to_string())
+}
+
+/// A point's payload, as Qdrant returns it, as a chunk's.
+fn chunk_payload(payload: HashMap<String, Value>) -> Result<ChunkPayload, serde_json::Error> {
+    serde_json::from_value(serde_json::Value::from(Payload::from(payload)))
+}
+
+fn document_info(payload: HashMap<String, Value>) -> Option<DocumentInfo> {
+    #[derive(Deserialize)]
+    struct Fields {
+        doc_id: String,
+        collection: String,
+        title: String,
+        source: String,
+        chunks: u32,
+        ingested_at: u64,
+        doc_hash: String,
+    }
+    let f: Fields = serde_json::from_value(serde_json::Value::from(Payload::from(payload))).ok()?;
+    Some(DocumentInfo {
+        id: f.doc_id,
+        collection: f.collection,
+        title: f.title,
+        source: f.source,
+        chunks: f.chunks,
+        ingested_at: f.ingested_at,
+        hash: f.doc_hash,
+    })
+}
+
+fn parse_generation(payload: HashMap<String, Value>) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct Stored {
+        generation: u64,
+    }
+    serde_json::from_value::<Stored>(serde_json::Value::from(Payload::from(payload)))
+        .ok()
+        .map(|s| s.generation)
+}
+
+/// A point id as the UUID it was stored with (this backend writes no numeric ids).
+fn point_uuid(id: Option<&PointId>) -> Option<Uuid> {
+    match id?.point_id_options.as_ref()? {
+        PointIdOptions::Uuid(text) => Uuid::parse_str(text).ok(),
+        PointIdOptions::Num(_) => None,
+    }
+}
+
+/// An exact keyword match. (`Condition::matches` with a `String` would turn a value
+/// containing whitespace into a full-text match.)
+fn keyword(field: &str, value: &str) -> Condition {
+    Condition::matches(field, MatchValue::Keyword(value.to_owned()))
+}
+
+fn first_chunk() -> Condition {
+    Condition::matches("chunk_index", 0_i64)
+}
+
+/// Every read and write starts from this: the store enforces tenant isolation.
+fn tenant_filter(tenant: &str) -> Filter {
+    Filter::must([keyword("tenant", tenant)])
+}
+
+fn document_filter(tenant: &str, doc_id: &str) -> Filter {
+    Filter::must([keyword("tenant", tenant), keyword("doc_id", doc_id)])
+}
+
+fn search_filter(tenant: &str, collection: Option<&str>) -> Filter {
+    let mut filter = tenant_filter(tenant);
+    if let Some(collection) = collection {
+        filter.must.push(keyword("collection", collection));
+    }
+    filter
+}
+
+/// Points among `ids` that belong to another tenant.
+fn foreign_filter(tenant: &str, ids: Vec<String>) -> Filter {
+    Filter {
+        must: vec![Condition::has_id(ids)],
+        must_not: vec![keyword("tenant", tenant)],
+        ..Filter::default()
+    }
+}
+
+/// The document's points that are not among `keep` (all of them if it is empty).
+fn stale_filter(tenant: &str, doc_id: &str, keep: Vec<String>) -> Filter {
+    let mut filter = document_filter(tenant, doc_id);
+    if !keep.is_empty() {
+        filter.must_not.push(Condition::has_id(keep));
+    }
+    filter
+}
+
+/// The id of the point holding a tenant's generation: the first 16 bytes of
+/// SHA-256(`ragway-generation\0` + tenant), as a version-8 (custom) UUID. Every
+/// replica derives the same id, so they share one point per tenant.
+pub fn generation_point_id(tenant: &str) -> Uuid {
+    let digest = Sha256::new()
+        .chain_update(b"ragway-generation\0")
+        .chain_update(tenant.as_bytes())
+        .finalize();
+    let mut bytes = [0_u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
+fn next_generation(old: u64, now_micros: u64) -> u64 {
+    old.saturating_add(1).max(now_micros)
+}
+
+fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// Whether an error means the server could not be reached or could not serve now
+/// (as opposed to refusing the request).
+fn is_unavailable(error: &QdrantError) -> bool {
+    match error {
+        QdrantError::ResponseError { status } => {
+            unavailable_status(status.code() as i32, status.message())
+        }
+        QdrantError::ResourceExhaustedError { .. } | QdrantError::Io(_) => true,
+        _ => false,
+    }
+}
+
+/// A gRPC status that says the server is out of reach or busy. The client reports
+/// a failed connection as `INTERNAL` "Failed to connect to ..."; tonic reports a
+/// refused one as `UNAVAILABLE` and a timeout as `CANCELLED`.
+fn unavailable_status(code: i32, message: &str) -> bool {
+    matches!(
+        code,
+        grpc_code::UNAVAILABLE
+            | grpc_code::DEADLINE_EXCEEDED
+            | grpc_code::CANCELLED
+            | grpc_code::RESOURCE_EXHAUSTED
+    ) || (code == grpc_code::INTERNAL && message.starts_with("Failed to connect"))
+}
+
+/// A client error in a line: the server's message rather than the gRPC metadata.
+fn describe(error: &QdrantError) -> String {
+    match error {
+        QdrantError::ResponseError { status }
+        | QdrantError::ResourceExhaustedError { status, .. } => {
+            format!("{} ({:?})", status.message(), status.code())
+        }
+        other => other.to_string(),
+    }
+}
+
+fn store_error(context: &str, error: &QdrantError) -> StoreError {
+    let message = format!("Qdrant {context}: {}", describe(error));
+    if is_unavailable(error) {
+        StoreError::Unavailable(message)
+    } else {
+        StoreError::Failed(message)
+    }
+}
+
+/// For an operation: unreachable → `Unavailable`, refused → `Failed`.
+fn failed(what: &'static str) -> impl Fn(QdrantError) -> StoreError {
+    move |e| store_error(what, &e)
+}
+
+/// For opening the store, where any failure leaves it unusable.
+fn unavailable(context: &str) -> impl Fn(QdrantError) -> StoreError + '_ {
+    move |e| StoreError::Unavailable(format!("Qdrant: {context}: {}", describe(&e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use qdrant_client::qdrant::condition::ConditionOneOf;
+    use qdrant_client::qdrant::{
+        CollectionConfig, CollectionParams, SparseVectorConfig, SparseVectorParams, VectorParams,
+        VectorParamsMap, VectorsConfig,
+    };
+
+    use super::*;
+
+    fn payload() -> ChunkPayload {
+        ChunkPayload {
+            tenant: "acme corp".into(),
+            collection: "handbook".into(),
+            doc_id: "guide.md".into(),
+            chunk_index: 3,
+            chunks: 7,
+            text: "退货政策：30 天内。".into(),
+            title: "Guide".into(),
+            headings: vec!["Returns".into(), "Refunds".into()],
+            source: "https://example.com/guide.md".into(),
+            ingested_at: 1_750_000_000,
+            hash: "ab".repeat(32),
+            doc_hash: "cd".repeat(32),
+        }
+    }
+
+    /// The field and keyword of each `must` condition that matches a keyword.
+    fn keywords(conditions: &[Condition]) -> Vec<(String, String)> {
+        conditions
+            .iter()
+            .filter_map(|c| match c.condition_one_of.as_ref()? {
+                ConditionOneOf::Field(field) => {
+                    match field.r#match.as_ref()?.match_value.as_ref()? {
+                        MatchValue::Keyword(value) => Some((field.key.clone(), value.clone())),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn filters_always_match_the_tenant_as_a_keyword() {
+        // A tenant with a space stays an exact match, not a full-text one.
+        let filter = search_filter("acme corp", None);
+        assert_eq!(
+            keywords(&filter.must),
+            [("tenant".to_owned(), "acme corp".to_owned())]
+        );
+        assert!(filter.should.is_empty() && filter.must_not.is_empty());
+
+        let filter = search_filter("acme", Some("hand book"));
+        assert_eq!(
+            keywords(&filter.must),
+            [
+                ("tenant".to_owned(), "acme".to_owned()),
+                ("collection".to_owned(), "hand book".to_owned())
+            ]
+        );
+
+        let filter = document_filter("acme", "guide.md");
+        assert_eq!(
+            keywords(&filter.must),
+            [
+                ("tenant".to_owned(), "acme".to_owned()),
+                ("doc_id".to_owned(), "guide.md".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn the_first_chunk_condition_matches_an_integer() {
+        let Some(ConditionOneOf::Field(field)) = first_chunk().condition_one_of else {
+            panic!("not a field condition");
+        };
+        assert_eq!(field.key, "chunk_index");
+        assert_eq!(
+            field.r#match.and_then(|m| m.match_value),
+            Some(MatchValue::Integer(0))
+        );
+    }
+
+    #[test]
+    fn stale_filter_keeps_the_new_chunks() {
+        let keep = vec![Uuid::new_v4().to_string(), Uuid::new_v4().to_string()];
+        let filter = stale_filter("acme", "guide.md", keep.clone());
+        assert_eq!(keywords(&filter.must).len(), 2);
+        let [not] = filter.must_not.as_slice() else {
+            panic!("expected one must_not condition: {:?}", filter.must_not);
+        };
+        let Some(ConditionOneOf::HasId(has_id)) = &not.condition_one_of else {
+            panic!("not a has_id condition");
+        };
+        let ids: Vec<Uuid> = has_id
+            .has_id
+            .iter()
+            .filter_map(|id| point_uuid(Some(id)))
+            .collect();
+        assert_eq!(
+            ids,
+            keep.iter()
+                .map(|k| Uuid::parse_str(k).unwrap())
+                .collect::<Vec<_>>()
+        );
+
+        // No new chunks: the whole document goes.
+        let filter = stale_filter("acme", "guide.md", Vec::new());
+        assert!(filter.must_not.is_empty());
+        assert_eq!(keywords(&filter.must).len(), 2);
+    }
+
+    #[test]
+    fn payload_survives_qdrant_values() {
+        let original = payload();
+        let stored: HashMap<String, Value> = to_payload(&original).unwrap().into();
+        assert_eq!(stored.len(), 12);
+        assert_eq!(chunk_payload(stored.clone()).unwrap(), original);
+
+        let info = document_info(stored).unwrap();
+        assert_eq!(info, DocumentInfo::from(original));
+    }
+
+    #[test]
+    fn a_payload_without_the_text_still_describes_the_document() {
+        let mut stored: HashMap<String, Value> = to_payload(&payload()).unwrap().into();
+        stored.retain(|k, _| DOCUMENT_FIELDS.contains(&k.as_str()));
+        let info = document_info(stored.clone()).unwrap();
+        assert_eq!(info.id, "guide.md");
+        assert_eq!(info.hash, "cd".repeat(32));
+        assert!(chunk_payload(stored).is_err());
+    }
+
+    #[test]
+    fn points_carry_both_vectors_only_when_there_are_terms() {
+        let mut chunk = StoredChunk {
+            id: Uuid::new_v4(),
+            dense: vec![0.5; 4],
+            keywords: super::super::SparseVector {
+                indices: vec![1, 7],
+                values: vec![0.5, 1.5],
+            },
+            payload: payload(),
+        };
+        let named = |p: PointStruct| {
+            let Some(qdrant_client::qdrant::vectors::VectorsOptions::Vectors(named)) =
+                p.vectors.and_then(|v| v.vectors_options)
+            else {
+                panic!("not named vectors");
+            };
+            let mut names: Vec<String> = named.vectors.into_keys().collect();
+            names.sort();
+            names
+        };
+        let with_terms = point(chunk.clone()).unwrap();
+        assert_eq!(
+            point_uuid(with_terms.id.as_ref()),
+            Some(chunk.id),
+            "the id is the chunk's UUID"
+        );
+        assert_eq!(named(with_terms), [DENSE, KEYWORDS]);
+
+        chunk.keywords = Default::default();
+        assert_eq!(named(point(chunk).unwrap()), [DENSE]);
+    }
+
+    #[test]
+    fn generation_point_ids_are_stable_valid_uuids() {
+        let id = generation_point_id("acme");
+        assert_eq!(id, generation_point_id("acme"));
+        assert_ne!(id, generation_point_id("acme2"));
+        assert_ne!(generation_point_id(""), generation_point_id("\0"));
+        assert_eq!(id.get_version_num(), 8);
+        assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+        // Qdrant takes it as a string; it must read back as the same UUID.
+        assert_eq!(Uuid::parse_str(&id.to_string()).unwrap(), id);
+        // Pinned: a changed derivation would orphan every stored generation.
+        assert_eq!(id.to_string(), "1915f560-ec63-82c2-94ae-9b8082b28d90");
+    }
+
+    #[test]
+    fn generations_round_trip_and_always_move() {
+        let payload: HashMap<String, Value> = Payload::try_from(
+            serde_json::json!({"tenant": "acme", "generation": 1_750_000_000_123_456_u64}),
+        )
+        .unwrap()
+        .into();
+        assert_eq!(parse_generation(payload), Some(1_750_000_000_123_456));
+        assert_eq!(parse_generation(HashMap::new()), None);
+
+        assert_eq!(next_generation(0, 1_000), 1_000);
+        // A clock behind the stored value still moves it forward.
+        assert_eq!(next_generation(5_000, 1_000), 5_001);
+        assert_eq!(next_generation(u64::MAX, 1), u64::MAX);
+        assert!(unix_micros() > 1_600_000_000_000_000);
+    }
+
+    fn info(dense: Option<u64>, keywords: bool) -> CollectionInfo {
+        let map = dense
+            .map(|size| {
+                HashMap::from([(
+                    DENSE.to_owned(),
+                    VectorParams {
+                        size,
+                        distance: Distance::Cosine.into(),
+                        ..Default::default()
+                    },
+                )])
+            })
+            .unwrap_or_default();
+        let sparse = if keywords {
+            HashMap::from([(KEYWORDS.to_owned(), SparseVectorParams::default())])
+        } else {
+            HashMap::new()
+        };
+        CollectionInfo {
+            config: Some(CollectionConfig {
+                params: Some(CollectionParams {
+                    vectors_config: Some(VectorsConfig {
+                        config: Some(vectors_config::Config::ParamsMap(VectorParamsMap { map })),
+                    }),
+                    sparse_vectors_config: Some(SparseVectorConfig { map: sparse }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_existing_collection_must_match_the_model() {
+        assert!(check_schema(&info(Some(384), true), "docs", 384).is_ok());
+
+        let Err(StoreError::Unavailable(message)) =
+            check_schema(&info(Some(768), true), "docs", 384)
+        else {
+            panic!("a different size must fail");
+        };
+        assert!(message.contains("`docs`"), "{message}");
+        assert!(message.contains("768-dimensional"), "{message}");
+        assert!(message.contains("384-dimensional"), "{message}");
+
+        assert!(check_schema(&info(None, true), "docs", 384).is_err());
+        assert!(check_schema(&info(Some(384), false), "docs", 384).is_err());
+        assert!(check_schema(&CollectionInfo::default(), "docs", 384).is_err());
+    }
+
+    #[test]
+    fn the_tenant_index_is_a_tenant_index() {
+        let indexes = payload_indexes();
+        let names: Vec<&str> = indexes.iter().map(|(name, ..)| *name).collect();
+        assert_eq!(names, ["tenant", "collection", "doc_id", "chunk_index"]);
+        let tenant_flags: Vec<Option<bool>> = indexes
+            .iter()
+            .filter_map(|(_, _, params)| match params {
+                payload_index_params::IndexParams::KeywordIndexParams(k) => Some(k.is_tenant),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(tenant_flags, [Some(true), Some(false), Some(false)]);
+    }
+
+    #[test]
+    fn unreachable_servers_are_unavailable() {
+        assert!(unavailable_status(
+            grpc_code::UNAVAILABLE,
+            "connection refused"
+        ));
+        assert!(unavailable_status(grpc_code::CANCELLED, "Timeout expired"));
+        assert!(unavailable_status(grpc_code::DEADLINE_EXCEEDED, ""));
+        assert!(unavailable_status(
+            grpc_code::RESOURCE_EXHAUSTED,
+            "rate limited"
+        ));
+        assert!(unavailable_status(
+            grpc_code::INTERNAL,
+            "Failed to connect to http://x:6334/: ..."
+        ));
+        assert!(!unavailable_status(
+            grpc_code::INTERNAL,
+            "Service internal error"
+        ));
+        // INVALID_ARGUMENT, NOT_FOUND, UNAUTHENTICATED: refused, not unreachable.
+        assert!(!unavailable_status(3, "Wrong input: bad vector"));
+        assert!(!unavailable_status(
+            5,
+            "Not found: Collection `x` doesn't exist!"
+        ));
+        assert!(!unavailable_status(16, "Invalid api-key"));
+        assert!(matches!(
+            store_error("write", &QdrantError::ConversionError("x".into())),
+            StoreError::Failed(m) if m.contains("write")
+        ));
+    }
+
+    #[tokio::test]
+    async fn connecting_to_nothing_is_unavailable() {
+        // Nothing listens on port 1: the connection is refused at once.
+        let result = QdrantServer::connect(
+            "http://127.0.0.1:1",
+            None,
+            "ragway",
+            4,
+            Duration::from_secs(2),
+        )
+        .await;
+        match result {
+            Err(StoreError::Unavailable(message)) => {
+                assert!(message.contains("http://127.0.0.1:1"), "{message}");
+            }
+            Err(other) => panic!("expected Unavailable, got {other}"),
+            Ok(_) => panic!("connected to nothing"),
+        }
+        let result =
+            QdrantServer::connect("not a url", None, "ragway", 4, Duration::from_secs(2)).await;
+        assert!(matches!(result, Err(StoreError::Unavailable(_))));
+    }
+}
