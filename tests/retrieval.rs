@@ -11,7 +11,9 @@ use ragway::retrieve::corpus::{Mode, NewDocument};
 use reqwest::multipart::{Form, Part};
 use serde_json::{Value, json};
 
-use crate::support::{FakeProvider, Gateway, Sse, ask, ask_stream, config_over, expect_error};
+use crate::support::{
+    FakeProvider, Gateway, MemoryAudit, Sse, ask, ask_stream, config_over, expect_error,
+};
 
 const RETURNS: &str = "# Lumio returns\n\n\
 ## Refunds\n\nRefunds for the Lumio desk lamp are paid within 14 business days, to the card \
@@ -66,7 +68,7 @@ async fn post_document(gw: &Gateway, key: Option<&str>, body: Value) -> reqwest:
 
 async fn stored_chunks(gw: &Gateway, tenant: &str) -> u64 {
     let corpus = gw.state.corpus.as_ref().unwrap();
-    corpus.store().count(tenant).await.unwrap()
+    corpus.store().count(tenant, None).await.unwrap()
 }
 
 /// The system message the provider was given.
@@ -82,7 +84,12 @@ fn grounding_seen(fake: &FakeProvider) -> String {
 
 #[tokio::test]
 async fn an_ingested_document_grounds_the_answer_and_is_cited() {
-    let (fake, gw, _dir) = start("").await;
+    let fake = FakeProvider::start().await;
+    let _dir = TempDir::new();
+    let audit = std::sync::Arc::new(MemoryAudit::default());
+    let sink = audit.clone();
+    let gw = Gateway::start_customized(&rag_config(&fake, &_dir, ""), &[], move |p| p.audit = sink)
+        .await;
     let response = post_document(
         &gw,
         None,
@@ -111,6 +118,10 @@ async fn an_ingested_document_grounds_the_answer_and_is_cited() {
     assert_eq!(citations[0]["source"], "kb/returns.md");
     assert!(citations[0]["score"].as_f64().unwrap() > 0.0);
     assert!(citations[0]["chunk"].is_u64());
+    // The record names the passages used.
+    let record = audit.records().pop().expect("a record");
+    assert_eq!(record.passages.len(), citations.len());
+    assert_eq!(record.passages[0].doc_id, "returns.md");
 
     // A stream carries the citations on its final chunk.
     let sse = Sse::read(
@@ -365,6 +376,42 @@ async fn no_tenant_sees_another_tenants_documents() {
     assert_eq!(admin["data"][0]["id"], "returns.md");
     expect_error(list("admin-key", "").await, 400).await;
     expect_error(list("nobody", "").await, 401).await;
+    expect_error(list("key-a", "?limit=many").await, 400).await;
+    // The key is checked before the body is read.
+    let anonymous = gw
+        .http()
+        .post(format!("{}/v1/documents", gw.url))
+        .header("content-type", "text/plain")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    expect_error(anonymous, 401).await;
+}
+
+#[tokio::test]
+async fn concurrent_writes_of_one_document_leave_one_whole_version() {
+    let (_fake, gw, _dir) = start("").await;
+    let short = "# Lumio returns\n\nRefunds now take 30 days.\n";
+    let (a, b) = tokio::join!(
+        post_document(&gw, None, json!({"id": "returns.md", "text": RETURNS})),
+        post_document(&gw, None, json!({"id": "returns.md", "text": short})),
+    );
+    assert_eq!((a.status().as_u16(), b.status().as_u16()), (201, 201));
+    let corpus = gw.state.corpus.as_ref().unwrap();
+    let stored = corpus
+        .store()
+        .document("default", "returns.md")
+        .await
+        .unwrap();
+    let stored = stored.expect("the document is there");
+    let count = corpus
+        .store()
+        .count("default", Some("returns.md"))
+        .await
+        .unwrap();
+    assert!(count > 0);
+    assert_eq!(count, u64::from(stored.chunks));
 }
 
 #[tokio::test]
@@ -430,6 +477,12 @@ async fn files_upload_as_multipart_and_bad_uploads_store_nothing() {
     )
     .await;
     expect_error(post_document(&gw, None, json!({"txt": "x"})).await, 400).await;
+    let long_title = "t".repeat(600);
+    expect_error(
+        post_document(&gw, None, json!({"text": "body", "title": long_title})).await,
+        400,
+    )
+    .await;
     let big = "word ".repeat(500);
     expect_error(post_document(&gw, None, json!({"text": big})).await, 413).await;
     let plain = gw

@@ -108,7 +108,9 @@ pub async fn contract(store: &dyn VectorStore) {
     );
     let doc1 = vec![c0.clone(), c1.clone(), c2.clone()];
     store.replace(&a, "doc1", doc1.clone()).await.unwrap();
-    assert_eq!(store.count(&a).await.unwrap(), 3);
+    assert_eq!(store.count(&a, None).await.unwrap(), 3);
+    assert_eq!(store.count(&a, Some("doc1")).await.unwrap(), 3);
+    assert_eq!(store.count(&a, Some("doc2")).await.unwrap(), 0);
 
     let hits = store.search(dense(&a, None, &unit(0))).await.unwrap();
     assert_eq!(hits[0].id, c0.id);
@@ -133,12 +135,12 @@ pub async fn contract(store: &dyn VectorStore) {
 
     // The same chunks again change nothing.
     store.replace(&a, "doc1", doc1).await.unwrap();
-    assert_eq!(store.count(&a).await.unwrap(), 3);
+    assert_eq!(store.count(&a, None).await.unwrap(), 3);
 
     // A second document, in another collection.
     let d0 = chunk(&a, "notes", "doc2", (0, 1), unit(3), sparse(&[(9, 1.0)]));
     store.replace(&a, "doc2", vec![d0.clone()]).await.unwrap();
-    assert_eq!(store.count(&a).await.unwrap(), 4);
+    assert_eq!(store.count(&a, None).await.unwrap(), 4);
     let hits = store
         .search(dense(&a, Some("manuals"), &unit(3)))
         .await
@@ -183,7 +185,7 @@ pub async fn contract(store: &dyn VectorStore) {
         .replace(&a, "doc1", vec![c0v2.clone(), c1v2.clone()])
         .await
         .unwrap();
-    assert_eq!(store.count(&a).await.unwrap(), 3);
+    assert_eq!(store.count(&a, None).await.unwrap(), 3);
     let hits = store
         .search(dense(&a, Some("manuals"), &unit(2)))
         .await
@@ -219,11 +221,11 @@ pub async fn contract(store: &dyn VectorStore) {
             .unwrap()
             .is_empty()
     );
-    assert_eq!(store.count(&b).await.unwrap(), 0);
+    assert_eq!(store.count(&b, None).await.unwrap(), 0);
     assert!(store.documents(&b, 10).await.unwrap().is_empty());
     assert_eq!(store.document(&b, "doc1").await.unwrap(), None);
     assert_eq!(store.delete(&b, "doc1").await.unwrap(), 0);
-    assert_eq!(store.count(&a).await.unwrap(), 3);
+    assert_eq!(store.count(&a, None).await.unwrap(), 3);
 
     let e0 = chunk(&b, "manuals", "doc1", (0, 1), unit(0), sparse(&[(1, 1.0)]));
     store.replace(&b, "doc1", vec![e0.clone()]).await.unwrap();
@@ -234,14 +236,14 @@ pub async fn contract(store: &dyn VectorStore) {
         .await
         .unwrap();
     assert_eq!(ids(&hits), vec![e0.id]);
-    assert_eq!(store.count(&b).await.unwrap(), 1);
+    assert_eq!(store.count(&b, None).await.unwrap(), 1);
     assert_eq!(store.document(&b, "doc2").await.unwrap(), None);
     assert_eq!(store.documents(&b, 10).await.unwrap().len(), 1);
     // B replacing its doc1 leaves A's doc1 alone.
     let e0v2 = chunk(&b, "manuals", "doc1", (0, 1), unit(1), sparse(&[(1, 1.0)]));
     store.replace(&b, "doc1", vec![e0v2]).await.unwrap();
-    assert_eq!(store.count(&b).await.unwrap(), 1);
-    assert_eq!(store.count(&a).await.unwrap(), 3);
+    assert_eq!(store.count(&b, None).await.unwrap(), 1);
+    assert_eq!(store.count(&a, None).await.unwrap(), 3);
 
     // A chunk of another tenant or document is refused.
     let stray = chunk(&a, "manuals", "doc3", (0, 1), unit(0), sparse(&[(1, 1.0)]));
@@ -253,8 +255,8 @@ pub async fn contract(store: &dyn VectorStore) {
         store.replace(&a, "other", vec![stray]).await,
         Err(StoreError::Failed(_))
     ));
-    assert_eq!(store.count(&b).await.unwrap(), 1);
-    assert_eq!(store.count(&a).await.unwrap(), 3);
+    assert_eq!(store.count(&b, None).await.unwrap(), 1);
+    assert_eq!(store.count(&a, None).await.unwrap(), 3);
 
     // An id another tenant's chunk has is refused, not taken over.
     let mut taken = chunk(&b, "manuals", "doc1", (0, 1), unit(0), sparse(&[(1, 1.0)]));
@@ -263,14 +265,14 @@ pub async fn contract(store: &dyn VectorStore) {
     let hits = store.search(dense(&a, None, &unit(0))).await.unwrap();
     assert_eq!(hits[0].id, c0.id);
     assert_eq!(hits[0].payload, c0v2.payload);
-    assert_eq!(store.count(&b).await.unwrap(), 1);
+    assert_eq!(store.count(&b, None).await.unwrap(), 1);
 
     // Delete: returns how many, removes everything of the document only.
     assert_eq!(store.delete(&b, "doc1").await.unwrap(), 1);
-    assert_eq!(store.count(&b).await.unwrap(), 0);
-    assert_eq!(store.count(&a).await.unwrap(), 3);
+    assert_eq!(store.count(&b, None).await.unwrap(), 0);
+    assert_eq!(store.count(&a, None).await.unwrap(), 3);
     assert_eq!(store.delete(&a, "doc1").await.unwrap(), 2);
-    assert_eq!(store.count(&a).await.unwrap(), 1);
+    assert_eq!(store.count(&a, None).await.unwrap(), 1);
     assert_eq!(store.document(&a, "doc1").await.unwrap(), None);
     let hits = store.search(dense(&a, None, &unit(0))).await.unwrap();
     assert!(hits.iter().all(|h| h.payload.doc_id != "doc1"));
@@ -278,7 +280,7 @@ pub async fn contract(store: &dyn VectorStore) {
     assert_eq!(store.documents(&a, 10).await.unwrap().len(), 1);
     // Replacing with no chunks removes the document too.
     store.replace(&a, "doc2", Vec::new()).await.unwrap();
-    assert_eq!(store.count(&a).await.unwrap(), 0);
+    assert_eq!(store.count(&a, None).await.unwrap(), 0);
 
     // Generations: 0 until bumped, then one at a time, per tenant.
     // Each bump gives a new, larger generation (the server backend's are times, so
@@ -343,7 +345,7 @@ async fn edge_store_keeps_everything_across_a_reopen() {
         store.bump_generation(tenant).await.unwrap();
     }
     let store = EdgeStore::open(dir.path(), DIMENSION).unwrap();
-    assert_eq!(store.count(tenant).await.unwrap(), 2);
+    assert_eq!(store.count(tenant, None).await.unwrap(), 2);
     assert_eq!(store.generation(tenant).await.unwrap(), 2);
     let hits = store.search(dense(tenant, None, &unit(0))).await.unwrap();
     assert_eq!(hits[0].id, first.id);
@@ -388,7 +390,7 @@ async fn edge_store_refuses_another_dimension() {
     }
     // Still fine with its own.
     let store = EdgeStore::open(dir.path(), DIMENSION).unwrap();
-    assert_eq!(store.count("t").await.unwrap(), 1);
+    assert_eq!(store.count("t", None).await.unwrap(), 1);
 }
 
 #[tokio::test]
@@ -420,7 +422,7 @@ async fn edge_store_optimizes_once_writes_are_quiet() {
     }
     store.maintain().await.unwrap();
     store.maintain().await.unwrap();
-    assert_eq!(store.count(tenant).await.unwrap(), 150);
+    assert_eq!(store.count(tenant, None).await.unwrap(), 150);
     let target = &chunks[120];
     let hits = store
         .search(dense(tenant, None, &target.dense))
@@ -441,5 +443,5 @@ async fn edge_store_optimizes_once_writes_are_quiet() {
         .unwrap();
     store.maintain().await.unwrap();
     store.finish().await.unwrap();
-    assert_eq!(store.count(tenant).await.unwrap(), 151);
+    assert_eq!(store.count(tenant, None).await.unwrap(), 151);
 }

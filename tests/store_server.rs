@@ -61,7 +61,7 @@ async fn qdrant_server_keeps_the_contract() {
                 QdrantServer::connect(&url, api_key.clone(), &collection, DIMENSION, TIMEOUT)
                     .await
                     .unwrap();
-            assert_eq!(again.count("nobody").await.unwrap(), 0);
+            assert_eq!(again.count("nobody", None).await.unwrap(), 0);
 
             // Another embedding model is refused, naming both sizes.
             match QdrantServer::connect(&url, api_key, &collection, DIMENSION * 2, TIMEOUT).await {

@@ -39,8 +39,27 @@ pub struct CallRecord {
     pub prompt: String,
     /// The answer's text before restoring (placeholders, never raw values).
     pub answer: String,
-    /// The passages the answer was grounded in: document, chunk and score.
-    pub passages: Vec<Citation>,
+    /// The passages the answer was grounded in.
+    pub passages: Vec<PassageRef>,
+}
+
+/// A retrieved passage as the record keeps it: which one, and how it scored (its
+/// title and source are the tenant's text, not the record's).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PassageRef {
+    pub doc_id: String,
+    pub chunk: u32,
+    pub score: f32,
+}
+
+impl From<&Citation> for PassageRef {
+    fn from(c: &Citation) -> Self {
+        PassageRef {
+            doc_id: c.doc_id.clone(),
+            chunk: c.chunk,
+            score: c.score,
+        }
+    }
 }
 
 pub trait AuditSink: Send + Sync {

@@ -12,6 +12,7 @@
 use std::sync::Arc;
 
 use axum::Json;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use bytes::Bytes;
@@ -54,21 +55,30 @@ struct Upload {
 
 pub async fn create(
     State(state): State<AppState>,
-    Query(params): Query<Params>,
+    params: Result<Query<Params>, QueryRejection>,
     request: Request,
 ) -> Result<(StatusCode, Json<Value>), GatewayError> {
     let corpus = corpus(&state)?;
+    let params = query(params)?;
     let headers = request.headers().clone();
+    // Who is asking is settled before the body is read.
+    let principal = Principal::of(&state, &headers)?;
     let upload = read_upload(&state, &headers, request).await?;
-    let tenant = tenant(
-        &state,
-        &headers,
-        upload.tenant.as_deref().or(params.tenant.as_deref()),
-    )?;
+    let tenant = principal.tenant(upload.tenant.as_deref().or(params.tenant.as_deref()))?;
     let retrieval = state.config.retrieval.as_ref().ok_or_else(off)?;
-    let (format, bytes, name) = match &upload.file {
+    let Upload {
+        text,
+        id,
+        title,
+        source,
+        collection,
+        format,
+        file,
+        ..
+    } = upload;
+    let (format, bytes, name) = match file {
         Some((name, bytes)) => {
-            let format = Format::of_name(name).ok_or_else(|| {
+            let format = Format::of_name(&name).ok_or_else(|| {
                 GatewayError::invalid(
                     format!(
                         "`{name}` is not a document type ragway reads; use one of: {}",
@@ -77,10 +87,10 @@ pub async fn create(
                     Some("file".to_owned()),
                 )
             })?;
-            (format, bytes.clone(), Some(name.clone()))
+            (format, bytes, Some(name))
         }
         None => {
-            let format = match upload.format.as_deref().unwrap_or("markdown") {
+            let format = match format.as_deref().unwrap_or("markdown") {
                 "text" | "txt" => Format::Text,
                 "markdown" | "md" => Format::Markdown,
                 "html" => Format::Html,
@@ -93,7 +103,7 @@ pub async fn create(
                     ));
                 }
             };
-            (format, Bytes::from(upload.text.clone().into_bytes()), None)
+            (format, Bytes::from(text.into_bytes()), None)
         }
     };
     if bytes.len() > retrieval.max_document_bytes {
@@ -108,17 +118,17 @@ pub async fn create(
             Some(param.to_owned()),
         ));
     }
-    let id = upload
-        .id
-        .clone()
-        .or_else(|| name.clone())
-        .unwrap_or_else(|| content_id(&bytes));
-    let source = upload.source.clone().or(name).unwrap_or_else(|| id.clone());
-    let collection = upload
-        .collection
-        .clone()
-        .unwrap_or_else(|| retrieval.default_collection.clone());
-    let doc = NewDocument::from_bytes(id, collection, source, format, &bytes, upload.title)?;
+    let collection = collection.unwrap_or_else(|| retrieval.default_collection.clone());
+    // Extraction and hashing are CPU work in proportion to the document.
+    let doc = tokio::task::spawn_blocking(move || {
+        let id = id
+            .or_else(|| name.clone())
+            .unwrap_or_else(|| content_id(&bytes));
+        let source = source.or(name).unwrap_or_else(|| id.clone());
+        NewDocument::from_bytes(id, collection, source, format, &bytes, title)
+    })
+    .await
+    .map_err(|e| GatewayError::Internal(e.to_string()))??;
     let ingested = corpus.ingest(&tenant, doc).await?;
     let status = match ingested.unchanged {
         true => StatusCode::OK,
@@ -132,10 +142,11 @@ pub async fn create(
 pub async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(params): Query<Params>,
+    params: Result<Query<Params>, QueryRejection>,
 ) -> Result<Json<Value>, GatewayError> {
     let corpus = corpus(&state)?;
-    let tenant = tenant(&state, &headers, params.tenant.as_deref())?;
+    let params = query(params)?;
+    let tenant = Principal::of(&state, &headers)?.tenant(params.tenant.as_deref())?;
     let limit = params.limit.unwrap_or(DEFAULT_LIST).clamp(1, MAX_LIST);
     let documents = corpus.documents(&tenant, limit).await?;
     Ok(Json(json!({ "object": "list", "data": documents })))
@@ -144,11 +155,13 @@ pub async fn list(
 pub async fn delete(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
-    Query(params): Query<Params>,
+    id: Result<Path<String>, PathRejection>,
+    params: Result<Query<Params>, QueryRejection>,
 ) -> Result<Json<Value>, GatewayError> {
     let corpus = corpus(&state)?;
-    let tenant = tenant(&state, &headers, params.tenant.as_deref())?;
+    let params = query(params)?;
+    let Path(id) = id.map_err(|e| GatewayError::invalid(e.body_text(), Some("id".to_owned())))?;
+    let tenant = Principal::of(&state, &headers)?.tenant(params.tenant.as_deref())?;
     let removed = corpus.delete(&tenant, &id).await?;
     if removed == 0 {
         return Err(GatewayError::NotFound(format!("document `{id}`")));
@@ -166,29 +179,43 @@ fn corpus(state: &AppState) -> Result<Arc<Corpus>, GatewayError> {
     state.corpus.clone().ok_or_else(off)
 }
 
-/// The tenant a request acts for: the admin key's choice, or the client key's own.
-fn tenant(
-    state: &AppState,
-    headers: &HeaderMap,
-    asked: Option<&str>,
-) -> Result<String, GatewayError> {
-    if super::admin::is_admin(state, headers) {
-        return asked
-            .filter(|t| !t.trim().is_empty())
-            .map(str::to_owned)
-            .ok_or_else(|| {
-                GatewayError::invalid(
-                    "with the admin key, name the tenant (`tenant`)",
-                    Some("tenant".to_owned()),
-                )
-            });
+fn query(params: Result<Query<Params>, QueryRejection>) -> Result<Params, GatewayError> {
+    params
+        .map(|Query(p)| p)
+        .map_err(|e| GatewayError::invalid(e.body_text(), None))
+}
+
+/// Who a documents request comes from.
+enum Principal {
+    /// The admin key: acts for the tenant it names.
+    Admin,
+    /// A client key (or anyone, with authentication off): acts for its tenant.
+    Client(String),
+}
+
+impl Principal {
+    fn of(state: &AppState, headers: &HeaderMap) -> Result<Principal, GatewayError> {
+        if super::admin::is_admin(state, headers) {
+            return Ok(Principal::Admin);
+        }
+        let caller = state.client_keys.caller_of(headers)?;
+        Ok(Principal::Client(caller.tenant.to_string()))
     }
-    let caller = state.client_keys.caller_of(headers)?;
-    match asked {
-        Some(other) if other != caller.tenant.as_ref() => Err(GatewayError::Forbidden(
-            "a client key manages only its own tenant's documents".to_owned(),
-        )),
-        _ => Ok(caller.tenant.to_string()),
+
+    /// The tenant the request acts for; `asked` is the one it names, if any.
+    fn tenant(self, asked: Option<&str>) -> Result<String, GatewayError> {
+        let asked = asked.map(str::trim).filter(|t| !t.is_empty());
+        match (self, asked) {
+            (Principal::Admin, Some(tenant)) => Ok(tenant.to_owned()),
+            (Principal::Admin, None) => Err(GatewayError::invalid(
+                "with the admin key, name the tenant (`tenant`)",
+                Some("tenant".to_owned()),
+            )),
+            (Principal::Client(own), Some(other)) if other != own => Err(GatewayError::Forbidden(
+                "a client key manages only its own tenant's documents".to_owned(),
+            )),
+            (Principal::Client(own), _) => Ok(own),
+        }
     }
 }
 
@@ -213,7 +240,7 @@ async fn read_upload(
             .map_err(|e| GatewayError::invalid(e.body_text(), None))?;
         return read_multipart(multipart, limit).await;
     }
-    if media_type.starts_with("application/json") {
+    if media_type.split(';').next().map(str::trim) == Some("application/json") {
         let body = Bytes::from_request(request, state).await;
         return super::body::parse_json(headers, body, limit);
     }

@@ -122,7 +122,7 @@ impl Pipeline {
         let mut vault = self.sanitize(ctx, &mut prompt, &guard)?;
         // The cache key includes what retrieval would use: a document change or a
         // template edit makes earlier answers unreachable.
-        ctx.corpus_version = self.retriever.corpus_version(ctx).await?;
+        ctx.corpus_version = self.retriever.corpus_version(ctx, &prompt).await?;
         match self.cache.lookup(ctx, &prompt).await {
             // 2. cache
             CacheLookup::Hit(answer, tier) => {

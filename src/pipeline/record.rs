@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::{Pipeline, RequestCtx, respond};
-use crate::audit::CallRecord;
+use crate::audit::{CallRecord, PassageRef};
 use crate::cache::CacheKey;
 use crate::error::GatewayError;
 use crate::generate::{Assembler, UpstreamError};
@@ -136,6 +136,6 @@ fn base_record(ctx: &RequestCtx, status: u16, outcome: &'static str) -> CallReco
         pii: ctx.pii.iter().map(|&(kind, n)| (kind.name(), n)).collect(),
         prompt: ctx.prompt_text.clone(),
         answer: String::new(),
-        passages: ctx.citations.clone(),
+        passages: ctx.citations.iter().map(PassageRef::from).collect(),
     }
 }

@@ -59,7 +59,14 @@ pub(super) fn whole(
     let to_store = ctx
         .cache_key
         .filter(|_| cacheable(&completion) && !ctx.raw_output)
-        .map(|key| Box::new((key, completion.clone())));
+        .map(|key| {
+            // A hit is served with the passages this answer was grounded in.
+            let mut stored = completion.clone();
+            if let Some(citations) = citations(ctx) {
+                stored.extra.insert("ragway".to_owned(), citations);
+            }
+            Box::new((key, stored))
+        });
     let (reply, filtered) = restore_whole(ctx, &target, completion, to_client);
     Answer::Whole {
         target,

@@ -58,6 +58,9 @@ pub fn chunk(text: &str, size: ChunkSize, count: &dyn Fn(&str) -> usize) -> Vec<
     chunks
 }
 
+/// The longest heading kept in a path.
+const MAX_HEADING_CHARS: usize = 200;
+
 /// The text under one heading path, as paragraphs.
 struct Section {
     headings: Vec<String>,
@@ -90,7 +93,8 @@ fn sections(text: &str) -> Vec<Section> {
         if !in_fence && let Some((level, title)) = heading(line) {
             flush(&mut paragraph, &mut out);
             path.retain(|(l, _)| *l < level);
-            path.push((level, title.to_owned()));
+            // Every chunk below carries the path: a runaway heading line is cut short.
+            path.push((level, title.chars().take(MAX_HEADING_CHARS).collect()));
             out.push(Section {
                 headings: path.iter().map(|(_, t)| t.clone()).collect(),
                 paragraphs: Vec::new(),
@@ -139,28 +143,55 @@ fn sentences(paragraph: &str, target: usize, count: &dyn Fn(&str) -> usize) -> V
     out
 }
 
+/// Appends `text` as sentences of at most `target` tokens: whole when it fits,
+/// otherwise cut into the longest pieces that fit, preferably after a comma, a line
+/// end or a space. Only a window of the text is ever measured, so a run of any
+/// length without a sentence end costs time in proportion to its length.
 fn push_sentence(text: &str, target: usize, count: &dyn Fn(&str) -> usize, out: &mut Vec<String>) {
-    let text = text.trim();
-    if text.is_empty() {
-        return;
+    let mut rest = text.trim();
+    while !rest.is_empty() {
+        // The cut is searched within a window of about eight characters per token:
+        // a piece that fits lies inside it (or is the window itself, for text whose
+        // tokens are longer still).
+        let window_end = rest
+            .char_indices()
+            .nth(target.saturating_mul(8))
+            .map_or(rest.len(), |(i, _)| i);
+        let window = &rest[..window_end];
+        if window_end == rest.len() && count(rest) <= target {
+            out.push(rest.to_owned());
+            return;
+        }
+        let bounds: Vec<usize> = window
+            .char_indices()
+            .map(|(i, _)| i)
+            .skip(1)
+            .chain([window.len()])
+            .collect();
+        let fits = bounds
+            .partition_point(|&end| count(&window[..end]) <= target)
+            .max(1);
+        let mut cut = bounds[fits - 1];
+        if cut < rest.len()
+            && let Some((at, c)) = rest[..cut]
+                .char_indices()
+                .rev()
+                .find(|&(_, c)| weak_break(c))
+            && at + c.len_utf8() >= cut * 2 / 3
+        {
+            cut = at + c.len_utf8();
+        }
+        let piece = rest[..cut].trim();
+        if !piece.is_empty() {
+            out.push(piece.to_owned());
+        }
+        rest = rest[cut..].trim_start();
     }
-    if count(text) <= target {
-        out.push(text.to_owned());
-        return;
-    }
-    // Too long for one chunk: the longest prefix that fits, by halving the search.
-    let bounds: Vec<usize> = text
-        .char_indices()
-        .map(|(i, _)| i)
-        .skip(1)
-        .chain([text.len()])
-        .collect();
-    let fits = bounds
-        .partition_point(|&end| count(&text[..end]) <= target)
-        .max(1);
-    let cut = bounds[fits - 1];
-    out.push(text[..cut].trim().to_owned());
-    push_sentence(&text[cut..], target, count, out);
+}
+
+/// Where a sentence too long for one chunk is best cut.
+fn weak_break(c: char) -> bool {
+    matches!(c, '，' | '、' | '：' | ',' | ':' | '\n') || c.is_whitespace()
 }
 
 /// Packs sentences into chunks of at most `target` tokens; each chunk after the
@@ -284,6 +315,17 @@ mod tests {
         let long = "word ".repeat(25);
         for c in chunk(&long, size(10, 0), &count) {
             assert!(count(&c.text) <= 10, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn a_huge_run_without_sentence_ends_is_cut_at_commas() {
+        let text = "退款原路退回，".repeat(30_000);
+        let chunks = chunk(&text, size(50, 0), &count);
+        assert!(chunks.len() > 3000, "{}", chunks.len());
+        for c in &chunks {
+            assert!(count(&c.text) <= 50, "{c:?}");
+            assert!(c.text.ends_with('，'), "{c:?}");
         }
     }
 }

@@ -18,8 +18,11 @@ use super::store::{
     ChunkPayload, DocumentInfo, Query, QueryVector, StoreError, StoredChunk, VectorStore,
 };
 
-/// The longest document id.
-const MAX_ID_CHARS: usize = 512;
+/// The longest document id, title, source or collection name (each is copied into
+/// every chunk).
+const MAX_NAME_CHARS: usize = 512;
+/// Locks that serialise writes to one document (by a hash of tenant and id).
+const DOCUMENT_LOCKS: usize = 64;
 
 /// A document to ingest, its text already extracted.
 #[derive(Debug, Clone)]
@@ -126,6 +129,9 @@ pub struct Corpus {
     size: ChunkSize,
     /// The dense ranking's weight in fusion for a question written in Chinese.
     cjk_dense_weight: f32,
+    /// Two writes of one document at once would each remove the other's chunks as
+    /// stale: writes to a document take its lock.
+    locks: Vec<tokio::sync::Mutex<()>>,
 }
 
 /// The default `cjk_dense_weight`: the default embedder (all-MiniLM-L6-v2) was
@@ -141,7 +147,19 @@ impl Corpus {
             embedder,
             size,
             cjk_dense_weight: CJK_DENSE_WEIGHT,
+            locks: (0..DOCUMENT_LOCKS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         }
+    }
+
+    fn lock(&self, tenant: &str, id: &str) -> &tokio::sync::Mutex<()> {
+        let digest = Sha256::new()
+            .chain_update(tenant.as_bytes())
+            .chain_update([0])
+            .chain_update(id.as_bytes())
+            .finalize();
+        &self.locks[usize::from(digest[0]) % DOCUMENT_LOCKS]
     }
 
     /// For an embedder that reads Chinese as well as English, set 1.
@@ -173,13 +191,14 @@ impl Corpus {
     /// Chunks, embeds and stores a document, replacing an earlier version with the
     /// same id. An unchanged document costs one lookup.
     pub async fn ingest(&self, tenant: &str, doc: NewDocument) -> Result<Ingested, CorpusError> {
-        check_id(&doc.id)?;
-        if doc.text.trim().is_empty() {
-            return Err(CorpusError::Invalid("the document has no text".to_owned()));
-        }
+        check(&doc)?;
         let doc_hash = self.document_hash(&doc);
+        let _writing = self.lock(tenant, &doc.id).lock().await;
+        // Unchanged only if the stored version is whole: a write cut short (chunk 0
+        // goes last, so it may be missing) or stale chunks left over are redone.
         if let Some(stored) = self.store.document(tenant, &doc.id).await?
             && stored.hash == doc_hash
+            && self.store.count(tenant, Some(&doc.id)).await? == u64::from(stored.chunks)
         {
             return Ok(Ingested {
                 id: doc.id,
@@ -213,6 +232,7 @@ impl Corpus {
 
     /// Removes a document; returns how many chunks it had (0: there was none).
     pub async fn delete(&self, tenant: &str, id: &str) -> Result<u64, CorpusError> {
+        let _writing = self.lock(tenant, id).lock().await;
         let removed = self.store.delete(tenant, id).await?;
         if removed > 0 {
             self.store.bump_generation(tenant).await?;
@@ -260,7 +280,11 @@ impl Corpus {
         let keywords = match mode {
             Mode::Dense => Vec::new(),
             Mode::Keyword | Mode::Hybrid => {
-                let vector = keyword::query_vector(question);
+                // Cutting words is CPU work in proportion to the question.
+                let text = question.to_owned();
+                let vector = tokio::task::spawn_blocking(move || keyword::query_vector(&text))
+                    .await
+                    .map_err(|e| CorpusError::Embed(e.to_string()))?;
                 let query = Query {
                     tenant,
                     collection,
@@ -300,14 +324,29 @@ impl Corpus {
     }
 }
 
-fn check_id(id: &str) -> Result<(), CorpusError> {
-    if id.trim().is_empty() {
-        return Err(CorpusError::Invalid("the document id is empty".to_owned()));
+/// A document's names are short and on one line; its text is not empty.
+fn check(doc: &NewDocument) -> Result<(), CorpusError> {
+    let invalid = |message: String| Err(CorpusError::Invalid(message));
+    if doc.id.trim().is_empty() {
+        return invalid("the document id is empty".to_owned());
     }
-    if id.chars().count() > MAX_ID_CHARS || id.chars().any(char::is_control) {
-        return Err(CorpusError::Invalid(format!(
-            "a document id is at most {MAX_ID_CHARS} characters, without control characters"
-        )));
+    if doc.collection.trim().is_empty() {
+        return invalid("the collection name is empty".to_owned());
+    }
+    for (what, value) in [
+        ("document id", &doc.id),
+        ("title", &doc.title),
+        ("source", &doc.source),
+        ("collection name", &doc.collection),
+    ] {
+        if value.chars().count() > MAX_NAME_CHARS || value.chars().any(char::is_control) {
+            return invalid(format!(
+                "a {what} is at most {MAX_NAME_CHARS} characters, without control characters"
+            ));
+        }
+    }
+    if doc.text.trim().is_empty() {
+        return invalid("the document has no text".to_owned());
     }
     Ok(())
 }
@@ -346,11 +385,18 @@ fn prepare(
     let vectors = embedder
         .embed(&indexed)
         .map_err(|e| CorpusError::Embed(e.to_string()))?;
+    if vectors.len() != indexed.len() {
+        return Err(CorpusError::Embed(format!(
+            "{} vectors for {} chunks",
+            vectors.len(),
+            indexed.len()
+        )));
+    }
     let ingested_at = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let total = pieces.len() as u32;
-    Ok(pieces
+    let mut chunks: Vec<StoredChunk> = pieces
         .into_iter()
         .zip(vectors)
         .zip(&indexed)
@@ -376,7 +422,11 @@ fn prepare(
                 },
             }
         })
-        .collect())
+        .collect();
+    // Chunk 0 describes the document (see `ingest`): written last, it is there only
+    // once every other chunk is.
+    chunks.rotate_left(1);
+    Ok(chunks)
 }
 
 /// A chunk's point id: from its content and place, so storing the same chunk again
@@ -388,7 +438,9 @@ pub fn chunk_id(tenant: &str, doc_id: &str, index: u32, hash: &str) -> Uuid {
         digest.update([0]);
     }
     digest.update(index.to_le_bytes());
-    let bytes: [u8; 16] = digest.finalize()[..16].try_into().unwrap_or([0; 16]);
+    let digest = digest.finalize();
+    let mut bytes = [0; 16];
+    bytes.copy_from_slice(&digest[..16]);
     uuid::Builder::from_custom_bytes(bytes).into_uuid()
 }
 
@@ -430,10 +482,18 @@ mod tests {
     }
 
     #[test]
-    fn ids_are_checked() {
-        assert!(check_id("manual.md").is_ok());
-        assert!(check_id(" ").is_err());
-        assert!(check_id("a\nb").is_err());
-        assert!(check_id(&"x".repeat(MAX_ID_CHARS + 1)).is_err());
+    fn names_are_checked() {
+        let doc = |id: &str, title: &str| NewDocument {
+            id: id.to_owned(),
+            collection: "c".to_owned(),
+            title: title.to_owned(),
+            source: "s".to_owned(),
+            text: "body".to_owned(),
+        };
+        assert!(check(&doc("manual.md", "Manual")).is_ok());
+        assert!(check(&doc(" ", "Manual")).is_err());
+        assert!(check(&doc("a\nb", "Manual")).is_err());
+        assert!(check(&doc(&"x".repeat(MAX_NAME_CHARS + 1), "Manual")).is_err());
+        assert!(check(&doc("m", &"标".repeat(MAX_NAME_CHARS + 1))).is_err());
     }
 }

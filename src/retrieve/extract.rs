@@ -152,8 +152,8 @@ fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Elements whose content is not text.
-const DROPPED: [&str; 6] = ["script", "style", "noscript", "template", "svg", "head"];
+/// Elements whose content is not the page's text (`<title>` is read on its own).
+const DROPPED: [&str; 6] = ["script", "style", "noscript", "template", "svg", "title"];
 /// Elements that end a paragraph.
 const BLOCKS: [&str; 20] = [
     "p",
@@ -180,6 +180,9 @@ const BLOCKS: [&str; 20] = [
 
 fn html(source: &str) -> Extracted {
     let title = element_text(source, "title").or_else(|| element_text(source, "h1"));
+    // Lower-cased once, for finding end tags: ASCII lower-casing keeps every byte
+    // offset, so positions found in it hold in `source`.
+    let lower = source.to_ascii_lowercase();
     let mut out = String::new();
     let mut rest = source;
     while let Some(open) = rest.find('<') {
@@ -206,8 +209,8 @@ fn html(source: &str) -> Extracted {
         if !closing && DROPPED.contains(&name.as_str()) && !tag.ends_with('/') {
             // Skip to the matching end tag.
             let end = format!("</{name}");
-            let lower = rest.to_ascii_lowercase();
-            rest = match lower.find(&end) {
+            let offset = source.len() - rest.len();
+            rest = match lower[offset..].find(&end) {
                 Some(at) => rest[at..].find('>').map_or("", |gt| &rest[at + gt + 1..]),
                 None => "",
             };
@@ -347,7 +350,7 @@ mod tests {
 
     #[test]
     fn html_keeps_headings_and_paragraphs_and_drops_scripts() {
-        let page = r#"<html><head><title>退货政策</title><style>p{color:red}</style></head>
+        let page = r#"<html><head><title>退货政策</title><style>p{color:red}</style>
             <body><h1>退货</h1><p>收货后 <b>7 天</b>内可退。</p><script>alert("x<p>")</script>
             <h2>Fees &amp; costs</h2><ul><li>One&nbsp;&#8364;</li><li>Two</li></ul>
             <!-- <p>hidden</p> --></body></html>"#;

@@ -45,6 +45,15 @@ impl Grounding {
         self.by_alias.get(alias).unwrap_or(&self.defaults)
     }
 
+    /// Whether this request is grounded: its own `ragway.rag`, else its alias's.
+    fn wanted(&self, ctx: &RequestCtx, prompt: &ChatRequest) -> bool {
+        prompt
+            .ragway
+            .as_ref()
+            .and_then(|o| o.rag)
+            .unwrap_or(self.settings(&ctx.route.alias).enabled)
+    }
+
     /// The passages kept for `question`: found by one of its words or similar
     /// enough in meaning, best first, within the alias's count and token budget.
     async fn passages(
@@ -95,12 +104,11 @@ impl Retriever for Grounding {
         pii: &mut Scope<'_>,
     ) -> Result<Vec<Citation>, GatewayError> {
         let settings = self.settings(&ctx.route.alias);
-        let wanted = prompt
-            .ragway
-            .as_ref()
-            .and_then(|o| o.rag)
-            .unwrap_or(settings.enabled);
-        let Some(question) = wanted.then(|| last_user_text(prompt)).flatten() else {
+        let Some(question) = self
+            .wanted(ctx, prompt)
+            .then(|| last_user_text(prompt))
+            .flatten()
+        else {
             return Ok(Vec::new());
         };
         let passages = self
@@ -122,18 +130,18 @@ impl Retriever for Grounding {
             shown.push((
                 pii.text(&payload.title)?,
                 headings,
+                pii.text(&payload.source)?,
                 pii.text(&payload.text)?,
             ));
         }
-        let views: Vec<PassageView<'_>> = passages
+        let views: Vec<PassageView<'_>> = shown
             .iter()
-            .zip(&shown)
             .enumerate()
-            .map(|(i, (p, (title, headings, text)))| PassageView {
+            .map(|(i, (title, headings, source, text))| PassageView {
                 n: i + 1,
                 title,
                 headings: below_title(title, headings),
-                source: &p.hit.payload.source,
+                source,
                 text,
             })
             .collect();
@@ -159,7 +167,14 @@ impl Retriever for Grounding {
             .collect())
     }
 
-    async fn corpus_version(&self, ctx: &RequestCtx) -> Result<Option<String>, GatewayError> {
+    async fn corpus_version(
+        &self,
+        ctx: &RequestCtx,
+        prompt: &ChatRequest,
+    ) -> Result<Option<String>, GatewayError> {
+        if !self.wanted(ctx, prompt) {
+            return Ok(None);
+        }
         let generation = self.corpus.generation(&ctx.caller.tenant).await?;
         Ok(Some(format!("{generation}/{}", self.prompts.version())))
     }

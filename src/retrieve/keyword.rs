@@ -28,7 +28,9 @@ const B: f32 = 0.75;
 /// lengths vary little; a constant keeps stored weights independent of the corpus).
 const AVERAGE_TERMS: f32 = 100.0;
 
-/// Terms that say nothing about a passage's topic.
+/// Terms that say nothing about a passage's topic. (Negations stay: "not" and
+/// "no" change what a question asks.)
+#[rustfmt::skip]
 const STOP_WORDS: &[&str] = &[
     // English
     "a", "an", "and", "are", "as", "at", "be", "but", "by", "can", "do", "does", "for", "from",
@@ -36,12 +38,13 @@ const STOP_WORDS: &[&str] = &[
     "our", "so", "than", "that", "the", "their", "them", "then", "there", "these", "they", "this",
     "to", "was", "we", "were", "what", "when", "where", "which", "who", "why", "will", "with",
     "would", "you", "your", "should", "could", "about", "any", "after", "before", "all", "get",
-    "did", "been", "being", "not", "no", // Chinese particles and question words
+    "did", "been", "being",
+    // Chinese particles and question words
     "的", "了", "是", "在", "和", "与", "及", "或", "吗", "呢", "吧", "啊", "呀", "我", "你", "您",
     "他", "她", "它", "我们", "你们", "他们", "怎么", "怎样", "如何", "什么", "哪些", "哪个",
     "请问", "请", "一个", "这", "那", "这个", "那个", "就", "都", "也", "还", "把", "被", "为",
     "以", "之", "等", "个", "有", "要", "会", "能", "可以", "需要", "应该", "是否", "多少", "几",
-    "吗？", "其", "该", "对", "从", "到", "由", "于",
+    "其", "该", "对", "从", "到", "由", "于",
 ];
 
 fn jieba() -> &'static Jieba {

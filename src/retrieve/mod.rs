@@ -51,7 +51,11 @@ pub trait Retriever: Send + Sync {
     /// What the answers of this caller are built on — the tenant's corpus
     /// generation and the template version — for the cache key; `None` when
     /// nothing is retrieved.
-    async fn corpus_version(&self, _ctx: &RequestCtx) -> Result<Option<String>, GatewayError> {
+    async fn corpus_version(
+        &self,
+        _ctx: &RequestCtx,
+        _prompt: &ChatRequest,
+    ) -> Result<Option<String>, GatewayError> {
         Ok(None)
     }
 }

@@ -523,8 +523,11 @@ impl VectorStore for EdgeStore {
         .await
     }
 
-    async fn count(&self, tenant: &str) -> Result<u64, StoreError> {
-        let filter = tenant_filter(tenant);
+    async fn count(&self, tenant: &str, doc_id: Option<&str>) -> Result<u64, StoreError> {
+        let filter = match doc_id {
+            Some(doc_id) => document_filter(tenant, doc_id),
+            None => tenant_filter(tenant),
+        };
         self.blocking(move |inner| inner.count(filter)).await
     }
 

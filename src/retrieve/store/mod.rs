@@ -161,8 +161,8 @@ pub trait VectorStore: Send + Sync {
     /// The tenant's nearest chunks to the query vector, best first.
     async fn search(&self, query: Query<'_>) -> Result<Vec<Hit>, StoreError>;
 
-    /// Every stored chunk of the tenant (for tests and re-indexing).
-    async fn count(&self, tenant: &str) -> Result<u64, StoreError>;
+    /// How many chunks the tenant has stored: all, or one document's.
+    async fn count(&self, tenant: &str, doc_id: Option<&str>) -> Result<u64, StoreError>;
 
     /// The tenant's corpus generation: bumped by every change to its documents, and
     /// part of the answer cache's key, so no cached answer outlives its sources.

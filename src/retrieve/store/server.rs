@@ -458,8 +458,12 @@ impl VectorStore for QdrantServer {
             .collect())
     }
 
-    async fn count(&self, tenant: &str) -> Result<u64, StoreError> {
-        self.count_matching(tenant_filter(tenant)).await
+    async fn count(&self, tenant: &str, doc_id: Option<&str>) -> Result<u64, StoreError> {
+        let filter = match doc_id {
+            Some(doc_id) => document_filter(tenant, doc_id),
+            None => tenant_filter(tenant),
+        };
+        self.count_matching(filter).await
     }
 
     /// Read from the server at most once per [`GENERATION_TTL`] per tenant.
