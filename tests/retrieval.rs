@@ -439,15 +439,24 @@ async fn files_upload_as_multipart_and_bad_uploads_store_nothing() {
     let seen = grounding_seen(&fake);
     assert!(seen.contains("dry microfibre cloth"), "{seen}");
     assert!(!seen.contains("x()"), "{seen}");
+    let pdf = std::fs::read("tests/data/warranty.pdf").unwrap();
+    let response = upload("warranty.pdf", pdf).await.unwrap();
+    assert_eq!(response.status(), 201);
+    gw.answer(ask("chat", "How long does the Lumio warranty last?"))
+        .await;
+    let seen = grounding_seen(&fake);
+    assert!(seen.contains("24 months from delivery"), "{seen}");
     let before = stored_chunks(&gw, "default").await;
 
-    let error = expect_error(
-        upload("report.pdf", b"%PDF-1.7".to_vec()).await.unwrap(),
-        400,
-    )
-    .await;
+    let error = expect_error(upload("report.docx", b"PK".to_vec()).await.unwrap(), 400).await;
     assert!(
-        error["message"].as_str().unwrap().contains(".txt"),
+        error["message"].as_str().unwrap().contains(".pdf"),
+        "{error}"
+    );
+    let broken = b"%PDF-1.7\n1 0 obj <<".to_vec();
+    let error = expect_error(upload("broken.pdf", broken).await.unwrap(), 400).await;
+    assert!(
+        error["message"].as_str().unwrap().contains("PDF"),
         "{error}"
     );
     expect_error(upload("empty.md", b" \n ".to_vec()).await.unwrap(), 400).await;
@@ -622,7 +631,7 @@ async fn the_ingest_command_stores_a_directory_once() {
     std::fs::create_dir_all(docs.join("sub")).unwrap();
     std::fs::write(docs.join("returns.md"), RETURNS).unwrap();
     std::fs::write(docs.join("sub/退货.md"), RETURNS_ZH).unwrap();
-    std::fs::write(docs.join("notes.pdf"), "%PDF").unwrap();
+    std::fs::write(docs.join("notes.docx"), "PK").unwrap();
     std::fs::write(docs.join(".hidden.md"), "# secret").unwrap();
     let run = || {
         std::process::Command::new(env!("CARGO_BIN_EXE_ragway"))
@@ -669,7 +678,7 @@ async fn the_ingest_command_stores_a_directory_once() {
     // A file of an unknown type named on its own is refused before anything runs.
     let refused = std::process::Command::new(env!("CARGO_BIN_EXE_ragway"))
         .args(["--config", config_path.to_str().unwrap(), "ingest"])
-        .arg(docs.join("notes.pdf"))
+        .arg(docs.join("notes.docx"))
         .args(["--tenant", "acme"])
         .output()
         .unwrap();

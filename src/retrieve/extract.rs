@@ -8,10 +8,10 @@
 //!   object per line. Each record becomes its own section, titled by its `title`
 //!   (or `question`) field, so a chunk never mixes two records.
 //!
-//! PDF is not read: the well-kept pure-Rust extractors (`pdf-extract` over `lopdf`)
-//! lose the reading order of multi-column pages and the text of CJK fonts without a
-//! `ToUnicode` map, which are common in the Chinese documents this serves; convert
-//! PDFs to text first (e.g. `pdftotext -layout`).
+//! - `.pdf`: the text layer, page by page (`pdf-extract` over `lopdf`, pure Rust).
+//!   A scanned PDF has none and is refused; multi-column pages may lose their
+//!   reading order, and CJK fonts without a `ToUnicode` map their text — for those,
+//!   convert first (`pdftotext -layout`) and ingest the text.
 
 use serde_json::Value;
 
@@ -23,10 +23,11 @@ pub enum Format {
     Html,
     Json,
     JsonLines,
+    Pdf,
 }
 
 impl Format {
-    pub const EXTENSIONS: &'static str = ".txt, .md, .markdown, .html, .htm, .json, .jsonl";
+    pub const EXTENSIONS: &'static str = ".txt, .md, .markdown, .html, .htm, .json, .jsonl, .pdf";
 
     /// By the file name's extension.
     pub fn of_name(name: &str) -> Option<Format> {
@@ -37,6 +38,7 @@ impl Format {
             "html" | "htm" => Format::Html,
             "json" => Format::Json,
             "jsonl" | "ndjson" => Format::JsonLines,
+            "pdf" => Format::Pdf,
             _ => return None,
         })
     }
@@ -52,6 +54,7 @@ impl Format {
             "application/jsonl" | "application/x-ndjson" | "application/jsonlines" => {
                 Format::JsonLines
             }
+            "application/pdf" => Format::Pdf,
             _ => return None,
         })
     }
@@ -69,6 +72,9 @@ const TEXT_FIELDS: [&str; 4] = ["text", "content", "body", "answer"];
 const TITLE_FIELDS: [&str; 3] = ["title", "question", "name"];
 
 pub fn extract(format: Format, bytes: &[u8]) -> Result<Extracted, String> {
+    if format == Format::Pdf {
+        return pdf(bytes);
+    }
     let text = std::str::from_utf8(bytes).map_err(|e| {
         format!(
             "the document is not UTF-8 text (at byte {})",
@@ -77,7 +83,8 @@ pub fn extract(format: Format, bytes: &[u8]) -> Result<Extracted, String> {
     })?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let extracted = match format {
-        Format::Text | Format::Markdown => Extracted {
+        // (A PDF returned above.)
+        Format::Text | Format::Markdown | Format::Pdf => Extracted {
             title: None,
             text: text.to_owned(),
         },
@@ -108,6 +115,25 @@ pub fn extract(format: Format, bytes: &[u8]) -> Result<Extracted, String> {
         return Err("the document has no text".to_owned());
     }
     Ok(extracted)
+}
+
+/// The text layer of a PDF, pages apart as paragraphs.
+fn pdf(bytes: &[u8]) -> Result<Extracted, String> {
+    // The parser is fed untrusted files and is not panic-free on malformed ones: a
+    // panic is a refused document, never a crashed worker.
+    let pages = std::panic::catch_unwind(|| pdf_extract::extract_text_from_mem_by_pages(bytes))
+        .map_err(|_| "the PDF could not be read (it is malformed)".to_owned())?
+        .map_err(|e| format!("the PDF could not be read: {e}"))?;
+    let text = pages
+        .iter()
+        .map(|page| tidy(page))
+        .filter(|page| !page.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n\n");
+    if text.trim().is_empty() {
+        return Err("the PDF has no text layer (a scan needs OCR first)".to_owned());
+    }
+    Ok(Extracted { title: None, text })
 }
 
 /// JSON records into sections. One record alone gives the document its title.
@@ -339,7 +365,8 @@ mod tests {
     fn formats_by_name_and_media_type() {
         assert_eq!(Format::of_name("a/b/Guide.MD"), Some(Format::Markdown));
         assert_eq!(Format::of_name("faq.jsonl"), Some(Format::JsonLines));
-        assert_eq!(Format::of_name("report.pdf"), None);
+        assert_eq!(Format::of_name("report.PDF"), Some(Format::Pdf));
+        assert_eq!(Format::of_name("report.docx"), None);
         assert_eq!(Format::of_name("README"), None);
         assert_eq!(
             Format::of_media_type("text/html; charset=utf-8"),
@@ -374,6 +401,16 @@ mod tests {
         let one = extract(Format::Json, br#"{"title":"T","content":"Body"}"#).unwrap();
         assert_eq!(one.title.as_deref(), Some("T"));
         assert_eq!(one.text, "Body");
+    }
+
+    #[test]
+    fn pdf_text_is_read_and_broken_pdfs_are_refused() {
+        let out = extract(Format::Pdf, include_bytes!("../../tests/data/warranty.pdf")).unwrap();
+        assert!(out.text.contains("Lumio warranty card"), "{}", out.text);
+        assert!(out.text.contains("24 months from delivery"), "{}", out.text);
+        let error = extract(Format::Pdf, b"%PDF-1.7\n1 0 obj <<").unwrap_err();
+        assert!(error.contains("PDF could not be read"), "{error}");
+        assert!(extract(Format::Pdf, b"not a pdf at all").is_err());
     }
 
     #[test]

@@ -512,11 +512,14 @@ impl VectorStore for QdrantServer {
     }
 }
 
-/// The payload indexes the filters use: the tenant index first.
+/// The payload indexes the filters use: the tenant index first. Only the tenant's
+/// gets its own HNSW links (`payload_m`): the others never narrow a search alone.
 fn payload_indexes() -> [(&'static str, FieldType, payload_index_params::IndexParams); 4] {
     let keyword = |is_tenant: bool| {
         payload_index_params::IndexParams::from(
-            KeywordIndexParamsBuilder::default().is_tenant(is_tenant),
+            KeywordIndexParamsBuilder::default()
+                .is_tenant(is_tenant)
+                .enable_hnsw(is_tenant),
         )
     };
     [
@@ -526,7 +529,9 @@ fn payload_indexes() -> [(&'static str, FieldType, payload_index_params::IndexPa
         (
             "chunk_index",
             FieldType::Integer,
-            IntegerIndexParamsBuilder::new(true, true).into(),
+            IntegerIndexParamsBuilder::new(true, true)
+                .enable_hnsw(false)
+                .into(),
         ),
     ]
 }
