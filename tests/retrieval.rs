@@ -66,6 +66,21 @@ async fn post_document(gw: &Gateway, key: Option<&str>, body: Value) -> reqwest:
     request.send().await.unwrap()
 }
 
+/// A document posted as `text/plain`, which the API does not take.
+async fn post_plain_text(gw: &Gateway) -> reqwest::Response {
+    gw.http()
+        .post(format!("{}/v1/documents", gw.url))
+        .header("content-type", "text/plain")
+        .body("hello")
+        .send()
+        .await
+        .unwrap()
+}
+
+fn parse(config: &str) -> Config {
+    Config::from_toml(config, &Env::from_pairs(std::iter::empty::<(&str, &str)>())).unwrap()
+}
+
 async fn stored_chunks(gw: &Gateway, tenant: &str) -> u64 {
     let corpus = gw.state.corpus.as_ref().unwrap();
     corpus.store().count(tenant, None).await.unwrap()
@@ -378,15 +393,7 @@ async fn no_tenant_sees_another_tenants_documents() {
     expect_error(list("nobody", "").await, 401).await;
     expect_error(list("key-a", "?limit=many").await, 400).await;
     // The key is checked before the body is read.
-    let anonymous = gw
-        .http()
-        .post(format!("{}/v1/documents", gw.url))
-        .header("content-type", "text/plain")
-        .body("x")
-        .send()
-        .await
-        .unwrap();
-    expect_error(anonymous, 401).await;
+    expect_error(post_plain_text(&gw).await, 401).await;
 }
 
 #[tokio::test]
@@ -494,15 +501,7 @@ async fn files_upload_as_multipart_and_bad_uploads_store_nothing() {
     .await;
     let big = "word ".repeat(500);
     expect_error(post_document(&gw, None, json!({"text": big})).await, 413).await;
-    let plain = gw
-        .http()
-        .post(format!("{}/v1/documents", gw.url))
-        .header("content-type", "text/plain")
-        .body("hello")
-        .send()
-        .await
-        .unwrap();
-    expect_error(plain, 415).await;
+    expect_error(post_plain_text(&gw).await, 415).await;
     assert_eq!(stored_chunks(&gw, "default").await, before);
 }
 
@@ -518,11 +517,7 @@ async fn documents_are_off_without_retrieval() {
 async fn the_embedded_store_keeps_documents_across_a_restart() {
     let fake = FakeProvider::start().await;
     let dir = TempDir::new();
-    let config = Config::from_toml(
-        &rag_config(&fake, &dir, ""),
-        &Env::from_pairs(std::iter::empty::<(&str, &str)>()),
-    )
-    .unwrap();
+    let config = parse(&rag_config(&fake, &dir, ""));
     let question = "退款多久能到账？";
     let before = {
         let corpus = AppState::open_corpus(&config).await.unwrap();
@@ -561,11 +556,7 @@ async fn hybrid_retrieval_finds_the_labelled_passages() {
     use ragway::retrieve::eval::{evaluate, read_questions};
     let fake = FakeProvider::start().await;
     let dir = TempDir::new();
-    let config = Config::from_toml(
-        &rag_config(&fake, &dir, ""),
-        &Env::from_pairs(std::iter::empty::<(&str, &str)>()),
-    )
-    .unwrap();
+    let config = parse(&rag_config(&fake, &dir, ""));
     let corpus = AppState::open_corpus(&config).await.unwrap();
     let root = PathBuf::from("tests/data/rag");
     let mut names: Vec<_> = std::fs::read_dir(root.join("docs"))
@@ -659,11 +650,7 @@ async fn the_ingest_command_stores_a_directory_once() {
         "{stdout}"
     );
 
-    let config = Config::from_toml(
-        &config_text,
-        &Env::from_pairs(std::iter::empty::<(&str, &str)>()),
-    )
-    .unwrap();
+    let config = parse(&config_text);
     let corpus = AppState::open_corpus(&config).await.unwrap();
     let listed = corpus.documents("acme", 10).await.unwrap();
     let ids: Vec<String> = listed.iter().map(|d| d.id.clone()).collect();

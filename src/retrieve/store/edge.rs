@@ -33,11 +33,10 @@ use qdrant_edge::{
     QueryRequestBuilder, ScoringQuery, ScrollRequestBuilder, UpdateOperation, Vector,
     VectorInternal, Vectors, WithPayloadInterface, WithVector,
 };
-use serde::Deserialize;
 
 use super::{
-    DENSE, DocumentInfo, Hit, KEYWORDS, Query, QueryVector, SparseVector, StoreError, StoredChunk,
-    VectorStore,
+    DENSE, DOCUMENT_FIELDS, DocumentInfo, Hit, KEYWORDS, Query, QueryVector, SparseVector,
+    StoreError, StoredChunk, VectorStore, check_chunks,
 };
 
 /// How long writes must have stopped before [`VectorStore::maintain`] rebuilds the
@@ -53,17 +52,6 @@ const LOCK_FILE: &str = "ragway.lock";
 const SHARD_CONFIG_FILE: &str = "edge_config.json";
 /// Points read per scroll call when listing documents.
 const SCROLL_PAGE: usize = 256;
-
-/// The payload fields a document's description needs: not the chunk's text.
-const DOCUMENT_FIELDS: &[&str] = &[
-    "doc_id",
-    "collection",
-    "title",
-    "source",
-    "chunks",
-    "ingested_at",
-    "doc_hash",
-];
 
 /// The embedded store. Cheap to share: everything is behind one `Arc`.
 pub struct EdgeStore {
@@ -374,22 +362,7 @@ impl VectorStore for EdgeStore {
         doc_id: &str,
         chunks: Vec<StoredChunk>,
     ) -> Result<(), StoreError> {
-        let dimension = self.inner.dimension;
-        for chunk in &chunks {
-            if chunk.payload.tenant != tenant || chunk.payload.doc_id != doc_id {
-                return Err(StoreError::Failed(format!(
-                    "chunk {} belongs to {}/{}, not to {tenant}/{doc_id}",
-                    chunk.id, chunk.payload.tenant, chunk.payload.doc_id
-                )));
-            }
-            if chunk.dense.len() != dimension {
-                return Err(StoreError::Failed(format!(
-                    "chunk {} has a {}-dimensional vector; the store holds {dimension}",
-                    chunk.id,
-                    chunk.dense.len()
-                )));
-            }
-        }
+        check_chunks(tenant, doc_id, self.inner.dimension, &chunks)?;
         let ids: Vec<PointId> = chunks.iter().map(|c| PointId::Uuid(c.id)).collect();
         let points = chunks
             .into_iter()
@@ -506,17 +479,7 @@ impl VectorStore for EdgeStore {
                         return None;
                     };
                     let payload = serde_json::from_value(serde_json::Value::Object(p.payload?.0));
-                    match payload {
-                        Ok(payload) => Some(Hit {
-                            id,
-                            score: p.score,
-                            payload,
-                        }),
-                        Err(error) => {
-                            tracing::warn!(%id, %error, "skipping a stored chunk with a bad payload");
-                            None
-                        }
-                    }
+                    Hit::parsed(id, p.score, payload)
                 })
                 .collect())
         })
@@ -590,26 +553,7 @@ fn sparse_vector(sparse: &SparseVector) -> Result<Vector, StoreError> {
 }
 
 fn document_info(payload: Payload) -> Option<DocumentInfo> {
-    #[derive(Deserialize)]
-    struct Fields {
-        doc_id: String,
-        collection: String,
-        title: String,
-        source: String,
-        chunks: u32,
-        ingested_at: u64,
-        doc_hash: String,
-    }
-    let f: Fields = serde_json::from_value(serde_json::Value::Object(payload.0)).ok()?;
-    Some(DocumentInfo {
-        id: f.doc_id,
-        collection: f.collection,
-        title: f.title,
-        source: f.source,
-        chunks: f.chunks,
-        ingested_at: f.ingested_at,
-        hash: f.doc_hash,
-    })
+    DocumentInfo::from_fields(serde_json::Value::Object(payload.0))
 }
 
 /// A payload key; the fields are plain names, always valid paths.

@@ -96,6 +96,20 @@ pub struct Hit {
     pub payload: ChunkPayload,
 }
 
+impl Hit {
+    /// A hit from a stored point; a point whose payload does not parse is skipped
+    /// (and logged) rather than failing the search.
+    fn parsed(id: Uuid, score: f32, payload: serde_json::Result<ChunkPayload>) -> Option<Hit> {
+        match payload {
+            Ok(payload) => Some(Hit { id, score, payload }),
+            Err(error) => {
+                tracing::warn!(%id, %error, "skipping a stored chunk with a bad payload");
+                None
+            }
+        }
+    }
+}
+
 /// A stored document, as `GET /v1/documents` lists it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DocumentInfo {
@@ -106,6 +120,32 @@ pub struct DocumentInfo {
     pub chunks: u32,
     pub ingested_at: u64,
     pub hash: String,
+}
+
+impl DocumentInfo {
+    /// From a chunk's payload holding at least [`DOCUMENT_FIELDS`].
+    fn from_fields(payload: serde_json::Value) -> Option<DocumentInfo> {
+        #[derive(Deserialize)]
+        struct Fields {
+            doc_id: String,
+            collection: String,
+            title: String,
+            source: String,
+            chunks: u32,
+            ingested_at: u64,
+            doc_hash: String,
+        }
+        let f: Fields = serde_json::from_value(payload).ok()?;
+        Some(DocumentInfo {
+            id: f.doc_id,
+            collection: f.collection,
+            title: f.title,
+            source: f.source,
+            chunks: f.chunks,
+            ingested_at: f.ingested_at,
+            hash: f.doc_hash,
+        })
+    }
 }
 
 impl From<ChunkPayload> for DocumentInfo {
@@ -130,6 +170,44 @@ pub enum StoreError {
     /// The store refused or failed an operation.
     #[error("vector store: {0}")]
     Failed(String),
+}
+
+/// The payload fields a document's description needs: not the chunk's text.
+const DOCUMENT_FIELDS: &[&str] = &[
+    "doc_id",
+    "collection",
+    "title",
+    "source",
+    "chunks",
+    "ingested_at",
+    "doc_hash",
+];
+
+/// What both backends check before a write: every chunk belongs to the tenant and
+/// document being written (the store keeps tenants apart itself), and has a vector
+/// of the store's dimension.
+fn check_chunks(
+    tenant: &str,
+    doc_id: &str,
+    dimension: usize,
+    chunks: &[StoredChunk],
+) -> Result<(), StoreError> {
+    for chunk in chunks {
+        if chunk.payload.tenant != tenant || chunk.payload.doc_id != doc_id {
+            return Err(StoreError::Failed(format!(
+                "chunk {} belongs to {}/{}, not to {tenant}/{doc_id}",
+                chunk.id, chunk.payload.tenant, chunk.payload.doc_id
+            )));
+        }
+        if chunk.dense.len() != dimension {
+            return Err(StoreError::Failed(format!(
+                "chunk {} has a {}-dimensional vector; the store holds {dimension}",
+                chunk.id,
+                chunk.dense.len()
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[async_trait]

@@ -45,8 +45,8 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{
-    ChunkPayload, DENSE, DocumentInfo, Hit, KEYWORDS, Query, QueryVector, StoreError, StoredChunk,
-    VectorStore,
+    ChunkPayload, DENSE, DOCUMENT_FIELDS, DocumentInfo, Hit, KEYWORDS, Query, QueryVector,
+    StoreError, StoredChunk, VectorStore, check_chunks,
 };
 
 /// How long a tenant's generation read from the server is reused. It is read on
@@ -61,17 +61,6 @@ const UPSERT_BATCH: usize = 128;
 const SCROLL_PAGE: u32 = 256;
 /// `payload_m` of the per-tenant HNSW graphs (Qdrant's default `m`).
 const PAYLOAD_M: u64 = 16;
-
-/// The payload fields a document's description needs: not the chunk's text.
-const DOCUMENT_FIELDS: &[&str] = &[
-    "doc_id",
-    "collection",
-    "title",
-    "source",
-    "chunks",
-    "ingested_at",
-    "doc_hash",
-];
 
 /// gRPC status codes (the numbers are fixed by the gRPC spec), for telling an
 /// unreachable server from a refused request.
@@ -338,22 +327,7 @@ impl VectorStore for QdrantServer {
         doc_id: &str,
         chunks: Vec<StoredChunk>,
     ) -> Result<(), StoreError> {
-        for chunk in &chunks {
-            if chunk.payload.tenant != tenant || chunk.payload.doc_id != doc_id {
-                return Err(StoreError::Failed(format!(
-                    "chunk {} belongs to {}/{}, not to {tenant}/{doc_id}",
-                    chunk.id, chunk.payload.tenant, chunk.payload.doc_id
-                )));
-            }
-            if chunk.dense.len() != self.dimension {
-                return Err(StoreError::Failed(format!(
-                    "chunk {} has a {}-dimensional vector; the store holds {}",
-                    chunk.id,
-                    chunk.dense.len(),
-                    self.dimension
-                )));
-            }
-        }
+        check_chunks(tenant, doc_id, self.dimension, &chunks)?;
         let ids: Vec<String> = chunks.iter().map(|c| c.id.to_string()).collect();
         // Ids derive from the tenant too, so this never happens by chance; but an
         // upsert would take another tenant's point over, so it is checked here.
@@ -443,17 +417,7 @@ impl VectorStore for QdrantServer {
             .into_iter()
             .filter_map(|point| {
                 let id = point_uuid(point.id.as_ref())?;
-                match chunk_payload(point.payload) {
-                    Ok(payload) => Some(Hit {
-                        id,
-                        score: point.score,
-                        payload,
-                    }),
-                    Err(error) => {
-                        tracing::warn!(%id, %error, "skipping a stored chunk with a bad payload");
-                        None
-                    }
-                }
+                Hit::parsed(id, point.score, chunk_payload(point.payload))
             })
             .collect())
     }
@@ -598,26 +562,7 @@ fn chunk_payload(payload: HashMap<String, Value>) -> Result<ChunkPayload, serde_
 }
 
 fn document_info(payload: HashMap<String, Value>) -> Option<DocumentInfo> {
-    #[derive(Deserialize)]
-    struct Fields {
-        doc_id: String,
-        collection: String,
-        title: String,
-        source: String,
-        chunks: u32,
-        ingested_at: u64,
-        doc_hash: String,
-    }
-    let f: Fields = serde_json::from_value(serde_json::Value::from(Payload::from(payload))).ok()?;
-    Some(DocumentInfo {
-        id: f.doc_id,
-        collection: f.collection,
-        title: f.title,
-        source: f.source,
-        chunks: f.chunks,
-        ingested_at: f.ingested_at,
-        hash: f.doc_hash,
-    })
+    DocumentInfo::from_fields(serde_json::Value::from(Payload::from(payload)))
 }
 
 fn parse_generation(payload: HashMap<String, Value>) -> Option<u64> {
