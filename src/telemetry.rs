@@ -281,8 +281,15 @@ pub fn init_logging(config: &LogConfig) -> tracing_appender::non_blocking::Worke
         .lossy(false)
         .thread_name("ragway-log")
         .finish(std::io::BufWriter::new(std::io::stderr()));
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.level));
+    // The embedded vector store warns on every index build that its global feature
+    // flags were never set: it has no public way to set them, and its defaults are
+    // the ones wanted.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!(
+            "{},qdrant_edge::common::flags=error",
+            config.level
+        ))
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
