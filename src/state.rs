@@ -8,7 +8,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::audit::NoAudit;
-use crate::cache::NoCache;
+use crate::cache::redis::RedisTier;
+use crate::cache::tiered::TieredCache;
+use crate::cache::{AnswerCache, CachePolicy, NoCache};
 use crate::config::Config;
 use crate::config::{RetrievalConfig, StoreConfig};
 use crate::generate::{Router, Routes};
@@ -65,6 +67,8 @@ pub enum BuildError {
     Guard(String),
     #[error("retrieval: {0}")]
     Retrieval(String),
+    #[error("cache: {0}")]
+    Cache(String),
 }
 
 impl AppState {
@@ -109,7 +113,7 @@ impl AppState {
                 hash_key(&config),
             )),
             guard: Arc::new(guard),
-            cache: Arc::new(NoCache),
+            cache: answer_cache(&config, &metrics)?,
             retriever,
             generator: Arc::new(Router::new(Arc::clone(&metrics))),
             audit: Arc::new(NoAudit),
@@ -174,6 +178,36 @@ impl AppState {
     pub fn tasks(&self) -> &TaskTracker {
         &self.pipeline.tasks
     }
+}
+
+/// The answer cache: its tiers, and each alias's policy.
+fn answer_cache(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> Result<Arc<dyn AnswerCache>, BuildError> {
+    let Some(cache) = &config.cache else {
+        return Ok(Arc::new(NoCache));
+    };
+    let l2 = match &cache.redis {
+        Some(redis) => Some(
+            RedisTier::new(&redis.url, &redis.key_prefix, cache.ttl, redis.timeout)
+                .map_err(BuildError::Cache)?,
+        ),
+        None => None,
+    };
+    let policies = config
+        .models
+        .iter()
+        .map(|(alias, m)| (alias.clone(), m.cache))
+        .collect();
+    Ok(Arc::new(TieredCache::new(
+        cache.memory_bytes,
+        cache.ttl,
+        l2,
+        CachePolicy::Deterministic,
+        policies,
+        Arc::clone(metrics),
+    )))
 }
 
 /// The document store, and the retrieve stage over it.

@@ -31,6 +31,10 @@ pub struct Metrics {
     config_errors: IntCounterVec,
     pii_detections: IntCounterVec,
     guard_blocks: IntCounterVec,
+    cache_lookups: IntCounterVec,
+    cache_bytes: IntGaugeVec,
+    cache_evictions: IntCounterVec,
+    cache_backend_errors: IntCounterVec,
 }
 
 /// One finished HTTP request, as the access log and the request metrics see it.
@@ -113,6 +117,26 @@ impl Metrics {
                 "ragway_guard_blocks_total",
                 "Requests and answers refused by the content guard",
                 &["direction"],
+            ),
+            cache_lookups: counter(
+                "ragway_cache_lookups_total",
+                "Answer cache lookups by tier (l1, l2, coalesced) and result (hit, miss, error)",
+                &["tier", "result"],
+            ),
+            cache_bytes: gauge(
+                "ragway_cache_bytes",
+                "Bytes of answers held in the in-memory tier",
+                &[],
+            ),
+            cache_evictions: counter(
+                "ragway_cache_evictions_total",
+                "Answers evicted from the in-memory tier for room (not expiry)",
+                &[],
+            ),
+            cache_backend_errors: counter(
+                "ragway_cache_backend_errors_total",
+                "Failed calls to a cache backend",
+                &["backend"],
             ),
             registry,
         }
@@ -233,6 +257,26 @@ impl Metrics {
         self.pii_detections
             .with_label_values(&[kind, action])
             .inc_by(u64::from(count));
+    }
+
+    pub fn cache_lookup(&self, tier: &str, result: &str) {
+        self.cache_lookups.with_label_values(&[tier, result]).inc();
+    }
+
+    pub fn cache_bytes(&self, bytes: u64) {
+        self.cache_bytes
+            .with_label_values(&[] as &[&str])
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    pub fn cache_evicted(&self) {
+        self.cache_evictions.with_label_values(&[] as &[&str]).inc();
+    }
+
+    pub fn cache_backend_error(&self, backend: &str) {
+        self.cache_backend_errors
+            .with_label_values(&[backend])
+            .inc();
     }
 
     /// `direction` is `input` or `output`.

@@ -5,6 +5,7 @@ mod support;
 
 mod api;
 mod bad_input;
+mod cache;
 mod config;
 mod local;
 mod openai_sdk;

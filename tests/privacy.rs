@@ -295,13 +295,16 @@ struct MessagesCache(std::sync::Mutex<std::collections::HashMap<CacheKey, ChatCo
 
 #[async_trait]
 impl AnswerCache for MessagesCache {
-    async fn lookup(&self, _ctx: &RequestCtx, prompt: &ChatRequest) -> CacheLookup {
+    async fn lookup(&self, ctx: &RequestCtx, prompt: &ChatRequest) -> CacheLookup {
         use sha2::Digest;
         let messages = serde_json::to_vec(&prompt.messages).unwrap();
-        let key = CacheKey(sha2::Sha256::digest(messages).into());
+        let key = CacheKey {
+            tenant: ctx.caller.tenant.clone(),
+            hash: sha2::Sha256::digest(messages).into(),
+        };
         match self.0.lock().unwrap().get(&key) {
             Some(answer) => CacheLookup::Hit(answer.clone(), CacheStatus::HitL1),
-            None => CacheLookup::Miss(key),
+            None => CacheLookup::Miss(key, None),
         }
     }
 

@@ -3,6 +3,7 @@
 //! the typed [`Config`] the rest of the gateway uses. Secrets are read from the
 //! environment variables the file names, never from the file.
 
+mod cache;
 mod env;
 mod raw;
 mod retrieval;
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use cache::{CacheConfig, RedisConfig};
 pub use env::Env;
 use raw::RawConfig;
 pub use retrieval::{PromptLanguage, RagSettings, RetrievalConfig, StoreConfig};
@@ -37,6 +39,7 @@ pub struct Config {
     pub pii: PiiConfig,
     pub guard: Option<GuardConfig>,
     pub retrieval: Option<RetrievalConfig>,
+    pub cache: Option<CacheConfig>,
 }
 
 /// What happens to personal data (see `sanitize`).
@@ -175,6 +178,7 @@ pub struct ModelConfig {
     pub local_fallback: bool,
     /// How the alias grounds answers; `None` without `[retrieval]`.
     pub rag: Option<RagSettings>,
+    pub cache: crate::cache::CachePolicy,
 }
 
 /// `provider:upstream-model`, as written in a route's `targets`.
@@ -260,8 +264,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// The configuration with no file: the local model answers (`make run` fetches it),
-/// the local embedder serves `/v1/embeddings`, and answers are grounded in the
-/// documents of the embedded store under `data/`.
+/// the local embedder serves `/v1/embeddings`, answers are grounded in the
+/// documents of the embedded store under `data/`, and repeated deterministic
+/// questions are answered from memory.
 pub const DEFAULT_CONFIG: &str = r#"
 [providers.local]
 kind = "local"
@@ -275,6 +280,8 @@ model = "models/all-MiniLM-L6-v2"
 [retrieval]
 store = "embedded"
 path = "data/qdrant"
+
+[cache]
 "#;
 
 /// Why a configuration could not be loaded.

@@ -24,6 +24,7 @@ pub struct RawConfig {
     pub pii: RawPii,
     pub guard: Option<RawGuard>,
     pub retrieval: Option<super::retrieval::RawRetrieval>,
+    pub cache: Option<super::cache::RawCache>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -153,4 +154,7 @@ pub struct RawModel {
     /// Ground answers in the tenant's documents: `false`, or settings overriding
     /// `[retrieval]`'s.
     pub rag: Option<super::retrieval::RawRag>,
+    /// Which requests the answer cache serves: `deterministic` (the default),
+    /// `always` or `off`.
+    pub cache: Option<String>,
 }

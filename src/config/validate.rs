@@ -42,7 +42,12 @@ impl Problems {
     }
 
     /// A positive duration at `key`, or `default` when it is not set.
-    fn duration(&mut self, key: &str, text: Option<&str>, default: Duration) -> Duration {
+    pub(super) fn duration(
+        &mut self,
+        key: &str,
+        text: Option<&str>,
+        default: Duration,
+    ) -> Duration {
         match text.map(parse_duration) {
             None => default,
             Some(Ok(d)) if !d.is_zero() && d <= MAX_DURATION => d,
@@ -96,6 +101,7 @@ pub(super) fn validate(raw: RawConfig, env: &Env) -> Result<Config, Vec<Problem>
         .retrieval
         .map(|r| super::retrieval::retrieval(r, embeddings.is_some(), env, &mut problems));
     let rag_base = retrieval.as_ref().map(|r| r.defaults.clone());
+    let cache = raw.cache.map(|c| super::cache::cache(c, &mut problems));
     let providers: BTreeMap<_, _> = raw
         .providers
         .into_iter()
@@ -129,6 +135,7 @@ pub(super) fn validate(raw: RawConfig, env: &Env) -> Result<Config, Vec<Problem>
             pii,
             guard,
             retrieval,
+            cache,
         })
     } else {
         Err(problems.0)
@@ -597,6 +604,7 @@ fn model(
             None
         }
     };
+    let cache = super::cache::policy(&at, raw.cache.as_deref(), problems);
     (problems.0.len() == before).then_some(ModelConfig {
         targets,
         description: raw.description,
@@ -604,5 +612,6 @@ fn model(
         failover_on_content_filter: raw.failover_on_content_filter.unwrap_or(false),
         local_fallback: raw.local_fallback.unwrap_or(true),
         rag,
+        cache,
     })
 }

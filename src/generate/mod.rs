@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use async_trait::async_trait;
 
 pub use assemble::Assembler;
-pub use breaker::{Breaker, BreakerPolicy, BreakerSnapshot, BreakerState};
+pub use breaker::{Breaker, BreakerPolicy, BreakerSnapshot, BreakerState, Verdict};
 pub use error::{ProviderError, TimeoutPhase, UpstreamError};
 pub use retry::RetryPolicy;
 pub use route::{LOCAL_ALIAS, LoadError, Route, Routes, Target};

@@ -97,6 +97,7 @@ impl Routes {
                     local_fallback: false,
                     // The retrieve stage's defaults apply.
                     rag: None,
+                    cache: crate::cache::CachePolicy::Deterministic,
                 });
         }
         let mut targets: BTreeMap<Arc<str>, Arc<Target>> = BTreeMap::new();

@@ -60,3 +60,35 @@ pub async fn breakers(State(state): State<AppState>) -> Json<Value> {
         .collect();
     Json(json!({ "breakers": breakers }))
 }
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Purge {
+    /// One tenant's answers; all answers when absent.
+    tenant: Option<String>,
+}
+
+/// `POST /admin/cache/purge` with `{"tenant": "…"}` or `{}`: drops cached answers
+/// from every tier.
+pub async fn purge_cache(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<bytes::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Json<Value>, GatewayError> {
+    let purge: Purge = match body.as_ref().map(|b| b.is_empty()) {
+        Ok(true) => Purge::default(),
+        _ => super::body::parse_json(&headers, body, state.config.server.max_body_bytes)?,
+    };
+    state
+        .pipeline
+        .cache
+        .purge(purge.tenant.as_deref())
+        .await
+        .map_err(|message| GatewayError::Unavailable {
+            message: format!("the cache could not be purged: {message}"),
+            retry_after: std::time::Duration::from_secs(1),
+        })?;
+    Ok(Json(
+        json!({ "purged": purge.tenant.as_deref().unwrap_or("*") }),
+    ))
+}

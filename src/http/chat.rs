@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 use super::body::parse_json;
 use super::observe::{RequestId, ServedModel};
+use crate::cache::CacheControl;
 use crate::error::GatewayError;
 use crate::pipeline::{Caller, Reply, ReplyBody, RequestCtx};
 use crate::state::AppState;
@@ -38,7 +39,13 @@ pub async fn completions(
         return GatewayError::ModelNotFound(request.model).into_response();
     };
     let alias = route.alias.clone();
-    let ctx = RequestCtx::new(request_id, caller, route, &request, started);
+    let mut ctx = RequestCtx::new(request_id, caller, route, &request, started);
+    if let Some(value) = headers
+        .get(header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+    {
+        ctx.cache_control = CacheControl::parse(value);
+    }
     let (mut response, served) = match state.pipeline.run(ctx, request).await {
         Ok(reply) => {
             let served = ServedModel {

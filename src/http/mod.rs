@@ -36,6 +36,7 @@ pub fn router(state: AppState) -> Router {
         ));
     let admin = Router::new()
         .route("/admin/breakers", get(admin::breakers))
+        .route("/admin/cache/purge", post(admin::purge_cache))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             admin::require_admin,

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use tokio::time::Instant;
 
-use crate::cache::{CacheKey, CacheStatus};
+use crate::cache::{CacheControl, CacheKey, CacheStatus, Flight};
 use crate::generate::{Attempt, Route};
 use crate::retrieve::Citation;
 use crate::sanitize::Kind;
@@ -41,6 +41,10 @@ pub struct RequestCtx {
     pub attempts: Vec<Attempt>,
     pub cache: CacheStatus,
     pub cache_key: Option<CacheKey>,
+    /// The client's `Cache-Control`.
+    pub cache_control: CacheControl,
+    /// This request leads a miss others wait on; dropped with the context.
+    pub flight: Option<Flight>,
     pub citations: Vec<Citation>,
     /// What retrieval would ground the answer in (corpus generation and template
     /// version): part of the cache key.
@@ -73,6 +77,8 @@ impl RequestCtx {
             attempts: Vec::new(),
             cache: CacheStatus::Bypass,
             cache_key: None,
+            cache_control: CacheControl::default(),
+            flight: None,
             citations: Vec::new(),
             corpus_version: None,
             pii: Vec::new(),

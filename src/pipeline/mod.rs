@@ -129,9 +129,11 @@ impl Pipeline {
                 ctx.cache = tier;
                 return Ok(respond::cached(ctx, answer, ToClient::new(vault, guard)));
             }
-            CacheLookup::Miss(key) => {
+            CacheLookup::Miss(key, flight) => {
                 ctx.cache = CacheStatus::Miss;
-                ctx.cache_key = Some(key);
+                // `no-store`: looked up, but this answer is not kept.
+                ctx.cache_key = (!ctx.cache_control.no_store).then_some(key);
+                ctx.flight = flight;
             }
             CacheLookup::Bypass => ctx.cache = CacheStatus::Bypass,
         }

@@ -97,17 +97,22 @@ impl Pipeline {
         }
         // Only an answer that finished is worth serving again, and one produced from
         // raw text may hold raw values.
-        if let (StreamEnd::Complete, Some(key), false) = (&end, ctx.cache_key, ctx.raw_output)
+        if let (StreamEnd::Complete, Some(key), false) =
+            (&end, ctx.cache_key.clone(), ctx.raw_output)
             && let Some(mut answer) = accumulated.finish()
             && respond::cacheable(&answer)
         {
             answer.model = target.to_owned();
+            respond::attach_citations(ctx, &mut answer);
             self.store(key, answer);
         }
         self.audit.record(record);
     }
 
     fn store(&self, key: CacheKey, answer: ChatCompletion) {
+        // Requests waiting on this question get the answer now; the tiers get it
+        // in the background.
+        self.cache.publish(&key, &answer);
         let cache = Arc::clone(&self.cache);
         self.tasks
             .spawn(async move { cache.store(key, answer).await });

@@ -58,13 +58,11 @@ pub(super) fn whole(
     // An answer produced from raw text may hold raw values: it is never cached.
     let to_store = ctx
         .cache_key
+        .clone()
         .filter(|_| cacheable(&completion) && !ctx.raw_output)
         .map(|key| {
-            // A hit is served with the passages this answer was grounded in.
             let mut stored = completion.clone();
-            if let Some(citations) = citations(ctx) {
-                stored.extra.insert("ragway".to_owned(), citations);
-            }
+            attach_citations(ctx, &mut stored);
             Box::new((key, stored))
         });
     let (reply, filtered) = restore_whole(ctx, &target, completion, to_client);
@@ -74,6 +72,14 @@ pub(super) fn whole(
         to_store,
         recorded,
         filtered,
+    }
+}
+
+/// A hit is served with the passages its answer was grounded in: they are stored
+/// with it.
+pub(super) fn attach_citations(ctx: &RequestCtx, answer: &mut ChatCompletion) {
+    if let Some(citations) = citations(ctx) {
+        answer.extra.insert("ragway".to_owned(), citations);
     }
 }
 
@@ -142,9 +148,7 @@ fn restore_whole(
             restore_arguments(&to_client.vault, calls);
         }
     }
-    if let Some(citations) = citations(ctx) {
-        completion.extra.insert("ragway".to_owned(), citations);
-    }
+    attach_citations(ctx, &mut completion);
     (completion, filtered)
 }
 

@@ -1,0 +1,162 @@
+//! The shared tier: Redis, so every replica serves what any one of them stored.
+//! Redis trouble must never become the gateway's: each call has a short deadline
+//! and sits behind a circuit breaker, the connection is made lazily (the gateway
+//! starts without Redis) and re-made by the connection manager when Redis returns.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::time::Instant;
+
+use super::CacheKey;
+use crate::generate::{Breaker, BreakerPolicy, Verdict};
+use crate::wire::ChatCompletion;
+
+pub struct RedisTier {
+    client: redis::Client,
+    connection: Mutex<Option<ConnectionManager>>,
+    prefix: String,
+    ttl: Duration,
+    timeout: Duration,
+    breaker: Arc<Breaker>,
+}
+
+/// Why a call did not answer.
+#[derive(Debug)]
+pub enum TierError {
+    /// The breaker is open: Redis was failing; not tried.
+    Skipped,
+    Failed(String),
+}
+
+impl RedisTier {
+    pub fn new(url: &str, prefix: &str, ttl: Duration, timeout: Duration) -> Result<Self, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("redis url: {e}"))?;
+        Ok(RedisTier {
+            client,
+            connection: Mutex::new(None),
+            prefix: prefix.to_owned(),
+            ttl,
+            timeout,
+            breaker: Arc::new(Breaker::new(BreakerPolicy {
+                failures: 3,
+                open_for: Duration::from_secs(1),
+                max_open_for: Duration::from_secs(30),
+            })),
+        })
+    }
+
+    /// `{prefix}{tenant as hex}:{key as hex}`: a tenant's entries share a prefix
+    /// (for purging) whatever characters its name holds.
+    fn redis_key(&self, key: &CacheKey) -> String {
+        format!("{}{}", self.tenant_prefix(&key.tenant), hex(&key.hash))
+    }
+
+    fn tenant_prefix(&self, tenant: &str) -> String {
+        format!("{}{}:", self.prefix, hex(tenant.as_bytes()))
+    }
+
+    pub async fn get(&self, key: &CacheKey) -> Result<Option<ChatCompletion>, TierError> {
+        let redis_key = self.redis_key(key);
+        let value: Option<String> = self
+            .call(|mut c| async move { c.get(redis_key).await })
+            .await?;
+        // A value that does not parse (another version wrote it) is a miss.
+        Ok(value.and_then(|v| serde_json::from_str(&v).ok()))
+    }
+
+    pub async fn set(&self, key: &CacheKey, answer: &ChatCompletion) -> Result<(), TierError> {
+        let redis_key = self.redis_key(key);
+        let value = serde_json::to_string(answer).map_err(|e| TierError::Failed(e.to_string()))?;
+        let ttl = self.ttl.as_secs().max(1);
+        self.call(|mut c| async move { c.set_ex::<_, _, ()>(redis_key, value, ttl).await })
+            .await
+    }
+
+    /// Removes a tenant's entries, or every entry under the prefix.
+    pub async fn purge(&self, tenant: Option<&str>) -> Result<u64, TierError> {
+        let pattern = match tenant {
+            Some(tenant) => format!("{}*", self.tenant_prefix(tenant)),
+            None => format!("{}*", self.prefix),
+        };
+        let connection = self.connection().await?;
+        // A purge may walk many keys: it gets its own, longer deadline.
+        let purge = async move {
+            let mut scan = connection.clone();
+            let keys: Vec<String> = {
+                let mut iter = scan.scan_match::<_, String>(&pattern).await?;
+                let mut keys = Vec::new();
+                while let Some(key) = futures_util::StreamExt::next(&mut iter).await {
+                    keys.push(key?);
+                }
+                keys
+            };
+            let mut removed = 0u64;
+            let mut c = connection;
+            for batch in keys.chunks(500) {
+                removed += c.unlink::<_, u64>(batch).await?;
+            }
+            Ok::<_, redis::RedisError>(removed)
+        };
+        tokio::time::timeout(Duration::from_secs(30), purge)
+            .await
+            .map_err(|_| TierError::Failed("purge timed out".to_owned()))?
+            .map_err(|e| TierError::Failed(e.to_string()))
+    }
+
+    /// One command, within the deadline and the breaker.
+    async fn call<T, F, Fut>(&self, command: F) -> Result<T, TierError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let (permit, _) = self.breaker.try_acquire(Instant::now());
+        let permit = permit.ok_or(TierError::Skipped)?;
+        let result = match self.connection().await {
+            Ok(connection) => tokio::time::timeout(self.timeout, command(connection))
+                .await
+                .map_err(|_| TierError::Failed("deadline passed".to_owned()))
+                .and_then(|r| r.map_err(|e| TierError::Failed(e.to_string()))),
+            Err(error) => Err(error),
+        };
+        let verdict = match result {
+            Ok(_) => Verdict::Success,
+            Err(_) => Verdict::Failure,
+        };
+        permit.record(verdict, Instant::now());
+        result
+    }
+
+    /// The shared connection, made on first use (within the deadline).
+    async fn connection(&self) -> Result<ConnectionManager, TierError> {
+        if let Some(connection) = self.lock().clone() {
+            return Ok(connection);
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let connection = tokio::time::timeout(
+            self.timeout * 2,
+            ConnectionManager::new_with_config(self.client.clone(), config),
+        )
+        .await
+        .map_err(|_| TierError::Failed("connect: deadline passed".to_owned()))?
+        .map_err(|e| TierError::Failed(format!("connect: {e}")))?;
+        *self.lock() = Some(connection.clone());
+        Ok(connection)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<ConnectionManager>> {
+        self.connection
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

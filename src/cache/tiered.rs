@@ -1,0 +1,245 @@
+//! The answer cache: L1 in memory (moka, bounded by bytes, with a TTL) in front of
+//! an optional L2 in Redis shared by every replica. Read through: an L2 hit is
+//! promoted to L1. Concurrent identical misses are coalesced: the first request
+//! leads (calls upstream), the others wait for its answer (streaming followers
+//! too: they get it replayed as SSE) and go upstream themselves only if it ends
+//! without one.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use super::redis::{RedisTier, TierError};
+use super::{AnswerCache, CacheKey, CacheLookup, CachePolicy, CacheStatus, Flight, key};
+use crate::pipeline::RequestCtx;
+use crate::telemetry::Metrics;
+use crate::wire::{ChatCompletion, ChatRequest};
+
+/// What a leader's followers wait on: `Some` once its answer is there.
+type Sender = watch::Sender<Option<Arc<ChatCompletion>>>;
+
+pub struct TieredCache {
+    l1: moka::future::Cache<CacheKey, Arc<ChatCompletion>>,
+    l2: Option<RedisTier>,
+    default_policy: CachePolicy,
+    policies: BTreeMap<String, CachePolicy>,
+    inflight: Arc<Inflight>,
+    metrics: Arc<Metrics>,
+}
+
+/// The misses being answered now, by key.
+#[derive(Default)]
+pub struct Inflight(Mutex<HashMap<CacheKey, Sender>>);
+
+impl Inflight {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, Sender>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A leader's request ended: without an answer its followers go on alone.
+    pub(super) fn release(&self, key: &CacheKey) {
+        self.lock().remove(key);
+    }
+}
+
+impl TieredCache {
+    pub fn new(
+        memory_bytes: u64,
+        ttl: Duration,
+        l2: Option<RedisTier>,
+        default_policy: CachePolicy,
+        policies: BTreeMap<String, CachePolicy>,
+        metrics: Arc<Metrics>,
+    ) -> TieredCache {
+        let evictions = Arc::clone(&metrics);
+        let l1 = moka::future::Cache::builder()
+            .max_capacity(memory_bytes)
+            // An entry weighs its JSON size (a good stand-in for its heap size).
+            .weigher(|_key, answer: &Arc<ChatCompletion>| {
+                u32::try_from(serde_json::to_vec(answer.as_ref()).map_or(0, |v| v.len()))
+                    .unwrap_or(u32::MAX)
+            })
+            .time_to_live(ttl)
+            .support_invalidation_closures()
+            .eviction_listener(move |_key, _value, cause| {
+                if cause.was_evicted() {
+                    evictions.cache_evicted();
+                }
+            })
+            .build();
+        TieredCache {
+            l1,
+            l2,
+            default_policy,
+            policies,
+            inflight: Arc::default(),
+            metrics,
+        }
+    }
+
+    fn policy(&self, alias: &str) -> CachePolicy {
+        self.policies
+            .get(alias)
+            .copied()
+            .unwrap_or(self.default_policy)
+    }
+
+    async fn lookup_l2(&self, key: &CacheKey) -> Option<ChatCompletion> {
+        let l2 = self.l2.as_ref()?;
+        match l2.get(key).await {
+            Ok(Some(answer)) => {
+                self.metrics.cache_lookup("l2", "hit");
+                self.l1.insert(key.clone(), Arc::new(answer.clone())).await;
+                Some(answer)
+            }
+            Ok(None) => {
+                self.metrics.cache_lookup("l2", "miss");
+                None
+            }
+            Err(error) => {
+                self.backend_error(&error);
+                None
+            }
+        }
+    }
+
+    fn backend_error(&self, error: &TierError) {
+        self.metrics.cache_lookup("l2", "error");
+        if let TierError::Failed(message) = error {
+            self.metrics.cache_backend_error("redis");
+            tracing::debug!(%message, "redis cache call failed");
+        }
+    }
+
+    /// Leads the miss of `key`, or waits for the request leading it.
+    async fn lead_or_follow(&self, ctx: &RequestCtx, key: CacheKey) -> CacheLookup {
+        let mut waiting = {
+            let mut inflight = self.inflight.lock();
+            match inflight.get(&key) {
+                Some(leader) => leader.subscribe(),
+                None => {
+                    inflight.insert(key.clone(), watch::channel(None).0);
+                    let flight = Flight {
+                        key: key.clone(),
+                        inflight: Arc::clone(&self.inflight),
+                    };
+                    return CacheLookup::Miss(key, Some(flight));
+                }
+            }
+        };
+        let answer = tokio::time::timeout(ctx.route.request_timeout, async {
+            // The sender goes when the leader ends: with an answer or without.
+            while waiting.changed().await.is_ok() {
+                if let Some(answer) = waiting.borrow_and_update().clone() {
+                    return Some(answer);
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten();
+        match answer {
+            Some(answer) => {
+                self.metrics.cache_lookup("coalesced", "hit");
+                CacheLookup::Hit(answer.as_ref().clone(), CacheStatus::HitL1)
+            }
+            None => CacheLookup::Miss(key, None),
+        }
+    }
+}
+
+#[async_trait]
+impl AnswerCache for TieredCache {
+    async fn lookup(&self, ctx: &RequestCtx, prompt: &ChatRequest) -> CacheLookup {
+        let control = ctx.cache_control;
+        if !self.policy(&ctx.route.alias).admits(prompt) || (control.no_cache && control.no_store) {
+            return CacheLookup::Bypass;
+        }
+        let key = key::key(
+            &ctx.caller.tenant,
+            &ctx.route.alias,
+            ctx.corpus_version.as_deref(),
+            prompt,
+        );
+        if control.no_cache {
+            // A fresh answer was asked for: no lookup, no waiting on another's.
+            return CacheLookup::Miss(key, None);
+        }
+        if let Some(answer) = self.l1.get(&key).await {
+            self.metrics.cache_lookup("l1", "hit");
+            return CacheLookup::Hit(answer.as_ref().clone(), CacheStatus::HitL1);
+        }
+        self.metrics.cache_lookup("l1", "miss");
+        if let Some(answer) = self.lookup_l2(&key).await {
+            return CacheLookup::Hit(answer, CacheStatus::HitL2);
+        }
+        if control.no_store {
+            return CacheLookup::Miss(key, None);
+        }
+        self.lead_or_follow(ctx, key).await
+    }
+
+    fn publish(&self, key: &CacheKey, answer: &ChatCompletion) {
+        if let Some(leader) = self.inflight.lock().remove(key) {
+            leader.send_replace(Some(Arc::new(answer.clone())));
+        }
+    }
+
+    async fn store(&self, key: CacheKey, answer: ChatCompletion) {
+        if let Some(l2) = &self.l2
+            && let Err(error) = l2.set(&key, &answer).await
+        {
+            self.backend_error(&error);
+        }
+        self.l1.insert(key, Arc::new(answer)).await;
+        self.l1.run_pending_tasks().await;
+        self.metrics.cache_bytes(self.l1.weighted_size());
+    }
+
+    async fn purge(&self, tenant: Option<&str>) -> Result<(), String> {
+        match tenant {
+            Some(tenant) => {
+                let tenant: Arc<str> = tenant.into();
+                self.l1
+                    .invalidate_entries_if(move |key, _| key.tenant == tenant)
+                    .map_err(|e| e.to_string())?;
+            }
+            None => self.l1.invalidate_all(),
+        }
+        self.l1.run_pending_tasks().await;
+        self.metrics.cache_bytes(self.l1.weighted_size());
+        if let Some(l2) = &self.l2 {
+            l2.purge(tenant).await.map_err(|e| match e {
+                TierError::Skipped => "redis is unavailable (breaker open)".to_owned(),
+                TierError::Failed(message) => format!("redis: {message}"),
+            })?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_policy_admits_what_it_says() {
+        let request = |json: &str| -> ChatRequest { serde_json::from_str(json).unwrap() };
+        let zero = request(r#"{"model":"m","messages":[],"temperature":0}"#);
+        let seeded = request(r#"{"model":"m","messages":[],"seed":7}"#);
+        let warm = request(r#"{"model":"m","messages":[],"temperature":0.7}"#);
+        let unset = request(r#"{"model":"m","messages":[]}"#);
+        assert!(CachePolicy::Deterministic.admits(&zero));
+        assert!(CachePolicy::Deterministic.admits(&seeded));
+        assert!(!CachePolicy::Deterministic.admits(&warm));
+        assert!(!CachePolicy::Deterministic.admits(&unset));
+        assert!(CachePolicy::Always.admits(&warm));
+        assert!(!CachePolicy::Off.admits(&zero));
+    }
+}

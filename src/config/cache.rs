@@ -1,0 +1,84 @@
+//! `[cache]`: the answer cache's tiers; per model alias, `cache = "deterministic" |
+//! "always" | "off"`.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::validate::Problems;
+use crate::cache::CachePolicy;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CacheConfig {
+    /// The in-memory tier's size.
+    pub memory_bytes: u64,
+    #[serde(serialize_with = "super::as_duration")]
+    pub ttl: Duration,
+    pub redis: Option<RedisConfig>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RedisConfig {
+    pub url: String,
+    pub key_prefix: String,
+    /// The deadline of each call; past it, the call counts as failed.
+    #[serde(serialize_with = "super::as_duration")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    pub memory_bytes: Option<u64>,
+    pub ttl: Option<String>,
+    /// `redis://host:6379`; without one, the in-memory tier alone serves.
+    pub redis_url: Option<String>,
+    pub redis_key_prefix: Option<String>,
+    pub redis_timeout: Option<String>,
+}
+
+const DEFAULT_MEMORY: u64 = 64 * 1024 * 1024;
+
+pub(super) fn cache(raw: RawCache, problems: &mut Problems) -> CacheConfig {
+    let memory_bytes = raw.memory_bytes.unwrap_or(DEFAULT_MEMORY);
+    if memory_bytes == 0 {
+        problems.add("cache.memory_bytes", "must be more than zero");
+    }
+    let ttl = problems.duration("cache.ttl", raw.ttl.as_deref(), Duration::from_secs(3600));
+    let redis = raw.redis_url.map(|url| {
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            problems.add("cache.redis_url", "must start with redis:// or rediss://");
+        }
+        RedisConfig {
+            url,
+            key_prefix: raw
+                .redis_key_prefix
+                .unwrap_or_else(|| "ragway:cache:".to_owned()),
+            timeout: problems.duration(
+                "cache.redis_timeout",
+                raw.redis_timeout.as_deref(),
+                Duration::from_millis(50),
+            ),
+        }
+    });
+    CacheConfig {
+        memory_bytes,
+        ttl,
+        redis,
+    }
+}
+
+pub(super) fn policy(at: &str, raw: Option<&str>, problems: &mut Problems) -> CachePolicy {
+    match raw.unwrap_or("deterministic") {
+        "deterministic" => CachePolicy::Deterministic,
+        "always" => CachePolicy::Always,
+        "off" => CachePolicy::Off,
+        other => {
+            problems.add(
+                format!("{at}.cache"),
+                format!("`{other}` is not deterministic, always or off"),
+            );
+            CachePolicy::Deterministic
+        }
+    }
+}
