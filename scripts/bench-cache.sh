@@ -133,4 +133,8 @@ row "L1 hit" "$L1_PORT" "$(lua l1 "$cached")"
 row "L2 hit (Redis on loopback)" "$L2_PORT" "$(lua l2 "$cached")"
 row "miss (no-cache: instant upstream, then stored)" "$L1_PORT" "$(lua miss "$cached" no-cache)"
 row "bypass (no cache stage)" "$L1_PORT" "$(lua bypass "$warm")"
+# Which tier served, as each gateway counted it.
+for port in "$L1_PORT" "$L2_PORT"; do
+  echo "gateway :$port lookups: $(curl -s "http://127.0.0.1:$port/metrics" | awk '/^ragway_cache_lookups_total/ {printf "%s=%s ", $1, $2}')"
+done
 redis-cli -h 127.0.0.1 --scan --pattern "$prefix*" | xargs -r redis-cli -h 127.0.0.1 unlink >/dev/null

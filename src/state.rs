@@ -9,6 +9,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::audit::NoAudit;
 use crate::cache::redis::RedisTier;
+use crate::cache::semantic::Semantic;
 use crate::cache::tiered::TieredCache;
 use crate::cache::{AnswerCache, CachePolicy, NoCache};
 use crate::config::Config;
@@ -113,7 +114,7 @@ impl AppState {
                 hash_key(&config),
             )),
             guard: Arc::new(guard),
-            cache: answer_cache(&config, &metrics)?,
+            cache: answer_cache(&config, embedder.as_ref().map(|(_, e)| e), &metrics)?,
             retriever,
             generator: Arc::new(Router::new(Arc::clone(&metrics))),
             audit: Arc::new(NoAudit),
@@ -183,6 +184,7 @@ impl AppState {
 /// The answer cache: its tiers, and each alias's policy.
 fn answer_cache(
     config: &Config,
+    embedder: Option<&Arc<ragway_engine::Embedder>>,
     metrics: &Arc<Metrics>,
 ) -> Result<Arc<dyn AnswerCache>, BuildError> {
     let Some(cache) = &config.cache else {
@@ -195,6 +197,12 @@ fn answer_cache(
         ),
         None => None,
     };
+    let semantic = match (cache.semantic_threshold, embedder) {
+        (Some(threshold), Some(embedder)) => {
+            Some(Semantic::new(Arc::clone(embedder), threshold, cache.ttl))
+        }
+        _ => None,
+    };
     let policies = config
         .models
         .iter()
@@ -204,6 +212,7 @@ fn answer_cache(
         cache.memory_bytes,
         cache.ttl,
         l2,
+        semantic,
         CachePolicy::Deterministic,
         policies,
         Arc::clone(metrics),

@@ -383,3 +383,96 @@ async fn an_ingest_makes_earlier_answers_unreachable() {
     drop(gw);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn the_semantic_tier_reuses_paraphrases_and_refuses_near_misses() {
+    let fake = FakeProvider::start().await;
+    let config = format!(
+        "{}\n[embeddings]\nmodel = \"models/all-MiniLM-L6-v2\"\n{}",
+        config_over(&fake, &[("chat", &["echo"])]),
+        cache_section(None, "semantic_threshold = 0.85")
+    );
+    let gw = Gateway::start(&config).await;
+    assert_eq!(
+        tier_of(&gw, &deterministic("How do I reset my password?")).await,
+        "miss"
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (tier, answer) = send(
+        &gw,
+        &deterministic("What is the way to reset my password?"),
+        &[],
+    )
+    .await;
+    assert_eq!(tier, "hit-l1");
+    // The reused answer is the first question's.
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        "How do I reset my password?"
+    );
+    assert_eq!(
+        tier_of(&gw, &deterministic("How do I enable search?")).await,
+        "miss"
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        tier_of(&gw, &deterministic("How do I disable search?")).await,
+        "miss"
+    );
+    assert_eq!(fake.requests().len(), 3);
+}
+
+/// The paraphrase and near-miss pairs of tests/data/cache: at the thresholds an
+/// operator might pick, how often a paraphrase reuses the answer and how often a
+/// near miss wrongly does, without and with the guard. With the guard, no near miss
+/// may hit at the example's threshold.
+#[tokio::test]
+async fn semantic_false_hits_on_near_misses() {
+    use ragway::cache::semantic::{Probe, Semantic};
+    let device = ragway_engine::device("cpu").unwrap();
+    let embedder = std::sync::Arc::new(
+        ragway_engine::Embedder::load(std::path::Path::new("models/all-MiniLM-L6-v2"), &device)
+            .unwrap(),
+    );
+    let semantic = Semantic::new(embedder, 0.9, Duration::from_secs(60));
+    let probe = |text: String| {
+        let request: ragway::wire::ChatRequest =
+            serde_json::from_value(deterministic(&text)).unwrap();
+        let semantic = &semantic;
+        async move { semantic.probe("t", "chat", None, &request).await.unwrap() }
+    };
+    let mut pairs: Vec<(Probe, Probe, bool)> = Vec::new();
+    let text = std::fs::read_to_string("tests/data/cache/semantic.jsonl").unwrap();
+    for line in text.lines() {
+        let pair: Value = serde_json::from_str(line).unwrap();
+        let a = probe(pair["a"].as_str().unwrap().to_owned()).await;
+        let b = probe(pair["b"].as_str().unwrap().to_owned()).await;
+        pairs.push((a, b, pair["same"].as_bool().unwrap()));
+    }
+    let paraphrases = pairs.iter().filter(|p| p.2).count();
+    let near = pairs.len() - paraphrases;
+    assert!(paraphrases >= 20 && near >= 20);
+    let mut guarded_false_hits_at_085 = usize::MAX;
+    for threshold in [0.80f32, 0.85, 0.90, 0.95] {
+        let hits = |same: bool, guard: bool| {
+            pairs
+                .iter()
+                .filter(|(a, b, s)| {
+                    *s == same && a.similarity(b) >= threshold && (!guard || a.agrees(b))
+                })
+                .count()
+        };
+        eprintln!(
+            "threshold {threshold:.2}: paraphrases reused {}/{paraphrases} (guarded {}/{paraphrases}); \
+             near misses reused {}/{near} (guarded {}/{near})",
+            hits(true, false),
+            hits(true, true),
+            hits(false, false),
+            hits(false, true),
+        );
+        if threshold == 0.85 {
+            guarded_false_hits_at_085 = hits(false, true);
+        }
+    }
+    assert_eq!(guarded_false_hits_at_085, 0);
+}

@@ -11,6 +11,7 @@
 
 pub mod key;
 pub mod redis;
+pub mod semantic;
 pub mod tiered;
 
 use std::sync::Arc;

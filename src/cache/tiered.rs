@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use super::redis::{RedisTier, TierError};
+use super::semantic::Semantic;
 use super::{AnswerCache, CacheKey, CacheLookup, CachePolicy, CacheStatus, Flight, key};
 use crate::pipeline::RequestCtx;
 use crate::telemetry::Metrics;
@@ -24,6 +25,7 @@ type Sender = watch::Sender<Option<Arc<ChatCompletion>>>;
 pub struct TieredCache {
     l1: moka::future::Cache<CacheKey, Arc<ChatCompletion>>,
     l2: Option<RedisTier>,
+    semantic: Option<Semantic>,
     default_policy: CachePolicy,
     policies: BTreeMap<String, CachePolicy>,
     inflight: Arc<Inflight>,
@@ -52,6 +54,7 @@ impl TieredCache {
         memory_bytes: u64,
         ttl: Duration,
         l2: Option<RedisTier>,
+        semantic: Option<Semantic>,
         default_policy: CachePolicy,
         policies: BTreeMap<String, CachePolicy>,
         metrics: Arc<Metrics>,
@@ -75,6 +78,7 @@ impl TieredCache {
         TieredCache {
             l1,
             l2,
+            semantic,
             default_policy,
             policies,
             inflight: Arc::default(),
@@ -106,6 +110,43 @@ impl TieredCache {
                 None
             }
         }
+    }
+
+    /// A close enough question answered before; otherwise the question is held to
+    /// be remembered once this miss's answer is stored.
+    async fn lookup_semantic(
+        &self,
+        ctx: &RequestCtx,
+        prompt: &ChatRequest,
+        key: &CacheKey,
+    ) -> Option<CacheLookup> {
+        let semantic = self.semantic.as_ref()?;
+        let probe = semantic
+            .probe(
+                &ctx.caller.tenant,
+                &ctx.route.alias,
+                ctx.corpus_version.as_deref(),
+                prompt,
+            )
+            .await?;
+        if let Some(found) = semantic.find(&probe) {
+            if let Some(answer) = self.l1.get(&found).await {
+                self.metrics.cache_lookup("semantic", "hit");
+                return Some(CacheLookup::Hit(
+                    answer.as_ref().clone(),
+                    CacheStatus::HitL1,
+                ));
+            }
+            if let Some(answer) = self.lookup_l2(&found).await {
+                self.metrics.cache_lookup("semantic", "hit");
+                return Some(CacheLookup::Hit(answer, CacheStatus::HitL2));
+            }
+        }
+        self.metrics.cache_lookup("semantic", "miss");
+        if !ctx.cache_control.no_store {
+            semantic.expect(key.clone(), probe);
+        }
+        None
     }
 
     fn backend_error(&self, error: &TierError) {
@@ -179,6 +220,9 @@ impl AnswerCache for TieredCache {
         if let Some(answer) = self.lookup_l2(&key).await {
             return CacheLookup::Hit(answer, CacheStatus::HitL2);
         }
+        if let Some(hit) = self.lookup_semantic(ctx, prompt, &key).await {
+            return hit;
+        }
         if control.no_store {
             return CacheLookup::Miss(key, None);
         }
@@ -196,6 +240,9 @@ impl AnswerCache for TieredCache {
             && let Err(error) = l2.set(&key, &answer).await
         {
             self.backend_error(&error);
+        }
+        if let Some(semantic) = &self.semantic {
+            semantic.stored(&key);
         }
         self.l1.insert(key, Arc::new(answer)).await;
         self.l1.run_pending_tasks().await;

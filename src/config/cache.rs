@@ -15,6 +15,9 @@ pub struct CacheConfig {
     #[serde(serialize_with = "super::as_duration")]
     pub ttl: Duration,
     pub redis: Option<RedisConfig>,
+    /// Reuse the answer of a question this close in meaning (cosine of the
+    /// embedder's vectors), when the guard agrees; off when unset.
+    pub semantic_threshold: Option<f32>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -35,11 +38,23 @@ pub struct RawCache {
     pub redis_url: Option<String>,
     pub redis_key_prefix: Option<String>,
     pub redis_timeout: Option<String>,
+    pub semantic_threshold: Option<f32>,
 }
 
 const DEFAULT_MEMORY: u64 = 64 * 1024 * 1024;
 
-pub(super) fn cache(raw: RawCache, problems: &mut Problems) -> CacheConfig {
+pub(super) fn cache(raw: RawCache, has_embedder: bool, problems: &mut Problems) -> CacheConfig {
+    if let Some(threshold) = raw.semantic_threshold {
+        if !(0.5..=1.0).contains(&threshold) {
+            problems.add("cache.semantic_threshold", "must be between 0.5 and 1");
+        }
+        if !has_embedder {
+            problems.add(
+                "cache.semantic_threshold",
+                "needs [embeddings]: questions are compared by their embeddings",
+            );
+        }
+    }
     let memory_bytes = raw.memory_bytes.unwrap_or(DEFAULT_MEMORY);
     if memory_bytes == 0 {
         problems.add("cache.memory_bytes", "must be more than zero");
@@ -65,6 +80,7 @@ pub(super) fn cache(raw: RawCache, problems: &mut Problems) -> CacheConfig {
         memory_bytes,
         ttl,
         redis,
+        semantic_threshold: raw.semantic_threshold,
     }
 }
 

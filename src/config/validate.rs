@@ -101,7 +101,9 @@ pub(super) fn validate(raw: RawConfig, env: &Env) -> Result<Config, Vec<Problem>
         .retrieval
         .map(|r| super::retrieval::retrieval(r, embeddings.is_some(), env, &mut problems));
     let rag_base = retrieval.as_ref().map(|r| r.defaults.clone());
-    let cache = raw.cache.map(|c| super::cache::cache(c, &mut problems));
+    let cache = raw
+        .cache
+        .map(|c| super::cache::cache(c, embeddings.is_some(), &mut problems));
     let providers: BTreeMap<_, _> = raw
         .providers
         .into_iter()
