@@ -82,7 +82,7 @@ CONF
   exit 1
 }
 gateway "$L1_PORT" 67108864
-gateway "$L2_PORT" 1   # every answer outweighs it: lookups go to Redis
+gateway "$L2_PORT" 0   # no memory tier: every lookup goes to Redis
 
 cached='{"model":"bench","temperature":0,"messages":[{"role":"user","content":"Hello, who are you?"}]}'
 warm='{"model":"bench","messages":[{"role":"user","content":"Hello, who are you?"}]}'

@@ -476,3 +476,21 @@ async fn semantic_false_hits_on_near_misses() {
     }
     assert_eq!(guarded_false_hits_at_085, 0);
 }
+
+#[tokio::test]
+async fn without_a_memory_tier_redis_alone_serves() {
+    let (fake, gw) = over("ok", &cache_section(Some(REDIS), "memory_bytes = 0")).await;
+    let body = deterministic("Only Redis");
+    assert_eq!(tier_of(&gw, &body).await, "miss");
+    let mut tier = String::new();
+    for _ in 0..50 {
+        tier = tier_of(&gw, &body).await;
+        if tier != "miss" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(tier, "hit-l2");
+    assert_eq!(tier_of(&gw, &body).await, "hit-l2");
+    assert!(fake.requests().len() < 50);
+}

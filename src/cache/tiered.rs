@@ -23,7 +23,7 @@ use crate::wire::{ChatCompletion, ChatRequest};
 type Sender = watch::Sender<Option<Arc<ChatCompletion>>>;
 
 pub struct TieredCache {
-    l1: moka::future::Cache<CacheKey, Arc<ChatCompletion>>,
+    l1: Memory,
     l2: Option<RedisTier>,
     semantic: Option<Semantic>,
     default_policy: CachePolicy,
@@ -49,6 +49,48 @@ impl Inflight {
     }
 }
 
+/// The in-memory tier; off with `memory_bytes = 0` (Redis alone then serves).
+struct Memory(Option<moka::future::Cache<CacheKey, Arc<ChatCompletion>>>);
+
+impl Memory {
+    fn is_on(&self) -> bool {
+        self.0.is_some()
+    }
+
+    async fn get(&self, key: &CacheKey) -> Option<Arc<ChatCompletion>> {
+        self.0.as_ref()?.get(key).await
+    }
+
+    async fn insert(&self, key: CacheKey, answer: Arc<ChatCompletion>) {
+        if let Some(cache) = &self.0 {
+            cache.insert(key, answer).await;
+            // Apply the size bound now, not on a later access.
+            cache.run_pending_tasks().await;
+        }
+    }
+
+    async fn purge(&self, tenant: Option<&str>) -> Result<(), String> {
+        let Some(cache) = &self.0 else {
+            return Ok(());
+        };
+        match tenant {
+            Some(tenant) => {
+                let tenant: Arc<str> = tenant.into();
+                cache
+                    .invalidate_entries_if(move |key, _| key.tenant == tenant)
+                    .map_err(|e| e.to_string())?;
+            }
+            None => cache.invalidate_all(),
+        }
+        cache.run_pending_tasks().await;
+        Ok(())
+    }
+
+    fn weighted_size(&self) -> u64 {
+        self.0.as_ref().map_or(0, |c| c.weighted_size())
+    }
+}
+
 impl TieredCache {
     pub fn new(
         memory_bytes: u64,
@@ -60,23 +102,25 @@ impl TieredCache {
         metrics: Arc<Metrics>,
     ) -> TieredCache {
         let evictions = Arc::clone(&metrics);
-        let l1 = moka::future::Cache::builder()
-            .max_capacity(memory_bytes)
-            // An entry weighs its JSON size (a good stand-in for its heap size).
-            .weigher(|_key, answer: &Arc<ChatCompletion>| {
-                u32::try_from(serde_json::to_vec(answer.as_ref()).map_or(0, |v| v.len()))
-                    .unwrap_or(u32::MAX)
-            })
-            .time_to_live(ttl)
-            .support_invalidation_closures()
-            .eviction_listener(move |_key, _value, cause| {
-                if cause.was_evicted() {
-                    evictions.cache_evicted();
-                }
-            })
-            .build();
+        let l1 = (memory_bytes > 0).then(|| {
+            moka::future::Cache::builder()
+                .max_capacity(memory_bytes)
+                // An entry weighs its JSON size (a good stand-in for its heap size).
+                .weigher(|_key, answer: &Arc<ChatCompletion>| {
+                    u32::try_from(serde_json::to_vec(answer.as_ref()).map_or(0, |v| v.len()))
+                        .unwrap_or(u32::MAX)
+                })
+                .time_to_live(ttl)
+                .support_invalidation_closures()
+                .eviction_listener(move |_key, _value, cause| {
+                    if cause.was_evicted() {
+                        evictions.cache_evicted();
+                    }
+                })
+                .build()
+        });
         TieredCache {
-            l1,
+            l1: Memory(l1),
             l2,
             semantic,
             default_policy,
@@ -212,11 +256,13 @@ impl AnswerCache for TieredCache {
             // A fresh answer was asked for: no lookup, no waiting on another's.
             return CacheLookup::Miss(key, None);
         }
-        if let Some(answer) = self.l1.get(&key).await {
-            self.metrics.cache_lookup("l1", "hit");
-            return CacheLookup::Hit(answer.as_ref().clone(), CacheStatus::HitL1);
+        if self.l1.is_on() {
+            if let Some(answer) = self.l1.get(&key).await {
+                self.metrics.cache_lookup("l1", "hit");
+                return CacheLookup::Hit(answer.as_ref().clone(), CacheStatus::HitL1);
+            }
+            self.metrics.cache_lookup("l1", "miss");
         }
-        self.metrics.cache_lookup("l1", "miss");
         if let Some(answer) = self.lookup_l2(&key).await {
             return CacheLookup::Hit(answer, CacheStatus::HitL2);
         }
@@ -245,21 +291,11 @@ impl AnswerCache for TieredCache {
             semantic.stored(&key);
         }
         self.l1.insert(key, Arc::new(answer)).await;
-        self.l1.run_pending_tasks().await;
         self.metrics.cache_bytes(self.l1.weighted_size());
     }
 
     async fn purge(&self, tenant: Option<&str>) -> Result<(), String> {
-        match tenant {
-            Some(tenant) => {
-                let tenant: Arc<str> = tenant.into();
-                self.l1
-                    .invalidate_entries_if(move |key, _| key.tenant == tenant)
-                    .map_err(|e| e.to_string())?;
-            }
-            None => self.l1.invalidate_all(),
-        }
-        self.l1.run_pending_tasks().await;
+        self.l1.purge(tenant).await?;
         self.metrics.cache_bytes(self.l1.weighted_size());
         if let Some(l2) = &self.l2 {
             l2.purge(tenant).await.map_err(|e| match e {

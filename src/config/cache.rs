@@ -10,7 +10,7 @@ use crate::cache::CachePolicy;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CacheConfig {
-    /// The in-memory tier's size.
+    /// The in-memory tier's size; 0 turns it off (Redis alone serves).
     pub memory_bytes: u64,
     #[serde(serialize_with = "super::as_duration")]
     pub ttl: Duration,
@@ -56,8 +56,11 @@ pub(super) fn cache(raw: RawCache, has_embedder: bool, problems: &mut Problems) 
         }
     }
     let memory_bytes = raw.memory_bytes.unwrap_or(DEFAULT_MEMORY);
-    if memory_bytes == 0 {
-        problems.add("cache.memory_bytes", "must be more than zero");
+    if memory_bytes == 0 && raw.redis_url.is_none() {
+        problems.add(
+            "cache.memory_bytes",
+            "0 turns the memory tier off: then set redis_url, or there is no tier at all",
+        );
     }
     let ttl = problems.duration("cache.ttl", raw.ttl.as_deref(), Duration::from_secs(3600));
     let redis = raw.redis_url.map(|url| {
