@@ -379,6 +379,16 @@ async fn an_ingest_makes_earlier_answers_unreachable() {
     let (tier, hit) = send(&gw, &body, &[]).await;
     assert_eq!(tier, "hit-l1");
     assert_eq!(hit["ragway"]["citations"][0]["doc_id"], "refunds.md");
+    // So does a hit replayed as a stream, on its final chunk.
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let replay = Sse::read(gw.chat(streamed).await).await;
+    let last = replay.events.last().unwrap();
+    assert_eq!(
+        last["ragway"]["citations"][0]["doc_id"], "refunds.md",
+        "{}",
+        replay.raw
+    );
     assert_eq!(fake.requests().len(), 2);
     drop(gw);
     let _ = std::fs::remove_dir_all(&dir);
@@ -493,4 +503,51 @@ async fn without_a_memory_tier_redis_alone_serves() {
     assert_eq!(tier, "hit-l2");
     assert_eq!(tier_of(&gw, &body).await, "hit-l2");
     assert!(fake.requests().len() < 50);
+}
+
+#[tokio::test]
+async fn the_admin_purges_one_tenant_or_all() {
+    let fake = FakeProvider::start().await;
+    let config = format!(
+        "{}\n[auth]\nadmin_key_env = \"ADMIN\"\n{}",
+        config_over(&fake, &[("chat", &["ok"])]),
+        cache_section(Some(REDIS), "")
+    );
+    let gw = Gateway::start_with_env(&config, &[("ADMIN", "admin-key")]).await;
+    let body = deterministic("Purge me");
+    assert_eq!(tier_of(&gw, &body).await, "miss");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(tier_of(&gw, &body).await, "hit-l1");
+    let purge = |json: Value| {
+        gw.http()
+            .post(format!("{}/admin/cache/purge", gw.url))
+            .bearer_auth("admin-key")
+            .json(&json)
+            .send()
+    };
+    // Another tenant's purge leaves this one's answers.
+    assert_eq!(
+        purge(json!({"tenant": "someone-else"}))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(tier_of(&gw, &body).await, "hit-l1");
+    assert_eq!(
+        purge(json!({"tenant": "default"})).await.unwrap().status(),
+        200
+    );
+    assert_eq!(tier_of(&gw, &body).await, "miss");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(purge(json!({})).await.unwrap().status(), 200);
+    assert_eq!(tier_of(&gw, &body).await, "miss");
+    let refused = gw
+        .http()
+        .post(format!("{}/admin/cache/purge", gw.url))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
 }

@@ -14,8 +14,14 @@ use crate::wire::ChatRequest;
 /// Fields that do not change the answer.
 const IGNORED: [&str; 4] = ["model", "stream", "stream_options", "user"];
 
-pub fn key(tenant: &str, alias: &str, corpus: Option<&str>, prompt: &ChatRequest) -> CacheKey {
-    let mut request = serde_json::to_value(prompt).unwrap_or(Value::Null);
+/// `None` when the request cannot be encoded (then it is not cached).
+pub fn key(
+    tenant: &str,
+    alias: &str,
+    corpus: Option<&str>,
+    prompt: &ChatRequest,
+) -> Option<CacheKey> {
+    let mut request = serde_json::to_value(prompt).ok()?;
     if let Value::Object(fields) = &mut request {
         for field in IGNORED {
             fields.remove(field);
@@ -31,10 +37,10 @@ pub fn key(tenant: &str, alias: &str, corpus: Option<&str>, prompt: &ChatRequest
     let mut canonical = String::new();
     write_canonical(&request, &mut canonical);
     hash.update(canonical.as_bytes());
-    CacheKey {
+    Some(CacheKey {
         tenant: tenant.into(),
         hash: hash.finalize().into(),
-    }
+    })
 }
 
 /// JSON with object keys sorted at every level (the order a client sent them in
@@ -81,12 +87,12 @@ mod tests {
     fn what_shapes_the_answer_changes_the_key() {
         let base =
             request(r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0}"#);
-        let k = key("t", "chat", Some("1/abc"), &base);
-        assert_eq!(k, key("t", "chat", Some("1/abc"), &base));
-        assert_ne!(k, key("u", "chat", Some("1/abc"), &base));
-        assert_ne!(k, key("t", "other", Some("1/abc"), &base));
-        assert_ne!(k, key("t", "chat", Some("2/abc"), &base));
-        assert_ne!(k, key("t", "chat", None, &base));
+        let k = key("t", "chat", Some("1/abc"), &base).unwrap();
+        assert_eq!(k, key("t", "chat", Some("1/abc"), &base).unwrap());
+        assert_ne!(k, key("u", "chat", Some("1/abc"), &base).unwrap());
+        assert_ne!(k, key("t", "other", Some("1/abc"), &base).unwrap());
+        assert_ne!(k, key("t", "chat", Some("2/abc"), &base).unwrap());
+        assert_ne!(k, key("t", "chat", None, &base).unwrap());
         for changed in [
             r#"{"model":"m","messages":[{"role":"user","content":"hi!"}],"temperature":0}"#,
             r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0.5}"#,
@@ -97,7 +103,7 @@ mod tests {
         ] {
             assert_ne!(
                 k,
-                key("t", "chat", Some("1/abc"), &request(changed)),
+                key("t", "chat", Some("1/abc"), &request(changed)).unwrap(),
                 "{changed}"
             );
         }
@@ -107,14 +113,14 @@ mod tests {
     fn what_does_not_shape_it_leaves_the_key() {
         let base =
             request(r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0}"#);
-        let k = key("t", "chat", None, &base);
+        let k = key("t", "chat", None, &base).unwrap();
         for same in [
             r#"{"temperature":0,"messages":[{"content":"hi","role":"user"}],"model":"m"}"#,
             r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0,"stream":true,"stream_options":{"include_usage":true}}"#,
             r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0,"user":"alice"}"#,
             r#"{"model":"other","messages":[{"role":"user","content":"hi"}],"temperature":0}"#,
         ] {
-            assert_eq!(k, key("t", "chat", None, &request(same)), "{same}");
+            assert_eq!(k, key("t", "chat", None, &request(same)).unwrap(), "{same}");
         }
     }
 }

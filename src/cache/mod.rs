@@ -42,14 +42,17 @@ pub enum CacheLookup {
 
 /// A miss being answered. Dropped without its answer published (an error, a cut
 /// stream, an answer not worth keeping), it lets the waiting requests go on alone.
+/// It lives in the request's context, so it ends when the request does — after the
+/// pipeline has published the answer, if there was one.
 pub struct Flight {
     key: CacheKey,
+    id: u64,
     inflight: Arc<tiered::Inflight>,
 }
 
 impl Drop for Flight {
     fn drop(&mut self) {
-        self.inflight.release(&self.key);
+        self.inflight.release(&self.key, self.id);
     }
 }
 

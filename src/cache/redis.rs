@@ -86,7 +86,10 @@ impl RedisTier {
         let purge = async move {
             let mut scan = connection.clone();
             let keys: Vec<String> = {
-                let mut iter = scan.scan_match::<_, String>(&pattern).await?;
+                let options = redis::ScanOptions::default()
+                    .with_pattern(pattern)
+                    .with_count(1000);
+                let mut iter = scan.scan_options::<String>(options).await?;
                 let mut keys = Vec::new();
                 while let Some(key) = futures_util::StreamExt::next(&mut iter).await {
                     keys.push(key?);

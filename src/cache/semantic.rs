@@ -69,12 +69,21 @@ impl Semantic {
         if last.role != Role::User {
             return None;
         }
+        // Images, files and audio are not compared: a question about one file must
+        // never get the answer about another.
+        if let Some(Content::Parts(parts)) = &last.content
+            && parts
+                .iter()
+                .any(|p| !matches!(p, crate::wire::ContentPart::Text { .. }))
+        {
+            return None;
+        }
         let question = last.content.as_ref()?.text();
         let mut context = prompt.clone();
         if let Some(message) = context.messages.last_mut() {
             message.content = Some(Content::Text(String::new()));
         }
-        let context = super::key::key(tenant, alias, corpus, &context).hash;
+        let context = super::key::key(tenant, alias, corpus, &context)?.hash;
         let embedder = Arc::clone(&self.embedder);
         let text = question.clone();
         let vector = tokio::task::spawn_blocking(move || embedder.embed(&[text]))
@@ -151,7 +160,8 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 /// What two questions must share to have the same answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Features {
-    numbers: BTreeSet<String>,
+    /// In order: "from 3 to 7" is not "from 7 to 3".
+    numbers: Vec<String>,
     negations: usize,
     polar: BTreeSet<&'static str>,
     names: BTreeSet<String>,
@@ -209,9 +219,23 @@ const NEGATIONS: &[&str] = &[
 ];
 const CJK_NEGATIONS: &[char] = &['不', '没', '无', '别', '未', '非', '勿', '莫'];
 const CJK_NUMERALS: &str = "零一二两三四五六七八九十百千万亿";
+/// Numbers written as words count as numbers.
+const NUMBER_WORDS: &[&str] = &[
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+    "eleven", "twelve", "fifteen", "twenty", "thirty", "forty", "fifty", "sixty", "hundred",
+    "thousand", "million", "first", "second", "third", "half", "double", "once", "twice",
+];
+/// Comparisons: "more" asks the opposite of "less".
+const COMPARATIVES: &[&str] = &[
+    "more", "less", "fewer", "most", "least", "higher", "lower", "cheaper", "faster", "slower",
+    "earlier", "later", "larger", "smaller", "longer", "shorter", "多于", "少于", "超过", "低于",
+    "以上", "以下", "最多", "最少",
+];
 
 impl Features {
     pub fn of(question: &str) -> Features {
+        // A typographic apostrophe is an apostrophe ("doesn’t").
+        let question = &question.replace('\u{2019}', "'");
         let lower = question.to_lowercase();
         let words: Vec<&str> = lower
             .split(|c: char| {
@@ -219,21 +243,38 @@ impl Features {
             })
             .filter(|w| !w.is_empty())
             .collect();
-        let mut numbers = BTreeSet::new();
+        let mut numbers = Vec::new();
         let mut run = String::new();
         for c in question.chars().chain([' ']) {
-            if c.is_ascii_digit() || CJK_NUMERALS.contains(c) {
+            // Any script's digits (full-width ３ too), and a decimal point inside.
+            if c.is_numeric() || CJK_NUMERALS.contains(c) || (c == '.' && !run.is_empty()) {
                 run.push(c);
             } else if !run.is_empty() {
-                numbers.insert(std::mem::take(&mut run));
+                numbers.push(std::mem::take(&mut run).trim_end_matches('.').to_owned());
             }
         }
+        numbers.extend(
+            words
+                .iter()
+                .filter(|w| NUMBER_WORDS.contains(w))
+                .map(|w| (*w).to_owned()),
+        );
         let negations = words.iter().filter(|w| NEGATIONS.contains(w)).count()
             + question
                 .chars()
                 .filter(|c| CJK_NEGATIONS.contains(c))
                 .count();
-        let mut polar = BTreeSet::new();
+        let mut polar: BTreeSet<&'static str> = COMPARATIVES
+            .iter()
+            .copied()
+            .filter(|c| {
+                if c.is_ascii() {
+                    words.contains(c)
+                } else {
+                    question.contains(c)
+                }
+            })
+            .collect();
         for &(a, b) in OPPOSITES {
             for side in [a, b] {
                 let present = if side.is_ascii() {
@@ -304,5 +345,13 @@ mod tests {
             "What is the way to reset my password?"
         ));
         assert!(same("退款多久能到账？", "退款需要多长时间到账？"));
+        assert!(!same(
+            "Return after seven days?",
+            "Return after thirty days?"
+        ));
+        assert!(!same("３天内能退吗？", "７天内能退吗？"));
+        assert!(!same("It doesn’t work, why?", "It does work, why?"));
+        assert!(!same("From 3 to 7 items?", "From 7 to 3 items?"));
+        assert!(!same("Which plan costs more?", "Which plan costs less?"));
     }
 }

@@ -6,10 +6,12 @@
 //! without one.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use moka::notification::RemovalCause;
 use tokio::sync::watch;
 
 use super::redis::{RedisTier, TierError};
@@ -32,44 +34,50 @@ pub struct TieredCache {
     metrics: Arc<Metrics>,
 }
 
-/// The misses being answered now, by key.
+/// The misses being answered now, by key, each with its leader's flight number.
 #[derive(Default)]
-pub struct Inflight(Mutex<HashMap<CacheKey, Sender>>);
+pub struct Inflight {
+    leaders: Mutex<HashMap<CacheKey, (u64, Sender)>>,
+    next: AtomicU64,
+}
 
 impl Inflight {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, Sender>> {
-        self.0
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, (u64, Sender)>> {
+        self.leaders
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A leader's request ended: without an answer its followers go on alone.
-    pub(super) fn release(&self, key: &CacheKey) {
-        self.lock().remove(key);
+    /// A leader's request ended: without an answer its followers go on alone. Only
+    /// its own entry goes (a later leader of the same key may hold it by now).
+    pub(super) fn release(&self, key: &CacheKey, flight: u64) {
+        let mut leaders = self.lock();
+        if leaders.get(key).is_some_and(|(id, _)| *id == flight) {
+            leaders.remove(key);
+        }
     }
 }
 
 /// The in-memory tier; off with `memory_bytes = 0` (Redis alone then serves).
-struct Memory(Option<moka::future::Cache<CacheKey, Arc<ChatCompletion>>>);
+/// Synchronous: an answer is in it before the requests waiting for it are woken.
+struct Memory(Option<moka::sync::Cache<CacheKey, Arc<ChatCompletion>>>);
 
 impl Memory {
     fn is_on(&self) -> bool {
         self.0.is_some()
     }
 
-    async fn get(&self, key: &CacheKey) -> Option<Arc<ChatCompletion>> {
-        self.0.as_ref()?.get(key).await
+    fn get(&self, key: &CacheKey) -> Option<Arc<ChatCompletion>> {
+        self.0.as_ref()?.get(key)
     }
 
-    async fn insert(&self, key: CacheKey, answer: Arc<ChatCompletion>) {
+    fn insert(&self, key: CacheKey, answer: Arc<ChatCompletion>) {
         if let Some(cache) = &self.0 {
-            cache.insert(key, answer).await;
-            // Apply the size bound now, not on a later access.
-            cache.run_pending_tasks().await;
+            cache.insert(key, answer);
         }
     }
 
-    async fn purge(&self, tenant: Option<&str>) -> Result<(), String> {
+    fn purge(&self, tenant: Option<&str>) -> Result<(), String> {
         let Some(cache) = &self.0 else {
             return Ok(());
         };
@@ -82,7 +90,7 @@ impl Memory {
             }
             None => cache.invalidate_all(),
         }
-        cache.run_pending_tasks().await;
+        cache.run_pending_tasks();
         Ok(())
     }
 
@@ -103,7 +111,7 @@ impl TieredCache {
     ) -> TieredCache {
         let evictions = Arc::clone(&metrics);
         let l1 = (memory_bytes > 0).then(|| {
-            moka::future::Cache::builder()
+            moka::sync::Cache::builder()
                 .max_capacity(memory_bytes)
                 // An entry weighs its JSON size (a good stand-in for its heap size).
                 .weigher(|_key, answer: &Arc<ChatCompletion>| {
@@ -113,7 +121,7 @@ impl TieredCache {
                 .time_to_live(ttl)
                 .support_invalidation_closures()
                 .eviction_listener(move |_key, _value, cause| {
-                    if cause.was_evicted() {
+                    if cause == RemovalCause::Size {
                         evictions.cache_evicted();
                     }
                 })
@@ -142,7 +150,7 @@ impl TieredCache {
         match l2.get(key).await {
             Ok(Some(answer)) => {
                 self.metrics.cache_lookup("l2", "hit");
-                self.l1.insert(key.clone(), Arc::new(answer.clone())).await;
+                self.l1.insert(key.clone(), Arc::new(answer.clone()));
                 Some(answer)
             }
             Ok(None) => {
@@ -150,6 +158,7 @@ impl TieredCache {
                 None
             }
             Err(error) => {
+                self.metrics.cache_lookup("l2", "error");
                 self.backend_error(&error);
                 None
             }
@@ -174,16 +183,16 @@ impl TieredCache {
             )
             .await?;
         if let Some(found) = semantic.find(&probe) {
-            if let Some(answer) = self.l1.get(&found).await {
+            let answer = match self.l1.get(&found) {
+                Some(answer) => Some((answer.as_ref().clone(), CacheStatus::HitL1)),
+                None => self
+                    .lookup_l2(&found)
+                    .await
+                    .map(|answer| (answer, CacheStatus::HitL2)),
+            };
+            if let Some((answer, tier)) = answer {
                 self.metrics.cache_lookup("semantic", "hit");
-                return Some(CacheLookup::Hit(
-                    answer.as_ref().clone(),
-                    CacheStatus::HitL1,
-                ));
-            }
-            if let Some(answer) = self.lookup_l2(&found).await {
-                self.metrics.cache_lookup("semantic", "hit");
-                return Some(CacheLookup::Hit(answer, CacheStatus::HitL2));
+                return Some(CacheLookup::Hit(answer, tier));
             }
         }
         self.metrics.cache_lookup("semantic", "miss");
@@ -194,47 +203,54 @@ impl TieredCache {
     }
 
     fn backend_error(&self, error: &TierError) {
-        self.metrics.cache_lookup("l2", "error");
         if let TierError::Failed(message) = error {
             self.metrics.cache_backend_error("redis");
             tracing::debug!(%message, "redis cache call failed");
         }
     }
 
-    /// Leads the miss of `key`, or waits for the request leading it.
+    /// Leads the miss of `key`, or waits for the request leading it — within this
+    /// request's deadline. A leader that ends without an answer hands the lead to
+    /// one of its followers, so a failure does not send them all upstream at once.
     async fn lead_or_follow(&self, ctx: &RequestCtx, key: CacheKey) -> CacheLookup {
-        let mut waiting = {
-            let mut inflight = self.inflight.lock();
-            match inflight.get(&key) {
-                Some(leader) => leader.subscribe(),
-                None => {
-                    inflight.insert(key.clone(), watch::channel(None).0);
-                    let flight = Flight {
-                        key: key.clone(),
-                        inflight: Arc::clone(&self.inflight),
-                    };
-                    return CacheLookup::Miss(key, Some(flight));
+        let deadline = ctx.started + ctx.route.request_timeout;
+        loop {
+            let mut waiting = {
+                let mut leaders = self.inflight.lock();
+                match leaders.get(&key) {
+                    Some((_, leader)) => leader.subscribe(),
+                    None => {
+                        let id = self.inflight.next.fetch_add(1, Ordering::Relaxed);
+                        leaders.insert(key.clone(), (id, watch::channel(None).0));
+                        let flight = Flight {
+                            key: key.clone(),
+                            id,
+                            inflight: Arc::clone(&self.inflight),
+                        };
+                        return CacheLookup::Miss(key, Some(flight));
+                    }
                 }
-            }
-        };
-        let answer = tokio::time::timeout(ctx.route.request_timeout, async {
-            // The sender goes when the leader ends: with an answer or without.
-            while waiting.changed().await.is_ok() {
-                if let Some(answer) = waiting.borrow_and_update().clone() {
-                    return Some(answer);
+            };
+            let answer = tokio::time::timeout_at(deadline, async {
+                // The sender goes when the leader ends: with an answer or without.
+                while waiting.changed().await.is_ok() {
+                    if let Some(answer) = waiting.borrow_and_update().clone() {
+                        return Some(answer);
+                    }
                 }
+                None
+            })
+            .await;
+            match answer {
+                Ok(Some(answer)) => {
+                    self.metrics.cache_lookup("coalesced", "hit");
+                    return CacheLookup::Hit(answer.as_ref().clone(), CacheStatus::HitL1);
+                }
+                // The leader ended without an answer: lead, or follow the new leader.
+                Ok(None) => continue,
+                // Out of time: go alone with what is left.
+                Err(_) => return CacheLookup::Miss(key, None),
             }
-            None
-        })
-        .await
-        .ok()
-        .flatten();
-        match answer {
-            Some(answer) => {
-                self.metrics.cache_lookup("coalesced", "hit");
-                CacheLookup::Hit(answer.as_ref().clone(), CacheStatus::HitL1)
-            }
-            None => CacheLookup::Miss(key, None),
         }
     }
 }
@@ -246,18 +262,20 @@ impl AnswerCache for TieredCache {
         if !self.policy(&ctx.route.alias).admits(prompt) || (control.no_cache && control.no_store) {
             return CacheLookup::Bypass;
         }
-        let key = key::key(
+        let Some(key) = key::key(
             &ctx.caller.tenant,
             &ctx.route.alias,
             ctx.corpus_version.as_deref(),
             prompt,
-        );
+        ) else {
+            return CacheLookup::Bypass;
+        };
         if control.no_cache {
             // A fresh answer was asked for: no lookup, no waiting on another's.
             return CacheLookup::Miss(key, None);
         }
         if self.l1.is_on() {
-            if let Some(answer) = self.l1.get(&key).await {
+            if let Some(answer) = self.l1.get(&key) {
                 self.metrics.cache_lookup("l1", "hit");
                 return CacheLookup::Hit(answer.as_ref().clone(), CacheStatus::HitL1);
             }
@@ -275,34 +293,39 @@ impl AnswerCache for TieredCache {
         self.lead_or_follow(ctx, key).await
     }
 
+    /// Into memory first, then to the waiting requests: a request arriving between
+    /// the two finds the answer in memory.
     fn publish(&self, key: &CacheKey, answer: &ChatCompletion) {
-        if let Some(leader) = self.inflight.lock().remove(key) {
-            leader.send_replace(Some(Arc::new(answer.clone())));
+        let answer = Arc::new(answer.clone());
+        self.l1.insert(key.clone(), Arc::clone(&answer));
+        if let Some((_, leader)) = self.inflight.lock().remove(key) {
+            leader.send_replace(Some(answer));
         }
     }
 
     async fn store(&self, key: CacheKey, answer: ChatCompletion) {
+        if let Some(semantic) = &self.semantic {
+            semantic.stored(&key);
+        }
         if let Some(l2) = &self.l2
             && let Err(error) = l2.set(&key, &answer).await
         {
             self.backend_error(&error);
         }
-        if let Some(semantic) = &self.semantic {
-            semantic.stored(&key);
-        }
-        self.l1.insert(key, Arc::new(answer)).await;
         self.metrics.cache_bytes(self.l1.weighted_size());
     }
 
     async fn purge(&self, tenant: Option<&str>) -> Result<(), String> {
-        self.l1.purge(tenant).await?;
-        self.metrics.cache_bytes(self.l1.weighted_size());
+        // Redis first: a lookup between the two would otherwise bring an answer
+        // back from Redis into memory.
         if let Some(l2) = &self.l2 {
             l2.purge(tenant).await.map_err(|e| match e {
                 TierError::Skipped => "redis is unavailable (breaker open)".to_owned(),
                 TierError::Failed(message) => format!("redis: {message}"),
             })?;
         }
+        self.l1.purge(tenant)?;
+        self.metrics.cache_bytes(self.l1.weighted_size());
         Ok(())
     }
 }

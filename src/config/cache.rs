@@ -64,8 +64,20 @@ pub(super) fn cache(raw: RawCache, has_embedder: bool, problems: &mut Problems) 
     }
     let ttl = problems.duration("cache.ttl", raw.ttl.as_deref(), Duration::from_secs(3600));
     let redis = raw.redis_url.map(|url| {
-        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-            problems.add("cache.redis_url", "must start with redis:// or rediss://");
+        if !url.starts_with("redis://") {
+            problems.add(
+                "cache.redis_url",
+                "must start with redis:// (TLS, rediss://, is not built in: use a local proxy)",
+            );
+        }
+        let prefix = raw.redis_key_prefix.as_deref().unwrap_or("ragway:cache:");
+        // A purge deletes `{prefix}*`: an empty prefix, or one holding glob
+        // characters, would reach other applications' keys.
+        if prefix.is_empty() || prefix.contains(['*', '?', '[', ']', '\\']) {
+            problems.add(
+                "cache.redis_key_prefix",
+                "must be non-empty, without * ? [ ] or \\ (a purge deletes every key under it)",
+            );
         }
         RedisConfig {
             url,

@@ -127,6 +127,7 @@ impl Pipeline {
             // 2. cache
             CacheLookup::Hit(answer, tier) => {
                 ctx.cache = tier;
+                ctx.citations = respond::stored_citations(&answer);
                 return Ok(respond::cached(ctx, answer, ToClient::new(vault, guard)));
             }
             CacheLookup::Miss(key, flight) => {
@@ -141,7 +142,13 @@ impl Pipeline {
             sanitizer: self.sanitizer.as_ref(),
             vault: &mut vault,
         };
+        let placeholders = pii.vault.placeholders().count();
         ctx.citations = self.retriever.ground(ctx, &mut prompt, &mut pii).await?; // 3. retrieve
+        // Passages brought personal data of their own: an answer may name it by a
+        // placeholder only this request's vault holds, so it is not kept.
+        if vault.placeholders().count() > placeholders {
+            ctx.cache_key = None;
+        }
         let prompt = Prompt {
             raw: raw_prompt(ctx, &prompt, &vault),
             sanitised: prompt,

@@ -56,16 +56,21 @@ pub(super) fn whole(
     recorded: String,
 ) -> Answer {
     // An answer produced from raw text may hold raw values: it is never cached.
-    let to_store = ctx
+    let mut to_store = ctx
         .cache_key
         .clone()
         .filter(|_| cacheable(&completion) && !ctx.raw_output)
         .map(|key| {
             let mut stored = completion.clone();
+            stored.model = target.to_string();
             attach_citations(ctx, &mut stored);
             Box::new((key, stored))
         });
     let (reply, filtered) = restore_whole(ctx, &target, completion, to_client);
+    // An answer the content guard cut is not served again.
+    if filtered {
+        to_store = None;
+    }
     Answer::Whole {
         target,
         reply,
@@ -81,6 +86,16 @@ pub(super) fn attach_citations(ctx: &RequestCtx, answer: &mut ChatCompletion) {
     if let Some(citations) = citations(ctx) {
         answer.extra.insert("ragway".to_owned(), citations);
     }
+}
+
+/// The citations a stored answer was answered with.
+pub(super) fn stored_citations(answer: &ChatCompletion) -> Vec<crate::retrieve::Citation> {
+    answer
+        .extra
+        .get("ragway")
+        .and_then(|r| r.get("citations"))
+        .and_then(|c| serde_json::from_value(c.clone()).ok())
+        .unwrap_or_default()
 }
 
 /// A cached (sanitised) answer, restored with this request's own values; replayed as

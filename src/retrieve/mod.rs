@@ -27,7 +27,7 @@ use crate::sanitize::Scope;
 use crate::wire::ChatRequest;
 
 /// A passage the answer was grounded in, as shown to the client.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Citation {
     pub doc_id: String,
     pub title: String,
