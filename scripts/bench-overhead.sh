@@ -14,10 +14,7 @@ GATEWAY_PORT=${GATEWAY_PORT:-18080}
 CONCURRENCY=${CONCURRENCY:-"1 8 64"}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/ragway/target}
 
-need() {
-  command -v "$1" >/dev/null 2>&1 && return
-  apt-get update -qq >/dev/null && apt-get install -y -qq "$2" >/dev/null
-}
+source scripts/lib/bench.sh
 need wrk wrk
 need nginx nginx-light
 command -v oha >/dev/null 2>&1 || cargo install oha --locked >&2
@@ -25,39 +22,8 @@ command -v oha >/dev/null 2>&1 || cargo install oha --locked >&2
 cargo build --release --locked --bin ragway >&2
 RAGWAY="$CARGO_TARGET_DIR/release/ragway"
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
 # --- the instant upstream ---------------------------------------------------------
-# A canned streamed answer (three chunks, usage, [DONE]): ragway streams from upstream
-# by default, also for clients that want a whole answer, and assembles it.
-chunk() { printf 'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,"model":"bench","choices":[%s]%s}\\n\\n' "$1" "$2"; }
-answer="$(chunk '{"index":0,"delta":{"role":"assistant","content":"Hello! "},"finish_reason":null}' '')$(chunk '{"index":0,"delta":{"content":"How can I help you today?"},"finish_reason":null}' '')$(chunk '{"index":0,"delta":{},"finish_reason":"stop"}' '')$(chunk '' ',"usage":{"prompt_tokens":9,"completion_tokens":9,"total_tokens":18}')data: [DONE]\\n\\n"
-mkdir -p "$work/nginx/logs"
-cat >"$work/nginx/nginx.conf" <<EOF
-worker_processes 1;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 10000000;
-  keepalive_timeout 120s;
-  client_body_temp_path $work/nginx;
-  server {
-    listen 127.0.0.1:$UPSTREAM_PORT;
-    location / { default_type text/event-stream; return 200 '$answer'; }
-  }
-}
-EOF
-nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' &
-pids+=($!)
+start_instant_upstream "$UPSTREAM_PORT"
 
 # --- the gateway ------------------------------------------------------------------
 cat >"$work/ragway.toml" <<EOF
