@@ -672,3 +672,63 @@ async fn the_ingest_command_stores_a_directory_once() {
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("not a document type"));
 }
+
+mod never_panics {
+    use proptest::prelude::*;
+    use ragway::retrieve::chunk::{ChunkSize, chunk};
+    use ragway::retrieve::extract::{Format, extract};
+
+    const FORMATS: [Format; 6] = [
+        Format::Text,
+        Format::Markdown,
+        Format::Html,
+        Format::Json,
+        Format::JsonLines,
+        Format::Pdf,
+    ];
+
+    /// Text made of the pieces extractors and the chunker treat specially.
+    fn tricky() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("<".to_owned()),
+            Just(">".to_owned()),
+            Just("</".to_owned()),
+            Just("<script>".to_owned()),
+            Just("</script".to_owned()),
+            Just("<h2>".to_owned()),
+            Just("&#x".to_owned()),
+            Just("&amp;".to_owned()),
+            Just("&#99999999;".to_owned()),
+            Just("<!--".to_owned()),
+            Just("{\"text\":".to_owned()),
+            Just("\"".to_owned()),
+            Just("\n".to_owned()),
+            Just("# ".to_owned()),
+            Just("```".to_owned()),
+            Just("。".to_owned()),
+            Just("，".to_owned()),
+            Just("退款".to_owned()),
+            Just("%PDF-1.4".to_owned()),
+            "[a-zA-Z0-9 .]{0,12}",
+        ];
+        proptest::collection::vec(piece, 0..40).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        #[test]
+        fn extraction_and_chunking_never_panic(text in tricky(), bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            for format in FORMATS {
+                for input in [text.as_bytes(), bytes.as_slice()] {
+                    if let Ok(extracted) = extract(format, input) {
+                        let chunks = chunk(&extracted.text, ChunkSize { target: 8, overlap: 2 }, &|t: &str| t.chars().count());
+                        for c in chunks {
+                            prop_assert!(!c.text.is_empty());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

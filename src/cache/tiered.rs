@@ -151,6 +151,7 @@ impl TieredCache {
             Ok(Some(answer)) => {
                 self.metrics.cache_lookup("l2", "hit");
                 self.l1.insert(key.clone(), Arc::new(answer.clone()));
+                self.metrics.cache_bytes(self.l1.weighted_size());
                 Some(answer)
             }
             Ok(None) => {
