@@ -449,7 +449,12 @@ async fn semantic_false_hits_on_near_misses() {
         let request: ragway::wire::ChatRequest =
             serde_json::from_value(deterministic(&text)).unwrap();
         let semantic = &semantic;
-        async move { semantic.probe("t", "chat", None, &request).await.unwrap() }
+        async move {
+            semantic
+                .probe("t", "chat", None, 0, &request)
+                .await
+                .unwrap()
+        }
     };
     let mut pairs: Vec<(Probe, Probe, bool)> = Vec::new();
     let text = std::fs::read_to_string("tests/data/cache/semantic.jsonl").unwrap();
@@ -550,4 +555,35 @@ async fn the_admin_purges_one_tenant_or_all() {
         .await
         .unwrap();
     assert_eq!(refused.status(), 401);
+}
+
+#[tokio::test]
+async fn a_purge_reaches_every_replica_within_a_second() {
+    let fake = FakeProvider::start().await;
+    let section = cache_section(Some(REDIS), "");
+    let config = format!(
+        "{}\n[auth]\nadmin_key_env = \"ADMIN\"\n{section}",
+        config_over(&fake, &[("chat", &["ok"])])
+    );
+    // Two replicas sharing the Redis (and its prefix), each with its own memory.
+    let one = Gateway::start_with_env(&config, &[("ADMIN", "admin-key")]).await;
+    let two = Gateway::start_with_env(&config, &[("ADMIN", "admin-key")]).await;
+    let body = deterministic("Purged everywhere?");
+    assert_eq!(tier_of(&one, &body).await, "miss");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(tier_of(&two, &body).await, "hit-l2");
+    assert_eq!(tier_of(&two, &body).await, "hit-l1");
+    let purged = one
+        .http()
+        .post(format!("{}/admin/cache/purge", one.url))
+        .bearer_auth("admin-key")
+        .json(&json!({"tenant": "default"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(purged.status(), 200);
+    assert_eq!(tier_of(&one, &body).await, "miss");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The other replica's memory still holds the answer, under the old key.
+    assert_ne!(tier_of(&two, &body).await, "hit-l1");
 }

@@ -15,10 +15,12 @@ use crate::wire::ChatRequest;
 const IGNORED: [&str; 4] = ["model", "stream", "stream_options", "user"];
 
 /// `None` when the request cannot be encoded (then it is not cached).
+/// `purged` is the tenant's purge generation: a purge changes every key.
 pub fn key(
     tenant: &str,
     alias: &str,
     corpus: Option<&str>,
+    purged: u64,
     prompt: &ChatRequest,
 ) -> Option<CacheKey> {
     let mut request = serde_json::to_value(prompt).ok()?;
@@ -34,6 +36,7 @@ pub fn key(
         hash.update(part.as_bytes());
     }
     hash.update([u8::from(corpus.is_some())]);
+    hash.update(purged.to_le_bytes());
     let mut canonical = String::new();
     write_canonical(&request, &mut canonical);
     hash.update(canonical.as_bytes());
@@ -87,12 +90,13 @@ mod tests {
     fn what_shapes_the_answer_changes_the_key() {
         let base =
             request(r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0}"#);
-        let k = key("t", "chat", Some("1/abc"), &base).unwrap();
-        assert_eq!(k, key("t", "chat", Some("1/abc"), &base).unwrap());
-        assert_ne!(k, key("u", "chat", Some("1/abc"), &base).unwrap());
-        assert_ne!(k, key("t", "other", Some("1/abc"), &base).unwrap());
-        assert_ne!(k, key("t", "chat", Some("2/abc"), &base).unwrap());
-        assert_ne!(k, key("t", "chat", None, &base).unwrap());
+        let k = key("t", "chat", Some("1/abc"), 0, &base).unwrap();
+        assert_eq!(k, key("t", "chat", Some("1/abc"), 0, &base).unwrap());
+        assert_ne!(k, key("u", "chat", Some("1/abc"), 0, &base).unwrap());
+        assert_ne!(k, key("t", "other", Some("1/abc"), 0, &base).unwrap());
+        assert_ne!(k, key("t", "chat", Some("2/abc"), 0, &base).unwrap());
+        assert_ne!(k, key("t", "chat", None, 0, &base).unwrap());
+        assert_ne!(k, key("t", "chat", Some("1/abc"), 1, &base).unwrap());
         for changed in [
             r#"{"model":"m","messages":[{"role":"user","content":"hi!"}],"temperature":0}"#,
             r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0.5}"#,
@@ -103,7 +107,7 @@ mod tests {
         ] {
             assert_ne!(
                 k,
-                key("t", "chat", Some("1/abc"), &request(changed)).unwrap(),
+                key("t", "chat", Some("1/abc"), 0, &request(changed)).unwrap(),
                 "{changed}"
             );
         }
@@ -113,14 +117,18 @@ mod tests {
     fn what_does_not_shape_it_leaves_the_key() {
         let base =
             request(r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0}"#);
-        let k = key("t", "chat", None, &base).unwrap();
+        let k = key("t", "chat", None, 0, &base).unwrap();
         for same in [
             r#"{"temperature":0,"messages":[{"content":"hi","role":"user"}],"model":"m"}"#,
             r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0,"stream":true,"stream_options":{"include_usage":true}}"#,
             r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0,"user":"alice"}"#,
             r#"{"model":"other","messages":[{"role":"user","content":"hi"}],"temperature":0}"#,
         ] {
-            assert_eq!(k, key("t", "chat", None, &request(same)).unwrap(), "{same}");
+            assert_eq!(
+                k,
+                key("t", "chat", None, 0, &request(same)).unwrap(),
+                "{same}"
+            );
         }
     }
 }

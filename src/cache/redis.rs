@@ -75,11 +75,37 @@ impl RedisTier {
             .await
     }
 
+    /// The purge generation of a tenant: bumped by every purge of it or of all, so
+    /// every replica's keys change with it (their memory tiers included).
+    pub async fn purge_generation(&self, tenant: &str) -> Result<u64, TierError> {
+        let keys = [self.purge_key(Some(tenant)), self.purge_key(None)];
+        let values: Vec<Option<u64>> = self
+            .call(|mut c| async move { c.mget(&keys).await })
+            .await?;
+        Ok(values.into_iter().flatten().sum())
+    }
+
+    /// Bumps the purge generation of a tenant, or of all.
+    pub async fn bump_purge_generation(&self, tenant: Option<&str>) -> Result<(), TierError> {
+        let key = self.purge_key(tenant);
+        self.call(|mut c| async move { c.incr::<_, _, ()>(key, 1).await })
+            .await
+    }
+
+    /// Outside the entries' own prefix: a purge of entries never deletes it.
+    fn purge_key(&self, tenant: Option<&str>) -> String {
+        match tenant {
+            Some(tenant) => format!("{}purged:{}", self.prefix, hex(tenant.as_bytes())),
+            None => format!("{}purged", self.prefix),
+        }
+    }
+
     /// Removes a tenant's entries, or every entry under the prefix.
     pub async fn purge(&self, tenant: Option<&str>) -> Result<u64, TierError> {
         let pattern = match tenant {
             Some(tenant) => format!("{}*", self.tenant_prefix(tenant)),
-            None => format!("{}*", self.prefix),
+            // Every entry: the tenants' hex prefixes (not the purge generations).
+            None => format!("{}[0-9a-f]*", self.prefix),
         };
         let connection = self.connection().await?;
         // A purge may walk many keys: it gets its own, longer deadline.

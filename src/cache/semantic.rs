@@ -63,6 +63,7 @@ impl Semantic {
         tenant: &str,
         alias: &str,
         corpus: Option<&str>,
+        purged: u64,
         prompt: &ChatRequest,
     ) -> Option<Probe> {
         let last = prompt.messages.last()?;
@@ -83,7 +84,7 @@ impl Semantic {
         if let Some(message) = context.messages.last_mut() {
             message.content = Some(Content::Text(String::new()));
         }
-        let context = super::key::key(tenant, alias, corpus, &context)?.hash;
+        let context = super::key::key(tenant, alias, corpus, purged, &context)?.hash;
         let embedder = Arc::clone(&self.embedder);
         let text = question.clone();
         let vector = tokio::task::spawn_blocking(move || embedder.embed(&[text]))

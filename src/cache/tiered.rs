@@ -32,6 +32,22 @@ pub struct TieredCache {
     policies: BTreeMap<String, CachePolicy>,
     inflight: Arc<Inflight>,
     metrics: Arc<Metrics>,
+    /// Purge generations by tenant, read from Redis within the last second.
+    purges: moka::sync::Cache<String, u64>,
+    /// The last purge generation read per tenant, for while Redis is away.
+    purges_known: KnownPurges,
+}
+
+/// The last purge generation read per tenant.
+#[derive(Default)]
+struct KnownPurges(Mutex<HashMap<String, u64>>);
+
+impl KnownPurges {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// The misses being answered now, by key, each with its leader's flight number.
@@ -135,6 +151,11 @@ impl TieredCache {
             policies,
             inflight: Arc::default(),
             metrics,
+            purges: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(1))
+                .build(),
+            purges_known: KnownPurges::default(),
         }
     }
 
@@ -173,6 +194,7 @@ impl TieredCache {
         ctx: &RequestCtx,
         prompt: &ChatRequest,
         key: &CacheKey,
+        purged: u64,
     ) -> Option<CacheLookup> {
         let semantic = self.semantic.as_ref()?;
         let probe = semantic
@@ -180,6 +202,7 @@ impl TieredCache {
                 &ctx.caller.tenant,
                 &ctx.route.alias,
                 ctx.corpus_version.as_deref(),
+                purged,
                 prompt,
             )
             .await?;
@@ -201,6 +224,33 @@ impl TieredCache {
             semantic.expect(key.clone(), probe);
         }
         None
+    }
+
+    /// The tenant's purge generation, read from Redis at most once a second per
+    /// tenant (so another replica's purge reaches this one within a second); the
+    /// last value read while Redis cannot be reached; 0 without Redis.
+    async fn purge_generation(&self, tenant: &str) -> u64 {
+        let Some(l2) = &self.l2 else {
+            return 0;
+        };
+        if let Some(generation) = self.purges.get(tenant) {
+            return generation;
+        }
+        let known = self.purges_known.lock().get(tenant).copied().unwrap_or(0);
+        let generation = match l2.purge_generation(tenant).await {
+            Ok(generation) => {
+                self.purges_known
+                    .lock()
+                    .insert(tenant.to_owned(), generation);
+                generation
+            }
+            Err(error) => {
+                self.backend_error(&error);
+                known
+            }
+        };
+        self.purges.insert(tenant.to_owned(), generation);
+        generation
     }
 
     fn backend_error(&self, error: &TierError) {
@@ -263,10 +313,12 @@ impl AnswerCache for TieredCache {
         if !self.policy(&ctx.route.alias).admits(prompt) || (control.no_cache && control.no_store) {
             return CacheLookup::Bypass;
         }
+        let purged = self.purge_generation(&ctx.caller.tenant).await;
         let Some(key) = key::key(
             &ctx.caller.tenant,
             &ctx.route.alias,
             ctx.corpus_version.as_deref(),
+            purged,
             prompt,
         ) else {
             return CacheLookup::Bypass;
@@ -285,7 +337,7 @@ impl AnswerCache for TieredCache {
         if let Some(answer) = self.lookup_l2(&key).await {
             return CacheLookup::Hit(answer, CacheStatus::HitL2);
         }
-        if let Some(hit) = self.lookup_semantic(ctx, prompt, &key).await {
+        if let Some(hit) = self.lookup_semantic(ctx, prompt, &key, purged).await {
             return hit;
         }
         if control.no_store {
@@ -320,10 +372,15 @@ impl AnswerCache for TieredCache {
         // Redis first: a lookup between the two would otherwise bring an answer
         // back from Redis into memory.
         if let Some(l2) = &self.l2 {
-            l2.purge(tenant).await.map_err(|e| match e {
+            let failed = |e: TierError| match e {
                 TierError::Skipped => "redis is unavailable (breaker open)".to_owned(),
                 TierError::Failed(message) => format!("redis: {message}"),
-            })?;
+            };
+            // The generation first: every replica's keys change within a second,
+            // whatever their memory tiers hold; then the entries themselves go.
+            l2.bump_purge_generation(tenant).await.map_err(failed)?;
+            self.purges.invalidate_all();
+            l2.purge(tenant).await.map_err(failed)?;
         }
         self.l1.purge(tenant)?;
         self.metrics.cache_bytes(self.l1.weighted_size());
