@@ -587,3 +587,24 @@ async fn a_purge_reaches_every_replica_within_a_second() {
     // The other replica's memory still holds the answer, under the old key.
     assert_ne!(tier_of(&two, &body).await, "hit-l1");
 }
+
+/// An answer that reached the request's own `max_tokens` is that request's whole
+/// answer (the limit is in the key): it is kept.
+#[tokio::test]
+async fn an_answer_cut_at_max_tokens_is_kept() {
+    let config = "[providers.local]\nkind = \"local\"\nmodel = \"models/SmolLM2-135M-Instruct.Q4_1.gguf\"\n\n[cache]\n";
+    let gw = Gateway::start(config).await;
+    let mut body = ask("local", "Tell me about the sea.");
+    body["temperature"] = json!(0);
+    body["max_tokens"] = json!(4);
+    let (tier, first) = send(&gw, &body, &[]).await;
+    assert_eq!(tier, "miss");
+    assert_eq!(first["choices"][0]["finish_reason"], "length");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (tier, second) = send(&gw, &body, &[]).await;
+    assert_eq!(tier, "hit-l1");
+    assert_eq!(
+        second["choices"][0]["message"]["content"],
+        first["choices"][0]["message"]["content"]
+    );
+}

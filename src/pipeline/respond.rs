@@ -400,13 +400,14 @@ impl ChunkShaper {
     }
 }
 
-/// Whether an answer may be served again: finished normally, with no tool calls
-/// (a tool call's result belongs to the conversation that made it).
+/// Whether an answer may be served again: finished by the model or at the
+/// request's own `max_tokens` (part of the key), with no tool calls (a tool call's
+/// result belongs to the conversation that made it).
 pub(super) fn cacheable(answer: &ChatCompletion) -> bool {
-    answer
-        .choices
-        .iter()
-        .all(|c| c.finish_reason.as_deref() == Some("stop") && c.message.tool_calls.is_none())
+    answer.choices.iter().all(|c| {
+        matches!(c.finish_reason.as_deref(), Some("stop" | "length"))
+            && c.message.tool_calls.is_none()
+    })
 }
 
 fn response_id(ctx: &RequestCtx) -> String {
