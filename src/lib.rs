@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod cache;
 pub mod config;
+pub mod encode;
 pub mod error;
 pub mod generate;
 pub mod http;

@@ -11,6 +11,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::time::Instant;
 
 use super::CacheKey;
+use crate::encode::hex;
 use crate::generate::{Breaker, BreakerPolicy, Verdict};
 use crate::wire::ChatCompletion;
 
@@ -184,8 +185,4 @@ impl RedisTier {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

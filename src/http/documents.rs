@@ -306,6 +306,6 @@ async fn read_multipart(mut multipart: Multipart, limit: usize) -> Result<Upload
 /// text again is idempotent.
 fn content_id(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
-    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let hex = crate::encode::hex(&digest[..8]);
     format!("doc-{hex}")
 }

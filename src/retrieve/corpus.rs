@@ -8,6 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use ragway_engine::Embedder;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+
+use crate::encode::hex;
 use uuid::Uuid;
 
 use super::chunk::{ChunkSize, chunk};
@@ -442,10 +444,6 @@ pub fn chunk_id(tenant: &str, doc_id: &str, index: u32, hash: &str) -> Uuid {
     let mut bytes = [0; 16];
     bytes.copy_from_slice(&digest[..16]);
     uuid::Builder::from_custom_bytes(bytes).into_uuid()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -34,9 +34,7 @@ impl Lang {
         let letters = question.chars().filter(|c| c.is_alphabetic()).count();
         let cjk = question
             .chars()
-            .filter(|c| {
-                ('\u{4e00}'..='\u{9fff}').contains(c) || ('\u{3400}'..='\u{4dbf}').contains(c)
-            })
+            .filter(|&c| super::keyword::is_cjk(c))
             .count();
         if cjk > 0 && cjk * 5 >= letters {
             Lang::Zh
@@ -98,7 +96,7 @@ impl Prompts {
                 .map_err(|e| format!("{}: {e}", lang.file()))?;
         }
         let digest = hash.finalize();
-        let version = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+        let version = crate::encode::hex(&digest[..6]);
         Ok(Prompts { env, version })
     }
 

@@ -68,7 +68,7 @@ pub fn hash(kind: Kind, value: &str, key: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
     mac.update(value.as_bytes());
     let digest = mac.finalize().into_bytes();
-    let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    let hex = crate::encode::hex(&digest[..6]);
     format!("<{}#{hex}>", kind.tag())
 }
 
