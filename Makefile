@@ -7,13 +7,13 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/ragway/target
 CARGO ?= cargo
 CONFIG ?= $(wildcard ragway.toml)
 
-.PHONY: run test lint fmt toolchain models services bench-overhead bench-local bench-pii bench-rag bench-cache
+.PHONY: run test lint fmt toolchain models services bench-overhead bench-local bench-pii bench-rag bench-cache bench-audit
 
 ## Serve on 127.0.0.1:8080 (ragway.toml if present, built-in defaults otherwise).
 run: toolchain models
 	$(CARGO) run --locked --release --bin ragway -- serve $(if $(CONFIG),--config $(CONFIG))
 
-## The whole test suite, as CI runs it (Redis on loopback, started when missing).
+## The whole test suite, as CI runs it (Redis and Postgres on loopback, started when missing).
 test: toolchain models services
 	$(CARGO) fmt --all -- --check
 	$(CARGO) test --workspace --locked
@@ -27,7 +27,7 @@ toolchain:
 models:
 	scripts/fetch-models.sh
 
-## Redis on 127.0.0.1:6379 for the tests: started (and installed) when not running.
+## Redis and PostgreSQL on loopback for the tests: started (and installed) when not running.
 services:
 	scripts/services.sh
 
@@ -58,3 +58,7 @@ bench-rag: toolchain models
 ## The answer cache end to end: L1 and L2 hits against a miss and a bypass.
 bench-cache: toolchain
 	scripts/bench-cache.sh
+
+## The audit trail: rows/s into Postgres, the request path's hand-over cost, size per million rows.
+bench-audit: toolchain services
+	$(CARGO) bench --locked --bench audit

@@ -33,6 +33,46 @@ enum Command {
     /// Each file is one document, its path the id: ingesting it again replaces it,
     /// or does nothing when it has not changed.
     Ingest(IngestArgs),
+    /// Apply the audit database's migrations (the gateway also does at start-up).
+    Migrate,
+    /// The audit trail: verify its hash chains, export rows, apply retention.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute every instance's hash chain; report the first altered, inserted or
+    /// missing row. Exits 1 when a chain is broken.
+    Verify(TimeRange),
+    /// Write rows to stdout, instance by instance in chain order.
+    Export {
+        #[command(flatten)]
+        range: TimeRange,
+        /// Only this tenant's rows.
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: ExportFormat,
+    },
+    /// Remove rows past `audit.retention_days` now (the gateway does it hourly).
+    Retain,
+}
+
+#[derive(clap::Args)]
+struct TimeRange {
+    /// From (inclusive): `2026-11-01`, `2026-11-01T08:00:00Z`, or an age such as `24h`, `7d`.
+    #[arg(long)]
+    since: Option<String>,
+    /// To (exclusive), in the same forms.
+    #[arg(long)]
+    until: Option<String>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    Jsonl,
+    Csv,
 }
 
 #[derive(clap::Args)]
@@ -70,7 +110,132 @@ fn main() -> ExitCode {
         }
         Command::Serve => serve(config),
         Command::Ingest(args) => ingest(config, args),
+        Command::Migrate => audit_command(config, None),
+        Command::Audit(command) => audit_command(config, Some(command)),
     }
+}
+
+/// `migrate` (no command) and `audit …`, against the configured audit database.
+fn audit_command(config: Config, command: Option<AuditCommand>) -> ExitCode {
+    let Some(audit) = config.audit else {
+        eprintln!("the config has no [audit] section");
+        return ExitCode::from(2);
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let store = match ragway::audit::open_store(&audit.database) {
+            Ok(store) => store,
+            Err(error) => {
+                eprintln!("audit database: {error}");
+                return ExitCode::from(2);
+            }
+        };
+        if let Err(error) = store.migrate().await {
+            eprintln!("audit database: {error}");
+            return ExitCode::FAILURE;
+        }
+        let result = match command {
+            None => {
+                println!("audit database is up to date");
+                Ok(ExitCode::SUCCESS)
+            }
+            Some(AuditCommand::Verify(range)) => match parse_range(&range) {
+                Ok(range) => verify(store.as_ref(), range).await,
+                Err(code) => return code,
+            },
+            Some(AuditCommand::Export {
+                range,
+                tenant,
+                format,
+            }) => match parse_range(&range) {
+                Ok(range) => export(store.as_ref(), range, tenant.as_deref(), format).await,
+                Err(code) => return code,
+            },
+            Some(AuditCommand::Retain) => match audit.retention {
+                None => {
+                    println!("retention is off (audit.retention_days = 0)");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some(keep) => {
+                    let cutoff = ragway::audit::time::now_micros()
+                        - i64::try_from(keep.as_micros()).unwrap_or(i64::MAX);
+                    store.retain(cutoff).await.map(|done| {
+                        println!("{done}");
+                        ExitCode::SUCCESS
+                    })
+                }
+            },
+        };
+        result.unwrap_or_else(|error| {
+            eprintln!("audit: {error}");
+            ExitCode::FAILURE
+        })
+    })
+}
+
+fn parse_range(range: &TimeRange) -> Result<ragway::audit::store::Range, ExitCode> {
+    let now = ragway::audit::time::now_micros();
+    let parse = |text: &Option<String>| {
+        text.as_deref()
+            .map(|t| ragway::audit::time::parse(t, now))
+            .transpose()
+    };
+    match (parse(&range.since), parse(&range.until)) {
+        (Ok(since), Ok(until)) => Ok(ragway::audit::store::Range { since, until }),
+        (Err(message), _) | (_, Err(message)) => {
+            eprintln!("{message}");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+async fn verify(
+    store: &dyn ragway::audit::store::AuditStore,
+    range: ragway::audit::store::Range,
+) -> Result<ExitCode, ragway::audit::store::StoreError> {
+    let reports = ragway::audit::verify::verify(store, range).await?;
+    if reports.is_empty() {
+        println!("no audit rows");
+    }
+    for report in &reports {
+        println!("{report}");
+    }
+    Ok(match reports.iter().any(|r| r.fault.is_some()) {
+        true => ExitCode::FAILURE,
+        false => ExitCode::SUCCESS,
+    })
+}
+
+async fn export(
+    store: &dyn ragway::audit::store::AuditStore,
+    range: ragway::audit::store::Range,
+    tenant: Option<&str>,
+    format: ExportFormat,
+) -> Result<ExitCode, ragway::audit::store::StoreError> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if let ExportFormat::Csv = format {
+        write!(out, "{}", ragway::audit::export::csv_header())
+            .map_err(|e| ragway::audit::store::StoreError::Other(e.to_string()))?;
+    }
+    let count = ragway::audit::verify::export(store, range, tenant, |rows| {
+        let written = rows.iter().try_for_each(|row| match format {
+            ExportFormat::Jsonl => writeln!(out, "{}", ragway::audit::export::json(row)),
+            ExportFormat::Csv => write!(out, "{}", ragway::audit::export::csv_line(row)),
+        });
+        std::future::ready(written)
+    })
+    .await?;
+    out.flush()
+        .map_err(|e| ragway::audit::store::StoreError::Other(e.to_string()))?;
+    eprintln!("{count} rows");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn ingest(config: Config, args: IngestArgs) -> ExitCode {
@@ -171,7 +336,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let draining = state.draining.clone();
     let shutdown = state.shutdown.clone();
     let tasks = state.tasks().clone();
-    ragway::serve(listener, state, async move {
+    ragway::serve(listener, state.clone(), async move {
         shutdown_signal().await;
         draining.store(true, Ordering::Relaxed);
         shutdown.cancel();
@@ -185,6 +350,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             "background work still running at the end of the grace period"
         );
     }
+    state.finish_audit().await;
     Ok(())
 }
 

@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::audit::NoAudit;
+use crate::audit::{AuditSink, AuditTrail, NoAudit};
 use crate::cache::redis::RedisTier;
 use crate::cache::semantic::Semantic;
 use crate::cache::tiered::TieredCache;
@@ -56,6 +56,8 @@ pub struct Shared {
     pub corpus: Option<Arc<Corpus>>,
     /// Cancelled when shutdown begins: background loops end.
     pub shutdown: CancellationToken,
+    /// The audit trail, with `[audit]` configured.
+    pub audit: Option<Arc<AuditTrail>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +72,8 @@ pub enum BuildError {
     Retrieval(String),
     #[error("cache: {0}")]
     Cache(String),
+    #[error("audit: {0}")]
+    Audit(String),
 }
 
 impl AppState {
@@ -108,6 +112,16 @@ impl AppState {
             }
             _ => (None, Arc::new(NoRetrieval) as Arc<dyn Retriever>),
         };
+        let audit = match &config.audit {
+            Some(a) => Some(Arc::new(
+                AuditTrail::start(a, Arc::clone(&metrics)).map_err(BuildError::Audit)?,
+            )),
+            None => None,
+        };
+        let audit_sink: Arc<dyn AuditSink> = match &audit {
+            Some(trail) => trail.writer.clone(),
+            None => Arc::new(NoAudit),
+        };
         let mut pipeline = Pipeline {
             sanitizer: Arc::new(PiiSanitizer::new(
                 config.pii.actions.clone(),
@@ -117,7 +131,7 @@ impl AppState {
             cache: answer_cache(&config, embedder.as_ref().map(|(_, e)| e), &metrics)?,
             retriever,
             generator: Arc::new(Router::new(Arc::clone(&metrics))),
-            audit: Arc::new(NoAudit),
+            audit: audit_sink,
             metrics: Arc::clone(&metrics),
             tasks: TaskTracker::new(),
         };
@@ -135,6 +149,7 @@ impl AppState {
             embedder,
             corpus,
             shutdown: CancellationToken::new(),
+            audit,
         })))
     }
 
@@ -173,6 +188,14 @@ impl AppState {
                 tracing::error!(%error, "document store: final flush failed");
             }
         });
+    }
+
+    /// Writes the audit rows still queued or spooled (call once background work has
+    /// finished, so the last streams' records are in).
+    pub async fn finish_audit(&self) {
+        if let Some(trail) = &self.audit {
+            trail.writer.finish().await;
+        }
     }
 
     /// Background work (streams, cache stores) still running.

@@ -35,6 +35,11 @@ pub struct Metrics {
     cache_bytes: IntGaugeVec,
     cache_evictions: IntCounterVec,
     cache_backend_errors: IntCounterVec,
+    audit_queue_depth: IntGaugeVec,
+    audit_spool_bytes: IntGaugeVec,
+    audit_rows_written: IntCounterVec,
+    audit_spooled: IntCounterVec,
+    audit_write_errors: IntCounterVec,
 }
 
 /// One finished HTTP request, as the access log and the request metrics see it.
@@ -137,6 +142,31 @@ impl Metrics {
                 "ragway_cache_backend_errors_total",
                 "Failed calls to a cache backend",
                 &["backend"],
+            ),
+            audit_queue_depth: gauge(
+                "ragway_audit_queue_depth",
+                "Audit records waiting in the writer's queue",
+                &[],
+            ),
+            audit_spool_bytes: gauge(
+                "ragway_audit_spool_bytes",
+                "Bytes of audit rows in the local spool, not yet in the database",
+                &[],
+            ),
+            audit_rows_written: counter(
+                "ragway_audit_rows_written_total",
+                "Audit rows written to the database (replayed spool rows included)",
+                &[],
+            ),
+            audit_spooled: counter(
+                "ragway_audit_spooled_total",
+                "Audit rows written to the local spool (database down or queue full)",
+                &[],
+            ),
+            audit_write_errors: counter(
+                "ragway_audit_write_errors_total",
+                "Failed audit writes, by where: database or spool",
+                &["stage"],
             ),
             registry,
         }
@@ -283,6 +313,33 @@ impl Metrics {
     pub fn guard_blocked(&self, direction: &str) {
         self.guard_blocks.with_label_values(&[direction]).inc();
         tracing::info!(direction, "content guard refused");
+    }
+
+    pub fn audit_queue(&self, depth: usize, spool_bytes: u64) {
+        let none: &[&str] = &[];
+        self.audit_queue_depth
+            .with_label_values(none)
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+        self.audit_spool_bytes
+            .with_label_values(none)
+            .set(i64::try_from(spool_bytes).unwrap_or(i64::MAX));
+    }
+
+    pub fn audit_written(&self, rows: usize) {
+        self.audit_rows_written
+            .with_label_values(&[] as &[&str])
+            .inc_by(rows as u64);
+    }
+
+    pub fn audit_spooled(&self, rows: usize) {
+        self.audit_spooled
+            .with_label_values(&[] as &[&str])
+            .inc_by(rows as u64);
+    }
+
+    /// `stage` is `database` or `spool`.
+    pub fn audit_write_error(&self, stage: &str) {
+        self.audit_write_errors.with_label_values(&[stage]).inc();
     }
 
     /// The end of a streamed answer, which the access log saw begin.

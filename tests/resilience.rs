@@ -576,6 +576,7 @@ mod paused {
             deadlines: Deadlines::default(),
             stream_upstream: true,
             raw_input: false,
+            local: false,
         })
     }
 

@@ -1,8 +1,23 @@
 //! The record stage's durable half: one record per call, handed to an [`AuditSink`].
 //!
-//! [`NoAudit`] is the pass-through used while no audit store is configured: records
-//! are dropped (the access log and metrics still see every call).
+//! The gateway's sink is the [`writer::AuditWriter`]: records go through a bounded
+//! channel to one task that chains them ([`chain`]) and writes them in batches to
+//! Postgres or a SQLite file ([`store`]), or to a local spool ([`spool`]) while the
+//! database cannot take them. [`NoAudit`] is the pass-through for embedders that
+//! want no trail.
 
+pub mod chain;
+pub mod export;
+pub mod migrate;
+pub mod row;
+pub mod spool;
+pub mod store;
+pub mod time;
+pub mod verify;
+pub mod writer;
+
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::generate::Attempt;
@@ -14,18 +29,26 @@ use crate::wire::Usage;
 pub struct CallRecord {
     pub at: SystemTime,
     pub request_id: String,
-    pub tenant: String,
+    pub origin: Origin,
+    /// `None` when the caller was not identified (a refused key).
+    pub tenant: Option<String>,
     pub key_id: Option<String>,
     pub user: Option<String>,
-    pub alias: String,
+    /// The alias asked for, when it names a configured one.
+    pub alias: Option<String>,
     /// The target that answered, if any did.
     pub target: Option<String>,
+    /// The target that answered is the local model.
+    pub local: bool,
     pub attempts: Vec<Attempt>,
     pub stream: bool,
-    pub cache: &'static str,
+    /// `hit-l1`, `hit-l2`, `hit-semantic`, `hit-coalesced`, `miss`, `bypass`; `None`
+    /// for calls that never reached the cache stage.
+    pub cache: Option<&'static str>,
     /// The HTTP status the client got (for a stream: the status of its head).
     pub status: u16,
-    /// How the call ended: `ok`, `error`, `interrupted` or `abandoned`.
+    /// How the call ended: `ok`, `error`, `interrupted`, `abandoned` or
+    /// `content_filter`.
     pub outcome: &'static str,
     /// The error code, for calls that failed.
     pub error: Option<&'static str>,
@@ -41,6 +64,63 @@ pub struct CallRecord {
     pub answer: String,
     /// The passages the answer was grounded in.
     pub passages: Vec<PassageRef>,
+}
+
+impl CallRecord {
+    /// A call refused before any stage ran (bad key, unreadable body, unknown
+    /// model …): what the HTTP layer knows about it.
+    pub fn refused(
+        request_id: &str,
+        origin: Origin,
+        status: u16,
+        error: Option<&'static str>,
+    ) -> Self {
+        CallRecord {
+            at: SystemTime::now(),
+            request_id: request_id.to_owned(),
+            origin,
+            tenant: None,
+            key_id: None,
+            user: None,
+            alias: None,
+            target: None,
+            local: false,
+            attempts: Vec::new(),
+            stream: false,
+            cache: None,
+            status,
+            outcome: if status < 400 { "ok" } else { "error" },
+            error,
+            latency: Duration::ZERO,
+            time_to_first_token: None,
+            usage: None,
+            answer_chars: 0,
+            pii: Vec::new(),
+            prompt: String::new(),
+            answer: String::new(),
+            passages: Vec::new(),
+        }
+    }
+}
+
+/// Where a call came from, as the HTTP layer saw it.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// The route's pattern (`/v1/chat/completions`), never the raw path.
+    pub route: Arc<str>,
+    pub client_ip: Option<IpAddr>,
+    pub user_agent: Option<Arc<str>>,
+}
+
+impl Origin {
+    /// For records made outside an HTTP request (tests, embedders).
+    pub fn internal(route: &str) -> Self {
+        Origin {
+            route: route.into(),
+            client_ip: None,
+            user_agent: None,
+        }
+    }
 }
 
 /// A retrieved passage as the record keeps it: which one, and how it scored (its
@@ -82,4 +162,61 @@ impl AuditSink for NoAudit {
     fn keeps_text(&self) -> bool {
         false
     }
+}
+
+/// The gateway's audit trail: the writer on the request path, and the store the
+/// query endpoint reads.
+pub struct AuditTrail {
+    pub writer: Arc<writer::AuditWriter>,
+    pub store: Arc<dyn store::AuditStore>,
+}
+
+impl AuditTrail {
+    /// Opens the store and spool and starts the writer (needs a Tokio runtime).
+    pub fn start(
+        config: &crate::config::AuditConfig,
+        metrics: Arc<crate::telemetry::Metrics>,
+    ) -> Result<AuditTrail, String> {
+        let store = open_store(&config.database).map_err(|e| e.to_string())?;
+        let spool = spool::Spool::open(&config.spool_dir)
+            .map_err(|e| format!("audit spool {}: {e}", config.spool_dir.display()))?;
+        let rows = row::RowBuilder {
+            text: config.text,
+            prices: config.prices.clone().into_iter().collect(),
+        };
+        let settings = writer::WriterSettings {
+            instance: config.instance.clone(),
+            queue: config.queue,
+            batch_rows: config.batch_rows,
+            flush_every: config.flush_every,
+            write_timeout: config.write_timeout,
+            shutdown_deadline: config.shutdown_deadline,
+            retention: config.retention,
+        };
+        let writer = writer::AuditWriter::start(
+            Arc::clone(&store),
+            Arc::new(spool),
+            rows,
+            settings,
+            metrics,
+        );
+        Ok(AuditTrail {
+            writer: Arc::new(writer),
+            store,
+        })
+    }
+}
+
+/// The configured database (connecting lazily).
+pub fn open_store(
+    database: &crate::config::AuditDatabase,
+) -> Result<Arc<dyn store::AuditStore>, store::StoreError> {
+    Ok(match database {
+        crate::config::AuditDatabase::Postgres(url) => {
+            Arc::new(store::postgres::PgStore::connect_lazy(url.expose())?)
+        }
+        crate::config::AuditDatabase::Sqlite(url) => {
+            Arc::new(store::sqlite::SqliteStore::open(url)?)
+        }
+    })
 }

@@ -3,6 +3,7 @@
 //! the typed [`Config`] the rest of the gateway uses. Secrets are read from the
 //! environment variables the file names, never from the file.
 
+mod audit;
 mod cache;
 mod env;
 mod raw;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use audit::{AuditConfig, AuditDatabase};
 pub use cache::{CacheConfig, RedisConfig};
 pub use env::Env;
 use raw::RawConfig;
@@ -40,6 +42,8 @@ pub struct Config {
     pub guard: Option<GuardConfig>,
     pub retrieval: Option<RetrievalConfig>,
     pub cache: Option<CacheConfig>,
+    /// The audit trail; off when the section is absent.
+    pub audit: Option<AuditConfig>,
 }
 
 /// What happens to personal data (see `sanitize`).
@@ -230,6 +234,10 @@ impl Serialize for Secret {
     }
 }
 
+fn as_optional_days<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.map_or(0, |d| d.as_secs() / 86_400))
+}
+
 fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(d.as_secs())
 }
@@ -282,6 +290,8 @@ store = "embedded"
 path = "data/qdrant"
 
 [cache]
+
+[audit]
 "#;
 
 /// Why a configuration could not be loaded.

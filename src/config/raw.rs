@@ -25,6 +25,7 @@ pub struct RawConfig {
     pub guard: Option<RawGuard>,
     pub retrieval: Option<super::retrieval::RawRetrieval>,
     pub cache: Option<super::cache::RawCache>,
+    pub audit: Option<super::audit::RawAudit>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -104,6 +104,9 @@ pub(super) fn validate(raw: RawConfig, env: &Env) -> Result<Config, Vec<Problem>
     let cache = raw
         .cache
         .map(|c| super::cache::cache(c, embeddings.is_some(), &mut problems));
+    let audit = raw
+        .audit
+        .map(|a| super::audit::audit(a, env, &mut problems));
     let providers: BTreeMap<_, _> = raw
         .providers
         .into_iter()
@@ -138,6 +141,7 @@ pub(super) fn validate(raw: RawConfig, env: &Env) -> Result<Config, Vec<Problem>
             guard,
             retrieval,
             cache,
+            audit,
         })
     } else {
         Err(problems.0)

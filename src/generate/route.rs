@@ -26,6 +26,8 @@ pub struct Target {
     /// Given the user's own text instead of placeholders (the local model, when
     /// `pii.local_input = "raw"`); never a remote provider.
     pub raw_input: bool,
+    /// The local model (the last resort when every remote route fails).
+    pub local: bool,
 }
 
 pub struct Route {
@@ -124,6 +126,7 @@ impl Routes {
                         stream_upstream: settings.stream_upstream,
                         raw_input: settings.kind == ProviderKind::Local
                             && config.pii.local_input == LocalInput::Raw,
+                        local: settings.kind == ProviderKind::Local,
                     })
                 });
                 route_targets.push(Arc::clone(target));

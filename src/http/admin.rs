@@ -92,3 +92,57 @@ pub async fn purge_cache(
         json!({ "purged": purge.tenant.as_deref().unwrap_or("*") }),
     ))
 }
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// `2026-11-24`, `2026-11-24T13:05:00Z`, or an age such as `24h`.
+    since: Option<String>,
+    until: Option<String>,
+    tenant: Option<String>,
+    request_id: Option<String>,
+    limit: Option<u32>,
+}
+
+const AUDIT_LIMIT: u32 = 100;
+const AUDIT_MAX_LIMIT: u32 = 1_000;
+
+/// `GET /admin/audit?since=…&until=…&tenant=…&request_id=…&limit=…`: audit rows,
+/// newest first (read only).
+pub async fn audit(
+    State(state): State<AppState>,
+    query: Result<axum::extract::Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, GatewayError> {
+    let Some(trail) = &state.audit else {
+        return Err(GatewayError::NotFound(
+            "/admin/audit (the audit trail is not configured)".to_owned(),
+        ));
+    };
+    let axum::extract::Query(q) = query.map_err(|e| GatewayError::invalid(e.body_text(), None))?;
+    let now = crate::audit::time::now_micros();
+    let time = |name: &str, text: &Option<String>| {
+        text.as_deref()
+            .map(|t| crate::audit::time::parse(t, now))
+            .transpose()
+            .map_err(|message| GatewayError::invalid(message, Some(name.to_owned())))
+    };
+    let query = crate::audit::store::Query {
+        range: crate::audit::store::Range {
+            since: time("since", &q.since)?,
+            until: time("until", &q.until)?,
+        },
+        tenant: q.tenant,
+        request_id: q.request_id,
+        limit: q.limit.unwrap_or(AUDIT_LIMIT).clamp(1, AUDIT_MAX_LIMIT),
+    };
+    let rows = trail
+        .store
+        .query(&query)
+        .await
+        .map_err(|error| GatewayError::Unavailable {
+            message: format!("the audit database cannot be read: {error}"),
+            retry_after: std::time::Duration::from_secs(5),
+        })?;
+    let data: Vec<Value> = rows.iter().map(crate::audit::export::json).collect();
+    Ok(Json(json!({ "object": "list", "data": data })))
+}

@@ -71,8 +71,11 @@ pub async fn authenticate(
 ) -> Response {
     match keys.caller_of(request.headers()) {
         Ok(caller) => {
-            request.extensions_mut().insert(caller);
-            next.run(request).await
+            request.extensions_mut().insert(caller.clone());
+            let mut response = next.run(request).await;
+            // The audit record of a call the handler refused names its caller.
+            response.extensions_mut().insert(caller);
+            response
         }
         Err(error) => error.into_response(),
     }

@@ -13,7 +13,8 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::body::parse_json;
-use super::observe::{RequestId, ServedModel};
+use super::observe::{Recorded, RequestId, ServedModel};
+use crate::audit::Origin;
 use crate::cache::CacheControl;
 use crate::error::GatewayError;
 use crate::pipeline::{Caller, Reply, ReplyBody, RequestCtx};
@@ -24,6 +25,7 @@ pub async fn completions(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Extension(RequestId(request_id)): Extension<RequestId>,
+    origin: Option<Extension<Origin>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -40,6 +42,9 @@ pub async fn completions(
     };
     let alias = route.alias.clone();
     let mut ctx = RequestCtx::new(request_id, caller, route, &request, started);
+    if let Some(Extension(origin)) = origin {
+        ctx.origin = origin;
+    }
     if let Some(value) = headers
         .get(header::CACHE_CONTROL)
         .and_then(|v| v.to_str().ok())
@@ -65,6 +70,7 @@ pub async fn completions(
         }
     };
     response.extensions_mut().insert(served);
+    response.extensions_mut().insert(Recorded);
     response
 }
 

@@ -6,6 +6,10 @@ use axum::response::{IntoResponse, Response};
 
 use crate::error::GatewayError;
 
+/// The error code of a response made from a [`GatewayError`].
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
 pub fn status_for(error: &GatewayError) -> StatusCode {
     match error {
         GatewayError::InvalidRequest { .. }
@@ -30,6 +34,8 @@ impl IntoResponse for GatewayError {
             tracing::error!(detail, "internal error");
         }
         let mut response = (status_for(&self), Json(self.body())).into_response();
+        // For the audit record of a call refused before the pipeline ran.
+        response.extensions_mut().insert(ErrorCode(self.code()));
         if let GatewayError::Unavailable { retry_after, .. } = &self {
             let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
             response

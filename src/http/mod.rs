@@ -37,6 +37,7 @@ pub fn router(state: AppState) -> Router {
     let admin = Router::new()
         .route("/admin/breakers", get(admin::breakers))
         .route("/admin/cache/purge", post(admin::purge_cache))
+        .route("/admin/audit", get(admin::audit))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             admin::require_admin,
@@ -67,7 +68,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.server.max_body_bytes))
         .layer(middleware::from_fn_with_state(
-            Arc::clone(&state.metrics),
+            state.clone(),
             observe::observe,
         ))
         .with_state(state)

@@ -1,17 +1,24 @@
 //! The outermost layer: every request gets a request id (the client's `x-request-id`
 //! when it is sane, a new one otherwise) that is returned in the response and carried
 //! by every log line of the request, and one access-log line plus its metrics.
+//! Calls the pipeline did not record (refused before it ran, or not chat calls)
+//! get their audit record here.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderValue};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument;
 
-use crate::telemetry::{Metrics, RequestFinished};
+use super::error::ErrorCode;
+use crate::audit::{CallRecord, Origin};
+use crate::pipeline::Caller;
+use crate::state::AppState;
+use crate::telemetry::RequestFinished;
 
 pub const REQUEST_ID: &str = "x-request-id";
 
@@ -27,21 +34,53 @@ pub struct ServedModel {
     pub attempts: usize,
 }
 
-pub async fn observe(
-    State(metrics): State<Arc<Metrics>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+/// Set on a response whose call the pipeline has recorded (or will, when its
+/// stream ends).
+#[derive(Debug, Clone, Copy)]
+pub struct Recorded;
+
+pub async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = request_id(request.headers());
     let route = request.extensions().get::<MatchedPath>().cloned();
     let method = request.method().clone();
     request.extensions_mut().insert(RequestId(id.clone()));
+    let route_name = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    // Probes and scrapes are not calls worth a record.
+    let audited = !matches!(route_name, "/healthz" | "/readyz" | "/metrics");
+    let mut refused = None;
+    if audited {
+        let origin = origin(&state, &request, route_name);
+        request.extensions_mut().insert(origin.clone());
+        let key = request.headers().get(header::AUTHORIZATION).cloned();
+        refused = Some((origin, key));
+    }
     let span = tracing::info_span!("request", request_id = %id);
     let mut response = next.run(request).instrument(span.clone()).await;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
+    if let Some((origin, key)) = refused
+        && response.extensions().get::<Recorded>().is_none()
+    {
+        let mut record = CallRecord::refused(
+            &id,
+            origin,
+            response.status().as_u16(),
+            response.extensions().get::<ErrorCode>().map(|e| e.0),
+        );
+        record.latency = started.elapsed();
+        let caller = match response.extensions().get::<Caller>() {
+            Some(caller) => Some(caller.clone()),
+            None => identify(&state, key),
+        };
+        if let Some(caller) = caller {
+            record.tenant = Some(caller.tenant.to_string());
+            record.key_id = caller.key_id.as_deref().map(str::to_owned);
+        }
+        state.pipeline.audit.record(record);
+    }
+    let metrics = &state.metrics;
     let served = response.extensions().get::<ServedModel>();
     span.in_scope(|| {
         metrics.request_finished(&RequestFinished {
@@ -55,6 +94,52 @@ pub async fn observe(
         })
     });
     response
+}
+
+/// Where the request came from: the route's pattern, the client's address (from
+/// the configured proxy header, else the peer) and its user agent.
+fn origin(state: &AppState, request: &Request, route: &str) -> Origin {
+    let headers = request.headers();
+    let forwarded = state
+        .config
+        .audit
+        .as_ref()
+        .and_then(|a| a.client_ip_header.as_deref())
+        .and_then(|name| headers.get(name)?.to_str().ok())
+        .and_then(|v| v.split(',').next()?.trim().parse::<IpAddr>().ok());
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|ua| Arc::from(truncate(ua, 256)));
+    Origin {
+        route: route.into(),
+        client_ip: forwarded.or(peer),
+        user_agent,
+    }
+}
+
+/// The caller a bearer key names: a client key's tenant, or the admin.
+fn identify(state: &AppState, key: Option<HeaderValue>) -> Option<Caller> {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::AUTHORIZATION, key?);
+    if super::admin::is_admin(state, &headers) {
+        return Some(Caller {
+            tenant: "admin".into(),
+            key_id: Some("admin".into()),
+        });
+    }
+    state.client_keys.caller_of(&headers).ok()
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => &text[..at],
+        None => text,
+    }
 }
 
 /// The client's id if it is printable ASCII of sane length (it goes into logs and

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use tokio::time::Instant;
 
+use crate::audit::Origin;
 use crate::cache::{CacheControl, CacheKey, CacheStatus, Flight};
 use crate::generate::{Attempt, Route};
 use crate::retrieve::Citation;
@@ -30,6 +31,8 @@ impl Caller {
 pub struct RequestCtx {
     pub request_id: Arc<str>,
     pub caller: Caller,
+    /// Where the request came from, for the audit record.
+    pub origin: Origin,
     /// The end user the client named in the `user` field (sanitised).
     pub user: Option<String>,
     pub route: Arc<Route>,
@@ -68,6 +71,7 @@ impl RequestCtx {
         RequestCtx {
             request_id,
             caller,
+            origin: Origin::internal("/v1/chat/completions"),
             // Set once sanitised: a raw value must not reach the record.
             user: None,
             route,

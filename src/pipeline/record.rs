@@ -60,7 +60,7 @@ impl Pipeline {
             .map(|t| t.chars().count())
             .sum();
         let mut record = base_record(ctx, 200, outcome);
-        record.target = Some(target.to_owned());
+        record.set_target(ctx, target);
         record.usage = reply.usage;
         record.answer_chars = answer_chars;
         record.answer = recorded;
@@ -87,7 +87,7 @@ impl Pipeline {
         self.metrics
             .stream_finished(&ctx.route.alias, target, outcome, ctx.started.elapsed());
         let mut record = base_record(ctx, 200, outcome);
-        record.target = Some(target.to_owned());
+        record.set_target(ctx, target);
         record.time_to_first_token = first_token;
         record.usage = accumulated.usage();
         record.answer_chars = accumulated.answer_chars();
@@ -119,18 +119,31 @@ impl Pipeline {
     }
 }
 
+impl CallRecord {
+    fn set_target(&mut self, ctx: &RequestCtx, target: &str) {
+        self.target = Some(target.to_owned());
+        self.local = ctx
+            .route
+            .targets
+            .iter()
+            .any(|t| t.local && &*t.id == target);
+    }
+}
+
 fn base_record(ctx: &RequestCtx, status: u16, outcome: &'static str) -> CallRecord {
     CallRecord {
         at: SystemTime::now(),
         request_id: ctx.request_id.to_string(),
-        tenant: ctx.caller.tenant.to_string(),
+        origin: ctx.origin.clone(),
+        tenant: Some(ctx.caller.tenant.to_string()),
         key_id: ctx.caller.key_id.as_deref().map(str::to_owned),
         user: ctx.user.clone(),
-        alias: ctx.route.alias.to_string(),
+        alias: Some(ctx.route.alias.to_string()),
         target: None,
+        local: false,
         attempts: ctx.attempts.clone(),
         stream: ctx.stream,
-        cache: ctx.cache.as_str(),
+        cache: Some(ctx.cache.as_str()),
         status,
         outcome,
         error: None,

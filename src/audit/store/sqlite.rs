@@ -1,0 +1,294 @@
+//! The audit table in a SQLite file: the default when no Postgres is configured,
+//! so a single gateway keeps its trail without a database server.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row as _, Sqlite};
+
+use super::{
+    AuditStore, COLUMNS, NameIds, Query, Range, StoreError, StoredHead, decode, kind, names_of,
+    stored_head,
+};
+use crate::audit::chain::{Head, link};
+use crate::audit::migrate;
+use crate::audit::row::{Chained, Row};
+
+const HEAD_UPSERT: &str = "INSERT INTO audit_chain_heads \
+    (instance_id, seq, row_hash, spool_file, spool_offset) \
+    VALUES ($1, $2, $3, COALESCE($4, 0), COALESCE($5, 0)) \
+    ON CONFLICT (instance_id) DO UPDATE SET seq = excluded.seq, row_hash = excluded.row_hash, \
+    spool_file = COALESCE($4, audit_chain_heads.spool_file), \
+    spool_offset = COALESCE($5, audit_chain_heads.spool_offset)";
+
+/// Rows per INSERT statement: 30 values each, under SQLite's 32,766 limit.
+const ROWS_PER_INSERT: usize = 500;
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+    names: NameIds,
+}
+
+impl SqliteStore {
+    /// Opens (creating) the file named by `sqlite://path`.
+    pub fn open(url: &str) -> Result<SqliteStore, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // Each batch's commit reaches the disk.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5));
+        if let Some(dir) = Path::new(options.get_filename()).parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Other(format!("{}: {e}", dir.display())))?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_lazy_with(options);
+        Ok(SqliteStore {
+            pool,
+            names: NameIds::default(),
+        })
+    }
+
+    async fn learn_names(&self, instance: &str, rows: &[Row]) -> Result<(), StoreError> {
+        for (kind, name) in self.names.missing(&names_of(instance, rows)) {
+            sqlx::query(
+                "INSERT INTO audit_names (kind, name) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            )
+            .bind(kind)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+            if let Some(id) = self.name_id(kind, name).await? {
+                self.names.learn(kind, name.to_owned(), id);
+            }
+        }
+        Ok(())
+    }
+
+    async fn name_id(&self, kind: &str, name: &str) -> Result<Option<i64>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT id FROM audit_names WHERE kind = $1 AND name = $2")
+                .bind(kind)
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn fetch(&self, mut q: QueryBuilder<'_, Sqlite>) -> Result<Vec<Chained>, StoreError> {
+        let names: HashMap<i64, String> = sqlx::query("SELECT id, name FROM audit_names")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| Ok::<_, StoreError>((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, _>>()?;
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter().map(|r| decode(r, &names)).collect()
+    }
+}
+
+fn select() -> QueryBuilder<'static, Sqlite> {
+    QueryBuilder::new(format!("SELECT at_us, {COLUMNS} FROM audit_calls"))
+}
+
+fn push_range(q: &mut QueryBuilder<'_, Sqlite>, range: Range) {
+    if let Some(since) = range.since {
+        q.push(" AND at_us >= ").push_bind(since);
+    }
+    if let Some(until) = range.until {
+        q.push(" AND at_us < ").push_bind(until);
+    }
+}
+
+#[async_trait]
+impl AuditStore for SqliteStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        migrate::migrator(migrate::SQLITE)
+            .await?
+            .run(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn prepare(&self, _now_us: i64) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn head(&self, instance: &str) -> Result<Option<StoredHead>, StoreError> {
+        let row = sqlx::query(
+            "SELECT h.seq, h.row_hash, h.spool_file, h.spool_offset FROM audit_chain_heads h \
+             JOIN audit_names n ON n.id = h.instance_id WHERE n.kind = 'instance' AND n.name = $1",
+        )
+        .bind(instance)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| stored_head(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?))
+            .transpose()
+    }
+
+    async fn append(
+        &self,
+        instance: &str,
+        rows: &[Row],
+        spool: Option<(i64, u64)>,
+    ) -> Result<Head, StoreError> {
+        self.learn_names(instance, rows).await?;
+        let id = self
+            .names
+            .id(kind::INSTANCE, Some(instance))
+            .ok_or_else(|| StoreError::Other("the instance has no name id".to_owned()))?;
+        let mut tx = self.pool.begin().await?;
+        let head =
+            sqlx::query("SELECT seq, row_hash FROM audit_chain_heads WHERE instance_id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| stored_head(r.try_get(0)?, r.try_get(1)?, 0, 0))
+                .transpose()?
+                .map_or(Head::EMPTY, |h| h.head);
+        let (chained, head) = link(instance, head, rows);
+        let names = &self.names;
+        for part in chained.chunks(ROWS_PER_INSERT) {
+            let mut q =
+                QueryBuilder::<Sqlite>::new(format!("INSERT INTO audit_calls (at_us, {COLUMNS}) "));
+            q.push_values(part, |mut b, c| {
+                let r = &c.row;
+                let name = |k: &'static str, v: &Option<String>| names.id(k, v.as_deref());
+                b.push_bind(r.at_us)
+                    .push_bind(id)
+                    .push_bind(c.seq)
+                    .push_bind(r.request_id.clone())
+                    .push_bind(name(kind::TENANT, &r.tenant))
+                    .push_bind(name(kind::KEY, &r.client_key))
+                    .push_bind(r.end_user.clone())
+                    .push_bind(names.id(kind::ROUTE, Some(&r.route)))
+                    .push_bind(name(kind::ALIAS, &r.alias))
+                    .push_bind(name(kind::TARGET, &r.target))
+                    .push_bind(r.attempts.get().to_owned())
+                    .push_bind(name(kind::CACHE, &r.cache))
+                    .push_bind(i64::from(r.local_fallback))
+                    .push_bind(i64::from(r.stream))
+                    .push_bind(r.status)
+                    .push_bind(names.id(kind::OUTCOME, Some(&r.outcome)))
+                    .push_bind(name(kind::ERROR, &r.error))
+                    .push_bind(r.latency_us)
+                    .push_bind(r.ttft_us)
+                    .push_bind(r.prompt_tokens)
+                    .push_bind(r.completion_tokens)
+                    .push_bind(r.cost)
+                    .push_bind(r.pii.get().to_owned())
+                    .push_bind(r.prompt.clone())
+                    .push_bind(r.answer.clone())
+                    .push_bind(r.passages.get().to_owned())
+                    .push_bind(r.client_ip.clone())
+                    .push_bind(name(kind::AGENT, &r.user_agent))
+                    .push_bind(c.prev_hash.to_vec())
+                    .push_bind(c.row_hash.to_vec());
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        sqlx::query(HEAD_UPSERT)
+            .bind(id)
+            .bind(head.seq)
+            .bind(&head.hash[..])
+            .bind(spool.map(|(file, _)| file))
+            .bind(spool.map(|(_, offset)| offset as i64))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(head)
+    }
+
+    async fn instances(&self) -> Result<Vec<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar(
+                "SELECT name FROM audit_names WHERE kind = 'instance' ORDER BY name",
+            )
+            .fetch_all(&self.pool)
+            .await?,
+        )
+    }
+
+    async fn seq_bounds(
+        &self,
+        instance: &str,
+        range: Range,
+    ) -> Result<Option<(i64, i64)>, StoreError> {
+        let Some(id) = self.name_id(kind::INSTANCE, instance).await? else {
+            return Ok(None);
+        };
+        let mut q =
+            QueryBuilder::new("SELECT min(seq), max(seq) FROM audit_calls WHERE instance_id = ");
+        q.push_bind(id);
+        push_range(&mut q, range);
+        let row = q.build().fetch_one(&self.pool).await?;
+        let (min, max): (Option<i64>, Option<i64>) = (row.try_get(0)?, row.try_get(1)?);
+        Ok(min.zip(max))
+    }
+
+    async fn chain(
+        &self,
+        instance: &str,
+        seqs: (i64, i64),
+        range: Range,
+    ) -> Result<Vec<Chained>, StoreError> {
+        let Some(id) = self.name_id(kind::INSTANCE, instance).await? else {
+            return Ok(Vec::new());
+        };
+        let mut q = select();
+        q.push(" WHERE instance_id = ").push_bind(id);
+        q.push(" AND seq > ").push_bind(seqs.0);
+        q.push(" AND seq <= ").push_bind(seqs.1);
+        push_range(&mut q, range);
+        q.push(" ORDER BY seq");
+        self.fetch(q).await
+    }
+
+    async fn beyond_head(&self, instance: &str) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM audit_calls c \
+             JOIN audit_names n ON n.id = c.instance_id AND n.kind = 'instance' AND n.name = $1 \
+             LEFT JOIN audit_chain_heads h ON h.instance_id = c.instance_id \
+             WHERE c.seq > COALESCE(h.seq, 0)",
+        )
+        .bind(instance)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn query(&self, query: &Query) -> Result<Vec<Chained>, StoreError> {
+        let mut q = select();
+        q.push(" WHERE 1 = 1");
+        if let Some(tenant) = &query.tenant {
+            let Some(id) = self.name_id(kind::TENANT, tenant).await? else {
+                return Ok(Vec::new());
+            };
+            q.push(" AND tenant_id = ").push_bind(id);
+        }
+        if let Some(request_id) = &query.request_id {
+            q.push(" AND request_id = ").push_bind(request_id.clone());
+        }
+        push_range(&mut q, query.range);
+        q.push(" ORDER BY at_us DESC, seq DESC LIMIT ")
+            .push_bind(i64::from(query.limit));
+        self.fetch(q).await
+    }
+
+    async fn retain(&self, before_us: i64) -> Result<String, StoreError> {
+        let done = sqlx::query("DELETE FROM audit_calls WHERE at_us < $1")
+            .bind(before_us)
+            .execute(&self.pool)
+            .await?;
+        Ok(format!("deleted {} rows", done.rows_affected()))
+    }
+}

@@ -1,0 +1,341 @@
+//! The audit writer: the request path hands a record to a bounded channel and
+//! returns; one task turns records into rows and writes them in batches. While the
+//! database cannot take them (down, slow, not yet migrated) rows go to the spool,
+//! and are replayed in order once it can; rows never overtake the spool. A record
+//! that finds the channel full goes to the spool at once.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::row::{Row, RowBuilder, TextMode};
+use super::spool::Spool;
+use super::store::AuditStore;
+use super::{AuditSink, CallRecord, time};
+use crate::telemetry::Metrics;
+
+/// How the writer batches, waits and keeps.
+#[derive(Debug, Clone)]
+pub struct WriterSettings {
+    /// This gateway's name on its chain.
+    pub instance: String,
+    pub queue: usize,
+    pub batch_rows: usize,
+    /// How long the first record of a batch waits for others.
+    pub flush_every: Duration,
+    /// The longest one database write may take before its rows are spooled.
+    pub write_timeout: Duration,
+    /// How long shutdown may spend writing what is queued and spooled.
+    pub shutdown_deadline: Duration,
+    /// Rows older than this are removed (by whole months in Postgres); `None` keeps all.
+    pub retention: Option<Duration>,
+}
+
+/// The [`AuditSink`] of the gateway.
+pub struct AuditWriter {
+    sender: mpsc::Sender<CallRecord>,
+    spool: Arc<Spool>,
+    rows: Arc<RowBuilder>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+    task: Mutex<Option<JoinHandle<()>>>,
+    deadline: Duration,
+}
+
+impl AuditWriter {
+    /// Starts the writer task. Migrations run there, so the gateway serves (and
+    /// spools) while the database is out of reach.
+    pub fn start(
+        store: Arc<dyn AuditStore>,
+        spool: Arc<Spool>,
+        rows: RowBuilder,
+        settings: WriterSettings,
+        metrics: Arc<Metrics>,
+    ) -> AuditWriter {
+        let (sender, receiver) = mpsc::channel(settings.queue.max(1));
+        let rows = Arc::new(rows);
+        let stop = CancellationToken::new();
+        let deadline = settings.shutdown_deadline;
+        let worker = Worker {
+            receiver,
+            store,
+            spool: Arc::clone(&spool),
+            rows: Arc::clone(&rows),
+            metrics: Arc::clone(&metrics),
+            settings,
+            ready: false,
+            retry_at: None,
+            backoff: MIN_BACKOFF,
+            maintain_at: Instant::now(),
+        };
+        let task = tokio::spawn(worker.run(stop.clone()));
+        AuditWriter {
+            sender,
+            spool,
+            rows,
+            metrics,
+            stop,
+            task: Mutex::new(Some(task)),
+            deadline,
+        }
+    }
+
+    /// Writes what is queued and spooled, within the shutdown deadline; what is
+    /// left stays in the spool for the next start.
+    pub async fn finish(&self) {
+        self.stop.cancel();
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task
+            && tokio::time::timeout(self.deadline + Duration::from_secs(1), task)
+                .await
+                .is_err()
+        {
+            tracing::warn!("audit writer did not finish in time; the spool keeps the rest");
+        }
+    }
+}
+
+impl AuditSink for AuditWriter {
+    fn record(&self, record: CallRecord) {
+        let record = match self.sender.try_send(record) {
+            Ok(()) => return,
+            Err(TrySendError::Full(record) | TrySendError::Closed(record)) => record,
+        };
+        // The writer is behind (or gone): the record goes to disk now.
+        let row = self.rows.row(record);
+        match self.spool.append(std::slice::from_ref(&row)) {
+            Ok(()) => self.metrics.audit_spooled(1),
+            Err(error) => {
+                self.metrics.audit_write_error("spool");
+                tracing::error!(%error, request_id = row.request_id, "audit row lost: the queue is full and the spool cannot be written");
+            }
+        }
+    }
+
+    fn keeps_text(&self) -> bool {
+        self.rows.text != TextMode::None
+    }
+}
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Spooled batches replayed per turn, so the channel is still read meanwhile.
+const REPLAY_BATCHES: usize = 5;
+/// How often partitions ahead are made and retention applied.
+const MAINTAIN_EVERY: Duration = Duration::from_secs(3600);
+
+struct Worker {
+    receiver: mpsc::Receiver<CallRecord>,
+    store: Arc<dyn AuditStore>,
+    spool: Arc<Spool>,
+    rows: Arc<RowBuilder>,
+    metrics: Arc<Metrics>,
+    settings: WriterSettings,
+    /// Migrated, and the spool's position known.
+    ready: bool,
+    /// After a failure, the database is left alone until then.
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    maintain_at: Instant,
+}
+
+impl Worker {
+    async fn run(mut self, stop: CancellationToken) {
+        loop {
+            self.connect().await;
+            let batch = tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                batch = self.next_batch() => batch,
+            };
+            self.write(batch, true).await;
+            self.replay(REPLAY_BATCHES).await;
+            self.maintain().await;
+            self.metrics
+                .audit_queue(self.receiver.len(), self.spool.backlog());
+        }
+        self.drain().await;
+        self.metrics
+            .audit_queue(self.receiver.len(), self.spool.backlog());
+    }
+
+    /// The database is usable: migrated, and the spool's position read back.
+    async fn connect(&mut self) {
+        if self.ready || !self.may_try() {
+            return;
+        }
+        let result = async {
+            self.store.migrate().await?;
+            self.store.prepare(time::now_micros()).await?;
+            self.store.head(&self.settings.instance).await
+        };
+        match tokio::time::timeout(self.settings.write_timeout, result).await {
+            Ok(Ok(head)) => {
+                let (file, offset) = head.map_or((0, 0), |h| (h.spool_file, h.spool_offset));
+                self.spool.resume(file, offset);
+                self.ready = true;
+                self.succeeded();
+            }
+            Ok(Err(error)) => self.failed(&error.to_string()),
+            Err(_) => self.failed("timed out"),
+        }
+    }
+
+    /// The next records: waits for one (waking now and then to replay the
+    /// spool), then gathers more for up to `flush_every` or `batch_rows`.
+    async fn next_batch(&mut self) -> Vec<CallRecord> {
+        let mut batch = Vec::new();
+        let idle = self.settings.flush_every.max(MIN_BACKOFF);
+        let max = self.settings.batch_rows.max(1);
+        if let Ok(0) | Err(_) =
+            tokio::time::timeout(idle, self.receiver.recv_many(&mut batch, max)).await
+        {
+            return batch;
+        }
+        let until = Instant::now() + self.settings.flush_every;
+        while batch.len() < max {
+            let room = max - batch.len();
+            match tokio::time::timeout_at(until, self.receiver.recv_many(&mut batch, room)).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        batch
+    }
+
+    /// Writes records to the database, or to the spool while it holds older rows
+    /// or the database fails.
+    async fn write(&mut self, records: Vec<CallRecord>, may_use_database: bool) {
+        if records.is_empty() {
+            return;
+        }
+        let rows: Vec<Row> = records.into_iter().map(|r| self.rows.row(r)).collect();
+        if may_use_database && self.ready && !self.spool.pending() && self.may_try() {
+            match self.append(&rows, None).await {
+                Ok(()) => return,
+                Err(error) => self.failed(&error),
+            }
+        }
+        match self.spool.append(&rows) {
+            Ok(()) => self.metrics.audit_spooled(rows.len()),
+            Err(error) => {
+                self.metrics.audit_write_error("spool");
+                tracing::error!(%error, rows = rows.len(), "audit rows lost: neither the database nor the spool took them");
+            }
+        }
+    }
+
+    /// Replays up to `batches` spooled batches, oldest first.
+    async fn replay(&mut self, batches: usize) {
+        for _ in 0..batches {
+            if !self.ready || !self.spool.pending() || !self.may_try() {
+                return;
+            }
+            let batch = match self.spool.read(self.settings.batch_rows.max(1)) {
+                Ok(Some(batch)) => batch,
+                Ok(None) => return,
+                Err(error) => {
+                    self.metrics.audit_write_error("spool");
+                    tracing::error!(%error, "cannot read the audit spool");
+                    return;
+                }
+            };
+            if !batch.rows.is_empty()
+                && let Err(error) = self
+                    .append(&batch.rows, Some((batch.file, batch.end)))
+                    .await
+            {
+                self.failed(&error);
+                return;
+            }
+            self.spool.replayed(batch.file, batch.end);
+        }
+    }
+
+    async fn append(&mut self, rows: &[Row], spool: Option<(i64, u64)>) -> Result<(), String> {
+        let write = self.store.append(&self.settings.instance, rows, spool);
+        match tokio::time::timeout(self.settings.write_timeout, write).await {
+            Ok(Ok(_)) => {
+                self.metrics.audit_written(rows.len());
+                self.succeeded();
+                Ok(())
+            }
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err("timed out".to_owned()),
+        }
+    }
+
+    /// Partitions ahead and retention, once an hour.
+    async fn maintain(&mut self) {
+        if !self.ready || Instant::now() < self.maintain_at || !self.may_try() {
+            return;
+        }
+        self.maintain_at = Instant::now() + MAINTAIN_EVERY;
+        let now = time::now_micros();
+        if let Err(error) = self.store.prepare(now).await {
+            tracing::warn!(%error, "audit: cannot create the coming partitions");
+        }
+        if let Some(keep) = self.settings.retention {
+            let cutoff = now - i64::try_from(keep.as_micros()).unwrap_or(i64::MAX);
+            match self.store.retain(cutoff).await {
+                Ok(done) => tracing::info!(done, "audit retention"),
+                Err(error) => tracing::warn!(%error, "audit retention failed"),
+            }
+        }
+    }
+
+    /// Shutdown: what is queued, then the spool, until the deadline.
+    async fn drain(&mut self) {
+        self.receiver.close();
+        let deadline = Instant::now() + self.settings.shutdown_deadline;
+        loop {
+            let mut batch = Vec::new();
+            while batch.len() < self.settings.batch_rows.max(1) {
+                match self.receiver.try_recv() {
+                    Ok(record) => batch.push(record),
+                    Err(_) => break,
+                }
+            }
+            if batch.is_empty() {
+                break;
+            }
+            let in_time = Instant::now() < deadline;
+            self.write(batch, in_time).await;
+        }
+        while self.spool.pending() && Instant::now() < deadline {
+            if let Some(at) = self.retry_at {
+                tokio::time::sleep_until(at.min(deadline)).await;
+            }
+            self.connect().await;
+            self.replay(1).await;
+        }
+        if self.spool.pending() {
+            tracing::warn!(
+                bytes = self.spool.backlog(),
+                "audit rows left in the spool for the next start"
+            );
+        }
+    }
+
+    fn may_try(&self) -> bool {
+        self.retry_at.is_none_or(|at| Instant::now() >= at)
+    }
+
+    fn succeeded(&mut self) {
+        self.retry_at = None;
+        self.backoff = MIN_BACKOFF;
+    }
+
+    fn failed(&mut self, error: &str) {
+        self.metrics.audit_write_error("database");
+        if self.retry_at.is_none() {
+            tracing::warn!(error, "audit database unavailable: spooling");
+        }
+        self.retry_at = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+}
