@@ -62,6 +62,7 @@ impl AuditWriter {
         let deadline = settings.shutdown_deadline;
         let worker = Worker {
             receiver,
+            gathered: Vec::new(),
             store,
             spool: Arc::clone(&spool),
             rows: Arc::clone(&rows),
@@ -130,6 +131,10 @@ const MAINTAIN_EVERY: Duration = Duration::from_secs(3600);
 
 struct Worker {
     receiver: mpsc::Receiver<CallRecord>,
+    /// The batch being gathered. Kept here, not in the gathering future, so that
+    /// records already taken from the channel survive that future being dropped
+    /// when shutdown begins.
+    gathered: Vec<CallRecord>,
     store: Arc<dyn AuditStore>,
     spool: Arc<Spool>,
     rows: Arc<RowBuilder>,
@@ -147,11 +152,12 @@ impl Worker {
     async fn run(mut self, stop: CancellationToken) {
         loop {
             self.connect().await;
-            let batch = tokio::select! {
+            tokio::select! {
                 biased;
                 () = stop.cancelled() => break,
-                batch = self.next_batch() => batch,
-            };
+                () = self.gather() => {}
+            }
+            let batch = std::mem::take(&mut self.gathered);
             self.write(batch, true).await;
             self.replay(REPLAY_BATCHES).await;
             self.maintain().await;
@@ -185,26 +191,25 @@ impl Worker {
         }
     }
 
-    /// The next records: waits for one (waking now and then to replay the
-    /// spool), then gathers more for up to `flush_every` or `batch_rows`.
-    async fn next_batch(&mut self) -> Vec<CallRecord> {
-        let mut batch = Vec::new();
+    /// Gathers the next batch into `gathered`: waits for a record (waking now
+    /// and then to replay the spool), then for more, up to `flush_every` or
+    /// `batch_rows`.
+    async fn gather(&mut self) {
         let idle = self.settings.flush_every.max(MIN_BACKOFF);
         let max = self.settings.batch_rows.max(1);
-        if let Ok(0) | Err(_) =
-            tokio::time::timeout(idle, self.receiver.recv_many(&mut batch, max)).await
-        {
-            return batch;
+        let first = self.receiver.recv_many(&mut self.gathered, max);
+        if let Ok(0) | Err(_) = tokio::time::timeout(idle, first).await {
+            return;
         }
         let until = Instant::now() + self.settings.flush_every;
-        while batch.len() < max {
-            let room = max - batch.len();
-            match tokio::time::timeout_at(until, self.receiver.recv_many(&mut batch, room)).await {
+        while self.gathered.len() < max {
+            let room = max - self.gathered.len();
+            let more = self.receiver.recv_many(&mut self.gathered, room);
+            match tokio::time::timeout_at(until, more).await {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
             }
         }
-        batch
     }
 
     /// Writes records to the database, or to the spool while it holds older rows
@@ -293,7 +298,7 @@ impl Worker {
         self.receiver.close();
         let deadline = Instant::now() + self.settings.shutdown_deadline;
         loop {
-            let mut batch = Vec::new();
+            let mut batch = std::mem::take(&mut self.gathered);
             while batch.len() < self.settings.batch_rows.max(1) {
                 match self.receiver.try_recv() {
                     Ok(record) => batch.push(record),
