@@ -124,7 +124,7 @@ async fn run() {
     let metrics = Arc::new(Metrics::new());
     let writer = AuditWriter::start(
         Arc::clone(&store) as Arc<dyn AuditStore>,
-        Arc::new(Spool::open(&spool_dir).unwrap()),
+        Arc::new(Spool::open(&spool_dir, "bench-writer").unwrap()),
         builder,
         WriterSettings {
             instance: "bench-writer".to_owned(),

@@ -97,6 +97,7 @@ async fn every_kind_of_call_leaves_exactly_one_row() {
     let config = format!(
         "{}\n[models.broken]\ntargets = [\"fake:status-503#a\"]\n\
          [models.slow]\ntargets = [\"fake:drip-300\"]\n\
+         [models.silent]\ntargets = [\"fake:slow-ttft-3000\"]\n\
          [auth]\nadmin_key_env = \"ADMIN\"\n\
          [[auth.keys]]\nid = \"bot\"\ntenant = \"acme\"\nkey_env = \"KEY\"\n\
          [pii.actions]\nid_card = \"block\"\n\
@@ -178,6 +179,19 @@ async fn every_kind_of_call_leaves_exactly_one_row() {
     let mut body = abandoned.bytes_stream();
     body.next().await.unwrap().unwrap();
     drop(body);
+    // A whole answer the client stops waiting for.
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let gave_up = impatient
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .header("x-request-id", "t-gaveup")
+        .bearer_auth("sk-acme")
+        .json(&ask("silent", "hi"))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client timed out");
     let models = gw
         .http()
         .get(format!("{}/v1/models", gw.url))
@@ -191,8 +205,8 @@ async fn every_kind_of_call_leaves_exactly_one_row() {
 
     let store = store(&gw);
     let pool = PgPool::connect(&db).await.unwrap();
-    // 11 calls; health checks are not recorded.
-    wait_for_rows(&pool, "gw-kinds", 11).await;
+    // 12 calls; health checks are not recorded.
+    wait_for_rows(&pool, "gw-kinds", 12).await;
     let one = |rows: Vec<Chained>, id: &str| {
         assert_eq!(rows.len(), 1, "rows for {id}: {rows:?}");
         rows.into_iter().next().unwrap().row
@@ -293,6 +307,13 @@ async fn every_kind_of_call_leaves_exactly_one_row() {
     let abandoned = one(rows_of(store.as_ref(), "t-abandoned").await, "t-abandoned");
     assert_eq!(abandoned.outcome, "abandoned");
 
+    let gave_up = one(rows_of(store.as_ref(), "t-gaveup").await, "t-gaveup");
+    assert_eq!(
+        (gave_up.status, gave_up.outcome.as_str()),
+        (499, "abandoned")
+    );
+    assert_eq!(gave_up.tenant.as_deref(), Some("acme"));
+
     let models = one(rows_of(store.as_ref(), "t-models").await, "t-models");
     assert_eq!((models.route.as_str(), models.status), ("/v1/models", 200));
 
@@ -301,7 +322,7 @@ async fn every_kind_of_call_leaves_exactly_one_row() {
         .fetch_all(&pool)
         .await
         .unwrap();
-    assert_eq!(all.len(), 11);
+    assert_eq!(all.len(), 12);
     for row in &all {
         assert!(!row.contains(PHONE) && !row.contains(ID_CARD), "{row}");
     }
@@ -311,7 +332,7 @@ async fn every_kind_of_call_leaves_exactly_one_row() {
     assert_eq!(reports.len(), 1);
     assert_eq!(
         (reports[0].rows, &reports[0].fault),
-        (11, &None),
+        (12, &None),
         "{}",
         reports[0]
     );
@@ -359,19 +380,31 @@ async fn a_database_outage_loses_no_row_and_keeps_the_order() {
     assert!(statuses.iter().all(|s| *s == 200));
 
     wait_for_rows(&pool, "gw-outage", 1000).await;
-    let ids: Vec<(i64, String)> = sqlx::query_as(
-        "SELECT seq, request_id FROM audit_log WHERE instance = 'gw-outage' ORDER BY seq",
+    let ids: Vec<(i64, String, f64)> = sqlx::query_as(
+        "SELECT seq, request_id, extract(epoch FROM at)::float8 FROM audit_log \
+         WHERE instance = 'gw-outage' ORDER BY seq",
     )
     .fetch_all(&pool)
     .await
     .unwrap();
-    let seqs: Vec<i64> = ids.iter().map(|(s, _)| *s).collect();
+    let seqs: Vec<i64> = ids.iter().map(|(s, _, _)| *s).collect();
+    // In order: along the chain, time never goes back by more than the moment
+    // between a record's time and its hand-over (spooled rows replayed out of
+    // order would go back by the outage's length).
+    let went_back = ids
+        .windows(2)
+        .map(|w| w[0].2 - w[1].2)
+        .fold(0.0_f64, f64::max);
+    assert!(
+        went_back < 0.25,
+        "time went back {went_back} s along the chain"
+    );
     assert_eq!(
         seqs,
         (1..=1000).collect::<Vec<_>>(),
         "one place per row, none skipped"
     );
-    let mut requests: Vec<&str> = ids.iter().map(|(_, r)| r.as_str()).collect();
+    let mut requests: Vec<&str> = ids.iter().map(|(_, r, _)| r.as_str()).collect();
     requests.sort_unstable();
     requests.dedup();
     assert_eq!(requests.len(), 1000, "each request exactly once");
@@ -464,7 +497,16 @@ async fn a_restart_replays_the_spool_it_was_left() {
         reports[0]
     );
     second.state.finish_audit().await;
-    let left = std::fs::read_dir(&spool).unwrap().count();
+    let left = std::fs::read_dir(&spool)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".jsonl")
+        })
+        .count();
     assert_eq!(left, 0, "a replayed spool file is removed");
 }
 
@@ -541,7 +583,7 @@ async fn verify_finds_each_kind_of_tampering_at_its_row() {
         "INSERT INTO audit_calls SELECT at, instance_id, seq, 'forged', tenant_id, key_id, end_user, \
          route_id, alias_id, target_id, attempts, cache_id, local_fallback, stream, status, \
          outcome_id, error_id, latency_us, ttft_us, prompt_tokens, completion_tokens, cost, pii, \
-         prompt, answer, passages, client_ip, agent_id, prev_hash, $1 FROM audit_calls WHERE seq = 8",
+         prompt, answer, passages, client_ip, user_agent, prev_hash, $1 FROM audit_calls WHERE seq = 8",
     )
     .bind(&copy.row_hash[..])
     .execute(&pool)
@@ -598,6 +640,18 @@ async fn the_cli_verifies_exports_and_migrates() {
         "{out}"
     );
 
+    let recent = run(&["audit", "verify", "--since", "1h"]);
+    let out = String::from_utf8_lossy(&recent.stdout);
+    assert!(
+        recent.status.success() && out.contains("gw-cli: ok, 20 rows"),
+        "{out}"
+    );
+    let idle = run(&["audit", "verify", "--since", "0s"]);
+    let out = String::from_utf8_lossy(&idle.stdout);
+    assert!(
+        idle.status.success() && out.contains("no rows in range"),
+        "{out}"
+    );
     let jsonl = run(&["audit", "export", "--since", "1h", "--format", "jsonl"]);
     let lines: Vec<Value> = String::from_utf8_lossy(&jsonl.stdout)
         .lines()
@@ -789,4 +843,103 @@ async fn without_postgres_the_trail_goes_to_a_sqlite_file() {
         reports[0]
     );
     assert!(dir.join("data/audit.db").exists());
+}
+
+#[tokio::test]
+async fn a_full_queue_sends_records_to_the_spool_and_none_is_lost() {
+    let fake = FakeProvider::start().await;
+    let db = fresh_database().await;
+    let section = audit_section("gw-full", &temp_dir()).replace(
+        "[audit.prices]",
+        "queue = 1\nbatch_rows = 5\n[audit.prices]",
+    );
+    let config = format!("{}{section}", config_over(&fake, &[("chat", &["ok"])]));
+    let gw = Gateway::start_with_env(&config, &[("AUDIT_DB", db.as_str())]).await;
+    let statuses: Vec<_> = futures_util::stream::iter(0..200)
+        .map(|i| {
+            let gw = &gw;
+            async move {
+                send(gw, &format!("f-{i:03}"), None, json_body(ask("chat", "hi")))
+                    .await
+                    .status()
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    assert!(statuses.iter().all(|s| *s == 200));
+    let pool = PgPool::connect(&db).await.unwrap();
+    wait_for_rows(&pool, "gw-full", 200).await;
+    let distinct: i64 = sqlx::query_scalar("SELECT count(DISTINCT request_id) FROM audit_calls")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(distinct, 200);
+    let metrics = gw.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metric(&metrics, "ragway_audit_spooled_total") > 0.0,
+        "the queue overflowed"
+    );
+    let reports = ragway::audit::verify::verify(store(&gw).as_ref(), Range::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        (reports[0].rows, &reports[0].fault),
+        (200, &None),
+        "{}",
+        reports[0]
+    );
+}
+
+#[tokio::test]
+async fn text_that_copy_reads_as_syntax_is_stored_as_it_was_and_verifies() {
+    let db = fresh_database().await;
+    let store = ragway::audit::store::postgres::PgStore::connect_lazy(&db).unwrap();
+    store.migrate().await.unwrap();
+    let mut row = sample_row("tricky");
+    let nasty =
+        "tab\there, newline\nthere, cr\r, backslash \\ and \\N and \\.\n\\.\n, quote ' \" 中文 🙂";
+    row.answer = Some(nasty.to_owned());
+    row.prompt = Some(String::new());
+    row.end_user = Some("\\x00".to_owned());
+    row.client_ip = Some("2001:db8::1".to_owned());
+    row.user_agent = Some("agent\twith\ttabs".to_owned());
+    row.cost = Some(0.1 + 0.2);
+    row.attempts =
+        serde_json::value::RawValue::from_string(r#"[{"error":"a\tb \\ \"c\""}]"#.to_owned())
+            .unwrap();
+    store
+        .append("gw-tricky", &[row.clone(), sample_row("plain")], None)
+        .await
+        .unwrap();
+    let back = store
+        .query(&Query {
+            request_id: Some("tricky".into()),
+            limit: 1,
+            ..Query::default()
+        })
+        .await
+        .unwrap()
+        .remove(0)
+        .row;
+    assert_eq!(back.answer.as_deref(), Some(nasty));
+    assert_eq!(
+        back.prompt.as_deref(),
+        Some(""),
+        "empty text stays empty, not NULL"
+    );
+    assert_eq!(back.end_user, row.end_user);
+    assert_eq!(back.client_ip.as_deref(), Some("2001:db8::1"));
+    assert_eq!(back.user_agent, row.user_agent);
+    assert_eq!(back.cost, Some(0.1 + 0.2));
+    assert_eq!(back.attempts.get(), row.attempts.get());
+    let reports = ragway::audit::verify::verify(&store, Range::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        (reports[0].rows, &reports[0].fault),
+        (2, &None),
+        "{}",
+        reports[0]
+    );
 }

@@ -1,7 +1,7 @@
 -- The audit trail: one row per call, never updated.
 
 -- Names that repeat on most rows (instances, tenants, client keys, routes, models,
--- targets, cache results, outcomes, error types, user agents) are stored once here;
+-- targets, cache results, outcomes, error types) are stored once here;
 -- rows carry their ids. `audit_log` below shows rows with the names put back.
 CREATE TABLE audit_names (
     id   integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -47,14 +47,15 @@ CREATE TABLE audit_calls (
     -- Retrieved passages: [{"doc_id", "chunk", "score"}].
     passages          json        NOT NULL,
     client_ip         inet,
-    agent_id          integer,
+    -- Kept on the row: clients choose it, so it is not a bounded set of names.
+    user_agent        text,
     prev_hash         bytea       NOT NULL,
     row_hash          bytea       NOT NULL
 ) PARTITION BY RANGE (at);
 
--- The auditor's questions: a time range (BRIN: rows arrive in time order), a
--- tenant over time, one request; and the chain walk of `ragway audit verify`.
-CREATE INDEX audit_calls_at ON audit_calls USING brin (at);
+-- The auditor's questions: a time range (newest first), a tenant over time, one
+-- request; and the chain walk of `ragway audit verify`.
+CREATE INDEX audit_calls_at ON audit_calls (at);
 CREATE INDEX audit_calls_tenant_at ON audit_calls (tenant_id, at);
 CREATE INDEX audit_calls_request ON audit_calls (request_id);
 CREATE INDEX audit_calls_chain ON audit_calls (instance_id, seq);
@@ -67,7 +68,8 @@ CREATE TABLE audit_chain_heads (
     seq          bigint  NOT NULL,
     row_hash     bytea   NOT NULL,
     spool_file   bigint  NOT NULL,
-    spool_offset bigint  NOT NULL
+    spool_offset bigint  NOT NULL,
+    updated_at   timestamptz NOT NULL DEFAULT now()
 );
 
 CREATE VIEW audit_log AS
@@ -77,7 +79,7 @@ SELECT c.at, i.name AS instance, c.seq, c.request_id, t.name AS tenant,
        c.attempts, ca.name AS cache, c.local_fallback, c.stream, c.status,
        o.name AS outcome, e.name AS error, c.latency_us / 1000.0 AS latency_ms,
        c.ttft_us / 1000.0 AS ttft_ms, c.prompt_tokens, c.completion_tokens, c.cost,
-       c.pii, c.prompt, c.answer, c.passages, c.client_ip, ua.name AS user_agent,
+       c.pii, c.prompt, c.answer, c.passages, c.client_ip, c.user_agent,
        encode(c.prev_hash, 'hex') AS prev_hash, encode(c.row_hash, 'hex') AS row_hash
 FROM audit_calls c
 JOIN audit_names i ON i.id = c.instance_id
@@ -88,5 +90,4 @@ LEFT JOIN audit_names k ON k.id = c.key_id
 LEFT JOIN audit_names a ON a.id = c.alias_id
 LEFT JOIN audit_names g ON g.id = c.target_id
 LEFT JOIN audit_names ca ON ca.id = c.cache_id
-LEFT JOIN audit_names e ON e.id = c.error_id
-LEFT JOIN audit_names ua ON ua.id = c.agent_id;
+LEFT JOIN audit_names e ON e.id = c.error_id;

@@ -36,7 +36,7 @@ CREATE TABLE audit_calls (
     answer            TEXT,
     passages          TEXT    NOT NULL,
     client_ip         TEXT,
-    agent_id          INTEGER,
+    user_agent        TEXT,
     prev_hash         BLOB    NOT NULL,
     row_hash          BLOB    NOT NULL
 );
@@ -51,5 +51,7 @@ CREATE TABLE audit_chain_heads (
     seq          INTEGER NOT NULL,
     row_hash     BLOB    NOT NULL,
     spool_file   INTEGER NOT NULL,
-    spool_offset INTEGER NOT NULL
+    spool_offset INTEGER NOT NULL,
+    -- Seconds since the Unix epoch.
+    updated_at   INTEGER NOT NULL DEFAULT (CAST(strftime('%s', 'now') AS INTEGER))
 );

@@ -178,7 +178,7 @@ impl AuditTrail {
         metrics: Arc<crate::telemetry::Metrics>,
     ) -> Result<AuditTrail, String> {
         let store = open_store(&config.database).map_err(|e| e.to_string())?;
-        let spool = spool::Spool::open(&config.spool_dir)
+        let spool = spool::Spool::open(&config.spool_dir, &config.instance)
             .map_err(|e| format!("audit spool {}: {e}", config.spool_dir.display()))?;
         let rows = row::RowBuilder {
             text: config.text,

@@ -5,6 +5,7 @@
 //! file is deleted; the next gets a new id (its creation time), so an old position
 //! never applies to a new file.
 
+use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -19,12 +20,17 @@ pub struct Spool {
 }
 
 struct Inner {
-    /// The file being appended to, with its id and length.
-    file: Option<(File, i64)>,
-    len: u64,
-    /// How much of the file the database holds; `None` until it has been asked.
+    /// Files holding rows not yet all in the database, oldest first, with their
+    /// lengths. Replay reads the oldest; appends go to the newest.
+    files: VecDeque<(i64, u64)>,
+    /// The newest file, open for appending, once this process has appended.
+    append: Option<File>,
+    /// How much of the oldest file the database holds; `None` until it has been
+    /// asked.
     replayed: Option<u64>,
     last_id: i64,
+    /// The instance whose chain the spooled rows belong on.
+    owner: String,
 }
 
 /// A run of spooled rows, read for replay.
@@ -37,79 +43,87 @@ pub struct Batch {
     pub unreadable: usize,
 }
 
+const OWNER: &str = "owner";
+
 impl Spool {
-    /// Opens the spool under `dir`, dropping a line cut short by a crash.
-    pub fn open(dir: &Path) -> io::Result<Spool> {
+    /// Opens the spool under `dir` for `instance`, dropping a line a crash cut
+    /// short. Rows left by an earlier process keep the instance they were spooled
+    /// under (see [`Spool::owner`]).
+    pub fn open(dir: &Path, instance: &str) -> io::Result<Spool> {
         fs::create_dir_all(dir)?;
         let mut ids: Vec<i64> = fs::read_dir(dir)?
             .filter_map(|e| e.ok())
             .filter_map(|e| file_id(&e.file_name().to_string_lossy()))
             .collect();
         ids.sort_unstable();
-        if ids.len() > 1 {
-            tracing::warn!(dir = %dir.display(), files = ids.len(), "several spool files: replaying the oldest first");
+        let mut files = VecDeque::new();
+        for &id in &ids {
+            files.push_back((id, repair(&dir.join(file_name(id)))?));
         }
-        let mut inner = Inner {
-            file: None,
-            len: 0,
-            replayed: None,
-            last_id: ids.last().copied().unwrap_or(0),
+        let owner = match files.is_empty() {
+            true => instance.to_owned(),
+            false => fs::read_to_string(dir.join(OWNER))
+                .map(|o| o.trim().to_owned())
+                .ok()
+                .filter(|o| !o.is_empty())
+                .unwrap_or_else(|| instance.to_owned()),
         };
-        if let Some(&id) = ids.first() {
-            let path = dir.join(file_name(id));
-            let mut file = OpenOptions::new().read(true).append(true).open(&path)?;
-            let mut bytes = Vec::new();
-            file.read_to_end(&mut bytes)?;
-            let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-            if whole < bytes.len() {
-                tracing::warn!(path = %path.display(), bytes = bytes.len() - whole, "dropping a spool line cut short");
-                file.set_len(whole as u64)?;
-                file.sync_data()?;
-            }
-            inner.len = whole as u64;
-            inner.file = Some((file, id));
-        }
         Ok(Spool {
             dir: dir.to_owned(),
-            inner: Mutex::new(inner),
+            inner: Mutex::new(Inner {
+                files,
+                append: None,
+                replayed: None,
+                last_id: ids.last().copied().unwrap_or(0),
+                owner,
+            }),
         })
     }
 
+    /// The instance whose chain the spooled rows go on: this one, unless rows
+    /// spooled under another name (a renamed host) are still waiting.
+    pub fn owner(&self) -> String {
+        self.lock().owner.clone()
+    }
+
     /// Appends rows and syncs them to disk.
-    pub fn append(&self, rows: &[Row]) -> io::Result<()> {
+    pub fn append(&self, rows: &[Row], instance: &str) -> io::Result<()> {
         let mut buf = Vec::with_capacity(rows.len() * 1024);
         for row in rows {
             serde_json::to_writer(&mut buf, row)?;
             buf.push(b'\n');
         }
         let mut inner = self.lock();
-        if inner.file.is_none() {
+        if inner.append.is_none() {
             let id = time::now_micros().max(inner.last_id + 1);
+            if inner.files.is_empty() {
+                // A spool starting afresh belongs to this instance; nothing of it
+                // is in the database yet.
+                fs::write(self.dir.join(OWNER), instance)?;
+                inner.owner = instance.to_owned();
+                inner.replayed = Some(0);
+            }
             let file = OpenOptions::new()
                 .create_new(true)
-                .read(true)
                 .append(true)
                 .open(self.dir.join(file_name(id)))?;
             // The new file's name must survive a crash too.
             File::open(&self.dir)?.sync_all()?;
-            inner.file = Some((file, id));
+            inner.append = Some(file);
+            inner.files.push_back((id, 0));
             inner.last_id = id;
-            inner.len = 0;
-            // A new file: nothing of it is in the database yet.
-            inner.replayed = Some(0);
         }
-        let Some((file, _)) = inner.file.as_mut() else {
+        let Inner { append, files, .. } = &mut *inner;
+        let (Some(file), Some((_, len))) = (append.as_mut(), files.back_mut()) else {
             unreachable!("a file was just opened");
         };
         let written = file.write_all(&buf).and_then(|()| file.sync_data());
-        if written.is_err() {
+        match written {
             // Leave no partial line behind for the next append to run into.
-            let len = inner.len;
-            if let Some((file, _)) = inner.file.as_mut() {
-                let _ = file.set_len(len);
+            Err(_) => {
+                let _ = file.set_len(*len);
             }
-        } else {
-            inner.len += buf.len() as u64;
+            Ok(()) => *len += buf.len() as u64,
         }
         written
     }
@@ -117,36 +131,46 @@ impl Spool {
     /// Rows wait in the spool (or may: the database has not yet said how far it got).
     pub fn pending(&self) -> bool {
         let inner = self.lock();
-        inner.file.is_some() && inner.replayed.is_none_or(|r| r < inner.len)
+        match inner.files.front() {
+            None => false,
+            Some(&(_, len)) => inner.files.len() > 1 || inner.replayed.is_none_or(|r| r < len),
+        }
     }
 
     /// Bytes not yet in the database.
     pub fn backlog(&self) -> u64 {
         let inner = self.lock();
-        inner.len - inner.replayed.unwrap_or(0).min(inner.len)
+        let total: u64 = inner.files.iter().map(|(_, len)| len).sum();
+        total.saturating_sub(inner.replayed.unwrap_or(0))
     }
 
-    /// The current file's id, when there is one.
+    /// The oldest file's id, when there is one.
     pub fn file(&self) -> Option<i64> {
-        self.lock().file.as_ref().map(|(_, id)| *id)
+        self.lock().files.front().map(|(id, _)| *id)
     }
 
-    /// Learns from the database how far `file` was replayed.
+    /// Learns from the database that the owner's rows are in up to `offset` of
+    /// `file`: older files are done, newer ones not begun.
     pub fn resume(&self, file: i64, offset: u64) {
         let mut inner = self.lock();
-        let current = inner.file.as_ref().map(|(_, id)| *id);
-        inner.replayed = Some(match current {
-            Some(id) if id == file => offset.min(inner.len),
-            _ => 0,
-        });
+        while let Some(&(id, len)) = inner.files.front() {
+            if id < file {
+                inner.replayed = Some(len);
+                self.advance(&mut inner);
+                continue;
+            }
+            inner.replayed = Some(if id == file { offset.min(len) } else { 0 });
+            break;
+        }
+        self.advance(&mut inner);
     }
 
     /// Up to `max` rows from where replay stands.
     pub fn read(&self, max: usize) -> io::Result<Option<Batch>> {
         let (id, start, len) = {
             let inner = self.lock();
-            match (&inner.file, inner.replayed) {
-                (Some((_, id)), Some(r)) if r < inner.len => (*id, r, inner.len),
+            match (inner.files.front(), inner.replayed) {
+                (Some(&(id, len)), Some(r)) if r < len => (id, r, len),
                 _ => return Ok(None),
             }
         };
@@ -179,18 +203,35 @@ impl Spool {
     }
 
     /// The database now holds `file` up to `end`. A file replayed to its end is
-    /// deleted.
+    /// deleted, and replay moves to the next.
     pub fn replayed(&self, file: i64, end: u64) {
         let mut inner = self.lock();
-        if inner.file.as_ref().map(|(_, id)| *id) != Some(file) {
-            return;
+        if inner.files.front().map(|(id, _)| *id) == Some(file) {
+            inner.replayed = Some(end);
+            self.advance(&mut inner);
         }
-        inner.replayed = Some(end);
-        if end >= inner.len {
-            inner.file = None;
-            inner.len = 0;
-            if let Err(error) = fs::remove_file(self.dir.join(file_name(file))) {
-                tracing::warn!(%error, file, "cannot delete a replayed spool file");
+    }
+
+    /// Deletes the oldest file while it is wholly replayed.
+    fn advance(&self, inner: &mut Inner) {
+        while let (Some(&(id, len)), Some(r)) = (inner.files.front(), inner.replayed) {
+            if r < len {
+                return;
+            }
+            inner.files.pop_front();
+            if inner.files.is_empty() {
+                inner.append = None;
+            }
+            inner.replayed = Some(0);
+            match fs::remove_file(self.dir.join(file_name(id)))
+                .and_then(|()| File::open(&self.dir)?.sync_all())
+            {
+                Ok(()) => {}
+                // Left behind, it is older than the position the database holds,
+                // so the next start deletes it without replaying it.
+                Err(error) => {
+                    tracing::warn!(%error, file = id, "cannot delete a replayed spool file")
+                }
             }
         }
     }
@@ -199,6 +240,20 @@ impl Spool {
         // A panic while holding the lock leaves the counters as they were: usable.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Drops a last line a crash cut short; returns the file's length.
+fn repair(path: &Path) -> io::Result<u64> {
+    let mut file = OpenOptions::new().read(true).write(true).open(path)?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    if whole < bytes.len() {
+        tracing::warn!(path = %path.display(), bytes = bytes.len() - whole, "dropping a spool line cut short");
+        file.set_len(whole as u64)?;
+        file.sync_data()?;
+    }
+    Ok(whole as u64)
 }
 
 fn file_name(id: i64) -> String {
@@ -226,10 +281,10 @@ mod tests {
     #[test]
     fn rows_come_back_in_order_and_the_file_goes_once_replayed() {
         let dir = temp();
-        let spool = Spool::open(&dir).unwrap();
+        let spool = Spool::open(&dir, "gw").unwrap();
         assert!(!spool.pending());
-        spool.append(&[sample("a"), sample("b")]).unwrap();
-        spool.append(&[sample("c")]).unwrap();
+        spool.append(&[sample("a"), sample("b")], "gw").unwrap();
+        spool.append(&[sample("c")], "gw").unwrap();
         assert!(spool.pending());
         let first = spool.read(2).unwrap().unwrap();
         let ids: Vec<_> = first.rows.iter().map(|r| r.request_id.as_str()).collect();
@@ -240,15 +295,19 @@ mod tests {
         assert_eq!(rest.rows[0].request_id, "c");
         spool.replayed(rest.file, rest.end);
         assert!(!spool.pending());
-        assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
+        let left: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, [OWNER], "only the owner note is left");
         fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn reopening_waits_for_the_database_and_drops_a_torn_line() {
         let dir = temp();
-        let spool = Spool::open(&dir).unwrap();
-        spool.append(&[sample("a"), sample("b")]).unwrap();
+        let spool = Spool::open(&dir, "gw").unwrap();
+        spool.append(&[sample("a"), sample("b")], "gw").unwrap();
         let id = spool.file().unwrap();
         drop(spool);
         let path = dir.join(file_name(id));
@@ -256,7 +315,7 @@ mod tests {
         file.write_all(b"{\"at_us\":1,\"req").unwrap();
         drop(file);
 
-        let spool = Spool::open(&dir).unwrap();
+        let spool = Spool::open(&dir, "gw").unwrap();
         assert!(spool.pending());
         assert!(
             spool.read(10).unwrap().is_none(),
@@ -270,9 +329,42 @@ mod tests {
         assert_eq!(batch.rows.len(), 1);
         assert_eq!(batch.rows[0].request_id, "b");
         assert_eq!(batch.unreadable, 0);
-        // A position for another file means this one is all new.
+        // A position in an older file means this one is all new.
         spool.resume(id - 1, first_line);
         assert_eq!(spool.read(10).unwrap().unwrap().rows.len(), 2);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn several_files_replay_oldest_first_and_done_ones_go() {
+        let dir = temp();
+        let spool = Spool::open(&dir, "old-name").unwrap();
+        spool.append(&[sample("a")], "old-name").unwrap();
+        let first = spool.file().unwrap();
+        drop(spool);
+        let spool = Spool::open(&dir, "new-name").unwrap();
+        assert_eq!(
+            spool.owner(),
+            "old-name",
+            "waiting rows keep their instance"
+        );
+        spool.append(&[sample("b")], "new-name").unwrap();
+        drop(spool);
+        let spool = Spool::open(&dir, "new-name").unwrap();
+        // The database holds all of the first file: it goes unread.
+        let len = fs::metadata(dir.join(file_name(first))).unwrap().len();
+        spool.resume(first, len);
+        assert!(!dir.join(file_name(first)).exists());
+        let batch = spool.read(10).unwrap().unwrap();
+        assert_eq!(batch.rows[0].request_id, "b");
+        spool.replayed(batch.file, batch.end);
+        assert!(!spool.pending());
+        spool.append(&[sample("c")], "new-name").unwrap();
+        assert_eq!(
+            spool.owner(),
+            "new-name",
+            "an emptied spool belongs to the running instance"
+        );
         fs::remove_dir_all(dir).unwrap();
     }
 }

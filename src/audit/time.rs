@@ -69,7 +69,11 @@ pub fn parse(text: &str, now_us: i64) -> Result<i64, String> {
             'h' => 3600,
             _ => 86_400,
         };
-        return Ok(now_us - n.checked_mul(per * 1_000_000).ok_or_else(bad)?);
+        return n
+            .checked_mul(per * 1_000_000)
+            .and_then(|age| now_us.checked_sub(age))
+            .filter(|_| n >= 0)
+            .ok_or_else(bad);
     }
     let text = text.strip_suffix('Z').unwrap_or(text);
     let (date, clock) = text.split_once(['T', ' ']).unwrap_or((text, "00:00"));
@@ -82,7 +86,8 @@ pub fn parse(text: &str, now_us: i64) -> Result<i64, String> {
     let h = hms.next().ok_or_else(bad)?.map_err(|_| bad())?;
     let min = hms.next().ok_or_else(bad)?.map_err(|_| bad())?;
     let s = hms.next().unwrap_or(Ok(0)).map_err(|_| bad())?;
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || h > 23 || min > 59 || s > 60 {
+    let in_range = (1..=9999).contains(&y) && (1..=12).contains(&m) && (1..=31).contains(&d);
+    if !in_range || !(0..=23).contains(&h) || !(0..=59).contains(&min) || !(0..=60).contains(&s) {
         return Err(bad());
     }
     if !fraction.bytes().all(|b| b.is_ascii_digit()) || fraction.len() > 9 {

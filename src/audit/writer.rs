@@ -38,6 +38,7 @@ pub struct WriterSettings {
 /// The [`AuditSink`] of the gateway.
 pub struct AuditWriter {
     sender: mpsc::Sender<CallRecord>,
+    instance: String,
     spool: Arc<Spool>,
     rows: Arc<RowBuilder>,
     metrics: Arc<Metrics>,
@@ -59,7 +60,10 @@ impl AuditWriter {
         let (sender, receiver) = mpsc::channel(settings.queue.max(1));
         let rows = Arc::new(rows);
         let stop = CancellationToken::new();
-        let deadline = settings.shutdown_deadline;
+        // Shutdown's own deadline, one write that may have begun just before it,
+        // and a margin.
+        let deadline = settings.shutdown_deadline + settings.write_timeout + Duration::from_secs(1);
+        let instance = settings.instance.clone();
         let worker = Worker {
             receiver,
             gathered: Vec::new(),
@@ -72,10 +76,13 @@ impl AuditWriter {
             retry_at: None,
             backoff: MIN_BACKOFF,
             maintain_at: Instant::now(),
+            stop: stop.clone(),
+            deadline: None,
         };
-        let task = tokio::spawn(worker.run(stop.clone()));
+        let task = tokio::spawn(worker.run());
         AuditWriter {
             sender,
+            instance,
             spool,
             rows,
             metrics,
@@ -91,9 +98,7 @@ impl AuditWriter {
         self.stop.cancel();
         let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(task) = task
-            && tokio::time::timeout(self.deadline + Duration::from_secs(1), task)
-                .await
-                .is_err()
+            && tokio::time::timeout(self.deadline, task).await.is_err()
         {
             tracing::warn!("audit writer did not finish in time; the spool keeps the rest");
         }
@@ -108,7 +113,10 @@ impl AuditSink for AuditWriter {
         };
         // The writer is behind (or gone): the record goes to disk now.
         let row = self.rows.row(record);
-        match self.spool.append(std::slice::from_ref(&row)) {
+        match self
+            .spool
+            .append(std::slice::from_ref(&row), &self.instance)
+        {
             Ok(()) => self.metrics.audit_spooled(1),
             Err(error) => {
                 self.metrics.audit_write_error("spool");
@@ -128,6 +136,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const REPLAY_BATCHES: usize = 5;
 /// How often partitions ahead are made and retention applied.
 const MAINTAIN_EVERY: Duration = Duration::from_secs(3600);
+/// Migrations and maintenance may take longer than a batch.
+const SLOW_TIMEOUT: Duration = Duration::from_secs(30);
 
 struct Worker {
     receiver: mpsc::Receiver<CallRecord>,
@@ -146,12 +156,22 @@ struct Worker {
     retry_at: Option<Instant>,
     backoff: Duration,
     maintain_at: Instant,
+    stop: CancellationToken,
+    /// Set when shutdown begins: no database call runs past it.
+    deadline: Option<Instant>,
 }
 
 impl Worker {
-    async fn run(mut self, stop: CancellationToken) {
+    async fn run(mut self) {
+        let stop = self.stop.clone();
         loop {
-            self.connect().await;
+            // Waiting (to connect, for records, on maintenance) ends with shutdown;
+            // a write or replay under way finishes first, within its deadline.
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                () = self.connect() => {}
+            }
             tokio::select! {
                 biased;
                 () = stop.cancelled() => break,
@@ -160,7 +180,11 @@ impl Worker {
             let batch = std::mem::take(&mut self.gathered);
             self.write(batch, true).await;
             self.replay(REPLAY_BATCHES).await;
-            self.maintain().await;
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                () = self.maintain() => {}
+            }
             self.metrics
                 .audit_queue(self.receiver.len(), self.spool.backlog());
         }
@@ -169,17 +193,19 @@ impl Worker {
             .audit_queue(self.receiver.len(), self.spool.backlog());
     }
 
-    /// The database is usable: migrated, and the spool's position read back.
+    /// The database is usable: migrated, and the spool's position read back (for
+    /// the instance its rows were spooled under).
     async fn connect(&mut self) {
         if self.ready || !self.may_try() {
             return;
         }
+        let owner = self.spool.owner();
         let result = async {
             self.store.migrate().await?;
             self.store.prepare(time::now_micros()).await?;
-            self.store.head(&self.settings.instance).await
+            self.store.head(&owner).await
         };
-        match tokio::time::timeout(self.settings.write_timeout, result).await {
+        match tokio::time::timeout(self.budget(SLOW_TIMEOUT), result).await {
             Ok(Ok(head)) => {
                 let (file, offset) = head.map_or((0, 0), |h| (h.spool_file, h.spool_offset));
                 self.spool.resume(file, offset);
@@ -188,6 +214,15 @@ impl Worker {
             }
             Ok(Err(error)) => self.failed(&error.to_string()),
             Err(_) => self.failed("timed out"),
+        }
+    }
+
+    /// How long a database call may take: `limit`, or what is left of the
+    /// shutdown deadline.
+    fn budget(&self, limit: Duration) -> Duration {
+        match self.deadline {
+            Some(deadline) => limit.min(deadline.saturating_duration_since(Instant::now())),
+            None => limit,
         }
     }
 
@@ -220,12 +255,15 @@ impl Worker {
         }
         let rows: Vec<Row> = records.into_iter().map(|r| self.rows.row(r)).collect();
         if may_use_database && self.ready && !self.spool.pending() && self.may_try() {
-            match self.append(&rows, None).await {
+            match self
+                .append(&self.settings.instance.clone(), &rows, None)
+                .await
+            {
                 Ok(()) => return,
                 Err(error) => self.failed(&error),
             }
         }
-        match self.spool.append(&rows) {
+        match self.spool.append(&rows, &self.settings.instance) {
             Ok(()) => self.metrics.audit_spooled(rows.len()),
             Err(error) => {
                 self.metrics.audit_write_error("spool");
@@ -240,6 +278,10 @@ impl Worker {
             if !self.ready || !self.spool.pending() || !self.may_try() {
                 return;
             }
+            // Shutdown replays in `drain`, within its deadline.
+            if self.stop.is_cancelled() && self.deadline.is_none() {
+                return;
+            }
             let batch = match self.spool.read(self.settings.batch_rows.max(1)) {
                 Ok(Some(batch)) => batch,
                 Ok(None) => return,
@@ -249,21 +291,35 @@ impl Worker {
                     return;
                 }
             };
+            let owner = self.spool.owner();
             if !batch.rows.is_empty()
                 && let Err(error) = self
-                    .append(&batch.rows, Some((batch.file, batch.end)))
+                    .append(&owner, &batch.rows, Some((batch.file, batch.end)))
                     .await
             {
                 self.failed(&error);
+                // The commit may have happened all the same (a reply lost, a
+                // deadline passed after it): the position is read back before
+                // replay goes on, so the batch is not written twice.
+                self.ready = false;
                 return;
             }
             self.spool.replayed(batch.file, batch.end);
         }
     }
 
-    async fn append(&mut self, rows: &[Row], spool: Option<(i64, u64)>) -> Result<(), String> {
-        let write = self.store.append(&self.settings.instance, rows, spool);
-        match tokio::time::timeout(self.settings.write_timeout, write).await {
+    async fn append(
+        &mut self,
+        instance: &str,
+        rows: &[Row],
+        spool: Option<(i64, u64)>,
+    ) -> Result<(), String> {
+        let budget = self.budget(self.settings.write_timeout);
+        if budget.is_zero() {
+            return Err("the shutdown deadline has passed".to_owned());
+        }
+        let write = self.store.append(instance, rows, spool);
+        match tokio::time::timeout(budget, write).await {
             Ok(Ok(_)) => {
                 self.metrics.audit_written(rows.len());
                 self.succeeded();
@@ -281,14 +337,19 @@ impl Worker {
         }
         self.maintain_at = Instant::now() + MAINTAIN_EVERY;
         let now = time::now_micros();
-        if let Err(error) = self.store.prepare(now).await {
+        let prepare = tokio::time::timeout(SLOW_TIMEOUT, self.store.prepare(now)).await;
+        if let Err(error) = prepare
+            .map_err(|_| "timed out".to_owned())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+        {
             tracing::warn!(%error, "audit: cannot create the coming partitions");
         }
         if let Some(keep) = self.settings.retention {
             let cutoff = now - i64::try_from(keep.as_micros()).unwrap_or(i64::MAX);
-            match self.store.retain(cutoff).await {
-                Ok(done) => tracing::info!(done, "audit retention"),
-                Err(error) => tracing::warn!(%error, "audit retention failed"),
+            match tokio::time::timeout(SLOW_TIMEOUT, self.store.retain(cutoff)).await {
+                Ok(Ok(done)) => tracing::info!(done, "audit retention"),
+                Ok(Err(error)) => tracing::warn!(%error, "audit retention failed"),
+                Err(_) => tracing::warn!("audit retention timed out"),
             }
         }
     }
@@ -297,6 +358,7 @@ impl Worker {
     async fn drain(&mut self) {
         self.receiver.close();
         let deadline = Instant::now() + self.settings.shutdown_deadline;
+        self.deadline = Some(deadline);
         loop {
             let mut batch = std::mem::take(&mut self.gathered);
             while batch.len() < self.settings.batch_rows.max(1) {

@@ -48,37 +48,37 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     let route_name = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     // Probes and scrapes are not calls worth a record.
     let audited = !matches!(route_name, "/healthz" | "/readyz" | "/metrics");
-    let mut refused = None;
-    if audited {
+    // The record of a call the pipeline does not record; written when the
+    // response is ready, or when the client leaves before it is (the handler's
+    // future is then dropped, and this with it).
+    let mut unrecorded = audited.then(|| {
         let origin = origin(&state, &request, route_name);
         request.extensions_mut().insert(origin.clone());
-        let key = request.headers().get(header::AUTHORIZATION).cloned();
-        refused = Some((origin, key));
-    }
+        Unrecorded {
+            state: state.clone(),
+            record: Some(CallRecord::refused(&id, origin, 499, None)),
+            key: request.headers().get(header::AUTHORIZATION).cloned(),
+            caller: None,
+            started,
+        }
+    });
     let span = tracing::info_span!("request", request_id = %id);
     let mut response = next.run(request).instrument(span.clone()).await;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
-    if let Some((origin, key)) = refused
-        && response.extensions().get::<Recorded>().is_none()
-    {
-        let mut record = CallRecord::refused(
-            &id,
-            origin,
-            response.status().as_u16(),
-            response.extensions().get::<ErrorCode>().map(|e| e.0),
-        );
-        record.latency = started.elapsed();
-        let caller = match response.extensions().get::<Caller>() {
-            Some(caller) => Some(caller.clone()),
-            None => identify(&state, key),
-        };
-        if let Some(caller) = caller {
-            record.tenant = Some(caller.tenant.to_string());
-            record.key_id = caller.key_id.as_deref().map(str::to_owned);
+    if let Some(mut unrecorded) = unrecorded.take() {
+        match response.extensions().get::<Recorded>() {
+            Some(_) => unrecorded.record = None,
+            None => {
+                if let Some(record) = unrecorded.record.as_mut() {
+                    record.status = response.status().as_u16();
+                    record.outcome = if record.status < 400 { "ok" } else { "error" };
+                    record.error = response.extensions().get::<ErrorCode>().map(|e| e.0);
+                }
+                unrecorded.caller = response.extensions().get::<Caller>().cloned();
+            }
         }
-        state.pipeline.audit.record(record);
     }
     let metrics = &state.metrics;
     let served = response.extensions().get::<ServedModel>();
@@ -94,6 +94,38 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
         })
     });
     response
+}
+
+/// A call's record until it is written: on drop, so that a call whose client
+/// left early is recorded too (as `abandoned`, status 499).
+struct Unrecorded {
+    state: AppState,
+    record: Option<CallRecord>,
+    key: Option<HeaderValue>,
+    /// The caller authentication established, when the response says.
+    caller: Option<Caller>,
+    started: Instant,
+}
+
+impl Drop for Unrecorded {
+    fn drop(&mut self) {
+        let Some(mut record) = self.record.take() else {
+            return;
+        };
+        if record.status == 499 {
+            record.outcome = "abandoned";
+        }
+        record.latency = self.started.elapsed();
+        let caller = self
+            .caller
+            .take()
+            .or_else(|| identify(&self.state, self.key.take()));
+        if let Some(caller) = caller {
+            record.tenant = Some(caller.tenant.to_string());
+            record.key_id = caller.key_id.as_deref().map(str::to_owned);
+        }
+        self.state.pipeline.audit.record(record);
+    }
 }
 
 /// Where the request came from: the route's pattern, the client's address (from

@@ -111,7 +111,6 @@ pub mod kind {
     pub const CACHE: &str = "cache";
     pub const OUTCOME: &str = "outcome";
     pub const ERROR: &str = "error";
-    pub const AGENT: &str = "agent";
 }
 
 /// Every (kind, name) a batch of rows refers to.
@@ -127,7 +126,6 @@ pub fn names_of<'a>(instance: &'a str, rows: &'a [Row]) -> Vec<(&'static str, &'
             (kind::TARGET, &r.target),
             (kind::CACHE, &r.cache),
             (kind::ERROR, &r.error),
-            (kind::AGENT, &r.user_agent),
         ];
         names.extend(
             optional
@@ -181,7 +179,6 @@ pub fn static_kind(kind: &str) -> Option<&'static str> {
         kind::CACHE,
         kind::OUTCOME,
         kind::ERROR,
-        kind::AGENT,
     ]
     .into_iter()
     .find(|k| *k == kind)
@@ -192,7 +189,7 @@ pub fn static_kind(kind: &str) -> Option<&'static str> {
 pub const COLUMNS: &str = "instance_id, seq, request_id, tenant_id, key_id, end_user, route_id, \
     alias_id, target_id, attempts, cache_id, local_fallback, stream, status, outcome_id, error_id, \
     latency_us, ttft_us, prompt_tokens, completion_tokens, cost, pii, prompt, answer, passages, \
-    client_ip, agent_id, prev_hash, row_hash";
+    client_ip, user_agent, prev_hash, row_hash";
 
 /// A row read back: column 0 is the time in microseconds, then [`COLUMNS`] with
 /// ids, booleans and small numbers as 64-bit integers and JSON as text.
@@ -260,7 +257,7 @@ where
             // over this form.
             client_ip: client_ip
                 .map(|ip| ip.parse::<std::net::IpAddr>().map_or(ip, |a| a.to_string())),
-            user_agent: name(27)?,
+            user_agent: r.try_get(27)?,
         },
         prev_hash: hash(28)?,
         row_hash: hash(29)?,

@@ -24,19 +24,19 @@ const SELECT: &str = "SELECT (extract(epoch FROM at) * 1000000)::int8, instance_
     target_id::int8, attempts::text, cache_id::int8, local_fallback::int4::int8, \
     stream::int4::int8, status::int8, outcome_id::int8, error_id::int8, latency_us, ttft_us, \
     prompt_tokens, completion_tokens, cost, pii::text, prompt, answer, passages::text, \
-    host(client_ip), agent_id::int8, prev_hash, row_hash FROM audit_calls";
+    host(client_ip), user_agent, prev_hash, row_hash FROM audit_calls";
 
 const COPY: &str = "COPY audit_calls (at, instance_id, seq, request_id, tenant_id, key_id, \
     end_user, route_id, alias_id, target_id, attempts, cache_id, local_fallback, stream, status, \
     outcome_id, error_id, latency_us, ttft_us, prompt_tokens, completion_tokens, cost, pii, \
-    prompt, answer, passages, client_ip, agent_id, prev_hash, row_hash) FROM STDIN";
+    prompt, answer, passages, client_ip, user_agent, prev_hash, row_hash) FROM STDIN";
 
 const HEAD_UPSERT: &str = "INSERT INTO audit_chain_heads \
     (instance_id, seq, row_hash, spool_file, spool_offset) \
     VALUES ($1, $2, $3, COALESCE($4, 0), COALESCE($5, 0)) \
     ON CONFLICT (instance_id) DO UPDATE SET seq = excluded.seq, row_hash = excluded.row_hash, \
     spool_file = COALESCE($4, audit_chain_heads.spool_file), \
-    spool_offset = COALESCE($5, audit_chain_heads.spool_offset)";
+    spool_offset = COALESCE($5, audit_chain_heads.spool_offset), updated_at = now()";
 
 pub struct PgStore {
     pool: PgPool,
@@ -273,13 +273,15 @@ impl AuditStore for PgStore {
     }
 
     async fn beyond_head(&self, instance: &str) -> Result<i64, StoreError> {
+        let Some(id) = self.name_id(kind::INSTANCE, instance).await? else {
+            return Ok(0);
+        };
+        // One statement, one snapshot: the head and the rows agree.
         Ok(sqlx::query_scalar(
-            "SELECT count(*) FROM audit_calls c \
-             JOIN audit_names n ON n.id = c.instance_id AND n.kind = 'instance' AND n.name = $1 \
-             LEFT JOIN audit_chain_heads h ON h.instance_id = c.instance_id \
-             WHERE c.seq > COALESCE(h.seq, 0)",
+            "SELECT count(*) FROM audit_calls WHERE instance_id = $1 AND seq > \
+             COALESCE((SELECT seq FROM audit_chain_heads WHERE instance_id = $1), 0)",
         )
-        .bind(instance)
+        .bind(id)
         .fetch_one(&self.pool)
         .await?)
     }
@@ -317,18 +319,41 @@ impl AuditStore for PgStore {
             let (ny, nm) = time::next_month(y, m);
             // Only a month wholly older than the cutoff goes.
             if time::month_start(ny, nm) <= before_us {
-                sqlx::query(&format!("DROP TABLE IF EXISTS {name}"))
-                    .execute(&self.pool)
+                // Dropping a partition locks the parent table: give up rather than
+                // stall writers behind a long read.
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("SET LOCAL lock_timeout = '5s'")
+                    .execute(&mut *tx)
                     .await?;
+                sqlx::query(&format!("DROP TABLE IF EXISTS {name}"))
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
                 self.lock_months().remove(&(y, m));
                 dropped.push(name);
             }
         }
+        forget_retired_chains(&self.pool, before_us).await?;
         Ok(match dropped.is_empty() {
             true => "no partition old enough to drop".to_owned(),
             false => format!("dropped {}", dropped.join(", ")),
         })
     }
+}
+
+/// The heads of chains whose every row has aged out (the head itself last moved
+/// before the cutoff): a retired instance is then not reported as truncated. A
+/// chain emptied by hand keeps its head, and is.
+async fn forget_retired_chains(pool: &PgPool, before_us: i64) -> Result<(), StoreError> {
+    sqlx::query(
+        "DELETE FROM audit_chain_heads h \
+         WHERE h.updated_at < 'epoch'::timestamptz + interval '1 microsecond' * $1 \
+         AND NOT EXISTS (SELECT 1 FROM audit_calls c WHERE c.instance_id = h.instance_id)",
+    )
+    .bind(before_us)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 fn push_range(q: &mut QueryBuilder<'_, Postgres>, range: Range) {
@@ -386,7 +411,7 @@ fn copy_text(rows: &[Chained], instance_id: i64, names: &NameIds) -> Vec<u8> {
             Field::Text(r.answer.as_deref()),
             Field::Text(Some(r.passages.get())),
             Field::Text(r.client_ip.as_deref()),
-            Field::Int(id(kind::AGENT, &r.user_agent)),
+            Field::Text(r.user_agent.as_deref()),
             Field::Bytes(&c.prev_hash),
             Field::Bytes(&c.row_hash),
         ];

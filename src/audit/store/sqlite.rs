@@ -25,7 +25,7 @@ const HEAD_UPSERT: &str = "INSERT INTO audit_chain_heads \
     VALUES ($1, $2, $3, COALESCE($4, 0), COALESCE($5, 0)) \
     ON CONFLICT (instance_id) DO UPDATE SET seq = excluded.seq, row_hash = excluded.row_hash, \
     spool_file = COALESCE($4, audit_chain_heads.spool_file), \
-    spool_offset = COALESCE($5, audit_chain_heads.spool_offset)";
+    spool_offset = COALESCE($5, audit_chain_heads.spool_offset), updated_at = CAST(strftime('%s', 'now') AS INTEGER)";
 
 /// Rows per INSERT statement: 30 values each, under SQLite's 32,766 limit.
 const ROWS_PER_INSERT: usize = 500;
@@ -191,7 +191,7 @@ impl AuditStore for SqliteStore {
                     .push_bind(r.answer.clone())
                     .push_bind(r.passages.get().to_owned())
                     .push_bind(r.client_ip.clone())
-                    .push_bind(name(kind::AGENT, &r.user_agent))
+                    .push_bind(r.user_agent.clone())
                     .push_bind(c.prev_hash.to_vec())
                     .push_bind(c.row_hash.to_vec());
             });
@@ -255,13 +255,14 @@ impl AuditStore for SqliteStore {
     }
 
     async fn beyond_head(&self, instance: &str) -> Result<i64, StoreError> {
+        let Some(id) = self.name_id(kind::INSTANCE, instance).await? else {
+            return Ok(0);
+        };
         Ok(sqlx::query_scalar(
-            "SELECT count(*) FROM audit_calls c \
-             JOIN audit_names n ON n.id = c.instance_id AND n.kind = 'instance' AND n.name = $1 \
-             LEFT JOIN audit_chain_heads h ON h.instance_id = c.instance_id \
-             WHERE c.seq > COALESCE(h.seq, 0)",
+            "SELECT count(*) FROM audit_calls WHERE instance_id = $1 AND seq > \
+             COALESCE((SELECT seq FROM audit_chain_heads WHERE instance_id = $1), 0)",
         )
-        .bind(instance)
+        .bind(id)
         .fetch_one(&self.pool)
         .await?)
     }
@@ -289,6 +290,13 @@ impl AuditStore for SqliteStore {
             .bind(before_us)
             .execute(&self.pool)
             .await?;
+        sqlx::query(
+            "DELETE FROM audit_chain_heads WHERE updated_at < $1 AND NOT EXISTS \
+             (SELECT 1 FROM audit_calls c WHERE c.instance_id = audit_chain_heads.instance_id)",
+        )
+        .bind(before_us / 1_000_000)
+        .execute(&self.pool)
+        .await?;
         Ok(format!("deleted {} rows", done.rows_affected()))
     }
 }
