@@ -100,6 +100,36 @@ pub trait AuditStore: Send + Sync {
     async fn retain(&self, before_us: i64) -> Result<String, StoreError>;
 }
 
+/// Statements both schemas take as they are (sqlx binds `$n` for SQLite too).
+pub mod sql {
+    /// An instance's head, by the instance's name.
+    pub const HEAD: &str = "SELECT h.seq, h.row_hash, h.spool_file, h.spool_offset \
+        FROM audit_chain_heads h JOIN audit_names n ON n.id = h.instance_id \
+        WHERE n.kind = 'instance' AND n.name = $1";
+
+    pub const INSTANCES: &str =
+        "SELECT name FROM audit_names WHERE kind = 'instance' ORDER BY name";
+
+    /// Rows past the head: one statement, one snapshot, so the two agree.
+    pub const BEYOND_HEAD: &str = "SELECT count(*) FROM audit_calls WHERE instance_id = $1 \
+        AND seq > COALESCE((SELECT seq FROM audit_chain_heads WHERE instance_id = $1), 0)";
+
+    pub const SEQ_BOUNDS: &str = "SELECT min(seq), max(seq) FROM audit_calls WHERE instance_id = ";
+
+    /// Moves the head (and, when given, the spool position); `now` is the
+    /// dialect's current time.
+    pub fn head_upsert(now: &str) -> String {
+        format!(
+            "INSERT INTO audit_chain_heads (instance_id, seq, row_hash, spool_file, spool_offset) \
+             VALUES ($1, $2, $3, COALESCE($4, 0), COALESCE($5, 0)) \
+             ON CONFLICT (instance_id) DO UPDATE SET seq = excluded.seq, \
+             row_hash = excluded.row_hash, \
+             spool_file = COALESCE($4, audit_chain_heads.spool_file), \
+             spool_offset = COALESCE($5, audit_chain_heads.spool_offset), updated_at = {now}"
+        )
+    }
+}
+
 /// The kinds of names kept in `audit_names`.
 pub mod kind {
     pub const INSTANCE: &str = "instance";

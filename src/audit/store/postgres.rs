@@ -12,7 +12,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, QueryBuilder, Row as _};
 
 use super::{
-    AuditStore, NameIds, Query, Range, StoreError, StoredHead, decode, kind, names_of, stored_head,
+    AuditStore, NameIds, Query, Range, StoreError, StoredHead, decode, kind, names_of, sql,
+    stored_head,
 };
 use crate::audit::chain::{Head, link};
 use crate::audit::row::{Chained, Row};
@@ -31,12 +32,8 @@ const COPY: &str = "COPY audit_calls (at, instance_id, seq, request_id, tenant_i
     outcome_id, error_id, latency_us, ttft_us, prompt_tokens, completion_tokens, cost, pii, \
     prompt, answer, passages, client_ip, user_agent, prev_hash, row_hash) FROM STDIN";
 
-const HEAD_UPSERT: &str = "INSERT INTO audit_chain_heads \
-    (instance_id, seq, row_hash, spool_file, spool_offset) \
-    VALUES ($1, $2, $3, COALESCE($4, 0), COALESCE($5, 0)) \
-    ON CONFLICT (instance_id) DO UPDATE SET seq = excluded.seq, row_hash = excluded.row_hash, \
-    spool_file = COALESCE($4, audit_chain_heads.spool_file), \
-    spool_offset = COALESCE($5, audit_chain_heads.spool_offset), updated_at = now()";
+/// The current time, as `audit_chain_heads.updated_at` keeps it.
+const NOW: &str = "now()";
 
 pub struct PgStore {
     pool: PgPool,
@@ -171,13 +168,10 @@ impl AuditStore for PgStore {
     }
 
     async fn head(&self, instance: &str) -> Result<Option<StoredHead>, StoreError> {
-        let row = sqlx::query(
-            "SELECT h.seq, h.row_hash, h.spool_file, h.spool_offset FROM audit_chain_heads h \
-             JOIN audit_names n ON n.id = h.instance_id WHERE n.kind = 'instance' AND n.name = $1",
-        )
-        .bind(instance)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query(sql::HEAD)
+            .bind(instance)
+            .fetch_optional(&self.pool)
+            .await?;
         row.map(|r| stored_head(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?))
             .transpose()
     }
@@ -215,7 +209,7 @@ impl AuditStore for PgStore {
             return Err(error.into());
         }
         copy.finish().await?;
-        sqlx::query(HEAD_UPSERT)
+        sqlx::query(&sql::head_upsert(NOW))
             .bind(id)
             .bind(head.seq)
             .bind(&head.hash[..])
@@ -228,13 +222,9 @@ impl AuditStore for PgStore {
     }
 
     async fn instances(&self) -> Result<Vec<String>, StoreError> {
-        Ok(
-            sqlx::query_scalar(
-                "SELECT name FROM audit_names WHERE kind = 'instance' ORDER BY name",
-            )
+        Ok(sqlx::query_scalar(sql::INSTANCES)
             .fetch_all(&self.pool)
-            .await?,
-        )
+            .await?)
     }
 
     async fn seq_bounds(
@@ -245,8 +235,7 @@ impl AuditStore for PgStore {
         let Some(id) = self.name_id(kind::INSTANCE, instance).await? else {
             return Ok(None);
         };
-        let mut q =
-            QueryBuilder::new("SELECT min(seq), max(seq) FROM audit_calls WHERE instance_id = ");
+        let mut q = QueryBuilder::new(sql::SEQ_BOUNDS);
         q.push_bind(id);
         push_range(&mut q, range);
         let row = q.build().fetch_one(&self.pool).await?;
@@ -276,14 +265,10 @@ impl AuditStore for PgStore {
         let Some(id) = self.name_id(kind::INSTANCE, instance).await? else {
             return Ok(0);
         };
-        // One statement, one snapshot: the head and the rows agree.
-        Ok(sqlx::query_scalar(
-            "SELECT count(*) FROM audit_calls WHERE instance_id = $1 AND seq > \
-             COALESCE((SELECT seq FROM audit_chain_heads WHERE instance_id = $1), 0)",
-        )
-        .bind(id)
-        .fetch_one(&self.pool)
-        .await?)
+        Ok(sqlx::query_scalar(sql::BEYOND_HEAD)
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     async fn query(&self, query: &Query) -> Result<Vec<Chained>, StoreError> {
