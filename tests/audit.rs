@@ -245,7 +245,7 @@ async fn every_kind_of_call_leaves_exactly_one_row() {
     );
     let attempts: Value = serde_json::from_str(ok.attempts.get()).unwrap();
     assert_eq!(attempts[0]["target"], "fake:ok");
-    assert_eq!(attempts[0]["status"], "ok");
+    assert_eq!(attempts[0]["outcome"], "ok");
     assert!(!ok.stream && !ok.local_fallback && ok.error.is_none());
 
     let hit = one(rows_of(store.as_ref(), "t-hit").await, "t-hit");
@@ -300,7 +300,10 @@ async fn every_kind_of_call_leaves_exactly_one_row() {
     );
     let attempts: Vec<Value> = serde_json::from_str(failed.attempts.get()).unwrap();
     assert!(
-        !attempts.is_empty() && attempts.iter().all(|a| a["status"] == "http_5xx"),
+        !attempts.is_empty()
+            && attempts
+                .iter()
+                .all(|a| a["outcome"] == "http_5xx" && a["http_status"] == 503),
         "{attempts:?}"
     );
 

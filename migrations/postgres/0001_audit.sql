@@ -26,7 +26,7 @@ CREATE TABLE audit_calls (
     alias_id          integer,
     -- The target that answered, `provider:model`.
     target_id         integer,
-    -- Every upstream attempt: [{"target", "status", "error", "latency_ms"}].
+    -- Every upstream attempt: [{"target", "outcome", "http_status", "error", "latency_ms"}].
     attempts          json        NOT NULL,
     cache_id          integer,
     local_fallback    boolean     NOT NULL,

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use super::CallRecord;
 use super::time;
 use crate::encode::hex;
+use crate::generate::UpstreamError;
 
 /// How much of the prompt and answer the record keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,10 +94,15 @@ impl RowBuilder {
             .attempts
             .iter()
             .map(|a| {
+                let http_status = match &a.error {
+                    Some(UpstreamError::Status { status, .. }) => Some(*status),
+                    _ => None,
+                };
                 serde_json::json!({
                     "target": &*a.target,
-                    "status": a.error.as_ref().map_or("ok", |e| e.class()),
-                    "error": a.error.as_ref().map(|e| clean(&e.to_string())),
+                    "outcome": a.error.as_ref().map_or("ok", |e| e.class()),
+                    "http_status": http_status,
+                    "error": a.error.as_ref().map(|e| clean(crate::encode::truncate(&e.to_string(), 500))),
                     "latency_ms": round3(a.latency.as_secs_f64() * 1000.0),
                 })
             })

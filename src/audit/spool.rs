@@ -44,6 +44,8 @@ pub struct Batch {
 }
 
 const OWNER: &str = "owner";
+/// The highest file id this spool has used.
+const LAST_ID: &str = "last-id";
 
 impl Spool {
     /// Opens the spool under `dir` for `instance`, dropping a line a crash cut
@@ -74,7 +76,14 @@ impl Spool {
                 files,
                 append: None,
                 replayed: None,
-                last_id: ids.last().copied().unwrap_or(0),
+                // File ids only grow, even if the clock steps back or the
+                // directory empties: the database may hold a position in any
+                // file this spool ever made.
+                last_id: ids
+                    .last()
+                    .copied()
+                    .unwrap_or(0)
+                    .max(read_number(&dir.join(LAST_ID)).unwrap_or(0)),
                 owner,
             }),
         })
@@ -99,10 +108,11 @@ impl Spool {
             if inner.files.is_empty() {
                 // A spool starting afresh belongs to this instance; nothing of it
                 // is in the database yet.
-                fs::write(self.dir.join(OWNER), instance)?;
+                write_synced(&self.dir.join(OWNER), instance)?;
                 inner.owner = instance.to_owned();
                 inner.replayed = Some(0);
             }
+            write_synced(&self.dir.join(LAST_ID), &id.to_string())?;
             let file = OpenOptions::new()
                 .create_new(true)
                 .append(true)
@@ -119,9 +129,12 @@ impl Spool {
         };
         let written = file.write_all(&buf).and_then(|()| file.sync_data());
         match written {
-            // Leave no partial line behind for the next append to run into.
+            // Leave no partial line behind for the next append to run into; if
+            // that fails too, the next append starts a new file.
             Err(_) => {
-                let _ = file.set_len(*len);
+                if file.set_len(*len).is_err() {
+                    *append = None;
+                }
             }
             Ok(()) => *len += buf.len() as u64,
         }
@@ -227,8 +240,8 @@ impl Spool {
                 .and_then(|()| File::open(&self.dir)?.sync_all())
             {
                 Ok(()) => {}
-                // Left behind, it is older than the position the database holds,
-                // so the next start deletes it without replaying it.
+                // Left behind, it is older than the position the database holds
+                // for this spool's owner, so the next start deletes it unread.
                 Err(error) => {
                     tracing::warn!(%error, file = id, "cannot delete a replayed spool file")
                 }
@@ -240,6 +253,20 @@ impl Spool {
         // A panic while holding the lock leaves the counters as they were: usable.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Writes a small file so that it survives a crash: a temporary file, synced,
+/// renamed over the old one.
+fn write_synced(path: &Path, text: &str) -> io::Result<()> {
+    let temporary = path.with_extension("tmp");
+    let mut file = File::create(&temporary)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    fs::rename(&temporary, path)
+}
+
+fn read_number(path: &Path) -> Option<i64> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 /// Drops a last line a crash cut short; returns the file's length.
@@ -295,11 +322,12 @@ mod tests {
         assert_eq!(rest.rows[0].request_id, "c");
         spool.replayed(rest.file, rest.end);
         assert!(!spool.pending());
-        let left: Vec<_> = fs::read_dir(&dir)
+        let mut left: Vec<_> = fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        assert_eq!(left, [OWNER], "only the owner note is left");
+        left.sort();
+        assert_eq!(left, [LAST_ID, OWNER], "only the notes are left");
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -288,6 +288,8 @@ impl Worker {
                 Err(error) => {
                     self.metrics.audit_write_error("spool");
                     tracing::error!(%error, "cannot read the audit spool");
+                    // Tried again after a pause, not at once.
+                    self.back_off();
                     return;
                 }
             };
@@ -377,8 +379,16 @@ impl Worker {
             if let Some(at) = self.retry_at {
                 tokio::time::sleep_until(at.min(deadline)).await;
             }
+            let before = self.spool.backlog();
             self.connect().await;
             self.replay(1).await;
+            if self.spool.backlog() == before && self.retry_at.is_none() {
+                // No progress and no failure to wait out: do not spin.
+                tokio::time::sleep(
+                    MIN_BACKOFF.min(deadline.saturating_duration_since(Instant::now())),
+                )
+                .await;
+            }
         }
         if self.spool.pending() {
             tracing::warn!(
@@ -402,6 +412,10 @@ impl Worker {
         if self.retry_at.is_none() {
             tracing::warn!(error, "audit database unavailable: spooling");
         }
+        self.back_off();
+    }
+
+    fn back_off(&mut self) {
         self.retry_at = Some(Instant::now() + self.backoff);
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }

@@ -146,7 +146,7 @@ fn origin(state: &AppState, request: &Request, route: &str) -> Origin {
     let user_agent = headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
-        .map(|ua| Arc::from(truncate(ua, 256)));
+        .map(|ua| Arc::from(crate::encode::truncate(ua, 256)));
     Origin {
         route: route.into(),
         client_ip: forwarded.or(peer),
@@ -165,13 +165,6 @@ fn identify(state: &AppState, key: Option<HeaderValue>) -> Option<Caller> {
         });
     }
     state.client_keys.caller_of(&headers).ok()
-}
-
-fn truncate(text: &str, max: usize) -> &str {
-    match text.char_indices().nth(max) {
-        Some((at, _)) => &text[..at],
-        None => text,
-    }
 }
 
 /// The client's id if it is printable ASCII of sane length (it goes into logs and

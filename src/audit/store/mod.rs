@@ -170,7 +170,9 @@ pub fn names_of<'a>(instance: &'a str, rows: &'a [Row]) -> Vec<(&'static str, &'
 
 /// Name ids as the writer has learnt them (names are never removed).
 #[derive(Default)]
-pub struct NameIds(Mutex<HashMap<(&'static str, String), i64>>);
+/// By kind, then name: looked up by `&str`, without allocating, for every name of
+/// every row.
+pub struct NameIds(Mutex<HashMap<&'static str, HashMap<String, i64>>>);
 
 impl NameIds {
     /// The names of `wanted` not yet known.
@@ -178,21 +180,20 @@ impl NameIds {
         let known = self.lock();
         wanted
             .iter()
-            .filter(|(k, n)| !known.contains_key(&(*k, (*n).to_owned())))
+            .filter(|(k, n)| known.get(k).is_none_or(|names| !names.contains_key(*n)))
             .copied()
             .collect()
     }
 
     pub fn learn(&self, kind: &'static str, name: String, id: i64) {
-        self.lock().insert((kind, name), id);
+        self.lock().entry(kind).or_default().insert(name, id);
     }
 
     pub fn id(&self, kind: &'static str, name: Option<&str>) -> Option<i64> {
-        let name = name?;
-        self.lock().get(&(kind, name.to_owned())).copied()
+        self.lock().get(kind)?.get(name?).copied()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(&'static str, String), i64>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<&'static str, HashMap<String, i64>>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
