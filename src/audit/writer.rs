@@ -177,6 +177,11 @@ impl Worker {
                 () = stop.cancelled() => break,
                 () = self.gather() => {}
             }
+            // Every sender gone (the writer dropped without `finish`): nothing
+            // more will come.
+            if self.gathered.is_empty() && self.receiver.is_closed() && self.receiver.is_empty() {
+                break;
+            }
             let batch = std::mem::take(&mut self.gathered);
             self.write(batch, true).await;
             self.replay(REPLAY_BATCHES).await;
