@@ -88,7 +88,7 @@ impl AppState {
         customize: impl FnOnce(&mut Pipeline),
     ) -> Result<AppState, BuildError> {
         let metrics = Arc::new(Metrics::new());
-        let routes = Arc::new(Routes::from_config(&config)?);
+        let routes = Arc::new(Routes::from_config(&config, &metrics)?);
         let embedder = match &config.embeddings {
             Some(e) => {
                 let device = ragway_engine::device(&e.device)?;

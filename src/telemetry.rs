@@ -40,6 +40,8 @@ pub struct Metrics {
     audit_rows_written: IntCounterVec,
     audit_spooled: IntCounterVec,
     audit_write_errors: IntCounterVec,
+    local_queue_depth: IntGaugeVec,
+    local_tokens: IntCounterVec,
 }
 
 /// One finished HTTP request, as the access log and the request metrics see it.
@@ -72,7 +74,7 @@ impl Metrics {
                 IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
             register(&registry, metric)
         };
-        Metrics {
+        let metrics = Metrics {
             requests: counter(
                 "ragway_requests_total",
                 "HTTP requests by route, model and status",
@@ -168,7 +170,38 @@ impl Metrics {
                 "Failed audit writes, by where: database or spool",
                 &["stage"],
             ),
+            local_queue_depth: gauge(
+                "ragway_local_queue_depth",
+                "Requests waiting for the local model (queued, not yet begun)",
+                &[],
+            ),
+            local_tokens: counter(
+                "ragway_local_tokens_total",
+                "Tokens the local model read (prompt) and wrote (completion)",
+                &["kind"],
+            ),
             registry,
+        };
+        metrics.export_zeros();
+        metrics
+    }
+
+    /// Series whose labels are known up front start at zero, so they are exported
+    /// (and `rate()` and alerts see them) before anything happens.
+    fn export_zeros(&self) {
+        let none: &[&str] = &[];
+        self.cache_bytes.with_label_values(none);
+        self.cache_evictions.with_label_values(none);
+        self.audit_queue_depth.with_label_values(none);
+        self.audit_spool_bytes.with_label_values(none);
+        self.audit_rows_written.with_label_values(none);
+        self.audit_spooled.with_label_values(none);
+        for stage in ["database", "spool"] {
+            self.audit_write_errors.with_label_values(&[stage]);
+        }
+        self.local_queue_depth.with_label_values(none);
+        for kind in ["prompt", "completion"] {
+            self.local_tokens.with_label_values(&[kind]);
         }
     }
 
@@ -323,6 +356,21 @@ impl Metrics {
         self.audit_spool_bytes
             .with_label_values(none)
             .set(i64::try_from(spool_bytes).unwrap_or(i64::MAX));
+    }
+
+    pub fn local_queue(&self, waiting: usize) {
+        self.local_queue_depth
+            .with_label_values(&[] as &[&str])
+            .set(i64::try_from(waiting).unwrap_or(i64::MAX));
+    }
+
+    pub fn local_tokens(&self, prompt: usize, completion: usize) {
+        self.local_tokens
+            .with_label_values(&["prompt"])
+            .inc_by(prompt as u64);
+        self.local_tokens
+            .with_label_values(&["completion"])
+            .inc_by(completion as u64);
     }
 
     pub fn audit_written(&self, rows: usize) {

@@ -8,6 +8,7 @@ mod audit;
 mod bad_input;
 mod cache;
 mod config;
+mod deploy;
 mod local;
 mod openai_sdk;
 mod pii;

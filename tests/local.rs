@@ -39,6 +39,23 @@ async fn with_every_remote_down_the_local_model_answers() {
     assert!(text.contains("Paris"), "{text:?}");
     assert_eq!(body["model"], "local");
     assert!(body["usage"]["prompt_tokens"].as_u64().unwrap() > 10);
+    // The local model's tokens are counted for the dashboard's tokens/s.
+    let metrics = gw.get("/metrics").await.text().await.unwrap();
+    let counted = |kind: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("ragway_local_tokens_total{{kind=\"{kind}\"}} ")))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    assert_eq!(counted("prompt"), body["usage"]["prompt_tokens"].as_u64());
+    assert_eq!(
+        counted("completion"),
+        body["usage"]["completion_tokens"].as_u64()
+    );
+    assert!(
+        metrics.contains("ragway_local_queue_depth 0"),
+        "the queue is empty again"
+    );
     assert_eq!(
         fake.attempts("status-503"),
         3,

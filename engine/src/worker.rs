@@ -4,6 +4,7 @@
 //! that stops listening cancels its generation at the next token.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::thread;
 
@@ -36,6 +37,8 @@ pub struct QueueFull;
 
 pub struct LocalLlm {
     queue: SyncSender<Job>,
+    /// Jobs queued and not yet begun.
+    waiting: Arc<AtomicUsize>,
     pub model: Arc<ChatModel>,
 }
 
@@ -50,6 +53,8 @@ impl LocalLlm {
             .build()
             .map_err(|e| EngineError::Load(format!("compute threads: {e}")))?;
         let worker_model = Arc::clone(&model);
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let taken = Arc::clone(&waiting);
         thread::Builder::new()
             .name("ragway-llm".into())
             .spawn(move || {
@@ -57,6 +62,7 @@ impl LocalLlm {
                 // ends its own job (the caller sees the stream stop unfinished),
                 // never the worker, so later requests are still served.
                 for job in jobs {
+                    taken.fetch_sub(1, Ordering::Relaxed);
                     let ran = pool.install(|| {
                         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                             run(&worker_model, job)
@@ -70,16 +76,26 @@ impl LocalLlm {
             .map_err(|e| EngineError::Load(format!("worker thread: {e}")))?;
         Ok(LocalLlm {
             queue: sender,
+            waiting,
             model,
         })
     }
 
     /// Queues a job, or refuses it at once when the queue is full.
     pub fn submit(&self, job: Job) -> Result<(), QueueFull> {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
         match self.queue.try_send(job) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => Err(QueueFull),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.waiting.fetch_sub(1, Ordering::Relaxed);
+                Err(QueueFull)
+            }
         }
+    }
+
+    /// Jobs queued and not yet begun.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
     }
 }
 

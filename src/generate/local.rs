@@ -2,6 +2,8 @@
 //! behind the same [`ChatProvider`] as any remote API, so the router treats it like
 //! any other target — by default the last one of every route.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use ragway_engine::{
@@ -15,25 +17,28 @@ use super::assemble::collect;
 use super::error::{ProviderError, UpstreamError};
 use super::stream::ChunkStream;
 use crate::config::LocalModelConfig;
+use crate::telemetry::Metrics;
 use crate::wire::{ChatChunk, ChatCompletion, ChatRequest, Role, Stop, Usage};
 
 /// Events buffered between the model's thread and the request.
 const EVENTS: usize = 256;
 
 pub struct LocalProvider {
-    llm: LocalLlm,
+    llm: Arc<LocalLlm>,
     config: LocalModelConfig,
+    metrics: Arc<Metrics>,
 }
 
 impl LocalProvider {
     /// Loads the model and starts its worker.
-    pub fn load(config: &LocalModelConfig) -> Result<Self, EngineError> {
+    pub fn load(config: &LocalModelConfig, metrics: Arc<Metrics>) -> Result<Self, EngineError> {
         let device = ragway_engine::device(&config.device)?;
         let model = ChatModel::load(&config.model, &device, config.requantize)?;
-        let llm = LocalLlm::start(model, config.threads, config.queue)?;
+        let llm = Arc::new(LocalLlm::start(model, config.threads, config.queue)?);
         Ok(LocalProvider {
             llm,
             config: config.clone(),
+            metrics,
         })
     }
 
@@ -116,11 +121,19 @@ impl ChatProvider for LocalProvider {
             },
             retry_after: Some(std::time::Duration::from_secs(1)),
         })?;
+        self.metrics.local_queue(self.llm.waiting());
         let events = futures_util::stream::unfold(receiver, |mut receiver| async move {
             let event = receiver.recv().await?;
             Some((event, receiver))
         });
-        Ok(Box::pin(events.flat_map(|event| {
+        let (metrics, llm) = (Arc::clone(&self.metrics), Arc::clone(&self.llm));
+        Ok(Box::pin(events.flat_map(move |event| {
+            if let Event::Started { .. } | Event::Done(_) = &event {
+                metrics.local_queue(llm.waiting());
+            }
+            if let Event::Done(generated) = &event {
+                metrics.local_tokens(generated.prompt_tokens, generated.completion_tokens);
+            }
             futures_util::stream::iter(chunks_for(event))
         })))
     }

@@ -9,6 +9,7 @@ use super::local::LocalProvider;
 use super::openai::OpenAiProvider;
 use super::{ChatProvider, Deadlines, RetryPolicy};
 use crate::config::{Config, LocalInput, ModelConfig, ProviderKind, TargetRef};
+use crate::telemetry::Metrics;
 
 /// One `provider:upstream-model` a route may call. A target named by several
 /// routes is one target, with one breaker.
@@ -59,7 +60,7 @@ impl Routes {
     /// Builds every provider once, every target once, and every route over them.
     /// The local model, when there is one, ends every route that does not opt out,
     /// and answers on its own as `local`.
-    pub fn from_config(config: &Config) -> Result<Routes, LoadError> {
+    pub fn from_config(config: &Config, metrics: &Arc<Metrics>) -> Result<Routes, LoadError> {
         let mut providers: BTreeMap<&str, Arc<dyn ChatProvider>> = BTreeMap::new();
         for (name, p) in &config.providers {
             let failed = |message: String| LoadError {
@@ -67,9 +68,10 @@ impl Routes {
                 message,
             };
             let provider: Arc<dyn ChatProvider> = match (&p.kind, &p.local) {
-                (ProviderKind::Local, Some(local)) => {
-                    Arc::new(LocalProvider::load(local).map_err(|e| failed(e.to_string()))?)
-                }
+                (ProviderKind::Local, Some(local)) => Arc::new(
+                    LocalProvider::load(local, Arc::clone(metrics))
+                        .map_err(|e| failed(e.to_string()))?,
+                ),
                 _ => Arc::new(OpenAiProvider::new(p).map_err(|e| failed(e.to_string()))?),
             };
             providers.insert(name.as_str(), provider);
