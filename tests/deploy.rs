@@ -84,3 +84,124 @@ async fn every_metric_the_dashboard_and_the_alerts_query_is_exported() {
         .collect();
     assert!(missing.is_empty(), "queried but not exported: {missing:?}");
 }
+
+/// `host:port` of a URL.
+fn host_port(url: &str) -> (String, u16) {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let authority = rest.split(['/', '?']).next().unwrap();
+    let (host, port) = authority.split_once(':').expect("a port in the URL");
+    (host.to_owned(), port.parse().unwrap())
+}
+
+/// The services of `docker-compose config` output, each with its lines.
+fn services(normalised: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut inside = false;
+    for line in normalised.lines() {
+        if !line.starts_with(' ') {
+            inside = line == "services:";
+            continue;
+        }
+        if !inside {
+            continue;
+        }
+        match line.strip_prefix("  ").and_then(|l| l.strip_suffix(':')) {
+            Some(name) if !name.starts_with(' ') => out.push((name.to_owned(), String::new())),
+            _ => {
+                let (_, body) = out.last_mut().expect("a service before its lines");
+                body.push_str(line);
+                body.push('\n');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_compose_file_is_valid_and_matches_the_config_it_mounts() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    // As an operator would run it: the file beside a `.env` made from the example.
+    let dir = std::env::temp_dir().join(format!("ragway-compose-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(
+        format!("{root}/docker-compose.yml"),
+        dir.join("docker-compose.yml"),
+    )
+    .unwrap();
+    std::fs::copy(format!("{root}/.env.example"), dir.join(".env")).unwrap();
+    let output = std::process::Command::new("docker-compose")
+        .arg("config")
+        .current_dir(&dir)
+        .output()
+        .expect("docker-compose (make test installs it)");
+    let normalised = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "docker-compose config: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let services = services(&normalised);
+    let names: Vec<&str> = services.iter().map(|(n, _)| n.as_str()).collect();
+    for wanted in ["ragway", "postgres", "redis", "qdrant", "vllm"] {
+        assert!(names.contains(&wanted), "{wanted} in {names:?}");
+    }
+    for (name, body) in &services {
+        assert!(body.contains("healthcheck:"), "{name} has no health check");
+    }
+    let ragway = &services.iter().find(|(n, _)| n == "ragway").unwrap().1;
+    assert!(
+        ragway.contains("deploy/compose/ragway.toml:/etc/ragway/ragway.toml:ro"),
+        "the config is mounted:\n{ragway}"
+    );
+    assert!(
+        ragway.contains("RAGWAY_CONFIG: /etc/ragway/ragway.toml"),
+        "{ragway}"
+    );
+    assert!(
+        ragway.contains("/models:/models:ro"),
+        "model files are mounted, not baked in"
+    );
+
+    // The config it mounts names those services, on the ports their images serve.
+    let toml_text = read("deploy/compose/ragway.toml");
+    let config: toml::Table = toml::from_str(&toml_text).unwrap();
+    let env: Vec<(String, String)> = read(".env.example")
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect();
+    let audit_url = &env
+        .iter()
+        .find(|(k, _)| k == "RAGWAY_AUDIT_DATABASE_URL")
+        .unwrap()
+        .1;
+    let reached = [
+        host_port(config["cache"]["redis_url"].as_str().unwrap()),
+        host_port(config["retrieval"]["url"].as_str().unwrap()),
+        host_port(config["providers"]["vllm"]["base_url"].as_str().unwrap()),
+        host_port(audit_url),
+    ];
+    let image_ports = [
+        ("redis", 6379),
+        ("qdrant", 6334),
+        ("vllm", 8000),
+        ("postgres", 5432),
+    ];
+    for (host, port) in reached {
+        assert!(
+            names.contains(&host.as_str()),
+            "{host} is not a compose service"
+        );
+        assert!(
+            image_ports.contains(&(host.as_str(), port)),
+            "{host}:{port}"
+        );
+    }
+    // And it is a valid ragway config (model paths as mounted, here under models/).
+    let local = toml_text.replace("\"/models/", &format!("\"{root}/models/"));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    ragway::config::Config::from_toml(&local, &ragway::config::Env::from_pairs(env))
+        .unwrap_or_else(|e| panic!("deploy/compose/ragway.toml: {e}"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
