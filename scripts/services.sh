@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Makes sure the services the test suite talks to are running on loopback:
 # Redis on 127.0.0.1:6379 and PostgreSQL on 127.0.0.1:5432 (each installed from
-# Debian and started when missing), and Debian's docker-compose, which the suite
-# uses to validate docker-compose.yml (no Docker engine is needed for that). The tests reach Postgres as
+# Debian and started when missing), and Debian's docker-compose and python3-yaml,
+# which the suite uses to validate docker-compose.yml and the Kubernetes manifests
+# (no Docker engine or cluster is needed for that). The tests reach Postgres as
 # postgres://postgres:postgres@127.0.0.1:5432/postgres (RAGWAY_TEST_DATABASE_URL
 # overrides it): a fresh install gets that password.
 set -euo pipefail
@@ -45,7 +46,7 @@ if ! command -v pg_isready >/dev/null || ! pg_up; then
 fi
 echo "services: postgresql is up"
 
-if ! command -v docker-compose >/dev/null; then
-    echo "services: installing docker-compose (to validate docker-compose.yml)"
-    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq docker-compose >/dev/null
+if ! command -v docker-compose >/dev/null || ! /usr/bin/python3 -c 'import yaml' 2>/dev/null; then
+    echo "services: installing docker-compose and python3-yaml (to validate deploy files)"
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq docker-compose python3-yaml >/dev/null
 fi

@@ -205,3 +205,112 @@ fn the_compose_file_is_valid_and_matches_the_config_it_mounts() {
         .unwrap_or_else(|e| panic!("deploy/compose/ragway.toml: {e}"));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Every document of a YAML file, as JSON (Debian's python3-yaml, which `make test`
+/// installs with docker-compose, does the parsing).
+fn yaml_documents(path: &str) -> Vec<Value> {
+    let output = std::process::Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d]))",
+            &format!("{}/{path}", env!("CARGO_MANIFEST_DIR")),
+        ])
+        .output()
+        .expect("python3 with yaml");
+    assert!(
+        output.status.success(),
+        "{path}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn of_kind<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+#[test]
+fn the_kubernetes_manifests_parse_and_agree_with_each_other() {
+    let ragway = yaml_documents("deploy/k8s/ragway.yaml");
+    let vllm = yaml_documents("deploy/k8s/vllm.yaml");
+    for doc in ragway.iter().chain(&vllm) {
+        assert!(
+            doc["apiVersion"].is_string() && doc["kind"].is_string(),
+            "{doc}"
+        );
+        assert!(doc["metadata"]["name"].is_string(), "{doc}");
+    }
+    let values = yaml_documents("deploy/k8s/qdrant-values.yaml");
+    assert_eq!(values[0]["replicaCount"], 3);
+
+    // The config the Deployment mounts validates, with the Secret's values.
+    let config_text = of_kind(&ragway, "ConfigMap", "ragway-config")["data"]["ragway.toml"]
+        .as_str()
+        .unwrap()
+        .replace(
+            "\"/models/",
+            &format!("\"{}/models/", env!("CARGO_MANIFEST_DIR")),
+        );
+    let secret = of_kind(&ragway, "Secret", "ragway-secrets")["stringData"]
+        .as_object()
+        .unwrap();
+    let env: Vec<(&str, &str)> = secret
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str().unwrap()))
+        .collect();
+    let config =
+        ragway::config::Config::from_toml(&config_text, &ragway::config::Env::from_pairs(env))
+            .unwrap_or_else(|e| panic!("the ConfigMap's ragway.toml: {e}"));
+
+    let deployment = of_kind(&ragway, "Deployment", "ragway");
+    let pod = &deployment["spec"]["template"];
+    let container = &pod["spec"]["containers"][0];
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    let port = &container["ports"][0];
+    assert_eq!(port["containerPort"], config.server.listen.port());
+    assert_eq!(
+        deployment["spec"]["selector"]["matchLabels"],
+        pod["metadata"]["labels"]
+    );
+    // Each replica its own chain: the instance is the pod's name.
+    let instance = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "RAGWAY__AUDIT__INSTANCE")
+        .expect("the audit instance is set per pod");
+    assert_eq!(
+        instance["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+    // Draining fits in the pod's grace period: preStop, open streams, the audit writer.
+    let audit = config.audit.as_ref().unwrap();
+    let needed = 5 + config.server.shutdown_grace.as_secs() + audit.shutdown_deadline.as_secs();
+    assert!(
+        pod["spec"]["terminationGracePeriodSeconds"]
+            .as_u64()
+            .unwrap()
+            >= needed,
+        "grace period shorter than the drain ({needed} s)"
+    );
+    let service = of_kind(&ragway, "Service", "ragway");
+    assert_eq!(service["spec"]["selector"], pod["metadata"]["labels"]);
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], port["name"]);
+
+    // The providers and stores the config names are the Services that serve them.
+    let toml: toml::Table = toml::from_str(&config_text).unwrap();
+    let (host, vllm_port) = host_port(toml["providers"]["vllm"]["base_url"].as_str().unwrap());
+    let vllm_service = of_kind(&vllm, "Service", &host);
+    assert_eq!(vllm_service["spec"]["ports"][0]["port"], vllm_port);
+    let qdrant_grpc = values[0]["service"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "grpc")
+        .unwrap();
+    let (_, grpc_port) = host_port(toml["retrieval"]["url"].as_str().unwrap());
+    assert_eq!(qdrant_grpc["port"], grpc_port);
+}
