@@ -7,7 +7,7 @@
 # The CUDA variant (local models on an NVIDIA GPU) builds with the `cuda` feature
 # on CUDA images (nvcc to build, the CUDA runtime to run):
 #
-#   docker build -t ragway:cuda --build-arg FEATURES=cuda \
+#   docker build -t ragway:cuda --build-arg FEATURES=cuda --build-arg CUDA_COMPUTE_CAP=90 \
 #     --build-arg BUILDER=ragway-builder:cuda \
 #     --build-arg RUNTIME=nvidia/cuda:12.4.1-runtime-ubuntu22.04 .
 #
@@ -18,6 +18,10 @@ ARG RUNTIME=debian:bookworm-slim
 
 FROM ${BUILDER} AS build
 ARG FEATURES=""
+# For the cuda feature: the GPU's compute capability (e.g. 90 for H100), since no
+# GPU is visible while the image builds.
+ARG CUDA_COMPUTE_CAP=""
+ENV CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP}
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/src/target \

@@ -171,16 +171,21 @@ fn the_compose_file_is_valid_and_matches_the_config_it_mounts() {
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
         .collect();
-    let audit_url = &env
-        .iter()
-        .find(|(k, _)| k == "RAGWAY_AUDIT_DATABASE_URL")
-        .unwrap()
-        .1;
+    // Compose builds the audit URL from the Postgres password.
+    let audit_url = ragway
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("RAGWAY_AUDIT_DATABASE_URL: "))
+        .expect("ragway gets the audit database's URL")
+        .to_owned();
+    assert_eq!(
+        audit_url,
+        "postgres://ragway:change-me@postgres:5432/ragway"
+    );
     let reached = [
         host_port(config["cache"]["redis_url"].as_str().unwrap()),
         host_port(config["retrieval"]["url"].as_str().unwrap()),
         host_port(config["providers"]["vllm"]["base_url"].as_str().unwrap()),
-        host_port(audit_url),
+        host_port(&audit_url),
     ];
     let image_ports = [
         ("redis", 6379),
@@ -200,7 +205,8 @@ fn the_compose_file_is_valid_and_matches_the_config_it_mounts() {
     }
     // And it is a valid ragway config (model paths as mounted, here under models/).
     let local = toml_text.replace("\"/models/", &format!("\"{root}/models/"));
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    env.push(("RAGWAY_AUDIT_DATABASE_URL", &audit_url));
     ragway::config::Config::from_toml(&local, &ragway::config::Env::from_pairs(env))
         .unwrap_or_else(|e| panic!("deploy/compose/ragway.toml: {e}"));
     std::fs::remove_dir_all(dir).unwrap();
@@ -235,7 +241,20 @@ fn of_kind<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
 fn the_kubernetes_manifests_parse_and_agree_with_each_other() {
     let ragway = yaml_documents("deploy/k8s/ragway.yaml");
     let vllm = yaml_documents("deploy/k8s/vllm.yaml");
-    for doc in ragway.iter().chain(&vllm) {
+    let secrets = yaml_documents("deploy/k8s/secret.example.yaml");
+    assert!(
+        ragway.iter().all(|d| d["kind"] != "Secret"),
+        "applying the manifests must not overwrite the operator's secret"
+    );
+    let claim = of_kind(&ragway, "PersistentVolumeClaim", "ragway-models");
+    assert!(
+        claim["spec"]["accessModes"][0]
+            .as_str()
+            .unwrap()
+            .ends_with("Many"),
+        "shared by replicas"
+    );
+    for doc in ragway.iter().chain(&vllm).chain(&secrets) {
         assert!(
             doc["apiVersion"].is_string() && doc["kind"].is_string(),
             "{doc}"
@@ -253,7 +272,7 @@ fn the_kubernetes_manifests_parse_and_agree_with_each_other() {
             "\"/models/",
             &format!("\"{}/models/", env!("CARGO_MANIFEST_DIR")),
         );
-    let secret = of_kind(&ragway, "Secret", "ragway-secrets")["stringData"]
+    let secret = of_kind(&secrets, "Secret", "ragway-secrets")["stringData"]
         .as_object()
         .unwrap();
     let env: Vec<(&str, &str)> = secret
@@ -305,12 +324,8 @@ fn the_kubernetes_manifests_parse_and_agree_with_each_other() {
     let (host, vllm_port) = host_port(toml["providers"]["vllm"]["base_url"].as_str().unwrap());
     let vllm_service = of_kind(&vllm, "Service", &host);
     assert_eq!(vllm_service["spec"]["ports"][0]["port"], vllm_port);
-    let qdrant_grpc = values[0]["service"]["ports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "grpc")
-        .unwrap();
+    // The chart's gRPC port, not overridden by the values.
+    assert!(values[0].get("service").is_none());
     let (_, grpc_port) = host_port(toml["retrieval"]["url"].as_str().unwrap());
-    assert_eq!(qdrant_grpc["port"], grpc_port);
+    assert_eq!(grpc_port, 6334);
 }
