@@ -163,8 +163,8 @@ fn audit_command(config: Config, command: Option<AuditCommand>) -> ExitCode {
                     Ok(ExitCode::SUCCESS)
                 }
                 Some(keep) => {
-                    let cutoff = ragway::audit::time::now_micros()
-                        - i64::try_from(keep.as_micros()).unwrap_or(i64::MAX);
+                    let now = ragway::audit::time::now_micros();
+                    let cutoff = ragway::audit::time::before(now, keep);
                     store.retain(cutoff).await.map(|done| {
                         println!("{done}");
                         ExitCode::SUCCESS
@@ -224,12 +224,9 @@ async fn export(
         write!(out, "{}", ragway::audit::export::csv_header())
             .map_err(|e| ragway::audit::store::StoreError::Other(e.to_string()))?;
     }
-    let count = ragway::audit::verify::export(store, range, tenant, |rows| {
-        let written = rows.iter().try_for_each(|row| match format {
-            ExportFormat::Jsonl => writeln!(out, "{}", ragway::audit::export::json(row)),
-            ExportFormat::Csv => write!(out, "{}", ragway::audit::export::csv_line(row)),
-        });
-        std::future::ready(written)
+    let count = ragway::audit::verify::export(store, range, tenant, |row| match format {
+        ExportFormat::Jsonl => writeln!(out, "{}", ragway::audit::export::json(row)),
+        ExportFormat::Csv => write!(out, "{}", ragway::audit::export::csv_line(row)),
     })
     .await?;
     out.flush()

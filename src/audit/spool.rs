@@ -158,7 +158,8 @@ impl Spool {
     }
 
     /// The oldest file's id, when there is one.
-    pub fn file(&self) -> Option<i64> {
+    #[cfg(test)]
+    fn file(&self) -> Option<i64> {
         self.lock().files.front().map(|(id, _)| *id)
     }
 

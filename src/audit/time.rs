@@ -16,6 +16,11 @@ pub fn now_micros() -> i64 {
     micros(SystemTime::now())
 }
 
+/// The time `age` before `now_us` (the cutoff of a retention period).
+pub fn before(now_us: i64, age: std::time::Duration) -> i64 {
+    now_us.saturating_sub(i64::try_from(age.as_micros()).unwrap_or(i64::MAX))
+}
+
 /// `2026-11-24T13:05:33.123456Z`.
 pub fn format(us: i64) -> String {
     let days = us.div_euclid(MICROS_PER_DAY);

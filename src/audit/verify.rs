@@ -1,8 +1,6 @@
 //! `ragway audit verify` and `export`: walk each instance's chain in order,
 //! a window of places at a time.
 
-use std::future::Future;
-
 use super::chain::{Fault, Head, Verifier};
 use super::row::Chained;
 use super::store::{AuditStore, Range, StoreError};
@@ -57,11 +55,20 @@ pub async fn verify(store: &dyn AuditStore, range: Range) -> Result<Vec<ChainRep
         };
         let mut verifier = Verifier::new(&instance);
         let mut first = None;
-        walk(store, &instance, range, head.map(|h| h.seq), |rows| {
-            first = first.or(rows.first().map(|r| r.seq));
-            rows.iter().for_each(|r| verifier.push(r));
-            verifier.fault.is_none()
-        })
+        // By place alone: a row whose time falls outside the range between two that
+        // fall inside (times need not follow places) is still checked.
+        walk(
+            store,
+            &instance,
+            range,
+            Range::default(),
+            head.map(|h| h.seq),
+            |rows| {
+                first = first.or(rows.first().map(|r| r.seq));
+                rows.iter().for_each(|r| verifier.push(r));
+                verifier.fault.is_none()
+            },
+        )
         .await?;
         // The head says where the chain ends: compared when the walk went there
         // (an instance idle since `since` has nothing to compare).
@@ -86,12 +93,14 @@ pub async fn verify(store: &dyn AuditStore, range: Range) -> Result<Vec<ChainRep
     Ok(reports)
 }
 
-/// Calls `each` with every window of `instance`'s rows in chain order (up to
-/// place `upto` when given, else to the last row), until it returns false.
-pub async fn walk(
+/// Calls `each` with every window of `instance`'s rows in chain order, from the
+/// first place in `range` to the last (or to place `upto`), keeping the rows within
+/// `rows_in`, until it returns false.
+async fn walk(
     store: &dyn AuditStore,
     instance: &str,
     range: Range,
+    rows_in: Range,
     upto: Option<i64>,
     mut each: impl FnMut(&[Chained]) -> bool,
 ) -> Result<(), StoreError> {
@@ -102,11 +111,7 @@ pub async fn walk(
     let mut after = min - 1;
     while after < max {
         let upto = (after + WINDOW).min(max);
-        // By place alone: a row whose time falls outside the range between two
-        // that fall inside (times need not follow places) is still checked.
-        let rows = store
-            .chain(instance, (after, upto), Range::default())
-            .await?;
+        let rows = store.chain(instance, (after, upto), rows_in).await?;
         if !rows.is_empty() && !each(&rows) {
             break;
         }
@@ -116,34 +121,32 @@ pub async fn walk(
 }
 
 /// Every row within `range` (and of `tenant`, when given), instance by instance in
-/// chain order, handed to `write`.
-pub async fn export<F, Fut>(
+/// chain order, handed to `write`; returns how many.
+pub async fn export(
     store: &dyn AuditStore,
     range: Range,
     tenant: Option<&str>,
-    mut write: F,
-) -> Result<u64, StoreError>
-where
-    F: FnMut(Vec<Chained>) -> Fut,
-    Fut: Future<Output = std::io::Result<()>>,
-{
+    mut write: impl FnMut(&Chained) -> std::io::Result<()>,
+) -> Result<u64, StoreError> {
     let mut count = 0;
+    let mut failed = None;
     for instance in store.instances().await? {
-        let Some((min, max)) = store.seq_bounds(&instance, range).await? else {
-            continue;
-        };
-        let mut after = min - 1;
-        while after < max {
-            let upto = (after + WINDOW).min(max);
-            let mut rows = store.chain(&instance, (after, upto), range).await?;
-            if let Some(tenant) = tenant {
-                rows.retain(|r| r.row.tenant.as_deref() == Some(tenant));
+        walk(store, &instance, range, range, None, |rows| {
+            let wanted = rows
+                .iter()
+                .filter(|r| tenant.is_none_or(|t| r.row.tenant.as_deref() == Some(t)));
+            for row in wanted {
+                if let Err(error) = write(row) {
+                    failed = Some(error);
+                    return false;
+                }
+                count += 1;
             }
-            count += rows.len() as u64;
-            write(rows)
-                .await
-                .map_err(|e| StoreError::Other(format!("writing the export: {e}")))?;
-            after = upto;
+            true
+        })
+        .await?;
+        if let Some(error) = failed.take() {
+            return Err(StoreError::Other(format!("writing the export: {error}")));
         }
     }
     Ok(count)

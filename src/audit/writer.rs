@@ -352,7 +352,7 @@ impl Worker {
             tracing::warn!(%error, "audit: cannot create the coming partitions");
         }
         if let Some(keep) = self.settings.retention {
-            let cutoff = now - i64::try_from(keep.as_micros()).unwrap_or(i64::MAX);
+            let cutoff = time::before(now, keep);
             match tokio::time::timeout(SLOW_TIMEOUT, self.store.retain(cutoff)).await {
                 Ok(Ok(done)) => tracing::info!(done, "audit retention"),
                 Ok(Err(error)) => tracing::warn!(%error, "audit retention failed"),

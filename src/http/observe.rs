@@ -56,10 +56,11 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
         request.extensions_mut().insert(origin.clone());
         Unrecorded {
             state: state.clone(),
-            record: Some(CallRecord::refused(&id, origin, 499, None)),
+            id: id.clone(),
+            origin,
             key: request.headers().get(header::AUTHORIZATION).cloned(),
-            caller: None,
             started,
+            end: End::Abandoned,
         }
     });
     let span = tracing::info_span!("request", request_id = %id);
@@ -68,17 +69,15 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
         response.headers_mut().insert(REQUEST_ID, value);
     }
     if let Some(mut unrecorded) = unrecorded.take() {
-        match response.extensions().get::<Recorded>() {
-            Some(_) => unrecorded.record = None,
-            None => {
-                if let Some(record) = unrecorded.record.as_mut() {
-                    record.status = response.status().as_u16();
-                    record.outcome = if record.status < 400 { "ok" } else { "error" };
-                    record.error = response.extensions().get::<ErrorCode>().map(|e| e.0);
-                }
-                unrecorded.caller = response.extensions().get::<Caller>().cloned();
-            }
-        }
+        let extensions = response.extensions();
+        unrecorded.end = match extensions.get::<Recorded>() {
+            Some(_) => End::Recorded,
+            None => End::Responded {
+                status: response.status().as_u16(),
+                error: extensions.get::<ErrorCode>().map(|e| e.0),
+                caller: extensions.get::<Caller>().cloned(),
+            },
+        };
     }
     let metrics = &state.metrics;
     let served = response.extensions().get::<ServedModel>();
@@ -100,26 +99,47 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
 /// left early is recorded too (as `abandoned`, status 499).
 struct Unrecorded {
     state: AppState,
-    record: Option<CallRecord>,
+    id: Arc<str>,
+    origin: Origin,
     key: Option<HeaderValue>,
-    /// The caller authentication established, when the response says.
-    caller: Option<Caller>,
     started: Instant,
+    end: End,
+}
+
+/// How a call the guard watches ended.
+enum End {
+    /// The client left before the response.
+    Abandoned,
+    /// The pipeline records it.
+    Recorded,
+    Responded {
+        status: u16,
+        error: Option<&'static str>,
+        /// The caller authentication established, when the response says.
+        caller: Option<Caller>,
+    },
 }
 
 impl Drop for Unrecorded {
     fn drop(&mut self) {
-        let Some(mut record) = self.record.take() else {
-            return;
+        let (mut record, caller) = match std::mem::replace(&mut self.end, End::Recorded) {
+            End::Recorded => return,
+            End::Abandoned => {
+                let mut record = CallRecord::refused(&self.id, self.origin.clone(), 499, None);
+                record.outcome = "abandoned";
+                (record, None)
+            }
+            End::Responded {
+                status,
+                error,
+                caller,
+            } => {
+                let record = CallRecord::refused(&self.id, self.origin.clone(), status, error);
+                (record, caller)
+            }
         };
-        if record.status == 499 {
-            record.outcome = "abandoned";
-        }
         record.latency = self.started.elapsed();
-        let caller = self
-            .caller
-            .take()
-            .or_else(|| identify(&self.state, self.key.take()));
+        let caller = caller.or_else(|| identify(&self.state, self.key.take()));
         if let Some(caller) = caller {
             record.tenant = Some(caller.tenant.to_string());
             record.key_id = caller.key_id.as_deref().map(str::to_owned);
