@@ -7,7 +7,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/ragway/target
 CARGO ?= cargo
 CONFIG ?= $(wildcard ragway.toml)
 
-.PHONY: run test lint fmt toolchain models services bench-overhead bench-local bench-pii bench-rag bench-cache bench-audit
+.PHONY: run test lint fmt toolchain models services bench-overhead bench-local bench-pii bench-rag bench-cache bench-audit soak
 
 ## Serve on 127.0.0.1:8080 (ragway.toml if present, built-in defaults otherwise).
 run: toolchain models
@@ -62,3 +62,7 @@ bench-cache: toolchain
 ## The audit trail: rows/s into Postgres, the request path's hand-over cost, size per million rows.
 bench-audit: toolchain services
 	$(CARGO) bench --locked --bench audit
+
+## The whole pipeline at a fixed rate for ten minutes (SOAK_RATE, SOAK_SECS, SOAK_WARMUP_SECS).
+soak: toolchain models services
+	$(CARGO) bench --locked --bench soak

@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod cache;
+pub mod compute;
 pub mod config;
 pub mod encode;
 pub mod error;

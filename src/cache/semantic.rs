@@ -87,7 +87,7 @@ impl Semantic {
         let context = super::key::key(tenant, alias, corpus, purged, &context)?.hash;
         let embedder = Arc::clone(&self.embedder);
         let text = question.clone();
-        let vector = tokio::task::spawn_blocking(move || embedder.embed(&[text]))
+        let vector = crate::compute::run(move || embedder.embed(&[text]))
             .await
             .ok()?
             .ok()?

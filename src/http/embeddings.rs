@@ -82,8 +82,8 @@ async fn embed(
         ));
     }
     let embedder = Arc::clone(embedder);
-    // The model is CPU work: off the async threads.
-    let (vectors, tokens) = tokio::task::spawn_blocking(move || embedder.embed_counted(&inputs))
+    // The model is CPU work: off the async threads, on the compute threads.
+    let (vectors, tokens) = crate::compute::run(move || embedder.embed_counted(&inputs))
         .await
         .map_err(|e| GatewayError::Internal(e.to_string()))?
         .map_err(|e| GatewayError::Internal(e.to_string()))?;

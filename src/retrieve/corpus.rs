@@ -284,7 +284,7 @@ impl Corpus {
             Mode::Keyword | Mode::Hybrid => {
                 // Cutting words is CPU work in proportion to the question.
                 let text = question.to_owned();
-                let vector = tokio::task::spawn_blocking(move || keyword::query_vector(&text))
+                let vector = crate::compute::run(move || keyword::query_vector(&text))
                     .await
                     .map_err(|e| CorpusError::Embed(e.to_string()))?;
                 let query = Query {
@@ -304,7 +304,7 @@ impl Corpus {
     async fn embed_question(&self, question: &str) -> Result<Vec<f32>, CorpusError> {
         let embedder = Arc::clone(&self.embedder);
         let input = vec![question.to_owned()];
-        let mut vectors = tokio::task::spawn_blocking(move || embedder.embed(&input))
+        let mut vectors = crate::compute::run(move || embedder.embed(&input))
             .await
             .map_err(|e| CorpusError::Embed(e.to_string()))?
             .map_err(|e| CorpusError::Embed(e.to_string()))?;

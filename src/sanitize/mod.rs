@@ -9,7 +9,7 @@
 //! - [`guard`] is the operator's list of words and patterns refused or starred out
 //!   in both directions.
 
-mod check;
+pub mod check;
 mod detect;
 pub mod guard;
 mod kind;
