@@ -4,9 +4,9 @@
 //!
 //! Why: the blocking pool adds a thread whenever the calls overlap more than before
 //! (a latency spike is enough), and every thread that has run the model keeps its
-//! own allocator pages and scratch buffers. In a ten-minute soak the gateway's heap
-//! grew in steps of ~15 MiB with each thread the pool added (docs/BENCHMARKS.md,
-//! "Soak"). CPU work cannot run faster than the cores anyway: past them, it waits
+//! own allocator pages and scratch buffers: in a ten-minute soak the gateway's heap
+//! grew in steps of ~15 MiB as the pool added threads (docs/BENCHMARKS.md, "Soak").
+//! CPU work cannot run faster than the cores anyway: past them, it waits
 //! its turn here. Ingesting a document (long, rare) stays on the blocking pool, so it
 //! does not hold up questions.
 

@@ -131,15 +131,21 @@ impl Report<'_> {
     fn memory(&self) {
         let (warmup, end) = (self.warmup(), self.end());
         let (start, last) = (self.sample_near(warmup), self.sample_near(end));
-        let peak = self.samples.iter().map(|s| s.rss_kib).max().unwrap_or(0);
+        let peak = self
+            .samples
+            .iter()
+            .max_by_key(|s| s.rss_kib)
+            .copied()
+            .unwrap_or_default();
         if let (Some(start), Some(last)) = (start, last) {
             println!(
                 "gateway RSS: {:.1} MiB at the end of the warm-up, {:.1} MiB at the end ({:+.1} %), \
-                 peak {:.1} MiB; threads {} → {}; CPU {:.2} cores on average while measured",
+                 peak {:.1} MiB at {} s; threads {} → {}; CPU {:.2} cores on average while measured",
                 mib(start.rss_kib),
                 mib(last.rss_kib),
                 growth(start.rss_kib, last.rss_kib),
-                mib(peak),
+                mib(peak.rss_kib),
+                peak.at.as_secs(),
                 start.threads,
                 last.threads,
                 cpu_cores(&start, &last)
