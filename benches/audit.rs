@@ -21,6 +21,9 @@ use ragway::generate::Attempt;
 use ragway::telemetry::Metrics;
 use sqlx::Connection;
 
+#[path = "common/postgres.rs"]
+mod common;
+
 const ROWS: usize = 1_000_000;
 const BATCH: usize = 1_000;
 const BASELINE_ROWS: usize = 5_000;
@@ -35,9 +38,7 @@ fn main() {
 }
 
 async fn run() {
-    let server = std::env::var("RAGWAY_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".to_owned());
-    let url = fresh(&server, "ragway_bench_audit").await;
+    let url = common::fresh_database("ragway_bench_audit").await;
     let store = Arc::new(PgStore::connect_lazy(&url).unwrap());
     store.migrate().await.unwrap();
     let builder = RowBuilder {
@@ -191,20 +192,6 @@ async fn hand_over(
 }
 
 /// A fresh database named `name` on `server`; returns its URL.
-async fn fresh(server: &str, name: &str) -> String {
-    let mut admin = sqlx::PgConnection::connect(server).await.unwrap();
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let (base, _) = server.rsplit_once('/').unwrap();
-    format!("{base}/{name}")
-}
-
 fn numbered(template: &Row, i: usize) -> Row {
     let mut row = template.clone();
     row.request_id = format!("req-{i:08}");

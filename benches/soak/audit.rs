@@ -1,35 +1,8 @@
-//! The audit table the gateway writes: a fresh database, and the soak's rows in it.
+//! The soak's rows in the audit table the gateway writes.
 
 use std::time::{Duration, Instant};
 
 use sqlx::Connection;
-
-const DATABASE: &str = "ragway_soak";
-
-fn server_url() -> String {
-    std::env::var("RAGWAY_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-/// An empty `ragway_soak` database (the last run's is dropped; this run's is kept
-/// for inspection).
-pub async fn fresh_database() -> String {
-    let server = server_url();
-    let mut admin = sqlx::PgConnection::connect(&server)
-        .await
-        .unwrap_or_else(|e| panic!("Postgres at {server} (run `make services`): {e}"));
-    for statement in [
-        format!("DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)"),
-        format!("CREATE DATABASE {DATABASE}"),
-    ] {
-        sqlx::query(&statement)
-            .execute(&mut admin)
-            .await
-            .unwrap_or_else(|e| panic!("{statement}: {e}"));
-    }
-    let (base, _) = server.rsplit_once('/').expect("a database URL has a path");
-    format!("{base}/{DATABASE}")
-}
 
 pub struct AuditCount {
     pub rows: i64,

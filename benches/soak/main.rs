@@ -30,6 +30,8 @@
 //! is met and kept, its path printed, otherwise.
 
 mod audit;
+#[path = "../common/postgres.rs"]
+mod common;
 mod gateway;
 mod load;
 mod report;
@@ -101,7 +103,7 @@ async fn run(settings: Settings) -> bool {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let work = std::env::temp_dir().join(format!("ragway-soak-{}", std::process::id()));
     std::fs::create_dir_all(&work).expect("create the work directory");
-    let database = audit::fresh_database().await;
+    let database = common::fresh_database("ragway_soak").await;
     let redis_prefix = format!("ragway:soak:{}:", std::process::id());
 
     let upstream = upstream::Upstream::start().await;
