@@ -51,6 +51,7 @@ async fn run() {
             },
         )]
         .into(),
+        redact: Arc::new(ragway::audit::SecretsOnly),
     };
     let template = builder.row(record(0));
     println!(
@@ -166,7 +167,7 @@ async fn hand_over(
             tokio::time::sleep_until(due.into()).await;
         }
     }
-    writer.finish().await;
+    writer.finish(std::time::Duration::from_secs(60)).await;
     let end_to_end = started.elapsed();
     costs.sort_unstable();
     let pct = |p: f64| costs[((costs.len() as f64 * p) as usize).min(costs.len() - 1)];

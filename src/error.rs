@@ -21,6 +21,16 @@ pub enum GatewayError {
     UnsupportedMediaType(String),
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// The request body did not arrive in full within the server's body deadline.
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
+    /// The caller has as much work in flight as it may; `retry_after` says when to
+    /// try again.
+    #[error("{message}")]
+    TooManyRequests {
+        message: String,
+        retry_after: Duration,
+    },
     #[error("the model `{0}` does not exist")]
     ModelNotFound(String),
     #[error("no route to `{0}`")]
@@ -68,6 +78,7 @@ impl GatewayError {
             GatewayError::InvalidRequest { .. }
             | GatewayError::UnsupportedMediaType(_)
             | GatewayError::PayloadTooLarge { .. }
+            | GatewayError::RequestTimeout
             | GatewayError::ModelNotFound(_)
             | GatewayError::NotFound(_)
             | GatewayError::MethodNotAllowed
@@ -76,6 +87,7 @@ impl GatewayError {
             | GatewayError::PiiBlocked(_) => "invalid_request_error",
             GatewayError::Unauthorized(_) => "authentication_error",
             GatewayError::Forbidden(_) => "permission_error",
+            GatewayError::TooManyRequests { .. } => "rate_limit_error",
             GatewayError::Unavailable { .. } | GatewayError::StreamInterrupted(_) => {
                 "upstream_error"
             }
@@ -92,6 +104,8 @@ impl GatewayError {
             GatewayError::Forbidden(_) => "forbidden",
             GatewayError::UnsupportedMediaType(_) => "unsupported_media_type",
             GatewayError::PayloadTooLarge { .. } => "payload_too_large",
+            GatewayError::RequestTimeout => "request_timeout",
+            GatewayError::TooManyRequests { .. } => "rate_limited",
             GatewayError::ModelNotFound(_) => "model_not_found",
             GatewayError::NotFound(_) => "not_found",
             GatewayError::MethodNotAllowed => "method_not_allowed",
@@ -114,10 +128,11 @@ impl GatewayError {
             GatewayError::ModelNotFound(_) => Some("model".to_owned()),
             _ => None,
         };
-        // Internal details go to the log, not to the client.
+        // Internal details go to the log, not to the client; nothing that looks
+        // like a credential goes to either.
         let message = match self {
             GatewayError::Internal(_) => "internal error".to_owned(),
-            other => other.to_string(),
+            other => crate::secret::scrub(&other.to_string()).into_owned(),
         };
         ErrorEnvelope {
             error: ErrorBody {

@@ -14,6 +14,7 @@ pub mod ingest;
 pub mod pipeline;
 pub mod retrieve;
 pub mod sanitize;
+pub mod secret;
 pub mod state;
 pub mod telemetry;
 pub mod wire;
@@ -25,23 +26,51 @@ pub fn app(state: AppState) -> axum::Router {
     http::router(state)
 }
 
-/// Serves `app(state)` on `listener` until `shutdown` resolves, then lets open
-/// requests finish.
+/// Serves `app(state)` on `listener` (and `/metrics` on `server.metrics_listen`,
+/// when set) until `shutdown` resolves; then lets open requests and streams finish
+/// for what `server.shutdown_grace_secs` leaves after the audit trail's share
+/// ([`AppState::audit_reserve`]), and closes what is still open.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    // Streamed chunks are small writes: without TCP_NODELAY, Nagle's algorithm holds
-    // each one back until the previous is acknowledged.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::warn!(%error, "cannot set TCP_NODELAY");
+    let server = &state.config.server;
+    let limits = http::server::ConnectionLimits {
+        header_read_timeout: server.header_read_timeout,
+        body_read_timeout: server.body_read_timeout,
+        max_connections: server.max_connections,
+        max_connections_per_peer: server.max_connections_per_peer,
+    };
+    let drain = server.shutdown_grace.saturating_sub(state.audit_reserve());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let until = move |stop: tokio_util::sync::CancellationToken| async move {
+        stop.cancelled().await;
+        tokio::time::Instant::now() + drain
+    };
+    let metrics_server = match server.metrics_listen {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address).await?;
+            tracing::info!(address = %listener.local_addr()?, "metrics listening");
+            Some(tokio::spawn(http::server::serve(
+                listener,
+                http::metrics_router(state.clone()),
+                limits,
+                std::sync::Arc::clone(&state.metrics),
+                until(stop.clone()),
+            )))
         }
+        None => None,
+    };
+    let signal = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        signal.cancel();
     });
-    let app = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let metrics = std::sync::Arc::clone(&state.metrics);
+    let served = http::server::serve(listener, app(state), limits, metrics, until(stop)).await;
+    if let Some(metrics_server) = metrics_server {
+        let _ = metrics_server.await;
+    }
+    served
 }

@@ -77,9 +77,14 @@ enum ExportFormat {
 
 #[derive(clap::Args)]
 struct IngestArgs {
-    /// Files and directories (.txt, .md, .html, .json, .jsonl).
+    /// Files and directories (.txt, .md, .html, .json, .jsonl, .pdf).
     #[arg(required = true)]
     paths: Vec<PathBuf>,
+    /// Follow symbolic links met inside the directories, as long as they lead to a
+    /// place inside the paths given (loops are walked once). Off: links are skipped
+    /// and listed.
+    #[arg(long)]
+    follow_links: bool,
     #[arg(long)]
     tenant: String,
     /// The collection the documents join (default: retrieval.default_collection).
@@ -240,12 +245,17 @@ fn ingest(config: Config, args: IngestArgs) -> ExitCode {
         eprintln!("ingest: the config has no [retrieval] section");
         return ExitCode::from(2);
     };
-    let files = match ragway::ingest::collect(&args.paths) {
-        Ok(files) if files.is_empty() => {
-            eprintln!("ingest: no readable documents under the paths given");
-            return ExitCode::from(2);
+    let files = match ragway::ingest::collect(&args.paths, args.follow_links) {
+        Ok(found) => {
+            for (path, why) in &found.skipped {
+                eprintln!("skipped {}: {why}", path.display());
+            }
+            if found.files.is_empty() {
+                eprintln!("ingest: no readable documents under the paths given");
+                return ExitCode::from(2);
+            }
+            found.files
         }
-        Ok(files) => files,
         Err(error) => {
             eprintln!("ingest: {error}");
             return ExitCode::from(2);
@@ -314,7 +324,12 @@ fn serve(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    let result = runtime.block_on(run(config));
+    // Work on blocking threads that nothing waits for any more (a document's
+    // extraction whose client left) must not hold the exit: the runtime is not
+    // given time to wait for it.
+    runtime.shutdown_timeout(std::time::Duration::ZERO);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "ragway stopped");
@@ -323,6 +338,10 @@ fn serve(config: Config) -> ExitCode {
     }
 }
 
+/// Serves until SIGTERM or Ctrl-C, then exits within `server.shutdown_grace_secs`:
+/// open requests and streams drain (closed when their share of the grace is up),
+/// background work and ingestion are stopped, and the audit trail writes what it
+/// holds in the time kept for it.
 async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let listen = config.server.listen;
     let grace = config.server.shutdown_grace;
@@ -333,21 +352,31 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let draining = state.draining.clone();
     let shutdown = state.shutdown.clone();
     let tasks = state.tasks().clone();
+    let signalled = std::sync::Arc::new(std::sync::OnceLock::new());
+    let signal_time = std::sync::Arc::clone(&signalled);
     ragway::serve(listener, state.clone(), async move {
         shutdown_signal().await;
+        let _ = signal_time.set(tokio::time::Instant::now());
         draining.store(true, Ordering::Relaxed);
         shutdown.cancel();
         tracing::info!("shutting down: finishing open requests");
     })
     .await?;
+    let exit_by = *signalled.get_or_init(tokio::time::Instant::now) + grace;
+    let audit_reserve = state.audit_reserve();
     tasks.close();
-    if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+    if tokio::time::timeout_at(exit_by - audit_reserve, tasks.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             ?grace,
             "background work still running at the end of the grace period"
         );
     }
-    state.finish_audit().await;
+    state
+        .finish_audit(exit_by.saturating_duration_since(tokio::time::Instant::now()))
+        .await;
     Ok(())
 }
 

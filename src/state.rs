@@ -25,7 +25,7 @@ use crate::retrieve::store::VectorStore;
 use crate::retrieve::store::edge::EdgeStore;
 use crate::retrieve::store::server::QdrantServer;
 use crate::retrieve::{NoRetrieval, Retriever};
-use crate::sanitize::{ContentGuard, PiiSanitizer};
+use crate::sanitize::{ContentGuard, PiiSanitizer, Sanitizer, Vault};
 use crate::telemetry::Metrics;
 
 /// Cheap to clone (one `Arc`): axum clones it for every handler and middleware.
@@ -112,10 +112,18 @@ impl AppState {
             }
             _ => (None, Arc::new(NoRetrieval) as Arc<dyn Retriever>),
         };
+        let sanitizer: Arc<dyn Sanitizer> = Arc::new(PiiSanitizer::new(
+            config.pii.actions.clone(),
+            hash_key(&config),
+        ));
         let audit = match &config.audit {
-            Some(a) => Some(Arc::new(
-                AuditTrail::start(a, Arc::clone(&metrics)).map_err(BuildError::Audit)?,
-            )),
+            Some(a) => {
+                let redact = Arc::new(AuditRedaction(Arc::clone(&sanitizer)));
+                Some(Arc::new(
+                    AuditTrail::start(a, Arc::clone(&metrics), redact)
+                        .map_err(BuildError::Audit)?,
+                ))
+            }
             None => None,
         };
         let audit_sink: Arc<dyn AuditSink> = match &audit {
@@ -123,10 +131,7 @@ impl AppState {
             None => Arc::new(NoAudit),
         };
         let mut pipeline = Pipeline {
-            sanitizer: Arc::new(PiiSanitizer::new(
-                config.pii.actions.clone(),
-                hash_key(&config),
-            )),
+            sanitizer,
             guard: Arc::new(guard),
             cache: answer_cache(&config, embedder.as_ref().map(|(_, e)| e), &metrics)?,
             retriever,
@@ -192,10 +197,22 @@ impl AppState {
 
     /// Writes the audit rows still queued or spooled (call once background work has
     /// finished, so the last streams' records are in).
-    pub async fn finish_audit(&self) {
+    pub async fn finish_audit(&self, within: std::time::Duration) {
         if let Some(trail) = &self.audit {
-            trail.writer.finish().await;
+            trail.writer.finish(within).await;
         }
+    }
+
+    /// The part of `server.shutdown_grace_secs` kept for the audit trail's last
+    /// writes after requests have drained: what the writer would take on its own
+    /// (its shutdown deadline and one write), at most half the grace. Whatever it
+    /// cannot write in that time is in its spool, replayed at the next start.
+    pub fn audit_reserve(&self) -> std::time::Duration {
+        let Some(audit) = &self.config.audit else {
+            return std::time::Duration::ZERO;
+        };
+        let own = audit.shutdown_deadline + audit.write_timeout + std::time::Duration::from_secs(1);
+        own.min(self.config.server.shutdown_grace / 2)
     }
 
     /// Background work (streams, cache stores) still running.
@@ -278,7 +295,9 @@ fn corpus(
         target: retrieval.chunk_tokens,
         overlap: retrieval.chunk_overlap,
     };
-    Corpus::new(store, embedder, size).with_cjk_dense_weight(retrieval.cjk_dense_weight)
+    Corpus::new(store, embedder, size)
+        .with_cjk_dense_weight(retrieval.cjk_dense_weight)
+        .with_ingest_concurrency(retrieval.ingest_concurrency)
 }
 
 /// The deadline of each call to a Qdrant server.
@@ -320,5 +339,19 @@ fn hash_key(config: &Config) -> Vec<u8> {
             .iter()
             .flat_map(|u| *u.as_bytes())
             .collect(),
+    }
+}
+
+/// The audit trail's redaction of texts the sanitize stage never saw (request ids,
+/// user agents, document ids, providers' errors): credentials scrubbed, then
+/// personal data replaced as the gateway's policy says.
+struct AuditRedaction(Arc<dyn Sanitizer>);
+
+impl crate::audit::Redact for AuditRedaction {
+    fn redact(&self, text: &str) -> String {
+        let text = crate::secret::scrub(text);
+        self.0
+            .sanitize_text(&text, &mut Vault::new())
+            .unwrap_or_else(|_| crate::secret::REDACTED.to_owned())
     }
 }

@@ -42,6 +42,8 @@ pub struct Metrics {
     audit_write_errors: IntCounterVec,
     local_queue_depth: IntGaugeVec,
     local_tokens: IntCounterVec,
+    open_connections: IntGaugeVec,
+    connections_refused: IntCounterVec,
 }
 
 /// One finished HTTP request, as the access log and the request metrics see it.
@@ -180,10 +182,33 @@ impl Metrics {
                 "Tokens the local model read (prompt) and wrote (completion)",
                 &["kind"],
             ),
+            open_connections: gauge(
+                "ragway_open_connections",
+                "Client connections open now",
+                &[],
+            ),
+            connections_refused: counter(
+                "ragway_connections_refused_total",
+                "Connections closed at once because a cap was reached (total, per_peer)",
+                &["cap"],
+            ),
             registry,
         };
         metrics.export_zeros();
         metrics
+    }
+
+    /// A connection opened (`+1`) or closed (`-1`).
+    pub fn connection(&self, delta: i64) {
+        self.open_connections
+            .with_label_values(&[] as &[&str])
+            .add(delta);
+    }
+
+    /// A connection refused past a cap: `total` or `per_peer`.
+    pub fn connection_refused(&self, cap: &str) {
+        tracing::debug!(cap, "connection refused");
+        self.connections_refused.with_label_values(&[cap]).inc();
     }
 
     /// Series whose labels are known up front start at zero, so they are exported
@@ -200,6 +225,10 @@ impl Metrics {
             self.audit_write_errors.with_label_values(&[stage]);
         }
         self.local_queue_depth.with_label_values(none);
+        self.open_connections.with_label_values(none);
+        for cap in ["total", "per_peer"] {
+            self.connections_refused.with_label_values(&[cap]);
+        }
         for kind in ["prompt", "completion"] {
             self.local_tokens.with_label_values(&[kind]);
         }
@@ -429,7 +458,9 @@ pub fn init_logging(config: &LogConfig) -> tracing_appender::non_blocking::Worke
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .thread_name("ragway-log")
-        .finish(std::io::BufWriter::new(std::io::stderr()));
+        .finish(crate::secret::ScrubWriter(std::io::BufWriter::new(
+            std::io::stderr(),
+        )));
     // The embedded vector store warns on every index build that its global feature
     // flags were never set: it has no public way to set them, and its defaults are
     // the ones wanted.

@@ -465,7 +465,10 @@ async fn a_restart_replays_the_spool_it_was_left() {
         .await;
         assert_eq!(response.status(), 200);
     }
-    first.state.finish_audit().await;
+    first
+        .state
+        .finish_audit(std::time::Duration::from_secs(30))
+        .await;
     let spooled: u64 = std::fs::read_dir(&spool)
         .unwrap()
         .map(|e| e.unwrap().metadata().unwrap().len())
@@ -499,7 +502,10 @@ async fn a_restart_replays_the_spool_it_was_left() {
         "{}",
         reports[0]
     );
-    second.state.finish_audit().await;
+    second
+        .state
+        .finish_audit(std::time::Duration::from_secs(30))
+        .await;
     let left = std::fs::read_dir(&spool)
         .unwrap()
         .filter(|e| {
@@ -824,7 +830,9 @@ async fn without_postgres_the_trail_goes_to_a_sqlite_file() {
         )
         .await;
     }
-    gw.state.finish_audit().await;
+    gw.state
+        .finish_audit(std::time::Duration::from_secs(30))
+        .await;
     let store = store(&gw);
     let rows = store
         .query(&Query {

@@ -9,6 +9,7 @@ mod bad_input;
 mod cache;
 mod config;
 mod deploy;
+mod hostile;
 mod local;
 mod openai_sdk;
 mod pii;

@@ -24,7 +24,24 @@ use crate::generate::Attempt;
 use crate::retrieve::Citation;
 use crate::wire::Usage;
 
-/// Everything known about one finished call. Text fields are already sanitised.
+/// Hides personal data and credentials in a text the sanitize stage never saw: a
+/// request id, user agent, document id or a provider's error, on their way into the
+/// audit row. The composition root supplies the gateway's sanitiser.
+pub trait Redact: Send + Sync {
+    fn redact(&self, text: &str) -> String;
+}
+
+/// Credentials only ([`crate::secret::scrub`]): for a trail without a sanitiser.
+pub struct SecretsOnly;
+
+impl Redact for SecretsOnly {
+    fn redact(&self, text: &str) -> String {
+        crate::secret::scrub(text).into_owned()
+    }
+}
+
+/// Everything known about one finished call. Prompt, answer and `user` are already
+/// sanitised; the other texts are redacted as rows are built ([`Redact`]).
 #[derive(Debug, Clone)]
 pub struct CallRecord {
     pub at: SystemTime,
@@ -176,6 +193,7 @@ impl AuditTrail {
     pub fn start(
         config: &crate::config::AuditConfig,
         metrics: Arc<crate::telemetry::Metrics>,
+        redact: Arc<dyn Redact>,
     ) -> Result<AuditTrail, String> {
         let store = open_store(&config.database).map_err(|e| e.to_string())?;
         let spool = spool::Spool::open(&config.spool_dir, &config.instance)
@@ -183,6 +201,7 @@ impl AuditTrail {
         let rows = row::RowBuilder {
             text: config.text,
             prices: config.prices.clone().into_iter().collect(),
+            redact,
         };
         let settings = writer::WriterSettings {
             instance: config.instance.clone(),

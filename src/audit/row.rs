@@ -80,12 +80,15 @@ fn as_hex<S: serde::Serializer>(bytes: &[u8; 32], s: S) -> Result<S::Ok, S::Erro
     s.serialize_str(&hex(bytes))
 }
 
-/// Turns records into rows: applies the text mode and the prices.
-#[derive(Debug, Clone)]
+/// Turns records into rows: applies the text mode and the prices, and redacts the
+/// text columns that come from the client or a provider rather than through the
+/// sanitize stage.
+#[derive(Clone)]
 pub struct RowBuilder {
     pub text: TextMode,
     /// By target id (`provider:model`).
     pub prices: HashMap<String, Price>,
+    pub redact: std::sync::Arc<dyn super::Redact>,
 }
 
 impl RowBuilder {
@@ -102,7 +105,7 @@ impl RowBuilder {
                     "target": &*a.target,
                     "outcome": a.error.as_ref().map_or("ok", |e| e.class()),
                     "http_status": http_status,
-                    "error": a.error.as_ref().map(|e| clean(crate::encode::truncate(&e.to_string(), 500))),
+                    "error": a.error.as_ref().map(|e| self.redacted(crate::encode::truncate(&e.to_string(), 500))),
                     "latency_ms": round3(a.latency.as_secs_f64() * 1000.0),
                 })
             })
@@ -115,7 +118,7 @@ impl RowBuilder {
         let passages: Vec<_> = r
             .passages
             .iter()
-            .map(|p| serde_json::json!({"doc_id": clean(&p.doc_id), "chunk": p.chunk, "score": p.score}))
+            .map(|p| serde_json::json!({"doc_id": self.redacted(&p.doc_id), "chunk": p.chunk, "score": p.score}))
             .collect();
         let cost = match (&r.target, r.usage) {
             (Some(target), Some(usage)) => self.prices.get(target).map(|p| {
@@ -126,12 +129,13 @@ impl RowBuilder {
         };
         Row {
             at_us: time::micros(r.at),
-            request_id: r.request_id,
+            request_id: self.redacted(&r.request_id),
             tenant: r.tenant,
             client_key: r.key_id,
+            // Sanitised with the request (placeholders numbered with its prompt's).
             end_user: r.user.as_deref().map(clean),
             route: r.origin.route.to_string(),
-            alias: r.alias,
+            alias: r.alias.as_deref().map(|a| self.redacted(a)),
             target: r.target,
             attempts: raw(&attempts),
             cache: r.cache.map(str::to_owned),
@@ -150,8 +154,12 @@ impl RowBuilder {
             answer: self.text(&r.answer),
             passages: raw(&passages),
             client_ip: r.origin.client_ip.map(|ip| ip.to_string()),
-            user_agent: r.origin.user_agent.as_deref().map(clean),
+            user_agent: r.origin.user_agent.as_deref().map(|ua| self.redacted(ua)),
         }
+    }
+
+    fn redacted(&self, text: &str) -> String {
+        clean(&self.redact.redact(text))
     }
 
     fn text(&self, text: &str) -> Option<String> {

@@ -45,6 +45,9 @@ pub struct AuditWriter {
     stop: CancellationToken,
     task: Mutex<Option<JoinHandle<()>>>,
     deadline: Duration,
+    /// How long the drain at shutdown may write to the database, in ms: set by
+    /// [`AuditWriter::finish`] before it stops the worker.
+    drain_within: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl AuditWriter {
@@ -64,6 +67,7 @@ impl AuditWriter {
         // and a margin.
         let deadline = settings.shutdown_deadline + settings.write_timeout + Duration::from_secs(1);
         let instance = settings.instance.clone();
+        let drain_within = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
         let worker = Worker {
             receiver,
             gathered: Vec::new(),
@@ -78,6 +82,7 @@ impl AuditWriter {
             maintain_at: Instant::now(),
             stop: stop.clone(),
             deadline: None,
+            drain_within: Arc::clone(&drain_within),
         };
         let task = tokio::spawn(worker.run());
         AuditWriter {
@@ -89,16 +94,25 @@ impl AuditWriter {
             stop,
             task: Mutex::new(Some(task)),
             deadline,
+            drain_within,
         }
     }
 
-    /// Writes what is queued and spooled, within the shutdown deadline; what is
-    /// left stays in the spool for the next start.
-    pub async fn finish(&self) {
+    /// Writes what is queued and spooled, within the shutdown deadline and
+    /// `within` (less a second, kept for spooling what the database did not take);
+    /// what is left stays in the spool for the next start.
+    pub async fn finish(&self, within: Duration) {
+        let writing = within.saturating_sub(Duration::from_secs(1));
+        self.drain_within.store(
+            u64::try_from(writing.as_millis()).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         self.stop.cancel();
         let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(task) = task
-            && tokio::time::timeout(self.deadline, task).await.is_err()
+            && tokio::time::timeout(self.deadline.min(within), task)
+                .await
+                .is_err()
         {
             tracing::warn!("audit writer did not finish in time; the spool keeps the rest");
         }
@@ -159,6 +173,8 @@ struct Worker {
     stop: CancellationToken,
     /// Set when shutdown begins: no database call runs past it.
     deadline: Option<Instant>,
+    /// See [`AuditWriter::drain_within`].
+    drain_within: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Worker {
@@ -364,7 +380,9 @@ impl Worker {
     /// Shutdown: what is queued, then the spool, until the deadline.
     async fn drain(&mut self) {
         self.receiver.close();
-        let deadline = Instant::now() + self.settings.shutdown_deadline;
+        let within =
+            Duration::from_millis(self.drain_within.load(std::sync::atomic::Ordering::Relaxed));
+        let deadline = Instant::now() + self.settings.shutdown_deadline.min(within);
         self.deadline = Some(deadline);
         loop {
             let mut batch = std::mem::take(&mut self.gathered);

@@ -109,8 +109,24 @@ pub struct LocalModelConfig {
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
+    /// How long the whole exit may take after SIGTERM: draining open requests and
+    /// streams, background work, and the audit trail's last writes.
     #[serde(serialize_with = "as_secs")]
     pub shutdown_grace: Duration,
+    /// A connection that has not sent a whole request head within this is closed
+    /// (idle keep-alive connections too).
+    #[serde(serialize_with = "as_secs")]
+    pub header_read_timeout: Duration,
+    /// A request body not received in full within this (from its head) is refused
+    /// with 408, however steadily it trickles.
+    #[serde(serialize_with = "as_secs")]
+    pub body_read_timeout: Duration,
+    /// Open connections in total, and from one client address; past either, a new
+    /// connection gets 503 and is closed.
+    pub max_connections: usize,
+    pub max_connections_per_peer: usize,
+    /// `/metrics` on its own address instead of the public one.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -213,8 +229,12 @@ impl From<TargetRef> for String {
 pub struct Secret(String);
 
 impl Secret {
+    /// Also registers the value with [`crate::secret`], so that it never leaves
+    /// the process in a response, a log line or an audit row.
     pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
+        let value = value.into();
+        crate::secret::register(&value);
+        Secret(value)
     }
 
     pub fn expose(&self) -> &str {

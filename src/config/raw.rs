@@ -64,6 +64,11 @@ pub struct RawServer {
     pub listen: Option<String>,
     pub max_body_bytes: Option<u64>,
     pub shutdown_grace_secs: Option<u64>,
+    pub header_read_timeout_secs: Option<u64>,
+    pub body_read_timeout_secs: Option<u64>,
+    pub max_connections: Option<u64>,
+    pub max_connections_per_peer: Option<u64>,
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

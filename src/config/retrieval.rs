@@ -20,6 +20,12 @@ pub struct RetrievalConfig {
     pub chunk_overlap: usize,
     /// The largest document `POST /v1/documents` takes.
     pub max_document_bytes: usize,
+    /// How long one document's ingestion (extract, chunk, embed, store) may take
+    /// before it is abandoned.
+    #[serde(serialize_with = "super::as_secs")]
+    pub ingest_timeout: std::time::Duration,
+    /// Documents one tenant may have in ingestion at once over HTTP; more get 429.
+    pub ingest_concurrency: usize,
     /// The collection documents go into when none is named.
     pub default_collection: String,
     /// How much the embedder's ranking counts, against keywords' 1, for a question
@@ -83,6 +89,8 @@ pub struct RawRetrieval {
     pub chunk_tokens: Option<usize>,
     pub chunk_overlap: Option<usize>,
     pub max_document_bytes: Option<u64>,
+    pub ingest_timeout_secs: Option<u64>,
+    pub ingest_concurrency: Option<u64>,
     pub default_collection: Option<String>,
     pub cjk_dense_weight: Option<f32>,
     // The defaults of every alias (see `RawRagSettings`).
@@ -192,6 +200,17 @@ pub(super) fn retrieval(
             "must be between 1 and 268435456",
         );
     }
+    let ingest_timeout_secs = raw.ingest_timeout_secs.unwrap_or(600);
+    if !(1..=86_400).contains(&ingest_timeout_secs) {
+        problems.add(
+            "retrieval.ingest_timeout_secs",
+            "must be between 1 and 86400",
+        );
+    }
+    let ingest_concurrency = raw.ingest_concurrency.unwrap_or(2);
+    if !(1..=64).contains(&ingest_concurrency) {
+        problems.add("retrieval.ingest_concurrency", "must be between 1 and 64");
+    }
     let cjk_dense_weight = raw
         .cjk_dense_weight
         .unwrap_or(crate::retrieve::corpus::CJK_DENSE_WEIGHT);
@@ -220,6 +239,8 @@ pub(super) fn retrieval(
         chunk_tokens,
         chunk_overlap,
         max_document_bytes: max_document_bytes as usize,
+        ingest_timeout: std::time::Duration::from_secs(ingest_timeout_secs.clamp(1, 86_400)),
+        ingest_concurrency: ingest_concurrency.clamp(1, 64) as usize,
         default_collection: raw
             .default_collection
             .unwrap_or_else(|| "default".to_owned()),

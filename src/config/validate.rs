@@ -221,10 +221,54 @@ fn server(raw: RawServer, problems: &mut Problems) -> ServerConfig {
             format!("must be between 1 and {MAX_BODY_CEILING}"),
         );
     }
+    let mut seconds = |key: &str, value: Option<u64>, default: u64| {
+        let value = value.unwrap_or(default);
+        if !(1..=3600).contains(&value) {
+            problems.add(format!("server.{key}"), "must be between 1 and 3600");
+        }
+        Duration::from_secs(value.clamp(1, 3600))
+    };
+    let shutdown_grace = seconds("shutdown_grace_secs", raw.shutdown_grace_secs, 10);
+    let header_read_timeout = seconds("header_read_timeout_secs", raw.header_read_timeout_secs, 10);
+    let body_read_timeout = seconds("body_read_timeout_secs", raw.body_read_timeout_secs, 60);
+    let mut count = |key: &str, value: Option<u64>, default: u64| {
+        let value = value.unwrap_or(default);
+        if !(1..=1_000_000).contains(&value) {
+            problems.add(format!("server.{key}"), "must be between 1 and 1000000");
+        }
+        value.clamp(1, 1_000_000) as usize
+    };
+    let max_connections = count("max_connections", raw.max_connections, 10_000);
+    let max_connections_per_peer = count(
+        "max_connections_per_peer",
+        raw.max_connections_per_peer,
+        1_000,
+    );
+    let metrics_listen = raw.metrics_listen.as_deref().and_then(|text| {
+        text.parse::<SocketAddr>()
+            .map_err(|e| {
+                problems.add(
+                    "server.metrics_listen",
+                    format!("`{text}` is not an address: {e}"),
+                );
+            })
+            .ok()
+    });
+    if metrics_listen == Some(listen) {
+        problems.add(
+            "server.metrics_listen",
+            "must differ from server.listen (leave it out to serve /metrics there)",
+        );
+    }
     ServerConfig {
         listen,
         max_body_bytes: usize::try_from(max_body).unwrap_or(usize::MAX),
-        shutdown_grace: Duration::from_secs(raw.shutdown_grace_secs.unwrap_or(10)),
+        shutdown_grace,
+        header_read_timeout,
+        body_read_timeout,
+        max_connections,
+        max_connections_per_peer,
+        metrics_listen,
     }
 }
 

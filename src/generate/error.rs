@@ -139,12 +139,22 @@ impl fmt::Display for ProviderError {
     }
 }
 
-const MAX_MESSAGE: usize = 512;
+/// The most of a provider's message kept: enough to say what went wrong, too little
+/// to carry a page of whatever a proxy chose to echo.
+const MAX_MESSAGE: usize = 300;
+/// A `type` or `code` longer than this, or with other characters than an
+/// identifier's, is not a code: it is dropped.
+const MAX_CODE: usize = 64;
 
 impl ProviderError {
     /// Reads an error body. Handles OpenAI's `{"error":{message,type,code}}`, Qiniu's
     /// `{"error":"authorization header missing","status":false}`, DeepSeek-style
     /// `{"code":42901,"message":…}`, and plain text.
+    ///
+    /// The body is the provider's (or a proxy's) free text and may echo the
+    /// request's `Authorization` header: only the code and type are kept as they
+    /// are, when they look like codes; the message is scrubbed of credentials and
+    /// cut short before anything else reads it.
     pub fn from_body(body: &[u8]) -> Self {
         match serde_json::from_slice::<Value>(body) {
             Ok(value) => Self::from_json(&value),
@@ -190,17 +200,25 @@ impl ProviderError {
 }
 
 fn text_of(value: Option<&Value>) -> Option<String> {
+    let is_code = |s: &str| {
+        !s.is_empty()
+            && s.len() <= MAX_CODE
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+    };
     match value? {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::String(s) if is_code(s) && crate::secret::scrub(s) == s.as_str() => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
         _ => None,
     }
 }
 
+/// A provider's message as it may travel on: credentials scrubbed, then cut.
 fn truncate(text: &str) -> String {
+    let text = crate::secret::scrub(text);
     match text.char_indices().nth(MAX_MESSAGE) {
         Some((at, _)) => format!("{}…", &text[..at]),
-        None => text.to_owned(),
+        None => text.into_owned(),
     }
 }
 
@@ -234,6 +252,22 @@ mod tests {
         let text = ProviderError::from_body(b"<html>Bad Gateway</html>");
         assert_eq!(text.message, "<html>Bad Gateway</html>");
         assert_eq!(ProviderError::from_body(b"").message, "empty error body");
+    }
+
+    #[test]
+    fn an_echoed_authorization_header_does_not_survive() {
+        let echoed = br#"{"error":{"message":"invalid request, headers were {\"Authorization\": \"Bearer sk-live-abcdefghijklmnop1234\"}","type":"invalid_request_error","code":"Bearer sk-live-abcdefghijklmnop1234"}}"#;
+        let error = ProviderError::from_body(echoed);
+        let shown = error.to_string();
+        assert!(!shown.contains("abcdefghijklmnop1234"), "{shown}");
+        assert_eq!(error.kind.as_deref(), Some("invalid_request_error"));
+        assert_eq!(error.code, None, "a code that is not a code is dropped");
+        let plain = ProviderError::from_body(
+            b"502 from proxy; request was: POST /v1/chat/completions Authorization: Bearer sk-live-abcdefghijklmnop1234",
+        );
+        assert!(!plain.message.contains("abcdefghijklmnop1234"), "{plain}");
+        let long = ProviderError::from_body("x".repeat(10_000).as_bytes());
+        assert!(long.message.chars().count() <= MAX_MESSAGE + 1);
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub fn parse_json<T: DeserializeOwned>(
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             GatewayError::PayloadTooLarge { limit }
+        } else if super::limits::timed_out(&rejection) {
+            GatewayError::RequestTimeout
         } else {
             GatewayError::invalid(format!("cannot read the request body: {rejection}"), None)
         }
@@ -38,8 +40,20 @@ pub fn parse_json<T: DeserializeOwned>(
             None,
         ));
     }
-    let de = &mut serde_json::Deserializer::from_slice(&body);
-    serde_path_to_error::deserialize(de).map_err(describe)
+    let mut de = serde_json::Deserializer::from_slice(&body);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(describe)?;
+    // One JSON value and nothing after it but whitespace: `{…}GARBAGE` is refused,
+    // as OpenAI refuses it, rather than read as its first value.
+    de.end().map_err(|e| {
+        GatewayError::invalid(
+            format!(
+                "the request body is not valid JSON: {}",
+                strip_position(&e.to_string())
+            ),
+            None,
+        )
+    })?;
+    Ok(value)
 }
 
 fn is_json(headers: &HeaderMap) -> bool {

@@ -53,19 +53,61 @@ struct Upload {
     file: Option<(String, Bytes)>,
 }
 
+/// Bounded as a hostile caller needs it to be: a tenant has at most
+/// `retrieval.ingest_concurrency` documents in ingestion (more get 429 before their
+/// body is read); each has `retrieval.ingest_timeout_secs` in all; and the work
+/// stops when the client goes away (its future is dropped, and with it the guard
+/// that cancels the embedding on its blocking thread) or the gateway shuts down.
 pub async fn create(
     State(state): State<AppState>,
     params: Result<Query<Params>, QueryRejection>,
     request: Request,
 ) -> Result<(StatusCode, Json<Value>), GatewayError> {
     let corpus = corpus(&state)?;
+    let retrieval = state.config.retrieval.as_ref().ok_or_else(off)?;
     let params = query(params)?;
     let headers = request.headers().clone();
     // Who is asking is settled before the body is read.
     let principal = Principal::of(&state, &headers)?;
-    let upload = read_upload(&state, &headers, request).await?;
-    let tenant = principal.tenant(upload.tenant.as_deref().or(params.tenant.as_deref()))?;
-    let retrieval = state.config.retrieval.as_ref().ok_or_else(off)?;
+    let _slot = corpus.admit(principal.name()).ok_or_else(|| GatewayError::TooManyRequests {
+        message: format!(
+            "{} documents are already being ingested for this caller; send this one when one of them is done",
+            retrieval.ingest_concurrency
+        ),
+        retry_after: std::time::Duration::from_secs(5),
+    })?;
+    let stop = state.shutdown.child_token();
+    let _stop_when_gone = stop.clone().drop_guard();
+    let limit = retrieval.ingest_timeout;
+    let work = async {
+        let upload = read_upload(&state, &headers, request).await?;
+        let tenant = principal.tenant(upload.tenant.as_deref().or(params.tenant.as_deref()))?;
+        let doc = prepare(upload, retrieval).await?;
+        Ok::<_, GatewayError>(corpus.ingest_until(&tenant, doc, &stop).await?)
+    };
+    let ingested = tokio::time::timeout(limit, work).await.map_err(|_| {
+        GatewayError::Unavailable {
+            message: format!(
+                "the document was not ingested within {} s (retrieval.ingest_timeout_secs): split it, or send it again later",
+                limit.as_secs()
+            ),
+            retry_after: std::time::Duration::from_secs(5),
+        }
+    })??;
+    let status = match ingested.unchanged {
+        true => StatusCode::OK,
+        false => StatusCode::CREATED,
+    };
+    let mut body = json!(ingested);
+    body["object"] = json!("document");
+    Ok((status, Json(body)))
+}
+
+/// The upload as a document: its format, checked size and extracted text.
+async fn prepare(
+    upload: Upload,
+    retrieval: &crate::config::RetrievalConfig,
+) -> Result<NewDocument, GatewayError> {
     let Upload {
         text,
         id,
@@ -129,14 +171,7 @@ pub async fn create(
     })
     .await
     .map_err(|e| GatewayError::Internal(e.to_string()))??;
-    let ingested = corpus.ingest(&tenant, doc).await?;
-    let status = match ingested.unchanged {
-        true => StatusCode::OK,
-        false => StatusCode::CREATED,
-    };
-    let mut body = json!(ingested);
-    body["object"] = json!("document");
-    Ok((status, Json(body)))
+    Ok(doc)
 }
 
 pub async fn list(
@@ -194,6 +229,15 @@ enum Principal {
 }
 
 impl Principal {
+    /// Whose share of the ingestion slots a request takes: the tenant of a client
+    /// key; the admin, for the admin key (its tenant is named in the body).
+    fn name(&self) -> &str {
+        match self {
+            Principal::Admin => "\0admin",
+            Principal::Client(tenant) => tenant,
+        }
+    }
+
     fn of(state: &AppState, headers: &HeaderMap) -> Result<Principal, GatewayError> {
         if super::admin::is_admin(state, headers) {
             return Ok(Principal::Admin);
@@ -203,7 +247,7 @@ impl Principal {
     }
 
     /// The tenant the request acts for; `asked` is the one it names, if any.
-    fn tenant(self, asked: Option<&str>) -> Result<String, GatewayError> {
+    fn tenant(&self, asked: Option<&str>) -> Result<String, GatewayError> {
         let asked = asked.map(str::trim).filter(|t| !t.is_empty());
         match (self, asked) {
             (Principal::Admin, Some(tenant)) => Ok(tenant.to_owned()),
@@ -211,10 +255,12 @@ impl Principal {
                 "with the admin key, name the tenant (`tenant`)",
                 Some("tenant".to_owned()),
             )),
-            (Principal::Client(own), Some(other)) if other != own => Err(GatewayError::Forbidden(
-                "a client key manages only its own tenant's documents".to_owned(),
-            )),
-            (Principal::Client(own), _) => Ok(own),
+            (Principal::Client(own), Some(other)) if other != own.as_str() => {
+                Err(GatewayError::Forbidden(
+                    "a client key manages only its own tenant's documents".to_owned(),
+                ))
+            }
+            (Principal::Client(own), _) => Ok(own.clone()),
         }
     }
 }
@@ -254,6 +300,8 @@ async fn read_multipart(mut multipart: Multipart, limit: usize) -> Result<Upload
     let too_large = |e: axum::extract::multipart::MultipartError| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             GatewayError::PayloadTooLarge { limit }
+        } else if super::limits::timed_out(&e) {
+            GatewayError::RequestTimeout
         } else {
             GatewayError::invalid(format!("cannot read the upload: {}", e.body_text()), None)
         }

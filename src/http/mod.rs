@@ -8,8 +8,10 @@ mod documents;
 mod embeddings;
 mod error;
 mod health;
+mod limits;
 mod models;
 pub mod observe;
+pub mod server;
 
 use std::sync::Arc;
 
@@ -57,13 +59,17 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/documents/{*id}", delete(documents::delete))
         // Room for the multipart framing around a document of the largest size.
         .layer(DefaultBodyLimit::max(document_limit + 64 * 1024));
-    Router::new()
+    let mut router = Router::new()
         .merge(api)
         .merge(admin)
         .merge(documents)
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
+        .route("/readyz", get(health::readyz));
+    // With its own address, /metrics is served there only (see `metrics_router`).
+    if state.config.server.metrics_listen.is_none() {
+        router = router.route("/metrics", get(health::metrics));
+    }
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.server.max_body_bytes))
@@ -71,6 +77,15 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             observe::observe,
         ))
+        .with_state(state)
+}
+
+/// `/metrics` alone, for `server.metrics_listen`: scrapers reach it on an address
+/// the public never sees.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(health::metrics))
+        .fallback(not_found)
         .with_state(state)
 }
 

@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use ragway_engine::Embedder;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
 
 use crate::encode::hex;
 use uuid::Uuid;
@@ -109,6 +110,10 @@ pub enum CorpusError {
     Store(#[from] StoreError),
     #[error("embedding failed: {0}")]
     Embed(String),
+    /// The caller went, the deadline passed or the gateway is stopping: the work
+    /// was abandoned part-way (a document cut short is redone when sent again).
+    #[error("ingestion was cancelled")]
+    Cancelled,
 }
 
 impl From<CorpusError> for crate::error::GatewayError {
@@ -118,6 +123,11 @@ impl From<CorpusError> for crate::error::GatewayError {
             CorpusError::Invalid(message) => GatewayError::invalid(message, None),
             CorpusError::Store(StoreError::Unavailable(message)) => GatewayError::Unavailable {
                 message: format!("the document store is unavailable: {message}"),
+                retry_after: std::time::Duration::from_secs(1),
+            },
+            CorpusError::Cancelled => GatewayError::Unavailable {
+                message: "ingestion was stopped before the document was stored; send it again"
+                    .to_owned(),
                 retry_after: std::time::Duration::from_secs(1),
             },
             other => GatewayError::Internal(other.to_string()),
@@ -134,6 +144,27 @@ pub struct Corpus {
     /// Two writes of one document at once would each remove the other's chunks as
     /// stale: writes to a document take its lock.
     locks: Vec<tokio::sync::Mutex<()>>,
+    /// Documents in ingestion per tenant, and how many one may have at once.
+    busy: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    max_busy: usize,
+}
+
+/// A tenant's place among the documents in ingestion; given back when dropped.
+pub struct IngestSlot {
+    tenant: String,
+    busy: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+impl Drop for IngestSlot {
+    fn drop(&mut self) {
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = busy.get_mut(&self.tenant) {
+            *count -= 1;
+            if *count == 0 {
+                busy.remove(&self.tenant);
+            }
+        }
+    }
 }
 
 /// The default `cjk_dense_weight`: the default embedder (all-MiniLM-L6-v2) was
@@ -152,7 +183,30 @@ impl Corpus {
             locks: (0..DOCUMENT_LOCKS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            busy: Arc::default(),
+            max_busy: usize::MAX,
         }
+    }
+
+    /// At most `documents` in ingestion at once per tenant ([`Corpus::admit`]).
+    pub fn with_ingest_concurrency(mut self, documents: usize) -> Corpus {
+        self.max_busy = documents.max(1);
+        self
+    }
+
+    /// A place for one more of `tenant`'s documents in ingestion, or `None` when it
+    /// has as many under way as it may: one tenant cannot keep every core busy.
+    pub fn admit(&self, tenant: &str) -> Option<IngestSlot> {
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let count = busy.entry(tenant.to_owned()).or_insert(0);
+        if *count >= self.max_busy {
+            return None;
+        }
+        *count += 1;
+        Some(IngestSlot {
+            tenant: tenant.to_owned(),
+            busy: Arc::clone(&self.busy),
+        })
     }
 
     fn lock(&self, tenant: &str, id: &str) -> &tokio::sync::Mutex<()> {
@@ -193,6 +247,19 @@ impl Corpus {
     /// Chunks, embeds and stores a document, replacing an earlier version with the
     /// same id. An unchanged document costs one lookup.
     pub async fn ingest(&self, tenant: &str, doc: NewDocument) -> Result<Ingested, CorpusError> {
+        self.ingest_until(tenant, doc, &CancellationToken::new())
+            .await
+    }
+
+    /// [`Corpus::ingest`], abandoned as soon as `stop` is cancelled: the CPU work
+    /// (chunking and embedding, on a blocking thread the caller's future cannot
+    /// reach) looks at it between steps.
+    pub async fn ingest_until(
+        &self,
+        tenant: &str,
+        doc: NewDocument,
+        stop: &CancellationToken,
+    ) -> Result<Ingested, CorpusError> {
         check(&doc)?;
         let doc_hash = self.document_hash(&doc);
         let _writing = self.lock(tenant, &doc.id).lock().await;
@@ -213,12 +280,22 @@ impl Corpus {
         }
         let chunks = {
             let embedder = Arc::clone(&self.embedder);
-            let (size, tenant, doc, doc_hash) =
-                (self.size, tenant.to_owned(), doc.clone(), doc_hash);
-            tokio::task::spawn_blocking(move || prepare(&embedder, size, &tenant, &doc, &doc_hash))
-                .await
-                .map_err(|e| CorpusError::Embed(e.to_string()))??
+            let (size, tenant, doc, doc_hash, stop) = (
+                self.size,
+                tenant.to_owned(),
+                doc.clone(),
+                doc_hash,
+                stop.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                prepare(&embedder, size, &tenant, &doc, &doc_hash, &stop)
+            })
+            .await
+            .map_err(|e| CorpusError::Embed(e.to_string()))??
         };
+        if stop.is_cancelled() {
+            return Err(CorpusError::Cancelled);
+        }
         let count = chunks.len() as u32;
         self.store.replace(tenant, &doc.id, chunks).await?;
         let generation = self.store.bump_generation(tenant).await?;
@@ -360,8 +437,18 @@ fn prepare(
     tenant: &str,
     doc: &NewDocument,
     doc_hash: &str,
+    stop: &CancellationToken,
 ) -> Result<Vec<StoredChunk>, CorpusError> {
-    let pieces = chunk(&doc.text, size, &|text| embedder.count_tokens(text));
+    // Once stopped, every piece "fits": the chunker finishes in one linear pass
+    // instead of counting tokens, and its result is thrown away below.
+    let count = |text: &str| match stop.is_cancelled() {
+        true => 0,
+        false => embedder.count_tokens(text),
+    };
+    let pieces = chunk(&doc.text, size, &count);
+    if stop.is_cancelled() {
+        return Err(CorpusError::Cancelled);
+    }
     if pieces.is_empty() {
         return Err(CorpusError::Invalid("the document has no text".to_owned()));
     }
@@ -384,9 +471,7 @@ fn prepare(
             text
         })
         .collect();
-    let vectors = embedder
-        .embed(&indexed)
-        .map_err(|e| CorpusError::Embed(e.to_string()))?;
+    let vectors = embed_until(embedder, &indexed, stop)?;
     if vectors.len() != indexed.len() {
         return Err(CorpusError::Embed(format!(
             "{} vectors for {} chunks",
@@ -429,6 +514,35 @@ fn prepare(
     // once every other chunk is.
     chunks.rotate_left(1);
     Ok(chunks)
+}
+
+/// How many chunks are embedded between two looks at `stop`: one of the embedder's
+/// batches, about a second of work on a CPU core.
+const EMBED_GROUP: usize = 32;
+
+/// The vectors of `texts`, in order, stopping between groups when `stop` is
+/// cancelled. Texts are grouped by length first, as the embedder batches best.
+fn embed_until(
+    embedder: &Embedder,
+    texts: &[String],
+    stop: &CancellationToken,
+) -> Result<Vec<Vec<f32>>, CorpusError> {
+    let mut order: Vec<usize> = (0..texts.len()).collect();
+    order.sort_by_key(|&i| texts[i].len());
+    let mut vectors = vec![Vec::new(); texts.len()];
+    for group in order.chunks(EMBED_GROUP) {
+        if stop.is_cancelled() {
+            return Err(CorpusError::Cancelled);
+        }
+        let batch: Vec<String> = group.iter().map(|&i| texts[i].clone()).collect();
+        let embedded = embedder
+            .embed(&batch)
+            .map_err(|e| CorpusError::Embed(e.to_string()))?;
+        for (&i, vector) in group.iter().zip(embedded) {
+            vectors[i] = vector;
+        }
+    }
+    Ok(vectors)
 }
 
 /// A chunk's point id: from its content and place, so storing the same chunk again

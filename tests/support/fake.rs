@@ -135,6 +135,21 @@ async fn chat(
         }
         return respond("ok", &model, attempt, stream, &body).await;
     }
+    // A proxy that echoes the request's headers in its error: `echo-auth-400`,
+    // `echo-auth-503` (as JSON), `echo-auth-502` as plain text.
+    if let ("echo-auth", Some(status)) = with_number(&behaviour) {
+        let auth = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let echoed = format!("request rejected; headers were {{\"Authorization\": \"{auth}\"}}");
+        if status == 502 {
+            return (StatusCode::BAD_GATEWAY, echoed).into_response();
+        }
+        let body =
+            json!({"error": {"message": echoed, "type": "invalid_request_error", "code": auth}});
+        return error(status as u16, body, None);
+    }
     respond(&behaviour, &model, attempt, stream, &body).await
 }
 
