@@ -365,21 +365,10 @@ async fn burst(to: SocketAddr, total: usize) -> std::collections::BTreeMap<u16, 
     counts
 }
 
+/// Every slow connection ended by the server within `deadline`: refused at once
+/// (a 503, or a reset that overtook it), or answered with `answer` (nothing, for a
+/// head that never finished) and closed.
 fn check_slow(kind: &str, ended: &[Ended], deadline: Duration, answer: &str) {
-    // Past the per-address cap a connection is refused at once: with a 503, or
-    // reset before the client read it.
-    let refused = ended
-        .iter()
-        .filter(|e| {
-            e.said.starts_with("HTTP/1.1 503")
-                || e.closed_after
-                    .is_some_and(|t| t < Duration::from_millis(900))
-        })
-        .count();
-    assert!(
-        refused >= ended.len() - PER_PEER,
-        "{kind}: {refused} refused past the per-address cap"
-    );
     for e in ended {
         let closed = e
             .closed_after
@@ -390,6 +379,22 @@ fn check_slow(kind: &str, ended: &[Ended], deadline: Duration, answer: &str) {
             "{kind}: {e:?}"
         );
     }
+}
+
+/// A sample of the gateway's own metric (no labels, or the first series named).
+async fn metric(client: &reqwest::Client, to: SocketAddr, name: &str) -> f64 {
+    let text = client
+        .get(format!("http://{to}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} in /metrics"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -413,7 +418,7 @@ async fn a_hostile_caller_cannot_exhaust_or_stall_the_gateway() {
     let usual = median(usual);
     // Generous for two shared cores, and still far below what a stalled server
     // (seconds) would show.
-    let bound = usual * 5 + Duration::from_millis(50);
+    let bound = usual * 5 + Duration::from_millis(200);
     eprintln!("normal request: median {usual:?} (bound under attack {bound:?})");
 
     // Rounds of slow heads, slow bodies and a burst, with the normal caller
@@ -427,16 +432,32 @@ async fn a_hostile_caller_cannot_exhaust_or_stall_the_gateway() {
         };
         let asking = async {
             let mut seen = Vec::new();
+            let mut open = 0f64;
             let until = Instant::now() + Duration::from_secs(4);
             while Instant::now() < until {
                 let (status, took) = normal(&me, to).await;
                 assert_eq!(status, 200);
                 seen.push(took);
+                open = open.max(metric(&me, to, "ragway_open_connections").await);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            seen
+            (seen, open)
         };
-        let ((heads, bodies), during) = tokio::join!(attack, asking);
+        let ((heads, bodies), (during, open)) = tokio::join!(attack, asking);
+        // The server never held more than the cap per address: two slow
+        // addresses, and this caller's own connection or two.
+        eprintln!("round {round}: open connections at most {open}");
+        assert!(open <= (2 * PER_PEER + 3) as f64, "{open} open");
+        let refused = metric(
+            &me,
+            to,
+            "ragway_connections_refused_total{cap=\"per_peer\"}",
+        )
+        .await;
+        assert!(
+            refused > 0.0,
+            "no connection was refused past the per-address cap"
+        );
         check_slow("slow heads", &heads, Duration::from_secs(5), "");
         check_slow(
             "slow bodies",
@@ -628,12 +649,22 @@ mod planted {
         )
     }
 
-    async fn every_row(db: &str) -> Vec<String> {
+    /// Every row, once there are `n` (waiting up to 30 s for the writer).
+    async fn every_row(db: &str, n: usize) -> Vec<String> {
         let pool = sqlx::PgPool::connect(db).await.unwrap();
-        sqlx::query_scalar("SELECT row_to_json(l)::text FROM audit_log l")
-            .fetch_all(&pool)
-            .await
-            .unwrap()
+        let mut rows = Vec::new();
+        for _ in 0..300 {
+            rows = sqlx::query_scalar("SELECT row_to_json(l)::text FROM audit_log l")
+                .fetch_all(&pool)
+                .await
+                .unwrap_or_default();
+            if rows.len() >= n {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(rows.len(), n, "{rows:?}");
+        rows
     }
 
     /// A provider (or a proxy before it) that echoes the request's Authorization
@@ -684,11 +715,7 @@ mod planted {
                 .iter()
                 .all(|r| r.authorization.as_deref() == Some(sent.as_str()))
         );
-        gw.state
-            .finish_audit(std::time::Duration::from_secs(10))
-            .await;
-        let rows = every_row(&db).await;
-        assert_eq!(rows.len(), 6);
+        let rows = every_row(&db, 6).await;
         for row in &rows {
             assert!(!row.contains("0b9e8d7c6a5f"), "{row}");
         }
@@ -762,11 +789,7 @@ mod planted {
             .await
             .unwrap();
         assert_eq!(unknown.status(), 404);
-        gw.state
-            .finish_audit(std::time::Duration::from_secs(10))
-            .await;
-        let rows = every_row(&db).await;
-        assert_eq!(rows.len(), 3, "{rows:?}");
+        let rows = every_row(&db, 3).await;
         for row in &rows {
             assert!(!row.contains(PHONE) && !row.contains(ID_CARD), "{row}");
         }
