@@ -103,7 +103,7 @@ mod tests {
         });
         let body = Deadline::new(AxumBody::from_stream(trickle), Duration::from_secs(5));
         let started = Instant::now();
-        let error = body.collect().await.err().expect("the deadline ends it");
+        let error = body.collect().await.expect_err("the deadline ends it");
         assert!(timed_out(&*error), "{error}");
         assert_eq!(started.elapsed(), Duration::from_secs(5));
 
