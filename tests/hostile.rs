@@ -369,6 +369,15 @@ async fn burst(to: SocketAddr, total: usize) -> std::collections::BTreeMap<u16, 
 /// (a 503, or a reset that overtook it), or answered with `answer` (nothing, for a
 /// head that never finished) and closed.
 fn check_slow(kind: &str, ended: &[Ended], deadline: Duration, answer: &str) {
+    let latest = ended.iter().filter_map(|e| e.closed_after).max();
+    let answered = ended
+        .iter()
+        .filter(|e| !answer.is_empty() && e.said.starts_with(answer))
+        .count();
+    eprintln!(
+        "{kind}: {} connections, the last closed after {latest:?}, {answered} answered {answer:?}",
+        ended.len()
+    );
     for e in ended {
         let closed = e
             .closed_after
