@@ -15,28 +15,12 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::support::FakeProvider;
+use crate::support::{FakeProvider, TempDir};
 
 /// The provider key the gateway is configured with; a test fails if it shows.
 const PROVIDER_KEY: &str = "sk-hostile-provider-7f3a9c2e5b1d";
 const GRACE_SECS: u64 = 6;
 const PER_PEER: usize = 120;
-
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Scratch {
-        let dir = std::env::temp_dir().join(format!("ragway-hostile-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The gateway as a separate process, logging JSON to a file.
 struct Binary {
@@ -409,7 +393,7 @@ async fn metric(client: &reqwest::Client, to: SocketAddr, name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_caller_cannot_exhaust_or_stall_the_gateway() {
     let fake = FakeProvider::start().await;
-    let dir = Scratch::new();
+    let dir = TempDir::new();
     let config_path = dir.0.join("ragway.toml");
     std::fs::write(&config_path, config(&fake, &dir.0)).unwrap();
     let gateway = Binary::start(&config_path, dir.0.join("gateway.log")).await;
@@ -511,12 +495,12 @@ async fn a_hostile_caller_cannot_exhaust_or_stall_the_gateway() {
     let second = upload(ip("127.0.0.4"), to, "big-2", &big_document(2 << 20, 2)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let busy = cores_used(&gateway, Duration::from_secs(2)).await;
-    let third = me
-        .post(format!("http://{to}/v1/documents"))
-        .json(&json!({"id": "small", "text": "# Small\n\nA small document."}))
-        .send()
-        .await
-        .unwrap();
+    let small = || {
+        me.post(format!("http://{to}/v1/documents"))
+            .json(&json!({"id": "small", "text": "# Small\n\nA small document."}))
+            .send()
+    };
+    let third = small().await.unwrap();
     assert_eq!(third.status(), 429);
     assert!(third.headers().contains_key("retry-after"));
     let error: Value = third.json().await.unwrap();
@@ -537,12 +521,7 @@ async fn a_hostile_caller_cannot_exhaust_or_stall_the_gateway() {
         "abandoned ingestion still running: {after_leaving:.2} cores"
     );
     // And the slots are free again.
-    let again = me
-        .post(format!("http://{to}/v1/documents"))
-        .json(&json!({"id": "small", "text": "# Small\n\nA small document."}))
-        .send()
-        .await
-        .unwrap();
+    let again = small().await.unwrap();
     assert_eq!(again.status(), 201);
 
     // A provider that echoes our Authorization header: the client never sees it.
@@ -683,7 +662,7 @@ mod planted {
     async fn an_echoed_provider_key_is_relayed_nowhere() {
         let fake = FakeProvider::start().await;
         let db = fresh_database().await;
-        let spool = super::Scratch::new();
+        let spool = super::TempDir::new();
         let config = format!(
             "{}{}",
             config_with(
@@ -748,7 +727,7 @@ mod planted {
     async fn personal_data_in_client_controlled_fields_is_not_stored() {
         let fake = FakeProvider::start().await;
         let db = fresh_database().await;
-        let dir = super::Scratch::new();
+        let dir = super::TempDir::new();
         let config = format!(
             "{}\n[embeddings]\nmodel = \"models/all-MiniLM-L6-v2\"\n\n[retrieval]\npath = \"{}\"\n{}",
             config_with(&fake, "", &[("chat", &["echo"])]),

@@ -12,7 +12,7 @@ use reqwest::multipart::{Form, Part};
 use serde_json::{Value, json};
 
 use crate::support::{
-    FakeProvider, Gateway, MemoryAudit, Sse, ask, ask_stream, config_over, expect_error,
+    FakeProvider, Gateway, MemoryAudit, Sse, TempDir, ask, ask_stream, config_over, expect_error,
 };
 
 const RETURNS: &str = "# Lumio returns\n\n\
@@ -24,22 +24,6 @@ const RETURNS_ZH: &str = "# 退货政策\n\n## 退款\n\n退款在签收退货�
 ## 运费\n\n质量问题退货的运费由公司承担；无理由退货的运费由顾客承担。\n";
 
 /// A data directory removed when the test ends.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        let dir = std::env::temp_dir().join(format!("ragway-rag-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn rag_config(fake: &FakeProvider, dir: &TempDir, extra: &str) -> String {
     format!(
         "{}\n[embeddings]\nmodel = \"models/all-MiniLM-L6-v2\"\n\n[retrieval]\npath = \"{}\"\n{extra}\n",

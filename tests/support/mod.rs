@@ -90,6 +90,23 @@ impl Gateway {
     }
 }
 
+/// A fresh directory under the system's temporary one, removed at the end.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        let dir = std::env::temp_dir().join(format!("ragway-test-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// An audit sink that keeps every record, for tests to read.
 #[derive(Default)]
 pub struct MemoryAudit(std::sync::Mutex<Vec<CallRecord>>);
