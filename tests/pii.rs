@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
-use ragway::sanitize::{Detectors, Kind, PiiSanitizer, Policy, Sanitizer, StreamRestorer, Vault};
+use ragway::sanitize::{
+    Action, Detectors, Kind, PiiSanitizer, Policy, Sanitizer, StreamRestorer, Vault,
+};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -145,6 +147,18 @@ fn fragment() -> impl Strategy<Value = String> {
         Just("6222021234567890128".to_owned()),
         Just("91330100716105852F".to_owned()),
         Just("postgres://u:pw@h/db".to_owned()),
+        // Written against letters, in full width, split by invisible characters.
+        "[a-zA-Z]{1,6}",
+        "(tel|ID|card|ab|x)?1[3-9][0-9]{9}(end|de)?",
+        "[０-９]{1,12}",
+        "[0-9０-９\u{200B}\u{200C}\u{200D}\u{2060}\u{FEFF}\u{AD}\u{3000}＋－Ｘ +-]{0,16}",
+        "[\u{200B}\u{200C}\u{200D}\u{2060}\u{FEFF}\u{AD}]",
+        Just("tel13912348765".to_owned()),
+        Just("id110105199003071239".to_owned()),
+        Just("card6222021234567890128".to_owned()),
+        Just("１３９１２３４８７６５".to_owned()),
+        Just("139\u{200B}1234\u{200B}8765".to_owned()),
+        Just("<PHONE_\u{200B}1>".to_owned()),
     ]
 }
 
@@ -173,6 +187,73 @@ proptest! {
         points.sort_unstable();
         check_stream(&vault, &answer, &points, &text)?;
     }
+}
+
+/// The sanitised text of `text` under the default policy.
+fn sanitised(text: &str) -> String {
+    let mut vault = Vault::new();
+    let clean = sanitizer().sanitize_text(text, &mut vault).unwrap();
+    assert_eq!(vault.restore(&clean), text);
+    clean
+}
+
+#[test]
+fn values_written_against_letters_are_replaced() {
+    for (text, expected) in [
+        ("tel13912348765", "tel<PHONE_1>"),
+        ("id110105199003071239", "id<ID_CARD_1>"),
+        ("card6222021234567890128", "card<BANK_CARD_1>"),
+        ("tel13912348765end", "tel<PHONE_1>end"),
+        ("call13912348765or13812345678", "call<PHONE_1>or<PHONE_2>"),
+        ("fax010-62345678", "fax<LANDLINE_1>"),
+        // Hashes and order numbers stay as they are.
+        ("a3f5b9c13912348765d0e1f2", "a3f5b9c13912348765d0e1f2"),
+        ("deadbeef13912348765", "deadbeef13912348765"),
+        (
+            "ORD20231124000123 SO1234567890123456",
+            "ORD20231124000123 SO1234567890123456",
+        ),
+    ] {
+        assert_eq!(sanitised(text), expected, "{text}");
+    }
+}
+
+#[test]
+fn full_width_and_invisible_characters_are_replaced_with_the_value() {
+    for (text, expected) in [
+        ("手机１３９１２３４８７６５。", "手机<PHONE_1>。"),
+        ("139\u{200B}1234\u{200B}8765", "<PHONE_1>"),
+        ("\u{200B}13912348765\u{FEFF}", "\u{200B}<PHONE_1>\u{FEFF}"),
+        ("＋８６　１３９　１２３４　８７６５", "<PHONE_1>"),
+        (
+            "身份证１１０１０５１９４９１２３１００２Ｘ",
+            "身份证<ID_CARD_1>",
+        ),
+        (
+            "6222\u{AD}0212\u{AD}3456\u{AD}7890\u{AD}128",
+            "<BANK_CARD_1>",
+        ),
+        ("tel１３９\u{2060}１２３４８７６５", "tel<PHONE_1>"),
+        ("<PHONE_\u{200B}1>", "<LITERAL_1>"),
+    ] {
+        assert_eq!(sanitised(text), expected, "{text}");
+    }
+}
+
+#[test]
+fn masks_and_hashes_read_full_width_digits_as_digits() {
+    let mut policy = Policy::default();
+    policy.set(Kind::Mobile, Action::Mask);
+    policy.set(Kind::IdCard, Action::Hash);
+    let sanitizer = PiiSanitizer::new(policy, b"k".to_vec());
+    let mut vault = Vault::new();
+    let mut clean = |text: &str| sanitizer.sanitize_text(text, &mut vault).unwrap();
+    assert_eq!(clean("手机１３９１２３４８７６５"), "手机139****8765");
+    assert_eq!(clean("手机139\u{200B}1234\u{200B}8765"), "手机139****8765");
+    assert_eq!(
+        clean("１１０１０５１９４９１２３１００２Ｘ"),
+        clean("11010519491231002X")
+    );
 }
 
 /// Every way of cutting one answer in two (and in one-character pieces).

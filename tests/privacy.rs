@@ -157,6 +157,37 @@ async fn masked_and_hashed_values_go_out_changed_and_stay_changed() {
     assert_eq!(token(&upstream), token(&again));
 }
 
+/// A penetration test's finding: values written against letters, in full-width
+/// digits or split by zero-width characters reached the provider raw.
+#[tokio::test]
+async fn values_against_letters_in_full_width_or_split_invisibly_go_out_as_placeholders() {
+    let fake = FakeProvider::start().await;
+    let gw = Gateway::start(&config_over(&fake, &[("chat", &["echo"])])).await;
+    let raw = [
+        "13912348765",
+        "110105199003071239",
+        "6222021234567890128",
+        "１３８１２３４５６７８",
+        "139\u{200B}1234\u{200B}8765",
+    ];
+    let question = format!(
+        "tel{} id{} card{} 手机{} 备用{}",
+        raw[0], raw[1], raw[2], raw[3], raw[4]
+    );
+    let answer: Value = gw.answer(ask("chat", &question)).await;
+    let upstream = sent_upstream(&fake);
+    for value in raw {
+        assert!(!upstream.contains(value), "{value:?} in {upstream}");
+    }
+    assert!(!upstream.contains("1234\u{200B}8765"), "{upstream}");
+    assert_eq!(upstream.matches("<PHONE_").count(), 3, "{upstream}");
+    assert!(
+        upstream.contains("<ID_CARD_1>") && upstream.contains("<BANK_CARD_1>"),
+        "{upstream}"
+    );
+    assert_eq!(answer["choices"][0]["message"]["content"], question);
+}
+
 /// A sanitiser that cannot do its work.
 struct Broken;
 

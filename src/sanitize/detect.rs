@@ -1,7 +1,7 @@
 //! Finding personal data in text: one regular expression per identifier shape, all
-//! of them compiled into one multi-pattern automaton, and a validator per shape that
-//! checks what a pattern cannot — check digits, dates, issuer prefixes, and that the
-//! match is not part of a longer token.
+//! of them compiled into one multi-pattern automaton, and a validator per shape
+//! ([`super::validate`]) that checks what a pattern cannot — check digits, dates,
+//! issuer prefixes, and that the match is not part of a longer token.
 //!
 //! The automaton is the engine under `regex::RegexSet` (`regex_automata::meta`),
 //! used directly because it also says *where* and *which*: one pass over the text
@@ -12,17 +12,23 @@
 //! tried anchored at the same place, so a digit run that is not an ID number can
 //! still be a bank card.
 //!
+//! The text is first folded ([`super::normalize`]): full-width digits read as
+//! digits, zero-width characters as nothing; ranges are mapped back to the original.
+//!
 //! Patterns use ASCII classes only: the lazy DFA then never gives up on Chinese text
 //! (Unicode word boundaries would make it fall back to a slower engine).
 
-use std::net::Ipv6Addr;
 use std::ops::Range;
 
 use regex_automata::meta::Regex;
-use regex_automata::{Anchored, Input, Match, PatternID};
+use regex_automata::{Anchored, Input, PatternID};
 
-use super::check;
 use super::kind::Kind;
+use super::normalize;
+use super::validate::{
+    accept, api_key, bank_card, bearer, credit_code, email, id_card, intl_phone, ipv4, ipv6,
+    landline, mobile, next_start_in_run, standalone, url_credentials,
+};
 
 /// A detected value: its byte range in the text and its kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,20 +145,44 @@ impl Detectors {
         }
     }
 
-    /// The values in `text`, in order, none overlapping.
+    /// The values in `text`, in order, none overlapping; ranges are of `text` as
+    /// written, full-width and zero-width characters included.
     pub fn find(&self, text: &str) -> Vec<Found> {
+        let Some(folded) = normalize::fold_text(text) else {
+            return self.find_folded(text);
+        };
+        let mut found = self.find_folded(&folded.text);
+        for value in &mut found {
+            let (start, end) = (folded.start(value.start), folded.end(text, value.end));
+            (value.start, value.end) = (start, end);
+        }
+        found
+    }
+
+    fn find_folded(&self, text: &str) -> Vec<Found> {
         let mut found = Vec::new();
         let mut at = 0;
+        // Validators see the text from the end of the last value found, as if it
+        // began there: letters between two values are a word before the second
+        // (`13912348765or13812345678`).
+        let mut floor = 0;
         while at < text.len() {
             let Some(candidate) = self.automaton.search(&Input::new(text).range(at..)) else {
                 break;
             };
-            match self.first_valid(text, candidate) {
+            let rest = &text[floor..];
+            let range = candidate.start() - floor..candidate.end() - floor;
+            match self.first_valid(rest, range, candidate.pattern()) {
                 Some(value) => {
-                    at = value.end.max(candidate.start() + 1);
-                    found.push(value);
+                    at = (floor + value.end).max(candidate.start() + 1);
+                    found.push(Found {
+                        start: floor + value.start,
+                        end: floor + value.end,
+                        kind: value.kind,
+                    });
+                    floor += value.end;
                 }
-                None => at = skip_token(text, candidate.start()),
+                None => at = floor + skip_token(rest, candidate.start() - floor),
             }
         }
         found
@@ -161,15 +191,15 @@ impl Detectors {
     /// The candidate's own pattern, then each later one anchored at the same start,
     /// until a validator accepts. (No earlier pattern matches there: the automaton
     /// would have reported it.)
-    fn first_valid(&self, text: &str, candidate: Match) -> Option<Found> {
-        let first = candidate.pattern().as_usize();
+    fn first_valid(&self, text: &str, candidate: Range<usize>, first: PatternID) -> Option<Found> {
+        let first = first.as_usize();
         for index in first..self.validators.len() {
             let range = if index == first {
-                candidate.range()
+                candidate.clone()
             } else {
                 let pattern = PatternID::new(index).ok()?;
                 let input = Input::new(text)
-                    .range(candidate.start()..)
+                    .range(candidate.start..)
                     .anchored(Anchored::Pattern(pattern));
                 match self.automaton.search(&input) {
                     Some(m) => m.range(),
@@ -196,11 +226,15 @@ impl Default for Detectors {
 }
 
 /// Where to look next after a rejected candidate at `start`: past the run of
-/// letters and digits it began in. Every validator refuses a value glued to a
-/// letter or digit before it, so no value starts inside such a run (an e-mail
-/// address or URL starts at the run's beginning, where it was already tried). This
-/// keeps long digit runs, and any input, to one search per run.
+/// letters and digits it began in, but for the end of a word of letters that
+/// begins the run (`tel` of `tel13912348765`), where a numeric value may still
+/// start. No other value starts inside a run (an e-mail address or URL starts at
+/// the run's beginning, where it was already tried). This keeps a run in which
+/// nothing is found — a long digit run, a hash — to at most two searches.
 fn skip_token(text: &str, start: usize) -> usize {
+    if let Some(word_end) = next_start_in_run(text, start) {
+        return word_end;
+    }
     let run = text.as_bytes()[start..]
         .iter()
         .take_while(|b| b.is_ascii_alphanumeric())
@@ -208,205 +242,8 @@ fn skip_token(text: &str, start: usize) -> usize {
     if run > 0 {
         start + run
     } else {
-        next_char(text, start)
+        start + text[start..].chars().next().map_or(1, char::len_utf8)
     }
-}
-
-// === validators ===
-
-fn accept(_: &str, range: Range<usize>) -> Option<Range<usize>> {
-    Some(range)
-}
-
-fn before(text: &str, at: usize) -> Option<char> {
-    text[..at].chars().next_back()
-}
-
-fn after(text: &str, at: usize) -> Option<char> {
-    text[at..].chars().next()
-}
-
-fn next_char(text: &str, at: usize) -> usize {
-    at + after(text, at).map_or(1, char::len_utf8)
-}
-
-fn alnum(c: Option<char>) -> bool {
-    c.is_some_and(|c| c.is_ascii_alphanumeric())
-}
-
-fn digit(c: Option<char>) -> bool {
-    c.is_some_and(|c| c.is_ascii_digit())
-}
-
-/// Not glued to letters or digits on either side.
-fn standalone(text: &str, range: Range<usize>) -> Option<Range<usize>> {
-    (!alnum(before(text, range.start)) && !alnum(after(text, range.end))).then_some(range)
-}
-
-fn digits(s: &str) -> Vec<u8> {
-    s.bytes().filter(u8::is_ascii_digit).collect()
-}
-
-fn mobile(text: &str, range: Range<usize>) -> Option<Range<usize>> {
-    let prev = before(text, range.start);
-    // `+1 381…` is a North American number, not a mainland mobile.
-    let glued = alnum(prev) || (prev == Some('+') && !text[range.clone()].starts_with('+'));
-    (!glued && !alnum(after(text, range.end))).then_some(range)
-}
-
-fn landline(text: &str, range: Range<usize>) -> Option<Range<usize>> {
-    if alnum(before(text, range.start)) || digit(after(text, range.end)) {
-        return None;
-    }
-    let s = &text[range.clone()];
-    let mut groups = s
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|g| !g.is_empty());
-    let area = groups.next()?;
-    let local = groups.next()?;
-    let fits = match area.as_bytes() {
-        [b'0', b'1', b'0'] | [b'0', b'2', _] => local.len() == 8,
-        [b'0', b'3'..=b'9', _, _] => local.len() == 7 || local.len() == 8,
-        _ => false,
-    };
-    fits.then_some(range)
-}
-
-fn id_card(text: &str, range: Range<usize>) -> Option<Range<usize>> {
-    let id = text[range.clone()].as_bytes();
-    let valid = if id.len() == 18 {
-        check::valid_id18(id)
-    } else {
-        check::valid_id15(id)
-    };
-    (valid && standalone(text, range.clone()).is_some()).then_some(range)
-}
-
-/// A card number, written whole or in groups. A run longer than a card is tried
-/// cut at each of its separators, so `6222 0212 3456 7890 12 items` still finds
-/// the card; the cut must leave a valid scheme prefix, length and Luhn sum.
-fn bank_card(text: &str, range: Range<usize>) -> Option<Range<usize>> {
-    if alnum(before(text, range.start)) {
-        return None;
-    }
-    let s = &text[range.clone()];
-    let separators: Vec<usize> = s
-        .char_indices()
-        .filter(|(_, c)| !c.is_ascii_digit())
-        .map(|(i, _)| i)
-        .collect();
-    let ends = std::iter::once(s.len()).chain(separators.iter().rev().copied());
-    for end in ends {
-        if alnum(after(text, range.start + end)) {
-            continue;
-        }
-        // One kind of separator within the card: mixed ones are not how anyone
-        // writes a card number (and a date after it may use another).
-        let mut used = separators
-            .iter()
-            .filter(|&&i| i < end)
-            .map(|&i| s.as_bytes()[i]);
-        if let Some(first) = used.next()
-            && used.any(|b| b != first)
-        {
-            continue;
-        }
-        let number = digits(&s[..end]);
-        if check::card_scheme(&number) && check::luhn(&number) {
-            return Some(range.start..range.start + end);
-        }
-    }
-    None
-}
-
-fn credit_code(text: &str, range: Range<usize>) -> Option<Range<usize>> {
-    let valid = check::valid_credit_code(text[range.clone()].as_bytes());
-    (valid && standalone(text, range.clone()).is_some()).then_some(range)
-}
-
-fn email(text: &str, range: Range<usize>) -> Option<Range<usize>> {
-    let s = &text[range.clone()];
-    let local = &s[..s.find('@')?];
-    let bad_local = local.contains("..") || local.ends_with('.');
-    (!bad_local && !alnum(after(text, range.end))).then_some(range)
-}
-
-fn ipv4(text: &str, range: Range<usize>) -> Option<Range<usize>> {
-    let prev = before(text, range.start);
-    if alnum(prev) || prev == Some('.') || alnum(after(text, range.end)) {
-        return None;
-    }
-    // `1.2.3.4.5` is a version or an outline number, not an address.
-    if text[range.end..].starts_with('.') && digit(after(text, range.end + 1)) {
-        return None;
-    }
-    let octets_ok = text[range.clone()]
-        .split('.')
-        .all(|o| o.parse::<u8>().is_ok() && (o.len() == 1 || !o.starts_with('0')));
-    (octets_ok && !names_a_version(text, range.start)).then_some(range)
-}
-
-/// Whether the words just before `at` say a version number follows.
-fn names_a_version(text: &str, at: usize) -> bool {
-    let mut from = at.saturating_sub(12);
-    while !text.is_char_boundary(from) {
-        from += 1;
-    }
-    let window = text[from..at].to_ascii_lowercase();
-    ["version", "ver.", "ver ", "release", "版本", "build"]
-        .iter()
-        .any(|w| window.contains(w))
-}
-
-fn ipv6(text: &str, range: Range<usize>) -> Option<Range<usize>> {
-    let edge = |c: Option<char>| alnum(c) || matches!(c, Some(':' | '_' | '.'));
-    if edge(before(text, range.start)) || edge(after(text, range.end)) {
-        return None;
-    }
-    let s = &text[range.clone()];
-    s.parse::<Ipv6Addr>().ok()?;
-    // `a::b`, `::1` and the like are more often code than addresses.
-    let groups = s.split(':').filter(|g| !g.is_empty());
-    let (mut count, mut full) = (0, false);
-    for group in groups {
-        count += 1;
-        full |= group.len() == 4 && group.bytes().any(|b| b.is_ascii_digit());
-    }
-    (count >= 3 || full).then_some(range)
-}
-
-fn intl_phone(text: &str, range: Range<usize>) -> Option<Range<usize>> {
-    let count = digits(&text[range.clone()]).len();
-    let ok = !alnum(before(text, range.start))
-        && !alnum(after(text, range.end))
-        && (8..=15).contains(&count);
-    ok.then_some(range)
-}
-
-fn api_key(text: &str, range: Range<usize>) -> Option<Range<usize>> {
-    let prev = before(text, range.start);
-    let body = &text[range.start + 3..range.end];
-    let random =
-        body.bytes().any(|b| b.is_ascii_digit()) && body.bytes().any(|b| b.is_ascii_alphabetic());
-    (random && !alnum(prev) && !matches!(prev, Some('-' | '_'))).then_some(range)
-}
-
-/// Only the token after `Bearer` is the secret.
-fn bearer(text: &str, range: Range<usize>) -> Option<Range<usize>> {
-    let s = &text[range.clone()];
-    let token = s[6..].trim_start_matches([' ', '\t']);
-    let start = range.end - token.len();
-    let random = token.bytes().any(|b| b.is_ascii_digit());
-    (random && !alnum(before(text, range.start))).then_some(start..range.end)
-}
-
-/// The credentials of `scheme://user:password@host` are the secret: the password,
-/// and the user name with it (often an e-mail address or a phone number). A password
-/// holding `@` runs to the last `@` before the path.
-fn url_credentials(text: &str, range: Range<usize>) -> Option<Range<usize>> {
-    let s = &text[range.clone()];
-    let start = range.start + s.find("://")? + 3;
-    Some(start..range.end - 1)
 }
 
 #[cfg(test)]
@@ -458,6 +295,37 @@ mod tests {
         assert_eq!(
             kinds("Authorization: Bearer abcdef0123456789abcdef"),
             [(Kind::Secret, "abcdef0123456789abcdef")]
+        );
+    }
+
+    #[test]
+    fn values_written_against_letters_are_found() {
+        assert_eq!(kinds("tel13912348765"), [(Kind::Mobile, "13912348765")]);
+        // `D110105…` is tried as a credit code first; the ID number starts after it.
+        assert_eq!(
+            kinds("ID110105199003071239"),
+            [(Kind::IdCard, "110105199003071239")]
+        );
+        assert_eq!(
+            kinds("card6222021234567890128"),
+            [(Kind::BankCard, "6222021234567890128")]
+        );
+        assert_eq!(
+            kinds("call13912348765or13812345678end"),
+            [(Kind::Mobile, "13912348765"), (Kind::Mobile, "13812345678")]
+        );
+        assert!(kinds("a3f5b9c13912348765d0e1f2a3b4").is_empty());
+    }
+
+    #[test]
+    fn full_width_and_invisible_characters_are_read_through() {
+        assert_eq!(
+            kinds("手机１３９１２３４８７６５。"),
+            [(Kind::Mobile, "１３９１２３４８７６５")]
+        );
+        assert_eq!(
+            kinds("\u{200B}139\u{200B}1234\u{200B}8765\u{200B}"),
+            [(Kind::Mobile, "139\u{200B}1234\u{200B}8765")]
         );
     }
 }

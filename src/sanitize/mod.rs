@@ -1,7 +1,9 @@
 //! The sanitize stage: personal data in a request is replaced by placeholders before
 //! anything leaves the process, and restored in the answer for the client.
 //!
-//! - [`detect`] finds values (a `RegexSet` pre-filter, then a validator per shape);
+//! - [`detect`] finds values (one multi-pattern automaton, then a validator per
+//!   shape from [`validate`]), in text that [`normalize`] folded first (full-width
+//!   digits, zero-width characters);
 //! - [`check`] holds the check-digit and date arithmetic the validators use;
 //! - [`Policy`] says per [`Kind`] what to do: placeholder, mask, hash, block, allow;
 //! - [`Vault`] remembers the placeholders of one request and restores them, also
@@ -13,7 +15,9 @@ pub mod check;
 mod detect;
 pub mod guard;
 mod kind;
+mod normalize;
 mod replace;
+mod validate;
 mod vault;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -81,8 +85,12 @@ impl PiiSanitizer {
                     }
                     out.push_str(vault.placeholder(kind, value));
                 }
-                Action::Mask => out.push_str(&replace::mask(kind, value)),
-                Action::Hash => out.push_str(&replace::hash(kind, value, &self.hash_key)),
+                // As it reads: `１３９…` is starred and hashed like `139…`.
+                Action::Mask => out.push_str(&replace::mask(kind, &normalize::fold(value))),
+                Action::Hash => {
+                    let value = normalize::fold(value);
+                    out.push_str(&replace::hash(kind, &value, &self.hash_key));
+                }
                 Action::Allow => out.push_str(value),
             }
         }

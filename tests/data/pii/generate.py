@@ -270,6 +270,109 @@ for v in ["¥1,234,567.89", "ISBN 978-7-111-12345-6", "邮编 100000", "std::vec
         continue  # a literal placeholder is swapped out on purpose: not a negative
     case("negative_other", f"说明：{v}")
 
+# --- written against letters, in full width, split by invisible characters -------
+# (Appended after the cases above so that those stay as they were generated.)
+
+
+def wide(s):
+    """Full-width digits, plus and hyphen (U+FF10-FF19, U+FF0B, U+FF0D)."""
+    return "".join(chr(ord(c) + 0xFEE0) if c in string.digits + "+-" else c for c in s)
+
+
+# The penetration test's own forms.
+for v, kind in [("13912348765", "mobile"), ("110105199003071239", "id_card"),
+                ("6222021234567890128", "bank_card")]:
+    word = {"mobile": "tel", "id_card": "id", "bank_card": "card"}[kind]
+    case("glued", f"{word}{v}", (kind, v))
+    case("glued", f"my {word}{v} please", (kind, v))
+    case("glued", f"请核对{word.upper()}{v}。", (kind, v))
+for _ in range(6):
+    m = mobile()
+    tpl = rng.choice(["tel{}", "TEL{}", "phone{} call me", "手机tel{}end", "{}end",
+                      "mobile:tel{}", "联系人Zhang{}"])
+    case("glued", tpl.format(m), ("mobile", m))
+m, m2 = mobile(), mobile()
+case("glued", f"call{m}or{m2}", ("mobile", m), ("mobile", m2))
+m = mobile()
+case("glued", f"tel+86{m}", ("mobile", "+86" + m))
+case("glued", f"mobile86{m}", ("mobile", "86" + m))
+for _ in range(4):
+    v = id18()
+    case("glued", rng.choice(["id{}", "ID{}", "idcard{}", "sfz{}号"]).format(v), ("id_card", v))
+v = id15()
+case("glued", f"oldid{v}", ("id_card", v))
+for _ in range(4):
+    v = card("62", 19)
+    case("glued", rng.choice(["card{}", "cardno{}", "bankcard{}!", "卡号card{}"]).format(v),
+         ("bank_card", v))
+v = grouped(card("62", 16), " ")
+case("glued", f"card{v} thanks", ("bank_card", v))
+case("glued", "fax010-62345678", ("landline", "010-62345678"))
+
+ZERO_WIDTH = ["\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad"]
+for _ in range(4):
+    m = mobile()
+    case("folded", f"手机：{wide(m)}", ("mobile", wide(m)))
+m = mobile()
+v = wide(f"{m[:3]}-{m[3:7]}-{m[7:]}")
+case("folded", f"手机 {v} 已验证", ("mobile", v))
+m = mobile()
+v = wide(f"{m[:3]} {m[3:7]} {m[7:]}").replace(" ", "\u3000")
+case("folded", f"电话{v}", ("mobile", v))
+m = mobile()
+case("folded", f"请拨打{wide('+86' + m)}咨询", ("mobile", wide("+86" + m)))
+case("folded", "手机１３９１２３４８７６５", ("mobile", "１３９１２３４８７６５"))
+v = wide("11010519491231002") + "\uff38"
+case("folded", f"身份证{v}", ("id_card", v))
+v = wide(id18())
+case("folded", f"证件号码：{v}", ("id_card", v))
+v = wide(card("62", 19))
+case("folded", f"银行卡号：{v}", ("bank_card", v))
+for zw in ZERO_WIDTH:
+    m = mobile()
+    v = f"{m[:3]}{zw}{m[3:7]}{zw}{m[7:]}"
+    case("folded", f"手机 {v} 已验证", ("mobile", v))
+case("folded", "139\u200b1234\u200b8765", ("mobile", "139\u200b1234\u200b8765"))
+c = card("62", 19)
+v = "\u00ad".join([c[:4], c[4:8], c[8:12], c[12:16], c[16:]])
+case("folded", f"卡号{v}", ("bank_card", v))
+i = id18()
+v = i[:6] + "\ufeff" + i[6:14] + "\u2060" + i[14:]
+case("folded", f"身份证 {v}", ("id_card", v))
+m = mobile()
+case("folded", f"\u200b{m}\u200b", ("mobile", m))
+m = mobile()
+v = wide(m[:3]) + "\u200b" + wide(m[3:7]) + "\u200d" + wide(m[7:])
+case("mixed", f"tel{v}", ("mobile", v))
+c = card("62", 19)
+v = wide(c[:10]) + "\u00ad" + c[10:]
+case("mixed", f"card{v}，手机tel{wide('13912348765')}",
+     ("bank_card", v), ("mobile", wide("13912348765")))
+
+
+def hexstr(n):
+    return "".join(rng.choice("0123456789abcdef") for _ in range(n))
+
+
+for v in ["ORD20231124000123", "SO1234567890123456", "v1.2.3", "build 10.0.19041.1",
+          "v13.9.1", "ver1.2.3.4", "r10.0.0.1", "SF1234567890123", "YT2012345678901234",
+          "JT0001234567890", "EA123456789CN", "ts1700000000123", "T20231124103000Z",
+          "t1732435200000ms", "x+12345678", "a3f5b9c13912348765d0e1f2a3b4c5d6e7f8a9b0",
+          "deadbeef13912348765", "ab6222021234567890128", "13912348765cafe",
+          "fe13912348765", "3f2504e0-4f89-11d3-9a0c-a13912348765",
+          "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+          "v2tel13912348765", "dGVsMTM5MTIzNDg3NjU="]:
+    case("negative_glued", f"说明：{v}")
+for _ in range(10):
+    # A hash with a valid mobile, ID number or card inside, glued to hex on both sides.
+    inner = rng.choice([mobile(), id18(), card("62", 19)])
+    head = hexstr(rng.randint(3, 10)) + rng.choice("abcdef")
+    head = rng.choice(string.digits) + head  # digits in front: a mixed run
+    v = (head + inner + rng.choice("abcdef") + hexstr(40))[:max(40, len(head) + len(inner) + 2)]
+    case("negative_glued", f"commit {v}")
+for _ in range(5):
+    case("negative_glued", f"sha {rng.choice(['ab', 'cafe', 'fe', 'bad'])}{mobile()}")
+
 with open(__file__.rsplit("/", 1)[0] + "/corpus.jsonl", "w", encoding="utf-8") as f:
     for c in cases:
         f.write(json.dumps(c, ensure_ascii=False) + "\n")
