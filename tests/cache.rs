@@ -328,12 +328,12 @@ async fn redis_going_away_is_not_an_outage_and_its_return_is_noticed() {
     // Redis is back: after the breaker's pause, answers reach it again.
     let _back = OwnRedis::start(port);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let body = deterministic("after the return");
     let mut stored = false;
     // Up to 15 s: under a loaded machine the breaker may have doubled its pause
-    // more than once while Redis was away.
-    for _ in 0..150 {
-        tier_of(&gw, &body).await;
+    // more than once while Redis was away. Each try asks a new question: a repeated
+    // one would be served from memory, never stored again.
+    for i in 0..150 {
+        tier_of(&gw, &deterministic(&format!("after the return {i}"))).await;
         let mut redis = redis::Client::open(url.as_str()).unwrap();
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg("*")
