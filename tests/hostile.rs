@@ -369,13 +369,19 @@ fn check_slow(kind: &str, ended: &[Ended], deadline: Duration, answer: &str) {
         "{kind}: {} connections, the last closed after {latest:?}, {answered} answered {answer:?}",
         ended.len()
     );
+    assert!(
+        answer.is_empty() || answered > 0,
+        "{kind}: none answered {answer:?}"
+    );
     for e in ended {
         let closed = e
             .closed_after
             .unwrap_or_else(|| panic!("{kind}: a connection was held: {e:?}"));
         assert!(closed <= deadline, "{kind}: closed after {closed:?}: {e:?}");
+        // A refusal's 503 may be lost to the reset that follows it when the
+        // client keeps writing: then the client hears nothing, and is closed.
         assert!(
-            e.said.starts_with("HTTP/1.1 503") || e.said.starts_with(answer),
+            e.said.is_empty() || e.said.starts_with("HTTP/1.1 503") || e.said.starts_with(answer),
             "{kind}: {e:?}"
         );
     }
