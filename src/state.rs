@@ -52,6 +52,8 @@ pub struct Shared {
     pub started_at: u64,
     /// The sentence embedder and the name clients ask for it by.
     pub embedder: Option<(String, Arc<ragway_engine::Embedder>)>,
+    /// OpenAI's `cl100k_base` ids → text, for token-id input to the embedder.
+    pub token_vocabulary: Option<Arc<crate::tiktoken::Vocabulary>>,
     /// The tenants' documents, with `[retrieval]` configured.
     pub corpus: Option<Arc<Corpus>>,
     /// Cancelled when shutdown begins: background loops end.
@@ -66,6 +68,8 @@ pub enum BuildError {
     Provider(#[from] crate::generate::LoadError),
     #[error("embeddings: {0}")]
     Embedder(#[from] ragway_engine::EngineError),
+    #[error("embeddings: {0}")]
+    Vocabulary(#[from] crate::tiktoken::VocabularyError),
     #[error("content guard: {0}")]
     Guard(String),
     #[error("retrieval: {0}")]
@@ -95,6 +99,14 @@ impl AppState {
                 let model = ragway_engine::Embedder::load(&e.model, &device)?;
                 Some((e.name.clone(), Arc::new(model)))
             }
+            None => None,
+        };
+        let token_vocabulary = match config
+            .embeddings
+            .as_ref()
+            .and_then(|e| e.token_vocabulary.as_deref())
+        {
+            Some(path) => Some(Arc::new(crate::tiktoken::Vocabulary::load(path)?)),
             None => None,
         };
         for target in routes.targets() {
@@ -152,6 +164,7 @@ impl AppState {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             embedder,
+            token_vocabulary,
             corpus,
             shutdown: CancellationToken::new(),
             audit,

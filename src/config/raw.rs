@@ -56,6 +56,9 @@ pub struct RawEmbeddings {
     /// A directory with config.json, model.safetensors and tokenizer.json.
     pub model: String,
     pub device: Option<String>,
+    /// tiktoken's `cl100k_base.tiktoken` (default: beside the model directory,
+    /// when there).
+    pub token_vocabulary: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

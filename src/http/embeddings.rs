@@ -1,5 +1,9 @@
 //! `POST /v1/embeddings`: sentence embeddings from the local embedder, in the OpenAI
-//! format (a string or an array of strings in; unit-length float vectors out).
+//! format. In: a string, an array of strings, an array of token ids or an array of
+//! such arrays (ids in `cl100k_base`, decoded to the text they stand for: see
+//! [`crate::tiktoken`]). Out: unit-length vectors as JSON floats, or as base64 of
+//! little-endian f32 (`encoding_format: "base64"`, what the official SDKs ask for
+//! by default and decode themselves).
 
 use std::sync::Arc;
 
@@ -8,6 +12,7 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -15,6 +20,7 @@ use serde_json::{Value, json};
 use super::body::parse_json;
 use crate::error::GatewayError;
 use crate::state::AppState;
+use crate::tiktoken::Vocabulary;
 
 /// Inputs one request may carry.
 const MAX_INPUTS: usize = 2048;
@@ -22,20 +28,19 @@ const MAX_INPUTS: usize = 2048;
 #[derive(Deserialize)]
 struct EmbeddingsRequest {
     model: String,
-    input: Input,
+    input: Value,
     #[serde(default)]
     encoding_format: Option<String>,
     #[serde(default, rename = "user")]
     _user: Option<String>,
-    #[serde(default, rename = "dimensions")]
-    _dimensions: Option<u32>,
+    #[serde(default)]
+    dimensions: Option<u64>,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Input {
-    One(String),
-    Many(Vec<String>),
+#[derive(Clone, Copy)]
+enum Encoding {
+    Float,
+    Base64,
 }
 
 pub async fn embeddings(
@@ -61,26 +66,31 @@ async fn embed(
     if &request.model != name {
         return Err(GatewayError::ModelNotFound(request.model));
     }
-    if request
-        .encoding_format
-        .as_deref()
-        .is_some_and(|f| f != "float")
+    let encoding = match request.encoding_format.as_deref() {
+        None | Some("float") => Encoding::Float,
+        Some("base64") => Encoding::Base64,
+        Some(_) => {
+            return Err(GatewayError::invalid(
+                "invalid `encoding_format`: \"float\" or \"base64\"",
+                "encoding_format".to_owned(),
+            ));
+        }
+    };
+    // The model has one width and was not trained to be cut shorter (as
+    // Matryoshka models are): a request for another width is refused, not served
+    // vectors that would rank badly.
+    if let Some(dimensions) = request.dimensions
+        && dimensions != embedder.dimension as u64
     {
         return Err(GatewayError::invalid(
-            "invalid `encoding_format`: only \"float\" is supported",
-            "encoding_format".to_owned(),
+            format!(
+                "invalid `dimensions`: {name} gives {}-dimensional vectors and cannot shorten them; omit `dimensions` or give {}",
+                embedder.dimension, embedder.dimension
+            ),
+            "dimensions".to_owned(),
         ));
     }
-    let inputs = match request.input {
-        Input::One(text) => vec![text],
-        Input::Many(texts) => texts,
-    };
-    if inputs.is_empty() || inputs.len() > MAX_INPUTS || inputs.iter().any(|t| t.is_empty()) {
-        return Err(GatewayError::invalid(
-            format!("invalid `input`: give 1 to {MAX_INPUTS} non-empty strings"),
-            "input".to_owned(),
-        ));
-    }
+    let inputs = texts(request.input, state.token_vocabulary.as_deref())?;
     let embedder = Arc::clone(embedder);
     // The model is CPU work: off the async threads, on the compute threads.
     let (vectors, tokens) = crate::compute::run(move || embedder.embed_counted(&inputs))
@@ -90,7 +100,13 @@ async fn embed(
     let data: Vec<Value> = vectors
         .into_iter()
         .enumerate()
-        .map(|(index, embedding)| json!({"object": "embedding", "index": index, "embedding": embedding}))
+        .map(|(index, vector)| {
+            let embedding = match encoding {
+                Encoding::Float => json!(vector),
+                Encoding::Base64 => json!(base64_f32(&vector)),
+            };
+            json!({"object": "embedding", "index": index, "embedding": embedding})
+        })
         .collect();
     Ok(json!({
         "object": "list",
@@ -98,4 +114,59 @@ async fn embed(
         "model": name,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }))
+}
+
+/// The texts to embed, from any of the four forms of `input`.
+fn texts(input: Value, vocabulary: Option<&Vocabulary>) -> Result<Vec<String>, GatewayError> {
+    let invalid = |message: String| GatewayError::invalid(message, "input".to_owned());
+    let shape = || {
+        invalid(format!(
+            "invalid `input`: give a string, or 1 to {MAX_INPUTS} strings, token ids or arrays of token ids, none empty"
+        ))
+    };
+    let items = match input {
+        Value::String(text) => vec![Value::String(text)],
+        Value::Array(items) if !items.is_empty() && items.len() <= MAX_INPUTS => items,
+        _ => return Err(shape()),
+    };
+    // One array of ids is one input; an array of arrays, one input each.
+    let token_lists: Vec<Value> = match items.first() {
+        Some(Value::Number(_)) => vec![Value::Array(items)],
+        Some(Value::Array(_)) => items,
+        _ => {
+            return items
+                .into_iter()
+                .map(|item| match item {
+                    Value::String(text) if !text.is_empty() => Ok(text),
+                    _ => Err(shape()),
+                })
+                .collect();
+        }
+    };
+    let Some(vocabulary) = vocabulary else {
+        return Err(invalid(
+            "token-id input is not available: the gateway has no cl100k_base vocabulary (embeddings.token_vocabulary); send text".to_owned(),
+        ));
+    };
+    token_lists
+        .into_iter()
+        .map(|list| {
+            let ids: Vec<u64> = match list {
+                Value::Array(ids) if !ids.is_empty() => ids
+                    .iter()
+                    .map(|id| id.as_u64().ok_or_else(shape))
+                    .collect::<Result<_, _>>()?,
+                _ => return Err(shape()),
+            };
+            vocabulary
+                .decode(&ids)
+                .map_err(|e| invalid(format!("invalid `input`: {e}")))
+        })
+        .collect()
+}
+
+/// A vector as the OpenAI API's base64 form: its f32s, little-endian, in order.
+fn base64_f32(vector: &[f32]) -> String {
+    let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }

@@ -1,0 +1,96 @@
+//! The official Python clients against the gateway: the `openai` SDK and LangChain,
+//! from the venv `scripts/sdks.sh` makes (`make test` runs it). Each script in
+//! tests/sdk/ asserts on what it sees and prints one JSON line of figures.
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use crate::support::{Gateway, TempDir};
+
+/// The venv's python; a missing venv fails the test (it is part of the suite).
+fn python() -> PathBuf {
+    let venv = std::env::var_os("RAGWAY_SDK_VENV").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/ragway/sdk-venv"),
+        PathBuf::from,
+    );
+    let python = venv.join("bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing: run scripts/sdks.sh (make test does)",
+        python.display()
+    );
+    python
+}
+
+/// Runs `tests/sdk/{script}` against `gw` with `env`; returns its JSON line.
+pub async fn run_script(gw: &Gateway, script: &str, env: &[(&str, &str)]) -> Value {
+    let mut command = tokio::process::Command::new(python());
+    command
+        .arg(format!("tests/sdk/{script}"))
+        .env("OPENAI_BASE_URL", format!("{}/v1", gw.url))
+        .env("OPENAI_API_KEY", "unused")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .envs(env.iter().copied())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(std::time::Duration::from_secs(180), command.output())
+        .await
+        .expect("the script finishes within 3 minutes")
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{script} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{script} printed no JSON line ({e}): {stdout}"))
+}
+
+#[tokio::test]
+async fn embeddings_through_the_openai_sdk_and_langchain() {
+    let gw = Gateway::start(
+        "[embeddings]\nname = \"all-minilm-l6-v2\"\nmodel = \"models/all-MiniLM-L6-v2\"\n",
+    )
+    .await;
+    // tiktoken reads cl100k_base from its cache, keyed by the sha1 of the address
+    // it would download from: the copy `make models` fetched goes there.
+    let cache = TempDir::new();
+    std::fs::copy(
+        "models/cl100k_base.tiktoken",
+        cache.0.join("9b5ad71b2ce5302211f9c61530b329a4922fc6a4"),
+    )
+    .expect("models/cl100k_base.tiktoken (make models)");
+    let figures = run_script(
+        &gw,
+        "embeddings.py",
+        &[
+            ("MODEL", "all-minilm-l6-v2"),
+            ("TIKTOKEN_CACHE_DIR", cache.0.to_str().unwrap()),
+        ],
+    )
+    .await;
+    assert!(
+        figures["ids_vs_text"].as_f64().unwrap() > 0.9999,
+        "{figures}"
+    );
+    assert!(
+        figures["langchain_vs_sdk"].as_f64().unwrap() > 0.9999,
+        "{figures}"
+    );
+    // Real vectors, not merely well-formed ones: a paraphrase is nearer than an
+    // unrelated sentence.
+    assert!(
+        figures["related"].as_f64().unwrap() > figures["unrelated"].as_f64().unwrap() + 0.3,
+        "{figures}"
+    );
+}
+
+#[tokio::test]
+async fn choices_through_the_openai_sdk() {
+    let fake = crate::support::FakeProvider::start().await;
+    let gw = Gateway::over(&fake, &[("chat", &["choices"])]).await;
+    let figures = run_script(&gw, "choices.py", &[]).await;
+    assert_eq!(figures["whole"], figures["streamed"], "{figures}");
+    assert_eq!(fake.last_request().body["n"], 2);
+}
