@@ -14,6 +14,9 @@ use crate::error::GatewayError;
 
 // === requests ===
 
+/// The most choices (`n`) one request may ask for: each is a whole answer's work.
+pub const MAX_CHOICES: u32 = 16;
+
 /// A client's `POST /v1/chat/completions` body.
 ///
 /// `model`, `stream` and `stream_options` are not serialised: the provider client
@@ -84,8 +87,8 @@ impl ChatRequest {
                 );
             }
         }
-        if self.n.is_some_and(|n| n != 1) {
-            return invalid("n", "only n = 1 is supported");
+        if self.n.is_some_and(|n| !(1..=MAX_CHOICES).contains(&n)) {
+            return invalid("n", &format!("must be between 1 and {MAX_CHOICES}"));
         }
         if self.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
             return invalid("temperature", "must be between 0 and 2");
@@ -377,6 +380,18 @@ pub struct Delta {
     pub tool_calls: Option<Value>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+/// The text of an answer's choices as one string, as the audit record keeps it:
+/// the text itself for one choice; for several (`n` > 1), a JSON array of their
+/// texts in order, so that where each ends stays plain.
+pub fn choices_text<'a>(texts: impl IntoIterator<Item = &'a str>) -> String {
+    let texts: Vec<&str> = texts.into_iter().collect();
+    match texts.as_slice() {
+        [] => String::new(),
+        [one] => (*one).to_owned(),
+        many => serde_json::to_string(many).unwrap_or_default(),
+    }
 }
 
 // === models and errors ===

@@ -96,13 +96,10 @@ impl Assembler {
             .sum()
     }
 
-    /// The answer text so far, choices joined by newlines.
+    /// The answer text so far, as the audit record keeps it
+    /// ([`crate::wire::choices_text`]).
     pub fn text(&self) -> String {
-        self.choices
-            .values()
-            .map(|c| c.content.as_str())
-            .collect::<Vec<_>>()
-            .join("\n")
+        crate::wire::choices_text(self.choices.values().map(|c| c.content.as_str()))
     }
 
     /// The whole answer; `None` if no choice ever arrived.

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures_util::StreamExt;
 use ragway_engine::{
     ChatModel, EngineError, Event, Finish, GenerateParams, Job, LocalLlm, Message,
 };
@@ -104,10 +103,97 @@ impl ChatProvider for LocalProvider {
         _model: &str,
         request: &ChatRequest,
     ) -> Result<ChunkStream, UpstreamError> {
-        let (events, receiver) = mpsc::channel(EVENTS);
-        let job = Job {
+        let jobs = Jobs {
+            llm: Arc::clone(&self.llm),
+            metrics: Arc::clone(&self.metrics),
             messages: self.messages(request),
             params: self.params(request),
+        };
+        // A full queue is refused before anything is streamed (so the router may
+        // try another target); later choices wait their turn like any job.
+        let first = jobs.submit(0)?;
+        let choices = request.n.unwrap_or(1);
+        let (chunks, receiver) = mpsc::channel(EVENTS);
+        // The choices are generated one after another, each a job of its own; a
+        // closed channel (the caller left) ends this task and, with it, the
+        // generation under way.
+        tokio::spawn(async move {
+            let mut usage = Usage::default();
+            let mut events = first;
+            for index in 0..choices {
+                if index > 0 {
+                    match jobs.submit(index) {
+                        Ok(next) => events = next,
+                        Err(error) => {
+                            let _ = chunks.send(Err(error)).await;
+                            return;
+                        }
+                    }
+                }
+                while let Some(event) = events.recv().await {
+                    if let Event::Started { .. } | Event::Done(_) = &event {
+                        jobs.metrics.local_queue(jobs.llm.waiting());
+                    }
+                    if let Event::Done(generated) = &event {
+                        jobs.metrics
+                            .local_tokens(generated.prompt_tokens, generated.completion_tokens);
+                        // The prompt is read once per choice but billed once, as
+                        // OpenAI counts it.
+                        usage.prompt_tokens = generated.prompt_tokens as u64;
+                        usage.completion_tokens += generated.completion_tokens as u64;
+                    }
+                    // A failed or cancelled choice ends the answer.
+                    let last = match &event {
+                        Event::Failed(_) => true,
+                        Event::Done(generated) => generated.finish == Finish::Cancelled,
+                        _ => false,
+                    };
+                    for chunk in chunks_for(event, index) {
+                        if chunks.send(chunk).await.is_err() {
+                            return;
+                        }
+                    }
+                    if last {
+                        return;
+                    }
+                }
+            }
+            usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
+            let _ = chunks
+                .send(Ok(ChatChunk {
+                    usage: Some(usage),
+                    ..Default::default()
+                }))
+                .await;
+        });
+        Ok(Box::pin(futures_util::stream::unfold(
+            receiver,
+            |mut receiver| async move {
+                let chunk = receiver.recv().await?;
+                Some((chunk, receiver))
+            },
+        )))
+    }
+}
+
+/// What each choice's job is made of.
+struct Jobs {
+    llm: Arc<LocalLlm>,
+    metrics: Arc<Metrics>,
+    messages: Vec<Message>,
+    params: GenerateParams,
+}
+
+impl Jobs {
+    /// Queues the generation of choice `index`; its events arrive on the receiver.
+    fn submit(&self, index: u32) -> Result<mpsc::Receiver<Event>, UpstreamError> {
+        let (events, receiver) = mpsc::channel(EVENTS);
+        let mut params = self.params.clone();
+        // Each choice samples its own way (the same with greedy decoding).
+        params.seed = params.seed.wrapping_add(u64::from(index));
+        let job = Job {
+            messages: self.messages.clone(),
+            params,
             // Runs on the model's thread; a closed channel (the caller left)
             // stops the generation.
             sink: Box::new(move |event| events.blocking_send(event).is_ok()),
@@ -122,28 +208,16 @@ impl ChatProvider for LocalProvider {
             retry_after: Some(std::time::Duration::from_secs(1)),
         })?;
         self.metrics.local_queue(self.llm.waiting());
-        let events = futures_util::stream::unfold(receiver, |mut receiver| async move {
-            let event = receiver.recv().await?;
-            Some((event, receiver))
-        });
-        let (metrics, llm) = (Arc::clone(&self.metrics), Arc::clone(&self.llm));
-        Ok(Box::pin(events.flat_map(move |event| {
-            if let Event::Started { .. } | Event::Done(_) = &event {
-                metrics.local_queue(llm.waiting());
-            }
-            if let Event::Done(generated) = &event {
-                metrics.local_tokens(generated.prompt_tokens, generated.completion_tokens);
-            }
-            futures_util::stream::iter(chunks_for(event))
-        })))
+        Ok(receiver)
     }
 }
 
-/// The chunks one model event becomes.
-fn chunks_for(event: Event) -> Vec<Result<ChatChunk, UpstreamError>> {
+/// The chunks one model event becomes, for choice `index` (usage is sent once, at
+/// the end of all choices).
+fn chunks_for(event: Event, index: u32) -> Vec<Result<ChatChunk, UpstreamError>> {
     let chunk = |delta: serde_json::Value, finish: Option<&str>| -> ChatChunk {
         serde_json::from_value(json!({
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]
+            "choices": [{"index": index, "delta": delta, "finish_reason": finish}]
         }))
         .unwrap_or_default()
     };
@@ -151,20 +225,7 @@ fn chunks_for(event: Event) -> Vec<Result<ChatChunk, UpstreamError>> {
         Event::Started { .. } => vec![Ok(chunk(json!({"role": "assistant", "content": ""}), None))],
         Event::Text(text) => vec![Ok(chunk(json!({"content": text}), None))],
         Event::Done(generated) if generated.finish == Finish::Cancelled => Vec::new(),
-        Event::Done(generated) => {
-            let usage = Usage {
-                prompt_tokens: generated.prompt_tokens as u64,
-                completion_tokens: generated.completion_tokens as u64,
-                total_tokens: (generated.prompt_tokens + generated.completion_tokens) as u64,
-            };
-            vec![
-                Ok(chunk(json!({}), Some(generated.finish.as_str()))),
-                Ok(ChatChunk {
-                    usage: Some(usage),
-                    ..Default::default()
-                }),
-            ]
-        }
+        Event::Done(generated) => vec![Ok(chunk(json!({}), Some(generated.finish.as_str())))],
         Event::Failed(EngineError::Input(message)) => vec![Err(UpstreamError::Status {
             status: 400,
             detail: ProviderError {

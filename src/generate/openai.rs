@@ -161,7 +161,10 @@ impl ChatProvider for OpenAiProvider {
         request: &ChatRequest,
     ) -> Result<ChunkStream, UpstreamError> {
         let response = self.send(model, request, true).await?;
-        Ok(chunk_stream(response.bytes_stream()))
+        Ok(chunk_stream(
+            response.bytes_stream(),
+            request.n.unwrap_or(1),
+        ))
     }
 }
 

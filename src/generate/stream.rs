@@ -2,12 +2,12 @@
 //! from a cut one.
 //!
 //! The stream ends cleanly after `[DONE]`, or when the body closes after a chunk
-//! with a finish reason (Infini-AI never sends `[DONE]`). A body that closes with
+//! with a finish reason for every choice asked for (Infini-AI never sends `[DONE]`). A body that closes with
 //! neither yields [`UpstreamError::Truncated`]; a malformed chunk or an error object
 //! yields an error and ends the stream. `"blocked": true` (moderation) becomes
 //! `finish_reason: "content_filter"`, and nothing after it is read.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::pin::Pin;
 
 use bytes::Bytes;
@@ -20,8 +20,8 @@ use crate::wire::{ChatChunk, ChunkChoice};
 
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<ChatChunk, UpstreamError>> + Send>>;
 
-/// Wraps a body's byte stream.
-pub fn chunk_stream<S, E>(body: S) -> ChunkStream
+/// Wraps a body's byte stream; `choices` is the request's `n`.
+pub fn chunk_stream<S, E>(body: S, choices: u32) -> ChunkStream
 where
     S: Stream<Item = Result<Bytes, E>> + Send + 'static,
     E: std::fmt::Display,
@@ -30,7 +30,8 @@ where
         body: Box::pin(body),
         decoder: FrameDecoder::new(),
         ready: VecDeque::new(),
-        finished: false,
+        choices: choices.max(1) as usize,
+        finished: BTreeSet::new(),
         closed: false,
     };
     Box::pin(futures_util::stream::unfold(
@@ -46,8 +47,10 @@ struct ChunkReader<S> {
     body: Pin<Box<S>>,
     decoder: FrameDecoder,
     ready: VecDeque<Result<ChatChunk, UpstreamError>>,
-    /// A chunk with a finish reason has been seen.
-    finished: bool,
+    /// Choices the answer holds.
+    choices: usize,
+    /// The choices whose finish reason has been seen.
+    finished: BTreeSet<u32>,
     /// Nothing more is read from the body.
     closed: bool,
 }
@@ -75,7 +78,7 @@ where
                 None => {
                     self.decoder.finish(&mut frames);
                     self.take_frames(frames);
-                    if !self.closed && !self.finished {
+                    if !self.closed && !self.finished() {
                         self.ready.push_back(Err(UpstreamError::Truncated));
                     }
                     self.closed = true;
@@ -126,15 +129,22 @@ where
             self.closed = true;
             return;
         }
-        self.finished |= chunk.is_finish();
+        for choice in chunk.choices.iter().filter(|c| c.finish_reason.is_some()) {
+            self.finished.insert(choice.index);
+        }
         self.ready.push_back(Ok(chunk));
+    }
+
+    /// Every choice has its finish reason: the answer is whole.
+    fn finished(&self) -> bool {
+        self.finished.len() >= self.choices
     }
 
     /// Ends the stream with `error` — unless the answer already finished, in which
     /// case what follows (a broken connection while waiting for `[DONE]`, a bad
     /// trailing chunk) cannot unfinish it.
     fn fail(&mut self, error: UpstreamError) {
-        if !self.finished {
+        if !self.finished() {
             self.ready.push_back(Err(error));
         }
         self.closed = true;
@@ -191,7 +201,7 @@ mod tests {
             .chunks(7)
             .map(|c| Ok(Bytes::copy_from_slice(c)))
             .collect();
-        chunk_stream(futures_util::stream::iter(pieces))
+        chunk_stream(futures_util::stream::iter(pieces), 1)
             .collect()
             .await
     }

@@ -126,12 +126,12 @@ pub(super) fn cached(ctx: &RequestCtx, answer: ChatCompletion, to_client: ToClie
 
 /// The text of an answer's choices, as the audit record keeps it.
 pub(super) fn answer_text(completion: &ChatCompletion) -> String {
-    completion
-        .choices
-        .iter()
-        .filter_map(|c| c.message.content.as_deref())
-        .collect::<Vec<_>>()
-        .join("\n")
+    crate::wire::choices_text(
+        completion
+            .choices
+            .iter()
+            .map(|c| c.message.content.as_deref().unwrap_or_default()),
+    )
 }
 
 fn restore_whole(
@@ -229,13 +229,21 @@ pub(super) struct ChunkShaper {
     model: String,
     wants_usage: bool,
     citations: Option<Value>,
+    to_client: ToClient,
+    /// Per choice (`n` > 1 interleaves them): what each field holds back.
+    choices: BTreeMap<u32, ChoiceFilter>,
+    /// The content guard cut the answer: nothing more is sent.
+    filtered: bool,
+}
+
+/// One choice's streamed fields.
+struct ChoiceFilter {
     content: FieldFilter,
     reasoning: FieldFilter,
     /// Per tool call index: its streamed `arguments`.
     arguments: BTreeMap<u64, StreamRestorer>,
-    vault: Arc<Vault>,
-    /// The content guard cut the answer: nothing more is sent.
-    filtered: bool,
+    /// Its finish chunk has been shaped: nothing is held back any more.
+    ended: bool,
 }
 
 /// One streamed text field: placeholders restored, then the content guard. Each
@@ -277,26 +285,31 @@ impl FieldFilter {
     }
 }
 
-impl ChunkShaper {
-    pub(super) fn new(ctx: &RequestCtx, target: &str, to_client: &ToClient) -> Self {
-        ChunkShaper {
-            id: response_id(ctx),
-            created: now(),
-            model: target.to_owned(),
-            wants_usage: ctx.wants_stream_usage,
-            citations: citations(ctx),
+impl ChoiceFilter {
+    fn new(to_client: &ToClient) -> Self {
+        ChoiceFilter {
             content: FieldFilter::new(to_client),
             reasoning: FieldFilter::new(to_client),
             arguments: BTreeMap::new(),
-            vault: Arc::clone(&to_client.vault),
-            filtered: false,
+            ended: false,
         }
     }
 
-    /// Restores the argument fragments of a chunk's tool calls; at the end, adds
+    /// Shapes one choice's delta in place; `true` when the guard cut it.
+    fn delta(&mut self, delta: &mut Delta, vault: &Arc<Vault>, end: bool) -> bool {
+        let (content, cut_content) = self.content.piece(delta.content.take(), end);
+        let (reasoning, cut_reasoning) = self.reasoning.piece(delta.reasoning_content.take(), end);
+        delta.content = content;
+        delta.reasoning_content = reasoning;
+        self.tool_calls(delta, vault, end);
+        self.ended |= end;
+        cut_content || cut_reasoning
+    }
+
+    /// Restores the argument fragments of a delta's tool calls; at the end, adds
     /// what each call still held back.
-    fn tool_calls(&mut self, delta: &mut Delta, end: bool) {
-        if self.vault.is_empty() {
+    fn tool_calls(&mut self, delta: &mut Delta, vault: &Arc<Vault>, end: bool) {
+        if vault.is_empty() {
             return;
         }
         if let Some(Value::Array(calls)) = &mut delta.tool_calls {
@@ -306,7 +319,7 @@ impl ChunkShaper {
                     let restorer = self
                         .arguments
                         .entry(index)
-                        .or_insert_with(|| StreamRestorer::for_json(Arc::clone(&self.vault)));
+                        .or_insert_with(|| StreamRestorer::for_json(Arc::clone(vault)));
                     *fragment = restorer.push(fragment);
                 }
             }
@@ -327,6 +340,21 @@ impl ChunkShaper {
             }
         }
     }
+}
+
+impl ChunkShaper {
+    pub(super) fn new(ctx: &RequestCtx, target: &str, to_client: &ToClient) -> Self {
+        ChunkShaper {
+            id: response_id(ctx),
+            created: now(),
+            model: target.to_owned(),
+            wants_usage: ctx.wants_stream_usage,
+            citations: citations(ctx),
+            to_client: to_client.clone(),
+            choices: BTreeMap::new(),
+            filtered: false,
+        }
+    }
 
     /// The guard cut the answer: the last chunk sent said so, the stream ends.
     pub(super) fn filtered(&self) -> bool {
@@ -343,14 +371,12 @@ impl ChunkShaper {
         }
         let finish = chunk.is_finish();
         for choice in &mut chunk.choices {
-            let delta = &mut choice.delta;
-            let (content, cut_content) = self.content.piece(delta.content.take(), finish);
-            let (reasoning, cut_reasoning) =
-                self.reasoning.piece(delta.reasoning_content.take(), finish);
-            delta.content = content;
-            delta.reasoning_content = reasoning;
-            self.tool_calls(delta, finish);
-            if cut_content || cut_reasoning {
+            let filter = self
+                .choices
+                .entry(choice.index)
+                .or_insert_with(|| ChoiceFilter::new(&self.to_client));
+            let end = choice.finish_reason.is_some();
+            if filter.delta(&mut choice.delta, &self.to_client.vault, end) {
                 choice.finish_reason = Some(FILTERED.to_owned());
                 self.filtered = true;
             }
@@ -363,30 +389,35 @@ impl ChunkShaper {
         Some(self.stamp(chunk))
     }
 
-    /// Text still held back when the stream ended without a finish chunk.
+    /// Text still held back when the stream ended without every choice's finish
+    /// chunk.
     pub(super) fn finish(&mut self) -> Option<ChatChunk> {
-        let (content, cut_content) = self.content.piece(None, true);
-        let (reasoning, cut_reasoning) = self.reasoning.piece(None, true);
-        let mut delta = Delta {
-            content: content.filter(|t| !t.is_empty()),
-            reasoning_content: reasoning.filter(|t| !t.is_empty()),
-            ..Default::default()
-        };
-        self.tool_calls(&mut delta, true);
-        let cut = cut_content || cut_reasoning;
-        self.filtered |= cut;
-        let empty = delta.content.is_none()
-            && delta.reasoning_content.is_none()
-            && delta.tool_calls.is_none();
-        if empty && !cut {
-            return None;
-        }
-        Some(self.stamp(ChatChunk {
-            choices: vec![ChunkChoice {
+        let mut choices = Vec::new();
+        let vault = Arc::clone(&self.to_client.vault);
+        for (&index, filter) in self.choices.iter_mut().filter(|(_, f)| !f.ended) {
+            let mut delta = Delta::default();
+            let cut = filter.delta(&mut delta, &vault, true);
+            delta.content = delta.content.filter(|t| !t.is_empty());
+            delta.reasoning_content = delta.reasoning_content.filter(|t| !t.is_empty());
+            self.filtered |= cut;
+            let empty = delta.content.is_none()
+                && delta.reasoning_content.is_none()
+                && delta.tool_calls.is_none();
+            if empty && !cut {
+                continue;
+            }
+            choices.push(ChunkChoice {
+                index,
                 delta,
                 finish_reason: cut.then(|| FILTERED.to_owned()),
                 ..Default::default()
-            }],
+            });
+        }
+        if choices.is_empty() {
+            return None;
+        }
+        Some(self.stamp(ChatChunk {
+            choices,
             ..Default::default()
         }))
     }

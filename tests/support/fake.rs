@@ -216,6 +216,10 @@ async fn respond(
             tool_call(model, &arguments, stream, n.unwrap_or(4) as usize)
         }
         "tokens" => answer(model, &numbered(n.unwrap_or(10)), stream, Script::default()),
+        // `n` choices, each "choice I: <last user text>"; streamed interleaved.
+        "choices" => choices(model, body, stream, true),
+        // The same, but the body closes once choice 0 has finished (no `[DONE]`).
+        "choices-cut" => choices(model, body, stream, false),
         "reasoning" => answer(
             model,
             &OK_TOKENS.map(String::from),
@@ -505,6 +509,60 @@ fn answer(model: &str, tokens: &[String], stream: bool, script: Script) -> Respo
         push("data: [DONE]\n\n".to_owned(), &mut frames);
     }
     sse_body(frames, script.end == End::FinishThenStall)
+}
+
+fn choices(model: &str, body: &Value, stream: bool, whole_answer: bool) -> Response {
+    let n = body["n"].as_u64().unwrap_or(1);
+    let echo = last_user_text(body);
+    let texts: Vec<String> = (0..n).map(|i| format!("choice {i}: {echo}")).collect();
+    if !stream {
+        let choices: Vec<Value> = texts
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                json!({"index": i, "message": {"role": "assistant", "content": text},
+                       "finish_reason": "stop"})
+            })
+            .collect();
+        return axum::Json(json!({
+            "id": "fake-1", "object": "chat.completion", "created": 1, "model": model,
+            "choices": choices, "usage": usage(n as usize),
+        }))
+        .into_response();
+    }
+    let with_index = |i: usize, delta: Value, finish: Option<&str>| {
+        let mut c = chunk(model, delta, finish);
+        c["choices"][0]["index"] = json!(i);
+        (Duration::ZERO, sse(&c))
+    };
+    // Three characters at a time, the choices taking turns.
+    let pieces: Vec<Vec<String>> = texts
+        .iter()
+        .map(|t| {
+            let chars: Vec<char> = t.chars().collect();
+            chars.chunks(3).map(|p| p.iter().collect()).collect()
+        })
+        .collect();
+    let mut frames: Vec<(Duration, String)> = (0..texts.len())
+        .map(|i| with_index(i, json!({"role": "assistant", "content": ""}), None))
+        .collect();
+    let longest = pieces.iter().map(Vec::len).max().unwrap_or(0);
+    for step in 0..longest {
+        for (i, parts) in pieces.iter().enumerate() {
+            if let Some(part) = parts.get(step) {
+                frames.push(with_index(i, json!({"content": part}), None));
+            }
+        }
+    }
+    frames.push(with_index(0, json!({}), Some("stop")));
+    if !whole_answer {
+        return sse_body(frames, false);
+    }
+    for i in 1..texts.len() {
+        frames.push(with_index(i, json!({}), Some("stop")));
+    }
+    frames.push((Duration::ZERO, "data: [DONE]\n\n".to_owned()));
+    sse_body(frames, false)
 }
 
 fn tool_call(model: &str, arguments: &str, stream: bool, piece: usize) -> Response {
