@@ -200,10 +200,11 @@ pub fn document_id(path: &Path) -> String {
 }
 
 /// Ingests `files` for `tenant`, one document each, advancing `bar` per file.
+/// Without a tenant, a gateway decides by the key (a store needs one).
 /// A file that fails is reported and the rest go on.
 pub async fn ingest(
     files: &[PathBuf],
-    tenant: &str,
+    tenant: Option<&str>,
     collection: &str,
     to: &Destination,
     bar: &ProgressBar,
@@ -237,7 +238,7 @@ pub async fn ingest(
 async fn ingest_one(
     path: &Path,
     id: &str,
-    tenant: &str,
+    tenant: Option<&str>,
     collection: &str,
     to: &Destination,
 ) -> Result<(u64, bool), String> {
@@ -254,6 +255,7 @@ async fn ingest_one(
     .map_err(|e| e.to_string())?;
     match to {
         Destination::Store(corpus) => {
+            let tenant = tenant.ok_or("no tenant named")?;
             let done = corpus
                 .ingest(tenant, doc)
                 .await

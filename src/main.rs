@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use clap::{Parser, Subcommand};
 use ragway::AppState;
-use ragway::config::{Config, Env};
+use ragway::config::{Config, Env, Part};
 
 // mimalloc: the request path allocates many small, short-lived buffers; measured
 // faster than the system allocator under load (docs/BENCHMARKS.md).
@@ -77,7 +77,8 @@ enum ExportFormat {
 
 #[derive(clap::Args)]
 struct IngestArgs {
-    /// Files and directories (.txt, .md, .html, .json, .jsonl, .pdf).
+    /// Files and directories: text (.txt), Markdown (.md), HTML (.html, .htm), JSON
+    /// (.json, .jsonl) and PDF (.pdf).
     #[arg(required = true)]
     paths: Vec<PathBuf>,
     /// Follow symbolic links met inside the directories, as long as they lead to a
@@ -85,8 +86,11 @@ struct IngestArgs {
     /// and listed.
     #[arg(long)]
     follow_links: bool,
+    /// The tenant whose documents these become. Without it: `default` when
+    /// authentication is off (every caller is that tenant, as the gateway serves
+    /// them); with --server, the tenant of the key given.
     #[arg(long)]
-    tenant: String,
+    tenant: Option<String>,
     /// The collection the documents join (default: retrieval.default_collection).
     #[arg(long)]
     collection: Option<String>,
@@ -101,7 +105,14 @@ struct IngestArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load(cli.config.as_deref(), &Env::from_process()) {
+    // Each command checks the sections it reads: an auditor needs the audit
+    // database's URL, not the provider keys.
+    let part = match cli.command {
+        Command::Serve | Command::CheckConfig => Part::Everything,
+        Command::Migrate | Command::Audit(_) => Part::Audit,
+        Command::Ingest(_) => Part::Documents,
+    };
+    let config = match Config::load_part(cli.config.as_deref(), &Env::from_process(), part) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("{error}");
@@ -271,6 +282,13 @@ fn ingest(config: Config, args: IngestArgs) -> ExitCode {
     let collection = args
         .collection
         .unwrap_or_else(|| retrieval.default_collection.clone());
+    let tenant = match ingest_tenant(&config, args.tenant, args.server.is_some()) {
+        Ok(tenant) => tenant,
+        Err(message) => {
+            eprintln!("ingest: {message}");
+            return ExitCode::from(2);
+        }
+    };
     runtime.block_on(async {
         let (to, store) = match args.server {
             Some(url) => (
@@ -298,7 +316,8 @@ fn ingest(config: Config, args: IngestArgs) -> ExitCode {
         ) {
             bar.set_style(style);
         }
-        let summary = ragway::ingest::ingest(&files, &args.tenant, &collection, &to, &bar).await;
+        let summary =
+            ragway::ingest::ingest(&files, tenant.as_deref(), &collection, &to, &bar).await;
         bar.finish_and_clear();
         if let Some(store) = store {
             eprintln!("indexing…");
@@ -313,6 +332,33 @@ fn ingest(config: Config, args: IngestArgs) -> ExitCode {
             false => ExitCode::FAILURE,
         }
     })
+}
+
+/// The tenant `ingest` writes for, as the gateway would decide it: the one named;
+/// else `default` with authentication off; else, with --server, the key's own
+/// (`None`: the gateway decides). Writing the store directly with authentication
+/// on needs a name: the store holds every tenant's documents.
+fn ingest_tenant(
+    config: &Config,
+    named: Option<String>,
+    to_server: bool,
+) -> Result<Option<String>, String> {
+    let named = named.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty());
+    match named {
+        Some(tenant) => Ok(Some(tenant)),
+        None if config.auth.tenants.is_empty() => Ok(Some("default".to_owned())),
+        None if to_server => Ok(None),
+        None => Err(format!(
+            "authentication is on: name the tenant with --tenant (the config's tenants: {})",
+            config
+                .auth
+                .tenants
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
 }
 
 fn serve(config: Config) -> ExitCode {

@@ -630,13 +630,22 @@ async fn the_cli_verifies_exports_and_migrates() {
     let (db, pool, gw) = written_chain("gw-cli").await;
     let dir = temp_dir();
     let config = dir.join("ragway.toml");
-    std::fs::write(&config, "[audit]\ndatabase_env = \"AUDIT_DB\"\n").unwrap();
+    // The file also names a provider whose key the auditor does not hold: the
+    // audit commands read only `[audit]`.
+    std::fs::write(
+        &config,
+        "[providers.echo]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\n\
+         api_key_env = \"ECHO_KEY\"\n\n[models.chat]\ntargets = [\"echo:m\"]\n\n\
+         [audit]\ndatabase_env = \"AUDIT_DB\"\n",
+    )
+    .unwrap();
     let run = |args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_ragway"))
             .arg("--config")
             .arg(&config)
             .args(args)
             .env("AUDIT_DB", &db)
+            .env_remove("ECHO_KEY")
             .output()
             .unwrap()
     };

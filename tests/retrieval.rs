@@ -657,6 +657,99 @@ async fn the_ingest_command_stores_a_directory_once() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("not a document type"));
 }
 
+/// `ragway ingest` reads the embedder and the store, nothing else: provider keys
+/// and the audit database's variable may be unset, and with authentication off the
+/// documents are the `default` tenant's, as the gateway serves them.
+#[tokio::test]
+async fn the_ingest_command_needs_only_its_own_config() {
+    let dir = TempDir::new();
+    let config_path = dir.0.join("ragway.toml");
+    let store = dir.0.join("qdrant");
+    let config_text = format!(
+        "[providers.remote]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\n\
+         api_key_env = \"RAGWAY_TEST_UNSET_PROVIDER_KEY\"\n\n[models.chat]\ntargets = [\"remote:m\"]\n\n\
+         [embeddings]\nmodel = \"models/all-MiniLM-L6-v2\"\n\n[retrieval]\npath = \"{}\"\n\n\
+         [audit]\ndatabase_env = \"RAGWAY_TEST_UNSET_AUDIT_DB\"\n",
+        store.display()
+    );
+    std::fs::write(&config_path, &config_text).unwrap();
+    let doc = dir.0.join("returns.md");
+    std::fs::write(&doc, RETURNS).unwrap();
+    let ingest = |config: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ragway"))
+            .args(["--config", config.to_str().unwrap(), "ingest"])
+            .arg(&doc)
+            .env_remove("RAGWAY_TEST_UNSET_PROVIDER_KEY")
+            .env_remove("RAGWAY_TEST_UNSET_AUDIT_DB")
+            .output()
+            .unwrap()
+    };
+    let done = ingest(&config_path);
+    assert!(
+        done.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&done.stdout),
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(String::from_utf8_lossy(&done.stdout).contains("1 stored"));
+
+    // Serving the same file checks everything: the unset variables are named.
+    let checked = std::process::Command::new(env!("CARGO_BIN_EXE_ragway"))
+        .args(["--config", config_path.to_str().unwrap(), "check-config"])
+        .env_remove("RAGWAY_TEST_UNSET_PROVIDER_KEY")
+        .env_remove("RAGWAY_TEST_UNSET_AUDIT_DB")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&checked.stderr);
+    assert_eq!(checked.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("providers.remote.api_key_env") && stderr.contains("audit.database_env"),
+        "{stderr}"
+    );
+
+    // With authentication on, the store holds several tenants: a name is needed.
+    let with_auth = dir.0.join("auth.toml");
+    std::fs::write(
+        &with_auth,
+        format!(
+            "{config_text}\n[[auth.keys]]\nid = \"a\"\ntenant = \"acme\"\nkey_env = \"RAGWAY_TEST_UNSET_CLIENT_KEY\"\n"
+        ),
+    )
+    .unwrap();
+    let refused = ingest(&with_auth);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--tenant") && stderr.contains("acme"),
+        "{stderr}"
+    );
+
+    let parsed = Config::from_toml_part(
+        &config_text,
+        &ragway::config::Env::default(),
+        ragway::config::Part::Documents,
+    )
+    .unwrap();
+    let corpus = AppState::open_corpus(&parsed).await.unwrap();
+    let listed = corpus.documents("default", 10).await.unwrap();
+    assert_eq!(listed.len(), 1, "the document is the default tenant's");
+
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_ragway"))
+        .args(["ingest", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for format in [
+        "(.txt)",
+        "(.md)",
+        "(.html, .htm)",
+        "(.json, .jsonl)",
+        "PDF (.pdf)",
+    ] {
+        assert!(help.contains(format), "{format} missing from:\n{help}");
+    }
+}
+
 mod never_panics {
     use proptest::prelude::*;
     use ragway::retrieve::chunk::{ChunkSize, chunk};

@@ -10,7 +10,7 @@ mod raw;
 mod retrieval;
 mod validate;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -83,6 +83,9 @@ pub struct EmbeddingsConfig {
     pub name: String,
     pub model: PathBuf,
     pub device: String,
+    /// tiktoken's `cl100k_base` file, for token-id input; without one, only text
+    /// is taken.
+    pub token_vocabulary: Option<PathBuf>,
 }
 
 /// A model served in process (`kind = "local"`).
@@ -147,6 +150,9 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct AuthConfig {
     pub keys: Vec<ClientKey>,
+    /// The tenants the client keys name (whether or not their secrets are here):
+    /// empty when authentication is off.
+    pub tenants: BTreeSet<String>,
     pub admin_key_env: Option<String>,
     /// Without one, the `/admin/…` endpoints are off.
     pub admin_key: Option<Secret>,
@@ -314,6 +320,29 @@ path = "data/qdrant"
 [audit]
 "#;
 
+/// The sections of the configuration a command reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// Serving, and `check-config`: everything.
+    Everything,
+    /// `migrate` and `audit …`: the audit database.
+    Audit,
+    /// `ingest`: the embedder and the document store (and who the tenants are).
+    Documents,
+}
+
+impl Part {
+    /// Whether a problem at `key` (`providers.echo.api_key_env`) is in this part.
+    fn covers(self, key: &str) -> bool {
+        let section = key.split(['.', '[']).next().unwrap_or(key);
+        match self {
+            Part::Everything => true,
+            Part::Audit => section == "audit",
+            Part::Documents => matches!(section, "embeddings" | "retrieval"),
+        }
+    }
+}
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -347,6 +376,13 @@ impl Config {
     /// Loads the file at `path` (or [`DEFAULT_CONFIG`] when there is none) with
     /// overrides and secrets from `env`.
     pub fn load(path: Option<&Path>, env: &Env) -> Result<Config, ConfigError> {
+        Config::load_part(path, env, Part::Everything)
+    }
+
+    /// Like [`Config::load`], checking only the sections `part` reads: the rest is
+    /// parsed but its problems (an unset provider key, say) are not this
+    /// command's.
+    pub fn load_part(path: Option<&Path>, env: &Env, part: Part) -> Result<Config, ConfigError> {
         let text = match path {
             Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                 path: path.to_owned(),
@@ -354,20 +390,24 @@ impl Config {
             })?,
             None => DEFAULT_CONFIG.to_owned(),
         };
-        Config::from_toml(&text, env)
+        Config::from_toml_part(&text, env, part)
     }
 
     pub fn from_toml(text: &str, env: &Env) -> Result<Config, ConfigError> {
+        Config::from_toml_part(text, env, Part::Everything)
+    }
+
+    pub fn from_toml_part(text: &str, env: &Env, part: Part) -> Result<Config, ConfigError> {
         let mut table: toml::Table =
             toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
-        let override_problems = env.apply_overrides(&mut table);
+        let override_problems: Vec<Problem> = env
+            .apply_overrides(&mut table)
+            .into_iter()
+            .map(|(key, message)| Problem { key, message })
+            .filter(|p| part.covers(&p.key))
+            .collect();
         if !override_problems.is_empty() {
-            return Err(ConfigError::Invalid(
-                override_problems
-                    .into_iter()
-                    .map(|(key, message)| Problem { key, message })
-                    .collect(),
-            ));
+            return Err(ConfigError::Invalid(override_problems));
         }
         let raw: RawConfig =
             serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
@@ -376,7 +416,15 @@ impl Config {
                     message: e.inner().to_string(),
                 }])
             })?;
-        validate::validate(raw, env).map_err(ConfigError::Invalid)
+        let (config, problems) = validate::validate(raw, env);
+        let problems: Vec<Problem> = problems
+            .into_iter()
+            .filter(|p| part.covers(&p.key))
+            .collect();
+        match problems.is_empty() {
+            true => Ok(config),
+            false => Err(ConfigError::Invalid(problems)),
+        }
     }
 
     /// The config as TOML, secrets redacted: what `ragway check-config` prints.

@@ -23,6 +23,8 @@ use crate::generate::{BreakerPolicy, Deadlines, RetryPolicy};
 use crate::sanitize::guard::GuardAction;
 use crate::sanitize::{Action, Kind, Policy};
 
+/// tiktoken's vocabulary file, looked for beside the embedding model's directory.
+const DEFAULT_TOKEN_VOCABULARY: &str = "cl100k_base.tiktoken";
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_MAX_BODY: u64 = 4 * 1024 * 1024;
 const MAX_BODY_CEILING: u64 = 256 * 1024 * 1024;
@@ -74,7 +76,8 @@ impl Problems {
     }
 }
 
-pub(super) fn validate(raw: RawConfig, env: &Env) -> Result<Config, Vec<Problem>> {
+/// The config, and every problem found in it (the caller decides which matter).
+pub(super) fn validate(raw: RawConfig, env: &Env) -> (Config, Vec<Problem>) {
     let mut problems = Problems(Vec::new());
     let server = server(raw.server, &mut problems);
     let log = log(raw.log, &mut problems);
@@ -129,23 +132,20 @@ pub(super) fn validate(raw: RawConfig, env: &Env) -> Result<Config, Vec<Problem>
             ))
         })
         .collect();
-    if problems.0.is_empty() {
-        Ok(Config {
-            server,
-            log,
-            auth,
-            providers,
-            models,
-            embeddings,
-            pii,
-            guard,
-            retrieval,
-            cache,
-            audit,
-        })
-    } else {
-        Err(problems.0)
-    }
+    let config = Config {
+        server,
+        log,
+        auth,
+        providers,
+        models,
+        embeddings,
+        pii,
+        guard,
+        retrieval,
+        cache,
+        audit,
+    };
+    (config, problems.0)
 }
 
 fn pii(raw: RawPii, env: &Env, problems: &mut Problems) -> PiiConfig {
@@ -291,6 +291,7 @@ fn log(raw: RawLog, problems: &mut Problems) -> LogConfig {
 fn auth(raw: RawAuth, env: &Env, problems: &mut Problems) -> AuthConfig {
     let mut ids = BTreeSet::new();
     let mut keys = Vec::new();
+    let tenants = raw.keys.iter().map(|k| k.tenant.clone()).collect();
     for (i, key) in raw.keys.into_iter().enumerate() {
         let at = format!("auth.keys[{i}]");
         if key.id.trim().is_empty() || !ids.insert(key.id.clone()) {
@@ -326,6 +327,7 @@ fn auth(raw: RawAuth, env: &Env, problems: &mut Problems) -> AuthConfig {
         .and_then(|var| problems.secret("auth.admin_key_env", var, env));
     AuthConfig {
         keys,
+        tenants,
         admin_key_env: raw.admin_key_env,
         admin_key,
     }
@@ -548,10 +550,29 @@ fn embeddings(raw: Option<RawEmbeddings>, problems: &mut Problems) -> Option<Emb
             format!("`{device}` is not one of: auto, cpu, cuda:N"),
         );
     }
+    // Token-id input needs OpenAI's vocabulary: the file named, or the one `make
+    // models` puts beside the model directory.
+    let token_vocabulary = match raw.token_vocabulary {
+        Some(path) => {
+            let path = PathBuf::from(path);
+            if !path.is_file() {
+                problems.add(
+                    "embeddings.token_vocabulary",
+                    format!("{} is not a file", path.display()),
+                );
+            }
+            Some(path)
+        }
+        None => model
+            .parent()
+            .map(|dir| dir.join(DEFAULT_TOKEN_VOCABULARY))
+            .filter(|path| path.is_file()),
+    };
     Some(EmbeddingsConfig {
         name: raw.name.unwrap_or_else(|| "embeddings".to_owned()),
         model,
         device,
+        token_vocabulary,
     })
 }
 
