@@ -194,6 +194,12 @@ impl Metrics {
             ),
             registry,
         };
+        // CPU seconds, resident memory, open file descriptors, start time: the
+        // `process_…` series dashboards expect of any service (Linux only).
+        #[cfg(target_os = "linux")]
+        let _ = metrics.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
         metrics.export_zeros();
         metrics
     }

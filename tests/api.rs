@@ -218,9 +218,19 @@ async fn health_readiness_and_metrics() {
         "ragway_request_duration_seconds_bucket",
         "ragway_upstream_duration_seconds_bucket{target=\"fake:ok\"",
         "ragway_time_to_first_token_seconds_bucket{model=\"chat\"",
+        // The process series dashboards expect.
+        "process_cpu_seconds_total ",
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
     ] {
         assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
     }
+    let resident: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(resident > 1e6, "a real reading: {resident} bytes");
     gw.state
         .draining
         .store(true, std::sync::atomic::Ordering::Relaxed);

@@ -331,3 +331,16 @@ fn the_kubernetes_manifests_parse_and_agree_with_each_other() {
     let (_, grpc_port) = host_port(toml["retrieval"]["url"].as_str().unwrap());
     assert_eq!(grpc_port, 6334);
 }
+
+/// The licence the manifest declares is the one shipped beside the code.
+#[test]
+fn the_license_file_is_the_one_the_manifest_declares() {
+    let manifest = read("Cargo.toml");
+    assert!(manifest.contains("license = \"Apache-2.0\""), "{manifest}");
+    let license = read("LICENSE");
+    assert!(
+        license.contains("Apache License") && license.contains("Version 2.0, January 2004"),
+        "LICENSE is not the Apache License 2.0"
+    );
+    assert!(license.contains("END OF TERMS AND CONDITIONS"));
+}

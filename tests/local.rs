@@ -190,3 +190,20 @@ async fn embeddings_are_served_in_the_openai_format() {
         assert_eq!(response.status(), 400, "{bad}");
     }
 }
+
+/// The bundled Gemma 3 270M is the base model (its GGUF has no chat template): the
+/// engine says so when it loads it; an instruction-tuned file passes quietly.
+#[test]
+fn a_gguf_without_a_chat_template_is_flagged_as_a_base_model() {
+    let cpu = ragway_engine::device("cpu").unwrap();
+    let gemma = ragway_engine::ChatModel::load(
+        std::path::Path::new("models/gemma-3-270m-q4_k_m.gguf"),
+        &cpu,
+        true,
+    )
+    .unwrap();
+    let warning = gemma.chat_warning().expect("Gemma 3 270M is flagged");
+    assert!(warning.contains("base model"), "{warning}");
+    let smollm = ragway_engine::ChatModel::load(std::path::Path::new(SMOLLM), &cpu, true).unwrap();
+    assert_eq!(smollm.chat_warning(), None);
+}

@@ -126,6 +126,9 @@ impl ChatModel {
             path = %path.display(), %architecture, context, runtime = weights.name(),
             template = template.source, elapsed = ?started.elapsed(), "chat model loaded"
         );
+        if let Some(warning) = base_model_warning(template.source) {
+            tracing::warn!(path = %path.display(), "{warning}");
+        }
         Ok(ChatModel {
             weights,
             tokenizer,
@@ -134,6 +137,11 @@ impl ChatModel {
             architecture,
             context,
         })
+    }
+
+    /// Why this model may not be fit to chat, when the file suggests so.
+    pub fn chat_warning(&self) -> Option<&'static str> {
+        base_model_warning(self.template.source)
     }
 
     /// The prompt for these messages, as token ids.
@@ -286,4 +294,14 @@ fn sampling(params: &GenerateParams) -> Sampling {
         (None, Some(p)) => Sampling::TopP { p, temperature },
         (Some(k), Some(p)) => Sampling::TopKThenTopP { k, p, temperature },
     }
+}
+
+/// Instruction-tuned GGUF files carry the chat template they were tuned on; a file
+/// without one is almost always a base (pre-trained) model, which continues text
+/// instead of answering (asked a question, it tends to ask more). The fallback
+/// template lets it run, but the operator should know.
+fn base_model_warning(template_source: &str) -> Option<&'static str> {
+    (template_source != "gguf").then_some(
+        "the GGUF has no chat template: it is most likely a base model, not an instruction-tuned one, and will continue text rather than answer; a fallback template is used",
+    )
 }
