@@ -74,7 +74,7 @@ async fn missing_and_wrong_typed_fields_are_named() {
             "max_tokens",
         ),
         (
-            json!({"model": "chat", "messages": [{"role": "user", "content": "x"}], "n": 3}),
+            json!({"model": "chat", "messages": [{"role": "user", "content": "x"}], "n": 17}),
             "n",
         ),
         (
