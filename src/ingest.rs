@@ -248,6 +248,7 @@ async fn ingest_one(
         collection.to_owned(),
         id.to_owned(),
         format,
+        None,
         &bytes,
         None,
     )
