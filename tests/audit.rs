@@ -742,6 +742,26 @@ async fn the_query_endpoint_reads_by_request_tenant_and_time() {
     assert_eq!(old["data"], json!([]));
     let bad = get("since=yesterday").await.unwrap();
     crate::support::expect_error(bad, 400).await;
+    // Offsets name instants (`%2B` is `+` in a URL): 08:00 in Beijing on 1 Jan
+    // 2000 is midnight UTC, long before any of these rows.
+    let all: Value = get("since=2000-01-01T08:00:00%2B08:00&tenant=default")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(all["data"].as_array().unwrap().len(), 5, "{all}");
+    let none: Value = get("until=2000-01-01T03:00-05:00")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(none["data"], json!([]));
+    // A day February does not have is refused, not read as 3 March.
+    let impossible = get("until=2026-02-31").await.unwrap();
+    let error = crate::support::expect_error(impossible, 400).await;
+    assert_eq!(error["param"], "until", "{error}");
     let anonymous = gw.get("/admin/audit").await;
     crate::support::expect_error(anonymous, 401).await;
 }
