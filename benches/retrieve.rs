@@ -72,6 +72,7 @@ async fn run() {
                 "default".into(),
                 id,
                 Format::Markdown,
+                None,
                 bytes,
                 None,
             )

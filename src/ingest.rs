@@ -249,6 +249,7 @@ async fn ingest_one(
         collection.to_owned(),
         id.to_owned(),
         format,
+        None,
         &bytes,
         None,
     )

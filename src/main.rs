@@ -61,7 +61,8 @@ enum AuditCommand {
 
 #[derive(clap::Args)]
 struct TimeRange {
-    /// From (inclusive): `2026-11-01`, `2026-11-01T08:00:00Z`, or an age such as `24h`, `7d`.
+    /// From (inclusive): `2026-11-01` (UTC midnight), `2026-11-01T08:00:00Z`,
+    /// `2026-11-01T16:00:00+08:00`, or an age such as `24h`, `7d`.
     #[arg(long)]
     since: Option<String>,
     /// To (exclusive), in the same forms.

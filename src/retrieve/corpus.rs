@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use encoding_rs::Encoding;
 use ragway_engine::Embedder;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -39,17 +40,19 @@ pub struct NewDocument {
 }
 
 impl NewDocument {
-    /// A document from a file's bytes: the text extracted by `format`, the title
-    /// given, or the file's own, or its first heading, or the name in `source`.
+    /// A document from a file's bytes: the text extracted by `format` (in the
+    /// `charset` its sender declared, if any), the title given, or the file's own,
+    /// or its first heading, or the name in `source`.
     pub fn from_bytes(
         id: String,
         collection: String,
         source: String,
         format: Format,
+        charset: Option<&'static Encoding>,
         bytes: &[u8],
         title: Option<String>,
     ) -> Result<NewDocument, CorpusError> {
-        let extracted = extract(format, bytes).map_err(CorpusError::Invalid)?;
+        let extracted = extract(format, charset, bytes).map_err(CorpusError::Invalid)?;
         let title = title
             .filter(|t| !t.trim().is_empty())
             .or(extracted.title)
@@ -582,6 +585,7 @@ mod tests {
                 "c".into(),
                 "docs/退货政策.md".into(),
                 Format::Markdown,
+                None,
                 text.as_bytes(),
                 title.map(str::to_owned),
             )

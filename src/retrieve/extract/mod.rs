@@ -1,9 +1,9 @@
 //! Text out of the formats documents arrive in. The result is Markdown-flavoured
 //! plain text, so the chunker sees headings wherever the format had them.
 //!
-//! - `.txt`, `.md`: as they are (UTF-8; a byte-order mark is dropped);
-//! - `.html`: tags stripped, `<script>`/`<style>` dropped, `<h1>`…`<h6>` turned into
-//!   Markdown headings, block elements into paragraph breaks, entities decoded;
+//! - `.txt`, `.md`: as they are;
+//! - `.html`: through an HTML5 parser ([`html`]): headings as Markdown headings,
+//!   blocks as paragraphs, scripts, styles and the site's navigation dropped;
 //! - `.json`: an object with a text field, or an array of them; `.jsonl`: one such
 //!   object per line. Each record becomes its own section, titled by its `title`
 //!   (or `question`) field, so a chunk never mixes two records.
@@ -12,7 +12,16 @@
 //!   A scanned PDF has none and is refused; multi-column pages may lose their
 //!   reading order, and CJK fonts without a `ToUnicode` map their text — for those,
 //!   convert first (`pdftotext -layout`) and ingest the text.
+//!
+//! Every format but PDF is text in some character set: see [`charset`] for how
+//! it is chosen (UTF-8 unless a byte-order mark, the sender, or an HTML page's
+//! `<meta charset>` says otherwise).
 
+pub mod charset;
+mod dom;
+mod html;
+
+use encoding_rs::Encoding;
 use serde_json::Value;
 
 /// The formats ragway reads.
@@ -71,27 +80,24 @@ pub struct Extracted {
 const TEXT_FIELDS: [&str; 4] = ["text", "content", "body", "answer"];
 const TITLE_FIELDS: [&str; 3] = ["title", "question", "name"];
 
-pub fn extract(format: Format, bytes: &[u8]) -> Result<Extracted, String> {
+/// The text of a document in `format`; `charset` is the character set its sender
+/// declared (the `charset` of the upload's content type), if any.
+pub fn extract(
+    format: Format,
+    charset: Option<&'static Encoding>,
+    bytes: &[u8],
+) -> Result<Extracted, String> {
     if format == Format::Pdf {
         return pdf(bytes);
     }
-    let text = std::str::from_utf8(bytes).map_err(|e| {
-        format!(
-            "the document is not UTF-8 text (at byte {})",
-            e.valid_up_to()
-        )
-    })?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let text = charset::decode(bytes, charset, format == Format::Html)?;
     let extracted = match format {
         // (A PDF returned above.)
-        Format::Text | Format::Markdown | Format::Pdf => Extracted {
-            title: None,
-            text: text.to_owned(),
-        },
-        Format::Html => html(text),
+        Format::Text | Format::Markdown | Format::Pdf => Extracted { title: None, text },
+        Format::Html => html::html(&text)?,
         Format::Json => {
             let value: Value =
-                serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+                serde_json::from_str(&text).map_err(|e| format!("not valid JSON: {e}"))?;
             match value {
                 Value::Array(items) => records(items.iter())?,
                 one => records(std::iter::once(&one))?,
@@ -178,120 +184,6 @@ fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Elements whose content is not the page's text (`<title>` is read on its own).
-const DROPPED: [&str; 6] = ["script", "style", "noscript", "template", "svg", "title"];
-/// Elements that end a paragraph.
-const BLOCKS: [&str; 20] = [
-    "p",
-    "div",
-    "br",
-    "li",
-    "tr",
-    "table",
-    "ul",
-    "ol",
-    "section",
-    "article",
-    "header",
-    "footer",
-    "nav",
-    "aside",
-    "blockquote",
-    "pre",
-    "hr",
-    "dd",
-    "dt",
-    "main",
-];
-
-fn html(source: &str) -> Extracted {
-    let title = element_text(source, "title").or_else(|| element_text(source, "h1"));
-    // Lower-cased once, for finding end tags: ASCII lower-casing keeps every byte
-    // offset, so positions found in it hold in `source`.
-    let lower = source.to_ascii_lowercase();
-    let mut out = String::new();
-    let mut rest = source;
-    while let Some(open) = rest.find('<') {
-        out.push_str(&decode_entities(&rest[..open]));
-        rest = &rest[open..];
-        // Comments and declarations.
-        if let Some(after) = rest.strip_prefix("<!--") {
-            rest = after.find("-->").map_or("", |end| &after[end + 3..]);
-            continue;
-        }
-        let Some(close) = rest.find('>') else {
-            rest = "";
-            break;
-        };
-        let tag = &rest[1..close];
-        rest = &rest[close + 1..];
-        let closing = tag.starts_with('/');
-        let name: String = tag
-            .trim_start_matches('/')
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric())
-            .collect::<String>()
-            .to_ascii_lowercase();
-        if !closing && DROPPED.contains(&name.as_str()) && !tag.ends_with('/') {
-            // Skip to the matching end tag.
-            let end = format!("</{name}");
-            let offset = source.len() - rest.len();
-            rest = match lower[offset..].find(&end) {
-                Some(at) => rest[at..].find('>').map_or("", |gt| &rest[at + gt + 1..]),
-                None => "",
-            };
-            continue;
-        }
-        if let Some(level) = heading_level(&name) {
-            out.push_str("\n\n");
-            if !closing {
-                out.push_str(&"#".repeat(level));
-                out.push(' ');
-            }
-        } else if BLOCKS.contains(&name.as_str()) {
-            out.push_str("\n\n");
-            if name == "li" && !closing {
-                out.push_str("- ");
-            }
-        } else if name == "td" || name == "th" {
-            out.push(' ');
-        }
-    }
-    out.push_str(&decode_entities(rest));
-    Extracted {
-        title,
-        text: tidy(&out),
-    }
-}
-
-fn heading_level(name: &str) -> Option<usize> {
-    match name.as_bytes() {
-        [b'h', d @ b'1'..=b'6'] => Some(usize::from(d - b'0')),
-        _ => None,
-    }
-}
-
-/// The text inside the first `<name>` element, tags removed.
-fn element_text(source: &str, name: &str) -> Option<String> {
-    let lower = source.to_ascii_lowercase();
-    let start = lower.find(&format!("<{name}"))?;
-    let open_end = start + lower[start..].find('>')? + 1;
-    let end = open_end + lower[open_end..].find(&format!("</{name}"))?;
-    let inner = &source[open_end..end];
-    let mut text = String::new();
-    let mut in_tag = false;
-    for c in inner.chars() {
-        match c {
-            '<' => in_tag = true,
-            '>' => in_tag = false,
-            c if !in_tag => text.push(c),
-            _ => {}
-        }
-    }
-    let text = one_line(&decode_entities(&text));
-    (!text.is_empty()).then_some(text)
-}
-
 /// Collapses runs of spaces within lines and of blank lines between paragraphs.
 fn tidy(text: &str) -> String {
     let mut out = String::new();
@@ -308,52 +200,6 @@ fn tidy(text: &str) -> String {
         blank = 0;
         out.push_str(&line);
     }
-    out
-}
-
-fn decode_entities(text: &str) -> String {
-    if !text.contains('&') {
-        return text.to_owned();
-    }
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find('&') {
-        out.push_str(&rest[..at]);
-        rest = &rest[at..];
-        let decoded = rest[1..]
-            .find(';')
-            .filter(|&end| end <= 10)
-            .and_then(|end| {
-                let entity = &rest[1..end + 1];
-                let c = match entity {
-                    "amp" => Some('&'),
-                    "lt" => Some('<'),
-                    "gt" => Some('>'),
-                    "quot" => Some('"'),
-                    "apos" => Some('\''),
-                    "nbsp" => Some(' '),
-                    _ => entity.strip_prefix('#').and_then(|n| {
-                        let code = match n.strip_prefix(['x', 'X']) {
-                            Some(hex) => u32::from_str_radix(hex, 16).ok(),
-                            None => n.parse().ok(),
-                        };
-                        code.and_then(char::from_u32)
-                    }),
-                }?;
-                Some((c, end + 2))
-            });
-        match decoded {
-            Some((c, len)) => {
-                out.push(c);
-                rest = &rest[len..];
-            }
-            None => {
-                out.push('&');
-                rest = &rest[1..];
-            }
-        }
-    }
-    out.push_str(rest);
     out
 }
 
@@ -381,7 +227,7 @@ mod tests {
             <body><h1>退货</h1><p>收货后 <b>7 天</b>内可退。</p><script>alert("x<p>")</script>
             <h2>Fees &amp; costs</h2><ul><li>One&nbsp;&#8364;</li><li>Two</li></ul>
             <!-- <p>hidden</p> --></body></html>"#;
-        let out = extract(Format::Html, page.as_bytes()).unwrap();
+        let out = extract(Format::Html, None, page.as_bytes()).unwrap();
         assert_eq!(out.title.as_deref(), Some("退货政策"));
         assert_eq!(
             out.text,
@@ -393,45 +239,56 @@ mod tests {
     fn json_records_become_sections() {
         let jsonl =
             "{\"question\":\"How long?\",\"answer\":\"Seven days.\"}\n\n{\"text\":\"No title.\"}\n";
-        let out = extract(Format::JsonLines, jsonl.as_bytes()).unwrap();
+        let out = extract(Format::JsonLines, None, jsonl.as_bytes()).unwrap();
         assert_eq!(
             out.text,
             "## How long?\n\nSeven days.\n\n## 2\n\nNo title.\n\n"
         );
-        let one = extract(Format::Json, br#"{"title":"T","content":"Body"}"#).unwrap();
+        let one = extract(Format::Json, None, br#"{"title":"T","content":"Body"}"#).unwrap();
         assert_eq!(one.title.as_deref(), Some("T"));
         assert_eq!(one.text, "Body");
     }
 
     #[test]
     fn pdf_text_is_read_and_broken_pdfs_are_refused() {
-        let out = extract(Format::Pdf, include_bytes!("../../tests/data/warranty.pdf")).unwrap();
+        let out = extract(
+            Format::Pdf,
+            None,
+            include_bytes!("../../../tests/data/warranty.pdf"),
+        )
+        .unwrap();
         assert!(out.text.contains("Lumio warranty card"), "{}", out.text);
         assert!(out.text.contains("24 months from delivery"), "{}", out.text);
-        let error = extract(Format::Pdf, b"%PDF-1.7\n1 0 obj <<").unwrap_err();
+        let error = extract(Format::Pdf, None, b"%PDF-1.7\n1 0 obj <<").unwrap_err();
         assert!(error.contains("PDF could not be read"), "{error}");
-        assert!(extract(Format::Pdf, b"not a pdf at all").is_err());
+        assert!(extract(Format::Pdf, None, b"not a pdf at all").is_err());
     }
 
     #[test]
     fn bad_documents_are_refused_with_a_reason() {
         assert!(
-            extract(Format::Text, b"  \n ")
+            extract(Format::Text, None, b"  \n ")
                 .unwrap_err()
                 .contains("no text")
         );
         assert!(
-            extract(Format::Text, &[0xff, 0xfe, 0x00])
+            extract(Format::Text, None, &[b'o', b'k', 0xff, 0xfe])
                 .unwrap_err()
-                .contains("UTF-8")
+                .contains("not UTF-8 text (at byte 2)")
+        );
+        // After a UTF-16 byte-order mark, an odd byte out is not UTF-16 either.
+        assert!(
+            extract(Format::Text, None, &[0xff, 0xfe, 0x00])
+                .unwrap_err()
+                .contains("UTF-16LE")
         );
         assert!(
-            extract(Format::Json, b"{\"x\":1}")
+            extract(Format::Json, None, b"{\"x\":1}")
                 .unwrap_err()
                 .contains("text field")
         );
         assert!(
-            extract(Format::JsonLines, b"{}\nnot json")
+            extract(Format::JsonLines, None, b"{}\nnot json")
                 .unwrap_err()
                 .contains("line 2")
         );
