@@ -206,6 +206,7 @@ pub async fn ingest(
     files: &[PathBuf],
     tenant: Option<&str>,
     collection: &str,
+    charset: Option<&'static encoding_rs::Encoding>,
     to: &Destination,
     bar: &ProgressBar,
 ) -> Summary {
@@ -214,7 +215,7 @@ pub async fn ingest(
     for path in files {
         let id = document_id(path);
         bar.set_message(id.clone());
-        match ingest_one(path, &id, tenant, collection, to).await {
+        match ingest_one(path, &id, tenant, collection, charset, to).await {
             Ok((chunks, true)) => {
                 summary.unchanged += 1;
                 summary.chunks += chunks;
@@ -224,7 +225,11 @@ pub async fn ingest(
                 summary.chunks += chunks;
             }
             Err(error) => {
-                bar.println(format!("{id}: {error}"));
+                // A hidden bar (not a terminal) prints nothing: say it plainly.
+                match bar.is_hidden() {
+                    true => eprintln!("{id}: {error}"),
+                    false => bar.println(format!("{id}: {error}")),
+                }
                 summary.failed.push((id, error));
             }
         }
@@ -240,6 +245,7 @@ async fn ingest_one(
     id: &str,
     tenant: Option<&str>,
     collection: &str,
+    charset: Option<&'static encoding_rs::Encoding>,
     to: &Destination,
 ) -> Result<(u64, bool), String> {
     let bytes = tokio::fs::read(path).await.map_err(|e| e.to_string())?;
@@ -249,7 +255,11 @@ async fn ingest_one(
         collection.to_owned(),
         id.to_owned(),
         format,
-        None,
+        // The operator's default yields to a page's own `<meta charset>`.
+        charset.filter(|_| {
+            format != Format::Html
+                || crate::retrieve::extract::charset::meta_charset(&bytes).is_none()
+        }),
         &bytes,
         None,
     )

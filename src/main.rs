@@ -95,6 +95,10 @@ struct IngestArgs {
     /// The collection the documents join (default: retrieval.default_collection).
     #[arg(long)]
     collection: Option<String>,
+    /// The character set of files that do not say (`gbk`, `gb18030`, `big5` …): a
+    /// byte-order mark or an HTML page's `<meta charset>` still wins. Default: UTF-8.
+    #[arg(long, value_name = "LABEL", value_parser = charset_label)]
+    charset: Option<&'static encoding_rs::Encoding>,
     /// Send them to a running gateway instead of opening the store here (an
     /// embedded store is open in one process at a time).
     #[arg(long, value_name = "URL")]
@@ -317,8 +321,15 @@ fn ingest(config: Config, args: IngestArgs) -> ExitCode {
         ) {
             bar.set_style(style);
         }
-        let summary =
-            ragway::ingest::ingest(&files, tenant.as_deref(), &collection, &to, &bar).await;
+        let summary = ragway::ingest::ingest(
+            &files,
+            tenant.as_deref(),
+            &collection,
+            args.charset,
+            &to,
+            &bar,
+        )
+        .await;
         bar.finish_and_clear();
         if let Some(store) = store {
             eprintln!("indexing…");
@@ -333,6 +344,10 @@ fn ingest(config: Config, args: IngestArgs) -> ExitCode {
             false => ExitCode::FAILURE,
         }
     })
+}
+
+fn charset_label(label: &str) -> Result<&'static encoding_rs::Encoding, String> {
+    ragway::retrieve::extract::charset::of_label(label)
 }
 
 /// The tenant `ingest` writes for, as the gateway would decide it: the one named;

@@ -798,6 +798,37 @@ async fn the_ingest_command_needs_only_its_own_config() {
     let listed = corpus.documents("default", 10).await.unwrap();
     assert_eq!(listed.len(), 1, "the document is the default tenant's");
 
+    // A GBK text file: refused as not UTF-8, read with --charset.
+    let gbk = dir.0.join("退货.txt");
+    std::fs::write(&gbk, encoding_rs::GBK.encode(RETURNS_ZH).0).unwrap();
+    let with_charset = |charset: Option<&str>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ragway"));
+        command
+            .args(["--config", config_path.to_str().unwrap(), "ingest"])
+            .arg(&gbk)
+            .env_remove("RAGWAY_TEST_UNSET_PROVIDER_KEY")
+            .env_remove("RAGWAY_TEST_UNSET_AUDIT_DB");
+        if let Some(charset) = charset {
+            command.args(["--charset", charset]);
+        }
+        command.output().unwrap()
+    };
+    drop(corpus); // the embedded store is open in one process at a time
+    let refused = with_charset(None);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--charset"),
+        "{refused:?}"
+    );
+    let read = with_charset(Some("gbk"));
+    assert!(read.status.success(), "{read:?}");
+    assert!(
+        String::from_utf8_lossy(&read.stdout).contains("1 stored"),
+        "{read:?}"
+    );
+    let unknown = with_charset(Some("klingon"));
+    assert_eq!(unknown.status.code(), Some(2), "{unknown:?}");
+
     let help = std::process::Command::new(env!("CARGO_BIN_EXE_ragway"))
         .args(["ingest", "--help"])
         .output()

@@ -23,17 +23,21 @@ pub fn of_media_type(media_type: &str) -> Result<Option<&'static Encoding>, Stri
         if !name.trim().eq_ignore_ascii_case("charset") {
             continue;
         }
-        let label = value.trim().trim_matches('"');
-        // The "replacement" set stands for encodings that are unsafe to decode
-        // (ISO-2022-KR, HZ): refusing them is the only honest answer.
-        return match Encoding::for_label(label.as_bytes()) {
-            Some(encoding) if encoding != REPLACEMENT => Ok(Some(encoding)),
-            _ => Err(format!(
-                "`{label}` is not a character set ragway reads (use e.g. utf-8, gb18030, gbk, big5, shift_jis)"
-            )),
-        };
+        return of_label(value.trim().trim_matches('"')).map(Some);
     }
     Ok(None)
+}
+
+/// The character set a label names (`gbk`, `GB18030`, `utf-8` …).
+pub fn of_label(label: &str) -> Result<&'static Encoding, String> {
+    // The "replacement" set stands for encodings that are unsafe to decode
+    // (ISO-2022-KR, HZ): refusing them is the only honest answer.
+    match Encoding::for_label(label.as_bytes()) {
+        Some(encoding) if encoding != REPLACEMENT => Ok(encoding),
+        _ => Err(format!(
+            "`{label}` is not a character set ragway reads (use e.g. utf-8, gb18030, gbk, big5, shift_jis)"
+        )),
+    }
 }
 
 /// The document's text: `declared` is the sender's charset, `html` allows `<meta>`.
@@ -51,7 +55,7 @@ pub fn decode(
                     format!(
                         "the document is not UTF-8 text (at byte {}): convert it, or declare \
                          its character set (`charset=gb18030` in the upload's content type, \
-                         or `<meta charset>` in HTML)",
+                         `<meta charset>` in HTML, or `ragway ingest --charset`)",
                         e.valid_up_to()
                     )
                 });
@@ -90,7 +94,7 @@ fn strict(encoding: &'static Encoding, bytes: &[u8]) -> Result<String, usize> {
 /// The charset a `<meta>` near the top of an HTML page declares: the HTML
 /// standard's "prescan a byte stream", which skips comments and reads attributes
 /// the way the parser will (so a `>` inside a quoted value ends nothing).
-fn meta_charset(bytes: &[u8]) -> Option<&'static Encoding> {
+pub fn meta_charset(bytes: &[u8]) -> Option<&'static Encoding> {
     let head = &bytes[..bytes.len().min(PRESCAN_BYTES)];
     let mut at = 0;
     while at < head.len() {
