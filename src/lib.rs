@@ -17,6 +17,7 @@ pub mod sanitize;
 pub mod secret;
 pub mod state;
 pub mod telemetry;
+pub mod tls;
 pub mod wire;
 
 pub use state::AppState;

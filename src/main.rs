@@ -100,6 +100,8 @@ struct IngestArgs {
 }
 
 fn main() -> ExitCode {
+    // Before any connection to Postgres or Redis: see `tls::install_crypto_provider`.
+    ragway::tls::install_crypto_provider();
     let cli = Cli::parse();
     let config = match Config::load(cli.config.as_deref(), &Env::from_process()) {
         Ok(config) => config,
