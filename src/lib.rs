@@ -18,6 +18,7 @@ pub mod secret;
 pub mod state;
 pub mod telemetry;
 pub mod tiktoken;
+pub mod tls;
 pub mod wire;
 
 pub use state::AppState;

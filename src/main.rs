@@ -109,6 +109,8 @@ struct IngestArgs {
 }
 
 fn main() -> ExitCode {
+    // Before any connection to Postgres or Redis: see `tls::install_crypto_provider`.
+    ragway::tls::install_crypto_provider();
     let cli = Cli::parse();
     // Each command checks the sections it reads: an auditor needs the audit
     // database's URL, not the provider keys.

@@ -91,6 +91,8 @@ impl AppState {
         config: Config,
         customize: impl FnOnce(&mut Pipeline),
     ) -> Result<AppState, BuildError> {
+        // Before the audit store or the Redis tier makes any TLS connection.
+        crate::tls::install_crypto_provider();
         let metrics = Arc::new(Metrics::new());
         let routes = Arc::new(Routes::from_config(&config, &metrics)?);
         let embedder = match &config.embeddings {
@@ -244,10 +246,24 @@ fn answer_cache(
         return Ok(Arc::new(NoCache));
     };
     let l2 = match &cache.redis {
-        Some(redis) => Some(
-            RedisTier::new(&redis.url, &redis.key_prefix, cache.ttl, redis.timeout)
+        Some(redis) => {
+            let ca_pem = redis
+                .ca_file
+                .as_deref()
+                .map(crate::tls::read_ca_file)
+                .transpose()
+                .map_err(|e| BuildError::Cache(format!("redis_ca_file: {e}")))?;
+            Some(
+                RedisTier::new(
+                    &redis.url,
+                    ca_pem,
+                    &redis.key_prefix,
+                    cache.ttl,
+                    redis.timeout,
+                )
                 .map_err(BuildError::Cache)?,
-        ),
+            )
+        }
         None => None,
     };
     let semantic = match (cache.semantic_threshold, embedder) {

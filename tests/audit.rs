@@ -19,14 +19,14 @@ use ragway::audit::store::{AuditStore, Query, Range};
 const PHONE: &str = "13812345678";
 const ID_CARD: &str = "11010519491231002X";
 
-fn temp_dir() -> PathBuf {
+pub(crate) fn temp_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("ragway-audit-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
 
 /// The `[audit]` section for a database named by the `AUDIT_DB` variable.
-fn audit_section(instance: &str, spool: &Path) -> String {
+pub(crate) fn audit_section(instance: &str, spool: &Path) -> String {
     format!(
         "\n[audit]\ndatabase_env = \"AUDIT_DB\"\ninstance = \"{instance}\"\nspool_dir = \"{}\"\n\
          flush_every = \"20ms\"\nwrite_timeout = \"1s\"\nshutdown_deadline = \"3s\"\n\
@@ -51,7 +51,7 @@ async fn rows_of(store: &dyn AuditStore, request_id: &str) -> Vec<Chained> {
 }
 
 /// Waits until `instance` has `n` rows (or fails after 20 s).
-async fn wait_for_rows(pool: &PgPool, instance: &str, n: i64) {
+pub(crate) async fn wait_for_rows(pool: &PgPool, instance: &str, n: i64) {
     let mut seen = 0;
     for _ in 0..400 {
         seen = sqlx::query_scalar(

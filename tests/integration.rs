@@ -22,3 +22,6 @@ mod retrieval;
 mod routing;
 mod store;
 mod store_server;
+mod tls_config;
+mod tls_postgres;
+mod tls_redis;

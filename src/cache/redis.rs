@@ -33,8 +33,28 @@ pub enum TierError {
 }
 
 impl RedisTier {
-    pub fn new(url: &str, prefix: &str, ttl: Duration, timeout: Duration) -> Result<Self, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("redis url: {e}"))?;
+    /// `url` is `redis://…` or, for TLS, `rediss://…`; `ca_pem`, the CAs a TLS
+    /// server's certificate must come from (the system's roots when `None`).
+    pub fn new(
+        url: &str,
+        ca_pem: Option<Vec<u8>>,
+        prefix: &str,
+        ttl: Duration,
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        // The client builds its rustls config from the process's default provider.
+        crate::tls::install_crypto_provider();
+        let client = match ca_pem {
+            Some(pem) => redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                },
+            ),
+            None => redis::Client::open(url),
+        }
+        .map_err(|e| format!("redis url: {}", crate::secret::scrub(&e.to_string())))?;
         Ok(RedisTier {
             client,
             connection: Mutex::new(None),
@@ -175,7 +195,14 @@ impl RedisTier {
         )
         .await
         .map_err(|_| TierError::Failed("connect: deadline passed".to_owned()))?
-        .map_err(|e| TierError::Failed(format!("connect: {e}")))?;
+        .map_err(|e| {
+            // Said at warn, not with the per-call failures: a refused certificate
+            // or a TLS/plain-text mismatch is a setting to fix, not a passing blip.
+            // The breaker spaces the tries, and so these lines.
+            let error = crate::secret::scrub(&e.to_string()).into_owned();
+            tracing::warn!(%error, "redis cache: cannot connect");
+            TierError::Failed(format!("connect: {error}"))
+        })?;
         *self.lock() = Some(connection.clone());
         Ok(connection)
     }

@@ -89,6 +89,14 @@ pub(super) fn audit(raw: RawAudit, env: &Env, problems: &mut Problems) -> AuditC
     };
     let database = match url {
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            if let Err(error) = crate::audit::store::postgres::check_url(&url) {
+                let key = if raw.database_env.is_some() {
+                    "audit.database_env"
+                } else {
+                    "audit.database"
+                };
+                problems.add(key, error);
+            }
             AuditDatabase::Postgres(Secret::new(url))
         }
         Some(url) if url.starts_with("sqlite:") => AuditDatabase::Sqlite(url),

@@ -1,6 +1,7 @@
 //! `[cache]`: the answer cache's tiers; per model alias, `cache = "deterministic" |
 //! "always" | "off"`.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -23,6 +24,9 @@ pub struct CacheConfig {
 #[derive(Debug, Clone, Serialize)]
 pub struct RedisConfig {
     pub url: String,
+    /// With `rediss://`: the CAs the server's certificate must come from, instead
+    /// of the system's.
+    pub ca_file: Option<PathBuf>,
     pub key_prefix: String,
     /// The deadline of each call; past it, the call counts as failed.
     #[serde(serialize_with = "super::as_duration")]
@@ -34,8 +38,11 @@ pub struct RedisConfig {
 pub struct RawCache {
     pub memory_bytes: Option<u64>,
     pub ttl: Option<String>,
-    /// `redis://host:6379`; without one, the in-memory tier alone serves.
+    /// `redis://host:6379`, or `rediss://host:6380` for TLS; without one, the
+    /// in-memory tier alone serves.
     pub redis_url: Option<String>,
+    /// A PEM file of the CAs a `rediss://` server's certificate must come from.
+    pub redis_ca_file: Option<PathBuf>,
     pub redis_key_prefix: Option<String>,
     pub redis_timeout: Option<String>,
     pub semantic_threshold: Option<f32>,
@@ -63,13 +70,11 @@ pub(super) fn cache(raw: RawCache, has_embedder: bool, problems: &mut Problems) 
         );
     }
     let ttl = problems.duration("cache.ttl", raw.ttl.as_deref(), Duration::from_secs(3600));
+    if raw.redis_ca_file.is_some() && raw.redis_url.is_none() {
+        problems.add("cache.redis_ca_file", "needs a rediss:// redis_url");
+    }
     let redis = raw.redis_url.map(|url| {
-        if !url.starts_with("redis://") {
-            problems.add(
-                "cache.redis_url",
-                "must start with redis:// (TLS, rediss://, is not built in: use a local proxy)",
-            );
-        }
+        check_redis_tls(&url, raw.redis_ca_file.as_deref(), problems);
         let prefix = raw.redis_key_prefix.as_deref().unwrap_or("ragway:cache:");
         // A purge deletes `{prefix}*`: an empty prefix, or one holding glob
         // characters, would reach other applications' keys.
@@ -81,6 +86,7 @@ pub(super) fn cache(raw: RawCache, has_embedder: bool, problems: &mut Problems) 
         }
         RedisConfig {
             url,
+            ca_file: raw.redis_ca_file,
             key_prefix: raw
                 .redis_key_prefix
                 .unwrap_or_else(|| "ragway:cache:".to_owned()),
@@ -96,6 +102,39 @@ pub(super) fn cache(raw: RawCache, has_embedder: bool, problems: &mut Problems) 
         ttl,
         redis,
         semantic_threshold: raw.semantic_threshold,
+    }
+}
+
+/// The URL's scheme, and the CA file that only TLS can use. Messages never quote
+/// the URL: it may hold a password.
+fn check_redis_tls(url: &str, ca_file: Option<&std::path::Path>, problems: &mut Problems) {
+    let tls = url.starts_with("rediss://");
+    if !tls && !url.starts_with("redis://") {
+        problems.add(
+            "cache.redis_url",
+            "must start with redis:// or, for TLS, rediss://",
+        );
+    }
+    // The client would take `rediss://…/#insecure` as "accept any certificate";
+    // that is not built in, and would fail only at the first connection.
+    if url.contains('#') {
+        problems.add(
+            "cache.redis_url",
+            "takes no #fragment (#insecure, skipping the certificate check, is not supported: \
+             name the server's CA in cache.redis_ca_file)",
+        );
+    }
+    match ca_file {
+        Some(_) if !tls => problems.add(
+            "cache.redis_ca_file",
+            "is for TLS: the redis_url must start with rediss://",
+        ),
+        Some(path) => {
+            if let Err(error) = crate::tls::read_ca_file(path) {
+                problems.add("cache.redis_ca_file", error);
+            }
+        }
+        None => {}
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub mod fake;
 pub mod postgres;
+pub mod tls;
 
 use std::time::Duration;
 

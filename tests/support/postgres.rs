@@ -16,6 +16,26 @@ pub fn server_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
+/// The CA whose certificate the test server presents (`make services` makes both;
+/// `RAGWAY_TEST_TLS_DIR` moves it from `~/.cache/ragway/tls`). Fails, not skips,
+/// when missing: the TLS tests must not pass by not running.
+pub fn server_ca() -> std::path::PathBuf {
+    let dir = std::env::var_os("RAGWAY_TEST_TLS_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").expect("HOME is set");
+            std::path::Path::new(&home).join(".cache/ragway/tls")
+        });
+    let ca = dir.join("ca.pem");
+    assert!(
+        ca.is_file(),
+        "{} is missing: the test Postgres must serve TLS with a certificate from that CA \
+         (run `make services`)",
+        ca.display()
+    );
+    ca
+}
+
 const PREFIX: &str = "ragway_test_";
 
 /// A new, empty database; returns its URL. Test databases left by an earlier run
@@ -90,7 +110,13 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn start(target: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Proxy::start_at("127.0.0.1", target).await
+    }
+
+    /// A proxy listening on `host` (any of 127.0.0.0/8 on Linux), which a client
+    /// then names in its URL and checks the server's certificate against.
+    pub async fn start_at(host: &str, target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind((host, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let cut = Arc::new(AtomicBool::new(false));
         let open: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
@@ -129,4 +155,37 @@ impl Proxy {
     pub fn restore(&self) {
         self.cut.store(false, Ordering::SeqCst);
     }
+}
+
+/// The first bytes of a client's `SSLRequest` (length 8, code 80877103).
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+
+/// A server without TLS, as a client sees it: answers every `SSLRequest` with
+/// `N` (no TLS here), then carries the plain-text session to `target`.
+pub async fn without_tls(target: SocketAddr) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut first = [0u8; 8];
+                if client.read_exact(&mut first).await.is_err() {
+                    return;
+                }
+                let Ok(mut server) = TcpStream::connect(target).await else {
+                    return;
+                };
+                let forwarded = if first == SSL_REQUEST {
+                    client.write_all(b"N").await
+                } else {
+                    server.write_all(&first).await
+                };
+                if forwarded.is_ok() {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    addr
 }

@@ -8,8 +8,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Postgres, QueryBuilder, Row as _};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
+use sqlx::{ConnectOptions as _, Postgres, QueryBuilder, Row as _};
 
 use super::{
     AuditStore, NameIds, Query, Range, StoreError, StoredHead, decode, kind, names_of, sql,
@@ -35,6 +35,45 @@ const COPY: &str = "COPY audit_calls (at, instance_id, seq, request_id, tenant_i
 /// The current time, as `audit_chain_heads.updated_at` keeps it.
 const NOW: &str = "now()";
 
+/// The options of a `postgres://` URL, TLS included: `sslmode` (`disable`,
+/// `allow` — taken as `disable` —, `prefer`, `require`, `verify-ca`,
+/// `verify-full`), `sslrootcert`, `sslcert` and `sslkey`, or the `PGSSLMODE`-style
+/// variables. One rule is libpq's rather than the driver's: `require` with a root
+/// certificate checks the server's certificate against it (as `verify-ca`), since
+/// an operator who names a CA expects it to be used.
+pub fn connect_options(url: &str) -> Result<PgConnectOptions, StoreError> {
+    // The driver names its provider, but `verify-ca` builds its certificate
+    // verifier from the process's default one.
+    crate::tls::install_crypto_provider();
+    let options = PgConnectOptions::from_str(url)?;
+    if matches!(options.get_ssl_mode(), PgSslMode::Require) && root_cert(&options).is_some() {
+        return Ok(options.ssl_mode(PgSslMode::VerifyCa));
+    }
+    Ok(options)
+}
+
+/// What is wrong with a `postgres://` URL before any connection is tried: a
+/// value the driver refuses (an unknown `sslmode`), or an `sslrootcert` that is
+/// not a readable file of PEM certificates. Never quotes the URL (it may hold a
+/// password).
+pub fn check_url(url: &str) -> Result<(), String> {
+    let options = PgConnectOptions::from_str(url)
+        .map_err(|e| crate::secret::scrub(&e.to_string()).into_owned())?;
+    if let Some(path) = root_cert(&options) {
+        crate::tls::read_ca_file(std::path::Path::new(&path))
+            .map_err(|e| format!("sslrootcert: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The root certificate file the options name (from the URL or `PGSSLROOTCERT`).
+/// The driver keeps it private; its URL form shows it as `file: PATH`.
+fn root_cert(options: &PgConnectOptions) -> Option<String> {
+    let url = options.to_url_lossy();
+    let (_, shown) = url.query_pairs().find(|(key, _)| key == "sslrootcert")?;
+    Some(shown.strip_prefix("file: ").unwrap_or(&shown).to_owned())
+}
+
 pub struct PgStore {
     pool: PgPool,
     names: NameIds,
@@ -45,8 +84,11 @@ pub struct PgStore {
 impl PgStore {
     /// A pool that connects when first used, so the gateway starts (and spools)
     /// while the database is down.
+    ///
+    /// TLS follows the URL's `sslmode` (`prefer` when unset) and `sslrootcert`,
+    /// as libpq reads them ([`connect_options`]).
     pub fn connect_lazy(url: &str) -> Result<PgStore, StoreError> {
-        let options = PgConnectOptions::from_str(url)?
+        let options = connect_options(url)?
             .application_name("ragway")
             // A statement the server has not finished in this time fails there,
             // rather than leaving the writer waiting.
