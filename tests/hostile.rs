@@ -496,6 +496,20 @@ async fn a_hostile_caller_cannot_exhaust_or_stall_the_gateway() {
         assert!(after <= bound, "normal request after the burst: {after:?}");
         rss.push(gateway.rss_mib());
         eprintln!("round {round}: RSS {:.1} MiB", rss[round]);
+        // The burst's clients are gone: the server lets their connections go (the
+        // next round counts what it holds from a clean start).
+        let settled = Instant::now() + Duration::from_secs(10);
+        loop {
+            let open = metric(&me, to, "ragway_open_connections").await;
+            if open <= 3.0 {
+                break;
+            }
+            assert!(
+                Instant::now() < settled,
+                "{open} connections still open 10 s after their clients left"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     // Flat: the second round leaves the process no larger than the first did, give
     // or take allocator noise.
