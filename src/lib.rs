@@ -1,6 +1,18 @@
 //! ragway: an OpenAI-compatible edge gateway. Requests pass through
 //! [`pipeline::Pipeline::run`]: sanitize → cache → retrieve → generate → respond →
 //! record.
+//!
+//! Imports point down this table: a module may use the modules of the layers below
+//! its own; within a layer, only where the last column allows it, and never round a
+//! circle (`tests/architecture.rs` reads every `crate::` path and holds to it).
+//!
+//! | layer | modules | within the layer |
+//! |---|---|---|
+//! | entry | http, ingest | no |
+//! | composition | state | no |
+//! | request path | pipeline, config | no |
+//! | stages | sanitize, cache, retrieve, generate, audit | no |
+//! | bottom | call, wire, error, resilience, encode, secret, tls, tiktoken, compute, telemetry | acyclic |
 
 pub mod audit;
 pub mod cache;

@@ -4,6 +4,7 @@
 mod support;
 
 mod api;
+mod architecture;
 mod audit;
 mod bad_input;
 mod cache;
