@@ -72,6 +72,27 @@ impl GatewayError {
         }
     }
 
+    /// The HTTP status this error is answered with (and recorded as).
+    pub fn status(&self) -> u16 {
+        match self {
+            GatewayError::InvalidRequest { .. }
+            | GatewayError::UpstreamRejected { .. }
+            | GatewayError::ContentFilter(_)
+            | GatewayError::PiiBlocked(_) => 400,
+            GatewayError::Unauthorized(_) => 401,
+            GatewayError::Forbidden(_) => 403,
+            GatewayError::UnsupportedMediaType(_) => 415,
+            GatewayError::PayloadTooLarge { .. } => 413,
+            GatewayError::RequestTimeout => 408,
+            GatewayError::TooManyRequests { .. } => 429,
+            GatewayError::ModelNotFound(_) | GatewayError::NotFound(_) => 404,
+            GatewayError::MethodNotAllowed => 405,
+            GatewayError::Unavailable { .. } => 503,
+            GatewayError::StreamInterrupted(_) => 502,
+            GatewayError::Internal(_) => 500,
+        }
+    }
+
     /// The OpenAI error `type`.
     pub fn kind(&self) -> &'static str {
         match self {

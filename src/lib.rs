@@ -11,11 +11,13 @@
 //! | entry | http, ingest | no |
 //! | composition | state | no |
 //! | request path | pipeline, config | no |
-//! | stages | sanitize, cache, retrieve, generate, audit | no |
+//! | stages | admit, sanitize, cache, retrieve, generate, audit | no |
 //! | bottom | call, wire, error, resilience, encode, secret, tls, tiktoken, compute, telemetry | acyclic |
 
+pub mod admit;
 pub mod audit;
 pub mod cache;
+pub mod call;
 pub mod compute;
 pub mod config;
 pub mod encode;

@@ -7,15 +7,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admit::ClientKeys;
 use crate::audit::{AuditSink, AuditTrail, NoAudit};
 use crate::cache::redis::RedisTier;
 use crate::cache::semantic::Semantic;
 use crate::cache::tiered::TieredCache;
 use crate::cache::{AnswerCache, CachePolicy, NoCache};
+use crate::call::Caller;
 use crate::config::Config;
 use crate::config::{RetrievalConfig, StoreConfig};
 use crate::generate::{Router, Routes};
-use crate::http::ClientKeys;
 use crate::pipeline::Pipeline;
 use crate::retrieve::chunk::ChunkSize;
 use crate::retrieve::corpus::Corpus;
@@ -156,7 +157,7 @@ impl AppState {
         };
         customize(&mut pipeline);
         Ok(AppState(Arc::new(Shared {
-            client_keys: Arc::new(ClientKeys::from_config(&config.auth)),
+            client_keys: Arc::new(client_keys(&config.auth)),
             config: Arc::new(config),
             routes,
             pipeline,
@@ -383,4 +384,15 @@ impl crate::audit::Redact for AuditRedaction {
             .sanitize_text(&text, &mut Vault::new())
             .unwrap_or_else(|_| crate::secret::REDACTED.to_owned())
     }
+}
+
+/// The client keys of `[auth]`, each standing for its tenant.
+fn client_keys(auth: &crate::config::AuthConfig) -> ClientKeys {
+    ClientKeys::new(auth.keys.iter().map(|key| {
+        let caller = Caller {
+            tenant: key.tenant.as_str().into(),
+            key_id: Some(key.id.as_str().into()),
+        };
+        (key.sha256, caller)
+    }))
 }

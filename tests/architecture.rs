@@ -31,9 +31,6 @@ const STILL_TO_UNTANGLE: &[(&str, &str)] = &[
     ("telemetry", "generate"),
     // The error envelope and the wire format use each other.
     ("wire", "error"),
-    // The request path and the composition root reach up into http.
-    ("pipeline", "http"),
-    ("state", "http"),
 ];
 
 struct Table {

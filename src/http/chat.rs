@@ -16,8 +16,9 @@ use super::body::parse_json;
 use super::observe::{Recorded, RequestId, ServedModel};
 use crate::audit::Origin;
 use crate::cache::CacheControl;
+use crate::call::Caller;
 use crate::error::GatewayError;
-use crate::pipeline::{Caller, Reply, ReplyBody, RequestCtx};
+use crate::pipeline::{Reply, ReplyBody, RequestCtx};
 use crate::state::AppState;
 use crate::wire::ChatRequest;
 

@@ -259,7 +259,7 @@ impl Principal {
         if super::admin::is_admin(state, headers) {
             return Ok(Principal::Admin);
         }
-        let caller = state.client_keys.caller_of(headers)?;
+        let caller = super::auth::caller_of(&state.client_keys, headers)?;
         Ok(Principal::Client(caller.tenant.to_string()))
     }
 

@@ -20,9 +20,6 @@ use axum::http::Uri;
 use axum::routing::{delete, get, post};
 use axum::{Router, middleware};
 
-pub use auth::ClientKeys;
-pub use error::status_for;
-
 use crate::error::GatewayError;
 use crate::state::AppState;
 

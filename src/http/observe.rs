@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use super::error::ErrorCode;
 use crate::audit::{CallRecord, Origin};
-use crate::pipeline::Caller;
+use crate::call::Caller;
 use crate::state::AppState;
 use crate::telemetry::RequestFinished;
 
@@ -184,7 +184,7 @@ fn identify(state: &AppState, key: Option<HeaderValue>) -> Option<Caller> {
             key_id: Some("admin".into()),
         });
     }
-    state.client_keys.caller_of(&headers).ok()
+    super::auth::caller_of(&state.client_keys, &headers).ok()
 }
 
 /// The client's id if it is printable ASCII of sane length (it goes into logs and

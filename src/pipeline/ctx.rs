@@ -5,28 +5,11 @@ use tokio::time::Instant;
 
 use crate::audit::Origin;
 use crate::cache::{CacheControl, CacheKey, CacheStatus, Flight};
+pub use crate::call::Caller;
 use crate::generate::{Attempt, Route};
 use crate::retrieve::Citation;
 use crate::sanitize::Kind;
 use crate::wire::ChatRequest;
-
-/// Who is calling, as authentication established it.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub tenant: Arc<str>,
-    /// The id of the client key used (never the key itself); `None` with auth off.
-    pub key_id: Option<Arc<str>>,
-}
-
-impl Caller {
-    /// The caller when client authentication is off.
-    pub fn anonymous() -> Self {
-        Caller {
-            tenant: "default".into(),
-            key_id: None,
-        }
-    }
-}
 
 pub struct RequestCtx {
     pub request_id: Arc<str>,

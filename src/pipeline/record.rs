@@ -68,7 +68,7 @@ impl Pipeline {
     }
 
     pub(super) fn record_error(&self, ctx: &RequestCtx, error: &GatewayError) {
-        let status = crate::http::status_for(error).as_u16();
+        let status = error.status();
         let mut record = base_record(ctx, status, "error");
         record.error = Some(error.code());
         self.audit.record(record);
