@@ -1,5 +1,7 @@
 //! Small encodings shared across modules.
 
+use std::time::Duration;
+
 /// Lower-case hexadecimal, two digits per byte.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -16,5 +18,14 @@ pub fn truncate(text: &str, max: usize) -> &str {
     match text.char_indices().nth(max) {
         Some((at, _)) => &text[..at],
         None => text,
+    }
+}
+
+/// Writes a duration the way the config file takes it: `200ms`, `2s`, `1.5s`.
+pub fn as_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    if d.subsec_millis() != 0 && d.as_secs() == 0 {
+        s.serialize_str(&format!("{}ms", d.as_millis()))
+    } else {
+        s.serialize_str(&format!("{}s", d.as_secs_f64()))
     }
 }

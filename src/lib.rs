@@ -26,6 +26,7 @@ pub mod generate;
 pub mod http;
 pub mod ingest;
 pub mod pipeline;
+pub mod resilience;
 pub mod retrieve;
 pub mod sanitize;
 pub mod secret;

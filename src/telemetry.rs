@@ -9,7 +9,7 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::generate::BreakerState;
+use crate::resilience::BreakerState;
 
 use crate::config::{LogConfig, LogFormat};
 

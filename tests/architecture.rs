@@ -26,9 +26,7 @@ const STILL_TO_UNTANGLE: &[(&str, &str)] = &[
     ("generate", "cache"),
     ("retrieve", "config"),
     ("retrieve", "sanitize"),
-    ("cache", "generate"),
     ("telemetry", "config"),
-    ("telemetry", "generate"),
     // The error envelope and the wire format use each other.
     ("wire", "error"),
 ];

@@ -517,11 +517,13 @@ mod paused {
     use std::time::Duration;
 
     use async_trait::async_trait;
+    use ragway::call::Caller;
     use ragway::generate::{
-        Breaker, BreakerPolicy, ChatProvider, ChunkStream, Deadlines, Generate, Prompt,
-        ProviderError, RetryPolicy, Route, Router, Target, UpstreamError,
+        ChatProvider, ChunkStream, Deadlines, Generate, Prompt, ProviderError, Route, Router,
+        Target, UpstreamError,
     };
-    use ragway::pipeline::{Caller, RequestCtx};
+    use ragway::pipeline::RequestCtx;
+    use ragway::resilience::{Breaker, BreakerPolicy, RetryPolicy};
     use ragway::telemetry::Metrics;
     use ragway::wire::{ChatChunk, ChatCompletion, ChatRequest};
     use serde_json::json;

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::CacheKey;
 use crate::encode::hex;
-use crate::generate::{Breaker, BreakerPolicy, Verdict};
+use crate::resilience::{Breaker, BreakerPolicy, Verdict};
 use crate::wire::ChatCompletion;
 
 pub struct RedisTier {

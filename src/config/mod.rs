@@ -24,8 +24,9 @@ pub use env::Env;
 use raw::RawConfig;
 pub use retrieval::{PromptLanguage, RagSettings, RetrievalConfig, StoreConfig};
 
+use crate::generate::Deadlines;
 use crate::generate::endpoint::ChatEndpoint;
-use crate::generate::{BreakerPolicy, Deadlines, RetryPolicy};
+use crate::resilience::{BreakerPolicy, RetryPolicy};
 use crate::sanitize::Policy;
 use crate::sanitize::guard::GuardAction;
 
@@ -268,14 +269,7 @@ fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> 
     s.serialize_u64(d.as_secs())
 }
 
-/// Writes a duration the way the config file takes it: `200ms`, `2s`, `1.5s`.
-pub(crate) fn as_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    if d.subsec_millis() != 0 && d.as_secs() == 0 {
-        s.serialize_str(&format!("{}ms", d.as_millis()))
-    } else {
-        s.serialize_str(&format!("{}s", d.as_secs_f64()))
-    }
-}
+pub(crate) use crate::encode::as_duration;
 
 /// Reads `200ms`, `2s`, `1.5s`, `5m` or `1h`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {

@@ -18,8 +18,9 @@ use super::{
     LocalModelConfig, LogConfig, LogFormat, ModelConfig, PiiConfig, Problem, ProviderConfig,
     ProviderKind, RagSettings, Secret, ServerConfig, TargetRef, parse_duration,
 };
+use crate::generate::Deadlines;
 use crate::generate::endpoint::ChatEndpoint;
-use crate::generate::{BreakerPolicy, Deadlines, RetryPolicy};
+use crate::resilience::{BreakerPolicy, RetryPolicy};
 use crate::sanitize::guard::GuardAction;
 use crate::sanitize::{Action, Kind, Policy};
 

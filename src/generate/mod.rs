@@ -5,7 +5,6 @@
 //! sent to the client.
 
 mod assemble;
-mod breaker;
 pub mod endpoint;
 pub mod error;
 mod frames;
@@ -24,9 +23,7 @@ use tokio::time::Instant;
 use async_trait::async_trait;
 
 pub use assemble::Assembler;
-pub use breaker::{Breaker, BreakerPolicy, BreakerSnapshot, BreakerState, Verdict};
 pub use error::{ProviderError, TimeoutPhase, UpstreamError};
-pub use retry::RetryPolicy;
 pub use route::{LOCAL_ALIAS, LoadError, Route, Routes, Target};
 pub use router::Router;
 pub use stream::ChunkStream;
@@ -102,13 +99,13 @@ pub enum Output {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Deadlines {
     /// To establish a connection.
-    #[serde(serialize_with = "crate::config::as_duration")]
+    #[serde(serialize_with = "crate::encode::as_duration")]
     pub connect: Duration,
     /// From sending the request to the first token of the answer.
-    #[serde(serialize_with = "crate::config::as_duration")]
+    #[serde(serialize_with = "crate::encode::as_duration")]
     pub first_token: Duration,
     /// The longest gap between two chunks of a stream.
-    #[serde(serialize_with = "crate::config::as_duration")]
+    #[serde(serialize_with = "crate::encode::as_duration")]
     pub idle: Duration,
 }
 

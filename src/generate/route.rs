@@ -4,11 +4,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::breaker::Breaker;
 use super::local::LocalProvider;
 use super::openai::OpenAiProvider;
-use super::{ChatProvider, Deadlines, RetryPolicy};
+use super::{ChatProvider, Deadlines};
 use crate::config::{Config, LocalInput, ModelConfig, ProviderKind, TargetRef};
+use crate::resilience::{Breaker, RetryPolicy};
 use crate::telemetry::Metrics;
 
 /// One `provider:upstream-model` a route may call. A target named by several

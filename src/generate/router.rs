@@ -16,7 +16,6 @@ use futures_util::StreamExt;
 use tokio::time::{Instant, timeout_at};
 
 use super::assemble::collect;
-use super::breaker::{Permit, Verdict};
 use super::retry::{Disposition, classify};
 use super::{
     Attempt, ChunkStream, Generate, Generation, Output, Prompt, Route, Target, TimeoutPhase,
@@ -24,6 +23,7 @@ use super::{
 };
 use crate::error::GatewayError;
 use crate::pipeline::RequestCtx;
+use crate::resilience::{BreakerState, Permit, Verdict};
 use crate::telemetry::Metrics;
 use crate::wire::{ChatChunk, ChatRequest};
 
@@ -223,7 +223,7 @@ impl Router {
         ))
     }
 
-    fn report(&self, target: &Target, transition: Option<super::BreakerState>) {
+    fn report(&self, target: &Target, transition: Option<BreakerState>) {
         if let Some(state) = transition {
             self.metrics.breaker_changed(&target.id, state);
         }

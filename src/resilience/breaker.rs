@@ -28,10 +28,10 @@ pub struct BreakerPolicy {
     /// Consecutive failures that open the breaker.
     pub failures: u32,
     /// How long the first opening lasts.
-    #[serde(serialize_with = "crate::config::as_duration")]
+    #[serde(serialize_with = "crate::encode::as_duration")]
     pub open_for: Duration,
     /// The longest an opening may last after repeated failed probes.
-    #[serde(serialize_with = "crate::config::as_duration")]
+    #[serde(serialize_with = "crate::encode::as_duration")]
     pub max_open_for: Duration,
 }
 
