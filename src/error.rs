@@ -1,9 +1,10 @@
-//! The errors a client can be told about. They know nothing of HTTP: `http::error`
-//! maps them to status codes, and the streaming path writes the same body in-band.
+//! The errors a client can be told about: each with its HTTP status and its
+//! OpenAI-shaped body (`{"error": {...}}`). `http::error` turns them into responses;
+//! the streaming path writes the same body in-band.
 
 use std::time::Duration;
 
-use crate::wire::{ErrorBody, ErrorEnvelope};
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum GatewayError {
@@ -164,4 +165,19 @@ impl GatewayError {
             },
         }
     }
+}
+
+/// `{"error": {...}}`, the body of every error ragway returns.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorEnvelope {
+    pub error: ErrorBody,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub message: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub param: Option<String>,
+    pub code: Option<String>,
 }

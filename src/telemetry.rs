@@ -11,8 +11,6 @@ use prometheus::{
 
 use crate::resilience::BreakerState;
 
-use crate::config::{LogConfig, LogFormat};
-
 /// Seconds, from half a millisecond (a cache hit) to two minutes (a long answer).
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -453,6 +451,20 @@ fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registr
 
 fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// How the gateway logs: `[log]`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Installs the global tracing subscriber. `RUST_LOG` overrides the configured level.

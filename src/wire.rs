@@ -410,20 +410,8 @@ pub struct ModelCard {
     pub owned_by: String,
 }
 
-/// `{"error": {...}}`, the body of every error ragway returns.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ErrorEnvelope {
-    pub error: ErrorBody,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub message: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub param: Option<String>,
-    pub code: Option<String>,
-}
+/// The error envelope is the error module's: `{"error": {...}}`.
+pub use crate::error::{ErrorBody, ErrorEnvelope};
 
 #[cfg(test)]
 mod tests {

@@ -26,9 +26,6 @@ const STILL_TO_UNTANGLE: &[(&str, &str)] = &[
     ("generate", "cache"),
     ("retrieve", "config"),
     ("retrieve", "sanitize"),
-    ("telemetry", "config"),
-    // The error envelope and the wire format use each other.
-    ("wire", "error"),
 ];
 
 struct Table {

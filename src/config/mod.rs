@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+/// The log settings are telemetry's own.
+pub use crate::telemetry::{LogConfig, LogFormat};
 pub use audit::{AuditConfig, AuditDatabase};
 pub use cache::{CacheConfig, RedisConfig};
 pub use env::Env;
@@ -131,19 +133,6 @@ pub struct ServerConfig {
     pub max_connections_per_peer: usize,
     /// `/metrics` on its own address instead of the public one.
     pub metrics_listen: Option<SocketAddr>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct LogConfig {
-    pub level: String,
-    pub format: LogFormat,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 /// Client authentication. With no keys configured, every caller is the `default`
