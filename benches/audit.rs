@@ -17,7 +17,7 @@ use ragway::audit::store::AuditStore;
 use ragway::audit::store::postgres::PgStore;
 use ragway::audit::writer::{AuditWriter, WriterSettings};
 use ragway::audit::{AuditSink, CallRecord, Origin, PassageRef};
-use ragway::generate::Attempt;
+use ragway::call::Attempt;
 use ragway::telemetry::Metrics;
 use sqlx::Connection;
 
@@ -226,7 +226,7 @@ fn record(i: usize) -> CallRecord {
         attempts: vec![Attempt {
             target: "deepseek:deepseek-chat".into(),
             latency: Duration::from_millis(812),
-            error: None,
+            failure: None,
         }],
         stream: true,
         cache: Some("miss"),

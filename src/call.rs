@@ -1,5 +1,6 @@
-//! The request's vocabulary, shared by every layer above: who is calling. (The
-//! stages' shared nouns join it as they move out of the stages that own them.)
+//! The request's vocabulary, shared by every layer above: who is calling, the
+//! narrow view of the call each stage reads ([`Call`]), the client's cache
+//! control, and the upstream attempts as the record keeps them.
 
 use std::sync::Arc;
 
@@ -19,4 +20,63 @@ impl Caller {
             key_id: None,
         }
     }
+}
+
+/// What a stage may read of the call it serves: a narrow view of the pipeline's
+/// own context, so the stages depend on this, not on the pipeline.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    pub request_id: &'a str,
+    pub caller: &'a Caller,
+    /// The model alias the client asked for.
+    pub alias: &'a str,
+    /// When the whole request must be answered by.
+    pub deadline: tokio::time::Instant,
+    /// The client asked for a stream.
+    pub stream: bool,
+    pub cache_control: CacheControl,
+    /// What retrieval would ground the answer in (corpus generation and template
+    /// version), once known: part of the cache key.
+    pub corpus_version: Option<&'a str>,
+}
+
+/// The client's `Cache-Control`: `no-cache` skips the lookup, `no-store` the store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheControl {
+    pub no_cache: bool,
+    pub no_store: bool,
+}
+
+impl CacheControl {
+    pub fn parse(header: &str) -> CacheControl {
+        let mut control = CacheControl::default();
+        for directive in header.split(',') {
+            match directive.trim().to_ascii_lowercase().as_str() {
+                "no-cache" => control.no_cache = true,
+                "no-store" => control.no_store = true,
+                _ => {}
+            }
+        }
+        control
+    }
+}
+
+/// One upstream attempt, as the record keeps it.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub target: Arc<str>,
+    pub latency: std::time::Duration,
+    /// Why it failed; `None` when it answered.
+    pub failure: Option<Failure>,
+}
+
+/// A failed attempt, flat: what the record and the metrics need of it.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The error class (`connect`, `first_token_timeout`, `http_5xx` …).
+    pub class: &'static str,
+    /// The provider's HTTP status, when it answered with one.
+    pub status: Option<u16>,
+    /// What went wrong, in words (the provider's text already cut and scrubbed).
+    pub message: String,
 }

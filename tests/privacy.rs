@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ragway::cache::{AnswerCache, CacheKey, CacheLookup, CacheStatus};
+use ragway::call::Call;
 use ragway::error::GatewayError;
-use ragway::pipeline::{Pipeline, RequestCtx};
+use ragway::pipeline::Pipeline;
 use ragway::retrieve::{Citation, Retriever};
 use ragway::sanitize::{Sanitizer, Scope, Vault};
 use ragway::wire::{ChatCompletion, ChatRequest, Content, Message, Role};
@@ -216,7 +217,7 @@ struct OnePassage;
 impl Retriever for OnePassage {
     async fn ground(
         &self,
-        _ctx: &RequestCtx,
+        _call: &Call<'_>,
         prompt: &mut ChatRequest,
         pii: &mut Scope<'_>,
     ) -> Result<Vec<Citation>, GatewayError> {
@@ -326,11 +327,11 @@ struct MessagesCache(std::sync::Mutex<std::collections::HashMap<CacheKey, ChatCo
 
 #[async_trait]
 impl AnswerCache for MessagesCache {
-    async fn lookup(&self, ctx: &RequestCtx, prompt: &ChatRequest) -> CacheLookup {
+    async fn lookup(&self, call: &Call<'_>, prompt: &ChatRequest) -> CacheLookup {
         use sha2::Digest;
         let messages = serde_json::to_vec(&prompt.messages).unwrap();
         let key = CacheKey {
-            tenant: ctx.caller.tenant.clone(),
+            tenant: call.caller.tenant.clone(),
             hash: sha2::Sha256::digest(messages).into(),
         };
         match self.0.lock().unwrap().get(&key) {

@@ -614,7 +614,7 @@ mod paused {
         let mut served = Vec::new();
         for i in 0..40u64 {
             tokio::time::sleep_until(start + Duration::from_secs(3 * i)).await;
-            let mut ctx = RequestCtx::new(
+            let ctx = RequestCtx::new(
                 "r".into(),
                 Caller::anonymous(),
                 route.clone(),
@@ -622,8 +622,9 @@ mod paused {
                 Instant::now(),
             );
             let generation = router
-                .generate(&mut ctx, &as_prompt)
+                .generate(&ctx.call(), &route, &as_prompt)
                 .await
+                .result
                 .expect("every request is answered");
             served.push((Instant::now() - start, generation.target.to_string()));
         }

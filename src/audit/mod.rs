@@ -20,7 +20,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::generate::Attempt;
+use crate::call::Attempt;
 use crate::retrieve::Citation;
 use crate::wire::Usage;
 

@@ -11,7 +11,6 @@ use sha2::{Digest, Sha256};
 use super::CallRecord;
 use super::time;
 use crate::encode::hex;
-use crate::generate::UpstreamError;
 
 /// How much of the prompt and answer the record keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,15 +96,11 @@ impl RowBuilder {
             .attempts
             .iter()
             .map(|a| {
-                let http_status = match &a.error {
-                    Some(UpstreamError::Status { status, .. }) => Some(*status),
-                    _ => None,
-                };
                 serde_json::json!({
                     "target": &*a.target,
-                    "outcome": a.error.as_ref().map_or("ok", |e| e.class()),
-                    "http_status": http_status,
-                    "error": a.error.as_ref().map(|e| self.redacted(crate::encode::truncate(&e.to_string(), 500))),
+                    "outcome": a.failure.as_ref().map_or("ok", |f| f.class),
+                    "http_status": a.failure.as_ref().and_then(|f| f.status),
+                    "error": a.failure.as_ref().map(|f| self.redacted(crate::encode::truncate(&f.message, 500))),
                     "latency_ms": round3(a.latency.as_secs_f64() * 1000.0),
                 })
             })

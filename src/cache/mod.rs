@@ -19,7 +19,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::pipeline::RequestCtx;
+use crate::call::Call;
 use crate::wire::{ChatCompletion, ChatRequest};
 
 /// Identifies one cacheable question: its tenant, and a hash of everything that
@@ -101,30 +101,11 @@ impl CachePolicy {
     }
 }
 
-/// The client's `Cache-Control`: `no-cache` skips the lookup, `no-store` the store.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CacheControl {
-    pub no_cache: bool,
-    pub no_store: bool,
-}
-
-impl CacheControl {
-    pub fn parse(header: &str) -> CacheControl {
-        let mut control = CacheControl::default();
-        for directive in header.split(',') {
-            match directive.trim().to_ascii_lowercase().as_str() {
-                "no-cache" => control.no_cache = true,
-                "no-store" => control.no_store = true,
-                _ => {}
-            }
-        }
-        control
-    }
-}
+pub use crate::call::CacheControl;
 
 #[async_trait]
 pub trait AnswerCache: Send + Sync {
-    async fn lookup(&self, ctx: &RequestCtx, prompt: &ChatRequest) -> CacheLookup;
+    async fn lookup(&self, call: &Call<'_>, prompt: &ChatRequest) -> CacheLookup;
 
     /// Hands a complete answer to the requests waiting on its key, at once (before
     /// the store, which runs in the background).
@@ -144,7 +125,7 @@ pub struct NoCache;
 
 #[async_trait]
 impl AnswerCache for NoCache {
-    async fn lookup(&self, _ctx: &RequestCtx, _prompt: &ChatRequest) -> CacheLookup {
+    async fn lookup(&self, _call: &Call<'_>, _prompt: &ChatRequest) -> CacheLookup {
         CacheLookup::Bypass
     }
 

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use super::redis::{RedisTier, TierError};
 use super::semantic::Semantic;
 use super::{AnswerCache, CacheKey, CacheLookup, CachePolicy, CacheStatus, Flight, key};
-use crate::pipeline::RequestCtx;
+use crate::call::Call;
 use crate::telemetry::Metrics;
 use crate::wire::{ChatCompletion, ChatRequest};
 
@@ -191,7 +191,7 @@ impl TieredCache {
     /// be remembered once this miss's answer is stored.
     async fn lookup_semantic(
         &self,
-        ctx: &RequestCtx,
+        call: &Call<'_>,
         prompt: &ChatRequest,
         key: &CacheKey,
         purged: u64,
@@ -199,9 +199,9 @@ impl TieredCache {
         let semantic = self.semantic.as_ref()?;
         let probe = semantic
             .probe(
-                &ctx.caller.tenant,
-                &ctx.route.alias,
-                ctx.corpus_version.as_deref(),
+                &call.caller.tenant,
+                call.alias,
+                call.corpus_version,
                 purged,
                 prompt,
             )
@@ -220,7 +220,7 @@ impl TieredCache {
             }
         }
         self.metrics.cache_lookup("semantic", "miss");
-        if !ctx.cache_control.no_store {
+        if !call.cache_control.no_store {
             semantic.expect(key.clone(), probe);
         }
         None
@@ -263,8 +263,8 @@ impl TieredCache {
     /// Leads the miss of `key`, or waits for the request leading it — within this
     /// request's deadline. A leader that ends without an answer hands the lead to
     /// one of its followers, so a failure does not send them all upstream at once.
-    async fn lead_or_follow(&self, ctx: &RequestCtx, key: CacheKey) -> CacheLookup {
-        let deadline = ctx.started + ctx.route.request_timeout;
+    async fn lead_or_follow(&self, call: &Call<'_>, key: CacheKey) -> CacheLookup {
+        let deadline = call.deadline;
         loop {
             let mut waiting = {
                 let mut leaders = self.inflight.lock();
@@ -308,16 +308,16 @@ impl TieredCache {
 
 #[async_trait]
 impl AnswerCache for TieredCache {
-    async fn lookup(&self, ctx: &RequestCtx, prompt: &ChatRequest) -> CacheLookup {
-        let control = ctx.cache_control;
-        if !self.policy(&ctx.route.alias).admits(prompt) || (control.no_cache && control.no_store) {
+    async fn lookup(&self, call: &Call<'_>, prompt: &ChatRequest) -> CacheLookup {
+        let control = call.cache_control;
+        if !self.policy(call.alias).admits(prompt) || (control.no_cache && control.no_store) {
             return CacheLookup::Bypass;
         }
-        let purged = self.purge_generation(&ctx.caller.tenant).await;
+        let purged = self.purge_generation(&call.caller.tenant).await;
         let Some(key) = key::key(
-            &ctx.caller.tenant,
-            &ctx.route.alias,
-            ctx.corpus_version.as_deref(),
+            &call.caller.tenant,
+            call.alias,
+            call.corpus_version,
             purged,
             prompt,
         ) else {
@@ -337,13 +337,13 @@ impl AnswerCache for TieredCache {
         if let Some(answer) = self.lookup_l2(&key).await {
             return CacheLookup::Hit(answer, CacheStatus::HitL2);
         }
-        if let Some(hit) = self.lookup_semantic(ctx, prompt, &key, purged).await {
+        if let Some(hit) = self.lookup_semantic(call, prompt, &key, purged).await {
             return hit;
         }
         if control.no_store {
             return CacheLookup::Miss(key, None);
         }
-        self.lead_or_follow(ctx, key).await
+        self.lead_or_follow(call, key).await
     }
 
     /// Into memory first, then to the waiting requests: a request arriving between

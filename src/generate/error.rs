@@ -49,6 +49,18 @@ impl UpstreamError {
         }
     }
 
+    /// The flat form the record keeps.
+    pub fn failure(&self) -> crate::call::Failure {
+        crate::call::Failure {
+            class: self.class(),
+            status: match self {
+                UpstreamError::Status { status, .. } => Some(*status),
+                _ => None,
+            },
+            message: self.to_string(),
+        }
+    }
+
     /// Whether the provider refused on content grounds. Such a refusal is the same
     /// at every provider, so it goes back to the client rather than failing over.
     pub fn is_content_filter(&self) -> bool {

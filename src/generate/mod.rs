@@ -28,8 +28,9 @@ pub use route::{LOCAL_ALIAS, LoadError, Route, Routes, Target};
 pub use router::Router;
 pub use stream::ChunkStream;
 
+pub use crate::call::Attempt;
+use crate::call::Call;
 use crate::error::GatewayError;
-use crate::pipeline::RequestCtx;
 use crate::wire::{ChatCompletion, ChatRequest};
 
 /// One upstream chat API.
@@ -54,12 +55,8 @@ pub trait ChatProvider: Send + Sync {
 /// The generate stage, as the pipeline sees it.
 #[async_trait]
 pub trait Generate: Send + Sync {
-    /// Answers `prompt` from the context's route, recording each attempt in `ctx`.
-    async fn generate(
-        &self,
-        ctx: &mut RequestCtx,
-        prompt: &Prompt,
-    ) -> Result<Generation, GatewayError>;
+    /// Answers `prompt` from `route`'s targets within the call's deadline.
+    async fn generate(&self, call: &Call<'_>, route: &Route, prompt: &Prompt) -> Generated;
 }
 
 /// The request as targets are given it.
@@ -130,10 +127,9 @@ impl Default for Deadlines {
     }
 }
 
-/// One call to one target, kept for headers, logs and the audit record.
-#[derive(Debug, Clone)]
-pub struct Attempt {
-    pub target: Arc<str>,
-    pub latency: Duration,
-    pub error: Option<UpstreamError>,
+/// What the stage did for one request: every attempt, in order (for headers, logs
+/// and the record), and how it ended.
+pub struct Generated {
+    pub attempts: Vec<Attempt>,
+    pub result: Result<Generation, GatewayError>,
 }

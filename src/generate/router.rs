@@ -18,11 +18,11 @@ use tokio::time::{Instant, timeout_at};
 use super::assemble::collect;
 use super::retry::{Disposition, classify};
 use super::{
-    Attempt, ChunkStream, Generate, Generation, Output, Prompt, Route, Target, TimeoutPhase,
-    UpstreamError,
+    Attempt, ChunkStream, Generate, Generated, Generation, Output, Prompt, Route, Target,
+    TimeoutPhase, UpstreamError,
 };
+use crate::call::Call;
 use crate::error::GatewayError;
-use crate::pipeline::RequestCtx;
 use crate::resilience::{BreakerState, Permit, Verdict};
 use crate::telemetry::Metrics;
 use crate::wire::{ChatChunk, ChatRequest};
@@ -32,6 +32,13 @@ const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(2);
 
 pub struct Router {
     metrics: Arc<Metrics>,
+}
+
+/// The attempts of one request so far, and the waits providers asked for.
+#[derive(Default)]
+struct Tries {
+    attempts: Vec<Attempt>,
+    asked_waits: Vec<Duration>,
 }
 
 /// How one target ended for a request that it did not answer.
@@ -51,7 +58,8 @@ impl Router {
     /// Every attempt one target gets for one request.
     async fn try_target(
         &self,
-        ctx: &mut RequestCtx,
+        call: &Call<'_>,
+        tries: &mut Tries,
         route: &Route,
         target: &Arc<Target>,
         prompt: &Prompt,
@@ -75,7 +83,7 @@ impl Router {
                 });
             };
             let started = Instant::now();
-            let result = self.attempt(target, prompt, ctx.stream, deadline).await;
+            let result = self.attempt(target, prompt, call.stream, deadline).await;
             let latency = started.elapsed();
             let error = match result {
                 Ok(output) => {
@@ -92,10 +100,10 @@ impl Router {
                             complete
                         }
                     };
-                    ctx.attempts.push(Attempt {
+                    tries.attempts.push(Attempt {
                         target: target.id.clone(),
                         latency,
-                        error: None,
+                        failure: None,
                     });
                     return Ok(Generation {
                         target: target.id.clone(),
@@ -114,11 +122,12 @@ impl Router {
             if classified.config_error {
                 self.metrics.config_error(&target.id, &message);
             }
-            ctx.attempts.push(Attempt {
+            tries.attempts.push(Attempt {
                 target: target.id.clone(),
                 latency,
-                error: Some(error.clone()),
+                failure: Some(error.failure()),
             });
+            tries.asked_waits.extend(error.retry_after());
             if classified.disposition != Disposition::Retry {
                 return Err(Left::Failed(error, classified.disposition));
             }
@@ -232,13 +241,26 @@ impl Router {
 
 #[async_trait]
 impl Generate for Router {
-    async fn generate(
+    async fn generate(&self, call: &Call<'_>, route: &Route, prompt: &Prompt) -> Generated {
+        let mut tries = Tries::default();
+        let result = self.walk(call, &mut tries, route, prompt).await;
+        Generated {
+            attempts: tries.attempts,
+            result,
+        }
+    }
+}
+
+impl Router {
+    /// The route's targets in order, until one answers.
+    async fn walk(
         &self,
-        ctx: &mut RequestCtx,
+        call: &Call<'_>,
+        tries: &mut Tries,
+        route: &Route,
         prompt: &Prompt,
     ) -> Result<Generation, GatewayError> {
-        let route = Arc::clone(&ctx.route);
-        let deadline = ctx.started + route.request_timeout;
+        let deadline = call.deadline;
         let mut left: Option<(Arc<str>, &'static str)> = None;
         let mut last_error = None;
         // Whether every target refused the request itself (rather than being down).
@@ -247,7 +269,10 @@ impl Generate for Router {
             if let Some((from, reason)) = left.take() {
                 self.metrics.failover(&from, &target.id, reason);
             }
-            match self.try_target(ctx, &route, target, prompt, deadline).await {
+            match self
+                .try_target(call, tries, route, target, prompt, deadline)
+                .await
+            {
                 Ok(generation) => return Ok(generation),
                 Err(Left::Skipped) => {
                     all_refused = false;
@@ -267,7 +292,7 @@ impl Generate for Router {
                 }
             }
         }
-        Err(exhausted(&route, &ctx.attempts, last_error, all_refused))
+        Err(exhausted(route, tries, last_error, all_refused))
     }
 }
 
@@ -334,7 +359,7 @@ fn provider_reason(error: &UpstreamError) -> String {
 /// The error for a request no target answered.
 fn exhausted(
     route: &Route,
-    attempts: &[Attempt],
+    tries: &Tries,
     last: Option<(Arc<str>, UpstreamError)>,
     all_refused: bool,
 ) -> GatewayError {
@@ -355,9 +380,10 @@ fn exhausted(
     let now = Instant::now();
     // Wait for the first provider that asked for a pause, or the first open breaker
     // to let a probe through, whichever is sooner.
-    let retry_after = attempts
+    let retry_after = tries
+        .asked_waits
         .iter()
-        .filter_map(|a| a.error.as_ref()?.retry_after())
+        .copied()
         .chain(route.targets.iter().filter_map(|t| {
             let secs = t.breaker.snapshot(now).retry_in_secs?;
             Some(Duration::from_secs_f64(secs))
@@ -372,15 +398,15 @@ fn exhausted(
             "every target of `{}` failed ({} attempts); the last, {target}, is misconfigured \
              ({}: see the gateway's log)",
             route.alias,
-            attempts.len(),
+            tries.attempts.len(),
             error.class()
         ),
         Some((target, error)) => format!(
             "every target of `{}` failed ({} attempts); the last, {target}, said: {error}",
             route.alias,
-            attempts.len()
+            tries.attempts.len()
         ),
-        None if attempts.is_empty() => format!(
+        None if tries.attempts.is_empty() => format!(
             "every target of `{}` is unavailable (circuit open) or out of time",
             route.alias
         ),

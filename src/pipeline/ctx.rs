@@ -5,8 +5,10 @@ use tokio::time::Instant;
 
 use crate::audit::Origin;
 use crate::cache::{CacheControl, CacheKey, CacheStatus, Flight};
+
 pub use crate::call::Caller;
-use crate::generate::{Attempt, Route};
+use crate::call::{Attempt, Call};
+use crate::generate::Route;
 use crate::retrieve::Citation;
 use crate::sanitize::Kind;
 use crate::wire::ChatRequest;
@@ -71,6 +73,21 @@ impl RequestCtx {
             pii: Vec::new(),
             prompt_text: String::new(),
             raw_output: false,
+        }
+    }
+}
+
+impl RequestCtx {
+    /// What the stages may read of this call.
+    pub fn call(&self) -> Call<'_> {
+        Call {
+            request_id: &self.request_id,
+            caller: &self.caller,
+            alias: &self.route.alias,
+            deadline: self.started + self.route.request_timeout,
+            stream: self.stream,
+            cache_control: self.cache_control,
+            corpus_version: self.corpus_version.as_deref(),
         }
     }
 }

@@ -122,8 +122,8 @@ impl Pipeline {
         let mut vault = self.sanitize(ctx, &mut prompt, &guard)?;
         // The cache key includes what retrieval would use: a document change or a
         // template edit makes earlier answers unreachable.
-        ctx.corpus_version = self.retriever.corpus_version(ctx, &prompt).await?;
-        match self.cache.lookup(ctx, &prompt).await {
+        ctx.corpus_version = self.retriever.corpus_version(&ctx.call(), &prompt).await?;
+        match self.cache.lookup(&ctx.call(), &prompt).await {
             // 2. cache
             CacheLookup::Hit(answer, tier) => {
                 ctx.cache = tier;
@@ -143,7 +143,10 @@ impl Pipeline {
             vault: &mut vault,
         };
         let placeholders = pii.vault.placeholders().count();
-        ctx.citations = self.retriever.ground(ctx, &mut prompt, &mut pii).await?; // 3. retrieve
+        ctx.citations = self
+            .retriever
+            .ground(&ctx.call(), &mut prompt, &mut pii)
+            .await?; // 3. retrieve
         // Passages brought personal data of their own: an answer may name it by a
         // placeholder only this request's vault holds, so it is not kept.
         if vault.placeholders().count() > placeholders {
@@ -153,7 +156,12 @@ impl Pipeline {
             raw: raw_prompt(ctx, &prompt, &vault),
             sanitised: prompt,
         };
-        let generation = self.generator.generate(ctx, &prompt).await?; // 4. generate
+        let generated = self
+            .generator
+            .generate(&ctx.call(), &ctx.route, &prompt)
+            .await; // 4. generate
+        ctx.attempts = generated.attempts;
+        let generation = generated.result?;
         ctx.raw_output = generation.raw_output;
         let to_client = ToClient::new(vault, guard);
         Ok(match generation.output {

@@ -10,9 +10,9 @@ use super::corpus::{Corpus, CorpusError, Mode};
 use super::fuse::Fused;
 use super::prompt::{Lang, PassageView, Prompts};
 use super::{Citation, Retriever};
+use crate::call::Call;
 use crate::config::{PromptLanguage, RagSettings};
 use crate::error::GatewayError;
-use crate::pipeline::RequestCtx;
 use crate::sanitize::Scope;
 use crate::wire::{ChatRequest, Content, Message, Role};
 
@@ -46,12 +46,12 @@ impl Grounding {
     }
 
     /// Whether this request is grounded: its own `ragway.rag`, else its alias's.
-    fn wanted(&self, ctx: &RequestCtx, prompt: &ChatRequest) -> bool {
+    fn wanted(&self, call: &Call<'_>, prompt: &ChatRequest) -> bool {
         prompt
             .ragway
             .as_ref()
             .and_then(|o| o.rag)
-            .unwrap_or(self.settings(&ctx.route.alias).enabled)
+            .unwrap_or(self.settings(call.alias).enabled)
     }
 
     /// The passages kept for `question`: found by one of its words or similar
@@ -99,20 +99,20 @@ impl Grounding {
 impl Retriever for Grounding {
     async fn ground(
         &self,
-        ctx: &RequestCtx,
+        call: &Call<'_>,
         prompt: &mut ChatRequest,
         pii: &mut Scope<'_>,
     ) -> Result<Vec<Citation>, GatewayError> {
-        let settings = self.settings(&ctx.route.alias);
+        let settings = self.settings(call.alias);
         let Some(question) = self
-            .wanted(ctx, prompt)
+            .wanted(call, prompt)
             .then(|| last_user_text(prompt))
             .flatten()
         else {
             return Ok(Vec::new());
         };
         let passages = self
-            .passages(&ctx.caller.tenant, &question, settings)
+            .passages(&call.caller.tenant, &question, settings)
             .await?;
         if passages.is_empty() {
             return Ok(Vec::new());
@@ -169,13 +169,13 @@ impl Retriever for Grounding {
 
     async fn corpus_version(
         &self,
-        ctx: &RequestCtx,
+        call: &Call<'_>,
         prompt: &ChatRequest,
     ) -> Result<Option<String>, GatewayError> {
-        if !self.wanted(ctx, prompt) {
+        if !self.wanted(call, prompt) {
             return Ok(None);
         }
-        let generation = self.corpus.generation(&ctx.caller.tenant).await?;
+        let generation = self.corpus.generation(&call.caller.tenant).await?;
         Ok(Some(format!("{generation}/{}", self.prompts.version())))
     }
 }

@@ -21,8 +21,8 @@ pub mod store;
 use async_trait::async_trait;
 use serde::Serialize;
 
+use crate::call::Call;
 use crate::error::GatewayError;
-use crate::pipeline::RequestCtx;
 use crate::sanitize::Scope;
 use crate::wire::ChatRequest;
 
@@ -43,7 +43,7 @@ pub trait Retriever: Send + Sync {
     /// data reaches a provider only as placeholders, restored in the answer.
     async fn ground(
         &self,
-        ctx: &RequestCtx,
+        call: &Call<'_>,
         prompt: &mut ChatRequest,
         pii: &mut Scope<'_>,
     ) -> Result<Vec<Citation>, GatewayError>;
@@ -53,7 +53,7 @@ pub trait Retriever: Send + Sync {
     /// nothing is retrieved.
     async fn corpus_version(
         &self,
-        _ctx: &RequestCtx,
+        _call: &Call<'_>,
         _prompt: &ChatRequest,
     ) -> Result<Option<String>, GatewayError> {
         Ok(None)
@@ -67,7 +67,7 @@ pub struct NoRetrieval;
 impl Retriever for NoRetrieval {
     async fn ground(
         &self,
-        _ctx: &RequestCtx,
+        _call: &Call<'_>,
         _prompt: &mut ChatRequest,
         _pii: &mut Scope<'_>,
     ) -> Result<Vec<Citation>, GatewayError> {
