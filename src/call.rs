@@ -80,3 +80,20 @@ pub struct Failure {
     /// What went wrong, in words (the provider's text already cut and scrubbed).
     pub message: String,
 }
+
+/// A passage the answer was grounded in, as shown to the client.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Citation {
+    pub doc_id: String,
+    pub title: String,
+    pub source: String,
+    pub chunk: u32,
+    pub score: f32,
+}
+
+/// Puts the personal data of text that joins the request (a retrieved passage)
+/// into this request's own placeholders, restored in the answer: the sanitize
+/// stage, as the other stages reach it.
+pub trait Placeholders: Send {
+    fn text(&mut self, text: &str) -> Result<String, crate::error::GatewayError>;
+}

@@ -29,3 +29,11 @@ pub fn as_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S:
         s.serialize_str(&format!("{}s", d.as_secs_f64()))
     }
 }
+
+/// A retention period as whole days (0: for ever).
+pub fn as_optional_days<S: serde::Serializer>(
+    d: &Option<Duration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.map_or(0, |d| d.as_secs() / 86_400))
+}

@@ -2,26 +2,9 @@
 //! `crate::…` path (and `super::…` that climbs to the crate root) in `src/` is an
 //! edge between top-level modules; an edge up the table, or across a layer that
 //! does not allow it, or round a circle, fails — naming the file and line.
-//!
-//! `STILL_TO_UNTANGLE` lists the edges that broke the table when it was written:
-//! each is to be removed, and one that no longer occurs must leave the list (so
-//! it only shrinks).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-
-/// Edges against the table that the code still has, each to be removed.
-const STILL_TO_UNTANGLE: &[(&str, &str)] = &[
-    // The audit record pulls the citations' type from retrieve, and its settings
-    // from config.
-    ("audit", "config"),
-    ("audit", "retrieve"),
-    // Stages read config types; stages reach into each other.
-    ("generate", "config"),
-    ("generate", "cache"),
-    ("retrieve", "config"),
-    ("retrieve", "sanitize"),
-];
 
 struct Table {
     /// Module → its layer (0 is the top).
@@ -227,10 +210,6 @@ fn imports_point_down_the_layering_table() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let table = table(&std::fs::read_to_string(root.join("src/lib.rs")).unwrap());
     let edges = edges(&root.join("src"));
-    let allowed: BTreeSet<(String, String)> = STILL_TO_UNTANGLE
-        .iter()
-        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
-        .collect();
     let mut broken = Vec::new();
     for ((from, to), uses) in &edges {
         let (Some(&a), Some(&b)) = (table.layer.get(from), table.layer.get(to)) else {
@@ -241,7 +220,7 @@ fn imports_point_down_the_layering_table() {
             continue;
         };
         let fits = a < b || (a == b && table.within.contains(&a));
-        if !fits && !allowed.contains(&(from.clone(), to.clone())) {
+        if !fits {
             broken.push(format!("{from} → {to} ({})", where_(uses)));
         }
     }
@@ -250,20 +229,8 @@ fn imports_point_down_the_layering_table() {
         "imports against the table:\n{}",
         broken.join("\n")
     );
-    let gone: Vec<_> = allowed
-        .iter()
-        .filter(|edge| !edges.contains_key(*edge))
-        .collect();
-    assert!(
-        gone.is_empty(),
-        "no longer in the code, so no longer to be listed in STILL_TO_UNTANGLE: {gone:?}"
-    );
-    let fitting: BTreeSet<(String, String)> = edges
-        .keys()
-        .filter(|edge| !allowed.contains(*edge))
-        .cloned()
-        .collect();
-    if let Some(circle) = circle(&fitting) {
+    let all: BTreeSet<(String, String)> = edges.keys().cloned().collect();
+    if let Some(circle) = circle(&all) {
         panic!("a circle between modules: {}", circle.join(" → "));
     }
 }

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ragway::cache::{AnswerCache, CacheKey, CacheLookup, CacheStatus};
-use ragway::call::Call;
+use ragway::call::{Call, Placeholders};
 use ragway::error::GatewayError;
 use ragway::pipeline::Pipeline;
 use ragway::retrieve::{Citation, Retriever};
-use ragway::sanitize::{Sanitizer, Scope, Vault};
+use ragway::sanitize::{Sanitizer, Vault};
 use ragway::wire::{ChatCompletion, ChatRequest, Content, Message, Role};
 use serde_json::{Value, json};
 
@@ -219,7 +219,7 @@ impl Retriever for OnePassage {
         &self,
         _call: &Call<'_>,
         prompt: &mut ChatRequest,
-        pii: &mut Scope<'_>,
+        pii: &mut dyn Placeholders,
     ) -> Result<Vec<Citation>, GatewayError> {
         let passage = pii.text("售后专线 13900001111，或回拨 13812345678。")?;
         prompt.messages.insert(

@@ -10,18 +10,21 @@ pub mod chain;
 pub mod export;
 pub mod migrate;
 pub mod row;
+mod settings;
 pub mod spool;
 pub mod store;
 pub mod time;
 pub mod verify;
 pub mod writer;
 
+pub use settings::{AuditConfig, AuditDatabase};
+
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::call::Attempt;
-use crate::retrieve::Citation;
+use crate::call::Citation;
 use crate::wire::Usage;
 
 /// Hides personal data and credentials in a text the sanitize stage never saw: a
@@ -191,7 +194,7 @@ pub struct AuditTrail {
 impl AuditTrail {
     /// Opens the store and spool and starts the writer (needs a Tokio runtime).
     pub fn start(
-        config: &crate::config::AuditConfig,
+        config: &AuditConfig,
         metrics: Arc<crate::telemetry::Metrics>,
         redact: Arc<dyn Redact>,
     ) -> Result<AuditTrail, String> {
@@ -228,14 +231,12 @@ impl AuditTrail {
 
 /// The configured database (connecting lazily).
 pub fn open_store(
-    database: &crate::config::AuditDatabase,
+    database: &AuditDatabase,
 ) -> Result<Arc<dyn store::AuditStore>, store::StoreError> {
     Ok(match database {
-        crate::config::AuditDatabase::Postgres(url) => {
+        AuditDatabase::Postgres(url) => {
             Arc::new(store::postgres::PgStore::connect_lazy(url.expose())?)
         }
-        crate::config::AuditDatabase::Sqlite(url) => {
-            Arc::new(store::sqlite::SqliteStore::open(url)?)
-        }
+        AuditDatabase::Sqlite(url) => Arc::new(store::sqlite::SqliteStore::open(url)?),
     })
 }

@@ -5,44 +5,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::validate::Problems;
 use super::{Env, Secret};
 use crate::audit::row::{Price, TextMode};
 
-#[derive(Debug, Clone, Serialize)]
-pub struct AuditConfig {
-    pub database: AuditDatabase,
-    /// This gateway's name on its hash chain: one chain per instance.
-    pub instance: String,
-    pub text: TextMode,
-    /// `None`: rows are kept for ever.
-    #[serde(serialize_with = "super::as_optional_days")]
-    pub retention: Option<Duration>,
-    pub spool_dir: PathBuf,
-    pub queue: usize,
-    pub batch_rows: usize,
-    #[serde(serialize_with = "super::as_duration")]
-    pub flush_every: Duration,
-    #[serde(serialize_with = "super::as_duration")]
-    pub write_timeout: Duration,
-    #[serde(serialize_with = "super::as_duration")]
-    pub shutdown_deadline: Duration,
-    /// A header that names the client's address (set by a proxy in front, e.g.
-    /// `x-forwarded-for`: its first address is taken); the peer's address otherwise.
-    pub client_ip_header: Option<String>,
-    /// Per target (`provider:model`), per million tokens.
-    pub prices: BTreeMap<String, Price>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AuditDatabase {
-    Postgres(Secret),
-    /// The SQLite URL (`sqlite://data/audit.db`).
-    Sqlite(String),
-}
+pub use crate::audit::{AuditConfig, AuditDatabase};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

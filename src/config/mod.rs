@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+/// Each provider's settings are the generate stage's own.
+pub use crate::generate::{LocalModelConfig, ProviderConfig, ProviderKind};
 /// The log settings are telemetry's own.
 pub use crate::telemetry::{LogConfig, LogFormat};
 pub use audit::{AuditConfig, AuditDatabase};
@@ -26,9 +28,6 @@ pub use env::Env;
 use raw::RawConfig;
 pub use retrieval::{PromptLanguage, RagSettings, RetrievalConfig, StoreConfig};
 
-use crate::generate::Deadlines;
-use crate::generate::endpoint::ChatEndpoint;
-use crate::resilience::{BreakerPolicy, RetryPolicy};
 use crate::sanitize::Policy;
 use crate::sanitize::guard::GuardAction;
 
@@ -91,26 +90,6 @@ pub struct EmbeddingsConfig {
     pub token_vocabulary: Option<PathBuf>,
 }
 
-/// A model served in process (`kind = "local"`).
-#[derive(Debug, Clone, Serialize)]
-pub struct LocalModelConfig {
-    pub model: PathBuf,
-    pub device: String,
-    /// Compute threads for the model.
-    pub threads: usize,
-    /// Requests that may wait for the model; more are refused with 503.
-    pub queue: usize,
-    /// Put first when a conversation has no system message (small models answer
-    /// sensibly only with one).
-    pub system_prompt: Option<String>,
-    /// The answer length when a request sets none.
-    pub max_tokens: usize,
-    pub repeat_penalty: f32,
-    /// Convert weight types with no fast CPU kernel to Q8_0 at load (see
-    /// `ragway_engine::ChatModel::load`).
-    pub requantize: bool,
-}
-
 #[derive(Debug, Clone, Serialize)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -157,34 +136,6 @@ pub struct ClientKey {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct ProviderConfig {
-    pub kind: ProviderKind,
-    /// For `openai` providers.
-    pub base_url: Option<ChatEndpoint>,
-    /// For `local` providers.
-    pub local: Option<LocalModelConfig>,
-    pub api_key_env: Option<String>,
-    pub api_key: Option<Secret>,
-    pub headers: BTreeMap<String, String>,
-    /// Ask the provider for a usage chunk on every stream, so audit and metrics know
-    /// the token counts even when the client did not ask for them.
-    pub request_usage: bool,
-    pub stream_upstream: bool,
-    pub deadlines: Deadlines,
-    pub retry: RetryPolicy,
-    pub breaker: BreakerPolicy,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProviderKind {
-    /// Any OpenAI-compatible chat completions API.
-    Openai,
-    /// A GGUF model run in process on candle.
-    Local,
-}
-
-#[derive(Debug, Clone, Serialize)]
 pub struct ModelConfig {
     pub targets: Vec<TargetRef>,
     pub description: Option<String>,
@@ -220,39 +171,7 @@ impl From<TargetRef> for String {
     }
 }
 
-/// A secret read from the environment. Its `Debug` and `Serialize` never show it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Also registers the value with [`crate::secret`], so that it never leaves
-    /// the process in a response, a log line or an audit row.
-    pub fn new(value: impl Into<String>) -> Self {
-        let value = value.into();
-        crate::secret::register(&value);
-        Secret(value)
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str("<redacted>")
-    }
-}
-
-fn as_optional_days<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_u64(d.map_or(0, |d| d.as_secs() / 86_400))
-}
+pub use crate::secret::Secret;
 
 fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(d.as_secs())

@@ -50,30 +50,7 @@ pub enum StoreConfig {
     },
 }
 
-/// Which grounding template a question gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PromptLanguage {
-    /// By the question's script.
-    Auto,
-    Zh,
-    En,
-}
-
-/// How one alias grounds its answers.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RagSettings {
-    pub enabled: bool,
-    /// Passages per answer, at most.
-    pub top_k: usize,
-    /// The cosine similarity below which a passage found only by meaning (not by
-    /// any of the question's words) is left out.
-    pub min_score: f32,
-    /// The passages' budget in tokens (estimated).
-    pub context_tokens: usize,
-    /// Search this collection only; all of the tenant's when unset.
-    pub collection: Option<String>,
-}
+pub use crate::retrieve::{PromptLanguage, RagSettings};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

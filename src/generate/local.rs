@@ -12,10 +12,10 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::ChatProvider;
+use super::LocalModelConfig;
 use super::assemble::collect;
 use super::error::{ProviderError, UpstreamError};
 use super::stream::ChunkStream;
-use crate::config::LocalModelConfig;
 use crate::telemetry::Metrics;
 use crate::wire::{ChatChunk, ChatCompletion, ChatRequest, Role, Stop, Usage};
 

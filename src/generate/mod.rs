@@ -13,6 +13,7 @@ pub mod openai;
 mod retry;
 mod route;
 mod router;
+mod settings;
 pub mod stream;
 
 use std::sync::Arc;
@@ -24,8 +25,11 @@ use async_trait::async_trait;
 
 pub use assemble::Assembler;
 pub use error::{ProviderError, TimeoutPhase, UpstreamError};
+pub use local::LocalProvider;
+pub use openai::OpenAiProvider;
 pub use route::{LOCAL_ALIAS, LoadError, Route, Routes, Target};
 pub use router::Router;
+pub use settings::{LocalModelConfig, ProviderConfig, ProviderKind};
 pub use stream::ChunkStream;
 
 pub use crate::call::Attempt;

@@ -10,11 +10,12 @@ use futures_util::StreamExt;
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
 
+use super::ProviderConfig;
 use super::endpoint::ChatEndpoint;
 use super::error::{ProviderError, TimeoutPhase, UpstreamError};
 use super::stream::{ChunkStream, chunk_stream};
 use super::{ChatProvider, stream};
-use crate::config::{ProviderConfig, Secret};
+use crate::secret::Secret;
 use crate::wire::{ChatCompletion, ChatRequest, StreamOptions};
 
 /// How much of an error body is read: enough for any provider's message.

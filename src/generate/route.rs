@@ -4,12 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::local::LocalProvider;
-use super::openai::OpenAiProvider;
 use super::{ChatProvider, Deadlines};
-use crate::config::{Config, LocalInput, ModelConfig, ProviderKind, TargetRef};
 use crate::resilience::{Breaker, RetryPolicy};
-use crate::telemetry::Metrics;
 
 /// One `provider:upstream-model` a route may call. A target named by several
 /// routes is one target, with one breaker.
@@ -57,91 +53,13 @@ pub struct LoadError {
 pub const LOCAL_ALIAS: &str = "local";
 
 impl Routes {
-    /// Builds every provider once, every target once, and every route over them.
-    /// The local model, when there is one, ends every route that does not opt out,
-    /// and answers on its own as `local`.
-    pub fn from_config(config: &Config, metrics: &Arc<Metrics>) -> Result<Routes, LoadError> {
-        let mut providers: BTreeMap<&str, Arc<dyn ChatProvider>> = BTreeMap::new();
-        for (name, p) in &config.providers {
-            let failed = |message: String| LoadError {
-                provider: name.clone(),
-                message,
-            };
-            let provider: Arc<dyn ChatProvider> = match (&p.kind, &p.local) {
-                (ProviderKind::Local, Some(local)) => Arc::new(
-                    LocalProvider::load(local, Arc::clone(metrics))
-                        .map_err(|e| failed(e.to_string()))?,
-                ),
-                _ => Arc::new(OpenAiProvider::new(p).map_err(|e| failed(e.to_string()))?),
-            };
-            providers.insert(name.as_str(), provider);
-        }
-        let local = config
-            .providers
-            .iter()
-            .find(|(_, p)| p.kind == ProviderKind::Local)
-            .map(|(name, _)| TargetRef {
-                provider: name.clone(),
-                model: String::new(),
-            });
-        let mut models = config.models.clone();
-        if let Some(local) = &local {
-            for model in models.values_mut() {
-                if model.local_fallback && !model.targets.contains(local) {
-                    model.targets.push(local.clone());
-                }
-            }
-            models
-                .entry(LOCAL_ALIAS.to_owned())
-                .or_insert_with(|| ModelConfig {
-                    targets: vec![local.clone()],
-                    description: Some("the model served by this gateway".to_owned()),
-                    request_timeout: Duration::from_secs(120),
-                    failover_on_content_filter: false,
-                    local_fallback: false,
-                    // The retrieve stage's defaults apply.
-                    rag: None,
-                    cache: crate::cache::CachePolicy::Deterministic,
-                });
-        }
-        let mut targets: BTreeMap<Arc<str>, Arc<Target>> = BTreeMap::new();
-        let mut by_alias = BTreeMap::new();
-        for (alias, model) in &models {
-            let mut route_targets = Vec::new();
-            for t in &model.targets {
-                // Validation guarantees the provider exists.
-                let (Some(provider), Some(settings)) = (
-                    providers.get(t.provider.as_str()),
-                    config.providers.get(&t.provider),
-                ) else {
-                    continue;
-                };
-                let id: Arc<str> = t.to_string().into();
-                let target = targets.entry(id.clone()).or_insert_with(|| {
-                    Arc::new(Target {
-                        id,
-                        model: t.model.clone(),
-                        provider: provider.clone(),
-                        breaker: Arc::new(Breaker::new(settings.breaker)),
-                        retry: settings.retry,
-                        deadlines: settings.deadlines,
-                        stream_upstream: settings.stream_upstream,
-                        raw_input: settings.kind == ProviderKind::Local
-                            && config.pii.local_input == LocalInput::Raw,
-                        local: settings.kind == ProviderKind::Local,
-                    })
-                });
-                route_targets.push(Arc::clone(target));
-            }
-            let route = Route {
-                alias: alias.as_str().into(),
-                targets: route_targets,
-                request_timeout: model.request_timeout,
-                failover_on_content_filter: model.failover_on_content_filter,
-            };
-            by_alias.insert(alias.clone(), Arc::new(route));
-        }
-        Ok(Routes { by_alias, targets })
+    /// The table over these routes and their targets (`state` builds them from
+    /// the config).
+    pub fn new(
+        by_alias: BTreeMap<String, Arc<Route>>,
+        targets: BTreeMap<Arc<str>, Arc<Target>>,
+    ) -> Routes {
+        Routes { by_alias, targets }
     }
 
     pub fn get(&self, alias: &str) -> Option<Arc<Route>> {

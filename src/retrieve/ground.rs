@@ -10,10 +10,10 @@ use super::corpus::{Corpus, CorpusError, Mode};
 use super::fuse::Fused;
 use super::prompt::{Lang, PassageView, Prompts};
 use super::{Citation, Retriever};
+use super::{PromptLanguage, RagSettings};
 use crate::call::Call;
-use crate::config::{PromptLanguage, RagSettings};
+use crate::call::Placeholders;
 use crate::error::GatewayError;
-use crate::sanitize::Scope;
 use crate::wire::{ChatRequest, Content, Message, Role};
 
 pub struct Grounding {
@@ -101,7 +101,7 @@ impl Retriever for Grounding {
         &self,
         call: &Call<'_>,
         prompt: &mut ChatRequest,
-        pii: &mut Scope<'_>,
+        pii: &mut dyn Placeholders,
     ) -> Result<Vec<Citation>, GatewayError> {
         let settings = self.settings(call.alias);
         let Some(question) = self

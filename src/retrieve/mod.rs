@@ -16,25 +16,18 @@ pub mod fuse;
 pub mod ground;
 pub mod keyword;
 pub mod prompt;
+mod settings;
 pub mod store;
 
 use async_trait::async_trait;
-use serde::Serialize;
 
 use crate::call::Call;
+use crate::call::Placeholders;
 use crate::error::GatewayError;
-use crate::sanitize::Scope;
 use crate::wire::ChatRequest;
 
-/// A passage the answer was grounded in, as shown to the client.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct Citation {
-    pub doc_id: String,
-    pub title: String,
-    pub source: String,
-    pub chunk: u32,
-    pub score: f32,
-}
+pub use crate::call::Citation;
+pub use settings::{PromptLanguage, RagSettings};
 
 #[async_trait]
 pub trait Retriever: Send + Sync {
@@ -45,7 +38,7 @@ pub trait Retriever: Send + Sync {
         &self,
         call: &Call<'_>,
         prompt: &mut ChatRequest,
-        pii: &mut Scope<'_>,
+        pii: &mut dyn Placeholders,
     ) -> Result<Vec<Citation>, GatewayError>;
 
     /// What the answers of this caller are built on — the tenant's corpus
@@ -69,7 +62,7 @@ impl Retriever for NoRetrieval {
         &self,
         _call: &Call<'_>,
         _prompt: &mut ChatRequest,
-        _pii: &mut Scope<'_>,
+        _pii: &mut dyn Placeholders,
     ) -> Result<Vec<Citation>, GatewayError> {
         Ok(Vec::new())
     }

@@ -142,8 +142,8 @@ pub struct Scope<'a> {
     pub vault: &'a mut Vault,
 }
 
-impl Scope<'_> {
-    pub fn text(&mut self, text: &str) -> Result<String, GatewayError> {
+impl crate::call::Placeholders for Scope<'_> {
+    fn text(&mut self, text: &str) -> Result<String, GatewayError> {
         self.sanitizer.sanitize_text(text, self.vault)
     }
 }
