@@ -14,6 +14,11 @@ pub mod redis;
 pub mod semantic;
 pub mod tiered;
 
+mod flight;
+mod memory;
+
+pub use flight::Flight;
+
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -38,22 +43,6 @@ pub enum CacheLookup {
     Miss(CacheKey, Option<Flight>),
     /// This request does not use the cache.
     Bypass,
-}
-
-/// A miss being answered. Dropped without its answer published (an error, a cut
-/// stream, an answer not worth keeping), it lets the waiting requests go on alone.
-/// It lives in the request's context, so it ends when the request does — after the
-/// pipeline has published the answer, if there was one.
-pub struct Flight {
-    key: CacheKey,
-    id: u64,
-    inflight: Arc<tiered::Inflight>,
-}
-
-impl Drop for Flight {
-    fn drop(&mut self) {
-        self.inflight.release(&self.key, self.id);
-    }
 }
 
 /// What the cache did for a request; the `x-ragway-cache` header.

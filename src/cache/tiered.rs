@@ -1,28 +1,26 @@
-//! The answer cache: L1 in memory (moka, bounded by bytes, with a TTL) in front of
-//! an optional L2 in Redis shared by every replica. Read through: an L2 hit is
-//! promoted to L1. Concurrent identical misses are coalesced: the first request
+//! The answer cache: L1 in memory ([`super::memory`]) in front of an optional L2 in
+//! Redis shared by every replica. Read through: an L2 hit is promoted to L1.
+//! Concurrent identical misses are coalesced ([`super::flight`]): the first request
 //! leads (calls upstream), the others wait for its answer (streaming followers
 //! too: they get it replayed as SSE) and go upstream themselves only if it ends
-//! without one.
+//! without one. A tenant's purge bumps its generation, read from Redis by every
+//! replica, which changes every key of the tenant.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use moka::notification::RemovalCause;
-use tokio::sync::watch;
 
+use super::flight::{Inflight, Joined};
+use super::memory::Memory;
 use super::redis::{RedisTier, TierError};
 use super::semantic::Semantic;
-use super::{AnswerCache, CacheKey, CacheLookup, CachePolicy, CacheStatus, Flight, key};
+use super::{AnswerCache, CacheKey, CacheLookup, CachePolicy, CacheStatus, key};
 use crate::call::Call;
 use crate::telemetry::Metrics;
 use crate::wire::{ChatCompletion, ChatRequest};
-
-/// What a leader's followers wait on: `Some` once its answer is there.
-type Sender = watch::Sender<Option<Arc<ChatCompletion>>>;
 
 pub struct TieredCache {
     l1: Memory,
@@ -47,71 +45,6 @@ impl KnownPurges {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-/// The misses being answered now, by key, each with its leader's flight number.
-#[derive(Default)]
-pub struct Inflight {
-    leaders: Mutex<HashMap<CacheKey, (u64, Sender)>>,
-    next: AtomicU64,
-}
-
-impl Inflight {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, (u64, Sender)>> {
-        self.leaders
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// A leader's request ended: without an answer its followers go on alone. Only
-    /// its own entry goes (a later leader of the same key may hold it by now).
-    pub(super) fn release(&self, key: &CacheKey, flight: u64) {
-        let mut leaders = self.lock();
-        if leaders.get(key).is_some_and(|(id, _)| *id == flight) {
-            leaders.remove(key);
-        }
-    }
-}
-
-/// The in-memory tier; off with `memory_bytes = 0` (Redis alone then serves).
-/// Synchronous: an answer is in it before the requests waiting for it are woken.
-struct Memory(Option<moka::sync::Cache<CacheKey, Arc<ChatCompletion>>>);
-
-impl Memory {
-    fn is_on(&self) -> bool {
-        self.0.is_some()
-    }
-
-    fn get(&self, key: &CacheKey) -> Option<Arc<ChatCompletion>> {
-        self.0.as_ref()?.get(key)
-    }
-
-    fn insert(&self, key: CacheKey, answer: Arc<ChatCompletion>) {
-        if let Some(cache) = &self.0 {
-            cache.insert(key, answer);
-        }
-    }
-
-    fn purge(&self, tenant: Option<&str>) -> Result<(), String> {
-        let Some(cache) = &self.0 else {
-            return Ok(());
-        };
-        match tenant {
-            Some(tenant) => {
-                let tenant: Arc<str> = tenant.into();
-                cache
-                    .invalidate_entries_if(move |key, _| key.tenant == tenant)
-                    .map_err(|e| e.to_string())?;
-            }
-            None => cache.invalidate_all(),
-        }
-        cache.run_pending_tasks();
-        Ok(())
-    }
-
-    fn weighted_size(&self) -> u64 {
-        self.0.as_ref().map_or(0, |c| c.weighted_size())
     }
 }
 
@@ -144,7 +77,7 @@ impl TieredCache {
                 .build()
         });
         TieredCache {
-            l1: Memory(l1),
+            l1: Memory::new(l1),
             l2,
             semantic,
             default_policy,
@@ -266,21 +199,9 @@ impl TieredCache {
     async fn lead_or_follow(&self, call: &Call<'_>, key: CacheKey) -> CacheLookup {
         let deadline = call.deadline;
         loop {
-            let mut waiting = {
-                let mut leaders = self.inflight.lock();
-                match leaders.get(&key) {
-                    Some((_, leader)) => leader.subscribe(),
-                    None => {
-                        let id = self.inflight.next.fetch_add(1, Ordering::Relaxed);
-                        leaders.insert(key.clone(), (id, watch::channel(None).0));
-                        let flight = Flight {
-                            key: key.clone(),
-                            id,
-                            inflight: Arc::clone(&self.inflight),
-                        };
-                        return CacheLookup::Miss(key, Some(flight));
-                    }
-                }
+            let mut waiting = match self.inflight.join(&key) {
+                Joined::Follow(waiting) => waiting,
+                Joined::Lead(flight) => return CacheLookup::Miss(key, Some(flight)),
             };
             let answer = tokio::time::timeout_at(deadline, async {
                 // The sender goes when the leader ends: with an answer or without.
@@ -351,9 +272,7 @@ impl AnswerCache for TieredCache {
     fn publish(&self, key: &CacheKey, answer: &ChatCompletion) {
         let answer = Arc::new(answer.clone());
         self.l1.insert(key.clone(), Arc::clone(&answer));
-        if let Some((_, leader)) = self.inflight.lock().remove(key) {
-            leader.send_replace(Some(answer));
-        }
+        self.inflight.publish(key, answer);
     }
 
     async fn store(&self, key: CacheKey, answer: ChatCompletion) {
