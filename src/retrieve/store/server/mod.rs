@@ -49,28 +49,22 @@ use super::{
     StoreError, StoredChunk, VectorStore, check_chunks,
 };
 
-/// How long a tenant's generation read from the server is reused. It is read on
-/// every chat request (it is part of the answer cache's key), so it is cached; a
-/// bump made by another replica is seen here at most this late.
-pub const GENERATION_TTL: Duration = Duration::from_secs(1);
+mod errors;
+mod filters;
+mod generations;
+mod schema;
+
+use errors::*;
+use filters::*;
+pub use generations::{GENERATION_TTL, generation_point_id, generations_collection};
+use generations::{next_generation, parse_generation, unix_micros};
+use schema::*;
 
 /// Points per upsert request: a long document's chunks go in several requests
 /// (all written before the old version's stale chunks are deleted).
 const UPSERT_BATCH: usize = 128;
 /// Points read per scroll request when listing documents.
 const SCROLL_PAGE: u32 = 256;
-/// `payload_m` of the per-tenant HNSW graphs (Qdrant's default `m`).
-const PAYLOAD_M: u64 = 16;
-
-/// gRPC status codes (the numbers are fixed by the gRPC spec), for telling an
-/// unreachable server from a refused request.
-mod grpc_code {
-    pub const CANCELLED: i32 = 1;
-    pub const DEADLINE_EXCEEDED: i32 = 4;
-    pub const RESOURCE_EXHAUSTED: i32 = 8;
-    pub const INTERNAL: i32 = 13;
-    pub const UNAVAILABLE: i32 = 14;
-}
 
 /// The Qdrant server backend. Cheap to share behind an `Arc`; the client keeps a
 /// small pool of gRPC connections and reconnects by itself.
@@ -81,11 +75,6 @@ pub struct QdrantServer {
     dimension: usize,
     /// Tenant → (generation, when it was read or written here).
     generations: Mutex<HashMap<String, (u64, Instant)>>,
-}
-
-/// The collection holding the tenants' generations, beside `collection`.
-pub fn generations_collection(collection: &str) -> String {
-    format!("{collection}_generations")
 }
 
 impl QdrantServer {
@@ -474,236 +463,6 @@ impl VectorStore for QdrantServer {
             .insert(tenant.to_owned(), (generation, Instant::now()));
         Ok(generation)
     }
-}
-
-/// The payload indexes the filters use: the tenant index first. Only the tenant's
-/// gets its own HNSW links (`payload_m`): the others never narrow a search alone.
-fn payload_indexes() -> [(&'static str, FieldType, payload_index_params::IndexParams); 4] {
-    let keyword = |is_tenant: bool| {
-        payload_index_params::IndexParams::from(
-            KeywordIndexParamsBuilder::default()
-                .is_tenant(is_tenant)
-                .enable_hnsw(is_tenant),
-        )
-    };
-    [
-        ("tenant", FieldType::Keyword, keyword(true)),
-        ("collection", FieldType::Keyword, keyword(false)),
-        ("doc_id", FieldType::Keyword, keyword(false)),
-        (
-            "chunk_index",
-            FieldType::Integer,
-            IntegerIndexParamsBuilder::new(true, true)
-                .enable_hnsw(false)
-                .into(),
-        ),
-    ]
-}
-
-/// Checks that an existing collection has this backend's vectors, at `dimension`.
-fn check_schema(info: &CollectionInfo, name: &str, dimension: usize) -> Result<(), StoreError> {
-    let params = info.config.as_ref().and_then(|c| c.params.as_ref());
-    let dense = params
-        .and_then(|p| p.vectors_config.as_ref())
-        .and_then(|v| v.config.as_ref())
-        .and_then(|config| match config {
-            vectors_config::Config::ParamsMap(map) => map.map.get(DENSE),
-            vectors_config::Config::Params(_) => None,
-        });
-    let Some(dense) = dense else {
-        return Err(StoreError::Unavailable(format!(
-            "Qdrant collection `{name}` holds no `{DENSE}` vectors: not a ragway collection \
-             (configure another collection name)"
-        )));
-    };
-    if dense.size != dimension as u64 {
-        return Err(StoreError::Unavailable(format!(
-            "Qdrant collection `{name}` holds {}-dimensional vectors, but the embedding model \
-             makes {dimension}-dimensional ones: use the model it was built with, or another \
-             collection (and ingest again)",
-            dense.size
-        )));
-    }
-    let has_keywords = params
-        .and_then(|p| p.sparse_vectors_config.as_ref())
-        .is_some_and(|s| s.map.contains_key(KEYWORDS));
-    if !has_keywords {
-        return Err(StoreError::Unavailable(format!(
-            "Qdrant collection `{name}` holds no `{KEYWORDS}` vectors: not a ragway collection \
-             (configure another collection name)"
-        )));
-    }
-    Ok(())
-}
-
-/// A chunk as a point: both vectors (no keyword vector for a chunk without terms)
-/// and the payload.
-fn point(chunk: StoredChunk) -> Result<PointStruct, StoreError> {
-    let mut vectors = HashMap::from([(DENSE.to_owned(), Vector::new_dense(chunk.dense))]);
-    if !chunk.keywords.is_empty() {
-        vectors.insert(
-            KEYWORDS.to_owned(),
-            Vector::new_sparse(chunk.keywords.indices, chunk.keywords.values),
-        );
-    }
-    let payload = to_payload(&chunk.payload)
-        .map_err(|e| StoreError::Failed(format!("chunk {}: {e}", chunk.id)))?;
-    Ok(PointStruct::new(chunk.id.to_string(), vectors, payload))
-}
-
-fn to_payload(payload: &ChunkPayload) -> Result<Payload, String> {
-    let json = serde_json::to_value(payload).map_err(|e| e.to_string())?;
-    Payload::try_from(json).map_err(|e| e.to_string())
-}
-
-/// A point's payload, as Qdrant returns it, as a chunk's.
-fn chunk_payload(payload: HashMap<String, Value>) -> Result<ChunkPayload, serde_json::Error> {
-    serde_json::from_value(serde_json::Value::from(Payload::from(payload)))
-}
-
-fn document_info(payload: HashMap<String, Value>) -> Option<DocumentInfo> {
-    DocumentInfo::from_fields(serde_json::Value::from(Payload::from(payload)))
-}
-
-fn parse_generation(payload: HashMap<String, Value>) -> Option<u64> {
-    #[derive(Deserialize)]
-    struct Stored {
-        generation: u64,
-    }
-    serde_json::from_value::<Stored>(serde_json::Value::from(Payload::from(payload)))
-        .ok()
-        .map(|s| s.generation)
-}
-
-/// A point id as the UUID it was stored with (this backend writes no numeric ids).
-fn point_uuid(id: Option<&PointId>) -> Option<Uuid> {
-    match id?.point_id_options.as_ref()? {
-        PointIdOptions::Uuid(text) => Uuid::parse_str(text).ok(),
-        PointIdOptions::Num(_) => None,
-    }
-}
-
-/// An exact keyword match. (`Condition::matches` with a `String` would turn a value
-/// containing whitespace into a full-text match.)
-fn keyword(field: &str, value: &str) -> Condition {
-    Condition::matches(field, MatchValue::Keyword(value.to_owned()))
-}
-
-fn first_chunk() -> Condition {
-    Condition::matches("chunk_index", 0_i64)
-}
-
-/// Every read and write starts from this: the store enforces tenant isolation.
-fn tenant_filter(tenant: &str) -> Filter {
-    Filter::must([keyword("tenant", tenant)])
-}
-
-fn document_filter(tenant: &str, doc_id: &str) -> Filter {
-    Filter::must([keyword("tenant", tenant), keyword("doc_id", doc_id)])
-}
-
-fn search_filter(tenant: &str, collection: Option<&str>) -> Filter {
-    let mut filter = tenant_filter(tenant);
-    if let Some(collection) = collection {
-        filter.must.push(keyword("collection", collection));
-    }
-    filter
-}
-
-/// Points among `ids` that belong to another tenant.
-fn foreign_filter(tenant: &str, ids: Vec<String>) -> Filter {
-    Filter {
-        must: vec![Condition::has_id(ids)],
-        must_not: vec![keyword("tenant", tenant)],
-        ..Filter::default()
-    }
-}
-
-/// The document's points that are not among `keep` (all of them if it is empty).
-fn stale_filter(tenant: &str, doc_id: &str, keep: Vec<String>) -> Filter {
-    let mut filter = document_filter(tenant, doc_id);
-    if !keep.is_empty() {
-        filter.must_not.push(Condition::has_id(keep));
-    }
-    filter
-}
-
-/// The id of the point holding a tenant's generation: the first 16 bytes of
-/// SHA-256(`ragway-generation\0` + tenant), as a version-8 (custom) UUID. Every
-/// replica derives the same id, so they share one point per tenant.
-pub fn generation_point_id(tenant: &str) -> Uuid {
-    let digest = Sha256::new()
-        .chain_update(b"ragway-generation\0")
-        .chain_update(tenant.as_bytes())
-        .finalize();
-    let mut bytes = [0_u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    uuid::Builder::from_custom_bytes(bytes).into_uuid()
-}
-
-fn next_generation(old: u64, now_micros: u64) -> u64 {
-    old.saturating_add(1).max(now_micros)
-}
-
-fn unix_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-}
-
-/// Whether an error means the server could not be reached or could not serve now
-/// (as opposed to refusing the request).
-fn is_unavailable(error: &QdrantError) -> bool {
-    match error {
-        QdrantError::ResponseError { status } => {
-            unavailable_status(status.code() as i32, status.message())
-        }
-        QdrantError::ResourceExhaustedError { .. } | QdrantError::Io(_) => true,
-        _ => false,
-    }
-}
-
-/// A gRPC status that says the server is out of reach or busy. The client reports
-/// a failed connection as `INTERNAL` "Failed to connect to ..."; tonic reports a
-/// refused one as `UNAVAILABLE` and a timeout as `CANCELLED`.
-fn unavailable_status(code: i32, message: &str) -> bool {
-    matches!(
-        code,
-        grpc_code::UNAVAILABLE
-            | grpc_code::DEADLINE_EXCEEDED
-            | grpc_code::CANCELLED
-            | grpc_code::RESOURCE_EXHAUSTED
-    ) || (code == grpc_code::INTERNAL && message.starts_with("Failed to connect"))
-}
-
-/// A client error in a line: the server's message rather than the gRPC metadata.
-fn describe(error: &QdrantError) -> String {
-    match error {
-        QdrantError::ResponseError { status }
-        | QdrantError::ResourceExhaustedError { status, .. } => {
-            format!("{} ({:?})", status.message(), status.code())
-        }
-        other => other.to_string(),
-    }
-}
-
-fn store_error(context: &str, error: &QdrantError) -> StoreError {
-    let message = format!("Qdrant {context}: {}", describe(error));
-    if is_unavailable(error) {
-        StoreError::Unavailable(message)
-    } else {
-        StoreError::Failed(message)
-    }
-}
-
-/// For an operation: unreachable → `Unavailable`, refused → `Failed`.
-fn failed(what: &'static str) -> impl Fn(QdrantError) -> StoreError {
-    move |e| store_error(what, &e)
-}
-
-/// For opening the store, where any failure leaves it unusable.
-fn unavailable(context: &str) -> impl Fn(QdrantError) -> StoreError + '_ {
-    move |e| StoreError::Unavailable(format!("Qdrant: {context}: {}", describe(&e)))
 }
 
 #[cfg(test)]
