@@ -119,12 +119,12 @@ async fn policy_and_cache_control_decide_what_is_looked_up_and_kept() {
     let body = deterministic("Store nothing");
     let (tier, _) = send(&gw, &body, &[("cache-control", "no-store")]).await;
     assert_eq!(tier, "miss");
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    gw.idle().await;
     assert_eq!(tier_of(&gw, &body).await, "miss");
     // no-cache: not looked up (a fresh answer), but kept.
     let (tier, _) = send(&gw, &body, &[("cache-control", "no-cache")]).await;
     assert_eq!(tier, "miss");
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    gw.idle().await;
     assert_eq!(tier_of(&gw, &body).await, "hit-l1");
     let (tier, _) = send(&gw, &body, &[("cache-control", "no-cache, no-store")]).await;
     assert_eq!(tier, "bypass");
@@ -138,7 +138,7 @@ async fn policy_and_cache_control_decide_what_is_looked_up_and_kept() {
     );
     let gw2 = Gateway::start(&config).await;
     assert_eq!(tier_of(&gw2, &warm).await, "miss");
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    gw2.idle().await;
     assert_eq!(tier_of(&gw2, &warm).await, "hit-l1");
     let mut off = deterministic("hi");
     off["model"] = json!("never");
@@ -158,7 +158,7 @@ async fn tenants_never_share_an_answer() {
     let body = deterministic("Our refund policy?");
     let auth = |key: &str| format!("Bearer {key}");
     let (a1, _) = send(&gw, &body, &[("authorization", &auth("key-a"))]).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    gw.idle().await;
     let (b1, _) = send(&gw, &body, &[("authorization", &auth("key-b"))]).await;
     let (a2, _) = send(&gw, &body, &[("authorization", &auth("key-a"))]).await;
     assert_eq!(
@@ -177,7 +177,7 @@ async fn a_hit_shows_the_next_user_their_own_number() {
         first["choices"][0]["message"]["content"],
         "请回拨 13812345678，谢谢"
     );
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    gw.idle().await;
     let (tier, second) = send(&gw, &deterministic("请回拨 13987654321，谢谢"), &[]).await;
     assert_eq!(tier, "hit-l1");
     assert_eq!(
@@ -195,7 +195,7 @@ async fn a_streamed_answer_is_kept_when_whole_and_replayed_as_sse() {
     body["temperature"] = json!(0);
     let first = Sse::read(gw.chat(body.clone()).await).await;
     assert!(first.done);
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    gw.idle().await;
     let response = gw.chat(body.clone()).await;
     assert_eq!(response.headers()["x-ragway-cache"], "hit-l1");
     let replay = Sse::read(response).await;
@@ -216,7 +216,7 @@ async fn a_cut_stream_is_not_kept() {
     body["temperature"] = json!(0);
     let cut = Sse::read(gw.chat(body.clone()).await).await;
     assert!(!cut.done && cut.error().is_some(), "{}", cut.raw);
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    gw.idle().await;
     let again = gw.chat(body).await;
     assert_eq!(again.headers()["x-ragway-cache"], "miss");
     Sse::read(again).await;
@@ -256,7 +256,7 @@ async fn answers_expire() {
     let (fake, gw) = over("ok", &cache_section(None, "ttl = \"1s\"")).await;
     let body = deterministic("Fresh?");
     assert_eq!(tier_of(&gw, &body).await, "miss");
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    gw.idle().await;
     assert_eq!(tier_of(&gw, &body).await, "hit-l1");
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(tier_of(&gw, &body).await, "miss");
@@ -362,7 +362,7 @@ async fn an_ingest_makes_earlier_answers_unreachable() {
     let gw = Gateway::start(&config).await;
     let body = deterministic("How long do Lumio refunds take?");
     assert_eq!(tier_of(&gw, &body).await, "miss");
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    gw.idle().await;
     assert_eq!(tier_of(&gw, &body).await, "hit-l1");
     let stored = gw
         .http()
@@ -376,7 +376,7 @@ async fn an_ingest_makes_earlier_answers_unreachable() {
     let (tier, answer) = send(&gw, &body, &[]).await;
     assert_eq!(tier, "miss");
     assert_eq!(answer["ragway"]["citations"][0]["doc_id"], "refunds.md");
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    gw.idle().await;
     // A hit carries the citations it was answered with.
     let (tier, hit) = send(&gw, &body, &[]).await;
     assert_eq!(tier, "hit-l1");
@@ -409,7 +409,7 @@ async fn the_semantic_tier_reuses_paraphrases_and_refuses_near_misses() {
         tier_of(&gw, &deterministic("How do I reset my password?")).await,
         "miss"
     );
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    gw.idle().await;
     let (tier, answer) = send(
         &gw,
         &deterministic("What is the way to reset my password?"),
@@ -426,7 +426,7 @@ async fn the_semantic_tier_reuses_paraphrases_and_refuses_near_misses() {
         tier_of(&gw, &deterministic("How do I enable search?")).await,
         "miss"
     );
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    gw.idle().await;
     assert_eq!(
         tier_of(&gw, &deterministic("How do I disable search?")).await,
         "miss"
@@ -523,7 +523,7 @@ async fn the_admin_purges_one_tenant_or_all() {
     let gw = Gateway::start_with_env(&config, &[("ADMIN", "admin-key")]).await;
     let body = deterministic("Purge me");
     assert_eq!(tier_of(&gw, &body).await, "miss");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    gw.idle().await;
     assert_eq!(tier_of(&gw, &body).await, "hit-l1");
     let purge = |json: Value| {
         gw.http()
@@ -546,7 +546,7 @@ async fn the_admin_purges_one_tenant_or_all() {
         200
     );
     assert_eq!(tier_of(&gw, &body).await, "miss");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    gw.idle().await;
     assert_eq!(purge(json!({})).await.unwrap().status(), 200);
     assert_eq!(tier_of(&gw, &body).await, "miss");
     let refused = gw
@@ -572,7 +572,7 @@ async fn a_purge_reaches_every_replica_within_a_second() {
     let two = Gateway::start_with_env(&config, &[("ADMIN", "admin-key")]).await;
     let body = deterministic("Purged everywhere?");
     assert_eq!(tier_of(&one, &body).await, "miss");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    one.idle().await;
     assert_eq!(tier_of(&two, &body).await, "hit-l2");
     assert_eq!(tier_of(&two, &body).await, "hit-l1");
     let purged = one
@@ -602,7 +602,7 @@ async fn an_answer_cut_at_max_tokens_is_kept() {
     let (tier, first) = send(&gw, &body, &[]).await;
     assert_eq!(tier, "miss");
     assert_eq!(first["choices"][0]["finish_reason"], "length");
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    gw.idle().await;
     let (tier, second) = send(&gw, &body, &[]).await;
     assert_eq!(tier, "hit-l1");
     assert_eq!(

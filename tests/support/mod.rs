@@ -61,6 +61,23 @@ impl Gateway {
         Gateway::start(&config_over(fake, models)).await
     }
 
+    /// Waits until the gateway's background work is done: cache stores and the
+    /// ends of streams (their records). A wait on the work itself, not a guess at
+    /// how long it takes.
+    pub async fn idle(&self) {
+        let tasks = &self.state.pipeline.tasks;
+        for _ in 0..2_000 {
+            if tasks.is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!(
+            "background work still running after 2 s: {} tasks",
+            tasks.len()
+        );
+    }
+
     pub fn http(&self) -> reqwest::Client {
         reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
