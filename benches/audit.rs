@@ -17,7 +17,7 @@ use ragway::audit::store::AuditStore;
 use ragway::audit::store::postgres::PgStore;
 use ragway::audit::writer::{AuditWriter, WriterSettings};
 use ragway::audit::{AuditSink, CallRecord, Origin, PassageRef};
-use ragway::call::Attempt;
+use ragway::call::{Attempt, CacheStatus, Outcome};
 use ragway::telemetry::Metrics;
 use sqlx::Connection;
 
@@ -229,9 +229,9 @@ fn record(i: usize) -> CallRecord {
             failure: None,
         }],
         stream: true,
-        cache: Some("miss"),
+        cache: Some(CacheStatus::Miss),
         status: 200,
-        outcome: "ok",
+        outcome: Outcome::Ok,
         error: None,
         latency: Duration::from_millis(830),
         time_to_first_token: Some(Duration::from_millis(240)),

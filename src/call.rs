@@ -97,3 +97,54 @@ pub struct Citation {
 pub trait Placeholders: Send {
     fn text(&mut self, text: &str) -> Result<String, crate::error::GatewayError>;
 }
+
+/// What the cache did for a request; the `x-ragway-cache` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    HitL1,
+    HitL2,
+    Miss,
+    Bypass,
+}
+
+impl CacheStatus {
+    pub fn is_hit(self) -> bool {
+        matches!(self, CacheStatus::HitL1 | CacheStatus::HitL2)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::HitL1 => "hit-l1",
+            CacheStatus::HitL2 => "hit-l2",
+            CacheStatus::Miss => "miss",
+            CacheStatus::Bypass => "bypass",
+        }
+    }
+}
+
+/// How a call ended, as the record and the metrics name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Answered in full.
+    Ok,
+    /// Refused or failed before an answer began.
+    Error,
+    /// A stream cut off upstream after it began.
+    Interrupted,
+    /// The client left before the answer ended.
+    Abandoned,
+    /// The content guard cut the answer.
+    ContentFilter,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Error => "error",
+            Outcome::Interrupted => "interrupted",
+            Outcome::Abandoned => "abandoned",
+            Outcome::ContentFilter => "content_filter",
+        }
+    }
+}

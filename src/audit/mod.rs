@@ -23,8 +23,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::call::Attempt;
 use crate::call::Citation;
+use crate::call::{Attempt, CacheStatus, Outcome};
 use crate::wire::Usage;
 
 /// Hides personal data and credentials in a text the sanitize stage never saw: a
@@ -64,12 +64,11 @@ pub struct CallRecord {
     pub stream: bool,
     /// `hit-l1`, `hit-l2`, `hit-semantic`, `hit-coalesced`, `miss`, `bypass`; `None`
     /// for calls that never reached the cache stage.
-    pub cache: Option<&'static str>,
+    pub cache: Option<CacheStatus>,
     /// The HTTP status the client got (for a stream: the status of its head).
     pub status: u16,
-    /// How the call ended: `ok`, `error`, `interrupted`, `abandoned` or
-    /// `content_filter`.
-    pub outcome: &'static str,
+    /// How the call ended.
+    pub outcome: Outcome,
     /// The error code, for calls that failed.
     pub error: Option<&'static str>,
     pub latency: Duration,
@@ -109,7 +108,11 @@ impl CallRecord {
             stream: false,
             cache: None,
             status,
-            outcome: if status < 400 { "ok" } else { "error" },
+            outcome: if status < 400 {
+                Outcome::Ok
+            } else {
+                Outcome::Error
+            },
             error,
             latency: Duration::ZERO,
             time_to_first_token: None,

@@ -45,29 +45,7 @@ pub enum CacheLookup {
     Bypass,
 }
 
-/// What the cache did for a request; the `x-ragway-cache` header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheStatus {
-    HitL1,
-    HitL2,
-    Miss,
-    Bypass,
-}
-
-impl CacheStatus {
-    pub fn is_hit(self) -> bool {
-        matches!(self, CacheStatus::HitL1 | CacheStatus::HitL2)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CacheStatus::HitL1 => "hit-l1",
-            CacheStatus::HitL2 => "hit-l2",
-            CacheStatus::Miss => "miss",
-            CacheStatus::Bypass => "bypass",
-        }
-    }
-}
+pub use crate::call::CacheStatus;
 
 /// Which requests of an alias the cache serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

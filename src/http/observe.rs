@@ -126,7 +126,7 @@ impl Drop for Unrecorded {
             End::Recorded => return,
             End::Abandoned => {
                 let mut record = CallRecord::refused(&self.id, self.origin.clone(), 499, None);
-                record.outcome = "abandoned";
+                record.outcome = crate::call::Outcome::Abandoned;
                 (record, None)
             }
             End::Responded {

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use super::{Pipeline, RequestCtx, respond};
 use crate::audit::{CallRecord, PassageRef};
 use crate::cache::CacheKey;
+use crate::call::Outcome;
 use crate::error::GatewayError;
 use crate::generate::{Assembler, UpstreamError};
 use crate::wire::ChatCompletion;
@@ -23,12 +24,12 @@ pub(super) enum StreamEnd {
 }
 
 impl StreamEnd {
-    pub(super) fn outcome(&self) -> &'static str {
+    pub(super) fn outcome(&self) -> Outcome {
         match self {
-            StreamEnd::Complete => "ok",
-            StreamEnd::Interrupted(_) => "interrupted",
-            StreamEnd::Abandoned => "abandoned",
-            StreamEnd::Filtered => "content_filter",
+            StreamEnd::Complete => Outcome::Ok,
+            StreamEnd::Interrupted(_) => Outcome::Interrupted,
+            StreamEnd::Abandoned => Outcome::Abandoned,
+            StreamEnd::Filtered => Outcome::ContentFilter,
         }
     }
 }
@@ -49,9 +50,9 @@ impl Pipeline {
         }
         let outcome = if filtered {
             self.metrics.guard_blocked("output");
-            "content_filter"
+            Outcome::ContentFilter
         } else {
-            "ok"
+            Outcome::Ok
         };
         let answer_chars = reply
             .choices
@@ -69,7 +70,7 @@ impl Pipeline {
 
     pub(super) fn record_error(&self, ctx: &RequestCtx, error: &GatewayError) {
         let status = error.status();
-        let mut record = base_record(ctx, status, "error");
+        let mut record = base_record(ctx, status, Outcome::Error);
         record.error = Some(error.code());
         self.audit.record(record);
     }
@@ -84,8 +85,12 @@ impl Pipeline {
         recorded: String,
     ) {
         let outcome = end.outcome();
-        self.metrics
-            .stream_finished(&ctx.route.alias, target, outcome, ctx.started.elapsed());
+        self.metrics.stream_finished(
+            &ctx.route.alias,
+            target,
+            outcome.as_str(),
+            ctx.started.elapsed(),
+        );
         let mut record = base_record(ctx, 200, outcome);
         record.set_target(ctx, target);
         record.time_to_first_token = first_token;
@@ -130,7 +135,7 @@ impl CallRecord {
     }
 }
 
-fn base_record(ctx: &RequestCtx, status: u16, outcome: &'static str) -> CallRecord {
+fn base_record(ctx: &RequestCtx, status: u16, outcome: Outcome) -> CallRecord {
     CallRecord {
         at: SystemTime::now(),
         request_id: ctx.request_id.to_string(),
@@ -143,7 +148,7 @@ fn base_record(ctx: &RequestCtx, status: u16, outcome: &'static str) -> CallReco
         local: false,
         attempts: ctx.attempts.clone(),
         stream: ctx.stream,
-        cache: Some(ctx.cache.as_str()),
+        cache: Some(ctx.cache),
         status,
         outcome,
         error: None,

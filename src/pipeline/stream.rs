@@ -48,7 +48,7 @@ impl Pipeline {
                 if !ctx.cache.is_hit() {
                     pipeline.metrics.upstream_stream_ended(
                         &target,
-                        end.outcome(),
+                        end.outcome().as_str(),
                         started.elapsed(),
                     );
                 }
