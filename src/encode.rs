@@ -37,3 +37,8 @@ pub fn as_optional_days<S: serde::Serializer>(
 ) -> Result<S::Ok, S::Error> {
     s.serialize_u64(d.map_or(0, |d| d.as_secs() / 86_400))
 }
+
+/// A duration as whole seconds.
+pub fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_secs())
+}

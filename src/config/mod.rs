@@ -2,17 +2,26 @@
 //! the raw structs of [`raw`], then [`validate`] checks everything at once and builds
 //! the typed [`Config`] the rest of the gateway uses. Secrets are read from the
 //! environment variables the file names, never from the file.
+//!
+//! One file per section (`server`, `auth`, `providers`, `models`, `pii`,
+//! `embeddings`, `retrieval`, `cache`, `audit`), each with its raw type, its check,
+//! and its checked type — or, where the settings are a stage's own, the stage's
+//! type it fills.
 
 mod audit;
+mod auth;
 mod cache;
+mod embeddings;
 mod env;
+mod models;
+mod pii;
+mod providers;
 mod raw;
 mod retrieval;
+mod server;
 mod validate;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -23,13 +32,15 @@ pub use crate::generate::{LocalModelConfig, ProviderConfig, ProviderKind};
 /// The log settings are telemetry's own.
 pub use crate::telemetry::{LogConfig, LogFormat};
 pub use audit::{AuditConfig, AuditDatabase};
+pub use auth::{AuthConfig, ClientKey};
 pub use cache::{CacheConfig, RedisConfig};
+pub use embeddings::EmbeddingsConfig;
 pub use env::Env;
+pub use models::{ModelConfig, TargetRef};
+pub use pii::{GuardConfig, LocalInput, PiiConfig};
 use raw::RawConfig;
 pub use retrieval::{PromptLanguage, RagSettings, RetrievalConfig, StoreConfig};
-
-use crate::sanitize::Policy;
-use crate::sanitize::guard::GuardAction;
+pub use server::ServerConfig;
 
 /// The validated configuration.
 #[derive(Debug, Clone, Serialize)]
@@ -48,134 +59,7 @@ pub struct Config {
     pub audit: Option<AuditConfig>,
 }
 
-/// What happens to personal data (see `sanitize`).
-#[derive(Debug, Clone, Serialize)]
-pub struct PiiConfig {
-    pub actions: Policy,
-    pub hash_key_env: Option<String>,
-    /// The key of the `hash` action; without one, a random key per process (hashes
-    /// then match only within one run).
-    pub hash_key: Option<Secret>,
-    pub local_input: LocalInput,
-}
-
-/// What the in-process model is given. Remote providers always get sanitised text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LocalInput {
-    /// Placeholders, as remote providers see them.
-    Sanitised,
-    /// The user's own text: the data never leaves the process anyway, and a small
-    /// model answers better about a number it can read.
-    Raw,
-}
-
-/// The content guard's list and what a match does.
-#[derive(Debug, Clone, Serialize)]
-pub struct GuardConfig {
-    pub file: PathBuf,
-    pub action: GuardAction,
-    #[serde(serialize_with = "as_duration")]
-    pub check_every: Duration,
-}
-
-/// The sentence embedder served at `POST /v1/embeddings`.
-#[derive(Debug, Clone, Serialize)]
-pub struct EmbeddingsConfig {
-    pub name: String,
-    pub model: PathBuf,
-    pub device: String,
-    /// tiktoken's `cl100k_base` file, for token-id input; without one, only text
-    /// is taken.
-    pub token_vocabulary: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ServerConfig {
-    pub listen: SocketAddr,
-    pub max_body_bytes: usize,
-    /// How long the whole exit may take after SIGTERM: draining open requests and
-    /// streams, background work, and the audit trail's last writes.
-    #[serde(serialize_with = "as_secs")]
-    pub shutdown_grace: Duration,
-    /// A connection that has not sent a whole request head within this is closed
-    /// (idle keep-alive connections too).
-    #[serde(serialize_with = "as_secs")]
-    pub header_read_timeout: Duration,
-    /// A request body not received in full within this (from its head) is refused
-    /// with 408, however steadily it trickles.
-    #[serde(serialize_with = "as_secs")]
-    pub body_read_timeout: Duration,
-    /// Open connections in total, and from one client address; past either, a new
-    /// connection gets 503 and is closed.
-    pub max_connections: usize,
-    pub max_connections_per_peer: usize,
-    /// `/metrics` on its own address instead of the public one.
-    pub metrics_listen: Option<SocketAddr>,
-}
-
-/// Client authentication. With no keys configured, every caller is the `default`
-/// tenant.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct AuthConfig {
-    pub keys: Vec<ClientKey>,
-    /// The tenants the client keys name (whether or not their secrets are here):
-    /// empty when authentication is off.
-    pub tenants: BTreeSet<String>,
-    pub admin_key_env: Option<String>,
-    /// Without one, the `/admin/…` endpoints are off.
-    pub admin_key: Option<Secret>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ClientKey {
-    pub id: String,
-    pub tenant: String,
-    #[serde(skip)]
-    pub sha256: [u8; 32],
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ModelConfig {
-    pub targets: Vec<TargetRef>,
-    pub description: Option<String>,
-    #[serde(serialize_with = "as_duration")]
-    pub request_timeout: Duration,
-    pub failover_on_content_filter: bool,
-    pub local_fallback: bool,
-    /// How the alias grounds answers; `None` without `[retrieval]`.
-    pub rag: Option<RagSettings>,
-    pub cache: crate::cache::CachePolicy,
-}
-
-/// `provider:upstream-model`, as written in a route's `targets`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(into = "String")]
-pub struct TargetRef {
-    pub provider: String,
-    pub model: String,
-}
-
-impl fmt::Display for TargetRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.model.is_empty() {
-            true => f.write_str(&self.provider), // a local model: `local`
-            false => write!(f, "{}:{}", self.provider, self.model),
-        }
-    }
-}
-
-impl From<TargetRef> for String {
-    fn from(target: TargetRef) -> String {
-        target.to_string()
-    }
-}
-
 pub use crate::secret::Secret;
-
-fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_u64(d.as_secs())
-}
 
 pub(crate) use crate::encode::as_duration;
 

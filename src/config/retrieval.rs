@@ -22,7 +22,7 @@ pub struct RetrievalConfig {
     pub max_document_bytes: usize,
     /// How long one document's ingestion (extract, chunk, embed, store) may take
     /// before it is abandoned.
-    #[serde(serialize_with = "super::as_secs")]
+    #[serde(serialize_with = "crate::encode::as_secs")]
     pub ingest_timeout: std::time::Duration,
     /// Documents one tenant may have in ingestion at once over HTTP; more get 429.
     pub ingest_concurrency: usize,

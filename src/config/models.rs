@@ -1,0 +1,132 @@
+//! `[models.ALIAS]`: the aliases clients ask for, each with its ordered targets.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::validate::Problems;
+use super::{RagSettings, as_duration};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    pub targets: Vec<String>,
+    pub description: Option<String>,
+    /// The whole request's deadline, across every target and retry.
+    pub request_timeout: Option<String>,
+    /// Try the next target when a provider refuses on content grounds.
+    pub failover_on_content_filter: Option<bool>,
+    /// End the route with the local model (default: true when one is configured).
+    pub local_fallback: Option<bool>,
+    /// Ground answers in the tenant's documents: `false`, or settings overriding
+    /// `[retrieval]`'s.
+    pub rag: Option<super::retrieval::RawRag>,
+    /// Which requests the answer cache serves: `deterministic` (the default),
+    /// `always` or `off`.
+    pub cache: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelConfig {
+    pub targets: Vec<TargetRef>,
+    pub description: Option<String>,
+    #[serde(serialize_with = "as_duration")]
+    pub request_timeout: Duration,
+    pub failover_on_content_filter: bool,
+    pub local_fallback: bool,
+    /// How the alias grounds answers; `None` without `[retrieval]`.
+    pub rag: Option<RagSettings>,
+    pub cache: crate::cache::CachePolicy,
+}
+
+/// `provider:upstream-model`, as written in a route's `targets`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub struct TargetRef {
+    pub provider: String,
+    pub model: String,
+}
+
+impl fmt::Display for TargetRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.model.is_empty() {
+            true => f.write_str(&self.provider), // a local model: `local`
+            false => write!(f, "{}:{}", self.provider, self.model),
+        }
+    }
+}
+
+impl From<TargetRef> for String {
+    fn from(target: TargetRef) -> String {
+        target.to_string()
+    }
+}
+
+pub(super) const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub(super) fn model(
+    alias: &str,
+    raw: RawModel,
+    providers: &BTreeSet<String>,
+    locals: &BTreeSet<String>,
+    rag_base: Option<&RagSettings>,
+    problems: &mut Problems,
+) -> Option<ModelConfig> {
+    let at = format!("models.{alias}");
+    let before = problems.count();
+    if alias.trim().is_empty() {
+        problems.add(&at, "a model alias must not be empty");
+    }
+    if raw.targets.is_empty() {
+        problems.add(format!("{at}.targets"), "must list at least one target");
+    }
+    let mut targets = Vec::new();
+    for (i, text) in raw.targets.iter().enumerate() {
+        let key = format!("{at}.targets[{i}]");
+        match text.split_once(':') {
+            // A local provider serves one model: its name alone is the target.
+            None if locals.contains(text.as_str()) => targets.push(TargetRef {
+                provider: text.clone(),
+                model: String::new(),
+            }),
+            Some((provider, model)) if !provider.is_empty() && !model.is_empty() => {
+                if !providers.contains(provider) {
+                    problems.add(&key, format!("provider `{provider}` is not configured"));
+                }
+                targets.push(TargetRef {
+                    provider: provider.to_owned(),
+                    model: model.to_owned(),
+                });
+            }
+            _ => problems.add(&key, format!("`{text}` is not `provider:model`")),
+        }
+    }
+    let request_timeout = problems.duration(
+        &format!("{at}.request_timeout"),
+        raw.request_timeout.as_deref(),
+        DEFAULT_REQUEST_TIMEOUT,
+    );
+    let rag = match rag_base {
+        Some(base) => Some(super::retrieval::alias_settings(
+            &at, raw.rag, base, problems,
+        )),
+        None => {
+            if raw.rag.is_some() {
+                problems.add(format!("{at}.rag"), "needs a [retrieval] section");
+            }
+            None
+        }
+    };
+    let cache = super::cache::policy(&at, raw.cache.as_deref(), problems);
+    (problems.count() == before).then_some(ModelConfig {
+        targets,
+        description: raw.description,
+        request_timeout,
+        failover_on_content_filter: raw.failover_on_content_filter.unwrap_or(false),
+        local_fallback: raw.local_fallback.unwrap_or(true),
+        rag,
+        cache,
+    })
+}
