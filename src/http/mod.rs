@@ -11,6 +11,7 @@ mod health;
 mod limits;
 mod models;
 pub mod observe;
+mod quickack;
 pub mod server;
 
 use std::sync::Arc;
