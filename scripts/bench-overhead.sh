@@ -20,34 +20,10 @@ need nginx nginx-light
 command -v oha >/dev/null 2>&1 || cargo install oha --locked >&2
 
 cargo build --release --locked --bin ragway >&2
-RAGWAY="$CARGO_TARGET_DIR/release/ragway"
 
-# --- the instant upstream ---------------------------------------------------------
+# --- the instant upstream and the gateway in front of it ---------------------------
 start_instant_upstream "$UPSTREAM_PORT"
-
-# --- the gateway ------------------------------------------------------------------
-cat >"$work/ragway.toml" <<EOF
-[server]
-listen = "127.0.0.1:$GATEWAY_PORT"
-[providers.local-nginx]
-kind = "openai"
-base_url = "http://127.0.0.1:$UPSTREAM_PORT/v1"
-[models.bench]
-targets = ["local-nginx:bench"]
-EOF
-"$RAGWAY" serve --config "$work/ragway.toml" 2>"$work/ragway.log" &
-ragway_pid=$!
-pids+=($ragway_pid)
-
-wait_for() {
-  for _ in $(seq 100); do
-    curl -sf -o /dev/null "$1" && return 0
-    sleep 0.1
-  done
-  echo "not reachable: $1" >&2
-  exit 1
-}
-wait_for "http://127.0.0.1:$GATEWAY_PORT/healthz"
+start_gateway "$GATEWAY_PORT" "$UPSTREAM_PORT"
 body='{"model":"bench","messages":[{"role":"user","content":"Hello, who are you?"}]}'
 # The gateway answers, and assembles the streamed answer correctly.
 curl -sf -H 'content-type: application/json' -d "$body" \

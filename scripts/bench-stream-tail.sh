@@ -17,21 +17,7 @@ source scripts/lib/bench.sh
 need nginx nginx-light
 cargo build --release --locked --bin ragway >&2
 start_instant_upstream "$UPSTREAM_PORT"
-cat >"$work/ragway.toml" <<CONF
-[server]
-listen = "127.0.0.1:$GATEWAY_PORT"
-[providers.local-nginx]
-kind = "openai"
-base_url = "http://127.0.0.1:$UPSTREAM_PORT/v1"
-[models.bench]
-targets = ["local-nginx:bench"]
-CONF
-"$CARGO_TARGET_DIR/release/ragway" serve --config "$work/ragway.toml" 2>"$work/ragway.log" &
-pids+=($!)
-for _ in $(seq 100); do
-  curl -sf -o /dev/null "http://127.0.0.1:$GATEWAY_PORT/healthz" && break
-  sleep 0.1
-done
+start_gateway "$GATEWAY_PORT" "$UPSTREAM_PORT"
 measure() { python3 scripts/lib/sse_latency.py 127.0.0.1 "$1" bench "$N" ${2:-}; }
 echo "| path | request written | latency |"
 echo "|---|---|---|"

@@ -72,14 +72,6 @@ impl Vocabulary {
         }
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
-
-    pub fn len(&self) -> usize {
-        self.tokens.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tokens.is_empty()
-    }
 }
 
 #[cfg(test)]

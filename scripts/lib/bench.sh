@@ -42,3 +42,26 @@ CONF
   nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' &
   pids+=($!)
 }
+
+# The release gateway on 127.0.0.1:GATEWAY_PORT with one alias, `bench`, routed to
+# the instant upstream; sets ragway_pid and returns once /healthz answers.
+start_gateway() { # gateway-port upstream-port
+  cat >"$work/ragway.toml" <<CONF
+[server]
+listen = "127.0.0.1:$1"
+[providers.local-nginx]
+kind = "openai"
+base_url = "http://127.0.0.1:$2/v1"
+[models.bench]
+targets = ["local-nginx:bench"]
+CONF
+  "$CARGO_TARGET_DIR/release/ragway" serve --config "$work/ragway.toml" 2>"$work/ragway.log" &
+  ragway_pid=$!
+  pids+=($ragway_pid)
+  for _ in $(seq 100); do
+    curl -sf -o /dev/null "http://127.0.0.1:$1/healthz" && return 0
+    sleep 0.1
+  done
+  echo "not reachable: http://127.0.0.1:$1/healthz" >&2
+  exit 1
+}

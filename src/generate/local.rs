@@ -122,6 +122,10 @@ impl ChatProvider for LocalProvider {
             let mut events = first;
             for index in 0..choices {
                 if index > 0 {
+                    // The caller left during the last choice: queue no more work.
+                    if chunks.is_closed() {
+                        return;
+                    }
                     match jobs.submit(index) {
                         Ok(next) => events = next,
                         Err(error) => {
