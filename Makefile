@@ -44,7 +44,7 @@ fmt:
 	$(CARGO) fmt --all
 
 ## Gateway overhead benchmark (writes nothing; paste the table into docs/BENCHMARKS.md).
-bench-overhead:
+bench-overhead: toolchain services
 	scripts/bench-overhead.sh
 
 ## The streamed-answer tail at one connection, requests written in one write and in two.

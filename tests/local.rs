@@ -125,7 +125,7 @@ async fn a_full_queue_answers_503_with_retry_after() {
         let body = long(2);
         async move { http.post(url).json(&body).send().await.unwrap().status() }
     });
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    gw.metric_reads("ragway_local_queue_depth 1").await;
     let third = gw.chat(ask("local", "hi")).await;
     assert_eq!(third.status(), 503);
     assert_eq!(third.headers()["retry-after"], "1");

@@ -44,8 +44,9 @@ CONF
 }
 
 # The release gateway on 127.0.0.1:GATEWAY_PORT with one alias, `bench`, routed to
-# the instant upstream; sets ragway_pid and returns once /healthz answers.
-start_gateway() { # gateway-port upstream-port
+# the instant upstream, plus any further TOML given; sets ragway_pid and returns once
+# /healthz answers.
+start_gateway() { # gateway-port upstream-port [extra-toml]
   cat >"$work/ragway.toml" <<CONF
 [server]
 listen = "127.0.0.1:$1"
@@ -54,6 +55,7 @@ kind = "openai"
 base_url = "http://127.0.0.1:$2/v1"
 [models.bench]
 targets = ["local-nginx:bench"]
+${3:-}
 CONF
   "$CARGO_TARGET_DIR/release/ragway" serve --config "$work/ragway.toml" 2>"$work/ragway.log" &
   ragway_pid=$!
@@ -63,5 +65,16 @@ CONF
     sleep 0.1
   done
   echo "not reachable: http://127.0.0.1:$1/healthz" >&2
+  cat "$work/ragway.log" >&2
   exit 1
+}
+
+stop_gateway() {
+  kill "$ragway_pid" 2>/dev/null || true
+  wait "$ragway_pid" 2>/dev/null || true
+}
+
+# CPU seconds (user + system) a process has used so far, in clock ticks.
+cpu_ticks() { # pid
+  awk '{print $14 + $15}' "/proc/$1/stat"
 }

@@ -80,18 +80,20 @@ impl Prompt {
     }
 }
 
-/// An answer from the target that served it.
-pub struct Generation {
+/// An answer as it came from upstream: from the target that served it (or, in the
+/// pipeline, from the cache). It names this request's personal data by placeholders
+/// unless `raw_output` says the target read the user's own text.
+pub struct Answer {
     pub target: Arc<str>,
     /// When the serving attempt began (for the upstream duration of a stream).
     pub started: Instant,
-    pub output: Output,
+    pub body: AnswerBody,
     /// The target read the user's own text, so its answer may hold raw values.
     pub raw_output: bool,
 }
 
-pub enum Output {
-    Complete(ChatCompletion),
+pub enum AnswerBody {
+    Whole(ChatCompletion),
     /// A stream whose first chunk with content has arrived: it is committed.
     Stream(ChunkStream),
 }
@@ -135,5 +137,5 @@ impl Default for Deadlines {
 /// and the record), and how it ended.
 pub struct Generated {
     pub attempts: Vec<Attempt>,
-    pub result: Result<Generation, GatewayError>,
+    pub result: Result<Answer, GatewayError>,
 }

@@ -18,7 +18,7 @@ use tokio::time::{Instant, timeout_at};
 use super::assemble::collect;
 use super::retry::{Disposition, classify};
 use super::{
-    Attempt, ChunkStream, Generate, Generated, Generation, Output, Prompt, Route, Target,
+    Answer, AnswerBody, Attempt, ChunkStream, Generate, Generated, Prompt, Route, Target,
     TimeoutPhase, UpstreamError,
 };
 use crate::call::Call;
@@ -64,7 +64,7 @@ impl Router {
         target: &Arc<Target>,
         prompt: &Prompt,
         deadline: Instant,
-    ) -> Result<Generation, Left> {
+    ) -> Result<Answer, Left> {
         let prompt = prompt.for_target(target);
         let mut retries = 0;
         let mut last: Option<UpstreamError> = None;
@@ -86,18 +86,18 @@ impl Router {
             let result = self.attempt(target, prompt, call.stream, deadline).await;
             let latency = started.elapsed();
             let error = match result {
-                Ok(output) => {
-                    let output = match output {
+                Ok(body) => {
+                    let body = match body {
                         // A committed stream records its verdict when it ends.
-                        Output::Stream(chunks) => {
-                            Output::Stream(self.settle_at_end(target, chunks, permit))
+                        AnswerBody::Stream(chunks) => {
+                            AnswerBody::Stream(self.settle_at_end(target, chunks, permit))
                         }
-                        complete => {
+                        whole => {
                             let transition = permit.record(Verdict::Success, Instant::now());
                             self.report(target, transition);
                             self.metrics
                                 .upstream_attempt(&target.id, "ok", latency, None);
-                            complete
+                            whole
                         }
                     };
                     tries.attempts.push(Attempt {
@@ -105,10 +105,10 @@ impl Router {
                         latency,
                         failure: None,
                     });
-                    return Ok(Generation {
+                    return Ok(Answer {
                         target: target.id.clone(),
                         started,
-                        output,
+                        body,
                         raw_output: target.raw_input,
                     });
                 }
@@ -157,7 +157,7 @@ impl Router {
         prompt: &ChatRequest,
         client_streams: bool,
         deadline: Instant,
-    ) -> Result<Output, UpstreamError> {
+    ) -> Result<AnswerBody, UpstreamError> {
         if client_streams || target.stream_upstream {
             return self
                 .streamed(target, prompt, client_streams, deadline)
@@ -165,7 +165,7 @@ impl Router {
         }
         // A provider that cannot stream: only the request's deadline bounds it.
         match timeout_at(deadline, target.provider.complete(&target.model, prompt)).await {
-            Ok(result) => result.map(Output::Complete),
+            Ok(result) => result.map(AnswerBody::Whole),
             Err(_) => Err(UpstreamError::Timeout(TimeoutPhase::Total)),
         }
     }
@@ -178,7 +178,7 @@ impl Router {
         prompt: &ChatRequest,
         client_streams: bool,
         deadline: Instant,
-    ) -> Result<Output, UpstreamError> {
+    ) -> Result<AnswerBody, UpstreamError> {
         let first_token_by = Instant::now()
             .checked_add(target.deadlines.first_token)
             .map_or(deadline, |t| t.min(deadline));
@@ -192,9 +192,9 @@ impl Router {
         };
         let chunks = with_deadlines(chunks, target.deadlines.idle, deadline);
         if client_streams {
-            return Ok(Output::Stream(chunks));
+            return Ok(AnswerBody::Stream(chunks));
         }
-        collect(chunks).await.map(Output::Complete)
+        collect(chunks).await.map(AnswerBody::Whole)
     }
 
     /// Wraps a committed stream so that its end settles the breaker permit: a clean
@@ -259,7 +259,7 @@ impl Router {
         tries: &mut Tries,
         route: &Route,
         prompt: &Prompt,
-    ) -> Result<Generation, GatewayError> {
+    ) -> Result<Answer, GatewayError> {
         let deadline = call.deadline;
         let mut left: Option<(Arc<str>, &'static str)> = None;
         let mut last_error = None;

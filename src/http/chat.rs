@@ -56,7 +56,7 @@ pub async fn completions(
         Ok(reply) => {
             let served = ServedModel {
                 alias,
-                target: reply.target.clone(),
+                target: Some(reply.target.clone()),
                 attempts: reply.attempts,
             };
             (reply_response(reply), served)
@@ -103,11 +103,11 @@ fn rag_header(headers: &HeaderMap, mut request: ChatRequest) -> Result<ChatReque
 
 fn reply_response(reply: Reply) -> Response {
     let mut response = match reply.body {
-        ReplyBody::Complete(completion) => Json(completion).into_response(),
+        ReplyBody::Whole(completion) => Json(completion).into_response(),
         ReplyBody::Stream(frames) => sse_response(frames),
     };
     let headers = response.headers_mut();
-    if let Some(value) = reply.target.and_then(|t| HeaderValue::from_str(&t).ok()) {
+    if let Ok(value) = HeaderValue::from_str(&reply.target) {
         headers.insert(HeaderName::from_static("x-ragway-target"), value);
     }
     headers.insert(

@@ -16,15 +16,16 @@ use tokio_util::task::TaskTracker;
 pub use ctx::{Caller, RequestCtx};
 
 use crate::audit::AuditSink;
-use crate::cache::{AnswerCache, CacheKey, CacheLookup, CacheStatus};
+use crate::cache::{AnswerCache, CacheLookup, CacheStatus};
 use crate::error::GatewayError;
-use crate::generate::{ChunkStream, Generate, Output, Prompt};
+use crate::generate::{Answer, AnswerBody, Generate, Prompt};
 use crate::retrieve::Retriever;
 use crate::sanitize::guard::Verdict;
 use crate::sanitize::{ContentGuard, Sanitizer, Scope, Vault, for_each_text};
 use crate::telemetry::Metrics;
 use crate::wire::{ChatCompletion, ChatRequest};
-use respond::ToClient;
+use record::Finished;
+use respond::Shaping;
 
 /// The stages, each behind its trait, plus what they share.
 #[derive(Clone)]
@@ -42,38 +43,19 @@ pub struct Pipeline {
     pub tasks: TaskTracker,
 }
 
-/// The answer as the HTTP layer sends it.
+/// The answer as it goes to the client (what came from upstream is a
+/// [`generate::Answer`](Answer)).
 pub struct Reply {
-    pub target: Option<Arc<str>>,
+    pub target: Arc<str>,
     pub attempts: usize,
     pub cache: CacheStatus,
     pub body: ReplyBody,
 }
 
 pub enum ReplyBody {
-    Complete(ChatCompletion),
+    Whole(ChatCompletion),
     /// Server-sent event frames, ready to write.
     Stream(mpsc::Receiver<Bytes>),
-}
-
-/// An answer on its way to the client.
-enum Answer {
-    Whole {
-        target: Arc<str>,
-        reply: ChatCompletion,
-        /// The sanitised answer and its key, when it should be cached.
-        to_store: Option<Box<(CacheKey, ChatCompletion)>>,
-        /// The answer's text as the audit record keeps it (sanitised).
-        recorded: String,
-        /// The content guard cut the answer.
-        filtered: bool,
-    },
-    Stream {
-        target: Arc<str>,
-        started: tokio::time::Instant,
-        chunks: ChunkStream,
-        to_client: ToClient,
-    },
 }
 
 impl Pipeline {
@@ -82,42 +64,49 @@ impl Pipeline {
         mut ctx: RequestCtx,
         request: ChatRequest,
     ) -> Result<Reply, GatewayError> {
-        match self.answer(&mut ctx, request).await {
-            Ok(Answer::Whole {
-                target,
-                reply,
-                to_store,
-                recorded,
-                filtered,
-            }) => {
-                self.record_whole(&ctx, &target, &reply, to_store, recorded, filtered); // 6. record
-                Ok(Reply {
-                    target: Some(target),
-                    attempts: ctx.attempts.len(),
-                    cache: ctx.cache,
-                    body: ReplyBody::Complete(reply),
-                })
-            }
-            // A stream is shaped chunk by chunk, and recorded when it ends.
-            Ok(Answer::Stream {
-                target,
-                started,
-                chunks,
-                to_client,
-            }) => Ok(self.stream(ctx, target, started, chunks, to_client)),
+        let (answer, shaping) = match self.answer(&mut ctx, request).await {
+            Ok(answered) => answered,
             Err(error) => {
-                self.record_error(&ctx, &error); // 6. record
-                Err(error)
+                self.record(&ctx, Finished::failed(&error)); // 6. record
+                return Err(error);
             }
-        }
+        };
+        let (attempts, cache) = (ctx.attempts.len(), ctx.cache);
+        let body = match answer.body {
+            // 5. respond, then 6. record
+            AnswerBody::Whole(completion) => {
+                let text = respond::answer_text(&completion);
+                let recorded = self.sanitize_for_record(&ctx, &shaping.vault, text);
+                let (completion, finished) =
+                    respond::whole(&ctx, &answer.target, completion, &shaping, recorded);
+                self.record(&ctx, finished);
+                ReplyBody::Whole(completion)
+            }
+            // A stream is shaped chunk by chunk in a task of its own, which records
+            // the call when the stream ends.
+            AnswerBody::Stream(chunks) => ReplyBody::Stream(self.stream(
+                ctx,
+                answer.target.clone(),
+                answer.started,
+                chunks,
+                shaping,
+            )),
+        };
+        Ok(Reply {
+            target: answer.target,
+            attempts,
+            cache,
+            body,
+        })
     }
 
-    /// Stages 1–5.
+    /// Stages 1–4: the answer as it came from upstream (or the cache), and how to
+    /// shape it for this client.
     async fn answer(
         &self,
         ctx: &mut RequestCtx,
         mut prompt: ChatRequest,
-    ) -> Result<Answer, GatewayError> {
+    ) -> Result<(Answer, Shaping), GatewayError> {
         let guard = self.guard.list(); // 1. sanitize: the content guard, then PII
         let mut vault = self.sanitize(ctx, &mut prompt, &guard)?;
         // The cache key includes what retrieval would use: a document change or a
@@ -125,10 +114,11 @@ impl Pipeline {
         ctx.corpus_version = self.retriever.corpus_version(&ctx.call(), &prompt).await?;
         match self.cache.lookup(&ctx.call(), &prompt).await {
             // 2. cache
-            CacheLookup::Hit(answer, tier) => {
+            CacheLookup::Hit(stored, tier) => {
                 ctx.cache = tier;
-                ctx.citations = respond::stored_citations(&answer);
-                return Ok(respond::cached(ctx, answer, ToClient::new(vault, guard)));
+                ctx.citations = respond::stored_citations(&stored);
+                let answer = respond::from_cache(ctx, stored);
+                return Ok((answer, Shaping::new(vault, guard)));
             }
             CacheLookup::Miss(key, flight) => {
                 ctx.cache = CacheStatus::Miss;
@@ -161,23 +151,9 @@ impl Pipeline {
             .generate(&ctx.call(), &ctx.route, &prompt)
             .await; // 4. generate
         ctx.attempts = generated.attempts;
-        let generation = generated.result?;
-        ctx.raw_output = generation.raw_output;
-        let to_client = ToClient::new(vault, guard);
-        Ok(match generation.output {
-            // 5. respond (a stream is shaped as it flows, in `stream`)
-            Output::Complete(completion) => {
-                let text = respond::answer_text(&completion);
-                let recorded = self.sanitize_for_record(ctx, &to_client.vault, text);
-                respond::whole(ctx, generation.target, completion, &to_client, recorded)
-            }
-            Output::Stream(chunks) => Answer::Stream {
-                target: generation.target,
-                started: generation.started,
-                chunks,
-                to_client,
-            },
-        })
+        let answer = generated.result?;
+        ctx.raw_output = answer.raw_output;
+        Ok((answer, Shaping::new(vault, guard)))
     }
 
     /// Stage 1: the content guard over what the user wrote, then personal data into

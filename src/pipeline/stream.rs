@@ -14,51 +14,117 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::record::StreamEnd;
-use super::respond::{ChunkShaper, ToClient};
-use super::{Pipeline, Reply, ReplyBody, RequestCtx};
+use super::record::Finished;
+use super::respond::{self, ChunkShaper, Shaping};
+use super::{Pipeline, RequestCtx};
+use crate::call::Outcome;
 use crate::error::GatewayError;
-use crate::generate::{Assembler, ChunkStream};
+use crate::generate::{Assembler, ChunkStream, UpstreamError};
 
 /// Frames buffered between the upstream reader and a slow client.
 const CHANNEL_FRAMES: usize = 32;
 
+/// How a stream ended.
+enum StreamEnd {
+    Complete,
+    /// The upstream failed after the client had begun to receive the answer.
+    Interrupted(UpstreamError),
+    /// The client went away.
+    Abandoned,
+    /// The content guard cut the answer.
+    Filtered,
+}
+
+impl StreamEnd {
+    fn outcome(&self) -> Outcome {
+        match self {
+            StreamEnd::Complete => Outcome::Ok,
+            StreamEnd::Interrupted(_) => Outcome::Interrupted,
+            StreamEnd::Abandoned => Outcome::Abandoned,
+            StreamEnd::Filtered => Outcome::ContentFilter,
+        }
+    }
+}
+
+/// What a stream carried to the client, once it has ended.
+struct Carried {
+    end: StreamEnd,
+    /// The answer as it came from upstream (sanitised), for the cache and the record.
+    assembled: Assembler,
+    first_token: Option<Duration>,
+}
+
 impl Pipeline {
+    /// Starts the task that carries `chunks` from `target` to the client; the frames
+    /// to write come out of the receiver.
     pub(super) fn stream(
         &self,
         ctx: RequestCtx,
         target: Arc<str>,
         started: Instant,
         chunks: ChunkStream,
-        to_client: ToClient,
-    ) -> Reply {
+        shaping: Shaping,
+    ) -> mpsc::Receiver<Bytes> {
         let (tx, rx) = mpsc::channel(CHANNEL_FRAMES);
-        let reply = Reply {
-            target: Some(target.clone()),
-            attempts: ctx.attempts.len(),
-            cache: ctx.cache,
-            body: ReplyBody::Stream(rx),
-        };
         let pipeline = self.clone();
         self.tasks.spawn(
             async move {
-                let shaper = ChunkShaper::new(&ctx, &target, &to_client);
-                let (end, accumulated, first_token) =
-                    forward(&pipeline, &ctx, chunks, shaper, tx).await;
+                let shaper = ChunkShaper::new(&ctx, &target, &shaping);
+                let carried = forward(&pipeline, &ctx, chunks, shaper, tx).await;
                 if !ctx.cache.is_hit() {
                     pipeline.metrics.upstream_stream_ended(
                         &target,
-                        end.outcome().as_str(),
+                        carried.end.outcome().as_str(),
                         started.elapsed(),
                     );
                 }
-                let recorded =
-                    pipeline.sanitize_for_record(&ctx, &to_client.vault, accumulated.text());
-                pipeline.record_stream(&ctx, &target, end, accumulated, first_token, recorded);
+                let finished = pipeline.finished_stream(&ctx, &shaping, target, carried);
+                pipeline.record(&ctx, finished); // 6. record
             }
             .instrument(tracing::Span::current()),
         );
-        reply
+        rx
+    }
+
+    /// How the stream ended, for the record; its metrics counted.
+    fn finished_stream(
+        &self,
+        ctx: &RequestCtx,
+        shaping: &Shaping,
+        target: Arc<str>,
+        carried: Carried,
+    ) -> Finished {
+        let Carried {
+            end,
+            assembled,
+            first_token,
+        } = carried;
+        let outcome = end.outcome();
+        self.metrics.stream_finished(
+            &ctx.route.alias,
+            &target,
+            outcome.as_str(),
+            ctx.started.elapsed(),
+        );
+        let mut finished = Finished::answered(target.clone(), outcome);
+        finished.first_token = first_token;
+        finished.usage = assembled.usage();
+        finished.answer_chars = assembled.answer_chars();
+        finished.answer = self.sanitize_for_record(ctx, &shaping.vault, assembled.text());
+        if let StreamEnd::Interrupted(_) = end {
+            finished.error = Some("stream_interrupted");
+        }
+        // Only an answer that finished is worth serving again, and one produced from
+        // raw text may hold raw values.
+        if let (StreamEnd::Complete, true, false) = (&end, ctx.cache_key.is_some(), ctx.raw_output)
+            && let Some(mut answer) = assembled.finish()
+            && respond::cacheable(&answer)
+        {
+            answer.model = target.to_string();
+            respond::attach_citations(ctx, &mut answer);
+            finished.to_store = Some(answer);
+        }
+        finished
     }
 }
 
@@ -68,9 +134,8 @@ async fn forward(
     mut chunks: ChunkStream,
     mut shaper: ChunkShaper,
     tx: mpsc::Sender<Bytes>,
-) -> (StreamEnd, Assembler, Option<Duration>) {
-    // The answer as it came from upstream (sanitised), for the cache and the record.
-    let mut accumulated = Assembler::default();
+) -> Carried {
+    let mut assembled = Assembler::default();
     let mut first_token = None;
     let mut end = loop {
         let item = tokio::select! {
@@ -83,7 +148,7 @@ async fn forward(
             Some(Err(error)) => break StreamEnd::Interrupted(error),
             Some(Ok(chunk)) => chunk,
         };
-        accumulated.add(&chunk);
+        assembled.add(&chunk);
         let Some(shaped) = shaper.shape(chunk) else {
             continue;
         };
@@ -96,7 +161,6 @@ async fn forward(
             break StreamEnd::Abandoned;
         }
         if shaper.filtered() {
-            pipeline.metrics.guard_blocked("output");
             break StreamEnd::Filtered;
         }
     };
@@ -108,7 +172,6 @@ async fn forward(
             let _ = tx.send(data_frame(&rest)).await;
         }
         if shaper.filtered() {
-            pipeline.metrics.guard_blocked("output");
             end = StreamEnd::Filtered;
         }
     }
@@ -126,7 +189,11 @@ async fn forward(
         }
         StreamEnd::Abandoned => {}
     }
-    (end, accumulated, first_token)
+    Carried {
+        end,
+        assembled,
+        first_token,
+    }
 }
 
 /// One SSE event carrying a JSON value.

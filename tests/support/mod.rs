@@ -78,6 +78,19 @@ impl Gateway {
         );
     }
 
+    /// Waits until `/metrics` holds `line` (a whole sample, e.g. `name{labels} 1`):
+    /// a wait on the state itself.
+    pub async fn metric_reads(&self, line: &str) {
+        for _ in 0..1_000 {
+            let metrics = self.get("/metrics").await.text().await.unwrap();
+            if metrics.lines().any(|l| l == line) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("/metrics never read `{line}`");
+    }
+
     pub fn http(&self) -> reqwest::Client {
         reqwest::Client::builder()
             .timeout(Duration::from_secs(30))

@@ -19,22 +19,22 @@ use crate::sanitize::guard::{GuardList, Verdict};
 use crate::wire::ChatCompletion;
 
 pub(super) use shape::ChunkShaper;
-pub(super) use whole::{answer_text, attach_citations, cached, stored_citations, whole};
+pub(super) use whole::{answer_text, attach_citations, from_cache, stored_citations, whole};
 
 /// The finish reason of an answer the content guard cut.
 const FILTERED: &str = "content_filter";
 
-/// What turns an upstream (sanitised) answer into the client's: this request's own
-/// values restored, then the content guard.
+/// How an upstream (sanitised) answer is shaped into the client's: this request's
+/// own values restored, then the content guard.
 #[derive(Clone)]
-pub(super) struct ToClient {
+pub(super) struct Shaping {
     pub vault: Arc<Vault>,
     pub guard: Arc<GuardList>,
 }
 
-impl ToClient {
+impl Shaping {
     pub(super) fn new(vault: Vault, guard: Arc<GuardList>) -> Self {
-        ToClient {
+        Shaping {
             vault: Arc::new(vault),
             guard,
         }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::{FILTERED, ToClient, citations, now, response_id};
+use super::{FILTERED, Shaping, citations, now, response_id};
 use crate::pipeline::RequestCtx;
 use crate::sanitize::guard::GuardStream;
 use crate::sanitize::{StreamRestorer, Vault};
@@ -19,7 +19,7 @@ pub(in crate::pipeline) struct ChunkShaper {
     model: String,
     wants_usage: bool,
     citations: Option<Value>,
-    to_client: ToClient,
+    shaping: Shaping,
     /// Per choice (`n` > 1 interleaves them): what each field holds back.
     choices: BTreeMap<u32, ChoiceFilter>,
     /// The content guard cut the answer: nothing more is sent.
@@ -44,10 +44,10 @@ struct FieldFilter {
 }
 
 impl FieldFilter {
-    fn new(to_client: &ToClient) -> Self {
+    fn new(shaping: &Shaping) -> Self {
         FieldFilter {
-            restorer: StreamRestorer::new(Arc::clone(&to_client.vault)),
-            guard: to_client.guard.stream(),
+            restorer: StreamRestorer::new(Arc::clone(&shaping.vault)),
+            guard: shaping.guard.stream(),
         }
     }
 
@@ -76,10 +76,10 @@ impl FieldFilter {
 }
 
 impl ChoiceFilter {
-    fn new(to_client: &ToClient) -> Self {
+    fn new(shaping: &Shaping) -> Self {
         ChoiceFilter {
-            content: FieldFilter::new(to_client),
-            reasoning: FieldFilter::new(to_client),
+            content: FieldFilter::new(shaping),
+            reasoning: FieldFilter::new(shaping),
             arguments: BTreeMap::new(),
             ended: false,
         }
@@ -133,14 +133,14 @@ impl ChoiceFilter {
 }
 
 impl ChunkShaper {
-    pub(in crate::pipeline) fn new(ctx: &RequestCtx, target: &str, to_client: &ToClient) -> Self {
+    pub(in crate::pipeline) fn new(ctx: &RequestCtx, target: &str, shaping: &Shaping) -> Self {
         ChunkShaper {
             id: response_id(ctx),
             created: now(),
             model: target.to_owned(),
             wants_usage: ctx.wants_stream_usage,
             citations: citations(ctx),
-            to_client: to_client.clone(),
+            shaping: shaping.clone(),
             choices: BTreeMap::new(),
             filtered: false,
         }
@@ -164,9 +164,9 @@ impl ChunkShaper {
             let filter = self
                 .choices
                 .entry(choice.index)
-                .or_insert_with(|| ChoiceFilter::new(&self.to_client));
+                .or_insert_with(|| ChoiceFilter::new(&self.shaping));
             let end = choice.finish_reason.is_some();
-            if filter.delta(&mut choice.delta, &self.to_client.vault, end) {
+            if filter.delta(&mut choice.delta, &self.shaping.vault, end) {
                 choice.finish_reason = Some(FILTERED.to_owned());
                 self.filtered = true;
             }
@@ -183,7 +183,7 @@ impl ChunkShaper {
     /// chunk.
     pub(in crate::pipeline) fn finish(&mut self) -> Option<ChatChunk> {
         let mut choices = Vec::new();
-        let vault = Arc::clone(&self.to_client.vault);
+        let vault = Arc::clone(&self.shaping.vault);
         for (&index, filter) in self.choices.iter_mut().filter(|(_, f)| !f.ended) {
             let mut delta = Delta::default();
             let cut = filter.delta(&mut delta, &vault, true);

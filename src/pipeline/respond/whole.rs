@@ -4,44 +4,51 @@
 use std::sync::Arc;
 
 use serde_json::Value;
+use tokio::time::Instant;
 
-use super::{FILTERED, ToClient, cacheable, citations, now, response_id};
-use crate::generate::ChunkStream;
-use crate::pipeline::{Answer, RequestCtx};
+use super::{FILTERED, Shaping, cacheable, citations, now, response_id};
+use crate::call::Outcome;
+use crate::generate::{Answer, AnswerBody};
+use crate::pipeline::RequestCtx;
+use crate::pipeline::record::Finished;
 use crate::sanitize::Vault;
 use crate::wire::{ChatChunk, ChatCompletion, ChunkChoice, Delta};
 
-/// A whole answer from a provider.
+/// A whole answer shaped for the client, and how the call finished. `recorded` is
+/// its text as the audit record keeps it.
 pub(in crate::pipeline) fn whole(
     ctx: &RequestCtx,
-    target: Arc<str>,
+    target: &Arc<str>,
     completion: ChatCompletion,
-    to_client: &ToClient,
+    shaping: &Shaping,
     recorded: String,
-) -> Answer {
+) -> (ChatCompletion, Finished) {
     // An answer produced from raw text may hold raw values: it is never cached.
-    let mut to_store = ctx
-        .cache_key
-        .clone()
-        .filter(|_| cacheable(&completion) && !ctx.raw_output)
-        .map(|key| {
+    let to_store =
+        (ctx.cache_key.is_some() && cacheable(&completion) && !ctx.raw_output).then(|| {
             let mut stored = completion.clone();
             stored.model = target.to_string();
             attach_citations(ctx, &mut stored);
-            Box::new((key, stored))
+            stored
         });
-    let (reply, filtered) = restore_whole(ctx, &target, completion, to_client);
+    let (reply, filtered) = restore_whole(ctx, target, completion, shaping);
+    let outcome = if filtered {
+        Outcome::ContentFilter
+    } else {
+        Outcome::Ok
+    };
+    let mut finished = Finished::answered(target.clone(), outcome);
+    finished.usage = reply.usage;
+    finished.answer_chars = reply
+        .choices
+        .iter()
+        .filter_map(|c| c.message.content.as_deref())
+        .map(|t| t.chars().count())
+        .sum();
+    finished.answer = recorded;
     // An answer the content guard cut is not served again.
-    if filtered {
-        to_store = None;
-    }
-    Answer::Whole {
-        target,
-        reply,
-        to_store,
-        recorded,
-        filtered,
-    }
+    finished.to_store = to_store.filter(|_| !filtered);
+    (reply, finished)
 }
 
 /// A hit is served with the passages its answer was grounded in: they are stored
@@ -64,33 +71,22 @@ pub(in crate::pipeline) fn stored_citations(
         .unwrap_or_default()
 }
 
-/// A cached (sanitised) answer, restored with this request's own values; replayed as
-/// chunks when the client asked for a stream.
-pub(in crate::pipeline) fn cached(
-    ctx: &RequestCtx,
-    answer: ChatCompletion,
-    to_client: ToClient,
-) -> Answer {
-    let target: Arc<str> = answer.model.as_str().into();
-    if ctx.stream {
-        let chunks: ChunkStream = Box::pin(futures_util::stream::iter(
-            replay_chunks(answer).into_iter().map(Ok),
-        ));
-        return Answer::Stream {
-            target,
-            started: tokio::time::Instant::now(),
-            chunks,
-            to_client,
-        };
-    }
-    let recorded = answer_text(&answer);
-    let (reply, filtered) = restore_whole(ctx, &target, answer, &to_client);
-    Answer::Whole {
+/// A cached (sanitised) answer, as if it had come from upstream: replayed as chunks
+/// when the client asked for a stream.
+pub(in crate::pipeline) fn from_cache(ctx: &RequestCtx, stored: ChatCompletion) -> Answer {
+    let target: Arc<str> = stored.model.as_str().into();
+    let body = if ctx.stream {
+        AnswerBody::Stream(Box::pin(futures_util::stream::iter(
+            replay_chunks(stored).into_iter().map(Ok),
+        )))
+    } else {
+        AnswerBody::Whole(stored)
+    };
+    Answer {
         target,
-        reply,
-        to_store: None,
-        recorded,
-        filtered,
+        started: Instant::now(),
+        body,
+        raw_output: false,
     }
 }
 
@@ -108,7 +104,7 @@ fn restore_whole(
     ctx: &RequestCtx,
     target: &str,
     mut completion: ChatCompletion,
-    to_client: &ToClient,
+    shaping: &Shaping,
 ) -> (ChatCompletion, bool) {
     completion.id = response_id(ctx);
     completion.object = "chat.completion".to_owned();
@@ -120,7 +116,7 @@ fn restore_whole(
         let mut cut = false;
         for field in [&mut message.content, &mut message.reasoning_content] {
             if let Some(text) = field.as_deref() {
-                let (text, blocked) = to_client.text(text);
+                let (text, blocked) = shaping.text(text);
                 *field = Some(text);
                 cut |= blocked;
             }
@@ -130,7 +126,7 @@ fn restore_whole(
             filtered = true;
         }
         if let Some(calls) = &mut message.tool_calls {
-            restore_arguments(&to_client.vault, calls);
+            restore_arguments(&shaping.vault, calls);
         }
     }
     attach_citations(ctx, &mut completion);
