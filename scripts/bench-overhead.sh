@@ -10,7 +10,8 @@
 # audit); `pii-audit` asks with a mobile number in the question (a placeholder goes
 # upstream, the answer is restored) and writes every call to the Postgres audit table.
 #
-#   scripts/bench-overhead.sh            (DURATION=10s by default)
+#   scripts/bench-overhead.sh            (DURATION=10s by default; RAGWAY_BIN=path
+#                                         measures that binary instead of a fresh build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +20,7 @@ UPSTREAM_PORT=${UPSTREAM_PORT:-18081}
 GATEWAY_PORT=${GATEWAY_PORT:-18080}
 CONCURRENCY=${CONCURRENCY:-"1 8 64"}
 CONFIGS=${CONFIGS:-"bare pii-audit"}
-RATES=${RATES:-"2000 10000"}
+RATES=${RATES-"2000 10000"}
 AUDIT_DATABASE=${AUDIT_DATABASE:-postgres://postgres@127.0.0.1:5432/ragway_bench}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/ragway/target}
 
@@ -28,7 +29,7 @@ need wrk wrk
 need nginx nginx-light
 if [ -n "$RATES" ]; then command -v oha >/dev/null 2>&1 || cargo install oha --locked >&2; fi
 
-cargo build --release --locked --bin ragway >&2
+build_gateway
 
 # --- the instant upstream, and what each configuration adds -------------------------
 start_instant_upstream "$UPSTREAM_PORT"
@@ -89,7 +90,9 @@ done
 echo "| configuration | concurrency | direct RPS | ragway RPS | ragway ÷ direct | direct p50 ms | ragway p50 ms | ragway p99 ms | overhead p50 ms | gateway CPU µs/request |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 rss_lines=()
+audit_rows() { psql "$AUDIT_DATABASE" -Atc "SELECT count(*) FROM audit_log WHERE instance = 'bench'" 2>/dev/null || echo 0; }
 for config in $CONFIGS; do
+  [ "$config" = pii-audit ] && rows_before=$(audit_rows)
   start_gateway "$GATEWAY_PORT" "$UPSTREAM_PORT" "$(config_toml "$config")"
   body=$(body_for "$config")
   # The gateway answers, and assembles the streamed answer correctly.
@@ -109,8 +112,7 @@ assert c == "Hello! How can I help you today?", c' >&2
   rss_lines+=("ragway RSS ($config): idle $((idle_rss / 1024)) MiB, high-water mark $((hwm / 1024)) MiB")
   if [ "$config" = pii-audit ]; then
     sleep 2 # the writer's last batch
-    rows=$(psql "$AUDIT_DATABASE" -Atc "SELECT count(*) FROM audit_log WHERE instance = 'bench'" 2>/dev/null || echo "?")
-    rss_lines+=("audit rows in Postgres after the pii-audit runs: $rows")
+    rss_lines+=("audit rows written to Postgres by the pii-audit runs: $(($(audit_rows) - rows_before))")
   fi
   stop_gateway
 done

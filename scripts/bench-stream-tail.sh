@@ -15,7 +15,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/ragway/target}
 
 source scripts/lib/bench.sh
 need nginx nginx-light
-cargo build --release --locked --bin ragway >&2
+build_gateway
 start_instant_upstream "$UPSTREAM_PORT"
 start_gateway "$GATEWAY_PORT" "$UPSTREAM_PORT"
 measure() { python3 scripts/lib/sse_latency.py 127.0.0.1 "$1" bench "$N" ${2:-}; }

@@ -98,27 +98,6 @@ fn shape_pattern() -> &'static Regex {
     })
 }
 
-/// Wraps a log sink so that every line written through it is scrubbed: the one
-/// place logs leave the process, whatever event wrote them.
-pub struct ScrubWriter<W>(pub W);
-
-impl<W: std::io::Write> std::io::Write for ScrubWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match std::str::from_utf8(buf) {
-            Ok(text) => self.0.write_all(scrub(text).as_bytes())?,
-            // A line cut inside a character: scrub what reads as text.
-            Err(_) => self
-                .0
-                .write_all(scrub(&String::from_utf8_lossy(buf)).as_bytes())?,
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,19 +155,6 @@ mod tests {
         ] {
             assert!(matches!(scrub(text), Cow::Borrowed(_)), "{text}");
         }
-    }
-
-    #[test]
-    fn the_log_writer_scrubs_each_line() {
-        use std::io::Write;
-        let mut out = ScrubWriter(Vec::new());
-        out.write_all(b"WARN upstream error: Authorization: Bearer zz-9f8e7d6c5b4a\n")
-            .unwrap();
-        let written = String::from_utf8(out.0).unwrap();
-        assert_eq!(
-            written,
-            format!("WARN upstream error: Authorization: {REDACTED}\n")
-        );
     }
 }
 

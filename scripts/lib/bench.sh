@@ -41,9 +41,20 @@ http {
 CONF
   nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' &
   pids+=($!)
+  for _ in $(seq 100); do
+    curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0
+    sleep 0.05
+  done
+  echo "the upstream did not start on port $1" >&2
+  exit 1
 }
 
-# The release gateway on 127.0.0.1:GATEWAY_PORT with one alias, `bench`, routed to
+# The release build, unless RAGWAY_BIN names a binary (to compare two builds).
+build_gateway() {
+  [ -n "${RAGWAY_BIN:-}" ] || cargo build --release --locked --bin ragway >&2
+}
+
+# The release gateway (or RAGWAY_BIN) on 127.0.0.1:GATEWAY_PORT with one alias, `bench`, routed to
 # the instant upstream, plus any further TOML given; sets ragway_pid and returns once
 # /healthz answers.
 start_gateway() { # gateway-port upstream-port [extra-toml]
@@ -57,7 +68,7 @@ base_url = "http://127.0.0.1:$2/v1"
 targets = ["local-nginx:bench"]
 ${3:-}
 CONF
-  "$CARGO_TARGET_DIR/release/ragway" serve --config "$work/ragway.toml" 2>"$work/ragway.log" &
+  "${RAGWAY_BIN:-$CARGO_TARGET_DIR/release/ragway}" serve --config "$work/ragway.toml" 2>"$work/ragway.log" &
   ragway_pid=$!
   pids+=($ragway_pid)
   for _ in $(seq 100); do

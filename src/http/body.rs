@@ -41,7 +41,19 @@ pub fn parse_json<T: DeserializeOwned>(
         ));
     }
     let mut de = serde_json::Deserializer::from_slice(&body);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(describe)?;
+    // The plain parse first; a body it refuses is read again, tracking the path, to
+    // say which field was wrong (tracking costs on every request otherwise).
+    let value = match T::deserialize(&mut de) {
+        Ok(value) => value,
+        Err(_) => {
+            let mut again = serde_json::Deserializer::from_slice(&body);
+            return Err(match serde_path_to_error::deserialize::<_, T>(&mut again) {
+                Err(error) => describe(error),
+                // Cannot happen: the same bytes, the same type.
+                Ok(_) => GatewayError::invalid("the request body is not valid JSON", None),
+            });
+        }
+    };
     // One JSON value and nothing after it but whitespace: `{…}GARBAGE` is refused,
     // as OpenAI refuses it, rather than read as its first value.
     de.end().map_err(|e| {

@@ -136,7 +136,10 @@ async fn connection(
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .serve_connection(TokioIo::new(super::quickack::QuickAck(stream)), service);
+        .serve_connection(
+            TokioIo::new(super::quickack::QuickAck::from(stream)),
+            service,
+        );
     tokio::pin!(connection);
     let finished = tokio::select! {
         result = connection.as_mut() => Some(result),

@@ -3,6 +3,9 @@
 //! templates, configured aliases and targets, status codes — never a prompt, a user
 //! or a raw URI.
 
+pub mod sink;
+
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use prometheus::{
@@ -275,12 +278,7 @@ impl Metrics {
         elapsed: Duration,
         error: Option<&str>,
     ) {
-        self.upstream_attempts
-            .with_label_values(&[target, outcome])
-            .inc();
-        self.upstream_duration
-            .with_label_values(&[target])
-            .observe(elapsed.as_secs_f64());
+        self.count_attempt(target, outcome, elapsed);
         match error {
             Some(error) => tracing::warn!(
                 upstream = target,
@@ -301,6 +299,10 @@ impl Metrics {
     /// A stream that was handed to the client has ended (`ok`, `interrupted` or
     /// `abandoned`); `elapsed` runs from the start of its attempt.
     pub fn upstream_stream_ended(&self, target: &str, outcome: &str, elapsed: Duration) {
+        self.count_attempt(target, outcome, elapsed);
+    }
+
+    fn count_attempt(&self, target: &str, outcome: &str, elapsed: Duration) {
         self.upstream_attempts
             .with_label_values(&[target, outcome])
             .inc();
@@ -469,16 +471,11 @@ pub enum LogFormat {
 
 /// Installs the global tracing subscriber. `RUST_LOG` overrides the configured level.
 ///
-/// Lines are written by a background thread through a buffer, so a request never
-/// waits on a write to stderr; nothing is dropped (a full queue makes callers wait).
-/// Keep the returned guard until exit: dropping it flushes what is queued.
-pub fn init_logging(config: &LogConfig) -> tracing_appender::non_blocking::WorkerGuard {
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("ragway-log")
-        .finish(crate::secret::ScrubWriter(std::io::BufWriter::new(
-            std::io::stderr(),
-        )));
+/// Lines are written to stderr in batches by a background thread (see [`sink`]), so
+/// a request never waits on a write; nothing is dropped. Colours only on a terminal.
+/// Keep the returned guard until exit: dropping it writes what is waiting.
+pub fn init_logging(config: &LogConfig) -> sink::LogGuard {
+    let (writer, guard) = sink::start(std::io::stderr(), crate::secret::scrub);
     // The embedded vector store warns on every index build that its global feature
     // flags were never set: it has no public way to set them, and its defaults are
     // the ones wanted.
@@ -490,6 +487,7 @@ pub fn init_logging(config: &LogConfig) -> tracing_appender::non_blocking::Worke
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(writer);
     let result = match config.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
