@@ -12,8 +12,8 @@
 //! logging thread waits for the writer, as a full lossless queue would.
 
 use std::io::Write;
+use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tracing_subscriber::fmt::MakeWriter;
@@ -24,6 +24,8 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 const WAKE_AT: usize = 256 * 1024;
 /// Past this many bytes waiting, loggers wait for the writer.
 const HOLD_AT_MOST: usize = 16 * 1024 * 1024;
+/// How long the exit waits for the last batch: a blocked stderr must not hold it.
+const LAST_WRITE: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct State {
@@ -53,10 +55,12 @@ pub struct LogSink {
     shared: Arc<Shared>,
 }
 
-/// Flushes what is waiting and stops the writer when dropped: keep it until exit.
+/// Flushes what is waiting and stops the writer when dropped (waiting at most
+/// [`LAST_WRITE`] for it): keep it until exit.
 pub struct LogGuard {
     shared: Arc<Shared>,
-    writer: Option<JoinHandle<()>>,
+    /// Disconnected when the writer has finished.
+    finished: mpsc::Receiver<()>,
 }
 
 /// Starts the writer thread over `out`; each batch passes through `scrub` first.
@@ -65,21 +69,22 @@ where
     W: Write + Send + 'static,
 {
     let shared = Arc::new(Shared::default());
-    let writer = std::thread::Builder::new()
+    let (done, finished) = mpsc::channel::<()>();
+    std::thread::Builder::new()
         .name("ragway-log".to_owned())
         .spawn({
             let shared = Arc::clone(&shared);
-            move || write_batches(&shared, out, scrub)
+            move || {
+                write_batches(&shared, out, scrub);
+                drop(done);
+            }
         })
         .expect("start the log writer");
     (
         LogSink {
             shared: Arc::clone(&shared),
         },
-        LogGuard {
-            shared,
-            writer: Some(writer),
-        },
+        LogGuard { shared, finished },
     )
 }
 
@@ -154,9 +159,8 @@ impl Drop for LogGuard {
     fn drop(&mut self) {
         self.shared.lock().closed = true;
         self.shared.wake.notify_one();
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
-        }
+        // Returns when the writer is done (the sender dropped), or after LAST_WRITE.
+        let _ = self.finished.recv_timeout(LAST_WRITE);
     }
 }
 
@@ -230,6 +234,37 @@ mod tests {
             "WARN upstream error: Authorization: [redacted]\n\
              INFO request finished status=200\n\
              WARN provider said: token=[redacted] then\n"
+        );
+    }
+
+    /// Stands for a stderr nobody reads: every write blocks.
+    struct Blocked(mpsc::Receiver<()>);
+
+    impl Write for Blocked {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            let _ = self.0.recv();
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_blocked_stderr_does_not_hold_the_exit() {
+        let (_never, blocked) = mpsc::channel();
+        let (sink, guard) = start(Blocked(blocked), redact);
+        sink.make_writer()
+            .write_all(b"a line nobody reads\n")
+            .unwrap();
+        // The writer takes the line and blocks on it.
+        std::thread::sleep(FLUSH_EVERY * 2);
+        let dropping = std::time::Instant::now();
+        drop(guard);
+        assert!(
+            dropping.elapsed() < LAST_WRITE * 3,
+            "{:?}",
+            dropping.elapsed()
         );
     }
 
