@@ -21,7 +21,6 @@ GATEWAY_PORT=${GATEWAY_PORT:-18080}
 CONCURRENCY=${CONCURRENCY:-"1 8 64"}
 CONFIGS=${CONFIGS:-"bare pii-audit"}
 RATES=${RATES-"2000 10000"}
-AUDIT_DATABASE=${AUDIT_DATABASE:-postgres://postgres@127.0.0.1:5432/ragway_bench}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/ragway/target}
 
 source scripts/lib/bench.sh
@@ -31,30 +30,8 @@ if [ -n "$RATES" ]; then command -v oha >/dev/null 2>&1 || cargo install oha --l
 
 build_gateway
 
-# --- the instant upstream, and what each configuration adds -------------------------
+# --- the instant upstream ------------------------------------------------------------
 start_instant_upstream "$UPSTREAM_PORT"
-config_toml() {
-  case $1 in
-    bare) ;;
-    pii-audit)
-      psql "${AUDIT_DATABASE%/*}/postgres" -qc "CREATE DATABASE ${AUDIT_DATABASE##*/}" >/dev/null 2>&1 || true
-      printf '[audit]\ndatabase = "%s"\ninstance = "bench"\nspool_dir = "%s"\n' "$AUDIT_DATABASE" "$work/spool"
-      ;;
-    *) echo "unknown configuration: $1" >&2; exit 1 ;;
-  esac
-}
-question() {
-  case $1 in
-    pii-audit) echo "My number is 13912348765, who are you?" ;;
-    *) echo "Hello, who are you?" ;;
-  esac
-}
-body_for() { echo "{\"model\":\"bench\",\"messages\":[{\"role\":\"user\",\"content\":\"$(question "$1")\"}]}"; }
-write_post_lua() { # body
-  printf 'wrk.method = "POST"\nwrk.body = %s\nwrk.headers["Content-Type"] = "application/json"\n' \
-    "'$1'" >"$work/post.lua"
-}
-
 # wrk's latency figures, in milliseconds.
 to_ms() {
   awk -v v="$1" 'BEGIN {

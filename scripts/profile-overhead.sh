@@ -13,7 +13,6 @@ CONFIG=${CONFIG:-bare}
 TOP=${TOP:-60}
 UPSTREAM_PORT=${UPSTREAM_PORT:-18081}
 GATEWAY_PORT=${GATEWAY_PORT:-18080}
-AUDIT_DATABASE=${AUDIT_DATABASE:-postgres://postgres@127.0.0.1:5432/ragway_bench}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/ragway/target}
 
 source scripts/lib/bench.sh
@@ -23,16 +22,8 @@ need perf linux-perf
 
 build_gateway
 start_instant_upstream "$UPSTREAM_PORT"
-extra=""
-question="Hello, who are you?"
-if [ "$CONFIG" = pii-audit ]; then
-  psql "${AUDIT_DATABASE%/*}/postgres" -qc "CREATE DATABASE ${AUDIT_DATABASE##*/}" >/dev/null 2>&1 || true
-  extra=$(printf '[audit]\ndatabase = "%s"\ninstance = "bench"\nspool_dir = "%s"\n' "$AUDIT_DATABASE" "$work/spool")
-  question="My number is 13912348765, who are you?"
-fi
-start_gateway "$GATEWAY_PORT" "$UPSTREAM_PORT" "$extra"
-printf 'wrk.method = "POST"\nwrk.body = %s\nwrk.headers["Content-Type"] = "application/json"\n' \
-  "'{\"model\":\"bench\",\"messages\":[{\"role\":\"user\",\"content\":\"$question\"}]}'" >"$work/post.lua"
+start_gateway "$GATEWAY_PORT" "$UPSTREAM_PORT" "$(config_toml "$CONFIG")"
+write_post_lua "$(body_for "$CONFIG")"
 
 # Warm up, then sample the gateway alone while the load runs.
 wrk -t2 -c8 -d3s -s "$work/post.lua" "http://127.0.0.1:$GATEWAY_PORT/v1/chat/completions" >/dev/null

@@ -89,3 +89,29 @@ stop_gateway() {
 cpu_ticks() { # pid
   awk '{print $14 + $15}' "/proc/$1/stat"
 }
+
+# The benchmark configurations: `bare` adds nothing; `pii-audit` writes every call to
+# the Postgres audit table (AUDIT_DATABASE, created when missing) and asks with a
+# mobile number in the question.
+AUDIT_DATABASE=${AUDIT_DATABASE:-postgres://postgres@127.0.0.1:5432/ragway_bench}
+config_toml() {
+  case $1 in
+    bare) ;;
+    pii-audit)
+      psql "${AUDIT_DATABASE%/*}/postgres" -qc "CREATE DATABASE ${AUDIT_DATABASE##*/}" >/dev/null 2>&1 || true
+      printf '[audit]\ndatabase = "%s"\ninstance = "bench"\nspool_dir = "%s"\n' "$AUDIT_DATABASE" "$work/spool"
+      ;;
+    *) echo "unknown configuration: $1" >&2; exit 1 ;;
+  esac
+}
+question() {
+  case $1 in
+    pii-audit) echo "My number is 13912348765, who are you?" ;;
+    *) echo "Hello, who are you?" ;;
+  esac
+}
+body_for() { echo "{\"model\":\"bench\",\"messages\":[{\"role\":\"user\",\"content\":\"$(question "$1")\"}]}"; }
+write_post_lua() { # body
+  printf 'wrk.method = "POST"\nwrk.body = %s\nwrk.headers["Content-Type"] = "application/json"\n' \
+    "'$1'" >"$work/post.lua"
+}

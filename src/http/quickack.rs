@@ -57,9 +57,7 @@ impl QuickAck {
             }
         }
     }
-}
 
-impl QuickAck {
     /// What we send carries the ACK of what we have read.
     fn sent(&mut self, written: &Poll<io::Result<usize>>) {
         if matches!(written, Poll::Ready(Ok(n)) if *n > 0) {

@@ -30,12 +30,10 @@ pub(super) struct Finished {
 }
 
 impl Finished {
-    /// An answer `target` served, ending as `outcome`; the rest is filled in by the
-    /// path that served it.
-    pub(super) fn answered(target: Arc<str>, outcome: Outcome) -> Self {
+    fn new(target: Option<Arc<str>>, status: u16, outcome: Outcome) -> Self {
         Finished {
-            target: Some(target),
-            status: 200,
+            target,
+            status,
             outcome,
             error: None,
             usage: None,
@@ -46,18 +44,17 @@ impl Finished {
         }
     }
 
+    /// An answer `target` served, ending as `outcome`; the rest is filled in by the
+    /// path that served it.
+    pub(super) fn answered(target: Arc<str>, outcome: Outcome) -> Self {
+        Finished::new(Some(target), 200, outcome)
+    }
+
     /// A call refused or failed before its answer began.
     pub(super) fn failed(error: &GatewayError) -> Self {
         Finished {
-            target: None,
-            status: error.status(),
-            outcome: Outcome::Error,
             error: Some(error.code()),
-            usage: None,
-            answer_chars: 0,
-            answer: String::new(),
-            first_token: None,
-            to_store: None,
+            ..Finished::new(None, error.status(), Outcome::Error)
         }
     }
 }
