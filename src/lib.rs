@@ -43,8 +43,8 @@ pub fn app(state: AppState) -> axum::Router {
     http::router(state)
 }
 
-/// Serves `app(state)` on `listener` (and `/metrics` on `server.metrics_listen`,
-/// when set) until `shutdown` resolves; then lets open requests and streams finish
+/// Serves `app(state)` on `listener`, connections spread over `server.workers`
+/// threads (and `/metrics` on `server.metrics_listen`, when set), until `shutdown` resolves; then lets open requests and streams finish
 /// for what `server.shutdown_grace_secs` leaves after the audit trail's share
 /// ([`AppState::audit_reserve`]), and closes what is still open.
 pub async fn serve(
@@ -69,13 +69,15 @@ pub async fn serve(
         Some(address) => {
             let listener = tokio::net::TcpListener::bind(address).await?;
             tracing::info!(address = %listener.local_addr()?, "metrics listening");
-            Some(tokio::spawn(http::server::serve(
-                listener,
+            let (router, metrics) = (
                 http::metrics_router(state.clone()),
-                limits,
                 std::sync::Arc::clone(&state.metrics),
-                until(stop.clone()),
-            )))
+            );
+            let until = until(stop.clone());
+            Some(tokio::spawn(async move {
+                let workers = http::workers::Workers::current();
+                http::server::serve(listener, router, limits, metrics, &workers, until).await
+            }))
         }
         None => None,
     };
@@ -84,8 +86,14 @@ pub async fn serve(
         shutdown.await;
         signal.cancel();
     });
+    let workers = http::workers::Workers::start(server.workers)?;
     let metrics = std::sync::Arc::clone(&state.metrics);
-    let served = http::server::serve(listener, app(state), limits, metrics, until(stop)).await;
+    let tasks = state.tasks().clone();
+    let served =
+        http::server::serve(listener, app(state), limits, metrics, &workers, until(stop)).await;
+    // Streams' ends and cache stores run on the workers: they go on until the
+    // caller has waited for them (or exits).
+    workers.release_after(tasks);
     if let Some(metrics_server) = metrics_server {
         let _ = metrics_server.await;
     }

@@ -44,6 +44,7 @@ fn every_problem_is_reported_at_once_by_key() {
     let toml = r#"
         [server]
         listen = "not-an-address"
+        workers = 0
         [providers.qiniu]
         kind = "openai"
         base_url = "https://api.qnaigc.com/v1/chat/completions"
@@ -60,6 +61,7 @@ fn every_problem_is_reported_at_once_by_key() {
         keys,
         [
             "server.listen",
+            "server.workers",
             "providers.bare.base_url",
             "providers.qiniu.base_url",
             "providers.qiniu.api_key_env",
@@ -67,12 +69,12 @@ fn every_problem_is_reported_at_once_by_key() {
             "models.chat.targets[2]",
         ]
     );
-    let base = &problems[2].message;
+    let base = &problems[3].message;
     assert!(
         base.contains("`https://api.qnaigc.com/v1`"),
         "the fix is in the message: {base}"
     );
-    assert!(problems[3].message.contains("MISSING_KEY"));
+    assert!(problems[4].message.contains("MISSING_KEY"));
 }
 
 #[test]

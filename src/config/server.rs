@@ -20,6 +20,7 @@ pub struct RawServer {
     pub max_connections: Option<u64>,
     pub max_connections_per_peer: Option<u64>,
     pub metrics_listen: Option<String>,
+    pub workers: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -51,6 +52,9 @@ pub struct ServerConfig {
     pub max_connections_per_peer: usize,
     /// `/metrics` on its own address instead of the public one.
     pub metrics_listen: Option<SocketAddr>,
+    /// Threads that serve connections, each connection on one of them start to
+    /// finish (one per core by default).
+    pub workers: usize,
 }
 
 pub(super) const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -98,6 +102,11 @@ pub(super) fn server(raw: RawServer, problems: &mut Problems) -> ServerConfig {
         raw.max_connections_per_peer,
         1_000,
     );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let workers = raw.workers.unwrap_or(cores);
+    if !(1..=1024).contains(&workers) {
+        problems.add("server.workers", "must be between 1 and 1024");
+    }
     let metrics_listen = raw.metrics_listen.as_deref().and_then(|text| {
         text.parse::<SocketAddr>()
             .map_err(|e| {
@@ -123,6 +132,7 @@ pub(super) fn server(raw: RawServer, problems: &mut Problems) -> ServerConfig {
         max_connections,
         max_connections_per_peer,
         metrics_listen,
+        workers: workers.clamp(1, 1024) as usize,
     }
 }
 

@@ -6,6 +6,7 @@
 //! The common mistakes — a bare domain, or a URL that already ends in
 //! `/chat/completions` — are refused with the fix in the message.
 
+use hyper::Uri;
 use reqwest::Url;
 use serde::Serialize;
 
@@ -18,7 +19,7 @@ pub struct ChatEndpoint {
     /// The base with no trailing slash; holds `{model}` for a per-model template.
     base: String,
     /// The whole URL when it does not depend on the model, parsed once.
-    fixed: Option<Url>,
+    fixed: Option<Uri>,
 }
 
 impl ChatEndpoint {
@@ -54,10 +55,7 @@ impl ChatEndpoint {
         }
         let fixed = match base.contains(MODEL_SLOT) {
             true => None,
-            false => Some(
-                Url::parse(&format!("{base}{CHAT_PATH}"))
-                    .map_err(|e| format!("`{base_url}` is not a URL: {e}"))?,
-            ),
+            false => Some(to_uri(&format!("{base}{CHAT_PATH}"))?),
         };
         Ok(ChatEndpoint {
             base: base.to_owned(),
@@ -66,13 +64,19 @@ impl ChatEndpoint {
     }
 
     /// The chat completions URL for one upstream model.
-    pub fn url_for(&self, model: &str) -> Result<Url, String> {
-        if let Some(url) = &self.fixed {
-            return Ok(url.clone());
+    pub fn url_for(&self, model: &str) -> Result<Uri, String> {
+        if let Some(uri) = &self.fixed {
+            return Ok(uri.clone());
         }
-        let expanded = self.base.replace(MODEL_SLOT, &encode_segment(model)) + CHAT_PATH;
-        Url::parse(&expanded).map_err(|e| format!("`{expanded}` is not a URL: {e}"))
+        to_uri(&(self.base.replace(MODEL_SLOT, &encode_segment(model)) + CHAT_PATH))
     }
+}
+
+/// A URL as the HTTP client takes it: parsed as a browser would first (an
+/// international host name becomes its ASCII form), then as a request target.
+fn to_uri(text: &str) -> Result<Uri, String> {
+    let url = Url::parse(text).map_err(|e| format!("`{text}` is not a URL: {e}"))?;
+    Uri::try_from(url.as_str()).map_err(|e| format!("`{text}` is not a URL: {e}"))
 }
 
 impl From<ChatEndpoint> for String {
@@ -102,7 +106,7 @@ mod tests {
     fn a_versioned_base_gets_the_chat_path() {
         let e = ChatEndpoint::parse("https://api.qnaigc.com/v1/").unwrap();
         assert_eq!(
-            e.url_for("deepseek-v3?search").unwrap().as_str(),
+            e.url_for("deepseek-v3?search").unwrap().to_string(),
             "https://api.qnaigc.com/v1/chat/completions"
         );
     }
@@ -111,11 +115,11 @@ mod tests {
     fn a_template_is_expanded_per_model() {
         let e = ChatEndpoint::parse("https://cloud.infini-ai.com/maas/{model}/nvidia").unwrap();
         assert_eq!(
-            e.url_for("deepseek-v3").unwrap().as_str(),
+            e.url_for("deepseek-v3").unwrap().to_string(),
             "https://cloud.infini-ai.com/maas/deepseek-v3/nvidia/chat/completions"
         );
         assert_eq!(
-            e.url_for("a b/c").unwrap().as_str(),
+            e.url_for("a b/c").unwrap().to_string(),
             "https://cloud.infini-ai.com/maas/a%20b%2Fc/nvidia/chat/completions"
         );
     }

@@ -7,6 +7,8 @@
 //! it is complete JSON, so a provider that forgets the blank line does not make the
 //! client wait for the end of the stream.
 
+use std::borrow::Cow;
+
 use serde::de::IgnoredAny;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +30,8 @@ pub struct FrameDecoder {
     partial: Vec<u8>,
     /// The payload being assembled from `data:` lines or bare lines.
     pending: String,
+    /// `pending`'s last line ended a JSON value (or said [DONE]): it may be whole.
+    may_be_whole: bool,
     oversized: bool,
 }
 
@@ -54,6 +58,9 @@ impl FrameDecoder {
             }
         }
         self.partial.extend_from_slice(rest);
+        // Nothing more has arrived: a payload that is whole goes now, whether or not
+        // its blank line follows later.
+        self.release_if_whole(out);
         if self.partial.len() + self.pending.len() > MAX_EVENT {
             self.oversized = true;
             out.push(Frame::Oversized);
@@ -71,14 +78,16 @@ impl FrameDecoder {
 
     fn line(&mut self, raw: &[u8], out: &mut Vec<Frame>) {
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        let line = String::from_utf8_lossy(raw);
+        let line = match std::str::from_utf8(raw) {
+            Ok(line) => Cow::Borrowed(line),
+            Err(_) => String::from_utf8_lossy(raw),
+        };
         if line.trim().is_empty() {
             self.dispatch(out);
             return;
         }
-        if let Some(data) = line.strip_prefix("data:") {
-            let data = data.strip_prefix(' ').unwrap_or(data);
-            self.append(data);
+        let data = if let Some(data) = line.strip_prefix("data:") {
+            data.strip_prefix(' ').unwrap_or(data)
         } else if line.starts_with(':')
             || line.starts_with("event:")
             || line.starts_with("id:")
@@ -86,14 +95,24 @@ impl FrameDecoder {
         {
             return; // SSE fields that carry no payload
         } else {
-            self.append(&line); // a bare JSON line
-        }
-        // Only a line that ends a JSON object (or says [DONE]) can complete the
-        // payload; checking just those keeps a long multi-line event linear.
-        let closes = line.trim_end().ends_with(['}', ']']);
-        if closes && self.pending_is_complete() {
+            &line // a bare JSON line
+        };
+        // Events not separated by blank lines: a new line after a whole payload
+        // starts the next one.
+        self.release_if_whole(out);
+        self.append(data);
+        // Only a line that ends a JSON value (or says [DONE]) can complete the
+        // payload; checking just those keeps a long multi-line event linear, and
+        // checking only when no blank line came to end it (see `push`) keeps the
+        // usual event to one parse.
+        self.may_be_whole = line.trim_end().ends_with(['}', ']']);
+    }
+
+    fn release_if_whole(&mut self, out: &mut Vec<Frame>) {
+        if self.may_be_whole && self.pending_is_complete() {
             self.dispatch(out);
         }
+        self.may_be_whole = false;
     }
 
     fn append(&mut self, text: &str) {
@@ -130,6 +149,7 @@ impl FrameDecoder {
             out.push(Frame::Payload(text.to_owned()));
         }
         self.pending.clear();
+        self.may_be_whole = false;
     }
 }
 

@@ -15,6 +15,7 @@ mod route;
 mod router;
 mod settings;
 pub mod stream;
+mod upstream;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,19 +1,20 @@
 //! The client for any OpenAI-compatible chat API (Qiniu, SiliconFlow, DeepSeek,
 //! Infini-AI GenStudio, vLLM, llama.cpp server, …), over one pooled HTTP client.
 
-use std::error::Error as _;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http_body_util::BodyExt;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
 
 use super::ProviderConfig;
 use super::endpoint::ChatEndpoint;
-use super::error::{ProviderError, TimeoutPhase, UpstreamError};
+use super::error::{ProviderError, UpstreamError};
 use super::stream::{ChunkStream, chunk_stream};
+use super::upstream::{Response, Upstream, error_chain};
 use super::{ChatProvider, stream};
 use crate::secret::Secret;
 use crate::wire::{ChatCompletion, ChatRequest, StreamOptions};
@@ -26,29 +27,28 @@ const MAX_ANSWER_BODY: usize = 32 * 1024 * 1024;
 pub struct OpenAiProvider {
     endpoint: ChatEndpoint,
     headers: HeaderMap,
+    /// `headers` plus `accept: text/event-stream`.
+    stream_headers: HeaderMap,
     request_usage: bool,
-    http: reqwest::Client,
+    http: Upstream,
 }
 
 impl OpenAiProvider {
-    /// Each provider has its own connection pool, with its own connect deadline.
+    /// Each provider has its own connection pools, with its own connect deadline.
     pub fn new(config: &ProviderConfig) -> Result<Self, String> {
         let endpoint = config
             .base_url
             .clone()
             .ok_or("an openai provider needs a base_url")?;
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("ragway/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(config.deadlines.connect)
-            .pool_idle_timeout(std::time::Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| e.to_string())?;
+        let http = Upstream::new(config.deadlines.connect)?;
         let mut headers = HeaderMap::new();
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
+        );
+        headers.insert(
+            header::USER_AGENT,
+            HeaderValue::from_static(concat!("ragway/", env!("CARGO_PKG_VERSION"))),
         );
         for (name, value) in &config.headers {
             // Validated with the config; a bad pair cannot reach here.
@@ -62,9 +62,15 @@ impl OpenAiProvider {
         if let Some(value) = config.api_key.as_ref().and_then(bearer) {
             headers.insert(header::AUTHORIZATION, value);
         }
+        let mut stream_headers = headers.clone();
+        stream_headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("text/event-stream"),
+        );
         Ok(OpenAiProvider {
             endpoint,
             headers,
+            stream_headers,
             request_usage: config.request_usage,
             http,
         })
@@ -75,7 +81,7 @@ impl OpenAiProvider {
         model: &str,
         request: &ChatRequest,
         stream: bool,
-    ) -> Result<reqwest::Response, UpstreamError> {
+    ) -> Result<Response, UpstreamError> {
         let stream_options = stream.then(|| {
             let mut options = request.stream_options.clone().unwrap_or_default();
             if self.request_usage {
@@ -90,25 +96,15 @@ impl OpenAiProvider {
             request,
         })
         .map_err(|e| UpstreamError::Protocol(format!("cannot encode request: {e}")))?;
-        let mut headers = self.headers.clone();
-        if stream {
-            headers.insert(
-                header::ACCEPT,
-                HeaderValue::from_static("text/event-stream"),
-            );
-        }
-        let url = self
+        let uri = self
             .endpoint
             .url_for(model)
             .map_err(UpstreamError::Connect)?;
-        let response = self
-            .http
-            .post(url)
-            .headers(headers)
-            .body(body)
-            .send()
-            .await
-            .map_err(send_error)?;
+        let headers = match stream {
+            true => &self.stream_headers,
+            false => &self.headers,
+        };
+        let response = self.http.post(uri, headers, body).await?;
         if response.status().is_success() {
             Ok(response)
         } else {
@@ -163,7 +159,7 @@ impl ChatProvider for OpenAiProvider {
     ) -> Result<ChunkStream, UpstreamError> {
         let response = self.send(model, request, true).await?;
         Ok(chunk_stream(
-            response.bytes_stream(),
+            response.into_body().into_data_stream(),
             request.n.unwrap_or(1),
         ))
     }
@@ -184,32 +180,7 @@ fn bearer(key: &Secret) -> Option<HeaderValue> {
     Some(value)
 }
 
-/// A failure before any response headers arrived.
-fn send_error(error: reqwest::Error) -> UpstreamError {
-    if error.is_timeout() {
-        UpstreamError::Timeout(TimeoutPhase::Connect)
-    } else {
-        UpstreamError::Connect(error_chain(&error))
-    }
-}
-
-/// The error and its causes, without the URL: reqwest's own text stops at
-/// "error sending request", the cause ("connection refused") is further down.
-fn error_chain(error: &reqwest::Error) -> String {
-    let mut text = error.to_string();
-    if let Some(url) = error.url() {
-        text = text.replace(&format!(" ({url})"), "");
-    }
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-async fn error_response(response: reqwest::Response) -> UpstreamError {
+async fn error_response(response: Response) -> UpstreamError {
     let status = response.status().as_u16();
     let retry_after = retry_after(response.headers());
     let detail = match read_capped(response, MAX_ERROR_BODY, Overflow::Truncate).await {
@@ -236,14 +207,14 @@ enum Overflow {
 }
 
 async fn read_capped(
-    response: reqwest::Response,
+    response: Response,
     cap: usize,
     overflow: Overflow,
 ) -> Result<Bytes, UpstreamError> {
     let mut body = Vec::new();
-    let mut stream = response.bytes_stream();
+    let mut stream = response.into_body().into_data_stream();
     while let Some(piece) = stream.next().await {
-        let piece = piece.map_err(|e| UpstreamError::Interrupted(error_chain(&e)))?;
+        let piece = piece.map_err(|e| UpstreamError::Interrupted(error_chain(&*e)))?;
         let room = cap - body.len();
         if piece.len() > room {
             if overflow == Overflow::Refuse {

@@ -13,6 +13,7 @@ mod models;
 pub mod observe;
 mod quickack;
 pub mod server;
+pub mod workers;
 
 use std::sync::Arc;
 

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use super::limits::Deadline;
+use super::workers::Workers;
 use crate::telemetry::Metrics;
 
 /// What one connection may hold.
@@ -42,14 +43,15 @@ pub struct ConnectionLimits {
 /// (its send buffer is empty, so the write does not wait), then the socket closes.
 const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 133\r\n\r\n{\"error\":{\"message\":\"too many open connections; try again shortly\",\"type\":\"server_error\",\"param\":null,\"code\":\"too_many_connections\"}}";
 
-/// Serves `app` on `listener` until `shutdown` resolves; then stops accepting,
-/// lets open requests and streams finish until `drain_until`, and drops what is
-/// still open then.
+/// Serves `app` on `listener`, each connection on one of `workers`, until
+/// `shutdown` resolves; then stops accepting, lets open requests and streams finish
+/// until `drain_until`, and drops what is still open then.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ConnectionLimits,
     metrics: Arc<Metrics>,
+    workers: &Workers,
     shutdown: impl Future<Output = tokio::time::Instant> + Send,
 ) -> std::io::Result<()> {
     let slots = Slots::new(limits, metrics);
@@ -80,14 +82,18 @@ pub async fn serve(
                 continue;
             }
         };
-        connections.spawn(connection(
-            stream,
-            peer,
-            app.clone(),
-            limits,
-            drain.clone(),
-            slot,
-        ));
+        // The socket moves to the worker's own reactor.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::debug!(%error, %peer, "cannot hand the connection over");
+                continue;
+            }
+        };
+        connections.spawn_on(
+            connection(stream, peer, app.clone(), limits, drain.clone(), slot),
+            workers.next(),
+        );
     };
     drop(listener);
     drain.cancel();
@@ -115,13 +121,20 @@ fn refuse(stream: &TcpStream) {
 }
 
 async fn connection(
-    stream: TcpStream,
+    stream: std::net::TcpStream,
     peer: SocketAddr,
     app: Router,
     limits: ConnectionLimits,
     drain: CancellationToken,
     _slot: Slot,
 ) {
+    let stream = match TcpStream::from_std(stream) {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::debug!(%error, %peer, "cannot register the connection");
+            return;
+        }
+    };
     // Streamed chunks are small writes: without TCP_NODELAY, Nagle's algorithm
     // holds each one back until the previous is acknowledged.
     if let Err(error) = stream.set_nodelay(true) {
