@@ -216,6 +216,7 @@ fn record(i: usize) -> CallRecord {
             route: "/v1/chat/completions".into(),
             client_ip: Some("10.1.2.3".parse().unwrap()),
             user_agent: Some("OpenAI/Python 1.54.0".into()),
+            request_id_is_ours: false,
         },
         tenant: Some("acme".into()),
         key_id: Some("support-bot".into()),

@@ -13,7 +13,6 @@ DURATION=${DURATION:-10s}
 UPSTREAM_PORT=${UPSTREAM_PORT:-18091}
 L1_PORT=${L1_PORT:-18092}
 L2_PORT=${L2_PORT:-18093}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/ragway/target}
 
 source scripts/lib/bench.sh
 need wrk wrk

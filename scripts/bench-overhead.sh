@@ -16,12 +16,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10s}
-UPSTREAM_PORT=${UPSTREAM_PORT:-18081}
-GATEWAY_PORT=${GATEWAY_PORT:-18080}
 CONCURRENCY=${CONCURRENCY:-"1 8 64"}
 CONFIGS=${CONFIGS:-"bare pii-audit"}
 RATES=${RATES-"2000 10000"}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/ragway/target}
 
 source scripts/lib/bench.sh
 need wrk wrk

@@ -9,9 +9,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 N=${N:-3000}
-UPSTREAM_PORT=${UPSTREAM_PORT:-18081}
-GATEWAY_PORT=${GATEWAY_PORT:-18080}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/ragway/target}
 
 source scripts/lib/bench.sh
 need nginx nginx-light

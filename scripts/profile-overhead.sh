@@ -11,9 +11,6 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-15s}
 CONFIG=${CONFIG:-bare}
 TOP=${TOP:-60}
-UPSTREAM_PORT=${UPSTREAM_PORT:-18081}
-GATEWAY_PORT=${GATEWAY_PORT:-18080}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/ragway/target}
 
 source scripts/lib/bench.sh
 need wrk wrk

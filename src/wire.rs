@@ -6,11 +6,92 @@
 
 use std::fmt;
 
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::GatewayError;
+
+/// `Deserialize` for a struct with the named fields and `extra: Map<String,
+/// Value>` for any other member: what `#[serde(default)]` on each field (or a
+/// missing-field error for one marked `required`) plus `#[serde(flatten)] extra`
+/// would do, reading the object once — `flatten` buffers every member before
+/// reading it again, nested objects included.
+macro_rules! known_fields_and_extra {
+    ($ty:ident, $expecting:literal, {
+        $($($required:ident)? $name:literal => $field:ident),* $(,)?
+    }) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct FieldsVisitor;
+
+                impl<'de> Visitor<'de> for FieldsVisitor {
+                    type Value = $ty;
+
+                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                        f.write_str($expecting)
+                    }
+
+                    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<$ty, A::Error> {
+                        $(let mut $field = None;)*
+                        let mut extra = Map::new();
+                        while let Some(Key(key)) = map.next_key()? {
+                            match &*key {
+                                $($name => $field = Some(map.next_value()?),)*
+                                _ => {
+                                    extra.insert(key.into_owned(), map.next_value()?);
+                                }
+                            }
+                        }
+                        Ok($ty {
+                            $($field: known_fields_and_extra!(@value $field $name $($required)?),)*
+                            extra,
+                        })
+                    }
+                }
+
+                deserializer.deserialize_map(FieldsVisitor)
+            }
+        }
+    };
+    (@value $field:ident $name:literal) => {
+        $field.unwrap_or_default()
+    };
+    (@value $field:ident $name:literal required) => {
+        $field.ok_or_else(|| de::Error::missing_field($name))?
+    };
+}
+
+/// An object's member name, borrowed from the input when it holds no escapes.
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a member name")
+            }
+
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(v.to_owned())))
+            }
+
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(v)))
+            }
+        }
+
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
 
 // === requests ===
 
@@ -21,43 +102,52 @@ pub const MAX_CHOICES: u32 = 16;
 ///
 /// `model`, `stream` and `stream_options` are not serialised: the provider client
 /// writes its own (the upstream model name, and the usage option it needs).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ChatRequest {
     #[serde(skip_serializing)]
     pub model: String,
     pub messages: Vec<Message>,
-    #[serde(default, skip_serializing)]
+    #[serde(skip_serializing)]
     pub stream: Option<bool>,
-    #[serde(default, skip_serializing)]
+    #[serde(skip_serializing)]
     pub stream_options: Option<StreamOptions>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub top_p: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_completion_tokens: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub stop: Option<Stop>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub n: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tools: Option<Vec<Value>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_choice: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub response_format: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     /// ragway's own per-request options; never forwarded upstream.
-    #[serde(default, skip_serializing)]
+    #[serde(skip_serializing)]
     pub ragway: Option<RagwayOptions>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
+
+known_fields_and_extra!(ChatRequest, "a chat completion request", {
+    required "model" => model, required "messages" => messages, "stream" => stream,
+    "stream_options" => stream_options, "temperature" => temperature, "top_p" => top_p,
+    "max_tokens" => max_tokens, "max_completion_tokens" => max_completion_tokens,
+    "stop" => stop, "seed" => seed, "n" => n, "tools" => tools,
+    "tool_choice" => tool_choice, "response_format" => response_format, "user" => user,
+    "ragway" => ragway,
+});
 
 impl ChatRequest {
     pub fn is_stream(&self) -> bool {
@@ -135,20 +225,25 @@ pub enum Stop {
     Many(Vec<String>),
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Message {
     pub role: Role,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<Content>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<Value>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_call_id: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
+
+known_fields_and_extra!(Message, "a message", {
+    required "role" => role, "content" => content, "name" => name,
+    "tool_calls" => tool_calls, "tool_call_id" => tool_call_id,
+});
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -317,19 +412,14 @@ fn null_as_zero<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Er
 
 /// One streamed chunk. Every field has a default: Infini-AI's bare-JSON streams send
 /// `object` and `created` only in their last chunk.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct ChatChunk {
-    #[serde(default)]
     pub id: String,
-    #[serde(default)]
     pub object: String,
-    #[serde(default)]
     pub created: u64,
-    #[serde(default)]
     pub model: String,
-    #[serde(default)]
     pub choices: Vec<ChunkChoice>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -356,31 +446,41 @@ impl ChatChunk {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct ChunkChoice {
-    #[serde(default)]
     pub index: u32,
-    #[serde(default)]
     pub delta: Delta,
-    #[serde(default)]
     pub finish_reason: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Delta {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Value>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
+
+// Parsed on every request (and every streamed chunk), so read in one pass.
+known_fields_and_extra!(ChatChunk, "a chat completion chunk", {
+    "id" => id, "object" => object, "created" => created, "model" => model,
+    "choices" => choices, "usage" => usage,
+});
+known_fields_and_extra!(ChunkChoice, "a chunk's choice", {
+    "index" => index, "delta" => delta, "finish_reason" => finish_reason,
+});
+known_fields_and_extra!(Delta, "a chunk's delta", {
+    "role" => role, "content" => content, "reasoning_content" => reasoning_content,
+    "tool_calls" => tool_calls,
+});
 
 /// The text of an answer's choices as one string, as the audit record keeps it:
 /// the text itself for one choice; for several (`n` > 1), a JSON array of their
@@ -459,6 +559,35 @@ mod tests {
         )
         .unwrap();
         assert!(!chunk.has_payload());
+    }
+
+    #[test]
+    fn a_chunk_keeps_unknown_members_at_every_level_and_defaults_missing_ones() {
+        let text = r#"{"id":"c1","choices":[{"index":1,"delta":{"content":"hi",
+            "reasoning_content":null,"x_delta":[1]},"finish_reason":null,"logprobs":{"a":1}}],
+            "system_fingerprint":"fp","esc\u0061ped":true,"usage":null}"#;
+        let chunk: ChatChunk = serde_json::from_str(text).unwrap();
+        assert_eq!((chunk.id.as_str(), chunk.created), ("c1", 0));
+        assert!(chunk.usage.is_none() && chunk.object.is_empty());
+        assert_eq!(chunk.extra["system_fingerprint"], "fp");
+        assert_eq!(chunk.extra["escaped"], true);
+        let choice = &chunk.choices[0];
+        assert_eq!((choice.index, choice.finish_reason.as_deref()), (1, None));
+        assert_eq!(choice.extra["logprobs"]["a"], 1);
+        assert_eq!(choice.delta.content.as_deref(), Some("hi"));
+        assert!(choice.delta.reasoning_content.is_none());
+        assert_eq!(choice.delta.extra["x_delta"][0], 1);
+        // The same through a `Value` (keys owned), and back out whole.
+        let value: Value = serde_json::from_str(text).unwrap();
+        let again: ChatChunk = serde_json::from_value(value).unwrap();
+        assert_eq!(
+            serde_json::to_value(&again).unwrap(),
+            serde_json::to_value(&chunk).unwrap()
+        );
+        let out = serde_json::to_value(&chunk).unwrap();
+        assert_eq!(out["choices"][0]["delta"]["x_delta"][0], 1);
+        assert!(serde_json::from_str::<ChatChunk>(r#"{"created":"soon"}"#).is_err());
+        assert!(serde_json::from_str::<ChatChunk>("[]").is_err());
     }
 
     #[test]

@@ -777,6 +777,10 @@ mod planted {
             .await
             .unwrap();
         assert_eq!(stored.status(), 201);
+        let made_id = stored.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
         let asked = gw
             .http()
             .post(format!("{}/v1/chat/completions", gw.url))
@@ -815,6 +819,10 @@ mod planted {
         assert!(
             all.contains("req-<PHONE_1>") && all.contains("退货说明.md"),
             "{all}"
+        );
+        assert!(
+            all.contains(&made_id),
+            "the gateway's own request id: {all}"
         );
     }
 

@@ -1,6 +1,11 @@
 # Shared by the benchmark scripts (sourced, not run): tools, a work directory whose
 # processes stop on exit, and an upstream that answers instantly.
 
+# Ports and the build directory, unless the script or its caller chose others.
+UPSTREAM_PORT=${UPSTREAM_PORT:-18081}
+GATEWAY_PORT=${GATEWAY_PORT:-18080}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/ragway/target}
+
 need() { # command package: installs the Debian package when the command is missing
   command -v "$1" >/dev/null 2>&1 && return
   apt-get update -qq >/dev/null && apt-get install -y -qq "$2" >/dev/null
@@ -56,7 +61,7 @@ build_gateway() {
 
 # The release gateway (or RAGWAY_BIN) on 127.0.0.1:GATEWAY_PORT with one alias, `bench`, routed to
 # the instant upstream, plus any further TOML given; sets ragway_pid and returns once
-# /healthz answers.
+# /healthz answers. GATEWAY_WRAP runs it under a tool (valgrind).
 start_gateway() { # gateway-port upstream-port [extra-toml]
   cat >"$work/ragway.toml" <<CONF
 [server]
@@ -68,10 +73,10 @@ base_url = "http://127.0.0.1:$2/v1"
 targets = ["local-nginx:bench"]
 ${3:-}
 CONF
-  "${RAGWAY_BIN:-$CARGO_TARGET_DIR/release/ragway}" serve --config "$work/ragway.toml" 2>"$work/ragway.log" &
+  ${GATEWAY_WRAP:-} "${RAGWAY_BIN:-$CARGO_TARGET_DIR/release/ragway}" serve --config "$work/ragway.toml" 2>"$work/ragway.log" &
   ragway_pid=$!
   pids+=($ragway_pid)
-  for _ in $(seq 100); do
+  for _ in $(seq 300); do
     curl -sf -o /dev/null "http://127.0.0.1:$1/healthz" && return 0
     sleep 0.1
   done

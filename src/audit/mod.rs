@@ -133,6 +133,11 @@ pub struct Origin {
     pub route: Arc<str>,
     pub client_ip: Option<IpAddr>,
     pub user_agent: Option<Arc<str>>,
+    /// The gateway made the request id (the client sent none, or none usable):
+    /// it holds nothing of the client's, so it is stored without the redaction
+    /// client text passes through. A random id is also the costliest text to
+    /// scan: it leads the detectors' automaton into new states on every call.
+    pub request_id_is_ours: bool,
 }
 
 impl Origin {
@@ -142,6 +147,7 @@ impl Origin {
             route: route.into(),
             client_ip: None,
             user_agent: None,
+            request_id_is_ours: false,
         }
     }
 }

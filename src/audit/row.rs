@@ -124,7 +124,10 @@ impl RowBuilder {
         };
         Row {
             at_us: time::micros(r.at),
-            request_id: self.redacted(&r.request_id),
+            request_id: match r.origin.request_id_is_ours {
+                true => r.request_id,
+                false => self.redacted(&r.request_id),
+            },
             tenant: r.tenant,
             client_key: r.key_id,
             // Sanitised with the request (placeholders numbered with its prompt's).
@@ -327,6 +330,38 @@ pub(crate) mod tests {
         assert_ne!(
             row_hash("i", 1, &a, &[0; 32]),
             row_hash("i", 1, &b, &[0; 32])
+        );
+    }
+
+    /// Marks whatever passes through it.
+    struct Marked;
+
+    impl crate::audit::Redact for Marked {
+        fn redact(&self, text: &str) -> String {
+            format!("[{text}]")
+        }
+    }
+
+    #[test]
+    fn a_request_id_the_gateway_made_is_kept_as_made_and_a_clients_is_redacted() {
+        let builder = RowBuilder {
+            text: TextMode::Full,
+            prices: HashMap::new(),
+            redact: std::sync::Arc::new(Marked),
+        };
+        let mut origin = crate::audit::Origin::internal("/v1/chat/completions");
+        origin.user_agent = Some("agent".into());
+        let from_client = CallRecord::refused("id-1", origin.clone(), 400, None);
+        let row = builder.row(from_client);
+        assert_eq!(
+            (row.request_id.as_str(), row.user_agent.as_deref()),
+            ("[id-1]", Some("[agent]"))
+        );
+        origin.request_id_is_ours = true;
+        let ours = builder.row(CallRecord::refused("id-2", origin, 400, None));
+        assert_eq!(
+            (ours.request_id.as_str(), ours.user_agent.as_deref()),
+            ("id-2", Some("[agent]"))
         );
     }
 }

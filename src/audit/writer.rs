@@ -150,6 +150,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const REPLAY_BATCHES: usize = 5;
 /// How often partitions ahead are made and retention applied.
 const MAINTAIN_EVERY: Duration = Duration::from_secs(3600);
+/// While a batch gathers, how often the channel is emptied. At the default queue
+/// (10,000) it holds a tick's records up to 2 million calls per second.
+const GATHER_TICK: Duration = Duration::from_millis(5);
 /// Migrations and maintenance may take longer than a batch.
 const SLOW_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -249,7 +252,10 @@ impl Worker {
 
     /// Gathers the next batch into `gathered`: waits for a record (waking now
     /// and then to replay the spool), then for more, up to `flush_every` or
-    /// `batch_rows`.
+    /// `batch_rows`. After the first record the channel is emptied every
+    /// [`GATHER_TICK`] rather than as each record arrives: a wake-up per record
+    /// is a cross-thread hand-over per call, which cost more than the rest of
+    /// the record's way into the database (docs/BENCHMARKS.md, "Gateway overhead").
     async fn gather(&mut self) {
         let idle = self.settings.flush_every.max(MIN_BACKOFF);
         let max = self.settings.batch_rows.max(1);
@@ -259,11 +265,17 @@ impl Worker {
         }
         let until = Instant::now() + self.settings.flush_every;
         while self.gathered.len() < max {
-            let room = max - self.gathered.len();
-            let more = self.receiver.recv_many(&mut self.gathered, room);
-            match tokio::time::timeout_at(until, more).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
+            let now = Instant::now();
+            if now >= until {
+                break;
+            }
+            tokio::time::sleep_until(until.min(now + GATHER_TICK)).await;
+            while self.gathered.len() < max {
+                match self.receiver.try_recv() {
+                    Ok(record) => self.gathered.push(record),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => return,
+                }
             }
         }
     }

@@ -41,7 +41,7 @@ pub struct Recorded;
 
 pub async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let id = request_id(request.headers());
+    let (id, id_is_ours) = request_id(request.headers());
     let route = request.extensions().get::<MatchedPath>().cloned();
     let method = request.method().clone();
     request.extensions_mut().insert(RequestId(id.clone()));
@@ -52,7 +52,8 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     // response is ready, or when the client leaves before it is (the handler's
     // future is then dropped, and this with it).
     let mut unrecorded = audited.then(|| {
-        let origin = origin(&state, &request, route_name);
+        let mut origin = origin(&state, &request, route_name);
+        origin.request_id_is_ours = id_is_ours;
         request.extensions_mut().insert(origin.clone());
         Unrecorded {
             state: state.clone(),
@@ -171,6 +172,7 @@ fn origin(state: &AppState, request: &Request, route: &str) -> Origin {
         route: route.into(),
         client_ip: forwarded.or(peer),
         user_agent,
+        request_id_is_ours: false,
     }
 }
 
@@ -188,12 +190,14 @@ fn identify(state: &AppState, key: Option<HeaderValue>) -> Option<Caller> {
 }
 
 /// The client's id if it is printable ASCII of sane length (it goes into logs and
-/// headers), otherwise a new UUID.
-fn request_id(headers: &HeaderMap) -> Arc<str> {
-    headers
+/// headers), otherwise a new UUID; and whether the id is the gateway's own.
+fn request_id(headers: &HeaderMap) -> (Arc<str>, bool) {
+    let client = headers
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(Arc::from)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string().into())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()));
+    match client {
+        Some(id) => (Arc::from(id), false),
+        None => (uuid::Uuid::new_v4().to_string().into(), true),
+    }
 }
