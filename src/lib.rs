@@ -44,8 +44,8 @@ pub fn app(state: AppState) -> axum::Router {
 }
 
 /// Serves `app(state)` on `listener`, connections spread over `server.workers`
-/// threads (and `/metrics` on `server.metrics_listen`, when set), until `shutdown` resolves; then lets open requests and streams finish
-/// for what `server.shutdown_grace_secs` leaves after the audit trail's share
+/// threads (and `/metrics` on `server.metrics_listen`, when set), until `shutdown`
+/// resolves; then lets open requests and streams finish for what `server.shutdown_grace_secs` leaves after the audit trail's share
 /// ([`AppState::audit_reserve`]), and closes what is still open.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -69,10 +69,8 @@ pub async fn serve(
         Some(address) => {
             let listener = tokio::net::TcpListener::bind(address).await?;
             tracing::info!(address = %listener.local_addr()?, "metrics listening");
-            let (router, metrics) = (
-                http::metrics_router(state.clone()),
-                std::sync::Arc::clone(&state.metrics),
-            );
+            let router = http::metrics_router(state.clone());
+            let metrics = std::sync::Arc::clone(&state.metrics);
             let until = until(stop.clone());
             Some(tokio::spawn(async move {
                 let workers = http::workers::Workers::current();

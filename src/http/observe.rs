@@ -52,8 +52,7 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     // response is ready, or when the client leaves before it is (the handler's
     // future is then dropped, and this with it).
     let mut unrecorded = audited.then(|| {
-        let mut origin = origin(&state, &request, route_name);
-        origin.request_id_is_ours = id_is_ours;
+        let origin = origin(&state, &request, route_name, id_is_ours);
         request.extensions_mut().insert(origin.clone());
         Unrecorded {
             state: state.clone(),
@@ -150,8 +149,9 @@ impl Drop for Unrecorded {
 }
 
 /// Where the request came from: the route's pattern, the client's address (from
-/// the configured proxy header, else the peer) and its user agent.
-fn origin(state: &AppState, request: &Request, route: &str) -> Origin {
+/// the configured proxy header, else the peer), its user agent, and whether the
+/// request id is the gateway's own.
+fn origin(state: &AppState, request: &Request, route: &str, id_is_ours: bool) -> Origin {
     let headers = request.headers();
     let forwarded = state
         .config
@@ -172,7 +172,7 @@ fn origin(state: &AppState, request: &Request, route: &str) -> Origin {
         route: route.into(),
         client_ip: forwarded.or(peer),
         user_agent,
-        request_id_is_ours: false,
+        request_id_is_ours: id_is_ours,
     }
 }
 

@@ -6,7 +6,7 @@
 //! others are woken to steal: about one cross-thread wake-up per request, a
 //! measurable share of the gateway's CPU. Here the listener hands each accepted
 //! connection to the next worker in turn, and everything that connection starts —
-//! its requests, their upstream connections (see `generate::openai`), the tasks
+//! its requests, their upstream connections (see `generate::upstream`), the tasks
 //! that shape streams — runs on that worker's thread.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
