@@ -10,16 +10,70 @@ pub struct Caller {
     pub tenant: Arc<str>,
     /// The id of the client key used (never the key itself); `None` with auth off.
     pub key_id: Option<Arc<str>>,
+    /// The model aliases the key may use.
+    pub models: ModelAccess,
 }
 
 impl Caller {
     /// The caller when client authentication is off.
     pub fn anonymous() -> Self {
+        Caller::new("default", None)
+    }
+
+    /// A caller that may use every model.
+    pub fn new(tenant: &str, key_id: Option<&str>) -> Self {
         Caller {
-            tenant: "default".into(),
-            key_id: None,
+            tenant: tenant.into(),
+            key_id: key_id.map(Into::into),
+            models: ModelAccess::All,
         }
     }
+}
+
+/// Which model aliases a key may use: all, or those matching one of its patterns
+/// (`*` matches any run of characters: `deepseek-*`, `*-chat`).
+#[derive(Debug, Clone, Default)]
+pub enum ModelAccess {
+    #[default]
+    All,
+    Matching(Arc<[Box<str>]>),
+}
+
+impl ModelAccess {
+    /// From a key's patterns: none means every model.
+    pub fn from_patterns(patterns: &[String]) -> Self {
+        match patterns.is_empty() {
+            true => ModelAccess::All,
+            false => ModelAccess::Matching(patterns.iter().map(|p| p.as_str().into()).collect()),
+        }
+    }
+
+    pub fn allows(&self, alias: &str) -> bool {
+        match self {
+            ModelAccess::All => true,
+            ModelAccess::Matching(patterns) => patterns.iter().any(|p| glob(p, alias)),
+        }
+    }
+}
+
+/// `pattern` matches all of `text`, `*` standing for any run of characters.
+fn glob(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty(); // no `*`: the whole text was the prefix
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 /// What a stage may read of the call it serves: a narrow view of the pipeline's
@@ -146,5 +200,25 @@ impl Outcome {
             Outcome::Abandoned => "abandoned",
             Outcome::ContentFilter => "content_filter",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_whole_aliases() {
+        let access =
+            ModelAccess::from_patterns(&["deepseek-*".into(), "*-mini".into(), "qwen".into()]);
+        for alias in ["deepseek-v3", "deepseek-", "gpt-4o-mini", "qwen"] {
+            assert!(access.allows(alias), "{alias}");
+        }
+        for alias in ["qwen2", "my-deepseek-v3", "mini", "gpt-4o", ""] {
+            assert!(!access.allows(alias), "{alias}");
+        }
+        assert!(glob("a*b*c", "abc") && glob("a*b*c", "axxbyyc") && !glob("a*b*c", "acb"));
+        assert!(glob("*", "") && glob("**", "x") && !glob("ab*ba", "aba"));
+        assert!(ModelAccess::from_patterns(&[]).allows("anything"));
     }
 }

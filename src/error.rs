@@ -32,6 +32,18 @@ pub enum GatewayError {
         message: String,
         retry_after: Duration,
     },
+    /// Over a rate limit (`kind` `requests` or `tokens`, code
+    /// `rate_limit_exceeded`) or out of budget (`insufficient_quota`); `headroom`
+    /// becomes the `x-ratelimit-*` headers. `retry_after` is `None` when waiting
+    /// cannot help (the request is larger than the limit).
+    #[error("{message}")]
+    OverLimit {
+        message: String,
+        kind: &'static str,
+        code: &'static str,
+        retry_after: Option<Duration>,
+        headroom: Box<crate::quota::Headroom>,
+    },
     #[error("the model `{0}` does not exist")]
     ModelNotFound(String),
     #[error("no route to `{0}`")]
@@ -85,7 +97,7 @@ impl GatewayError {
             GatewayError::UnsupportedMediaType(_) => 415,
             GatewayError::PayloadTooLarge { .. } => 413,
             GatewayError::RequestTimeout => 408,
-            GatewayError::TooManyRequests { .. } => 429,
+            GatewayError::TooManyRequests { .. } | GatewayError::OverLimit { .. } => 429,
             GatewayError::ModelNotFound(_) | GatewayError::NotFound(_) => 404,
             GatewayError::MethodNotAllowed => 405,
             GatewayError::Unavailable { .. } => 503,
@@ -110,6 +122,7 @@ impl GatewayError {
             GatewayError::Unauthorized(_) => "authentication_error",
             GatewayError::Forbidden(_) => "permission_error",
             GatewayError::TooManyRequests { .. } => "rate_limit_error",
+            GatewayError::OverLimit { kind, .. } => kind,
             GatewayError::Unavailable { .. } | GatewayError::StreamInterrupted(_) => {
                 "upstream_error"
             }
@@ -128,6 +141,7 @@ impl GatewayError {
             GatewayError::PayloadTooLarge { .. } => "payload_too_large",
             GatewayError::RequestTimeout => "request_timeout",
             GatewayError::TooManyRequests { .. } => "rate_limited",
+            GatewayError::OverLimit { code, .. } => code,
             GatewayError::ModelNotFound(_) => "model_not_found",
             GatewayError::NotFound(_) => "not_found",
             GatewayError::MethodNotAllowed => "method_not_allowed",

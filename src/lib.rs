@@ -12,7 +12,7 @@
 //! | composition | state | no |
 //! | request path | pipeline, config | no |
 //! | stages | admit, sanitize, cache, retrieve, generate, audit | no |
-//! | bottom | call, wire, error, resilience, encode, secret, tls, tiktoken, compute, telemetry | acyclic |
+//! | bottom | call, db, wire, error, resilience, quota, encode, secret, tls, tiktoken, compute, telemetry | acyclic |
 
 pub mod admit;
 pub mod audit;
@@ -20,12 +20,14 @@ pub mod cache;
 pub mod call;
 pub mod compute;
 pub mod config;
+pub mod db;
 pub mod encode;
 pub mod error;
 pub mod generate;
 pub mod http;
 pub mod ingest;
 pub mod pipeline;
+pub mod quota;
 pub mod resilience;
 pub mod retrieve;
 pub mod sanitize;

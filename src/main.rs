@@ -38,6 +38,64 @@ enum Command {
     /// The audit trail: verify its hash chains, export rows, apply retention.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Client keys in the key table (`[governance]`): what `/admin/keys` does,
+    /// without a running gateway. Prints JSON; a new key is shown once.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Make a key for a tenant.
+    Create(NewKeyArgs),
+    /// Every key, or one tenant's.
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    Show {
+        id: String,
+    },
+    /// A new key for the same id; the old one stops working.
+    Rotate {
+        id: String,
+    },
+    /// The key stops working (it is kept, so audit rows still name it).
+    Revoke {
+        id: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct NewKeyArgs {
+    #[arg(long)]
+    tenant: String,
+    #[arg(long)]
+    name: Option<String>,
+    /// A model alias the key may use (`*` matches any run of characters); repeat
+    /// it for more. None: every model.
+    #[arg(long = "model", value_name = "PATTERN")]
+    models: Vec<String>,
+    /// Requests per minute.
+    #[arg(long)]
+    rpm: Option<u64>,
+    /// Tokens per minute.
+    #[arg(long)]
+    tpm: Option<u64>,
+    /// Tokens per day.
+    #[arg(long)]
+    tpd: Option<u64>,
+    /// Requests in flight at once.
+    #[arg(long)]
+    concurrency: Option<u64>,
+    /// An amount to spend per --period.
+    #[arg(long, requires = "period")]
+    budget: Option<f64>,
+    #[arg(long, value_parser = ["day", "week", "month"], requires = "budget")]
+    period: Option<String>,
+    /// When the key stops working, RFC 3339 (`2027-01-01T00:00:00Z`).
+    #[arg(long)]
+    expires_at: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -117,6 +175,7 @@ fn main() -> ExitCode {
     let part = match cli.command {
         Command::Serve | Command::CheckConfig => Part::Everything,
         Command::Migrate | Command::Audit(_) => Part::Audit,
+        Command::Keys(_) => Part::Keys,
         Command::Ingest(_) => Part::Documents,
     };
     let config = match Config::load_part(cli.config.as_deref(), &Env::from_process(), part) {
@@ -135,7 +194,97 @@ fn main() -> ExitCode {
         Command::Ingest(args) => ingest(config, args),
         Command::Migrate => audit_command(config, None),
         Command::Audit(command) => audit_command(config, Some(command)),
+        Command::Keys(command) => keys_command(config, command),
     }
+}
+
+/// `keys …`, against the configured key table.
+fn keys_command(config: Config, command: KeysCommand) -> ExitCode {
+    use ragway::admit::grant::{NewKey, now_us};
+    use ragway::admit::manage::{self, ManageError};
+    use ragway::admit::store::KeyStore;
+    let Some(governance) = config.governance else {
+        eprintln!("the config has no [governance] section");
+        return ExitCode::from(2);
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let show = |view: serde_json::Value| {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&view).unwrap_or_default()
+        );
+        ExitCode::SUCCESS
+    };
+    let with_key = |(record, key): (ragway::admit::grant::KeyRecord, String)| {
+        let mut view = record.view(now_us());
+        view["key"] = key.into();
+        view
+    };
+    runtime.block_on(async {
+        let store = match KeyStore::open(governance.database.url()) {
+            Ok(store) => store,
+            Err(error) => {
+                eprintln!("key table: {}", ragway::secret::scrub(&error.to_string()));
+                return ExitCode::from(2);
+            }
+        };
+        let result = match store.migrate().await {
+            Err(error) => Err(ManageError::Store(error)),
+            Ok(()) => match command {
+                KeysCommand::Create(args) => {
+                    let budget = args.budget.map(
+                        |amount| serde_json::json!({ "amount": amount, "period": args.period }),
+                    );
+                    let new = serde_json::json!({
+                        "tenant": args.tenant, "name": args.name, "models": args.models,
+                        "limits": { "rpm": args.rpm, "tpm": args.tpm, "tpd": args.tpd,
+                                    "concurrency": args.concurrency },
+                        "budget": budget, "expires_at": args.expires_at,
+                    });
+                    match serde_json::from_value::<NewKey>(new) {
+                        Ok(new) => manage::create(&store, new).await.map(with_key),
+                        Err(error) => {
+                            eprintln!("keys create: {error}");
+                            return ExitCode::from(2);
+                        }
+                    }
+                }
+                KeysCommand::List { tenant } => match store.list(tenant.as_deref()).await {
+                    Ok(keys) => {
+                        let now = now_us();
+                        Ok(keys.iter().map(|k| k.view(now)).collect())
+                    }
+                    Err(error) => Err(error.into()),
+                },
+                KeysCommand::Show { id } => match store.get(&id).await {
+                    Ok(Some(key)) => Ok(key.view(now_us())),
+                    Ok(None) => Err(ManageError::NoSuchKey(id)),
+                    Err(error) => Err(error.into()),
+                },
+                KeysCommand::Rotate { id } => manage::rotate(&store, &id).await.map(with_key),
+                KeysCommand::Revoke { id } => {
+                    manage::revoke(&store, &id).await.map(|k| k.view(now_us()))
+                }
+            },
+        };
+        match result {
+            Ok(view) => show(view),
+            Err(error @ (ManageError::Invalid(_) | ManageError::NoSuchKey(_))) => {
+                eprintln!("keys: {error}");
+                ExitCode::from(2)
+            }
+            Err(error) => {
+                eprintln!("keys: {}", ragway::secret::scrub(&error.to_string()));
+                ExitCode::FAILURE
+            }
+        }
+    })
 }
 
 /// `migrate` (no command) and `audit …`, against the configured audit database.

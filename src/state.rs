@@ -85,6 +85,8 @@ pub enum BuildError {
     Cache(String),
     #[error("audit: {0}")]
     Audit(String),
+    #[error("key table: {0}")]
+    Keys(String),
 }
 
 impl AppState {
@@ -151,7 +153,10 @@ impl AppState {
             Some(trail) => trail.writer.clone(),
             None => Arc::new(NoAudit),
         };
+        let shutdown = CancellationToken::new();
+        let client_keys = managed_keys(&config, &shutdown).await?;
         let mut pipeline = Pipeline {
+            admission: admission(&config, &client_keys, &metrics),
             sanitizer,
             guard: Arc::new(guard),
             cache: answer_cache(&config, embedder.as_ref().map(|(_, e)| e), &metrics)?,
@@ -163,7 +168,7 @@ impl AppState {
         };
         customize(&mut pipeline);
         Ok(AppState(Arc::new(Shared {
-            client_keys: Arc::new(client_keys(&config.auth)),
+            client_keys,
             config: Arc::new(config),
             routes,
             pipeline,
@@ -175,7 +180,7 @@ impl AppState {
             embedder,
             token_vocabulary,
             corpus,
-            shutdown: CancellationToken::new(),
+            shutdown,
             audit,
         })))
     }
@@ -392,13 +397,61 @@ impl crate::audit::Redact for AuditRedaction {
     }
 }
 
+/// The admission stage: the key table's limits, held in this process's counters;
+/// a pass-through without `[governance]`.
+fn admission(
+    config: &Config,
+    keys: &Arc<ClientKeys>,
+    metrics: &Arc<Metrics>,
+) -> Arc<dyn crate::admit::admission::Admit> {
+    match &config.governance {
+        Some(governance) => Arc::new(crate::admit::admission::Admission::new(
+            Arc::clone(keys),
+            Arc::new(crate::quota::memory::MemoryCounters::default()),
+            Arc::clone(metrics),
+            governance.reserve_output_tokens,
+        )),
+        None => Arc::new(crate::admit::admission::Unlimited),
+    }
+}
+
+/// How long start-up waits for the key table before serving with what it has.
+const KEY_TABLE_WAIT: Duration = Duration::from_secs(5);
+
+/// The client keys: those of `[auth]`, and with `[governance]` the key table's,
+/// read once now and then followed until `shutdown`.
+async fn managed_keys(
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Result<Arc<ClientKeys>, BuildError> {
+    let keys = client_keys(&config.auth);
+    let Some(governance) = &config.governance else {
+        return Ok(Arc::new(keys));
+    };
+    let store = crate::admit::store::KeyStore::open(governance.database.url())
+        .map_err(|e| BuildError::Keys(crate::secret::scrub(&e.to_string()).into_owned()))?;
+    let keys = Arc::new(keys.with_store(store));
+    let loaded = match tokio::time::timeout(KEY_TABLE_WAIT, keys.load()).await {
+        Ok(Ok(())) => true,
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "cannot read the key table yet; serving the [auth] keys meanwhile");
+            false
+        }
+        Err(_) => {
+            tracing::warn!(
+                "the key table did not answer in time; serving the [auth] keys meanwhile"
+            );
+            false
+        }
+    };
+    tokio::spawn(Arc::clone(&keys).follow(governance.refresh_every, loaded, shutdown.clone()));
+    Ok(keys)
+}
+
 /// The client keys of `[auth]`, each standing for its tenant.
 fn client_keys(auth: &crate::config::AuthConfig) -> ClientKeys {
     ClientKeys::new(auth.keys.iter().map(|key| {
-        let caller = Caller {
-            tenant: key.tenant.as_str().into(),
-            key_id: Some(key.id.as_str().into()),
-        };
+        let caller = Caller::new(&key.tenant, Some(&key.id));
         (key.sha256, caller)
     }))
 }

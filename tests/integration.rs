@@ -11,6 +11,7 @@ mod cache;
 mod choices;
 mod config;
 mod deploy;
+mod governance;
 mod hostile;
 mod local;
 mod openai_sdk;

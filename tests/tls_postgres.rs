@@ -13,7 +13,8 @@ use crate::support::postgres::{
 };
 use crate::support::tls::TestCa;
 use crate::support::{FakeProvider, Gateway, ask, config_over};
-use ragway::audit::store::postgres::{PgStore, connect_options};
+use ragway::audit::store::postgres::PgStore;
+use ragway::db::connect_options;
 
 /// `url` with `params` added to its query.
 fn with(url: &str, params: &str) -> String {

@@ -8,7 +8,6 @@
 
 pub mod chain;
 pub mod export;
-pub mod migrate;
 pub mod row;
 mod settings;
 pub mod spool;

@@ -8,7 +8,6 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::row::{Price, TextMode};
-use crate::secret::Secret;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditConfig {
@@ -35,10 +34,5 @@ pub struct AuditConfig {
     pub prices: BTreeMap<String, Price>,
 }
 
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AuditDatabase {
-    Postgres(Secret),
-    /// The SQLite URL (`sqlite://data/audit.db`).
-    Sqlite(String),
-}
+/// The gateway's database, where the trail is kept.
+pub type AuditDatabase = crate::db::Database;

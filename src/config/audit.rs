@@ -37,44 +37,14 @@ pub struct RawAudit {
 pub const DEFAULT_DATABASE: &str = "sqlite://data/audit.db";
 
 pub(super) fn audit(raw: RawAudit, env: &Env, problems: &mut Problems) -> AuditConfig {
-    let url = match (&raw.database, &raw.database_env) {
-        (Some(_), Some(_)) => {
-            problems.add("audit.database", "set database or database_env, not both");
-            None
-        }
-        (None, Some(var)) => problems
-            .secret("audit.database_env", var, env)
-            .map(|s| s.expose().to_owned()),
-        (Some(url), None) => {
-            if has_password(url) {
-                problems.add(
-                    "audit.database",
-                    "a URL with a password belongs in database_env, not in the file",
-                );
-            }
-            Some(url.clone())
-        }
-        (None, None) => Some(DEFAULT_DATABASE.to_owned()),
-    };
-    let database = match url {
-        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            if let Err(error) = crate::audit::store::postgres::check_url(&url) {
-                let key = if raw.database_env.is_some() {
-                    "audit.database_env"
-                } else {
-                    "audit.database"
-                };
-                problems.add(key, error);
-            }
-            AuditDatabase::Postgres(Secret::new(url))
-        }
-        Some(url) if url.starts_with("sqlite:") => AuditDatabase::Sqlite(url),
-        Some(_) => {
-            problems.add("audit.database", "must be a postgres:// or sqlite:// URL");
-            AuditDatabase::Sqlite(DEFAULT_DATABASE.to_owned())
-        }
-        None => AuditDatabase::Sqlite(DEFAULT_DATABASE.to_owned()),
-    };
+    let database = database(
+        "audit",
+        raw.database.as_deref(),
+        raw.database_env.as_deref(),
+        env,
+        problems,
+    )
+    .unwrap_or_else(|| AuditDatabase::Sqlite(DEFAULT_DATABASE.to_owned()));
     let text = match raw.text.as_deref().unwrap_or("full") {
         "full" => TextMode::Full,
         "hash" => TextMode::Hash,
@@ -137,6 +107,58 @@ pub(super) fn audit(raw: RawAudit, env: &Env, problems: &mut Problems) -> AuditC
         client_ip_header: raw.client_ip_header.map(|h| h.to_ascii_lowercase()),
         prices: raw.prices,
     }
+}
+
+/// The database `[section]` names by `database` or `database_env` (`None` when
+/// neither is set, or what is set is wrong: the problem is recorded).
+pub(super) fn database(
+    section: &str,
+    url: Option<&str>,
+    url_env: Option<&str>,
+    env: &Env,
+    problems: &mut Problems,
+) -> Option<AuditDatabase> {
+    let url = match (url, url_env) {
+        (Some(_), Some(_)) => {
+            problems.add(
+                format!("{section}.database"),
+                "set database or database_env, not both",
+            );
+            return None;
+        }
+        (None, Some(var)) => problems
+            .secret(&format!("{section}.database_env"), var, env)?
+            .expose()
+            .to_owned(),
+        (Some(url), None) => {
+            if has_password(url) {
+                problems.add(
+                    format!("{section}.database"),
+                    "a URL with a password belongs in database_env, not in the file",
+                );
+            }
+            url.to_owned()
+        }
+        (None, None) => return None,
+    };
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        if let Err(error) = crate::db::check_url(&url) {
+            let key = match url_env.is_some() {
+                true => "database_env",
+                false => "database",
+            };
+            problems.add(format!("{section}.{key}"), error);
+        }
+        return Some(AuditDatabase::Postgres(Secret::new(url)));
+    }
+    if url.starts_with("sqlite:") {
+        return Some(AuditDatabase::Sqlite(url));
+    }
+    problems.add(
+        format!("{section}.database"),
+        "must be a postgres:// or sqlite:// URL",
+    );
+    None
 }
 
 /// `postgres://user:secret@host/db` holds a password.

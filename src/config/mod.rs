@@ -4,7 +4,7 @@
 //! environment variables the file names, never from the file.
 //!
 //! One file per section (`server`, `auth`, `providers`, `models`, `pii`,
-//! `embeddings`, `retrieval`, `cache`, `audit`), each with its raw type, its check,
+//! `embeddings`, `retrieval`, `cache`, `audit`, `governance`), each with its raw type, its check,
 //! and its checked type — or, where the settings are a stage's own, the stage's
 //! type it fills.
 
@@ -13,6 +13,7 @@ mod auth;
 mod cache;
 mod embeddings;
 mod env;
+mod governance;
 mod models;
 mod pii;
 mod providers;
@@ -36,6 +37,7 @@ pub use auth::{AuthConfig, ClientKey};
 pub use cache::{CacheConfig, RedisConfig};
 pub use embeddings::EmbeddingsConfig;
 pub use env::Env;
+pub use governance::GovernanceConfig;
 pub use models::{ModelConfig, TargetRef};
 pub use pii::{GuardConfig, LocalInput, PiiConfig};
 use raw::RawConfig;
@@ -57,6 +59,8 @@ pub struct Config {
     pub cache: Option<CacheConfig>,
     /// The audit trail; off when the section is absent.
     pub audit: Option<AuditConfig>,
+    /// Keys and tenants as data; off (keys from `[auth]` only) when absent.
+    pub governance: Option<GovernanceConfig>,
 }
 
 pub use crate::secret::Secret;
@@ -113,6 +117,8 @@ pub enum Part {
     Everything,
     /// `migrate` and `audit …`: the audit database.
     Audit,
+    /// `keys …`: the key table.
+    Keys,
     /// `ingest`: the embedder and the document store (and who the tenants are).
     Documents,
 }
@@ -124,6 +130,7 @@ impl Part {
         match self {
             Part::Everything => true,
             Part::Audit => section == "audit",
+            Part::Keys => matches!(section, "audit" | "governance"),
             Part::Documents => matches!(section, "embeddings" | "retrieval"),
         }
     }

@@ -33,4 +33,5 @@ pub struct RawConfig {
     pub retrieval: Option<super::retrieval::RawRetrieval>,
     pub cache: Option<super::cache::RawCache>,
     pub audit: Option<super::audit::RawAudit>,
+    pub governance: Option<super::governance::RawGovernance>,
 }

@@ -99,6 +99,10 @@ pub(super) fn validate(raw: RawConfig, env: &Env) -> (Config, Vec<Problem>) {
     let audit = raw
         .audit
         .map(|a| super::audit::audit(a, env, &mut problems));
+    let governance = raw.governance.map(|g| {
+        let audit = audit.as_ref().map(|a| &a.database);
+        super::governance::governance(g, audit, env, &mut problems)
+    });
     let providers: BTreeMap<_, _> = raw
         .providers
         .into_iter()
@@ -133,6 +137,7 @@ pub(super) fn validate(raw: RawConfig, env: &Env) -> (Config, Vec<Problem>) {
         retrieval,
         cache,
         audit,
+        governance,
     };
     (config, problems.0)
 }

@@ -38,7 +38,12 @@ pub async fn completions(
         Ok(request) => request,
         Err(error) => return error.into_response(),
     };
-    let Some(route) = state.routes.get(&request.model) else {
+    // A model the key may not use is answered as one that does not exist.
+    let Some(route) = state
+        .routes
+        .get(&request.model)
+        .filter(|_| caller.models.allows(&request.model))
+    else {
         return GatewayError::ModelNotFound(request.model).into_response();
     };
     let alias = route.alias.clone();
@@ -118,6 +123,7 @@ fn reply_response(reply: Reply) -> Response {
         HeaderName::from_static("x-ragway-cache"),
         HeaderValue::from_static(reply.cache.as_str()),
     );
+    super::error::put_headroom(headers, &reply.headroom);
     response
 }
 

@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{Extension, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::body::parse_json;
+use crate::call::Caller;
 use crate::error::GatewayError;
 use crate::state::AppState;
 use crate::tiktoken::Vocabulary;
@@ -45,10 +46,11 @@ enum Encoding {
 
 pub async fn embeddings(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match embed(&state, &headers, body).await {
+    match embed(&state, &caller, &headers, body).await {
         Ok(answer) => Json(answer).into_response(),
         Err(error) => error.into_response(),
     }
@@ -56,6 +58,7 @@ pub async fn embeddings(
 
 async fn embed(
     state: &AppState,
+    caller: &Caller,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Value, GatewayError> {
@@ -63,7 +66,7 @@ async fn embed(
     let Some((name, embedder)) = &state.embedder else {
         return Err(GatewayError::ModelNotFound(request.model));
     };
-    if &request.model != name {
+    if &request.model != name || !caller.models.allows(name) {
         return Err(GatewayError::ModelNotFound(request.model));
     }
     let encoding = match request.encoding_format.as_deref() {

@@ -28,6 +28,20 @@ impl IntoResponse for GatewayError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        if let GatewayError::OverLimit {
+            retry_after,
+            headroom,
+            ..
+        } = &self
+        {
+            if let Some(wait) = retry_after {
+                let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            put_headroom(response.headers_mut(), headroom);
+        }
         if let GatewayError::RequestTimeout = &self {
             // The rest of the body may still be on its way: the connection cannot
             // carry another request.
@@ -41,5 +55,26 @@ impl IntoResponse for GatewayError {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
+    }
+}
+
+/// OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` headers.
+pub fn put_headroom(headers: &mut axum::http::HeaderMap, headroom: &crate::quota::Headroom) {
+    let windows = [("requests", headroom.requests), ("tokens", headroom.tokens)];
+    for (what, window) in windows {
+        let Some(window) = window else { continue };
+        let values = [
+            ("limit", window.limit.to_string()),
+            ("remaining", window.remaining.to_string()),
+            ("reset", crate::quota::duration_text(window.reset)),
+        ];
+        for (part, value) in values {
+            if let (Ok(name), Ok(value)) = (
+                axum::http::HeaderName::try_from(format!("x-ratelimit-{part}-{what}")),
+                HeaderValue::try_from(value),
+            ) {
+                headers.insert(name, value);
+            }
+        }
     }
 }

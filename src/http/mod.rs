@@ -8,6 +8,7 @@ mod documents;
 mod embeddings;
 mod error;
 mod health;
+mod keys;
 mod limits;
 mod models;
 pub mod observe;
@@ -39,6 +40,17 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/breakers", get(admin::breakers))
         .route("/admin/cache/purge", post(admin::purge_cache))
         .route("/admin/audit", get(admin::audit))
+        .route("/admin/keys", post(keys::create).get(keys::list))
+        .route(
+            "/admin/keys/{id}",
+            get(keys::show).patch(keys::patch).delete(keys::revoke),
+        )
+        .route("/admin/keys/{id}/rotate", post(keys::rotate))
+        .route("/admin/tenants", get(keys::tenants))
+        .route(
+            "/admin/tenants/{tenant}",
+            get(keys::tenant).put(keys::put_tenant),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             admin::require_admin,

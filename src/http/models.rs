@@ -2,19 +2,25 @@
 //! for, and the embedding model.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 
+use crate::call::Caller;
 use crate::error::GatewayError;
 use crate::state::AppState;
 use crate::wire::{ModelCard, ModelList};
 
-pub async fn list(State(state): State<AppState>) -> Json<ModelList> {
+/// The models the caller's key may use.
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Json<ModelList> {
     Json(ModelList {
         object: "list".to_owned(),
         data: state
             .routes
             .aliases()
             .chain(embedder(&state).filter(|name| state.routes.get(name).is_none()))
+            .filter(|alias| caller.models.allows(alias))
             .map(|a| card(&state, a))
             .collect(),
     })
@@ -22,8 +28,12 @@ pub async fn list(State(state): State<AppState>) -> Json<ModelList> {
 
 pub async fn get(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<ModelCard>, GatewayError> {
+    if !caller.models.allows(&id) {
+        return Err(GatewayError::ModelNotFound(id));
+    }
     match state.routes.get(&id) {
         Some(route) => Ok(Json(card(&state, &route.alias))),
         None if embedder(&state) == Some(id.as_str()) => Ok(Json(card(&state, &id))),

@@ -181,10 +181,7 @@ fn identify(state: &AppState, key: Option<HeaderValue>) -> Option<Caller> {
     let mut headers = HeaderMap::new();
     headers.insert(header::AUTHORIZATION, key?);
     if super::admin::is_admin(state, &headers) {
-        return Some(Caller {
-            tenant: "admin".into(),
-            key_id: Some("admin".into()),
-        });
+        return Some(Caller::new("admin", Some("admin")));
     }
     super::auth::caller_of(&state.client_keys, &headers).ok()
 }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use tokio::time::Instant;
 
+use crate::admit::admission::Permit;
 use crate::audit::Origin;
 use crate::cache::{CacheControl, CacheKey, CacheStatus, Flight};
 
@@ -43,6 +44,8 @@ pub struct RequestCtx {
     pub prompt_text: String,
     /// The serving target read the user's own text (see `Target::raw_input`).
     pub raw_output: bool,
+    /// The call's reservation, settled when it is recorded.
+    pub permit: Option<Permit>,
 }
 
 impl RequestCtx {
@@ -73,6 +76,7 @@ impl RequestCtx {
             pii: Vec::new(),
             prompt_text: String::new(),
             raw_output: false,
+            permit: None,
         }
     }
 }

@@ -1,6 +1,6 @@
-//! The request path. [`Pipeline::run`] calls the stages in order — sanitize, cache,
-//! retrieve, generate, respond, record — and does nothing else; each stage lives in
-//! its own module behind a small trait.
+//! The request path. [`Pipeline::run`] calls the stages in order — admit, sanitize,
+//! cache, retrieve, generate, respond, record — and does nothing else; each stage
+//! lives in its own module behind a small trait.
 
 mod ctx;
 mod record;
@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 
 pub use ctx::{Caller, RequestCtx};
 
+use crate::admit::admission::{Admit, Ask};
 use crate::audit::AuditSink;
 use crate::cache::{AnswerCache, CacheLookup, CacheStatus};
 use crate::error::GatewayError;
@@ -30,6 +31,8 @@ use respond::Shaping;
 /// The stages, each behind its trait, plus what they share.
 #[derive(Clone)]
 pub struct Pipeline {
+    /// Keys' and tenants' limits: a call reserves before it runs.
+    pub admission: Arc<dyn Admit>,
     pub sanitizer: Arc<dyn Sanitizer>,
     /// The operator's list of refused words, applied to requests and answers.
     pub guard: Arc<ContentGuard>,
@@ -49,6 +52,8 @@ pub struct Reply {
     pub target: Arc<str>,
     pub attempts: usize,
     pub cache: CacheStatus,
+    /// The caller's limits after this call: the `x-ratelimit-*` headers.
+    pub headroom: crate::quota::Headroom,
     pub body: ReplyBody,
 }
 
@@ -64,14 +69,23 @@ impl Pipeline {
         mut ctx: RequestCtx,
         request: ChatRequest,
     ) -> Result<Reply, GatewayError> {
+        // 0. admit: the call's reservation against its key's and tenant's limits.
+        match self.admission.admit(&ctx.call(), Ask::chat(&request)).await {
+            Ok(permit) => ctx.permit = Some(permit),
+            Err(error) => {
+                self.record(&mut ctx, Finished::failed(&error));
+                return Err(error);
+            }
+        }
         let (answer, shaping) = match self.answer(&mut ctx, request).await {
             Ok(answered) => answered,
             Err(error) => {
-                self.record(&ctx, Finished::failed(&error)); // 6. record
+                self.record(&mut ctx, Finished::failed(&error)); // 6. record
                 return Err(error);
             }
         };
         let (attempts, cache) = (ctx.attempts.len(), ctx.cache);
+        let headroom = ctx.permit.as_ref().map(|p| p.headroom).unwrap_or_default();
         let body = match answer.body {
             // 5. respond, then 6. record
             AnswerBody::Whole(completion) => {
@@ -79,7 +93,7 @@ impl Pipeline {
                 let recorded = self.sanitize_for_record(&ctx, &shaping.vault, text);
                 let (completion, finished) =
                     respond::whole(&ctx, &answer.target, completion, &shaping, recorded);
-                self.record(&ctx, finished);
+                self.record(&mut ctx, finished);
                 ReplyBody::Whole(completion)
             }
             // A stream is shaped chunk by chunk in a task of its own, which records
@@ -96,6 +110,7 @@ impl Pipeline {
             target: answer.target,
             attempts,
             cache,
+            headroom,
             body,
         })
     }

@@ -1,10 +1,12 @@
-//! The record stage: once a call has ended, its answer is cached (when whole and
-//! cacheable) and its record handed to the audit sink.
+//! The record stage: once a call has ended, its reservation is settled, its answer
+//! cached (when whole and cacheable) and its record handed to the audit sink.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::{Pipeline, RequestCtx};
+use crate::admit::admission::{Permit, Used};
+use crate::admit::estimate;
 use crate::audit::{CallRecord, PassageRef};
 use crate::call::Outcome;
 use crate::error::GatewayError;
@@ -61,7 +63,15 @@ impl Finished {
 
 impl Pipeline {
     /// Stage 6.
-    pub(super) fn record(&self, ctx: &RequestCtx, finished: Finished) {
+    pub(super) fn record(&self, ctx: &mut RequestCtx, finished: Finished) {
+        if let Some(permit) = ctx.permit.take() {
+            let used = Used {
+                tokens: used_tokens(ctx, &permit, &finished),
+            };
+            let admission = Arc::clone(&self.admission);
+            self.tasks
+                .spawn(async move { admission.settle(permit, used).await });
+        }
         if finished.outcome == Outcome::ContentFilter {
             self.metrics.guard_blocked("output");
         }
@@ -104,5 +114,20 @@ impl Pipeline {
             answer: finished.answer,
             passages: ctx.citations.iter().map(PassageRef::from).collect(),
         });
+    }
+}
+
+/// The tokens a call used: the provider's count; for an answer that ended without
+/// one (cut, abandoned), the prompt as counted and what was delivered; nothing for
+/// a cache hit or a call that failed before an answer.
+fn used_tokens(ctx: &RequestCtx, permit: &Permit, finished: &Finished) -> u64 {
+    if ctx.cache.is_hit() || finished.target.is_none() {
+        return 0;
+    }
+    match finished.usage {
+        Some(usage) if usage.prompt_tokens + usage.completion_tokens > 0 => {
+            usage.prompt_tokens + usage.completion_tokens
+        }
+        _ => permit.prompt_tokens + estimate::text_tokens(&finished.answer),
     }
 }

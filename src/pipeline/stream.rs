@@ -59,7 +59,7 @@ impl Pipeline {
     /// to write come out of the receiver.
     pub(super) fn stream(
         &self,
-        ctx: RequestCtx,
+        mut ctx: RequestCtx,
         target: Arc<str>,
         started: Instant,
         chunks: ChunkStream,
@@ -79,7 +79,7 @@ impl Pipeline {
                     );
                 }
                 let finished = pipeline.finished_stream(&ctx, &shaping, target, carried);
-                pipeline.record(&ctx, finished); // 6. record
+                pipeline.record(&mut ctx, finished); // 6. record
             }
             .instrument(tracing::Span::current()),
         );

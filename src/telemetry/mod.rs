@@ -45,6 +45,7 @@ pub struct Metrics {
     local_tokens: IntCounterVec,
     open_connections: IntGaugeVec,
     connections_refused: IntCounterVec,
+    ratelimit_rejections: IntCounterVec,
 }
 
 /// One finished HTTP request, as the access log and the request metrics see it.
@@ -192,6 +193,11 @@ impl Metrics {
                 "ragway_connections_refused_total",
                 "Connections closed at once because a cap was reached (total, per_peer)",
                 &["cap"],
+            ),
+            ratelimit_rejections: counter(
+                "ragway_ratelimit_rejections_total",
+                "Calls refused at admission, by scope (key, tenant, target) and limit",
+                &["scope", "kind"],
             ),
             registry,
         };
@@ -378,6 +384,12 @@ impl Metrics {
     }
 
     /// `direction` is `input` or `output`.
+    pub fn ratelimit_rejected(&self, scope: &str, kind: &str) {
+        self.ratelimit_rejections
+            .with_label_values(&[scope, kind])
+            .inc();
+    }
+
     pub fn guard_blocked(&self, direction: &str) {
         self.guard_blocks.with_label_values(&[direction]).inc();
         tracing::info!(direction, "content guard refused");

@@ -3,13 +3,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
-use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
-use sqlx::{ConnectOptions as _, Postgres, QueryBuilder, Row as _};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{Postgres, QueryBuilder, Row as _};
 
 use super::{
     AuditStore, NameIds, Query, Range, StoreError, StoredHead, decode, kind, names_of, sql,
@@ -17,7 +16,7 @@ use super::{
 };
 use crate::audit::chain::{Head, link};
 use crate::audit::row::{Chained, Row};
-use crate::audit::{migrate, time};
+use crate::audit::time;
 
 /// The columns as `decode` reads them, converted to its types.
 const SELECT: &str = "SELECT (extract(epoch FROM at) * 1000000)::int8, instance_id::int8, seq, \
@@ -35,45 +34,6 @@ const COPY: &str = "COPY audit_calls (at, instance_id, seq, request_id, tenant_i
 /// The current time, as `audit_chain_heads.updated_at` keeps it.
 const NOW: &str = "now()";
 
-/// The options of a `postgres://` URL, TLS included: `sslmode` (`disable`,
-/// `allow` — taken as `disable` —, `prefer`, `require`, `verify-ca`,
-/// `verify-full`), `sslrootcert`, `sslcert` and `sslkey`, or the `PGSSLMODE`-style
-/// variables. One rule is libpq's rather than the driver's: `require` with a root
-/// certificate checks the server's certificate against it (as `verify-ca`), since
-/// an operator who names a CA expects it to be used.
-pub fn connect_options(url: &str) -> Result<PgConnectOptions, StoreError> {
-    // The driver names its provider, but `verify-ca` builds its certificate
-    // verifier from the process's default one.
-    crate::tls::install_crypto_provider();
-    let options = PgConnectOptions::from_str(url)?;
-    if matches!(options.get_ssl_mode(), PgSslMode::Require) && root_cert(&options).is_some() {
-        return Ok(options.ssl_mode(PgSslMode::VerifyCa));
-    }
-    Ok(options)
-}
-
-/// What is wrong with a `postgres://` URL before any connection is tried: a
-/// value the driver refuses (an unknown `sslmode`), or an `sslrootcert` that is
-/// not a readable file of PEM certificates. Never quotes the URL (it may hold a
-/// password).
-pub fn check_url(url: &str) -> Result<(), String> {
-    let options = PgConnectOptions::from_str(url)
-        .map_err(|e| crate::secret::scrub(&e.to_string()).into_owned())?;
-    if let Some(path) = root_cert(&options) {
-        crate::tls::read_ca_file(std::path::Path::new(&path))
-            .map_err(|e| format!("sslrootcert: {e}"))?;
-    }
-    Ok(())
-}
-
-/// The root certificate file the options name (from the URL or `PGSSLROOTCERT`).
-/// The driver keeps it private; its URL form shows it as `file: PATH`.
-fn root_cert(options: &PgConnectOptions) -> Option<String> {
-    let url = options.to_url_lossy();
-    let (_, shown) = url.query_pairs().find(|(key, _)| key == "sslrootcert")?;
-    Some(shown.strip_prefix("file: ").unwrap_or(&shown).to_owned())
-}
-
 pub struct PgStore {
     pool: PgPool,
     names: NameIds,
@@ -86,9 +46,9 @@ impl PgStore {
     /// while the database is down.
     ///
     /// TLS follows the URL's `sslmode` (`prefer` when unset) and `sslrootcert`,
-    /// as libpq reads them ([`connect_options`]).
+    /// as libpq reads them ([`crate::db::connect_options`]).
     pub fn connect_lazy(url: &str) -> Result<PgStore, StoreError> {
-        let options = connect_options(url)?
+        let options = crate::db::connect_options(url)?
             .application_name("ragway")
             // A statement the server has not finished in this time fails there,
             // rather than leaving the writer waiting.
@@ -195,7 +155,8 @@ impl PgStore {
 #[async_trait]
 impl AuditStore for PgStore {
     async fn migrate(&self) -> Result<(), StoreError> {
-        migrate::migrator(migrate::POSTGRES)
+        let _one_at_a_time = crate::db::MIGRATING.lock().await;
+        crate::db::migrator(crate::db::POSTGRES)
             .await?
             .run(&self.pool)
             .await?;

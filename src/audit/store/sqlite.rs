@@ -17,7 +17,6 @@ use super::{
     sql, stored_head,
 };
 use crate::audit::chain::{Head, link};
-use crate::audit::migrate;
 use crate::audit::row::{Chained, Row};
 
 /// Rows per INSERT statement: 30 values each, under SQLite's 32,766 limit.
@@ -109,7 +108,8 @@ fn push_range(q: &mut QueryBuilder<'_, Sqlite>, range: Range) {
 #[async_trait]
 impl AuditStore for SqliteStore {
     async fn migrate(&self) -> Result<(), StoreError> {
-        migrate::migrator(migrate::SQLITE)
+        let _one_at_a_time = crate::db::MIGRATING.lock().await;
+        crate::db::migrator(crate::db::SQLITE)
             .await?
             .run(&self.pool)
             .await?;
