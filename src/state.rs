@@ -156,7 +156,7 @@ impl AppState {
         let shutdown = CancellationToken::new();
         let client_keys = managed_keys(&config, &shutdown).await?;
         let mut pipeline = Pipeline {
-            admission: admission(&config, &client_keys, &metrics),
+            admission: admission(&config, &client_keys, &metrics, &shutdown)?,
             sanitizer,
             guard: Arc::new(guard),
             cache: answer_cache(&config, embedder.as_ref().map(|(_, e)| e), &metrics)?,
@@ -397,22 +397,51 @@ impl crate::audit::Redact for AuditRedaction {
     }
 }
 
-/// The admission stage: the key table's limits, held in this process's counters;
-/// a pass-through without `[governance]`.
+/// The admission stage: the key table's limits, held in Redis (shared by the
+/// replicas) or in this process's memory; a pass-through without `[governance]`.
 fn admission(
     config: &Config,
     keys: &Arc<ClientKeys>,
     metrics: &Arc<Metrics>,
-) -> Arc<dyn crate::admit::admission::Admit> {
-    match &config.governance {
-        Some(governance) => Arc::new(crate::admit::admission::Admission::new(
-            Arc::clone(keys),
-            Arc::new(crate::quota::memory::MemoryCounters::default()),
-            Arc::clone(metrics),
-            governance.reserve_output_tokens,
-        )),
-        None => Arc::new(crate::admit::admission::Unlimited),
-    }
+    shutdown: &CancellationToken,
+) -> Result<Arc<dyn crate::admit::admission::Admit>, BuildError> {
+    use crate::quota::Counters;
+    let Some(governance) = &config.governance else {
+        return Ok(Arc::new(crate::admit::admission::Unlimited));
+    };
+    let counters: Arc<dyn Counters> = match &governance.redis {
+        Some(shared) => {
+            let ca_pem = shared
+                .ca_file
+                .as_deref()
+                .map(crate::tls::read_ca_file)
+                .transpose()
+                .map_err(|e| BuildError::Keys(format!("redis_ca_file: {e}")))?;
+            let redis = crate::resilience::redis::GuardedRedis::new(
+                &shared.url,
+                ca_pem,
+                shared.timeout,
+                "limits",
+            )
+            .map_err(BuildError::Keys)?;
+            let counters = Arc::new(crate::quota::redis::RedisCounters::new(
+                redis,
+                &shared.key_prefix,
+                shared.on_down,
+                &uuid::Uuid::new_v4().to_string(),
+                Arc::clone(metrics),
+            ));
+            tokio::spawn(Arc::clone(&counters).keep_up(shutdown.clone()));
+            counters
+        }
+        None => Arc::new(crate::quota::memory::MemoryCounters::default()),
+    };
+    Ok(Arc::new(crate::admit::admission::Admission::new(
+        Arc::clone(keys),
+        counters,
+        Arc::clone(metrics),
+        governance.reserve_output_tokens,
+    )))
 }
 
 /// How long start-up waits for the key table before serving with what it has.

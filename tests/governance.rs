@@ -2,14 +2,13 @@
 //! through the admin API and `ragway keys`, on a SQLite file and on Postgres; a
 //! revocation seen by every gateway on the table within a second.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::support::keys::{ADMIN, admin, chat_as, sqlite_url, time_until};
 use crate::support::postgres::fresh_database;
 use crate::support::{FakeProvider, Gateway, TempDir, ask, config_over, expect_error};
-
-const ADMIN: &str = "admin-secret";
 
 /// A gateway over `fake` (aliases `chat-a`, `chat-b`, `other`) with its key table
 /// at the database `DB` names, and the fixed key `fixed-key` of tenant `fixed`.
@@ -28,36 +27,6 @@ async fn governed(fake: &FakeProvider, db: &str) -> Gateway {
         &[("ADMIN", ADMIN), ("FIXED", "fixed-key"), ("DB", db)],
     )
     .await
-}
-
-fn sqlite_url(dir: &TempDir) -> String {
-    format!("sqlite://{}", dir.0.join("keys.db").display())
-}
-
-async fn admin(
-    gw: &Gateway,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> reqwest::Response {
-    let mut request = gw
-        .http()
-        .request(method, format!("{}{path}", gw.url))
-        .bearer_auth(ADMIN);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    request.send().await.unwrap()
-}
-
-async fn chat_as(gw: &Gateway, key: &str, model: &str) -> reqwest::Response {
-    gw.http()
-        .post(format!("{}/v1/chat/completions", gw.url))
-        .bearer_auth(key)
-        .json(&ask(model, "hello"))
-        .send()
-        .await
-        .unwrap()
 }
 
 async fn models_of(gw: &Gateway, key: &str) -> Vec<String> {
@@ -257,18 +226,6 @@ async fn a_key_lives_and_ends_through_the_api_on_sqlite() {
 #[tokio::test]
 async fn a_key_lives_and_ends_through_the_api_on_postgres() {
     lifecycle(&fresh_database().await).await;
-}
-
-/// Polls `ok` every 10 ms; how long it took to hold (panics after 5 s).
-async fn time_until(mut ok: impl AsyncFnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(5) {
-        if ok().await {
-            return start.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("not within 5 s");
 }
 
 #[tokio::test]
@@ -571,245 +528,4 @@ async fn without_governance_the_key_endpoints_say_how_to_turn_them_on() {
     );
     // And authentication stays off, as before.
     assert_eq!(gw.chat(ask("chat", "hi")).await.status(), 200);
-}
-
-/// A governed gateway over `fake` whose audit sink `audit` keeps every record.
-async fn governed_with_audit(
-    fake: &FakeProvider,
-    db: &str,
-    audit: std::sync::Arc<crate::support::MemoryAudit>,
-) -> Gateway {
-    let mut config = config_over(fake, &[("chat", &["ok"]), ("slow", &["drip-300"])]);
-    config.push_str(
-        "\n[auth]\nadmin_key_env = \"ADMIN\"\n[governance]\ndatabase_env = \"DB\"\nrefresh_every = \"100ms\"\n",
-    );
-    Gateway::start_customized(&config, &[("ADMIN", ADMIN), ("DB", db)], |pipeline| {
-        pipeline.audit = audit;
-    })
-    .await
-}
-
-async fn new_key(gw: &Gateway, body: Value) -> String {
-    let created = admin(gw, reqwest::Method::POST, "/admin/keys", Some(body)).await;
-    assert_eq!(created.status(), 201);
-    let created: Value = created.json().await.unwrap();
-    created["key"].as_str().unwrap().to_owned()
-}
-
-fn header(response: &reqwest::Response, name: &str) -> Option<String> {
-    response
-        .headers()
-        .get(name)
-        .map(|v| v.to_str().unwrap().to_owned())
-}
-
-async fn chat_body(gw: &Gateway, key: &str, body: Value) -> reqwest::Response {
-    gw.http()
-        .post(format!("{}/v1/chat/completions", gw.url))
-        .bearer_auth(key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-}
-
-#[tokio::test]
-async fn requests_per_minute_refuse_at_the_number_with_openai_headers_and_a_record() {
-    let dir = TempDir::new();
-    let fake = FakeProvider::start().await;
-    let audit = std::sync::Arc::new(crate::support::MemoryAudit::default());
-    let gw = governed_with_audit(&fake, &sqlite_url(&dir), audit.clone()).await;
-    let key = new_key(&gw, json!({"tenant": "t", "limits": {"rpm": 3}})).await;
-    for remaining in ["2", "1", "0"] {
-        let ok = chat_as(&gw, &key, "chat").await;
-        assert_eq!(ok.status(), 200);
-        assert_eq!(
-            header(&ok, "x-ratelimit-limit-requests").as_deref(),
-            Some("3")
-        );
-        assert_eq!(
-            header(&ok, "x-ratelimit-remaining-requests").as_deref(),
-            Some(remaining)
-        );
-    }
-    let refused = chat_as(&gw, &key, "chat").await;
-    assert_eq!(
-        header(&refused, "x-ratelimit-remaining-requests").as_deref(),
-        Some("0")
-    );
-    // A place frees every 20 s at 3 a minute.
-    let wait: u64 = header(&refused, "retry-after").unwrap().parse().unwrap();
-    assert!((1..=20).contains(&wait), "retry-after {wait}");
-    let reset = header(&refused, "x-ratelimit-reset-requests").unwrap();
-    assert!(reset.ends_with('s'), "{reset}");
-    let error = expect_error(refused, 429).await;
-    assert_eq!(
-        (error["code"].as_str(), error["type"].as_str()),
-        (Some("rate_limit_exceeded"), Some("requests"))
-    );
-    assert!(
-        error["message"]
-            .as_str()
-            .unwrap()
-            .contains("requests per minute"),
-        "{error}"
-    );
-    assert_eq!(
-        fake.attempts("ok"),
-        3,
-        "the refused call never reached a provider"
-    );
-    gw.idle().await;
-    let records = audit.records();
-    let refusals: Vec<_> = records.iter().filter(|r| r.status == 429).collect();
-    assert_eq!(refusals.len(), 1, "every refusal is on the record");
-    assert_eq!(refusals[0].error, Some("rate_limit_exceeded"));
-    gw.metric_reads("ragway_ratelimit_rejections_total{kind=\"rpm\",scope=\"key\"} 1")
-        .await;
-}
-
-#[tokio::test]
-async fn a_tenant_limit_holds_across_its_keys() {
-    let dir = TempDir::new();
-    let fake = FakeProvider::start().await;
-    let audit = std::sync::Arc::new(crate::support::MemoryAudit::default());
-    let gw = governed_with_audit(&fake, &sqlite_url(&dir), audit).await;
-    let put = admin(
-        &gw,
-        reqwest::Method::PUT,
-        "/admin/tenants/shared",
-        Some(json!({"limits": {"rpm": 2}})),
-    )
-    .await;
-    assert_eq!(put.status(), 200);
-    // Each key may do more than the tenant: the tenant's limit still holds.
-    let one = new_key(&gw, json!({"tenant": "shared", "limits": {"rpm": 10}})).await;
-    let two = new_key(&gw, json!({"tenant": "shared"})).await;
-    let other = new_key(&gw, json!({"tenant": "elsewhere"})).await;
-    // The tenant's settings reach the gateway at its next read of the table.
-    time_until(async || {
-        let response = chat_as(&gw, &other, "chat").await;
-        response.status() == 200 && gw.state.client_keys.tenant("shared").is_some()
-    })
-    .await;
-    assert_eq!(chat_as(&gw, &one, "chat").await.status(), 200);
-    assert_eq!(chat_as(&gw, &two, "chat").await.status(), 200);
-    let refused = expect_error(chat_as(&gw, &one, "chat").await, 429).await;
-    assert!(
-        refused["message"]
-            .as_str()
-            .unwrap()
-            .contains("tenant shared"),
-        "{refused}"
-    );
-    expect_error(chat_as(&gw, &two, "chat").await, 429).await;
-    // Another tenant is not held by it.
-    assert_eq!(chat_as(&gw, &other, "chat").await.status(), 200);
-    gw.metric_reads("ragway_ratelimit_rejections_total{kind=\"rpm\",scope=\"tenant\"} 2")
-        .await;
-}
-
-#[tokio::test]
-async fn calls_in_flight_are_held_to_the_number_and_freed_when_they_end() {
-    let dir = TempDir::new();
-    let fake = FakeProvider::start().await;
-    let audit = std::sync::Arc::new(crate::support::MemoryAudit::default());
-    let gw = governed_with_audit(&fake, &sqlite_url(&dir), audit).await;
-    let key = new_key(&gw, json!({"tenant": "t", "limits": {"concurrency": 2}})).await;
-    let stream = |key: String| {
-        let mut body = ask("slow", "hold");
-        body["stream"] = json!(true);
-        let gw_url = gw.url.clone();
-        let http = gw.http();
-        async move {
-            http.post(format!("{gw_url}/v1/chat/completions"))
-                .bearer_auth(key)
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-        }
-    };
-    // Two streams open (their heads are back: both were admitted) …
-    let (first, second) = tokio::join!(stream(key.clone()), stream(key.clone()));
-    assert_eq!(
-        (first.status().as_u16(), second.status().as_u16()),
-        (200, 200)
-    );
-    // … so a third call is refused while they run.
-    let refused = expect_error(chat_as(&gw, &key, "chat").await, 429).await;
-    assert!(
-        refused["message"].as_str().unwrap().contains("in flight"),
-        "{refused}"
-    );
-    // Read them to their end: their places come back.
-    let (a, b) = tokio::join!(first.text(), second.text());
-    assert!(a.unwrap().contains("[DONE]") && b.unwrap().contains("[DONE]"));
-    gw.idle().await;
-    assert_eq!(chat_as(&gw, &key, "chat").await.status(), 200);
-    // An abandoned stream gives its place back too.
-    let abandoned = stream(key.clone()).await;
-    assert_eq!(abandoned.status(), 200);
-    drop(abandoned);
-    time_until(async || {
-        gw.idle().await;
-        let (x, y) = tokio::join!(stream(key.clone()), stream(key.clone()));
-        let both = x.status() == 200 && y.status() == 200;
-        drop((x, y));
-        both
-    })
-    .await;
-}
-
-#[tokio::test]
-async fn tokens_are_reserved_then_settled_on_the_providers_count() {
-    let dir = TempDir::new();
-    let fake = FakeProvider::start().await;
-    let audit = std::sync::Arc::new(crate::support::MemoryAudit::default());
-    let gw = governed_with_audit(&fake, &sqlite_url(&dir), audit).await;
-    let key = new_key(&gw, json!({"tenant": "t", "limits": {"tpm": 1000}})).await;
-    let mut body = ask("chat", "hello");
-    body["max_tokens"] = json!(100);
-    let first = chat_body(&gw, &key, body.clone()).await;
-    assert_eq!(first.status(), 200);
-    assert_eq!(
-        header(&first, "x-ratelimit-limit-tokens").as_deref(),
-        Some("1000")
-    );
-    let remaining: i64 = header(&first, "x-ratelimit-remaining-tokens")
-        .unwrap()
-        .parse()
-        .unwrap();
-    // The reservation: the prompt as counted and the 100 it may write.
-    let reserved = 1000 - remaining;
-    assert!((101..=120).contains(&reserved), "reserved {reserved}");
-    gw.idle().await;
-    // Settled on the fake's count (7 prompt + 6 completion tokens): the second
-    // reservation sits on 13 used, not on the first reservation.
-    let second = chat_body(&gw, &key, body.clone()).await;
-    let remaining: i64 = header(&second, "x-ratelimit-remaining-tokens")
-        .unwrap()
-        .parse()
-        .unwrap();
-    let expected = 1000 - 13 - reserved;
-    assert!(
-        (expected..=expected + 2).contains(&remaining),
-        "{remaining}, expected {expected}"
-    );
-    gw.idle().await;
-    // A call asking for more than the limit itself can never fit: no Retry-After.
-    body["max_tokens"] = json!(5000);
-    let too_large = chat_body(&gw, &key, body.clone()).await;
-    assert!(too_large.headers().get("retry-after").is_none());
-    let error = expect_error(too_large, 429).await;
-    assert_eq!(error["type"], "tokens");
-    assert!(
-        error["message"].as_str().unwrap().contains("too large"),
-        "{error}"
-    );
-    // One that fits the limit but not what is left now waits, and says for how long.
-    body["max_tokens"] = json!(990);
-    let later = chat_body(&gw, &key, body).await;
-    assert!(header(&later, "retry-after").is_some());
-    expect_error(later, 429).await;
 }

@@ -13,6 +13,7 @@ mod config;
 mod deploy;
 mod governance;
 mod hostile;
+mod limits;
 mod local;
 mod openai_sdk;
 mod pii;

@@ -218,10 +218,14 @@ impl Admit for Admission {
         let ticket: Arc<str> = call.request_id.into();
         let taken = match self.counters.take(&ticket, &charges).await {
             Ok(taken) => taken,
+            // Only counters told to refuse while they are away say so (a shared
+            // store otherwise falls back on its own).
             Err(error) => {
-                // Memory counters never fail; a shared store falls back on its own.
-                tracing::warn!(%error, "limits not checked");
-                return Ok(unlimited);
+                tracing::warn!(%error, "limits cannot be checked: call refused");
+                return Err(GatewayError::Unavailable {
+                    message: "limits cannot be checked now; try again shortly".to_owned(),
+                    retry_after: Duration::from_secs(1),
+                });
             }
         };
         let headroom = headroom(&charges, &taken.standings);

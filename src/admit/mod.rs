@@ -34,6 +34,20 @@ pub struct GovernanceConfig {
     /// Tokens reserved for the answer of a request without `max_tokens`, until
     /// the call ends and its real count is known.
     pub reserve_output_tokens: u64,
+    /// Counters shared by replicas in Redis; this process's memory when `None`.
+    pub redis: Option<SharedCounters>,
+}
+
+/// The limits' counters in Redis.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SharedCounters {
+    #[serde(skip)]
+    pub url: String,
+    pub ca_file: Option<std::path::PathBuf>,
+    pub key_prefix: String,
+    #[serde(serialize_with = "crate::encode::as_duration")]
+    pub timeout: Duration,
+    pub on_down: crate::quota::redis::OnDown,
 }
 
 /// The client keys, by their hash.

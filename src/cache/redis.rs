@@ -3,34 +3,23 @@
 //! and sits behind a circuit breaker, the connection is made lazily (the gateway
 //! starts without Redis) and re-made by the connection manager when Redis returns.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::time::Instant;
 
 use super::CacheKey;
 use crate::encode::hex;
-use crate::resilience::{Breaker, BreakerPolicy, Verdict};
+use crate::resilience::redis::GuardedRedis;
 use crate::wire::ChatCompletion;
 
 pub struct RedisTier {
-    client: redis::Client,
-    connection: Mutex<Option<ConnectionManager>>,
+    redis: GuardedRedis,
     prefix: String,
     ttl: Duration,
-    timeout: Duration,
-    breaker: Arc<Breaker>,
 }
 
 /// Why a call did not answer.
-#[derive(Debug)]
-pub enum TierError {
-    /// The breaker is open: Redis was failing; not tried.
-    Skipped,
-    Failed(String),
-}
+pub use crate::resilience::redis::RedisError as TierError;
 
 impl RedisTier {
     /// `url` is `redis://…` or, for TLS, `rediss://…`; `ca_pem`, the CAs a TLS
@@ -42,30 +31,10 @@ impl RedisTier {
         ttl: Duration,
         timeout: Duration,
     ) -> Result<Self, String> {
-        // The client builds its rustls config from the process's default provider.
-        crate::tls::install_crypto_provider();
-        let client = match ca_pem {
-            Some(pem) => redis::Client::build_with_tls(
-                url,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem),
-                },
-            ),
-            None => redis::Client::open(url),
-        }
-        .map_err(|e| format!("redis url: {}", crate::secret::scrub(&e.to_string())))?;
         Ok(RedisTier {
-            client,
-            connection: Mutex::new(None),
+            redis: GuardedRedis::new(url, ca_pem, timeout, "redis cache")?,
             prefix: prefix.to_owned(),
             ttl,
-            timeout,
-            breaker: Arc::new(Breaker::new(BreakerPolicy {
-                failures: 3,
-                open_for: Duration::from_secs(1),
-                max_open_for: Duration::from_secs(30),
-            })),
         })
     }
 
@@ -82,6 +51,7 @@ impl RedisTier {
     pub async fn get(&self, key: &CacheKey) -> Result<Option<ChatCompletion>, TierError> {
         let redis_key = self.redis_key(key);
         let value: Option<String> = self
+            .redis
             .call(|mut c| async move { c.get(redis_key).await })
             .await?;
         // A value that does not parse (another version wrote it) is a miss.
@@ -92,7 +62,8 @@ impl RedisTier {
         let redis_key = self.redis_key(key);
         let value = serde_json::to_string(answer).map_err(|e| TierError::Failed(e.to_string()))?;
         let ttl = self.ttl.as_secs().max(1);
-        self.call(|mut c| async move { c.set_ex::<_, _, ()>(redis_key, value, ttl).await })
+        self.redis
+            .call(|mut c| async move { c.set_ex::<_, _, ()>(redis_key, value, ttl).await })
             .await
     }
 
@@ -101,6 +72,7 @@ impl RedisTier {
     pub async fn purge_generation(&self, tenant: &str) -> Result<u64, TierError> {
         let keys = [self.purge_key(Some(tenant)), self.purge_key(None)];
         let values: Vec<Option<u64>> = self
+            .redis
             .call(|mut c| async move { c.mget(&keys).await })
             .await?;
         Ok(values.into_iter().flatten().sum())
@@ -109,7 +81,8 @@ impl RedisTier {
     /// Bumps the purge generation of a tenant, or of all.
     pub async fn bump_purge_generation(&self, tenant: Option<&str>) -> Result<(), TierError> {
         let key = self.purge_key(tenant);
-        self.call(|mut c| async move { c.incr::<_, _, ()>(key, 1).await })
+        self.redis
+            .call(|mut c| async move { c.incr::<_, _, ()>(key, 1).await })
             .await
     }
 
@@ -128,7 +101,7 @@ impl RedisTier {
             // Every entry: the tenants' hex prefixes (not the purge generations).
             None => format!("{}[0-9a-f]*", self.prefix),
         };
-        let connection = self.connection().await?;
+        let connection = self.redis.connection().await?;
         // A purge may walk many keys: it gets its own, longer deadline.
         let purge = async move {
             let mut scan = connection.clone();
@@ -154,62 +127,5 @@ impl RedisTier {
             .await
             .map_err(|_| TierError::Failed("purge timed out".to_owned()))?
             .map_err(|e| TierError::Failed(e.to_string()))
-    }
-
-    /// One command, within the deadline and the breaker.
-    async fn call<T, F, Fut>(&self, command: F) -> Result<T, TierError>
-    where
-        F: FnOnce(ConnectionManager) -> Fut,
-        Fut: Future<Output = redis::RedisResult<T>>,
-    {
-        let (permit, _) = self.breaker.try_acquire(Instant::now());
-        let permit = permit.ok_or(TierError::Skipped)?;
-        let result = match self.connection().await {
-            Ok(connection) => tokio::time::timeout(self.timeout, command(connection))
-                .await
-                .map_err(|_| TierError::Failed("deadline passed".to_owned()))
-                .and_then(|r| r.map_err(|e| TierError::Failed(e.to_string()))),
-            Err(error) => Err(error),
-        };
-        let verdict = match result {
-            Ok(_) => Verdict::Success,
-            Err(_) => Verdict::Failure,
-        };
-        permit.record(verdict, Instant::now());
-        result
-    }
-
-    /// The shared connection, made on first use (within the deadline).
-    async fn connection(&self) -> Result<ConnectionManager, TierError> {
-        if let Some(connection) = self.lock().clone() {
-            return Ok(connection);
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let connection = tokio::time::timeout(
-            self.timeout * 2,
-            ConnectionManager::new_with_config(self.client.clone(), config),
-        )
-        .await
-        .map_err(|_| TierError::Failed("connect: deadline passed".to_owned()))?
-        .map_err(|e| {
-            // Said at warn, not with the per-call failures: a refused certificate
-            // or a TLS/plain-text mismatch is a setting to fix, not a passing blip.
-            // The breaker spaces the tries, and so these lines.
-            let error = crate::secret::scrub(&e.to_string()).into_owned();
-            tracing::warn!(%error, "redis cache: cannot connect");
-            TierError::Failed(format!("connect: {error}"))
-        })?;
-        *self.lock() = Some(connection.clone());
-        Ok(connection)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<ConnectionManager>> {
-        self.connection
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }

@@ -74,7 +74,7 @@ pub(super) fn cache(raw: RawCache, has_embedder: bool, problems: &mut Problems) 
         problems.add("cache.redis_ca_file", "needs a rediss:// redis_url");
     }
     let redis = raw.redis_url.map(|url| {
-        check_redis_tls(&url, raw.redis_ca_file.as_deref(), problems);
+        check_redis_tls("cache", &url, raw.redis_ca_file.as_deref(), problems);
         let prefix = raw.redis_key_prefix.as_deref().unwrap_or("ragway:cache:");
         // A purge deletes `{prefix}*`: an empty prefix, or one holding glob
         // characters, would reach other applications' keys.
@@ -107,11 +107,16 @@ pub(super) fn cache(raw: RawCache, has_embedder: bool, problems: &mut Problems) 
 
 /// The URL's scheme, and the CA file that only TLS can use. Messages never quote
 /// the URL: it may hold a password.
-fn check_redis_tls(url: &str, ca_file: Option<&std::path::Path>, problems: &mut Problems) {
+pub(super) fn check_redis_tls(
+    section: &str,
+    url: &str,
+    ca_file: Option<&std::path::Path>,
+    problems: &mut Problems,
+) {
     let tls = url.starts_with("rediss://");
     if !tls && !url.starts_with("redis://") {
         problems.add(
-            "cache.redis_url",
+            format!("{section}.redis_url"),
             "must start with redis:// or, for TLS, rediss://",
         );
     }
@@ -119,19 +124,21 @@ fn check_redis_tls(url: &str, ca_file: Option<&std::path::Path>, problems: &mut 
     // that is not built in, and would fail only at the first connection.
     if url.contains('#') {
         problems.add(
-            "cache.redis_url",
-            "takes no #fragment (#insecure, skipping the certificate check, is not supported: \
-             name the server's CA in cache.redis_ca_file)",
+            format!("{section}.redis_url"),
+            format!(
+                "takes no #fragment (#insecure, skipping the certificate check, is not \
+                 supported: name the server's CA in {section}.redis_ca_file)"
+            ),
         );
     }
     match ca_file {
         Some(_) if !tls => problems.add(
-            "cache.redis_ca_file",
+            format!("{section}.redis_ca_file"),
             "is for TLS: the redis_url must start with rediss://",
         ),
         Some(path) => {
             if let Err(error) = crate::tls::read_ca_file(path) {
-                problems.add("cache.redis_ca_file", error);
+                problems.add(format!("{section}.redis_ca_file"), error);
             }
         }
         None => {}

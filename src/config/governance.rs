@@ -8,7 +8,8 @@ use super::Env;
 use super::validate::Problems;
 use crate::db::Database;
 
-pub use crate::admit::GovernanceConfig;
+pub use crate::admit::{GovernanceConfig, SharedCounters};
+use crate::quota::redis::OnDown;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -18,6 +19,13 @@ pub struct RawGovernance {
     pub database_env: Option<String>,
     pub refresh_every: Option<String>,
     pub reserve_output_tokens: Option<u64>,
+    /// Where the counters are shared: the cache's Redis when unset.
+    pub redis_url: Option<String>,
+    pub redis_ca_file: Option<std::path::PathBuf>,
+    pub redis_key_prefix: Option<String>,
+    pub redis_timeout: Option<String>,
+    /// `local`, `open` or `closed`.
+    pub on_redis_down: Option<String>,
 }
 
 /// The slowest refresh allowed: a revoked key must be refused on every replica
@@ -27,6 +35,7 @@ const MAX_REFRESH: Duration = Duration::from_secs(1);
 pub(super) fn governance(
     raw: RawGovernance,
     audit: Option<&Database>,
+    cache_redis: Option<&super::RedisConfig>,
     env: &Env,
     problems: &mut Problems,
 ) -> GovernanceConfig {
@@ -54,9 +63,51 @@ pub(super) fn governance(
     if reserve_output_tokens == 0 {
         problems.add("governance.reserve_output_tokens", "must be at least 1");
     }
+    let on_down = match raw.on_redis_down.as_deref().unwrap_or("local") {
+        "local" => OnDown::Local,
+        "open" => OnDown::Open,
+        "closed" => OnDown::Closed,
+        other => {
+            problems.add(
+                "governance.on_redis_down",
+                format!("`{other}` is not local, open or closed"),
+            );
+            OnDown::Local
+        }
+    };
+    let url = raw
+        .redis_url
+        .clone()
+        .or_else(|| cache_redis.map(|r| r.url.clone()));
+    let redis = url.map(|url| {
+        let ca_file = match &raw.redis_url {
+            Some(_) => raw.redis_ca_file.clone(),
+            None => cache_redis.and_then(|r| r.ca_file.clone()),
+        };
+        super::cache::check_redis_tls("governance", &url, ca_file.as_deref(), problems);
+        let key_prefix = raw
+            .redis_key_prefix
+            .clone()
+            .unwrap_or_else(|| "ragway:limits:".to_owned());
+        if key_prefix.is_empty() {
+            problems.add("governance.redis_key_prefix", "must not be empty");
+        }
+        SharedCounters {
+            url,
+            ca_file,
+            key_prefix,
+            timeout: problems.duration(
+                "governance.redis_timeout",
+                raw.redis_timeout.as_deref(),
+                Duration::from_millis(100),
+            ),
+            on_down,
+        }
+    });
     GovernanceConfig {
         database,
         refresh_every,
         reserve_output_tokens,
+        redis,
     }
 }

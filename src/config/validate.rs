@@ -101,7 +101,8 @@ pub(super) fn validate(raw: RawConfig, env: &Env) -> (Config, Vec<Problem>) {
         .map(|a| super::audit::audit(a, env, &mut problems));
     let governance = raw.governance.map(|g| {
         let audit = audit.as_ref().map(|a| &a.database);
-        super::governance::governance(g, audit, env, &mut problems)
+        let redis = cache.as_ref().and_then(|c| c.redis.as_ref());
+        super::governance::governance(g, audit, redis, env, &mut problems)
     });
     let providers: BTreeMap<_, _> = raw
         .providers

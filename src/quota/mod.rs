@@ -2,7 +2,7 @@
 //! calls in flight, spend per period. All of a call's charges are taken together
 //! or none is ([`Counters::take`]), and corrected when the call ends
 //! ([`Counters::settle`]). In memory for one gateway ([`memory::MemoryCounters`]),
-//! or in Redis shared by replicas.
+//! or in Redis shared by replicas ([`redis::RedisCounters`]).
 //!
 //! Rates are a generic cell rate algorithm (GCRA): a counter is one number, the
 //! time at which its allowance would be whole again; a limit of N per period
@@ -12,6 +12,7 @@
 //! and takes weighted amounts (tokens) as easily as requests.
 
 pub mod memory;
+pub mod redis;
 
 use std::time::Duration;
 

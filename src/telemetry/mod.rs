@@ -46,6 +46,9 @@ pub struct Metrics {
     open_connections: IntGaugeVec,
     connections_refused: IntCounterVec,
     ratelimit_rejections: IntCounterVec,
+    limits_shared: IntGaugeVec,
+    limits_replicas: IntGaugeVec,
+    limits_fallback: IntCounterVec,
 }
 
 /// One finished HTTP request, as the access log and the request metrics see it.
@@ -198,6 +201,21 @@ impl Metrics {
                 "ragway_ratelimit_rejections_total",
                 "Calls refused at admission, by scope (key, tenant, target) and limit",
                 &["scope", "kind"],
+            ),
+            limits_shared: gauge(
+                "ragway_limits_shared",
+                "1 while limits are counted in Redis, shared by replicas; 0 while Redis is away",
+                &[],
+            ),
+            limits_replicas: gauge(
+                "ragway_limits_replicas",
+                "Replicas sharing the limits' counters, as last counted in Redis",
+                &[],
+            ),
+            limits_fallback: counter(
+                "ragway_limits_fallback_total",
+                "Calls admitted while Redis was away, by what was done (local, open, closed)",
+                &["mode"],
             ),
             registry,
         };
@@ -388,6 +406,22 @@ impl Metrics {
         self.ratelimit_rejections
             .with_label_values(&[scope, kind])
             .inc();
+    }
+
+    pub fn limits_shared(&self, up: bool) {
+        self.limits_shared
+            .with_label_values(&[] as &[&str])
+            .set(i64::from(up));
+    }
+
+    pub fn limits_replicas(&self, replicas: u64) {
+        self.limits_replicas
+            .with_label_values(&[] as &[&str])
+            .set(i64::try_from(replicas).unwrap_or(i64::MAX));
+    }
+
+    pub fn limits_fallback(&self, mode: &str) {
+        self.limits_fallback.with_label_values(&[mode]).inc();
     }
 
     pub fn guard_blocked(&self, direction: &str) {

@@ -1,6 +1,7 @@
 //! Shared test harness: the fake provider and a gateway on a real socket.
 
 pub mod fake;
+pub mod keys;
 pub mod postgres;
 pub mod tls;
 

@@ -1,0 +1,430 @@
+//! Limits at admission: each kind refused exactly at its number, with OpenAI's
+//! headers and a record; tokens settled on the provider's count; places in flight
+//! freed; counters shared by two gateways through Redis, and held locally while
+//! Redis is away.
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+use crate::support::keys::{ADMIN, admin, chat_as, sqlite_url, time_until};
+use crate::support::{FakeProvider, Gateway, TempDir, ask, config_over, expect_error};
+
+/// A governed gateway over `fake` whose audit sink `audit` keeps every record.
+async fn governed_with_audit(
+    fake: &FakeProvider,
+    db: &str,
+    audit: std::sync::Arc<crate::support::MemoryAudit>,
+) -> Gateway {
+    let mut config = config_over(fake, &[("chat", &["ok"]), ("slow", &["drip-300"])]);
+    config.push_str(
+        "\n[auth]\nadmin_key_env = \"ADMIN\"\n[governance]\ndatabase_env = \"DB\"\nrefresh_every = \"100ms\"\n",
+    );
+    Gateway::start_customized(&config, &[("ADMIN", ADMIN), ("DB", db)], |pipeline| {
+        pipeline.audit = audit;
+    })
+    .await
+}
+
+async fn new_key(gw: &Gateway, body: Value) -> String {
+    let created = admin(gw, reqwest::Method::POST, "/admin/keys", Some(body)).await;
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.unwrap();
+    created["key"].as_str().unwrap().to_owned()
+}
+
+fn header(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_owned())
+}
+
+async fn chat_body(gw: &Gateway, key: &str, body: Value) -> reqwest::Response {
+    gw.http()
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn requests_per_minute_refuse_at_the_number_with_openai_headers_and_a_record() {
+    let dir = TempDir::new();
+    let fake = FakeProvider::start().await;
+    let audit = std::sync::Arc::new(crate::support::MemoryAudit::default());
+    let gw = governed_with_audit(&fake, &sqlite_url(&dir), audit.clone()).await;
+    let key = new_key(&gw, json!({"tenant": "t", "limits": {"rpm": 3}})).await;
+    for remaining in ["2", "1", "0"] {
+        let ok = chat_as(&gw, &key, "chat").await;
+        assert_eq!(ok.status(), 200);
+        assert_eq!(
+            header(&ok, "x-ratelimit-limit-requests").as_deref(),
+            Some("3")
+        );
+        assert_eq!(
+            header(&ok, "x-ratelimit-remaining-requests").as_deref(),
+            Some(remaining)
+        );
+    }
+    let refused = chat_as(&gw, &key, "chat").await;
+    assert_eq!(
+        header(&refused, "x-ratelimit-remaining-requests").as_deref(),
+        Some("0")
+    );
+    // A place frees every 20 s at 3 a minute.
+    let wait: u64 = header(&refused, "retry-after").unwrap().parse().unwrap();
+    assert!((1..=20).contains(&wait), "retry-after {wait}");
+    let reset = header(&refused, "x-ratelimit-reset-requests").unwrap();
+    assert!(reset.ends_with('s'), "{reset}");
+    let error = expect_error(refused, 429).await;
+    assert_eq!(
+        (error["code"].as_str(), error["type"].as_str()),
+        (Some("rate_limit_exceeded"), Some("requests"))
+    );
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("requests per minute"),
+        "{error}"
+    );
+    assert_eq!(
+        fake.attempts("ok"),
+        3,
+        "the refused call never reached a provider"
+    );
+    gw.idle().await;
+    let records = audit.records();
+    let refusals: Vec<_> = records.iter().filter(|r| r.status == 429).collect();
+    assert_eq!(refusals.len(), 1, "every refusal is on the record");
+    assert_eq!(refusals[0].error, Some("rate_limit_exceeded"));
+    gw.metric_reads("ragway_ratelimit_rejections_total{kind=\"rpm\",scope=\"key\"} 1")
+        .await;
+}
+
+#[tokio::test]
+async fn a_tenant_limit_holds_across_its_keys() {
+    let dir = TempDir::new();
+    let fake = FakeProvider::start().await;
+    let audit = std::sync::Arc::new(crate::support::MemoryAudit::default());
+    let gw = governed_with_audit(&fake, &sqlite_url(&dir), audit).await;
+    let put = admin(
+        &gw,
+        reqwest::Method::PUT,
+        "/admin/tenants/shared",
+        Some(json!({"limits": {"rpm": 2}})),
+    )
+    .await;
+    assert_eq!(put.status(), 200);
+    // Each key may do more than the tenant: the tenant's limit still holds.
+    let one = new_key(&gw, json!({"tenant": "shared", "limits": {"rpm": 10}})).await;
+    let two = new_key(&gw, json!({"tenant": "shared"})).await;
+    let other = new_key(&gw, json!({"tenant": "elsewhere"})).await;
+    // The tenant's settings reach the gateway at its next read of the table.
+    time_until(async || {
+        let response = chat_as(&gw, &other, "chat").await;
+        response.status() == 200 && gw.state.client_keys.tenant("shared").is_some()
+    })
+    .await;
+    assert_eq!(chat_as(&gw, &one, "chat").await.status(), 200);
+    assert_eq!(chat_as(&gw, &two, "chat").await.status(), 200);
+    let refused = expect_error(chat_as(&gw, &one, "chat").await, 429).await;
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("tenant shared"),
+        "{refused}"
+    );
+    expect_error(chat_as(&gw, &two, "chat").await, 429).await;
+    // Another tenant is not held by it.
+    assert_eq!(chat_as(&gw, &other, "chat").await.status(), 200);
+    gw.metric_reads("ragway_ratelimit_rejections_total{kind=\"rpm\",scope=\"tenant\"} 2")
+        .await;
+}
+
+#[tokio::test]
+async fn calls_in_flight_are_held_to_the_number_and_freed_when_they_end() {
+    let dir = TempDir::new();
+    let fake = FakeProvider::start().await;
+    let audit = std::sync::Arc::new(crate::support::MemoryAudit::default());
+    let gw = governed_with_audit(&fake, &sqlite_url(&dir), audit).await;
+    let key = new_key(&gw, json!({"tenant": "t", "limits": {"concurrency": 2}})).await;
+    let stream = |key: String| {
+        let mut body = ask("slow", "hold");
+        body["stream"] = json!(true);
+        let gw_url = gw.url.clone();
+        let http = gw.http();
+        async move {
+            http.post(format!("{gw_url}/v1/chat/completions"))
+                .bearer_auth(key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    // Two streams open (their heads are back: both were admitted) …
+    let (first, second) = tokio::join!(stream(key.clone()), stream(key.clone()));
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (200, 200)
+    );
+    // … so a third call is refused while they run.
+    let refused = expect_error(chat_as(&gw, &key, "chat").await, 429).await;
+    assert!(
+        refused["message"].as_str().unwrap().contains("in flight"),
+        "{refused}"
+    );
+    // Read them to their end: their places come back.
+    let (a, b) = tokio::join!(first.text(), second.text());
+    assert!(a.unwrap().contains("[DONE]") && b.unwrap().contains("[DONE]"));
+    gw.idle().await;
+    assert_eq!(chat_as(&gw, &key, "chat").await.status(), 200);
+    // An abandoned stream gives its place back too.
+    let abandoned = stream(key.clone()).await;
+    assert_eq!(abandoned.status(), 200);
+    drop(abandoned);
+    time_until(async || {
+        gw.idle().await;
+        let (x, y) = tokio::join!(stream(key.clone()), stream(key.clone()));
+        let both = x.status() == 200 && y.status() == 200;
+        drop((x, y));
+        both
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tokens_are_reserved_then_settled_on_the_providers_count() {
+    let dir = TempDir::new();
+    let fake = FakeProvider::start().await;
+    let audit = std::sync::Arc::new(crate::support::MemoryAudit::default());
+    let gw = governed_with_audit(&fake, &sqlite_url(&dir), audit).await;
+    let key = new_key(&gw, json!({"tenant": "t", "limits": {"tpm": 1000}})).await;
+    let mut body = ask("chat", "hello");
+    body["max_tokens"] = json!(100);
+    let first = chat_body(&gw, &key, body.clone()).await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(
+        header(&first, "x-ratelimit-limit-tokens").as_deref(),
+        Some("1000")
+    );
+    let remaining: i64 = header(&first, "x-ratelimit-remaining-tokens")
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The reservation: the prompt as counted and the 100 it may write.
+    let reserved = 1000 - remaining;
+    assert!((101..=120).contains(&reserved), "reserved {reserved}");
+    gw.idle().await;
+    // Settled on the fake's count (7 prompt + 6 completion tokens): the second
+    // reservation sits on 13 used, not on the first reservation.
+    let second = chat_body(&gw, &key, body.clone()).await;
+    let remaining: i64 = header(&second, "x-ratelimit-remaining-tokens")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let expected = 1000 - 13 - reserved;
+    assert!(
+        (expected..=expected + 2).contains(&remaining),
+        "{remaining}, expected {expected}"
+    );
+    gw.idle().await;
+    // A call asking for more than the limit itself can never fit: no Retry-After.
+    body["max_tokens"] = json!(5000);
+    let too_large = chat_body(&gw, &key, body.clone()).await;
+    assert!(too_large.headers().get("retry-after").is_none());
+    let error = expect_error(too_large, 429).await;
+    assert_eq!(error["type"], "tokens");
+    assert!(
+        error["message"].as_str().unwrap().contains("too large"),
+        "{error}"
+    );
+    // One that fits the limit but not what is left now waits, and says for how long.
+    body["max_tokens"] = json!(990);
+    let later = chat_body(&gw, &key, body).await;
+    assert!(header(&later, "retry-after").is_some());
+    expect_error(later, 429).await;
+}
+
+/// Two gateways over one key table (a SQLite file) counting limits in the Redis
+/// at `redis` under `prefix`.
+async fn shared_pair(
+    fake: &FakeProvider,
+    db: &str,
+    redis: &str,
+    prefix: &str,
+    on_down: &str,
+) -> (Gateway, Gateway) {
+    let mut config = config_over(fake, &[("chat", &["ok"])]);
+    config.push_str(&format!(
+        "\n[auth]\nadmin_key_env = \"ADMIN\"\n[governance]\ndatabase_env = \"DB\"\n\
+         refresh_every = \"100ms\"\nredis_url = \"{redis}\"\nredis_key_prefix = \"{prefix}\"\n\
+         on_redis_down = \"{on_down}\"\n"
+    ));
+    let env = [("ADMIN", ADMIN), ("DB", db)];
+    (
+        Gateway::start_with_env(&config, &env).await,
+        Gateway::start_with_env(&config, &env).await,
+    )
+}
+
+fn test_prefix() -> String {
+    format!("ragway:test:{}:", uuid::Uuid::new_v4().simple())
+}
+
+#[tokio::test]
+async fn two_gateways_sharing_redis_admit_within_one_percent_of_the_limit() {
+    let dir = TempDir::new();
+    let fake = FakeProvider::start().await;
+    let (one, two) = shared_pair(
+        &fake,
+        &sqlite_url(&dir),
+        "redis://127.0.0.1:6379",
+        &test_prefix(),
+        "local",
+    )
+    .await;
+    let key = new_key(&one, json!({"tenant": "t", "limits": {"rpm": 600}})).await;
+    time_until(async || gw_knows(&two, &key).await).await;
+    let gateways = [one.url.clone(), two.url.clone()];
+    let http = one.http();
+    let started = std::time::Instant::now();
+    let statuses: Vec<u16> = futures_util::stream::iter(0..10_000)
+        .map(|i| {
+            let (http, url, key) = (http.clone(), gateways[i % 2].clone(), key.clone());
+            async move {
+                http.post(format!("{url}/v1/chat/completions"))
+                    .bearer_auth(key)
+                    .json(&ask("chat", "hi"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let admitted = statuses.iter().filter(|s| **s == 200).count() as f64;
+    let refused = statuses.iter().filter(|s| **s == 429).count() as f64;
+    assert_eq!(admitted + refused, 10_000.0, "only admitted or refused");
+    // A minute's allowance at once, then 10 a second: what 600 RPM allows.
+    let allowed = 600.0 + 10.0 * elapsed;
+    let off = (admitted - allowed).abs() / allowed;
+    println!(
+        "admitted {admitted} of 10000 in {elapsed:.2} s against {allowed:.0} allowed: {:.2} % off",
+        off * 100.0
+    );
+    assert!(
+        off <= 0.01,
+        "admitted {admitted}, allowed {allowed:.1} ({:.2} % off)",
+        off * 100.0
+    );
+    assert_eq!(
+        fake.attempts("ok") as f64,
+        admitted,
+        "a refused call never reached a provider"
+    );
+}
+
+async fn gw_knows(gw: &Gateway, key: &str) -> bool {
+    let models = gw
+        .http()
+        .get(format!("{}/v1/models", gw.url))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    models.status() == 200
+}
+
+async fn metric(gw: &Gateway, name: &str) -> Option<f64> {
+    let text = gw.get("/metrics").await.text().await.unwrap();
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn while_redis_is_away_each_gateway_holds_its_share_and_nothing_is_lost() {
+    let dir = TempDir::new();
+    let fake = FakeProvider::start().await;
+    let proxy = crate::support::postgres::Proxy::start("127.0.0.1:6379".parse().unwrap()).await;
+    let redis = format!("redis://{}", proxy.addr);
+    let (one, two) = shared_pair(&fake, &sqlite_url(&dir), &redis, &test_prefix(), "local").await;
+    let key = new_key(
+        &one,
+        json!({"tenant": "t", "limits": {"rpm": 10, "tpm": 100000}}),
+    )
+    .await;
+    time_until(async || gw_knows(&two, &key).await).await;
+    // Each has counted both (they say they are alive every 5 s).
+    time_until(async || {
+        metric(&one, "ragway_limits_replicas").await == Some(2.0)
+            && metric(&two, "ragway_limits_replicas").await == Some(2.0)
+    })
+    .await;
+    assert_eq!(chat_as(&one, &key, "chat").await.status(), 200);
+    assert_eq!(metric(&one, "ragway_limits_shared").await, Some(1.0));
+
+    proxy.cut();
+    // Each holds half of the 10 a minute (5), counted in its own memory.
+    let mut admitted = [0, 0];
+    for (i, gw) in [&one, &two].into_iter().enumerate() {
+        for _ in 0..8 {
+            if chat_as(gw, &key, "chat").await.status() == 200 {
+                admitted[i] += 1;
+            }
+        }
+    }
+    assert_eq!(admitted, [5, 5], "each replica's share while Redis is away");
+    assert_eq!(metric(&one, "ragway_limits_shared").await, Some(0.0));
+    assert!(
+        metric(&one, "ragway_limits_fallback_total{mode=\"local\"}")
+            .await
+            .unwrap()
+            >= 8.0
+    );
+    one.idle().await;
+    two.idle().await;
+
+    proxy.restore();
+    // Back: what was taken meanwhile (1 + 10 requests) is in Redis, so the shared
+    // minute is spent.
+    time_until(async || {
+        let response = chat_as(&one, &key, "chat").await;
+        metric(&one, "ragway_limits_shared").await == Some(1.0) && response.status() == 429
+    })
+    .await;
+    let refused = expect_error(chat_as(&two, &key, "chat").await, 429).await;
+    assert_eq!(refused["code"], "rate_limit_exceeded");
+}
+
+#[tokio::test]
+async fn closed_means_refused_while_redis_is_away() {
+    let dir = TempDir::new();
+    let fake = FakeProvider::start().await;
+    let proxy = crate::support::postgres::Proxy::start("127.0.0.1:6379".parse().unwrap()).await;
+    let redis = format!("redis://{}", proxy.addr);
+    let (one, _two) = shared_pair(&fake, &sqlite_url(&dir), &redis, &test_prefix(), "closed").await;
+    let key = new_key(&one, json!({"tenant": "t", "limits": {"rpm": 100}})).await;
+    assert_eq!(chat_as(&one, &key, "chat").await.status(), 200);
+    proxy.cut();
+    let error = expect_error(chat_as(&one, &key, "chat").await, 503).await;
+    assert!(
+        error["message"].as_str().unwrap().contains("limits"),
+        "{error}"
+    );
+    // A key without limits is not held by the counters at all.
+    let free = new_key(&one, json!({"tenant": "u"})).await;
+    assert_eq!(chat_as(&one, &free, "chat").await.status(), 200);
+    proxy.restore();
+    time_until(async || chat_as(&one, &key, "chat").await.status() == 200).await;
+}
