@@ -115,6 +115,42 @@ impl CacheControl {
     }
 }
 
+/// A target's price per million tokens, in the deployment's currency: prompt
+/// tokens, those of them the provider served from its cache (at `input` when
+/// unset), and completion tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub input: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input: Option<f64>,
+    pub output: f64,
+}
+
+impl Price {
+    /// What `prompt` tokens (`cached` of them from the provider's cache) and
+    /// `completion` tokens cost.
+    pub fn cost(&self, prompt: u64, cached: u64, completion: u64) -> f64 {
+        let cached = cached.min(prompt);
+        let fresh = (prompt - cached) as f64 * self.input;
+        let cached = cached as f64 * self.cached_input.unwrap_or(self.input);
+        (fresh + cached + completion as f64 * self.output) / 1e6
+    }
+
+    /// The dearer of two prices, part by part: what a call is reserved at when
+    /// any of several targets may serve it.
+    pub fn dearest(self, other: Price) -> Price {
+        Price {
+            input: self.input.max(other.input),
+            cached_input: match (self.cached_input, other.cached_input) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            },
+            output: self.output.max(other.output),
+        }
+    }
+}
+
 /// One upstream attempt, as the record keeps it.
 #[derive(Debug, Clone)]
 pub struct Attempt {
@@ -206,6 +242,23 @@ impl Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cached_prompt_tokens_cost_their_own_price() {
+        let price = Price {
+            input: 2.0,
+            cached_input: Some(0.5),
+            output: 8.0,
+        };
+        // 1,000 prompt tokens, 600 from the provider's cache, 500 written.
+        let cost = price.cost(1000, 600, 500);
+        assert!((cost - (400.0 * 2.0 + 600.0 * 0.5 + 500.0 * 8.0) / 1e6).abs() < 1e-12);
+        let plain = Price {
+            cached_input: None,
+            ..price
+        };
+        assert!((plain.cost(1000, 600, 0) - 2000.0 / 1e6).abs() < 1e-12);
+    }
 
     #[test]
     fn patterns_match_whole_aliases() {

@@ -39,6 +39,14 @@ pub fn as_optional_days<S: serde::Serializer>(
 }
 
 /// A duration as whole seconds.
+/// Any value as its `Display` text (a UTC offset: `+08:00:00`).
+pub fn as_display<T: std::fmt::Display, S: serde::Serializer>(
+    value: &T,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_str(value)
+}
+
 pub fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(d.as_secs())
 }

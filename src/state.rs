@@ -1,6 +1,6 @@
 //! The application state, built once from the validated config.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -14,7 +14,7 @@ use crate::cache::redis::RedisTier;
 use crate::cache::semantic::Semantic;
 use crate::cache::tiered::TieredCache;
 use crate::cache::{AnswerCache, CachePolicy, NoCache};
-use crate::call::Caller;
+use crate::call::{Caller, Price};
 use crate::config::{
     Config, LocalInput, ModelConfig, ProviderKind, RetrievalConfig, StoreConfig, TargetRef,
 };
@@ -156,7 +156,7 @@ impl AppState {
         let shutdown = CancellationToken::new();
         let client_keys = managed_keys(&config, &shutdown).await?;
         let mut pipeline = Pipeline {
-            admission: admission(&config, &client_keys, &metrics, &shutdown)?,
+            admission: admission(&config, &routes, &client_keys, &metrics, &shutdown)?,
             sanitizer,
             guard: Arc::new(guard),
             cache: answer_cache(&config, embedder.as_ref().map(|(_, e)| e), &metrics)?,
@@ -401,6 +401,7 @@ impl crate::audit::Redact for AuditRedaction {
 /// replicas) or in this process's memory; a pass-through without `[governance]`.
 fn admission(
     config: &Config,
+    routes: &Routes,
     keys: &Arc<ClientKeys>,
     metrics: &Arc<Metrics>,
     shutdown: &CancellationToken,
@@ -436,11 +437,35 @@ fn admission(
         }
         None => Arc::new(crate::quota::memory::MemoryCounters::default()),
     };
+    // Prices are the audit's (`[audit.prices]`); a call is reserved at the
+    // dearest target of its route.
+    let prices: HashMap<String, Price> =
+        config.audit.iter().flat_map(|a| a.prices.clone()).collect();
+    let dearest = routes
+        .aliases()
+        .filter_map(|alias| {
+            let route = routes.get(alias)?;
+            let price = route
+                .targets
+                .iter()
+                .filter_map(|t| prices.get(t.id.as_ref()).copied())
+                .reduce(Price::dearest)?;
+            Some((alias.to_owned(), price))
+        })
+        .collect();
+    let budgets = crate::admit::admission::BudgetSettings {
+        currency: governance.currency.clone(),
+        soft: governance.soft_budget,
+        offset: governance.budget_utc_offset,
+    };
     Ok(Arc::new(crate::admit::admission::Admission::new(
         Arc::clone(keys),
         counters,
         Arc::clone(metrics),
         governance.reserve_output_tokens,
+        prices,
+        dearest,
+        budgets,
     )))
 }
 

@@ -428,3 +428,270 @@ async fn closed_means_refused_while_redis_is_away() {
     proxy.restore();
     time_until(async || chat_as(&one, &key, "chat").await.status() == 200).await;
 }
+
+/// A governed gateway whose targets have prices: 1 per prompt token, 2 per
+/// completion token (0.1 per cached prompt token where the target says so), and
+/// an answer cache.
+async fn priced(fake: &FakeProvider, dir: &TempDir) -> Gateway {
+    let mut config = config_over(
+        fake,
+        &[
+            ("chat", &["ok"]),
+            ("cached", &["cached-5"]),
+            ("hit", &["cache-hit-5"]),
+            ("cut", &["cut-after-3"]),
+            ("slow", &["drip-200"]),
+        ],
+    );
+    config.push_str(&format!(
+        "\n[auth]\nadmin_key_env = \"ADMIN\"\n[governance]\ndatabase_env = \"DB\"\n\
+         refresh_every = \"100ms\"\nreserve_output_tokens = 16\n[cache]\n\
+         [audit]\ndatabase = \"sqlite://{}\"\nspool_dir = \"{}\"\nflush_every = \"20ms\"\n\
+         [audit.prices]\n\
+         \"fake:ok\" = {{ input = 1e6, output = 2e6 }}\n\
+         \"fake:cut-after-3\" = {{ input = 1e6, output = 2e6 }}\n\
+         \"fake:drip-200\" = {{ input = 1e6, output = 2e6 }}\n\
+         \"fake:cached-5\" = {{ input = 1e6, cached_input = 1e5, output = 2e6 }}\n\
+         \"fake:cache-hit-5\" = {{ input = 1e6, cached_input = 1e5, output = 2e6 }}\n",
+        dir.0.join("audit.db").display(),
+        dir.0.join("spool").display(),
+    ));
+    Gateway::start_with_env(&config, &[("ADMIN", ADMIN), ("DB", &sqlite_url(dir))]).await
+}
+
+/// The key's budget spent so far this period, as `GET /v1/usage` tells it.
+async fn spent(gw: &Gateway, key: &str) -> f64 {
+    gw.idle().await;
+    let usage: Value = gw
+        .http()
+        .get(format!("{}/v1/usage", gw.url))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let scope = usage["scopes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["scope"] == "key")
+        .unwrap_or_else(|| panic!("{usage}"));
+    scope["budget"]["spent"].as_f64().unwrap()
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-6
+}
+
+#[tokio::test]
+async fn a_budget_is_spent_at_the_targets_prices_and_refused_when_gone() {
+    let dir = TempDir::new();
+    let fake = FakeProvider::start().await;
+    let gw = priced(&fake, &dir).await;
+    let key = new_key(
+        &gw,
+        json!({"tenant": "t", "budget": {"amount": 50, "period": "day"}}),
+    )
+    .await;
+    let mut body = ask("chat", "hello");
+    body["max_tokens"] = json!(10);
+    body["temperature"] = json!(0.7); // not cached: each call reaches the provider
+    let first = chat_body(&gw, &key, body.clone()).await;
+    assert_eq!(first.status(), 200);
+    // Reserved at the prompt as counted (at 1) and the 10 it may write (at 2).
+    let left: f64 = header(&first, "x-ragway-budget-remaining")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let reserved = 50.0 - left;
+    assert!((26.0..=40.0).contains(&reserved), "reserved {reserved}");
+    // Settled on what it cost: 7 prompt tokens and 6 written.
+    assert!(close(spent(&gw, &key).await, 19.0));
+    assert_eq!(chat_body(&gw, &key, body.clone()).await.status(), 200);
+    assert!(close(spent(&gw, &key).await, 38.0));
+    // 12 left, less than a call's reservation: refused, and said so.
+    let refused = chat_body(&gw, &key, body).await;
+    assert!(refused.headers().get("retry-after").is_some());
+    let error = expect_error(refused, 429).await;
+    assert_eq!(
+        (error["code"].as_str(), error["type"].as_str()),
+        (Some("insufficient_quota"), Some("insufficient_quota"))
+    );
+    assert!(
+        error["message"].as_str().unwrap().contains("budget"),
+        "{error}"
+    );
+    gw.metric_reads("ragway_ratelimit_rejections_total{kind=\"budget\",scope=\"key\"} 1")
+        .await;
+    // The soft share (80 %) was passed on the way: reported once.
+    gw.metric_reads("ragway_budget_soft_crossings_total{scope=\"key\"} 1")
+        .await;
+    // The chat calls' audit rows (two answers, one refusal) cost what the budget was
+    // charged.
+    let mut rows = Value::Null;
+    time_until(async || {
+        rows = admin(&gw, reqwest::Method::GET, "/admin/audit?tenant=t", None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        chats(&rows).count() == 3
+    })
+    .await;
+    let costs: f64 = chats(&rows).filter_map(|r| r["cost"].as_f64()).sum();
+    assert!(close(costs, 38.0), "{rows}");
+}
+
+fn chats(rows: &Value) -> impl Iterator<Item = &Value> {
+    rows["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["route"] == "/v1/chat/completions")
+}
+
+#[tokio::test]
+async fn cached_prompt_tokens_cost_the_cached_price_in_either_providers_words() {
+    let dir = TempDir::new();
+    let fake = FakeProvider::start().await;
+    let gw = priced(&fake, &dir).await;
+    let key = new_key(
+        &gw,
+        json!({"tenant": "t", "budget": {"amount": 1000, "period": "month"}}),
+    )
+    .await;
+    // 7 prompt tokens, 5 of them cached: 2 × 1 + 5 × 0.1 + 6 × 2 = 14.5.
+    assert_eq!(chat_as(&gw, &key, "cached").await.status(), 200);
+    assert!(close(spent(&gw, &key).await, 14.5));
+    assert_eq!(chat_as(&gw, &key, "hit").await.status(), 200);
+    assert!(close(spent(&gw, &key).await, 29.0));
+    // The answer keeps the provider's count for the client.
+    let answer: Value = chat_as(&gw, &key, "cached").await.json().await.unwrap();
+    assert_eq!(answer["usage"]["prompt_tokens_details"]["cached_tokens"], 5);
+}
+
+#[tokio::test]
+async fn streamed_cut_abandoned_and_cached_answers_settle_what_they_used() {
+    let dir = TempDir::new();
+    let fake = FakeProvider::start().await;
+    let gw = priced(&fake, &dir).await;
+    let key = new_key(
+        &gw,
+        json!({"tenant": "t", "budget": {"amount": 1000, "period": "week"}}),
+    )
+    .await;
+    let stream = |model: &str| {
+        let mut body = ask(model, "hello");
+        body["stream"] = json!(true);
+        body
+    };
+    // A whole stream: the provider's count, 19.
+    let whole = chat_body(&gw, &key, stream("chat"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(whole.contains("[DONE]"));
+    let after_whole = spent(&gw, &key).await;
+    assert!(close(after_whole, 19.0), "{after_whole}");
+    // Cut after 3 pieces ("t0 t1 t2 ", 3 tokens) with no count: the prompt as
+    // counted (at 1) and what was delivered (at 2).
+    let cut = chat_body(&gw, &key, stream("cut"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(cut.contains("t2"), "{cut}");
+    let cut_cost = spent(&gw, &key).await - after_whole;
+    let prompt = crate::support::keys::prompt_estimate("hello");
+    assert!(close(cut_cost, prompt + 6.0), "cut cost {cut_cost}");
+    // Abandoned after its first piece: no more than the prompt and the 6 pieces.
+    let mut abandoned = chat_body(&gw, &key, stream("slow")).await;
+    let _first = abandoned.chunk().await.unwrap();
+    drop(abandoned);
+    let before = after_whole + cut_cost;
+    time_until(async || spent(&gw, &key).await > before).await;
+    let abandoned_cost = spent(&gw, &key).await - before;
+    assert!(
+        abandoned_cost >= prompt && abandoned_cost <= prompt + 12.0,
+        "{abandoned_cost}"
+    );
+    // The same question again is answered from the cache: it costs nothing.
+    let now = spent(&gw, &key).await;
+    let mut question = ask("chat", "a question asked twice");
+    question["temperature"] = json!(0);
+    let again = chat_body(&gw, &key, question.clone()).await;
+    assert_eq!(header(&again, "x-ragway-cache").as_deref(), Some("miss"));
+    gw.idle().await;
+    let cached = chat_body(&gw, &key, question).await;
+    assert_eq!(header(&cached, "x-ragway-cache").as_deref(), Some("hit-l1"));
+    assert!(
+        close(spent(&gw, &key).await, now + 19.0),
+        "only the first of the two cost"
+    );
+}
+
+#[tokio::test]
+async fn usage_shows_each_scope_as_it_stands() {
+    let dir = TempDir::new();
+    let fake = FakeProvider::start().await;
+    let gw = priced(&fake, &dir).await;
+    admin(
+        &gw,
+        reqwest::Method::PUT,
+        "/admin/tenants/t",
+        Some(json!({"limits": {"rpm": 100}, "budget": {"amount": 5000, "period": "month"}})),
+    )
+    .await;
+    let key = new_key(&gw, json!({"tenant": "t", "limits": {"rpm": 10, "concurrency": 3}, "budget": {"amount": 100, "period": "day"}})).await;
+    time_until(async || gw.state.client_keys.tenant("t").is_some()).await;
+    assert_eq!(chat_as(&gw, &key, "chat").await.status(), 200);
+    gw.idle().await;
+    let usage: Value = gw
+        .http()
+        .get(format!("{}/v1/usage", gw.url))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let scopes = usage["scopes"].as_array().unwrap();
+    let key_scope = &scopes[0];
+    assert_eq!(key_scope["scope"], "key");
+    let limit = |scope: &Value, kind: &str| {
+        scope["limits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["kind"] == kind)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(limit(key_scope, "rpm")["remaining"], 9);
+    assert_eq!(limit(key_scope, "concurrency")["remaining"], 3);
+    assert!(close(key_scope["budget"]["spent"].as_f64().unwrap(), 19.0));
+    assert_eq!(key_scope["budget"]["currency"], "CNY");
+    assert_eq!(scopes[1]["scope"], "tenant");
+    assert_eq!(limit(&scopes[1], "rpm")["remaining"], 99);
+    assert!(close(
+        scopes[1]["budget"]["remaining"].as_f64().unwrap(),
+        5000.0 - 19.0
+    ));
+    // A key without limits has nothing to show, and says so plainly.
+    let free = new_key(&gw, json!({"tenant": "u"})).await;
+    let usage: Value = gw
+        .http()
+        .get(format!("{}/v1/usage", gw.url))
+        .bearer_auth(&free)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(usage["scopes"], json!([]));
+}

@@ -1,18 +1,20 @@
 //! The admission point: before any work starts, a call reserves what it may
-//! spend — a request, its tokens, a place in flight — against its key's and its
-//! tenant's limits, all at once or not at all; when it ends, the reservation is
-//! settled on what it used. A refusal is OpenAI's 429 with its headers.
+//! spend — a request, its tokens, a place in flight, money — against its key's and
+//! its tenant's limits and budgets, all at once or not at all; when it ends, the
+//! reservation is settled on what it used. A refusal is OpenAI's 429 with its
+//! headers.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 use super::ClientKeys;
-use super::grant::Limits;
-use crate::call::Call;
+use super::grant::{Budget, Limits};
+use crate::call::{Call, Caller, Price};
 use crate::error::GatewayError;
-use crate::quota::{Charge, Counters, Headroom, Rule, Standing, Window};
+use crate::quota::{BudgetLeft, Charge, Counters, Headroom, Rule, Standing, Window};
 use crate::telemetry::Metrics;
 
 /// What a call may spend, reserved before it runs.
@@ -36,10 +38,15 @@ impl Ask {
     }
 }
 
-/// What a call spent, known when it ends.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+/// What a call spent, known when it ends: the tokens, and the target that served
+/// them (whose price they cost).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Used {
-    pub tokens: u64,
+    pub prompt_tokens: u64,
+    /// Of the prompt's, those the provider served from its cache.
+    pub cached_tokens: u64,
+    pub completion_tokens: u64,
+    pub target: Option<Arc<str>>,
 }
 
 /// A call's reservation, held until it is settled.
@@ -47,9 +54,9 @@ pub struct Used {
 pub struct Permit {
     ticket: Arc<str>,
     /// The charges taken, at their reserved amounts.
-    taken: Vec<Charge>,
+    taken: Vec<(Kind, Charge)>,
     /// The limits as they stand after this call's reservation: the
-    /// `x-ratelimit-*` headers of the answer.
+    /// `x-ratelimit-*` and `x-ragway-budget-remaining` headers of the answer.
     pub headroom: Headroom,
     /// The prompt's tokens as counted: what a call that ends without the
     /// provider's count is settled on, with what it delivered.
@@ -63,6 +70,43 @@ pub trait Admit: Send + Sync {
 
     /// Corrects the reservation to what the call used, and frees its place.
     async fn settle(&self, permit: Permit, used: Used);
+
+    /// How the caller's limits and budgets stand now (none without any).
+    async fn standing(&self, _caller: &Caller) -> Result<Vec<ScopeStanding>, GatewayError> {
+        Ok(Vec::new())
+    }
+}
+
+/// One scope's limits and budget as they stand: what `GET /v1/usage` shows.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ScopeStanding {
+    /// `key` or `tenant`.
+    pub scope: &'static str,
+    pub id: String,
+    pub limits: Vec<LimitStanding>,
+    pub budget: Option<BudgetStanding>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LimitStanding {
+    /// `rpm`, `tpm`, `tpd` or `concurrency`.
+    pub kind: &'static str,
+    pub limit: u64,
+    /// What could be taken now (for `concurrency`: places free).
+    pub remaining: u64,
+    /// Seconds until the allowance is whole again.
+    pub reset_seconds: f64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BudgetStanding {
+    pub amount: f64,
+    pub period: super::grant::Period,
+    pub spent: f64,
+    pub remaining: f64,
+    pub currency: String,
+    /// Seconds until the period ends and the budget renews.
+    pub renews_in_seconds: f64,
 }
 
 /// Admits every call and counts nothing: a pass-through, for a gateway without
@@ -81,26 +125,45 @@ impl Admit for Unlimited {
     async fn settle(&self, _permit: Permit, _used: Used) {}
 }
 
-/// The limits of keys and tenants as the key table sets them, held by `counters`.
+/// How budgets are kept: in which currency, from which share on they are
+/// reported, and where the calendar's days begin.
+#[derive(Debug, Clone)]
+pub struct BudgetSettings {
+    pub currency: String,
+    /// The share spent from which the budget is reported as nearly used (0.8).
+    pub soft: f64,
+    pub offset: time::UtcOffset,
+}
+
+/// The limits and budgets of keys and tenants as the key table sets them, held by
+/// `counters`.
 pub struct Admission {
     keys: Arc<ClientKeys>,
     counters: Arc<dyn Counters>,
     metrics: Arc<Metrics>,
     /// Tokens reserved for the answer of a request that sets no `max_tokens`.
     reserve_output: u64,
+    /// Each target's price, and each alias's dearest target's (what its calls
+    /// are reserved at).
+    prices: HashMap<String, Price>,
+    dearest: HashMap<String, Price>,
+    budgets: BudgetSettings,
+    /// Budget periods already reported as nearly spent (once each).
+    warned: Mutex<HashSet<String>>,
 }
 
 /// A minute and a day, the periods of `rpm`, `tpm` and `tpd`.
 const MINUTE: Duration = Duration::from_secs(60);
 const DAY: Duration = Duration::from_secs(86_400);
 
-/// What a counter counts, for headers, messages and metrics.
+/// What a counter counts, for headers, messages, metrics and settlement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Rpm,
     Tpm,
     Tpd,
     Concurrency,
+    Budget,
 }
 
 impl Kind {
@@ -110,6 +173,7 @@ impl Kind {
             Kind::Tpm => "tpm",
             Kind::Tpd => "tpd",
             Kind::Concurrency => "concurrency",
+            Kind::Budget => "budget",
         }
     }
 
@@ -119,17 +183,36 @@ impl Kind {
             Kind::Tpm => "tokens per minute (TPM)",
             Kind::Tpd => "tokens per day (TPD)",
             Kind::Concurrency => "requests in flight",
+            Kind::Budget => "budget",
         }
     }
+}
 
-    fn of(counter: &str) -> Kind {
-        match counter.rsplit('/').next() {
-            Some("rpm") => Kind::Rpm,
-            Some("tpm") => Kind::Tpm,
-            Some("tpd") => Kind::Tpd,
-            _ => Kind::Concurrency,
+/// Whose counter: a key's or its tenant's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    Key,
+    Tenant,
+}
+
+impl Scope {
+    fn name(self) -> &'static str {
+        match self {
+            Scope::Key => "key",
+            Scope::Tenant => "tenant",
         }
     }
+}
+
+/// One scope's part of a call's reservation.
+struct Reserve<'a> {
+    scope: Scope,
+    id: &'a str,
+    /// 1 for a call, 0 to look without taking.
+    requests: f64,
+    tokens: u64,
+    cost: f64,
+    lease: Duration,
 }
 
 impl Admission {
@@ -138,46 +221,182 @@ impl Admission {
         counters: Arc<dyn Counters>,
         metrics: Arc<Metrics>,
         reserve_output: u64,
+        prices: HashMap<String, Price>,
+        dearest: HashMap<String, Price>,
+        budgets: BudgetSettings,
     ) -> Self {
         Admission {
             keys,
             counters,
             metrics,
             reserve_output,
+            prices,
+            dearest,
+            budgets,
+            warned: Mutex::default(),
         }
     }
 
-    /// The charges of one scope (`key` or `tenant`, named `id`) under `limits`.
+    /// The charges of one scope under its `limits` and `budget`.
     fn charges(
-        scope: &str,
-        id: &str,
+        &self,
+        r: &Reserve<'_>,
         limits: &Limits,
-        tokens: u64,
-        lease: Duration,
-        out: &mut Vec<Charge>,
+        budget: Option<&Budget>,
+        out: &mut Vec<(Scope, Kind, Charge)>,
     ) {
-        let tokens = tokens as f64;
+        let tokens = r.tokens as f64;
+        let scope = r.scope.name();
         let rates = [
-            (limits.rpm, "rpm", MINUTE, 1.0),
-            (limits.tpm, "tpm", MINUTE, tokens),
-            (limits.tpd, "tpd", DAY, tokens),
+            (limits.rpm, Kind::Rpm, MINUTE, r.requests),
+            (limits.tpm, Kind::Tpm, MINUTE, tokens),
+            (limits.tpd, Kind::Tpd, DAY, tokens),
         ];
         for (limit, kind, period, amount) in rates {
             if let Some(limit) = limit {
-                out.push(Charge {
-                    counter: format!("{scope}/{id}/{kind}"),
-                    rule: Rule::Rate { limit, period },
-                    amount,
-                });
+                let counter = format!("{scope}/{}/{}", r.id, kind.name());
+                let rule = Rule::Rate { limit, period };
+                out.push((
+                    r.scope,
+                    kind,
+                    Charge {
+                        counter,
+                        rule,
+                        amount,
+                    },
+                ));
             }
         }
         if let Some(limit) = limits.concurrency {
-            out.push(Charge {
-                counter: format!("{scope}/{id}/concurrency"),
-                rule: Rule::InFlight { limit, lease },
-                amount: 1.0,
-            });
+            let counter = format!("{scope}/{}/concurrency", r.id);
+            let rule = Rule::InFlight {
+                limit,
+                lease: r.lease,
+            };
+            out.push((
+                r.scope,
+                Kind::Concurrency,
+                Charge {
+                    counter,
+                    rule,
+                    amount: 1.0,
+                },
+            ));
         }
+        if let Some(budget) = budget {
+            let now = time::OffsetDateTime::now_utc();
+            let (period, ends_in) = super::period::current(budget.period, now, self.budgets.offset);
+            let counter = format!("{scope}/{}/spend/{period}", r.id);
+            let rule = Rule::Budget {
+                limit: budget.amount,
+                ends_in,
+            };
+            out.push((
+                r.scope,
+                Kind::Budget,
+                Charge {
+                    counter,
+                    rule,
+                    amount: r.cost,
+                },
+            ));
+        }
+    }
+
+    /// Reports a budget from its soft share on: a log line once per period, and
+    /// the tenant's remaining budget as a gauge.
+    fn report_budgets(
+        &self,
+        tenant: &str,
+        charges: &[(Scope, Kind, Charge)],
+        standings: &[Standing],
+    ) {
+        for ((scope, kind, charge), standing) in charges.iter().zip(standings) {
+            let Rule::Budget { limit, .. } = charge.rule else {
+                continue;
+            };
+            if *scope == Scope::Tenant {
+                self.metrics
+                    .budget_remaining(tenant, &self.budgets.currency, standing.remaining);
+            }
+            let spent = limit - standing.remaining;
+            if *kind == Kind::Budget && limit > 0.0 && spent >= limit * self.budgets.soft {
+                let first = self
+                    .warned
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(charge.counter.clone());
+                if first {
+                    tracing::warn!(
+                        counter = %charge.counter,
+                        spent,
+                        limit,
+                        currency = %self.budgets.currency,
+                        "budget nearly spent"
+                    );
+                    self.metrics.budget_soft_crossed(scope.name());
+                }
+            }
+        }
+    }
+
+    fn refusal(
+        &self,
+        call: &Call<'_>,
+        (scope, kind, charge): &(Scope, Kind, Charge),
+        standing: &Standing,
+        headroom: Headroom,
+    ) -> GatewayError {
+        self.metrics.ratelimit_rejected(scope.name(), kind.name());
+        let whose = match scope {
+            Scope::Tenant => format!("tenant {}", call.caller.tenant),
+            Scope::Key => format!("key {}", call.caller.key_id.as_deref().unwrap_or("")),
+        };
+        let wait = standing.retry_after.map(crate::quota::duration_text);
+        let (message, error_kind, code) = match (charge.rule, wait) {
+            (Rule::Budget { limit, .. }, _) => (
+                format!(
+                    "The budget of {whose} is spent: {:.4} of {limit} {} this period; it renews in {}.",
+                    limit - standing.remaining,
+                    self.budgets.currency,
+                    crate::quota::duration_text(standing.reset),
+                ),
+                "insufficient_quota",
+                "insufficient_quota",
+            ),
+            (Rule::Rate { limit, .. } | Rule::InFlight { limit, .. }, Some(wait)) => (
+                format!(
+                    "Rate limit reached for {whose} on {}: limit {limit}, requested {}. Please try again in {wait}.",
+                    kind.said(),
+                    charge.amount,
+                ),
+                kind_of_error(*kind),
+                "rate_limit_exceeded",
+            ),
+            (Rule::Rate { limit, .. } | Rule::InFlight { limit, .. }, None) => (
+                format!(
+                    "Request too large for {whose} on {}: limit {limit}, requested {}. Ask for fewer tokens (max_tokens) or send a shorter prompt.",
+                    kind.said(),
+                    charge.amount,
+                ),
+                kind_of_error(*kind),
+                "rate_limit_exceeded",
+            ),
+        };
+        GatewayError::OverLimit {
+            message,
+            kind: error_kind,
+            code,
+            retry_after: standing.retry_after,
+            headroom: Box::new(headroom),
+        }
+    }
+}
+
+fn kind_of_error(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Tpm | Kind::Tpd => "tokens",
+        _ => "requests",
     }
 }
 
@@ -185,26 +404,42 @@ impl Admission {
 impl Admit for Admission {
     async fn admit(&self, call: &Call<'_>, ask: Ask) -> Result<Permit, GatewayError> {
         let caller = call.caller;
+        let tokens = ask.prompt_tokens + ask.max_output.unwrap_or(self.reserve_output);
+        let cost = self.dearest.get(call.alias).map_or(0.0, |price| {
+            price.cost(ask.prompt_tokens, 0, tokens - ask.prompt_tokens)
+        });
         // A place is kept at most as long as the call may run, and a little more.
         let lease = call
             .deadline
             .saturating_duration_since(tokio::time::Instant::now())
             + Duration::from_secs(30);
-        let tokens = ask.prompt_tokens + ask.max_output.unwrap_or(self.reserve_output);
         let mut charges = Vec::new();
         if let Some(key) = caller.key_id.as_deref()
-            && let Some(limits) = self.keys.key_limits(key)
+            && let Some((limits, budget)) = self.keys.key_grant(key)
         {
-            Admission::charges("key", key, &limits, tokens, lease, &mut charges);
+            let reserve = Reserve {
+                scope: Scope::Key,
+                id: key,
+                requests: 1.0,
+                tokens,
+                cost,
+                lease,
+            };
+            self.charges(&reserve, &limits, budget.as_ref(), &mut charges);
         }
         if let Some(tenant) = self.keys.tenant(&caller.tenant) {
-            let limits = &tenant.limits;
-            Admission::charges(
-                "tenant",
-                &caller.tenant,
-                limits,
+            let reserve = Reserve {
+                scope: Scope::Tenant,
+                id: &caller.tenant,
+                requests: 1.0,
                 tokens,
+                cost,
                 lease,
+            };
+            self.charges(
+                &reserve,
+                &tenant.limits,
+                tenant.budget.as_ref(),
                 &mut charges,
             );
         }
@@ -216,7 +451,8 @@ impl Admit for Admission {
             return Ok(unlimited);
         }
         let ticket: Arc<str> = call.request_id.into();
-        let taken = match self.counters.take(&ticket, &charges).await {
+        let bare: Vec<Charge> = charges.iter().map(|(_, _, c)| c.clone()).collect();
+        let taken = match self.counters.take(&ticket, &bare).await {
             Ok(taken) => taken,
             // Only counters told to refuse while they are away say so (a shared
             // store otherwise falls back on its own).
@@ -228,53 +464,25 @@ impl Admit for Admission {
                 });
             }
         };
-        let headroom = headroom(&charges, &taken.standings);
-        if taken.admitted {
-            return Ok(Permit {
-                ticket,
-                taken: charges,
-                headroom,
-                prompt_tokens: ask.prompt_tokens,
-            });
+        // Counters that admitted everything while away report nothing.
+        if taken.standings.len() != charges.len() {
+            return Ok(unlimited);
         }
-        let (charge, standing) = charges
-            .iter()
-            .zip(&taken.standings)
-            .find(|(_, s)| !s.fits)
-            .expect("a refusal has a charge that did not fit");
-        let kind = Kind::of(&charge.counter);
-        let scope = charge.counter.split('/').next().unwrap_or("key");
-        self.metrics.ratelimit_rejected(scope, kind.name());
-        let whose = match scope {
-            "tenant" => format!("tenant {}", caller.tenant),
-            _ => format!("key {}", caller.key_id.as_deref().unwrap_or("")),
-        };
-        let limit = match charge.rule {
-            Rule::Rate { limit, .. } | Rule::InFlight { limit, .. } => limit,
-            Rule::Budget { limit, .. } => limit as u64,
-        };
-        let message = match standing.retry_after {
-            Some(wait) => format!(
-                "Rate limit reached for {whose} on {}: limit {limit}, requested {}. Please try again in {}.",
-                kind.said(),
-                charge.amount,
-                crate::quota::duration_text(wait)
-            ),
-            None => format!(
-                "Request too large for {whose} on {}: limit {limit}, requested {}. Ask for fewer tokens (max_tokens) or a shorter prompt.",
-                kind.said(),
-                charge.amount
-            ),
-        };
-        Err(GatewayError::OverLimit {
-            message,
-            kind: match kind {
-                Kind::Tpm | Kind::Tpd => "tokens",
-                Kind::Rpm | Kind::Concurrency => "requests",
-            },
-            code: "rate_limit_exceeded",
-            retry_after: standing.retry_after,
-            headroom: Box::new(headroom),
+        let headroom = headroom(&charges, &taken.standings);
+        self.report_budgets(&caller.tenant, &charges, &taken.standings);
+        if !taken.admitted {
+            let (refused, standing) = charges
+                .iter()
+                .zip(&taken.standings)
+                .find(|(_, s)| !s.fits)
+                .expect("a refusal has a charge that did not fit");
+            return Err(self.refusal(call, refused, standing, headroom));
+        }
+        Ok(Permit {
+            ticket,
+            taken: charges.into_iter().map(|(_, kind, c)| (kind, c)).collect(),
+            headroom,
+            prompt_tokens: ask.prompt_tokens,
         })
     }
 
@@ -282,12 +490,28 @@ impl Admit for Admission {
         if permit.taken.is_empty() {
             return;
         }
+        let tokens = (used.prompt_tokens + used.completion_tokens) as f64;
+        let cost = used
+            .target
+            .as_deref()
+            .and_then(|t| self.prices.get(t))
+            .map_or(0.0, |p| {
+                p.cost(
+                    used.prompt_tokens,
+                    used.cached_tokens,
+                    used.completion_tokens,
+                )
+            });
         let corrections: Vec<Charge> = permit
             .taken
             .into_iter()
-            .filter_map(|charge| match Kind::of(&charge.counter) {
+            .filter_map(|(kind, charge)| match kind {
                 Kind::Tpm | Kind::Tpd => Some(Charge {
-                    amount: used.tokens as f64 - charge.amount,
+                    amount: tokens - charge.amount,
+                    ..charge
+                }),
+                Kind::Budget => Some(Charge {
+                    amount: cost - charge.amount,
                     ..charge
                 }),
                 Kind::Concurrency => Some(charge),
@@ -298,27 +522,118 @@ impl Admit for Admission {
             tracing::warn!(%error, "a call's reservation was not settled");
         }
     }
+
+    async fn standing(&self, caller: &Caller) -> Result<Vec<ScopeStanding>, GatewayError> {
+        let mut scopes: Vec<(Scope, String, Limits, Option<Budget>)> = Vec::new();
+        if let Some(key) = caller.key_id.as_deref()
+            && let Some((limits, budget)) = self.keys.key_grant(key)
+        {
+            scopes.push((Scope::Key, key.to_owned(), limits, budget));
+        }
+        if let Some(tenant) = self.keys.tenant(&caller.tenant) {
+            scopes.push((Scope::Tenant, tenant.tenant, tenant.limits, tenant.budget));
+        }
+        scopes.retain(|(_, _, limits, budget)| *limits != Limits::default() || budget.is_some());
+        let mut charges = Vec::new();
+        for (scope, id, limits, budget) in &scopes {
+            // Amounts of nothing: what is left, not what one more call would leave.
+            let reserve = Reserve {
+                scope: *scope,
+                id,
+                requests: 0.0,
+                tokens: 0,
+                cost: 0.0,
+                lease: Duration::ZERO,
+            };
+            self.charges(&reserve, limits, budget.as_ref(), &mut charges);
+        }
+        let bare: Vec<Charge> = charges.iter().map(|(_, _, c)| c.clone()).collect();
+        let standings = self
+            .counters
+            .peek(&bare)
+            .await
+            .map_err(|_| GatewayError::Unavailable {
+                message: "limits cannot be read now; try again shortly".to_owned(),
+                retry_after: Duration::from_secs(1),
+            })?;
+        let mut out: Vec<ScopeStanding> = scopes
+            .iter()
+            .map(|(scope, id, _, _)| ScopeStanding {
+                scope: scope.name(),
+                id: id.clone(),
+                limits: Vec::new(),
+                budget: None,
+            })
+            .collect();
+        for ((scope, kind, charge), standing) in charges.iter().zip(&standings) {
+            let Some(entry) = out.iter_mut().find(|s| s.scope == scope.name()) else {
+                continue;
+            };
+            match charge.rule {
+                Rule::Budget { limit, ends_in } => {
+                    let period = scopes
+                        .iter()
+                        .find(|s| s.0 == *scope)
+                        .and_then(|s| s.3)
+                        .map(|b| b.period);
+                    entry.budget = period.map(|period| BudgetStanding {
+                        amount: limit,
+                        period,
+                        spent: (limit - standing.remaining).max(0.0),
+                        remaining: standing.remaining,
+                        currency: self.budgets.currency.clone(),
+                        renews_in_seconds: ends_in.as_secs_f64().round(),
+                    });
+                }
+                Rule::Rate { limit, .. } | Rule::InFlight { limit, .. } => {
+                    // A place check counts the one it would take.
+                    let remaining = match kind {
+                        Kind::Concurrency => standing.remaining as u64 + u64::from(standing.fits),
+                        _ => standing.remaining as u64,
+                    };
+                    entry.limits.push(LimitStanding {
+                        kind: kind.name(),
+                        limit,
+                        remaining,
+                        reset_seconds: (standing.reset.as_secs_f64() * 1000.0).round() / 1000.0,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
-/// The headers' view: the tightest request and token counters.
-fn headroom(charges: &[Charge], standings: &[Standing]) -> Headroom {
+/// The headers' view: the tightest request and token counters, the smallest
+/// budget left.
+fn headroom(charges: &[(Scope, Kind, Charge)], standings: &[Standing]) -> Headroom {
     let mut headroom = Headroom::default();
-    for (charge, standing) in charges.iter().zip(standings) {
-        let Rule::Rate { limit, .. } = charge.rule else {
-            continue;
-        };
-        let window = Window {
-            limit,
-            remaining: standing.remaining as u64,
-            reset: standing.reset,
-        };
-        let slot = match Kind::of(&charge.counter) {
-            Kind::Rpm => &mut headroom.requests,
-            Kind::Tpm => &mut headroom.tokens,
-            _ => continue,
-        };
-        if slot.is_none_or(|w| window.remaining < w.remaining) {
-            *slot = Some(window);
+    for ((_, kind, charge), standing) in charges.iter().zip(standings) {
+        match (kind, charge.rule) {
+            (Kind::Budget, Rule::Budget { limit, .. }) => {
+                let left = BudgetLeft {
+                    remaining: standing.remaining,
+                    limit,
+                };
+                if headroom.budget.is_none_or(|b| left.remaining < b.remaining) {
+                    headroom.budget = Some(left);
+                }
+            }
+            (Kind::Rpm | Kind::Tpm, Rule::Rate { limit, .. }) => {
+                let window = Window {
+                    limit,
+                    remaining: standing.remaining as u64,
+                    reset: standing.reset,
+                };
+                let slot = match kind {
+                    Kind::Rpm => &mut headroom.requests,
+                    _ => &mut headroom.tokens,
+                };
+                if slot.is_none_or(|w| window.remaining < w.remaining) {
+                    *slot = Some(window);
+                }
+            }
+            _ => {}
         }
     }
     headroom

@@ -9,6 +9,7 @@ pub mod admission;
 pub mod estimate;
 pub mod grant;
 pub mod manage;
+pub mod period;
 pub mod store;
 
 use std::collections::HashMap;
@@ -36,6 +37,13 @@ pub struct GovernanceConfig {
     pub reserve_output_tokens: u64,
     /// Counters shared by replicas in Redis; this process's memory when `None`.
     pub redis: Option<SharedCounters>,
+    /// The currency of budgets and prices (`CNY`).
+    pub currency: String,
+    /// The share of a budget from which it is reported as nearly spent.
+    pub soft_budget: f64,
+    /// Where budget days begin: `+08:00` for Beijing time.
+    #[serde(serialize_with = "crate::encode::as_display")]
+    pub budget_utc_offset: time::UtcOffset,
 }
 
 /// The limits' counters in Redis.
@@ -68,8 +76,8 @@ struct View {
     by_hash: HashMap<[u8; 32], Entry>,
     /// Each managed key's current hash (a rotated key's old hash goes).
     hash_of: HashMap<String, [u8; 32]>,
-    /// Each managed key's own limits, by id.
-    limits: HashMap<String, grant::Limits>,
+    /// Each managed key's own limits and budget, by id.
+    grants: HashMap<String, (grant::Limits, Option<grant::Budget>)>,
     tenants: HashMap<String, TenantRecord>,
     revision: i64,
 }
@@ -128,10 +136,11 @@ impl ClientKeys {
         Ok(entry.caller.clone())
     }
 
-    /// A managed key's own limits, as last read (`None` for a fixed key).
-    pub fn key_limits(&self, id: &str) -> Option<grant::Limits> {
+    /// A managed key's own limits and budget, as last read (`None` for a fixed
+    /// key).
+    pub fn key_grant(&self, id: &str) -> Option<(grant::Limits, Option<grant::Budget>)> {
         let view = self.managed.as_ref()?.view.read().ok()?;
-        view.limits.get(id).copied()
+        view.grants.get(id).copied()
     }
 
     /// A tenant's own limits and budget, as last read.
@@ -223,11 +232,11 @@ impl View {
         if let Some(old) = self.hash_of.remove(&key.id) {
             self.by_hash.remove(&old);
         }
-        self.limits.remove(&key.id);
+        self.grants.remove(&key.id);
         if key.revoked_us.is_some() {
             return;
         }
-        self.limits.insert(key.id.clone(), key.limits);
+        self.grants.insert(key.id.clone(), (key.limits, key.budget));
         let caller = Caller {
             tenant: key.tenant.as_str().into(),
             key_id: Some(key.id.as_str().into()),

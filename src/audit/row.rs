@@ -25,11 +25,7 @@ pub enum TextMode {
 }
 
 /// A price per million tokens, in the operator's currency.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Price {
-    pub input: f64,
-    pub output: f64,
-}
+pub use crate::call::Price;
 
 /// One call, ready to store. Not yet on a chain (see [`Chained`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -117,8 +113,11 @@ impl RowBuilder {
             .collect();
         let cost = match (&r.target, r.usage) {
             (Some(target), Some(usage)) => self.prices.get(target).map(|p| {
-                (usage.prompt_tokens as f64 * p.input + usage.completion_tokens as f64 * p.output)
-                    / 1e6
+                p.cost(
+                    usage.prompt_tokens,
+                    usage.cached_tokens(),
+                    usage.completion_tokens,
+                )
             }),
             _ => None,
         };

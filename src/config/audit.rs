@@ -59,13 +59,11 @@ pub(super) fn audit(raw: RawAudit, env: &Env, problems: &mut Problems) -> AuditC
         problems.add("audit.instance", "must be 1 to 128 characters");
     }
     for (target, price) in &raw.prices {
-        if !(price.input.is_finite() && price.output.is_finite())
-            || price.input < 0.0
-            || price.output < 0.0
-        {
+        let parts = [price.input, price.output, price.cached_input.unwrap_or(0.0)];
+        if !parts.iter().all(|p| p.is_finite() && *p >= 0.0) {
             problems.add(
                 format!("audit.prices.{target}"),
-                "input and output must be prices ≥ 0",
+                "input, cached_input and output must be prices ≥ 0",
             );
         }
     }

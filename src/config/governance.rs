@@ -26,6 +26,9 @@ pub struct RawGovernance {
     pub redis_timeout: Option<String>,
     /// `local`, `open` or `closed`.
     pub on_redis_down: Option<String>,
+    pub currency: Option<String>,
+    pub soft_budget: Option<f64>,
+    pub budget_utc_offset: Option<String>,
 }
 
 /// The slowest refresh allowed: a revoked key must be refused on every replica
@@ -104,10 +107,38 @@ pub(super) fn governance(
             on_down,
         }
     });
+    let currency = raw.currency.unwrap_or_else(|| "CNY".to_owned());
+    if currency.is_empty()
+        || currency.len() > 8
+        || !currency.chars().all(|c| c.is_ascii_alphabetic())
+    {
+        problems.add(
+            "governance.currency",
+            "must be a currency code of letters, such as CNY",
+        );
+    }
+    let soft_budget = raw.soft_budget.unwrap_or(0.8);
+    if !(soft_budget > 0.0 && soft_budget <= 1.0) {
+        problems.add(
+            "governance.soft_budget",
+            "must be a share above 0 and at most 1 (0.8: 80 %)",
+        );
+    }
+    let offset_text = raw.budget_utc_offset.as_deref().unwrap_or("+00:00");
+    let budget_utc_offset = crate::admit::period::parse_offset(offset_text).unwrap_or_else(|| {
+        problems.add(
+            "governance.budget_utc_offset",
+            "must be an offset from UTC such as +08:00 or -05:00",
+        );
+        time::UtcOffset::UTC
+    });
     GovernanceConfig {
         database,
         refresh_every,
         reserve_output_tokens,
         redis,
+        currency,
+        soft_budget,
+        budget_utc_offset,
     }
 }

@@ -58,8 +58,17 @@ impl IntoResponse for GatewayError {
     }
 }
 
-/// OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` headers.
+/// OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` headers, and
+/// `x-ragway-budget-remaining` (in the deployment's currency).
 pub fn put_headroom(headers: &mut axum::http::HeaderMap, headroom: &crate::quota::Headroom) {
+    if let Some(budget) = headroom.budget
+        && let Ok(value) = HeaderValue::try_from(format!("{:.6}", budget.remaining.max(0.0)))
+    {
+        headers.insert(
+            axum::http::HeaderName::from_static("x-ragway-budget-remaining"),
+            value,
+        );
+    }
     let windows = [("requests", headroom.requests), ("tokens", headroom.tokens)];
     for (what, window) in windows {
         let Some(window) = window else { continue };

@@ -32,6 +32,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::get))
+        .route("/v1/usage", get(keys::usage))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state.client_keys),
             auth::authenticate,

@@ -65,9 +65,7 @@ impl Pipeline {
     /// Stage 6.
     pub(super) fn record(&self, ctx: &mut RequestCtx, finished: Finished) {
         if let Some(permit) = ctx.permit.take() {
-            let used = Used {
-                tokens: used_tokens(ctx, &permit, &finished),
-            };
+            let used = used(ctx, &permit, &finished);
             let admission = Arc::clone(&self.admission);
             self.tasks
                 .spawn(async move { admission.settle(permit, used).await });
@@ -117,17 +115,26 @@ impl Pipeline {
     }
 }
 
-/// The tokens a call used: the provider's count; for an answer that ended without
-/// one (cut, abandoned), the prompt as counted and what was delivered; nothing for
-/// a cache hit or a call that failed before an answer.
-fn used_tokens(ctx: &RequestCtx, permit: &Permit, finished: &Finished) -> u64 {
+/// What a call used: the provider's count; for an answer that ended without one
+/// (cut, abandoned), the prompt as counted and what was delivered; nothing for a
+/// cache hit or a call that failed before an answer.
+fn used(ctx: &RequestCtx, permit: &Permit, finished: &Finished) -> Used {
     if ctx.cache.is_hit() || finished.target.is_none() {
-        return 0;
+        return Used::default();
     }
+    let target = finished.target.clone();
     match finished.usage {
-        Some(usage) if usage.prompt_tokens + usage.completion_tokens > 0 => {
-            usage.prompt_tokens + usage.completion_tokens
-        }
-        _ => permit.prompt_tokens + estimate::text_tokens(&finished.answer),
+        Some(usage) if usage.prompt_tokens + usage.completion_tokens > 0 => Used {
+            prompt_tokens: usage.prompt_tokens,
+            cached_tokens: usage.cached_tokens(),
+            completion_tokens: usage.completion_tokens,
+            target,
+        },
+        _ => Used {
+            prompt_tokens: permit.prompt_tokens,
+            cached_tokens: 0,
+            completion_tokens: estimate::text_tokens(&finished.answer),
+            target,
+        },
     }
 }

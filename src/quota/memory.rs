@@ -145,6 +145,12 @@ impl Counters for MemoryCounters {
         })
     }
 
+    async fn peek(&self, charges: &[Charge]) -> Result<Vec<Standing>, CountersDown> {
+        let now = self.now();
+        let mut state = self.lock();
+        Ok(charges.iter().map(|c| state.standing(now, c)).collect())
+    }
+
     async fn settle(&self, ticket: &str, charges: &[Charge]) -> Result<(), CountersDown> {
         let now = self.now();
         let mut state = self.lock();

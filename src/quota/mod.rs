@@ -70,12 +70,20 @@ pub struct Window {
     pub reset: Duration,
 }
 
+/// What is left of a budget, in the deployment's currency.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BudgetLeft {
+    pub remaining: f64,
+    pub limit: f64,
+}
+
 /// The limits a call stands under after its reservation: the tightest request and
-/// token counters of its key and tenant.
+/// token counters of its key and tenant, and the smaller budget left.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Headroom {
     pub requests: Option<Window>,
     pub tokens: Option<Window>,
+    pub budget: Option<BudgetLeft>,
 }
 
 /// A duration as OpenAI's reset headers write it: `20ms`, `1.5s`, `6m0s`, `1h2m3s`.
@@ -110,6 +118,9 @@ pub trait Counters: Send + Sync {
     /// At the end of the call: `charges` hold the corrections (actual − reserved,
     /// negative to give back), and in-flight places are returned.
     async fn settle(&self, ticket: &str, charges: &[Charge]) -> Result<(), CountersDown>;
+
+    /// How each counter stands, taking nothing (amounts 0: what is left).
+    async fn peek(&self, charges: &[Charge]) -> Result<Vec<Standing>, CountersDown>;
 }
 
 /// One GCRA step over seconds: the counter's theoretical arrival time `tat`, the

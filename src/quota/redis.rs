@@ -63,9 +63,10 @@ pub struct RedisCounters {
 }
 
 /// Checks every charge, then takes all or none. KEYS: the counters. ARGV: the
-/// ticket, then per counter its kind (`r` rate, `f` in flight, `b` budget), limit,
-/// span in ms (period, lease, or time to the period's end) and amount. Returns
-/// `{admitted, {fits, remaining, reset_ms, retry_ms (-1: never)}...}`.
+/// ticket (empty: only look, take nothing), then per counter its kind (`r` rate,
+/// `f` in flight, `b` budget), limit, span in ms (period, lease, or time to the
+/// period's end) and amount. Returns `{admitted, {fits, remaining, reset_ms,
+/// retry_ms (-1: never)}...}`.
 const TAKE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
@@ -101,7 +102,7 @@ for i = 1, #KEYS do
   if not fits then ok = 0 end
   out[i] = {fits and 1 or 0, tostring(remaining), tostring(reset), tostring(retry)}
 end
-if ok == 1 then
+if ok == 1 and ARGV[1] ~= '' then
   for i = 1, #KEYS do
     local a = 1 + (i - 1) * 4
     local kind, span, amount = ARGV[a + 1], tonumber(ARGV[a + 3]), ARGV[a + 4]
@@ -362,26 +363,20 @@ impl Counters for RedisCounters {
             }
         };
         self.mark(true).await;
-        let ms = |text: &str| {
-            let ms: f64 = text.parse().unwrap_or(0.0);
-            Duration::try_from_secs_f64(ms.max(0.0) / 1000.0).unwrap_or(Duration::MAX)
-        };
-        let standings = rows
-            .iter()
-            .map(|(fits, remaining, reset, retry)| Standing {
-                fits: *fits == 1,
-                remaining: remaining.parse().unwrap_or(0.0),
-                reset: ms(reset),
-                retry_after: match retry.parse::<f64>() {
-                    Ok(r) if r < 0.0 => None,
-                    _ => Some(ms(retry)),
-                },
-            })
-            .collect();
         Ok(Taken {
             admitted: admitted == 1,
-            standings,
+            standings: standings(&rows),
         })
+    }
+
+    async fn peek(&self, charges: &[Charge]) -> Result<Vec<Standing>, CountersDown> {
+        let answer = self
+            .run::<(i64, Vec<(i64, String, String, String)>)>(&self.take, "", charges)
+            .await;
+        match answer {
+            Ok((_, rows)) => Ok(standings(&rows)),
+            Err(_) => self.local.peek(&self.share(charges)).await,
+        }
     }
 
     async fn settle(&self, ticket: &str, charges: &[Charge]) -> Result<(), CountersDown> {
@@ -401,4 +396,23 @@ impl Counters for RedisCounters {
         }
         Ok(())
     }
+}
+
+/// The script's rows: `{fits, remaining, reset_ms, retry_ms}`, numbers as text.
+fn standings(rows: &[(i64, String, String, String)]) -> Vec<Standing> {
+    let ms = |text: &str| {
+        let ms: f64 = text.parse().unwrap_or(0.0);
+        Duration::try_from_secs_f64(ms.max(0.0) / 1000.0).unwrap_or(Duration::MAX)
+    };
+    rows.iter()
+        .map(|(fits, remaining, reset, retry)| Standing {
+            fits: *fits == 1,
+            remaining: remaining.parse().unwrap_or(0.0),
+            reset: ms(reset),
+            retry_after: match retry.parse::<f64>() {
+                Ok(r) if r < 0.0 => None,
+                _ => Some(ms(retry)),
+            },
+        })
+        .collect()
 }

@@ -49,6 +49,8 @@ pub struct Metrics {
     limits_shared: IntGaugeVec,
     limits_replicas: IntGaugeVec,
     limits_fallback: IntCounterVec,
+    budget_remaining: prometheus::GaugeVec,
+    budget_soft: IntCounterVec,
 }
 
 /// One finished HTTP request, as the access log and the request metrics see it.
@@ -216,6 +218,22 @@ impl Metrics {
                 "ragway_limits_fallback_total",
                 "Calls admitted while Redis was away, by what was done (local, open, closed)",
                 &["mode"],
+            ),
+            budget_remaining: {
+                let metric = prometheus::GaugeVec::new(
+                    Opts::new(
+                        "ragway_budget_remaining",
+                        "What is left of each tenant's budget this period, as its last call saw it",
+                    ),
+                    &["tenant", "currency"],
+                )
+                .expect("static metric definition");
+                register(&registry, metric)
+            },
+            budget_soft: counter(
+                "ragway_budget_soft_crossings_total",
+                "Budgets that passed their soft share (governance.soft_budget) this period",
+                &["scope"],
             ),
             registry,
         };
@@ -418,6 +436,16 @@ impl Metrics {
         self.limits_replicas
             .with_label_values(&[] as &[&str])
             .set(i64::try_from(replicas).unwrap_or(i64::MAX));
+    }
+
+    pub fn budget_remaining(&self, tenant: &str, currency: &str, remaining: f64) {
+        self.budget_remaining
+            .with_label_values(&[tenant, currency])
+            .set(remaining);
+    }
+
+    pub fn budget_soft_crossed(&self, scope: &str) {
+        self.budget_soft.with_label_values(&[scope]).inc();
     }
 
     pub fn limits_fallback(&self, mode: &str) {

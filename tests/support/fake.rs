@@ -216,6 +216,17 @@ async fn respond(
             tool_call(model, &arguments, stream, n.unwrap_or(4) as usize)
         }
         "tokens" => answer(model, &numbered(n.unwrap_or(10)), stream, Script::default()),
+        // The `ok` answer, n of its 7 prompt tokens from the provider's cache
+        // (OpenAI's `prompt_tokens_details`, or DeepSeek's field).
+        "cached" | "cache-hit" => answer(
+            model,
+            &OK_TOKENS.map(String::from),
+            stream,
+            Script {
+                cached: Some((n.unwrap_or(5), name == "cache-hit")),
+                ..Script::default()
+            },
+        ),
         // `n` choices, each "choice I: <last user text>"; streamed interleaved.
         "choices" => choices(model, body, stream, true),
         // The same, but the body closes once choice 0 has finished (no `[DONE]`).
@@ -437,10 +448,19 @@ struct Script {
     bare_json: bool,
     malformed_after: Option<usize>,
     blocked_after: Option<usize>,
+    /// Prompt tokens served from the provider's cache, and whether they are told
+    /// in DeepSeek's words (`prompt_cache_hit_tokens`) or OpenAI's.
+    cached: Option<(u64, bool)>,
 }
 
-fn usage(completion_tokens: usize) -> Value {
-    json!({"prompt_tokens": 7, "completion_tokens": completion_tokens, "total_tokens": 7 + completion_tokens})
+fn usage(completion_tokens: usize, cached: Option<(u64, bool)>) -> Value {
+    let mut usage = json!({"prompt_tokens": 7, "completion_tokens": completion_tokens, "total_tokens": 7 + completion_tokens});
+    match cached {
+        Some((n, true)) => usage["prompt_cache_hit_tokens"] = json!(n),
+        Some((n, false)) => usage["prompt_tokens_details"] = json!({"cached_tokens": n}),
+        None => {}
+    }
+    usage
 }
 
 fn answer(model: &str, tokens: &[String], stream: bool, script: Script) -> Response {
@@ -503,7 +523,7 @@ fn answer(model: &str, tokens: &[String], stream: bool, script: Script) -> Respo
     push(frame(&chunk(model, json!({}), Some("stop"))), &mut frames);
     let mut usage_chunk = chunk(model, json!({}), None);
     usage_chunk["choices"] = json!([]);
-    usage_chunk["usage"] = usage(tokens.len());
+    usage_chunk["usage"] = usage(tokens.len(), script.cached);
     push(frame(&usage_chunk), &mut frames);
     if script.end == End::Done {
         push("data: [DONE]\n\n".to_owned(), &mut frames);
@@ -526,7 +546,7 @@ fn choices(model: &str, body: &Value, stream: bool, whole_answer: bool) -> Respo
             .collect();
         return axum::Json(json!({
             "id": "fake-1", "object": "chat.completion", "created": 1, "model": model,
-            "choices": choices, "usage": usage(n as usize),
+            "choices": choices, "usage": usage(n as usize, None),
         }))
         .into_response();
     }
@@ -612,7 +632,7 @@ fn whole(model: &str, tokens: &[String], script: Script) -> Response {
         "created": 1,
         "model": model,
         "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-        "usage": usage(tokens.len()),
+        "usage": usage(tokens.len(), script.cached),
     });
     if script.blocked_after.is_some() {
         body["blocked"] = json!(true);
