@@ -23,6 +23,7 @@ use crate::generate::{
     Target,
 };
 use crate::pipeline::Pipeline;
+use crate::quota::{Counters, Gate};
 use crate::resilience::Breaker;
 use crate::retrieve::chunk::ChunkSize;
 use crate::retrieve::corpus::Corpus;
@@ -103,7 +104,9 @@ impl AppState {
         // Before the audit store or the Redis tier makes any TLS connection.
         crate::tls::install_crypto_provider();
         let metrics = Arc::new(Metrics::new());
-        let routes = Arc::new(routes(&config, &metrics)?);
+        let shutdown = CancellationToken::new();
+        let counters = counters(&config, &metrics, &shutdown)?;
+        let routes = Arc::new(routes(&config, &metrics, &counters)?);
         let embedder = match &config.embeddings {
             Some(e) => {
                 let device = ragway_engine::device(&e.device)?;
@@ -153,10 +156,9 @@ impl AppState {
             Some(trail) => trail.writer.clone(),
             None => Arc::new(NoAudit),
         };
-        let shutdown = CancellationToken::new();
         let client_keys = managed_keys(&config, &shutdown).await?;
         let mut pipeline = Pipeline {
-            admission: admission(&config, &routes, &client_keys, &metrics, &shutdown)?,
+            admission: admission(&config, &routes, &client_keys, &metrics, counters),
             sanitizer,
             guard: Arc::new(guard),
             cache: answer_cache(&config, embedder.as_ref().map(|(_, e)| e), &metrics)?,
@@ -397,45 +399,47 @@ impl crate::audit::Redact for AuditRedaction {
     }
 }
 
-/// The admission stage: the key table's limits, held in Redis (shared by the
-/// replicas) or in this process's memory; a pass-through without `[governance]`.
+/// The counters that limits and budgets are held by: in Redis, shared by the
+/// replicas (`governance.redis_url`, or the cache's Redis), or in this process.
+fn counters(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+) -> Result<Arc<dyn Counters>, BuildError> {
+    let Some(shared) = config.governance.as_ref().and_then(|g| g.redis.as_ref()) else {
+        return Ok(Arc::new(crate::quota::memory::MemoryCounters::default()));
+    };
+    let ca_pem = shared
+        .ca_file
+        .as_deref()
+        .map(crate::tls::read_ca_file)
+        .transpose()
+        .map_err(|e| BuildError::Keys(format!("redis_ca_file: {e}")))?;
+    let redis =
+        crate::resilience::redis::GuardedRedis::new(&shared.url, ca_pem, shared.timeout, "limits")
+            .map_err(BuildError::Keys)?;
+    let counters = Arc::new(crate::quota::redis::RedisCounters::new(
+        redis,
+        &shared.key_prefix,
+        shared.on_down,
+        &uuid::Uuid::new_v4().to_string(),
+        Arc::clone(metrics),
+    ));
+    tokio::spawn(Arc::clone(&counters).keep_up(shutdown.clone()));
+    Ok(counters)
+}
+
+/// The admission stage: the key table's limits and budgets, held by `counters`;
+/// a pass-through without `[governance]`.
 fn admission(
     config: &Config,
     routes: &Routes,
     keys: &Arc<ClientKeys>,
     metrics: &Arc<Metrics>,
-    shutdown: &CancellationToken,
-) -> Result<Arc<dyn crate::admit::admission::Admit>, BuildError> {
-    use crate::quota::Counters;
+    counters: Arc<dyn Counters>,
+) -> Arc<dyn crate::admit::admission::Admit> {
     let Some(governance) = &config.governance else {
-        return Ok(Arc::new(crate::admit::admission::Unlimited));
-    };
-    let counters: Arc<dyn Counters> = match &governance.redis {
-        Some(shared) => {
-            let ca_pem = shared
-                .ca_file
-                .as_deref()
-                .map(crate::tls::read_ca_file)
-                .transpose()
-                .map_err(|e| BuildError::Keys(format!("redis_ca_file: {e}")))?;
-            let redis = crate::resilience::redis::GuardedRedis::new(
-                &shared.url,
-                ca_pem,
-                shared.timeout,
-                "limits",
-            )
-            .map_err(BuildError::Keys)?;
-            let counters = Arc::new(crate::quota::redis::RedisCounters::new(
-                redis,
-                &shared.key_prefix,
-                shared.on_down,
-                &uuid::Uuid::new_v4().to_string(),
-                Arc::clone(metrics),
-            ));
-            tokio::spawn(Arc::clone(&counters).keep_up(shutdown.clone()));
-            counters
-        }
-        None => Arc::new(crate::quota::memory::MemoryCounters::default()),
+        return Arc::new(crate::admit::admission::Unlimited);
     };
     // Prices are the audit's (`[audit.prices]`); a call is reserved at the
     // dearest target of its route.
@@ -458,7 +462,7 @@ fn admission(
         soft: governance.soft_budget,
         offset: governance.budget_utc_offset,
     };
-    Ok(Arc::new(crate::admit::admission::Admission::new(
+    Arc::new(crate::admit::admission::Admission::new(
         Arc::clone(keys),
         counters,
         Arc::clone(metrics),
@@ -466,7 +470,7 @@ fn admission(
         prices,
         dearest,
         budgets,
-    )))
+    ))
 }
 
 /// How long start-up waits for the key table before serving with what it has.
@@ -513,7 +517,34 @@ fn client_keys(auth: &crate::config::AuthConfig) -> ClientKeys {
 /// Builds every provider once, every target once, and every route over them. The
 /// local model, when there is one, ends every route that does not opt out, and
 /// answers on its own as `local`.
-fn routes(config: &Config, metrics: &Arc<Metrics>) -> Result<Routes, LoadError> {
+fn routes(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    counters: &Arc<dyn Counters>,
+) -> Result<Routes, LoadError> {
+    let reserve_output = config
+        .governance
+        .as_ref()
+        .map_or(512, |g| g.reserve_output_tokens);
+    let gate = |prefix: String, limits: &crate::quota::Limits| {
+        Arc::new(Gate::new(
+            prefix,
+            *limits,
+            Arc::clone(counters),
+            reserve_output,
+        ))
+    };
+    // A provider's quota is shared by all its targets: one gate each.
+    let provider_gates: BTreeMap<&str, Arc<Gate>> = config
+        .providers
+        .iter()
+        .filter_map(|(name, p)| {
+            Some((
+                name.as_str(),
+                gate(format!("provider/{name}"), p.limits.as_ref()?),
+            ))
+        })
+        .collect();
     let mut providers: BTreeMap<&str, Arc<dyn ChatProvider>> = BTreeMap::new();
     for (name, p) in &config.providers {
         let failed = |message: String| LoadError {
@@ -571,6 +602,17 @@ fn routes(config: &Config, metrics: &Arc<Metrics>) -> Result<Routes, LoadError> 
             };
             let id: Arc<str> = t.to_string().into();
             let target = targets.entry(id.clone()).or_insert_with(|| {
+                let gates = provider_gates
+                    .get(t.provider.as_str())
+                    .cloned()
+                    .into_iter()
+                    .chain(
+                        settings
+                            .model_limits
+                            .get(&t.model)
+                            .map(|limits| gate(format!("target/{id}"), limits)),
+                    )
+                    .collect();
                 Arc::new(Target {
                     id,
                     model: t.model.clone(),
@@ -582,6 +624,7 @@ fn routes(config: &Config, metrics: &Arc<Metrics>) -> Result<Routes, LoadError> 
                     raw_input: settings.kind == ProviderKind::Local
                         && config.pii.local_input == LocalInput::Raw,
                     local: settings.kind == ProviderKind::Local,
+                    gates,
                 })
             });
             route_targets.push(Arc::clone(target));

@@ -695,3 +695,78 @@ async fn usage_shows_each_scope_as_it_stands() {
         .unwrap();
     assert_eq!(usage["scopes"], json!([]));
 }
+
+#[tokio::test]
+async fn a_target_at_its_own_limit_is_passed_over_for_the_next() {
+    let fake = FakeProvider::start().await;
+    // `ok` may be called twice a minute, the provider five times over all models.
+    let mut config = crate::support::config_with(
+        &fake,
+        "limits = { rpm = 5 }\nmodel_limits = { ok = { rpm = 2 } }",
+        &[("chat", &["ok", "echo"]), ("only", &["ok"])],
+    );
+    config.push('\n');
+    let gw = Gateway::start(&config).await;
+    let served = async || {
+        let response = gw.chat(ask("chat", "hi")).await;
+        assert_eq!(response.status(), 200);
+        header(&response, "x-ragway-target").unwrap()
+    };
+    assert_eq!(served().await, "fake:ok");
+    assert_eq!(served().await, "fake:ok");
+    // `ok` is at its limit: the route goes on to the next target, as past an
+    // open breaker, without calling `ok` again.
+    assert_eq!(served().await, "fake:echo");
+    assert_eq!(fake.attempts("ok"), 2);
+    let only = expect_error(gw.chat(ask("only", "hi")).await, 503).await;
+    assert!(
+        only["message"].as_str().unwrap().contains("limit"),
+        "{only}"
+    );
+    // The provider's own five: two `ok`, one `echo`, then two more `echo`.
+    assert_eq!(served().await, "fake:echo");
+    assert_eq!(served().await, "fake:echo");
+    expect_error(gw.chat(ask("chat", "hi")).await, 503).await;
+    assert_eq!(fake.attempts("echo"), 3);
+    // Passed over: `ok` on each of the last five calls, `echo` on the last.
+    gw.metric_reads("ragway_ratelimit_rejections_total{kind=\"rpm\",scope=\"target\"} 6")
+        .await;
+    gw.metric_reads(
+        "ragway_failovers_total{from=\"fake:ok\",reason=\"target_limit\",to=\"fake:echo\"} 4",
+    )
+    .await;
+}
+
+#[test]
+fn limits_in_the_config_are_checked_by_name() {
+    let toml = "[providers.p]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\n\
+                limits = { rpm = 0 }\nmodel_limits = { m = { tpm = 0 } }\n\
+                [models.chat]\ntargets = [\"p:m\"]\n\
+                [governance]\nrefresh_every = \"2s\"\ncurrency = \"¥\"\nsoft_budget = 1.5\n\
+                budget_utc_offset = \"8\"\non_redis_down = \"maybe\"\n";
+    let error = ragway::config::Config::from_toml(
+        toml,
+        &ragway::config::Env::from_pairs(std::iter::empty::<(&str, &str)>()),
+    )
+    .unwrap_err()
+    .to_string();
+    for key in [
+        "providers.p.limits.rpm",
+        "providers.p.model_limits.m.tpm",
+        "governance.refresh_every",
+        "governance.currency",
+        "governance.soft_budget",
+        "governance.budget_utc_offset",
+    ] {
+        assert!(error.contains(key), "{key} not named in: {error}");
+    }
+    let toml = "[providers.p]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\n\
+                limits = { rps = 3 }\n[models.chat]\ntargets = [\"p:m\"]\n";
+    let error = ragway::config::Config::from_toml(
+        toml,
+        &ragway::config::Env::from_pairs(std::iter::empty::<(&str, &str)>()),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("rps"), "{error}");
+}

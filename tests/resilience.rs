@@ -590,6 +590,7 @@ mod paused {
             stream_upstream: true,
             raw_input: false,
             local: false,
+            gates: Vec::new(),
         })
     }
 

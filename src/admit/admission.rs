@@ -29,7 +29,7 @@ pub struct Ask {
 impl Ask {
     pub fn chat(request: &crate::wire::ChatRequest) -> Ask {
         Ask {
-            prompt_tokens: super::estimate::prompt_tokens(request),
+            prompt_tokens: crate::quota::estimate::prompt_tokens(request),
             max_output: request
                 .max_completion_tokens
                 .or(request.max_tokens)
@@ -152,10 +152,6 @@ pub struct Admission {
     warned: Mutex<HashSet<String>>,
 }
 
-/// A minute and a day, the periods of `rpm`, `tpm` and `tpd`.
-const MINUTE: Duration = Duration::from_secs(60);
-const DAY: Duration = Duration::from_secs(86_400);
-
 /// What a counter counts, for headers, messages, metrics and settlement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -245,43 +241,17 @@ impl Admission {
         budget: Option<&Budget>,
         out: &mut Vec<(Scope, Kind, Charge)>,
     ) {
-        let tokens = r.tokens as f64;
         let scope = r.scope.name();
-        let rates = [
-            (limits.rpm, Kind::Rpm, MINUTE, r.requests),
-            (limits.tpm, Kind::Tpm, MINUTE, tokens),
-            (limits.tpd, Kind::Tpd, DAY, tokens),
-        ];
-        for (limit, kind, period, amount) in rates {
-            if let Some(limit) = limit {
-                let counter = format!("{scope}/{}/{}", r.id, kind.name());
-                let rule = Rule::Rate { limit, period };
-                out.push((
-                    r.scope,
-                    kind,
-                    Charge {
-                        counter,
-                        rule,
-                        amount,
-                    },
-                ));
-            }
-        }
-        if let Some(limit) = limits.concurrency {
-            let counter = format!("{scope}/{}/concurrency", r.id);
-            let rule = Rule::InFlight {
-                limit,
-                lease: r.lease,
+        let prefix = format!("{scope}/{}", r.id);
+        for (kind, charge) in crate::quota::charges(&prefix, limits, r.requests, r.tokens, r.lease)
+        {
+            let kind = match kind {
+                "rpm" => Kind::Rpm,
+                "tpm" => Kind::Tpm,
+                "tpd" => Kind::Tpd,
+                _ => Kind::Concurrency,
             };
-            out.push((
-                r.scope,
-                Kind::Concurrency,
-                Charge {
-                    counter,
-                    rule,
-                    amount: 1.0,
-                },
-            ));
+            out.push((r.scope, kind, charge));
         }
         if let Some(budget) = budget {
             let now = time::OffsetDateTime::now_utc();

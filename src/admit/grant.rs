@@ -13,23 +13,8 @@ const MAX_PATTERNS: usize = 64;
 const MAX_METADATA_BYTES: usize = 4096;
 const MAX_NAME: usize = 128;
 
-/// Requests and tokens over time, and calls at once; each unset is unlimited.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Limits {
-    /// Requests per minute.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rpm: Option<u64>,
-    /// Tokens (prompt and completion) per minute.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tpm: Option<u64>,
-    /// Tokens per day.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tpd: Option<u64>,
-    /// Requests in flight at once.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub concurrency: Option<u64>,
-}
+/// Requests and tokens over time, and calls at once (the counters' own type).
+pub use crate::quota::Limits;
 
 impl Limits {
     /// Each limit set must be at least 1 (a key that may do nothing is revoked,

@@ -6,7 +6,6 @@
 //! (Reading the key off a request is HTTP's business: `http::auth`.)
 
 pub mod admission;
-pub mod estimate;
 pub mod grant;
 pub mod manage;
 pub mod period;

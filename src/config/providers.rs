@@ -32,6 +32,12 @@ pub struct RawProvider {
     pub retry: RawRetry,
     #[serde(default)]
     pub breaker: RawBreaker,
+    /// The provider's own quota, over all its models: `{ rpm, tpm, tpd,
+    /// concurrency }`.
+    pub limits: Option<crate::quota::Limits>,
+    /// Each model's own quota (SiliconFlow limits calls per model).
+    #[serde(default)]
+    pub model_limits: BTreeMap<String, crate::quota::Limits>,
     // kind = "local" only:
     /// The GGUF file.
     pub model: Option<String>,
@@ -149,6 +155,18 @@ pub(super) fn provider(
     if problems.count() > before {
         return None;
     }
+    let limit_problems = raw
+        .limits
+        .iter()
+        .map(|l| l.check(&format!("{at}.limits")))
+        .chain(
+            raw.model_limits
+                .iter()
+                .map(|(model, l)| l.check(&format!("{at}.model_limits.{model}"))),
+        );
+    for invalid in limit_problems.filter_map(Result::err) {
+        problems.add(invalid.field, invalid.message);
+    }
     Some(ProviderConfig {
         kind: kind?,
         base_url,
@@ -161,6 +179,8 @@ pub(super) fn provider(
         deadlines,
         retry,
         breaker,
+        limits: raw.limits,
+        model_limits: raw.model_limits,
     })
 }
 

@@ -25,6 +25,9 @@ pub struct Target {
     pub raw_input: bool,
     /// The local model (the last resort when every remote route fails).
     pub local: bool,
+    /// Its provider's limits and its own (`[providers.X] limits`, `model_limits`):
+    /// at any of them, it is passed over.
+    pub gates: Vec<Arc<crate::quota::Gate>>,
 }
 
 pub struct Route {

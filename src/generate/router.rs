@@ -1,6 +1,7 @@
 //! Walks a route's targets in order, within the request's deadline.
 //!
-//! For each target: ask its breaker (an open one is skipped at once), make an
+//! For each target: take a place under its own limits (one at a limit is skipped
+//! at once), ask its breaker (an open one is skipped at once), make an
 //! attempt under the target's deadlines, and on failure let [`classify`] decide —
 //! retry the same target after a jittered back-off or the provider's `Retry-After`,
 //! move to the next target, or stop and tell the client. Nothing is failed over once
@@ -45,6 +46,8 @@ struct Tries {
 enum Left {
     /// Its breaker was open: no attempt was made.
     Skipped,
+    /// It is at one of its own limits: no attempt was made.
+    AtLimit,
     Failed(UpstreamError, Disposition),
     /// The request's deadline passed: no target may be tried.
     OutOfTime,
@@ -55,7 +58,8 @@ impl Router {
         Router { metrics }
     }
 
-    /// Every attempt one target gets for one request.
+    /// What one target does for one request: a place under its own limits, then
+    /// its attempts; the place is settled when the answer ends.
     async fn try_target(
         &self,
         call: &Call<'_>,
@@ -66,6 +70,77 @@ impl Router {
         deadline: Instant,
     ) -> Result<Answer, Left> {
         let prompt = prompt.for_target(target);
+        let pass = self.enter_gates(call, target, prompt).await?;
+        let result = self
+            .attempts(call, tries, route, target, prompt, deadline)
+            .await;
+        let used = match &result {
+            Ok(Answer {
+                body: AnswerBody::Whole(completion),
+                ..
+            }) => completion
+                .usage
+                .map(|u| u.prompt_tokens + u.completion_tokens),
+            // A stream settles when it ends; a failure used no tokens.
+            _ => Some(0),
+        };
+        match result {
+            Ok(Answer {
+                target: id,
+                started,
+                body: AnswerBody::Stream(chunks),
+                raw_output,
+            }) => Ok(Answer {
+                target: id,
+                started,
+                body: AnswerBody::Stream(settle_pass_at_end(chunks, pass)),
+                raw_output,
+            }),
+            other => {
+                if let Some(pass) = pass {
+                    pass.settle(used).await;
+                }
+                other
+            }
+        }
+    }
+
+    /// A place under each of the target's limits, or the limit it is at.
+    async fn enter_gates(
+        &self,
+        call: &Call<'_>,
+        target: &Target,
+        prompt: &ChatRequest,
+    ) -> Result<Option<crate::quota::Pass>, Left> {
+        if target.gates.is_empty() {
+            return Ok(None);
+        }
+        let ticket = format!("{}@{}", call.request_id, target.id);
+        let prompt_tokens = crate::quota::estimate::prompt_tokens(prompt);
+        let max_output = prompt
+            .max_completion_tokens
+            .or(prompt.max_tokens)
+            .map(u64::from);
+        let lease =
+            call.deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(30);
+        crate::quota::enter(&target.gates, &ticket, prompt_tokens, max_output, lease)
+            .await
+            .map_err(|kind| {
+                self.metrics.ratelimit_rejected("target", kind);
+                Left::AtLimit
+            })
+    }
+
+    /// Every attempt one target gets for one request, its breaker permitting.
+    async fn attempts(
+        &self,
+        call: &Call<'_>,
+        tries: &mut Tries,
+        route: &Route,
+        target: &Arc<Target>,
+        prompt: &ChatRequest,
+        deadline: Instant,
+    ) -> Result<Answer, Left> {
         let mut retries = 0;
         let mut last: Option<UpstreamError> = None;
         loop {
@@ -278,6 +353,10 @@ impl Router {
                     all_refused = false;
                     left = Some((target.id.clone(), "breaker_open"));
                 }
+                Err(Left::AtLimit) => {
+                    all_refused = false;
+                    left = Some((target.id.clone(), "target_limit"));
+                }
                 Err(Left::Failed(error, Disposition::Stop)) => {
                     return Err(GatewayError::ContentFilter(provider_reason(&error)));
                 }
@@ -294,6 +373,32 @@ impl Router {
         }
         Err(exhausted(route, tries, last_error, all_refused))
     }
+}
+
+/// Settles a target's places when its stream ends, on the usage the stream
+/// reported (the reservation stands when it reported none).
+fn settle_pass_at_end(chunks: ChunkStream, pass: Option<crate::quota::Pass>) -> ChunkStream {
+    let Some(pass) = pass else {
+        return chunks;
+    };
+    let state = (chunks, Some(pass), None::<u64>);
+    Box::pin(futures_util::stream::unfold(
+        state,
+        |(mut chunks, mut pass, mut used)| async move {
+            let item = chunks.next().await;
+            if let Some(Ok(chunk)) = &item
+                && let Some(usage) = chunk.usage
+            {
+                used = Some(usage.prompt_tokens + usage.completion_tokens);
+            }
+            if matches!(item, None | Some(Err(_)))
+                && let Some(pass) = pass.take()
+            {
+                pass.settle(used).await;
+            }
+            Some((item?, (chunks, pass, used)))
+        },
+    ))
 }
 
 /// Opens a stream and waits for its first chunk with content, holding back empty
@@ -407,7 +512,7 @@ fn exhausted(
             tries.attempts.len()
         ),
         None if tries.attempts.is_empty() => format!(
-            "every target of `{}` is unavailable (circuit open) or out of time",
+            "every target of `{}` is unavailable (circuit open, or at its own limit) or out of time",
             route.alias
         ),
         None => format!("`{}` ran out of time", route.alias),

@@ -29,6 +29,9 @@ pub struct ProviderConfig {
     pub deadlines: Deadlines,
     pub retry: RetryPolicy,
     pub breaker: BreakerPolicy,
+    /// The provider's quota over all its models, and each model's own.
+    pub limits: Option<crate::quota::Limits>,
+    pub model_limits: BTreeMap<String, crate::quota::Limits>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -6,10 +6,10 @@ use std::time::{Duration, SystemTime};
 
 use super::{Pipeline, RequestCtx};
 use crate::admit::admission::{Permit, Used};
-use crate::admit::estimate;
 use crate::audit::{CallRecord, PassageRef};
 use crate::call::Outcome;
 use crate::error::GatewayError;
+use crate::quota::estimate;
 use crate::wire::{ChatCompletion, Usage};
 
 /// How a call ended, all the record stage needs of it. The whole-answer path makes

@@ -11,12 +11,88 @@
 //! through at a window's edge when approximated); GCRA is exact with one number,
 //! and takes weighted amounts (tokens) as easily as requests.
 
+pub mod estimate;
+mod gate;
 pub mod memory;
 pub mod redis;
+
+pub use gate::{Gate, Pass, enter};
 
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// Requests and tokens over time, and calls at once; each unset is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Requests per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u64>,
+    /// Tokens (prompt and completion) per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u64>,
+    /// Tokens per day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpd: Option<u64>,
+    /// Requests in flight at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u64>,
+}
+
+/// A minute and a day, the periods of `rpm`, `tpm` and `tpd`.
+const MINUTE: Duration = Duration::from_secs(60);
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// The charges of `limits` for one call, each named by its kind (`rpm`, `tpm`,
+/// `tpd`, `concurrency`) and counted under `{prefix}/{kind}`: `requests` (1, or 0
+/// to look), `tokens`, and a place kept at most `lease`.
+pub fn charges(
+    prefix: &str,
+    limits: &Limits,
+    requests: f64,
+    tokens: u64,
+    lease: Duration,
+) -> Vec<(&'static str, Charge)> {
+    let tokens = tokens as f64;
+    let rates = [
+        (limits.rpm, "rpm", MINUTE, requests),
+        (limits.tpm, "tpm", MINUTE, tokens),
+        (limits.tpd, "tpd", DAY, tokens),
+    ];
+    let mut out: Vec<(&'static str, Charge)> = rates
+        .into_iter()
+        .filter_map(|(limit, kind, period, amount)| {
+            let rule = Rule::Rate {
+                limit: limit?,
+                period,
+            };
+            let counter = format!("{prefix}/{kind}");
+            Some((
+                kind,
+                Charge {
+                    counter,
+                    rule,
+                    amount,
+                },
+            ))
+        })
+        .collect();
+    if let Some(limit) = limits.concurrency {
+        let rule = Rule::InFlight { limit, lease };
+        let counter = format!("{prefix}/concurrency");
+        out.push((
+            "concurrency",
+            Charge {
+                counter,
+                rule,
+                amount: 1.0,
+            },
+        ));
+    }
+    out
+}
 
 /// What a counter holds a call to.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -226,17 +226,10 @@ fn add_system_text(prompt: &mut ChatRequest, text: String) {
     }
 }
 
-/// Tokens a passage costs in a prompt, estimated without the provider's tokenizer:
-/// one per CJK character, one per four other characters.
+/// Tokens a passage costs in a prompt, estimated without the provider's tokenizer
+/// ([`crate::quota::estimate`]).
 pub fn estimate_tokens(text: &str) -> usize {
-    let (cjk, other) = text.chars().fold((0usize, 0usize), |(cjk, other), c| {
-        if ('\u{2e80}'..='\u{9fff}').contains(&c) || ('\u{f900}'..='\u{faff}').contains(&c) {
-            (cjk + 1, other)
-        } else {
-            (cjk, other + 1)
-        }
-    });
-    cjk + other.div_ceil(4)
+    usize::try_from(crate::quota::estimate::text_tokens(text)).unwrap_or(usize::MAX)
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
-//! A request's tokens, counted before it is sent, for its reservation. The
-//! providers' vocabularies differ, so this is the usual average rather than any
-//! one tokenizer: a CJK character is about one token, other text about four bytes
-//! per token, and each message a few for the chat template around it. The
+//! Tokens counted before text is sent: for a call's reservation against its
+//! limits, and for the passages' budget in a grounded prompt. The providers'
+//! vocabularies differ, so this is the usual average rather than any one
+//! tokenizer: a CJK character is about one token, other text about four characters
+//! per token, and each message a few for the chat template around it. A
 //! reservation is corrected to the provider's own count when the call ends.
 
 use crate::wire::{ChatRequest, Content, ContentPart};
@@ -46,27 +47,16 @@ pub fn prompt_tokens(request: &ChatRequest) -> u64 {
     tokens
 }
 
-/// CJK characters one token each, the rest of the text one per four bytes.
+/// CJK characters one token each, other characters one per four.
 pub fn text_tokens(text: &str) -> u64 {
-    let (mut cjk, mut other_bytes) = (0u64, 0u64);
-    for c in text.chars() {
-        match is_cjk(c) {
-            true => cjk += 1,
-            false => other_bytes += c.len_utf8() as u64,
+    let (cjk, other) = text.chars().fold((0u64, 0u64), |(cjk, other), c| {
+        if ('\u{2e80}'..='\u{9fff}').contains(&c) || ('\u{f900}'..='\u{faff}').contains(&c) {
+            (cjk + 1, other)
+        } else {
+            (cjk, other + 1)
         }
-    }
-    cjk + other_bytes.div_ceil(4)
-}
-
-fn is_cjk(c: char) -> bool {
-    matches!(c as u32,
-        0x3040..=0x30FF      // kana
-        | 0x3400..=0x4DBF    // CJK extension A
-        | 0x4E00..=0x9FFF    // CJK unified ideographs
-        | 0xAC00..=0xD7AF    // Hangul syllables
-        | 0xF900..=0xFAFF    // compatibility ideographs
-        | 0xFF00..=0xFFEF    // full-width forms
-        | 0x20000..=0x2FFFF) // extensions B and later
+    });
+    cjk + other.div_ceil(4)
 }
 
 #[cfg(test)]
