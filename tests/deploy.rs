@@ -61,20 +61,57 @@ async fn every_metric_the_dashboard_and_the_alerts_query_is_exported() {
     // A gateway that has failed over, cached, streamed, masked and recorded.
     let fake = FakeProvider::start().await;
     let dir = std::env::temp_dir().join(format!("ragway-deploy-{}", uuid::Uuid::new_v4()));
+    // Governed, with prices: spend, tokens and a budget to export; one call refused.
     let config = format!(
-        "{}\n[cache]\n[audit]\ndatabase = \"sqlite://{}\"\nspool_dir = \"{}\"\n",
+        "{}\n[cache]\n[audit]\ndatabase = \"sqlite://{}\"\nspool_dir = \"{}\"\n\
+         [audit.prices]\n\"fake:ok\" = {{ input = 1.0, output = 2.0 }}\n\
+         [auth]\nadmin_key_env = \"ADMIN\"\n[governance]\ndatabase = \"sqlite://{}\"\n",
         config_over(&fake, &[("chat", &["status-503#deploy", "ok"])]),
         dir.join("audit.db").display(),
-        dir.join("spool").display()
+        dir.join("spool").display(),
+        dir.join("keys.db").display(),
     );
-    let gw = Gateway::start(&config).await;
+    let gw = Gateway::start_with_env(&config, &[("ADMIN", "adm")]).await;
+    let put = gw
+        .http()
+        .put(format!("{}/admin/tenants/ops", gw.url))
+        .bearer_auth("adm")
+        .json(&json!({"budget": {"amount": 100, "period": "month"}, "limits": {"rpm": 3}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    let created: Value = gw
+        .http()
+        .post(format!("{}/admin/keys", gw.url))
+        .bearer_auth("adm")
+        .json(&json!({"tenant": "ops"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = created["key"].as_str().unwrap().to_owned();
+    while gw.state.client_keys.tenant("ops").is_none() {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let send = |body: Value| {
+        gw.http()
+            .post(format!("{}/v1/chat/completions", gw.url))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+    };
     let question = json!({"model": "chat", "temperature": 0,
         "messages": [{"role": "user", "content": "call 13812345678"}]});
     for _ in 0..2 {
-        assert_eq!(gw.chat(question.clone()).await.status(), 200);
+        assert_eq!(send(question.clone()).await.unwrap().status(), 200);
     }
-    let stream = gw.chat(ask_stream("chat", "stream")).await;
+    let stream = send(ask_stream("chat", "stream")).await.unwrap();
     assert!(stream.text().await.unwrap().contains("[DONE]"));
+    assert_eq!(send(question.clone()).await.unwrap().status(), 429);
+    gw.idle().await;
     gw.state
         .finish_audit(std::time::Duration::from_secs(30))
         .await;

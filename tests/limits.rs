@@ -542,6 +542,11 @@ async fn a_budget_is_spent_at_the_targets_prices_and_refused_when_gone() {
     .await;
     let costs: f64 = chats(&rows).filter_map(|r| r["cost"].as_f64()).sum();
     assert!(close(costs, 38.0), "{rows}");
+    // And the spend and token counters say the same.
+    gw.metric_reads("ragway_spend_total{alias=\"chat\",currency=\"CNY\",tenant=\"t\"} 38")
+        .await;
+    gw.metric_reads("ragway_tokens_total{alias=\"chat\",kind=\"completion\",tenant=\"t\"} 12")
+        .await;
 }
 
 fn chats(rows: &Value) -> impl Iterator<Item = &Value> {
@@ -769,4 +774,38 @@ fn limits_in_the_config_are_checked_by_name() {
     .unwrap_err()
     .to_string();
     assert!(error.contains("rps"), "{error}");
+}
+
+#[tokio::test]
+async fn embeddings_are_admitted_at_the_same_point_as_chat() {
+    let dir = TempDir::new();
+    let fake = FakeProvider::start().await;
+    let mut config = config_over(&fake, &[("chat", &["ok"])]);
+    config.push_str(
+        "\n[embeddings]\nmodel = \"models/all-MiniLM-L6-v2\"\n\
+         [auth]\nadmin_key_env = \"ADMIN\"\n[governance]\ndatabase_env = \"DB\"\n",
+    );
+    let gw = Gateway::start_with_env(&config, &[("ADMIN", ADMIN), ("DB", &sqlite_url(&dir))]).await;
+    let key = new_key(&gw, json!({"tenant": "t", "limits": {"rpm": 3}})).await;
+    let embed = async || {
+        gw.http()
+            .post(format!("{}/v1/embeddings", gw.url))
+            .bearer_auth(&key)
+            .json(&json!({"model": "embeddings", "input": ["hello", "world"]}))
+            .send()
+            .await
+            .unwrap()
+    };
+    let first = embed().await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(
+        header(&first, "x-ratelimit-remaining-requests").as_deref(),
+        Some("2")
+    );
+    // One minute's allowance is shared by both endpoints.
+    assert_eq!(chat_as(&gw, &key, "chat").await.status(), 200);
+    assert_eq!(embed().await.status(), 200);
+    let refused = expect_error(embed().await, 429).await;
+    assert_eq!(refused["code"], "rate_limit_exceeded");
+    expect_error(chat_as(&gw, &key, "chat").await, 429).await;
 }

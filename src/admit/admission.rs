@@ -61,6 +61,8 @@ pub struct Permit {
     /// The prompt's tokens as counted: what a call that ends without the
     /// provider's count is settled on, with what it delivered.
     pub prompt_tokens: u64,
+    /// Whose spend it is (tenant, alias), for the spend metric.
+    spender: Option<(Arc<str>, Arc<str>)>,
 }
 
 #[async_trait]
@@ -413,8 +415,10 @@ impl Admit for Admission {
                 &mut charges,
             );
         }
+        let spender = Some((Arc::clone(&caller.tenant), Arc::from(call.alias)));
         let unlimited = Permit {
             prompt_tokens: ask.prompt_tokens,
+            spender: spender.clone(),
             ..Permit::default()
         };
         if charges.is_empty() {
@@ -453,14 +457,11 @@ impl Admit for Admission {
             taken: charges.into_iter().map(|(_, kind, c)| (kind, c)).collect(),
             headroom,
             prompt_tokens: ask.prompt_tokens,
+            spender,
         })
     }
 
     async fn settle(&self, permit: Permit, used: Used) {
-        if permit.taken.is_empty() {
-            return;
-        }
-        let tokens = (used.prompt_tokens + used.completion_tokens) as f64;
         let cost = used
             .target
             .as_deref()
@@ -472,6 +473,14 @@ impl Admit for Admission {
                     used.completion_tokens,
                 )
             });
+        if let Some((tenant, alias)) = &permit.spender {
+            self.metrics
+                .spent(tenant, alias, &self.budgets.currency, cost);
+        }
+        if permit.taken.is_empty() {
+            return;
+        }
+        let tokens = (used.prompt_tokens + used.completion_tokens) as f64;
         let corrections: Vec<Charge> = permit
             .taken
             .into_iter()

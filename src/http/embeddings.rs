@@ -18,8 +18,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::body::parse_json;
-use crate::call::Caller;
+use super::observe::RequestId;
+use crate::admit::admission::{Ask, Used};
+use crate::call::{CacheControl, Call, Caller};
 use crate::error::GatewayError;
+use crate::quota::estimate;
 use crate::state::AppState;
 use crate::tiktoken::Vocabulary;
 
@@ -47,21 +50,30 @@ enum Encoding {
 pub async fn embeddings(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    Extension(RequestId(request_id)): Extension<RequestId>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match embed(&state, &caller, &headers, body).await {
-        Ok(answer) => Json(answer).into_response(),
+    match embed(&state, &caller, &request_id, &headers, body).await {
+        Ok((answer, headroom)) => {
+            let mut response = Json(answer).into_response();
+            super::error::put_headroom(response.headers_mut(), &headroom);
+            response
+        }
         Err(error) => error.into_response(),
     }
 }
 
+/// How long an embedding call may hold a place under its caller's concurrency.
+const EMBED_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
 async fn embed(
     state: &AppState,
     caller: &Caller,
+    request_id: &str,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Value, GatewayError> {
+) -> Result<(Value, crate::quota::Headroom), GatewayError> {
     let request: EmbeddingsRequest = parse_json(headers, body, state.config.server.max_body_bytes)?;
     let Some((name, embedder)) = &state.embedder else {
         return Err(GatewayError::ModelNotFound(request.model));
@@ -94,10 +106,35 @@ async fn embed(
         ));
     }
     let inputs = texts(request.input, state.token_vocabulary.as_deref())?;
+    // The one admission point: the caller's limits hold here as for chat.
+    let ask = Ask {
+        prompt_tokens: inputs.iter().map(|t| estimate::text_tokens(t)).sum(),
+        max_output: Some(0),
+    };
+    let call = Call {
+        request_id,
+        caller,
+        alias: name,
+        deadline: tokio::time::Instant::now() + EMBED_DEADLINE,
+        stream: false,
+        cache_control: CacheControl::default(),
+        corpus_version: None,
+    };
+    let permit = state.pipeline.admission.admit(&call, ask).await?;
+    let headroom = permit.headroom;
     let embedder = Arc::clone(embedder);
     // The model is CPU work: off the async threads, on the compute threads.
-    let (vectors, tokens) = crate::compute::run(move || embedder.embed_counted(&inputs))
-        .await
+    let embedded = crate::compute::run(move || embedder.embed_counted(&inputs)).await;
+    let tokens = match &embedded {
+        Ok(Ok((_, tokens))) => *tokens as u64,
+        _ => 0,
+    };
+    let used = Used {
+        prompt_tokens: tokens,
+        ..Used::default()
+    };
+    state.pipeline.admission.settle(permit, used).await;
+    let (vectors, tokens) = embedded
         .map_err(|e| GatewayError::Internal(e.to_string()))?
         .map_err(|e| GatewayError::Internal(e.to_string()))?;
     let data: Vec<Value> = vectors
@@ -111,12 +148,15 @@ async fn embed(
             json!({"object": "embedding", "index": index, "embedding": embedding})
         })
         .collect();
-    Ok(json!({
-        "object": "list",
-        "data": data,
-        "model": name,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    }))
+    Ok((
+        json!({
+            "object": "list",
+            "data": data,
+            "model": name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }),
+        headroom,
+    ))
 }
 
 /// The texts to embed, from any of the four forms of `input`.

@@ -66,6 +66,13 @@ impl Pipeline {
     pub(super) fn record(&self, ctx: &mut RequestCtx, finished: Finished) {
         if let Some(permit) = ctx.permit.take() {
             let used = used(ctx, &permit, &finished);
+            self.metrics.tokens_used(
+                &ctx.caller.tenant,
+                &ctx.route.alias,
+                used.prompt_tokens,
+                used.cached_tokens,
+                used.completion_tokens,
+            );
             let admission = Arc::clone(&self.admission);
             self.tasks
                 .spawn(async move { admission.settle(permit, used).await });

@@ -51,6 +51,8 @@ pub struct Metrics {
     limits_fallback: IntCounterVec,
     budget_remaining: prometheus::GaugeVec,
     budget_soft: IntCounterVec,
+    tokens: IntCounterVec,
+    spend: prometheus::CounterVec,
 }
 
 /// One finished HTTP request, as the access log and the request metrics see it.
@@ -226,6 +228,22 @@ impl Metrics {
                         "What is left of each tenant's budget this period, as its last call saw it",
                     ),
                     &["tenant", "currency"],
+                )
+                .expect("static metric definition");
+                register(&registry, metric)
+            },
+            tokens: counter(
+                "ragway_tokens_total",
+                "Tokens of answered calls by tenant, alias and kind (prompt, cached: prompt tokens the provider served from its cache, completion)",
+                &["tenant", "alias", "kind"],
+            ),
+            spend: {
+                let metric = prometheus::CounterVec::new(
+                    Opts::new(
+                        "ragway_spend_total",
+                        "What answered calls cost at their targets' prices ([audit.prices]), by tenant and alias",
+                    ),
+                    &["tenant", "alias", "currency"],
                 )
                 .expect("static metric definition");
                 register(&registry, metric)
@@ -442,6 +460,36 @@ impl Metrics {
         self.budget_remaining
             .with_label_values(&[tenant, currency])
             .set(remaining);
+    }
+
+    /// Tokens one answered call used.
+    pub fn tokens_used(
+        &self,
+        tenant: &str,
+        alias: &str,
+        prompt: u64,
+        cached: u64,
+        completion: u64,
+    ) {
+        for (kind, n) in [
+            ("prompt", prompt),
+            ("cached", cached),
+            ("completion", completion),
+        ] {
+            if n > 0 {
+                self.tokens
+                    .with_label_values(&[tenant, alias, kind])
+                    .inc_by(n);
+            }
+        }
+    }
+
+    pub fn spent(&self, tenant: &str, alias: &str, currency: &str, amount: f64) {
+        if amount > 0.0 {
+            self.spend
+                .with_label_values(&[tenant, alias, currency])
+                .inc_by(amount);
+        }
     }
 
     pub fn budget_soft_crossed(&self, scope: &str) {
