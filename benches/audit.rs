@@ -47,6 +47,7 @@ async fn run() {
             "deepseek:deepseek-chat".to_owned(),
             Price {
                 input: 2.0,
+                cached_input: None,
                 output: 8.0,
             },
         )]

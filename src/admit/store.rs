@@ -150,7 +150,7 @@ impl KeyStore {
         );
         on_pool!(self, pool => {
             let rows = sqlx::query(&sql).bind(tenant).fetch_all(pool).await?;
-            rows.iter().map(|r| key_of(r)).collect()
+            rows.iter().map(key_of).collect()
         })
     }
 
@@ -224,7 +224,7 @@ impl KeyStore {
         let sql = format!("SELECT {TENANT_COLUMNS} FROM gateway_tenants ORDER BY tenant");
         on_pool!(self, pool => {
             let rows = sqlx::query(&sql).fetch_all(pool).await?;
-            rows.iter().map(|r| tenant_of(r)).collect()
+            rows.iter().map(tenant_of).collect()
         })
     }
 
@@ -254,8 +254,8 @@ impl KeyStore {
             let tenants = sqlx::query(&tenants).bind(revision).fetch_all(&mut *tx).await?;
             tx.commit().await?;
             Ok(Changes {
-                keys: keys.iter().map(|r| key_of(r)).collect::<Result<_, _>>()?,
-                tenants: tenants.iter().map(|r| tenant_of(r)).collect::<Result<_, _>>()?,
+                keys: keys.iter().map(key_of).collect::<Result<_, _>>()?,
+                tenants: tenants.iter().map(tenant_of).collect::<Result<_, _>>()?,
                 revision: now,
             })
         })

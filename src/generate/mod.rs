@@ -94,7 +94,7 @@ pub struct Answer {
 }
 
 pub enum AnswerBody {
-    Whole(ChatCompletion),
+    Whole(Box<ChatCompletion>),
     /// A stream whose first chunk with content has arrived: it is committed.
     Stream(ChunkStream),
 }

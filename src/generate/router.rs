@@ -240,7 +240,7 @@ impl Router {
         }
         // A provider that cannot stream: only the request's deadline bounds it.
         match timeout_at(deadline, target.provider.complete(&target.model, prompt)).await {
-            Ok(result) => result.map(AnswerBody::Whole),
+            Ok(result) => result.map(|c| AnswerBody::Whole(Box::new(c))),
             Err(_) => Err(UpstreamError::Timeout(TimeoutPhase::Total)),
         }
     }
@@ -269,7 +269,9 @@ impl Router {
         if client_streams {
             return Ok(AnswerBody::Stream(chunks));
         }
-        collect(chunks).await.map(AnswerBody::Whole)
+        collect(chunks)
+            .await
+            .map(|c| AnswerBody::Whole(Box::new(c)))
     }
 
     /// Wraps a committed stream so that its end settles the breaker permit: a clean

@@ -58,7 +58,7 @@ pub struct Reply {
 }
 
 pub enum ReplyBody {
-    Whole(ChatCompletion),
+    Whole(Box<ChatCompletion>),
     /// Server-sent event frames, ready to write.
     Stream(mpsc::Receiver<Bytes>),
 }
@@ -92,9 +92,9 @@ impl Pipeline {
                 let text = respond::answer_text(&completion);
                 let recorded = self.sanitize_for_record(&ctx, &shaping.vault, text);
                 let (completion, finished) =
-                    respond::whole(&ctx, &answer.target, completion, &shaping, recorded);
+                    respond::whole(&ctx, &answer.target, *completion, &shaping, recorded);
                 self.record(&mut ctx, finished);
-                ReplyBody::Whole(completion)
+                ReplyBody::Whole(Box::new(completion))
             }
             // A stream is shaped chunk by chunk in a task of its own, which records
             // the call when the stream ends.

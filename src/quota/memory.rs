@@ -129,7 +129,7 @@ impl Counters for MemoryCounters {
         let now = self.now();
         let mut state = self.lock();
         state.takes += 1;
-        if state.takes % SWEEP_EVERY == 0 {
+        if state.takes.is_multiple_of(SWEEP_EVERY) {
             state.sweep(now);
         }
         let standings: Vec<Standing> = charges.iter().map(|c| state.standing(now, c)).collect();

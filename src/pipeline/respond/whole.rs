@@ -80,7 +80,7 @@ pub(in crate::pipeline) fn from_cache(ctx: &RequestCtx, stored: ChatCompletion) 
             replay_chunks(stored).into_iter().map(Ok),
         )))
     } else {
-        AnswerBody::Whole(stored)
+        AnswerBody::Whole(Box::new(stored))
     };
     Answer {
         target,
