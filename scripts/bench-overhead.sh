@@ -8,7 +8,9 @@
 # Configurations (CONFIGS): `bare` is one route and nothing else on (the PII scan
 # runs, as always, over a question with no personal data; no cache hit, retrieval or
 # audit); `pii-audit` asks with a mobile number in the question (a placeholder goes
-# upstream, the answer is restored) and writes every call to the Postgres audit table.
+# upstream, the answer is restored) and writes every call to the Postgres audit table;
+# `governed` admits and settles every call against a managed key's and its tenant's
+# limits and budgets.
 #
 #   scripts/bench-overhead.sh            (DURATION=10s by default; RAGWAY_BIN=path
 #                                         measures that binary instead of a fresh build)
@@ -69,13 +71,14 @@ for config in $CONFIGS; do
   [ "$config" = pii-audit ] && rows_before=$(audit_rows)
   start_gateway "$GATEWAY_PORT" "$UPSTREAM_PORT" "$(config_toml "$config")"
   body=$(body_for "$config")
+  key=$(bench_key "$config" "$GATEWAY_PORT")
   # The gateway answers, and assembles the streamed answer correctly.
-  curl -sf -H 'content-type: application/json' -d "$body" \
+  curl -sf -H 'content-type: application/json' ${key:+-H "authorization: Bearer $key"} -d "$body" \
     "http://127.0.0.1:$GATEWAY_PORT/v1/chat/completions" |
     python3 -c 'import json,sys; c=json.load(sys.stdin)["choices"][0]["message"]["content"]; \
 assert c == "Hello! How can I help you today?", c' >&2
   idle_rss=$(rss_kb)
-  write_post_lua "$body"
+  write_post_lua "$body" "$key"
   for c in $CONCURRENCY; do
     read -r d_rps d_p50 _ _ <<<"${direct[$c]}"
     read -r g_rps g_p50 g_p99 g_cpu < <(measure "http://127.0.0.1:$GATEWAY_PORT/v1/chat/completions" "$c" "$ragway_pid")

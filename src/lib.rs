@@ -12,7 +12,7 @@
 //! | composition | state | no |
 //! | request path | pipeline, config | no |
 //! | stages | admit, sanitize, cache, retrieve, generate, audit | no |
-//! | bottom | call, db, wire, error, resilience, quota, encode, secret, tls, tiktoken, compute, telemetry | acyclic |
+//! | bottom | call, db, tokens, wire, error, resilience, quota, encode, secret, tls, tiktoken, compute, telemetry | acyclic |
 
 pub mod admit;
 pub mod audit;
@@ -36,6 +36,7 @@ pub mod state;
 pub mod telemetry;
 pub mod tiktoken;
 pub mod tls;
+pub mod tokens;
 pub mod wire;
 
 pub use state::AppState;

@@ -97,7 +97,9 @@ cpu_ticks() { # pid
 
 # The benchmark configurations: `bare` adds nothing; `pii-audit` writes every call to
 # the Postgres audit table (AUDIT_DATABASE, created when missing) and asks with a
-# mobile number in the question.
+# mobile number in the question; `governed` admits every call on a managed key with
+# every limit and a budget (its tenant too: ten counters in memory), settled when
+# it ends.
 AUDIT_DATABASE=${AUDIT_DATABASE:-postgres://postgres@127.0.0.1:5432/ragway_bench}
 config_toml() {
   case $1 in
@@ -106,8 +108,26 @@ config_toml() {
       psql "${AUDIT_DATABASE%/*}/postgres" -qc "CREATE DATABASE ${AUDIT_DATABASE##*/}" >/dev/null 2>&1 || true
       printf '[audit]\ndatabase = "%s"\ninstance = "bench"\nspool_dir = "%s"\n' "$AUDIT_DATABASE" "$work/spool"
       ;;
+    governed)
+      printf '[auth]\nadmin_key_env = "BENCH_ADMIN_KEY"\n[governance]\ndatabase = "sqlite://%s/keys.db"\n' "$work"
+      printf '[audit.prices]\n"local-nginx:bench" = { input = 2.0, output = 8.0 }\n'
+      ;;
     *) echo "unknown configuration: $1" >&2; exit 1 ;;
   esac
+}
+export BENCH_ADMIN_KEY=${BENCH_ADMIN_KEY:-bench-admin}
+
+# For `governed`: a managed key of a tenant, both with limits no benchmark reaches
+# and a budget; prints the key. Nothing for the other configurations.
+bench_key() { # config gateway-port
+  [ "$1" = governed ] || return 0
+  local limits='{"rpm": 1000000000, "tpm": 1000000000000, "tpd": 1000000000000, "concurrency": 1000000}'
+  local budget='{"amount": 1000000000, "period": "month"}'
+  curl -sf -X PUT -H "authorization: Bearer $BENCH_ADMIN_KEY" -H 'content-type: application/json' \
+    -d "{\"limits\": $limits, \"budget\": $budget}" "http://127.0.0.1:$2/admin/tenants/bench" >/dev/null
+  curl -sf -H "authorization: Bearer $BENCH_ADMIN_KEY" -H 'content-type: application/json' \
+    -d "{\"tenant\": \"bench\", \"limits\": $limits, \"budget\": $budget}" \
+    "http://127.0.0.1:$2/admin/keys" | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])'
 }
 question() {
   case $1 in
@@ -116,7 +136,8 @@ question() {
   esac
 }
 body_for() { echo "{\"model\":\"bench\",\"messages\":[{\"role\":\"user\",\"content\":\"$(question "$1")\"}]}"; }
-write_post_lua() { # body
+write_post_lua() { # body [bearer key]
   printf 'wrk.method = "POST"\nwrk.body = %s\nwrk.headers["Content-Type"] = "application/json"\n' \
     "'$1'" >"$work/post.lua"
+  if [ -n "${2:-}" ]; then printf 'wrk.headers["Authorization"] = "Bearer %s"\n' "$2" >>"$work/post.lua"; fi
 }

@@ -20,7 +20,7 @@ use crate::telemetry::Metrics;
 /// What a call may spend, reserved before it runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Ask {
-    /// Its prompt's tokens, counted ([`super::estimate`]).
+    /// Its prompt's tokens, counted ([`crate::tokens`]).
     pub prompt_tokens: u64,
     /// The most it may write (`max_tokens`); unset, the admission's default.
     pub max_output: Option<u64>,
@@ -29,7 +29,7 @@ pub struct Ask {
 impl Ask {
     pub fn chat(request: &crate::wire::ChatRequest) -> Ask {
         Ask {
-            prompt_tokens: crate::quota::estimate::prompt_tokens(request),
+            prompt_tokens: crate::tokens::prompt_tokens(request),
             max_output: request
                 .max_completion_tokens
                 .or(request.max_tokens)

@@ -148,6 +148,14 @@ impl ClientKeys {
         view.tenants.get(tenant).cloned()
     }
 
+    /// A tenant's settings this replica changed itself, known at once.
+    pub fn learn_tenant(&self, tenant: TenantRecord) {
+        if let Some(managed) = &self.managed {
+            let mut view = managed.view.write().unwrap_or_else(|e| e.into_inner());
+            view.tenants.insert(tenant.tenant.clone(), tenant);
+        }
+    }
+
     /// Reads what changed in the key table since the last read, and applies it.
     pub async fn refresh(&self) -> Result<(), StoreError> {
         let Some(managed) = &self.managed else {

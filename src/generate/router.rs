@@ -116,7 +116,7 @@ impl Router {
             return Ok(None);
         }
         let ticket = format!("{}@{}", call.request_id, target.id);
-        let prompt_tokens = crate::quota::estimate::prompt_tokens(prompt);
+        let prompt_tokens = crate::tokens::prompt_tokens(prompt);
         let max_output = prompt
             .max_completion_tokens
             .or(prompt.max_tokens)

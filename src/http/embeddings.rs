@@ -22,9 +22,9 @@ use super::observe::RequestId;
 use crate::admit::admission::{Ask, Used};
 use crate::call::{CacheControl, Call, Caller};
 use crate::error::GatewayError;
-use crate::quota::estimate;
 use crate::state::AppState;
 use crate::tiktoken::Vocabulary;
+use crate::tokens;
 
 /// Inputs one request may carry.
 const MAX_INPUTS: usize = 2048;
@@ -108,7 +108,7 @@ async fn embed(
     let inputs = texts(request.input, state.token_vocabulary.as_deref())?;
     // The one admission point: the caller's limits hold here as for chat.
     let ask = Ask {
-        prompt_tokens: inputs.iter().map(|t| estimate::text_tokens(t)).sum(),
+        prompt_tokens: inputs.iter().map(|t| tokens::text_tokens(t)).sum(),
         max_output: Some(0),
     };
     let call = Call {

@@ -146,7 +146,9 @@ pub async fn put_tenant(
 ) -> Answer {
     let store = store(&state)?;
     let record = manage::put_tenant(store, &tenant, body(&state, &headers, request)?).await?;
-    Ok((StatusCode::OK, Json(record.view())))
+    let view = record.view();
+    state.client_keys.learn_tenant(record);
+    Ok((StatusCode::OK, Json(view)))
 }
 
 /// `GET /admin/tenants`: the tenants with settings of their own.

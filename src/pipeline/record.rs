@@ -9,7 +9,7 @@ use crate::admit::admission::{Permit, Used};
 use crate::audit::{CallRecord, PassageRef};
 use crate::call::Outcome;
 use crate::error::GatewayError;
-use crate::quota::estimate;
+use crate::tokens;
 use crate::wire::{ChatCompletion, Usage};
 
 /// How a call ended, all the record stage needs of it. The whole-answer path makes
@@ -140,7 +140,7 @@ fn used(ctx: &RequestCtx, permit: &Permit, finished: &Finished) -> Used {
         _ => Used {
             prompt_tokens: permit.prompt_tokens,
             cached_tokens: 0,
-            completion_tokens: estimate::text_tokens(&finished.answer),
+            completion_tokens: tokens::text_tokens(&finished.answer),
             target,
         },
     }

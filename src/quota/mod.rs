@@ -11,7 +11,6 @@
 //! through at a window's edge when approximated); GCRA is exact with one number,
 //! and takes weighted amounts (tokens) as easily as requests.
 
-pub mod estimate;
 mod gate;
 pub mod memory;
 pub mod redis;

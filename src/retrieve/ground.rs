@@ -227,9 +227,9 @@ fn add_system_text(prompt: &mut ChatRequest, text: String) {
 }
 
 /// Tokens a passage costs in a prompt, estimated without the provider's tokenizer
-/// ([`crate::quota::estimate`]).
+/// ([`crate::tokens`]).
 pub fn estimate_tokens(text: &str) -> usize {
-    usize::try_from(crate::quota::estimate::text_tokens(text)).unwrap_or(usize::MAX)
+    usize::try_from(crate::tokens::text_tokens(text)).unwrap_or(usize::MAX)
 }
 
 #[cfg(test)]

@@ -54,5 +54,5 @@ pub async fn time_until(mut ok: impl AsyncFnMut() -> bool) -> Duration {
 /// The gateway's count of a one-message prompt (`ask(model, text)`): four for the
 /// message, a token per CJK character and per four bytes of the rest.
 pub fn prompt_estimate(text: &str) -> f64 {
-    (4 + ragway::quota::estimate::text_tokens(text)) as f64
+    (4 + ragway::tokens::text_tokens(text)) as f64
 }
