@@ -7,7 +7,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/ragway/target
 CARGO ?= cargo
 CONFIG ?= $(wildcard ragway.toml)
 
-.PHONY: run test lint fmt toolchain models services sdks bench-overhead bench-instructions profile-overhead bench-stream-tail bench-local bench-pii bench-rag bench-cache bench-audit soak
+.PHONY: run test lint fmt toolchain models services sdks bench-overhead bench-instructions profile-overhead bench-stream-tail bench-local bench-pii bench-rag bench-admission bench-cache bench-audit soak
 
 ## Serve on 127.0.0.1:8080 (ragway.toml if present, built-in defaults otherwise).
 run: toolchain models
@@ -70,6 +70,10 @@ bench-pii:
 ## Retrieval quality (labelled set), ingest speed, and search latency at 100,000 chunks.
 bench-rag: toolchain models
 	$(CARGO) bench --locked --bench retrieve
+
+## The admission point: admit + settle per call over memory and Redis counters (p50, p99).
+bench-admission: toolchain services
+	$(CARGO) bench --locked --bench admission
 
 ## The answer cache end to end: L1 and L2 hits against a miss and a bypass.
 bench-cache: toolchain

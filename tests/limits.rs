@@ -260,10 +260,16 @@ async fn shared_pair(
     on_down: &str,
 ) -> (Gateway, Gateway) {
     let mut config = config_over(fake, &[("chat", &["ok"])]);
+    // Priced (19 a call: 7 prompt tokens at 1, 6 written at 2) for the budgets.
     config.push_str(&format!(
         "\n[auth]\nadmin_key_env = \"ADMIN\"\n[governance]\ndatabase_env = \"DB\"\n\
          refresh_every = \"100ms\"\nredis_url = \"{redis}\"\nredis_key_prefix = \"{prefix}\"\n\
-         on_redis_down = \"{on_down}\"\n"
+         on_redis_down = \"{on_down}\"\nreserve_output_tokens = 16\n\
+         [audit]\ndatabase = \"{db}\"\nspool_dir = \"{}\"\n\
+         [audit.prices]\n\"fake:ok\" = {{ input = 1e6, output = 2e6 }}\n",
+        std::env::temp_dir()
+            .join(format!("ragway-spool-{}", uuid::Uuid::new_v4()))
+            .display()
     ));
     let env = [("ADMIN", ADMIN), ("DB", db)];
     (
@@ -361,7 +367,7 @@ async fn while_redis_is_away_each_gateway_holds_its_share_and_nothing_is_lost() 
     let (one, two) = shared_pair(&fake, &sqlite_url(&dir), &redis, &test_prefix(), "local").await;
     let key = new_key(
         &one,
-        json!({"tenant": "t", "limits": {"rpm": 10, "tpm": 100000}}),
+        json!({"tenant": "t", "limits": {"rpm": 10}, "budget": {"amount": 1000, "period": "day"}}),
     )
     .await;
     time_until(async || gw_knows(&two, &key).await).await;
@@ -396,15 +402,13 @@ async fn while_redis_is_away_each_gateway_holds_its_share_and_nothing_is_lost() 
     two.idle().await;
 
     proxy.restore();
-    // Back: what was taken meanwhile (1 + 10 requests) is in Redis, so the shared
-    // minute is spent.
-    time_until(async || {
-        let response = chat_as(&one, &key, "chat").await;
-        metric(&one, "ragway_limits_shared").await == Some(1.0) && response.status() == 429
-    })
-    .await;
-    let refused = expect_error(chat_as(&two, &key, "chat").await, 429).await;
-    assert_eq!(refused["code"], "rate_limit_exceeded");
+    // Back: what was spent meanwhile (10 calls at 19) is in Redis's budget, beside
+    // the call before the outage; both gateways read the same.
+    // (Each adds its own at its next heartbeat.)
+    time_until(async || close(spent(&two, &key).await, 19.0 * 11.0)).await;
+    assert!(close(spent(&one, &key).await, 19.0 * 11.0));
+    assert!(close(spent(&two, &key).await, 19.0 * 11.0));
+    assert_eq!(metric(&one, "ragway_limits_shared").await, Some(1.0));
 }
 
 #[tokio::test]

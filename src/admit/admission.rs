@@ -49,12 +49,19 @@ pub struct Used {
     pub target: Option<Arc<str>>,
 }
 
-/// A call's reservation, held until it is settled.
-#[derive(Debug, Default)]
+/// A call's reservation, held until it is settled. One dropped unsettled (a
+/// client that left before a whole answer) is settled in the background on its
+/// prompt alone, so its place is freed and its reservation given back.
 pub struct Permit {
+    /// Names this reservation's places: its own, never the client's request id
+    /// (a client that sent one id on every call would share one place).
     ticket: Arc<str>,
     /// The charges taken, at their reserved amounts.
     taken: Vec<(Kind, Charge)>,
+    /// The counters they were taken from, and what the prompt alone costs at the
+    /// reservation's price: for a permit dropped unsettled.
+    counters: Option<Arc<dyn Counters>>,
+    prompt_cost: f64,
     /// The limits as they stand after this call's reservation: the
     /// `x-ratelimit-*` and `x-ragway-budget-remaining` headers of the answer.
     pub headroom: Headroom,
@@ -63,6 +70,71 @@ pub struct Permit {
     pub prompt_tokens: u64,
     /// Whose spend it is (tenant, alias), for the spend metric.
     spender: Option<(Arc<str>, Arc<str>)>,
+}
+
+impl Permit {
+    /// A permit that holds no counter (no limits apply, or they were not counted).
+    fn counting_nothing(prompt_tokens: u64, spender: Option<(Arc<str>, Arc<str>)>) -> Permit {
+        Permit {
+            ticket: Arc::from(""),
+            taken: Vec::new(),
+            counters: None,
+            prompt_cost: 0.0,
+            headroom: Headroom::default(),
+            prompt_tokens,
+            spender,
+        }
+    }
+}
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit")
+            .field("ticket", &self.ticket)
+            .field("taken", &self.taken)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let (Some(counters), false) = (self.counters.take(), self.taken.is_empty()) else {
+            return;
+        };
+        let corrections = corrections(
+            std::mem::take(&mut self.taken),
+            self.prompt_tokens as f64,
+            self.prompt_cost,
+        );
+        let ticket = Arc::clone(&self.ticket);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(error) = counters.settle(&ticket, &corrections).await {
+                    tracing::warn!(%error, "a dropped call's reservation was not settled");
+                }
+            });
+        }
+    }
+}
+
+/// The corrections that settle `taken` on `tokens` and `cost` used: token and
+/// budget counters by the difference, places given back, requests kept.
+fn corrections(taken: Vec<(Kind, Charge)>, tokens: f64, cost: f64) -> Vec<Charge> {
+    taken
+        .into_iter()
+        .filter_map(|(kind, charge)| match kind {
+            Kind::Tpm | Kind::Tpd => Some(Charge {
+                amount: tokens - charge.amount,
+                ..charge
+            }),
+            Kind::Budget => Some(Charge {
+                amount: cost - charge.amount,
+                ..charge
+            }),
+            Kind::Concurrency => Some(charge),
+            Kind::Rpm => None,
+        })
+        .collect()
 }
 
 #[async_trait]
@@ -118,10 +190,7 @@ pub struct Unlimited;
 #[async_trait]
 impl Admit for Unlimited {
     async fn admit(&self, _call: &Call<'_>, ask: Ask) -> Result<Permit, GatewayError> {
-        Ok(Permit {
-            prompt_tokens: ask.prompt_tokens,
-            ..Permit::default()
-        })
+        Ok(Permit::counting_nothing(ask.prompt_tokens, None))
     }
 
     async fn settle(&self, _permit: Permit, _used: Used) {}
@@ -416,15 +485,10 @@ impl Admit for Admission {
             );
         }
         let spender = Some((Arc::clone(&caller.tenant), Arc::from(call.alias)));
-        let unlimited = Permit {
-            prompt_tokens: ask.prompt_tokens,
-            spender: spender.clone(),
-            ..Permit::default()
-        };
         if charges.is_empty() {
-            return Ok(unlimited);
+            return Ok(Permit::counting_nothing(ask.prompt_tokens, spender));
         }
-        let ticket: Arc<str> = call.request_id.into();
+        let ticket: Arc<str> = uuid::Uuid::new_v4().to_string().into();
         let bare: Vec<Charge> = charges.iter().map(|(_, _, c)| c.clone()).collect();
         let taken = match self.counters.take(&ticket, &bare).await {
             Ok(taken) => taken,
@@ -440,7 +504,7 @@ impl Admit for Admission {
         };
         // Counters that admitted everything while away report nothing.
         if taken.standings.len() != charges.len() {
-            return Ok(unlimited);
+            return Ok(Permit::counting_nothing(ask.prompt_tokens, spender));
         }
         let headroom = headroom(&charges, &taken.standings);
         self.report_budgets(&caller.tenant, &charges, &taken.standings);
@@ -452,16 +516,22 @@ impl Admit for Admission {
                 .expect("a refusal has a charge that did not fit");
             return Err(self.refusal(call, refused, standing, headroom));
         }
+        let prompt_cost = self
+            .dearest
+            .get(call.alias)
+            .map_or(0.0, |price| price.cost(ask.prompt_tokens, 0, 0));
         Ok(Permit {
             ticket,
             taken: charges.into_iter().map(|(_, kind, c)| (kind, c)).collect(),
+            counters: Some(Arc::clone(&self.counters)),
+            prompt_cost,
             headroom,
             prompt_tokens: ask.prompt_tokens,
             spender,
         })
     }
 
-    async fn settle(&self, permit: Permit, used: Used) {
+    async fn settle(&self, mut permit: Permit, used: Used) {
         let cost = used
             .target
             .as_deref()
@@ -477,26 +547,12 @@ impl Admit for Admission {
             self.metrics
                 .spent(tenant, alias, &self.budgets.currency, cost);
         }
+        permit.counters = None; // settled here, not on drop
         if permit.taken.is_empty() {
             return;
         }
         let tokens = (used.prompt_tokens + used.completion_tokens) as f64;
-        let corrections: Vec<Charge> = permit
-            .taken
-            .into_iter()
-            .filter_map(|(kind, charge)| match kind {
-                Kind::Tpm | Kind::Tpd => Some(Charge {
-                    amount: tokens - charge.amount,
-                    ..charge
-                }),
-                Kind::Budget => Some(Charge {
-                    amount: cost - charge.amount,
-                    ..charge
-                }),
-                Kind::Concurrency => Some(charge),
-                Kind::Rpm => None,
-            })
-            .collect();
+        let corrections = corrections(std::mem::take(&mut permit.taken), tokens, cost);
         if let Err(error) = self.counters.settle(&permit.ticket, &corrections).await {
             tracing::warn!(%error, "a call's reservation was not settled");
         }

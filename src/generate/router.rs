@@ -81,6 +81,13 @@ impl Router {
             }) => completion
                 .usage
                 .map(|u| u.prompt_tokens + u.completion_tokens),
+            // Nothing was sent: the request is given back too.
+            Err(Left::Skipped | Left::OutOfTime) => {
+                if let Some(pass) = pass {
+                    pass.refund().await;
+                }
+                return result;
+            }
             // A stream settles when it ends; a failure used no tokens.
             _ => Some(0),
         };
@@ -115,7 +122,8 @@ impl Router {
         if target.gates.is_empty() {
             return Ok(None);
         }
-        let ticket = format!("{}@{}", call.request_id, target.id);
+        // Its own name, never the client's request id (which a client may repeat).
+        let ticket = uuid::Uuid::new_v4().to_string();
         let prompt_tokens = crate::tokens::prompt_tokens(prompt);
         let max_output = prompt
             .max_completion_tokens

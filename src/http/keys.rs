@@ -59,14 +59,23 @@ fn body<T: serde::de::DeserializeOwned>(
 }
 
 /// The key's view; with the key itself when it was just made.
-fn shown(state: &AppState, record: KeyRecord, key: Option<String>) -> Json<Value> {
+async fn shown(state: &AppState, record: KeyRecord, key: Option<String>) -> Json<Value> {
     let mut view = record.view(grant::now_us());
     if let Some(key) = key {
         view["key"] = json!(key);
     }
-    // This replica knows the change at once; the others at their next read.
-    state.client_keys.learn(record);
+    known_here(state, || state.client_keys.learn(record)).await;
     Json(view)
+}
+
+/// This replica knows a change it made at once (the others at their next read):
+/// it reads the table past what it knew, so that a read already on its way cannot
+/// put an older row back; `or_else` applies the change itself when the table
+/// cannot be read just now.
+async fn known_here(state: &AppState, or_else: impl FnOnce()) {
+    if state.client_keys.refresh().await.is_err() {
+        or_else();
+    }
 }
 
 /// `POST /admin/keys`: 201 with the key, shown this once.
@@ -77,7 +86,7 @@ pub async fn create(
 ) -> Answer {
     let store = store(&state)?;
     let (record, key) = manage::create(store, body(&state, &headers, request)?).await?;
-    Ok((StatusCode::CREATED, shown(&state, record, Some(key))))
+    Ok((StatusCode::CREATED, shown(&state, record, Some(key)).await))
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -121,19 +130,19 @@ pub async fn patch(
 ) -> Answer {
     let store = store(&state)?;
     let key = manage::patch(store, &id, body(&state, &headers, request)?).await?;
-    Ok((StatusCode::OK, shown(&state, key, None)))
+    Ok((StatusCode::OK, shown(&state, key, None).await))
 }
 
 /// `DELETE /admin/keys/{id}`: revokes the key.
 pub async fn revoke(State(state): State<AppState>, Path(id): Path<String>) -> Answer {
     let key = manage::revoke(store(&state)?, &id).await?;
-    Ok((StatusCode::OK, shown(&state, key, None)))
+    Ok((StatusCode::OK, shown(&state, key, None).await))
 }
 
 /// `POST /admin/keys/{id}/rotate`: a new key for the same id.
 pub async fn rotate(State(state): State<AppState>, Path(id): Path<String>) -> Answer {
     let (record, key) = manage::rotate(store(&state)?, &id).await?;
-    Ok((StatusCode::OK, shown(&state, record, Some(key))))
+    Ok((StatusCode::OK, shown(&state, record, Some(key)).await))
 }
 
 /// `PUT /admin/tenants/{tenant}`: the tenant's limits and budget, which its keys
@@ -147,7 +156,7 @@ pub async fn put_tenant(
     let store = store(&state)?;
     let record = manage::put_tenant(store, &tenant, body(&state, &headers, request)?).await?;
     let view = record.view();
-    state.client_keys.learn_tenant(record);
+    known_here(&state, || state.client_keys.learn_tenant(record)).await;
     Ok((StatusCode::OK, Json(view)))
 }
 

@@ -69,6 +69,10 @@ pub async fn enter(
         .take(ticket, &bare)
         .await
         .map_err(|_| "unavailable")?;
+    // Counters that admitted everything while away took nothing to give back.
+    if result.standings.len() != taken.len() {
+        return Ok(None);
+    }
     if let Some(((kind, _), _)) = taken.iter().zip(&result.standings).find(|(_, s)| !s.fits) {
         return Err(kind);
     }
@@ -80,6 +84,24 @@ pub async fn enter(
 }
 
 impl Pass {
+    /// Gives back everything taken, the request too: no call was made (the
+    /// target's breaker was open, or time ran out).
+    pub async fn refund(mut self) {
+        let corrections: Vec<Charge> = std::mem::take(&mut self.taken)
+            .into_iter()
+            .map(|(kind, charge)| match kind {
+                "concurrency" => charge,
+                _ => Charge {
+                    amount: -charge.amount,
+                    ..charge
+                },
+            })
+            .collect();
+        if let Err(error) = self.counters.settle(&self.ticket, &corrections).await {
+            tracing::warn!(%error, "a target's reservation was not given back");
+        }
+    }
+
     /// Corrects the tokens to those used (`None`: the reservation stands) and
     /// frees the places.
     pub async fn settle(mut self, used_tokens: Option<u64>) {

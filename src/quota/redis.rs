@@ -4,9 +4,10 @@
 //!
 //! While Redis is away, `on_down` decides: each replica holds its share of every
 //! limit in memory (`local`: the limit divided by the replicas seen alive in the
-//! last minute), admits everything (`open`) or nothing (`closed`). What was taken
-//! and settled locally meanwhile is added to Redis when it is back, so that
-//! budgets and token counts lose nothing to the outage.
+//! last minute), admits everything (`open`) or nothing (`closed`). What was spent
+//! locally meanwhile is added to Redis's budgets when it is back, so that they lose
+//! nothing to the outage; rates refill with time, and start again from what Redis
+//! held (replaying them would lock a busy key out for as long as the outage).
 //!
 //! GCRA rather than a sliding window: one number per counter, one script, exact
 //! for bursts and weighted amounts alike (see the module above).
@@ -54,7 +55,7 @@ pub struct RedisCounters {
     local: MemoryCounters,
     /// Tickets taken locally: their settlement stays local.
     local_tickets: Mutex<HashSet<String>>,
-    /// Taken and settled locally, to be added to Redis when it is back.
+    /// Spent locally (budgets), to be added to Redis when it is back.
     pending: Mutex<Vec<Charge>>,
     /// Replicas seen alive, as last counted (at least 1).
     replicas: AtomicU64,
@@ -107,10 +108,12 @@ if ok == 1 and ARGV[1] ~= '' then
     local a = 1 + (i - 1) * 4
     local kind, span, amount = ARGV[a + 1], tonumber(ARGV[a + 3]), ARGV[a + 4]
     if kind == 'r' then
-      redis.call('SET', KEYS[i], tostring(after[i]), 'PX', math.ceil(after[i] - now) + 1000)
+      redis.call('SET', KEYS[i], string.format('%.17g', after[i]), 'PX', math.ceil(after[i] - now) + 1000)
     elseif kind == 'f' then
       redis.call('ZADD', KEYS[i], now + span, ARGV[1])
-      redis.call('PEXPIRE', KEYS[i], math.ceil(span) + 1000)
+      -- The set lives as long as its longest place, not the latest one's.
+      local want = math.ceil(span) + 1000
+      if redis.call('PTTL', KEYS[i]) < want then redis.call('PEXPIRE', KEYS[i], want) end
     else
       redis.call('INCRBYFLOAT', KEYS[i], amount)
       redis.call('PEXPIRE', KEYS[i], math.ceil(span) + 3600000)
@@ -132,7 +135,7 @@ for i = 1, #KEYS do
   if kind == 'r' then
     local tat = math.max(tonumber(redis.call('GET', key) or now), now)
     local moved = math.max(tat + amount * span / limit, now)
-    redis.call('SET', key, tostring(moved), 'PX', math.ceil(moved - now) + 1000)
+    redis.call('SET', key, string.format('%.17g', moved), 'PX', math.ceil(moved - now) + 1000)
   elseif kind == 'f' then
     redis.call('ZREM', key, ARGV[1])
   else
@@ -200,7 +203,9 @@ impl RedisCounters {
             if let Ok(count) = counted {
                 self.replicas.store(count.max(1), Ordering::Relaxed);
                 self.metrics.limits_replicas(count.max(1));
-                self.mark(true).await;
+                self.mark(true);
+                // Off the request path: what was spent while Redis was away.
+                self.replay().await;
             }
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -254,18 +259,14 @@ impl RedisCounters {
         (keys, args)
     }
 
-    /// Notes whether Redis answered; when it is back, adds to it what was counted
-    /// meanwhile.
-    async fn mark(&self, up: bool) {
+    /// Notes whether Redis answered (the heartbeat adds what was spent meanwhile).
+    fn mark(&self, up: bool) {
         self.metrics.limits_shared(up);
         if self.up.swap(up, Ordering::Relaxed) == up {
             return;
         }
         match up {
-            true => {
-                tracing::info!("limits: redis is back; counting there again");
-                self.replay().await;
-            }
+            true => tracing::info!("limits: redis is back; counting there again"),
             false => tracing::warn!(mode = ?self.on_down, "limits: redis is away"),
         }
     }
@@ -302,7 +303,7 @@ impl RedisCounters {
         pending.extend(
             charges
                 .into_iter()
-                .filter(|c| !matches!(c.rule, Rule::InFlight { .. }) && c.amount != 0.0),
+                .filter(|c| matches!(c.rule, Rule::Budget { .. }) && c.amount != 0.0),
         );
         if pending.len() > MAX_PENDING {
             let over = pending.len() - MAX_PENDING;
@@ -358,11 +359,11 @@ impl Counters for RedisCounters {
         let (admitted, rows) = match answer {
             Ok(answer) => answer,
             Err(_) => {
-                self.mark(false).await;
+                self.mark(false);
                 return self.take_local(ticket, charges).await;
             }
         };
-        self.mark(true).await;
+        self.mark(true);
         Ok(Taken {
             admitted: admitted == 1,
             standings: standings(&rows),

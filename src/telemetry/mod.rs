@@ -218,7 +218,7 @@ impl Metrics {
             ),
             limits_fallback: counter(
                 "ragway_limits_fallback_total",
-                "Calls admitted while Redis was away, by what was done (local, open, closed)",
+                "Calls decided without Redis while it was away, by what was done (local share, open: admitted, closed: refused)",
                 &["mode"],
             ),
             budget_remaining: {
