@@ -99,7 +99,7 @@ cpu_ticks() { # pid
 # the Postgres audit table (AUDIT_DATABASE, created when missing) and asks with a
 # mobile number in the question; `governed` admits every call on a managed key with
 # every limit and a budget (its tenant too: ten counters in memory), settled when
-# it ends.
+# it ends (no prices: an `[audit.prices]` table would turn the audit trail on).
 AUDIT_DATABASE=${AUDIT_DATABASE:-postgres://postgres@127.0.0.1:5432/ragway_bench}
 config_toml() {
   case $1 in
@@ -110,7 +110,6 @@ config_toml() {
       ;;
     governed)
       printf '[auth]\nadmin_key_env = "BENCH_ADMIN_KEY"\n[governance]\ndatabase = "sqlite://%s/keys.db"\n' "$work"
-      printf '[audit.prices]\n"local-nginx:bench" = { input = 2.0, output = 8.0 }\n'
       ;;
     *) echo "unknown configuration: $1" >&2; exit 1 ;;
   esac
