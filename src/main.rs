@@ -198,6 +198,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// The commands' runtime; `None` (said on stderr) when the process cannot start
+/// one.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new()
+        .inspect_err(|error| eprintln!("cannot start the runtime: {error}"))
+        .ok()
+}
+
 /// `keys …`, against the configured key table.
 fn keys_command(config: Config, command: KeysCommand) -> ExitCode {
     use ragway::admit::grant::{NewKey, now_us};
@@ -207,12 +215,8 @@ fn keys_command(config: Config, command: KeysCommand) -> ExitCode {
         eprintln!("the config has no [governance] section");
         return ExitCode::from(2);
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     let show = |view: serde_json::Value| {
         println!(
@@ -293,12 +297,8 @@ fn audit_command(config: Config, command: Option<AuditCommand>) -> ExitCode {
         eprintln!("the config has no [audit] section");
         return ExitCode::from(2);
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     runtime.block_on(async {
         let store = match ragway::audit::open_store(&audit.database) {
@@ -428,12 +428,8 @@ fn ingest(config: Config, args: IngestArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("ingest: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     let collection = args
         .collection
@@ -530,12 +526,8 @@ fn ingest_tenant(
 
 fn serve(config: Config) -> ExitCode {
     let _log_guard = ragway::telemetry::init_logging(&config.log);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            tracing::error!(%error, "cannot start the runtime");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     let result = runtime.block_on(run(config));
     // Work on blocking threads that nothing waits for any more (a document's

@@ -73,6 +73,11 @@ pub struct Permit {
 }
 
 impl Permit {
+    /// Whether settling it does anything: charges to correct, or spend to count.
+    pub fn settles(&self) -> bool {
+        !self.taken.is_empty() || self.spender.is_some()
+    }
+
     /// A permit that holds no counter (no limits apply, or they were not counted).
     fn counting_nothing(prompt_tokens: u64, spender: Option<(Arc<str>, Arc<str>)>) -> Permit {
         Permit {

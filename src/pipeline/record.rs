@@ -73,9 +73,12 @@ impl Pipeline {
                 used.cached_tokens,
                 used.completion_tokens,
             );
-            let admission = Arc::clone(&self.admission);
-            self.tasks
-                .spawn(async move { admission.settle(permit, used).await });
+            // A permit that counts nothing (no governance) needs no settling.
+            if permit.settles() {
+                let admission = Arc::clone(&self.admission);
+                self.tasks
+                    .spawn(async move { admission.settle(permit, used).await });
+            }
         }
         if finished.outcome == Outcome::ContentFilter {
             self.metrics.guard_blocked("output");
