@@ -2,6 +2,7 @@
 //! cached (when whole and cacheable) and its record handed to the audit sink.
 
 use std::sync::Arc;
+use std::task::Context;
 use std::time::{Duration, SystemTime};
 
 use super::{Pipeline, RequestCtx};
@@ -62,6 +63,18 @@ impl Finished {
 }
 
 impl Pipeline {
+    /// Runs a settlement here when it needs no waiting (counters in memory), and
+    /// in a task of its own otherwise (Redis): a task per call would cost a
+    /// wake-up per call for work that is already done.
+    fn settle(&self, settlement: impl Future<Output = ()> + Send + 'static) {
+        let mut settlement = Box::pin(settlement);
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        if settlement.as_mut().poll(&mut cx).is_pending() {
+            // Polled again in the task, with a waker that is heard.
+            self.tasks.spawn(settlement);
+        }
+    }
+
     /// Stage 6.
     pub(super) fn record(&self, ctx: &mut RequestCtx, finished: Finished) {
         if let Some(permit) = ctx.permit.take() {
@@ -76,8 +89,7 @@ impl Pipeline {
             // A permit that counts nothing (no governance) needs no settling.
             if permit.settles() {
                 let admission = Arc::clone(&self.admission);
-                self.tasks
-                    .spawn(async move { admission.settle(permit, used).await });
+                self.settle(async move { admission.settle(permit, used).await });
             }
         }
         if finished.outcome == Outcome::ContentFilter {
