@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::keys::{ADMIN, admin, chat_as, sqlite_url, time_until};
+use crate::support::keys::{ADMIN, admin, chat_as, get_as, sqlite_url, time_until};
 use crate::support::postgres::fresh_database;
 use crate::support::{FakeProvider, Gateway, TempDir, ask, config_over, expect_error};
 
@@ -30,16 +30,7 @@ async fn governed(fake: &FakeProvider, db: &str) -> Gateway {
 }
 
 async fn models_of(gw: &Gateway, key: &str) -> Vec<String> {
-    let list: Value = gw
-        .http()
-        .get(format!("{}/v1/models", gw.url))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = get_as(gw, key, "/v1/models").await.json().await.unwrap();
     let mut ids: Vec<String> = list["data"]
         .as_array()
         .unwrap()

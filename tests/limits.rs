@@ -6,7 +6,7 @@
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use crate::support::keys::{ADMIN, admin, chat_as, sqlite_url, time_until};
+use crate::support::keys::{ADMIN, admin, chat_as, get_as, sqlite_url, time_until};
 use crate::support::{FakeProvider, Gateway, TempDir, ask, config_over, expect_error};
 
 /// A governed gateway over `fake` whose audit sink `audit` keeps every record.
@@ -352,14 +352,7 @@ async fn two_gateways_sharing_redis_admit_within_one_percent_of_the_limit() {
 }
 
 async fn gw_knows(gw: &Gateway, key: &str) -> bool {
-    let models = gw
-        .http()
-        .get(format!("{}/v1/models", gw.url))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap();
-    models.status() == 200
+    get_as(gw, key, "/v1/models").await.status() == 200
 }
 
 async fn metric(gw: &Gateway, name: &str) -> Option<f64> {
@@ -478,16 +471,7 @@ async fn priced(fake: &FakeProvider, dir: &TempDir) -> Gateway {
 /// The key's budget spent so far this period, as `GET /v1/usage` tells it.
 async fn spent(gw: &Gateway, key: &str) -> f64 {
     gw.idle().await;
-    let usage: Value = gw
-        .http()
-        .get(format!("{}/v1/usage", gw.url))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let usage: Value = get_as(gw, key, "/v1/usage").await.json().await.unwrap();
     let scope = usage["scopes"]
         .as_array()
         .unwrap()
@@ -670,16 +654,7 @@ async fn usage_shows_each_scope_as_it_stands() {
     time_until(async || gw.state.client_keys.tenant("t").is_some()).await;
     assert_eq!(chat_as(&gw, &key, "chat").await.status(), 200);
     gw.idle().await;
-    let usage: Value = gw
-        .http()
-        .get(format!("{}/v1/usage", gw.url))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let usage: Value = get_as(&gw, &key, "/v1/usage").await.json().await.unwrap();
     let scopes = usage["scopes"].as_array().unwrap();
     let key_scope = &scopes[0];
     assert_eq!(key_scope["scope"], "key");
@@ -704,16 +679,7 @@ async fn usage_shows_each_scope_as_it_stands() {
     ));
     // A key without limits has nothing to show, and says so plainly.
     let free = new_key(&gw, json!({"tenant": "u"})).await;
-    let usage: Value = gw
-        .http()
-        .get(format!("{}/v1/usage", gw.url))
-        .bearer_auth(&free)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let usage: Value = get_as(&gw, &free, "/v1/usage").await.json().await.unwrap();
     assert_eq!(usage["scopes"], json!([]));
 }
 

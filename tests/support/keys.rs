@@ -29,6 +29,16 @@ pub async fn admin(
     request.send().await.unwrap()
 }
 
+/// `GET path` with a client key.
+pub async fn get_as(gw: &Gateway, key: &str, path: &str) -> reqwest::Response {
+    gw.http()
+        .get(format!("{}{path}", gw.url))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+}
+
 pub async fn chat_as(gw: &Gateway, key: &str, model: &str) -> reqwest::Response {
     gw.http()
         .post(format!("{}/v1/chat/completions", gw.url))
