@@ -10,6 +10,18 @@ use sqlx::error::BoxDynError;
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
 
+/// What a store over the gateway's database (the audit trail, the key table) may
+/// fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+    #[error(transparent)]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    Other(String),
+}
+
 /// The gateway's database: a Postgres URL (it may hold a password: a secret) or a
 /// SQLite file's URL (`sqlite://data/audit.db`).
 #[derive(Debug, Clone, serde::Serialize)]

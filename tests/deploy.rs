@@ -93,7 +93,7 @@ async fn every_metric_the_dashboard_and_the_alerts_query_is_exported() {
         .await
         .unwrap();
     let key = created["key"].as_str().unwrap().to_owned();
-    while gw.state.client_keys.tenant("ops").is_none() {
+    while gw.state.client_keys.tenant_grant("ops").is_none() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let send = |body: Value| {

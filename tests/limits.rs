@@ -125,7 +125,7 @@ async fn a_tenant_limit_holds_across_its_keys() {
     // The tenant's settings reach the gateway at its next read of the table.
     time_until(async || {
         let response = chat_as(&gw, &other, "chat").await;
-        response.status() == 200 && gw.state.client_keys.tenant("shared").is_some()
+        response.status() == 200 && gw.state.client_keys.tenant_grant("shared").is_some()
     })
     .await;
     assert_eq!(chat_as(&gw, &one, "chat").await.status(), 200);
@@ -651,7 +651,7 @@ async fn usage_shows_each_scope_as_it_stands() {
     )
     .await;
     let key = new_key(&gw, json!({"tenant": "t", "limits": {"rpm": 10, "concurrency": 3}, "budget": {"amount": 100, "period": "day"}})).await;
-    time_until(async || gw.state.client_keys.tenant("t").is_some()).await;
+    time_until(async || gw.state.client_keys.tenant_grant("t").is_some()).await;
     assert_eq!(chat_as(&gw, &key, "chat").await.status(), 200);
     gw.idle().await;
     let usage: Value = get_as(&gw, &key, "/v1/usage").await.json().await.unwrap();

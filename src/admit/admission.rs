@@ -11,10 +11,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::ClientKeys;
-use super::grant::{Budget, Limits};
+use super::grant::Grant;
 use crate::call::{Call, Caller, Price};
 use crate::error::GatewayError;
-use crate::quota::{BudgetLeft, Charge, Counters, Headroom, Rule, Standing, Window};
+use crate::quota::{BudgetLeft, Charge, Counters, Headroom, LimitKind, Rule, Standing, Window};
 use crate::telemetry::Metrics;
 
 /// What a call may spend, reserved before it runs.
@@ -228,6 +228,9 @@ pub struct Admission {
     warned: Mutex<HashSet<String>>,
 }
 
+/// Budget periods remembered as reported, at most.
+const MAX_WARNED: usize = 100_000;
+
 /// What a counter counts, for headers, messages, metrics and settlement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -236,6 +239,17 @@ enum Kind {
     Tpd,
     Concurrency,
     Budget,
+}
+
+impl From<LimitKind> for Kind {
+    fn from(kind: LimitKind) -> Kind {
+        match kind {
+            LimitKind::Rpm => Kind::Rpm,
+            LimitKind::Tpm => Kind::Tpm,
+            LimitKind::Tpd => Kind::Tpd,
+            LimitKind::Concurrency => Kind::Concurrency,
+        }
+    }
 }
 
 impl Kind {
@@ -276,10 +290,8 @@ impl Scope {
     }
 }
 
-/// One scope's part of a call's reservation.
-struct Reserve<'a> {
-    scope: Scope,
-    id: &'a str,
+/// What a call reserves in each scope of its grants.
+struct Reserve {
     /// 1 for a call, 0 to look without taking.
     requests: f64,
     tokens: u64,
@@ -309,44 +321,46 @@ impl Admission {
         }
     }
 
-    /// The charges of one scope under its `limits` and `budget`.
-    fn charges(
-        &self,
-        r: &Reserve<'_>,
-        limits: &Limits,
-        budget: Option<&Budget>,
-        out: &mut Vec<(Scope, Kind, Charge)>,
-    ) {
-        let scope = r.scope.name();
-        let prefix = format!("{scope}/{}", r.id);
-        for (kind, charge) in crate::quota::charges(&prefix, limits, r.requests, r.tokens, r.lease)
-        {
-            let kind = match kind {
-                "rpm" => Kind::Rpm,
-                "tpm" => Kind::Tpm,
-                "tpd" => Kind::Tpd,
-                _ => Kind::Concurrency,
-            };
-            out.push((r.scope, kind, charge));
-        }
-        if let Some(budget) = budget {
-            let now = time::OffsetDateTime::now_utc();
-            let (period, ends_in) = super::period::current(budget.period, now, self.budgets.offset);
-            let counter = format!("{scope}/{}/spend/{period}", r.id);
-            let rule = Rule::Budget {
-                limit: budget.amount,
-                ends_in,
-            };
-            out.push((
-                r.scope,
-                Kind::Budget,
-                Charge {
-                    counter,
-                    rule,
+    /// The caller's key's and tenant's grants that limit anything.
+    fn grants<'a>(&self, caller: &'a Caller) -> Vec<(Scope, &'a str, Grant)> {
+        let key = caller
+            .key_id
+            .as_deref()
+            .and_then(|id| Some((Scope::Key, id, self.keys.key_grant(id)?)));
+        let tenant = (self.keys.tenant_grant(&caller.tenant))
+            .map(|grant| (Scope::Tenant, &*caller.tenant, grant));
+        key.into_iter()
+            .chain(tenant)
+            .filter(|(_, _, grant)| *grant != Grant::default())
+            .collect()
+    }
+
+    /// The charges of `r` in each scope of `grants`.
+    fn charges(&self, grants: &[(Scope, &str, Grant)], r: &Reserve) -> Vec<(Scope, Kind, Charge)> {
+        let mut out = Vec::new();
+        for &(scope, id, grant) in grants {
+            let prefix = format!("{}/{id}", scope.name());
+            let rates =
+                crate::quota::charges(&prefix, &grant.limits, r.requests, r.tokens, r.lease);
+            for (kind, charge) in rates {
+                out.push((scope, Kind::from(kind), charge));
+            }
+            if let Some(budget) = grant.budget {
+                let now = time::OffsetDateTime::now_utc();
+                let (period, ends_in) =
+                    super::period::current(budget.period, now, self.budgets.offset);
+                let charge = Charge {
+                    counter: format!("{prefix}/spend/{period}"),
+                    rule: Rule::Budget {
+                        limit: budget.amount,
+                        ends_in,
+                    },
                     amount: r.cost,
-                },
-            ));
+                };
+                out.push((scope, Kind::Budget, charge));
+            }
         }
+        out
     }
 
     /// Reports a budget from its soft share on: a log line once per period, and
@@ -367,11 +381,15 @@ impl Admission {
             }
             let spent = limit - standing.remaining;
             if *kind == Kind::Budget && limit > 0.0 && spent >= limit * self.budgets.soft {
-                let first = self
-                    .warned
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(charge.counter.clone());
+                let first = {
+                    let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+                    // One name per key and period: forgotten now and then, so a
+                    // long-running replica does not keep every period it has seen.
+                    if warned.len() >= MAX_WARNED {
+                        warned.clear();
+                    }
+                    warned.insert(charge.counter.clone())
+                };
                 if first {
                     tracing::warn!(
                         counter = %charge.counter,
@@ -451,44 +469,21 @@ impl Admit for Admission {
     async fn admit(&self, call: &Call<'_>, ask: Ask) -> Result<Permit, GatewayError> {
         let caller = call.caller;
         let tokens = ask.prompt_tokens + ask.max_output.unwrap_or(self.reserve_output);
-        let cost = self.dearest.get(call.alias).map_or(0.0, |price| {
-            price.cost(ask.prompt_tokens, 0, tokens - ask.prompt_tokens)
-        });
+        // Reserved at the dearest target of the route (unpriced: nothing).
+        let price = self.dearest.get(call.alias).copied().unwrap_or_default();
+        let cost = price.cost(ask.prompt_tokens, 0, tokens - ask.prompt_tokens);
         // A place is kept at most as long as the call may run, and a little more.
         let lease = call
             .deadline
             .saturating_duration_since(tokio::time::Instant::now())
             + Duration::from_secs(30);
-        let mut charges = Vec::new();
-        if let Some(key) = caller.key_id.as_deref()
-            && let Some((limits, budget)) = self.keys.key_grant(key)
-        {
-            let reserve = Reserve {
-                scope: Scope::Key,
-                id: key,
-                requests: 1.0,
-                tokens,
-                cost,
-                lease,
-            };
-            self.charges(&reserve, &limits, budget.as_ref(), &mut charges);
-        }
-        if let Some(tenant) = self.keys.tenant(&caller.tenant) {
-            let reserve = Reserve {
-                scope: Scope::Tenant,
-                id: &caller.tenant,
-                requests: 1.0,
-                tokens,
-                cost,
-                lease,
-            };
-            self.charges(
-                &reserve,
-                &tenant.limits,
-                tenant.budget.as_ref(),
-                &mut charges,
-            );
-        }
+        let reserve = Reserve {
+            requests: 1.0,
+            tokens,
+            cost,
+            lease,
+        };
+        let charges = self.charges(&self.grants(caller), &reserve);
         let spender = Some((Arc::clone(&caller.tenant), Arc::from(call.alias)));
         if charges.is_empty() {
             return Ok(Permit::counting_nothing(ask.prompt_tokens, spender));
@@ -521,10 +516,7 @@ impl Admit for Admission {
                 .expect("a refusal has a charge that did not fit");
             return Err(self.refusal(call, refused, standing, headroom));
         }
-        let prompt_cost = self
-            .dearest
-            .get(call.alias)
-            .map_or(0.0, |price| price.cost(ask.prompt_tokens, 0, 0));
+        let prompt_cost = price.cost(ask.prompt_tokens, 0, 0);
         Ok(Permit {
             ticket,
             taken: charges.into_iter().map(|(_, kind, c)| (kind, c)).collect(),
@@ -564,29 +556,15 @@ impl Admit for Admission {
     }
 
     async fn standing(&self, caller: &Caller) -> Result<Vec<ScopeStanding>, GatewayError> {
-        let mut scopes: Vec<(Scope, String, Limits, Option<Budget>)> = Vec::new();
-        if let Some(key) = caller.key_id.as_deref()
-            && let Some((limits, budget)) = self.keys.key_grant(key)
-        {
-            scopes.push((Scope::Key, key.to_owned(), limits, budget));
-        }
-        if let Some(tenant) = self.keys.tenant(&caller.tenant) {
-            scopes.push((Scope::Tenant, tenant.tenant, tenant.limits, tenant.budget));
-        }
-        scopes.retain(|(_, _, limits, budget)| *limits != Limits::default() || budget.is_some());
-        let mut charges = Vec::new();
-        for (scope, id, limits, budget) in &scopes {
-            // Amounts of nothing: what is left, not what one more call would leave.
-            let reserve = Reserve {
-                scope: *scope,
-                id,
-                requests: 0.0,
-                tokens: 0,
-                cost: 0.0,
-                lease: Duration::ZERO,
-            };
-            self.charges(&reserve, limits, budget.as_ref(), &mut charges);
-        }
+        let grants = self.grants(caller);
+        // Amounts of nothing: what is left, not what one more call would leave.
+        let nothing = Reserve {
+            requests: 0.0,
+            tokens: 0,
+            cost: 0.0,
+            lease: Duration::ZERO,
+        };
+        let charges = self.charges(&grants, &nothing);
         let bare: Vec<Charge> = charges.iter().map(|(_, _, c)| c.clone()).collect();
         let standings = self
             .counters
@@ -596,11 +574,11 @@ impl Admit for Admission {
                 message: "limits cannot be read now; try again shortly".to_owned(),
                 retry_after: Duration::from_secs(1),
             })?;
-        let mut out: Vec<ScopeStanding> = scopes
+        let mut out: Vec<ScopeStanding> = grants
             .iter()
-            .map(|(scope, id, _, _)| ScopeStanding {
+            .map(|(scope, id, _)| ScopeStanding {
                 scope: scope.name(),
-                id: id.clone(),
+                id: (*id).to_owned(),
                 limits: Vec::new(),
                 budget: None,
             })
@@ -611,10 +589,10 @@ impl Admit for Admission {
             };
             match charge.rule {
                 Rule::Budget { limit, ends_in } => {
-                    let period = scopes
+                    let period = grants
                         .iter()
-                        .find(|s| s.0 == *scope)
-                        .and_then(|s| s.3)
+                        .find(|(s, _, _)| s == scope)
+                        .and_then(|(_, _, grant)| grant.budget)
                         .map(|b| b.period);
                     entry.budget = period.map(|period| BudgetStanding {
                         amount: limit,

@@ -36,6 +36,13 @@ impl Limits {
     }
 }
 
+/// What a key or a tenant may spend: its limits and its budget.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Grant {
+    pub limits: Limits,
+    pub budget: Option<Budget>,
+}
+
 /// An amount to spend per period, in the deployment's currency.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::call::{Caller, ModelAccess};
 use crate::error::GatewayError;
-use grant::{KeyRecord, TenantRecord};
+use grant::{Grant, KeyRecord, TenantRecord};
 use store::{KeyStore, StoreError};
 
 /// `[governance]`: keys and tenants as data.
@@ -73,11 +73,11 @@ struct Managed {
 #[derive(Default)]
 struct View {
     by_hash: HashMap<[u8; 32], Entry>,
-    /// Each managed key's current hash (a rotated key's old hash goes).
-    hash_of: HashMap<String, [u8; 32]>,
-    /// Each managed key's own limits and budget, by id.
-    grants: HashMap<String, (grant::Limits, Option<grant::Budget>)>,
-    tenants: HashMap<String, TenantRecord>,
+    /// Each live managed key by id: its current hash (a rotated key's old hash
+    /// goes) and its own limits and budget.
+    by_id: HashMap<String, ([u8; 32], Grant)>,
+    /// Each tenant's own limits and budget.
+    tenants: HashMap<String, Grant>,
     revision: i64,
 }
 
@@ -137,22 +137,22 @@ impl ClientKeys {
 
     /// A managed key's own limits and budget, as last read (`None` for a fixed
     /// key).
-    pub fn key_grant(&self, id: &str) -> Option<(grant::Limits, Option<grant::Budget>)> {
+    pub fn key_grant(&self, id: &str) -> Option<Grant> {
         let view = self.managed.as_ref()?.view.read().ok()?;
-        view.grants.get(id).copied()
+        view.by_id.get(id).map(|(_, grant)| *grant)
     }
 
     /// A tenant's own limits and budget, as last read.
-    pub fn tenant(&self, tenant: &str) -> Option<TenantRecord> {
+    pub fn tenant_grant(&self, tenant: &str) -> Option<Grant> {
         let view = self.managed.as_ref()?.view.read().ok()?;
-        view.tenants.get(tenant).cloned()
+        view.tenants.get(tenant).copied()
     }
 
     /// A tenant's settings this replica changed itself, known at once.
     pub fn learn_tenant(&self, tenant: TenantRecord) {
         if let Some(managed) = &self.managed {
             let mut view = managed.view.write().unwrap_or_else(|e| e.into_inner());
-            view.tenants.insert(tenant.tenant.clone(), tenant);
+            view.apply_tenant(tenant);
         }
     }
 
@@ -172,7 +172,7 @@ impl ClientKeys {
             view.apply(key);
         }
         for tenant in changes.tenants {
-            view.tenants.insert(tenant.tenant.clone(), tenant);
+            view.apply_tenant(tenant);
         }
         view.revision = changes.revision;
         Ok(())
@@ -236,20 +236,22 @@ impl ClientKeys {
 
 impl View {
     fn apply(&mut self, key: KeyRecord) {
-        if let Some(old) = self.hash_of.remove(&key.id) {
+        if let Some((old, _)) = self.by_id.remove(&key.id) {
             self.by_hash.remove(&old);
         }
-        self.grants.remove(&key.id);
         if key.revoked_us.is_some() {
             return;
         }
-        self.grants.insert(key.id.clone(), (key.limits, key.budget));
         let caller = Caller {
             tenant: key.tenant.as_str().into(),
             key_id: Some(key.id.as_str().into()),
             models: ModelAccess::from_patterns(&key.models),
         };
-        self.hash_of.insert(key.id, key.sha256);
+        let grant = Grant {
+            limits: key.limits,
+            budget: key.budget,
+        };
+        self.by_id.insert(key.id, (key.sha256, grant));
         self.by_hash.insert(
             key.sha256,
             Entry {
@@ -257,5 +259,13 @@ impl View {
                 expires_us: key.expires_us,
             },
         );
+    }
+
+    fn apply_tenant(&mut self, tenant: TenantRecord) {
+        let grant = Grant {
+            limits: tenant.limits,
+            budget: tenant.budget,
+        };
+        self.tenants.insert(tenant.tenant, grant);
     }
 }

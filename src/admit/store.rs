@@ -13,15 +13,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 use super::grant::{KeyRecord, TenantRecord};
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error(transparent)]
-    Sql(#[from] sqlx::Error),
-    #[error(transparent)]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("a stored key is damaged: {0}")]
-    Damaged(String),
-}
+pub use crate::db::StoreError;
 
 /// What changed past a revision.
 #[derive(Debug, Default)]
@@ -47,10 +39,51 @@ macro_rules! on_pool {
     };
 }
 
-const KEY_COLUMNS: &str = "id, sha256, name, tenant, models, limits, budget, metadata, \
-    expires_us, revoked_us, created_us, updated_us";
+/// A key row's columns, in the order `key_of` reads and `bind_key!` binds them.
+macro_rules! key_columns {
+    () => {
+        "id, sha256, name, tenant, models, limits, budget, metadata, expires_us, revoked_us, \
+         created_us, updated_us"
+    };
+}
+const KEY_COLUMNS: &str = key_columns!();
 
 const TENANT_COLUMNS: &str = "tenant, limits, budget, updated_us";
+
+/// A key row written whole at `revision`: a new one (`create`), or, with
+/// [`REPLACE_KEY`] after it, a changed one (`modify`).
+const INSERT_KEY: &str = concat!(
+    "INSERT INTO gateway_keys (",
+    key_columns!(),
+    ", revision) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+);
+
+/// What a change may touch: never the id, the tenant or the creation time.
+const REPLACE_KEY: &str = " ON CONFLICT (id) DO UPDATE SET sha256 = excluded.sha256, \
+    name = excluded.name, models = excluded.models, limits = excluded.limits, \
+    budget = excluded.budget, metadata = excluded.metadata, \
+    expires_us = excluded.expires_us, revoked_us = excluded.revoked_us, \
+    updated_us = excluded.updated_us, revision = excluded.revision";
+
+/// Binds a key's columns, in [`INSERT_KEY`]'s order, to `$query`.
+macro_rules! bind_key {
+    ($query:expr, $key:expr, $revision:expr) => {
+        $query
+            .bind(&$key.id)
+            .bind($key.sha256.to_vec())
+            .bind(&$key.name)
+            .bind(&$key.tenant)
+            .bind(json(&$key.models))
+            .bind(json(&$key.limits))
+            .bind($key.budget.map(|b| json(&b)))
+            .bind(json(&$key.metadata))
+            .bind($key.expires_us)
+            .bind($key.revoked_us)
+            .bind($key.created_us)
+            .bind($key.updated_us)
+            .bind($revision)
+    };
+}
 
 /// Takes the next revision; its row lock orders concurrent writers.
 const NEXT_REVISION: &str =
@@ -69,7 +102,7 @@ impl KeyStore {
                 && !dir.as_os_str().is_empty()
             {
                 std::fs::create_dir_all(dir)
-                    .map_err(|e| StoreError::Damaged(format!("{}: {e}", dir.display())))?;
+                    .map_err(|e| StoreError::Other(format!("{}: {e}", dir.display())))?;
             }
             let pool = SqlitePoolOptions::new()
                 .max_connections(2)
@@ -110,25 +143,9 @@ impl KeyStore {
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let revision: i64 = sqlx::query_scalar(NEXT_REVISION).fetch_one(&mut *tx).await?;
-            sqlx::query(&format!(
-                "INSERT INTO gateway_keys ({KEY_COLUMNS}, revision) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-            ))
-            .bind(&key.id)
-            .bind(key.sha256.to_vec())
-            .bind(&key.name)
-            .bind(&key.tenant)
-            .bind(json(&key.models))
-            .bind(json(&key.limits))
-            .bind(key.budget.map(|b| json(&b)))
-            .bind(json(&key.metadata))
-            .bind(key.expires_us)
-            .bind(key.revoked_us)
-            .bind(key.created_us)
-            .bind(key.updated_us)
-            .bind(revision)
-            .execute(&mut *tx)
-            .await?;
+            bind_key!(sqlx::query(INSERT_KEY), key, revision)
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
         });
         Ok(())
@@ -174,24 +191,10 @@ impl KeyStore {
             if let Err(error) = change(&mut key) {
                 return Ok(Some(Err(error)));
             }
-            sqlx::query(
-                "UPDATE gateway_keys SET sha256 = $2, name = $3, models = $4, limits = $5, \
-                 budget = $6, metadata = $7, expires_us = $8, revoked_us = $9, updated_us = $10, \
-                 revision = $11 WHERE id = $1",
-            )
-            .bind(&key.id)
-            .bind(key.sha256.to_vec())
-            .bind(&key.name)
-            .bind(json(&key.models))
-            .bind(json(&key.limits))
-            .bind(key.budget.map(|b| json(&b)))
-            .bind(json(&key.metadata))
-            .bind(key.expires_us)
-            .bind(key.revoked_us)
-            .bind(key.updated_us)
-            .bind(revision)
-            .execute(&mut *tx)
-            .await?;
+            let replace = format!("{INSERT_KEY}{REPLACE_KEY}");
+            bind_key!(sqlx::query(&replace), key, revision)
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
             Ok(Some(Ok(key)))
         })
@@ -267,7 +270,8 @@ fn json<T: serde::Serialize>(value: &T) -> String {
 }
 
 fn parse<T: DeserializeOwned>(what: &str, text: &str) -> Result<T, StoreError> {
-    serde_json::from_str(text).map_err(|e| StoreError::Damaged(format!("{what}: {e}")))
+    serde_json::from_str(text)
+        .map_err(|e| StoreError::Other(format!("a stored key is damaged: {what}: {e}")))
 }
 
 fn key_of<R>(r: &R) -> Result<KeyRecord, StoreError>
@@ -282,9 +286,11 @@ where
     let sha256: Vec<u8> = r.try_get(1)?;
     let budget: Option<String> = r.try_get(6)?;
     Ok(KeyRecord {
-        sha256: sha256
-            .try_into()
-            .map_err(|_| StoreError::Damaged(format!("{id}: the hash is not 32 bytes")))?,
+        sha256: sha256.try_into().map_err(|_| {
+            StoreError::Other(format!(
+                "a stored key is damaged: {id}: the hash is not 32 bytes"
+            ))
+        })?,
         name: r.try_get(2)?,
         tenant: r.try_get(3)?,
         models: parse("models", &r.try_get::<String, _>(4)?)?,

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::Env;
 use super::validate::Problems;
-use super::{Env, Secret};
 use crate::audit::row::{Price, TextMode};
 
 pub use crate::audit::{AuditConfig, AuditDatabase};
@@ -34,10 +34,10 @@ pub struct RawAudit {
     pub prices: BTreeMap<String, Price>,
 }
 
-pub const DEFAULT_DATABASE: &str = "sqlite://data/audit.db";
+pub use super::database::DEFAULT_DATABASE;
 
 pub(super) fn audit(raw: RawAudit, env: &Env, problems: &mut Problems) -> AuditConfig {
-    let database = database(
+    let database = super::database::database(
         "audit",
         raw.database.as_deref(),
         raw.database_env.as_deref(),
@@ -107,69 +107,6 @@ pub(super) fn audit(raw: RawAudit, env: &Env, problems: &mut Problems) -> AuditC
     }
 }
 
-/// The database `[section]` names by `database` or `database_env` (`None` when
-/// neither is set, or what is set is wrong: the problem is recorded).
-pub(super) fn database(
-    section: &str,
-    url: Option<&str>,
-    url_env: Option<&str>,
-    env: &Env,
-    problems: &mut Problems,
-) -> Option<AuditDatabase> {
-    let url = match (url, url_env) {
-        (Some(_), Some(_)) => {
-            problems.add(
-                format!("{section}.database"),
-                "set database or database_env, not both",
-            );
-            return None;
-        }
-        (None, Some(var)) => problems
-            .secret(&format!("{section}.database_env"), var, env)?
-            .expose()
-            .to_owned(),
-        (Some(url), None) => {
-            if has_password(url) {
-                problems.add(
-                    format!("{section}.database"),
-                    "a URL with a password belongs in database_env, not in the file",
-                );
-            }
-            url.to_owned()
-        }
-        (None, None) => return None,
-    };
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        if let Err(error) = crate::db::check_url(&url) {
-            let key = match url_env.is_some() {
-                true => "database_env",
-                false => "database",
-            };
-            problems.add(format!("{section}.{key}"), error);
-        }
-        return Some(AuditDatabase::Postgres(Secret::new(url)));
-    }
-    if url.starts_with("sqlite:") {
-        return Some(AuditDatabase::Sqlite(url));
-    }
-    problems.add(
-        format!("{section}.database"),
-        "must be a postgres:// or sqlite:// URL",
-    );
-    None
-}
-
-/// `postgres://user:secret@host/db` holds a password.
-fn has_password(url: &str) -> bool {
-    let Some((_, rest)) = url.split_once("://") else {
-        return false;
-    };
-    let authority = rest.split(['/', '?']).next().unwrap_or("");
-    authority
-        .rsplit_once('@')
-        .is_some_and(|(user, _)| user.contains(':'))
-}
-
 /// The machine's name (a pod's name under Kubernetes), or `ragway`.
 fn host_name() -> String {
     std::env::var("HOSTNAME")
@@ -178,17 +115,4 @@ fn host_name() -> String {
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "ragway".to_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_in_urls_are_noticed() {
-        assert!(has_password("postgres://u:p@db/audit"));
-        assert!(!has_password("postgres://u@db/audit"));
-        assert!(!has_password("postgres://db:5432/audit?user=u"));
-        assert!(!has_password("sqlite://data/audit.db"));
-    }
 }

@@ -42,7 +42,7 @@ pub(super) fn governance(
     env: &Env,
     problems: &mut Problems,
 ) -> GovernanceConfig {
-    let database = super::audit::database(
+    let database = super::database::database(
         "governance",
         raw.database.as_deref(),
         raw.database_env.as_deref(),
@@ -50,7 +50,7 @@ pub(super) fn governance(
         problems,
     )
     .or_else(|| audit.cloned())
-    .unwrap_or_else(|| Database::Sqlite(super::audit::DEFAULT_DATABASE.to_owned()));
+    .unwrap_or_else(|| Database::Sqlite(super::database::DEFAULT_DATABASE.to_owned()));
     let refresh_every = problems.duration(
         "governance.refresh_every",
         raw.refresh_every.as_deref(),

@@ -11,6 +11,7 @@
 mod audit;
 mod auth;
 mod cache;
+mod database;
 mod embeddings;
 mod env;
 mod governance;

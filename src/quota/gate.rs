@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Charge, Counters, Limits};
+use super::{Charge, Counters, LimitKind, Limits};
 
 pub struct Gate {
     /// `provider/NAME` or `target/PROVIDER:MODEL`: what the counters are named
@@ -24,7 +24,7 @@ pub struct Gate {
 pub struct Pass {
     counters: Arc<dyn Counters>,
     ticket: String,
-    taken: Vec<(&'static str, Charge)>,
+    taken: Vec<(LimitKind, Charge)>,
 }
 
 impl Gate {
@@ -56,7 +56,7 @@ pub async fn enter(
     let Some(first) = gates.first() else {
         return Ok(None);
     };
-    let taken: Vec<(&'static str, Charge)> = gates
+    let taken: Vec<(LimitKind, Charge)> = gates
         .iter()
         .flat_map(|gate| {
             let tokens = prompt_tokens + max_output.unwrap_or(gate.reserve_output);
@@ -74,7 +74,7 @@ pub async fn enter(
         return Ok(None);
     }
     if let Some(((kind, _), _)) = taken.iter().zip(&result.standings).find(|(_, s)| !s.fits) {
-        return Err(kind);
+        return Err(kind.name());
     }
     Ok(Some(Pass {
         counters: Arc::clone(&first.counters),
@@ -90,7 +90,7 @@ impl Pass {
         let corrections: Vec<Charge> = std::mem::take(&mut self.taken)
             .into_iter()
             .map(|(kind, charge)| match kind {
-                "concurrency" => charge,
+                LimitKind::Concurrency => charge,
                 _ => Charge {
                     amount: -charge.amount,
                     ..charge
@@ -108,12 +108,12 @@ impl Pass {
         let corrections: Vec<Charge> = std::mem::take(&mut self.taken)
             .into_iter()
             .filter_map(|(kind, charge)| match kind {
-                "tpm" | "tpd" => used_tokens.map(|used| Charge {
+                LimitKind::Tpm | LimitKind::Tpd => used_tokens.map(|used| Charge {
                     amount: used as f64 - charge.amount,
                     ..charge
                 }),
-                "concurrency" => Some(charge),
-                _ => None,
+                LimitKind::Concurrency => Some(charge),
+                LimitKind::Rpm => None,
             })
             .collect();
         if corrections.is_empty() {

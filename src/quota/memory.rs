@@ -55,7 +55,7 @@ impl State {
                 rate_step(tat, now, limit, period.as_secs_f64(), charge.amount).0
             }
             Rule::InFlight { limit, lease } => {
-                let held = self.in_flight.entry(charge.counter.clone()).or_default();
+                let held = slot(&mut self.in_flight, &charge.counter, HashMap::new);
                 held.retain(|_, ends| *ends > now);
                 let fits = (held.len() as u64) < limit;
                 let soonest = held.values().fold(f64::INFINITY, |a, b| a.min(*b));
@@ -91,19 +91,18 @@ impl State {
     fn apply(&mut self, now: f64, ticket: &str, charge: &Charge) {
         match charge.rule {
             Rule::Rate { limit, period } => {
-                let tat = self.rates.entry(charge.counter.clone()).or_insert(now);
+                let tat = slot(&mut self.rates, &charge.counter, || now);
                 *tat = rate_step(*tat, now, limit, period.as_secs_f64(), charge.amount).1;
             }
             Rule::InFlight { lease, .. } => {
-                let held = self.in_flight.entry(charge.counter.clone()).or_default();
+                let held = slot(&mut self.in_flight, &charge.counter, HashMap::new);
                 held.insert(ticket.to_owned(), now + lease.as_secs_f64());
             }
             Rule::Budget { ends_in, .. } => {
-                let entry = self
-                    .spent
-                    .entry(charge.counter.clone())
-                    .or_insert((0.0, now + ends_in.as_secs_f64()));
-                entry.0 += charge.amount;
+                let spent = slot(&mut self.spent, &charge.counter, || {
+                    (0.0, now + ends_in.as_secs_f64())
+                });
+                spent.0 += charge.amount;
             }
         }
     }
@@ -117,6 +116,15 @@ impl State {
         });
         self.spent.retain(|_, (_, ends)| *ends > now);
     }
+}
+
+/// The counter named `name`, made with `new` the first time: the name is copied
+/// only then, not on every call that finds it.
+fn slot<'a, V>(map: &'a mut HashMap<String, V>, name: &str, new: impl FnOnce() -> V) -> &'a mut V {
+    if !map.contains_key(name) {
+        map.insert(name.to_owned(), new());
+    }
+    map.get_mut(name).expect("inserted above")
 }
 
 fn secs(s: f64) -> std::time::Duration {

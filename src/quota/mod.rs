@@ -44,30 +44,49 @@ pub struct Limits {
 const MINUTE: Duration = Duration::from_secs(60);
 const DAY: Duration = Duration::from_secs(86_400);
 
-/// The charges of `limits` for one call, each named by its kind (`rpm`, `tpm`,
-/// `tpd`, `concurrency`) and counted under `{prefix}/{kind}`: `requests` (1, or 0
-/// to look), `tokens`, and a place kept at most `lease`.
+/// Which of [`Limits`] a charge counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    Rpm,
+    Tpm,
+    Tpd,
+    Concurrency,
+}
+
+impl LimitKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            LimitKind::Rpm => "rpm",
+            LimitKind::Tpm => "tpm",
+            LimitKind::Tpd => "tpd",
+            LimitKind::Concurrency => "concurrency",
+        }
+    }
+}
+
+/// The charges of `limits` for one call, each counted under `{prefix}/{kind}`:
+/// `requests` (1, or 0 to look), `tokens`, and a place kept at most `lease`.
 pub fn charges(
     prefix: &str,
     limits: &Limits,
     requests: f64,
     tokens: u64,
     lease: Duration,
-) -> Vec<(&'static str, Charge)> {
+) -> Vec<(LimitKind, Charge)> {
     let tokens = tokens as f64;
     let rates = [
-        (limits.rpm, "rpm", MINUTE, requests),
-        (limits.tpm, "tpm", MINUTE, tokens),
-        (limits.tpd, "tpd", DAY, tokens),
+        (limits.rpm, LimitKind::Rpm, MINUTE, requests),
+        (limits.tpm, LimitKind::Tpm, MINUTE, tokens),
+        (limits.tpd, LimitKind::Tpd, DAY, tokens),
     ];
-    let mut out: Vec<(&'static str, Charge)> = rates
+    let mut out: Vec<(LimitKind, Charge)> = rates
         .into_iter()
         .filter_map(|(limit, kind, period, amount)| {
             let rule = Rule::Rate {
                 limit: limit?,
                 period,
             };
-            let counter = format!("{prefix}/{kind}");
+            let counter = format!("{prefix}/{}", kind.name());
             Some((
                 kind,
                 Charge {
@@ -81,14 +100,12 @@ pub fn charges(
     if let Some(limit) = limits.concurrency {
         let rule = Rule::InFlight { limit, lease };
         let counter = format!("{prefix}/concurrency");
-        out.push((
-            "concurrency",
-            Charge {
-                counter,
-                rule,
-                amount: 1.0,
-            },
-        ));
+        let charge = Charge {
+            counter,
+            rule,
+            amount: 1.0,
+        };
+        out.push((LimitKind::Concurrency, charge));
     }
     out
 }

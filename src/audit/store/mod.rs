@@ -14,15 +14,7 @@ use serde_json::value::RawValue;
 use super::chain::Head;
 use super::row::{Chained, Row};
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error(transparent)]
-    Sql(#[from] sqlx::Error),
-    #[error(transparent)]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("{0}")]
-    Other(String),
-}
+pub use crate::db::StoreError;
 
 /// The chain head as stored, with how far the instance's spool was replayed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
