@@ -22,6 +22,28 @@ pub enum StoreError {
     Other(String),
 }
 
+/// A lazy pool on the SQLite file `url` names (`sqlite://path`), the file and its
+/// directory made when missing; write-ahead log, every commit on disk.
+pub fn sqlite_pool(url: &str) -> Result<sqlx::SqlitePool, StoreError> {
+    use sqlx::sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+    };
+    let options = SqliteConnectOptions::from_str(url)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(std::time::Duration::from_secs(5));
+    if let Some(dir) = std::path::Path::new(options.get_filename()).parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Other(format!("{}: {e}", dir.display())))?;
+    }
+    Ok(SqlitePoolOptions::new()
+        .max_connections(2)
+        .connect_lazy_with(options))
+}
+
 /// The gateway's database: a Postgres URL (it may hold a password: a secret) or a
 /// SQLite file's URL (`sqlite://data/audit.db`).
 #[derive(Debug, Clone, serde::Serialize)]

@@ -3,13 +3,12 @@
 //! the next revision (see `migrations/*/0002_keys.sql`), so each replica reads only
 //! what changed since it last looked.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use sqlx::ConnectOptions as _;
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::sqlite::SqlitePool;
 
 use super::grant::{KeyRecord, TenantRecord};
 
@@ -94,20 +93,7 @@ impl KeyStore {
     /// used, so the gateway starts while the database is away.
     pub fn open(url: &str) -> Result<KeyStore, StoreError> {
         if url.starts_with("sqlite:") {
-            let options = SqliteConnectOptions::from_str(url)?
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
-                .busy_timeout(Duration::from_secs(5));
-            if let Some(dir) = std::path::Path::new(options.get_filename()).parent()
-                && !dir.as_os_str().is_empty()
-            {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| StoreError::Other(format!("{}: {e}", dir.display())))?;
-            }
-            let pool = SqlitePoolOptions::new()
-                .max_connections(2)
-                .connect_lazy_with(options);
-            return Ok(KeyStore::Sqlite(pool));
+            return Ok(KeyStore::Sqlite(crate::db::sqlite_pool(url)?));
         }
         let options = crate::db::connect_options(url)?
             .application_name("ragway")

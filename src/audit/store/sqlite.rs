@@ -2,14 +2,9 @@
 //! so a single gateway keeps its trail without a database server.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::str::FromStr;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::SqlitePool;
 use sqlx::{QueryBuilder, Row as _, Sqlite};
 
 use super::{
@@ -33,21 +28,7 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating) the file named by `sqlite://path`.
     pub fn open(url: &str) -> Result<SqliteStore, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // Each batch's commit reaches the disk.
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(5));
-        if let Some(dir) = Path::new(options.get_filename()).parent()
-            && !dir.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Other(format!("{}: {e}", dir.display())))?;
-        }
-        let pool = SqlitePoolOptions::new()
-            .max_connections(2)
-            .connect_lazy_with(options);
+        let pool = crate::db::sqlite_pool(url)?;
         Ok(SqliteStore {
             pool,
             names: NameIds::default(),
