@@ -76,6 +76,11 @@ pub const POSTGRES: Steps = &[
         "keys",
         include_str!("../migrations/postgres/0002_keys.sql"),
     ),
+    (
+        3,
+        "usage",
+        include_str!("../migrations/postgres/0003_usage.sql"),
+    ),
 ];
 
 pub const SQLITE: Steps = &[
@@ -88,6 +93,11 @@ pub const SQLITE: Steps = &[
         2,
         "keys",
         include_str!("../migrations/sqlite/0002_keys.sql"),
+    ),
+    (
+        3,
+        "usage",
+        include_str!("../migrations/sqlite/0003_usage.sql"),
     ),
 ];
 

@@ -870,6 +870,7 @@ fn sample_row(request_id: &str) -> ragway::audit::row::Row {
         ttft_us: None,
         prompt_tokens: None,
         completion_tokens: None,
+        cached_tokens: None,
         cost: None,
         pii: raw("{}"),
         prompt: None,

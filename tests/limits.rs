@@ -6,7 +6,9 @@
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use crate::support::keys::{ADMIN, admin, chat_as, get_as, sqlite_url, time_until};
+use crate::support::keys::{
+    ADMIN, admin, chat_as, get_as, new_key, prompt_estimate, sqlite_url, time_until,
+};
 use crate::support::{FakeProvider, Gateway, TempDir, ask, config_over, expect_error};
 
 /// A governed gateway over `fake` whose audit sink `audit` keeps every record.
@@ -23,13 +25,6 @@ async fn governed_with_audit(
         pipeline.audit = audit;
     })
     .await
-}
-
-async fn new_key(gw: &Gateway, body: Value) -> String {
-    let created = admin(gw, reqwest::Method::POST, "/admin/keys", Some(body)).await;
-    assert_eq!(created.status(), 201);
-    let created: Value = created.json().await.unwrap();
-    created["key"].as_str().unwrap().to_owned()
 }
 
 fn header(response: &reqwest::Response, name: &str) -> Option<String> {
@@ -250,6 +245,56 @@ async fn tokens_are_reserved_then_settled_on_the_providers_count() {
     expect_error(later, 429).await;
 }
 
+#[tokio::test]
+async fn tokens_per_day_refuse_at_the_number_and_wait_for_the_day_to_refill() {
+    let dir = TempDir::new();
+    let fake = FakeProvider::start().await;
+    let audit = std::sync::Arc::new(crate::support::MemoryAudit::default());
+    let gw = governed_with_audit(&fake, &sqlite_url(&dir), audit).await;
+    let key = new_key(&gw, json!({"tenant": "t", "limits": {"tpd": 100}})).await;
+    let mut body = ask("chat", "hello");
+    body["max_tokens"] = json!(20);
+    // Each call reserves its prompt as counted and 20, and settles on the fake's
+    // 13 (7 prompt + 6 completion): admitted while what was used and the
+    // reservation fit in 100.
+    let reservation = prompt_estimate("hello") as i64 + 20;
+    let mut used = 0;
+    let mut expected = 0;
+    while used + reservation <= 100 {
+        used += 13;
+        expected += 1;
+    }
+    for n in 0..expected {
+        let ok = chat_body(&gw, &key, body.clone()).await;
+        assert_eq!(ok.status(), 200, "call {n} of {expected}");
+        assert_eq!(
+            header(&ok, "x-ratelimit-limit-tokens").as_deref(),
+            Some("100")
+        );
+        gw.idle().await;
+    }
+    let refused = chat_body(&gw, &key, body).await;
+    // The day's allowance refills at 100 a day: the next 20-odd tokens are
+    // minutes away, not the seconds a per-minute limit would ask.
+    let wait: u64 = header(&refused, "retry-after").unwrap().parse().unwrap();
+    assert!(wait > 600, "retry-after {wait}");
+    let error = expect_error(refused, 429).await;
+    assert_eq!(
+        (error["code"].as_str(), error["type"].as_str()),
+        (Some("rate_limit_exceeded"), Some("tokens"))
+    );
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("tokens per day"),
+        "{error}"
+    );
+    assert_eq!(fake.attempts("ok"), expected as usize);
+    gw.metric_reads("ragway_ratelimit_rejections_total{kind=\"tpd\",scope=\"key\"} 1")
+        .await;
+}
+
 /// Two gateways over one key table (a SQLite file) counting limits in the Redis
 /// at `redis` under `prefix`.
 async fn shared_pair(
@@ -442,6 +487,12 @@ async fn closed_means_refused_while_redis_is_away() {
 /// completion token (0.1 per cached prompt token where the target says so), and
 /// an answer cache.
 async fn priced(fake: &FakeProvider, dir: &TempDir) -> Gateway {
+    let audit_db = format!("sqlite://{}", dir.0.join("audit.db").display());
+    priced_on(fake, dir, &audit_db).await
+}
+
+/// [`priced`], with its audit trail in `audit_db`.
+async fn priced_on(fake: &FakeProvider, dir: &TempDir, audit_db: &str) -> Gateway {
     let mut config = config_over(
         fake,
         &[
@@ -455,17 +506,22 @@ async fn priced(fake: &FakeProvider, dir: &TempDir) -> Gateway {
     config.push_str(&format!(
         "\n[auth]\nadmin_key_env = \"ADMIN\"\n[governance]\ndatabase_env = \"DB\"\n\
          refresh_every = \"100ms\"\nreserve_output_tokens = 16\n[cache]\n\
-         [audit]\ndatabase = \"sqlite://{}\"\nspool_dir = \"{}\"\nflush_every = \"20ms\"\n\
+         [audit]\ndatabase_env = \"AUDIT_DB\"\nspool_dir = \"{}\"\nflush_every = \"20ms\"\n\
          [audit.prices]\n\
          \"fake:ok\" = {{ input = 1e6, output = 2e6 }}\n\
          \"fake:cut-after-3\" = {{ input = 1e6, output = 2e6 }}\n\
          \"fake:drip-200\" = {{ input = 1e6, output = 2e6 }}\n\
          \"fake:cached-5\" = {{ input = 1e6, cached_input = 1e5, output = 2e6 }}\n\
          \"fake:cache-hit-5\" = {{ input = 1e6, cached_input = 1e5, output = 2e6 }}\n",
-        dir.0.join("audit.db").display(),
         dir.0.join("spool").display(),
     ));
-    Gateway::start_with_env(&config, &[("ADMIN", ADMIN), ("DB", &sqlite_url(dir))]).await
+    let keys_db = sqlite_url(dir);
+    let env = [
+        ("ADMIN", ADMIN),
+        ("DB", keys_db.as_str()),
+        ("AUDIT_DB", audit_db),
+    ];
+    Gateway::start_with_env(&config, &env).await
 }
 
 /// The key's budget spent so far this period, as `GET /v1/usage` tells it.
@@ -610,7 +666,7 @@ async fn streamed_cut_abandoned_and_cached_answers_settle_what_they_used() {
         .unwrap();
     assert!(cut.contains("t2"), "{cut}");
     let cut_cost = spent(&gw, &key).await - after_whole;
-    let prompt = crate::support::keys::prompt_estimate("hello");
+    let prompt = prompt_estimate("hello");
     assert!(close(cut_cost, prompt + 6.0), "cut cost {cut_cost}");
     // Abandoned after its first piece: no more than the prompt and the 6 pieces.
     let mut abandoned = chat_body(&gw, &key, stream("slow")).await;
@@ -681,6 +737,217 @@ async fn usage_shows_each_scope_as_it_stands() {
     let free = new_key(&gw, json!({"tenant": "u"})).await;
     let usage: Value = get_as(&gw, &free, "/v1/usage").await.json().await.unwrap();
     assert_eq!(usage["scopes"], json!([]));
+}
+
+/// What `GET /admin/usage` tells of one group: requests, prompt, cached and
+/// completion tokens, cost.
+type Sums = [f64; 5];
+
+/// The audit rows summed by `field` (`tenant`, `client_key`, `alias`, `target`).
+fn sums_of(rows: &[Value], field: &str) -> std::collections::BTreeMap<String, Sums> {
+    let mut sums = std::collections::BTreeMap::<String, Sums>::new();
+    for row in rows {
+        let group = row[field].as_str().unwrap_or("(none)").to_owned();
+        let entry = sums.entry(group).or_default();
+        entry[0] += 1.0;
+        for (i, column) in [
+            "prompt_tokens",
+            "cached_tokens",
+            "completion_tokens",
+            "cost",
+        ]
+        .iter()
+        .enumerate()
+        {
+            entry[i + 1] += row[*column].as_f64().unwrap_or(0.0);
+        }
+    }
+    sums
+}
+
+/// `GET /admin/usage`'s rows in the same form.
+fn sums_told(usage: &Value) -> std::collections::BTreeMap<String, Sums> {
+    usage["data"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{usage}"))
+        .iter()
+        .map(|row| {
+            assert_eq!(row["currency"], "CNY");
+            let group = row["group"].as_str().unwrap_or("(none)").to_owned();
+            let number = |c: &str| row[c].as_f64().unwrap_or_else(|| panic!("{c}: {row}"));
+            let told = [
+                number("requests"),
+                number("prompt_tokens"),
+                number("cached_tokens"),
+                number("completion_tokens"),
+                number("cost"),
+            ];
+            (group, told)
+        })
+        .collect()
+}
+
+fn same_sums(
+    a: &std::collections::BTreeMap<String, Sums>,
+    b: &std::collections::BTreeMap<String, Sums>,
+) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|((ga, sa), (gb, sb))| ga == gb && sa.iter().zip(sb).all(|(x, y)| close(*x, *y)))
+}
+
+async fn usage_matches_the_audit_rows(audit_db: &str) {
+    let dir = TempDir::new();
+    let fake = FakeProvider::start().await;
+    let gw = priced_on(&fake, &dir, audit_db).await;
+    let a = new_key(
+        &gw,
+        json!({"tenant": "a", "budget": {"amount": 1000, "period": "day"}}),
+    )
+    .await;
+    let b = new_key(
+        &gw,
+        json!({"tenant": "b", "budget": {"amount": 40, "period": "day"}}),
+    )
+    .await;
+    // Priced answers, cached prompt tokens in both providers' words, and a call
+    // refused for the budget (b's second: 21 left of 40, less than the prompt and
+    // the 16 tokens reserved for the answer).
+    let calls = [
+        (&a, "chat", 200),
+        (&a, "cached", 200),
+        (&a, "hit", 200),
+        (&b, "chat", 200),
+        (&b, "chat", 429),
+    ];
+    for (key, model, status) in calls {
+        let mut body = ask(model, "hello");
+        body["temperature"] = json!(0.7);
+        let answer = chat_body(&gw, key, body).await;
+        assert_eq!(answer.status(), status, "{model}");
+        gw.idle().await;
+    }
+    let mut rows = Vec::new();
+    time_until(async || {
+        let all: Value = admin(&gw, reqwest::Method::GET, "/admin/audit?limit=1000", None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        // The admin API's own calls are audited too; usage is the API's.
+        rows = all["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["route"].as_str().unwrap().starts_with("/v1/"))
+            .cloned()
+            .collect();
+        rows.len() == calls.len()
+    })
+    .await;
+    // The provider's cached prompt tokens are on the row.
+    let cached: Vec<_> = rows
+        .iter()
+        .filter_map(|r| r["cached_tokens"].as_i64())
+        .collect();
+    assert_eq!(cached, vec![5, 5], "{rows:?}");
+    for (group, field) in [
+        ("tenant", "tenant"),
+        ("key", "client_key"),
+        ("alias", "alias"),
+        ("target", "target"),
+    ] {
+        let usage: Value = admin(
+            &gw,
+            reqwest::Method::GET,
+            &format!("/admin/usage?group_by={group}"),
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+        let (expected, told) = (sums_of(&rows, field), sums_told(&usage));
+        assert!(
+            same_sums(&expected, &told),
+            "{group}: {expected:?} != {told:?}"
+        );
+    }
+    // Tenant a: 3 calls, 19 + 14.5 + 14.5; b: 2 calls (one refused), 19.
+    let by_tenant: Value = admin(&gw, reqwest::Method::GET, "/admin/usage", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(by_tenant["group_by"], "tenant");
+    let told = sums_told(&by_tenant);
+    assert!(close(told["a"][4], 48.0) && told["a"][0] == 3.0, "{told:?}");
+    assert!(close(told["b"][4], 19.0) && told["b"][0] == 2.0, "{told:?}");
+    // Filtered to a tenant, and to a range that holds nothing yet.
+    let only_b: Value = admin(
+        &gw,
+        reqwest::Method::GET,
+        "/admin/usage?group_by=key&tenant=b",
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(only_b["data"].as_array().unwrap().len(), 1, "{only_b}");
+    let future: Value = admin(
+        &gw,
+        reqwest::Method::GET,
+        "/admin/usage?since=2999-01-01",
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(future["data"], json!([]), "{future}");
+    // The key's own view says what its rows say, today and this month.
+    let own: Value = get_as(&gw, &a, "/v1/usage").await.json().await.unwrap();
+    let key_rows: Vec<Value> = rows
+        .iter()
+        .filter(|r| r["tenant"] == "a")
+        .cloned()
+        .collect();
+    let expected = sums_of(&key_rows, "client_key");
+    for period in own["spend"].as_array().unwrap_or_else(|| panic!("{own}")) {
+        let told = sums_told(&json!({"data": [period]}));
+        assert!(same_sums(&expected, &told), "{period}: {expected:?}");
+    }
+    assert_eq!(own["spend"][0]["period"], "day");
+    assert_eq!(own["spend"][1]["period"], "month");
+    // Bad questions are told which part is wrong.
+    for (query, param) in [
+        ("group_by=model", "group_by"),
+        ("since=yesterday-ish", "since"),
+    ] {
+        let bad = admin(
+            &gw,
+            reqwest::Method::GET,
+            &format!("/admin/usage?{query}"),
+            None,
+        )
+        .await;
+        let error = expect_error(bad, 400).await;
+        assert_eq!(error["param"], param, "{error}");
+    }
+    expect_error(get_as(&gw, &a, "/admin/usage").await, 401).await;
+}
+
+#[tokio::test]
+async fn usage_endpoints_match_the_audit_rows_sums_on_sqlite() {
+    let dir = TempDir::new();
+    usage_matches_the_audit_rows(&format!("sqlite://{}", dir.0.join("audit.db").display())).await;
+}
+
+#[tokio::test]
+async fn usage_endpoints_match_the_audit_rows_sums_on_postgres() {
+    usage_matches_the_audit_rows(&crate::support::postgres::fresh_database().await).await;
 }
 
 #[tokio::test]

@@ -94,3 +94,49 @@ async fn choices_through_the_openai_sdk() {
     assert_eq!(figures["whole"], figures["streamed"], "{figures}");
     assert_eq!(fake.last_request().body["n"], 2);
 }
+
+#[tokio::test]
+async fn governance_refusals_through_the_openai_sdk() {
+    use crate::support::keys::{ADMIN, new_key, sqlite_url};
+    let dir = TempDir::new();
+    let fake = crate::support::FakeProvider::start().await;
+    let mut config = crate::support::config_over(&fake, &[("chat", &["ok"])]);
+    config.push_str(&format!(
+        "\n[auth]\nadmin_key_env = \"ADMIN\"\n[governance]\ndatabase_env = \"DB\"\n\
+         [audit]\ndatabase = \"sqlite://{}\"\nspool_dir = \"{}\"\n\
+         [audit.prices]\n\"fake:ok\" = {{ input = 1e6, output = 2e6 }}\n",
+        dir.0.join("audit.db").display(),
+        dir.0.join("spool").display(),
+    ));
+    let gw = Gateway::start_with_env(&config, &[("ADMIN", ADMIN), ("DB", &sqlite_url(&dir))]).await;
+    let limited = new_key(
+        &gw,
+        serde_json::json!({"tenant": "t", "limits": {"rpm": 1}}),
+    )
+    .await;
+    // Less than one call's reservation (a token costs 1 here).
+    let spent = new_key(
+        &gw,
+        serde_json::json!({"tenant": "u", "budget": {"amount": 1, "period": "day"}}),
+    )
+    .await;
+    let figures = run_script(
+        &gw,
+        "limits.py",
+        &[("LIMITED_KEY", &limited), ("SPENT_KEY", &spent)],
+    )
+    .await;
+    assert_eq!(figures["rate_code"], "rate_limit_exceeded", "{figures}");
+    assert_eq!(figures["quota_code"], "insufficient_quota", "{figures}");
+    assert!(
+        figures["rate_reset"]
+            .as_str()
+            .is_some_and(|r| r.ends_with('s')),
+        "{figures}"
+    );
+    assert_eq!(
+        fake.attempts("ok"),
+        1,
+        "only the admitted call reached the provider"
+    );
+}

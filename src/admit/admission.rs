@@ -622,7 +622,8 @@ impl Admit for Admission {
     }
 }
 
-/// The headers' view: the tightest request and token counters, the smallest
+/// The headers' view: the tightest request and token counters (a day's tokens
+/// too, when fewer are left of them than of the minute's), the smallest
 /// budget left.
 fn headroom(charges: &[(Scope, Kind, Charge)], standings: &[Standing]) -> Headroom {
     let mut headroom = Headroom::default();
@@ -637,7 +638,7 @@ fn headroom(charges: &[(Scope, Kind, Charge)], standings: &[Standing]) -> Headro
                     headroom.budget = Some(left);
                 }
             }
-            (Kind::Rpm | Kind::Tpm, Rule::Rate { limit, .. }) => {
+            (Kind::Rpm | Kind::Tpm | Kind::Tpd, Rule::Rate { limit, .. }) => {
                 let window = Window {
                     limit,
                     remaining: standing.remaining as u64,

@@ -13,9 +13,30 @@ pub fn current(
     now: OffsetDateTime,
     offset: UtcOffset,
 ) -> (String, std::time::Duration) {
+    let (start, end) = dates(period, now, offset);
+    let name = match period {
+        Period::Day => format!("{start}"),
+        Period::Week => format!("{start}-week"),
+        Period::Month => format!("{:04}-{:02}", start.year(), u8::from(start.month())),
+    };
+    let left = (midnight(end, offset) - now).max(Duration::ZERO);
+    (name, left.try_into().unwrap_or(std::time::Duration::ZERO))
+}
+
+/// When the period `now` falls in began.
+pub fn start(period: Period, now: OffsetDateTime, offset: UtcOffset) -> OffsetDateTime {
+    midnight(dates(period, now, offset).0, offset)
+}
+
+fn midnight(date: Date, offset: UtcOffset) -> OffsetDateTime {
+    date.with_time(Time::MIDNIGHT).assume_offset(offset)
+}
+
+/// The period's first day and the day after its last, at `offset`.
+fn dates(period: Period, now: OffsetDateTime, offset: UtcOffset) -> (Date, Date) {
     let local = now.to_offset(offset);
     let date = local.date();
-    let (start, end) = match period {
+    match period {
         Period::Day => (date, date.next_day().unwrap_or(date)),
         Period::Week => {
             let back = i64::from(date.weekday().number_days_from_monday());
@@ -31,15 +52,7 @@ pub fn current(
             .unwrap_or(first);
             (first, next)
         }
-    };
-    let name = match period {
-        Period::Day => format!("{start}"),
-        Period::Week => format!("{start}-week"),
-        Period::Month => format!("{:04}-{:02}", start.year(), u8::from(start.month())),
-    };
-    let ends = end.with_time(Time::MIDNIGHT).assume_offset(offset);
-    let left = (ends - now).max(Duration::ZERO);
-    (name, left.try_into().unwrap_or(std::time::Duration::ZERO))
+    }
 }
 
 /// `+08:00`, `-05:30` or `Z`.
@@ -80,6 +93,18 @@ mod tests {
         assert_eq!(left.as_secs(), 2 * 86_400 + 23 * 3600);
         let (month, left) = current(Period::Month, now, UtcOffset::UTC);
         assert_eq!((month.as_str(), left.as_secs()), ("2026-12", 7 * 3600));
+        assert_eq!(
+            start(Period::Day, now, beijing),
+            datetime!(2026-12-31 16:00 UTC)
+        );
+        assert_eq!(
+            start(Period::Week, now, beijing),
+            datetime!(2026-12-27 16:00 UTC)
+        );
+        assert_eq!(
+            start(Period::Month, now, UtcOffset::UTC),
+            datetime!(2026-12-01 00:00 UTC)
+        );
         assert_eq!(parse_offset("-05:30"), UtcOffset::from_hms(-5, -30, 0).ok());
         for bad in ["08:00", "+8", "+15:00", "+08:60", ""] {
             assert_eq!(parse_offset(bad), None, "{bad}");

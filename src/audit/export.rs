@@ -51,6 +51,7 @@ pub const CSV_HEADER: &[&str] = &[
     "user_agent",
     "prev_hash",
     "row_hash",
+    "cached_tokens",
 ];
 
 /// One CSV record (RFC 4180: fields holding commas, quotes or line breaks are
@@ -93,6 +94,7 @@ pub fn csv_line(c: &Chained) -> String {
         opt(&r.user_agent),
         crate::encode::hex(&c.prev_hash),
         crate::encode::hex(&c.row_hash),
+        num(r.cached_tokens),
     ];
     let mut line = fields
         .iter()
@@ -152,7 +154,7 @@ mod tests {
         assert_eq!(json["at"], "2026-11-18T11:06:40.000000Z");
         assert_eq!(json["seq"], 1);
         assert_eq!(json["attempts"], serde_json::json!([]));
-        assert_eq!(CSV_HEADER.len(), 30);
+        assert_eq!(CSV_HEADER.len(), 31);
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod settings;
 pub mod spool;
 pub mod store;
 pub mod time;
+pub mod usage;
 pub mod verify;
 pub mod writer;
 

@@ -49,6 +49,10 @@ pub struct Row {
     pub ttft_us: Option<i64>,
     pub prompt_tokens: Option<i64>,
     pub completion_tokens: Option<i64>,
+    /// Prompt tokens the provider served from its cache, when it reported any.
+    /// Rows written before this field existed have none (and hash as they did).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_tokens: Option<i64>,
     pub cost: Option<f64>,
     pub pii: Box<RawValue>,
     pub prompt: Option<String>,
@@ -145,6 +149,11 @@ impl RowBuilder {
             ttft_us: r.time_to_first_token.map(micros),
             prompt_tokens: r.usage.map(|u| u.prompt_tokens as i64),
             completion_tokens: r.usage.map(|u| u.completion_tokens as i64),
+            cached_tokens: r
+                .usage
+                .map(|u| u.cached_tokens())
+                .filter(|n| *n > 0)
+                .map(|n| n as i64),
             cost,
             pii: raw(&pii),
             prompt: self.text(&r.prompt),
@@ -233,6 +242,12 @@ pub fn row_hash(instance: &str, seq: i64, row: &Row, prev_hash: &[u8; 32]) -> [u
     h.text(row.client_ip.as_deref());
     h.text(row.user_agent.as_deref());
     h.bytes(Some(prev_hash));
+    // Fields added after the first version: hashed only when present, each under
+    // its name, so every row written before keeps its hash.
+    if let Some(cached) = row.cached_tokens {
+        h.text(Some("cached_tokens"));
+        h.int(Some(cached));
+    }
     h.0.finalize().into()
 }
 
@@ -284,6 +299,7 @@ pub(crate) mod tests {
             ttft_us: None,
             prompt_tokens: Some(10),
             completion_tokens: Some(5),
+            cached_tokens: None,
             cost: Some(0.5),
             pii: RawValue::from_string("{}".into()).unwrap(),
             prompt: Some("[]".into()),
@@ -312,11 +328,23 @@ pub(crate) mod tests {
         check(&|r| r.pii = RawValue::from_string("{\"phone\":1}".into()).unwrap());
         check(&|r| r.status = 500);
         check(&|r| r.stream = true);
+        check(&|r| r.cached_tokens = Some(0));
         assert!(changed.iter().all(|c| *c), "{changed:?}");
         assert_ne!(row_hash("j", 1, &base, &[0; 32]), h);
         assert_ne!(row_hash("i", 2, &base, &[0; 32]), h);
         assert_ne!(row_hash("i", 1, &base, &[1; 32]), h);
     }
+
+    /// A row as the first version hashed it (no field added since), pinned: a
+    /// change to the encoding would break every stored chain.
+    #[test]
+    fn a_row_without_later_fields_hashes_as_the_first_version_did() {
+        let h = row_hash("i", 1, &sample("r1"), &[0; 32]);
+        assert_eq!(hex(&h), FIRST_VERSION_HASH);
+    }
+
+    const FIRST_VERSION_HASH: &str =
+        "c8370de356a544e05d4c63ffa1052895ae8c5f7f56a45b82fa64c3b110e123e3";
 
     #[test]
     fn neighbouring_fields_cannot_trade_bytes() {

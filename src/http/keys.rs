@@ -179,21 +179,3 @@ pub async fn tenant(State(state): State<AppState>, Path(tenant): Path<String>) -
     });
     Ok((StatusCode::OK, Json(record.view())))
 }
-
-/// `GET /v1/usage` with a client key: its own limits and budget, and its
-/// tenant's, as they stand now.
-pub async fn usage(
-    State(state): State<AppState>,
-    axum::extract::Extension(caller): axum::extract::Extension<crate::call::Caller>,
-) -> Answer {
-    let scopes = state.pipeline.admission.standing(&caller).await?;
-    Ok((
-        StatusCode::OK,
-        Json(json!({
-            "object": "usage",
-            "key": caller.key_id.as_deref(),
-            "tenant": caller.tenant.as_ref(),
-            "scopes": scopes,
-        })),
-    ))
-}

@@ -14,6 +14,7 @@ mod models;
 pub mod observe;
 mod quickack;
 pub mod server;
+mod usage;
 pub mod workers;
 
 use std::sync::Arc;
@@ -32,7 +33,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::get))
-        .route("/v1/usage", get(keys::usage))
+        .route("/v1/usage", get(usage::own))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state.client_keys),
             auth::authenticate,
@@ -41,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/breakers", get(admin::breakers))
         .route("/admin/cache/purge", post(admin::purge_cache))
         .route("/admin/audit", get(admin::audit))
+        .route("/admin/usage", get(usage::admin))
         .route("/admin/keys", post(keys::create).get(keys::list))
         .route(
             "/admin/keys/{id}",

@@ -29,6 +29,14 @@ pub async fn admin(
     request.send().await.unwrap()
 }
 
+/// A key made through `POST /admin/keys` with `body`; the key itself.
+pub async fn new_key(gw: &Gateway, body: Value) -> String {
+    let created = admin(gw, reqwest::Method::POST, "/admin/keys", Some(body)).await;
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.unwrap();
+    created["key"].as_str().unwrap().to_owned()
+}
+
 /// `GET path` with a client key.
 pub async fn get_as(gw: &Gateway, key: &str, path: &str) -> reqwest::Response {
     gw.http()

@@ -13,6 +13,7 @@ use serde_json::value::RawValue;
 
 use super::chain::Head;
 use super::row::{Chained, Row};
+use super::usage::{UsageQuery, UsageRow};
 
 pub use crate::db::StoreError;
 
@@ -88,6 +89,9 @@ pub trait AuditStore: Send + Sync {
 
     async fn query(&self, query: &Query) -> Result<Vec<Chained>, StoreError>;
 
+    /// Calls, tokens and cost summed by the query's group, the costliest first.
+    async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError>;
+
     /// Removes rows older than `before_us`; returns what went (partitions or rows).
     async fn retain(&self, before_us: i64) -> Result<String, StoreError>;
 }
@@ -120,6 +124,14 @@ pub mod sql {
              spool_offset = COALESCE($5, audit_chain_heads.spool_offset), updated_at = {now}"
         )
     }
+}
+
+/// A usage query's filters: (kind of name, the name asked for, its column).
+pub fn usage_filters(query: &UsageQuery) -> [(&'static str, Option<&str>, &'static str); 2] {
+    [
+        (kind::TENANT, query.tenant.as_deref(), "tenant_id"),
+        (kind::KEY, query.key.as_deref(), "key_id"),
+    ]
 }
 
 /// The kinds of names kept in `audit_names`.
@@ -212,7 +224,7 @@ pub fn static_kind(kind: &str) -> Option<&'static str> {
 pub const COLUMNS: &str = "instance_id, seq, request_id, tenant_id, key_id, end_user, route_id, \
     alias_id, target_id, attempts, cache_id, local_fallback, stream, status, outcome_id, error_id, \
     latency_us, ttft_us, prompt_tokens, completion_tokens, cost, pii, prompt, answer, passages, \
-    client_ip, user_agent, prev_hash, row_hash";
+    client_ip, user_agent, prev_hash, row_hash, cached_tokens";
 
 /// A row read back: column 0 is the time in microseconds, then [`COLUMNS`] with
 /// ids, booleans and small numbers as 64-bit integers and JSON as text.
@@ -271,6 +283,7 @@ where
             ttft_us: r.try_get(18)?,
             prompt_tokens: r.try_get(19)?,
             completion_tokens: r.try_get(20)?,
+            cached_tokens: r.try_get(30)?,
             cost: r.try_get(21)?,
             pii: json(22)?,
             prompt: r.try_get(23)?,

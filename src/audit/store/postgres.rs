@@ -12,11 +12,12 @@ use sqlx::{Postgres, QueryBuilder, Row as _};
 
 use super::{
     AuditStore, NameIds, Query, Range, StoreError, StoredHead, decode, kind, names_of, sql,
-    stored_head,
+    stored_head, usage_filters,
 };
 use crate::audit::chain::{Head, link};
 use crate::audit::row::{Chained, Row};
 use crate::audit::time;
+use crate::audit::usage::{self, UsageQuery, UsageRow};
 
 /// The columns as `decode` reads them, converted to its types.
 const SELECT: &str = "SELECT (extract(epoch FROM at) * 1000000)::int8, instance_id::int8, seq, \
@@ -24,12 +25,13 @@ const SELECT: &str = "SELECT (extract(epoch FROM at) * 1000000)::int8, instance_
     target_id::int8, attempts::text, cache_id::int8, local_fallback::int4::int8, \
     stream::int4::int8, status::int8, outcome_id::int8, error_id::int8, latency_us, ttft_us, \
     prompt_tokens, completion_tokens, cost, pii::text, prompt, answer, passages::text, \
-    host(client_ip), user_agent, prev_hash, row_hash FROM audit_calls";
+    host(client_ip), user_agent, prev_hash, row_hash, cached_tokens FROM audit_calls";
 
 const COPY: &str = "COPY audit_calls (at, instance_id, seq, request_id, tenant_id, key_id, \
     end_user, route_id, alias_id, target_id, attempts, cache_id, local_fallback, stream, status, \
     outcome_id, error_id, latency_us, ttft_us, prompt_tokens, completion_tokens, cost, pii, \
-    prompt, answer, passages, client_ip, user_agent, prev_hash, row_hash) FROM STDIN";
+    prompt, answer, passages, client_ip, user_agent, prev_hash, row_hash, cached_tokens) \
+    FROM STDIN";
 
 /// The current time, as `audit_chain_heads.updated_at` keeps it.
 const NOW: &str = "now()";
@@ -292,6 +294,25 @@ impl AuditStore for PgStore {
         self.fetch(q).await
     }
 
+    async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
+        let mut q = QueryBuilder::new(usage::sql_head(query.group, "::int8"));
+        for (kind, name, column) in usage_filters(query) {
+            let Some(name) = name else { continue };
+            let Some(id) = self.name_id(kind, name).await? else {
+                return Ok(Vec::new());
+            };
+            q.push(format!(" AND c.{column} = ")).push_bind(id);
+        }
+        push_range(&mut q, query.range);
+        q.push(usage::USAGE_TAIL);
+        q.build()
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(usage::decode)
+            .collect()
+    }
+
     async fn retain(&self, before_us: i64) -> Result<String, StoreError> {
         let partitions: Vec<String> = sqlx::query_scalar(
             "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
@@ -371,7 +392,7 @@ fn copy_text(rows: &[Chained], instance_id: i64, names: &NameIds) -> Vec<u8> {
     for c in rows {
         let r = &c.row;
         let id = |k: &'static str, v: &Option<String>| names.id(k, v.as_deref());
-        let fields: [Field<'_>; 30] = [
+        let fields: [Field<'_>; 31] = [
             Field::Text(Some(&time::format(r.at_us))),
             Field::Int(Some(instance_id)),
             Field::Int(Some(c.seq)),
@@ -402,6 +423,7 @@ fn copy_text(rows: &[Chained], instance_id: i64, names: &NameIds) -> Vec<u8> {
             Field::Text(r.user_agent.as_deref()),
             Field::Bytes(&c.prev_hash),
             Field::Bytes(&c.row_hash),
+            Field::Int(r.cached_tokens),
         ];
         for (i, field) in fields.iter().enumerate() {
             if i > 0 {

@@ -9,12 +9,13 @@ use sqlx::{QueryBuilder, Row as _, Sqlite};
 
 use super::{
     AuditStore, COLUMNS, NameIds, Query, Range, StoreError, StoredHead, decode, kind, names_of,
-    sql, stored_head,
+    sql, stored_head, usage_filters,
 };
 use crate::audit::chain::{Head, link};
 use crate::audit::row::{Chained, Row};
+use crate::audit::usage::{self, UsageQuery, UsageRow};
 
-/// Rows per INSERT statement: 30 values each, under SQLite's 32,766 limit.
+/// Rows per INSERT statement: 31 values each, under SQLite's 32,766 limit.
 const ROWS_PER_INSERT: usize = 500;
 
 /// The current time, as `audit_chain_heads.updated_at` keeps it.
@@ -167,7 +168,8 @@ impl AuditStore for SqliteStore {
                     .push_bind(r.client_ip.clone())
                     .push_bind(r.user_agent.clone())
                     .push_bind(c.prev_hash.to_vec())
-                    .push_bind(c.row_hash.to_vec());
+                    .push_bind(c.row_hash.to_vec())
+                    .push_bind(r.cached_tokens);
             });
             q.build().execute(&mut *tx).await?;
         }
@@ -249,6 +251,25 @@ impl AuditStore for SqliteStore {
         q.push(" ORDER BY at_us DESC, seq DESC LIMIT ")
             .push_bind(i64::from(query.limit));
         self.fetch(q).await
+    }
+
+    async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
+        let mut q = QueryBuilder::new(usage::sql_head(query.group, ""));
+        for (kind, name, column) in usage_filters(query) {
+            let Some(name) = name else { continue };
+            let Some(id) = self.name_id(kind, name).await? else {
+                return Ok(Vec::new());
+            };
+            q.push(format!(" AND c.{column} = ")).push_bind(id);
+        }
+        push_range(&mut q, query.range);
+        q.push(usage::USAGE_TAIL);
+        q.build()
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(usage::decode)
+            .collect()
     }
 
     async fn retain(&self, before_us: i64) -> Result<String, StoreError> {

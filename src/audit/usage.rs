@@ -1,0 +1,103 @@
+//! Spend as the audit trail recorded it: calls, tokens and cost summed by tenant,
+//! key, alias or target over a time range. The audit rows are the record of what
+//! was spent (the limit counters only say what is left), so `GET /admin/usage` and
+//! a key's own totals in `GET /v1/usage` are read from them.
+
+use serde::Serialize;
+
+use super::store::Range;
+
+/// What the sums are grouped by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    Tenant,
+    Key,
+    Alias,
+    Target,
+}
+
+impl Group {
+    pub const NAMES: &'static str = "tenant, key, alias or target";
+
+    pub fn parse(text: &str) -> Option<Group> {
+        match text {
+            "tenant" => Some(Group::Tenant),
+            "key" => Some(Group::Key),
+            "alias" => Some(Group::Alias),
+            "target" => Some(Group::Target),
+            _ => None,
+        }
+    }
+
+    /// The `audit_calls` column holding the group's name id.
+    pub fn column(self) -> &'static str {
+        match self {
+            Group::Tenant => "tenant_id",
+            Group::Key => "key_id",
+            Group::Alias => "alias_id",
+            Group::Target => "target_id",
+        }
+    }
+}
+
+/// Which rows to sum, and how to group them.
+#[derive(Debug, Clone)]
+pub struct UsageQuery {
+    pub group: Group,
+    pub range: Range,
+    /// Only this tenant's rows.
+    pub tenant: Option<String>,
+    /// Only this key's rows (by key id).
+    pub key: Option<String>,
+}
+
+/// One group's sums over the API's calls (`/v1/…`; the admin API's own calls are
+/// audited but spend nothing). Every such call counts as a request, refused ones too;
+/// tokens and cost are what the providers reported and the prices made of it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UsageRow {
+    /// The tenant, key id, alias or target; none for calls without one (a refused
+    /// call has no target, a gateway without keys no key).
+    pub group: Option<String>,
+    pub requests: i64,
+    pub prompt_tokens: i64,
+    pub cached_tokens: i64,
+    pub completion_tokens: i64,
+    pub cost: f64,
+}
+
+/// The aggregate both schemas take; `int` casts a sum to a 64-bit integer in the
+/// dialect (Postgres sums `bigint` into `numeric`). The filters and the range
+/// follow as ` AND …` clauses, then [`USAGE_TAIL`].
+pub fn sql_head(group: Group, int: &str) -> String {
+    format!(
+        "SELECT n.name, count(*), COALESCE(sum(c.prompt_tokens), 0){int}, \
+         COALESCE(sum(c.cached_tokens), 0){int}, COALESCE(sum(c.completion_tokens), 0){int}, \
+         COALESCE(sum(c.cost), 0.0) \
+         FROM audit_calls c JOIN audit_names r ON r.id = c.route_id \
+         LEFT JOIN audit_names n ON n.id = c.{} WHERE r.name LIKE '/v1/%'",
+        group.column()
+    )
+}
+
+/// Groups, the costliest first.
+pub const USAGE_TAIL: &str = " GROUP BY n.name ORDER BY 6 DESC, 1";
+
+/// A summed row as either database returns it.
+pub fn decode<R>(r: &R) -> Result<UsageRow, super::store::StoreError>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> f64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(UsageRow {
+        group: r.try_get(0)?,
+        requests: r.try_get(1)?,
+        prompt_tokens: r.try_get(2)?,
+        cached_tokens: r.try_get(3)?,
+        completion_tokens: r.try_get(4)?,
+        cost: r.try_get(5)?,
+    })
+}
