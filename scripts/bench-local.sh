@@ -60,4 +60,5 @@ for (model, tokens, engine, threads), runs in sorted(rows.items(), key=order):
 PY
 for threads in $THREADS; do
   $BENCH --embed models/all-MiniLM-L6-v2 "$threads"
+  $BENCH --embed models/e5-small-q4.bin "$threads"
 done
