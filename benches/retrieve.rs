@@ -98,7 +98,9 @@ async fn run() {
         .collect();
     let texts: Vec<String> = (0..4).flat_map(|_| texts.iter().cloned()).collect();
     let started = Instant::now();
-    embedder.embed(&texts).unwrap();
+    embedder
+        .embed(&texts, ragway_engine::Role::Passage)
+        .unwrap();
     let elapsed = started.elapsed();
     println!(
         "embedding alone: {} chunks in {:.2} s = {:.1} chunks/s",

@@ -191,6 +191,58 @@ async fn embeddings_are_served_in_the_openai_format() {
     }
 }
 
+/// multilingual-e5-small by config: a question in English lands nearer the
+/// Chinese passage that answers it than a Chinese one that does not.
+#[tokio::test]
+async fn the_multilingual_embedder_reads_across_languages() {
+    let toml = "[embeddings]\nname = \"e5\"\nmodel = \"models/e5-small-q4.bin\"\n";
+    let gw = Gateway::start(toml).await;
+    let texts = [
+        "How many days do I have to return a product for a refund?",
+        "商品签收后七天内可申请无理由退货，退款将在三个工作日内原路退回。",
+        "员工入职满一年后，每年可享受五天带薪年假。",
+        "What is the annual leave allowance for new employees?",
+    ];
+    let answer: Value = gw
+        .http()
+        .post(format!("{}/v1/embeddings", gw.url))
+        .json(&json!({"model": "e5", "input": texts}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let vectors: Vec<Vec<f64>> = answer["data"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{answer}"))
+        .iter()
+        .map(|d| {
+            d["embedding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect()
+        })
+        .collect();
+    assert!(vectors.iter().all(|v| v.len() == 384));
+    let cosine = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    let (refund, leave) = (&vectors[1], &vectors[2]);
+    assert!(
+        cosine(&vectors[0], refund) > cosine(&vectors[0], leave),
+        "refund question"
+    );
+    assert!(
+        cosine(&vectors[3], leave) > cosine(&vectors[3], refund),
+        "leave question"
+    );
+    assert!(
+        answer["usage"]["prompt_tokens"].as_u64().unwrap() > 40,
+        "{answer}"
+    );
+}
+
 /// The bundled Gemma 3 270M is the base model (its GGUF has no chat template): the
 /// engine says so when it loads it; an instruction-tuned file passes quietly.
 #[test]

@@ -96,7 +96,7 @@ fn embed(path: PathBuf) {
     let embed: Embed = if path.is_dir() {
         let embedder = Embedder::load(&path, &candle_core::Device::Cpu).expect("embedder loads");
         Box::new(move |texts, _query| {
-            embedder.embed(texts).expect("embeds");
+            embedder.embed(texts, Role::Passage).expect("embeds");
         })
     } else {
         let e5 = E5::load(&path).expect("e5 loads");

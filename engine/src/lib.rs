@@ -2,6 +2,7 @@
 //! [`LocalLlm`] worker) and BERT-family sentence embeddings ([`Embedder`]). Nothing
 //! here reaches the network: model files come from disk.
 
+mod bert;
 mod chat;
 mod decoder;
 mod e5;

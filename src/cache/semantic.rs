@@ -87,11 +87,12 @@ impl Semantic {
         let context = super::key::key(tenant, alias, corpus, purged, &context)?.hash;
         let embedder = Arc::clone(&self.embedder);
         let text = question.clone();
-        let vector = crate::compute::run(move || embedder.embed(&[text]))
-            .await
-            .ok()?
-            .ok()?
-            .pop()?;
+        let vector =
+            crate::compute::run(move || embedder.embed(&[text], ragway_engine::Role::Query))
+                .await
+                .ok()?
+                .ok()?
+                .pop()?;
         Some(Probe {
             context,
             vector,

