@@ -835,10 +835,12 @@ async fn usage_matches_the_audit_rows(audit_db: &str) {
             .json()
             .await
             .unwrap();
+        // Not yet readable while the trail's first write (and migration) is on its way.
+        let Some(data) = all["data"].as_array() else {
+            return false;
+        };
         // The admin API's own calls are audited too; usage is the API's.
-        rows = all["data"]
-            .as_array()
-            .unwrap()
+        rows = data
             .iter()
             .filter(|r| r["route"].as_str().unwrap().starts_with("/v1/"))
             .cloned()
