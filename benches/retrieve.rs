@@ -37,17 +37,26 @@ fn main() {
 async fn run() {
     let root = std::env::temp_dir().join(format!("ragway-bench-{}", std::process::id()));
     let device = ragway_engine::device("cpu").unwrap();
-    let embedder = Arc::new(
-        ragway_engine::Embedder::load(Path::new("models/all-MiniLM-L6-v2"), &device).unwrap(),
-    );
+    // EMBEDDER names another model (e5: models/e5-small-q4.bin); CJK_DENSE_WEIGHT
+    // another fusion weight for Chinese questions; QUALITY_ONLY=1 skips the search
+    // at scale.
+    let model = std::env::var("EMBEDDER").unwrap_or_else(|_| "models/all-MiniLM-L6-v2".into());
+    let embedder = Arc::new(ragway_engine::Embedder::load(Path::new(&model), &device).unwrap());
+    println!("embedder: {model}");
     let data = PathBuf::from("tests/data/rag");
     let questions =
         read_questions(&std::fs::read_to_string(data.join("questions.jsonl")).unwrap()).unwrap();
+    let cross = std::fs::read_to_string(data.join("cross.jsonl"))
+        .map(|text| read_questions(&text).unwrap())
+        .unwrap_or_default();
 
     // 1. Quality, and ingest speed with embeddings.
     let store: Arc<dyn VectorStore> =
         Arc::new(EdgeStore::open(&root.join("quality"), embedder.dimension).unwrap());
-    let corpus = Corpus::new(store, Arc::clone(&embedder), ChunkSize::default());
+    let mut corpus = Corpus::new(store, Arc::clone(&embedder), ChunkSize::default());
+    if let Some(weight) = std::env::var("CJK_DENSE_WEIGHT").ok().and_then(|w| w.parse().ok()) {
+        corpus = corpus.with_cjk_dense_weight(weight);
+    }
     let mut names: Vec<String> = std::fs::read_dir(data.join("docs"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -124,6 +133,27 @@ async fn run() {
         println!("{row}");
     }
     println!("questions: {}", questions.len());
+    if !cross.is_empty() {
+        println!("| cross-lingual | en→zh recall@5 | en→zh MRR | zh→en recall@5 | zh→en MRR | all recall@5 | all MRR |");
+        println!("|---|---|---|---|---|---|---|");
+        for mode in [Mode::Dense, Mode::Keyword, Mode::Hybrid] {
+            let mut row = format!("| {mode:?} |");
+            for lang in ["en", "zh", "all"] {
+                let subset: Vec<_> = cross
+                    .iter()
+                    .filter(|q| lang == "all" || q.lang == lang)
+                    .cloned()
+                    .collect();
+                let s = evaluate(&corpus, "eval", &subset, mode, 5).await.unwrap();
+                row.push_str(&format!(" {:.3} | {:.3} |", s.recall, s.mrr));
+            }
+            println!("{row}");
+        }
+        println!("cross-lingual questions: {}", cross.len());
+    }
+    if std::env::var_os("QUALITY_ONLY").is_some() {
+        return;
+    }
 
     // 2. Search at 100,000 chunks.
     let dim = embedder.dimension;
