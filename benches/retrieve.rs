@@ -54,7 +54,10 @@ async fn run() {
     let store: Arc<dyn VectorStore> =
         Arc::new(EdgeStore::open(&root.join("quality"), embedder.dimension).unwrap());
     let mut corpus = Corpus::new(store, Arc::clone(&embedder), ChunkSize::default());
-    if let Some(weight) = std::env::var("CJK_DENSE_WEIGHT").ok().and_then(|w| w.parse().ok()) {
+    if let Some(weight) = std::env::var("CJK_DENSE_WEIGHT")
+        .ok()
+        .and_then(|w| w.parse().ok())
+    {
         corpus = corpus.with_cjk_dense_weight(weight);
     }
     let mut names: Vec<String> = std::fs::read_dir(data.join("docs"))
@@ -134,7 +137,9 @@ async fn run() {
     }
     println!("questions: {}", questions.len());
     if !cross.is_empty() {
-        println!("| cross-lingual | en→zh recall@5 | en→zh MRR | zh→en recall@5 | zh→en MRR | all recall@5 | all MRR |");
+        println!(
+            "| cross-lingual | en→zh recall@5 | en→zh MRR | zh→en recall@5 | zh→en MRR | all recall@5 | all MRR |"
+        );
         println!("|---|---|---|---|---|---|---|");
         for mode in [Mode::Dense, Mode::Keyword, Mode::Hybrid] {
             let mut row = format!("| {mode:?} |");

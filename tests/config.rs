@@ -299,3 +299,25 @@ fn personal_data_settings_are_checked_by_key() {
     );
     assert_eq!(config.pii.local_input, ragway::config::LocalInput::Raw);
 }
+
+#[test]
+fn an_embedding_model_is_a_directory_or_an_e5_file() {
+    let missing = problems("[embeddings]\nmodel = \"models/absent-e5.bin\"\n");
+    assert_eq!(missing[0].key, "embeddings.model");
+    assert!(
+        missing[0].message.contains("does not exist") && missing[0].message.contains("make models"),
+        "{}",
+        missing[0].message
+    );
+    let dir = std::env::temp_dir().join(format!("ragway-empty-model-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let empty = problems(&format!("[embeddings]\nmodel = \"{}\"\n", dir.display()));
+    assert!(
+        empty[0].message.contains("has no config.json"),
+        "{}",
+        empty[0].message
+    );
+    std::fs::remove_dir_all(&dir).ok();
+    let e5 = "[embeddings]\nmodel = \"models/e5-small-q4.bin\"\n";
+    assert!(Config::from_toml(e5, &Env::default()).is_ok());
+}

