@@ -196,7 +196,7 @@ impl AppState {
         };
         let device = ragway_engine::device(&e.device)?;
         let embedder = Arc::new(ragway_engine::Embedder::load(&e.model, &device)?);
-        let store = open_store(&retrieval.store, embedder.dimension).await?;
+        let store = open_store(&retrieval.store, &embedder).await?;
         Ok(Arc::new(corpus(store, embedder, retrieval)))
     }
 
@@ -308,7 +308,7 @@ async fn retrieval_stage(
     retrieval: &RetrievalConfig,
     embedder: &Arc<ragway_engine::Embedder>,
 ) -> Result<(Arc<Corpus>, Grounding), BuildError> {
-    let store = open_store(&retrieval.store, embedder.dimension).await?;
+    let store = open_store(&retrieval.store, embedder).await?;
     let corpus = Arc::new(corpus(store, Arc::clone(embedder), retrieval));
     let prompts = match &retrieval.prompts {
         Some(dir) => Prompts::load(dir).map_err(BuildError::Retrieval)?,
@@ -349,11 +349,13 @@ const QDRANT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Opens the configured vector store.
 pub async fn open_store(
     store: &StoreConfig,
-    dimension: usize,
+    embedder: &ragway_engine::Embedder,
 ) -> Result<Arc<dyn VectorStore>, BuildError> {
+    let dimension = embedder.dimension;
     Ok(match store {
         StoreConfig::Embedded { path } => Arc::new(
-            EdgeStore::open(path, dimension).map_err(|e| BuildError::Retrieval(e.to_string()))?,
+            EdgeStore::open_for(path, dimension, embedder.model_id())
+                .map_err(|e| BuildError::Retrieval(e.to_string()))?,
         ),
         StoreConfig::Qdrant {
             url,

@@ -373,6 +373,34 @@ async fn edge_store_refuses_a_directory_in_use() {
 }
 
 #[tokio::test]
+async fn edge_store_refuses_another_embedder_of_the_same_width() {
+    let dir = TempDir::new();
+    {
+        let store = EdgeStore::open_for(dir.path(), DIMENSION, "multilingual-e5-small").unwrap();
+        let c = chunk("t", "c", "doc", (0, 1), unit(0), sparse(&[(1, 1.0)]));
+        store.replace("t", "doc", vec![c]).await.unwrap();
+    }
+    match EdgeStore::open_for(dir.path(), DIMENSION, "all-MiniLM-L6-v2") {
+        Err(StoreError::Unavailable(message)) => {
+            assert!(
+                message.contains("multilingual-e5-small") && message.contains("all-MiniLM-L6-v2"),
+                "names both: {message}"
+            );
+        }
+        Err(other) => panic!("unexpected error: {other}"),
+        Ok(_) => panic!("opened with another embedder"),
+    }
+    let store = EdgeStore::open_for(dir.path(), DIMENSION, "multilingual-e5-small").unwrap();
+    assert_eq!(store.count("t", None).await.unwrap(), 1);
+    drop(store);
+    // A store made before stores recorded their embedder was made by MiniLM.
+    let old = TempDir::new();
+    drop(EdgeStore::open(old.path(), DIMENSION).unwrap());
+    assert!(EdgeStore::open_for(old.path(), DIMENSION, "all-MiniLM-L6-v2").is_ok());
+    assert!(EdgeStore::open_for(old.path(), DIMENSION, "multilingual-e5-small").is_err());
+}
+
+#[tokio::test]
 async fn edge_store_refuses_another_dimension() {
     let dir = TempDir::new();
     {

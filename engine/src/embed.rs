@@ -39,6 +39,15 @@ impl Embedder {
         Ok(Embedder { model, dimension })
     }
 
+    /// Which model this is: a store records it, so that two models' vectors are
+    /// never compared.
+    pub fn model_id(&self) -> &'static str {
+        match &self.model {
+            Model::Bert(_) => "all-MiniLM-L6-v2",
+            Model::E5(_) => "multilingual-e5-small",
+        }
+    }
+
     /// How many tokens the model reads for `text` (no special tokens or role, no
     /// truncation): what chunks are sized by.
     pub fn count_tokens(&self, text: &str) -> usize {

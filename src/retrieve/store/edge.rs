@@ -47,6 +47,11 @@ pub const OPTIMIZE_QUIET: Duration = Duration::from_secs(10);
 /// The shard's directory inside the data directory.
 const SHARD_DIR: &str = "shard";
 const GENERATIONS_FILE: &str = "generations.json";
+/// Which embedder made the store's vectors: `{"model": …, "dimension": …}`.
+const EMBEDDER_FILE: &str = "embedder.json";
+/// The embedder of a store made before stores recorded theirs: the only one there
+/// was then.
+const FIRST_EMBEDDER: &str = "all-MiniLM-L6-v2";
 const LOCK_FILE: &str = "ragway.lock";
 /// The file the shard keeps its config in (not exported by the crate).
 const SHARD_CONFIG_FILE: &str = "edge_config.json";
@@ -84,11 +89,28 @@ impl EdgeStore {
         EdgeStore::open_with(dir, dimension, OPTIMIZE_QUIET)
     }
 
+    /// [`EdgeStore::open`] for vectors made by `embedder` (a model id): a new store
+    /// records it, and a store another model filled is refused, naming both (two
+    /// models' vectors of one width are not comparable, and nothing else would say
+    /// so).
+    pub fn open_for(dir: &Path, dimension: usize, embedder: &str) -> Result<EdgeStore, StoreError> {
+        EdgeStore::open_inner(dir, dimension, OPTIMIZE_QUIET, Some(embedder))
+    }
+
     /// [`EdgeStore::open`] with the quiet time before optimizing (tests use a short one).
     pub fn open_with(
         dir: &Path,
         dimension: usize,
         quiet: Duration,
+    ) -> Result<EdgeStore, StoreError> {
+        EdgeStore::open_inner(dir, dimension, quiet, None)
+    }
+
+    fn open_inner(
+        dir: &Path,
+        dimension: usize,
+        quiet: Duration,
+        embedder: Option<&str>,
     ) -> Result<EdgeStore, StoreError> {
         let unavailable = |what: &str, e: &dyn std::fmt::Display| {
             StoreError::Unavailable(format!("{what} {}: {e}", dir.display()))
@@ -103,6 +125,9 @@ impl EdgeStore {
             let shard = EdgeShard::load(&shard_dir, None)
                 .map_err(|e| unavailable("cannot load the vector store in", &e))?;
             check_config(&shard, dir, dimension)?;
+            if let Some(embedder) = embedder {
+                check_embedder(dir, embedder)?;
+            }
             shard
         } else {
             let config = EdgeConfigBuilder::new()
@@ -117,8 +142,13 @@ impl EdgeStore {
                         .build(),
                 )
                 .build();
-            EdgeShard::new(&shard_dir, config)
-                .map_err(|e| unavailable("cannot create the vector store in", &e))?
+            let shard = EdgeShard::new(&shard_dir, config)
+                .map_err(|e| unavailable("cannot create the vector store in", &e))?;
+            if let Some(embedder) = embedder {
+                write_embedder(dir, embedder, dimension)
+                    .map_err(|e| unavailable("cannot record the embedder in", &e))?;
+            }
+            shard
         };
         create_indexes(&shard).map_err(|e| unavailable("cannot index the vector store in", &e))?;
         Ok(EdgeStore {
@@ -179,6 +209,50 @@ fn lock(dir: &Path) -> Result<File, StoreError> {
             path.display()
         ))),
     }
+}
+
+/// Checks that the store's vectors were made by `embedder`: the model its
+/// `embedder.json` names, or the first embedder for a store without one.
+fn check_embedder(dir: &Path, embedder: &str) -> Result<(), StoreError> {
+    #[derive(serde::Deserialize)]
+    struct Recorded {
+        model: String,
+    }
+    let path = dir.join(EMBEDDER_FILE);
+    let recorded = match fs::read(&path) {
+        Ok(bytes) => {
+            serde_json::from_slice::<Recorded>(&bytes)
+                .map_err(|e| {
+                    StoreError::Unavailable(format!("{} is damaged: {e}", path.display()))
+                })?
+                .model
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => FIRST_EMBEDDER.to_owned(),
+        Err(e) => {
+            return Err(StoreError::Unavailable(format!(
+                "cannot read {}: {e}",
+                path.display()
+            )));
+        }
+    };
+    if recorded != embedder {
+        return Err(StoreError::Unavailable(format!(
+            "the document store {} holds vectors made by {recorded}, but the configured \
+             embedder is {embedder}: their vectors cannot be compared. Configure \
+             {recorded} again, or give retrieval a new store path and ingest the \
+             documents again",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Records which embedder fills a new store.
+fn write_embedder(dir: &Path, embedder: &str, dimension: usize) -> std::io::Result<()> {
+    let record = serde_json::json!({"model": embedder, "dimension": dimension});
+    let mut file = File::create(dir.join(EMBEDDER_FILE))?;
+    file.write_all(&serde_json::to_vec_pretty(&record)?)?;
+    file.sync_all()
 }
 
 /// Checks that a loaded shard has this backend's vectors, at `dimension`.
