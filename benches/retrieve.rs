@@ -120,40 +120,18 @@ async fn run() {
         elapsed.as_secs_f64(),
         texts.len() as f64 / elapsed.as_secs_f64()
     );
-    println!("| mode | zh recall@5 | zh MRR | en recall@5 | en MRR | all recall@5 | all MRR |");
-    println!("|---|---|---|---|---|---|---|");
-    for mode in [Mode::Dense, Mode::Keyword, Mode::Hybrid] {
-        let mut row = format!("| {mode:?} |");
-        for lang in ["zh", "en", "all"] {
-            let subset: Vec<_> = questions
-                .iter()
-                .filter(|q| lang == "all" || q.lang == lang)
-                .cloned()
-                .collect();
-            let s = evaluate(&corpus, "eval", &subset, mode, 5).await.unwrap();
-            row.push_str(&format!(" {:.3} | {:.3} |", s.recall, s.mrr));
-        }
-        println!("{row}");
-    }
+    quality_table(&corpus, &questions, "mode", ["zh", "en"]).await;
     println!("questions: {}", questions.len());
     if !cross.is_empty() {
-        println!(
-            "| cross-lingual | en→zh recall@5 | en→zh MRR | zh→en recall@5 | zh→en MRR | all recall@5 | all MRR |"
-        );
-        println!("|---|---|---|---|---|---|---|");
-        for mode in [Mode::Dense, Mode::Keyword, Mode::Hybrid] {
-            let mut row = format!("| {mode:?} |");
-            for lang in ["en", "zh", "all"] {
-                let subset: Vec<_> = cross
-                    .iter()
-                    .filter(|q| lang == "all" || q.lang == lang)
-                    .cloned()
-                    .collect();
-                let s = evaluate(&corpus, "eval", &subset, mode, 5).await.unwrap();
-                row.push_str(&format!(" {:.3} | {:.3} |", s.recall, s.mrr));
-            }
-            println!("{row}");
-        }
+        // By the question's language: English questions over Chinese documents,
+        // then Chinese over English.
+        quality_table(
+            &corpus,
+            &cross,
+            "cross-lingual (question language)",
+            ["en", "zh"],
+        )
+        .await;
         println!("cross-lingual questions: {}", cross.len());
     }
     if std::env::var_os("QUALITY_ONLY").is_some() {
@@ -328,6 +306,33 @@ fn report(label: &str, times: &mut [Duration]) {
 
 fn random(rng: &mut fastrand::Rng, dim: usize) -> Vec<f32> {
     (0..dim).map(|_| rng.f32() - 0.5).collect()
+}
+
+/// Recall@5 and MRR of every mode over `questions`, by question language and all.
+async fn quality_table(
+    corpus: &Corpus,
+    questions: &[ragway::retrieve::eval::Labelled],
+    title: &str,
+    langs: [&str; 2],
+) {
+    let [a, b] = langs;
+    println!(
+        "| {title} | {a} recall@5 | {a} MRR | {b} recall@5 | {b} MRR | all recall@5 | all MRR |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for mode in [Mode::Dense, Mode::Keyword, Mode::Hybrid] {
+        let mut row = format!("| {mode:?} |");
+        for lang in [a, b, "all"] {
+            let subset: Vec<_> = questions
+                .iter()
+                .filter(|q| lang == "all" || q.lang == lang)
+                .cloned()
+                .collect();
+            let s = evaluate(corpus, "eval", &subset, mode, 5).await.unwrap();
+            row.push_str(&format!(" {:.3} | {:.3} |", s.recall, s.mrr));
+        }
+        println!("{row}");
+    }
 }
 
 fn unit(v: Vec<f32>) -> Vec<f32> {
