@@ -21,6 +21,7 @@ enum Model {
 
 pub struct Embedder {
     model: Model,
+    id: String,
     pub dimension: usize,
 }
 
@@ -36,16 +37,29 @@ impl Embedder {
             Model::Bert(m) => m.dimension,
             Model::E5(m) => m.dimension,
         };
-        Ok(Embedder { model, dimension })
+        // A BERT directory is named after its model (all-MiniLM-L6-v2); an e5 file
+        // is the model whose shape it has, or its own name when another.
+        let name = |path: &Path| {
+            let stem = path.file_stem().unwrap_or(path.as_os_str());
+            stem.to_string_lossy().into_owned()
+        };
+        let id = match &model {
+            Model::Bert(_) => name(path),
+            Model::E5(m) if m.is_multilingual_e5_small() => "multilingual-e5-small".to_owned(),
+            Model::E5(_) => name(path),
+        };
+        Ok(Embedder {
+            model,
+            id,
+            dimension,
+        })
     }
 
-    /// Which model this is: a store records it, so that two models' vectors are
-    /// never compared.
-    pub fn model_id(&self) -> &'static str {
-        match &self.model {
-            Model::Bert(_) => "all-MiniLM-L6-v2",
-            Model::E5(_) => "multilingual-e5-small",
-        }
+    /// Which model this is (a BERT directory's name, `multilingual-e5-small`, or
+    /// another e5 file's name): a store records it, so that two models' vectors
+    /// are never compared.
+    pub fn model_id(&self) -> &str {
+        &self.id
     }
 
     /// How many tokens the model reads for `text` (no special tokens or role, no

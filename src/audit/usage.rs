@@ -51,8 +51,9 @@ pub struct UsageQuery {
     pub key: Option<String>,
 }
 
-/// One group's sums over the API's calls (`/v1/…`; the admin API's own calls are
-/// audited but spend nothing). Every such call counts as a request, refused ones too;
+/// One group's sums over the calls that spend ([`SPENDING_ROUTES`]; the admin API's
+/// and `/v1/usage`'s own calls are audited but spend nothing). Every such call
+/// counts as a request, refused ones too;
 /// tokens and cost are what the providers reported and the prices made of it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct UsageRow {
@@ -75,10 +76,19 @@ pub fn sql_head(group: Group, int: &str) -> String {
          COALESCE(sum(c.cached_tokens), 0){int}, COALESCE(sum(c.completion_tokens), 0){int}, \
          COALESCE(sum(c.cost), 0.0) \
          FROM audit_calls c JOIN audit_names r ON r.id = c.route_id \
-         LEFT JOIN audit_names n ON n.id = c.{} WHERE r.name LIKE '/v1/%'",
-        group.column()
+         LEFT JOIN audit_names n ON n.id = c.{} WHERE r.name IN ({})",
+        group.column(),
+        SPENDING_ROUTES
+            .iter()
+            .map(|route| format!("'{route}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }
+
+/// The routes whose calls spend (admitted against limits and budgets): what usage
+/// sums. An endpoint that spends is added here as it is added to the API.
+pub const SPENDING_ROUTES: &[&str] = &["/v1/chat/completions", "/v1/embeddings"];
 
 /// Groups, the costliest first.
 pub const USAGE_TAIL: &str = " GROUP BY n.name ORDER BY 6 DESC, 1";

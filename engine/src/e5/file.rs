@@ -156,7 +156,8 @@ fn vocabulary(c: &mut Cursor<'_>, vocab: usize) -> Result<Vocabulary, String> {
         bytes: c.take(table_len)?,
         at: 0,
     };
-    let mut normalise = Vec::with_capacity(entries);
+    // Each entry is at least 5 bytes: the table's length bounds what to reserve.
+    let mut normalise = Vec::with_capacity(entries.min(table_len / 5));
     for _ in 0..entries {
         let from = table.u32()?;
         let n = table.take(1)?[0] as usize;
@@ -191,11 +192,13 @@ fn directory(c: &mut Cursor<'_>, file_len: usize) -> Result<HashMap<String, Entr
         let offset = usize::try_from(c.u64()?).unwrap_or(usize::MAX);
         let _stored_len = c.u64()?;
         let len = match dtype {
-            DType::F32 => elements * 4,
-            DType::Q4_0 if elements.is_multiple_of(QK) => elements / QK * Q4_0_BYTES,
+            DType::F32 => elements.checked_mul(4),
+            DType::Q4_0 if elements.is_multiple_of(QK) => (elements / QK).checked_mul(Q4_0_BYTES),
             DType::Q4_0 => return Err(format!("the tensor {name} is not whole Q4_0 blocks")),
         };
-        let end = offset.checked_add(len).filter(|&end| end <= file_len);
+        let end = len
+            .and_then(|len| offset.checked_add(len))
+            .filter(|&end| end <= file_len);
         let Some(end) = end else {
             return Err(format!(
                 "the tensor {name} runs past the end of the file (truncated?)"

