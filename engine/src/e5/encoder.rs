@@ -69,8 +69,10 @@ struct Layer {
 
 pub struct Encoder {
     hyper: Hyper,
-    /// The word table, Q4_0 rows of `hidden` weights.
-    words: Vec<u8>,
+    /// The file, whose word table (Q4_0 rows of `hidden` weights) is read in
+    /// place: a text touches a few of its 250,037 rows.
+    file: super::file::Bytes,
+    words: std::ops::Range<usize>,
     /// Position embeddings plus the (only) token type's, `[max_positions, hidden]`.
     positions: Vec<f32>,
     embedding_norm: Norm,
@@ -80,9 +82,7 @@ pub struct Encoder {
 impl Encoder {
     pub fn load(file: &E5File, precision: Precision) -> Result<Encoder, String> {
         let h = file.hyper;
-        let words = file
-            .tensor("emb.word", DType::Q4_0, h.vocab * h.hidden)?
-            .to_vec();
+        let words = file.range("emb.word", DType::Q4_0, h.vocab * h.hidden)?;
         let mut positions = file.floats("emb.pos", h.max_positions * h.hidden)?;
         let token_type = file.floats("emb.type", 2 * h.hidden)?;
         for row in positions.chunks_exact_mut(h.hidden) {
@@ -115,6 +115,7 @@ impl Encoder {
             .collect::<Result<_, String>>()?;
         Ok(Encoder {
             hyper: h,
+            file: std::sync::Arc::clone(&file.bytes),
             words,
             positions,
             embedding_norm: Norm::load(file, "emb.ln", h.hidden)?,
@@ -225,7 +226,8 @@ impl Encoder {
     /// Row `id` of the word table, expanded into `out`.
     fn word(&self, id: usize, out: &mut [f32]) {
         let bytes = self.hyper.hidden / QK * Q4_0_BYTES;
-        let row = &self.words[id * bytes..(id + 1) * bytes];
+        let table = &(*self.file).as_ref()[self.words.clone()];
+        let row = &table[id * bytes..(id + 1) * bytes];
         out.copy_from_slice(&dequantise(row, 1, self.hyper.hidden));
     }
 }

@@ -53,16 +53,21 @@ pub struct Entry {
     pub bytes: Range<usize>,
 }
 
-/// The file, parsed: the tensors stay in `bytes` until the model copies them out.
+/// The file's bytes: mapped from disk (or, in tests, held in memory).
+pub type Bytes = std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// The file, parsed: the tensors stay in `bytes` (the model expands the matrices
+/// and reads the word table in place).
 pub struct E5File {
     pub hyper: Hyper,
     pub vocabulary: Vocabulary,
     pub tensors: HashMap<String, Entry>,
-    pub bytes: Vec<u8>,
+    pub bytes: Bytes,
 }
 
 impl E5File {
-    pub fn parse(bytes: Vec<u8>) -> Result<E5File, String> {
+    pub fn parse(file: Bytes) -> Result<E5File, String> {
+        let bytes: &[u8] = (*file).as_ref();
         let mut c = Cursor {
             bytes: &bytes,
             at: 0,
@@ -100,7 +105,7 @@ impl E5File {
             hyper,
             vocabulary,
             tensors,
-            bytes,
+            bytes: file,
         })
     }
 
@@ -116,7 +121,13 @@ impl E5File {
                 entry.dtype, entry.elements
             ));
         }
-        Ok(&self.bytes[entry.bytes.clone()])
+        Ok(&(*self.bytes).as_ref()[entry.bytes.clone()])
+    }
+
+    /// Where the tensor `name` lies in the file, checked as [`E5File::tensor`].
+    pub fn range(&self, name: &str, dtype: DType, elements: usize) -> Result<Range<usize>, String> {
+        self.tensor(name, dtype, elements)?;
+        Ok(self.tensors[name].bytes.clone())
     }
 
     /// An f32 tensor's values.

@@ -63,8 +63,11 @@ impl E5 {
                 path.display()
             ))
         };
-        let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
-        let file = E5File::parse(bytes).map_err(fail)?;
+        let opened = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
+        // SAFETY: the model file is mapped read-only and, like every model file the
+        // gateway serves, must not be changed while it runs.
+        let mapped = unsafe { memmap2::Mmap::map(&opened) }.map_err(|e| fail(e.to_string()))?;
+        let file = E5File::parse(std::sync::Arc::new(mapped)).map_err(fail)?;
         let encoder = Encoder::load(&file, precision).map_err(fail)?;
         let (dimension, hyper) = (file.hyper.hidden, file.hyper);
         let E5File { vocabulary, .. } = file;
