@@ -68,10 +68,7 @@ pub struct E5File {
 impl E5File {
     pub fn parse(file: Bytes) -> Result<E5File, String> {
         let bytes: &[u8] = (*file).as_ref();
-        let mut c = Cursor {
-            bytes: &bytes,
-            at: 0,
-        };
+        let mut c = Cursor { bytes, at: 0 };
         if c.take(4)? != MAGIC {
             return Err("not an E5S1 file (wrong magic)".to_owned());
         }
