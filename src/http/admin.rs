@@ -113,12 +113,35 @@ pub async fn audit(
     State(state): State<AppState>,
     query: Result<axum::extract::Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, GatewayError> {
-    let Some(trail) = &state.audit else {
-        return Err(GatewayError::NotFound(
-            "/admin/audit (the audit trail is not configured)".to_owned(),
-        ));
-    };
+    let trail = audit_trail(&state, "/admin/audit")?;
     let axum::extract::Query(q) = query.map_err(|e| GatewayError::invalid(e.body_text(), None))?;
+    let query = crate::audit::store::Query {
+        range: time_range(&q.since, &q.until)?,
+        tenant: q.tenant,
+        request_id: q.request_id,
+        limit: q.limit.unwrap_or(AUDIT_LIMIT).clamp(1, AUDIT_MAX_LIMIT),
+    };
+    let rows = trail.store.query(&query).await.map_err(unreadable)?;
+    let data: Vec<Value> = rows.iter().map(crate::audit::export::json).collect();
+    Ok(Json(json!({ "object": "list", "data": data })))
+}
+
+/// The audit trail, or a 404 saying `path` needs one.
+pub(super) fn audit_trail<'s>(
+    state: &'s AppState,
+    path: &str,
+) -> Result<&'s crate::audit::AuditTrail, GatewayError> {
+    state.audit.as_deref().ok_or_else(|| {
+        GatewayError::NotFound(format!("{path} (the audit trail is not configured)"))
+    })
+}
+
+/// `since` and `until` as the audit endpoints take them (`2026-11-24`,
+/// `2026-11-24T13:05:00Z`, or an age such as `24h`); a bad one is a 400 naming it.
+pub(super) fn time_range(
+    since: &Option<String>,
+    until: &Option<String>,
+) -> Result<crate::audit::store::Range, GatewayError> {
     let now = crate::audit::time::now_micros();
     let time = |name: &str, text: &Option<String>| {
         text.as_deref()
@@ -126,23 +149,18 @@ pub async fn audit(
             .transpose()
             .map_err(|message| GatewayError::invalid(message, Some(name.to_owned())))
     };
-    let query = crate::audit::store::Query {
-        range: crate::audit::store::Range {
-            since: time("since", &q.since)?,
-            until: time("until", &q.until)?,
-        },
-        tenant: q.tenant,
-        request_id: q.request_id,
-        limit: q.limit.unwrap_or(AUDIT_LIMIT).clamp(1, AUDIT_MAX_LIMIT),
-    };
-    let rows = trail
-        .store
-        .query(&query)
-        .await
-        .map_err(|error| GatewayError::Unavailable {
-            message: format!("the audit database cannot be read: {error}"),
-            retry_after: std::time::Duration::from_secs(5),
-        })?;
-    let data: Vec<Value> = rows.iter().map(crate::audit::export::json).collect();
-    Ok(Json(json!({ "object": "list", "data": data })))
+    Ok(crate::audit::store::Range {
+        since: time("since", since)?,
+        until: time("until", until)?,
+    })
+}
+
+/// A failed read of the audit database, as a 503 without the driver's words (they
+/// may name hosts and users); the log has them.
+pub(super) fn unreadable(error: crate::audit::store::StoreError) -> GatewayError {
+    tracing::warn!(%error, "reading the audit database");
+    GatewayError::Unavailable {
+        message: "the audit database cannot be read; try again shortly".to_owned(),
+        retry_after: std::time::Duration::from_secs(5),
+    }
 }

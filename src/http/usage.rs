@@ -8,6 +8,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Extension, Query, State};
 use serde_json::{Value, json};
 
+use super::admin::{audit_trail, time_range, unreadable};
 use crate::audit::AuditTrail;
 use crate::audit::store::Range;
 use crate::audit::time;
@@ -31,7 +32,7 @@ pub async fn admin(
     State(state): State<AppState>,
     params: Result<Query<UsageParams>, QueryRejection>,
 ) -> Result<Json<Value>, GatewayError> {
-    let trail = trail(&state, "/admin/usage")?;
+    let trail = audit_trail(&state, "/admin/usage")?;
     let Query(p) = params.map_err(|e| GatewayError::invalid(e.body_text(), None))?;
     let group_text = p.group_by.as_deref().unwrap_or("tenant");
     let group = Group::parse(group_text).ok_or_else(|| {
@@ -40,17 +41,7 @@ pub async fn admin(
             Some("group_by".to_owned()),
         )
     })?;
-    let now = time::now_micros();
-    let when = |name: &str, text: &Option<String>| {
-        text.as_deref()
-            .map(|t| time::parse(t, now))
-            .transpose()
-            .map_err(|message| GatewayError::invalid(message, Some(name.to_owned())))
-    };
-    let range = Range {
-        since: when("since", &p.since)?,
-        until: when("until", &p.until)?,
-    };
+    let range = time_range(&p.since, &p.until)?;
     let query = UsageQuery {
         group,
         range,
@@ -136,21 +127,9 @@ async fn own_spend(
     Ok(out)
 }
 
-fn trail<'s>(state: &'s AppState, path: &str) -> Result<&'s AuditTrail, GatewayError> {
-    state.audit.as_deref().ok_or_else(|| {
-        GatewayError::NotFound(format!("{path} (the audit trail is not configured)"))
-    })
-}
-
-/// The sums, or a 503 that does not repeat the driver's words.
+/// The sums, or a 503 (see [`unreadable`]).
 async fn sums(trail: &AuditTrail, query: &UsageQuery) -> Result<Vec<UsageRow>, GatewayError> {
-    trail.store.usage(query).await.map_err(|error| {
-        tracing::warn!(%error, "usage from the audit database");
-        GatewayError::Unavailable {
-            message: "the audit database cannot be read; try again shortly".to_owned(),
-            retry_after: std::time::Duration::from_secs(5),
-        }
-    })
+    trail.store.usage(query).await.map_err(unreadable)
 }
 
 fn shown(row: &UsageRow, currency: &str) -> Value {

@@ -186,9 +186,6 @@ fn quantise_into(row: &[f32], out: &mut [i8]) -> f32 {
     step
 }
 
-/// One activation row: its bytes, its step, its outliers.
-type PreparedRow = (Vec<i8>, f32, Vec<(usize, f32)>);
-
 /// Activation rows, ready for the integer product.
 struct Prepared {
     /// `rows` × `inputs` bytes: signed, or offset by 128 for the VNNI kernel.
@@ -200,39 +197,36 @@ struct Prepared {
 
 impl Prepared {
     fn new(x: &[f32], inputs: usize, offset: bool) -> Prepared {
-        let rows: Vec<PreparedRow> = x
-            .par_chunks(inputs)
-            .map(|x| {
-                let rms = (dot(x, x) / x.len().max(1) as f32).sqrt();
-                let limit = OUTLIER * rms;
-                let mut outliers = Vec::new();
-                let mut kept = x.to_vec();
-                if largest(x) > limit {
+        let rows = x.len() / inputs;
+        let mut prepared = Prepared {
+            values: vec![0i8; x.len()],
+            steps: vec![0.0; rows],
+            outliers: vec![Vec::new(); rows],
+        };
+        prepared
+            .values
+            .par_chunks_mut(inputs)
+            .zip(prepared.steps.par_iter_mut())
+            .zip(prepared.outliers.par_iter_mut())
+            .zip(x.par_chunks(inputs))
+            .for_each(|(((values, step), outliers), x)| {
+                let limit = OUTLIER * (dot(x, x) / x.len().max(1) as f32).sqrt();
+                *step = if largest(x) > limit {
+                    let mut kept = x.to_vec();
                     for (j, v) in kept.iter_mut().enumerate() {
                         if v.abs() > limit {
                             outliers.push((j, *v));
                             *v = 0.0;
                         }
                     }
-                }
-                let mut values = vec![0i8; x.len()];
-                let step = quantise_into(&kept, &mut values);
+                    quantise_into(&kept, values)
+                } else {
+                    quantise_into(x, values)
+                };
                 if offset {
                     values.iter_mut().for_each(|v| *v ^= i8::MIN);
                 }
-                (values, step, outliers)
-            })
-            .collect();
-        let mut prepared = Prepared {
-            values: Vec::with_capacity(x.len()),
-            steps: Vec::with_capacity(rows.len()),
-            outliers: Vec::with_capacity(rows.len()),
-        };
-        for (values, step, outliers) in rows {
-            prepared.values.extend_from_slice(&values);
-            prepared.steps.push(step);
-            prepared.outliers.push(outliers);
-        }
+            });
         prepared
     }
 }

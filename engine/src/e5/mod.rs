@@ -96,14 +96,6 @@ impl E5 {
         self.tokenizer.encode(text)
     }
 
-    /// How many pieces `text` is, with its role and `<s>`/`</s>`.
-    pub fn count_tokens(&self, text: &str, role: Role) -> usize {
-        self.tokenizer
-            .encode(&format!("{}{text}", role.prefix()))
-            .len()
-            + 2
-    }
-
     /// One unit-length vector per text, in order, and the pieces read.
     pub fn embed(
         &self,
