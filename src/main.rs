@@ -33,6 +33,16 @@ enum Command {
     /// Each file is one document, its path the id: ingesting it again replaces it,
     /// or does nothing when it has not changed.
     Ingest(IngestArgs),
+    /// Embed stored documents again with the configured embedder, from the text
+    /// the store kept (after `[embeddings] model` changed): nothing is sent again.
+    /// Stop the gateway first (an embedded store is open in one process at a
+    /// time), or call `POST /admin/tenants/{tenant}/reindex` on a running one.
+    Reindex {
+        /// Only this tenant (the others stay stale: searched by keywords alone).
+        /// Without it: every tenant whose vectors another embedder made.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
     /// Apply the audit database's migrations (the gateway also does at start-up).
     Migrate,
     /// The audit trail: verify its hash chains, export rows, apply retention.
@@ -176,7 +186,7 @@ fn main() -> ExitCode {
         Command::Serve | Command::CheckConfig => Part::Everything,
         Command::Migrate | Command::Audit(_) => Part::Audit,
         Command::Keys(_) => Part::Keys,
-        Command::Ingest(_) => Part::Documents,
+        Command::Ingest(_) | Command::Reindex { .. } => Part::Documents,
     };
     let config = match Config::load_part(cli.config.as_deref(), &Env::from_process(), part) {
         Ok(config) => config,
@@ -192,6 +202,7 @@ fn main() -> ExitCode {
         }
         Command::Serve => serve(config),
         Command::Ingest(args) => ingest(config, args),
+        Command::Reindex { tenant } => reindex(config, tenant),
         Command::Migrate => audit_command(config, None),
         Command::Audit(command) => audit_command(config, Some(command)),
         Command::Keys(command) => keys_command(config, command),
@@ -490,6 +501,53 @@ fn ingest(config: Config, args: IngestArgs) -> ExitCode {
             true => ExitCode::SUCCESS,
             false => ExitCode::FAILURE,
         }
+    })
+}
+
+fn reindex(config: Config, tenant: Option<String>) -> ExitCode {
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    runtime.block_on(async {
+        let corpus = match AppState::open_corpus_switching(&config).await {
+            Ok(corpus) => corpus,
+            Err(error) => {
+                eprintln!("reindex: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let tenants = match tenant {
+            Some(tenant) => vec![tenant],
+            None => match corpus.store().stale_tenants().await {
+                Ok(stale) => stale,
+                Err(error) => {
+                    eprintln!("reindex: {error}");
+                    return ExitCode::FAILURE;
+                }
+            },
+        };
+        if tenants.is_empty() {
+            println!("every tenant's vectors are the configured embedder's: nothing to do");
+        }
+        let stop = tokio_util::sync::CancellationToken::new();
+        for tenant in tenants {
+            match corpus.reindex(&tenant, &stop).await {
+                Ok(done) => println!(
+                    "{}: {} documents, {} chunks embedded again",
+                    done.tenant, done.documents, done.chunks
+                ),
+                Err(error) => {
+                    eprintln!("reindex {tenant}: {error}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        eprintln!("indexing…");
+        if let Err(error) = corpus.store().finish().await {
+            eprintln!("reindex: {error}");
+            return ExitCode::FAILURE;
+        }
+        ExitCode::SUCCESS
     })
 }
 

@@ -189,6 +189,16 @@ impl AppState {
 
     /// The document store and embedder alone, for `ragway ingest`.
     pub async fn open_corpus(config: &Config) -> Result<Arc<Corpus>, BuildError> {
+        AppState::open_corpus_with(config, Switch::Refuse).await
+    }
+
+    /// [`AppState::open_corpus`], taking over a store another embedder filled (see
+    /// [`EdgeStore::switch_to`]): what `ragway reindex` opens.
+    pub async fn open_corpus_switching(config: &Config) -> Result<Arc<Corpus>, BuildError> {
+        AppState::open_corpus_with(config, Switch::Adopt).await
+    }
+
+    async fn open_corpus_with(config: &Config, switch: Switch) -> Result<Arc<Corpus>, BuildError> {
         let (Some(retrieval), Some(e)) = (&config.retrieval, &config.embeddings) else {
             return Err(BuildError::Retrieval(
                 "needs [retrieval] and [embeddings] in the config".to_owned(),
@@ -196,7 +206,7 @@ impl AppState {
         };
         let device = ragway_engine::device(&e.device)?;
         let embedder = Arc::new(ragway_engine::Embedder::load(&e.model, &device)?);
-        let store = open_store(&retrieval.store, &embedder).await?;
+        let store = open_store(&retrieval.store, &embedder, switch).await?;
         Ok(Arc::new(corpus(store, embedder, retrieval)))
     }
 
@@ -308,7 +318,7 @@ async fn retrieval_stage(
     retrieval: &RetrievalConfig,
     embedder: &Arc<ragway_engine::Embedder>,
 ) -> Result<(Arc<Corpus>, Grounding), BuildError> {
-    let store = open_store(&retrieval.store, embedder).await?;
+    let store = open_store(&retrieval.store, embedder, Switch::Refuse).await?;
     let corpus = Arc::new(corpus(store, Arc::clone(embedder), retrieval));
     let prompts = match &retrieval.prompts {
         Some(dir) => Prompts::load(dir).map_err(BuildError::Retrieval)?,
@@ -346,16 +356,29 @@ fn corpus(
 /// The deadline of each call to a Qdrant server.
 const QDRANT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Whether a store another embedder filled is refused (serving) or taken over,
+/// its tenants stale until embedded again (`ragway reindex`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Switch {
+    Refuse,
+    Adopt,
+}
+
 /// Opens the configured vector store.
-pub async fn open_store(
+async fn open_store(
     store: &StoreConfig,
     embedder: &ragway_engine::Embedder,
+    switch: Switch,
 ) -> Result<Arc<dyn VectorStore>, BuildError> {
     let dimension = embedder.dimension;
+    let space = embedder.search_space();
     Ok(match store {
         StoreConfig::Embedded { path } => Arc::new(
-            EdgeStore::open_for(path, dimension, embedder.model_id())
-                .map_err(|e| BuildError::Retrieval(e.to_string()))?,
+            match switch {
+                Switch::Refuse => EdgeStore::open_for(path, dimension, &space),
+                Switch::Adopt => EdgeStore::switch_to(path, dimension, &space),
+            }
+            .map_err(|e| BuildError::Retrieval(e.to_string()))?,
         ),
         StoreConfig::Qdrant {
             url,

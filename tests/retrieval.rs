@@ -4,6 +4,7 @@
 //! uploads, and the embedded store across a restart.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use ragway::AppState;
 use ragway::config::{Config, Env};
@@ -596,15 +597,37 @@ async fn the_embedded_store_keeps_documents_across_a_restart() {
     assert!(found[0].hit.payload.text.contains("七个工作日"));
 }
 
-/// The labelled set of tests/data/rag: every question asked in every mode; hybrid
-/// retrieval must find the relevant passage in its top 5 for at least 90 % of them.
+/// The labelled sets of tests/data/rag, every question asked in every mode, with
+/// each embedder. MiniLM: hybrid retrieval finds the relevant passage in its top 5
+/// for at least 90 % of the questions. e5 (the default): Chinese questions by
+/// meaning alone at least 85 %, hybrid at least 95 %, and at least 85 % of the
+/// questions asked in the other language than their document's (the figures
+/// measured, held out, are in docs/BENCHMARKS.md).
 #[tokio::test]
 async fn hybrid_retrieval_finds_the_labelled_passages() {
+    let minilm = labelled_scores("models/all-MiniLM-L6-v2").await;
+    let recall = |scores: &[(Mode, String, f64)], mode: Mode, set: &str| {
+        scores
+            .iter()
+            .find(|(m, s, _)| *m == mode && s == set)
+            .map(|(_, _, recall)| *recall)
+            .unwrap()
+    };
+    assert!(recall(&minilm, Mode::Hybrid, "all") >= 0.9, "{minilm:?}");
+    let e5 = labelled_scores("models/e5-small-q4.bin").await;
+    assert!(recall(&e5, Mode::Dense, "zh") >= 0.85, "{e5:?}");
+    assert!(recall(&e5, Mode::Hybrid, "all") >= 0.95, "{e5:?}");
+    assert!(recall(&e5, Mode::Hybrid, "cross") >= 0.85, "{e5:?}");
+}
+
+/// Recall@5 by mode over the labelled questions (`zh`, `en`, `all`) and the
+/// cross-lingual ones (`cross`), with the embedder `model`.
+async fn labelled_scores(model: &str) -> Vec<(Mode, String, f64)> {
     use ragway::retrieve::eval::{evaluate, read_questions};
     let fake = FakeProvider::start().await;
     let dir = TempDir::new();
-    let config = parse(&rag_config(&fake, &dir, ""));
-    let corpus = AppState::open_corpus(&config).await.unwrap();
+    let config = rag_config(&fake, &dir, "").replace("models/all-MiniLM-L6-v2", model);
+    let corpus = AppState::open_corpus(&parse(&config)).await.unwrap();
     let root = PathBuf::from("tests/data/rag");
     let mut names: Vec<_> = std::fs::read_dir(root.join("docs"))
         .unwrap()
@@ -625,36 +648,43 @@ async fn hybrid_retrieval_finds_the_labelled_passages() {
         .unwrap();
         corpus.ingest("eval", doc).await.unwrap();
     }
-    let questions =
-        read_questions(&std::fs::read_to_string(root.join("questions.jsonl")).unwrap()).unwrap();
-    assert!(questions.len() >= 50);
-    let mut hybrid = None;
+    let read =
+        |file: &str| read_questions(&std::fs::read_to_string(root.join(file)).unwrap()).unwrap();
+    let (questions, cross) = (read("questions.jsonl"), read("cross.jsonl"));
+    assert!(questions.len() >= 50 && cross.len() >= 60);
+    let mut scores = Vec::new();
     for mode in [Mode::Dense, Mode::Keyword, Mode::Hybrid] {
-        for lang in ["zh", "en"] {
-            let subset: Vec<_> = questions
-                .iter()
-                .filter(|q| q.lang == lang)
-                .cloned()
-                .collect();
+        let sets = [
+            (
+                "zh",
+                questions
+                    .iter()
+                    .filter(|q| q.lang == "zh")
+                    .cloned()
+                    .collect(),
+            ),
+            (
+                "en",
+                questions
+                    .iter()
+                    .filter(|q| q.lang == "en")
+                    .cloned()
+                    .collect(),
+            ),
+            ("all", questions.clone()),
+            ("cross", cross.clone()),
+        ];
+        for (set, subset) in sets {
+            let subset: Vec<_> = subset;
             let score = evaluate(&corpus, "eval", &subset, mode, 5).await.unwrap();
             eprintln!(
-                "{mode:?} {lang}: recall@5 {:.3}, MRR {:.3} over {}",
+                "{model} {mode:?} {set}: recall@5 {:.3}, MRR {:.3} over {}",
                 score.recall, score.mrr, score.questions
             );
-        }
-        let score = evaluate(&corpus, "eval", &questions, mode, 5)
-            .await
-            .unwrap();
-        eprintln!(
-            "{mode:?} all: recall@5 {:.3}, MRR {:.3} over {}",
-            score.recall, score.mrr, score.questions
-        );
-        if mode == Mode::Hybrid {
-            hybrid = Some(score);
+            scores.push((mode, set.to_owned(), score.recall));
         }
     }
-    let hybrid = hybrid.unwrap();
-    assert!(hybrid.recall >= 0.9, "hybrid recall@5 {:.3}", hybrid.recall);
+    scores
 }
 
 /// `ragway ingest`: a directory of files in, a second run changes nothing, and the
@@ -1020,4 +1050,116 @@ mod html_text {
             }
         }
     }
+}
+
+/// Switching the embedder (MiniLM to e5) on a store MiniLM filled: serving is
+/// refused with an error naming both models and the way on; `ragway reindex
+/// --tenant` embeds one tenant again from the text the store kept; the gateway then
+/// serves, the other tenant searched by keywords alone until `POST
+/// /admin/tenants/{tenant}/reindex` embeds it too. An English question finds the
+/// Chinese passage for a tenant only once that tenant is embedded again.
+#[tokio::test]
+async fn a_new_embedder_takes_the_store_over_by_reindexing() {
+    let fake = FakeProvider::start().await;
+    let dir = TempDir::new();
+    let minilm = format!(
+        "{}\n[auth]\nadmin_key_env = \"ADMIN\"\n",
+        rag_config(&fake, &dir, "")
+    );
+    let e5 = minilm.replace("models/all-MiniLM-L6-v2", "models/e5-small-q4.bin");
+    let parse = |config: &str| {
+        Config::from_toml(config, &Env::from_pairs([("ADMIN", "admin-secret")])).unwrap()
+    };
+    let returns = || NewDocument {
+        id: "退货.md".into(),
+        collection: "default".into(),
+        title: "退货政策".into(),
+        source: "退货.md".into(),
+        text: RETURNS_ZH.into(),
+    };
+    {
+        let corpus = AppState::open_corpus(&parse(&minilm)).await.unwrap();
+        for tenant in ["acme", "globex"] {
+            corpus.ingest(tenant, returns()).await.unwrap();
+        }
+        corpus.store().finish().await.unwrap();
+    }
+    let refused = match AppState::open_corpus(&parse(&e5)).await {
+        Err(error) => error.to_string(),
+        Ok(_) => panic!("a store of MiniLM's vectors opened for e5"),
+    };
+    for named in [
+        "all-MiniLM-L6-v2",
+        "multilingual-e5-small",
+        "ragway reindex",
+    ] {
+        assert!(refused.contains(named), "{named} in: {refused}");
+    }
+
+    let config_path = dir.0.join("e5.toml");
+    std::fs::write(&config_path, &e5).unwrap();
+    let reindexed = std::process::Command::new(env!("CARGO_BIN_EXE_ragway"))
+        .args(["--config", config_path.to_str().unwrap(), "reindex"])
+        .args(["--tenant", "acme"])
+        .env("ADMIN", "admin-secret")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&reindexed.stdout);
+    assert!(
+        reindexed.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&reindexed.stderr)
+    );
+    assert!(stdout.contains("acme: 1 documents"), "{stdout}");
+
+    let gw = Gateway::start_with_env(&e5, &[("ADMIN", "admin-secret")]).await;
+    let corpus = gw.state.corpus.clone().unwrap();
+    let question = "How many working days until my refund is paid back?";
+    let finds = |tenant: &'static str| {
+        let corpus = Arc::clone(&corpus);
+        async move {
+            let found = corpus
+                .search(tenant, None, question, Mode::Hybrid, 3)
+                .await
+                .unwrap();
+            found
+                .first()
+                .is_some_and(|f| f.hit.payload.text.contains("七个工作日"))
+        }
+    };
+    assert!(finds("acme").await, "acme was embedded again");
+    assert!(!finds("globex").await, "globex is stale: keywords alone");
+    assert!(
+        gw.state
+            .corpus
+            .as_ref()
+            .unwrap()
+            .store()
+            .is_stale("globex")
+            .await
+            .unwrap()
+    );
+
+    let generation = corpus.generation("globex").await.unwrap();
+    let done = crate::support::keys::admin(
+        &gw,
+        reqwest::Method::POST,
+        "/admin/tenants/globex/reindex",
+        None,
+    )
+    .await;
+    assert_eq!(done.status(), 200);
+    let done: Value = done.json().await.unwrap();
+    assert_eq!(done["object"], "tenant.reindex");
+    assert_eq!(done["documents"], 1);
+    assert!(done["generation"].as_u64().unwrap() > generation, "{done}");
+    assert!(finds("globex").await, "globex was embedded again");
+    // A client without the admin key cannot start the work.
+    let anonymous = gw
+        .http()
+        .post(format!("{}/admin/tenants/globex/reindex", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
 }

@@ -112,6 +112,13 @@ pub async fn contract(store: &dyn VectorStore) {
     assert_eq!(store.count(&a, Some("doc1")).await.unwrap(), 3);
     assert_eq!(store.count(&a, Some("doc2")).await.unwrap(), 0);
 
+    // A document's chunks read back whole, in order, and only the tenant's own.
+    let passages = store.passages(&a, "doc1").await.unwrap();
+    let expected: Vec<ChunkPayload> = doc1.iter().map(|c| c.payload.clone()).collect();
+    assert_eq!(passages, expected);
+    assert!(store.passages(&b, "doc1").await.unwrap().is_empty());
+    assert!(store.passages(&a, "doc9").await.unwrap().is_empty());
+
     let hits = store.search(dense(&a, None, &unit(0))).await.unwrap();
     assert_eq!(hits[0].id, c0.id);
     assert_eq!(hits[0].payload, c0.payload);
@@ -392,7 +399,25 @@ async fn edge_store_refuses_another_embedder_of_the_same_width() {
     }
     let store = EdgeStore::open_for(dir.path(), DIMENSION, "multilingual-e5-small").unwrap();
     assert_eq!(store.count("t", None).await.unwrap(), 1);
+    assert!(!store.is_stale("t").await.unwrap());
+    store.bump_generation("t").await.unwrap();
     drop(store);
+    // `ragway reindex` takes it over: every tenant is stale until embedded again,
+    // and the switch is kept across a reopen.
+    let switched = EdgeStore::switch_to(dir.path(), DIMENSION, "all-MiniLM-L6-v2").unwrap();
+    assert!(switched.is_stale("t").await.unwrap());
+    assert!(!switched.is_stale("u").await.unwrap());
+    assert_eq!(switched.stale_tenants().await.unwrap(), ["t"]);
+    drop(switched);
+    let reopened = EdgeStore::open_for(dir.path(), DIMENSION, "all-MiniLM-L6-v2").unwrap();
+    assert_eq!(reopened.stale_tenants().await.unwrap(), ["t"]);
+    reopened.mark_current("t").await.unwrap();
+    assert!(!reopened.is_stale("t").await.unwrap());
+    drop(reopened);
+    let reopened = EdgeStore::open_for(dir.path(), DIMENSION, "all-MiniLM-L6-v2").unwrap();
+    assert!(reopened.stale_tenants().await.unwrap().is_empty());
+    assert!(EdgeStore::open_for(dir.path(), DIMENSION, "multilingual-e5-small").is_err());
+    drop(reopened);
     // A store made before stores recorded their embedder was made by MiniLM.
     let old = TempDir::new();
     drop(EdgeStore::open(old.path(), DIMENSION).unwrap());

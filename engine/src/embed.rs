@@ -6,11 +6,13 @@
 //! tell them apart.
 
 use std::path::Path;
+use std::sync::OnceLock;
 
 use candle_core::Device;
 
 use crate::EngineError;
 use crate::bert::Bert;
+use crate::centering::{self, Centering};
 use crate::e5::{E5, Role};
 
 enum Model {
@@ -23,6 +25,9 @@ pub struct Embedder {
     model: Model,
     id: String,
     pub dimension: usize,
+    /// A multilingual model's language means, measured on first use (about a
+    /// second of embedding) and kept.
+    centering: OnceLock<Centering>,
 }
 
 impl Embedder {
@@ -52,6 +57,7 @@ impl Embedder {
             model,
             id,
             dimension,
+            centering: OnceLock::new(),
         })
     }
 
@@ -60,6 +66,48 @@ impl Embedder {
     /// are never compared.
     pub fn model_id(&self) -> &str {
         &self.id
+    }
+
+    /// Whether the model reads many languages into one space (e5): then search
+    /// vectors are centered ([`Embedder::embed_for_search`]).
+    pub fn is_multilingual(&self) -> bool {
+        matches!(self.model, Model::E5(_))
+    }
+
+    /// What a store records of the vectors [`Embedder::embed_for_search`] makes:
+    /// the model's id, and the centering's version for a multilingual model.
+    pub fn search_space(&self) -> String {
+        match self.is_multilingual() {
+            true => format!("{}/{}", self.id, centering::VERSION),
+            false => self.id.clone(),
+        }
+    }
+
+    /// Vectors to search with: [`Embedder::embed`]'s, with each text's language
+    /// taken out when the model is multilingual, so that a question finds the
+    /// passage that answers it in another language (see [`centering`]).
+    pub fn embed_for_search(
+        &self,
+        inputs: &[String],
+        role: Role,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        let mut vectors = self.embed(inputs, role)?;
+        if self.is_multilingual() {
+            let centering = self.centering()?;
+            for (text, vector) in inputs.iter().zip(&mut vectors) {
+                centering.apply(text, role, vector);
+            }
+        }
+        Ok(vectors)
+    }
+
+    fn centering(&self) -> Result<&Centering, EngineError> {
+        if let Some(centering) = self.centering.get() {
+            return Ok(centering);
+        }
+        // Two first callers may both measure; the means are the same.
+        let measured = Centering::measure(|texts, role| self.embed(texts, role))?;
+        Ok(self.centering.get_or_init(|| measured))
     }
 
     /// How many tokens the model reads for `text` (no special tokens or role, no

@@ -3,6 +3,7 @@
 //! here reaches the network: model files come from disk.
 
 mod bert;
+mod centering;
 mod chat;
 mod decoder;
 mod e5;
@@ -13,6 +14,7 @@ mod text;
 mod tokenizer;
 mod worker;
 
+pub use centering::{ideograph_share, is_ideograph};
 pub use chat::{ChatModel, Finish, GenerateParams, Generated};
 pub use e5::{E5, Precision, Role};
 pub use embed::Embedder;

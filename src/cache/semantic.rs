@@ -87,12 +87,15 @@ impl Semantic {
         let context = super::key::key(tenant, alias, corpus, purged, &context)?.hash;
         let embedder = Arc::clone(&self.embedder);
         let text = question.clone();
-        let vector =
-            crate::compute::run(move || embedder.embed(&[text], ragway_engine::Role::Query))
-                .await
-                .ok()?
-                .ok()?
-                .pop()?;
+        // Search vectors: a multilingual model's raw cosines crowd near 0.9 for any
+        // two questions; centered ones spread (measured in docs/BENCHMARKS.md).
+        let vector = crate::compute::run(move || {
+            embedder.embed_for_search(&[text], ragway_engine::Role::Query)
+        })
+        .await
+        .ok()?
+        .ok()?
+        .pop()?;
         Some(Probe {
             context,
             vector,

@@ -33,6 +33,14 @@ pub struct EmbeddingsConfig {
     pub token_vocabulary: Option<PathBuf>,
 }
 
+impl EmbeddingsConfig {
+    /// Whether the model reads many languages into one space: an e5 file (as
+    /// `Embedder::load` decides), not a BERT directory. Retrieval's defaults follow.
+    pub fn is_multilingual(&self) -> bool {
+        !self.model.is_dir()
+    }
+}
+
 /// tiktoken's vocabulary file, looked for beside the embedding model's directory.
 pub(super) const DEFAULT_TOKEN_VOCABULARY: &str = "cl100k_base.tiktoken";
 

@@ -99,8 +99,8 @@ model = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 system_prompt = "You are a helpful assistant."
 
 [embeddings]
-name = "all-minilm-l6-v2"
-model = "models/all-MiniLM-L6-v2"
+name = "multilingual-e5-small"
+model = "models/e5-small-q4.bin"
 
 [retrieval]
 store = "embedded"

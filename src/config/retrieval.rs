@@ -101,11 +101,13 @@ const DEFAULT_MAX_DOCUMENT: u64 = 16 * 1024 * 1024;
 
 pub(super) fn retrieval(
     raw: RawRetrieval,
-    has_embedder: bool,
+    embedder: Option<&super::embeddings::EmbeddingsConfig>,
     env: &Env,
     problems: &mut Problems,
 ) -> RetrievalConfig {
-    if !has_embedder {
+    // Fusion and the cut-off follow what the embedder can read (docs/retrieval.md).
+    let multilingual = embedder.is_some_and(|e| e.is_multilingual());
+    if embedder.is_none() {
         problems.add(
             "retrieval",
             "needs [embeddings]: documents and questions are embedded by it",
@@ -188,16 +190,20 @@ pub(super) fn retrieval(
     if !(1..=64).contains(&ingest_concurrency) {
         problems.add("retrieval.ingest_concurrency", "must be between 1 and 64");
     }
-    let cjk_dense_weight = raw
-        .cjk_dense_weight
-        .unwrap_or(crate::retrieve::corpus::CJK_DENSE_WEIGHT);
+    let cjk_dense_weight = raw.cjk_dense_weight.unwrap_or(match multilingual {
+        true => crate::retrieve::corpus::MULTILINGUAL_CJK_DENSE_WEIGHT,
+        false => crate::retrieve::corpus::CJK_DENSE_WEIGHT,
+    });
     if !(0.0..=1.0).contains(&cjk_dense_weight) {
         problems.add("retrieval.cjk_dense_weight", "must be between 0 and 1");
     }
     let base = RagSettings {
         enabled: true,
         top_k: 4,
-        min_score: 0.3,
+        min_score: match multilingual {
+            true => crate::retrieve::corpus::MULTILINGUAL_MIN_SCORE,
+            false => 0.3,
+        },
         context_tokens: 1500,
         collection: None,
     };

@@ -91,7 +91,7 @@ pub(super) fn validate(raw: RawConfig, env: &Env) -> (Config, Vec<Problem>) {
     let guard = raw.guard.and_then(|g| guard(g, &mut problems));
     let retrieval = raw
         .retrieval
-        .map(|r| super::retrieval::retrieval(r, embeddings.is_some(), env, &mut problems));
+        .map(|r| super::retrieval::retrieval(r, embeddings.as_ref(), env, &mut problems));
     let rag_base = retrieval.as_ref().map(|r| r.defaults.clone());
     let cache = raw
         .cache

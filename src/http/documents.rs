@@ -223,6 +223,34 @@ pub async fn delete(
     ))
 }
 
+/// `POST /admin/tenants/{tenant}/reindex` (admin key): embeds the tenant's stored
+/// documents again with the running embedder (see [`Corpus::reindex`]). It takes
+/// one of the tenant's ingestion places, and stops when the caller goes away or
+/// the gateway shuts down (documents done by then stay done; sending it again
+/// finishes the rest).
+pub async fn reindex(
+    State(state): State<AppState>,
+    tenant: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, GatewayError> {
+    let corpus = corpus(&state)?;
+    let Path(tenant) =
+        tenant.map_err(|e| GatewayError::invalid(e.body_text(), Some("tenant".to_owned())))?;
+    let _slot = corpus
+        .admit(&tenant)
+        .ok_or_else(|| GatewayError::TooManyRequests {
+            message: "the tenant's documents are being ingested as fast as it may: try again when \
+                  they are done"
+                .to_owned(),
+            retry_after: std::time::Duration::from_secs(5),
+        })?;
+    let stop = state.shutdown.child_token();
+    let _stop_when_gone = stop.clone().drop_guard();
+    let done = corpus.reindex(&tenant, &stop).await?;
+    let mut body = json!(done);
+    body["object"] = json!("tenant.reindex");
+    Ok(Json(body))
+}
+
 fn off() -> GatewayError {
     GatewayError::NotFound("/v1/documents (retrieval is not configured)".to_owned())
 }

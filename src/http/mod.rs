@@ -54,6 +54,7 @@ pub fn router(state: AppState) -> Router {
             "/admin/tenants/{tenant}",
             get(keys::tenant).put(keys::put_tenant),
         )
+        .route("/admin/tenants/{tenant}/reindex", post(documents::reindex))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             admin::require_admin,

@@ -25,6 +25,25 @@ use super::store::{
 /// The longest document id, title, source or collection name (each is copied into
 /// every chunk).
 const MAX_NAME_CHARS: usize = 512;
+/// How the keyword list's weight follows the language of the nearest passages by
+/// meaning (see `Corpus::search`): the share of the `nearest` best in the
+/// question's language, raised to `sharpness` (a higher power trusts keywords less
+/// once some of those passages are in another language). Chosen on one half of the
+/// labelled questions (docs/BENCHMARKS.md, "fusion fit").
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reach {
+    pub nearest: usize,
+    pub sharpness: i32,
+}
+
+impl Default for Reach {
+    fn default() -> Reach {
+        Reach {
+            nearest: 10,
+            sharpness: 3,
+        }
+    }
+}
 /// Locks that serialise writes to one document (by a hash of tenant and id).
 const DOCUMENT_LOCKS: usize = 64;
 
@@ -95,6 +114,16 @@ pub struct Ingested {
     pub generation: u64,
 }
 
+/// What a re-embedding did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Reindexed {
+    pub tenant: String,
+    pub documents: usize,
+    pub chunks: usize,
+    /// The tenant's corpus generation afterwards.
+    pub generation: u64,
+}
+
 /// Which half of the index a search uses (all three are measured against each
 /// other in docs/BENCHMARKS.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,6 +173,7 @@ pub struct Corpus {
     size: ChunkSize,
     /// The dense ranking's weight in fusion for a question written in Chinese.
     cjk_dense_weight: f32,
+    reach: Reach,
     /// Two writes of one document at once would each remove the other's chunks as
     /// stale: writes to a document take its lock.
     locks: Vec<tokio::sync::Mutex<()>>,
@@ -176,6 +206,17 @@ impl Drop for IngestSlot {
 /// breaks ties among keyword matches.
 pub const CJK_DENSE_WEIGHT: f32 = 0.1;
 
+/// The default `cjk_dense_weight` for a multilingual embedder (e5), which ranks
+/// Chinese passages as well as English ones: chosen on one half of the labelled
+/// questions, reported on the other (docs/BENCHMARKS.md, "fusion fit").
+pub const MULTILINGUAL_CJK_DENSE_WEIGHT: f32 = 1.0;
+
+/// The default `min_score` for a multilingual embedder's centered vectors: their
+/// cosines spread wider than MiniLM's. Off-topic questions' best passages stayed
+/// below it on the labelled corpus, and 95 % of the relevant passages of
+/// questions in another language reached it (docs/BENCHMARKS.md).
+pub const MULTILINGUAL_MIN_SCORE: f32 = 0.25;
+
 impl Corpus {
     pub fn new(store: Arc<dyn VectorStore>, embedder: Arc<Embedder>, size: ChunkSize) -> Corpus {
         Corpus {
@@ -183,6 +224,7 @@ impl Corpus {
             embedder,
             size,
             cjk_dense_weight: CJK_DENSE_WEIGHT,
+            reach: Reach::default(),
             locks: (0..DOCUMENT_LOCKS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
@@ -221,6 +263,13 @@ impl Corpus {
         &self.locks[usize::from(digest[0]) % DOCUMENT_LOCKS]
     }
 
+    /// How the keyword list follows the nearest passages' language (benchmarks
+    /// choose it; the default is the measured best).
+    pub fn with_reach(mut self, reach: Reach) -> Corpus {
+        self.reach = reach;
+        self
+    }
+
     /// For an embedder that reads Chinese as well as English, set 1.
     pub fn with_cjk_dense_weight(mut self, weight: f32) -> Corpus {
         self.cjk_dense_weight = weight;
@@ -235,12 +284,21 @@ impl Corpus {
         if letters == 0 {
             return 1.0;
         }
-        let cjk = question
-            .chars()
-            .filter(|&c| super::keyword::is_cjk(c))
-            .count();
-        let share = cjk as f32 / letters as f32;
+        let share = ragway_engine::ideograph_share(question);
         1.0 - share * (1.0 - self.cjk_dense_weight)
+    }
+
+    /// How far the keyword list could have found `hit` for `question`: fully in
+    /// the question's script, not at all in another. Only a multilingual embedder
+    /// finds passages across languages; with another, every passage is within reach
+    /// (as the dense list's finds in another language are noise).
+    fn keyword_reach(&self, question: &str, hit: &super::store::Hit) -> f32 {
+        if !self.embedder.is_multilingual() {
+            return 1.0;
+        }
+        let asked = ragway_engine::ideograph_share(question);
+        let written = ragway_engine::ideograph_share(&hit.payload.text);
+        1.0 - (asked - written).abs()
     }
 
     pub fn store(&self) -> &Arc<dyn VectorStore> {
@@ -312,6 +370,47 @@ impl Corpus {
         })
     }
 
+    /// Embeds every stored chunk of the tenant again, from the text the store kept,
+    /// with this corpus's embedder (after a switch of embedder: see
+    /// [`VectorStore::is_stale`]); the documents are not sent again. Each document
+    /// is rewritten whole under its lock, one at a time, and the tenant's searches
+    /// go on meanwhile (by keywords alone while it is stale).
+    pub async fn reindex(
+        &self,
+        tenant: &str,
+        stop: &CancellationToken,
+    ) -> Result<Reindexed, CorpusError> {
+        let documents = self.store.documents(tenant, usize::MAX).await?;
+        let mut chunks = 0;
+        for document in &documents {
+            if stop.is_cancelled() {
+                return Err(CorpusError::Cancelled);
+            }
+            let _writing = self.lock(tenant, &document.id).lock().await;
+            let passages = self.store.passages(tenant, &document.id).await?;
+            if passages.is_empty() {
+                continue; // deleted since the list was read
+            }
+            let embedder = Arc::clone(&self.embedder);
+            let stop_embedding = stop.clone();
+            let stored =
+                tokio::task::spawn_blocking(move || re_embed(&embedder, passages, &stop_embedding))
+                    .await
+                    .map_err(|e| CorpusError::Embed(e.to_string()))??;
+            chunks += stored.len();
+            self.store.replace(tenant, &document.id, stored).await?;
+        }
+        self.store.mark_current(tenant).await?;
+        // Answers cached from the old vectors' passages are not this corpus's.
+        let generation = self.store.bump_generation(tenant).await?;
+        Ok(Reindexed {
+            tenant: tenant.to_owned(),
+            documents: documents.len(),
+            chunks,
+            generation,
+        })
+    }
+
     /// Removes a document; returns how many chunks it had (0: there was none).
     pub async fn delete(&self, tenant: &str, id: &str) -> Result<u64, CorpusError> {
         let _writing = self.lock(tenant, id).lock().await;
@@ -346,8 +445,12 @@ impl Corpus {
         // Each list is asked for more than the final count: fusion promotes
         // passages that rank well in both without being first in either.
         let candidates = (limit * 4).max(20);
+        // A tenant whose vectors another embedder made is searched by keywords
+        // until it is embedded again: the two models' vectors do not compare.
+        let stale = mode != Mode::Keyword && self.store.is_stale(tenant).await?;
         let dense = match mode {
             Mode::Keyword => Vec::new(),
+            Mode::Dense | Mode::Hybrid if stale => Vec::new(),
             Mode::Dense | Mode::Hybrid => {
                 let vector = self.embed_question(question).await?;
                 let query = Query {
@@ -376,7 +479,35 @@ impl Corpus {
                 self.store.search(query).await?
             }
         };
-        let mut fused = fuse(dense, keywords, self.dense_weight(question));
+        // A list that was not asked counts for nothing. The keyword list counts as
+        // far as the question's answer looks to be within its reach: by the share of
+        // the best passages by meaning that are in the question's language. (An
+        // English question whose nearest passages are Chinese is likely answered in
+        // Chinese, where its words cannot be found.)
+        let dense_weight = match mode {
+            Mode::Keyword => 0.0,
+            Mode::Dense | Mode::Hybrid => self.dense_weight(question),
+        };
+        let keyword_weight = match mode {
+            Mode::Dense => 0.0,
+            Mode::Keyword => 1.0,
+            Mode::Hybrid => {
+                let nearest = &dense[..dense.len().min(self.reach.nearest)];
+                match nearest.len() {
+                    0 => 1.0,
+                    n => {
+                        let within: f32 = nearest
+                            .iter()
+                            .map(|hit| self.keyword_reach(question, hit))
+                            .sum();
+                        (within / n as f32).powi(self.reach.sharpness)
+                    }
+                }
+            }
+        };
+        let mut fused = fuse(dense, keywords, dense_weight, |hit| {
+            keyword_weight * self.keyword_reach(question, hit)
+        });
         fused.truncate(limit);
         Ok(fused)
     }
@@ -384,11 +515,12 @@ impl Corpus {
     async fn embed_question(&self, question: &str) -> Result<Vec<f32>, CorpusError> {
         let embedder = Arc::clone(&self.embedder);
         let input = vec![question.to_owned()];
-        let mut vectors =
-            crate::compute::run(move || embedder.embed(&input, ragway_engine::Role::Query))
-                .await
-                .map_err(|e| CorpusError::Embed(e.to_string()))?
-                .map_err(|e| CorpusError::Embed(e.to_string()))?;
+        let mut vectors = crate::compute::run(move || {
+            embedder.embed_for_search(&input, ragway_engine::Role::Query)
+        })
+        .await
+        .map_err(|e| CorpusError::Embed(e.to_string()))?
+        .map_err(|e| CorpusError::Embed(e.to_string()))?;
         vectors
             .pop()
             .ok_or_else(|| CorpusError::Embed("no vector".to_owned()))
@@ -456,24 +588,9 @@ fn prepare(
     if pieces.is_empty() {
         return Err(CorpusError::Invalid("the document has no text".to_owned()));
     }
-    // What is embedded and indexed: the chunk with its title and headings, so a
-    // passage is found by the topic its section is about.
     let indexed: Vec<String> = pieces
         .iter()
-        .map(|c| {
-            let mut text = doc.title.clone();
-            let repeats_title = c
-                .headings
-                .first()
-                .is_some_and(|h| h.trim() == doc.title.trim());
-            for heading in &c.headings[usize::from(repeats_title)..] {
-                text.push_str(" › ");
-                text.push_str(heading);
-            }
-            text.push('\n');
-            text.push_str(&c.text);
-            text
-        })
+        .map(|c| indexed_text(&doc.title, &c.headings, &c.text))
         .collect();
     let vectors = embed_until(embedder, &indexed, stop)?;
     if vectors.len() != indexed.len() {
@@ -520,6 +637,53 @@ fn prepare(
     Ok(chunks)
 }
 
+/// What is embedded and indexed of a chunk: its text under its title and
+/// headings, so a passage is found by the topic its section is about.
+fn indexed_text(title: &str, headings: &[String], text: &str) -> String {
+    let mut indexed = title.to_owned();
+    let repeats_title = headings.first().is_some_and(|h| h.trim() == title.trim());
+    for heading in &headings[usize::from(repeats_title)..] {
+        indexed.push_str(" › ");
+        indexed.push_str(heading);
+    }
+    indexed.push('\n');
+    indexed.push_str(text);
+    indexed
+}
+
+/// A stored document's chunks with vectors from `embedder`, ids and payloads as
+/// they were (so storing them overwrites the old points, one for one).
+fn re_embed(
+    embedder: &Embedder,
+    passages: Vec<ChunkPayload>,
+    stop: &CancellationToken,
+) -> Result<Vec<StoredChunk>, CorpusError> {
+    let indexed: Vec<String> = passages
+        .iter()
+        .map(|p| indexed_text(&p.title, &p.headings, &p.text))
+        .collect();
+    let vectors = embed_until(embedder, &indexed, stop)?;
+    let mut chunks: Vec<StoredChunk> = passages
+        .into_iter()
+        .zip(vectors)
+        .zip(&indexed)
+        .map(|((payload, dense), indexed)| StoredChunk {
+            id: chunk_id(
+                &payload.tenant,
+                &payload.doc_id,
+                payload.chunk_index,
+                &payload.hash,
+            ),
+            dense,
+            keywords: keyword::document_vector(indexed),
+            payload,
+        })
+        .collect();
+    // Chunk 0 last, as `prepare` writes them.
+    chunks.rotate_left(1);
+    Ok(chunks)
+}
+
 /// How many chunks are embedded between two looks at `stop`: one of the embedder's
 /// batches, about a second of work on a CPU core.
 const EMBED_GROUP: usize = 32;
@@ -540,7 +704,7 @@ fn embed_until(
         }
         let batch: Vec<String> = group.iter().map(|&i| texts[i].clone()).collect();
         let embedded = embedder
-            .embed(&batch, ragway_engine::Role::Passage)
+            .embed_for_search(&batch, ragway_engine::Role::Passage)
             .map_err(|e| CorpusError::Embed(e.to_string()))?;
         for (&i, vector) in group.iter().zip(embedded) {
             vectors[i] = vector;

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use jieba_rs::Jieba;
+use ragway_engine::is_ideograph as is_cjk;
 
 use super::store::SparseVector;
 
@@ -84,10 +85,6 @@ pub fn terms(text: &str) -> Vec<String> {
         rest = after;
     }
     out
-}
-
-pub fn is_cjk(c: char) -> bool {
-    matches!(c, '\u{3400}'..='\u{4dbf}' | '\u{4e00}'..='\u{9fff}' | '\u{f900}'..='\u{faff}')
 }
 
 fn normalise(piece: &str) -> Option<String> {

@@ -31,12 +31,8 @@ impl Lang {
     /// Chinese when at least a fifth of the question's letters are CJK ideographs
     /// (product names and codes in Latin letters are common in Chinese questions).
     pub fn of(question: &str) -> Lang {
-        let letters = question.chars().filter(|c| c.is_alphabetic()).count();
-        let cjk = question
-            .chars()
-            .filter(|&c| super::keyword::is_cjk(c))
-            .count();
-        if cjk > 0 && cjk * 5 >= letters {
+        let share = ragway_engine::ideograph_share(question);
+        if share >= 0.2 {
             Lang::Zh
         } else {
             Lang::En

@@ -35,8 +35,8 @@ use qdrant_edge::{
 };
 
 use super::{
-    DENSE, DOCUMENT_FIELDS, DocumentInfo, Hit, KEYWORDS, Query, QueryVector, SparseVector,
-    StoreError, StoredChunk, VectorStore, check_chunks,
+    ChunkPayload, DENSE, DOCUMENT_FIELDS, DocumentInfo, Hit, KEYWORDS, Query, QueryVector,
+    SparseVector, StoreError, StoredChunk, VectorStore, check_chunks,
 };
 
 /// How long writes must have stopped before [`VectorStore::maintain`] rebuilds the
@@ -77,6 +77,9 @@ struct Inner {
     /// One maintenance run at a time (the periodic task and a shutdown's `finish`).
     maintenance: Mutex<()>,
     quiet: Duration,
+    /// Which embedder made the vectors, and which tenants' are stale (`None` for a
+    /// store opened without an embedder's name).
+    record: Mutex<Option<Record>>,
     /// Holds the directory's lock; declared last so it outlives the shard.
     _lock: File,
 }
@@ -94,7 +97,28 @@ impl EdgeStore {
     /// models' vectors of one width are not comparable, and nothing else would say
     /// so).
     pub fn open_for(dir: &Path, dimension: usize, embedder: &str) -> Result<EdgeStore, StoreError> {
-        EdgeStore::open_inner(dir, dimension, OPTIMIZE_QUIET, Some(embedder))
+        EdgeStore::open_inner(
+            dir,
+            dimension,
+            OPTIMIZE_QUIET,
+            Some((embedder, Switch::Refuse)),
+        )
+    }
+
+    /// [`EdgeStore::open_for`], taking a store another model filled over for
+    /// `embedder` (what `ragway reindex` does): every tenant in it is recorded as
+    /// stale, searched by keywords alone until its chunks are embedded again.
+    pub fn switch_to(
+        dir: &Path,
+        dimension: usize,
+        embedder: &str,
+    ) -> Result<EdgeStore, StoreError> {
+        EdgeStore::open_inner(
+            dir,
+            dimension,
+            OPTIMIZE_QUIET,
+            Some((embedder, Switch::Adopt)),
+        )
     }
 
     /// [`EdgeStore::open`] with the quiet time before optimizing (tests use a short one).
@@ -110,7 +134,7 @@ impl EdgeStore {
         dir: &Path,
         dimension: usize,
         quiet: Duration,
-        embedder: Option<&str>,
+        embedder: Option<(&str, Switch)>,
     ) -> Result<EdgeStore, StoreError> {
         let unavailable = |what: &str, e: &dyn std::fmt::Display| {
             StoreError::Unavailable(format!("{what} {}: {e}", dir.display()))
@@ -125,9 +149,6 @@ impl EdgeStore {
             let shard = EdgeShard::load(&shard_dir, None)
                 .map_err(|e| unavailable("cannot load the vector store in", &e))?;
             check_config(&shard, dir, dimension)?;
-            if let Some(embedder) = embedder {
-                check_embedder(dir, embedder)?;
-            }
             shard
         } else {
             let config = EdgeConfigBuilder::new()
@@ -143,12 +164,24 @@ impl EdgeStore {
                 )
                 .build();
             // The record first: a shard without one would count as MiniLM's.
-            if let Some(embedder) = embedder {
-                write_embedder(dir, embedder, dimension)
+            if let Some((embedder, _)) = embedder {
+                let record = Record::new(embedder, dimension);
+                write_record(dir, &record)
                     .map_err(|e| unavailable("cannot record the embedder in", &e))?;
             }
             EdgeShard::new(&shard_dir, config)
                 .map_err(|e| unavailable("cannot create the vector store in", &e))?
+        };
+        let record = match embedder {
+            Some((embedder, switch)) if existing => Some(check_record(
+                dir,
+                embedder,
+                dimension,
+                switch,
+                generations.keys(),
+            )?),
+            Some((embedder, _)) => Some(Record::new(embedder, dimension)),
+            None => None,
         };
         create_indexes(&shard).map_err(|e| unavailable("cannot index the vector store in", &e))?;
         Ok(EdgeStore {
@@ -163,6 +196,7 @@ impl EdgeStore {
                 last_write: Mutex::new(Instant::now()),
                 maintenance: Mutex::new(()),
                 quiet,
+                record: Mutex::new(record),
                 _lock: lock,
             }),
         })
@@ -211,23 +245,52 @@ fn lock(dir: &Path) -> Result<File, StoreError> {
     }
 }
 
-/// Checks that the store's vectors were made by `embedder`: the model its
-/// `embedder.json` names, or the first embedder for a store without one.
-fn check_embedder(dir: &Path, embedder: &str) -> Result<(), StoreError> {
-    #[derive(serde::Deserialize)]
-    struct Recorded {
-        model: String,
+/// What to do with a store another embedder filled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Switch {
+    Refuse,
+    /// Record the new embedder, and every tenant as stale.
+    Adopt,
+}
+
+/// `embedder.json`: the model that makes the store's vectors, and the tenants whose
+/// vectors another model made (the store was switched, and they are not yet
+/// embedded again).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Record {
+    model: String,
+    dimension: usize,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    stale: std::collections::BTreeSet<String>,
+}
+
+impl Record {
+    fn new(model: &str, dimension: usize) -> Record {
+        Record {
+            model: model.to_owned(),
+            dimension,
+            stale: Default::default(),
+        }
     }
+}
+
+/// The store's record, checked against `embedder`: the model its `embedder.json`
+/// names (the first embedder for a store without one) must be it, or, when
+/// adopting, becomes it, with every tenant (`tenants`) stale.
+fn check_record<'a>(
+    dir: &Path,
+    embedder: &str,
+    dimension: usize,
+    switch: Switch,
+    tenants: impl Iterator<Item = &'a String>,
+) -> Result<Record, StoreError> {
     let path = dir.join(EMBEDDER_FILE);
     let recorded = match fs::read(&path) {
-        Ok(bytes) => {
-            serde_json::from_slice::<Recorded>(&bytes)
-                .map_err(|e| {
-                    StoreError::Unavailable(format!("{} is damaged: {e}", path.display()))
-                })?
-                .model
+        Ok(bytes) => serde_json::from_slice::<Record>(&bytes)
+            .map_err(|e| StoreError::Unavailable(format!("{} is damaged: {e}", path.display())))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Record::new(FIRST_EMBEDDER, dimension)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => FIRST_EMBEDDER.to_owned(),
         Err(e) => {
             return Err(StoreError::Unavailable(format!(
                 "cannot read {}: {e}",
@@ -235,25 +298,43 @@ fn check_embedder(dir: &Path, embedder: &str) -> Result<(), StoreError> {
             )));
         }
     };
-    if recorded != embedder {
+    if recorded.model == embedder {
+        return Ok(recorded);
+    }
+    if switch == Switch::Refuse {
         return Err(StoreError::Unavailable(format!(
-            "the document store {} holds vectors made by {recorded}, but the configured \
-             embedder is {embedder}: their vectors cannot be compared. Configure \
-             {recorded} again, or give retrieval a new store path and ingest the \
-             documents again",
-            dir.display()
+            "the document store {} holds vectors made by {}, but the configured \
+             embedder is {embedder}: their vectors cannot be compared. Run `ragway \
+             reindex` to embed the stored documents again with {embedder}, or configure \
+             {} again",
+            dir.display(),
+            recorded.model,
+            recorded.model,
         )));
     }
-    Ok(())
+    let mut record = Record::new(embedder, dimension);
+    record.stale = recorded.stale.into_iter().chain(tenants.cloned()).collect();
+    write_record(dir, &record).map_err(|e| {
+        StoreError::Unavailable(format!(
+            "cannot record the embedder in {}: {e}",
+            dir.display()
+        ))
+    })?;
+    tracing::warn!(
+        from = %recorded.model,
+        to = embedder,
+        stale = record.stale.len(),
+        "the document store now takes the new embedder's vectors; its tenants are searched \
+         by keywords alone until embedded again"
+    );
+    Ok(record)
 }
 
-/// Records which embedder fills a new store, whole or not at all: a temporary
-/// file, renamed.
-fn write_embedder(dir: &Path, embedder: &str, dimension: usize) -> std::io::Result<()> {
-    let record = serde_json::json!({"model": embedder, "dimension": dimension});
+/// Writes `embedder.json` whole or not at all: a temporary file, renamed.
+fn write_record(dir: &Path, record: &Record) -> std::io::Result<()> {
     let temp = dir.join(format!("{EMBEDDER_FILE}.tmp"));
     let mut file = File::create(&temp)?;
-    file.write_all(&serde_json::to_vec_pretty(&record)?)?;
+    file.write_all(&serde_json::to_vec_pretty(record)?)?;
     file.sync_all()?;
     fs::rename(&temp, dir.join(EMBEDDER_FILE))
 }
@@ -403,13 +484,17 @@ impl Inner {
         Ok(())
     }
 
-    /// Pages through the points `filter` matches (payload `fields` only).
+    /// Pages through the points `filter` matches (payload `fields` only, or all
+    /// of it for none).
     fn scroll_all(
         &self,
         filter: Filter,
         fields: &[&str],
     ) -> Result<Vec<qdrant_edge::Record>, StoreError> {
-        let with_payload = WithPayloadInterface::Fields(fields.iter().map(|f| key(f)).collect());
+        let with_payload = match fields {
+            [] => WithPayloadInterface::Bool(true),
+            named => WithPayloadInterface::Fields(named.iter().map(|f| key(f)).collect()),
+        };
         let mut records = Vec::new();
         let mut offset = None;
         loop {
@@ -501,6 +586,58 @@ impl VectorStore for EdgeStore {
         self.blocking(move |inner| {
             let records = inner.scroll_all(filter, DOCUMENT_FIELDS)?;
             Ok(records.into_iter().find_map(|r| document_info(r.payload?)))
+        })
+        .await
+    }
+
+    async fn passages(&self, tenant: &str, doc_id: &str) -> Result<Vec<ChunkPayload>, StoreError> {
+        let filter = document_filter(tenant, doc_id);
+        self.blocking(move |inner| {
+            let records = inner.scroll_all(filter, &[])?;
+            // A chunk that does not parse fails the read: re-embedding what could be
+            // read would drop it.
+            let mut passages = records
+                .into_iter()
+                .map(|r| {
+                    let payload = serde_json::Value::Object(r.payload.unwrap_or_default().0);
+                    serde_json::from_value::<ChunkPayload>(payload)
+                        .map_err(|e| StoreError::Failed(format!("chunk {:?}: {e}", r.id)))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            passages.sort_by_key(|p| p.chunk_index);
+            Ok(passages)
+        })
+        .await
+    }
+
+    async fn is_stale(&self, tenant: &str) -> Result<bool, StoreError> {
+        let record = guard(&self.inner.record);
+        Ok(record.as_ref().is_some_and(|r| r.stale.contains(tenant)))
+    }
+
+    async fn stale_tenants(&self) -> Result<Vec<String>, StoreError> {
+        let record = guard(&self.inner.record);
+        Ok(record
+            .as_ref()
+            .map_or_else(Vec::new, |r| r.stale.iter().cloned().collect()))
+    }
+
+    async fn mark_current(&self, tenant: &str) -> Result<(), StoreError> {
+        let tenant = tenant.to_owned();
+        self.blocking(move |inner| {
+            let mut record = guard(&inner.record);
+            let Some(current) = record.as_mut() else {
+                return Ok(());
+            };
+            if !current.stale.contains(&tenant) {
+                return Ok(());
+            }
+            let mut next = current.clone();
+            next.stale.remove(&tenant);
+            write_record(&inner.dir, &next)
+                .map_err(|e| StoreError::Failed(format!("cannot record the embedder: {e}")))?;
+            *current = next;
+            Ok(())
         })
         .await
     }

@@ -249,6 +249,27 @@ pub trait VectorStore: Send + Sync {
     /// Bumps the tenant's generation; returns the new one.
     async fn bump_generation(&self, tenant: &str) -> Result<u64, StoreError>;
 
+    /// A document's stored chunks, in order (what re-embedding reads back).
+    async fn passages(&self, tenant: &str, doc_id: &str) -> Result<Vec<ChunkPayload>, StoreError>;
+
+    /// Whether the tenant's dense vectors were made by an embedder other than the
+    /// store's (it was switched, and the tenant not yet re-embedded): its searches
+    /// then go by keywords alone. Backends without an embedder record say no.
+    async fn is_stale(&self, _tenant: &str) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+
+    /// The tenants whose vectors are stale, as [`VectorStore::is_stale`] says.
+    async fn stale_tenants(&self) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// After every one of the tenant's chunks was embedded again by the store's
+    /// embedder: its dense vectors count again.
+    async fn mark_current(&self, _tenant: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Makes every write durable and, after a burst of writes, rebuilds indexes.
     /// Backends that do both themselves do nothing.
     async fn maintain(&self) -> Result<(), StoreError> {

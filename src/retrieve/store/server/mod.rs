@@ -254,26 +254,36 @@ impl QdrantServer {
     /// the order Qdrant returns them (by point id), reading every page.
     async fn scroll_documents(&self, filter: Filter) -> Result<Vec<DocumentInfo>, StoreError> {
         let fields: Vec<String> = DOCUMENT_FIELDS.iter().map(|f| (*f).to_owned()).collect();
-        let mut documents = Vec::new();
+        let payloads = self.scroll_payloads(filter, Some(fields)).await?;
+        Ok(payloads.into_iter().filter_map(document_info).collect())
+    }
+
+    /// The payloads of the points `filter` matches (only `fields`, when named),
+    /// reading every page.
+    async fn scroll_payloads(
+        &self,
+        filter: Filter,
+        fields: Option<Vec<String>>,
+    ) -> Result<Vec<HashMap<String, qdrant_client::qdrant::Value>>, StoreError> {
+        let mut payloads = Vec::new();
         let mut offset: Option<PointId> = None;
         loop {
             let mut request = ScrollPointsBuilder::new(&self.collection)
                 .filter(filter.clone())
                 .limit(SCROLL_PAGE)
-                .with_payload(PayloadIncludeSelector::new(fields.clone()))
                 .with_vectors(false);
+            request = match &fields {
+                Some(fields) => request.with_payload(PayloadIncludeSelector::new(fields.clone())),
+                None => request.with_payload(true),
+            };
             if let Some(offset) = offset.take() {
                 request = request.offset(offset);
             }
             let page = self.client.scroll(request).await.map_err(failed("read"))?;
-            documents.extend(
-                page.result
-                    .into_iter()
-                    .filter_map(|p| document_info(p.payload)),
-            );
+            payloads.extend(page.result.into_iter().map(|p| p.payload));
             match page.next_page_offset {
                 Some(next) => offset = Some(next),
-                None => return Ok(documents),
+                None => return Ok(payloads),
             }
         }
     }
@@ -358,6 +368,20 @@ impl VectorStore for QdrantServer {
         let mut filter = document_filter(tenant, doc_id);
         filter.must.push(first_chunk());
         Ok(self.scroll_documents(filter).await?.into_iter().next())
+    }
+
+    async fn passages(&self, tenant: &str, doc_id: &str) -> Result<Vec<ChunkPayload>, StoreError> {
+        let payloads = self
+            .scroll_payloads(document_filter(tenant, doc_id), None)
+            .await?;
+        // A chunk that does not parse fails the read: re-embedding what could be
+        // read would drop it.
+        let mut passages = payloads
+            .into_iter()
+            .map(|p| chunk_payload(p).map_err(|e| StoreError::Failed(format!("a chunk: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        passages.sort_by_key(|p| p.chunk_index);
+        Ok(passages)
     }
 
     async fn documents(&self, tenant: &str, limit: usize) -> Result<Vec<DocumentInfo>, StoreError> {
