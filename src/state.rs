@@ -30,7 +30,7 @@ use crate::retrieve::corpus::Corpus;
 use crate::retrieve::ground::Grounding;
 use crate::retrieve::prompt::Prompts;
 use crate::retrieve::store::VectorStore;
-use crate::retrieve::store::edge::EdgeStore;
+use crate::retrieve::store::edge::{EdgeStore, Switch};
 use crate::retrieve::store::server::QdrantServer;
 use crate::retrieve::{NoRetrieval, Retriever};
 use crate::sanitize::{ContentGuard, PiiSanitizer, Sanitizer, Vault};
@@ -356,15 +356,8 @@ fn corpus(
 /// The deadline of each call to a Qdrant server.
 const QDRANT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Whether a store another embedder filled is refused (serving) or taken over,
-/// its tenants stale until embedded again (`ragway reindex`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Switch {
-    Refuse,
-    Adopt,
-}
-
-/// Opens the configured vector store.
+/// Opens the configured vector store; `switch` says what becomes of a store
+/// another embedder filled: refused when serving, taken over by `ragway reindex`.
 async fn open_store(
     store: &StoreConfig,
     embedder: &ragway_engine::Embedder,

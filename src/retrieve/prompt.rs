@@ -32,11 +32,7 @@ impl Lang {
     /// (product names and codes in Latin letters are common in Chinese questions).
     pub fn of(question: &str) -> Lang {
         let share = ragway_engine::ideograph_share(question);
-        if share >= 0.2 {
-            Lang::Zh
-        } else {
-            Lang::En
-        }
+        if share >= 0.2 { Lang::Zh } else { Lang::En }
     }
 }
 

@@ -247,7 +247,8 @@ fn lock(dir: &Path) -> Result<File, StoreError> {
 
 /// What to do with a store another embedder filled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Switch {
+pub enum Switch {
+    /// Refuse to open it, naming both models (serving).
     Refuse,
     /// Record the new embedder, and every tenant as stale.
     Adopt,
