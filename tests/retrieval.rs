@@ -1162,4 +1162,28 @@ async fn a_new_embedder_takes_the_store_over_by_reindexing() {
         .await
         .unwrap();
     assert_eq!(anonymous.status(), 401);
+    let long = "t".repeat(513);
+    let refused = crate::support::keys::admin(
+        &gw,
+        reqwest::Method::POST,
+        &format!("/admin/tenants/{long}/reindex"),
+        None,
+    )
+    .await;
+    assert_eq!(refused.status(), 400);
+
+    // A Qdrant server keeps no list of stale tenants: the command needs them named.
+    let server = e5.replace(
+        &format!("path = \"{}\"", dir.0.join("qdrant").display()),
+        "store = \"qdrant\"\nurl = \"http://127.0.0.1:9\"",
+    );
+    assert_ne!(server, e5);
+    std::fs::write(&config_path, &server).unwrap();
+    let unnamed = std::process::Command::new(env!("CARGO_BIN_EXE_ragway"))
+        .args(["--config", config_path.to_str().unwrap(), "reindex"])
+        .env("ADMIN", "admin-secret")
+        .output()
+        .unwrap();
+    assert_eq!(unnamed.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unnamed.stderr).contains("--tenant"));
 }

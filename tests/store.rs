@@ -118,6 +118,8 @@ pub async fn contract(store: &dyn VectorStore) {
     assert_eq!(passages, expected);
     assert!(store.passages(&b, "doc1").await.unwrap().is_empty());
     assert!(store.passages(&a, "doc9").await.unwrap().is_empty());
+    assert_eq!(store.document_ids(&a).await.unwrap(), ["doc1"]);
+    assert!(store.document_ids(&b).await.unwrap().is_empty());
 
     let hits = store.search(dense(&a, None, &unit(0))).await.unwrap();
     assert_eq!(hits[0].id, c0.id);

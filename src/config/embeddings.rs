@@ -34,10 +34,11 @@ pub struct EmbeddingsConfig {
 }
 
 impl EmbeddingsConfig {
-    /// Whether the model reads many languages into one space: an e5 file (as
-    /// `Embedder::load` decides), not a BERT directory. Retrieval's defaults follow.
+    /// Whether the model reads many languages into one space (multilingual-e5-small,
+    /// by its file's header, as `Embedder::is_multilingual` decides once loaded).
+    /// Retrieval's defaults follow.
     pub fn is_multilingual(&self) -> bool {
-        !self.model.is_dir()
+        ragway_engine::E5::is_multilingual_e5_small_file(&self.model)
     }
 }
 

@@ -226,8 +226,9 @@ pub async fn delete(
 /// `POST /admin/tenants/{tenant}/reindex` (admin key): embeds the tenant's stored
 /// documents again with the running embedder (see [`Corpus::reindex`]). It takes
 /// one of the tenant's ingestion places, and stops when the caller goes away or
-/// the gateway shuts down (documents done by then stay done; sending it again
-/// finishes the rest).
+/// the gateway shuts down; stopped part-way, the tenant stays stale (searched by
+/// keywords) and a second call embeds every document again. For a tenant too large
+/// for one HTTP call, `ragway reindex --tenant` does the same offline.
 pub async fn reindex(
     State(state): State<AppState>,
     tenant: Result<Path<String>, PathRejection>,
@@ -235,6 +236,12 @@ pub async fn reindex(
     let corpus = corpus(&state)?;
     let Path(tenant) =
         tenant.map_err(|e| GatewayError::invalid(e.body_text(), Some("tenant".to_owned())))?;
+    if tenant.trim().is_empty() || tenant.chars().count() > MAX_TENANT_CHARS {
+        return Err(GatewayError::invalid(
+            format!("a tenant name is 1 to {MAX_TENANT_CHARS} characters"),
+            Some("tenant".to_owned()),
+        ));
+    }
     let _slot = corpus
         .admit(&tenant)
         .ok_or_else(|| GatewayError::TooManyRequests {
@@ -250,6 +257,9 @@ pub async fn reindex(
     body["object"] = json!("tenant.reindex");
     Ok(Json(body))
 }
+
+/// The longest tenant name the reindex endpoint takes (as a document's names).
+const MAX_TENANT_CHARS: usize = 512;
 
 fn off() -> GatewayError {
     GatewayError::NotFound("/v1/documents (retrieval is not configured)".to_owned())

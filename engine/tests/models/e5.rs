@@ -170,6 +170,19 @@ fn centered_search_vectors_find_the_answer_across_languages() {
             .expect("make models");
     assert!(embedder.is_multilingual());
     assert_eq!(embedder.search_space(), "multilingual-e5-small/centered-1");
+    // The header alone says so too (configuration reads it before any model loads).
+    assert!(E5::is_multilingual_e5_small_file(
+        &models().join("e5-small-q4.bin")
+    ));
+    assert!(!E5::is_multilingual_e5_small_file(
+        &models().join("all-MiniLM-L6-v2")
+    ));
+    assert!(!E5::is_multilingual_e5_small_file(
+        &models().join("cl100k_base.tiktoken")
+    ));
+    assert!(!E5::is_multilingual_e5_small_file(
+        &models().join("missing.bin")
+    ));
     let passages: Vec<String> = [
         "退款在签收退货后七个工作日内原路退回，逾期未到账请联系客服。",
         "员工入职满一年后，每年可享受五天带薪年假。",

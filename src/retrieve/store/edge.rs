@@ -591,6 +591,19 @@ impl VectorStore for EdgeStore {
         .await
     }
 
+    async fn document_ids(&self, tenant: &str) -> Result<Vec<String>, StoreError> {
+        let filter = tenant_filter(tenant);
+        self.blocking(move |inner| {
+            let records = inner.scroll_all(filter, &["doc_id"])?;
+            let ids: std::collections::BTreeSet<String> = records
+                .into_iter()
+                .filter_map(|r| r.payload?.0.get("doc_id")?.as_str().map(str::to_owned))
+                .collect();
+            Ok(ids.into_iter().collect())
+        })
+        .await
+    }
+
     async fn passages(&self, tenant: &str, doc_id: &str) -> Result<Vec<ChunkPayload>, StoreError> {
         let filter = document_filter(tenant, doc_id);
         self.blocking(move |inner| {

@@ -249,6 +249,10 @@ pub trait VectorStore: Send + Sync {
     /// Bumps the tenant's generation; returns the new one.
     async fn bump_generation(&self, tenant: &str) -> Result<u64, StoreError>;
 
+    /// The ids of the tenant's documents with any chunk stored (a document whose
+    /// write was cut short before its first chunk included), sorted.
+    async fn document_ids(&self, tenant: &str) -> Result<Vec<String>, StoreError>;
+
     /// A document's stored chunks, in order (what re-embedding reads back).
     async fn passages(&self, tenant: &str, doc_id: &str) -> Result<Vec<ChunkPayload>, StoreError>;
 

@@ -370,6 +370,20 @@ impl VectorStore for QdrantServer {
         Ok(self.scroll_documents(filter).await?.into_iter().next())
     }
 
+    async fn document_ids(&self, tenant: &str) -> Result<Vec<String>, StoreError> {
+        let payloads = self
+            .scroll_payloads(tenant_filter(tenant), Some(vec!["doc_id".to_owned()]))
+            .await?;
+        let ids: std::collections::BTreeSet<String> = payloads
+            .into_iter()
+            .filter_map(|mut p| match p.remove("doc_id")?.kind? {
+                qdrant_client::qdrant::value::Kind::StringValue(id) => Some(id),
+                _ => None,
+            })
+            .collect();
+        Ok(ids.into_iter().collect())
+    }
+
     async fn passages(&self, tenant: &str, doc_id: &str) -> Result<Vec<ChunkPayload>, StoreError> {
         let payloads = self
             .scroll_payloads(document_filter(tenant, doc_id), None)
