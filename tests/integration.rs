@@ -10,6 +10,7 @@ mod bad_input;
 mod cache;
 mod choices;
 mod config;
+mod console;
 mod deploy;
 mod governance;
 mod hostile;

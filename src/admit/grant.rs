@@ -384,7 +384,7 @@ pub fn now_us() -> i64 {
 
 /// 256 bits from the thread's CSPRNG (two v4 UUIDs, 244 random bits, hashed to
 /// spread them): what a key and an id are cut from.
-fn random_bytes() -> [u8; 32] {
+pub fn random_bytes() -> [u8; 32] {
     let mut hasher = Sha256::new();
     hasher.update(uuid::Uuid::new_v4().as_bytes());
     hasher.update(uuid::Uuid::new_v4().as_bytes());

@@ -120,13 +120,20 @@ impl ClientKeys {
             )
         })?;
         let hash: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        if let Some(caller) = self.fixed.get(&hash) {
+        self.caller_of_hash(&hash)
+    }
+
+    /// The caller of the key whose SHA-256 is `hash`, if the key still works (the
+    /// console's sessions keep the hash, never the key, and ask again on every
+    /// page: a revoked, rotated or expired key ends them).
+    pub fn caller_of_hash(&self, hash: &[u8; 32]) -> Result<Caller, GatewayError> {
+        if let Some(caller) = self.fixed.get(hash) {
             return Ok(caller.clone());
         }
         let invalid = || GatewayError::Unauthorized("invalid API key".to_owned());
         let managed = self.managed.as_ref().ok_or_else(invalid)?;
         let view = managed.view.read().unwrap_or_else(|e| e.into_inner());
-        let entry = view.by_hash.get(&hash).ok_or_else(invalid)?;
+        let entry = view.by_hash.get(hash).ok_or_else(invalid)?;
         if entry.expires_us.is_some_and(|at| at <= grant::now_us()) {
             return Err(GatewayError::Unauthorized(
                 "this API key has expired".to_owned(),

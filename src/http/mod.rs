@@ -4,6 +4,7 @@ mod admin;
 mod auth;
 mod body;
 mod chat;
+mod console;
 mod documents;
 mod embeddings;
 mod error;
@@ -78,6 +79,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api)
         .merge(admin)
         .merge(documents)
+        .merge(console::router())
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));
     // With its own address, /metrics is served there only (see `metrics_router`).

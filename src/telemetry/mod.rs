@@ -309,6 +309,51 @@ impl Metrics {
         String::from_utf8(out).unwrap_or_default()
     }
 
+    /// The named metric families as JSON, for the console's live pages: each
+    /// series with its labels and its value (counters and gauges) or its
+    /// cumulative bucket counts (histograms). The page computes rates and
+    /// quantiles from two snapshots.
+    pub fn snapshot(&self, names: &[&str]) -> serde_json::Value {
+        use prometheus::proto::MetricType;
+        let mut out = serde_json::Map::new();
+        for family in self.registry.gather() {
+            if !names.contains(&family.name()) {
+                continue;
+            }
+            let series: Vec<serde_json::Value> = family
+                .get_metric()
+                .iter()
+                .map(|metric| {
+                    let labels: serde_json::Map<String, serde_json::Value> = metric
+                        .get_label()
+                        .iter()
+                        .map(|l| (l.name().to_owned(), l.value().into()))
+                        .collect();
+                    let mut entry = serde_json::json!({ "labels": labels });
+                    match family.get_field_type() {
+                        MetricType::COUNTER => {
+                            entry["value"] = metric.get_counter().get_value().into();
+                        }
+                        MetricType::GAUGE => entry["value"] = metric.get_gauge().get_value().into(),
+                        MetricType::HISTOGRAM => {
+                            let h = metric.get_histogram();
+                            entry["count"] = h.get_sample_count().into();
+                            entry["buckets"] = h
+                                .get_bucket()
+                                .iter()
+                                .map(|b| serde_json::json!([b.upper_bound(), b.cumulative_count()]))
+                                .collect();
+                        }
+                        _ => {}
+                    }
+                    entry
+                })
+                .collect();
+            out.insert(family.name().to_owned(), series.into());
+        }
+        out.into()
+    }
+
     pub fn request_finished(&self, e: &RequestFinished<'_>) {
         let status = e.status.to_string();
         self.requests

@@ -1,0 +1,180 @@
+//! The console's pages: minijinja templates compiled into the binary (HTML-escaped
+//! by their `.html` names), in English or Chinese.
+
+use std::sync::OnceLock;
+
+use axum::http::HeaderMap;
+use minijinja::Environment;
+use serde_json::Value;
+
+/// The page language: `?lang=`, then the `ragway_console_lang` cookie, then the
+/// browser's `Accept-Language`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    En,
+    Zh,
+}
+
+pub const LANG_COOKIE: &str = "ragway_console_lang";
+
+impl Lang {
+    pub fn code(self) -> &'static str {
+        match self {
+            Lang::En => "en",
+            Lang::Zh => "zh",
+        }
+    }
+
+    fn parse(code: &str) -> Option<Lang> {
+        match code.trim().to_ascii_lowercase().as_str() {
+            "en" => Some(Lang::En),
+            "zh" => Some(Lang::Zh),
+            _ => None,
+        }
+    }
+
+    pub fn of(asked: Option<&str>, headers: &HeaderMap) -> Lang {
+        if let Some(lang) = asked.and_then(Lang::parse) {
+            return lang;
+        }
+        if let Some(lang) = super::cookie(headers, LANG_COOKIE).and_then(Lang::parse) {
+            return lang;
+        }
+        let accepted = headers
+            .get(axum::http::header::ACCEPT_LANGUAGE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        // The first language named decides (quality values are rarely reordered).
+        match accepted.trim_start().to_ascii_lowercase().starts_with("zh") {
+            true => Lang::Zh,
+            false => Lang::En,
+        }
+    }
+}
+
+/// Every string a page shows, in both languages: key, English, Chinese.
+#[rustfmt::skip]
+const TEXT: &[(&str, &str, &str)] = &[
+    ("title", "ragway console", "ragway 控制台"),
+    ("sign_in", "Sign in", "登录"),
+    ("sign_out", "Sign out", "退出"),
+    ("key", "Admin key or API key", "管理密钥或 API 密钥"),
+    ("key_hint", "The admin key sees everything; an API key sees its own tenant.", "管理密钥可查看全部；API 密钥只能查看其所属租户。"),
+    ("wrong_key", "That key is not valid here.", "该密钥无效。"),
+    ("no_keys", "No key can sign in: set auth.admin_key_env (or client keys) first.", "尚无可登录的密钥：请先设置 auth.admin_key_env（或客户端密钥）。"),
+    ("overview", "Overview", "总览"),
+    ("signed_in_admin", "Signed in with the admin key", "已使用管理密钥登录"),
+    ("signed_in_tenant", "Signed in for tenant", "已登录租户"),
+    ("requests_per_s", "Requests/s", "请求/秒"),
+    ("latency_p50", "Latency p50", "延迟 p50"),
+    ("latency_p99", "Latency p99", "延迟 p99"),
+    ("errors", "Errors by class", "按类别的错误"),
+    ("failovers", "Failovers", "故障转移"),
+    ("local_share", "Local-model share", "本地模型占比"),
+    ("cache_hits", "Cache hit ratio", "缓存命中率"),
+    ("breakers", "Circuit breakers", "熔断器"),
+    ("closed", "closed", "关闭"),
+    ("half_open", "half-open", "半开"),
+    ("open", "open", "打开"),
+    ("since_start", "since start", "自启动以来"),
+    ("live", "live, every 2 s", "实时，每 2 秒"),
+    ("language", "中文", "English"),
+];
+
+/// One string of `lang` (the key itself when there is none).
+pub fn text(lang: Lang, key: &'static str) -> &'static str {
+    TEXT.iter()
+        .find(|(k, _, _)| *k == key)
+        .map_or(key, |(_, en, zh)| match lang {
+            Lang::En => en,
+            Lang::Zh => zh,
+        })
+}
+
+/// The strings of `lang`, by key.
+fn texts(lang: Lang) -> Value {
+    TEXT.iter()
+        .map(|(key, en, zh)| {
+            let text = match lang {
+                Lang::En => *en,
+                Lang::Zh => *zh,
+            };
+            ((*key).to_owned(), Value::from(text))
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+fn templates() -> &'static Environment<'static> {
+    static ENV: OnceLock<Environment<'static>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let mut env = Environment::new();
+        for (name, source) in [
+            ("layout.html", include_str!("templates/layout.html")),
+            ("sign_in.html", include_str!("templates/sign_in.html")),
+            ("overview.html", include_str!("templates/overview.html")),
+        ] {
+            env.add_template(name, source)
+                .expect("the console's templates are valid");
+        }
+        env
+    })
+}
+
+/// `template` rendered with `context` and the strings of `lang` (as `t`).
+pub fn render(template: &str, lang: Lang, mut context: Value) -> String {
+    context["t"] = texts(lang);
+    context["lang"] = lang.code().into();
+    context["other_lang"] = match lang {
+        Lang::En => "zh",
+        Lang::Zh => "en",
+    }
+    .into();
+    templates()
+        .get_template(template)
+        .and_then(|t| t.render(&context))
+        .unwrap_or_else(|error| {
+            tracing::error!(%error, template, "a console page failed to render");
+            "<!doctype html><title>ragway</title><p>This page failed to render.</p>".to_owned()
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_page_renders_in_both_languages_and_escapes() {
+        for lang in [Lang::En, Lang::Zh] {
+            let page = render(
+                "sign_in.html",
+                lang,
+                serde_json::json!({"token": "\"><script>", "error": null, "can_sign_in": true}),
+            );
+            assert!(page.contains("&quot;&gt;&lt;script&gt;"), "{page}");
+            assert!(!page.contains("\"><script>"));
+            let page = render(
+                "overview.html",
+                lang,
+                serde_json::json!({"csrf": "t", "tenant": "<b>", "admin": false}),
+            );
+            assert!(page.contains("&lt;b&gt;"), "{page}");
+        }
+        assert!(render("sign_in.html", Lang::Zh, serde_json::json!({})).contains("登录"));
+    }
+
+    #[test]
+    fn the_language_follows_the_query_then_the_cookie_then_the_browser() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(Lang::of(None, &headers), Lang::En);
+        headers.insert(
+            "accept-language",
+            "zh-CN,zh;q=0.9,en;q=0.8".parse().unwrap(),
+        );
+        assert_eq!(Lang::of(None, &headers), Lang::Zh);
+        headers.insert("cookie", "a=b; ragway_console_lang=en".parse().unwrap());
+        assert_eq!(Lang::of(None, &headers), Lang::En);
+        assert_eq!(Lang::of(Some("zh"), &headers), Lang::Zh);
+        assert_eq!(Lang::of(Some("xx"), &headers), Lang::En);
+    }
+}
