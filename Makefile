@@ -7,14 +7,14 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/ragway/target
 CARGO ?= cargo
 CONFIG ?= $(wildcard ragway.toml)
 
-.PHONY: run test lint fmt toolchain models services sdks bench-overhead bench-instructions profile-overhead bench-stream-tail bench-local bench-pii bench-rag bench-admission bench-cache bench-audit soak
+.PHONY: run test lint fmt toolchain models services sdks browser bench-overhead bench-instructions profile-overhead bench-stream-tail bench-local bench-pii bench-rag bench-admission bench-cache bench-audit soak
 
 ## Serve on 127.0.0.1:8080 (ragway.toml if present, built-in defaults otherwise).
 run: toolchain models
 	$(CARGO) run --locked --release --bin ragway -- serve $(if $(CONFIG),--config $(CONFIG))
 
 ## The whole test suite, as CI runs it (Redis and Postgres on loopback, started when missing).
-test: toolchain models services sdks
+test: toolchain models services sdks browser
 	$(CARGO) fmt --all -- --check
 	$(CARGO) test --workspace --locked
 
@@ -34,6 +34,10 @@ services:
 ## The official client SDKs the suite drives the gateway with (a venv outside the checkout).
 sdks:
 	scripts/sdks.sh
+
+## Headless Chromium and ChromeDriver for the console's browser tests (Debian's packages).
+browser:
+	scripts/browser.sh
 
 ## Lints the code as reviewers do.
 lint: toolchain

@@ -329,3 +329,86 @@ async fn the_console_speaks_the_browsers_language_and_remembers_a_choice() {
         .unwrap();
     assert_eq!(missing.status(), 404);
 }
+
+/// The console in headless Chromium: the sign-in form, the overview's live tiles
+/// after API calls, no script error or CSP refusal in the page's log, a wrong key
+/// sent back to the form, and the Chinese page; screenshots of each under the
+/// tests' output directory.
+#[tokio::test]
+async fn the_console_works_in_a_real_browser() {
+    use crate::support::browser::Browser;
+    let fake = FakeProvider::start().await;
+    let dir = TempDir::new();
+    let gw = console_gateway(&fake, &dir).await;
+    let Some(browser) = Browser::start("en-US").await else {
+        return;
+    };
+    browser.goto(&format!("{}/console", gw.url)).await;
+    assert!(browser.url().await.ends_with("/console/sign-in"));
+    browser.screenshot("sign-in.png").await;
+    browser.type_into("#key", "sk-wrong").await;
+    browser.click("form button").await;
+    let error = browser
+        .wait_for(
+            "return document.querySelector('.error')?.textContent",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(error.as_str().unwrap().contains("not valid"), "{error}");
+    // Reading the log empties it: the refused sign-in's 401 is expected there.
+    let refused = browser.severe_logs().await;
+    assert!(
+        refused.iter().all(|line| line.contains("401")),
+        "{refused:?}"
+    );
+
+    browser.type_into("#key", ADMIN).await;
+    browser.click("form button").await;
+    browser
+        .wait_for(
+            "return location.pathname === '/console'",
+            Duration::from_secs(5),
+        )
+        .await;
+    // Calls through the API, while the page polls: the tiles show them.
+    let calls = async {
+        for _ in 0..40 {
+            let answer = gw
+                .http()
+                .post(format!("{}/v1/chat/completions", gw.url))
+                .bearer_auth("acme-key")
+                .json(&crate::support::ask("chat", "hello"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(answer.status(), 200);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let seen = async {
+        browser
+            .wait_for(
+                "const v = document.querySelector('[data-metric=rps] output').textContent; \
+                 return parseFloat(v) > 0 && document.querySelector('[data-metric=p50] output').textContent.endsWith('ms') ? v : null",
+                Duration::from_secs(15),
+            )
+            .await
+    };
+    let ((), rps) = tokio::join!(calls, seen);
+    assert!(rps.as_str().unwrap().parse::<f64>().unwrap() > 0.0, "{rps}");
+    let breakers = browser
+        .eval("return document.querySelectorAll('#breakers tr').length")
+        .await;
+    assert_eq!(breakers, 1, "the one target's breaker");
+    browser.screenshot("overview.png").await;
+    let severe = browser.severe_logs().await;
+    assert!(severe.is_empty(), "errors in the page: {severe:?}");
+
+    browser.goto(&format!("{}/console?lang=zh", gw.url)).await;
+    let title = browser
+        .eval("return document.querySelector('h1').textContent")
+        .await;
+    assert!(title.as_str().unwrap().contains("总览"), "{title}");
+    browser.screenshot("overview-zh.png").await;
+    browser.quit().await;
+}

@@ -48,7 +48,8 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     let route_name = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     // Probes and scrapes are not calls worth a record, nor the console's page
     // views and polls; its sign-ins and changes are.
-    let console_view = route_name.starts_with("/console") && method == axum::http::Method::GET;
+    let console_view = route_name.starts_with("/console")
+        && matches!(method, axum::http::Method::GET | axum::http::Method::HEAD);
     let audited = !matches!(route_name, "/healthz" | "/readyz" | "/metrics") && !console_view;
     // The record of a call the pipeline does not record; written when the
     // response is ready, or when the client leaves before it is (the handler's

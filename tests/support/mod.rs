@@ -1,5 +1,6 @@
 //! Shared test harness: the fake provider and a gateway on a real socket.
 
+pub mod browser;
 pub mod fake;
 pub mod keys;
 pub mod postgres;

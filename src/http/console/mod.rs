@@ -147,7 +147,7 @@ fn sign_in_form(
     error: Option<&str>,
     status: StatusCode,
 ) -> Response {
-    let (nonce, token) = sessions(state).sign_in_nonce();
+    let (nonce, token) = sessions(state).sign_in_nonce(now());
     let can_sign_in = state.config.auth.admin_key.is_some()
         || !state.config.auth.tenants.is_empty()
         || state.client_keys.store().is_some();
@@ -180,10 +180,10 @@ async fn sign_in(
         return forbidden();
     };
     let nonce = cookie(&headers, SIGN_IN_COOKIE).unwrap_or_default();
-    if nonce.is_empty() || !sessions(&state).sign_in_matches(nonce, &form.token) {
+    if nonce.is_empty() || !sessions(&state).sign_in_matches(nonce, &form.token, now()) {
         return forbidden();
     }
-    let Some(who) = who_is(&state, form.key.trim()) else {
+    let Some((who, caller)) = who_is(&state, form.key.trim()) else {
         let wrong = page::text(lang, "wrong_key");
         return sign_in_form(
             &state,
@@ -195,6 +195,10 @@ async fn sign_in(
     };
     let (_, value) = sessions(&state).issue(who, now());
     let mut response = Redirect::to("/console").into_response();
+    // The sign-in's audit row names the client key (the admin's names none).
+    if let Some(caller) = caller {
+        response.extensions_mut().insert(caller);
+    }
     let tls = over_tls(&headers);
     set_cookie(
         &mut response,
@@ -207,9 +211,9 @@ async fn sign_in(
     response
 }
 
-/// Who a presented key signs in as: the admin, or a working client key (never
-/// "anonymous": with authentication off, only the admin key signs in).
-fn who_is(state: &AppState, key: &str) -> Option<Who> {
+/// Who a presented key signs in as: the admin, or a working client key and its
+/// caller (never "anonymous": with authentication off, only the admin key signs in).
+fn who_is(state: &AppState, key: &str) -> Option<(Who, Option<crate::call::Caller>)> {
     if key.is_empty() {
         return None;
     }
@@ -217,11 +221,11 @@ fn who_is(state: &AppState, key: &str) -> Option<Who> {
     if let Some(admin) = &state.config.auth.admin_key {
         let admin: [u8; 32] = Sha256::digest(admin.expose().as_bytes()).into();
         if admin == presented {
-            return Some(Who::Admin);
+            return Some((Who::Admin, None));
         }
     }
-    state.client_keys.caller_of_hash(&presented).ok()?;
-    Some(Who::Key(presented))
+    let caller = state.client_keys.caller_of_hash(&presented).ok()?;
+    Some((Who::Key(presented), Some(caller)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -247,12 +251,22 @@ async fn sign_out(
     }
 }
 
-/// The overview's counters: gateway-wide for the admin; a client key's session
-/// gets them too only as far as they name no other tenant (they do not: these are
-/// per route, model and target), so both see the same tiles.
+/// The overview's counters, gateway-wide: the admin's only. (They name every
+/// alias and target, which a client key may not be allowed to see; a tenant's own
+/// figures come with the usage page.)
 async fn overview_data(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if Visitor::of(&state, &headers).is_none() {
-        return (StatusCode::UNAUTHORIZED, Json(json!({"error": "sign in"}))).into_response();
+    match Visitor::of(&state, &headers) {
+        None => {
+            return (StatusCode::UNAUTHORIZED, Json(json!({"error": "sign in"}))).into_response();
+        }
+        Some(visitor) if !visitor.is_admin() => {
+            return (
+                StatusCode::FORBIDDEN,
+                Json(json!({"error": "the admin's view"})),
+            )
+                .into_response();
+        }
+        Some(_) => {}
     }
     let local: Vec<&str> = state
         .routes

@@ -78,6 +78,7 @@ const TEXT: &[(&str, &str, &str)] = &[
     ("open", "open", "打开"),
     ("since_start", "since start", "自启动以来"),
     ("live", "live, every 2 s", "实时，每 2 秒"),
+    ("admin_view", "The gateway-wide figures are the admin's view; your tenant's usage and spend will be on the usage page.", "网关整体数据仅管理员可见；租户的用量与花费将在用量页面提供。"),
     ("language", "中文", "English"),
 ];
 
@@ -159,6 +160,10 @@ mod tests {
                 serde_json::json!({"csrf": "t", "tenant": "<b>", "admin": false}),
             );
             assert!(page.contains("&lt;b&gt;"), "{page}");
+            assert!(
+                !page.contains("console.js"),
+                "no live data for a client key"
+            );
         }
         assert!(render("sign_in.html", Lang::Zh, serde_json::json!({})).contains("登录"));
     }

@@ -19,6 +19,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
+/// How long a sign-in form may wait to be sent.
+pub const SIGN_IN_SECS: u64 = 600;
+
 /// How long a session lasts from sign-in.
 pub const LIFETIME_SECS: u64 = 8 * 3600;
 
@@ -101,19 +104,28 @@ impl Sessions {
             .is_some()
     }
 
-    /// A nonce for the sign-in form's own cookie, and the token its form carries.
-    pub fn sign_in_nonce(&self) -> (String, String) {
-        let nonce = B64.encode(&crate::admit::grant::random_bytes()[..16]);
+    /// A nonce for the sign-in form's own cookie (the time it was made, and
+    /// random bytes), and the token its form carries.
+    pub fn sign_in_nonce(&self, now: u64) -> (String, String) {
+        let random = B64.encode(&crate::admit::grant::random_bytes()[..16]);
+        let nonce = format!("{now}.{random}");
         let token = B64.encode(self.mac(b"sign-in", nonce.as_bytes()));
         (nonce, token)
     }
 
-    /// Whether a sign-in form's token belongs to the nonce in its cookie.
-    pub fn sign_in_matches(&self, nonce: &str, presented: &str) -> bool {
-        B64.decode(presented.trim())
-            .ok()
-            .and_then(|mac| self.verify(b"sign-in", nonce.as_bytes(), &mac))
-            .is_some()
+    /// Whether a sign-in form's token belongs to the nonce in its cookie, made in
+    /// the last [`SIGN_IN_SECS`] (a pair copied from an old form is no use).
+    pub fn sign_in_matches(&self, nonce: &str, presented: &str, now: u64) -> bool {
+        let made = nonce
+            .split_once('.')
+            .and_then(|(t, _)| t.parse::<u64>().ok());
+        let fresh = made.is_some_and(|t| t <= now && now - t < SIGN_IN_SECS);
+        fresh
+            && B64
+                .decode(presented.trim())
+                .ok()
+                .and_then(|mac| self.verify(b"sign-in", nonce.as_bytes(), &mac))
+                .is_some()
     }
 
     fn hmac(&self, purpose: &[u8], data: &[u8]) -> Hmac<Sha256> {
@@ -214,9 +226,14 @@ mod tests {
         assert!(sessions.csrf_matches(&a, &token));
         assert!(!sessions.csrf_matches(&b, &token));
         assert!(!sessions.csrf_matches(&a, ""));
-        let (nonce, form) = sessions.sign_in_nonce();
-        assert!(sessions.sign_in_matches(&nonce, &form));
-        let (other, _) = sessions.sign_in_nonce();
-        assert!(!sessions.sign_in_matches(&other, &form));
+        let (nonce, form) = sessions.sign_in_nonce(NOW);
+        assert!(sessions.sign_in_matches(&nonce, &form, NOW + 10));
+        assert!(!sessions.sign_in_matches(&nonce, &form, NOW + SIGN_IN_SECS));
+        let (other, _) = sessions.sign_in_nonce(NOW);
+        assert!(!sessions.sign_in_matches(&other, &form, NOW));
+        // The time is under the MAC: moving it forward breaks the token.
+        let (_, random) = nonce.split_once('.').unwrap();
+        let moved = format!("{}.{random}", NOW + 500);
+        assert!(!sessions.sign_in_matches(&moved, &form, NOW + 600));
     }
 }
