@@ -220,13 +220,18 @@ async fn the_console_signs_in_with_a_key_and_guards_every_change() {
     let cleared = set_cookie(out.headers(), "ragway_console").unwrap();
     assert!(cleared.contains("Max-Age=0"), "{cleared}");
 
-    // A client key sees its own tenant; behind TLS the cookies are Secure.
-    let acme = page(&gw, "/console", &session(&gw, "acme-key").await).await;
+    // A client key sees its own tenant, and not the gateway-wide counters (they
+    // name every alias and target); behind TLS the cookies are Secure.
+    let acme_session = session(&gw, "acme-key").await;
+    let acme = page(&gw, "/console", &acme_session).await;
     let html = acme.text().await.unwrap();
     assert!(
         html.contains("Signed in for tenant") && html.contains("acme"),
         "{html}"
     );
+    assert!(!html.contains("console.js"), "{html}");
+    let refused = page(&gw, "/console/api/overview", &acme_session).await;
+    assert_eq!(refused.status(), 403);
     let behind_tls = browser()
         .get(format!("{}/console/sign-in", gw.url))
         .header("x-forwarded-proto", "https")
