@@ -605,24 +605,36 @@ async fn the_embedded_store_keeps_documents_across_a_restart() {
 /// measured, held out, are in docs/BENCHMARKS.md).
 #[tokio::test]
 async fn hybrid_retrieval_finds_the_labelled_passages() {
-    let minilm = labelled_scores("models/all-MiniLM-L6-v2").await;
-    let recall = |scores: &[(Mode, String, f64)], mode: Mode, set: &str| {
-        scores
-            .iter()
-            .find(|(m, s, _)| *m == mode && s == set)
-            .map(|(_, _, recall)| *recall)
-            .unwrap()
-    };
-    assert!(recall(&minilm, Mode::Hybrid, "all") >= 0.9, "{minilm:?}");
-    let e5 = labelled_scores("models/e5-small-q4.bin").await;
-    assert!(recall(&e5, Mode::Dense, "zh") >= 0.85, "{e5:?}");
-    assert!(recall(&e5, Mode::Hybrid, "all") >= 0.95, "{e5:?}");
-    assert!(recall(&e5, Mode::Hybrid, "cross") >= 0.85, "{e5:?}");
+    // Only what the floors need is asked (`make bench-rag` prints every mode): the
+    // suite runs this beside timing-sensitive tests on two cores.
+    let minilm = labelled_scores("models/all-MiniLM-L6-v2", &[(Mode::Hybrid, "all")]).await;
+    assert!(minilm[0] >= 0.9, "MiniLM hybrid recall@5 {:.3}", minilm[0]);
+    let e5 = labelled_scores(
+        "models/e5-small-q4.bin",
+        &[
+            (Mode::Dense, "zh"),
+            (Mode::Hybrid, "all"),
+            (Mode::Hybrid, "cross"),
+        ],
+    )
+    .await;
+    assert!(
+        e5[0] >= 0.85,
+        "e5 dense recall@5, Chinese questions {:.3}",
+        e5[0]
+    );
+    assert!(e5[1] >= 0.95, "e5 hybrid recall@5 {:.3}", e5[1]);
+    assert!(
+        e5[2] >= 0.85,
+        "e5 hybrid recall@5 across languages {:.3}",
+        e5[2]
+    );
 }
 
-/// Recall@5 by mode over the labelled questions (`zh`, `en`, `all`) and the
-/// cross-lingual ones (`cross`), with the embedder `model`.
-async fn labelled_scores(model: &str) -> Vec<(Mode, String, f64)> {
+/// Recall@5 with the embedder `model` for each (mode, set) asked, in order: sets
+/// are the labelled questions (`zh`, `en`, `all`) and the cross-lingual ones
+/// (`cross`).
+async fn labelled_scores(model: &str, asked: &[(Mode, &str)]) -> Vec<f64> {
     use ragway::retrieve::eval::{evaluate, read_questions};
     let fake = FakeProvider::start().await;
     let dir = TempDir::new();
@@ -653,36 +665,22 @@ async fn labelled_scores(model: &str) -> Vec<(Mode, String, f64)> {
     let (questions, cross) = (read("questions.jsonl"), read("cross.jsonl"));
     assert!(questions.len() >= 50 && cross.len() >= 60);
     let mut scores = Vec::new();
-    for mode in [Mode::Dense, Mode::Keyword, Mode::Hybrid] {
-        let sets = [
-            (
-                "zh",
-                questions
-                    .iter()
-                    .filter(|q| q.lang == "zh")
-                    .cloned()
-                    .collect(),
-            ),
-            (
-                "en",
-                questions
-                    .iter()
-                    .filter(|q| q.lang == "en")
-                    .cloned()
-                    .collect(),
-            ),
-            ("all", questions.clone()),
-            ("cross", cross.clone()),
-        ];
-        for (set, subset) in sets {
-            let subset: Vec<_> = subset;
-            let score = evaluate(&corpus, "eval", &subset, mode, 5).await.unwrap();
-            eprintln!(
-                "{model} {mode:?} {set}: recall@5 {:.3}, MRR {:.3} over {}",
-                score.recall, score.mrr, score.questions
-            );
-            scores.push((mode, set.to_owned(), score.recall));
-        }
+    for &(mode, set) in asked {
+        let subset: Vec<_> = match set {
+            "cross" => cross.clone(),
+            "all" => questions.clone(),
+            lang => questions
+                .iter()
+                .filter(|q| q.lang == lang)
+                .cloned()
+                .collect(),
+        };
+        let score = evaluate(&corpus, "eval", &subset, mode, 5).await.unwrap();
+        eprintln!(
+            "{model} {mode:?} {set}: recall@5 {:.3}, MRR {:.3} over {}",
+            score.recall, score.mrr, score.questions
+        );
+        scores.push(score.recall);
     }
     scores
 }
