@@ -280,25 +280,9 @@ impl Corpus {
     /// question: full for English, `cjk_dense_weight` for Chinese, in proportion
     /// for a mix (by the share of ideographs among its letters).
     pub fn dense_weight(&self, question: &str) -> f32 {
-        let letters = question.chars().filter(|c| c.is_alphabetic()).count();
-        if letters == 0 {
-            return 1.0;
-        }
+        // A question without letters has a share of 0: the full weight.
         let share = ragway_engine::ideograph_share(question);
         1.0 - share * (1.0 - self.cjk_dense_weight)
-    }
-
-    /// How far the keyword list could have found `hit` for `question`: fully in
-    /// the question's script, not at all in another. Only a multilingual embedder
-    /// finds passages across languages; with another, every passage is within reach
-    /// (as the dense list's finds in another language are noise).
-    fn keyword_reach(&self, question: &str, hit: &super::store::Hit) -> f32 {
-        if !self.embedder.is_multilingual() {
-            return 1.0;
-        }
-        let asked = ragway_engine::ideograph_share(question);
-        let written = ragway_engine::ideograph_share(&hit.payload.text);
-        1.0 - (asked - written).abs()
     }
 
     pub fn store(&self) -> &Arc<dyn VectorStore> {
@@ -498,6 +482,11 @@ impl Corpus {
         // the best passages by meaning that are in the question's language. (An
         // English question whose nearest passages are Chinese is likely answered in
         // Chinese, where its words cannot be found.)
+        // The question's script, measured once for every passage's reach.
+        let asked = self
+            .embedder
+            .is_multilingual()
+            .then(|| ragway_engine::ideograph_share(question));
         let dense_weight = match mode {
             Mode::Keyword => 0.0,
             Mode::Dense | Mode::Hybrid => self.dense_weight(question),
@@ -510,17 +499,14 @@ impl Corpus {
                 match nearest.len() {
                     0 => 1.0,
                     n => {
-                        let within: f32 = nearest
-                            .iter()
-                            .map(|hit| self.keyword_reach(question, hit))
-                            .sum();
+                        let within: f32 = nearest.iter().map(|hit| keyword_reach(asked, hit)).sum();
                         (within / n as f32).powi(self.reach.sharpness)
                     }
                 }
             }
         };
         let mut fused = fuse(dense, keywords, dense_weight, |hit| {
-            keyword_weight * self.keyword_reach(question, hit)
+            keyword_weight * keyword_reach(asked, hit)
         });
         fused.truncate(limit);
         Ok(fused)
@@ -649,6 +635,17 @@ fn prepare(
     // once every other chunk is.
     chunks.rotate_left(1);
     Ok(chunks)
+}
+
+/// How far the keyword list could have found `hit` for a question whose share of
+/// ideographs is `asked`: fully in the question's script, not at all in another.
+/// `None` when the embedder is not multilingual: then every passage is within
+/// reach (its dense finds in another language are noise anyway).
+fn keyword_reach(asked: Option<f32>, hit: &super::store::Hit) -> f32 {
+    match asked {
+        None => 1.0,
+        Some(asked) => 1.0 - (asked - ragway_engine::ideograph_share(&hit.payload.text)).abs(),
+    }
 }
 
 /// What is embedded and indexed of a chunk: its text under its title and

@@ -217,13 +217,11 @@ fn who_is(state: &AppState, key: &str) -> Option<(Who, Option<crate::call::Calle
     if key.is_empty() {
         return None;
     }
-    let presented: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-    if let Some(admin) = &state.config.auth.admin_key {
-        let admin: [u8; 32] = Sha256::digest(admin.expose().as_bytes()).into();
-        if admin == presented {
-            return Some((Who::Admin, None));
-        }
+    let admin = state.config.auth.admin_key.as_ref();
+    if admin.is_some_and(|admin| super::admin::is_admin_key(admin.expose(), key)) {
+        return Some((Who::Admin, None));
     }
+    let presented: [u8; 32] = Sha256::digest(key.as_bytes()).into();
     let caller = state.client_keys.caller_of_hash(&presented).ok()?;
     Some((Who::Key(presented), Some(caller)))
 }
