@@ -339,26 +339,9 @@ impl Int8Linear {
                         .sum();
                 }
             }
-            for o in (0..whole).step_by(4) {
-                let four = &w[o * k..(o + 4) * k];
-                for (b, rows) in a.chunks(4 * k).enumerate() {
-                    // SAFETY: `Isa::Vnni` is detected only where the CPU has AVX-512
-                    // F, BW and VNNI; `k` is a multiple of 64 and the slices hold
-                    // whole rows.
-                    let tile = unsafe {
-                        match rows.len() / k {
-                            1 => x86::tile_vnni::<1>(rows, four, k).to_vec(),
-                            2 => x86::tile_vnni::<2>(rows, four, k).to_vec(),
-                            3 => x86::tile_vnni::<3>(rows, four, k).to_vec(),
-                            _ => x86::tile_vnni::<4>(rows, four, k).to_vec(),
-                        }
-                    };
-                    for (r, tile) in tile.iter().enumerate() {
-                        let at = (b * 4 + r) * outputs + o;
-                        dots[at..at + 4].copy_from_slice(tile);
-                    }
-                }
-            }
+            // SAFETY: `Isa::Vnni` is detected only where the CPU has AVX-512 F, BW
+            // and VNNI; `k` is a multiple of 64 and the slices hold whole rows.
+            unsafe { x86::dots_vnni(a, &w[..whole * k], k, outputs, dots) };
             return;
         }
         #[cfg(target_arch = "x86_64")]
@@ -385,11 +368,41 @@ impl Int8Linear {
 mod x86 {
     use std::arch::x86_64::*;
 
+    /// Σ (a + 128)·w of every activation row of `a` against every weight row of
+    /// `w` (a multiple of four rows), into `dots` (`outputs` to an activation row),
+    /// four weight rows against four activation rows at a time.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn dots_vnni(a: &[i8], w: &[i8], k: usize, outputs: usize, dots: &mut [i32]) {
+        let rows = a.len() / k;
+        let mut store = |r0: usize, o: usize, tile: &[[i32; 4]]| {
+            for (r, tile) in tile.iter().enumerate() {
+                let at = (r0 + r) * outputs + o;
+                dots[at..at + 4].copy_from_slice(tile);
+            }
+        };
+        for (four, o) in w.chunks_exact(4 * k).zip((0..).step_by(4)) {
+            let mut r = 0;
+            while r + 4 <= rows {
+                // SAFETY: this function's features; whole rows of `k`.
+                store(r, o, &unsafe { tile_vnni::<4>(&a[r * k..], four, k) });
+                r += 4;
+            }
+            // SAFETY: as above.
+            match rows - r {
+                1 => store(r, o, &unsafe { tile_vnni::<1>(&a[r * k..], four, k) }),
+                2 => store(r, o, &unsafe { tile_vnni::<2>(&a[r * k..], four, k) }),
+                3 => store(r, o, &unsafe { tile_vnni::<3>(&a[r * k..], four, k) }),
+                _ => {}
+            }
+        }
+    }
+
     /// Σ (a + 128)·w for `R` activation rows (`a`, already offset by 128) against
     /// four weight rows (`w`), rows of `k` bytes, a multiple of 64. VNNI multiplies
     /// unsigned bytes by signed ones; the caller takes 128·Σw back off.
+    #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub unsafe fn tile_vnni<const R: usize>(a: &[i8], w: &[i8], k: usize) -> [[i32; 4]; R] {
+    unsafe fn tile_vnni<const R: usize>(a: &[i8], w: &[i8], k: usize) -> [[i32; 4]; R] {
         assert!(a.len() >= R * k && w.len() >= 4 * k && k.is_multiple_of(64));
         let load = |bytes: &[i8], at: usize| {
             // SAFETY: every `at` below is a 64-byte step inside a whole row of

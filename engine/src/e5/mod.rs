@@ -44,9 +44,11 @@ pub struct E5 {
     pub dimension: usize,
 }
 
-/// Windows per forward pass: enough to keep the matrices busy, few enough to
-/// bound the memory one batch takes.
+/// Windows per forward pass, and pieces: enough to keep the matrices busy (32
+/// short sentences), few enough to bound the memory a pass takes (its buffers grow
+/// with its pieces: about 30 MiB at 2,048).
 const WINDOWS_PER_PASS: usize = 32;
+const PIECES_PER_PASS: usize = 1024;
 
 impl E5 {
     /// Loads `path` (an `E5S1` file) to run in 8-bit integers; a missing,
@@ -132,7 +134,7 @@ impl E5 {
         // Windows of like length together: attention costs the square of a window.
         windows.sort_by_key(|(_, w)| w.len());
         let mut sums = vec![(vec![0.0f32; self.dimension], 0.0f32); texts.len()];
-        for pass in windows.chunks(WINDOWS_PER_PASS) {
+        for pass in passes(&windows) {
             let ids: Vec<Vec<u32>> = pass.iter().map(|(_, w)| w.clone()).collect();
             let means = self.encoder.forward(&ids);
             for ((text, window), mean) in pass.iter().zip(means) {
@@ -146,5 +148,56 @@ impl E5 {
         }
         let vectors = sums.into_iter().map(|(sum, _)| normalised(sum)).collect();
         Ok((vectors, read))
+    }
+}
+
+/// `windows` in runs of at most [`WINDOWS_PER_PASS`] windows and
+/// [`PIECES_PER_PASS`] pieces (a longer window runs alone).
+fn passes(windows: &[(usize, Vec<u32>)]) -> impl Iterator<Item = &[(usize, Vec<u32>)]> {
+    let mut rest = windows;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut pieces = 0;
+        let take = rest
+            .iter()
+            .take(WINDOWS_PER_PASS)
+            .take_while(|(_, window)| {
+                pieces += window.len();
+                pieces <= PIECES_PER_PASS
+            })
+            .count()
+            .max(1);
+        let (pass, after) = rest.split_at(take);
+        rest = after;
+        Some(pass)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lengths(windows: &[usize]) -> Vec<Vec<usize>> {
+        let windows: Vec<(usize, Vec<u32>)> = windows.iter().map(|&n| (0, vec![0; n])).collect();
+        passes(&windows)
+            .map(|pass| pass.iter().map(|(_, w)| w.len()).collect())
+            .collect()
+    }
+
+    #[test]
+    fn passes_are_bounded_by_windows_and_by_pieces() {
+        // Short windows: 32 to a pass.
+        let passes = lengths(&[10; 70]);
+        assert_eq!(passes.iter().map(Vec::len).collect::<Vec<_>>(), [32, 32, 6]);
+        // Long ones: as many as fit in 1,024 pieces.
+        let passes = lengths(&[300; 7]);
+        assert_eq!(passes.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 1]);
+        // Every window is in one pass, in order; a window longer than the bound
+        // still runs (alone).
+        let passes = lengths(&[3, 1_000, 3_000, 5]);
+        assert_eq!(passes, [vec![3, 1_000], vec![3_000], vec![5]]);
+        assert!(lengths(&[]).is_empty());
     }
 }
