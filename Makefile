@@ -16,7 +16,7 @@ run: toolchain models
 ## The whole test suite, as CI runs it (Redis and Postgres on loopback, started when missing).
 test: toolchain models services sdks browser
 	$(CARGO) fmt --all -- --check
-	$(CARGO) test --workspace --locked
+	QDRANT_URL="$$(scripts/qdrant-server.sh)" $(CARGO) test --workspace --locked
 
 ## The Rust toolchain pinned in rust-toolchain.toml, installed when missing.
 TOOLCHAIN := $(shell sed -n 's/^channel = "\(.*\)"/\1/p' rust-toolchain.toml)

@@ -505,17 +505,6 @@ fn ingest(config: Config, args: IngestArgs) -> ExitCode {
 }
 
 fn reindex(config: Config, tenant: Option<String>) -> ExitCode {
-    let on_server = config
-        .retrieval
-        .as_ref()
-        .is_some_and(|r| matches!(r.store, ragway::config::StoreConfig::Qdrant { .. }));
-    if tenant.is_none() && on_server {
-        eprintln!(
-            "reindex: a Qdrant server keeps no record of which tenants another embedder \
-             filled: name each with --tenant"
-        );
-        return ExitCode::from(2);
-    }
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };

@@ -29,8 +29,9 @@ use crate::retrieve::chunk::ChunkSize;
 use crate::retrieve::corpus::Corpus;
 use crate::retrieve::ground::Grounding;
 use crate::retrieve::prompt::Prompts;
+use crate::retrieve::store::Switch;
 use crate::retrieve::store::VectorStore;
-use crate::retrieve::store::edge::{EdgeStore, Switch};
+use crate::retrieve::store::edge::EdgeStore;
 use crate::retrieve::store::server::QdrantServer;
 use crate::retrieve::{NoRetrieval, Retriever};
 use crate::sanitize::{ContentGuard, PiiSanitizer, Sanitizer, Vault};
@@ -386,6 +387,9 @@ async fn open_store(
                 dimension,
                 QDRANT_TIMEOUT,
             )
+            .await
+            .map_err(|e| BuildError::Retrieval(e.to_string()))?
+            .for_embedder(&space, switch)
             .await
             .map_err(|e| BuildError::Retrieval(e.to_string()))?,
         ),

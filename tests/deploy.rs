@@ -7,6 +7,9 @@ use serde_json::{Value, json};
 
 use crate::support::{FakeProvider, Gateway, ask_stream, config_over};
 
+/// The Qdrant server release the deploy files pin and the suite tests against.
+const QDRANT_RELEASE: &str = "v1.16.3";
+
 fn read(path: &str) -> String {
     let path = format!("{}/{path}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
@@ -302,6 +305,10 @@ fn the_kubernetes_manifests_parse_and_agree_with_each_other() {
     }
     let values = yaml_documents("deploy/k8s/qdrant-values.yaml");
     assert_eq!(values[0]["replicaCount"], 3);
+    // One Qdrant release everywhere: the one the suite's server runs.
+    assert_eq!(values[0]["image"]["tag"], QDRANT_RELEASE);
+    assert!(read("docker-compose.yml").contains(&format!("image: qdrant/qdrant:{QDRANT_RELEASE}")));
+    assert!(read("scripts/qdrant-server.sh").contains(&format!("qdrant-{QDRANT_RELEASE}")));
 
     // The config the Deployment mounts validates, with the Secret's values.
     let config_text = of_kind(&ragway, "ConfigMap", "ragway-config")["data"]["ragway.toml"]

@@ -6,15 +6,15 @@ use std::time::Duration;
 
 use qdrant_client::Qdrant;
 use ragway::retrieve::store::server::{QdrantServer, generations_collection};
-use ragway::retrieve::store::{StoreError, VectorStore};
+use ragway::retrieve::store::{StoreError, Switch, VectorStore};
 use uuid::Uuid;
 
-use super::store::{DIMENSION, contract};
+use super::store::{DIMENSION, chunk, contract, sparse, unit};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The server to test against, or `None` (the test is skipped) when not given.
-fn server() -> Option<(String, Option<String>)> {
+pub fn server() -> Option<(String, Option<String>)> {
     match std::env::var("QDRANT_URL") {
         Ok(url) if !url.trim().is_empty() => Some((url, std::env::var("QDRANT_API_KEY").ok())),
         _ => {
@@ -25,7 +25,7 @@ fn server() -> Option<(String, Option<String>)> {
 }
 
 /// Deletes this run's collections, whatever happened to the test.
-async fn drop_collections(url: &str, api_key: Option<String>, collection: &str) {
+pub async fn drop_collections(url: &str, api_key: Option<String>, collection: &str) {
     let client = Qdrant::from_url(url)
         .api_key(api_key)
         .timeout(TIMEOUT)
@@ -85,4 +85,137 @@ async fn qdrant_server_keeps_the_contract() {
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic.into_panic());
     }
+}
+
+/// Runs `test` on a collection of its own, deleted afterwards whatever happened.
+async fn on_fresh_collection<F, T>(test: F)
+where
+    F: FnOnce(String, Option<String>, String) -> T,
+    T: std::future::Future<Output = ()> + Send + 'static,
+{
+    let Some((url, api_key)) = server() else {
+        return;
+    };
+    let collection = format!("ragway_test_{}", Uuid::new_v4().simple());
+    let outcome = tokio::spawn(test(url.clone(), api_key.clone(), collection.clone())).await;
+    drop_collections(&url, api_key, &collection).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic.into_panic());
+    }
+}
+
+#[tokio::test]
+async fn qdrant_server_knows_its_embedder() {
+    on_fresh_collection(|url, api_key, collection| async move {
+        let open = |model: &'static str, switch: Switch| {
+            let (url, api_key, collection) = (url.clone(), api_key.clone(), collection.clone());
+            async move {
+                QdrantServer::connect(&url, api_key, &collection, DIMENSION, TIMEOUT)
+                    .await
+                    .unwrap()
+                    .for_embedder(model, switch)
+                    .await
+            }
+        };
+        let document = |tenant: &str| {
+            vec![chunk(
+                tenant,
+                "c",
+                "doc",
+                (0, 1),
+                unit(0),
+                sparse(&[(1, 1.0)]),
+            )]
+        };
+        // A new collection takes the first model that opens it.
+        let first = open("model-a", Switch::Refuse).await.unwrap();
+        for tenant in ["acme", "globex"] {
+            first
+                .replace(tenant, "doc", document(tenant))
+                .await
+                .unwrap();
+            first.bump_generation(tenant).await.unwrap();
+        }
+        assert!(first.stale_tenants().await.unwrap().is_empty());
+        assert!(open("model-a", Switch::Refuse).await.is_ok());
+
+        // Another model of the same width is refused, naming both.
+        match open("model-b", Switch::Refuse).await {
+            Err(StoreError::Unavailable(message)) => {
+                for named in ["model-a", "model-b", "ragway reindex", &collection] {
+                    assert!(message.contains(named), "{named} in: {message}");
+                }
+            }
+            Err(other) => panic!("unexpected error: {other}"),
+            Ok(_) => panic!("opened with another embedder"),
+        }
+
+        // `ragway reindex` takes it over: every tenant is stale until embedded
+        // again, for every replica.
+        let switched = open("model-b", Switch::Adopt).await.unwrap();
+        assert_eq!(switched.stale_tenants().await.unwrap(), ["acme", "globex"]);
+        assert!(switched.is_stale("acme").await.unwrap());
+        assert!(!switched.is_stale("nobody").await.unwrap());
+        let replica = open("model-b", Switch::Refuse).await.unwrap();
+        assert!(replica.is_stale("globex").await.unwrap());
+        assert!(open("model-a", Switch::Refuse).await.is_err());
+
+        // The process still on the old model finds out at its maintenance pass:
+        // every tenant is then stale to it, and its writes are refused.
+        assert!(!first.is_stale("nobody").await.unwrap());
+        first.maintain().await.unwrap();
+        assert!(first.is_stale("nobody").await.unwrap());
+        match first.replace("acme", "doc", document("acme")).await {
+            Err(StoreError::Failed(message)) => {
+                for named in ["model-a", "model-b", "restart"] {
+                    assert!(message.contains(named), "{named} in: {message}");
+                }
+            }
+            other => panic!("an old model's write was not refused: {other:?}"),
+        }
+
+        // A tenant embedded again is current again; a generation bump (a write)
+        // leaves another tenant's mark alone.
+        switched.mark_current("acme").await.unwrap();
+        switched.bump_generation("globex").await.unwrap();
+        assert!(!switched.is_stale("acme").await.unwrap());
+        assert_eq!(switched.stale_tenants().await.unwrap(), ["globex"]);
+        let fresh = open("model-b", Switch::Refuse).await.unwrap();
+        assert!(!fresh.is_stale("acme").await.unwrap());
+        assert!(fresh.is_stale("globex").await.unwrap());
+        switched
+            .replace("acme", "doc", document("acme"))
+            .await
+            .unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_qdrant_collection_without_a_record_was_made_by_minilm() {
+    on_fresh_collection(|url, api_key, collection| async move {
+        let connect =
+            || QdrantServer::connect(&url, api_key.clone(), &collection, DIMENSION, TIMEOUT);
+        let old = connect().await.unwrap();
+        let c = chunk("t", "c", "doc", (0, 1), unit(0), sparse(&[(1, 1.0)]));
+        old.replace("t", "doc", vec![c]).await.unwrap();
+        match connect()
+            .await
+            .unwrap()
+            .for_embedder("multilingual-e5-small", Switch::Refuse)
+            .await
+        {
+            Err(StoreError::Unavailable(message)) => {
+                assert!(message.contains("all-MiniLM-L6-v2"), "{message}");
+            }
+            Err(other) => panic!("unexpected error: {other}"),
+            Ok(_) => panic!("MiniLM's collection opened for e5"),
+        }
+        let minilm = connect()
+            .await
+            .unwrap()
+            .for_embedder("all-MiniLM-L6-v2", Switch::Refuse);
+        assert!(minilm.await.is_ok());
+    })
+    .await;
 }

@@ -35,8 +35,8 @@ use qdrant_edge::{
 };
 
 use super::{
-    ChunkPayload, DENSE, DOCUMENT_FIELDS, DocumentInfo, Hit, KEYWORDS, Query, QueryVector,
-    SparseVector, StoreError, StoredChunk, VectorStore, check_chunks,
+    ChunkPayload, DENSE, DOCUMENT_FIELDS, DocumentInfo, FIRST_EMBEDDER, Hit, KEYWORDS, Query,
+    QueryVector, SparseVector, StoreError, StoredChunk, Switch, VectorStore, check_chunks,
 };
 
 /// How long writes must have stopped before [`VectorStore::maintain`] rebuilds the
@@ -49,9 +49,6 @@ const SHARD_DIR: &str = "shard";
 const GENERATIONS_FILE: &str = "generations.json";
 /// Which embedder made the store's vectors: `{"model": …, "dimension": …}`.
 const EMBEDDER_FILE: &str = "embedder.json";
-/// The embedder of a store made before stores recorded theirs: the only one there
-/// was then.
-const FIRST_EMBEDDER: &str = "all-MiniLM-L6-v2";
 const LOCK_FILE: &str = "ragway.lock";
 /// The file the shard keeps its config in (not exported by the crate).
 const SHARD_CONFIG_FILE: &str = "edge_config.json";
@@ -243,15 +240,6 @@ fn lock(dir: &Path) -> Result<File, StoreError> {
             path.display()
         ))),
     }
-}
-
-/// What to do with a store another embedder filled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Switch {
-    /// Refuse to open it, naming both models (serving).
-    Refuse,
-    /// Record the new embedder, and every tenant as stale.
-    Adopt,
 }
 
 /// `embedder.json`: the model that makes the store's vectors, and the tenants whose

@@ -25,6 +25,19 @@ pub const DENSE: &str = "dense";
 /// The sparse (keyword) vector's name in both backends.
 pub const KEYWORDS: &str = "keywords";
 
+/// The embedder of a store made before stores recorded theirs: the only one there
+/// was then.
+const FIRST_EMBEDDER: &str = "all-MiniLM-L6-v2";
+
+/// What to do with a store another embedder filled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Switch {
+    /// Refuse to open it, naming both models (serving).
+    Refuse,
+    /// Record the new embedder, and every tenant as stale.
+    Adopt,
+}
+
 /// What every stored chunk carries besides its vectors. Field names are the payload
 /// keys in both backends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -27,8 +27,15 @@ pub(super) fn parse_generation(payload: HashMap<String, Value>) -> Option<u64> {
 /// SHA-256(`ragway-generation\0` + tenant), as a version-8 (custom) UUID. Every
 /// replica derives the same id, so they share one point per tenant.
 pub fn generation_point_id(tenant: &str) -> Uuid {
+    tenant_point_id("ragway-generation", tenant)
+}
+
+/// A tenant's point of one `kind` in the generations collection: the first 16
+/// bytes of SHA-256(`kind` + `\0` + tenant), as a version-8 (custom) UUID.
+pub(super) fn tenant_point_id(kind: &str, tenant: &str) -> Uuid {
     let digest = Sha256::new()
-        .chain_update(b"ragway-generation\0")
+        .chain_update(kind.as_bytes())
+        .chain_update(b"\0")
         .chain_update(tenant.as_bytes())
         .finalize();
     let mut bytes = [0_u8; 16];

@@ -19,6 +19,9 @@
 //!
 //! The tenants' corpus generations live in a second, tiny collection,
 //! `{collection}_generations`: one point per tenant (see [`generation_point_id`]).
+//! The collection records which embedder made its vectors, and the generations
+//! collection which tenants' vectors another one made ([`embedder`]).
+//!
 //! Writes use `wait = true`, so a call returns once its change is searchable, and
 //! the server makes them durable and indexes them itself: [`VectorStore::maintain`]
 //! and [`VectorStore::finish`] have nothing to do.
@@ -34,10 +37,10 @@ use qdrant_client::qdrant::{
     CollectionInfo, Condition, CountPointsBuilder, CreateCollectionBuilder,
     CreateFieldIndexCollectionBuilder, DeletePointsBuilder, Distance, FieldType, Filter,
     GetPointsBuilder, HnswConfigDiffBuilder, IntegerIndexParamsBuilder, KeywordIndexParamsBuilder,
-    Modifier, PayloadIncludeSelector, PointId, PointStruct, Query as QdrantQuery,
-    QueryPointsBuilder, ScrollPointsBuilder, SparseVectorParamsBuilder, SparseVectorsConfigBuilder,
-    UpsertPointsBuilder, Value, Vector, VectorInput, VectorParamsBuilder, VectorsConfigBuilder,
-    payload_index_params, vectors_config,
+    Modifier, PayloadIncludeSelector, PointId, PointStruct, PointsIdsList, Query as QdrantQuery,
+    QueryPointsBuilder, RetrievedPoint, ScrollPointsBuilder, SparseVectorParamsBuilder,
+    SparseVectorsConfigBuilder, UpdateCollectionBuilder, UpsertPointsBuilder, Value, Vector,
+    VectorInput, VectorParamsBuilder, VectorsConfigBuilder, payload_index_params, vectors_config,
 };
 use qdrant_client::{Payload, Qdrant, QdrantError};
 use serde::Deserialize;
@@ -46,18 +49,21 @@ use uuid::Uuid;
 
 use super::{
     ChunkPayload, DENSE, DOCUMENT_FIELDS, DocumentInfo, Hit, KEYWORDS, Query, QueryVector,
-    StoreError, StoredChunk, VectorStore, check_chunks,
+    StoreError, StoredChunk, Switch, VectorStore, check_chunks,
 };
 
+pub mod embedder;
 mod errors;
 mod filters;
 mod generations;
 mod schema;
 
+pub use embedder::{EMBEDDER_KEY, stale_point_id};
+use embedder::{Verdict, payload_tenant, recorded_model, stale_marks, stale_payload};
 use errors::*;
 use filters::*;
 pub use generations::{GENERATION_TTL, generation_point_id, generations_collection};
-use generations::{next_generation, parse_generation, unix_micros};
+use generations::{next_generation, parse_generation, tenant_point_id, unix_micros};
 use schema::*;
 
 /// Points per upsert request: a long document's chunks go in several requests
@@ -75,6 +81,14 @@ pub struct QdrantServer {
     dimension: usize,
     /// Tenant → (generation, when it was read or written here).
     generations: Mutex<HashMap<String, (u64, Instant)>>,
+    /// The model this process embeds with, once [`QdrantServer::for_embedder`]
+    /// checked it against the collection's record (`None`: not checked).
+    embedder: Option<String>,
+    /// The model the collection records instead, when another process switched it
+    /// after this one connected: this process's vectors no longer compare.
+    superseded_by: Mutex<Option<String>>,
+    /// Tenant → (whether its vectors are stale, when that was read here).
+    stale: Mutex<HashMap<String, (bool, Instant)>>,
 }
 
 impl QdrantServer {
@@ -111,6 +125,9 @@ impl QdrantServer {
             generations_collection: generations_collection(collection),
             dimension,
             generations: Mutex::new(HashMap::new()),
+            embedder: None,
+            superseded_by: Mutex::new(None),
+            stale: Mutex::new(HashMap::new()),
         };
         store.prepare_chunks().await?;
         store.prepare_generations().await?;
@@ -120,6 +137,83 @@ impl QdrantServer {
     /// The collection this store writes to.
     pub fn collection(&self) -> &str {
         &self.collection
+    }
+
+    /// Checks the collection's vectors were made by `embedder` (a model id): a new
+    /// collection records it, and one another model filled is refused, naming both
+    /// (two models' vectors of one width are not comparable, and nothing else would
+    /// say so), or, with [`Switch::Adopt`] (what `ragway reindex` does), taken over
+    /// with every tenant stale, searched by keywords alone until embedded again.
+    pub async fn for_embedder(
+        mut self,
+        embedder: &str,
+        switch: Switch,
+    ) -> Result<QdrantServer, StoreError> {
+        let info = self.collection_info(&self.collection).await?;
+        let empty = self.count_matching(Filter::default()).await? == 0;
+        let verdict = embedder::verdict(
+            &self.collection,
+            recorded_model(&info),
+            empty,
+            embedder,
+            switch,
+        )?;
+        if let Verdict::Record { stale } = verdict {
+            if let Some(from) = &stale {
+                let marked = self.mark_every_tenant_stale().await?;
+                tracing::warn!(
+                    from = %from,
+                    to = embedder,
+                    stale = marked,
+                    collection = %self.collection,
+                    "the Qdrant collection now takes the new embedder's vectors; its tenants are \
+                     searched by keywords alone until embedded again"
+                );
+            }
+            self.client
+                .update_collection(
+                    UpdateCollectionBuilder::new(&self.collection)
+                        .metadata(embedder::record(embedder)),
+                )
+                .await
+                .map_err(unavailable(&format!(
+                    "cannot record the embedder of collection `{}`",
+                    self.collection
+                )))?;
+        }
+        self.embedder = Some(embedder.to_owned());
+        Ok(self)
+    }
+
+    /// Marks every tenant with a generation stale; returns how many there are.
+    async fn mark_every_tenant_stale(&self) -> Result<usize, StoreError> {
+        let payloads = self
+            .scroll_payloads(
+                &self.generations_collection,
+                Filter::default(),
+                Some(vec!["tenant".to_owned()]),
+            )
+            .await?;
+        let tenants: std::collections::BTreeSet<String> =
+            payloads.into_iter().filter_map(payload_tenant).collect();
+        let points = tenants
+            .iter()
+            .map(|tenant| {
+                Ok(PointStruct::new(
+                    stale_point_id(tenant).to_string(),
+                    vec![1.0_f32],
+                    stale_payload(tenant)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        self.upsert(&self.generations_collection, points).await?;
+        self.stale_cache().clear();
+        Ok(tenants.len())
+    }
+
+    /// The model the collection records, when it is no longer this process's.
+    fn superseded(&self) -> Option<String> {
+        guard(&self.superseded_by).clone()
     }
 
     /// Creates the chunks' collection if missing, checks its vectors and creates
@@ -254,21 +348,24 @@ impl QdrantServer {
     /// the order Qdrant returns them (by point id), reading every page.
     async fn scroll_documents(&self, filter: Filter) -> Result<Vec<DocumentInfo>, StoreError> {
         let fields: Vec<String> = DOCUMENT_FIELDS.iter().map(|f| (*f).to_owned()).collect();
-        let payloads = self.scroll_payloads(filter, Some(fields)).await?;
+        let payloads = self
+            .scroll_payloads(&self.collection, filter, Some(fields))
+            .await?;
         Ok(payloads.into_iter().filter_map(document_info).collect())
     }
 
-    /// The payloads of the points `filter` matches (only `fields`, when named),
-    /// reading every page.
+    /// The payloads of the points of `collection` that `filter` matches (only
+    /// `fields`, when named), reading every page.
     async fn scroll_payloads(
         &self,
+        collection: &str,
         filter: Filter,
         fields: Option<Vec<String>>,
     ) -> Result<Vec<HashMap<String, qdrant_client::qdrant::Value>>, StoreError> {
         let mut payloads = Vec::new();
         let mut offset: Option<PointId> = None;
         loop {
-            let mut request = ScrollPointsBuilder::new(&self.collection)
+            let mut request = ScrollPointsBuilder::new(collection)
                 .filter(filter.clone())
                 .limit(SCROLL_PAGE)
                 .with_vectors(false);
@@ -290,17 +387,10 @@ impl QdrantServer {
 
     /// The tenant's generation as stored on the server (0 if never bumped).
     async fn read_generation(&self, tenant: &str) -> Result<u64, StoreError> {
-        let id = PointId::from(generation_point_id(tenant).to_string());
-        let response = self
-            .client
-            .get_points(
-                GetPointsBuilder::new(&self.generations_collection, vec![id])
-                    .with_payload(true)
-                    .with_vectors(false),
-            )
-            .await
-            .map_err(failed("read the corpus generation"))?;
-        match response.result.into_iter().next() {
+        let point = self
+            .tenant_point(generation_point_id(tenant), "read the corpus generation")
+            .await?;
+        match point {
             None => Ok(0),
             Some(point) => parse_generation(point.payload).ok_or_else(|| {
                 StoreError::Failed(format!(
@@ -311,11 +401,38 @@ impl QdrantServer {
         }
     }
 
-    fn cache(&self) -> MutexGuard<'_, HashMap<String, (u64, Instant)>> {
-        self.generations
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    /// A point of the generations collection, with its payload, if it exists.
+    async fn tenant_point(
+        &self,
+        id: Uuid,
+        what: &'static str,
+    ) -> Result<Option<RetrievedPoint>, StoreError> {
+        let response = self
+            .client
+            .get_points(
+                GetPointsBuilder::new(
+                    &self.generations_collection,
+                    vec![PointId::from(id.to_string())],
+                )
+                .with_payload(true)
+                .with_vectors(false),
+            )
+            .await
+            .map_err(failed(what))?;
+        Ok(response.result.into_iter().next())
     }
+
+    fn cache(&self) -> MutexGuard<'_, HashMap<String, (u64, Instant)>> {
+        guard(&self.generations)
+    }
+
+    fn stale_cache(&self) -> MutexGuard<'_, HashMap<String, (bool, Instant)>> {
+        guard(&self.stale)
+    }
+}
+
+fn guard<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[async_trait]
@@ -327,6 +444,13 @@ impl VectorStore for QdrantServer {
         chunks: Vec<StoredChunk>,
     ) -> Result<(), StoreError> {
         check_chunks(tenant, doc_id, self.dimension, &chunks)?;
+        if let (Some(recorded), Some(own)) = (self.superseded(), &self.embedder) {
+            return Err(StoreError::Failed(format!(
+                "{} (it was switched after this process started: restart it with the \
+                 configured embedder)",
+                embedder::refusal(&self.collection, &recorded, own)
+            )));
+        }
         let ids: Vec<String> = chunks.iter().map(|c| c.id.to_string()).collect();
         // Ids derive from the tenant too, so this never happens by chance; but an
         // upsert would take another tenant's point over, so it is checked here.
@@ -372,7 +496,11 @@ impl VectorStore for QdrantServer {
 
     async fn document_ids(&self, tenant: &str) -> Result<Vec<String>, StoreError> {
         let payloads = self
-            .scroll_payloads(tenant_filter(tenant), Some(vec!["doc_id".to_owned()]))
+            .scroll_payloads(
+                &self.collection,
+                tenant_filter(tenant),
+                Some(vec!["doc_id".to_owned()]),
+            )
             .await?;
         let ids: std::collections::BTreeSet<String> = payloads
             .into_iter()
@@ -386,7 +514,7 @@ impl VectorStore for QdrantServer {
 
     async fn passages(&self, tenant: &str, doc_id: &str) -> Result<Vec<ChunkPayload>, StoreError> {
         let payloads = self
-            .scroll_payloads(document_filter(tenant, doc_id), None)
+            .scroll_payloads(&self.collection, document_filter(tenant, doc_id), None)
             .await?;
         // A chunk that does not parse fails the read: re-embedding what could be
         // read would drop it.
@@ -500,6 +628,81 @@ impl VectorStore for QdrantServer {
         self.cache()
             .insert(tenant.to_owned(), (generation, Instant::now()));
         Ok(generation)
+    }
+
+    /// Read from the server at most once per [`GENERATION_TTL`] per tenant. Every
+    /// tenant is stale to a process whose embedder the collection no longer records.
+    async fn is_stale(&self, tenant: &str) -> Result<bool, StoreError> {
+        if self.superseded().is_some() {
+            return Ok(true);
+        }
+        if let Some(&(stale, at)) = self.stale_cache().get(tenant)
+            && at.elapsed() < GENERATION_TTL
+        {
+            return Ok(stale);
+        }
+        let stale = self
+            .tenant_point(stale_point_id(tenant), "read the stale mark")
+            .await?
+            .is_some();
+        self.stale_cache()
+            .insert(tenant.to_owned(), (stale, Instant::now()));
+        Ok(stale)
+    }
+
+    async fn stale_tenants(&self) -> Result<Vec<String>, StoreError> {
+        let payloads = self
+            .scroll_payloads(
+                &self.generations_collection,
+                stale_marks(),
+                Some(vec!["tenant".to_owned()]),
+            )
+            .await?;
+        let tenants: std::collections::BTreeSet<String> =
+            payloads.into_iter().filter_map(payload_tenant).collect();
+        Ok(tenants.into_iter().collect())
+    }
+
+    async fn mark_current(&self, tenant: &str) -> Result<(), StoreError> {
+        let id = PointId::from(stale_point_id(tenant).to_string());
+        self.client
+            .delete_points(
+                DeletePointsBuilder::new(&self.generations_collection)
+                    .points(PointsIdsList { ids: vec![id] })
+                    .wait(true),
+            )
+            .await
+            .map_err(failed("clear the stale mark"))?;
+        self.stale_cache()
+            .insert(tenant.to_owned(), (false, Instant::now()));
+        Ok(())
+    }
+
+    /// Checks the collection still records this process's embedder: another process
+    /// (`ragway reindex` with another model) may have switched it since.
+    async fn maintain(&self) -> Result<(), StoreError> {
+        let Some(own) = &self.embedder else {
+            return Ok(());
+        };
+        let info = self.collection_info(&self.collection).await?;
+        let recorded = recorded_model(&info);
+        let mut superseded = guard(&self.superseded_by);
+        match recorded {
+            Some(recorded) if recorded != *own => {
+                if superseded.as_deref() != Some(recorded.as_str()) {
+                    tracing::error!(
+                        collection = %self.collection,
+                        recorded = %recorded,
+                        configured = %own,
+                        "the Qdrant collection was switched to another embedder: this process \
+                         searches by keywords alone and refuses writes until restarted with it"
+                    );
+                }
+                *superseded = Some(recorded);
+            }
+            _ => *superseded = None,
+        }
+        Ok(())
     }
 }
 
