@@ -113,9 +113,11 @@ pub struct Int8Linear {
     weights: Vec<i8>,
     /// Each row's step.
     scales: Vec<f32>,
-    /// The same weights column by column (`inputs` × `outputs`): an outlier's
-    /// column is read at once for every output.
-    columns: Vec<i8>,
+    /// Columns of the same weights (each `outputs` long), copied out the first
+    /// time an activation outlier falls in them: an outlier's column is then read
+    /// at once for every output. Outliers keep to a few channels, so most columns
+    /// are never copied (a full copy would double the matrix).
+    columns: Vec<std::sync::OnceLock<Box<[i8]>>>,
     /// Each row's sum of weights (the VNNI kernel reads activations offset by 128).
     sums: Vec<i32>,
     bias: Vec<f32>,
@@ -139,14 +141,8 @@ impl Int8Linear {
             *scale = quantise_into(row, out);
             sums[o] = out.iter().map(|&v| i32::from(v)).sum();
         }
-        let mut columns = vec![0i8; q.len()];
-        for (o, row) in q.chunks_exact(inputs).enumerate() {
-            for (j, &w) in row.iter().enumerate() {
-                columns[j * outputs + o] = w;
-            }
-        }
         Int8Linear {
-            columns,
+            columns: (0..inputs).map(|_| std::sync::OnceLock::new()).collect(),
             weights: q,
             scales,
             sums,
@@ -279,6 +275,18 @@ impl Linear for Int8Linear {
 }
 
 impl Int8Linear {
+    /// Column `j` of the weights, copied out on first use.
+    fn column(&self, j: usize) -> &[i8] {
+        self.columns[j].get_or_init(|| {
+            self.weights
+                .iter()
+                .skip(j)
+                .step_by(self.inputs)
+                .copied()
+                .collect()
+        })
+    }
+
     fn vnni(&self) -> bool {
         self.isa == Isa::Vnni && self.inputs.is_multiple_of(64)
     }
@@ -308,9 +316,8 @@ impl Int8Linear {
             {
                 *y = bias + scale * step * (dot - offset * sum) as f32;
             }
-            let n = self.outputs();
             for &(j, v) in &p.outliers[m0 + r] {
-                let column = &self.columns[j * n + o0..j * n + o0 + width];
+                let column = &self.column(j)[o0..o0 + width];
                 for ((y, &scale), &w) in y.iter_mut().zip(scales).zip(column) {
                     *y += scale * v * f32::from(w);
                 }
