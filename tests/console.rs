@@ -10,15 +10,20 @@ use serde_json::{Value, json};
 use crate::support::keys::{ADMIN, admin, new_key, sqlite_url};
 use crate::support::{FakeProvider, Gateway, TempDir, config_over};
 
-/// A gateway with the admin key, the fixed key `acme-key` of tenant `acme`, and a
-/// key table in SQLite (refreshed every 100 ms).
+/// A gateway with the admin key, the fixed key `acme-key` of tenant `acme`, a key
+/// table in SQLite (refreshed every 100 ms), and an audit trail there too, with
+/// the one target priced (1 per prompt token, 2 per answer token), so budgets are
+/// spent.
 async fn console_gateway(fake: &FakeProvider, dir: &TempDir) -> Gateway {
     let mut config = config_over(fake, &[("chat", &["ok"])]);
-    config.push_str(
+    config.push_str(&format!(
         "\n[auth]\nadmin_key_env = \"ADMIN\"\n\
          [[auth.keys]]\nid = \"acme\"\ntenant = \"acme\"\nkey_env = \"ACME\"\n\
-         \n[governance]\ndatabase_env = \"DB\"\nrefresh_every = \"100ms\"\n",
-    );
+         \n[governance]\ndatabase_env = \"DB\"\nrefresh_every = \"100ms\"\n\
+         \n[audit]\ndatabase_env = \"DB\"\nspool_dir = \"{}\"\nflush_every = \"20ms\"\n\
+         [audit.prices]\n\"fake:ok\" = {{ input = 1e6, output = 2e6 }}\n",
+        dir.0.join("spool").display()
+    ));
     let db = sqlite_url(dir);
     Gateway::start_with_env(
         &config,
@@ -108,6 +113,227 @@ async fn page(gw: &Gateway, path: &str, cookie: &str) -> reqwest::Response {
         .send()
         .await
         .unwrap()
+}
+
+/// A call to the console's JSON API with a session `cookie` and, for a change,
+/// the page's CSRF `token`.
+async fn api(
+    gw: &Gateway,
+    method: reqwest::Method,
+    path: &str,
+    cookie: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> reqwest::Response {
+    let mut request = browser()
+        .request(method, format!("{}{path}", gw.url))
+        .header("cookie", cookie);
+    if let Some(token) = token {
+        request = request.header("x-csrf-token", token);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    request.send().await.unwrap()
+}
+
+/// `GET /console/api/keys` in the session `cookie`.
+async fn keys_seen(gw: &Gateway, cookie: &str) -> Value {
+    let seen = api(
+        gw,
+        reqwest::Method::GET,
+        "/console/api/keys",
+        cookie,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(seen.status(), 200);
+    seen.json().await.unwrap()
+}
+
+/// The CSRF token of a signed-in page (its sign-out form carries it).
+async fn csrf(gw: &Gateway, cookie: &str) -> String {
+    let page = page(gw, "/console/keys", cookie).await;
+    assert_eq!(page.status(), 200);
+    form_token(&page.text().await.unwrap())
+}
+
+async fn chat_as(gw: &Gateway, key: &str) -> reqwest::StatusCode {
+    gw.http()
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .bearer_auth(key)
+        .json(&crate::support::ask("chat", "hello"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test]
+async fn the_console_manages_keys_for_the_admin_and_shows_a_tenant_its_own() {
+    use reqwest::Method;
+    let fake = FakeProvider::start().await;
+    let dir = TempDir::new();
+    let gw = console_gateway(&fake, &dir).await;
+    let admin_cookie = session(&gw, ADMIN).await;
+    let token = csrf(&gw, &admin_cookie).await;
+    let listed: Value = keys_seen(&gw, &admin_cookie).await;
+    assert_eq!(listed["managed"], true);
+    assert_eq!(listed["keys"], json!([]));
+
+    // A change without the page's token (what a forged cross-site request sends)
+    // is refused and makes nothing; a wrong token too.
+    let body = json!({"tenant": "globex", "name": "lead", "budget": {"amount": 100000, "period": "month"}});
+    for token in [None, Some("forged")] {
+        let refused = api(
+            &gw,
+            Method::POST,
+            "/console/api/keys",
+            &admin_cookie,
+            token,
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(refused.status(), 403);
+        assert_eq!(
+            refused.json::<Value>().await.unwrap()["error"]["type"],
+            "permission_error"
+        );
+    }
+    let none: Value = admin(&gw, Method::GET, "/admin/keys", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(none["data"], json!([]));
+    // A bad field: the admin API's own 400, naming it.
+    let bad = api(
+        &gw,
+        Method::POST,
+        "/console/api/keys",
+        &admin_cookie,
+        Some(&token),
+        Some(json!({"tenant": ""})),
+    )
+    .await;
+    assert_eq!(bad.status(), 400);
+    assert_eq!(
+        bad.json::<Value>().await.unwrap()["error"]["param"],
+        "tenant"
+    );
+
+    let created = api(
+        &gw,
+        Method::POST,
+        "/console/api/keys",
+        &admin_cookie,
+        Some(&token),
+        Some(body),
+    )
+    .await;
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.unwrap();
+    let (key, id) = (
+        created["key"].as_str().unwrap().to_owned(),
+        created["id"].as_str().unwrap().to_owned(),
+    );
+    assert_eq!(chat_as(&gw, &key).await, 200);
+    // Its spend shows against its budget.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let spent = loop {
+        let listed: Value = keys_seen(&gw, &admin_cookie).await;
+        let row = listed["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["id"] == id.as_str())
+            .cloned()
+            .unwrap();
+        assert_eq!(row["status"], "active");
+        assert!(
+            row.get("key").is_none(),
+            "a listed key is never shown: {row}"
+        );
+        let budget = &row["standing"][0]["budget"];
+        assert_eq!(budget["amount"], 100000.0, "{row}");
+        let spent = budget["spent"].as_f64().unwrap();
+        if spent > 0.0 {
+            break spent;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no spend shown: {row}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(spent < 100000.0, "{spent}");
+
+    // The team lead's session: its tenant's keys only, read-only.
+    admin(
+        &gw,
+        Method::POST,
+        "/admin/keys",
+        Some(json!({"tenant": "initech"})),
+    )
+    .await;
+    let lead = session(&gw, &key).await;
+    let lead_token = csrf(&gw, &lead).await;
+    let seen: Value = keys_seen(&gw, &lead).await;
+    let tenants: Vec<&str> = seen["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["tenant"].as_str().unwrap())
+        .collect();
+    assert_eq!(tenants, ["globex"], "{seen}");
+    for (method, path) in [
+        (Method::POST, "/console/api/keys".to_owned()),
+        (Method::DELETE, format!("/console/api/keys/{id}")),
+        (Method::POST, format!("/console/api/keys/{id}/rotate")),
+        (Method::PUT, "/console/api/tenants/globex".to_owned()),
+    ] {
+        let refused = api(
+            &gw,
+            method.clone(),
+            &path,
+            &lead,
+            Some(&lead_token),
+            Some(json!({"tenant": "globex"})),
+        )
+        .await;
+        assert_eq!(refused.status(), 403, "{method} {path}");
+    }
+    let keys_page = page(&gw, "/console/keys", &lead)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !keys_page.contains("id=\"new-key\""),
+        "no form for a client key"
+    );
+    // No session: 401, whatever the token.
+    assert_eq!(
+        api(&gw, Method::GET, "/console/api/keys", "", None, None)
+            .await
+            .status(),
+        401
+    );
+
+    // Revoked from the console: the API refuses the key at once.
+    let revoked = api(
+        &gw,
+        Method::DELETE,
+        &format!("/console/api/keys/{id}"),
+        &admin_cookie,
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(revoked.status(), 200);
+    assert_eq!(revoked.json::<Value>().await.unwrap()["status"], "revoked");
+    assert_eq!(chat_as(&gw, &key).await, 401);
 }
 
 #[tokio::test]
@@ -415,5 +641,154 @@ async fn the_console_works_in_a_real_browser() {
         .await;
     assert!(title.as_str().unwrap().contains("总览"), "{title}");
     browser.screenshot("overview-zh.png").await;
+    browser.quit().await;
+}
+
+#[tokio::test]
+async fn the_keys_page_works_in_a_real_browser() {
+    use crate::support::browser::Browser;
+    let fake = FakeProvider::start().await;
+    let dir = TempDir::new();
+    let gw = console_gateway(&fake, &dir).await;
+    let Some(browser) = Browser::start("en-US").await else {
+        return;
+    };
+    browser.goto(&format!("{}/console/sign-in", gw.url)).await;
+    browser.type_into("#key", ADMIN).await;
+    browser.click("form button").await;
+    browser
+        .wait_for(
+            "return location.pathname === '/console'",
+            Duration::from_secs(5),
+        )
+        .await;
+    browser.goto(&format!("{}/console/keys", gw.url)).await;
+    assert_eq!(
+        browser
+            .eval("return document.querySelector('h1').textContent")
+            .await,
+        "Keys and tenants"
+    );
+
+    // Create a key with a budget: it is shown once, with a copy button.
+    browser.type_into("#new-key [name=tenant]", "globex").await;
+    browser
+        .type_into("#new-key [name=name]", "support bot")
+        .await;
+    browser.type_into("#new-key [name=budget]", "100000").await;
+    browser.click("#new-key button").await;
+    let key = browser
+        .wait_for(
+            "return document.getElementById('new-key-value').textContent",
+            Duration::from_secs(5),
+        )
+        .await;
+    let key = key.as_str().unwrap().to_owned();
+    assert!(
+        browser
+            .eval("return !document.getElementById('shown-key').hidden")
+            .await
+            == true,
+        "the key is shown"
+    );
+    browser.click("#copy-key").await;
+    browser.screenshot("keys-created.png").await;
+
+    // Calls with it: its spend appears against its budget after a reload.
+    for _ in 0..3 {
+        assert_eq!(chat_as(&gw, &key).await, 200);
+    }
+    let spent = async {
+        loop {
+            browser.goto(&format!("{}/console/keys", gw.url)).await;
+            let spent = browser
+                .wait_for(
+                    "const cell = document.querySelector('#key-table tbody tr td:nth-child(4)'); \
+                     return cell && cell.querySelector('meter') ? Number(cell.dataset.spent) + 1 : null",
+                    Duration::from_secs(5),
+                )
+                .await;
+            if spent.as_f64().unwrap() > 1.0 {
+                return spent.as_f64().unwrap() - 1.0;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let spent = tokio::time::timeout(Duration::from_secs(10), spent)
+        .await
+        .expect("the spend appears");
+    assert!(spent > 0.0);
+    let row = browser
+        .eval("return document.querySelector('#key-table tbody tr').textContent")
+        .await;
+    assert!(row.as_str().unwrap().contains("support bot"), "{row}");
+    assert!(
+        row.as_str().unwrap().contains("100000 CNY per month"),
+        "{row}"
+    );
+    browser.screenshot("keys-spend.png").await;
+
+    // The tenant's own budget, which the key shares: set on the page, shown for it.
+    browser
+        .type_into("#tenant-settings [name=tenant]", "globex")
+        .await;
+    browser
+        .type_into("#tenant-settings [name=rpm]", "600")
+        .await;
+    browser
+        .type_into("#tenant-settings [name=budget]", "500000")
+        .await;
+    browser.click("#tenant-settings button").await;
+    let tenant_row = browser
+        .wait_for(
+            "return document.querySelector('#tenant-table tbody tr')?.textContent",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(
+        tenant_row.as_str().unwrap().contains("rpm 600"),
+        "{tenant_row}"
+    );
+    assert!(
+        tenant_row.as_str().unwrap().contains("500000"),
+        "{tenant_row}"
+    );
+    let tenant_budget = browser
+        .wait_for(
+            "return document.querySelector('#key-table tbody tr td:nth-child(5) meter') ? \
+             document.querySelector('#key-table tbody tr td:nth-child(5)').textContent : null",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(
+        tenant_budget
+            .as_str()
+            .unwrap()
+            .contains("of 500000 CNY per month"),
+        "{tenant_budget}"
+    );
+    browser.screenshot("keys-tenant.png").await;
+
+    // Revoked (after the page's confirmation): the row says so, the API refuses it.
+    browser.click("#key-table button.revoke").await;
+    browser.accept_dialog().await;
+    browser
+        .wait_for(
+            "return document.querySelector('#key-table tbody tr td:nth-child(3)').textContent === 'revoked'",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert_eq!(chat_as(&gw, &key).await, 401);
+    browser.screenshot("keys-revoked.png").await;
+    let severe = browser.severe_logs().await;
+    assert!(severe.is_empty(), "errors in the page: {severe:?}");
+
+    browser
+        .goto(&format!("{}/console/keys?lang=zh", gw.url))
+        .await;
+    let title = browser
+        .eval("return document.querySelector('h1').textContent")
+        .await;
+    assert_eq!(title, "密钥与租户");
     browser.quit().await;
 }

@@ -79,7 +79,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api)
         .merge(admin)
         .merge(documents)
-        .merge(console::router())
+        .merge(console::router(state.clone()))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));
     // With its own address, /metrics is served there only (see `metrics_router`).

@@ -131,6 +131,12 @@ impl Browser {
             .await;
     }
 
+    /// Accepts the dialog the page opened (`confirm`, `alert`).
+    pub async fn accept_dialog(&self) {
+        self.session_command("POST", "/alert/accept", json!({}))
+            .await;
+    }
+
     /// The value `script` (a function body) returns in the page.
     pub async fn eval(&self, script: &str) -> Value {
         self.session_command(

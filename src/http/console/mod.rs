@@ -8,6 +8,7 @@
 //! this origin only, nothing inline, no frames). Sign-in and sessions: see
 //! [`session`].
 
+mod api;
 mod page;
 pub mod session;
 
@@ -44,13 +45,15 @@ const OVERVIEW_METRICS: &[&str] = &[
     "ragway_breaker_state",
 ];
 
-pub fn router() -> Router<AppState> {
+pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/console", get(overview))
+        .route("/console/keys", get(keys_page))
         .route("/console/sign-in", get(sign_in_page).post(sign_in))
         .route("/console/sign-out", post(sign_out))
         .route("/console/api/overview", get(overview_data))
         .route("/console/assets/{file}", get(asset))
+        .merge(api::router(state))
         .layer(axum::middleware::map_response(secure_headers))
 }
 
@@ -77,33 +80,30 @@ struct PageQuery {
 /// The signed-in caller of a console request, re-checked against the key table.
 struct Visitor {
     session: Session,
-    /// `None` for the admin.
-    tenant: Option<String>,
+    /// A client key's caller; `None` for the admin.
+    caller: Option<crate::call::Caller>,
 }
 
 impl Visitor {
     fn of(state: &AppState, headers: &HeaderMap) -> Option<Visitor> {
         let value = cookie(headers, SESSION_COOKIE)?;
         let session = sessions(state).read(value, now())?;
-        let tenant = match session.who {
+        let caller = match session.who {
             Who::Admin => {
                 state.config.auth.admin_key.as_ref()?;
                 None
             }
-            Who::Key(hash) => Some(
-                state
-                    .client_keys
-                    .caller_of_hash(&hash)
-                    .ok()?
-                    .tenant
-                    .to_string(),
-            ),
+            Who::Key(hash) => Some(state.client_keys.caller_of_hash(&hash).ok()?),
         };
-        Some(Visitor { session, tenant })
+        Some(Visitor { session, caller })
     }
 
     fn is_admin(&self) -> bool {
         self.session.who == Who::Admin
+    }
+
+    fn tenant(&self) -> Option<&str> {
+        self.caller.as_ref().map(|c| &*c.tenant)
     }
 }
 
@@ -112,20 +112,40 @@ async fn overview(
     Query(query): Query<PageQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let lang = Lang::of(query.lang.as_deref(), &headers);
-    let Some(visitor) = Visitor::of(&state, &headers) else {
+    signed_in_page(&state, &query, &headers, "overview")
+}
+
+async fn keys_page(
+    State(state): State<AppState>,
+    Query(query): Query<PageQuery>,
+    headers: HeaderMap,
+) -> Response {
+    signed_in_page(&state, &query, &headers, "keys")
+}
+
+/// The page `name` (its template `{name}.html`) for the signed-in visitor, or the
+/// way to the sign-in form.
+fn signed_in_page(
+    state: &AppState,
+    query: &PageQuery,
+    headers: &HeaderMap,
+    name: &str,
+) -> Response {
+    let lang = Lang::of(query.lang.as_deref(), headers);
+    let Some(visitor) = Visitor::of(state, headers) else {
         return Redirect::to("/console/sign-in").into_response();
     };
     let context = json!({
-        "csrf": sessions(&state).csrf(&visitor.session),
+        "page": name,
+        "csrf": sessions(state).csrf(&visitor.session),
         "admin": visitor.is_admin(),
-        "tenant": visitor.tenant,
+        "tenant": visitor.tenant(),
     });
     with_lang(
-        html(render("overview.html", lang, context)),
+        html(render(&format!("{name}.html"), lang, context)),
         lang,
-        &query,
-        &headers,
+        query,
+        headers,
     )
 }
 
@@ -288,6 +308,10 @@ async fn asset(Path(file): Path<String>) -> Response {
         ),
         "console.js" => (
             include_str!("assets/console.js"),
+            "text/javascript; charset=utf-8",
+        ),
+        "keys.js" => (
+            include_str!("assets/keys.js"),
             "text/javascript; charset=utf-8",
         ),
         _ => return StatusCode::NOT_FOUND.into_response(),

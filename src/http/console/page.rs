@@ -79,6 +79,34 @@ const TEXT: &[(&str, &str, &str)] = &[
     ("since_start", "since start", "自启动以来"),
     ("live", "live, every 2 s", "实时，每 2 秒"),
     ("admin_view", "The gateway-wide figures are the admin's view; your tenant's usage and spend will be on the usage page.", "网关整体数据仅管理员可见；租户的用量与花费将在用量页面提供。"),
+    ("keys", "Keys", "密钥"),
+    ("keys_and_tenants", "Keys and tenants", "密钥与租户"),
+    ("new_key", "New key", "新建密钥"),
+    ("tenant", "Tenant", "租户"),
+    ("tenants", "Tenants", "租户"),
+    ("key_name", "Name", "名称"),
+    ("status", "Status", "状态"),
+    ("budget", "Budget", "预算"),
+    ("tenant_budget", "Tenant budget", "租户预算"),
+    ("period", "Period", "周期"),
+    ("per_day", "per day", "每天"),
+    ("per_week", "per week", "每周"),
+    ("per_month", "per month", "每月"),
+    ("rpm", "Requests/min", "每分钟请求数"),
+    ("limits", "Limits", "限额"),
+    ("tpm", "Tokens/min", "每分钟令牌数"),
+    ("save_tenant", "Set the tenant's limits", "设置租户限额"),
+    ("tenant_hint", "A tenant's limits and budget are shared by all its keys; a key never gets more than its tenant. Saving replaces the tenant's settings.", "租户的限额与预算由其所有密钥共享，单个密钥不会超过租户。保存会替换该租户的设置。"),
+    ("create", "Create", "创建"),
+    ("key_once", "The new key, shown this once: copy it now.", "新密钥仅显示这一次，请立即复制。"),
+    ("copy", "Copy", "复制"),
+    ("copied", "Copied", "已复制"),
+    ("rotate", "Rotate", "轮换"),
+    ("revoke", "Revoke", "吊销"),
+    ("confirm_revoke", "Revoke this key? Calls with it are refused from now on.", "确定吊销该密钥？此后使用它的调用将被拒绝。"),
+    ("no_budget", "none", "无"),
+    ("spent_of", "spent of", "已用，共"),
+    ("keys_unmanaged", "Keys are managed with [governance] in the config; this gateway has fixed keys only.", "密钥需在配置的 [governance] 中启用管理；本网关只有固定密钥。"),
     ("language", "中文", "English"),
 ];
 
@@ -113,7 +141,9 @@ fn templates() -> &'static Environment<'static> {
         for (name, source) in [
             ("layout.html", include_str!("templates/layout.html")),
             ("sign_in.html", include_str!("templates/sign_in.html")),
+            ("nav.html", include_str!("templates/nav.html")),
             ("overview.html", include_str!("templates/overview.html")),
+            ("keys.html", include_str!("templates/keys.html")),
         ] {
             env.add_template(name, source)
                 .expect("the console's templates are valid");
@@ -163,6 +193,26 @@ mod tests {
             assert!(
                 !page.contains("console.js"),
                 "no live data for a client key"
+            );
+            let context =
+                serde_json::json!({"page": "keys", "csrf": "\"x", "tenant": "<b>", "admin": false});
+            let page = render("keys.html", lang, context);
+            assert!(
+                page.contains("&lt;b&gt;") && page.contains("&quot;x"),
+                "{page}"
+            );
+            assert!(page.contains("data-admin=\"false\"") && !page.contains("id=\"new-key\""));
+            assert!(
+                page.contains("href=\"/console/keys\" aria-current=\"page\""),
+                "{page}"
+            );
+            let context = serde_json::json!({"page": "keys", "csrf": "x", "admin": true});
+            let page = render("keys.html", lang, context);
+            let per_day = format!(">{}</option>", text(lang, "per_day"));
+            assert_eq!(
+                page.matches(&per_day).count(),
+                2,
+                "both forms' periods: {page}"
             );
         }
         assert!(render("sign_in.html", Lang::Zh, serde_json::json!({})).contains("登录"));

@@ -1,0 +1,132 @@
+//! The console's JSON, under `/console/api/`: the admin API's own handlers (the
+//! same checks, the same answers) reached with a console session instead of a
+//! bearer key, plus the views the pages need on top of them.
+//!
+//! Every request is checked here: a session (401 without one), the CSRF token in
+//! `x-csrf-token` on every change (403 without it: a form on another site cannot
+//! set a header, and the cookie is `SameSite=Strict` as well), and the admin's
+//! session for the admin's routes (403 for a client key's). A client key's session
+//! sees its own tenant only.
+
+use axum::extract::{Request, State};
+use axum::http::Method;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+use super::super::keys;
+use super::{Visitor, sessions};
+use crate::admit::grant;
+use crate::call::Caller;
+use crate::error::GatewayError;
+use crate::state::AppState;
+
+/// The header a change carries its CSRF token in.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// Who a console API request is from, once [`session`] has checked it.
+#[derive(Debug, Clone)]
+enum Signed {
+    Admin,
+    /// A client key's session: its caller, re-read from the key table.
+    Client(Caller),
+}
+
+pub fn router(state: AppState) -> Router<AppState> {
+    let admin = Router::new()
+        .route("/console/api/keys", post(keys::create))
+        .route(
+            "/console/api/keys/{id}",
+            axum::routing::delete(keys::revoke),
+        )
+        .route("/console/api/keys/{id}/rotate", post(keys::rotate))
+        .route(
+            "/console/api/tenants/{tenant}",
+            axum::routing::put(keys::put_tenant),
+        )
+        .route_layer(middleware::from_fn(admin_only));
+    Router::new()
+        .route("/console/api/keys", get(key_list))
+        .merge(admin)
+        .route_layer(middleware::from_fn_with_state(state, session))
+}
+
+/// Lets a request through with a console session (and, for a change, its CSRF
+/// token), marked with who it is from.
+async fn session(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let Some(visitor) = Visitor::of(&state, request.headers()) else {
+        return GatewayError::Unauthorized("sign in to the console".to_owned()).into_response();
+    };
+    let reads = matches!(*request.method(), Method::GET | Method::HEAD);
+    let token = request
+        .headers()
+        .get(CSRF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !reads && !sessions(&state).csrf_matches(&visitor.session, token) {
+        return GatewayError::Forbidden("a change needs the page's CSRF token".to_owned())
+            .into_response();
+    }
+    let signed = match visitor.caller {
+        None => Signed::Admin,
+        Some(caller) => Signed::Client(caller),
+    };
+    request.extensions_mut().insert(signed.clone());
+    let mut response = next.run(request).await;
+    // The audit record of a client key's change names its key.
+    if let Signed::Client(caller) = signed {
+        response.extensions_mut().insert(caller);
+    }
+    response
+}
+
+async fn admin_only(request: Request, next: Next) -> Response {
+    match request.extensions().get::<Signed>() {
+        Some(Signed::Admin) => next.run(request).await,
+        _ => GatewayError::Forbidden("the admin's action".to_owned()).into_response(),
+    }
+}
+
+/// `GET /console/api/keys`: the keys (a client key's session: its tenant's), each
+/// with its budget and its tenant's as they stand, and the tenants' settings.
+async fn key_list(
+    State(state): State<AppState>,
+    axum::Extension(signed): axum::Extension<Signed>,
+) -> Result<Json<Value>, GatewayError> {
+    let Some(store) = state.client_keys.store() else {
+        return Ok(Json(json!({ "managed": false, "keys": [], "tenants": [] })));
+    };
+    let tenant = match &signed {
+        Signed::Admin => None,
+        Signed::Client(caller) => Some(caller.tenant.to_string()),
+    };
+    let unavailable = |error| {
+        tracing::warn!(%error, "key table");
+        GatewayError::Unavailable {
+            message: "the key table cannot be reached; try again shortly".to_owned(),
+            retry_after: std::time::Duration::from_secs(2),
+        }
+    };
+    let records = store.list(tenant.as_deref()).await.map_err(unavailable)?;
+    let now = grant::now_us();
+    let mut keys = Vec::with_capacity(records.len());
+    for record in &records {
+        let mut view = record.view(now);
+        let caller = Caller::new(&record.tenant, Some(&record.id));
+        view["standing"] = json!(state.pipeline.admission.standing(&caller).await?);
+        keys.push(view);
+    }
+    let tenants: Vec<Value> = store
+        .tenants()
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .filter(|t| tenant.as_deref().is_none_or(|own| own == t.tenant))
+        .map(grant::TenantRecord::view)
+        .collect();
+    Ok(Json(
+        json!({ "managed": true, "keys": keys, "tenants": tenants }),
+    ))
+}
