@@ -7,6 +7,9 @@
 //! 2. The request path's cost of handing a record over (`AuditSink::record`),
 //!    with the writer taking 10,000 and 20,000 records/s; and how the writer kept up.
 //! 3. The table's size per million rows (heap, indexes, names).
+//! 4. The console's audit searches over those rows (40 tenants, 400 keys, one
+//!    row in 50 an error): the store's query for each filter, and its plan
+//!    (`EXPLAIN ANALYZE` of the same WHERE and ORDER BY).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -122,6 +125,8 @@ async fn run() {
         names / 1024
     );
 
+    searches(&store, &mut conn).await;
+
     // 2. Hand-over cost and the writer end to end, at two offered rates.
     for rate in [10_000, 20_000] {
         hand_over(&store, &builder, rate, &mut conn).await;
@@ -194,11 +199,136 @@ async fn hand_over(
 }
 
 /// A fresh database named `name` on `server`; returns its URL.
+/// Row `i`: 40 tenants, 10 keys each, one row in 50 an upstream error.
 fn numbered(template: &Row, i: usize) -> Row {
     let mut row = template.clone();
     row.request_id = format!("req-{i:08}");
     row.at_us = ragway::audit::time::now_micros();
+    row.tenant = Some(format!("tenant-{}", i % 40));
+    row.client_key = Some(format!("key-{}", i % 400));
+    if i % 50 == 7 {
+        row.status = 502;
+        row.outcome = "error".to_owned();
+    }
     row
+}
+
+/// Part 4: the console's searches (`GET /console/api/audit`, as the admin
+/// API's `GET /admin/audit` makes them), each run 5 times; the plan of each.
+async fn searches(store: &PgStore, conn: &mut sqlx::PgConnection) {
+    use ragway::audit::store::{Query, Range};
+    let now = ragway::audit::time::now_micros();
+    let day = Range {
+        since: Some(now - 86_400_000_000),
+        until: None,
+    };
+    let ids = |kind: &'static str, name: &'static str| {
+        format!("(SELECT id FROM audit_names WHERE kind = '{kind}' AND name = '{name}')")
+    };
+    let cases: Vec<(&str, Query, String)> = vec![
+        (
+            "newest 100, no filter",
+            Query {
+                limit: 100,
+                ..Query::default()
+            },
+            "true".to_owned(),
+        ),
+        (
+            "a tenant, last 24 h",
+            Query {
+                tenant: Some("tenant-17".into()),
+                range: day,
+                limit: 100,
+                ..Query::default()
+            },
+            format!(
+                "tenant_id = {} AND at >= now() - interval '1 day'",
+                ids("tenant", "tenant-17")
+            ),
+        ),
+        (
+            "a key",
+            Query {
+                key: Some("key-123".into()),
+                limit: 100,
+                ..Query::default()
+            },
+            format!("key_id = {}", ids("key", "key-123")),
+        ),
+        (
+            "errors (by outcome)",
+            Query {
+                outcome: Some("error".into()),
+                limit: 100,
+                ..Query::default()
+            },
+            format!("outcome_id = {}", ids("outcome", "error")),
+        ),
+        (
+            "a tenant's errors",
+            Query {
+                tenant: Some("tenant-7".into()),
+                outcome: Some("error".into()),
+                limit: 100,
+                ..Query::default()
+            },
+            format!(
+                "tenant_id = {} AND outcome_id = {}",
+                ids("tenant", "tenant-7"),
+                ids("outcome", "error")
+            ),
+        ),
+        (
+            "a request id",
+            Query {
+                request_id: Some("req-00654321".into()),
+                limit: 100,
+                ..Query::default()
+            },
+            "request_id = 'req-00654321'".to_owned(),
+        ),
+        (
+            "1,000 rows, no filter",
+            Query {
+                limit: 1_000,
+                ..Query::default()
+            },
+            "true".to_owned(),
+        ),
+    ];
+    println!("| console search over {ROWS} rows | rows | p50 ms | max ms | plan |");
+    println!("|---|---:|---:|---:|---|");
+    for (name, query, sql_where) in cases {
+        let mut times = Vec::new();
+        let mut found = 0;
+        for _ in 0..5 {
+            let started = Instant::now();
+            found = store.query(&query).await.unwrap().len();
+            times.push(started.elapsed());
+        }
+        times.sort();
+        let plan: Vec<String> = sqlx::query_scalar(&format!(
+            "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) SELECT * FROM audit_calls \
+             WHERE {sql_where} ORDER BY at DESC, seq DESC LIMIT {}",
+            query.limit
+        ))
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+        // The plan's nodes, in one line: which index (or scan) each uses.
+        let nodes: Vec<String> = plan
+            .iter()
+            .map(|line| line.trim().trim_start_matches("->").trim().to_owned())
+            .filter(|line| line.contains("Scan") || line.contains("Sort") || line.contains("Limit"))
+            .collect();
+        println!(
+            "| {name} | {found} | {:.1} | {:.1} | {} |",
+            times[2].as_secs_f64() * 1e3,
+            times[4].as_secs_f64() * 1e3,
+            nodes.join(" → ")
+        );
+    }
 }
 
 /// A typical grounded chat call: a 3-message prompt, a short answer, one attempt,

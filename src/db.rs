@@ -81,6 +81,11 @@ pub const POSTGRES: Steps = &[
         "usage",
         include_str!("../migrations/postgres/0003_usage.sql"),
     ),
+    (
+        4,
+        "outcome",
+        include_str!("../migrations/postgres/0004_outcome.sql"),
+    ),
 ];
 
 pub const SQLITE: Steps = &[
@@ -98,6 +103,11 @@ pub const SQLITE: Steps = &[
         3,
         "usage",
         include_str!("../migrations/sqlite/0003_usage.sql"),
+    ),
+    (
+        4,
+        "outcome",
+        include_str!("../migrations/sqlite/0004_outcome.sql"),
     ),
 ];
 

@@ -336,6 +336,226 @@ async fn the_console_manages_keys_for_the_admin_and_shows_a_tenant_its_own() {
     assert_eq!(chat_as(&gw, &key).await, 401);
 }
 
+/// The console's audit rows for `query`, once at least `at_least` are written.
+async fn audit_rows(gw: &Gateway, cookie: &str, query: &str, at_least: usize) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let found = api(
+            gw,
+            reqwest::Method::GET,
+            &format!("/console/api/audit?{query}"),
+            cookie,
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(found.status(), 200, "{query}");
+        let rows = found.json::<Value>().await.unwrap()["data"]
+            .as_array()
+            .unwrap()
+            .clone();
+        if rows.len() >= at_least {
+            return rows;
+        }
+        assert!(std::time::Instant::now() < deadline, "{query}: {rows:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_audit_page_searches_exports_and_verifies_the_chain() {
+    use reqwest::Method;
+    let fake = FakeProvider::start().await;
+    let dir = TempDir::new();
+    let gw = console_gateway(&fake, &dir).await;
+    let key = new_key(&gw, json!({"tenant": "globex"})).await;
+    for caller in ["acme-key", "acme-key", key.as_str()] {
+        assert_eq!(chat_as(&gw, caller).await, 200);
+    }
+    assert_eq!(chat_as(&gw, "sk-wrong").await, 401);
+    let admin_cookie = session(&gw, ADMIN).await;
+    let token = csrf(&gw, &admin_cookie).await;
+    let audit_page = page(&gw, "/console/audit", &admin_cookie).await;
+    assert_eq!(audit_page.status(), 200);
+    assert!(
+        audit_page
+            .text()
+            .await
+            .unwrap()
+            .contains("id=\"audit-verify\"")
+    );
+
+    // Search by tenant, by key and outcome, by request id.
+    let acme = audit_rows(&gw, &admin_cookie, "tenant=acme", 2).await;
+    assert!(acme.iter().all(|r| r["tenant"] == "acme"), "{acme:?}");
+    let chats: Vec<&Value> = acme
+        .iter()
+        .filter(|r| r["route"] == "/v1/chat/completions")
+        .collect();
+    assert_eq!(chats.len(), 2, "{acme:?}");
+    let globex = audit_rows(&gw, &admin_cookie, "tenant=globex&outcome=ok", 1).await;
+    let key_id = globex[0]["client_key"].as_str().unwrap().to_owned();
+    let by_key = audit_rows(&gw, &admin_cookie, &format!("key={key_id}"), 1).await;
+    assert!(
+        by_key.iter().all(|r| r["client_key"] == key_id.as_str()),
+        "{by_key:?}"
+    );
+    let errors = audit_rows(&gw, &admin_cookie, "outcome=error", 1).await;
+    assert!(errors.iter().all(|r| r["outcome"] == "error"), "{errors:?}");
+    assert!(
+        errors.iter().any(|r| r["status"] == 401),
+        "the refused call: {errors:?}"
+    );
+    let id = chats[0]["request_id"].as_str().unwrap();
+    let one = audit_rows(&gw, &admin_cookie, &format!("request_id={id}"), 1).await;
+    assert_eq!(one.len(), 1);
+    assert!(
+        one[0]["attempts"].is_array() && one[0]["pii"].is_object(),
+        "{one:?}"
+    );
+    // A bad time is the admin API's 400, naming it.
+    let bad = api(
+        &gw,
+        Method::GET,
+        "/console/api/audit?since=yesterday-ish",
+        &admin_cookie,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(bad.status(), 400);
+    assert_eq!(
+        bad.json::<Value>().await.unwrap()["error"]["param"],
+        "since"
+    );
+
+    // The same search as CSV.
+    let csv = api(
+        &gw,
+        Method::GET,
+        "/console/api/audit.csv?tenant=acme",
+        &admin_cookie,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(csv.status(), 200);
+    assert!(
+        csv.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
+    assert!(
+        csv.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains("attachment")
+    );
+    let csv = csv.text().await.unwrap();
+    assert!(
+        csv.starts_with("at,instance,seq,request_id,tenant"),
+        "{csv}"
+    );
+    assert_eq!(csv.lines().count(), acme.len() + 1, "{csv}");
+
+    // Verify the chains: a change needs the token; intact, then altered.
+    let verify = |token: Option<String>| {
+        let (gw, cookie) = (&gw, admin_cookie.clone());
+        async move {
+            api(
+                gw,
+                Method::POST,
+                "/console/api/audit/verify",
+                &cookie,
+                token.as_deref(),
+                Some(json!({})),
+            )
+            .await
+        }
+    };
+    assert_eq!(verify(None).await.status(), 403);
+    let intact: Value = verify(Some(token.clone())).await.json().await.unwrap();
+    assert_eq!(intact["ok"], true, "{intact}");
+    assert!(
+        intact["chains"][0]["rows"].as_u64().unwrap() >= 4,
+        "{intact}"
+    );
+    let pool = sqlx::SqlitePool::connect(&sqlite_url(&dir)).await.unwrap();
+    sqlx::query("UPDATE audit_calls SET answer = 'nothing was said' WHERE request_id = ?")
+        .bind(id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let broken: Value = verify(Some(token)).await.json().await.unwrap();
+    assert_eq!(broken["ok"], false, "{broken}");
+    assert!(
+        broken["chains"][0]["report"]
+            .as_str()
+            .unwrap()
+            .contains("FAILED"),
+        "{broken}"
+    );
+
+    // A client key's session: its own tenant's rows, no other, no verifying.
+    let lead = session(&gw, &key).await;
+    let lead_token = csrf(&gw, &lead).await;
+    let own = audit_rows(&gw, &lead, "", 1).await;
+    assert!(own.iter().all(|r| r["tenant"] == "globex"), "{own:?}");
+    let other = api(
+        &gw,
+        Method::GET,
+        "/console/api/audit?tenant=acme",
+        &lead,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(other.status(), 403);
+    let other = api(
+        &gw,
+        Method::GET,
+        "/console/api/audit.csv?tenant=acme",
+        &lead,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(other.status(), 403);
+    let csv = api(
+        &gw,
+        Method::GET,
+        "/console/api/audit.csv",
+        &lead,
+        None,
+        None,
+    )
+    .await
+    .text()
+    .await
+    .unwrap();
+    assert!(!csv.contains(",acme,"), "{csv}");
+    let refused = api(
+        &gw,
+        Method::POST,
+        "/console/api/audit/verify",
+        &lead,
+        Some(&lead_token),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(refused.status(), 403);
+    let lead_page = page(&gw, "/console/audit", &lead)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !lead_page.contains("id=\"audit-verify\""),
+        "no verifying for a client key"
+    );
+}
+
 #[tokio::test]
 async fn the_console_signs_in_with_a_key_and_guards_every_change() {
     let fake = FakeProvider::start().await;
@@ -645,7 +865,7 @@ async fn the_console_works_in_a_real_browser() {
 }
 
 #[tokio::test]
-async fn the_keys_page_works_in_a_real_browser() {
+async fn keys_and_audit_work_in_a_real_browser() {
     use crate::support::browser::Browser;
     let fake = FakeProvider::start().await;
     let dir = TempDir::new();
@@ -768,6 +988,54 @@ async fn the_keys_page_works_in_a_real_browser() {
         "{tenant_budget}"
     );
     browser.screenshot("keys-tenant.png").await;
+
+    // The key's calls in the audit trail: searched, one opened, the chain verified.
+    browser.goto(&format!("{}/console/audit", gw.url)).await;
+    browser
+        .type_into("#audit-search [name=tenant]", "globex")
+        .await;
+    browser.click("#audit-search button").await;
+    let rows = browser
+        .wait_for(
+            "const rows = [...document.querySelectorAll('#audit-table tbody tr.clickable')]; \
+             return rows.length >= 3 && rows.every((r) => r.children[2].textContent === 'globex') ? rows.length : null",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(rows.as_u64().unwrap() >= 3, "{rows}");
+    browser.click("#audit-table tbody tr.clickable").await;
+    let shown = browser
+        .wait_for(
+            "return document.getElementById('audit-row').hidden ? null : document.getElementById('audit-row-body').textContent",
+            Duration::from_secs(5),
+        )
+        .await;
+    let shown: Value = serde_json::from_str(shown.as_str().unwrap()).unwrap();
+    assert_eq!(shown["tenant"], "globex");
+    assert!(shown["attempts"].is_array(), "{shown}");
+    let csv = browser
+        .eval("return document.getElementById('audit-csv').getAttribute('href')")
+        .await;
+    assert_eq!(csv, "/console/api/audit.csv?tenant=globex&limit=100");
+    browser.click("#audit-verify button").await;
+    let verified = browser
+        .wait_for(
+            "const v = document.getElementById('verify-result').textContent; return v.length > 1 ? v : null",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(
+        verified.as_str().unwrap().starts_with("Intact:"),
+        "{verified}"
+    );
+    browser.screenshot("audit.png").await;
+    browser.goto(&format!("{}/console/keys", gw.url)).await;
+    browser
+        .wait_for(
+            "return document.querySelector('#key-table button.revoke')",
+            Duration::from_secs(5),
+        )
+        .await;
 
     // Revoked (after the page's confirmation): the row says so, the API refuses it.
     browser.click("#key-table button.revoke").await;

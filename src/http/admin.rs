@@ -103,7 +103,9 @@ pub struct AuditQuery {
     /// `2026-11-24`, `2026-11-24T13:05:00Z`, or an age such as `24h`.
     since: Option<String>,
     until: Option<String>,
-    tenant: Option<String>,
+    pub(super) tenant: Option<String>,
+    key: Option<String>,
+    outcome: Option<String>,
     request_id: Option<String>,
     limit: Option<u32>,
 }
@@ -111,23 +113,36 @@ pub struct AuditQuery {
 const AUDIT_LIMIT: u32 = 100;
 const AUDIT_MAX_LIMIT: u32 = 1_000;
 
-/// `GET /admin/audit?since=…&until=…&tenant=…&request_id=…&limit=…`: audit rows,
-/// newest first (read only).
+/// `GET /admin/audit?since=…&until=…&tenant=…&key=…&outcome=…&request_id=…&limit=…`:
+/// audit rows, newest first (read only).
 pub async fn audit(
     State(state): State<AppState>,
     query: Result<axum::extract::Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, GatewayError> {
-    let trail = audit_trail(&state, "/admin/audit")?;
     let axum::extract::Query(q) = query.map_err(|e| GatewayError::invalid(e.body_text(), None))?;
-    let query = crate::audit::store::Query {
-        range: time_range(&q.since, &q.until)?,
-        tenant: q.tenant,
-        request_id: q.request_id,
-        limit: q.limit.unwrap_or(AUDIT_LIMIT).clamp(1, AUDIT_MAX_LIMIT),
-    };
-    let rows = trail.store.query(&query).await.map_err(unreadable)?;
+    let rows = audit_rows(&state, q, "/admin/audit").await?;
     let data: Vec<Value> = rows.iter().map(crate::audit::export::json).collect();
     Ok(Json(json!({ "object": "list", "data": data })))
+}
+
+/// The rows `q` asks for, newest first (`path` names the endpoint when there is
+/// no audit trail).
+pub(super) async fn audit_rows(
+    state: &AppState,
+    q: AuditQuery,
+    path: &str,
+) -> Result<Vec<crate::audit::row::Chained>, GatewayError> {
+    let trail = audit_trail(state, path)?;
+    let empty = |v: Option<String>| v.filter(|v| !v.trim().is_empty());
+    let query = crate::audit::store::Query {
+        range: time_range(&q.since, &q.until)?,
+        tenant: empty(q.tenant),
+        key: empty(q.key),
+        outcome: empty(q.outcome),
+        request_id: empty(q.request_id),
+        limit: q.limit.unwrap_or(AUDIT_LIMIT).clamp(1, AUDIT_MAX_LIMIT),
+    };
+    trail.store.query(&query).await.map_err(unreadable)
 }
 
 /// The audit trail, or a 404 saying `path` needs one.

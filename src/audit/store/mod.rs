@@ -38,8 +38,21 @@ pub struct Range {
 pub struct Query {
     pub range: Range,
     pub tenant: Option<String>,
+    /// A client key's id.
+    pub key: Option<String>,
+    /// `ok`, `error`, `interrupted`, `abandoned` or `content_filter`.
+    pub outcome: Option<String>,
     pub request_id: Option<String>,
     pub limit: u32,
+}
+
+/// The filters of a [`Query`] by name: (kind of name, the name asked, column).
+pub fn query_filters(query: &Query) -> [(&'static str, Option<&str>, &'static str); 3] {
+    [
+        (kind::TENANT, query.tenant.as_deref(), "tenant_id"),
+        (kind::KEY, query.key.as_deref(), "key_id"),
+        (kind::OUTCOME, query.outcome.as_deref(), "outcome_id"),
+    ]
 }
 
 #[async_trait]

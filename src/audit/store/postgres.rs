@@ -11,8 +11,8 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Postgres, QueryBuilder, Row as _};
 
 use super::{
-    AuditStore, NameIds, Query, Range, StoreError, StoredHead, decode, kind, names_of, sql,
-    stored_head, usage_filters,
+    AuditStore, NameIds, Query, Range, StoreError, StoredHead, decode, kind, names_of,
+    query_filters, sql, stored_head, usage_filters,
 };
 use crate::audit::chain::{Head, link};
 use crate::audit::row::{Chained, Row};
@@ -279,11 +279,13 @@ impl AuditStore for PgStore {
     async fn query(&self, query: &Query) -> Result<Vec<Chained>, StoreError> {
         let mut q = QueryBuilder::new(SELECT);
         q.push(" WHERE true");
-        if let Some(tenant) = &query.tenant {
-            let Some(id) = self.name_id(kind::TENANT, tenant).await? else {
+        for (kind, name, column) in query_filters(query) {
+            let Some(name) = name else { continue };
+            // A name never stored matches no row.
+            let Some(id) = self.name_id(kind, name).await? else {
                 return Ok(Vec::new());
             };
-            q.push(" AND tenant_id = ").push_bind(id);
+            q.push(format!(" AND {column} = ")).push_bind(id);
         }
         if let Some(request_id) = &query.request_id {
             q.push(" AND request_id = ").push_bind(request_id.clone());

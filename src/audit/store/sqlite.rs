@@ -9,7 +9,7 @@ use sqlx::{QueryBuilder, Row as _, Sqlite};
 
 use super::{
     AuditStore, COLUMNS, NameIds, Query, Range, StoreError, StoredHead, decode, kind, names_of,
-    sql, stored_head, usage_filters,
+    query_filters, sql, stored_head, usage_filters,
 };
 use crate::audit::chain::{Head, link};
 use crate::audit::row::{Chained, Row};
@@ -238,11 +238,13 @@ impl AuditStore for SqliteStore {
     async fn query(&self, query: &Query) -> Result<Vec<Chained>, StoreError> {
         let mut q = select();
         q.push(" WHERE 1 = 1");
-        if let Some(tenant) = &query.tenant {
-            let Some(id) = self.name_id(kind::TENANT, tenant).await? else {
+        for (kind, name, column) in query_filters(query) {
+            let Some(name) = name else { continue };
+            // A name never stored matches no row.
+            let Some(id) = self.name_id(kind, name).await? else {
                 return Ok(Vec::new());
             };
-            q.push(" AND tenant_id = ").push_bind(id);
+            q.push(format!(" AND {column} = ")).push_bind(id);
         }
         if let Some(request_id) = &query.request_id {
             q.push(" AND request_id = ").push_bind(request_id.clone());

@@ -28,7 +28,7 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 
 /// Who a console API request is from, once [`session`] has checked it.
 #[derive(Debug, Clone)]
-enum Signed {
+pub(super) enum Signed {
     Admin,
     /// A client key's session: its caller, re-read from the key table.
     Client(Caller),
@@ -46,9 +46,12 @@ pub fn router(state: AppState) -> Router<AppState> {
             "/console/api/tenants/{tenant}",
             axum::routing::put(keys::put_tenant),
         )
+        .route("/console/api/audit/verify", post(super::audit::verify))
         .route_layer(middleware::from_fn(admin_only));
     Router::new()
         .route("/console/api/keys", get(key_list))
+        .route("/console/api/audit", get(super::audit::rows))
+        .route("/console/api/audit.csv", get(super::audit::csv))
         .merge(admin)
         .route_layer(middleware::from_fn_with_state(state, session))
 }

@@ -9,6 +9,7 @@
 //! [`session`].
 
 mod api;
+mod audit;
 mod page;
 pub mod session;
 
@@ -47,8 +48,9 @@ const OVERVIEW_METRICS: &[&str] = &[
 
 pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
-        .route("/console", get(overview))
-        .route("/console/keys", get(keys_page))
+        .route("/console", signed_in_page("overview"))
+        .route("/console/keys", signed_in_page("keys"))
+        .route("/console/audit", signed_in_page("audit"))
         .route("/console/sign-in", get(sign_in_page).post(sign_in))
         .route("/console/sign-out", post(sign_out))
         .route("/console/api/overview", get(overview_data))
@@ -107,30 +109,17 @@ impl Visitor {
     }
 }
 
-async fn overview(
-    State(state): State<AppState>,
-    Query(query): Query<PageQuery>,
-    headers: HeaderMap,
-) -> Response {
-    signed_in_page(&state, &query, &headers, "overview")
+/// `GET` of the page `name` (its template `{name}.html`) for the signed-in
+/// visitor, or the way to the sign-in form.
+fn signed_in_page(name: &'static str) -> axum::routing::MethodRouter<AppState> {
+    get(
+        move |State(state): State<AppState>, Query(query): Query<PageQuery>, headers: HeaderMap| async move {
+            page_for(&state, &query, &headers, name)
+        },
+    )
 }
 
-async fn keys_page(
-    State(state): State<AppState>,
-    Query(query): Query<PageQuery>,
-    headers: HeaderMap,
-) -> Response {
-    signed_in_page(&state, &query, &headers, "keys")
-}
-
-/// The page `name` (its template `{name}.html`) for the signed-in visitor, or the
-/// way to the sign-in form.
-fn signed_in_page(
-    state: &AppState,
-    query: &PageQuery,
-    headers: &HeaderMap,
-    name: &str,
-) -> Response {
+fn page_for(state: &AppState, query: &PageQuery, headers: &HeaderMap, name: &str) -> Response {
     let lang = Lang::of(query.lang.as_deref(), headers);
     let Some(visitor) = Visitor::of(state, headers) else {
         return Redirect::to("/console/sign-in").into_response();
@@ -312,6 +301,10 @@ async fn asset(Path(file): Path<String>) -> Response {
         ),
         "keys.js" => (
             include_str!("assets/keys.js"),
+            "text/javascript; charset=utf-8",
+        ),
+        "audit.js" => (
+            include_str!("assets/audit.js"),
             "text/javascript; charset=utf-8",
         ),
         _ => return StatusCode::NOT_FOUND.into_response(),

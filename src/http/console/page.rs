@@ -107,6 +107,26 @@ const TEXT: &[(&str, &str, &str)] = &[
     ("no_budget", "none", "无"),
     ("spent_of", "spent of", "已用，共"),
     ("keys_unmanaged", "Keys are managed with [governance] in the config; this gateway has fixed keys only.", "密钥需在配置的 [governance] 中启用管理；本网关只有固定密钥。"),
+    ("audit", "Audit", "审计"),
+    ("request_id", "Request id", "请求 ID"),
+    ("key_id", "Key id", "密钥 ID"),
+    ("outcome", "Outcome", "结果"),
+    ("any", "any", "全部"),
+    ("since", "Since", "起始"),
+    ("until", "Until", "截止"),
+    ("rows", "Rows", "行数"),
+    ("search", "Search", "搜索"),
+    ("export_csv", "Export CSV", "导出 CSV"),
+    ("verify_chain", "Verify the chain", "校验哈希链"),
+    ("chain_ok", "Intact:", "完整："),
+    ("chain_bad", "BROKEN:", "已损坏："),
+    ("time", "Time", "时间"),
+    ("route", "Route", "路由"),
+    ("model", "Model", "模型"),
+    ("tokens", "Tokens", "令牌"),
+    ("latency", "Latency", "延迟"),
+    ("row", "Row", "记录"),
+    ("no_rows", "No audit rows match.", "没有匹配的审计记录。"),
     ("language", "中文", "English"),
 ];
 
@@ -144,6 +164,7 @@ fn templates() -> &'static Environment<'static> {
             ("nav.html", include_str!("templates/nav.html")),
             ("overview.html", include_str!("templates/overview.html")),
             ("keys.html", include_str!("templates/keys.html")),
+            ("audit.html", include_str!("templates/audit.html")),
         ] {
             env.add_template(name, source)
                 .expect("the console's templates are valid");
