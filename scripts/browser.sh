@@ -11,6 +11,6 @@ if command -v chromium >/dev/null && command -v chromedriver >/dev/null \
 fi
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 echo "browser: installing chromium, chromium-driver and a CJK font"
-$SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver fonts-wqy-zenhei >/dev/null
+$SUDO apt-get -o DPkg::Lock::Timeout=300 update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout=300 install -y -qq chromium chromium-driver fonts-wqy-zenhei >/dev/null
 echo "browser: $(chromium --version 2>/dev/null | head -1) is ready"

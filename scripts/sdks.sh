@@ -14,7 +14,7 @@ fi
 if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   echo "sdks: installing python3-venv"
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq python3-venv >/dev/null
+  $SUDO apt-get -o DPkg::Lock::Timeout=300 update -qq && $SUDO apt-get -o DPkg::Lock::Timeout=300 install -y -qq python3-venv >/dev/null
 fi
 echo "sdks: creating $venv (${pins[*]})"
 rm -rf "$venv"

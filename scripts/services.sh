@@ -17,7 +17,7 @@ redis_up() { redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; }
 if ! redis_up; then
     if ! command -v redis-server >/dev/null; then
         echo "services: installing redis-server"
-        $SUDO apt-get update -qq && $SUDO apt-get install -y -qq redis-server >/dev/null
+        $SUDO apt-get -o DPkg::Lock::Timeout=300 update -qq && $SUDO apt-get -o DPkg::Lock::Timeout=300 install -y -qq redis-server >/dev/null
     fi
     echo "services: starting redis-server on 127.0.0.1:6379"
     redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
@@ -32,7 +32,7 @@ if ! command -v pg_isready >/dev/null || ! pg_up; then
     fresh=no
     if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
         echo "services: installing postgresql"
-        $SUDO apt-get update -qq && $SUDO apt-get install -y -qq postgresql >/dev/null
+        $SUDO apt-get -o DPkg::Lock::Timeout=300 update -qq && $SUDO apt-get -o DPkg::Lock::Timeout=300 install -y -qq postgresql >/dev/null
         fresh=yes
     fi
     if ! pg_up; then
@@ -52,7 +52,7 @@ echo "services: postgresql is up"
 # TLS-only redis-server.
 if ! command -v openssl >/dev/null; then
     echo "services: installing openssl"
-    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq openssl >/dev/null
+    $SUDO apt-get -o DPkg::Lock::Timeout=300 update -qq && $SUDO apt-get -o DPkg::Lock::Timeout=300 install -y -qq openssl >/dev/null
 fi
 
 # TLS on that Postgres, so the suite can try every sslmode against a real server:
@@ -107,5 +107,5 @@ fi
 
 if ! command -v docker-compose >/dev/null || ! /usr/bin/python3 -c 'import yaml' 2>/dev/null; then
     echo "services: installing docker-compose and python3-yaml (to validate deploy files)"
-    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq docker-compose python3-yaml >/dev/null
+    $SUDO apt-get -o DPkg::Lock::Timeout=300 update -qq && $SUDO apt-get -o DPkg::Lock::Timeout=300 install -y -qq docker-compose python3-yaml >/dev/null
 fi

@@ -8,7 +8,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/ragway/target}
 
 need() { # command package: installs the Debian package when the command is missing
   command -v "$1" >/dev/null 2>&1 && return
-  apt-get update -qq >/dev/null && apt-get install -y -qq "$2" >/dev/null
+  apt-get -o DPkg::Lock::Timeout=300 update -qq >/dev/null && apt-get -o DPkg::Lock::Timeout=300 install -y -qq "$2" >/dev/null
 }
 
 work=$(mktemp -d)
