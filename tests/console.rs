@@ -557,6 +557,139 @@ async fn the_audit_page_searches_exports_and_verifies_the_chain() {
 }
 
 #[tokio::test]
+async fn the_usage_page_sums_spend_by_group_for_the_admin_and_a_tenant() {
+    use reqwest::Method;
+    let fake = FakeProvider::start().await;
+    let dir = TempDir::new();
+    let gw = console_gateway(&fake, &dir).await;
+    let key = new_key(&gw, json!({"tenant": "globex", "name": "bot"})).await;
+    for caller in ["acme-key", "acme-key", key.as_str()] {
+        assert_eq!(chat_as(&gw, caller).await, 200);
+    }
+    let admin_cookie = session(&gw, ADMIN).await;
+    // The sums by tenant, once the audit rows are written.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let by_tenant = loop {
+        let sums: Value = api(
+            &gw,
+            Method::GET,
+            "/console/api/usage?group_by=tenant&since=24h",
+            &admin_cookie,
+            None,
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+        let requests: i64 = sums["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["requests"].as_i64().unwrap())
+            .sum();
+        if requests >= 3 {
+            break sums;
+        }
+        assert!(std::time::Instant::now() < deadline, "{sums}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let row = |sums: &Value, group: &str| {
+        sums["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["group"] == group)
+            .cloned()
+    };
+    let acme = row(&by_tenant, "acme").expect("acme's sums");
+    let globex = row(&by_tenant, "globex").expect("globex's sums");
+    assert_eq!(acme["requests"], 2);
+    assert_eq!(globex["requests"], 1);
+    // At 1 per prompt token and 2 per answer token.
+    let cost = |r: &Value| {
+        r["prompt_tokens"].as_f64().unwrap() + 2.0 * r["completion_tokens"].as_f64().unwrap()
+    };
+    assert!(
+        (acme["cost"].as_f64().unwrap() - cost(&acme)).abs() < 1e-6,
+        "{acme}"
+    );
+    assert_eq!(acme["currency"], "CNY");
+    let csv = api(
+        &gw,
+        Method::GET,
+        "/console/api/usage.csv?group_by=tenant&since=24h",
+        &admin_cookie,
+        None,
+        None,
+    )
+    .await;
+    assert!(
+        csv.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains("ragway-usage.csv")
+    );
+    let csv = csv.text().await.unwrap();
+    assert!(csv.starts_with("tenant,requests,prompt_tokens"), "{csv}");
+    assert!(csv.contains("\"acme\",2,"), "{csv}");
+    // A bad grouping: the admin API's 400.
+    let bad = api(
+        &gw,
+        Method::GET,
+        "/console/api/usage?group_by=colour",
+        &admin_cookie,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(bad.status(), 400);
+
+    // A client key's session: its own tenant's sums, whatever it groups by.
+    let lead = session(&gw, &key).await;
+    let own: Value = api(
+        &gw,
+        Method::GET,
+        "/console/api/usage?group_by=tenant",
+        &lead,
+        None,
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let groups: Vec<&str> = own["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["group"].as_str().unwrap())
+        .collect();
+    assert_eq!(groups, ["globex"], "{own}");
+    let other = api(
+        &gw,
+        Method::GET,
+        "/console/api/usage?tenant=acme",
+        &lead,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(other.status(), 403);
+    let other = api(
+        &gw,
+        Method::GET,
+        "/console/api/usage.csv?tenant=acme",
+        &lead,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(other.status(), 403);
+    assert_eq!(page(&gw, "/console/usage", &lead).await.status(), 200);
+}
+
+#[tokio::test]
 async fn the_console_signs_in_with_a_key_and_guards_every_change() {
     let fake = FakeProvider::start().await;
     let dir = TempDir::new();
@@ -865,7 +998,7 @@ async fn the_console_works_in_a_real_browser() {
 }
 
 #[tokio::test]
-async fn keys_and_audit_work_in_a_real_browser() {
+async fn keys_usage_and_audit_work_in_a_real_browser() {
     use crate::support::browser::Browser;
     let fake = FakeProvider::start().await;
     let dir = TempDir::new();
@@ -988,6 +1121,30 @@ async fn keys_and_audit_work_in_a_real_browser() {
         "{tenant_budget}"
     );
     browser.screenshot("keys-tenant.png").await;
+
+    // The key's spend on the usage page, by key.
+    browser.goto(&format!("{}/console/usage", gw.url)).await;
+    browser.eval("const s = document.querySelector('#usage-search [name=group_by]'); s.value = 'key'; s.dispatchEvent(new Event('change', {bubbles: true})); return true").await;
+    let usage = browser
+        .wait_for(
+            "const rows = [...document.querySelectorAll('#usage-table tbody tr')].filter((r) => r.children.length === 8); \
+             return rows.length === 1 && rows[0].children[1].textContent === '3' ? rows[0].textContent : null",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(usage.as_str().unwrap().contains("CNY"), "{usage}");
+    browser.screenshot("usage.png").await;
+    // Over time: the same spend under today's date.
+    browser.eval("const s = document.querySelector('#usage-search [name=group_by]'); s.value = 'day'; s.dispatchEvent(new Event('change', {bubbles: true})); return true").await;
+    let today = browser
+        .wait_for(
+            "const rows = [...document.querySelectorAll('#usage-table tbody tr')].filter((r) => r.children.length === 8); \
+             return rows.length === 1 && /^\\d{4}-\\d{2}-\\d{2}$/.test(rows[0].children[0].textContent) ? rows[0].children[0].textContent : null",
+            Duration::from_secs(5),
+        )
+        .await;
+    let utc_today = time::OffsetDateTime::now_utc().date().to_string();
+    assert_eq!(today, utc_today.as_str());
 
     // The key's calls in the audit trail: searched, one opened, the chain verified.
     browser.goto(&format!("{}/console/audit", gw.url)).await;

@@ -876,6 +876,22 @@ async fn usage_matches_the_audit_rows(audit_db: &str) {
             "{group}: {expected:?} != {told:?}"
         );
     }
+    // By day: each row under the UTC day of its time.
+    let dated: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            r["day"] = json!(r["at"].as_str().unwrap()[..10]);
+            r
+        })
+        .collect();
+    let by_day: Value = admin(&gw, reqwest::Method::GET, "/admin/usage?group_by=day", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let (expected, told) = (sums_of(&dated, "day"), sums_told(&by_day));
+    assert!(same_sums(&expected, &told), "day: {expected:?} != {told:?}");
     // Tenant a: 3 calls, 19 + 14.5 + 14.5; b: 2 calls (one refused), 19.
     let by_tenant: Value = admin(&gw, reqwest::Method::GET, "/admin/usage", None)
         .await

@@ -1,5 +1,5 @@
 //! Spend as the audit trail recorded it: calls, tokens and cost summed by tenant,
-//! key, alias or target over a time range. The audit rows are the record of what
+//! key, alias, target or day over a time range. The audit rows are the record of what
 //! was spent (the limit counters only say what is left), so `GET /admin/usage` and
 //! a key's own totals in `GET /v1/usage` are read from them.
 
@@ -14,10 +14,12 @@ pub enum Group {
     Key,
     Alias,
     Target,
+    /// The UTC day of the call (`2026-12-06`): spend over time.
+    Day,
 }
 
 impl Group {
-    pub const NAMES: &'static str = "tenant, key, alias or target";
+    pub const NAMES: &'static str = "tenant, key, alias, target or day";
 
     pub fn parse(text: &str) -> Option<Group> {
         match text {
@@ -25,17 +27,19 @@ impl Group {
             "key" => Some(Group::Key),
             "alias" => Some(Group::Alias),
             "target" => Some(Group::Target),
+            "day" => Some(Group::Day),
             _ => None,
         }
     }
 
-    /// The `audit_calls` column holding the group's name id.
-    pub fn column(self) -> &'static str {
+    /// The `audit_calls` column holding the group's name id (none for a day).
+    pub fn column(self) -> Option<&'static str> {
         match self {
-            Group::Tenant => "tenant_id",
-            Group::Key => "key_id",
-            Group::Alias => "alias_id",
-            Group::Target => "target_id",
+            Group::Tenant => Some("tenant_id"),
+            Group::Key => Some("key_id"),
+            Group::Alias => Some("alias_id"),
+            Group::Target => Some("target_id"),
+            Group::Day => None,
         }
     }
 }
@@ -67,17 +71,24 @@ pub struct UsageRow {
     pub cost: f64,
 }
 
-/// The aggregate both schemas take; `int` casts a sum to a 64-bit integer in the
-/// dialect (Postgres sums `bigint` into `numeric`). The filters and the range
-/// follow as ` AND …` clauses, then [`USAGE_TAIL`].
-pub fn sql_head(group: Group, int: &str) -> String {
+/// The aggregate both schemas take, in the dialect: `int` casts a sum to a 64-bit
+/// integer (Postgres sums `bigint` into `numeric`), `day` is the UTC day of a
+/// row `c` as `YYYY-MM-DD` text. The filters and the range follow as ` AND …`
+/// clauses, then [`tail`].
+pub fn sql_head(group: Group, int: &str, day: &str) -> String {
+    let (name, join) = match group.column() {
+        Some(column) => (
+            "n.name".to_owned(),
+            format!("LEFT JOIN audit_names n ON n.id = c.{column} "),
+        ),
+        None => (day.to_owned(), String::new()),
+    };
     format!(
-        "SELECT n.name, count(*), COALESCE(sum(c.prompt_tokens), 0){int}, \
+        "SELECT {name}, count(*), COALESCE(sum(c.prompt_tokens), 0){int}, \
          COALESCE(sum(c.cached_tokens), 0){int}, COALESCE(sum(c.completion_tokens), 0){int}, \
          COALESCE(sum(c.cost), 0.0) \
          FROM audit_calls c JOIN audit_names r ON r.id = c.route_id \
-         LEFT JOIN audit_names n ON n.id = c.{} WHERE r.name IN ({})",
-        group.column(),
+         {join}WHERE r.name IN ({})",
         SPENDING_ROUTES
             .iter()
             .map(|route| format!("'{route}'"))
@@ -90,8 +101,13 @@ pub fn sql_head(group: Group, int: &str) -> String {
 /// sums. An endpoint that spends is added here as it is added to the API.
 pub const SPENDING_ROUTES: &[&str] = &["/v1/chat/completions", "/v1/embeddings"];
 
-/// Groups, the costliest first.
-pub const USAGE_TAIL: &str = " GROUP BY n.name ORDER BY 6 DESC, 1";
+/// Groups, the costliest first; days in order.
+pub fn tail(group: Group) -> &'static str {
+    match group {
+        Group::Day => " GROUP BY 1 ORDER BY 1",
+        _ => " GROUP BY 1 ORDER BY 6 DESC, 1",
+    }
+}
 
 /// A summed row as either database returns it.
 pub fn decode<R>(r: &R) -> Result<UsageRow, super::store::StoreError>

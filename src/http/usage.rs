@@ -22,7 +22,7 @@ pub struct UsageParams {
     group_by: Option<String>,
     since: Option<String>,
     until: Option<String>,
-    tenant: Option<String>,
+    pub(super) tenant: Option<String>,
     key: Option<String>,
 }
 
@@ -32,8 +32,18 @@ pub async fn admin(
     State(state): State<AppState>,
     params: Result<Query<UsageParams>, QueryRejection>,
 ) -> Result<Json<Value>, GatewayError> {
-    let trail = audit_trail(&state, "/admin/usage")?;
     let Query(p) = params.map_err(|e| GatewayError::invalid(e.body_text(), None))?;
+    Ok(Json(sums_of(&state, p, "/admin/usage").await?))
+}
+
+/// The sums `p` asks for, as `GET /admin/usage` answers them (`path` names the
+/// endpoint when there is no audit trail).
+pub(super) async fn sums_of(
+    state: &AppState,
+    p: UsageParams,
+    path: &str,
+) -> Result<Value, GatewayError> {
+    let trail = audit_trail(state, path)?;
     let group_text = p.group_by.as_deref().unwrap_or("tenant");
     let group = Group::parse(group_text).ok_or_else(|| {
         GatewayError::invalid(
@@ -48,19 +58,19 @@ pub async fn admin(
         tenant: p.tenant,
         key: p.key,
     };
-    let currency = currency(&state);
+    let currency = currency(state);
     let data: Vec<Value> = sums(trail, &query)
         .await?
         .iter()
         .map(|row| shown(row, currency))
         .collect();
-    Ok(Json(json!({
+    Ok(json!({
         "object": "list",
         "group_by": group_text,
         "since": range.since.map(time::format),
         "until": range.until.map(time::format),
         "data": data,
-    })))
+    }))
 }
 
 /// `GET /v1/usage` with a client key: its own limits and budgets, and its

@@ -141,14 +141,9 @@ pub mod sql {
 
 /// A usage query's filters: (kind of name, the name asked for, its column).
 pub fn usage_filters(query: &UsageQuery) -> [(&'static str, Option<&str>, &'static str); 2] {
-    use super::usage::Group;
     [
-        (
-            kind::TENANT,
-            query.tenant.as_deref(),
-            Group::Tenant.column(),
-        ),
-        (kind::KEY, query.key.as_deref(), Group::Key.column()),
+        (kind::TENANT, query.tenant.as_deref(), "tenant_id"),
+        (kind::KEY, query.key.as_deref(), "key_id"),
     ]
 }
 

@@ -297,7 +297,11 @@ impl AuditStore for PgStore {
     }
 
     async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
-        let mut q = QueryBuilder::new(usage::sql_head(query.group, "::int8"));
+        let mut q = QueryBuilder::new(usage::sql_head(
+            query.group,
+            "::int8",
+            "to_char(c.at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+        ));
         for (kind, name, column) in usage_filters(query) {
             let Some(name) = name else { continue };
             let Some(id) = self.name_id(kind, name).await? else {
@@ -306,7 +310,7 @@ impl AuditStore for PgStore {
             q.push(format!(" AND c.{column} = ")).push_bind(id);
         }
         push_range(&mut q, query.range);
-        q.push(usage::USAGE_TAIL);
+        q.push(usage::tail(query.group));
         q.build()
             .fetch_all(&self.pool)
             .await?

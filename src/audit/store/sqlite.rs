@@ -256,7 +256,11 @@ impl AuditStore for SqliteStore {
     }
 
     async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
-        let mut q = QueryBuilder::new(usage::sql_head(query.group, ""));
+        let mut q = QueryBuilder::new(usage::sql_head(
+            query.group,
+            "",
+            "strftime('%Y-%m-%d', c.at_us / 1000000, 'unixepoch')",
+        ));
         for (kind, name, column) in usage_filters(query) {
             let Some(name) = name else { continue };
             let Some(id) = self.name_id(kind, name).await? else {
@@ -265,7 +269,7 @@ impl AuditStore for SqliteStore {
             q.push(format!(" AND c.{column} = ")).push_bind(id);
         }
         push_range(&mut q, query.range);
-        q.push(usage::USAGE_TAIL);
+        q.push(usage::tail(query.group));
         q.build()
             .fetch_all(&self.pool)
             .await?

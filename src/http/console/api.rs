@@ -34,6 +34,30 @@ pub(super) enum Signed {
     Client(Caller),
 }
 
+impl Signed {
+    /// The tenant a search covers: the one the admin names (any, when none); a
+    /// client key's session its own, and naming another is refused.
+    pub(super) fn tenant_scope(
+        &self,
+        asked: Option<String>,
+    ) -> Result<Option<String>, GatewayError> {
+        let asked = asked.filter(|t| !t.trim().is_empty());
+        match self {
+            Signed::Admin => Ok(asked),
+            Signed::Client(caller)
+                if asked
+                    .as_deref()
+                    .is_some_and(|t| t.trim() != &*caller.tenant) =>
+            {
+                Err(GatewayError::Forbidden(
+                    "a client key sees its own tenant only".to_owned(),
+                ))
+            }
+            Signed::Client(caller) => Ok(Some(caller.tenant.to_string())),
+        }
+    }
+}
+
 pub fn router(state: AppState) -> Router<AppState> {
     let admin = Router::new()
         .route("/console/api/keys", post(keys::create))
@@ -52,6 +76,8 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/console/api/keys", get(key_list))
         .route("/console/api/audit", get(super::audit::rows))
         .route("/console/api/audit.csv", get(super::audit::csv))
+        .route("/console/api/usage", get(super::usage::sums))
+        .route("/console/api/usage.csv", get(super::usage::csv))
         .merge(admin)
         .route_layer(middleware::from_fn_with_state(state, session))
 }

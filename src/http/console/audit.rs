@@ -22,15 +22,7 @@ fn scoped(
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<AuditQuery, GatewayError> {
     let Query(mut q) = query.map_err(|e| GatewayError::invalid(e.body_text(), None))?;
-    if let Signed::Client(caller) = signed {
-        let asked = q.tenant.as_deref().map(str::trim).filter(|t| !t.is_empty());
-        if asked.is_some_and(|t| t != &*caller.tenant) {
-            return Err(GatewayError::Forbidden(
-                "a client key sees its own tenant's audit rows".to_owned(),
-            ));
-        }
-        q.tenant = Some(caller.tenant.to_string());
-    }
+    q.tenant = signed.tenant_scope(q.tenant.take())?;
     Ok(q)
 }
 

@@ -12,6 +12,7 @@ mod api;
 mod audit;
 mod page;
 pub mod session;
+mod usage;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -51,6 +52,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/console", signed_in_page("overview"))
         .route("/console/keys", signed_in_page("keys"))
         .route("/console/audit", signed_in_page("audit"))
+        .route("/console/usage", signed_in_page("usage"))
         .route("/console/sign-in", get(sign_in_page).post(sign_in))
         .route("/console/sign-out", post(sign_out))
         .route("/console/api/overview", get(overview_data))
@@ -305,6 +307,10 @@ async fn asset(Path(file): Path<String>) -> Response {
         ),
         "audit.js" => (
             include_str!("assets/audit.js"),
+            "text/javascript; charset=utf-8",
+        ),
+        "usage.js" => (
+            include_str!("assets/usage.js"),
             "text/javascript; charset=utf-8",
         ),
         _ => return StatusCode::NOT_FOUND.into_response(),

@@ -127,6 +127,28 @@ const TEXT: &[(&str, &str, &str)] = &[
     ("latency", "Latency", "延迟"),
     ("row", "Row", "记录"),
     ("no_rows", "No audit rows match.", "没有匹配的审计记录。"),
+    ("usage", "Usage", "用量"),
+    ("usage_and_spend", "Usage and spend", "用量与花费"),
+    ("group_by", "By", "分组"),
+    ("target", "Target", "目标"),
+    ("day", "Day (UTC)", "日期（UTC）"),
+    ("last_day", "last 24 hours", "最近 24 小时"),
+    ("last_week", "last 7 days", "最近 7 天"),
+    ("last_month", "last 30 days", "最近 30 天"),
+    ("all_time", "all time", "全部"),
+    ("show", "Show", "显示"),
+    ("group", "Group", "分组"),
+    ("requests", "Requests", "请求数"),
+    ("prompt_tokens", "Prompt tokens", "输入令牌"),
+    ("cached_tokens", "Cached", "缓存命中令牌"),
+    ("completion_tokens", "Answer tokens", "输出令牌"),
+    ("cost", "Cost", "花费"),
+    ("share", "Share of cost", "花费占比"),
+    ("tokens_per_unit", "Tokens per currency unit", "每单位货币令牌数"),
+    ("total", "Total", "合计"),
+    ("unnamed", "(none)", "（无）"),
+    ("no_usage", "No spending calls in this period.", "该时段没有计费调用。"),
+    ("usage_hint", "From the audit trail: every call to /v1/chat/completions and /v1/embeddings, refused ones too, at the configured prices.", "数据来自审计记录：所有 /v1/chat/completions 与 /v1/embeddings 调用（含被拒绝的），按配置的价格计算。"),
     ("language", "中文", "English"),
 ];
 
@@ -165,6 +187,7 @@ fn templates() -> &'static Environment<'static> {
             ("overview.html", include_str!("templates/overview.html")),
             ("keys.html", include_str!("templates/keys.html")),
             ("audit.html", include_str!("templates/audit.html")),
+            ("usage.html", include_str!("templates/usage.html")),
         ] {
             env.add_template(name, source)
                 .expect("the console's templates are valid");
