@@ -137,17 +137,14 @@ async fn api(
     request.send().await.unwrap()
 }
 
+/// `GET path` of the console's API in the session `cookie`.
+async fn get(gw: &Gateway, path: &str, cookie: &str) -> reqwest::Response {
+    api(gw, reqwest::Method::GET, path, cookie, None, None).await
+}
+
 /// `GET /console/api/keys` in the session `cookie`.
 async fn keys_seen(gw: &Gateway, cookie: &str) -> Value {
-    let seen = api(
-        gw,
-        reqwest::Method::GET,
-        "/console/api/keys",
-        cookie,
-        None,
-        None,
-    )
-    .await;
+    let seen = get(gw, "/console/api/keys", cookie).await;
     assert_eq!(seen.status(), 200);
     seen.json().await.unwrap()
 }
@@ -314,12 +311,7 @@ async fn the_console_manages_keys_for_the_admin_and_shows_a_tenant_its_own() {
         "no form for a client key"
     );
     // No session: 401, whatever the token.
-    assert_eq!(
-        api(&gw, Method::GET, "/console/api/keys", "", None, None)
-            .await
-            .status(),
-        401
-    );
+    assert_eq!(get(&gw, "/console/api/keys", "").await.status(), 401);
 
     // Revoked from the console: the API refuses the key at once.
     let revoked = api(
@@ -340,15 +332,7 @@ async fn the_console_manages_keys_for_the_admin_and_shows_a_tenant_its_own() {
 async fn audit_rows(gw: &Gateway, cookie: &str, query: &str, at_least: usize) -> Vec<Value> {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let found = api(
-            gw,
-            reqwest::Method::GET,
-            &format!("/console/api/audit?{query}"),
-            cookie,
-            None,
-            None,
-        )
-        .await;
+        let found = get(gw, &format!("/console/api/audit?{query}"), cookie).await;
         assert_eq!(found.status(), 200, "{query}");
         let rows = found.json::<Value>().await.unwrap()["data"]
             .as_array()
@@ -414,15 +398,7 @@ async fn the_audit_page_searches_exports_and_verifies_the_chain() {
         "{one:?}"
     );
     // A bad time is the admin API's 400, naming it.
-    let bad = api(
-        &gw,
-        Method::GET,
-        "/console/api/audit?since=yesterday-ish",
-        &admin_cookie,
-        None,
-        None,
-    )
-    .await;
+    let bad = get(&gw, "/console/api/audit?since=yesterday-ish", &admin_cookie).await;
     assert_eq!(bad.status(), 400);
     assert_eq!(
         bad.json::<Value>().await.unwrap()["error"]["param"],
@@ -430,15 +406,7 @@ async fn the_audit_page_searches_exports_and_verifies_the_chain() {
     );
 
     // The same search as CSV.
-    let csv = api(
-        &gw,
-        Method::GET,
-        "/console/api/audit.csv?tenant=acme",
-        &admin_cookie,
-        None,
-        None,
-    )
-    .await;
+    let csv = get(&gw, "/console/api/audit.csv?tenant=acme", &admin_cookie).await;
     assert_eq!(csv.status(), 200);
     assert!(
         csv.headers()["content-type"]
@@ -502,38 +470,15 @@ async fn the_audit_page_searches_exports_and_verifies_the_chain() {
     let lead_token = csrf(&gw, &lead).await;
     let own = audit_rows(&gw, &lead, "", 1).await;
     assert!(own.iter().all(|r| r["tenant"] == "globex"), "{own:?}");
-    let other = api(
-        &gw,
-        Method::GET,
-        "/console/api/audit?tenant=acme",
-        &lead,
-        None,
-        None,
-    )
-    .await;
+    let other = get(&gw, "/console/api/audit?tenant=acme", &lead).await;
     assert_eq!(other.status(), 403);
-    let other = api(
-        &gw,
-        Method::GET,
-        "/console/api/audit.csv?tenant=acme",
-        &lead,
-        None,
-        None,
-    )
-    .await;
+    let other = get(&gw, "/console/api/audit.csv?tenant=acme", &lead).await;
     assert_eq!(other.status(), 403);
-    let csv = api(
-        &gw,
-        Method::GET,
-        "/console/api/audit.csv",
-        &lead,
-        None,
-        None,
-    )
-    .await
-    .text()
-    .await
-    .unwrap();
+    let csv = get(&gw, "/console/api/audit.csv", &lead)
+        .await
+        .text()
+        .await
+        .unwrap();
     assert!(!csv.contains(",acme,"), "{csv}");
     let refused = api(
         &gw,
@@ -558,7 +503,6 @@ async fn the_audit_page_searches_exports_and_verifies_the_chain() {
 
 #[tokio::test]
 async fn the_usage_page_sums_spend_by_group_for_the_admin_and_a_tenant() {
-    use reqwest::Method;
     let fake = FakeProvider::start().await;
     let dir = TempDir::new();
     let gw = console_gateway(&fake, &dir).await;
@@ -570,13 +514,10 @@ async fn the_usage_page_sums_spend_by_group_for_the_admin_and_a_tenant() {
     // The sums by tenant, once the audit rows are written.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let by_tenant = loop {
-        let sums: Value = api(
+        let sums: Value = get(
             &gw,
-            Method::GET,
             "/console/api/usage?group_by=tenant&since=24h",
             &admin_cookie,
-            None,
-            None,
         )
         .await
         .json()
@@ -615,13 +556,10 @@ async fn the_usage_page_sums_spend_by_group_for_the_admin_and_a_tenant() {
         "{acme}"
     );
     assert_eq!(acme["currency"], "CNY");
-    let csv = api(
+    let csv = get(
         &gw,
-        Method::GET,
         "/console/api/usage.csv?group_by=tenant&since=24h",
         &admin_cookie,
-        None,
-        None,
     )
     .await;
     assert!(
@@ -634,31 +572,16 @@ async fn the_usage_page_sums_spend_by_group_for_the_admin_and_a_tenant() {
     assert!(csv.starts_with("tenant,requests,prompt_tokens"), "{csv}");
     assert!(csv.contains("\"acme\",2,"), "{csv}");
     // A bad grouping: the admin API's 400.
-    let bad = api(
-        &gw,
-        Method::GET,
-        "/console/api/usage?group_by=colour",
-        &admin_cookie,
-        None,
-        None,
-    )
-    .await;
+    let bad = get(&gw, "/console/api/usage?group_by=colour", &admin_cookie).await;
     assert_eq!(bad.status(), 400);
 
     // A client key's session: its own tenant's sums, whatever it groups by.
     let lead = session(&gw, &key).await;
-    let own: Value = api(
-        &gw,
-        Method::GET,
-        "/console/api/usage?group_by=tenant",
-        &lead,
-        None,
-        None,
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let own: Value = get(&gw, "/console/api/usage?group_by=tenant", &lead)
+        .await
+        .json()
+        .await
+        .unwrap();
     let groups: Vec<&str> = own["data"]
         .as_array()
         .unwrap()
@@ -666,25 +589,9 @@ async fn the_usage_page_sums_spend_by_group_for_the_admin_and_a_tenant() {
         .map(|r| r["group"].as_str().unwrap())
         .collect();
     assert_eq!(groups, ["globex"], "{own}");
-    let other = api(
-        &gw,
-        Method::GET,
-        "/console/api/usage?tenant=acme",
-        &lead,
-        None,
-        None,
-    )
-    .await;
+    let other = get(&gw, "/console/api/usage?tenant=acme", &lead).await;
     assert_eq!(other.status(), 403);
-    let other = api(
-        &gw,
-        Method::GET,
-        "/console/api/usage.csv?tenant=acme",
-        &lead,
-        None,
-        None,
-    )
-    .await;
+    let other = get(&gw, "/console/api/usage.csv?tenant=acme", &lead).await;
     assert_eq!(other.status(), 403);
     assert_eq!(page(&gw, "/console/usage", &lead).await.status(), 200);
 }
