@@ -597,6 +597,129 @@ async fn the_usage_page_sums_spend_by_group_for_the_admin_and_a_tenant() {
 }
 
 #[tokio::test]
+async fn the_providers_page_shows_breakers_and_resets_one_in_a_real_browser() {
+    use crate::support::browser::Browser;
+    use reqwest::Method;
+    let fake = FakeProvider::start().await;
+    let mut config = crate::support::config_with(
+        &fake,
+        "retry.attempts = 1\nbreaker.failures = 2",
+        &[("chat", &["status-503", "ok"])],
+    );
+    let dir = TempDir::new();
+    config.push_str(&format!(
+        "\n[auth]\nadmin_key_env = \"ADMIN\"\n\
+         [[auth.keys]]\nid = \"acme\"\ntenant = \"acme\"\nkey_env = \"ACME\"\n\
+         \n[audit]\ndatabase = \"{}\"\nspool_dir = \"{}\"\nflush_every = \"20ms\"\n",
+        sqlite_url(&dir),
+        dir.0.join("spool").display()
+    ));
+    let gw = Gateway::start_with_env(&config, &[("ADMIN", ADMIN), ("ACME", "acme-key")]).await;
+    for _ in 0..2 {
+        assert_eq!(chat_as(&gw, "acme-key").await, 200);
+    }
+    let admin_cookie = session(&gw, ADMIN).await;
+    let token = csrf(&gw, &admin_cookie).await;
+    let breakers: Value = get(&gw, "/console/api/breakers", &admin_cookie)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let state = |breakers: &Value, target: &str| {
+        breakers["breakers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["target"] == target)
+            .unwrap()["state"]
+            .clone()
+    };
+    assert_eq!(state(&breakers, "fake:status-503"), "open");
+    let path = "/console/api/breakers/fake:status-503/reset";
+    let forged = api(&gw, Method::POST, path, &admin_cookie, None, None).await;
+    assert_eq!(forged.status(), 403);
+    // A client key's session: no providers, no reset.
+    let lead = session(&gw, "acme-key").await;
+    let lead_token = csrf(&gw, &lead).await;
+    assert_eq!(get(&gw, "/console/api/breakers", &lead).await.status(), 403);
+    let refused = api(&gw, Method::POST, path, &lead, Some(&lead_token), None).await;
+    assert_eq!(refused.status(), 403);
+    let page_text = page(&gw, "/console/providers", &lead)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !page_text.contains("providers.js"),
+        "no data for a client key"
+    );
+    let still: Value = get(&gw, "/console/api/breakers", &admin_cookie)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(state(&still, "fake:status-503"), "open", "nothing reset it");
+    drop(token);
+
+    let Some(browser) = Browser::start("en-US").await else {
+        return;
+    };
+    browser.goto(&format!("{}/console/sign-in", gw.url)).await;
+    browser.type_into("#key", ADMIN).await;
+    browser.click("form button").await;
+    browser
+        .wait_for(
+            "return location.pathname === '/console'",
+            Duration::from_secs(5),
+        )
+        .await;
+    browser.goto(&format!("{}/console/providers", gw.url)).await;
+    let row = browser
+        .wait_for(
+            "const row = document.querySelector('#provider-table tr[data-target=\"fake:status-503\"]'); \
+             return row && row.querySelector('button.reset') ? row.textContent : null",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(row.as_str().unwrap().contains("open"), "{row}");
+    assert!(
+        row.as_str().unwrap().contains("http_5xx 2"),
+        "attempts by outcome: {row}"
+    );
+    let errors = browser
+        .wait_for(
+            "const rows = document.querySelectorAll('#recent-errors tbody tr'); \
+             return rows.length && rows[0].children.length === 5 ? rows[0].textContent : null",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(
+        errors.as_str().unwrap().contains("fake:status-503"),
+        "{errors}"
+    );
+    browser.screenshot("providers.png").await;
+    browser
+        .click("#provider-table tr[data-target=\"fake:status-503\"] button.reset")
+        .await;
+    browser
+        .wait_for(
+            "const row = document.querySelector('#provider-table tr[data-target=\"fake:status-503\"]'); \
+             return row && !row.querySelector('button.reset') && row.children[1].textContent === 'closed'",
+            Duration::from_secs(5),
+        )
+        .await;
+    let severe = browser.severe_logs().await;
+    assert!(severe.is_empty(), "errors in the page: {severe:?}");
+    browser.quit().await;
+    let after: Value = get(&gw, "/console/api/breakers", &admin_cookie)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(state(&after, "fake:status-503"), "closed");
+}
+
+#[tokio::test]
 async fn the_console_signs_in_with_a_key_and_guards_every_change() {
     let fake = FakeProvider::start().await;
     let dir = TempDir::new();

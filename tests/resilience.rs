@@ -486,6 +486,31 @@ async fn the_admin_api_shows_breakers_behind_its_key() {
     gw.chat(ask("chat", "hi")).await;
     assert_eq!(fake.attempts("status-503"), 2);
 
+    // An operator's reset closes it: the next request tries the primary again.
+    let reset = |target: &str, key: Option<&str>| {
+        let mut request = gw
+            .http()
+            .post(format!("{}/admin/breakers/{target}/reset", gw.url));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        request.send()
+    };
+    assert_eq!(reset("fake:status-503", None).await.unwrap().status(), 401);
+    let unknown = reset("fake:nothing", Some("admin-secret")).await.unwrap();
+    assert_eq!(unknown.status(), 404);
+    let closed: Value = reset("fake:status-503", Some("admin-secret"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(closed["state"], "closed", "{closed}");
+    assert_eq!(closed["consecutive_failures"], 0, "{closed}");
+    assert_eq!(closed["failures"], 2, "totals are kept: {closed}");
+    gw.chat(ask("chat", "hi")).await;
+    assert_eq!(fake.attempts("status-503"), 3);
+
     let off = Gateway::over(&fake, &[("chat", &["ok"])]).await;
     let response = off.get("/admin/breakers").await;
     assert_eq!(

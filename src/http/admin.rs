@@ -65,6 +65,26 @@ pub async fn breakers(State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "breakers": breakers }))
 }
 
+/// `POST /admin/breakers/{target}/reset`: closes the target's breaker now (its
+/// failure streak and back-off forgotten, its totals kept), on this replica.
+pub async fn reset_breaker(
+    State(state): State<AppState>,
+    axum::extract::Path(target): axum::extract::Path<String>,
+) -> Result<Json<Value>, GatewayError> {
+    let Some(found) = state.routes.targets().find(|t| *t.id == *target) else {
+        return Err(GatewayError::NotFound(format!(
+            "/admin/breakers/{target}/reset (no such target)"
+        )));
+    };
+    if let Some(changed) = found.breaker.reset() {
+        state.metrics.breaker_changed(&found.id, changed);
+    }
+    tracing::info!(upstream = %found.id, "circuit breaker reset by the operator");
+    let mut entry = json!(found.breaker.snapshot(tokio::time::Instant::now()));
+    entry["target"] = json!(found.id.as_ref());
+    Ok(Json(entry))
+}
+
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Purge {
@@ -105,6 +125,7 @@ pub struct AuditQuery {
     until: Option<String>,
     pub(super) tenant: Option<String>,
     key: Option<String>,
+    target: Option<String>,
     outcome: Option<String>,
     request_id: Option<String>,
     limit: Option<u32>,
@@ -113,7 +134,7 @@ pub struct AuditQuery {
 const AUDIT_LIMIT: u32 = 100;
 const AUDIT_MAX_LIMIT: u32 = 1_000;
 
-/// `GET /admin/audit?since=…&until=…&tenant=…&key=…&outcome=…&request_id=…&limit=…`:
+/// `GET /admin/audit?since=…&until=…&tenant=…&key=…&target=…&outcome=…&request_id=…&limit=…`:
 /// audit rows, newest first (read only).
 pub async fn audit(
     State(state): State<AppState>,
@@ -138,6 +159,7 @@ pub(super) async fn audit_rows(
         range: time_range(&q.since, &q.until)?,
         tenant: empty(q.tenant),
         key: empty(q.key),
+        target: empty(q.target),
         outcome: empty(q.outcome),
         request_id: empty(q.request_id),
         limit: q.limit.unwrap_or(AUDIT_LIMIT).clamp(1, AUDIT_MAX_LIMIT),

@@ -41,6 +41,7 @@ pub fn router(state: AppState) -> Router {
         ));
     let admin = Router::new()
         .route("/admin/breakers", get(admin::breakers))
+        .route("/admin/breakers/{target}/reset", post(admin::reset_breaker))
         .route("/admin/cache/purge", post(admin::purge_cache))
         .route("/admin/audit", get(admin::audit))
         .route("/admin/usage", get(usage::admin))

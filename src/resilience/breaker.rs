@@ -260,6 +260,18 @@ impl Breaker {
         inner.state = Phase::Open { until };
     }
 
+    /// An operator's reset: closed, its failure streak and back-off forgotten (its
+    /// totals kept). A call in flight settles as usual.
+    pub fn reset(&self) -> Transition {
+        let mut inner = self.lock();
+        let was_closed = matches!(inner.state, Phase::Closed);
+        inner.state = Phase::Closed;
+        inner.consecutive_failures = 0;
+        inner.opens = 0;
+        inner.trial_out = false;
+        (!was_closed).then_some(BreakerState::Closed)
+    }
+
     pub fn snapshot(&self, now: Instant) -> BreakerSnapshot {
         let inner = self.lock();
         let (state, retry_in_secs) = match inner.state {
@@ -295,6 +307,26 @@ impl Breaker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reset_closes_an_open_breaker_and_forgets_its_back_off() {
+        let b = breaker();
+        let now = Instant::now();
+        for _ in 0..10 {
+            if let (Some(permit), _) = b.try_acquire(now) {
+                permit.record(Verdict::Failure, now);
+            }
+        }
+        assert_eq!(b.snapshot(now).state, BreakerState::Open);
+        let failures = b.snapshot(now).failures;
+        assert_eq!(b.reset(), Some(BreakerState::Closed));
+        let after = b.snapshot(now);
+        assert_eq!(after.state, BreakerState::Closed);
+        assert_eq!((after.consecutive_failures, after.opens), (0, 0));
+        assert_eq!(after.failures, failures, "totals are kept");
+        assert!(b.try_acquire(now).0.is_some(), "calls go through at once");
+        assert_eq!(b.reset(), None, "already closed");
+    }
 
     fn breaker() -> Arc<Breaker> {
         Arc::new(Breaker::new(BreakerPolicy {

@@ -40,6 +40,8 @@ pub struct Query {
     pub tenant: Option<String>,
     /// A client key's id.
     pub key: Option<String>,
+    /// The target that served the call (`provider:model`).
+    pub target: Option<String>,
     /// `ok`, `error`, `interrupted`, `abandoned` or `content_filter`.
     pub outcome: Option<String>,
     pub request_id: Option<String>,
@@ -47,10 +49,11 @@ pub struct Query {
 }
 
 /// The filters of a [`Query`] by name: (kind of name, the name asked, column).
-pub fn query_filters(query: &Query) -> [(&'static str, Option<&str>, &'static str); 3] {
+pub fn query_filters(query: &Query) -> [(&'static str, Option<&str>, &'static str); 4] {
     [
         (kind::TENANT, query.tenant.as_deref(), "tenant_id"),
         (kind::KEY, query.key.as_deref(), "key_id"),
+        (kind::TARGET, query.target.as_deref(), "target_id"),
         (kind::OUTCOME, query.outcome.as_deref(), "outcome_id"),
     ]
 }

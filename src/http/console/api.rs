@@ -71,6 +71,11 @@ pub fn router(state: AppState) -> Router<AppState> {
             axum::routing::put(keys::put_tenant),
         )
         .route("/console/api/audit/verify", post(super::audit::verify))
+        .route("/console/api/breakers", get(super::super::admin::breakers))
+        .route(
+            "/console/api/breakers/{target}/reset",
+            post(super::super::admin::reset_breaker),
+        )
         .route_layer(middleware::from_fn(admin_only));
     Router::new()
         .route("/console/api/keys", get(key_list))

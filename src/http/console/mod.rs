@@ -53,6 +53,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/console/keys", signed_in_page("keys"))
         .route("/console/audit", signed_in_page("audit"))
         .route("/console/usage", signed_in_page("usage"))
+        .route("/console/providers", signed_in_page("providers"))
         .route("/console/sign-in", get(sign_in_page).post(sign_in))
         .route("/console/sign-out", post(sign_out))
         .route("/console/api/overview", get(overview_data))
@@ -311,6 +312,10 @@ async fn asset(Path(file): Path<String>) -> Response {
         ),
         "usage.js" => (
             include_str!("assets/usage.js"),
+            "text/javascript; charset=utf-8",
+        ),
+        "providers.js" => (
+            include_str!("assets/providers.js"),
             "text/javascript; charset=utf-8",
         ),
         _ => return StatusCode::NOT_FOUND.into_response(),

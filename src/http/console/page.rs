@@ -149,6 +149,18 @@ const TEXT: &[(&str, &str, &str)] = &[
     ("unnamed", "(none)", "（无）"),
     ("no_usage", "No spending calls in this period.", "该时段没有计费调用。"),
     ("usage_hint", "From the audit trail: every call to /v1/chat/completions and /v1/embeddings, refused ones too, at the configured prices.", "数据来自审计记录：所有 /v1/chat/completions 与 /v1/embeddings 调用（含被拒绝的），按配置的价格计算。"),
+    ("providers", "Providers", "供应商"),
+    ("breaker", "Breaker", "熔断器"),
+    ("failure_streak", "Failures in a row", "连续失败"),
+    ("retry_in", "Probes in", "探测倒计时"),
+    ("attempts", "Attempts since start", "启动以来的尝试"),
+    ("in_flight", "In flight", "进行中"),
+    ("reset", "Reset", "重置"),
+    ("recent_errors", "Failed attempts among the latest 200 calls", "最近 200 次调用中失败的尝试"),
+    ("error", "Error", "错误"),
+    ("no_errors", "None (or no audit trail).", "无（或未启用审计记录）。"),
+    ("providers_hint", "A reset closes the breaker on this replica; the others keep their own.", "重置只关闭本副本的熔断器；其他副本各自保持。"),
+    ("providers_admin_view", "Providers and their breakers are the admin's view.", "供应商及其熔断器仅管理员可见。"),
     ("language", "中文", "English"),
 ];
 
@@ -188,6 +200,7 @@ fn templates() -> &'static Environment<'static> {
             ("keys.html", include_str!("templates/keys.html")),
             ("audit.html", include_str!("templates/audit.html")),
             ("usage.html", include_str!("templates/usage.html")),
+            ("providers.html", include_str!("templates/providers.html")),
         ] {
             env.add_template(name, source)
                 .expect("the console's templates are valid");

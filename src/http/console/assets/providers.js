@@ -1,0 +1,106 @@
+// Providers: every target's circuit breaker (/console/api/breakers, the admin
+// API's), its attempts by outcome since start (the gateway's counters), the failed
+// attempts among the audit trail's latest calls, and a reset for an open breaker.
+// Refreshes every 5 s.
+"use strict";
+(function () {
+  const root = document.getElementById("providers");
+  if (!root) return;
+  const text = root.dataset;
+  const errorBox = document.getElementById("providers-error");
+  const names = { closed: text.closed, half_open: text.halfOpen, open: text.open };
+
+  function cell(value, className) {
+    const td = document.createElement("td");
+    td.textContent = value === null || value === undefined ? "" : String(value);
+    if (className) td.className = className;
+    return td;
+  }
+
+  // `quiet`: a failure is no data, not an error shown (a gateway without an audit
+  // trail has no errors to list).
+  async function json(path, options, quiet) {
+    const response = await fetch(path, Object.assign({ credentials: "same-origin" }, options || {}));
+    if (response.status === 401) { window.location.assign("/console/sign-in"); return null; }
+    const answer = await response.json().catch(() => ({}));
+    if (!response.ok && quiet) return null;
+    if (!response.ok) {
+      errorBox.textContent = (answer.error && answer.error.message) || `HTTP ${response.status}`;
+      errorBox.hidden = false;
+      return null;
+    }
+    return answer;
+  }
+
+  async function reset(target) {
+    const done = await json(`/console/api/breakers/${encodeURIComponent(target)}/reset`, {
+      method: "POST",
+      headers: { "x-csrf-token": text.csrf },
+    });
+    if (done) load();
+  }
+
+  async function load() {
+    const [breakers, overview, errors] = await Promise.all([
+      json("/console/api/breakers"),
+      json("/console/api/overview"),
+      json("/console/api/audit?limit=200", undefined, true),
+    ]);
+    if (!breakers || !overview) return;
+    errorBox.hidden = true;
+    const attempts = {};
+    for (const s of overview.metrics.ragway_upstream_attempts_total || []) {
+      const t = (attempts[s.labels.target] = attempts[s.labels.target] || {});
+      t[s.labels.outcome] = (t[s.labels.outcome] || 0) + s.value;
+    }
+    document.querySelector("#provider-table tbody").replaceChildren(...breakers.breakers.map((b) => {
+      const tr = document.createElement("tr");
+      tr.dataset.target = b.target;
+      const counts = Object.entries(attempts[b.target] || {}).map(([o, n]) => `${o} ${n}`).join(", ");
+      const actions = cell("");
+      if (b.state !== "closed") {
+        const button = document.createElement("button");
+        button.type = "button";
+        button.className = "reset";
+        button.textContent = text.reset;
+        button.addEventListener("click", () => reset(b.target));
+        actions.append(button);
+      }
+      tr.append(
+        cell(b.target),
+        cell(names[b.state] || b.state, `state-${b.state.replace("_", "-")}`),
+        cell(b.consecutive_failures),
+        cell(b.retry_in_secs ? `${Math.ceil(b.retry_in_secs)} s` : ""),
+        cell(counts),
+        cell(b.in_flight),
+        actions,
+      );
+      return tr;
+    }));
+    // Every failed attempt of the latest 200 calls, a call that failed over included.
+    const failed = [];
+    for (const r of (errors && errors.data) || []) {
+      for (const a of r.attempts || []) {
+        if (a.outcome !== "ok") failed.push({ at: r.at, request_id: r.request_id, ...a });
+      }
+    }
+    const rows = failed.slice(0, 20);
+    const body = document.querySelector("#recent-errors tbody");
+    if (!rows.length) {
+      const tr = document.createElement("tr");
+      const td = cell(text.none);
+      td.colSpan = 5;
+      tr.append(td);
+      body.replaceChildren(tr);
+    } else {
+      body.replaceChildren(...rows.map((a) => {
+        const tr = document.createElement("tr");
+        tr.append(cell(a.at), cell(a.target), cell(a.request_id), cell(a.http_status), cell(a.error || a.outcome));
+        return tr;
+      }));
+    }
+  }
+
+  load();
+  setInterval(load, 5000);
+})();
