@@ -149,6 +149,27 @@ async fn keys_seen(gw: &Gateway, cookie: &str) -> Value {
     seen.json().await.unwrap()
 }
 
+/// Headless Chromium signed in to the console with the admin key (`None`, the
+/// test skipped, where there is no browser).
+async fn admin_browser(gw: &Gateway) -> Option<crate::support::browser::Browser> {
+    let browser = crate::support::browser::Browser::start("en-US").await?;
+    browser.goto(&format!("{}/console/sign-in", gw.url)).await;
+    sign_in_with_the_admin_key(&browser).await;
+    Some(browser)
+}
+
+/// Fills the sign-in form in with the admin key and waits for the overview.
+async fn sign_in_with_the_admin_key(browser: &crate::support::browser::Browser) {
+    browser.type_into("#key", ADMIN).await;
+    browser.click("form button").await;
+    browser
+        .wait_for(
+            "return location.pathname === '/console'",
+            Duration::from_secs(5),
+        )
+        .await;
+}
+
 /// The CSRF token of a signed-in page (its sign-out form carries it).
 async fn csrf(gw: &Gateway, cookie: &str) -> String {
     let page = page(gw, "/console/keys", cookie).await;
@@ -598,7 +619,6 @@ async fn the_usage_page_sums_spend_by_group_for_the_admin_and_a_tenant() {
 
 #[tokio::test]
 async fn the_providers_page_shows_breakers_and_resets_one_in_a_real_browser() {
-    use crate::support::browser::Browser;
     use reqwest::Method;
     let fake = FakeProvider::start().await;
     let mut config = crate::support::config_with(
@@ -619,7 +639,6 @@ async fn the_providers_page_shows_breakers_and_resets_one_in_a_real_browser() {
         assert_eq!(chat_as(&gw, "acme-key").await, 200);
     }
     let admin_cookie = session(&gw, ADMIN).await;
-    let token = csrf(&gw, &admin_cookie).await;
     let breakers: Value = get(&gw, "/console/api/breakers", &admin_cookie)
         .await
         .json()
@@ -659,20 +678,10 @@ async fn the_providers_page_shows_breakers_and_resets_one_in_a_real_browser() {
         .await
         .unwrap();
     assert_eq!(state(&still, "fake:status-503"), "open", "nothing reset it");
-    drop(token);
 
-    let Some(browser) = Browser::start("en-US").await else {
+    let Some(browser) = admin_browser(&gw).await else {
         return;
     };
-    browser.goto(&format!("{}/console/sign-in", gw.url)).await;
-    browser.type_into("#key", ADMIN).await;
-    browser.click("form button").await;
-    browser
-        .wait_for(
-            "return location.pathname === '/console'",
-            Duration::from_secs(5),
-        )
-        .await;
     browser.goto(&format!("{}/console/providers", gw.url)).await;
     let row = browser
         .wait_for(
@@ -976,14 +985,7 @@ async fn the_console_works_in_a_real_browser() {
         "{refused:?}"
     );
 
-    browser.type_into("#key", ADMIN).await;
-    browser.click("form button").await;
-    browser
-        .wait_for(
-            "return location.pathname === '/console'",
-            Duration::from_secs(5),
-        )
-        .await;
+    sign_in_with_the_admin_key(&browser).await;
     // Calls through the API, while the page polls: the tiles show them.
     let calls = async {
         for _ in 0..40 {
@@ -1029,22 +1031,12 @@ async fn the_console_works_in_a_real_browser() {
 
 #[tokio::test]
 async fn keys_usage_and_audit_work_in_a_real_browser() {
-    use crate::support::browser::Browser;
     let fake = FakeProvider::start().await;
     let dir = TempDir::new();
     let gw = console_gateway(&fake, &dir).await;
-    let Some(browser) = Browser::start("en-US").await else {
+    let Some(browser) = admin_browser(&gw).await else {
         return;
     };
-    browser.goto(&format!("{}/console/sign-in", gw.url)).await;
-    browser.type_into("#key", ADMIN).await;
-    browser.click("form button").await;
-    browser
-        .wait_for(
-            "return location.pathname === '/console'",
-            Duration::from_secs(5),
-        )
-        .await;
     browser.goto(&format!("{}/console/keys", gw.url)).await;
     assert_eq!(
         browser
