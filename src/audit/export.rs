@@ -96,6 +96,12 @@ pub fn csv_line(c: &Chained) -> String {
         crate::encode::hex(&c.row_hash),
         num(r.cached_tokens),
     ];
+    record(&fields)
+}
+
+/// One CSV record of `fields` as they are (quoted where RFC 4180 asks), ending in
+/// CRLF; text a spreadsheet could run is [`defused`] by the caller.
+pub fn record(fields: &[String]) -> String {
     let mut line = fields
         .iter()
         .map(|f| quote(f))

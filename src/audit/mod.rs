@@ -198,6 +198,9 @@ impl AuditSink for NoAudit {
 pub struct AuditTrail {
     pub writer: Arc<writer::AuditWriter>,
     pub store: Arc<dyn store::AuditStore>,
+    /// Held while a chain check asked over HTTP runs: one at a time, since each
+    /// reads every row of its range.
+    pub verifying: tokio::sync::Mutex<()>,
 }
 
 impl AuditTrail {
@@ -234,6 +237,7 @@ impl AuditTrail {
         Ok(AuditTrail {
             writer: Arc::new(writer),
             store,
+            verifying: tokio::sync::Mutex::new(()),
         })
     }
 }

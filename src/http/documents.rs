@@ -236,12 +236,8 @@ pub async fn reindex(
     let corpus = corpus(&state)?;
     let Path(tenant) =
         tenant.map_err(|e| GatewayError::invalid(e.body_text(), Some("tenant".to_owned())))?;
-    if tenant.trim().is_empty() || tenant.chars().count() > MAX_TENANT_CHARS {
-        return Err(GatewayError::invalid(
-            format!("a tenant name is 1 to {MAX_TENANT_CHARS} characters"),
-            Some("tenant".to_owned()),
-        ));
-    }
+    crate::admit::grant::check_tenant(&tenant)
+        .map_err(|e| GatewayError::invalid(format!("{}: {}", e.field, e.message), Some(e.field)))?;
     let _slot = corpus
         .admit(&tenant)
         .ok_or_else(|| GatewayError::TooManyRequests {
@@ -257,9 +253,6 @@ pub async fn reindex(
     body["object"] = json!("tenant.reindex");
     Ok(Json(body))
 }
-
-/// The longest tenant name the reindex endpoint takes (as a document's names).
-const MAX_TENANT_CHARS: usize = 512;
 
 fn off() -> GatewayError {
     GatewayError::NotFound("/v1/documents (retrieval is not configured)".to_owned())

@@ -27,7 +27,7 @@ fn store(state: &AppState) -> Result<&KeyStore, GatewayError> {
 
 /// A store failure is told without the driver's words (they may name hosts and
 /// users); the log has them.
-fn unavailable(error: StoreError) -> GatewayError {
+pub(super) fn unavailable(error: StoreError) -> GatewayError {
     tracing::warn!(%error, "key table");
     GatewayError::Unavailable {
         message: "the key table cannot be reached; try again shortly".to_owned(),

@@ -278,10 +278,8 @@ impl Corpus {
 
     /// How much the dense ranking counts against the keyword ranking's 1 for this
     /// question: full for English, `cjk_dense_weight` for Chinese, in proportion
-    /// for a mix (by the share of ideographs among its letters).
-    pub fn dense_weight(&self, question: &str) -> f32 {
-        // A question without letters has a share of 0: the full weight.
-        let share = ragway_engine::ideograph_share(question);
+    /// for a mix (`share`: of ideographs among its letters; 0 without letters).
+    fn dense_weight(&self, share: f32) -> f32 {
         1.0 - share * (1.0 - self.cjk_dense_weight)
     }
 
@@ -482,14 +480,13 @@ impl Corpus {
         // the best passages by meaning that are in the question's language. (An
         // English question whose nearest passages are Chinese is likely answered in
         // Chinese, where its words cannot be found.)
-        // The question's script, measured once for every passage's reach.
-        let asked = self
-            .embedder
-            .is_multilingual()
-            .then(|| ragway_engine::ideograph_share(question));
+        // The question's script, measured once (for the dense weight, and, with an
+        // embedder that reads across languages, every passage's reach).
+        let share = ragway_engine::ideograph_share(question);
+        let asked = self.embedder.is_multilingual().then_some(share);
         let dense_weight = match mode {
             Mode::Keyword => 0.0,
-            Mode::Dense | Mode::Hybrid => self.dense_weight(question),
+            Mode::Dense | Mode::Hybrid => self.dense_weight(share),
         };
         let keyword_weight = match mode {
             Mode::Dense => 0.0,
@@ -505,8 +502,11 @@ impl Corpus {
                 }
             }
         };
-        let mut fused = fuse(dense, keywords, dense_weight, |hit| {
-            keyword_weight * keyword_reach(asked, hit)
+        // Reach weighs the keyword list against the dense one: with one list alone
+        // it would only zero the scores of passages in another script.
+        let mut fused = fuse(dense, keywords, dense_weight, |hit| match mode {
+            Mode::Hybrid => keyword_weight * keyword_reach(asked, hit),
+            Mode::Dense | Mode::Keyword => 1.0,
         });
         fused.truncate(limit);
         Ok(fused)
@@ -593,13 +593,6 @@ fn prepare(
         .map(|c| indexed_text(&doc.title, &c.headings, &c.text))
         .collect();
     let vectors = embed_until(embedder, &indexed, stop)?;
-    if vectors.len() != indexed.len() {
-        return Err(CorpusError::Embed(format!(
-            "{} vectors for {} chunks",
-            vectors.len(),
-            indexed.len()
-        )));
-    }
     let ingested_at = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -717,6 +710,15 @@ fn embed_until(
         let embedded = embedder
             .embed_for_search(&batch, ragway_engine::Role::Passage)
             .map_err(|e| CorpusError::Embed(e.to_string()))?;
+        // A short answer would leave chunks without vectors (and a rewrite of the
+        // document would drop them).
+        if embedded.len() != batch.len() {
+            return Err(CorpusError::Embed(format!(
+                "{} vectors for {} chunks",
+                embedded.len(),
+                batch.len()
+            )));
+        }
         for (&i, vector) in group.iter().zip(embedded) {
             vectors[i] = vector;
         }

@@ -136,14 +136,10 @@ async fn key_list(
         Signed::Admin => None,
         Signed::Client(caller) => Some(caller.tenant.to_string()),
     };
-    let unavailable = |error| {
-        tracing::warn!(%error, "key table");
-        GatewayError::Unavailable {
-            message: "the key table cannot be reached; try again shortly".to_owned(),
-            retry_after: std::time::Duration::from_secs(2),
-        }
-    };
-    let records = store.list(tenant.as_deref()).await.map_err(unavailable)?;
+    let records = store
+        .list(tenant.as_deref())
+        .await
+        .map_err(keys::unavailable)?;
     let now = grant::now_us();
     let mut keys = Vec::with_capacity(records.len());
     for record in &records {
@@ -155,7 +151,7 @@ async fn key_list(
     let tenants: Vec<Value> = store
         .tenants()
         .await
-        .map_err(unavailable)?
+        .map_err(keys::unavailable)?
         .iter()
         .filter(|t| tenant.as_deref().is_none_or(|own| own == t.tenant))
         .map(grant::TenantRecord::view)

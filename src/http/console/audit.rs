@@ -1,5 +1,6 @@
 //! The audit page's JSON: the admin API's audit search (a client key's session
-//! held to its own tenant), the same rows as CSV, and a check of the hash chains.
+//! held to its own tenant, and shown no provider's error text), the same rows as
+//! CSV, and a check of the hash chains.
 
 use axum::Extension;
 use axum::Json;
@@ -26,14 +27,46 @@ fn scoped(
     Ok(q)
 }
 
+/// The rows `query` finds, as the visitor may see them: a client key's session
+/// gets each failed attempt's class and status, not the error's text (which may
+/// quote a provider's answer, or name a host or a key's last characters: the
+/// admin's to read).
+async fn visible_rows(
+    state: &AppState,
+    signed: &Signed,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+    path: &str,
+) -> Result<Vec<crate::audit::row::Chained>, GatewayError> {
+    let q = scoped(signed, query)?;
+    let mut rows = admin::audit_rows(state, q, path).await?;
+    if let Signed::Client(_) = signed {
+        rows.iter_mut().for_each(without_error_text);
+    }
+    Ok(rows)
+}
+
+/// The row with its attempts' `error` texts taken out.
+fn without_error_text(row: &mut crate::audit::row::Chained) {
+    let Ok(mut attempts) = serde_json::from_str::<Vec<Value>>(row.row.attempts.get()) else {
+        return;
+    };
+    attempts.iter_mut().for_each(|a| {
+        if let Some(a) = a.as_object_mut() {
+            a.remove("error");
+        }
+    });
+    if let Ok(raw) = serde_json::value::to_raw_value(&attempts) {
+        row.row.attempts = raw;
+    }
+}
+
 /// `GET /console/api/audit?…`: `GET /admin/audit`'s rows.
 pub async fn rows(
     State(state): State<AppState>,
     Extension(signed): Extension<Signed>,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<Value>, GatewayError> {
-    let q = scoped(&signed, query)?;
-    let rows = admin::audit_rows(&state, q, "/console/api/audit").await?;
+    let rows = visible_rows(&state, &signed, query, "/console/api/audit").await?;
     let data: Vec<Value> = rows.iter().map(export::json).collect();
     Ok(Json(json!({ "object": "list", "data": data })))
 }
@@ -45,8 +78,7 @@ pub async fn csv(
     Extension(signed): Extension<Signed>,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Response, GatewayError> {
-    let q = scoped(&signed, query)?;
-    let rows = admin::audit_rows(&state, q, "/console/api/audit.csv").await?;
+    let rows = visible_rows(&state, &signed, query, "/console/api/audit.csv").await?;
     let mut body = export::csv_header();
     rows.iter()
         .for_each(|row| body.push_str(&export::csv_line(row)));
@@ -71,8 +103,10 @@ pub struct VerifyRange {
 }
 
 /// `POST /console/api/audit/verify` (the admin's): every instance's hash chain
-/// over the range (`since`, `until` as the search takes them), as `ragway audit
-/// verify` checks it.
+/// over the range (`since`, `until` as the search takes them; the last 24 hours
+/// when `since` is not given), as `ragway audit verify` checks it. One check at a
+/// time per replica (it reads every row of the range); the whole trail is
+/// `ragway audit verify`'s.
 pub async fn verify(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
@@ -81,7 +115,14 @@ pub async fn verify(
     let trail = admin::audit_trail(&state, "/console/api/audit/verify")?;
     let asked: VerifyRange =
         super::super::body::parse_json(&headers, body, state.config.server.max_body_bytes)?;
-    let range = admin::time_range(&asked.since, &asked.until)?;
+    let since = asked.since.or_else(|| Some("24h".to_owned()));
+    let range = admin::time_range(&since, &asked.until)?;
+    let Ok(_running) = trail.verifying.try_lock() else {
+        return Err(GatewayError::TooManyRequests {
+            message: "a chain check is running: try again when it is done".to_owned(),
+            retry_after: std::time::Duration::from_secs(5),
+        });
+    };
     let reports = crate::audit::verify::verify(trail.store.as_ref(), range)
         .await
         .map_err(admin::unreadable)?;

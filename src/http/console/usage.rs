@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::super::usage::{self, UsageParams};
 use super::api::Signed;
-use crate::audit::export::defused;
+use crate::audit::export::{defused, record};
 use crate::error::GatewayError;
 use crate::state::AppState;
 
@@ -45,21 +45,26 @@ pub async fn csv(
 ) -> Result<Response, GatewayError> {
     let sums = scoped_sums(&state, &signed, params, "/console/api/usage.csv").await?;
     let group = sums["group_by"].as_str().unwrap_or("group");
-    let mut body =
-        format!("{group},requests,prompt_tokens,cached_tokens,completion_tokens,cost,currency\r\n");
+    let columns = [
+        "requests",
+        "prompt_tokens",
+        "cached_tokens",
+        "completion_tokens",
+        "cost",
+    ];
+    let header: Vec<String> = std::iter::once(group)
+        .chain(columns)
+        .chain(["currency"])
+        .map(str::to_owned)
+        .collect();
+    let mut body = record(&header);
     for row in sums["data"].as_array().into_iter().flatten() {
-        let name = row["group"].as_str().unwrap_or_default();
-        let currency = row["currency"].as_str().unwrap_or_default();
-        body.push_str(&format!(
-            "{},{},{},{},{},{},{}\r\n",
-            quoted(&defused(name)),
-            row["requests"],
-            row["prompt_tokens"],
-            row["cached_tokens"],
-            row["completion_tokens"],
-            row["cost"],
-            quoted(currency)
-        ));
+        let text = |field: &str| defused(row[field].as_str().unwrap_or_default()).into_owned();
+        let fields: Vec<String> = std::iter::once(text("group"))
+            .chain(columns.iter().map(|c| row[*c].to_string()))
+            .chain([text("currency")])
+            .collect();
+        body.push_str(&record(&fields));
     }
     Ok((
         [
@@ -72,9 +77,4 @@ pub async fn csv(
         body,
     )
         .into_response())
-}
-
-/// A CSV cell, quoted (RFC 4180: quotes doubled).
-fn quoted(cell: &str) -> String {
-    format!("\"{}\"", cell.replace('"', "\"\""))
 }

@@ -187,15 +187,7 @@ impl QdrantServer {
 
     /// Marks every tenant with a generation stale; returns how many there are.
     async fn mark_every_tenant_stale(&self) -> Result<usize, StoreError> {
-        let payloads = self
-            .scroll_payloads(
-                &self.generations_collection,
-                Filter::default(),
-                Some(vec!["tenant".to_owned()]),
-            )
-            .await?;
-        let tenants: std::collections::BTreeSet<String> =
-            payloads.into_iter().filter_map(payload_tenant).collect();
+        let tenants = self.tenants_marked(Filter::default()).await?;
         let points = tenants
             .iter()
             .map(|tenant| {
@@ -209,6 +201,21 @@ impl QdrantServer {
         self.upsert(&self.generations_collection, points).await?;
         self.stale_cache().clear();
         Ok(tenants.len())
+    }
+
+    /// The tenants named by the generations collection's points `filter` matches.
+    async fn tenants_marked(
+        &self,
+        filter: Filter,
+    ) -> Result<std::collections::BTreeSet<String>, StoreError> {
+        let payloads = self
+            .scroll_payloads(
+                &self.generations_collection,
+                filter,
+                Some(vec!["tenant".to_owned()]),
+            )
+            .await?;
+        Ok(payloads.into_iter().filter_map(payload_tenant).collect())
     }
 
     /// The model the collection records, when it is no longer this process's.
@@ -651,16 +658,11 @@ impl VectorStore for QdrantServer {
     }
 
     async fn stale_tenants(&self) -> Result<Vec<String>, StoreError> {
-        let payloads = self
-            .scroll_payloads(
-                &self.generations_collection,
-                stale_marks(),
-                Some(vec!["tenant".to_owned()]),
-            )
-            .await?;
-        let tenants: std::collections::BTreeSet<String> =
-            payloads.into_iter().filter_map(payload_tenant).collect();
-        Ok(tenants.into_iter().collect())
+        Ok(self
+            .tenants_marked(stale_marks())
+            .await?
+            .into_iter()
+            .collect())
     }
 
     async fn mark_current(&self, tenant: &str) -> Result<(), StoreError> {
