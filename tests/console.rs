@@ -15,13 +15,35 @@ use crate::support::{FakeProvider, Gateway, TempDir, config_over};
 /// the one target priced (1 per prompt token, 2 per answer token), so budgets are
 /// spent.
 async fn console_gateway(fake: &FakeProvider, dir: &TempDir) -> Gateway {
-    let mut config = config_over(fake, &[("chat", &["ok"])]);
+    console_gateway_over(fake, dir, "ok", "").await
+}
+
+/// [`console_gateway`] with the cache (in memory) and retrieval (MiniLM, an
+/// embedded store under `dir`), the alias `chat` answering with the user's text as the provider saw it.
+async fn console_rag_gateway(fake: &FakeProvider, dir: &TempDir) -> Gateway {
+    let retrieval = format!(
+        "\n[cache]\n\n[embeddings]\nmodel = \"models/all-MiniLM-L6-v2\"\n\n[retrieval]\npath = \"{}\"\n",
+        dir.0.join("qdrant").display()
+    );
+    console_gateway_over(fake, dir, "echo", &retrieval).await
+}
+
+/// The console's gateway with the alias `chat` on the fake's `behaviour`, and the
+/// config sections `extra`.
+async fn console_gateway_over(
+    fake: &FakeProvider,
+    dir: &TempDir,
+    behaviour: &str,
+    extra: &str,
+) -> Gateway {
+    let mut config = config_over(fake, &[("chat", &[behaviour])]);
+    config.push_str(extra);
     config.push_str(&format!(
         "\n[auth]\nadmin_key_env = \"ADMIN\"\n\
          [[auth.keys]]\nid = \"acme\"\ntenant = \"acme\"\nkey_env = \"ACME\"\n\
          \n[governance]\ndatabase_env = \"DB\"\nrefresh_every = \"100ms\"\n\
          \n[audit]\ndatabase_env = \"DB\"\nspool_dir = \"{}\"\nflush_every = \"20ms\"\n\
-         [audit.prices]\n\"fake:ok\" = {{ input = 1e6, output = 2e6 }}\n",
+         [audit.prices]\n\"fake:{behaviour}\" = {{ input = 1e6, output = 2e6 }}\n",
         dir.0.join("spool").display()
     ));
     let db = sqlite_url(dir);
@@ -1253,5 +1275,450 @@ async fn keys_usage_and_audit_work_in_a_real_browser() {
         .eval("return document.querySelector('h1').textContent")
         .await;
     assert_eq!(title, "密钥与租户");
+    browser.quit().await;
+}
+
+/// The document the documents and playground tests upload.
+const RETURNS: &str = "# Lumio returns\n\n## Refunds\n\nRefunds for the Lumio desk lamp are paid \
+within 14 business days, to the card that paid.\n\n## Shipping\n\nOrders above 300 yuan ship free \
+with SF Express; smaller orders pay 12 yuan.\n";
+
+/// The question that finds [`RETURNS`], with a mobile number in it.
+const REFUND_QUESTION: &str = "How many days does a Lumio refund take? Call me on 13912345678.";
+
+/// `returns.md` uploaded through the console as a browser's script sends it:
+/// multipart, with the page's token when `token` is given.
+async fn upload_returns(
+    gw: &Gateway,
+    cookie: &str,
+    token: Option<&str>,
+    tenant: Option<&str>,
+) -> reqwest::Response {
+    let file = reqwest::multipart::Part::bytes(RETURNS.as_bytes().to_vec())
+        .file_name("returns.md")
+        .mime_str("text/markdown")
+        .unwrap();
+    let mut form = reqwest::multipart::Form::new().part("file", file);
+    if let Some(tenant) = tenant {
+        form = form.text("tenant", tenant.to_owned());
+    }
+    let mut request = browser()
+        .post(format!("{}/console/api/documents", gw.url))
+        .header("cookie", cookie)
+        .multipart(form);
+    if let Some(token) = token {
+        request = request.header("x-csrf-token", token);
+    }
+    request.send().await.unwrap()
+}
+
+/// The ids of the documents a console session lists (`query`: `?tenant=…`).
+async fn documents_listed(gw: &Gateway, cookie: &str, query: &str) -> Vec<String> {
+    let listed = get(gw, &format!("/console/api/documents{query}"), cookie).await;
+    assert_eq!(listed.status(), 200);
+    let listed: Value = listed.json().await.unwrap();
+    listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_console_manages_documents_and_asks_them() {
+    use reqwest::Method;
+    let fake = FakeProvider::start().await;
+    let dir = TempDir::new();
+    let gw = console_rag_gateway(&fake, &dir).await;
+    let acme = session(&gw, "acme-key").await;
+    let token = csrf(&gw, &acme).await;
+
+    let forged = upload_returns(&gw, &acme, Some("forged"), None).await;
+    assert_eq!(forged.status(), 403);
+    assert_eq!(upload_returns(&gw, &acme, None, None).await.status(), 403);
+    assert!(documents_listed(&gw, &acme, "").await.is_empty());
+    let stored = upload_returns(&gw, &acme, Some(&token), None).await;
+    assert_eq!(stored.status(), 201);
+    let stored: Value = stored.json().await.unwrap();
+    assert!(stored["chunks"].as_u64().unwrap() >= 2, "{stored}");
+    assert_eq!(documents_listed(&gw, &acme, "").await, ["returns.md"]);
+    let again = upload_returns(&gw, &acme, Some(&token), None).await;
+    assert_eq!(again.status(), 200, "the same document again is unchanged");
+    // A client key's session manages its own tenant's documents only.
+    let other = upload_returns(&gw, &acme, Some(&token), Some("globex")).await;
+    assert_eq!(other.status(), 403);
+    let other = get(&gw, "/console/api/documents?tenant=globex", &acme).await;
+    assert_eq!(other.status(), 403);
+
+    let ask = |cookie: String, token: Option<String>, body: Value| {
+        let gw = &gw;
+        async move {
+            api(
+                gw,
+                Method::POST,
+                "/console/api/search",
+                &cookie,
+                token.as_deref(),
+                Some(body),
+            )
+            .await
+        }
+    };
+    let question = json!({"question": "How many days does a Lumio refund take?"});
+    let found = ask(acme.clone(), Some(token.clone()), question.clone()).await;
+    assert_eq!(found.status(), 200);
+    let found: Value = found.json().await.unwrap();
+    let first = &found["data"][0];
+    assert_eq!(first["doc_id"], "returns.md", "{found}");
+    assert_eq!(first["relevant"], true);
+    assert!(
+        first["text"].as_str().unwrap().contains("14 business days"),
+        "{first}"
+    );
+    assert!(found["data"].as_array().unwrap().len() <= 5);
+    let unguarded = ask(acme.clone(), None, question.clone()).await;
+    assert_eq!(unguarded.status(), 403);
+    for (bad, param) in [
+        (json!({"question": " "}), "question"),
+        (json!({"question": "x".repeat(2_001)}), "question"),
+        (json!({"question": "refund", "limit": 50}), "limit"),
+        (json!({"question": "refund", "limit": 0}), "limit"),
+    ] {
+        let refused = ask(acme.clone(), Some(token.clone()), bad).await;
+        let error = crate::support::expect_error(refused, 400).await;
+        assert_eq!(error["param"], param, "{error}");
+    }
+    let unknown = ask(
+        acme.clone(),
+        Some(token.clone()),
+        json!({"question": "refund", "model": "x"}),
+    )
+    .await;
+    crate::support::expect_error(unknown, 400).await;
+    let elsewhere = ask(
+        acme.clone(),
+        Some(token.clone()),
+        json!({"question": "refund", "tenant": "globex"}),
+    )
+    .await;
+    assert_eq!(elsewhere.status(), 403);
+
+    // The admin names the tenant.
+    let admin_cookie = session(&gw, ADMIN).await;
+    let admin_token = csrf(&gw, &admin_cookie).await;
+    let unnamed = get(&gw, "/console/api/documents", &admin_cookie).await;
+    let error = crate::support::expect_error(unnamed, 400).await;
+    assert_eq!(error["param"], "tenant");
+    assert_eq!(
+        documents_listed(&gw, &admin_cookie, "?tenant=acme").await,
+        ["returns.md"]
+    );
+    assert!(
+        documents_listed(&gw, &admin_cookie, "?tenant=globex")
+            .await
+            .is_empty()
+    );
+    let mut for_acme = question.clone();
+    for_acme["tenant"] = json!("acme");
+    let found = ask(admin_cookie.clone(), Some(admin_token.clone()), for_acme).await;
+    let found: Value = found.json().await.unwrap();
+    assert_eq!(found["data"][0]["doc_id"], "returns.md", "{found}");
+
+    let path = "/console/api/documents/returns.md";
+    let unguarded = api(&gw, Method::DELETE, path, &acme, None, None).await;
+    assert_eq!(unguarded.status(), 403);
+    assert_eq!(documents_listed(&gw, &acme, "").await, ["returns.md"]);
+    let deleted = api(&gw, Method::DELETE, path, &acme, Some(&token), None).await;
+    assert_eq!(deleted.status(), 200);
+    assert!(documents_listed(&gw, &acme, "").await.is_empty());
+    let found = ask(acme.clone(), Some(token.clone()), question).await;
+    let found: Value = found.json().await.unwrap();
+    assert_eq!(found["data"], json!([]), "{found}");
+    let gone = api(&gw, Method::DELETE, path, &acme, Some(&token), None).await;
+    assert_eq!(gone.status(), 404);
+}
+
+/// The final chunk's citations and the text of a streamed answer.
+fn streamed(body: &str) -> (String, Vec<Value>) {
+    let mut text = String::new();
+    let mut citations = Vec::new();
+    for data in body.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        let Ok(chunk) = serde_json::from_str::<Value>(data) else {
+            continue;
+        };
+        if let Some(delta) = chunk["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(delta);
+        }
+        if let Some(cited) = chunk["ragway"]["citations"].as_array() {
+            citations.extend(cited.iter().cloned());
+        }
+    }
+    (text, citations)
+}
+
+#[tokio::test]
+async fn the_playground_chats_through_the_whole_pipeline_as_the_signed_in_key() {
+    use reqwest::Method;
+    let fake = FakeProvider::start().await;
+    let dir = TempDir::new();
+    let gw = console_rag_gateway(&fake, &dir).await;
+    let acme = session(&gw, "acme-key").await;
+    let token = csrf(&gw, &acme).await;
+    assert_eq!(
+        upload_returns(&gw, &acme, Some(&token), None)
+            .await
+            .status(),
+        201
+    );
+    // At temperature 0, which the cache keeps by default.
+    let chat = json!({
+        "model": "chat",
+        "stream": true,
+        "temperature": 0,
+        "messages": [{"role": "user", "content": REFUND_QUESTION}],
+    });
+
+    let unguarded = api(
+        &gw,
+        Method::POST,
+        "/console/api/chat",
+        &acme,
+        None,
+        Some(chat.clone()),
+    )
+    .await;
+    assert_eq!(unguarded.status(), 403);
+    assert_eq!(fake.total_attempts(), 0, "nothing reached the provider");
+
+    let answered = api(
+        &gw,
+        Method::POST,
+        "/console/api/chat",
+        &acme,
+        Some(&token),
+        Some(chat.clone()),
+    )
+    .await;
+    assert_eq!(answered.status(), 200);
+    let header = |name: &str| {
+        answered
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    assert_eq!(header("x-ragway-target").as_deref(), Some("fake:echo"));
+    assert_eq!(header("x-ragway-cache").as_deref(), Some("miss"));
+    let request_id = header("x-request-id").unwrap();
+    let (text, citations) = streamed(&answered.text().await.unwrap());
+    // The provider saw a placeholder; the user gets the number back.
+    assert_eq!(text, REFUND_QUESTION);
+    let seen = fake.last_request().body.to_string();
+    assert!(
+        !seen.contains("13912345678") && seen.contains("14 business days"),
+        "{seen}"
+    );
+    assert_eq!(citations[0]["doc_id"], "returns.md", "{citations:?}");
+    let again = api(
+        &gw,
+        Method::POST,
+        "/console/api/chat",
+        &acme,
+        Some(&token),
+        Some(chat.clone()),
+    )
+    .await;
+    assert_eq!(again.headers()["x-ragway-cache"], "hit-l1");
+    let (text, citations) = streamed(&again.text().await.unwrap());
+    assert_eq!(text, REFUND_QUESTION);
+    assert_eq!(citations[0]["doc_id"], "returns.md", "{citations:?}");
+    assert_eq!(fake.total_attempts(), 1, "the repeat came from the cache");
+
+    // The call is the acme key's, audited with what was replaced.
+    let rows = audit_rows(&gw, &acme, &format!("request_id={request_id}"), 1).await;
+    assert_eq!(rows[0]["route"], "/console/api/chat");
+    assert_eq!(rows[0]["tenant"], "acme");
+    assert_eq!(rows[0]["client_key"], "acme");
+    assert_eq!(rows[0]["pii"], json!({"mobile": 1}));
+    let prompt = rows[0]["prompt"].as_str().unwrap();
+    assert!(!prompt.contains("13912345678"), "{prompt}");
+    assert_eq!(
+        rows[0]["passages"][0]["doc_id"], "returns.md",
+        "{}",
+        rows[0]
+    );
+
+    // The admin chats as a tenant it names, under the key id `admin`.
+    let admin_cookie = session(&gw, ADMIN).await;
+    let admin_token = csrf(&gw, &admin_cookie).await;
+    let unnamed = api(
+        &gw,
+        Method::POST,
+        "/console/api/chat",
+        &admin_cookie,
+        Some(&admin_token),
+        Some(chat.clone()),
+    )
+    .await;
+    let error = crate::support::expect_error(unnamed, 400).await;
+    assert_eq!(error["param"], "tenant");
+    let mut whole = chat.clone();
+    whole["stream"] = json!(false);
+    let answered = api(
+        &gw,
+        Method::POST,
+        "/console/api/chat?tenant=acme",
+        &admin_cookie,
+        Some(&admin_token),
+        Some(whole),
+    )
+    .await;
+    assert_eq!(answered.status(), 200);
+    let request_id = answered.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let answer: Value = answered.json().await.unwrap();
+    assert_eq!(answer["ragway"]["citations"][0]["doc_id"], "returns.md");
+    let rows = audit_rows(&gw, &admin_cookie, &format!("request_id={request_id}"), 1).await;
+    assert_eq!(
+        (&rows[0]["tenant"], &rows[0]["client_key"]),
+        (&json!("acme"), &json!("admin"))
+    );
+
+    // Playground calls spend like any call: the usage page sums them.
+    let usage = get(&gw, "/console/api/usage?group_by=key", &admin_cookie).await;
+    let usage: Value = usage.json().await.unwrap();
+    let requests = |key: &str| {
+        usage["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|row| row["group"] == key)
+            .map(|row| row["requests"].clone())
+    };
+    assert_eq!(requests("acme"), Some(json!(2)), "{usage}");
+    assert_eq!(requests("admin"), Some(json!(1)), "{usage}");
+    // A model the key may not use does not exist for it.
+    let unknown = api(
+        &gw,
+        Method::POST,
+        "/console/api/chat",
+        &acme,
+        Some(&token),
+        Some(json!({"model": "nope", "messages": [{"role": "user", "content": "hi"}]})),
+    )
+    .await;
+    crate::support::expect_error(unknown, 404).await;
+}
+
+#[tokio::test]
+async fn documents_and_the_playground_work_in_a_real_browser() {
+    let fake = FakeProvider::start().await;
+    let dir = TempDir::new();
+    let gw = console_rag_gateway(&fake, &dir).await;
+    let Some(browser) = admin_browser(&gw).await else {
+        return;
+    };
+    browser.goto(&format!("{}/console/documents", gw.url)).await;
+    browser
+        .type_into("#documents-scope input[name=tenant]", "acme")
+        .await;
+    browser.click("#documents-scope button").await;
+    browser
+        .wait_for(
+            "return document.querySelector('#documents-table tbody').textContent.includes('No documents')",
+            Duration::from_secs(5),
+        )
+        .await;
+    // A file dropped on the page, as a drag from the desktop delivers it.
+    let drop = format!(
+        "const data = new DataTransfer(); \
+         data.items.add(new File([{}], 'returns.md', {{type: 'text/markdown'}})); \
+         document.getElementById('drop').dispatchEvent(new DragEvent('drop', \
+           {{dataTransfer: data, bubbles: true, cancelable: true}})); \
+         return true;",
+        serde_json::to_string(RETURNS).unwrap()
+    );
+    browser.eval(&drop).await;
+    let status = browser
+        .wait_for(
+            "return document.querySelector('#uploads li.done .status')?.textContent",
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(status.as_str().unwrap().starts_with("stored"), "{status}");
+    browser
+        .wait_for(
+            "return document.querySelector('#documents-table tr[data-id=\"returns.md\"]') !== null",
+            Duration::from_secs(5),
+        )
+        .await;
+    browser
+        .type_into(
+            "#ask input[name=question]",
+            "How many days does a Lumio refund take?",
+        )
+        .await;
+    browser.click("#ask button").await;
+    let passage = browser
+        .wait_for(
+            "return document.querySelector('#passages li.relevant')?.textContent",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(
+        passage.as_str().unwrap().contains("14 business days"),
+        "{passage}"
+    );
+    browser
+        .eval("document.getElementById('passages').scrollIntoView(); return true")
+        .await;
+    browser.screenshot("documents.png").await;
+
+    browser
+        .goto(&format!("{}/console/playground", gw.url))
+        .await;
+    browser
+        .type_into("#chat-settings input[name=tenant]", "acme")
+        .await;
+    browser
+        .type_into("#chat-settings input[name=temperature]", "0")
+        .await;
+    browser
+        .type_into("#chat-input textarea", REFUND_QUESTION)
+        .await;
+    browser.click("#send").await;
+    let answered = browser
+        .wait_for(
+            "const a = document.querySelector('.turn.assistant.done'); \
+             const pii = a?.querySelector('.pii')?.textContent || ''; \
+             return a && pii.includes('mobile') ? { \
+               text: a.querySelector('.content').textContent, \
+               target: a.querySelector('.served-by')?.textContent, \
+               cache: a.querySelector('.cache-result')?.textContent, \
+               citations: a.querySelector('.citations')?.textContent, \
+               sent: a.querySelector('.sent-as code')?.textContent } : null",
+            Duration::from_secs(20),
+        )
+        .await;
+    assert_eq!(answered["text"], REFUND_QUESTION, "{answered}");
+    assert_eq!(answered["target"], "fake:echo");
+    assert_eq!(answered["cache"], "miss");
+    assert!(
+        answered["citations"]
+            .as_str()
+            .unwrap()
+            .contains("returns.md"),
+        "{answered}"
+    );
+    let sent = answered["sent"].as_str().unwrap();
+    assert!(
+        sent.starts_with("How many days") && !sent.contains("13912345678"),
+        "{sent}"
+    );
+    browser.screenshot("playground.png").await;
+    let severe = browser.severe_logs().await;
+    assert!(severe.is_empty(), "errors in the page: {severe:?}");
     browser.quit().await;
 }

@@ -99,7 +99,12 @@ pub fn sql_head(group: Group, int: &str, day: &str) -> String {
 
 /// The routes whose calls spend (admitted against limits and budgets): what usage
 /// sums. An endpoint that spends is added here as it is added to the API.
-pub const SPENDING_ROUTES: &[&str] = &["/v1/chat/completions", "/v1/embeddings"];
+pub const SPENDING_ROUTES: &[&str] = &[
+    "/v1/chat/completions",
+    "/v1/embeddings",
+    // The console's playground: chat as the signed-in key, or the admin.
+    "/console/api/chat",
+];
 
 /// Groups, the costliest first; days in order.
 pub fn tail(group: Group) -> &'static str {

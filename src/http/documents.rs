@@ -9,25 +9,39 @@
 //!   document was already there.
 //! - `GET /v1/documents?limit=N`: the tenant's documents.
 //! - `DELETE /v1/documents/{id}`: removes one (ids may hold `/`).
+//! - `POST /v1/search`: JSON `{"question", "collection"?, "limit"?}`: the
+//!   passages a question finds, best first, with their scores (what grounding would
+//!   choose from), without calling a model.
+//!
+//! Who is asking is settled by [`principal`] (a bearer key) or by the console's
+//! session, before a handler runs: each reads the [`Principal`] it was given.
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::extract::{Extension, FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::error::GatewayError;
-use crate::retrieve::corpus::{Corpus, NewDocument};
+use crate::retrieve::corpus::{Corpus, Mode, NewDocument};
 use crate::retrieve::extract::{Format, charset};
 use crate::state::AppState;
 
 const DEFAULT_LIST: usize = 1000;
 const MAX_LIST: usize = 10_000;
+/// Passages a search returns by default, and at most.
+const DEFAULT_PASSAGES: usize = 5;
+const MAX_PASSAGES: usize = 20;
+/// The longest question a search takes, in characters: embedding reads 512 tokens
+/// at most, and cutting words costs in proportion to the text.
+const MAX_QUESTION_CHARS: usize = 2_000;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -69,6 +83,7 @@ struct FilePart {
 /// that cancels the embedding on its blocking thread) or the gateway shuts down.
 pub async fn create(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     params: Result<Query<Params>, QueryRejection>,
     request: Request,
 ) -> Result<(StatusCode, Json<Value>), GatewayError> {
@@ -76,8 +91,6 @@ pub async fn create(
     let retrieval = state.config.retrieval.as_ref().ok_or_else(off)?;
     let params = query(params)?;
     let headers = request.headers().clone();
-    // Who is asking is settled before the body is read.
-    let principal = Principal::of(&state, &headers)?;
     let _slot = corpus.admit(principal.name()).ok_or_else(|| GatewayError::TooManyRequests {
         message: format!(
             "{} documents are already being ingested for this caller; send this one when one of them is done",
@@ -193,12 +206,12 @@ async fn prepare(
 
 pub async fn list(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Extension(principal): Extension<Principal>,
     params: Result<Query<Params>, QueryRejection>,
 ) -> Result<Json<Value>, GatewayError> {
     let corpus = corpus(&state)?;
     let params = query(params)?;
-    let tenant = Principal::of(&state, &headers)?.tenant(params.tenant.as_deref())?;
+    let tenant = principal.tenant(params.tenant.as_deref())?;
     let limit = params.limit.unwrap_or(DEFAULT_LIST).clamp(1, MAX_LIST);
     let documents = corpus.documents(&tenant, limit).await?;
     Ok(Json(json!({ "object": "list", "data": documents })))
@@ -206,14 +219,14 @@ pub async fn list(
 
 pub async fn delete(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Extension(principal): Extension<Principal>,
     id: Result<Path<String>, PathRejection>,
     params: Result<Query<Params>, QueryRejection>,
 ) -> Result<Json<Value>, GatewayError> {
     let corpus = corpus(&state)?;
     let params = query(params)?;
     let Path(id) = id.map_err(|e| GatewayError::invalid(e.body_text(), Some("id".to_owned())))?;
-    let tenant = Principal::of(&state, &headers)?.tenant(params.tenant.as_deref())?;
+    let tenant = principal.tenant(params.tenant.as_deref())?;
     let removed = corpus.delete(&tenant, &id).await?;
     if removed == 0 {
         return Err(GatewayError::NotFound(format!("document `{id}`")));
@@ -221,6 +234,89 @@ pub async fn delete(
     Ok(Json(
         json!({ "object": "document.deleted", "id": id, "deleted": true, "chunks": removed }),
     ))
+}
+
+/// A search's body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Search {
+    question: String,
+    collection: Option<String>,
+    limit: Option<usize>,
+    tenant: Option<String>,
+}
+
+/// `POST /v1/search`: the tenant's passages for a question, best first,
+/// as hybrid retrieval ranks them. `relevant` says whether grounding would take a
+/// passage (found by one of the question's words, or close enough in meaning:
+/// `retrieval.min_score`); grounding then keeps the first `retrieval.top_k` of
+/// those within its token budget.
+pub async fn search(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Json<Value>, GatewayError> {
+    let corpus = corpus(&state)?;
+    let retrieval = state.config.retrieval.as_ref().ok_or_else(off)?;
+    let asked: Search =
+        super::body::parse_json(&headers, body, state.config.server.max_body_bytes)?;
+    let tenant = principal.tenant(asked.tenant.as_deref())?;
+    let question = asked.question.trim();
+    if question.is_empty() {
+        return Err(GatewayError::invalid(
+            "ask a question",
+            Some("question".to_owned()),
+        ));
+    }
+    if question.chars().count() > MAX_QUESTION_CHARS {
+        return Err(GatewayError::invalid(
+            format!("a question is at most {MAX_QUESTION_CHARS} characters"),
+            Some("question".to_owned()),
+        ));
+    }
+    let limit = match asked.limit.unwrap_or(DEFAULT_PASSAGES) {
+        n @ 1..=MAX_PASSAGES => n,
+        _ => {
+            return Err(GatewayError::invalid(
+                format!("`limit` is from 1 to {MAX_PASSAGES}"),
+                Some("limit".to_owned()),
+            ));
+        }
+    };
+    let collection = asked.collection.filter(|c| !c.trim().is_empty());
+    let found = corpus
+        .search(
+            &tenant,
+            collection.as_deref(),
+            question,
+            Mode::Hybrid,
+            limit,
+        )
+        .await?;
+    let min_score = retrieval.defaults.min_score;
+    let data: Vec<Value> = found
+        .into_iter()
+        .map(|p| {
+            let relevant = p.keyword.is_some() || p.dense.is_some_and(|s| s >= min_score);
+            let payload = p.hit.payload;
+            json!({
+                "object": "document.passage",
+                "doc_id": payload.doc_id,
+                "collection": payload.collection,
+                "title": payload.title,
+                "source": payload.source,
+                "chunk": payload.chunk_index,
+                "headings": payload.headings,
+                "text": payload.text,
+                "score": p.score,
+                "dense": p.dense,
+                "keyword": p.keyword,
+                "relevant": relevant,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "object": "list", "data": data })))
 }
 
 /// `POST /admin/tenants/{tenant}/reindex` (admin key): embeds the tenant's stored
@@ -268,8 +364,25 @@ fn query(params: Result<Query<Params>, QueryRejection>) -> Result<Params, Gatewa
         .map_err(|e| GatewayError::invalid(e.body_text(), None))
 }
 
+/// Settles who a `/v1/documents` request comes from (its bearer key) before the
+/// handler reads anything, or answers 401.
+pub async fn principal(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    match Principal::of(&state, request.headers()) {
+        Ok(principal) => {
+            request.extensions_mut().insert(principal);
+            next.run(request).await
+        }
+        Err(error) => error.into_response(),
+    }
+}
+
 /// Who a documents request comes from.
-enum Principal {
+#[derive(Debug, Clone)]
+pub enum Principal {
     /// The admin key: acts for the tenant it names.
     Admin,
     /// A client key (or anyone, with authentication off): acts for its tenant.

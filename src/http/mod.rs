@@ -61,21 +61,21 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             admin::require_admin,
         ));
-    // Documents authenticate themselves (a client key or the admin key), and take
-    // bodies up to the document limit rather than the chat limit.
-    let document_limit = state
-        .config
-        .retrieval
-        .as_ref()
-        .map_or(0, |r| r.max_document_bytes);
+    // Documents take a client key or the admin key, and bodies up to the document
+    // limit rather than the chat limit.
     let documents = Router::new()
         .route(
             "/v1/documents",
             post(documents::create).get(documents::list),
         )
+        // Not under /v1/documents/: a document may be called `search`.
+        .route("/v1/search", post(documents::search))
         .route("/v1/documents/{*id}", delete(documents::delete))
-        // Room for the multipart framing around a document of the largest size.
-        .layer(DefaultBodyLimit::max(document_limit + 64 * 1024));
+        .layer(document_body_limit(&state))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            documents::principal,
+        ));
     let mut router = Router::new()
         .merge(api)
         .merge(admin)
@@ -96,6 +96,17 @@ pub fn router(state: AppState) -> Router {
             observe::observe,
         ))
         .with_state(state)
+}
+
+/// The body limit of a document upload: room for the multipart framing around a
+/// document of the largest size.
+fn document_body_limit(state: &AppState) -> DefaultBodyLimit {
+    let document_limit = state
+        .config
+        .retrieval
+        .as_ref()
+        .map_or(0, |r| r.max_document_bytes);
+    DefaultBodyLimit::max(document_limit + 64 * 1024)
 }
 
 /// `/metrics` alone, for `server.metrics_listen`: scrapers reach it on an address

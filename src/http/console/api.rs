@@ -7,6 +7,10 @@
 //! set a header, and the cookie is `SameSite=Strict` as well), and the admin's
 //! session for the admin's routes (403 for a client key's). A client key's session
 //! sees its own tenant only.
+//!
+//! The documents and the playground reach `/v1/documents`, `/v1/search` and
+//! `/v1/chat/completions`'s handlers the same way, as the session's tenant (the
+//! admin names one).
 
 use axum::extract::{Request, State};
 use axum::http::Method;
@@ -16,7 +20,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
-use super::super::keys;
+use super::super::documents::{self, Principal};
+use super::super::{chat, keys};
 use super::{Visitor, sessions};
 use crate::admit::grant;
 use crate::call::Caller;
@@ -77,6 +82,20 @@ pub fn router(state: AppState) -> Router<AppState> {
             post(super::super::admin::reset_breaker),
         )
         .route_layer(middleware::from_fn(admin_only));
+    let documents = Router::new()
+        .route(
+            "/console/api/documents",
+            post(documents::create).get(documents::list),
+        )
+        .route("/console/api/search", post(documents::search))
+        .route(
+            "/console/api/documents/{*id}",
+            axum::routing::delete(documents::delete),
+        )
+        .layer(super::super::document_body_limit(&state));
+    let chat = Router::new()
+        .route("/console/api/chat", post(chat::completions))
+        .route_layer(middleware::from_fn(as_caller));
     Router::new()
         .route("/console/api/keys", get(key_list))
         .route("/console/api/audit", get(super::audit::rows))
@@ -84,6 +103,8 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/console/api/usage", get(super::usage::sums))
         .route("/console/api/usage.csv", get(super::usage::csv))
         .merge(admin)
+        .merge(documents)
+        .merge(chat)
         .route_layer(middleware::from_fn_with_state(state, session))
 }
 
@@ -103,16 +124,57 @@ async fn session(State(state): State<AppState>, mut request: Request, next: Next
         return GatewayError::Forbidden("a change needs the page's CSRF token".to_owned())
             .into_response();
     }
-    let signed = match visitor.caller {
-        None => Signed::Admin,
-        Some(caller) => Signed::Client(caller),
+    let (signed, principal) = match visitor.caller {
+        None => (Signed::Admin, Principal::Admin),
+        Some(caller) => {
+            let tenant = caller.tenant.to_string();
+            (Signed::Client(caller), Principal::Client(tenant))
+        }
     };
     request.extensions_mut().insert(signed.clone());
+    request.extensions_mut().insert(principal);
     let mut response = next.run(request).await;
     // The audit record of a client key's change names its key.
     if let Signed::Client(caller) = signed {
         response.extensions_mut().insert(caller);
     }
+    response
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct AsTenant {
+    tenant: Option<String>,
+}
+
+/// Who the playground's chat is from: a client key's session, its key (its
+/// limits, budget and models); the admin's, the tenant it names in `?tenant=`,
+/// under the key id `admin` (as the audit names the admin's own calls), within
+/// that tenant's limits and budget.
+async fn as_caller(mut request: Request, next: Next) -> Response {
+    let caller = match request.extensions().get::<Signed>() {
+        Some(Signed::Client(caller)) => caller.clone(),
+        Some(Signed::Admin) => {
+            let asked = axum::extract::Query::<AsTenant>::try_from_uri(request.uri())
+                .ok()
+                .and_then(|q| q.0.tenant)
+                .unwrap_or_default();
+            let tenant = asked.trim();
+            if let Err(e) = grant::check_tenant(tenant) {
+                return GatewayError::invalid(
+                    format!("name the tenant to chat as: {}", e.message),
+                    Some("tenant".to_owned()),
+                )
+                .into_response();
+            }
+            Caller::new(tenant, Some("admin"))
+        }
+        None => {
+            return GatewayError::Unauthorized("sign in to the console".to_owned()).into_response();
+        }
+    };
+    request.extensions_mut().insert(caller.clone());
+    let mut response = next.run(request).await;
+    response.extensions_mut().insert(caller);
     response
 }
 

@@ -54,6 +54,8 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/console/audit", signed_in_page("audit"))
         .route("/console/usage", signed_in_page("usage"))
         .route("/console/providers", signed_in_page("providers"))
+        .route("/console/documents", signed_in_page("documents"))
+        .route("/console/playground", signed_in_page("playground"))
         .route("/console/sign-in", get(sign_in_page).post(sign_in))
         .route("/console/sign-out", post(sign_out))
         .route("/console/api/overview", get(overview_data))
@@ -127,11 +129,24 @@ fn page_for(state: &AppState, query: &PageQuery, headers: &HeaderMap, name: &str
     let Some(visitor) = Visitor::of(state, headers) else {
         return Redirect::to("/console/sign-in").into_response();
     };
+    // The chat aliases the visitor may use (the playground's choice).
+    let aliases: Vec<&str> = state
+        .routes
+        .aliases()
+        .filter(|alias| {
+            visitor
+                .caller
+                .as_ref()
+                .is_none_or(|c| c.models.allows(alias))
+        })
+        .collect();
     let context = json!({
         "page": name,
         "csrf": sessions(state).csrf(&visitor.session),
         "admin": visitor.is_admin(),
         "tenant": visitor.tenant(),
+        "aliases": aliases,
+        "retrieval": state.corpus.is_some(),
     });
     with_lang(
         html(render(&format!("{name}.html"), lang, context)),
@@ -316,6 +331,18 @@ async fn asset(Path(file): Path<String>) -> Response {
         ),
         "providers.js" => (
             include_str!("assets/providers.js"),
+            "text/javascript; charset=utf-8",
+        ),
+        "common.js" => (
+            include_str!("assets/common.js"),
+            "text/javascript; charset=utf-8",
+        ),
+        "documents.js" => (
+            include_str!("assets/documents.js"),
+            "text/javascript; charset=utf-8",
+        ),
+        "playground.js" => (
+            include_str!("assets/playground.js"),
             "text/javascript; charset=utf-8",
         ),
         _ => return StatusCode::NOT_FOUND.into_response(),
