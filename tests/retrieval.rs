@@ -379,6 +379,38 @@ async fn no_tenant_sees_another_tenants_documents() {
     expect_error(list("key-a", "?limit=many").await, 400).await;
     // The key is checked before the body is read.
     expect_error(post_plain_text(&gw).await, 401).await;
+
+    // A search finds a tenant's own passages only.
+    let search = |key: &'static str, body: Value| {
+        let request = gw
+            .http()
+            .post(format!("{}/v1/search", gw.url))
+            .bearer_auth(key)
+            .json(&body);
+        async move { request.send().await.unwrap() }
+    };
+    let question = json!({"question": "How many days does a Lumio refund take?", "limit": 3});
+    let found: Value = search("key-a", question.clone())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(found["data"][0]["doc_id"], "returns.md", "{found}");
+    assert_eq!(found["data"][0]["relevant"], true);
+    assert!(found["data"].as_array().unwrap().len() <= 3);
+    let found: Value = search("key-b", question.clone())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(found["data"], json!([]), "{found}");
+    let mut elsewhere = question.clone();
+    elsewhere["tenant"] = json!("acme");
+    expect_error(search("key-b", elsewhere.clone()).await, 403).await;
+    let found: Value = search("admin-key", elsewhere).await.json().await.unwrap();
+    assert_eq!(found["data"][0]["doc_id"], "returns.md", "{found}");
+    expect_error(search("admin-key", question.clone()).await, 400).await;
+    expect_error(search("nobody", question).await, 401).await;
 }
 
 #[tokio::test]
