@@ -6,20 +6,11 @@
 (function () {
   const root = document.getElementById("audit");
   if (!root) return;
+  const { element, errorLine, call } = window.ragway;
   const text = root.dataset;
-  const errorBox = document.getElementById("audit-error");
+  const fail = errorLine(document.getElementById("audit-error"));
   const search = document.getElementById("audit-search");
-
-  function fail(message) {
-    errorBox.textContent = message;
-    errorBox.hidden = !message;
-  }
-
-  function cell(value) {
-    const td = document.createElement("td");
-    td.textContent = value === null || value === undefined ? "" : String(value);
-    return td;
-  }
+  const cell = (value) => element("td", value);
 
   // The search form's fields that are filled, as a query string.
   function query() {
@@ -39,11 +30,8 @@
   async function load() {
     const q = query();
     document.getElementById("audit-csv").href = `/console/api/audit.csv${q ? "?" + q : ""}`;
-    const response = await fetch(`/console/api/audit${q ? "?" + q : ""}`, { credentials: "same-origin" });
-    if (response.status === 401) { window.location.assign("/console/sign-in"); return; }
-    const answer = await response.json().catch(() => ({}));
-    if (!response.ok) { fail((answer.error && answer.error.message) || `HTTP ${response.status}`); return; }
-    fail("");
+    const answer = await call("GET", `/console/api/audit${q ? "?" + q : ""}`, { fail });
+    if (!answer) return;
     const body = document.querySelector("#audit-table tbody");
     if (!answer.data.length) {
       const empty = document.createElement("tr");
@@ -77,15 +65,8 @@
       const output = document.getElementById("verify-result");
       output.textContent = "…";
       const since = new FormData(verify).get("since").trim();
-      const response = await fetch("/console/api/audit/verify", {
-        method: "POST",
-        credentials: "same-origin",
-        headers: { "content-type": "application/json", "x-csrf-token": text.csrf },
-        body: JSON.stringify(since ? { since } : {}),
-      });
-      const answer = await response.json().catch(() => ({}));
-      if (!response.ok) { output.textContent = ""; fail((answer.error && answer.error.message) || `HTTP ${response.status}`); return; }
-      fail("");
+      const answer = await call("POST", "/console/api/audit/verify", { csrf: text.csrf, body: since ? { since } : {}, fail });
+      if (!answer) { output.textContent = ""; return; }
       output.className = answer.ok ? "state-closed" : "state-open";
       output.textContent = `${answer.ok ? text.chainOk : text.chainBad} ` +
         answer.chains.map((c) => c.report).join("; ");

@@ -5,39 +5,13 @@
 (function () {
   const root = document.getElementById("keys");
   if (!root) return;
+  const { element, errorLine, call } = window.ragway;
   const text = root.dataset;
   const admin = text.admin === "true";
-  const errorBox = document.getElementById("keys-error");
-
-  function element(tag, content, className) {
-    const node = document.createElement(tag);
-    if (content !== undefined && content !== null) node.textContent = String(content);
-    if (className) node.className = className;
-    return node;
-  }
-
-  function fail(message) {
-    errorBox.textContent = message;
-    errorBox.hidden = !message;
-  }
+  const fail = errorLine(document.getElementById("keys-error"));
 
   // A change through the console's API, with the page's CSRF token.
-  async function change(method, path, body) {
-    const response = await fetch(path, {
-      method,
-      credentials: "same-origin",
-      headers: { "content-type": "application/json", "x-csrf-token": text.csrf },
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    if (response.status === 401) { window.location.assign("/console/sign-in"); return null; }
-    const answer = await response.json().catch(() => ({}));
-    if (!response.ok) {
-      fail((answer.error && answer.error.message) || `HTTP ${response.status}`);
-      return null;
-    }
-    fail("");
-    return answer;
-  }
+  const change = (method, path, body) => call(method, path, { csrf: text.csrf, body, fail });
 
   const periods = { day: text.perDay, week: text.perWeek, month: text.perMonth };
 
@@ -107,10 +81,8 @@
   }
 
   async function load() {
-    const response = await fetch("/console/api/keys", { credentials: "same-origin" });
-    if (response.status === 401) { window.location.assign("/console/sign-in"); return; }
-    const answer = await response.json().catch(() => ({}));
-    if (!response.ok) { fail((answer.error && answer.error.message) || `HTTP ${response.status}`); return; }
+    const answer = await call("GET", "/console/api/keys", { fail });
+    if (!answer) return;
     const note = document.getElementById("keys-note");
     note.hidden = answer.managed;
     note.textContent = answer.managed ? "" : text.unmanaged;

@@ -6,50 +6,27 @@
 (function () {
   const root = document.getElementById("providers");
   if (!root) return;
+  const { element, errorLine, call } = window.ragway;
   const text = root.dataset;
-  const errorBox = document.getElementById("providers-error");
+  const fail = errorLine(document.getElementById("providers-error"));
   const names = { closed: text.closed, half_open: text.halfOpen, open: text.open };
-
-  function cell(value, className) {
-    const td = document.createElement("td");
-    td.textContent = value === null || value === undefined ? "" : String(value);
-    if (className) td.className = className;
-    return td;
-  }
-
-  // `quiet`: a failure is no data, not an error shown (a gateway without an audit
-  // trail has no errors to list).
-  async function json(path, options, quiet) {
-    const response = await fetch(path, Object.assign({ credentials: "same-origin" }, options || {}));
-    if (response.status === 401) { window.location.assign("/console/sign-in"); return null; }
-    const answer = await response.json().catch(() => ({}));
-    if (!response.ok && quiet) return null;
-    if (!response.ok) {
-      errorBox.textContent = (answer.error && answer.error.message) || `HTTP ${response.status}`;
-      errorBox.hidden = false;
-      return null;
-    }
-    return answer;
-  }
+  const cell = (value, className) => element("td", value, className);
 
   async function reset(target) {
-    const done = await json(`/console/api/breakers/${encodeURIComponent(target)}/reset`, {
-      method: "POST",
-      headers: { "x-csrf-token": text.csrf },
-    });
-    if (done) load();
+    const path = `/console/api/breakers/${encodeURIComponent(target)}/reset`;
+    if (await call("POST", path, { csrf: text.csrf, fail })) load();
   }
 
   let loads = 0;
   async function load() {
     const readAudit = loads++ % 6 === 0;
+    // The audit read is quiet: a gateway without an audit trail has no errors to list.
     const [breakers, overview, errors] = await Promise.all([
-      json("/console/api/breakers"),
-      json("/console/api/overview"),
-      readAudit ? json("/console/api/audit?limit=200", undefined, true) : null,
+      call("GET", "/console/api/breakers", { fail }),
+      call("GET", "/console/api/overview", { fail }),
+      readAudit ? call("GET", "/console/api/audit?limit=200") : null,
     ]);
     if (!breakers || !overview) return;
-    errorBox.hidden = true;
     const attempts = {};
     for (const s of overview.metrics.ragway_upstream_attempts_total || []) {
       const t = (attempts[s.labels.target] = attempts[s.labels.target] || {});

@@ -5,16 +5,11 @@
 (function () {
   const root = document.getElementById("usage");
   if (!root) return;
+  const { element, errorLine, call } = window.ragway;
   const text = root.dataset;
   const form = document.getElementById("usage-search");
-  const errorBox = document.getElementById("usage-error");
-
-  function cell(value, className) {
-    const td = document.createElement("td");
-    td.textContent = value === null || value === undefined ? "" : String(value);
-    if (className) td.className = className;
-    return td;
-  }
+  const fail = errorLine(document.getElementById("usage-error"));
+  const cell = (value, className) => element("td", value, className);
 
   function query() {
     const params = new URLSearchParams();
@@ -34,15 +29,8 @@
   async function load() {
     const q = query();
     document.getElementById("usage-csv").href = `/console/api/usage.csv?${q}`;
-    const response = await fetch(`/console/api/usage?${q}`, { credentials: "same-origin" });
-    if (response.status === 401) { window.location.assign("/console/sign-in"); return; }
-    const answer = await response.json().catch(() => ({}));
-    if (!response.ok) {
-      errorBox.textContent = (answer.error && answer.error.message) || `HTTP ${response.status}`;
-      errorBox.hidden = false;
-      return;
-    }
-    errorBox.hidden = true;
+    const answer = await call("GET", `/console/api/usage?${q}`, { fail });
+    if (!answer) return;
     const rows = answer.data || [];
     const total = rows.reduce((t, r) => ({
       requests: t.requests + r.requests,
