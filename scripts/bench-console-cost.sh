@@ -26,7 +26,8 @@ admin_key_env = \"BENCH_ADMIN_KEY\"
 database = \"sqlite://$work/keys.db\""
 start_gateway "$GATEWAY_PORT" "$UPSTREAM_PORT" "$extra"
 base="http://127.0.0.1:$GATEWAY_PORT"
-write_post_lua "$(body_for pii-audit)"
+# A managed key with limits no run reaches: the API's callers use it.
+write_post_lua "$(body_for pii-audit)" "$(bench_key governed "$GATEWAY_PORT")"
 
 jar="$work/cookies"
 token=$(curl -fsS -c "$jar" "$base/console/sign-in" | sed -n 's/.*name="token" value="\([^"]*\)".*/\1/p' | head -1)

@@ -18,11 +18,15 @@ async fn console_gateway(fake: &FakeProvider, dir: &TempDir) -> Gateway {
     console_gateway_over(fake, dir, "ok", "").await
 }
 
-/// [`console_gateway`] with the cache (in memory) and retrieval (MiniLM, an
-/// embedded store under `dir`), the alias `chat` answering with the user's text as the provider saw it.
+/// The body limit of [`console_rag_gateway`]'s chats, below a document's.
+const CHAT_BODY_LIMIT: usize = 16 * 1024;
+
+/// [`console_gateway`] with the cache (in memory), retrieval (MiniLM, an
+/// embedded store under `dir`) and chats of at most [`CHAT_BODY_LIMIT`] bytes, the
+/// alias `chat` answering with the user's text as the provider saw it.
 async fn console_rag_gateway(fake: &FakeProvider, dir: &TempDir) -> Gateway {
     let retrieval = format!(
-        "\n[cache]\n\n[embeddings]\nmodel = \"models/all-MiniLM-L6-v2\"\n\n[retrieval]\npath = \"{}\"\n",
+        "\n[server]\nmax_body_bytes = {CHAT_BODY_LIMIT}\n\n[cache]\n\n[embeddings]\nmodel = \"models/all-MiniLM-L6-v2\"\n\n[retrieval]\npath = \"{}\"\n",
         dir.0.join("qdrant").display()
     );
     console_gateway_over(fake, dir, "echo", &retrieval).await
@@ -1425,7 +1429,26 @@ async fn the_console_manages_documents_and_asks_them() {
     let found: Value = found.json().await.unwrap();
     assert_eq!(found["data"][0]["doc_id"], "returns.md", "{found}");
 
-    let path = "/console/api/documents/returns.md";
+    // A larger body than a chat's is taken as a document: the document limit holds.
+    let long: String = RETURNS.repeat(CHAT_BODY_LIMIT / RETURNS.len() + 1);
+    let stored = api(
+        &gw,
+        Method::POST,
+        "/console/api/documents",
+        &acme,
+        Some(&token),
+        Some(json!({"id": "../kb/long.md", "text": long})),
+    )
+    .await;
+    assert_eq!(stored.status(), 201);
+    // An id with `..` in it is deleted by its name in the query.
+    let path = "/console/api/documents?id=..%2Fkb%2Flong.md";
+    let deleted = api(&gw, Method::DELETE, path, &acme, Some(&token), None).await;
+    assert_eq!(deleted.status(), 200);
+    let unsigned = api(&gw, Method::GET, "/console/api/documents", "", None, None).await;
+    crate::support::expect_error(unsigned, 401).await;
+
+    let path = "/console/api/documents?id=returns.md";
     let unguarded = api(&gw, Method::DELETE, path, &acme, None, None).await;
     assert_eq!(unguarded.status(), 403);
     assert_eq!(documents_listed(&gw, &acme, "").await, ["returns.md"]);
@@ -1610,6 +1633,23 @@ async fn the_playground_chats_through_the_whole_pipeline_as_the_signed_in_key() 
     )
     .await;
     crate::support::expect_error(unknown, 404).await;
+    // A client key's session chats as its own tenant, whatever it names.
+    let elsewhere = api(
+        &gw,
+        Method::POST,
+        "/console/api/chat?tenant=globex",
+        &acme,
+        Some(&token),
+        Some(json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}]})),
+    )
+    .await;
+    assert_eq!(elsewhere.status(), 200);
+    let request_id = elsewhere.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let rows = audit_rows(&gw, &admin_cookie, &format!("request_id={request_id}"), 1).await;
+    assert_eq!(rows[0]["tenant"], "acme", "{}", rows[0]);
 }
 
 #[tokio::test]

@@ -8,7 +8,9 @@
 //!   the same optional fields as text parts. 201 when stored, 200 when the same
 //!   document was already there.
 //! - `GET /v1/documents?limit=N`: the tenant's documents.
-//! - `DELETE /v1/documents/{id}`: removes one (ids may hold `/`).
+//! - `DELETE /v1/documents/{id}`: removes one (ids may hold `/`); or
+//!   `DELETE /v1/documents?id=…`, for an id a URL path cannot carry as it is (a
+//!   `..` segment, which clients resolve away before sending).
 //! - `POST /v1/search`: JSON `{"question", "collection"?, "limit"?}`: the
 //!   passages a question finds, best first, with their scores (what grounding would
 //!   choose from), without calling a model.
@@ -48,6 +50,8 @@ const MAX_QUESTION_CHARS: usize = 2_000;
 pub struct Params {
     tenant: Option<String>,
     limit: Option<usize>,
+    /// The document to delete, when the path does not name it.
+    id: Option<String>,
 }
 
 /// The JSON form of an upload.
@@ -226,6 +230,31 @@ pub async fn delete(
     let corpus = corpus(&state)?;
     let params = query(params)?;
     let Path(id) = id.map_err(|e| GatewayError::invalid(e.body_text(), Some("id".to_owned())))?;
+    remove(&corpus, &principal, params, id).await
+}
+
+/// `DELETE /v1/documents?id=…`.
+pub async fn delete_named(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    params: Result<Query<Params>, QueryRejection>,
+) -> Result<Json<Value>, GatewayError> {
+    let corpus = corpus(&state)?;
+    let mut params = query(params)?;
+    let id = params
+        .id
+        .take()
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| GatewayError::invalid("name the document: `?id=`", Some("id".to_owned())))?;
+    remove(&corpus, &principal, params, id).await
+}
+
+async fn remove(
+    corpus: &Corpus,
+    principal: &Principal,
+    params: Params,
+    id: String,
+) -> Result<Json<Value>, GatewayError> {
     let tenant = principal.tenant(params.tenant.as_deref())?;
     let removed = corpus.delete(&tenant, &id).await?;
     if removed == 0 {

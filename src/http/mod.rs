@@ -61,17 +61,20 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             admin::require_admin,
         ));
-    // Documents take a client key or the admin key, and bodies up to the document
+    // Documents take a client key or the admin key, and uploads up to the document
     // limit rather than the chat limit.
     let documents = Router::new()
         .route(
             "/v1/documents",
-            post(documents::create).get(documents::list),
+            post(documents::create)
+                .get(documents::list)
+                .delete(documents::delete_named),
         )
-        // Not under /v1/documents/: a document may be called `search`.
-        .route("/v1/search", post(documents::search))
         .route("/v1/documents/{*id}", delete(documents::delete))
         .layer(document_body_limit(&state))
+        // Not under /v1/documents/ (a document may be called `search`), and a
+        // question's body is held to the chat limit.
+        .route("/v1/search", post(documents::search))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             documents::principal,

@@ -85,14 +85,12 @@ pub fn router(state: AppState) -> Router<AppState> {
     let documents = Router::new()
         .route(
             "/console/api/documents",
-            post(documents::create).get(documents::list),
+            post(documents::create)
+                .get(documents::list)
+                .delete(documents::delete_named),
         )
-        .route("/console/api/search", post(documents::search))
-        .route(
-            "/console/api/documents/{*id}",
-            axum::routing::delete(documents::delete),
-        )
-        .layer(super::super::document_body_limit(&state));
+        .layer(super::super::document_body_limit(&state))
+        .route("/console/api/search", post(documents::search));
     let chat = Router::new()
         .route("/console/api/chat", post(chat::completions))
         .route_layer(middleware::from_fn(as_caller));

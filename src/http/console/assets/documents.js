@@ -13,8 +13,11 @@
   const fail = errorLine(document.getElementById("documents-error"));
   const scope = document.getElementById("documents-scope");
   let documents = [];
+  // The tenant whose documents are shown (the admin's choice when it pressed Show):
+  // every action acts on it, whatever the box holds since.
+  let shown = null;
 
-  function tenant() {
+  function typedTenant() {
     return admin ? String(new FormData(scope).get("tenant") || "").trim() : "";
   }
 
@@ -22,13 +25,13 @@
     return String(new FormData(scope).get("collection") || "");
   }
 
-  // `?tenant=` for the admin (who must name one), nothing for a client key.
+  // `tenant=` for the admin (who must name one), nothing for a client key.
   function tenantQuery() {
-    return admin ? `tenant=${encodeURIComponent(tenant())}` : "";
+    return admin ? `tenant=${encodeURIComponent(shown)}` : "";
   }
 
   function ready() {
-    if (admin && !tenant()) { fail(text.nameTenant); return false; }
+    if (admin && !shown) { fail(text.nameTenant); return false; }
     return true;
   }
 
@@ -81,9 +84,9 @@
 
   async function removeDocument(id) {
     if (!window.confirm(`${text.confirmDelete}\n${id}`)) return;
-    const path = id.split("/").map(encodeURIComponent).join("/");
+    // In the query: a path would lose an id's `..` segments on the way.
     const q = tenantQuery();
-    const done = await call("DELETE", `/console/api/documents/${path}${q ? "?" + q : ""}`, { csrf: text.csrf, fail });
+    const done = await call("DELETE", `/console/api/documents?id=${encodeURIComponent(id)}${q ? "&" + q : ""}`, { csrf: text.csrf, fail });
     if (done) load();
   }
 
@@ -100,7 +103,7 @@
     const form = new FormData();
     const into = String(new FormData(document.getElementById("upload")).get("collection") || "").trim();
     if (into) form.append("collection", into);
-    if (admin) form.append("tenant", tenant());
+    if (admin) form.append("tenant", shown);
     form.append("file", file, file.name);
     return new Promise((resolve) => {
       const request = new XMLHttpRequest();
@@ -166,7 +169,7 @@
     const question = String(new FormData(event.target).get("question") || "");
     const body = { question, limit: 5 };
     if (collection()) body.collection = collection();
-    if (admin) body.tenant = tenant();
+    if (admin) body.tenant = shown;
     const answer = await call("POST", "/console/api/search", { csrf: text.csrf, body, fail });
     if (!answer) return;
     const list = document.getElementById("passages");
@@ -185,7 +188,11 @@
     }));
   });
 
-  scope.addEventListener("submit", (event) => { event.preventDefault(); load(); });
+  scope.addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (admin) shown = typedTenant() || null;
+    load();
+  });
   scope.querySelector("select[name=collection]").addEventListener("change", render);
   if (!admin) load();
 })();

@@ -19,6 +19,9 @@
   const stop = document.getElementById("stop");
   let messages = [];
   let running = null;
+  // Counts conversations, so that an answer cut off by "new conversation" stays
+  // out of the next one.
+  let conversationNo = 0;
 
   function chosen(name) {
     return new FormData(settings).get(name);
@@ -134,6 +137,11 @@
     const headers = { "content-type": "application/json", "x-csrf-token": text.csrf };
     if (chosen("rag")) headers["x-ragway-rag"] = chosen("rag");
     const body = { model, messages, stream };
+    const mine = conversationNo;
+    const keep = (reply) => {
+      if (mine !== conversationNo) return;
+      if (reply === null) messages.pop(); else messages.push({ role: "assistant", content: reply });
+    };
     // The cache keeps answers given at temperature 0 (or with a seed) by default.
     const temperature = String(chosen("temperature") || "").trim();
     if (temperature) body.temperature = Number(temperature);
@@ -151,17 +159,17 @@
         const error = await response.json().catch(() => ({}));
         answer.item.classList.add("failed");
         answer.body.textContent = message(error, response.status);
-        messages.pop();
+        keep(null);
         return;
       }
       const requestId = meta(answer, response);
-      let cited = null, used = null;
+      let cited = null, used = null, cut = false;
       if (stream) {
         await readEvents(response, (data) => {
           if (data === "[DONE]") return;
           let chunk;
           try { chunk = JSON.parse(data); } catch (_) { return; }
-          if (chunk.error) { answer.item.classList.add("failed"); answer.body.textContent = written + "\n" + message(chunk, ""); return; }
+          if (chunk.error) { cut = true; answer.item.classList.add("failed"); answer.body.textContent = written + "\n" + message(chunk, ""); return; }
           const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
           if (delta && delta.content) { written += delta.content; answer.body.textContent = written; }
           if (chunk.ragway && chunk.ragway.citations) cited = chunk.ragway.citations;
@@ -174,15 +182,16 @@
         cited = whole.ragway && whole.ragway.citations;
         used = whole.usage;
       }
-      messages.push({ role: "assistant", content: written });
+      // A cut answer is shown but not sent back as said: the user asks again.
+      keep(cut ? null : written);
       citations(answer, cited);
       usage(answer, used);
-      answer.item.classList.add("done");
+      if (!cut) answer.item.classList.add("done");
       if (requestId) replaced(answer, requestId);
     } catch (error) {
       answer.item.classList.add("failed");
       answer.body.textContent = `${written}\n${error.name === "AbortError" ? text.stopped : String(error)}`;
-      if (written) messages.push({ role: "assistant", content: written }); else messages.pop();
+      keep(null);
     } finally {
       answer.item.classList.remove("pending");
       running = null;
@@ -205,6 +214,7 @@
   stop.addEventListener("click", () => { if (running) running.abort(); });
   document.getElementById("new-conversation").addEventListener("click", () => {
     if (running) running.abort();
+    conversationNo += 1;
     messages = [];
     conversation.replaceChildren();
   });

@@ -20,12 +20,16 @@
   let loads = 0;
   async function load() {
     const readAudit = loads++ % 6 === 0;
-    // The audit read is quiet: a gateway without an audit trail has no errors to list.
+    // Both reads' errors are shown; the audit read is quiet (a gateway without an
+    // audit trail has no errors to list).
+    const failures = [];
+    const note = (message) => { if (message) failures.push(message); };
     const [breakers, overview, errors] = await Promise.all([
-      call("GET", "/console/api/breakers", { fail }),
-      call("GET", "/console/api/overview", { fail }),
+      call("GET", "/console/api/breakers", { fail: note }),
+      call("GET", "/console/api/overview", { fail: note }),
       readAudit ? call("GET", "/console/api/audit?limit=200") : null,
     ]);
+    fail(failures.join("; "));
     if (!breakers || !overview) return;
     const attempts = {};
     for (const s of overview.metrics.ragway_upstream_attempts_total || []) {
