@@ -158,6 +158,8 @@ pub struct Attempt {
     pub latency: std::time::Duration,
     /// Why it failed; `None` when it answered.
     pub failure: Option<Failure>,
+    /// It asked for the rest of an answer another target had begun.
+    pub continuation: bool,
 }
 
 /// A failed attempt, flat: what the record and the metrics need of it.

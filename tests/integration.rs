@@ -22,6 +22,7 @@ mod privacy;
 mod providers;
 mod python_sdk;
 mod resilience;
+mod resume;
 mod retrieval;
 mod routing;
 mod store;

@@ -96,13 +96,18 @@ impl RowBuilder {
             .attempts
             .iter()
             .map(|a| {
-                serde_json::json!({
+                let mut attempt = serde_json::json!({
                     "target": &*a.target,
                     "outcome": a.failure.as_ref().map_or("ok", |f| f.class),
                     "http_status": a.failure.as_ref().and_then(|f| f.status),
                     "error": a.failure.as_ref().map(|f| self.redacted(crate::encode::truncate(&f.message, 500))),
                     "latency_ms": round3(a.latency.as_secs_f64() * 1000.0),
-                })
+                });
+                // Only where it is one: earlier rows' attempts read the same.
+                if a.continuation {
+                    attempt["continuation"] = true.into();
+                }
+                attempt
             })
             .collect();
         let pii: serde_json::Map<_, _> = r

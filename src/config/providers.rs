@@ -10,6 +10,7 @@ use super::validate::Problems;
 use super::{Env, LocalModelConfig, ProviderConfig, ProviderKind};
 use crate::generate::Deadlines;
 use crate::generate::endpoint::ChatEndpoint;
+use crate::generate::resume::Prefill;
 use crate::resilience::{BreakerPolicy, RetryPolicy};
 
 #[derive(Debug, Deserialize)]
@@ -25,6 +26,12 @@ pub struct RawProvider {
     /// then the first-token and idle deadlines can tell a silent provider from a
     /// slow answer.
     pub stream_upstream: Option<bool>,
+    /// How it continues an answer another target began: `none`, `deepseek`,
+    /// `vllm` or `assistant`.
+    pub prefill: Option<String>,
+    /// DeepSeek's beta base URL, for `prefill = "deepseek"` (by default the
+    /// base_url with `/beta` in place of a final `/v1`).
+    pub prefill_base_url: Option<String>,
     pub connect_timeout: Option<String>,
     pub first_token_timeout: Option<String>,
     pub idle_timeout: Option<String>,
@@ -140,6 +147,7 @@ pub(super) fn provider(
             defaults.idle,
         ),
     };
+    let (prefill, prefill_base_url) = prefill(&at, kind, &raw, problems);
     let retry = retry(&at, raw.retry, problems);
     let breaker = breaker(&at, raw.breaker, problems);
     for (header, value) in &raw.headers {
@@ -176,12 +184,69 @@ pub(super) fn provider(
         headers: raw.headers,
         request_usage: raw.request_usage.unwrap_or(true),
         stream_upstream: raw.stream_upstream.unwrap_or(true),
+        prefill,
+        prefill_base_url,
         deadlines,
         retry,
         breaker,
         limits: raw.limits,
         model_limits: raw.model_limits,
     })
+}
+
+/// The prefill dialect and, for DeepSeek's, where prefix completions go.
+fn prefill(
+    at: &str,
+    kind: Option<ProviderKind>,
+    raw: &RawProvider,
+    problems: &mut Problems,
+) -> (Prefill, Option<ChatEndpoint>) {
+    let dialect = match raw
+        .prefill
+        .as_deref()
+        .map(|name| (name, Prefill::parse(name)))
+    {
+        None => Prefill::None,
+        Some((_, Some(dialect))) => dialect,
+        Some((name, None)) => {
+            problems.add(
+                format!("{at}.prefill"),
+                format!("`{name}` is not one of: none, deepseek, vllm, assistant"),
+            );
+            Prefill::None
+        }
+    };
+    if dialect != Prefill::None && kind == Some(ProviderKind::Local) {
+        problems.add(
+            format!("{at}.prefill"),
+            "is only for kind = \"openai\" (the local model cannot continue an answer yet)",
+        );
+    }
+    let beta = match (
+        dialect,
+        raw.prefill_base_url.as_deref(),
+        raw.base_url.as_deref(),
+    ) {
+        (Prefill::Deepseek, Some(url), _) => Some(url.to_owned()),
+        (Prefill::Deepseek, None, Some(base)) => {
+            let base = base.trim().trim_end_matches('/');
+            Some(format!("{}/beta", base.strip_suffix("/v1").unwrap_or(base)))
+        }
+        (_, Some(_), _) => {
+            problems.add(
+                format!("{at}.prefill_base_url"),
+                "is only for prefill = \"deepseek\"",
+            );
+            None
+        }
+        _ => None,
+    };
+    let beta = beta.and_then(|url| {
+        ChatEndpoint::parse(&url)
+            .map_err(|e| problems.add(format!("{at}.prefill_base_url"), e))
+            .ok()
+    });
+    (dialect, beta)
 }
 
 pub(super) fn local_model(

@@ -44,6 +44,18 @@ struct ChoiceParts {
 }
 
 impl Assembler {
+    /// The answer's text so far, when another target could continue it: one
+    /// choice, unfinished, with no tool calls.
+    pub fn resumable_text(&self) -> Option<&str> {
+        let mut choices = self.choices.iter();
+        let (index, only) = choices.next()?;
+        let resumable = *index == 0
+            && choices.next().is_none()
+            && only.tool_calls.is_empty()
+            && only.finish_reason.is_none();
+        resumable.then_some(only.content.as_str())
+    }
+
     pub fn add(&mut self, chunk: &ChatChunk) {
         if self.id.is_empty() {
             self.id.clone_from(&chunk.id);

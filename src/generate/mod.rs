@@ -10,6 +10,7 @@ pub mod error;
 mod frames;
 mod local;
 pub mod openai;
+pub mod resume;
 mod retry;
 mod route;
 mod router;
@@ -55,6 +56,11 @@ pub trait ChatProvider: Send + Sync {
         model: &str,
         request: &ChatRequest,
     ) -> Result<ChunkStream, UpstreamError>;
+
+    /// How it continues an answer another target began ([`resume`]).
+    fn prefill(&self) -> resume::Prefill {
+        resume::Prefill::None
+    }
 }
 
 /// The generate stage, as the pipeline sees it.
@@ -139,4 +145,6 @@ impl Default for Deadlines {
 pub struct Generated {
     pub attempts: Vec<Attempt>,
     pub result: Result<Answer, GatewayError>,
+    /// The attempts a streamed answer makes later, resuming after a break.
+    pub resumed: resume::ResumeLog,
 }

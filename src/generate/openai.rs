@@ -13,6 +13,7 @@ use serde::Serialize;
 use super::ProviderConfig;
 use super::endpoint::ChatEndpoint;
 use super::error::{ProviderError, UpstreamError};
+use super::resume::Prefill;
 use super::stream::{ChunkStream, chunk_stream};
 use super::upstream::{Response, Upstream, error_chain};
 use super::{ChatProvider, stream};
@@ -26,6 +27,9 @@ const MAX_ANSWER_BODY: usize = 32 * 1024 * 1024;
 
 pub struct OpenAiProvider {
     endpoint: ChatEndpoint,
+    prefill: Prefill,
+    /// Where a request with a DeepSeek prefix goes.
+    prefix_endpoint: Option<ChatEndpoint>,
     headers: HeaderMap,
     /// `headers` plus `accept: text/event-stream`.
     stream_headers: HeaderMap,
@@ -69,6 +73,8 @@ impl OpenAiProvider {
         );
         Ok(OpenAiProvider {
             endpoint,
+            prefill: config.prefill,
+            prefix_endpoint: config.prefill_base_url.clone(),
             headers,
             stream_headers,
             request_usage: config.request_usage,
@@ -96,10 +102,11 @@ impl OpenAiProvider {
             request,
         })
         .map_err(|e| UpstreamError::Protocol(format!("cannot encode request: {e}")))?;
-        let uri = self
-            .endpoint
-            .url_for(model)
-            .map_err(UpstreamError::Connect)?;
+        let endpoint = match &self.prefix_endpoint {
+            Some(beta) if is_prefix_completion(request) => beta,
+            _ => &self.endpoint,
+        };
+        let uri = endpoint.url_for(model).map_err(UpstreamError::Connect)?;
         let headers = match stream {
             true => &self.stream_headers,
             false => &self.headers,
@@ -163,6 +170,18 @@ impl ChatProvider for OpenAiProvider {
             request.n.unwrap_or(1),
         ))
     }
+
+    fn prefill(&self) -> Prefill {
+        self.prefill
+    }
+}
+
+/// A DeepSeek prefix completion: its final assistant message says `prefix`.
+fn is_prefix_completion(request: &ChatRequest) -> bool {
+    request
+        .messages
+        .last()
+        .is_some_and(|m| m.extra.get("prefix").and_then(serde_json::Value::as_bool) == Some(true))
 }
 
 /// Removes the moderation flag from a whole answer; true if it was set.

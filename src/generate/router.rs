@@ -16,7 +16,8 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use tokio::time::{Instant, timeout_at};
 
-use super::assemble::collect;
+use super::assemble::Assembler;
+use super::resume::{self, ResumeLog, Resumer};
 use super::retry::{Disposition, classify};
 use super::{
     Answer, AnswerBody, Attempt, ChunkStream, Generate, Generated, Prompt, Route, Target,
@@ -60,6 +61,7 @@ impl Router {
 
     /// What one target does for one request: a place under its own limits, then
     /// its attempts; the place is settled when the answer ends.
+    #[allow(clippy::too_many_arguments)]
     async fn try_target(
         &self,
         call: &Call<'_>,
@@ -68,11 +70,12 @@ impl Router {
         target: &Arc<Target>,
         prompt: &Prompt,
         deadline: Instant,
+        resumer: Option<&Resumer>,
     ) -> Result<Answer, Left> {
         let prompt = prompt.for_target(target);
         let pass = self.enter_gates(call, target, prompt).await?;
         let result = self
-            .attempts(call, tries, route, target, prompt, deadline)
+            .attempts(call, tries, route, target, prompt, deadline, resumer)
             .await;
         let used = match &result {
             Ok(Answer {
@@ -139,7 +142,10 @@ impl Router {
             })
     }
 
-    /// Every attempt one target gets for one request, its breaker permitting.
+    /// Every attempt one target gets for one request, its breaker permitting. An
+    /// answer that breaks after part of it arrived is resumed by `resumer`'s
+    /// targets: a stream as it goes, a whole answer before it is returned.
+    #[allow(clippy::too_many_arguments)]
     async fn attempts(
         &self,
         call: &Call<'_>,
@@ -148,6 +154,7 @@ impl Router {
         target: &Arc<Target>,
         prompt: &ChatRequest,
         deadline: Instant,
+        resumer: Option<&Resumer>,
     ) -> Result<Answer, Left> {
         let mut retries = 0;
         let mut last: Option<UpstreamError> = None;
@@ -166,14 +173,22 @@ impl Router {
                 });
             };
             let started = Instant::now();
-            let result = self.attempt(target, prompt, call.stream, deadline).await;
+            let mut partial = None;
+            let result = self
+                .attempt(target, prompt, call.stream, deadline, &mut partial)
+                .await;
             let latency = started.elapsed();
             let error = match result {
                 Ok(body) => {
                     let body = match body {
-                        // A committed stream records its verdict when it ends.
+                        // A committed stream records its verdict when it ends
+                        // (before any resumption goes on past it).
                         AnswerBody::Stream(chunks) => {
-                            AnswerBody::Stream(self.settle_at_end(target, chunks, permit))
+                            let chunks = settle_at_end(&self.metrics, target, chunks, permit);
+                            AnswerBody::Stream(match resumer {
+                                Some(resumer) => resume::splice(chunks, resumer.clone()),
+                                None => chunks,
+                            })
                         }
                         whole => {
                             let transition = permit.record(Verdict::Success, Instant::now());
@@ -187,6 +202,7 @@ impl Router {
                         target: target.id.clone(),
                         latency,
                         failure: None,
+                        continuation: false,
                     });
                     return Ok(Answer {
                         target: target.id.clone(),
@@ -209,8 +225,27 @@ impl Router {
                 target: target.id.clone(),
                 latency,
                 failure: Some(error.failure()),
+                continuation: false,
             });
             tries.asked_waits.extend(error.retry_after());
+            // A whole answer cut part-way is finished by a target that continues
+            // it, rather than asked for again from the start.
+            let error = match (resumer, partial) {
+                (Some(resumer), Some(partial)) => {
+                    match resume::finish_whole(resumer, partial, error).await {
+                        Ok(completion) => {
+                            return Ok(Answer {
+                                target: target.id.clone(),
+                                started,
+                                body: AnswerBody::Whole(Box::new(completion)),
+                                raw_output: target.raw_input,
+                            });
+                        }
+                        Err(error) => error,
+                    }
+                }
+                _ => error,
+            };
             if classified.disposition != Disposition::Retry {
                 return Err(Left::Failed(error, classified.disposition));
             }
@@ -233,17 +268,19 @@ impl Router {
         }
     }
 
-    /// One attempt, under the target's deadlines.
+    /// One attempt, under the target's deadlines. A whole answer assembled from a
+    /// stream that broke leaves what had arrived in `partial`.
     async fn attempt(
         &self,
         target: &Target,
         prompt: &ChatRequest,
         client_streams: bool,
         deadline: Instant,
+        partial: &mut Option<Assembler>,
     ) -> Result<AnswerBody, UpstreamError> {
         if client_streams || target.stream_upstream {
             return self
-                .streamed(target, prompt, client_streams, deadline)
+                .streamed(target, prompt, client_streams, deadline, partial)
                 .await;
         }
         // A provider that cannot stream: only the request's deadline bounds it.
@@ -261,11 +298,15 @@ impl Router {
         prompt: &ChatRequest,
         client_streams: bool,
         deadline: Instant,
+        partial: &mut Option<Assembler>,
     ) -> Result<AnswerBody, UpstreamError> {
         let first_token_by = Instant::now()
             .checked_add(target.deadlines.first_token)
             .map_or(deadline, |t| t.min(deadline));
-        let opened = timeout_at(first_token_by, open_stream(target, prompt)).await;
+        let opened = timeout_at(first_token_by, async {
+            first_content(target.provider.stream(&target.model, prompt).await?).await
+        })
+        .await;
         let chunks = match opened {
             Ok(result) => result?,
             Err(_) if first_token_by == deadline => {
@@ -277,44 +318,21 @@ impl Router {
         if client_streams {
             return Ok(AnswerBody::Stream(chunks));
         }
-        collect(chunks)
-            .await
-            .map(|c| AnswerBody::Whole(Box::new(c)))
-    }
-
-    /// Wraps a committed stream so that its end settles the breaker permit: a clean
-    /// end is a success, an error a failure, a stream dropped early (the client left)
-    /// neutral.
-    fn settle_at_end(
-        &self,
-        target: &Arc<Target>,
-        chunks: ChunkStream,
-        permit: Permit,
-    ) -> ChunkStream {
-        let state = (
-            chunks,
-            Some(permit),
-            Arc::clone(target),
-            Arc::clone(&self.metrics),
-        );
-        Box::pin(futures_util::stream::unfold(
-            state,
-            |(mut chunks, mut permit, target, metrics)| async move {
-                let item = chunks.next().await;
-                let verdict = match &item {
-                    None => Some(Verdict::Success),
-                    Some(Err(_)) => Some(Verdict::Failure),
-                    Some(Ok(_)) => None,
-                };
-                if let (Some(verdict), Some(permit)) = (verdict, permit.take()) {
-                    let transition = permit.record(verdict, Instant::now());
-                    if let Some(state) = transition {
-                        metrics.breaker_changed(&target.id, state);
-                    }
+        let mut assembled = Assembler::default();
+        let mut chunks = chunks;
+        while let Some(chunk) = chunks.next().await {
+            match chunk {
+                Ok(chunk) => assembled.add(&chunk),
+                Err(error) => {
+                    *partial = Some(assembled);
+                    return Err(error);
                 }
-                Some((item?, (chunks, permit, target, metrics)))
-            },
-        ))
+            }
+        }
+        assembled
+            .finish()
+            .map(|c| AnswerBody::Whole(Box::new(c)))
+            .ok_or_else(|| UpstreamError::Protocol("the stream held no answer".to_owned()))
     }
 
     fn report(&self, target: &Target, transition: Option<BreakerState>) {
@@ -324,14 +342,51 @@ impl Router {
     }
 }
 
+/// Wraps a committed stream so that its end settles the breaker permit: a clean
+/// end is a success, an error a failure, a stream dropped early (the client left)
+/// neutral.
+pub(super) fn settle_at_end(
+    metrics: &Arc<Metrics>,
+    target: &Arc<Target>,
+    chunks: ChunkStream,
+    permit: Permit,
+) -> ChunkStream {
+    let state = (
+        chunks,
+        Some(permit),
+        Arc::clone(target),
+        Arc::clone(metrics),
+    );
+    Box::pin(futures_util::stream::unfold(
+        state,
+        |(mut chunks, mut permit, target, metrics)| async move {
+            let item = chunks.next().await;
+            let verdict = match &item {
+                None => Some(Verdict::Success),
+                Some(Err(_)) => Some(Verdict::Failure),
+                Some(Ok(_)) => None,
+            };
+            if let (Some(verdict), Some(permit)) = (verdict, permit.take()) {
+                let transition = permit.record(verdict, Instant::now());
+                if let Some(state) = transition {
+                    metrics.breaker_changed(&target.id, state);
+                }
+            }
+            Some((item?, (chunks, permit, target, metrics)))
+        },
+    ))
+}
+
 #[async_trait]
 impl Generate for Router {
     async fn generate(&self, call: &Call<'_>, route: &Route, prompt: &Prompt) -> Generated {
         let mut tries = Tries::default();
-        let result = self.walk(call, &mut tries, route, prompt).await;
+        let resumed = ResumeLog::default();
+        let result = self.walk(call, &mut tries, route, prompt, &resumed).await;
         Generated {
             attempts: tries.attempts,
             result,
+            resumed,
         }
     }
 }
@@ -344,18 +399,35 @@ impl Router {
         tries: &mut Tries,
         route: &Route,
         prompt: &Prompt,
+        resumed: &ResumeLog,
     ) -> Result<Answer, GatewayError> {
         let deadline = call.deadline;
         let mut left: Option<(Arc<str>, &'static str)> = None;
         let mut last_error = None;
         // Whether every target refused the request itself (rather than being down).
         let mut all_refused = true;
-        for target in &route.targets {
+        for (at, target) in route.targets.iter().enumerate() {
             if let Some((from, reason)) = left.take() {
                 self.metrics.failover(&from, &target.id, reason);
             }
+            let resumer = Resumer::new(
+                &route.targets,
+                at,
+                prompt.for_target(target),
+                deadline,
+                &self.metrics,
+                resumed,
+            );
             match self
-                .try_target(call, tries, route, target, prompt, deadline)
+                .try_target(
+                    call,
+                    tries,
+                    route,
+                    target,
+                    prompt,
+                    deadline,
+                    resumer.as_ref(),
+                )
                 .await
             {
                 Ok(generation) => return Ok(generation),
@@ -411,10 +483,9 @@ fn settle_pass_at_end(chunks: ChunkStream, pass: Option<crate::quota::Pass>) -> 
     ))
 }
 
-/// Opens a stream and waits for its first chunk with content, holding back empty
-/// role announcements so that a failure before any content can still fail over.
-async fn open_stream(target: &Target, prompt: &ChatRequest) -> Result<ChunkStream, UpstreamError> {
-    let mut stream = target.provider.stream(&target.model, prompt).await?;
+/// Waits for a stream's first chunk with content, holding back empty role
+/// announcements so that a failure before any content can still fail over.
+pub(super) async fn first_content(mut stream: ChunkStream) -> Result<ChunkStream, UpstreamError> {
     let mut held = Vec::new();
     loop {
         match stream.next().await {
@@ -439,7 +510,11 @@ async fn open_stream(target: &Target, prompt: &ChatRequest) -> Result<ChunkStrea
 /// Ends a stream with a timeout error when it goes quiet for `idle`, or when the
 /// request's deadline passes. Quiet after the finish chunk (a provider slow to send
 /// its usage or `[DONE]`) ends it cleanly: the answer is complete.
-fn with_deadlines(chunks: ChunkStream, idle: Duration, deadline: Instant) -> ChunkStream {
+pub(super) fn with_deadlines(
+    chunks: ChunkStream,
+    idle: Duration,
+    deadline: Instant,
+) -> ChunkStream {
     Box::pin(futures_util::stream::unfold(
         Some((chunks, false)),
         move |state| async move {

@@ -26,6 +26,11 @@ pub struct ProviderConfig {
     /// the token counts even when the client did not ask for them.
     pub request_usage: bool,
     pub stream_upstream: bool,
+    /// How it continues an answer another target began (`openai` providers; the
+    /// local model cannot yet).
+    pub prefill: super::resume::Prefill,
+    /// Where a DeepSeek-style prefix completion goes (its beta base URL).
+    pub prefill_base_url: Option<ChatEndpoint>,
     pub deadlines: Deadlines,
     pub retry: RetryPolicy,
     pub breaker: BreakerPolicy,

@@ -119,6 +119,13 @@ fn reply_response(reply: Reply) -> Response {
         HeaderName::from_static("x-ragway-attempts"),
         HeaderValue::from(reply.attempts),
     );
+    if let Some(value) = reply
+        .continued
+        .as_deref()
+        .and_then(|t| HeaderValue::from_str(t).ok())
+    {
+        headers.insert(HeaderName::from_static("x-ragway-continued"), value);
+    }
     headers.insert(
         HeaderName::from_static("x-ragway-cache"),
         HeaderValue::from_static(reply.cache.as_str()),

@@ -28,6 +28,9 @@ pub struct RequestCtx {
     pub wants_stream_usage: bool,
     /// Every upstream attempt, in order.
     pub attempts: Vec<Attempt>,
+    /// The attempts that resume a broken answer, made as it goes (recorded after
+    /// `attempts`).
+    pub resumed: crate::generate::resume::ResumeLog,
     pub cache: CacheStatus,
     pub cache_key: Option<CacheKey>,
     /// The client's `Cache-Control`.
@@ -67,6 +70,7 @@ impl RequestCtx {
             stream: request.is_stream(),
             wants_stream_usage: request.wants_stream_usage(),
             attempts: Vec::new(),
+            resumed: Default::default(),
             cache: CacheStatus::Bypass,
             cache_key: None,
             cache_control: CacheControl::default(),

@@ -51,6 +51,8 @@ pub struct Pipeline {
 pub struct Reply {
     pub target: Arc<str>,
     pub attempts: usize,
+    /// The target that gave the rest of a whole answer another began.
+    pub continued: Option<Arc<str>>,
     pub cache: CacheStatus,
     /// The caller's limits after this call: the `x-ratelimit-*` headers.
     pub headroom: crate::quota::Headroom,
@@ -85,6 +87,7 @@ impl Pipeline {
             }
         };
         let (attempts, cache) = (ctx.attempts.len(), ctx.cache);
+        let continued = ctx.resumed.continued_by();
         let headroom = ctx.permit.as_ref().map(|p| p.headroom).unwrap_or_default();
         let body = match answer.body {
             // 5. respond, then 6. record
@@ -109,6 +112,7 @@ impl Pipeline {
         Ok(Reply {
             target: answer.target,
             attempts,
+            continued,
             cache,
             headroom,
             body,
@@ -166,6 +170,7 @@ impl Pipeline {
             .generate(&ctx.call(), &ctx.route, &prompt)
             .await; // 4. generate
         ctx.attempts = generated.attempts;
+        ctx.resumed = generated.resumed;
         let answer = generated.result?;
         ctx.raw_output = answer.raw_output;
         Ok((answer, Shaping::new(vault, guard)))

@@ -119,7 +119,12 @@ impl Pipeline {
             alias: Some(ctx.route.alias.to_string()),
             target: finished.target.as_deref().map(str::to_owned),
             local,
-            attempts: ctx.attempts.clone(),
+            attempts: ctx
+                .attempts
+                .iter()
+                .cloned()
+                .chain(ctx.resumed.take())
+                .collect(),
             stream: ctx.stream,
             cache: Some(ctx.cache),
             status: finished.status,

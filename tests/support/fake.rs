@@ -18,6 +18,14 @@ use serde_json::{Value, json};
 
 pub const OK_TOKENS: [&str; 6] = ["Hello", " from", " the", " fake", " provider", "."];
 
+/// How many words the `story-*` behaviours' story has.
+pub const STORY_WORDS: u64 = 30;
+
+/// The whole story the `story-*` behaviours tell: `t0 t1 … t29 `.
+pub fn story() -> String {
+    numbered(STORY_WORDS).concat()
+}
+
 #[derive(Default)]
 struct Seen {
     attempts: HashMap<String, Vec<Instant>>,
@@ -47,6 +55,8 @@ impl FakeProvider {
         let state = FakeState::default();
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
+            // DeepSeek's prefix completion lives under its beta base URL.
+            .route("/beta/chat/completions", post(chat))
             .route("/maas/{model}/{chip}/chat/completions", post(chat))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -150,7 +160,77 @@ async fn chat(
             json!({"error": {"message": echoed, "type": "invalid_request_error", "code": auth}});
         return error(status as u16, body, None);
     }
+    if let Some(full) = continues(&behaviour, &body) {
+        return continue_answer(&behaviour, &model, &body, stream, uri.path(), &full);
+    }
     respond(&behaviour, &model, attempt, stream, &body).await
+}
+
+/// The whole answer a continuing behaviour knows (`story-next`, `story-vllm`,
+/// `story-deepseek`, `story-refuse`, `story-next-cut-N`: the story; `echo-next`:
+/// the user's text).
+fn continues(behaviour: &str, body: &Value) -> Option<String> {
+    match with_number(behaviour).0 {
+        "story-next" | "story-vllm" | "story-deepseek" | "story-refuse" | "story-next-cut" => {
+            Some(story())
+        }
+        "echo-next" => Some(last_user_text(body)),
+        _ => None,
+    }
+}
+
+/// The rest of `full` after a final assistant message's text, in words (or all of
+/// it, without one), as each dialect asks to be told: a trailing assistant message
+/// as it is (`-next`), with vLLM's `continue_final_message` and
+/// `add_generation_prompt: false`, or DeepSeek's `prefix: true` at `/beta`;
+/// `story-refuse` takes no prefill; `story-next-cut-N` continues but is cut after N
+/// words. A prefix that is not the start of `full` is a 400, so a repeated or
+/// missing word shows.
+fn continue_answer(
+    behaviour: &str,
+    model: &str,
+    body: &Value,
+    stream: bool,
+    path: &str,
+    full: &str,
+) -> Response {
+    let refuse = |why: &str| {
+        error(
+            400,
+            json!({"error": {"message": why, "type": "invalid_request_error"}}),
+            None,
+        )
+    };
+    let messages = body["messages"].as_array().cloned().unwrap_or_default();
+    let last = messages.last().cloned().unwrap_or(Value::Null);
+    let words =
+        |text: &str| -> Vec<String> { text.split_inclusive(' ').map(str::to_owned).collect() };
+    if last["role"] != "assistant" {
+        return answer(model, &words(full), stream, Script::default());
+    }
+    let prefix = last["content"].as_str().unwrap_or_default();
+    let dialect_kept = match behaviour {
+        "story-refuse" => false,
+        "story-vllm" => {
+            body["continue_final_message"] == true && body["add_generation_prompt"] == false
+        }
+        "story-deepseek" => last["prefix"] == true && path.starts_with("/beta/"),
+        _ => true,
+    };
+    if !dialect_kept {
+        return refuse("this request's final assistant message is not supported here");
+    }
+    let script = match with_number(behaviour) {
+        ("story-next-cut", Some(n)) => Script {
+            end: End::Cut(n as usize),
+            ..Script::default()
+        },
+        _ => Script::default(),
+    };
+    match full.strip_prefix(prefix) {
+        Some(rest) => answer(model, &words(rest), stream, script),
+        None => refuse("the assistant's text is not the start of the answer"),
+    }
 }
 
 /// A listener that accepts connections and closes them before sending anything: a
@@ -316,6 +396,30 @@ async fn respond(
                 ..Script::default()
             },
         ),
+        // The story, broken after n words: cut, stalled, a malformed chunk, an error
+        // event.
+        "story-cut" | "story-stall" | "story-malformed" | "story-error" => {
+            let n = n.unwrap_or(5) as usize;
+            let mut script = Script::default();
+            match name {
+                "story-cut" => script.end = End::Cut(n),
+                "story-stall" => script.end = End::Stall(n),
+                "story-malformed" => script.malformed_after = Some(n),
+                _ => script.error_after = Some(n),
+            }
+            answer(model, &numbered(STORY_WORDS), stream, script)
+        }
+        // The user's text in pieces of 3 characters, cut after n pieces (so that a
+        // placeholder in it breaks across the cut).
+        "echo-cut" => {
+            let chars: Vec<char> = last_user_text(body).chars().collect();
+            let pieces: Vec<String> = chars.chunks(3).map(|c| c.iter().collect()).collect();
+            let script = Script {
+                end: End::Cut(n.unwrap_or(2) as usize),
+                ..Script::default()
+            };
+            answer(model, &pieces, stream, script)
+        }
         "cut-after" => answer(
             model,
             &numbered(n.unwrap_or(40) + 20),
@@ -447,6 +551,8 @@ struct Script {
     end: End,
     bare_json: bool,
     malformed_after: Option<usize>,
+    /// An error event instead of this token, then the body closes.
+    error_after: Option<usize>,
     blocked_after: Option<usize>,
     /// Prompt tokens served from the provider's cache, and whether they are told
     /// in DeepSeek's words (`prompt_cache_hit_tokens`) or OpenAI's.
@@ -500,6 +606,12 @@ fn answer(model: &str, tokens: &[String], stream: bool, script: Script) -> Respo
                 "data: {\"choices\": [{\"delta\": {\"content\": \n\n".to_owned(),
                 &mut frames,
             );
+        }
+        if script.error_after == Some(i) {
+            let event =
+                json!({"error": {"message": "the model is overloaded", "type": "server_error"}});
+            push(frame(&event), &mut frames);
+            return sse_body(frames, false);
         }
         if script.blocked_after == Some(i) {
             let mut blocked = chunk(model, json!({}), None);
