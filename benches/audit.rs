@@ -356,7 +356,7 @@ fn record(i: usize) -> CallRecord {
         target: Some("deepseek:deepseek-chat".into()),
         local: false,
         attempts: vec![Attempt {
-            continuation: false,
+            kind: Default::default(),
             target: "deepseek:deepseek-chat".into(),
             latency: Duration::from_millis(812),
             failure: None,

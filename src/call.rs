@@ -158,8 +158,30 @@ pub struct Attempt {
     pub latency: std::time::Duration,
     /// Why it failed; `None` when it answered.
     pub failure: Option<Failure>,
+    pub kind: AttemptKind,
+}
+
+/// Why an attempt was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AttemptKind {
+    /// In the route's order (a retry included).
+    #[default]
+    Plain,
+    /// Started beside a target slow to give its first token (`hedge_after`).
+    Hedge,
     /// It asked for the rest of an answer another target had begun.
-    pub continuation: bool,
+    Continuation,
+}
+
+impl AttemptKind {
+    /// Its name in the record; none for a plain attempt.
+    pub fn name(self) -> Option<&'static str> {
+        match self {
+            AttemptKind::Plain => None,
+            AttemptKind::Hedge => Some("hedge"),
+            AttemptKind::Continuation => Some("continuation"),
+        }
+    }
 }
 
 /// A failed attempt, flat: what the record and the metrics need of it.

@@ -30,6 +30,17 @@ pub fn as_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S:
     }
 }
 
+/// An optional duration as [`as_duration`] writes it (`null` when unset).
+pub fn as_optional_duration<S: serde::Serializer>(
+    d: &Option<Duration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => as_duration(d, s),
+        None => s.serialize_none(),
+    }
+}
+
 /// A retention period as whole days (0: for ever).
 pub fn as_optional_days<S: serde::Serializer>(
     d: &Option<Duration>,

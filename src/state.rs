@@ -608,6 +608,7 @@ fn routes(
                 // The retrieve stage's defaults apply.
                 rag: None,
                 cache: CachePolicy::Deterministic,
+                hedge_after: None,
             });
     }
     let mut targets: BTreeMap<Arc<str>, Arc<Target>> = BTreeMap::new();
@@ -656,6 +657,7 @@ fn routes(
             targets: route_targets,
             request_timeout: model.request_timeout,
             failover_on_content_filter: model.failover_on_content_filter,
+            hedge_after: model.hedge_after,
         };
         by_alias.insert(alias.clone(), Arc::new(route));
     }

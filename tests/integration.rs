@@ -13,6 +13,7 @@ mod config;
 mod console;
 mod deploy;
 mod governance;
+mod hedge;
 mod hostile;
 mod limits;
 mod local;

@@ -625,6 +625,7 @@ mod paused {
             targets,
             request_timeout: Duration::from_secs(120),
             failover_on_content_filter: false,
+            hedge_after: None,
         })
     }
 

@@ -78,16 +78,16 @@ async fn a_broken_stream_is_continued_on_the_next_target() {
         assert!(usage["completion_tokens"].as_u64().unwrap() > 25, "{usage}");
         gw.idle().await;
         let records = audit.records();
-        let attempts: Vec<(String, bool)> = records[0]
+        let attempts: Vec<(String, Option<&str>)> = records[0]
             .attempts
             .iter()
-            .map(|a| (a.target.to_string(), a.continuation))
+            .map(|a| (a.target.to_string(), a.kind.name()))
             .collect();
         assert_eq!(
             attempts,
             [
-                (format!("fake:{broken}"), false),
-                ("fake:story-next".to_owned(), true)
+                (format!("fake:{broken}"), None),
+                ("fake:story-next".to_owned(), Some("continuation"))
             ],
             "{broken}"
         );

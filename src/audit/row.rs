@@ -104,8 +104,8 @@ impl RowBuilder {
                     "latency_ms": round3(a.latency.as_secs_f64() * 1000.0),
                 });
                 // Only where it is one: earlier rows' attempts read the same.
-                if a.continuation {
-                    attempt["continuation"] = true.into();
+                if let Some(kind) = a.kind.name() {
+                    attempt["kind"] = kind.into();
                 }
                 attempt
             })

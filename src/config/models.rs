@@ -26,6 +26,9 @@ pub struct RawModel {
     /// Which requests the answer cache serves: `deterministic` (the default),
     /// `always` or `off`.
     pub cache: Option<String>,
+    /// Start the next target beside the first when its first token has not come
+    /// by then (e.g. `"2s"`); off by default.
+    pub hedge_after: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -39,6 +42,8 @@ pub struct ModelConfig {
     /// How the alias grounds answers; `None` without `[retrieval]`.
     pub rag: Option<RagSettings>,
     pub cache: crate::cache::CachePolicy,
+    #[serde(serialize_with = "crate::encode::as_optional_duration")]
+    pub hedge_after: Option<Duration>,
 }
 
 /// `provider:upstream-model`, as written in a route's `targets`.
@@ -120,6 +125,17 @@ pub(super) fn model(
         }
     };
     let cache = super::cache::policy(&at, raw.cache.as_deref(), problems);
+    let hedge_after = raw.hedge_after.as_deref().map(|text| {
+        let key = format!("{at}.hedge_after");
+        let delay = problems.duration(&key, Some(text), Duration::ZERO);
+        if delay < Duration::from_millis(10) || delay >= request_timeout {
+            problems.add(
+                &key,
+                "must be at least 10ms and shorter than the request_timeout",
+            );
+        }
+        delay
+    });
     (problems.count() == before).then_some(ModelConfig {
         targets,
         description: raw.description,
@@ -128,5 +144,6 @@ pub(super) fn model(
         local_fallback: raw.local_fallback.unwrap_or(true),
         rag,
         cache,
+        hedge_after,
     })
 }

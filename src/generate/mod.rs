@@ -8,6 +8,7 @@ mod assemble;
 pub mod endpoint;
 pub mod error;
 mod frames;
+mod hedge;
 mod local;
 pub mod openai;
 pub mod resume;

@@ -21,6 +21,7 @@ use super::assemble::Assembler;
 use super::retry::classify;
 use super::router::{first_content, settle_at_end, with_deadlines};
 use super::{Attempt, ChunkStream, Target, TimeoutPhase, UpstreamError};
+use crate::call::AttemptKind;
 use crate::telemetry::Metrics;
 use crate::wire::{ChatChunk, ChatCompletion, ChatRequest, Content, Message, Role, Usage};
 
@@ -210,7 +211,7 @@ impl Resumer {
                         target: target.id.clone(),
                         latency,
                         failure: None,
-                        continuation: true,
+                        kind: AttemptKind::Continuation,
                     });
                     self.metrics
                         .upstream_attempt(&target.id, "ok", latency, None);
@@ -237,7 +238,7 @@ impl Resumer {
                         target: target.id.clone(),
                         latency,
                         failure: Some(error.failure()),
-                        continuation: true,
+                        kind: AttemptKind::Continuation,
                     });
                 }
             }

@@ -36,6 +36,9 @@ pub struct Route {
     /// The deadline for the whole request, across every target and retry.
     pub request_timeout: Duration,
     pub failover_on_content_filter: bool,
+    /// Start the next target beside the first when its first token has not come
+    /// by then (`None`: no hedging).
+    pub hedge_after: Option<Duration>,
 }
 
 #[derive(Default)]

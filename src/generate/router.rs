@@ -17,13 +17,14 @@ use futures_util::StreamExt;
 use tokio::time::{Instant, timeout_at};
 
 use super::assemble::Assembler;
+use super::hedge;
 use super::resume::{self, ResumeLog, Resumer};
 use super::retry::{Disposition, classify};
 use super::{
     Answer, AnswerBody, Attempt, ChunkStream, Generate, Generated, Prompt, Route, Target,
     TimeoutPhase, UpstreamError,
 };
-use crate::call::Call;
+use crate::call::{AttemptKind, Call};
 use crate::error::GatewayError;
 use crate::resilience::{BreakerState, Permit, Verdict};
 use crate::telemetry::Metrics;
@@ -41,6 +42,8 @@ pub struct Router {
 struct Tries {
     attempts: Vec<Attempt>,
     asked_waits: Vec<Duration>,
+    /// One attempt per target, no retry: a hedge is one extra request.
+    single: bool,
 }
 
 /// How one target ended for a request that it did not answer.
@@ -202,7 +205,7 @@ impl Router {
                         target: target.id.clone(),
                         latency,
                         failure: None,
-                        continuation: false,
+                        kind: AttemptKind::Plain,
                     });
                     return Ok(Answer {
                         target: target.id.clone(),
@@ -225,7 +228,7 @@ impl Router {
                 target: target.id.clone(),
                 latency,
                 failure: Some(error.failure()),
-                continuation: false,
+                kind: AttemptKind::Plain,
             });
             tries.asked_waits.extend(error.retry_after());
             // A whole answer cut part-way is finished by a target that continues
@@ -260,7 +263,7 @@ impl Router {
             let past_deadline = Instant::now()
                 .checked_add(wait)
                 .is_none_or(|t| t >= deadline);
-            if retries >= target.retry.attempts || too_long || past_deadline {
+            if retries >= target.retry.attempts || tries.single || too_long || past_deadline {
                 return Err(Left::Failed(error, Disposition::NextTarget));
             }
             last = Some(error);
@@ -392,7 +395,8 @@ impl Generate for Router {
 }
 
 impl Router {
-    /// The route's targets in order, until one answers.
+    /// The route's targets in order, until one answers; with `hedge_after`, the
+    /// first target slow to answer races the next one.
     async fn walk(
         &self,
         call: &Call<'_>,
@@ -401,59 +405,173 @@ impl Router {
         prompt: &Prompt,
         resumed: &ResumeLog,
     ) -> Result<Answer, GatewayError> {
-        let deadline = call.deadline;
-        let mut left: Option<(Arc<str>, &'static str)> = None;
-        let mut last_error = None;
-        // Whether every target refused the request itself (rather than being down).
-        let mut all_refused = true;
-        for (at, target) in route.targets.iter().enumerate() {
-            if let Some((from, reason)) = left.take() {
+        let mut walk = Walk::default();
+        let mut hedge_after = route.hedge_after;
+        let mut at = 0;
+        while let Some(target) = route.targets.get(at).filter(|_| !walk.out_of_time) {
+            if let Some((from, reason)) = walk.left.take() {
                 self.metrics.failover(&from, &target.id, reason);
             }
-            let resumer = Resumer::new(
-                &route.targets,
-                at,
-                prompt.for_target(target),
-                deadline,
-                &self.metrics,
-                resumed,
-            );
-            match self
-                .try_target(
-                    call,
-                    tries,
-                    route,
-                    target,
-                    prompt,
-                    deadline,
-                    resumer.as_ref(),
-                )
-                .await
-            {
-                Ok(generation) => return Ok(generation),
-                Err(Left::Skipped) => {
-                    all_refused = false;
-                    left = Some((target.id.clone(), "breaker_open"));
+            let attempt = |tries, at| self.target_at(call, tries, route, prompt, resumed, at);
+            let hedge = hedge_after.and_then(|delay| Some((delay, route.targets.get(at + 1)?)));
+            let Some((delay, second)) = hedge else {
+                match attempt(tries, at).await {
+                    Ok(answer) => return Ok(answer),
+                    Err(left) => walk.note(target, left)?,
                 }
-                Err(Left::AtLimit) => {
-                    all_refused = false;
-                    left = Some((target.id.clone(), "target_limit"));
+                at += 1;
+                continue;
+            };
+            // One hedge per call, for the first target it is due on.
+            hedge_after = None;
+            let mut hedge_tries = Tries {
+                single: true,
+                ..Tries::default()
+            };
+            let started = Instant::now();
+            let race = hedge::race(attempt(tries, at), delay, || {
+                self.metrics.failover(&target.id, &second.id, "hedge");
+                attempt(&mut hedge_tries, at + 1)
+            })
+            .await;
+            // In the order they began: the first target, then its hedge.
+            let mut won = None;
+            match race.first {
+                Some(Ok(answer)) => won = Some(answer),
+                Some(Err(left)) => walk.note(target, left)?,
+                None if race.hedged => {
+                    tries
+                        .attempts
+                        .push(self.cancelled(target, AttemptKind::Plain, started));
                 }
-                Err(Left::Failed(error, Disposition::Stop)) => {
-                    return Err(GatewayError::ContentFilter(provider_reason(&error)));
+                None => {}
+            }
+            for mut made in hedge_tries.attempts {
+                made.kind = AttemptKind::Hedge;
+                tries.attempts.push(made);
+            }
+            tries.asked_waits.extend(hedge_tries.asked_waits);
+            match race.second {
+                Some(Ok(answer)) => won = Some(answer),
+                Some(Err(left)) => walk.note(second, left)?,
+                None if race.hedged => {
+                    let since = started + delay;
+                    tries
+                        .attempts
+                        .push(self.cancelled(second, AttemptKind::Hedge, since));
                 }
-                Err(Left::Failed(error, _)) => {
-                    all_refused &= classify(&error, false).verdict == Verdict::Neutral;
-                    left = Some((target.id.clone(), error.class()));
-                    last_error = Some((target.id.clone(), error));
-                }
-                Err(Left::OutOfTime) => {
-                    all_refused = false;
-                    break;
-                }
+                None => {}
+            }
+            if let Some(answer) = won {
+                return Ok(answer);
+            }
+            at += if race.hedged { 2 } else { 1 };
+        }
+        Err(exhausted(route, tries, walk.last_error, walk.all_refused))
+    }
+
+    /// [`try_target`](Router::try_target) on the route's target `at`, resuming a
+    /// broken answer on the targets after it.
+    async fn target_at(
+        &self,
+        call: &Call<'_>,
+        tries: &mut Tries,
+        route: &Route,
+        prompt: &Prompt,
+        resumed: &ResumeLog,
+        at: usize,
+    ) -> Result<Answer, Left> {
+        let target = &route.targets[at];
+        let resumer = Resumer::new(
+            &route.targets,
+            at,
+            prompt.for_target(target),
+            call.deadline,
+            &self.metrics,
+            resumed,
+        );
+        self.try_target(
+            call,
+            tries,
+            route,
+            target,
+            prompt,
+            call.deadline,
+            resumer.as_ref(),
+        )
+        .await
+    }
+
+    /// The attempt of a target cancelled because its rival answered first.
+    fn cancelled(&self, target: &Target, kind: AttemptKind, since: Instant) -> Attempt {
+        let latency = since.elapsed();
+        self.metrics
+            .upstream_attempt(&target.id, HEDGED_OUT, latency, None);
+        Attempt {
+            target: target.id.clone(),
+            latency,
+            failure: Some(crate::call::Failure {
+                class: HEDGED_OUT,
+                status: None,
+                message: "cancelled: the other target of the hedge answered first".to_owned(),
+            }),
+            kind,
+        }
+    }
+}
+
+/// The class of an attempt cancelled by a hedge.
+const HEDGED_OUT: &str = "hedged_out";
+
+/// How the walk over a route's targets stands.
+struct Walk {
+    /// The target just left and why, for the failover metric.
+    left: Option<(Arc<str>, &'static str)>,
+    last_error: Option<(Arc<str>, UpstreamError)>,
+    /// Whether every target refused the request itself (rather than being down).
+    all_refused: bool,
+    /// The request's deadline passed: no target may be tried.
+    out_of_time: bool,
+}
+
+impl Default for Walk {
+    fn default() -> Walk {
+        Walk {
+            left: None,
+            last_error: None,
+            all_refused: true,
+            out_of_time: false,
+        }
+    }
+}
+
+impl Walk {
+    /// Notes how `target` ended; `Err` is the answer to give at once (a refusal
+    /// on content grounds).
+    fn note(&mut self, target: &Target, left: Left) -> Result<(), GatewayError> {
+        match left {
+            Left::Skipped => {
+                self.all_refused = false;
+                self.left = Some((target.id.clone(), "breaker_open"));
+            }
+            Left::AtLimit => {
+                self.all_refused = false;
+                self.left = Some((target.id.clone(), "target_limit"));
+            }
+            Left::Failed(error, Disposition::Stop) => {
+                return Err(GatewayError::ContentFilter(provider_reason(&error)));
+            }
+            Left::Failed(error, _) => {
+                self.all_refused &= classify(&error, false).verdict == Verdict::Neutral;
+                self.left = Some((target.id.clone(), error.class()));
+                self.last_error = Some((target.id.clone(), error));
+            }
+            Left::OutOfTime => {
+                self.all_refused = false;
+                self.out_of_time = true;
             }
         }
-        Err(exhausted(route, tries, last_error, all_refused))
+        Ok(())
     }
 }
 
