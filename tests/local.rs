@@ -259,3 +259,39 @@ fn a_gguf_without_a_chat_template_is_flagged_as_a_base_model() {
     let smollm = ragway_engine::ChatModel::load(std::path::Path::new(SMOLLM), &cpu, true).unwrap();
     assert_eq!(smollm.chat_warning(), None);
 }
+
+#[tokio::test]
+async fn the_local_model_finishes_an_answer_a_provider_broke_off() {
+    let fake = FakeProvider::start().await;
+    let mut toml = config_over(&fake, &[("chat", &["story-cut-5"])]);
+    toml.push_str(&local_section(""));
+    let gw = Gateway::start(&toml).await;
+    let mut asked = ask_stream("chat", "Count on, one word at a time.");
+    asked["max_tokens"] = json!(12);
+    asked["temperature"] = json!(0);
+    let sse = Sse::read(gw.chat(asked).await).await;
+    let given = crate::support::fake::story()
+        .split_inclusive(' ')
+        .take(5)
+        .collect::<String>();
+    let text = sse.text();
+    println!("continued by the local model: {text:?}");
+    assert!(sse.error().is_none(), "{}", sse.raw);
+    assert!(
+        text.starts_with(&given) && text.len() > given.len(),
+        "{text:?}"
+    );
+    assert_eq!(sse.finish_reasons().len(), 1, "{}", sse.raw);
+    assert!(sse.done);
+    // Whole, too: the local model's words follow the provider's.
+    let mut whole = ask("chat", "Count on, one word at a time.");
+    whole["max_tokens"] = json!(12);
+    let response = gw.chat(whole).await;
+    assert_eq!(response.headers()["x-ragway-continued"], "local");
+    let answer: Value = response.json().await.unwrap();
+    let content = answer["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(
+        content.starts_with(&given) && content.len() > given.len(),
+        "{content:?}"
+    );
+}

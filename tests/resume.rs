@@ -61,6 +61,12 @@ async fn a_broken_stream_is_continued_on_the_next_target() {
         assert!(sse.error().is_none(), "{broken}: {}", sse.raw);
         assert_eq!(sse.text(), story(), "{broken}: every word once, in order");
         assert_eq!(sse.finish_reasons(), ["stop"], "{broken}");
+        let finish = sse
+            .events
+            .iter()
+            .find(|e| e["choices"][0]["finish_reason"] == "stop")
+            .unwrap();
+        assert_eq!(finish["ragway"]["continued"], "fake:story-next", "{finish}");
         assert!(sse.done, "{broken}");
         // The next target was given exactly what had arrived.
         assert_eq!(

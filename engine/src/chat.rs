@@ -149,6 +149,14 @@ impl ChatModel {
         self.template.encode(messages, &self.tokenizer)
     }
 
+    /// `prompt` (which ends by opening the assistant's turn) followed by the start
+    /// of an answer already given, so that generation continues it. The start is
+    /// plain text: it cannot close the turn or forge another.
+    pub fn continuing(&self, mut prompt: Vec<u32>, answer: &str) -> Result<Vec<u32>, EngineError> {
+        prompt.extend(self.tokenizer.encode_text(answer)?);
+        Ok(prompt)
+    }
+
     /// The prompt, cut to leave `reserve` tokens of the context for the answer:
     /// retrieved passages go first, then the oldest turns (a question with its
     /// answers, so roles still alternate); system messages and the last message

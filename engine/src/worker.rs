@@ -27,6 +27,9 @@ pub enum Event {
 /// receiver is gone) the generation stops.
 pub struct Job {
     pub messages: Vec<Message>,
+    /// The start of the answer, given already: generation goes on from its end,
+    /// in the same turn. Empty for a new answer.
+    pub prefix: String,
     pub params: GenerateParams,
     pub sink: Box<dyn FnMut(Event) -> bool + Send>,
 }
@@ -100,7 +103,10 @@ impl LocalLlm {
 }
 
 fn run(model: &ChatModel, mut job: Job) {
-    let prompt = match model.fitted_prompt(&job.messages, job.params.max_tokens) {
+    let fitted = model
+        .fitted_prompt(&job.messages, job.params.max_tokens)
+        .and_then(|(prompt, dropped)| Ok((model.continuing(prompt, &job.prefix)?, dropped)));
+    let prompt = match fitted {
         Ok((prompt, dropped)) => {
             if dropped > 0 {
                 tracing::info!(dropped, "older turns dropped to fit the context window");

@@ -219,7 +219,7 @@ fn prefill(
     if dialect != Prefill::None && kind == Some(ProviderKind::Local) {
         problems.add(
             format!("{at}.prefill"),
-            "is only for kind = \"openai\" (the local model cannot continue an answer yet)",
+            "is only for kind = \"openai\" (the local model continues an answer natively)",
         );
     }
     let beta = match (

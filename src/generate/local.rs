@@ -41,9 +41,17 @@ impl LocalProvider {
         })
     }
 
-    fn messages(&self, request: &ChatRequest) -> Vec<Message> {
-        let mut messages: Vec<Message> = request
-            .messages
+    /// The conversation for the model, and the start of the answer when the
+    /// request ends with an assistant message: the model continues it.
+    fn messages(&self, request: &ChatRequest) -> (Vec<Message>, String) {
+        let (prefix, conversation) = match request.messages.split_last() {
+            Some((last, before)) if last.role == Role::Assistant => {
+                let text = last.content.as_ref().map(|c| c.text()).unwrap_or_default();
+                (text, before)
+            }
+            _ => (String::new(), &request.messages[..]),
+        };
+        let mut messages: Vec<Message> = conversation
             .iter()
             .map(|m| {
                 let role = match m.role {
@@ -62,7 +70,7 @@ impl LocalProvider {
         {
             messages.insert(0, Message::new("system", system.clone()));
         }
-        messages
+        (messages, prefix)
     }
 
     fn params(&self, request: &ChatRequest) -> GenerateParams {
@@ -98,15 +106,23 @@ impl ChatProvider for LocalProvider {
         collect(self.stream(model, request).await?).await
     }
 
+    /// A final assistant message is the start of the answer: the model goes on
+    /// from it, in the same turn.
+    fn prefill(&self) -> super::resume::Prefill {
+        super::resume::Prefill::Assistant
+    }
+
     async fn stream(
         &self,
         _model: &str,
         request: &ChatRequest,
     ) -> Result<ChunkStream, UpstreamError> {
+        let (messages, prefix) = self.messages(request);
         let jobs = Jobs {
             llm: Arc::clone(&self.llm),
             metrics: Arc::clone(&self.metrics),
-            messages: self.messages(request),
+            messages,
+            prefix,
             params: self.params(request),
         };
         // A full queue is refused before anything is streamed (so the router may
@@ -185,6 +201,8 @@ struct Jobs {
     llm: Arc<LocalLlm>,
     metrics: Arc<Metrics>,
     messages: Vec<Message>,
+    /// The start of the answer, to continue.
+    prefix: String,
     params: GenerateParams,
 }
 
@@ -197,6 +215,7 @@ impl Jobs {
         params.seed = params.seed.wrapping_add(u64::from(index));
         let job = Job {
             messages: self.messages.clone(),
+            prefix: self.prefix.clone(),
             params,
             // Runs on the model's thread; a closed channel (the caller left)
             // stops the generation.

@@ -95,7 +95,7 @@ impl Prefill {
 
 /// The attempts made while resuming one answer, for its record: the stream that
 /// makes them outlives the router's call.
-#[derive(Clone, Default)]
+#[derive(Clone, Default, Debug)]
 pub struct ResumeLog(Arc<Mutex<Vec<Attempt>>>);
 
 impl ResumeLog {

@@ -27,7 +27,7 @@ pub struct ProviderConfig {
     pub request_usage: bool,
     pub stream_upstream: bool,
     /// How it continues an answer another target began (`openai` providers; the
-    /// local model cannot yet).
+    /// local model does natively).
     pub prefill: super::resume::Prefill,
     /// Where a DeepSeek-style prefix completion goes (its beta base URL).
     pub prefill_base_url: Option<ChatEndpoint>,

@@ -89,6 +89,41 @@ fn greedy_generation_is_repeatable() {
 }
 
 #[test]
+fn an_answer_given_in_part_is_continued_not_restarted() {
+    let model = smollm();
+    let messages = chat(
+        "You are a helpful assistant.",
+        "Name the planets of the solar system.",
+    );
+    let params = GenerateParams {
+        max_tokens: 40,
+        ..Default::default()
+    };
+    let (whole, _, _) = answer(model, &messages, &params);
+    // Cut at a space near the middle, as a provider's stream might break.
+    let cut = whole[..whole.len() / 2]
+        .rfind(' ')
+        .expect("a space to cut at");
+    let (given, rest) = whole.split_at(cut);
+    let prompt = model.prompt(&messages).unwrap();
+    let prompt = model.continuing(prompt, given).unwrap();
+    let mut continued = String::new();
+    model
+        .generate(&prompt, &params, &mut |text| {
+            continued.push_str(text);
+            true
+        })
+        .unwrap();
+    println!("given {given:?}, continued {continued:?}, the whole answer {whole:?}");
+    // Greedy decoding picks up where the answer was cut: the same words follow.
+    let expected: String = rest.chars().take(20).collect();
+    assert!(
+        continued.starts_with(&expected),
+        "{continued:?} does not go on as {rest:?}"
+    );
+}
+
+#[test]
 fn user_text_cannot_forge_a_turn() {
     let model = smollm();
     let im_end = model
@@ -302,6 +337,7 @@ fn gemma3_loads_and_generates() {
 fn job(max_tokens: usize, sink: impl FnMut(Event) -> bool + Send + 'static) -> Job {
     Job {
         messages: chat("Be brief.", "Tell me a long story about a dragon."),
+        prefix: String::new(),
         params: GenerateParams {
             max_tokens,
             ..Default::default()

@@ -19,6 +19,8 @@ pub(in crate::pipeline) struct ChunkShaper {
     model: String,
     wants_usage: bool,
     citations: Option<Value>,
+    /// Who resumed the answer, if one did: named on its last chunk.
+    resumed: crate::generate::resume::ResumeLog,
     shaping: Shaping,
     /// Per choice (`n` > 1 interleaves them): what each field holds back.
     choices: BTreeMap<u32, ChoiceFilter>,
@@ -140,6 +142,7 @@ impl ChunkShaper {
             model: target.to_owned(),
             wants_usage: ctx.wants_stream_usage,
             citations: citations(ctx),
+            resumed: ctx.resumed.clone(),
             shaping: shaping.clone(),
             choices: BTreeMap::new(),
             filtered: false,
@@ -171,10 +174,16 @@ impl ChunkShaper {
                 self.filtered = true;
             }
         }
-        if (finish || self.filtered)
-            && let Some(citations) = &self.citations
-        {
-            chunk.extra.insert("ragway".to_owned(), citations.clone());
+        if finish || self.filtered {
+            // The passages used, and the target that finished an answer another
+            // began (a stream's headers went before it broke).
+            let mut ragway = self.citations.clone().unwrap_or_else(|| json!({}));
+            if let Some(target) = self.resumed.continued_by() {
+                ragway["continued"] = json!(&*target);
+            }
+            if ragway.as_object().is_some_and(|o| !o.is_empty()) {
+                chunk.extra.insert("ragway".to_owned(), ragway);
+            }
         }
         Some(self.stamp(chunk))
     }
