@@ -643,7 +643,7 @@ mod paused {
             Instant::now(),
         );
         let prompt = Prompt {
-            sanitised: prompt,
+            sanitised: std::sync::Arc::new(prompt),
             raw: None,
         };
         let answer = router

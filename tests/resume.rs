@@ -232,14 +232,51 @@ async fn a_continuation_that_breaks_is_continued_again() {
         words(9),
         "the second continuation starts after both earlier parts"
     );
-    // Whole, the same.
-    let answer: Value = gw
-        .chat(ask("chat", "Tell me the story."))
-        .await
-        .json()
-        .await
-        .unwrap();
+    // Whole, the same: each continuation asked once more, from where it broke.
+    let response = gw.chat(ask("chat", "Tell me the story.")).await;
+    assert_eq!(response.headers()["x-ragway-continued"], "fake:story-next");
+    let answer: Value = response.json().await.unwrap();
     assert_eq!(answer["choices"][0]["message"]["content"], story());
+    assert_eq!(fake.attempts("story-cut-5"), 2);
+    assert_eq!(fake.attempts("story-next-cut-4"), 2);
+    assert_eq!(fake.attempts("story-next"), 2);
+    assert_eq!(prefill_seen(&fake, "story-next")["content"], words(9));
+}
+
+#[tokio::test]
+async fn a_refusal_on_content_grounds_is_not_continued() {
+    let fake = FakeProvider::start().await;
+    let gw = Gateway::start(&config(
+        &fake,
+        "assistant",
+        &["story-refused-5", "story-next"],
+    ))
+    .await;
+    let sse = Sse::read(gw.chat(ask_stream("chat", "Tell me the story.")).await).await;
+    assert_eq!(sse.text(), words(5));
+    assert!(sse.error().is_some() && !sse.done, "{}", sse.raw);
+    assert_eq!(
+        fake.attempts("story-next"),
+        0,
+        "no other provider finishes it"
+    );
+}
+
+#[tokio::test]
+async fn a_continuation_asks_for_no_more_than_the_answer_has_left() {
+    let fake = FakeProvider::start().await;
+    let gw = Gateway::start(&config(&fake, "assistant", &["story-cut-5", "story-next"])).await;
+    let mut asked = ask_stream("chat", "Tell me the story.");
+    asked["max_tokens"] = json!(100);
+    let sse = Sse::read(gw.chat(asked).await).await;
+    assert_eq!(sse.text(), story());
+    let continued = fake
+        .requests()
+        .into_iter()
+        .find(|r| r.body["model"] == "story-next")
+        .unwrap();
+    let left = continued.body["max_tokens"].as_u64().unwrap();
+    assert!((90..100).contains(&left), "{left}");
 }
 
 #[test]
@@ -269,4 +306,29 @@ fn prefill_settings_are_checked() {
         let error = parse(lines, "openai").unwrap_err().to_string();
         assert!(error.contains(field), "{lines}: {error}");
     }
+}
+
+#[tokio::test]
+async fn reasoning_already_given_is_kept_and_never_restarted() {
+    let fake = FakeProvider::start().await;
+    let toml = config(&fake, "assistant", &["story-reason-cut-5", "story-think"]);
+    let gw = Gateway::start(&toml).await;
+    let sse = Sse::read(gw.chat(ask_stream("chat", "Tell me the story.")).await).await;
+    let reasoning: String = sse
+        .events
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["reasoning_content"].as_str())
+        .collect();
+    assert_eq!(reasoning, "Let me think.", "{}", sse.raw);
+    assert_eq!(sse.text(), story());
+    // Whole, the same: the first target's reasoning, the story once.
+    let answer: Value = gw
+        .chat(ask("chat", "Tell me the story."))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let message = &answer["choices"][0]["message"];
+    assert_eq!(message["reasoning_content"], "Let me think.", "{answer}");
+    assert_eq!(message["content"], story());
 }

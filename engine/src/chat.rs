@@ -149,12 +149,11 @@ impl ChatModel {
         self.template.encode(messages, &self.tokenizer)
     }
 
-    /// `prompt` (which ends by opening the assistant's turn) followed by the start
-    /// of an answer already given, so that generation continues it. The start is
-    /// plain text: it cannot close the turn or forge another.
-    pub fn continuing(&self, mut prompt: Vec<u32>, answer: &str) -> Result<Vec<u32>, EngineError> {
-        prompt.extend(self.tokenizer.encode_text(answer)?);
-        Ok(prompt)
+    /// The start of an answer already given, as tokens to put after a prompt
+    /// (which ends by opening the assistant's turn) so that generation continues
+    /// it. It is plain text: it cannot close the turn or forge another.
+    pub fn answer_tokens(&self, answer: &str) -> Result<Vec<u32>, EngineError> {
+        self.tokenizer.encode_text(answer)
     }
 
     /// The prompt, cut to leave `reserve` tokens of the context for the answer:

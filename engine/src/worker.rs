@@ -103,9 +103,14 @@ impl LocalLlm {
 }
 
 fn run(model: &ChatModel, mut job: Job) {
-    let fitted = model
-        .fitted_prompt(&job.messages, job.params.max_tokens)
-        .and_then(|(prompt, dropped)| Ok((model.continuing(prompt, &job.prefix)?, dropped)));
+    // The start of an answer being continued takes its room in the context
+    // beside the answer still to come.
+    let fitted = model.answer_tokens(&job.prefix).and_then(|prefix| {
+        let reserve = job.params.max_tokens + prefix.len();
+        let (mut prompt, dropped) = model.fitted_prompt(&job.messages, reserve)?;
+        prompt.extend(prefix);
+        Ok((prompt, dropped))
+    });
     let prompt = match fitted {
         Ok((prompt, dropped)) => {
             if dropped > 0 {

@@ -72,15 +72,16 @@ pub trait Generate: Send + Sync {
 }
 
 /// The request as targets are given it.
+/// Shared, so that a stream resuming after a break holds it without a copy.
 pub struct Prompt {
     /// With placeholders: what every remote provider gets.
-    pub sanitised: ChatRequest,
+    pub sanitised: Arc<ChatRequest>,
     /// The user's own text, restored for a target that reads it (`raw_input`).
-    pub raw: Option<ChatRequest>,
+    pub raw: Option<Arc<ChatRequest>>,
 }
 
 impl Prompt {
-    pub fn for_target(&self, target: &Target) -> &ChatRequest {
+    pub fn for_target(&self, target: &Target) -> &Arc<ChatRequest> {
         match &self.raw {
             Some(raw) if target.raw_input => raw,
             _ => &self.sanitised,

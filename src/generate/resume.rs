@@ -19,7 +19,7 @@ use tokio::time::{Instant, timeout_at};
 
 use super::assemble::Assembler;
 use super::retry::classify;
-use super::router::{first_content, settle_at_end, with_deadlines};
+use super::router::{first_content, settle_at_end, settle_pass_at_end, with_deadlines};
 use super::{Attempt, ChunkStream, Target, TimeoutPhase, UpstreamError};
 use crate::call::AttemptKind;
 use crate::telemetry::Metrics;
@@ -64,6 +64,14 @@ impl Prefill {
         resumed.n = None;
         if delivered.is_empty() {
             return Some(resumed);
+        }
+        // The answer's length limit covers what was given already.
+        let given = u32::try_from(crate::tokens::text_tokens(delivered)).unwrap_or(u32::MAX);
+        for n in [&mut resumed.max_tokens, &mut resumed.max_completion_tokens]
+            .into_iter()
+            .flatten()
+        {
+            *n = n.saturating_sub(given).max(1);
         }
         let mut message = Message {
             role: Role::Assistant,
@@ -113,6 +121,15 @@ impl ResumeLog {
             .unwrap_or_default()
     }
 
+    /// The last attempt, which had begun to give the rest, broke too.
+    fn failed_last(&self, error: &UpstreamError) {
+        if let Ok(mut attempts) = self.0.lock()
+            && let Some(last) = attempts.last_mut()
+        {
+            last.failure = Some(error.failure());
+        }
+    }
+
     /// The target that gave the rest of the answer, once one has.
     pub fn continued_by(&self) -> Option<Arc<str>> {
         let attempts = self.0.lock().ok()?;
@@ -128,7 +145,7 @@ pub(super) struct Resumer {
     next: Vec<Arc<Target>>,
     /// The request as the answering target was given it: a continuation reads
     /// placeholders where it did, and the user's own text only where it did.
-    request: ChatRequest,
+    request: Arc<ChatRequest>,
     deadline: Instant,
     from: Arc<str>,
     metrics: Arc<Metrics>,
@@ -141,7 +158,7 @@ impl Resumer {
     pub(super) fn new(
         targets: &[Arc<Target>],
         at: usize,
-        request: &ChatRequest,
+        request: &Arc<ChatRequest>,
         deadline: Instant,
         metrics: &Arc<Metrics>,
         log: &ResumeLog,
@@ -164,7 +181,7 @@ impl Resumer {
         }
         Some(Resumer {
             next,
-            request: request.clone(),
+            request: Arc::clone(request),
             deadline,
             from: from.id.clone(),
             metrics: Arc::clone(metrics),
@@ -195,15 +212,24 @@ impl Resumer {
             let Some(permit) = permit else {
                 continue;
             };
+            let prompt_tokens = crate::tokens::prompt_tokens(&request);
+            let Ok(pass) = self.enter_gates(&target, &request, prompt_tokens).await else {
+                continue;
+            };
             let first_token_by = now
                 .checked_add(target.deadlines.first_token)
                 .map_or(self.deadline, |t| t.min(self.deadline));
+            // Out of the request's own time, the target is not to blame.
+            let phase = match first_token_by == self.deadline {
+                true => TimeoutPhase::Total,
+                false => TimeoutPhase::FirstToken,
+            };
             let opened = timeout_at(first_token_by, async {
                 let stream = target.provider.stream(&target.model, &request).await?;
                 first_content(stream).await
             })
             .await
-            .unwrap_or(Err(UpstreamError::Timeout(TimeoutPhase::FirstToken)));
+            .unwrap_or(Err(UpstreamError::Timeout(phase)));
             let latency = now.elapsed();
             match opened {
                 Ok(chunks) => {
@@ -219,10 +245,12 @@ impl Resumer {
                     self.from = target.id.clone();
                     let chunks = with_deadlines(chunks, target.deadlines.idle, self.deadline);
                     let chunks = settle_at_end(&self.metrics, &target, chunks, permit);
-                    let prompt_tokens = crate::tokens::prompt_tokens(&request);
-                    return Ok((chunks, prompt_tokens));
+                    return Ok((settle_pass_at_end(chunks, pass), prompt_tokens));
                 }
                 Err(error) => {
+                    if let Some(pass) = pass {
+                        pass.settle(Some(0)).await;
+                    }
                     let classified = classify(&error, false);
                     if let Some(state) = permit.record(classified.verdict, Instant::now()) {
                         self.metrics.breaker_changed(&target.id, state);
@@ -245,6 +273,29 @@ impl Resumer {
         }
         Err(broke)
     }
+
+    /// A place under each of `target`'s own limits, as any call to it takes
+    /// (`Err`: it is at one, and is passed over).
+    async fn enter_gates(
+        &self,
+        target: &Target,
+        request: &ChatRequest,
+        prompt_tokens: u64,
+    ) -> Result<Option<crate::quota::Pass>, ()> {
+        if target.gates.is_empty() {
+            return Ok(None);
+        }
+        let ticket = uuid::Uuid::new_v4().to_string();
+        let max_output = request
+            .max_completion_tokens
+            .or(request.max_tokens)
+            .map(u64::from);
+        let lease = self.deadline.saturating_duration_since(Instant::now())
+            + std::time::Duration::from_secs(30);
+        crate::quota::enter(&target.gates, &ticket, prompt_tokens, max_output, lease)
+            .await
+            .map_err(|kind| self.metrics.ratelimit_rejected("target", kind))
+    }
 }
 
 /// `chunks`, resumed by `resumer` when they break after text has arrived.
@@ -263,6 +314,9 @@ pub(super) async fn finish_whole(
     let Some(delivered) = partial.resumable_text().map(str::to_owned) else {
         return Err(broke);
     };
+    if broke.is_content_filter() {
+        return Err(broke);
+    }
     // A stream that breaks at once, with the text so far already counted: the
     // splice resumes it from there.
     let broken: ChunkStream = Box::pin(futures_util::stream::iter([Err(broke)]));
@@ -339,8 +393,14 @@ impl Splice {
                     return Some(Ok(chunk));
                 }
                 Some(Err(error)) => {
-                    let resumable =
-                        !self.finished && !self.unresumable && self.resumed < MAX_RESUMES;
+                    if self.continuing {
+                        self.resumer.log.failed_last(&error);
+                    }
+                    // A refusal on content grounds is the answer, not a break.
+                    let resumable = !self.finished
+                        && !self.unresumable
+                        && !error.is_content_filter()
+                        && self.resumed < MAX_RESUMES;
                     if !resumable {
                         self.done = true;
                         return Some(Err(error));

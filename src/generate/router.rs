@@ -44,6 +44,9 @@ struct Tries {
     asked_waits: Vec<Duration>,
     /// One attempt per target, no retry: a hedge is one extra request.
     single: bool,
+    /// A whole answer is handed back as its stream at its first token (and
+    /// assembled by the caller): a race is won by the first token, not the end.
+    streamed: bool,
 }
 
 /// How one target ended for a request that it did not answer.
@@ -103,12 +106,21 @@ impl Router {
                 started,
                 body: AnswerBody::Stream(chunks),
                 raw_output,
-            }) => Ok(Answer {
-                target: id,
-                started,
-                body: AnswerBody::Stream(settle_pass_at_end(chunks, pass)),
-                raw_output,
-            }),
+            }) => {
+                // The target's verdict and places settle when its own part ends;
+                // a resumption goes on past it, on other targets' accounts.
+                let chunks = settle_pass_at_end(chunks, pass);
+                let chunks = match resumer {
+                    Some(resumer) => resume::splice(chunks, resumer.clone()),
+                    None => chunks,
+                };
+                Ok(Answer {
+                    target: id,
+                    started,
+                    body: AnswerBody::Stream(chunks),
+                    raw_output,
+                })
+            }
             other => {
                 if let Some(pass) = pass {
                     pass.settle(used).await;
@@ -177,21 +189,17 @@ impl Router {
             };
             let started = Instant::now();
             let mut partial = None;
+            let stream = call.stream || tries.streamed;
             let result = self
-                .attempt(target, prompt, call.stream, deadline, &mut partial)
+                .attempt(target, prompt, stream, deadline, &mut partial)
                 .await;
             let latency = started.elapsed();
             let error = match result {
                 Ok(body) => {
                     let body = match body {
-                        // A committed stream records its verdict when it ends
-                        // (before any resumption goes on past it).
+                        // A committed stream records its verdict when it ends.
                         AnswerBody::Stream(chunks) => {
-                            let chunks = settle_at_end(&self.metrics, target, chunks, permit);
-                            AnswerBody::Stream(match resumer {
-                                Some(resumer) => resume::splice(chunks, resumer.clone()),
-                                None => chunks,
-                            })
+                            AnswerBody::Stream(settle_at_end(&self.metrics, target, chunks, permit))
                         }
                         whole => {
                             let transition = permit.record(Verdict::Success, Instant::now());
@@ -422,23 +430,30 @@ impl Router {
                 at += 1;
                 continue;
             };
-            // One hedge per call, for the first target it is due on.
-            hedge_after = None;
             let mut hedge_tries = Tries {
                 single: true,
+                streamed: true,
                 ..Tries::default()
             };
             let started = Instant::now();
+            tries.streamed = true;
             let race = hedge::race(attempt(tries, at), delay, || {
                 self.metrics.failover(&target.id, &second.id, "hedge");
                 attempt(&mut hedge_tries, at + 1)
             })
             .await;
-            // In the order they began: the first target, then its hedge.
+            tries.streamed = false;
+            if race.hedged {
+                // One hedge per call.
+                hedge_after = None;
+            }
+            // In the order they began: the first target, then its hedge. An answer
+            // wins over the other side's refusal.
             let mut won = None;
+            let mut refused = None;
             match race.first {
-                Some(Ok(answer)) => won = Some(answer),
-                Some(Err(left)) => walk.note(target, left)?,
+                Some(Ok(answer)) => won = Some((answer, target)),
+                Some(Err(left)) => refused = walk.note(target, left).err(),
                 None if race.hedged => {
                     tries
                         .attempts
@@ -452,8 +467,8 @@ impl Router {
             }
             tries.asked_waits.extend(hedge_tries.asked_waits);
             match race.second {
-                Some(Ok(answer)) => won = Some(answer),
-                Some(Err(left)) => walk.note(second, left)?,
+                Some(Ok(answer)) => won = Some((answer, second)),
+                Some(Err(left)) => refused = refused.or(walk.note(second, left).err()),
                 None if race.hedged => {
                     let since = started + delay;
                     tries
@@ -462,8 +477,14 @@ impl Router {
                 }
                 None => {}
             }
-            if let Some(answer) = won {
-                return Ok(answer);
+            if let Some((answer, winner)) = won {
+                match self.as_asked(call, answer).await {
+                    Ok(answer) => return Ok(answer),
+                    Err(left) => walk.note(winner, left)?,
+                }
+            }
+            if let Some(refusal) = refused {
+                return Err(refusal);
             }
             at += if race.hedged { 2 } else { 1 };
         }
@@ -500,6 +521,32 @@ impl Router {
             resumer.as_ref(),
         )
         .await
+    }
+
+    /// A raced answer as the client asked for it: a whole answer is assembled
+    /// from the stream that won the race.
+    async fn as_asked(&self, call: &Call<'_>, answer: Answer) -> Result<Answer, Left> {
+        let Answer {
+            target,
+            started,
+            body,
+            raw_output,
+        } = answer;
+        let body = match body {
+            AnswerBody::Stream(chunks) if !call.stream => {
+                let completion = super::assemble::collect(chunks)
+                    .await
+                    .map_err(|e| Left::Failed(e, Disposition::NextTarget))?;
+                AnswerBody::Whole(Box::new(completion))
+            }
+            body => body,
+        };
+        Ok(Answer {
+            target,
+            started,
+            body,
+            raw_output,
+        })
     }
 
     /// The attempt of a target cancelled because its rival answered first.
@@ -577,7 +624,10 @@ impl Walk {
 
 /// Settles a target's places when its stream ends, on the usage the stream
 /// reported (the reservation stands when it reported none).
-fn settle_pass_at_end(chunks: ChunkStream, pass: Option<crate::quota::Pass>) -> ChunkStream {
+pub(super) fn settle_pass_at_end(
+    chunks: ChunkStream,
+    pass: Option<crate::quota::Pass>,
+) -> ChunkStream {
     let Some(pass) = pass else {
         return chunks;
     };

@@ -162,8 +162,8 @@ impl Pipeline {
             ctx.cache_key = None;
         }
         let prompt = Prompt {
-            raw: raw_prompt(ctx, &prompt, &vault),
-            sanitised: prompt,
+            raw: raw_prompt(ctx, &prompt, &vault).map(Arc::new),
+            sanitised: Arc::new(prompt),
         };
         let generated = self
             .generator

@@ -171,9 +171,8 @@ async fn chat(
 /// the user's text).
 fn continues(behaviour: &str, body: &Value) -> Option<String> {
     match with_number(behaviour).0 {
-        "story-next" | "story-vllm" | "story-deepseek" | "story-refuse" | "story-next-cut" => {
-            Some(story())
-        }
+        "story-next" | "story-vllm" | "story-deepseek" | "story-refuse" | "story-next-cut"
+        | "story-think" => Some(story()),
         "echo-next" => Some(last_user_text(body)),
         _ => None,
     }
@@ -223,6 +222,11 @@ fn continue_answer(
     let script = match with_number(behaviour) {
         ("story-next-cut", Some(n)) => Script {
             end: End::Cut(n as usize),
+            ..Script::default()
+        },
+        // A reasoning model: it thinks before it goes on.
+        ("story-think", _) => Script {
+            reasoning: Some(vec!["Going on".into(), " from there.".into()]),
             ..Script::default()
         },
         _ => Script::default(),
@@ -398,11 +402,17 @@ async fn respond(
         ),
         // The story, broken after n words: cut, stalled, a malformed chunk, an error
         // event.
-        "story-cut" | "story-stall" | "story-malformed" | "story-error" => {
+        "story-cut" | "story-stall" | "story-malformed" | "story-error" | "story-reason-cut"
+        | "story-refused" => {
             let n = n.unwrap_or(5) as usize;
             let mut script = Script::default();
             match name {
                 "story-cut" => script.end = End::Cut(n),
+                "story-refused" => script.refused_after = Some(n),
+                "story-reason-cut" => {
+                    script.reasoning = Some(vec!["Let me".into(), " think.".into()]);
+                    script.end = End::Cut(n);
+                }
                 "story-stall" => script.end = End::Stall(n),
                 "story-malformed" => script.malformed_after = Some(n),
                 _ => script.error_after = Some(n),
@@ -553,6 +563,8 @@ struct Script {
     malformed_after: Option<usize>,
     /// An error event instead of this token, then the body closes.
     error_after: Option<usize>,
+    /// The same, a refusal on content grounds.
+    refused_after: Option<usize>,
     blocked_after: Option<usize>,
     /// Prompt tokens served from the provider's cache, and whether they are told
     /// in DeepSeek's words (`prompt_cache_hit_tokens`) or OpenAI's.
@@ -606,6 +618,12 @@ fn answer(model: &str, tokens: &[String], stream: bool, script: Script) -> Respo
                 "data: {\"choices\": [{\"delta\": {\"content\": \n\n".to_owned(),
                 &mut frames,
             );
+        }
+        if script.refused_after == Some(i) {
+            let event = json!({"error": {"message": "Output data may contain inappropriate content.",
+                "type": "invalid_request_error", "code": "content_filter"}});
+            push(frame(&event), &mut frames);
+            return sse_body(frames, false);
         }
         if script.error_after == Some(i) {
             let event =

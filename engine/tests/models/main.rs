@@ -105,8 +105,8 @@ fn an_answer_given_in_part_is_continued_not_restarted() {
         .rfind(' ')
         .expect("a space to cut at");
     let (given, rest) = whole.split_at(cut);
-    let prompt = model.prompt(&messages).unwrap();
-    let prompt = model.continuing(prompt, given).unwrap();
+    let mut prompt = model.prompt(&messages).unwrap();
+    prompt.extend(model.answer_tokens(given).unwrap());
     let mut continued = String::new();
     model
         .generate(&prompt, &params, &mut |text| {
