@@ -103,21 +103,59 @@ async fn a_broken_stream_is_continued_on_the_next_target() {
 
 #[tokio::test]
 async fn a_broken_whole_answer_is_continued_not_asked_again() {
+    for broken in [
+        "story-cut-5",
+        "story-stall-5",
+        "story-malformed-5",
+        "story-error-5",
+    ] {
+        let fake = FakeProvider::start().await;
+        let gw = Gateway::start(&config(&fake, "assistant", &[broken, "story-next"])).await;
+        let response = gw.chat(ask("chat", "Tell me the story.")).await;
+        assert_eq!(response.status(), 200, "{broken}");
+        assert_eq!(
+            response.headers()["x-ragway-target"],
+            format!("fake:{broken}").as_str()
+        );
+        assert_eq!(response.headers()["x-ragway-continued"], "fake:story-next");
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(
+            answer["choices"][0]["message"]["content"],
+            story(),
+            "{broken}"
+        );
+        assert_eq!(answer["choices"][0]["finish_reason"], "stop");
+        // The continuation's usage, and the broken attempt's estimate.
+        let completion = answer["usage"]["completion_tokens"].as_u64().unwrap();
+        assert!(completion > 25, "{answer}");
+        assert_eq!(
+            fake.attempts(broken),
+            1,
+            "{broken}: not asked again from the start"
+        );
+        assert_eq!(fake.attempts("story-next"), 1);
+    }
+}
+
+#[tokio::test]
+async fn an_answer_is_continued_three_times_at_most() {
     let fake = FakeProvider::start().await;
-    let gw = Gateway::start(&config(&fake, "assistant", &["story-cut-5", "story-next"])).await;
-    let response = gw.chat(ask("chat", "Tell me the story.")).await;
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["x-ragway-target"], "fake:story-cut-5");
-    assert_eq!(response.headers()["x-ragway-continued"], "fake:story-next");
-    let answer: Value = response.json().await.unwrap();
-    assert_eq!(answer["choices"][0]["message"]["content"], story());
-    assert_eq!(answer["choices"][0]["finish_reason"], "stop");
+    let targets = [
+        "story-cut-5",
+        "story-next-cut-1",
+        "story-next-cut-1#2",
+        "story-next-cut-1#3",
+        "story-next",
+    ];
+    let gw = Gateway::start(&config(&fake, "assistant", &targets)).await;
+    let sse = Sse::read(gw.chat(ask_stream("chat", "Tell me the story.")).await).await;
+    assert_eq!(sse.text(), words(8), "{}", sse.raw);
+    assert!(sse.error().is_some() && !sse.done);
     assert_eq!(
-        fake.attempts("story-cut-5"),
-        1,
-        "not asked again from the start"
+        fake.attempts("story-next"),
+        0,
+        "a fourth continuation is not asked for"
     );
-    assert_eq!(fake.attempts("story-next"), 1);
 }
 
 #[tokio::test]
