@@ -11,6 +11,7 @@ mod cache;
 mod choices;
 mod config;
 mod console;
+mod cors;
 mod deploy;
 mod governance;
 mod hedge;

@@ -21,6 +21,8 @@ pub struct RawServer {
     pub max_connections_per_peer: Option<u64>,
     pub metrics_listen: Option<String>,
     pub workers: Option<u64>,
+    /// Browser origins allowed to call `/v1/*` (CORS); none by default.
+    pub cors_origins: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -55,6 +57,8 @@ pub struct ServerConfig {
     /// Threads that serve connections, each connection on one of them start to
     /// finish (one per core by default).
     pub workers: usize,
+    /// The origins whose pages may call `/v1/*` from a browser (`*`: any).
+    pub cors_origins: Vec<String>,
 }
 
 pub(super) const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -123,7 +127,14 @@ pub(super) fn server(raw: RawServer, problems: &mut Problems) -> ServerConfig {
             "must differ from server.listen (leave it out to serve /metrics there)",
         );
     }
+    let cors_origins = raw.cors_origins.unwrap_or_default();
+    for (i, origin) in cors_origins.iter().enumerate() {
+        if let Err(why) = check_origin(origin) {
+            problems.add(format!("server.cors_origins[{i}]"), why);
+        }
+    }
     ServerConfig {
+        cors_origins,
         listen,
         max_body_bytes: usize::try_from(max_body).unwrap_or(usize::MAX),
         shutdown_grace,
@@ -133,6 +144,22 @@ pub(super) fn server(raw: RawServer, problems: &mut Problems) -> ServerConfig {
         max_connections_per_peer,
         metrics_listen,
         workers: workers.clamp(1, 1024) as usize,
+    }
+}
+
+/// An origin as a browser sends it: `scheme://host[:port]`, nothing after; or `*`.
+fn check_origin(origin: &str) -> Result<(), String> {
+    if origin == "*" {
+        return Ok(());
+    }
+    let url =
+        reqwest::Url::parse(origin).map_err(|e| format!("`{origin}` is not an origin: {e}"))?;
+    let bare = url.origin().ascii_serialization();
+    match matches!(url.scheme(), "http" | "https") && bare == origin {
+        true => Ok(()),
+        false => Err(format!(
+            "`{origin}` is not an origin: write the scheme, host and port only, e.g. `{bare}`"
+        )),
     }
 }
 

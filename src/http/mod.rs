@@ -5,6 +5,7 @@ mod auth;
 mod body;
 mod chat;
 mod console;
+mod cors;
 mod documents;
 mod embeddings;
 mod error;
@@ -98,6 +99,8 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             observe::observe,
         ))
+        // Outermost: a preflight is answered before anything else sees it.
+        .layer(middleware::from_fn_with_state(state.clone(), cors::cors))
         .with_state(state)
 }
 
