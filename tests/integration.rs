@@ -9,6 +9,7 @@ mod audit;
 mod bad_input;
 mod cache;
 mod choices;
+mod completions;
 mod config;
 mod console;
 mod cors;

@@ -158,3 +158,16 @@ async fn governance_refusals_through_the_openai_sdk() {
         "only the admitted call reached the provider"
     );
 }
+
+#[tokio::test]
+async fn legacy_completions_through_the_openai_sdk() {
+    let fake = crate::support::FakeProvider::start().await;
+    let gw = Gateway::over(&fake, &[("chat", &["echo"])]).await;
+    let figures = run_script(&gw, "completions.py", &[]).await;
+    assert_eq!(figures["whole"], figures["streamed"], "{figures}");
+    let seen = fake.last_request().body.to_string();
+    assert!(
+        !seen.contains("13812345678"),
+        "the provider saw a placeholder: {seen}"
+    );
+}

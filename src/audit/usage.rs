@@ -101,6 +101,7 @@ pub fn sql_head(group: Group, int: &str, day: &str) -> String {
 /// sums. An endpoint that spends is added here as it is added to the API.
 pub const SPENDING_ROUTES: &[&str] = &[
     "/v1/chat/completions",
+    "/v1/completions",
     "/v1/embeddings",
     // The console's playground: chat as the signed-in key, or the admin.
     "/console/api/chat",

@@ -31,10 +31,41 @@ pub async fn completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = Instant::now();
-    let request: ChatRequest = match parse_json(&headers, body, state.config.server.max_body_bytes)
-        .and_then(|r: ChatRequest| r.validate().map(|()| r))
-        .and_then(|r| rag_header(&headers, r))
-    {
+    let request = parse_json(&headers, body, state.config.server.max_body_bytes)
+        .and_then(|r: ChatRequest| r.validate().map(|()| r));
+    let caller_request = Called {
+        caller,
+        request_id,
+        origin: origin.map(|Extension(o)| o),
+        started,
+    };
+    serve(&state, caller_request, &headers, request, reply_response).await
+}
+
+/// Who called, and when: what every dialect's handler hands to [`serve`].
+pub(super) struct Called {
+    pub caller: Caller,
+    pub request_id: std::sync::Arc<str>,
+    pub origin: Option<Origin>,
+    pub started: Instant,
+}
+
+/// Runs a chat request (or one translated into it) through the pipeline, and
+/// answers with `respond`, which shapes the reply in the client's dialect.
+pub(super) async fn serve(
+    state: &AppState,
+    called: Called,
+    headers: &HeaderMap,
+    request: Result<ChatRequest, GatewayError>,
+    respond: fn(Reply) -> Response,
+) -> Response {
+    let Called {
+        caller,
+        request_id,
+        origin,
+        started,
+    } = called;
+    let request = match request.and_then(|r| rag_header(headers, r)) {
         Ok(request) => request,
         Err(error) => return error.into_response(),
     };
@@ -48,7 +79,7 @@ pub async fn completions(
     };
     let alias = route.alias.clone();
     let mut ctx = RequestCtx::new(request_id, caller, route, &request, started);
-    if let Some(Extension(origin)) = origin {
+    if let Some(origin) = origin {
         ctx.origin = origin;
     }
     if let Some(value) = headers
@@ -64,7 +95,7 @@ pub async fn completions(
                 target: Some(reply.target.clone()),
                 attempts: reply.attempts,
             };
-            (reply_response(reply), served)
+            (respond(reply), served)
         }
         Err(error) => {
             let served = ServedModel {
@@ -107,20 +138,33 @@ fn rag_header(headers: &HeaderMap, mut request: ChatRequest) -> Result<ChatReque
 }
 
 fn reply_response(reply: Reply) -> Response {
-    let mut response = match reply.body {
+    respond_with(reply, |body| match body {
         ReplyBody::Whole(completion) => Json(completion).into_response(),
         ReplyBody::Stream(frames) => sse_response(frames),
-    };
+    })
+}
+
+/// The reply's body as `body` makes it, with the gateway's headers: the serving
+/// target, the attempts, a continuation, the cache, and the caller's headroom.
+pub(super) fn respond_with(reply: Reply, body: impl FnOnce(ReplyBody) -> Response) -> Response {
+    let Reply {
+        target,
+        attempts,
+        continued,
+        cache,
+        headroom,
+        body: reply_body,
+    } = reply;
+    let mut response = body(reply_body);
     let headers = response.headers_mut();
-    if let Ok(value) = HeaderValue::from_str(&reply.target) {
+    if let Ok(value) = HeaderValue::from_str(&target) {
         headers.insert(HeaderName::from_static("x-ragway-target"), value);
     }
     headers.insert(
         HeaderName::from_static("x-ragway-attempts"),
-        HeaderValue::from(reply.attempts),
+        HeaderValue::from(attempts),
     );
-    if let Some(value) = reply
-        .continued
+    if let Some(value) = continued
         .as_deref()
         .and_then(|t| HeaderValue::from_str(t).ok())
     {
@@ -128,18 +172,29 @@ fn reply_response(reply: Reply) -> Response {
     }
     headers.insert(
         HeaderName::from_static("x-ragway-cache"),
-        HeaderValue::from_static(reply.cache.as_str()),
+        HeaderValue::from_static(cache.as_str()),
     );
-    super::error::put_headroom(headers, &reply.headroom);
+    super::error::put_headroom(headers, &headroom);
     response
 }
 
-fn sse_response(frames: mpsc::Receiver<Bytes>) -> Response {
-    let body = futures_util::stream::unfold(frames, |mut frames| async move {
-        let frame = frames.recv().await?;
-        Some((Ok::<_, Infallible>(frame), frames))
-    });
-    let mut response = Response::new(Body::from_stream(body));
+pub(super) fn sse_response(frames: mpsc::Receiver<Bytes>) -> Response {
+    sse_stream(futures_util::stream::unfold(
+        frames,
+        |mut frames| async move {
+            let frame = frames.recv().await?;
+            Some((frame, frames))
+        },
+    ))
+}
+
+/// A response streaming `frames` (server-sent events, ready to write).
+pub(super) fn sse_stream<S>(frames: S) -> Response
+where
+    S: futures_util::Stream<Item = Bytes> + Send + 'static,
+{
+    use futures_util::StreamExt;
+    let mut response = Response::new(Body::from_stream(frames.map(Ok::<_, Infallible>)));
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,

@@ -4,6 +4,7 @@ mod admin;
 mod auth;
 mod body;
 mod chat;
+mod completions;
 mod console;
 mod cors;
 mod documents;
@@ -32,6 +33,7 @@ use crate::state::AppState;
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/v1/chat/completions", post(chat::completions))
+        .route("/v1/completions", post(completions::completions))
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::get))
