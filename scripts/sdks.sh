@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The official client SDKs the suite drives the gateway with, in a venv outside the
 # checkout (kept between runs, like the build): openai for Python, and LangChain's
-# OpenAI integration. Idempotent: a venv holding exactly these pins is kept.
+# OpenAI integration, and anthropic for Python. Idempotent: a venv holding exactly
+# these pins is kept.
 set -euo pipefail
 
 venv=${RAGWAY_SDK_VENV:-$HOME/.cache/ragway/sdk-venv}
-pins=(openai==3.60.0 langchain-openai==1.8.1)
+pins=(openai==3.60.0 langchain-openai==1.8.1 anthropic==2.17.0)
 
 if [ -f "$venv/pins" ] && [ "$(cat "$venv/pins")" = "${pins[*]}" ] && [ -x "$venv/bin/python" ]; then
   echo "sdks: $venv is ready"

@@ -19,6 +19,7 @@ mod hedge;
 mod hostile;
 mod limits;
 mod local;
+mod messages;
 mod openai_sdk;
 mod pii;
 mod privacy;

@@ -171,3 +171,15 @@ async fn legacy_completions_through_the_openai_sdk() {
         "the provider saw a placeholder: {seen}"
     );
 }
+
+#[tokio::test]
+async fn messages_through_the_anthropic_sdk() {
+    let fake = crate::support::FakeProvider::start().await;
+    let gw = Gateway::over(&fake, &[("chat", &["echo"])]).await;
+    let base = gw.url.clone();
+    let figures = run_script(&gw, "messages.py", &[("ANTHROPIC_BASE_URL", &base)]).await;
+    assert_eq!(figures["whole"], figures["streamed"], "{figures}");
+    let seen = fake.last_request().body;
+    assert_eq!(seen["messages"][0]["role"], "user", "{seen}");
+    assert!(!seen.to_string().contains("13812345678"), "{seen}");
+}

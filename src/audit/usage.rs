@@ -103,6 +103,7 @@ pub const SPENDING_ROUTES: &[&str] = &[
     "/v1/chat/completions",
     "/v1/completions",
     "/v1/embeddings",
+    "/v1/messages",
     // The console's playground: chat as the signed-in key, or the admin.
     "/console/api/chat",
 ];

@@ -11,9 +11,13 @@ use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-/// The key in `Authorization: Bearer <key>`, if there is one.
+/// The key in `Authorization: Bearer <key>`, or else in `x-api-key` (as
+/// Anthropic's clients send it), if there is one.
 pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Some(headers.get("x-api-key")?.to_str().ok()?.trim());
+    };
+    let value = value.to_str().ok()?;
     let key = value
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("bearer "))?;

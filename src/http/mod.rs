@@ -13,6 +13,7 @@ mod error;
 mod health;
 mod keys;
 mod limits;
+mod messages;
 mod models;
 pub mod observe;
 mod quickack;
@@ -42,6 +43,14 @@ pub fn router(state: AppState) -> Router {
             Arc::clone(&state.client_keys),
             auth::authenticate,
         ));
+    // Anthropic's clients read errors in their own shape, the key's refusal too.
+    let anthropic = Router::new()
+        .route("/v1/messages", post(messages::messages))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&state.client_keys),
+            auth::authenticate,
+        ))
+        .layer(middleware::from_fn(messages::anthropic_errors));
     let admin = Router::new()
         .route("/admin/breakers", get(admin::breakers))
         .route("/admin/breakers/{target}/reset", post(admin::reset_breaker))
@@ -84,6 +93,7 @@ pub fn router(state: AppState) -> Router {
         ));
     let mut router = Router::new()
         .merge(api)
+        .merge(anthropic)
         .merge(admin)
         .merge(documents)
         .merge(console::router(state.clone()))
