@@ -5,8 +5,8 @@ use tokio::time::Instant;
 
 use axum::Json;
 use axum::body::Body;
+use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -24,30 +24,50 @@ use crate::wire::ChatRequest;
 
 pub async fn completions(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Extension(RequestId(request_id)): Extension<RequestId>,
-    origin: Option<Extension<Origin>>,
+    called: Called,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let started = Instant::now();
     let request = parse_json(&headers, body, state.config.server.max_body_bytes)
         .and_then(|r: ChatRequest| r.validate().map(|()| r));
-    let caller_request = Called {
-        caller,
-        request_id,
-        origin: origin.map(|Extension(o)| o),
-        started,
-    };
-    serve(&state, caller_request, &headers, request, reply_response).await
+    serve(&state, called, &headers, request, reply_response).await
 }
 
-/// Who called, and when: what every dialect's handler hands to [`serve`].
+/// Who called, and when: what every dialect's handler hands to [`serve`], read
+/// from what authentication and the request's observer put on it.
 pub(super) struct Called {
     pub caller: Caller,
     pub request_id: std::sync::Arc<str>,
     pub origin: Option<Origin>,
     pub started: Instant,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Called {
+    type Rejection = GatewayError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Called, GatewayError> {
+        let started = Instant::now();
+        let missing = || GatewayError::Internal("a chat route without its layers".to_owned());
+        let caller = parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(missing)?;
+        let RequestId(request_id) = parts
+            .extensions
+            .get::<RequestId>()
+            .cloned()
+            .ok_or_else(missing)?;
+        Ok(Called {
+            caller,
+            request_id,
+            origin: parts.extensions.get::<Origin>().cloned(),
+            started,
+        })
+    }
 }
 
 /// Runs a chat request (or one translated into it) through the pipeline, and

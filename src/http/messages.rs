@@ -11,18 +11,14 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Extension, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
-use tokio::time::Instant;
 
 use super::body::parse_json;
 use super::chat::{Called, respond_with, serve, sse_stream};
-use super::observe::RequestId;
-use crate::audit::Origin;
-use crate::call::Caller;
 use crate::error::GatewayError;
 use crate::pipeline::{Reply, ReplyBody};
 use crate::state::AppState;
@@ -44,18 +40,10 @@ const FIELDS: &[&str] = &[
 
 pub async fn messages(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Extension(RequestId(request_id)): Extension<RequestId>,
-    origin: Option<Extension<Origin>>,
+    called: Called,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let called = Called {
-        caller,
-        request_id,
-        origin: origin.map(|Extension(o)| o),
-        started: Instant::now(),
-    };
     let request = parse_json(&headers, body, state.config.server.max_body_bytes)
         .and_then(as_chat)
         .and_then(|r: ChatRequest| r.validate().map(|()| r));
