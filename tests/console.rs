@@ -1762,3 +1762,26 @@ async fn documents_and_the_playground_work_in_a_real_browser() {
     assert!(severe.is_empty(), "errors in the page: {severe:?}");
     browser.quit().await;
 }
+
+#[tokio::test]
+async fn a_search_is_admitted_against_the_keys_limits() {
+    let fake = FakeProvider::start().await;
+    let dir = TempDir::new();
+    let gw = console_rag_gateway(&fake, &dir).await;
+    let key = new_key(&gw, json!({"tenant": "acme", "limits": {"rpm": 1}})).await;
+    let search = || {
+        gw.http()
+            .post(format!("{}/v1/search", gw.url))
+            .bearer_auth(&key)
+            .json(&json!({"question": "How long do refunds take?"}))
+            .send()
+    };
+    assert_eq!(search().await.unwrap().status(), 200);
+    let refused = search().await.unwrap();
+    assert_eq!(
+        refused.status(),
+        429,
+        "a search embeds its question: it counts"
+    );
+    assert!(refused.headers().contains_key("retry-after"));
+}

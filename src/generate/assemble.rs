@@ -12,12 +12,20 @@ use crate::wire::{ChatChunk, ChatCompletion, Choice, ResponseMessage, Usage};
 
 /// A whole answer from a stream. Any error on the way fails it: nothing has been
 /// sent to the client, so the attempt can be retried or failed over.
-pub async fn collect(mut chunks: ChunkStream) -> Result<ChatCompletion, UpstreamError> {
-    let mut answer = Assembler::default();
+pub async fn collect(chunks: ChunkStream) -> Result<ChatCompletion, UpstreamError> {
+    collect_into(&mut Assembler::default(), chunks).await
+}
+
+/// [`collect`] onto what `answer` holds already; after an error, `answer` holds
+/// what had arrived (for another target to continue).
+pub async fn collect_into(
+    answer: &mut Assembler,
+    mut chunks: ChunkStream,
+) -> Result<ChatCompletion, UpstreamError> {
     while let Some(chunk) = chunks.next().await {
         answer.add(&chunk?);
     }
-    answer
+    std::mem::take(answer)
         .finish()
         .ok_or_else(|| UpstreamError::Protocol("the stream held no answer".to_owned()))
 }

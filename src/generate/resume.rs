@@ -17,9 +17,11 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use tokio::time::{Instant, timeout_at};
 
-use super::assemble::Assembler;
+use super::assemble::{Assembler, collect_into};
 use super::retry::classify;
-use super::router::{first_content, settle_at_end, settle_pass_at_end, with_deadlines};
+use super::router::{
+    enter_gates, first_content, settle_at_end, settle_pass_at_end, with_deadlines,
+};
 use super::{Attempt, ChunkStream, Target, TimeoutPhase, UpstreamError};
 use crate::call::AttemptKind;
 use crate::telemetry::Metrics;
@@ -213,7 +215,14 @@ impl Resumer {
                 continue;
             };
             let prompt_tokens = crate::tokens::prompt_tokens(&request);
-            let Ok(pass) = self.enter_gates(&target, &request, prompt_tokens).await else {
+            let gates = enter_gates(
+                &self.metrics,
+                &target,
+                &request,
+                || prompt_tokens,
+                self.deadline,
+            );
+            let Ok(pass) = gates.await else {
                 continue;
             };
             let first_token_by = now
@@ -273,29 +282,6 @@ impl Resumer {
         }
         Err(broke)
     }
-
-    /// A place under each of `target`'s own limits, as any call to it takes
-    /// (`Err`: it is at one, and is passed over).
-    async fn enter_gates(
-        &self,
-        target: &Target,
-        request: &ChatRequest,
-        prompt_tokens: u64,
-    ) -> Result<Option<crate::quota::Pass>, ()> {
-        if target.gates.is_empty() {
-            return Ok(None);
-        }
-        let ticket = uuid::Uuid::new_v4().to_string();
-        let max_output = request
-            .max_completion_tokens
-            .or(request.max_tokens)
-            .map(u64::from);
-        let lease = self.deadline.saturating_duration_since(Instant::now())
-            + std::time::Duration::from_secs(30);
-        crate::quota::enter(&target.gates, &ticket, prompt_tokens, max_output, lease)
-            .await
-            .map_err(|kind| self.metrics.ratelimit_rejected("target", kind))
-    }
 }
 
 /// `chunks`, resumed by `resumer` when they break after text has arrived.
@@ -320,13 +306,7 @@ pub(super) async fn finish_whole(
     // A stream that breaks at once, with the text so far already counted: the
     // splice resumes it from there.
     let broken: ChunkStream = Box::pin(futures_util::stream::iter([Err(broke)]));
-    let mut rest = spliced(broken, resumer.clone(), delivered);
-    while let Some(chunk) = rest.next().await {
-        partial.add(&chunk?);
-    }
-    partial
-        .finish()
-        .ok_or_else(|| UpstreamError::Protocol("the stream held no answer".to_owned()))
+    collect_into(&mut partial, spliced(broken, resumer.clone(), delivered)).await
 }
 
 fn spliced(chunks: ChunkStream, resumer: Resumer, delivered: String) -> ChunkStream {

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use tokio::time::{Instant, timeout_at};
 
-use super::assemble::Assembler;
+use super::assemble::{Assembler, collect_into};
 use super::hedge;
 use super::resume::{self, ResumeLog, Resumer};
 use super::retry::{Disposition, classify};
@@ -137,24 +137,10 @@ impl Router {
         target: &Target,
         prompt: &ChatRequest,
     ) -> Result<Option<crate::quota::Pass>, Left> {
-        if target.gates.is_empty() {
-            return Ok(None);
-        }
-        // Its own name, never the client's request id (which a client may repeat).
-        let ticket = uuid::Uuid::new_v4().to_string();
-        let prompt_tokens = crate::tokens::prompt_tokens(prompt);
-        let max_output = prompt
-            .max_completion_tokens
-            .or(prompt.max_tokens)
-            .map(u64::from);
-        let lease =
-            call.deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(30);
-        crate::quota::enter(&target.gates, &ticket, prompt_tokens, max_output, lease)
+        let prompt_tokens = || crate::tokens::prompt_tokens(prompt);
+        enter_gates(&self.metrics, target, prompt, prompt_tokens, call.deadline)
             .await
-            .map_err(|kind| {
-                self.metrics.ratelimit_rejected("target", kind);
-                Left::AtLimit
-            })
+            .map_err(|()| Left::AtLimit)
     }
 
     /// Every attempt one target gets for one request, its breaker permitting. An
@@ -330,20 +316,13 @@ impl Router {
             return Ok(AnswerBody::Stream(chunks));
         }
         let mut assembled = Assembler::default();
-        let mut chunks = chunks;
-        while let Some(chunk) = chunks.next().await {
-            match chunk {
-                Ok(chunk) => assembled.add(&chunk),
-                Err(error) => {
-                    *partial = Some(assembled);
-                    return Err(error);
-                }
+        match collect_into(&mut assembled, chunks).await {
+            Ok(completion) => Ok(AnswerBody::Whole(Box::new(completion))),
+            Err(error) => {
+                *partial = Some(assembled);
+                Err(error)
             }
         }
-        assembled
-            .finish()
-            .map(|c| AnswerBody::Whole(Box::new(c)))
-            .ok_or_else(|| UpstreamError::Protocol("the stream held no answer".to_owned()))
     }
 
     fn report(&self, target: &Target, transition: Option<BreakerState>) {
@@ -620,6 +599,30 @@ impl Walk {
         }
         Ok(())
     }
+}
+
+/// A place under each of `target`'s own limits for `prompt` (`prompt_tokens`
+/// long), held until `deadline` and a margin; `Err` when it is at one of them.
+pub(super) async fn enter_gates(
+    metrics: &Metrics,
+    target: &Target,
+    prompt: &ChatRequest,
+    prompt_tokens: impl FnOnce() -> u64,
+    deadline: Instant,
+) -> Result<Option<crate::quota::Pass>, ()> {
+    if target.gates.is_empty() {
+        return Ok(None);
+    }
+    // Its own name, never the client's request id (which a client may repeat).
+    let ticket = uuid::Uuid::new_v4().to_string();
+    let max_output = prompt
+        .max_completion_tokens
+        .or(prompt.max_tokens)
+        .map(u64::from);
+    let lease = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(30);
+    crate::quota::enter(&target.gates, &ticket, prompt_tokens(), max_output, lease)
+        .await
+        .map_err(|kind| metrics.ratelimit_rejected("target", kind))
 }
 
 /// Settles a target's places when its stream ends, on the usage the stream

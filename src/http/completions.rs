@@ -203,5 +203,5 @@ fn text_frame(frame: &Bytes) -> Bytes {
             out[key] = value.clone();
         }
     }
-    Bytes::from(format!("data: {out}\n\n"))
+    crate::pipeline::data_frame(&out)
 }

@@ -314,6 +314,30 @@ pub async fn search(
         }
     };
     let collection = asked.collection.filter(|c| !c.trim().is_empty());
+    // The one admission point: a search embeds its question, so a client key's
+    // limits hold here as for an embedding (the admin's searches are the admin's).
+    let permit = match &principal {
+        Principal::Client(caller) => {
+            let call = crate::call::Call {
+                request_id: "",
+                caller,
+                alias: state
+                    .embedder
+                    .as_ref()
+                    .map_or("search", |(name, _)| name.as_str()),
+                deadline: tokio::time::Instant::now() + retrieval.ingest_timeout,
+                stream: false,
+                cache_control: Default::default(),
+                corpus_version: None,
+            };
+            let ask = crate::admit::admission::Ask {
+                prompt_tokens: crate::tokens::text_tokens(question),
+                max_output: Some(0),
+            };
+            Some(state.pipeline.admission.admit(&call, ask).await?)
+        }
+        Principal::Admin => None,
+    };
     let found = corpus
         .search(
             &tenant,
@@ -322,7 +346,15 @@ pub async fn search(
             Mode::Hybrid,
             limit,
         )
-        .await?;
+        .await;
+    if let Some(permit) = permit {
+        let used = crate::admit::admission::Used {
+            prompt_tokens: crate::tokens::text_tokens(question),
+            ..Default::default()
+        };
+        state.pipeline.admission.settle(permit, used).await;
+    }
+    let found = found?;
     let min_score = retrieval.defaults.min_score;
     let data: Vec<Value> = found
         .into_iter()
@@ -414,8 +446,9 @@ pub async fn principal(
 pub enum Principal {
     /// The admin key: acts for the tenant it names.
     Admin,
-    /// A client key (or anyone, with authentication off): acts for its tenant.
-    Client(String),
+    /// A client key (or anyone, with authentication off): acts for its tenant,
+    /// within its limits.
+    Client(crate::call::Caller),
 }
 
 impl Principal {
@@ -424,7 +457,7 @@ impl Principal {
     fn name(&self) -> &str {
         match self {
             Principal::Admin => "\0admin",
-            Principal::Client(tenant) => tenant,
+            Principal::Client(caller) => &caller.tenant,
         }
     }
 
@@ -433,7 +466,7 @@ impl Principal {
             return Ok(Principal::Admin);
         }
         let caller = super::auth::caller_of(&state.client_keys, headers)?;
-        Ok(Principal::Client(caller.tenant.to_string()))
+        Ok(Principal::Client(caller))
     }
 
     /// The tenant the request acts for; `asked` is the one it names, if any.
@@ -445,12 +478,12 @@ impl Principal {
                 "with the admin key, name the tenant (`tenant`)",
                 Some("tenant".to_owned()),
             )),
-            (Principal::Client(own), Some(other)) if other != own.as_str() => {
+            (Principal::Client(own), Some(other)) if other != &*own.tenant => {
                 Err(GatewayError::Forbidden(
                     "a client key manages only its own tenant's documents".to_owned(),
                 ))
             }
-            (Principal::Client(own), _) => Ok(own.clone()),
+            (Principal::Client(own), _) => Ok(own.tenant.to_string()),
         }
     }
 }

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 pub use ctx::{Caller, RequestCtx};
+pub use stream::data_frame;
 
 use crate::admit::admission::{Admit, Ask};
 use crate::audit::AuditSink;

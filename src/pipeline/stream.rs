@@ -197,7 +197,7 @@ async fn forward(
 }
 
 /// One SSE event carrying a JSON value.
-pub(crate) fn data_frame<T: Serialize>(value: &T) -> Bytes {
+pub fn data_frame<T: Serialize>(value: &T) -> Bytes {
     let mut frame = b"data: ".to_vec();
     // Serialising our own wire types cannot fail.
     let _ = serde_json::to_writer(&mut frame, value);

@@ -124,10 +124,7 @@ async fn session(State(state): State<AppState>, mut request: Request, next: Next
     }
     let (signed, principal) = match visitor.caller {
         None => (Signed::Admin, Principal::Admin),
-        Some(caller) => {
-            let tenant = caller.tenant.to_string();
-            (Signed::Client(caller), Principal::Client(tenant))
-        }
+        Some(caller) => (Signed::Client(caller.clone()), Principal::Client(caller)),
     };
     request.extensions_mut().insert(signed.clone());
     request.extensions_mut().insert(principal);
