@@ -16,7 +16,8 @@ run: toolchain models
 ## The whole test suite, as CI runs it (Redis and Postgres on loopback, started when missing).
 test: toolchain models services sdks browser
 	$(CARGO) fmt --all -- --check
-	QDRANT_URL="$$(scripts/qdrant-server.sh)" $(CARGO) test --workspace --locked
+	@# A failing test's message, not a page of frames: what a CI log shows first.
+	RUST_BACKTRACE=0 QDRANT_URL="$$(scripts/qdrant-server.sh)" $(CARGO) test --workspace --locked
 
 ## The Rust toolchain pinned in rust-toolchain.toml, installed when missing.
 TOOLCHAIN := $(shell sed -n 's/^channel = "\(.*\)"/\1/p' rust-toolchain.toml)

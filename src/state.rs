@@ -16,11 +16,12 @@ use crate::cache::tiered::TieredCache;
 use crate::cache::{AnswerCache, CachePolicy, NoCache};
 use crate::call::{Caller, Price};
 use crate::config::{
-    Config, LocalInput, ModelConfig, ProviderKind, RetrievalConfig, StoreConfig, TargetRef,
+    Config, LocalInput, ModelConfig, ModelKind, ProviderKind, RetrievalConfig, StoreConfig,
+    TargetRef,
 };
 use crate::generate::{
-    ChatProvider, LOCAL_ALIAS, LoadError, LocalProvider, OpenAiProvider, Route, Router, Routes,
-    Target,
+    ChatProvider, LOCAL_ALIAS, LoadError, LocalProvider, OpenAiProvider, Ranker, Route, Router,
+    Routes, Target,
 };
 use crate::pipeline::Pipeline;
 use crate::quota::{Counters, Gate};
@@ -165,6 +166,10 @@ impl AppState {
             cache: answer_cache(&config, embedder.as_ref().map(|(_, e)| e), &metrics)?,
             retriever,
             generator: Arc::new(Router::new(Arc::clone(&metrics))),
+            ranker: Arc::new(Ranker::new(
+                Arc::clone(&metrics),
+                embedder.as_ref().map(|(_, e)| Arc::clone(e)),
+            )),
             audit: audit_sink,
             metrics: Arc::clone(&metrics),
             tasks: TaskTracker::new(),
@@ -593,13 +598,17 @@ fn routes(
     let mut models = config.models.clone();
     if let Some(local) = &local {
         for model in models.values_mut() {
-            if model.local_fallback && !model.targets.contains(local) {
+            if model.kind == ModelKind::Chat
+                && model.local_fallback
+                && !model.targets.contains(local)
+            {
                 model.targets.push(local.clone());
             }
         }
         models
             .entry(LOCAL_ALIAS.to_owned())
             .or_insert_with(|| ModelConfig {
+                kind: ModelKind::Chat,
                 targets: vec![local.clone()],
                 description: Some("the model served by this gateway".to_owned()),
                 request_timeout: Duration::from_secs(120),
@@ -654,6 +663,10 @@ fn routes(
         }
         let route = Route {
             alias: alias.as_str().into(),
+            kind: model.kind,
+            rank_locally: model.kind == ModelKind::Rerank
+                && model.local_fallback
+                && config.embeddings.is_some(),
             targets: route_targets,
             request_timeout: model.request_timeout,
             failover_on_content_filter: model.failover_on_content_filter,

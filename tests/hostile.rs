@@ -541,13 +541,15 @@ async fn a_hostile_caller_cannot_exhaust_or_stall_the_gateway() {
     );
     // They were running (the 429 says both were in flight; the CPU, that they
     // were working, on cores the rest of the suite shares).
+    // The bars are relative: under the rest of the suite's load the gateway gets
+    // less of the two cores, ingesting or not.
     assert!(
-        busy > 0.3,
+        busy > 0.15,
         "two ingestions should keep the cores busy: {busy:.2}"
     );
     assert!(
-        after_leaving < 0.3,
-        "abandoned ingestion still running: {after_leaving:.2} cores"
+        after_leaving < (busy / 2.0).min(0.3),
+        "abandoned ingestion still running: {after_leaving:.2} cores (ingesting {busy:.2})"
     );
     // And the slots are free again.
     let again = small().await.unwrap();

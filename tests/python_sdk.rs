@@ -1,6 +1,7 @@
-//! The official Python clients against the gateway: the `openai` SDK and LangChain,
-//! from the venv `scripts/sdks.sh` makes (`make test` runs it). Each script in
-//! tests/sdk/ asserts on what it sees and prints one JSON line of figures.
+//! The official clients against the gateway: the `openai` SDK for Python and for
+//! Node, the `anthropic` SDK and LangChain, each from its own place that
+//! `scripts/sdks.sh` makes (`make test` runs it). Each script in tests/sdk/
+//! asserts on what it sees and prints one JSON line of figures.
 
 use std::path::PathBuf;
 
@@ -8,26 +9,46 @@ use serde_json::Value;
 
 use crate::support::{Gateway, TempDir};
 
-/// The venv's python; a missing venv fails the test (it is part of the suite).
-fn python() -> PathBuf {
-    let venv = std::env::var_os("RAGWAY_SDK_VENV").map_or_else(
-        || PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/ragway/sdk-venv"),
+/// Where `scripts/sdks.sh` put the SDKs.
+fn sdks() -> PathBuf {
+    std::env::var_os("RAGWAY_SDKS").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/ragway/sdks"),
         PathBuf::from,
-    );
-    let python = venv.join("bin/python");
+    )
+}
+
+/// The SDK a script is written against: its venv's python, or node with the
+/// node_modules. A missing one fails the test (it is part of the suite).
+fn runner(script: &str) -> tokio::process::Command {
+    let (place, program) = match script.rsplit_once('.') {
+        Some((_, "cjs")) => ("node", "node".into()),
+        _ => {
+            let venv = match script {
+                s if s.starts_with("anthropic_") => "anthropic",
+                s if s.starts_with("langchain_") => "langchain",
+                _ => "openai",
+            };
+            (venv, sdks().join(venv).join("bin/python"))
+        }
+    };
+    let home = sdks().join(place);
     assert!(
-        python.is_file(),
+        home.join("pins").is_file(),
         "{} is missing: run scripts/sdks.sh (make test does)",
-        python.display()
+        home.display()
     );
-    python
+    let mut command = tokio::process::Command::new(program);
+    // A CommonJS script finds the node_modules by NODE_PATH.
+    command
+        .arg(format!("tests/sdk/{script}"))
+        .env("NODE_PATH", home.join("node_modules"));
+    command
 }
 
 /// Runs `tests/sdk/{script}` against `gw` with `env`; returns its JSON line.
 pub async fn run_script(gw: &Gateway, script: &str, env: &[(&str, &str)]) -> Value {
-    let mut command = tokio::process::Command::new(python());
+    let mut command = runner(script);
     command
-        .arg(format!("tests/sdk/{script}"))
         .env("OPENAI_BASE_URL", format!("{}/v1", gw.url))
         .env("OPENAI_API_KEY", "unused")
         .env("PYTHONDONTWRITEBYTECODE", "1")
@@ -36,7 +57,7 @@ pub async fn run_script(gw: &Gateway, script: &str, env: &[(&str, &str)]) -> Val
     let output = tokio::time::timeout(std::time::Duration::from_secs(180), command.output())
         .await
         .expect("the script finishes within 3 minutes")
-        .expect("python runs");
+        .expect("the SDK's runtime starts");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -86,7 +107,7 @@ async fn embeddings_through_sdks(name: &str, model: &str) -> serde_json::Value {
     .expect("models/cl100k_base.tiktoken (make models)");
     let figures = run_script(
         &gw,
-        "embeddings.py",
+        "langchain_embeddings.py",
         &[
             ("MODEL", name),
             ("TIKTOKEN_CACHE_DIR", cache.0.to_str().unwrap()),
@@ -175,11 +196,67 @@ async fn legacy_completions_through_the_openai_sdk() {
 #[tokio::test]
 async fn messages_through_the_anthropic_sdk() {
     let fake = crate::support::FakeProvider::start().await;
-    let gw = Gateway::over(&fake, &[("chat", &["echo"])]).await;
+    let gw = Gateway::over(&fake, &[("chat", &["echo"]), ("tools", &["tool-echo"])]).await;
     let base = gw.url.clone();
-    let figures = run_script(&gw, "messages.py", &[("ANTHROPIC_BASE_URL", &base)]).await;
+    let figures = run_script(
+        &gw,
+        "anthropic_messages.py",
+        &[("ANTHROPIC_BASE_URL", &base)],
+    )
+    .await;
     assert_eq!(figures["whole"], figures["streamed"], "{figures}");
+    assert_eq!(figures["tool_use"], "call_1", "{figures}");
+    // The last call reached the provider as chat, the tool's result a tool message.
     let seen = fake.last_request().body;
     assert_eq!(seen["messages"][0]["role"], "user", "{seen}");
+    assert_eq!(seen["messages"][2]["tool_call_id"], "call_1", "{seen}");
     assert!(!seen.to_string().contains("13812345678"), "{seen}");
+}
+
+#[tokio::test]
+async fn responses_through_the_openai_sdk() {
+    let fake = crate::support::FakeProvider::start().await;
+    let gw = Gateway::over(&fake, &[("chat", &["echo"]), ("tools", &["tool-echo"])]).await;
+    let figures = run_script(&gw, "responses.py", &[]).await;
+    assert_eq!(figures["whole"], figures["streamed"], "{figures}");
+    assert_eq!(figures["whole"], figures["helped"], "{figures}");
+    assert_eq!(figures["call_id"], "call_1", "{figures}");
+    assert_eq!(figures["refused"], "previous_response_id", "{figures}");
+    // The last turn reached the provider as chat: the call, then its output.
+    let seen = fake.last_request().body;
+    assert_eq!(
+        seen["messages"][1]["tool_calls"][0]["id"], "call_1",
+        "{seen}"
+    );
+    assert_eq!(seen["messages"][2]["role"], "tool", "{seen}");
+    assert_eq!(seen["messages"][2]["tool_call_id"], "call_1", "{seen}");
+    assert_eq!(seen["tools"][0]["function"]["name"], "lookup", "{seen}");
+    assert!(!seen.to_string().contains("13812345678"), "{seen}");
+}
+
+#[tokio::test]
+async fn chat_tools_and_responses_through_the_openai_node_sdk() {
+    let fake = crate::support::FakeProvider::start().await;
+    let gw = Gateway::over(&fake, &[("chat", &["echo"]), ("tools", &["tool-echo"])]).await;
+    let figures = run_script(&gw, "node_openai.cjs", &[]).await;
+    assert_eq!(figures["whole"], figures["streamed"], "{figures}");
+    assert_eq!(figures["whole"], figures["told"], "{figures}");
+    assert_eq!(figures["call"], "call_1", "{figures}");
+    assert_eq!(figures["missing"], "model_not_found", "{figures}");
+    assert!(
+        !fake.last_request().body.to_string().contains("13812345678"),
+        "the provider saw a placeholder"
+    );
+}
+
+#[tokio::test]
+async fn langchain_chat_openai_with_its_defaults() {
+    let fake = crate::support::FakeProvider::start().await;
+    let gw = Gateway::over(&fake, &[("chat", &["echo"]), ("tools", &["tool-echo"])]).await;
+    let figures = run_script(&gw, "langchain_chat.py", &[]).await;
+    assert_eq!(figures["whole"], figures["streamed"], "{figures}");
+    assert_eq!(figures["whole"], figures["responses"], "{figures}");
+    assert_eq!(figures["tool"], "lookup", "{figures}");
+    // ChatOpenAI asked for the usage of its stream, which the gateway gave.
+    assert!(figures["stream_tokens"].as_u64().unwrap() > 0, "{figures}");
 }

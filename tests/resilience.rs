@@ -622,6 +622,8 @@ mod paused {
     fn route(targets: Vec<Arc<Target>>) -> Arc<Route> {
         Arc::new(Route {
             alias: "chat".into(),
+            kind: ragway::generate::ModelKind::Chat,
+            rank_locally: false,
             targets,
             request_timeout: Duration::from_secs(120),
             failover_on_content_filter: false,

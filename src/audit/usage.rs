@@ -104,6 +104,8 @@ pub const SPENDING_ROUTES: &[&str] = &[
     "/v1/completions",
     "/v1/embeddings",
     "/v1/messages",
+    "/v1/responses",
+    "/v1/rerank",
     // The console's playground: chat as the signed-in key, or the admin.
     "/console/api/chat",
 ];

@@ -39,7 +39,7 @@ pub use cache::{CacheConfig, RedisConfig};
 pub use embeddings::EmbeddingsConfig;
 pub use env::Env;
 pub use governance::GovernanceConfig;
-pub use models::{ModelConfig, TargetRef};
+pub use models::{ModelConfig, ModelKind, TargetRef};
 pub use pii::{GuardConfig, LocalInput, PiiConfig};
 use raw::RawConfig;
 pub use retrieval::{PromptLanguage, RagSettings, RetrievalConfig, StoreConfig};

@@ -8,10 +8,13 @@ use serde::{Deserialize, Serialize};
 
 use super::validate::Problems;
 use super::{RagSettings, as_duration};
+pub use crate::generate::ModelKind;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawModel {
+    /// What the alias serves: `chat` (the default) or `rerank`.
+    pub kind: Option<String>,
     pub targets: Vec<String>,
     pub description: Option<String>,
     /// The whole request's deadline, across every target and retry.
@@ -33,6 +36,7 @@ pub struct RawModel {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelConfig {
+    pub kind: ModelKind,
     pub targets: Vec<TargetRef>,
     pub description: Option<String>,
     #[serde(serialize_with = "as_duration")]
@@ -84,7 +88,19 @@ pub(super) fn model(
     if alias.trim().is_empty() {
         problems.add(&at, "a model alias must not be empty");
     }
-    if raw.targets.is_empty() {
+    let kind = match raw.kind.as_deref() {
+        None | Some("chat") => ModelKind::Chat,
+        Some("rerank") => ModelKind::Rerank,
+        Some(other) => {
+            problems.add(
+                format!("{at}.kind"),
+                format!("`{other}` is not `chat` or `rerank`"),
+            );
+            ModelKind::Chat
+        }
+    };
+    // A reranker with the local fallback may rank with the embedder alone.
+    if raw.targets.is_empty() && !(kind == ModelKind::Rerank && raw.local_fallback != Some(false)) {
         problems.add(format!("{at}.targets"), "must list at least one target");
     }
     let mut targets = Vec::new();
@@ -113,6 +129,9 @@ pub(super) fn model(
         raw.request_timeout.as_deref(),
         DEFAULT_REQUEST_TIMEOUT,
     );
+    if kind == ModelKind::Rerank && (raw.hedge_after.is_some() || raw.rag.is_some()) {
+        problems.add(&at, "a rerank alias takes neither `hedge_after` nor `rag`");
+    }
     let rag = match rag_base {
         Some(base) => Some(super::retrieval::alias_settings(
             &at, raw.rag, base, problems,
@@ -137,6 +156,7 @@ pub(super) fn model(
         delay
     });
     (problems.count() == before).then_some(ModelConfig {
+        kind,
         targets,
         description: raw.description,
         request_timeout,

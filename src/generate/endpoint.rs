@@ -68,7 +68,12 @@ impl ChatEndpoint {
         if let Some(uri) = &self.fixed {
             return Ok(uri.clone());
         }
-        to_uri(&(self.base.replace(MODEL_SLOT, &encode_segment(model)) + CHAT_PATH))
+        self.url_at(model, CHAT_PATH)
+    }
+
+    /// The URL of another endpoint of the same API (`/rerank`), for one model.
+    pub fn url_at(&self, model: &str, path: &str) -> Result<Uri, String> {
+        to_uri(&(self.base.replace(MODEL_SLOT, &encode_segment(model)) + path))
     }
 }
 

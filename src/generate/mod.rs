@@ -11,6 +11,8 @@ mod frames;
 mod hedge;
 mod local;
 pub mod openai;
+mod relay;
+mod rerank;
 pub mod resume;
 mod retry;
 mod route;
@@ -30,7 +32,9 @@ pub use assemble::Assembler;
 pub use error::{ProviderError, TimeoutPhase, UpstreamError};
 pub use local::LocalProvider;
 pub use openai::OpenAiProvider;
-pub use route::{LOCAL_ALIAS, LoadError, Route, Routes, Target};
+pub use relay::{Relayed, relay};
+pub use rerank::{Ranked, Ranker, Ranking};
+pub use route::{LOCAL_ALIAS, LoadError, ModelKind, Route, Routes, Target};
 pub use router::Router;
 pub use settings::{LocalModelConfig, ProviderConfig, ProviderKind};
 pub use stream::ChunkStream;
@@ -61,6 +65,25 @@ pub trait ChatProvider: Send + Sync {
     /// How it continues an answer another target began ([`resume`]).
     fn prefill(&self) -> resume::Prefill {
         resume::Prefill::None
+    }
+
+    /// POSTs `body` to another endpoint of its API, `path` below its base
+    /// (`/rerank`), for `model`: the answer's JSON ([`relay`]). Only a remote
+    /// OpenAI-compatible API has such endpoints.
+    async fn post_json(
+        &self,
+        _model: &str,
+        _path: &str,
+        _body: &serde_json::Value,
+    ) -> Result<serde_json::Value, UpstreamError> {
+        Err(UpstreamError::Status {
+            status: 404,
+            detail: ProviderError {
+                message: "this provider serves chat only".to_owned(),
+                ..Default::default()
+            },
+            retry_after: None,
+        })
     }
 }
 

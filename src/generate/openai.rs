@@ -174,6 +174,32 @@ impl ChatProvider for OpenAiProvider {
     fn prefill(&self) -> Prefill {
         self.prefill
     }
+
+    async fn post_json(
+        &self,
+        model: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, UpstreamError> {
+        let uri = self
+            .endpoint
+            .url_at(model, path)
+            .map_err(UpstreamError::Connect)?;
+        let body = serde_json::to_vec(body)
+            .map_err(|e| UpstreamError::Protocol(format!("cannot encode request: {e}")))?;
+        let response = self.http.post(uri, &self.headers, body).await?;
+        if !response.status().is_success() {
+            return Err(error_response(response).await);
+        }
+        let status = response.status().as_u16();
+        let body = read_capped(response, MAX_ANSWER_BODY, Overflow::Refuse).await?;
+        let mut answer: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| UpstreamError::Protocol(format!("malformed answer: {e}")))?;
+        match answer.get_mut("error").map(serde_json::Value::take) {
+            Some(error) if !error.is_null() => Err(UpstreamError::in_body(status, error)),
+            _ => Ok(answer),
+        }
+    }
 }
 
 /// A DeepSeek prefix completion: its final assistant message says `prefix`.

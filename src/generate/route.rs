@@ -30,8 +30,24 @@ pub struct Target {
     pub gates: Vec<Arc<crate::quota::Gate>>,
 }
 
+/// What an alias serves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    /// Chat (and the dialects translated into it).
+    #[default]
+    Chat,
+    /// `/v1/rerank`: its targets' rerank endpoint, and the local embedder when
+    /// `local_fallback` (the default) and one is configured.
+    Rerank,
+}
+
 pub struct Route {
     pub alias: Arc<str>,
+    /// What it serves: chat, or rerank.
+    pub kind: ModelKind,
+    /// A reranker's last resort: the local embedder ranks when no target answers.
+    pub rank_locally: bool,
     pub targets: Vec<Arc<Target>>,
     /// The deadline for the whole request, across every target and retry.
     pub request_timeout: Duration,

@@ -50,7 +50,7 @@ struct Tries {
 }
 
 /// How one target ended for a request that it did not answer.
-enum Left {
+pub(super) enum Left {
     /// Its breaker was open: no attempt was made.
     Skipped,
     /// It is at one of its own limits: no attempt was made.
@@ -467,7 +467,13 @@ impl Router {
             }
             at += if race.hedged { 2 } else { 1 };
         }
-        Err(exhausted(route, tries, walk.last_error, walk.all_refused))
+        Err(exhausted(
+            route,
+            tries.attempts.len(),
+            &tries.asked_waits,
+            walk.last_error,
+            walk.all_refused,
+        ))
     }
 
     /// [`try_target`](Router::try_target) on the route's target `at`, resuming a
@@ -550,14 +556,14 @@ impl Router {
 const HEDGED_OUT: &str = "hedged_out";
 
 /// How the walk over a route's targets stands.
-struct Walk {
+pub(super) struct Walk {
     /// The target just left and why, for the failover metric.
-    left: Option<(Arc<str>, &'static str)>,
-    last_error: Option<(Arc<str>, UpstreamError)>,
+    pub(super) left: Option<(Arc<str>, &'static str)>,
+    pub(super) last_error: Option<(Arc<str>, UpstreamError)>,
     /// Whether every target refused the request itself (rather than being down).
-    all_refused: bool,
+    pub(super) all_refused: bool,
     /// The request's deadline passed: no target may be tried.
-    out_of_time: bool,
+    pub(super) out_of_time: bool,
 }
 
 impl Default for Walk {
@@ -574,7 +580,7 @@ impl Default for Walk {
 impl Walk {
     /// Notes how `target` ended; `Err` is the answer to give at once (a refusal
     /// on content grounds).
-    fn note(&mut self, target: &Target, left: Left) -> Result<(), GatewayError> {
+    pub(super) fn note(&mut self, target: &Target, left: Left) -> Result<(), GatewayError> {
         match left {
             Left::Skipped => {
                 self.all_refused = false;
@@ -718,9 +724,10 @@ fn provider_reason(error: &UpstreamError) -> String {
 }
 
 /// The error for a request no target answered.
-fn exhausted(
+pub(super) fn exhausted(
     route: &Route,
-    tries: &Tries,
+    attempts: usize,
+    asked_waits: &[Duration],
     last: Option<(Arc<str>, UpstreamError)>,
     all_refused: bool,
 ) -> GatewayError {
@@ -741,8 +748,7 @@ fn exhausted(
     let now = Instant::now();
     // Wait for the first provider that asked for a pause, or the first open breaker
     // to let a probe through, whichever is sooner.
-    let retry_after = tries
-        .asked_waits
+    let retry_after = asked_waits
         .iter()
         .copied()
         .chain(route.targets.iter().filter_map(|t| {
@@ -759,15 +765,14 @@ fn exhausted(
             "every target of `{}` failed ({} attempts); the last, {target}, is misconfigured \
              ({}: see the gateway's log)",
             route.alias,
-            tries.attempts.len(),
+            attempts,
             error.class()
         ),
         Some((target, error)) => format!(
             "every target of `{}` failed ({} attempts); the last, {target}, said: {error}",
-            route.alias,
-            tries.attempts.len()
+            route.alias, attempts
         ),
-        None if tries.attempts.is_empty() => format!(
+        None if attempts == 0 => format!(
             "every target of `{}` is unavailable (circuit open, or at its own limit) or out of time",
             route.alias
         ),

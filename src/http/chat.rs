@@ -77,7 +77,7 @@ pub(super) async fn serve(
     called: Called,
     headers: &HeaderMap,
     request: Result<ChatRequest, GatewayError>,
-    respond: fn(Reply) -> Response,
+    respond: impl FnOnce(Reply) -> Response,
 ) -> Response {
     let Called {
         caller,
@@ -97,6 +97,10 @@ pub(super) async fn serve(
     else {
         return GatewayError::ModelNotFound(request.model).into_response();
     };
+    if route.kind != crate::generate::ModelKind::Chat {
+        let message = format!("`{}` is a rerank model: POST /v1/rerank", route.alias);
+        return GatewayError::invalid(message, Some("model".to_owned())).into_response();
+    }
     let alias = route.alias.clone();
     let mut ctx = RequestCtx::new(request_id, caller, route, &request, started);
     if let Some(origin) = origin {

@@ -5,8 +5,11 @@
 //! streamed, is told back as a message with Anthropic's events and error shape.
 //! The key may come in `x-api-key` as well as a bearer header.
 //!
-//! Not translated yet, and refused with a 400 naming the field: tool use
-//! (`tools`, `tool_use` and `tool_result` blocks) and images.
+//! Tool use is translated both ways: `tools` become function tools, `tool_use`
+//! blocks the assistant's tool calls, `tool_result` blocks tool messages; images
+//! (base64 or by URL) become image parts. Anthropic's own tools (web search, code
+//! execution, the computer and text-editor tools, …) are refused with a 400
+//! naming the field.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -36,6 +39,8 @@ const FIELDS: &[&str] = &[
     "top_k",
     "stop_sequences",
     "metadata",
+    "tools",
+    "tool_choice",
 ];
 
 pub async fn messages(
@@ -57,11 +62,10 @@ fn invalid(param: &str, message: impl Into<String>) -> GatewayError {
 /// The Messages request as a chat request.
 fn as_chat(asked: Map<String, Value>) -> Result<ChatRequest, GatewayError> {
     if let Some(unknown) = asked.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        let why = match unknown.as_str() {
-            "tools" | "tool_choice" => "tool use is not translated by this gateway yet",
-            _ => "not a field of a messages request",
-        };
-        return Err(invalid(unknown, format!("`{unknown}`: {why}")));
+        return Err(invalid(
+            unknown,
+            format!("`{unknown}`: not a field of a messages request"),
+        ));
     }
     let max_tokens = asked
         .get("max_tokens")
@@ -77,7 +81,12 @@ fn as_chat(asked: Map<String, Value>) -> Result<ChatRequest, GatewayError> {
     match asked.get("system") {
         None | Some(Value::Null) => {}
         Some(system) => {
-            messages.push(json!({"role": "system", "content": text_of("system", system)?}))
+            let text = match system {
+                Value::String(text) => text.clone(),
+                Value::Array(blocks) => texts("system", blocks)?,
+                _ => return Err(invalid("system", "`system` is text or text blocks")),
+            };
+            messages.push(json!({"role": "system", "content": text}))
         }
     }
     let given = asked
@@ -93,8 +102,12 @@ fn as_chat(asked: Map<String, Value>) -> Result<ChatRequest, GatewayError> {
                 "a message's role is `user` or `assistant`",
             ));
         }
-        let content = text_of(&format!("messages[{i}].content"), &message["content"])?;
-        messages.push(json!({"role": role, "content": content}));
+        turn(
+            &mut messages,
+            &format!("messages[{i}].content"),
+            role,
+            &message["content"],
+        )?;
     }
     let mut chat = json!({
         "model": asked.get("model").cloned().unwrap_or(Value::Null),
@@ -113,6 +126,16 @@ fn as_chat(asked: Map<String, Value>) -> Result<ChatRequest, GatewayError> {
             chat[to] = value.clone();
         }
     }
+    if let Some(tools) = asked.get("tools").filter(|v| !v.is_null()) {
+        chat["tools"] = Value::Array(function_tools(tools)?);
+    }
+    if let Some(choice) = asked.get("tool_choice").filter(|v| !v.is_null()) {
+        let (choice, parallel) = tool_choice(choice)?;
+        chat["tool_choice"] = choice;
+        if let Some(parallel) = parallel {
+            chat["parallel_tool_calls"] = json!(parallel);
+        }
+    }
     if let Some(user) = asked.get("metadata").and_then(|m| m.get("user_id")) {
         chat["user"] = user.clone();
     }
@@ -122,33 +145,184 @@ fn as_chat(asked: Map<String, Value>) -> Result<ChatRequest, GatewayError> {
     serde_json::from_value(chat).map_err(|e| GatewayError::invalid(e.to_string(), None))
 }
 
-/// The text of a content: a string, or text blocks (joined).
-fn text_of(param: &str, content: &Value) -> Result<String, GatewayError> {
-    match content {
-        Value::String(text) => Ok(text.clone()),
-        Value::Array(blocks) => {
-            let mut text = String::new();
-            for (i, block) in blocks.iter().enumerate() {
-                match block["type"].as_str() {
-                    Some("text") => text.push_str(block["text"].as_str().unwrap_or_default()),
-                    Some(kind) => {
-                        return Err(invalid(
-                            &format!("{param}[{i}].type"),
-                            format!("`{kind}` blocks are not translated by this gateway yet"),
-                        ));
-                    }
-                    None => {
-                        return Err(invalid(
-                            &format!("{param}[{i}].type"),
-                            "a block needs a type",
-                        ));
-                    }
-                }
-            }
-            Ok(text)
+/// One turn's content as chat messages: a user turn's tool results become tool
+/// messages (first, as Anthropic places them), an assistant turn's tool uses its
+/// tool calls; text and images stay the turn's content.
+fn turn(
+    messages: &mut Vec<Value>,
+    param: &str,
+    role: &str,
+    content: &Value,
+) -> Result<(), GatewayError> {
+    let blocks = match content {
+        Value::String(text) => {
+            messages.push(json!({"role": role, "content": text}));
+            return Ok(());
         }
-        _ => Err(invalid(param, "content is text or a list of text blocks")),
+        Value::Array(blocks) => blocks,
+        _ => {
+            return Err(invalid(
+                param,
+                "content is text or a list of content blocks",
+            ));
+        }
+    };
+    let mut parts = Vec::new();
+    let mut calls = Vec::new();
+    for (i, block) in blocks.iter().enumerate() {
+        let at = format!("{param}[{i}]");
+        match (role, block["type"].as_str()) {
+            (_, Some("text")) => parts
+                .push(json!({"type": "text", "text": block["text"].as_str().unwrap_or_default()})),
+            ("user", Some("image")) => parts.push(image(&at, &block["source"])?),
+            ("user", Some("tool_result")) => {
+                let Some(id) = block["tool_use_id"].as_str() else {
+                    return Err(invalid(
+                        &format!("{at}.tool_use_id"),
+                        "a tool result names its `tool_use_id`",
+                    ));
+                };
+                let mut output = match &block["content"] {
+                    Value::Null => String::new(),
+                    Value::String(text) => text.clone(),
+                    Value::Array(inner) => texts(&format!("{at}.content"), inner)?,
+                    _ => {
+                        return Err(invalid(
+                            &format!("{at}.content"),
+                            "a tool result is text or text blocks",
+                        ));
+                    }
+                };
+                if block["is_error"] == true {
+                    output.insert_str(0, "Error: ");
+                }
+                messages.push(json!({"role": "tool", "tool_call_id": id, "content": output}));
+            }
+            ("assistant", Some("tool_use")) => {
+                let (Some(id), Some(name)) = (block["id"].as_str(), block["name"].as_str()) else {
+                    return Err(invalid(&at, "a tool use needs its `id` and `name`"));
+                };
+                let input = block.get("input").cloned().unwrap_or_else(|| json!({}));
+                calls.push(json!({"id": id, "type": "function",
+                    "function": {"name": name, "arguments": input.to_string()}}));
+            }
+            // Reasoning from an earlier answer: opaque to another model, left out.
+            ("assistant", Some("thinking" | "redacted_thinking")) => {}
+            (_, Some(kind)) => {
+                return Err(invalid(
+                    &format!("{at}.type"),
+                    format!("`{kind}` blocks are not translated by this gateway in a {role} turn"),
+                ));
+            }
+            (_, None) => return Err(invalid(&format!("{at}.type"), "a block needs a type")),
+        }
     }
+    // A user turn of tool results alone adds no user message.
+    if parts.is_empty() && calls.is_empty() && messages.last().is_some_and(|m| m["role"] == "tool")
+    {
+        return Ok(());
+    }
+    let only_text = parts.iter().all(|p| p["type"] == "text");
+    let content = if only_text {
+        let text: String = parts.iter().filter_map(|p| p["text"].as_str()).collect();
+        (!text.is_empty() || calls.is_empty()).then(|| json!(text))
+    } else {
+        Some(Value::Array(parts))
+    };
+    let mut message = json!({"role": role, "content": content});
+    if !calls.is_empty() {
+        message["tool_calls"] = Value::Array(calls);
+    }
+    messages.push(message);
+    Ok(())
+}
+
+/// Text blocks, joined.
+fn texts(param: &str, blocks: &[Value]) -> Result<String, GatewayError> {
+    let mut text = String::new();
+    for (i, block) in blocks.iter().enumerate() {
+        match block["type"].as_str() {
+            Some("text") => text.push_str(block["text"].as_str().unwrap_or_default()),
+            _ => {
+                return Err(invalid(
+                    &format!("{param}[{i}].type"),
+                    "only text blocks are translated here",
+                ));
+            }
+        }
+    }
+    Ok(text)
+}
+
+/// An image block's source as a chat image part.
+fn image(param: &str, source: &Value) -> Result<Value, GatewayError> {
+    let url = match source["type"].as_str() {
+        Some("base64") => format!(
+            "data:{};base64,{}",
+            source["media_type"].as_str().unwrap_or("image/png"),
+            source["data"].as_str().unwrap_or_default()
+        ),
+        Some("url") => source["url"].as_str().unwrap_or_default().to_owned(),
+        _ => {
+            return Err(invalid(
+                &format!("{param}.source.type"),
+                "an image is given as `base64` data or by `url`",
+            ));
+        }
+    };
+    Ok(json!({"type": "image_url", "image_url": {"url": url}}))
+}
+
+/// Client tools in chat's shape; Anthropic's own tools refused by name.
+fn function_tools(tools: &Value) -> Result<Vec<Value>, GatewayError> {
+    let Value::Array(tools) = tools else {
+        return Err(invalid("tools", "`tools` is a list"));
+    };
+    let mut chat = Vec::new();
+    for (i, tool) in tools.iter().enumerate() {
+        if let Some(kind) = tool["type"].as_str().filter(|k| *k != "custom") {
+            return Err(invalid(
+                &format!("tools[{i}].type"),
+                format!(
+                    "`{kind}` is one of Anthropic's own tools; this gateway passes on client tools only"
+                ),
+            ));
+        }
+        let Some(name) = tool["name"].as_str() else {
+            return Err(invalid(&format!("tools[{i}].name"), "a tool needs a name"));
+        };
+        let mut function = json!({"name": name,
+            "parameters": tool.get("input_schema").cloned().unwrap_or_else(|| json!({"type": "object"}))});
+        if let Some(description) = tool.get("description").filter(|v| v.is_string()) {
+            function["description"] = description.clone();
+        }
+        chat.push(json!({"type": "function", "function": function}));
+    }
+    Ok(chat)
+}
+
+/// `tool_choice` in chat's words, and whether calls may run in parallel.
+fn tool_choice(choice: &Value) -> Result<(Value, Option<bool>), GatewayError> {
+    let parallel = choice
+        .get("disable_parallel_tool_use")
+        .and_then(Value::as_bool)
+        .map(|off| !off);
+    let chat = match choice["type"].as_str() {
+        Some("auto") => json!("auto"),
+        Some("any") => json!("required"),
+        Some("none") => json!("none"),
+        Some("tool") => match choice["name"].as_str() {
+            Some(name) => json!({"type": "function", "function": {"name": name}}),
+            None => return Err(invalid("tool_choice.name", "name the tool to use")),
+        },
+        _ => {
+            return Err(invalid(
+                "tool_choice.type",
+                "`tool_choice` is `auto`, `any`, `tool` or `none`",
+            ));
+        }
+    };
+    Ok((chat, parallel))
 }
 
 /// Anthropic's reason for the end of a message.
@@ -180,19 +354,29 @@ fn message_reply(reply: Reply) -> Response {
 
 fn message(completion: ChatCompletion) -> Value {
     let choice = completion.choices.into_iter().next();
-    let text = choice
-        .as_ref()
-        .and_then(|c| c.message.content.clone())
-        .unwrap_or_default();
-    let finish = choice.as_ref().and_then(|c| c.finish_reason.as_deref());
+    let finish = choice.as_ref().and_then(|c| c.finish_reason.clone());
+    let mut content = Vec::new();
+    if let Some(message) = choice.map(|c| c.message) {
+        let text = message.content.unwrap_or_default();
+        let calls = message.tool_calls.unwrap_or_default();
+        let calls = calls.as_array().map(Vec::as_slice).unwrap_or_default();
+        if !text.is_empty() || calls.is_empty() {
+            content.push(json!({"type": "text", "text": text}));
+        }
+        for call in calls {
+            content.push(json!({"type": "tool_use", "id": call["id"],
+                "name": call["function"]["name"],
+                "input": input_of(call["function"]["arguments"].as_str().unwrap_or_default())}));
+        }
+    }
     let usage = completion.usage.unwrap_or_default();
     let mut body = json!({
         "id": completion.id.replacen("chatcmpl-", "msg_", 1),
         "type": "message",
         "role": "assistant",
         "model": completion.model,
-        "content": [{"type": "text", "text": text}],
-        "stop_reason": stop_reason(finish),
+        "content": content,
+        "stop_reason": stop_reason(finish.as_deref()),
         "stop_sequence": null,
         "usage": {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens},
     });
@@ -202,11 +386,33 @@ fn message(completion: ChatCompletion) -> Value {
     body
 }
 
+/// A tool call's arguments as a tool use's `input`: the object they spell, or
+/// (when a model wrote something else) the text kept under `arguments`.
+fn input_of(arguments: &str) -> Value {
+    match serde_json::from_str::<Value>(arguments) {
+        Ok(input @ Value::Object(_)) => input,
+        _ if arguments.trim().is_empty() => json!({}),
+        _ => json!({"arguments": arguments}),
+    }
+}
+
+/// The content block a stream is writing.
+#[derive(Clone, Copy, PartialEq)]
+enum Block {
+    Text,
+    /// A tool use, by the chat tool call's index.
+    Tool(u64),
+}
+
 /// A chat stream told as Anthropic's events.
 #[derive(Default)]
 struct Events {
     started: bool,
+    /// The block being written, and its index.
+    open: Option<(Block, usize)>,
+    blocks: usize,
     stop_reason: Option<&'static str>,
+    input_tokens: u64,
     output_tokens: u64,
     ragway: Option<Value>,
 }
@@ -219,15 +425,14 @@ impl Events {
             .and_then(|d| d.strip_suffix(b"\n\n"))
             .unwrap_or_default();
         if data == b"[DONE]" {
-            event(
-                &mut out,
-                "content_block_stop",
-                json!({"type": "content_block_stop", "index": 0}),
-            );
+            if self.blocks == 0 {
+                self.open(&mut out, Block::Text, json!({"type": "text", "text": ""}));
+            }
+            self.close(&mut out);
             let mut delta = json!({
                 "type": "message_delta",
                 "delta": {"stop_reason": self.stop_reason, "stop_sequence": null},
-                "usage": {"output_tokens": self.output_tokens},
+                "usage": {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens},
             });
             if let Some(ragway) = self.ragway.take() {
                 delta["ragway"] = ragway;
@@ -258,11 +463,9 @@ impl Events {
                 "content": [], "stop_reason": null, "stop_sequence": null,
                 "usage": {"input_tokens": 0, "output_tokens": 0}}});
             event(&mut out, "message_start", start);
-            let block = json!({"type": "content_block_start", "index": 0,
-                "content_block": {"type": "text", "text": ""}});
-            event(&mut out, "content_block_start", block);
         }
         if let Some(usage) = chunk.get("usage").filter(|u| !u.is_null()) {
+            self.input_tokens = usage["prompt_tokens"].as_u64().unwrap_or_default();
             self.output_tokens = usage["completion_tokens"].as_u64().unwrap_or_default();
         }
         if let Some(ragway) = chunk.get("ragway") {
@@ -276,11 +479,57 @@ impl Events {
             .as_str()
             .filter(|t| !t.is_empty())
         {
-            let delta = json!({"type": "content_block_delta", "index": 0,
-                "delta": {"type": "text_delta", "text": text}});
-            event(&mut out, "content_block_delta", delta);
+            if self.open.map(|(b, _)| b) != Some(Block::Text) {
+                self.open(&mut out, Block::Text, json!({"type": "text", "text": ""}));
+            }
+            self.delta(&mut out, json!({"type": "text_delta", "text": text}));
+        }
+        for call in choice["delta"]["tool_calls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let block = Block::Tool(call["index"].as_u64().unwrap_or_default());
+            if self.open.map(|(b, _)| b) != Some(block) {
+                let start = json!({"type": "tool_use", "id": call["id"],
+                    "name": call["function"]["name"], "input": {}});
+                self.open(&mut out, block, start);
+            }
+            if let Some(part) = call["function"]["arguments"]
+                .as_str()
+                .filter(|a| !a.is_empty())
+            {
+                self.delta(
+                    &mut out,
+                    json!({"type": "input_json_delta", "partial_json": part}),
+                );
+            }
         }
         Bytes::from(out)
+    }
+
+    /// Closes the open block and starts the next.
+    fn open(&mut self, out: &mut String, block: Block, content_block: Value) {
+        self.close(out);
+        let index = self.blocks;
+        self.blocks += 1;
+        self.open = Some((block, index));
+        let start =
+            json!({"type": "content_block_start", "index": index, "content_block": content_block});
+        event(out, "content_block_start", start);
+    }
+
+    fn delta(&mut self, out: &mut String, delta: Value) {
+        let Some((_, index)) = self.open else { return };
+        let body = json!({"type": "content_block_delta", "index": index, "delta": delta});
+        event(out, "content_block_delta", body);
+    }
+
+    fn close(&mut self, out: &mut String) {
+        if let Some((_, index)) = self.open.take() {
+            let stop = json!({"type": "content_block_stop", "index": index});
+            event(out, "content_block_stop", stop);
+        }
     }
 }
 

@@ -17,6 +17,8 @@ mod messages;
 mod models;
 pub mod observe;
 mod quickack;
+mod rerank;
+mod responses;
 pub mod server;
 mod usage;
 pub mod workers;
@@ -35,7 +37,9 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/completions", post(completions::completions))
+        .route("/v1/responses", post(responses::responses))
         .route("/v1/embeddings", post(embeddings::embeddings))
+        .route("/v1/rerank", post(rerank::rerank))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::get))
         .route("/v1/usage", get(usage::own))

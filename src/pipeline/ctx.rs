@@ -59,6 +59,19 @@ impl RequestCtx {
         request: &ChatRequest,
         started: Instant,
     ) -> Self {
+        let mut ctx = RequestCtx::answered_whole(request_id, caller, route, started);
+        ctx.stream = request.is_stream();
+        ctx.wants_stream_usage = request.wants_stream_usage();
+        ctx
+    }
+
+    /// For a call answered whole, with no chat request of its own (a rerank).
+    pub fn answered_whole(
+        request_id: Arc<str>,
+        caller: Caller,
+        route: Arc<Route>,
+        started: Instant,
+    ) -> Self {
         RequestCtx {
             request_id,
             caller,
@@ -67,8 +80,8 @@ impl RequestCtx {
             user: None,
             route,
             started,
-            stream: request.is_stream(),
-            wants_stream_usage: request.wants_stream_usage(),
+            stream: false,
+            wants_stream_usage: false,
             attempts: Vec::new(),
             resumed: Default::default(),
             cache: CacheStatus::Bypass,

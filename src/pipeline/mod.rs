@@ -4,6 +4,7 @@
 
 mod ctx;
 mod record;
+mod rerank;
 mod respond;
 mod stream;
 
@@ -14,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 pub use ctx::{Caller, RequestCtx};
+pub use rerank::RerankAsk;
 pub use stream::data_frame;
 
 use crate::admit::admission::{Admit, Ask};
@@ -40,6 +42,8 @@ pub struct Pipeline {
     pub cache: Arc<dyn AnswerCache>,
     pub retriever: Arc<dyn Retriever>,
     pub generator: Arc<dyn Generate>,
+    /// `/v1/rerank`'s and retrieval's: rerank aliases' targets, then the embedder.
+    pub ranker: Arc<crate::generate::Ranker>,
     pub audit: Arc<dyn AuditSink>,
     pub metrics: Arc<Metrics>,
     /// Streams and cache stores outlive their handler; they are tracked so that

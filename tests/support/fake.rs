@@ -58,6 +58,7 @@ impl FakeProvider {
             // DeepSeek's prefix completion lives under its beta base URL.
             .route("/beta/chat/completions", post(chat))
             .route("/maas/{model}/{chip}/chat/completions", post(chat))
+            .route("/v1/rerank", post(rerank))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -115,21 +116,7 @@ async fn chat(
         Some(Path((model, _))) => model.clone(),
         None => body["model"].as_str().unwrap_or_default().to_owned(),
     };
-    let attempt = {
-        let mut seen = state.seen.lock().unwrap();
-        let list = seen.attempts.entry(model.clone()).or_default();
-        list.push(Instant::now());
-        let n = list.len();
-        seen.requests.push(SeenRequest {
-            path: uri.path().to_owned(),
-            authorization: headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
-            body: body.clone(),
-        });
-        n
-    };
+    let attempt = note(&state, &model, &uri, &headers, &body);
     let stream = body["stream"].as_bool().unwrap_or(false);
     let behaviour = model
         .split(['#', '?'])
@@ -164,6 +151,86 @@ async fn chat(
         return continue_answer(&behaviour, &model, &body, stream, uri.path(), &full);
     }
     respond(&behaviour, &model, attempt, stream, &body).await
+}
+
+/// Counts an attempt for `model` and keeps the request; the attempt's number.
+fn note(
+    state: &FakeState,
+    model: &str,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    body: &Value,
+) -> usize {
+    let mut seen = state.seen.lock().unwrap();
+    let list = seen.attempts.entry(model.to_owned()).or_default();
+    list.push(Instant::now());
+    let n = list.len();
+    seen.requests.push(SeenRequest {
+        path: uri.path().to_owned(),
+        authorization: headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        body: body.clone(),
+    });
+    n
+}
+
+/// `/v1/rerank`: `rerank` scores each document by the share of the query's words
+/// it holds (SiliconFlow's answer shape); `rerank-bad` names a document that is
+/// not there; any other behaviour is chat's (its errors, its stalls).
+async fn rerank(
+    State(state): State<FakeState>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let model = body["model"].as_str().unwrap_or_default().to_owned();
+    let attempt = note(&state, &model, &uri, &headers, &body);
+    let behaviour = model.split(['#', '?']).next().unwrap_or_default();
+    let words = |text: &str| -> Vec<String> {
+        text.split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(str::to_lowercase)
+            .collect()
+    };
+    let query = words(body["query"].as_str().unwrap_or_default());
+    let documents: Vec<String> = body["documents"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| d.as_str().unwrap_or_default().to_owned())
+        .collect();
+    match behaviour {
+        "rerank" => {
+            let mut results: Vec<Value> = documents
+                .iter()
+                .enumerate()
+                .map(|(index, document)| {
+                    let held = words(document);
+                    let shared = query.iter().filter(|w| held.contains(w)).count();
+                    let score = shared as f64 / query.len().max(1) as f64;
+                    json!({"index": index, "relevance_score": score})
+                })
+                .collect();
+            results.sort_by(|a, b| {
+                b["relevance_score"]
+                    .as_f64()
+                    .unwrap()
+                    .total_cmp(&a["relevance_score"].as_f64().unwrap())
+            });
+            let tokens = query.len() + documents.iter().map(|d| words(d).len()).sum::<usize>();
+            axum::Json(json!({"id": "rerank-1", "results": results,
+                "meta": {"tokens": {"input_tokens": tokens, "output_tokens": 0}}}))
+            .into_response()
+        }
+        "rerank-bad" => {
+            axum::Json(json!({"results": [{"index": documents.len(), "relevance_score": 1.0}]}))
+                .into_response()
+        }
+        _ => respond(behaviour, &model, attempt, false, &body).await,
+    }
 }
 
 /// The whole answer a continuing behaviour knows (`story-next`, `story-vllm`,

@@ -1,0 +1,86 @@
+//! A rerank through the pipeline: admitted against the caller's limits, its
+//! query and documents through the content guard and personal data (the ranker
+//! sees placeholders), ranked by the alias's targets or the local embedder, and
+//! recorded like any call. Nothing is cached: a ranking is cheap to redo and
+//! documents change.
+
+use crate::admit::admission::Ask;
+use crate::call::Outcome;
+use crate::error::GatewayError;
+use crate::generate::Ranking;
+use crate::quota::Headroom;
+use crate::wire::{ChatRequest, Usage};
+
+use super::record::Finished;
+use super::{Pipeline, RequestCtx};
+
+/// What a client asks to rank.
+pub struct RerankAsk {
+    pub query: String,
+    pub documents: Vec<String>,
+}
+
+impl Pipeline {
+    pub async fn rerank(
+        &self,
+        mut ctx: RequestCtx,
+        ask: RerankAsk,
+    ) -> Result<(Ranking, Headroom), GatewayError> {
+        // As the sanitize stage reads texts: each one a user message.
+        let mut prompt = as_prompt(&ctx.route.alias, &ask)?;
+        let admit = Ask {
+            prompt_tokens: crate::tokens::prompt_tokens(&prompt),
+            max_output: Some(0),
+        };
+        match self.admission.admit(&ctx.call(), admit).await {
+            Ok(permit) => ctx.permit = Some(permit),
+            Err(error) => {
+                self.record(&mut ctx, Finished::failed(&error));
+                return Err(error);
+            }
+        }
+        let guard = self.guard.list();
+        if let Err(error) = self.sanitize(&mut ctx, &mut prompt, &guard) {
+            self.record(&mut ctx, Finished::failed(&error));
+            return Err(error);
+        }
+        let mut texts = prompt
+            .messages
+            .iter()
+            .map(|m| m.content.as_ref().map(|c| c.text()).unwrap_or_default());
+        let query = texts.next().unwrap_or_default();
+        let documents: Vec<String> = texts.collect();
+        let deadline = ctx.call().deadline;
+        let ranked = self
+            .ranker
+            .rank(&ctx.route, &query, &documents, deadline)
+            .await;
+        ctx.attempts = ranked.attempts;
+        let headroom = ctx.permit.as_ref().map(|p| p.headroom).unwrap_or_default();
+        match ranked.result {
+            Ok(ranking) => {
+                let mut finished = Finished::answered(ranking.target.clone(), Outcome::Ok);
+                finished.usage = Some(Usage {
+                    prompt_tokens: ranking.tokens,
+                    total_tokens: ranking.tokens,
+                    ..Usage::default()
+                });
+                self.record(&mut ctx, finished);
+                Ok((ranking, headroom))
+            }
+            Err(error) => {
+                self.record(&mut ctx, Finished::failed(&error));
+                Err(error)
+            }
+        }
+    }
+}
+
+fn as_prompt(alias: &str, ask: &RerankAsk) -> Result<ChatRequest, GatewayError> {
+    let messages: Vec<serde_json::Value> = std::iter::once(&ask.query)
+        .chain(&ask.documents)
+        .map(|text| serde_json::json!({"role": "user", "content": text}))
+        .collect();
+    serde_json::from_value(serde_json::json!({"model": alias, "messages": messages}))
+        .map_err(|e| GatewayError::Internal(e.to_string()))
+}
