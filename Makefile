@@ -7,7 +7,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/ragway/target
 CARGO ?= cargo
 CONFIG ?= $(wildcard ragway.toml)
 
-.PHONY: run test lint fmt toolchain models services sdks browser bench-overhead bench-instructions profile-overhead bench-stream-tail bench-local bench-pii bench-rag bench-admission bench-cache bench-audit soak
+.PHONY: run test lint fmt toolchain models services sdks browser bench-overhead bench-instructions profile-overhead bench-stream-tail bench-local bench-pii bench-rag bench-dialects bench-admission bench-cache bench-audit soak
 
 ## Serve on 127.0.0.1:8080 (ragway.toml if present, built-in defaults otherwise).
 run: toolchain models
@@ -73,6 +73,10 @@ bench-pii:
 	$(CARGO) bench --locked --bench sanitize
 
 ## Retrieval quality (labelled set), ingest speed, and search latency at 100,000 chunks.
+## What translating /v1/responses and /v1/messages costs beside chat (RPS, p50/p99, CPU per request).
+bench-dialects: toolchain
+	scripts/bench-dialects.sh
+
 bench-rag: toolchain models
 	$(CARGO) bench --locked --bench retrieve
 

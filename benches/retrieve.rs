@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use ragway::retrieve::chunk::{ChunkSize, chunk};
 use ragway::retrieve::corpus::{Corpus, Mode, NewDocument, Reach, chunk_id};
-use ragway::retrieve::eval::{Labelled, evaluate, read_questions};
+use ragway::retrieve::eval::{Labelled, evaluate, evaluate_reranked, read_questions};
 use ragway::retrieve::extract::Format;
 use ragway::retrieve::keyword;
 use ragway::retrieve::store::edge::EdgeStore;
@@ -376,6 +376,30 @@ fn random(rng: &mut fastrand::Rng, dim: usize) -> Vec<f32> {
 }
 
 /// Recall@5 and MRR of every mode over `questions`, by question language and all.
+/// The rerank step with the local embedder as the ranker (a rerank alias with no
+/// targets): what `retrieval.rerank` does when no provider's reranker answers.
+struct EmbedderRanker {
+    ranker: ragway::generate::Ranker,
+    route: ragway::generate::Route,
+}
+
+#[async_trait::async_trait]
+impl ragway::retrieve::rerank::Rerank for EmbedderRanker {
+    async fn order(
+        &self,
+        question: &str,
+        passages: &[String],
+        deadline: tokio::time::Instant,
+    ) -> Result<Vec<usize>, String> {
+        let ranked = self
+            .ranker
+            .rank(&self.route, question, passages, deadline)
+            .await;
+        let ranking = ranked.result.map_err(|e| e.to_string())?;
+        Ok(ranking.order.into_iter().map(|(i, _)| i).collect())
+    }
+}
+
 async fn quality_table(
     corpus: &Corpus,
     questions: &[ragway::retrieve::eval::Labelled],
@@ -400,6 +424,36 @@ async fn quality_table(
         }
         println!("{row}");
     }
+    // Hybrid's 20 candidates, ordered by the embedder as a reranker.
+    let embedder = corpus.embedder();
+    let reranker = EmbedderRanker {
+        ranker: ragway::generate::Ranker::new(
+            Arc::new(ragway::telemetry::Metrics::new()),
+            Some(Arc::clone(embedder)),
+        ),
+        route: ragway::generate::Route {
+            alias: "rerank".into(),
+            kind: ragway::generate::ModelKind::Rerank,
+            rank_locally: true,
+            targets: Vec::new(),
+            request_timeout: Duration::from_secs(60),
+            failover_on_content_filter: false,
+            hedge_after: None,
+        },
+    };
+    let mut row = "| Hybrid, reranked by the embedder |".to_owned();
+    for lang in [a, b, "all"] {
+        let subset: Vec<_> = questions
+            .iter()
+            .filter(|q| lang == "all" || q.lang == lang)
+            .cloned()
+            .collect();
+        let s = evaluate_reranked(corpus, "eval", &subset, &reranker, 20, 5)
+            .await
+            .unwrap();
+        row.push_str(&format!(" {:.3} | {:.3} |", s.recall, s.mrr));
+    }
+    println!("{row}");
 }
 
 fn unit(v: Vec<f32>) -> Vec<f32> {

@@ -133,9 +133,17 @@ impl AppState {
                 .map_err(BuildError::Guard)?,
             None => ContentGuard::disabled(),
         };
+        let ranker = Arc::new(Ranker::new(
+            Arc::clone(&metrics),
+            embedder.as_ref().map(|(_, e)| Arc::clone(e)),
+        ));
         let (corpus, retriever) = match (&config.retrieval, &embedder) {
             (Some(retrieval), Some((_, embedder))) => {
-                let (corpus, grounding) = retrieval_stage(&config, retrieval, embedder).await?;
+                let (corpus, mut grounding) = retrieval_stage(&config, retrieval, embedder).await?;
+                if let Some(route) = retrieval.rerank.as_deref().and_then(|a| routes.get(a)) {
+                    let ranker = Arc::clone(&ranker);
+                    grounding = grounding.reranked_by(Arc::new(AliasRanker { ranker, route }));
+                }
                 (Some(corpus), Arc::new(grounding) as Arc<dyn Retriever>)
             }
             _ => (None, Arc::new(NoRetrieval) as Arc<dyn Retriever>),
@@ -166,10 +174,7 @@ impl AppState {
             cache: answer_cache(&config, embedder.as_ref().map(|(_, e)| e), &metrics)?,
             retriever,
             generator: Arc::new(Router::new(Arc::clone(&metrics))),
-            ranker: Arc::new(Ranker::new(
-                Arc::clone(&metrics),
-                embedder.as_ref().map(|(_, e)| Arc::clone(e)),
-            )),
+            ranker,
             audit: audit_sink,
             metrics: Arc::clone(&metrics),
             tasks: TaskTracker::new(),
@@ -319,6 +324,29 @@ fn answer_cache(
 }
 
 /// The document store, and the retrieve stage over it.
+/// Retrieval's rerank step on a rerank alias (`retrieval.rerank`).
+struct AliasRanker {
+    ranker: Arc<Ranker>,
+    route: Arc<Route>,
+}
+
+#[async_trait::async_trait]
+impl crate::retrieve::rerank::Rerank for AliasRanker {
+    async fn order(
+        &self,
+        question: &str,
+        passages: &[String],
+        deadline: tokio::time::Instant,
+    ) -> Result<Vec<usize>, String> {
+        let ranked = self
+            .ranker
+            .rank(&self.route, question, passages, deadline)
+            .await;
+        let ranking = ranked.result.map_err(|e| e.to_string())?;
+        Ok(ranking.order.into_iter().map(|(i, _)| i).collect())
+    }
+}
+
 async fn retrieval_stage(
     config: &Config,
     retrieval: &RetrievalConfig,

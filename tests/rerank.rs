@@ -197,3 +197,35 @@ async fn bad_rerank_requests_are_refused_by_name() {
         "nothing refused reached the provider"
     );
 }
+
+#[test]
+fn rerank_aliases_are_checked_with_the_config() {
+    use ragway::config::{Config, ConfigError, Env};
+    let problems = |toml: &str| match Config::from_toml(toml, &Env::default()) {
+        Err(ConfigError::Invalid(problems)) => problems
+            .into_iter()
+            .map(|p| format!("{}: {}", p.key, p.message))
+            .collect::<Vec<_>>(),
+        other => panic!("expected validation errors, got {other:?}"),
+    };
+    let provider = "[providers.sf]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\n";
+    let found = problems(&format!(
+        "{provider}[models.a]\nkind = \"rerank\"\ntargets = []\n\
+         [models.b]\nkind = \"ranker\"\ntargets = [\"sf:m\"]\n\
+         [models.c]\nkind = \"rerank\"\ntargets = [\"sf:m\"]\nhedge_after = \"1s\"\n"
+    ));
+    for expected in [
+        "models.a: ranks with nothing",
+        "models.b.kind: `ranker` is not",
+        "models.c: a rerank alias takes neither",
+    ] {
+        assert!(
+            found.iter().any(|p| p.starts_with(expected)),
+            "{expected} in {found:?}"
+        );
+    }
+    let fine = format!(
+        "{provider}[models.r]\nkind = \"rerank\"\ntargets = [\"sf:BAAI/bge-reranker-v2-m3\"]\n"
+    );
+    Config::from_toml(&fine, &Env::default()).expect("a rerank alias with a target");
+}

@@ -1256,3 +1256,49 @@ async fn takes_the_store_over_by_reindexing(server: Option<String>) {
     tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
     assert!(finds("initech").await, "initech was embedded again");
 }
+
+/// `retrieval.rerank`: the candidates go to the rerank alias sanitised, and the
+/// prompt holds them in its order (here the reverse of the search's).
+#[tokio::test]
+async fn a_rerank_step_orders_the_passages() {
+    let fake = FakeProvider::start().await;
+    let dir = TempDir::new();
+    let extra =
+        "rerank = \"rr\"\n[models.rr]\nkind = \"rerank\"\ntargets = [\"fake:rerank-reverse\"]\n";
+    let gw = Gateway::start(&rag_config(&fake, &dir, extra)).await;
+    let response = post_document(&gw, None, json!({"id": "returns.md", "text": RETURNS})).await;
+    assert_eq!(response.status(), 201);
+    let question = "How are refunds paid, and which orders ship free?";
+    let answer = gw.answer(ask("chat", question)).await;
+    let ranked: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/v1/rerank")
+        .collect();
+    assert_eq!(ranked.len(), 1, "one ranking per grounded question");
+    let asked = &ranked[0].body;
+    assert_eq!(asked["query"], question);
+    let documents: Vec<&str> = asked["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap())
+        .collect();
+    assert!(documents.len() >= 2, "{asked}");
+    assert!(!asked.to_string().contains("13812345678"), "{asked}");
+    // The prompt holds the search's last candidate first.
+    let seen = grounding_seen(&fake);
+    let at = |text: &str| {
+        let body = text.lines().last().unwrap();
+        seen.find(body)
+            .unwrap_or_else(|| panic!("{body:?} not in {seen}"))
+    };
+    assert!(
+        at(documents[documents.len() - 1]) < at(documents[0]),
+        "{seen}"
+    );
+    assert_eq!(
+        answer["ragway"]["citations"][0]["doc_id"], "returns.md",
+        "{answer}"
+    );
+}

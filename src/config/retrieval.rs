@@ -34,6 +34,9 @@ pub struct RetrievalConfig {
     pub cjk_dense_weight: f32,
     /// For every alias that does not override them.
     pub defaults: RagSettings,
+    /// The rerank alias that orders the passages found, when set: the search
+    /// finds twice as many candidates, and the ranker picks among them.
+    pub rerank: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -70,6 +73,8 @@ pub struct RawRetrieval {
     pub ingest_concurrency: Option<u64>,
     pub default_collection: Option<String>,
     pub cjk_dense_weight: Option<f32>,
+    /// A rerank alias that orders the passages found before they are kept.
+    pub rerank: Option<String>,
     // The defaults of every alias (see `RawRagSettings`).
     pub enabled: Option<bool>,
     pub top_k: Option<usize>,
@@ -229,6 +234,7 @@ pub(super) fn retrieval(
             .unwrap_or_else(|| "default".to_owned()),
         cjk_dense_weight,
         defaults,
+        rerank: raw.rerank,
     }
 }
 

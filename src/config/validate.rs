@@ -109,7 +109,7 @@ pub(super) fn validate(raw: RawConfig, env: &Env) -> (Config, Vec<Problem>) {
         .into_iter()
         .filter_map(|(name, p)| Some((name.clone(), provider(&name, p, env, &mut problems)?)))
         .collect();
-    let models = raw
+    let models: BTreeMap<String, super::ModelConfig> = raw
         .models
         .into_iter()
         .filter_map(|(alias, m)| {
@@ -126,6 +126,17 @@ pub(super) fn validate(raw: RawConfig, env: &Env) -> (Config, Vec<Problem>) {
             ))
         })
         .collect();
+    rerank_aliases(&models, &locals, embeddings.is_some(), &mut problems);
+    if let Some(alias) = retrieval.as_ref().and_then(|r| r.rerank.as_ref())
+        && models
+            .get(alias)
+            .is_none_or(|m: &super::ModelConfig| m.kind != super::ModelKind::Rerank)
+    {
+        problems.add(
+            "retrieval.rerank",
+            format!("`{alias}` is not a rerank alias (a [models] entry with kind = \"rerank\")"),
+        );
+    }
     let config = Config {
         server,
         log,
@@ -141,4 +152,32 @@ pub(super) fn validate(raw: RawConfig, env: &Env) -> (Config, Vec<Problem>) {
         governance,
     };
     (config, problems.0)
+}
+
+/// A rerank alias ranks on its remote targets, then the embedder: it needs one of
+/// them, and the local chat model is not a ranker.
+fn rerank_aliases(
+    models: &BTreeMap<String, super::ModelConfig>,
+    locals: &BTreeSet<String>,
+    embedder: bool,
+    problems: &mut Problems,
+) {
+    for (alias, model) in models {
+        if model.kind != super::ModelKind::Rerank {
+            continue;
+        }
+        let at = format!("models.{alias}");
+        if model.targets.iter().any(|t| locals.contains(&t.provider)) {
+            problems.add(
+                format!("{at}.targets"),
+                "the local chat model does not rerank; the local fallback is the embedder",
+            );
+        }
+        if model.targets.is_empty() && !(embedder && model.local_fallback) {
+            problems.add(
+                &at,
+                "ranks with nothing: give it targets, or an [embeddings] section for the local fallback",
+            );
+        }
+    }
 }

@@ -270,6 +270,11 @@ impl Corpus {
         self
     }
 
+    /// The model its documents and questions are embedded with.
+    pub fn embedder(&self) -> &Arc<Embedder> {
+        &self.embedder
+    }
+
     /// For an embedder that reads Chinese as well as English, set 1.
     pub fn with_cjk_dense_weight(mut self, weight: f32) -> Corpus {
         self.cjk_dense_weight = weight;

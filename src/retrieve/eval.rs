@@ -56,6 +56,48 @@ pub async fn evaluate(
     })
 }
 
+/// Like [`evaluate`] for hybrid search with a rerank step: `candidates` found,
+/// ordered by `reranker`, the top `k` scored.
+pub async fn evaluate_reranked(
+    corpus: &Corpus,
+    tenant: &str,
+    questions: &[Labelled],
+    reranker: &dyn super::rerank::Rerank,
+    candidates: usize,
+    k: usize,
+) -> Result<Score, CorpusError> {
+    let mut found = 0usize;
+    let mut reciprocal = 0.0;
+    for question in questions {
+        let passages = corpus
+            .search(tenant, None, &question.q, Mode::Hybrid, candidates)
+            .await?;
+        let texts: Vec<String> = passages
+            .iter()
+            .map(|p| p.hit.payload.text.clone())
+            .collect();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        let order = reranker
+            .order(&question.q, &texts, deadline)
+            .await
+            .unwrap_or_else(|_| (0..passages.len()).collect());
+        let rank = order.iter().take(k).position(|&i| {
+            let p = &passages[i].hit.payload;
+            p.doc_id == question.doc && p.text.contains(&question.answer)
+        });
+        if let Some(rank) = rank {
+            found += 1;
+            reciprocal += 1.0 / (rank + 1) as f64;
+        }
+    }
+    let n = questions.len().max(1) as f64;
+    Ok(Score {
+        questions: questions.len(),
+        recall: found as f64 / n,
+        mrr: reciprocal / n,
+    })
+}
+
 /// Reads a `questions.jsonl`.
 pub fn read_questions(text: &str) -> Result<Vec<Labelled>, String> {
     text.lines()

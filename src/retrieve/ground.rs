@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use super::corpus::{Corpus, CorpusError, Mode};
 use super::fuse::Fused;
 use super::prompt::{Lang, PassageView, Prompts};
+use super::rerank::Rerank;
 use super::{Citation, Retriever};
 use super::{PromptLanguage, RagSettings};
 use crate::call::Call;
@@ -22,6 +23,8 @@ pub struct Grounding {
     language: PromptLanguage,
     defaults: RagSettings,
     by_alias: BTreeMap<String, RagSettings>,
+    /// Orders the candidates before they are kept (`retrieval.rerank`).
+    reranker: Option<Arc<dyn Rerank>>,
 }
 
 impl Grounding {
@@ -38,7 +41,15 @@ impl Grounding {
             language,
             defaults,
             by_alias,
+            reranker: None,
         }
+    }
+
+    /// With a rerank step: the search finds twice as many candidates, and
+    /// `reranker` orders them before the ones that fit are kept.
+    pub fn reranked_by(mut self, reranker: Arc<dyn Rerank>) -> Grounding {
+        self.reranker = Some(reranker);
+        self
     }
 
     fn settings(&self, alias: &str) -> &RagSettings {
@@ -54,14 +65,16 @@ impl Grounding {
             .unwrap_or(self.settings(call.alias).enabled)
     }
 
-    /// The passages kept for `question`: found by one of its words or similar
-    /// enough in meaning, best first, within the alias's count and token budget.
-    async fn passages(
+    /// The candidates for `question`: found by one of its words or similar
+    /// enough in meaning, best first (twice the alias's count, or four times when
+    /// a ranker will choose among them).
+    async fn candidates(
         &self,
         tenant: &str,
         question: &str,
         settings: &RagSettings,
     ) -> Result<Vec<Fused>, CorpusError> {
+        let wanted = settings.top_k * if self.reranker.is_some() { 4 } else { 2 };
         let found = self
             .corpus
             .search(
@@ -69,30 +82,64 @@ impl Grounding {
                 settings.collection.as_deref(),
                 question,
                 Mode::Hybrid,
-                settings.top_k * 2,
+                wanted,
             )
             .await?;
-        let mut budget = settings.context_tokens;
-        let mut kept = Vec::new();
-        for passage in found {
-            let relevant =
-                passage.keyword.is_some() || passage.dense.is_some_and(|s| s >= settings.min_score);
-            if !relevant {
-                continue;
+        Ok(found
+            .into_iter()
+            .filter(|p| p.keyword.is_some() || p.dense.is_some_and(|s| s >= settings.min_score))
+            .collect())
+    }
+
+    /// The candidates in the ranker's order. They leave sanitised, as the prompt
+    /// will hold them; a ranker that fails leaves the search's order.
+    async fn reranked(
+        &self,
+        call: &Call<'_>,
+        question: &str,
+        candidates: Vec<Fused>,
+        pii: &mut dyn Placeholders,
+    ) -> Result<Vec<Fused>, GatewayError> {
+        let Some(reranker) = self.reranker.as_ref().filter(|_| candidates.len() > 1) else {
+            return Ok(candidates);
+        };
+        let texts = candidates
+            .iter()
+            .map(|p| pii.text(&p.hit.payload.text))
+            .collect::<Result<Vec<_>, _>>()?;
+        match reranker.order(question, &texts, call.deadline).await {
+            Ok(order) => {
+                let mut slots: Vec<Option<Fused>> = candidates.into_iter().map(Some).collect();
+                Ok(order
+                    .into_iter()
+                    .filter_map(|i| slots.get_mut(i)?.take())
+                    .collect())
             }
-            let cost = estimate_tokens(&passage.hit.payload.text);
-            // The first passage is always kept: without it there is no grounding.
-            if !kept.is_empty() && cost > budget {
-                break;
-            }
-            budget = budget.saturating_sub(cost);
-            kept.push(passage);
-            if kept.len() == settings.top_k {
-                break;
+            Err(why) => {
+                tracing::warn!(%why, "reranking failed; the search's order is kept");
+                Ok(candidates)
             }
         }
-        Ok(kept)
     }
+}
+
+/// The passages kept: best first, within the alias's count and token budget.
+fn within_budget(candidates: Vec<Fused>, settings: &RagSettings) -> Vec<Fused> {
+    let mut budget = settings.context_tokens;
+    let mut kept = Vec::new();
+    for passage in candidates {
+        let cost = estimate_tokens(&passage.hit.payload.text);
+        // The first passage is always kept: without it there is no grounding.
+        if !kept.is_empty() && cost > budget {
+            break;
+        }
+        budget = budget.saturating_sub(cost);
+        kept.push(passage);
+        if kept.len() == settings.top_k {
+            break;
+        }
+    }
+    kept
 }
 
 #[async_trait]
@@ -111,9 +158,11 @@ impl Retriever for Grounding {
         else {
             return Ok(Vec::new());
         };
-        let passages = self
-            .passages(&call.caller.tenant, &question, settings)
+        let candidates = self
+            .candidates(&call.caller.tenant, &question, settings)
             .await?;
+        let candidates = self.reranked(call, &question, candidates, pii).await?;
+        let passages = within_budget(candidates, settings);
         if passages.is_empty() {
             return Ok(Vec::new());
         }

@@ -16,6 +16,7 @@ pub mod fuse;
 pub mod ground;
 pub mod keyword;
 pub mod prompt;
+pub mod rerank;
 mod settings;
 pub mod store;
 

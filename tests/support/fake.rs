@@ -177,8 +177,8 @@ fn note(
 }
 
 /// `/v1/rerank`: `rerank` scores each document by the share of the query's words
-/// it holds (SiliconFlow's answer shape); `rerank-bad` names a document that is
-/// not there; any other behaviour is chat's (its errors, its stalls).
+/// it holds (SiliconFlow's answer shape); `rerank-reverse` ranks them in reverse;
+/// `rerank-bad` names a document that is not there; any other behaviour is chat's (its errors, its stalls).
 async fn rerank(
     State(state): State<FakeState>,
     uri: axum::http::Uri,
@@ -224,6 +224,15 @@ async fn rerank(
             axum::Json(json!({"id": "rerank-1", "results": results,
                 "meta": {"tokens": {"input_tokens": tokens, "output_tokens": 0}}}))
             .into_response()
+        }
+        // The documents in the reverse of the order given.
+        "rerank-reverse" => {
+            let n = documents.len();
+            let results: Vec<Value> = (0..n)
+                .rev()
+                .map(|index| json!({"index": index, "relevance_score": (index + 1) as f64 / n as f64}))
+                .collect();
+            axum::Json(json!({"results": results})).into_response()
         }
         "rerank-bad" => {
             axum::Json(json!({"results": [{"index": documents.len(), "relevance_score": 1.0}]}))
