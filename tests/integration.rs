@@ -36,3 +36,4 @@ mod store_server;
 mod tls_config;
 mod tls_postgres;
 mod tls_redis;
+mod voice;

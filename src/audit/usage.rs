@@ -106,6 +106,9 @@ pub const SPENDING_ROUTES: &[&str] = &[
     "/v1/messages",
     "/v1/responses",
     "/v1/rerank",
+    "/v1/voice/asr",
+    "/v1/voice/tts",
+    "/v1/images/ocr",
     // The console's playground: chat as the signed-in key, or the admin.
     "/console/api/chat",
 ];

@@ -88,13 +88,13 @@ pub(super) fn model(
     if alias.trim().is_empty() {
         problems.add(&at, "a model alias must not be empty");
     }
-    let kind = match raw.kind.as_deref() {
-        None | Some("chat") => ModelKind::Chat,
-        Some("rerank") => ModelKind::Rerank,
-        Some(other) => {
+    let named = raw.kind.as_deref().unwrap_or("chat");
+    let kind = match ModelKind::ALL.into_iter().find(|k| k.name() == named) {
+        Some(kind) => kind,
+        None => {
             problems.add(
                 format!("{at}.kind"),
-                format!("`{other}` is not `chat` or `rerank`"),
+                format!("`{named}` is not `chat`, `rerank`, `asr`, `tts` or `ocr`"),
             );
             ModelKind::Chat
         }
@@ -129,8 +129,14 @@ pub(super) fn model(
         raw.request_timeout.as_deref(),
         DEFAULT_REQUEST_TIMEOUT,
     );
-    if kind == ModelKind::Rerank && (raw.hedge_after.is_some() || raw.rag.is_some()) {
-        problems.add(&at, "a rerank alias takes neither `hedge_after` nor `rag`");
+    if kind != ModelKind::Chat && (raw.hedge_after.is_some() || raw.rag.is_some()) {
+        problems.add(
+            &at,
+            format!(
+                "a {} alias takes neither `hedge_after` nor `rag`",
+                kind.name()
+            ),
+        );
     }
     let rag = match rag_base {
         Some(base) => Some(super::retrieval::alias_settings(

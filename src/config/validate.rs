@@ -154,8 +154,8 @@ pub(super) fn validate(raw: RawConfig, env: &Env) -> (Config, Vec<Problem>) {
     (config, problems.0)
 }
 
-/// A rerank alias ranks on its remote targets, then the embedder: it needs one of
-/// them, and the local chat model is not a ranker.
+/// The aliases that are not chat: the local chat model serves none of them, and
+/// a rerank alias ranks on its remote targets, then the embedder: it needs one.
 fn rerank_aliases(
     models: &BTreeMap<String, super::ModelConfig>,
     locals: &BTreeSet<String>,
@@ -163,15 +163,21 @@ fn rerank_aliases(
     problems: &mut Problems,
 ) {
     for (alias, model) in models {
-        if model.kind != super::ModelKind::Rerank {
+        if model.kind == super::ModelKind::Chat {
             continue;
         }
         let at = format!("models.{alias}");
         if model.targets.iter().any(|t| locals.contains(&t.provider)) {
             problems.add(
                 format!("{at}.targets"),
-                "the local chat model does not rerank; the local fallback is the embedder",
+                format!(
+                    "the local chat model serves chat only, not {}",
+                    model.kind.name()
+                ),
             );
+        }
+        if model.kind != super::ModelKind::Rerank {
+            continue;
         }
         if model.targets.is_empty() && !(embedder && model.local_fallback) {
             problems.add(

@@ -40,11 +40,50 @@ pub enum ModelKind {
     /// `/v1/rerank`: its targets' rerank endpoint, and the local embedder when
     /// `local_fallback` (the default) and one is configured.
     Rerank,
+    /// `/v1/voice/asr`: speech recognition, passed through to its targets.
+    Asr,
+    /// `/v1/voice/tts`: speech synthesis, passed through to its targets.
+    Tts,
+    /// `/v1/images/ocr`: text recognition in an image, passed through.
+    Ocr,
+}
+
+impl ModelKind {
+    pub const ALL: [ModelKind; 5] = [
+        ModelKind::Chat,
+        ModelKind::Rerank,
+        ModelKind::Asr,
+        ModelKind::Tts,
+        ModelKind::Ocr,
+    ];
+
+    /// Its name in the config (`kind = "…"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelKind::Chat => "chat",
+            ModelKind::Rerank => "rerank",
+            ModelKind::Asr => "asr",
+            ModelKind::Tts => "tts",
+            ModelKind::Ocr => "ocr",
+        }
+    }
+
+    /// The gateway's route for it, which is also where its targets' API serves
+    /// it, below their base URL (less the `/v1`).
+    pub fn route(self) -> &'static str {
+        match self {
+            ModelKind::Chat => "/v1/chat/completions",
+            ModelKind::Rerank => "/v1/rerank",
+            ModelKind::Asr => "/v1/voice/asr",
+            ModelKind::Tts => "/v1/voice/tts",
+            ModelKind::Ocr => "/v1/images/ocr",
+        }
+    }
 }
 
 pub struct Route {
     pub alias: Arc<str>,
-    /// What it serves: chat, or rerank.
+    /// What it serves: chat, rerank, speech or OCR.
     pub kind: ModelKind,
     /// A reranker's last resort: the local embedder ranks when no target answers.
     pub rank_locally: bool,

@@ -98,7 +98,12 @@ pub(super) async fn serve(
         return GatewayError::ModelNotFound(request.model).into_response();
     };
     if route.kind != crate::generate::ModelKind::Chat {
-        let message = format!("`{}` is a rerank model: POST /v1/rerank", route.alias);
+        let message = format!(
+            "`{}` is a {} model: POST {}",
+            route.alias,
+            route.kind.name(),
+            route.kind.route()
+        );
         return GatewayError::invalid(message, Some("model".to_owned())).into_response();
     }
     let alias = route.alias.clone();

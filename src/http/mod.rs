@@ -21,6 +21,7 @@ mod rerank;
 mod responses;
 pub mod server;
 mod usage;
+mod voice;
 pub mod workers;
 
 use std::sync::Arc;
@@ -40,6 +41,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/responses", post(responses::responses))
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/rerank", post(rerank::rerank))
+        .route("/v1/voice/asr", post(voice::asr))
+        .route("/v1/voice/tts", post(voice::tts))
+        .route("/v1/images/ocr", post(voice::ocr))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::get))
         .route("/v1/usage", get(usage::own))

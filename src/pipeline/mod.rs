@@ -3,6 +3,7 @@
 //! lives in its own module behind a small trait.
 
 mod ctx;
+mod passthrough;
 mod record;
 mod rerank;
 mod respond;
@@ -15,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 pub use ctx::{Caller, RequestCtx};
+pub use passthrough::PassThrough;
 pub use rerank::RerankAsk;
 pub use stream::data_frame;
 

@@ -59,6 +59,9 @@ impl FakeProvider {
             .route("/beta/chat/completions", post(chat))
             .route("/maas/{model}/{chip}/chat/completions", post(chat))
             .route("/v1/rerank", post(rerank))
+            .route("/v1/voice/asr", post(voice))
+            .route("/v1/voice/tts", post(voice))
+            .route("/v1/images/ocr", post(voice))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -241,6 +244,45 @@ async fn rerank(
         _ => respond(behaviour, &model, attempt, false, &body).await,
     }
 }
+
+/// The speech and OCR endpoints, in Qiniu's shapes: `asr` recognises
+/// [`HEARD`], `tts` speaks the text as base64 bytes, `ocr` reads [`HEARD`]; any
+/// other behaviour is chat's (its errors, its stalls).
+async fn voice(
+    State(state): State<FakeState>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    // A speech synthesis names no model: its behaviour is its voice.
+    let model = body["model"]
+        .as_str()
+        .or(body["audio"]["voice_type"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let attempt = note(&state, &model, &uri, &headers, &body);
+    let behaviour = model.split(['#', '?']).next().unwrap_or_default();
+    match behaviour {
+        "asr" => axum::Json(json!({"reqid": "r1", "operation": "asr", "data": {
+            "audio_info": {"duration": 2300},
+            "result": {"additions": {"duration": "2300"}, "text": HEARD}}}))
+        .into_response(),
+        "tts" => {
+            use base64::Engine as _;
+            let text = body["request"]["text"].as_str().unwrap_or_default();
+            let audio = base64::engine::general_purpose::STANDARD.encode(format!("AUDIO:{text}"));
+            axum::Json(json!({"reqid": "r2", "operation": "query", "sequence": -1,
+                "data": audio, "addition": {"duration": "1200"}}))
+            .into_response()
+        }
+        "ocr" => axum::Json(json!({"id": "o1", "text": HEARD})).into_response(),
+        _ => respond(behaviour, &model, attempt, false, &body).await,
+    }
+}
+
+/// What the fake's speech recognition and OCR read.
+pub const HEARD: &str = "请拨打 13912345678 联系我";
 
 /// The whole answer a continuing behaviour knows (`story-next`, `story-vllm`,
 /// `story-deepseek`, `story-refuse`, `story-next-cut-N`: the story; `echo-next`:

@@ -1,0 +1,299 @@
+//! The seed provider's speech and OCR endpoints, in its own shapes:
+//! `POST /v1/voice/asr` (speech to text), `POST /v1/voice/tts` (text to speech)
+//! and `POST /v1/images/ocr` (text in an image or PDF). Each names an alias of
+//! that kind (`[models.X] kind = "asr" | "tts" | "ocr"`) and is passed through to
+//! its targets ([`crate::pipeline::Pipeline::pass_through`]); the answer is the
+//! provider's own.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+use super::body::parse_json;
+use super::chat::Called;
+use super::observe::{Recorded, ServedModel};
+use crate::error::GatewayError;
+use crate::generate::ModelKind;
+use crate::pipeline::{PassThrough, RequestCtx};
+use crate::state::AppState;
+
+/// The audio formats speech recognition takes.
+const AUDIO_FORMATS: &[&str] = &["raw", "wav", "mp3", "ogg"];
+/// The longest text one speech synthesis may speak, in characters.
+const MAX_SPOKEN_CHARS: usize = 10_000;
+
+pub async fn asr(
+    state: State<AppState>,
+    called: Called,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    relay(state, called, &headers, body, ModelKind::Asr, read_asr).await
+}
+
+pub async fn tts(
+    state: State<AppState>,
+    called: Called,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    relay(state, called, &headers, body, ModelKind::Tts, read_tts).await
+}
+
+pub async fn ocr(
+    state: State<AppState>,
+    called: Called,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    relay(state, called, &headers, body, ModelKind::Ocr, read_ocr).await
+}
+
+/// A request checked: its alias, and the call to pass through.
+type Read = fn(Map<String, Value>) -> Result<(String, PassThrough), GatewayError>;
+
+async fn relay(
+    State(state): State<AppState>,
+    called: Called,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    kind: ModelKind,
+    read: Read,
+) -> Response {
+    let (model, call) =
+        match parse_json(headers, body, state.config.server.max_body_bytes).and_then(read) {
+            Ok(read) => read,
+            Err(error) => return error.into_response(),
+        };
+    let Called {
+        caller,
+        request_id,
+        origin,
+        started,
+    } = called;
+    let Some(route) = state
+        .routes
+        .get(&model)
+        .filter(|_| caller.models.allows(&model))
+    else {
+        return GatewayError::ModelNotFound(model).into_response();
+    };
+    if route.kind != kind {
+        let message = format!(
+            "`{}` is a {} model, not {}",
+            route.alias,
+            route.kind.name(),
+            kind.name()
+        );
+        return GatewayError::invalid(message, Some("model".to_owned())).into_response();
+    }
+    let alias = route.alias.clone();
+    let mut ctx = RequestCtx::answered_whole(request_id, caller, route, started);
+    if let Some(origin) = origin {
+        ctx.origin = origin;
+    }
+    let (mut response, served) = match state.pipeline.pass_through(ctx, call).await {
+        Ok((target, answer, headroom)) => {
+            let mut response = Json(answer).into_response();
+            let headers = response.headers_mut();
+            super::error::put_headroom(headers, &headroom);
+            if let Ok(value) = HeaderValue::from_str(&target) {
+                headers.insert(HeaderName::from_static("x-ragway-target"), value);
+            }
+            let served = ServedModel {
+                alias,
+                target: Some(target),
+                attempts: 1,
+            };
+            (response, served)
+        }
+        Err(error) => {
+            let served = ServedModel {
+                alias,
+                target: None,
+                attempts: 0,
+            };
+            (error.into_response(), served)
+        }
+    };
+    response.extensions_mut().insert(served);
+    response.extensions_mut().insert(Recorded);
+    response
+}
+
+fn invalid(param: &str, message: impl Into<String>) -> GatewayError {
+    GatewayError::invalid(message, Some(param.to_owned()))
+}
+
+/// Refuses a field not in `known`, by name.
+fn only(asked: &Map<String, Value>, known: &[&str], what: &str) -> Result<(), GatewayError> {
+    match asked.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(unknown) => Err(invalid(
+            unknown,
+            format!("`{unknown}`: not a field of {what}"),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn model(asked: &Map<String, Value>) -> Result<String, GatewayError> {
+    asked
+        .get("model")
+        .and_then(Value::as_str)
+        .filter(|m| !m.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| invalid("model", "`model` is required: an alias"))
+}
+
+/// A public http(s) address the provider fetches (ragway never does).
+fn address(param: &str, value: Option<&Value>) -> Result<String, GatewayError> {
+    let text = value
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid(param, format!("`{param}` is required: an http(s) URL")))?;
+    match reqwest::Url::parse(text) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+            Ok(text.to_owned())
+        }
+        _ => Err(invalid(param, format!("`{param}` must be an http(s) URL"))),
+    }
+}
+
+/// `{"model", "audio": {"format", "url"}}`; the answer's `data.result.text`.
+fn read_asr(asked: Map<String, Value>) -> Result<(String, PassThrough), GatewayError> {
+    only(&asked, &["model", "audio"], "a speech recognition request")?;
+    let model = model(&asked)?;
+    let Some(Value::Object(audio)) = asked.get("audio") else {
+        return Err(invalid(
+            "audio",
+            "`audio` is required: {\"format\", \"url\"}",
+        ));
+    };
+    only(audio, &["format", "url"], "`audio`")?;
+    let format = audio
+        .get("format")
+        .and_then(Value::as_str)
+        .filter(|f| AUDIO_FORMATS.contains(f))
+        .ok_or_else(|| {
+            invalid(
+                "audio.format",
+                format!("`audio.format` is one of {}", AUDIO_FORMATS.join(", ")),
+            )
+        })?;
+    let url = address("audio.url", audio.get("url"))?;
+    let call = PassThrough {
+        body: json!({"model": model, "audio": {"format": format, "url": url}}),
+        spoken: None,
+        // The address may name a person: the record keeps its host only.
+        summary: json!({"audio": {"format": format, "host": host(&url)}}),
+        text_of: |answer| {
+            answer
+                .pointer("/data/result/text")?
+                .as_str()
+                .map(str::to_owned)
+        },
+    };
+    Ok((model, call))
+}
+
+/// `{"model", "audio": {"voice_type", "encoding", "speed_ratio"}, "request": {"text"}}`.
+fn read_tts(asked: Map<String, Value>) -> Result<(String, PassThrough), GatewayError> {
+    only(
+        &asked,
+        &["model", "audio", "request"],
+        "a speech synthesis request",
+    )?;
+    let model = model(&asked)?;
+    let Some(Value::Object(audio)) = asked.get("audio") else {
+        return Err(invalid(
+            "audio",
+            "`audio` is required: {\"voice_type\", \"encoding\"}",
+        ));
+    };
+    only(audio, &["voice_type", "encoding", "speed_ratio"], "`audio`")?;
+    let voice = audio
+        .get("voice_type")
+        .and_then(Value::as_str)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| {
+            invalid(
+                "audio.voice_type",
+                "`audio.voice_type` is required (GET /v1/voice/list at the provider)",
+            )
+        })?;
+    let encoding = audio
+        .get("encoding")
+        .and_then(Value::as_str)
+        .filter(|e| ["mp3", "wav", "pcm", "ogg_opus"].contains(e))
+        .ok_or_else(|| {
+            invalid(
+                "audio.encoding",
+                "`audio.encoding` is mp3, wav, pcm or ogg_opus",
+            )
+        })?;
+    let speed = match audio.get("speed_ratio") {
+        None | Some(Value::Null) => 1.0,
+        Some(value) => value
+            .as_f64()
+            .filter(|s| (0.2..=3.0).contains(s))
+            .ok_or_else(|| {
+                invalid(
+                    "audio.speed_ratio",
+                    "`audio.speed_ratio` is a number from 0.2 to 3",
+                )
+            })?,
+    };
+    let Some(Value::Object(request)) = asked.get("request") else {
+        return Err(invalid("request", "`request` is required: {\"text\"}"));
+    };
+    only(request, &["text"], "`request`")?;
+    let text = request
+        .get("text")
+        .and_then(Value::as_str)
+        .filter(|t| !t.trim().is_empty())
+        .ok_or_else(|| {
+            invalid(
+                "request.text",
+                "`request.text` is required: the text to speak",
+            )
+        })?;
+    if text.chars().count() > MAX_SPOKEN_CHARS {
+        return Err(invalid(
+            "request.text",
+            format!("`request.text` is at most {MAX_SPOKEN_CHARS} characters"),
+        ));
+    }
+    let call = PassThrough {
+        body: json!({"audio": {"voice_type": voice, "encoding": encoding, "speed_ratio": speed},
+            "request": {"text": text}}),
+        spoken: Some("/request/text"),
+        summary: json!({"audio": {"voice_type": voice, "encoding": encoding, "speed_ratio": speed},
+            "chars": text.chars().count()}),
+        text_of: |_| None,
+    };
+    Ok((model, call))
+}
+
+/// `{"model", "url"}`; the answer's `text`.
+fn read_ocr(asked: Map<String, Value>) -> Result<(String, PassThrough), GatewayError> {
+    only(&asked, &["model", "url"], "an OCR request")?;
+    let model = model(&asked)?;
+    let url = address("url", asked.get("url"))?;
+    let call = PassThrough {
+        body: json!({"model": model, "url": url}),
+        spoken: None,
+        summary: json!({"image": {"host": host(&url)}}),
+        text_of: |answer| answer.get("text")?.as_str().map(str::to_owned),
+    };
+    Ok((model, call))
+}
+
+fn host(url: &str) -> String {
+    reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_default()
+}
