@@ -22,6 +22,7 @@ use serde_json::{Map, Value, json};
 
 use super::body::parse_json;
 use super::chat::{Called, respond_with, serve, sse_stream};
+use super::frame::{Chunk, Frame};
 use crate::error::GatewayError;
 use crate::pipeline::{Reply, ReplyBody};
 use crate::state::AppState;
@@ -420,92 +421,101 @@ struct Events {
 impl Events {
     fn of(&mut self, frame: &Bytes) -> Bytes {
         let mut out = String::new();
-        let data = frame
-            .strip_prefix(b"data: ")
-            .and_then(|d| d.strip_suffix(b"\n\n"))
-            .unwrap_or_default();
-        if data == b"[DONE]" {
-            if self.blocks == 0 {
-                self.open(&mut out, Block::Text, json!({"type": "text", "text": ""}));
-            }
-            self.close(&mut out);
-            let mut delta = json!({
-                "type": "message_delta",
-                "delta": {"stop_reason": self.stop_reason, "stop_sequence": null},
-                "usage": {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens},
-            });
-            if let Some(ragway) = self.ragway.take() {
-                delta["ragway"] = ragway;
-            }
-            event(&mut out, "message_delta", delta);
-            event(&mut out, "message_stop", json!({"type": "message_stop"}));
-            return Bytes::from(out);
+        match Frame::read(frame) {
+            Frame::Done => self.finish(&mut out),
+            Frame::Chunk(chunk) => self.chunk(&mut out, &chunk),
+            Frame::Other => {}
         }
-        let Ok(chunk) = serde_json::from_slice::<Value>(data) else {
-            return Bytes::new();
-        };
-        if let Some(error) = chunk.get("error") {
-            let message = error["message"]
-                .as_str()
+        Bytes::from(out)
+    }
+
+    fn finish(&mut self, out: &mut String) {
+        if self.blocks == 0 {
+            self.open(out, Block::Text, json!({"type": "text", "text": ""}));
+        }
+        self.close(out);
+        let mut delta = json!({
+            "type": "message_delta",
+            "delta": {"stop_reason": self.stop_reason, "stop_sequence": null},
+            "usage": {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens},
+        });
+        if let Some(ragway) = self.ragway.take() {
+            delta["ragway"] = ragway;
+        }
+        event(out, "message_delta", delta);
+        event(out, "message_stop", json!({"type": "message_stop"}));
+    }
+
+    fn chunk(&mut self, out: &mut String, chunk: &Chunk<'_>) {
+        if let Some(error) = &chunk.error {
+            let message = error
+                .message
+                .as_deref()
                 .unwrap_or("the answer was cut off upstream");
             let body = json!({"type": "error", "error": {"type": "api_error", "message": message}});
-            event(&mut out, "error", body);
-            return Bytes::from(out);
+            event(out, "error", body);
+            return;
         }
         if !self.started {
             self.started = true;
-            let id = chunk["id"]
-                .as_str()
+            let id = chunk
+                .id
+                .as_deref()
                 .unwrap_or_default()
                 .replacen("chatcmpl-", "msg_", 1);
             let start = json!({"type": "message_start", "message": {
-                "id": id, "type": "message", "role": "assistant", "model": chunk["model"],
+                "id": id, "type": "message", "role": "assistant", "model": chunk.model,
                 "content": [], "stop_reason": null, "stop_sequence": null,
                 "usage": {"input_tokens": 0, "output_tokens": 0}}});
-            event(&mut out, "message_start", start);
+            event(out, "message_start", start);
         }
-        if let Some(usage) = chunk.get("usage").filter(|u| !u.is_null()) {
-            self.input_tokens = usage["prompt_tokens"].as_u64().unwrap_or_default();
-            self.output_tokens = usage["completion_tokens"].as_u64().unwrap_or_default();
+        if let Some(usage) = chunk.usage {
+            self.input_tokens = usage.prompt_tokens;
+            self.output_tokens = usage.completion_tokens;
         }
-        if let Some(ragway) = chunk.get("ragway") {
-            self.ragway = Some(ragway.clone());
+        if let Some(ragway) = chunk.ragway {
+            self.ragway = serde_json::from_str(ragway.get()).ok();
         }
-        let choice = &chunk["choices"][0];
-        if let Some(finish) = choice["finish_reason"].as_str() {
+        let Some(choice) = chunk.choice() else {
+            return;
+        };
+        if let Some(finish) = &choice.finish_reason {
             self.stop_reason = stop_reason(Some(finish));
         }
-        if let Some(text) = choice["delta"]["content"]
-            .as_str()
-            .filter(|t| !t.is_empty())
-        {
+        let Some(delta) = &choice.delta else {
+            return;
+        };
+        if let Some(text) = delta.text() {
             if self.open.map(|(b, _)| b) != Some(Block::Text) {
-                self.open(&mut out, Block::Text, json!({"type": "text", "text": ""}));
+                self.open(out, Block::Text, json!({"type": "text", "text": ""}));
             }
-            self.delta(&mut out, json!({"type": "text_delta", "text": text}));
+            self.text_delta(out, text);
         }
-        for call in choice["delta"]["tool_calls"]
-            .as_array()
-            .into_iter()
-            .flatten()
-        {
-            let block = Block::Tool(call["index"].as_u64().unwrap_or_default());
+        for call in delta.tool_calls.iter().flatten() {
+            let block = Block::Tool(call.index.unwrap_or_default());
             if self.open.map(|(b, _)| b) != Some(block) {
-                let start = json!({"type": "tool_use", "id": call["id"],
-                    "name": call["function"]["name"], "input": {}});
-                self.open(&mut out, block, start);
+                let start = json!({"type": "tool_use", "id": call.id,
+                    "name": call.name(), "input": {}});
+                self.open(out, block, start);
             }
-            if let Some(part) = call["function"]["arguments"]
-                .as_str()
-                .filter(|a| !a.is_empty())
-            {
+            if let Some(part) = call.arguments() {
                 self.delta(
-                    &mut out,
+                    out,
                     json!({"type": "input_json_delta", "partial_json": part}),
                 );
             }
         }
-        Bytes::from(out)
+    }
+
+    /// The commonest event, written without building a tree.
+    fn text_delta(&mut self, out: &mut String, text: &str) {
+        let Some((_, index)) = self.open else { return };
+        use std::fmt::Write as _;
+        let _ = write!(
+            out,
+            "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":{index},\"delta\":{{\"type\":\"text_delta\",\"text\":{}}}}}\n\n",
+            Value::String(text.to_owned())
+        );
     }
 
     /// Closes the open block and starts the next.

@@ -10,6 +10,7 @@ mod cors;
 mod documents;
 mod embeddings;
 mod error;
+mod frame;
 mod health;
 mod keys;
 mod limits;

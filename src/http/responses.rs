@@ -23,6 +23,7 @@ use serde_json::{Map, Value, json};
 
 use super::body::parse_json;
 use super::chat::{Called, respond_with, serve, sse_stream};
+use super::frame::{Chunk, Frame, ToolCall};
 use crate::error::GatewayError;
 use crate::pipeline::{Reply, ReplyBody};
 use crate::state::AppState;
@@ -613,6 +614,8 @@ struct Events {
     finish: Option<String>,
     usage: Option<Usage>,
     ragway: Option<Value>,
+    /// The message item's id, as JSON (a string, quoted).
+    message_id: String,
 }
 
 impl Events {
@@ -629,6 +632,7 @@ impl Events {
             finish: None,
             usage: None,
             ragway: None,
+            message_id: String::new(),
         }
     }
 
@@ -637,67 +641,61 @@ impl Events {
         if self.ended {
             return Bytes::new();
         }
-        let data = frame
-            .strip_prefix(b"data: ")
-            .and_then(|d| d.strip_suffix(b"\n\n"))
-            .unwrap_or_default();
-        if data == b"[DONE]" {
-            self.finish(&mut out);
-            return Bytes::from(out);
-        }
-        let Ok(chunk) = serde_json::from_slice::<Value>(data) else {
-            return Bytes::new();
-        };
-        if let Some(error) = chunk.get("error") {
-            self.fail(&mut out, error);
-            return Bytes::from(out);
-        }
-        if !self.started {
-            self.started = true;
-            self.head = Head::of(
-                chunk["id"].as_str().unwrap_or_default(),
-                chunk["created"].as_u64().unwrap_or_default(),
-                chunk["model"].clone(),
-            );
-            let response = response_object(&self.head, "in_progress", vec![], &self.echo);
-            self.event(&mut out, "response.created", json!({"response": response}));
-            self.event(
-                &mut out,
-                "response.in_progress",
-                json!({"response": response}),
-            );
-        }
-        if let Some(usage) = chunk.get("usage").filter(|u| !u.is_null()) {
-            self.usage = serde_json::from_value(usage.clone()).ok();
-        }
-        if let Some(ragway) = chunk.get("ragway") {
-            self.ragway = Some(ragway.clone());
-        }
-        let choice = &chunk["choices"][0];
-        if let Some(finish) = choice["finish_reason"].as_str() {
-            self.finish = Some(finish.to_owned());
-        }
-        if let Some(text) = choice["delta"]["content"]
-            .as_str()
-            .filter(|t| !t.is_empty())
-        {
-            self.text_delta(&mut out, text);
-        }
-        for call in choice["delta"]["tool_calls"]
-            .as_array()
-            .into_iter()
-            .flatten()
-        {
-            self.call_delta(&mut out, call);
+        match Frame::read(frame) {
+            Frame::Done => self.finish(&mut out),
+            Frame::Chunk(chunk) => self.chunk(&mut out, &chunk),
+            Frame::Other => {}
         }
         Bytes::from(out)
     }
 
+    fn chunk(&mut self, out: &mut String, chunk: &Chunk<'_>) {
+        if let Some(error) = &chunk.error {
+            self.fail(out, error.message.as_deref());
+            return;
+        }
+        if !self.started {
+            self.started = true;
+            self.head = Head::of(
+                chunk.id.as_deref().unwrap_or_default(),
+                chunk.created.unwrap_or_default(),
+                json!(chunk.model),
+            );
+            self.message_id = Value::String(self.head.message_id()).to_string();
+            // Both events carry the same response: written once.
+            let response = response_object(&self.head, "in_progress", vec![], &self.echo);
+            let fields = format!("\"response\":{response}");
+            self.write(out, "response.created", &fields);
+            self.write(out, "response.in_progress", &fields);
+        }
+        if let Some(usage) = chunk.usage {
+            self.usage = Some(usage);
+        }
+        if let Some(ragway) = chunk.ragway {
+            self.ragway = serde_json::from_str(ragway.get()).ok();
+        }
+        let Some(choice) = chunk.choice() else {
+            return;
+        };
+        if let Some(finish) = &choice.finish_reason {
+            self.finish = Some(finish.to_string());
+        }
+        let Some(delta) = &choice.delta else {
+            return;
+        };
+        if let Some(text) = delta.text() {
+            self.text_delta(out, text);
+        }
+        for call in delta.tool_calls.iter().flatten() {
+            self.call_delta(out, call);
+        }
+    }
+
     fn text_delta(&mut self, out: &mut String, delta: &str) {
-        let id = self.head.message_id();
         let index = match &self.text {
             Some((index, _)) => *index,
             None => {
+                let id = self.head.message_id();
                 let index = self.next_item();
                 let item = json!({"type": "message", "id": id, "status": "in_progress",
                     "role": "assistant", "content": []});
@@ -719,28 +717,27 @@ impl Events {
         if let Some((_, text)) = &mut self.text {
             text.push_str(delta);
         }
-        self.event(
-            out,
-            "response.output_text.delta",
-            json!({"item_id": id,
-            "output_index": index, "content_index": 0, "delta": delta, "logprobs": []}),
+        // The commonest event, written without building a tree.
+        let fields = format!(
+            "\"item_id\":{},\"output_index\":{index},\"content_index\":0,\"delta\":{},\"logprobs\":[]",
+            self.message_id,
+            Value::String(delta.to_owned()),
         );
+        self.write(out, "response.output_text.delta", &fields);
     }
 
-    fn call_delta(&mut self, out: &mut String, delta: &Value) {
-        let at = delta["index"].as_u64().unwrap_or_default();
+    fn call_delta(&mut self, out: &mut String, delta: &ToolCall<'_>) {
+        let at = delta.index.unwrap_or_default();
         if !self.calls.contains_key(&at) {
             let output_index = self.next_item();
             let call = Call {
                 output_index,
                 id: self.head.call_id(at),
-                call_id: delta["id"]
-                    .as_str()
+                call_id: delta
+                    .id
+                    .as_deref()
                     .map_or_else(|| format!("call_{at}"), str::to_owned),
-                name: delta["function"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
+                name: delta.name().to_owned(),
                 arguments: String::new(),
             };
             let item = call_item(&call.id, &call.call_id, &call.name, "", "in_progress");
@@ -751,10 +748,7 @@ impl Events {
             );
             self.calls.insert(at, call);
         }
-        let Some(part) = delta["function"]["arguments"]
-            .as_str()
-            .filter(|a| !a.is_empty())
-        else {
+        let Some(part) = delta.arguments() else {
             return;
         };
         let Some(call) = self.calls.get_mut(&at) else {
@@ -838,11 +832,9 @@ impl Events {
     }
 
     /// An answer broken off upstream: the response fails, keeping what came.
-    fn fail(&mut self, out: &mut String, error: &Value) {
+    fn fail(&mut self, out: &mut String, message: Option<&str>) {
         self.ended = true;
-        let message = error["message"]
-            .as_str()
-            .unwrap_or("the answer was cut off upstream");
+        let message = message.unwrap_or("the answer was cut off upstream");
         let mut output = BTreeMap::new();
         if let Some((index, text)) = self.text.take() {
             output.insert(
@@ -871,10 +863,20 @@ impl Events {
     }
 
     /// Writes one event: its name, and its body with its type and sequence number.
-    fn event(&mut self, out: &mut String, name: &str, mut body: Value) {
-        body["type"] = json!(name);
-        body["sequence_number"] = json!(self.sequence);
+    fn event(&mut self, out: &mut String, name: &str, body: Value) {
+        let body = body.to_string();
+        // The body's members, without its braces (every body has some).
+        self.write(out, name, &body[1..body.len() - 1]);
+    }
+
+    /// Writes one event whose body's other members are `fields`, written.
+    fn write(&mut self, out: &mut String, name: &str, fields: &str) {
+        use std::fmt::Write as _;
+        let _ = write!(
+            out,
+            "event: {name}\ndata: {{\"type\":\"{name}\",\"sequence_number\":{},{fields}}}\n\n",
+            self.sequence
+        );
         self.sequence += 1;
-        out.push_str(&format!("event: {name}\ndata: {body}\n\n"));
     }
 }
