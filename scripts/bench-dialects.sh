@@ -4,7 +4,9 @@
 # answers instantly (nginx serving a canned streamed answer), with wrk at
 # concurrency 1 and 64. Prints a Markdown table: RPS, p50/p99 latency and the
 # gateway's CPU time per request, each dialect beside chat's own figures measured
-# in the same run.
+# in the same run. With INSTRUCTIONS=1, instead: the gateway's user-space
+# instructions per request under callgrind (one wrk thread, 4 connections), which
+# repeat where CPU time on a shared host does not.
 #
 #   scripts/bench-dialects.sh            (DURATION=10s by default; RAGWAY_BIN=path
 #                                         measures that binary instead of a fresh build)
@@ -19,7 +21,7 @@ need wrk wrk
 need nginx nginx-light
 build_gateway
 start_instant_upstream "$UPSTREAM_PORT"
-start_gateway "$GATEWAY_PORT" "$UPSTREAM_PORT"
+[ -n "${INSTRUCTIONS:-}" ] || start_gateway "$GATEWAY_PORT" "$UPSTREAM_PORT"
 
 question="Hello, who are you?"
 body() { # dialect stream
@@ -60,6 +62,35 @@ measure() { # dialect stream concurrency → "rps p50 p99 cpu-µs-per-request"
     -v p99="$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")" \
     'BEGIN { printf "%.0f %.3f %.3f %.0f\n", rps, p50, p99, t / hz / n * 1e6 }'
 }
+
+if [ -n "${INSTRUCTIONS:-}" ]; then
+  need valgrind valgrind
+  echo "| answer | dialect | requests counted | instructions per request | vs chat |"
+  echo "|---|---|---:|---:|---:|"
+  for stream in false true; do
+    answer=whole; [ "$stream" = true ] && answer=streamed
+    chat=
+    for dialect in chat responses messages; do
+      GATEWAY_WRAP="valgrind --tool=callgrind --callgrind-out-file=$work/callgrind.$dialect.$stream" \
+        start_gateway "$GATEWAY_PORT" "$UPSTREAM_PORT"
+      write_post_lua "$(body "$dialect" "$stream")"
+      url="http://127.0.0.1:$GATEWAY_PORT$(path "$dialect")"
+      wrk -t1 -c4 -d5s -s "$work/post.lua" "$url" >/dev/null
+      callgrind_control -z "$ragway_pid" >/dev/null 2>&1
+      out=$(wrk -t1 -c4 -d"${SECONDS_COUNTED:-10}s" -s "$work/post.lua" "$url")
+      callgrind_control -d "$ragway_pid" >/dev/null 2>&1
+      stop_gateway
+      if grep -q "Non-2xx" <<<"$out"; then echo "non-2xx responses: $out" >&2; exit 1; fi
+      requests=$(grep -oE '[0-9]+ requests in' <<<"$out" | cut -d' ' -f1)
+      dump=$(ls -tr "$work"/callgrind."$dialect.$stream"* | grep -v "callgrind.$dialect.$stream\$" | tail -1)
+      per=$(awk -v n="$requests" '/^(summary|totals):/ {printf "%.0f", $2 / n; exit}' "$dump")
+      [ -z "$chat" ] && chat=$per
+      awk -v a="$answer" -v d="$dialect" -v n="$requests" -v p="$per" -v c="$chat" \
+        'BEGIN { printf "| %s | %s | %d | %d | %+.1f%% |\n", a, d, n, p, (p - c) / c * 100 }'
+    done
+  done
+  exit 0
+fi
 
 echo "| answer | concurrency | dialect | RPS | p50 ms | p99 ms | gateway CPU µs/request | CPU vs chat |"
 echo "|---|---:|---|---:|---:|---:|---:|---:|"
