@@ -117,26 +117,39 @@ pub(super) async fn serve(
     {
         ctx.cache_control = CacheControl::parse(value);
     }
-    let (mut response, served) = match state.pipeline.run(ctx, request).await {
+    match state.pipeline.run(ctx, request).await {
         Ok(reply) => {
-            let served = ServedModel {
-                alias,
-                target: Some(reply.target.clone()),
-                attempts: reply.attempts,
-            };
-            (respond(reply), served)
+            let served = (reply.target.clone(), reply.attempts);
+            recorded(respond(reply), alias, Some(served))
         }
-        Err(error) => {
-            let served = ServedModel {
-                alias,
-                target: None,
-                attempts: 0,
-            };
-            (error.into_response(), served)
+        Err(error) => recorded(error.into_response(), alias, None),
+    }
+}
+
+/// Marks the answer to a call the pipeline recorded (the observer writes no row of
+/// its own), and names who served it, when a target did: (target, attempts).
+pub(super) fn recorded(
+    mut response: Response,
+    alias: std::sync::Arc<str>,
+    served: Option<(std::sync::Arc<str>, usize)>,
+) -> Response {
+    let (target, attempts) = match served {
+        Some((target, attempts)) => {
+            if let Ok(value) = HeaderValue::from_str(&target) {
+                let headers = response.headers_mut();
+                headers.insert(HeaderName::from_static("x-ragway-target"), value);
+            }
+            (Some(target), attempts)
         }
+        None => (None, 0),
     };
-    response.extensions_mut().insert(served);
-    response.extensions_mut().insert(Recorded);
+    let extensions = response.extensions_mut();
+    extensions.insert(ServedModel {
+        alias,
+        target,
+        attempts,
+    });
+    extensions.insert(Recorded);
     response
 }
 
@@ -173,11 +186,12 @@ fn reply_response(reply: Reply) -> Response {
     })
 }
 
-/// The reply's body as `body` makes it, with the gateway's headers: the serving
-/// target, the attempts, a continuation, the cache, and the caller's headroom.
+/// The reply's body as `body` makes it, with the gateway's headers: the
+/// attempts, a continuation, the cache, and the caller's headroom (the serving
+/// target's is [`recorded`]'s).
 pub(super) fn respond_with(reply: Reply, body: impl FnOnce(ReplyBody) -> Response) -> Response {
     let Reply {
-        target,
+        target: _,
         attempts,
         continued,
         cache,
@@ -186,9 +200,6 @@ pub(super) fn respond_with(reply: Reply, body: impl FnOnce(ReplyBody) -> Respons
     } = reply;
     let mut response = body(reply_body);
     let headers = response.headers_mut();
-    if let Ok(value) = HeaderValue::from_str(&target) {
-        headers.insert(HeaderName::from_static("x-ragway-target"), value);
-    }
     headers.insert(
         HeaderName::from_static("x-ragway-attempts"),
         HeaderValue::from(attempts),

@@ -9,13 +9,12 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use super::body::parse_json;
-use super::chat::Called;
-use super::observe::{Recorded, ServedModel};
+use super::chat::{Called, recorded};
 use crate::error::GatewayError;
 use crate::generate::ModelKind;
 use crate::pipeline::{RequestCtx, RerankAsk};
@@ -66,7 +65,7 @@ pub async fn rerank(
         query: asked.query,
         documents: asked.documents.clone(),
     };
-    let (mut response, served) = match state.pipeline.rerank(ctx, ask).await {
+    match state.pipeline.rerank(ctx, ask).await {
         Ok((ranking, headroom)) => {
             let results: Vec<Value> = ranking
                 .order
@@ -89,31 +88,11 @@ pub async fn rerank(
                 "meta": {"tokens": {"input_tokens": ranking.tokens, "output_tokens": 0}},
             }))
             .into_response();
-            if let Ok(value) = HeaderValue::from_str(&ranking.target) {
-                response
-                    .headers_mut()
-                    .insert(HeaderName::from_static("x-ragway-target"), value);
-            }
             super::error::put_headroom(response.headers_mut(), &headroom);
-            let served = ServedModel {
-                alias,
-                target: Some(ranking.target),
-                attempts: 1,
-            };
-            (response, served)
+            recorded(response, alias, Some((ranking.target, 1)))
         }
-        Err(error) => {
-            let served = ServedModel {
-                alias,
-                target: None,
-                attempts: 0,
-            };
-            (error.into_response(), served)
-        }
-    };
-    response.extensions_mut().insert(served);
-    response.extensions_mut().insert(Recorded);
-    response
+        Err(error) => recorded(error.into_response(), alias, None),
+    }
 }
 
 struct Asked {

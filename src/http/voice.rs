@@ -9,13 +9,12 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use super::body::parse_json;
-use super::chat::Called;
-use super::observe::{Recorded, ServedModel};
+use super::chat::{Called, recorded};
 use crate::error::GatewayError;
 use crate::generate::ModelKind;
 use crate::pipeline::{PassThrough, RequestCtx};
@@ -96,33 +95,14 @@ async fn relay(
     if let Some(origin) = origin {
         ctx.origin = origin;
     }
-    let (mut response, served) = match state.pipeline.pass_through(ctx, call).await {
+    match state.pipeline.pass_through(ctx, call).await {
         Ok((target, answer, headroom)) => {
             let mut response = Json(answer).into_response();
-            let headers = response.headers_mut();
-            super::error::put_headroom(headers, &headroom);
-            if let Ok(value) = HeaderValue::from_str(&target) {
-                headers.insert(HeaderName::from_static("x-ragway-target"), value);
-            }
-            let served = ServedModel {
-                alias,
-                target: Some(target),
-                attempts: 1,
-            };
-            (response, served)
+            super::error::put_headroom(response.headers_mut(), &headroom);
+            recorded(response, alias, Some((target, 1)))
         }
-        Err(error) => {
-            let served = ServedModel {
-                alias,
-                target: None,
-                attempts: 0,
-            };
-            (error.into_response(), served)
-        }
-    };
-    response.extensions_mut().insert(served);
-    response.extensions_mut().insert(Recorded);
-    response
+        Err(error) => recorded(error.into_response(), alias, None),
+    }
 }
 
 fn invalid(param: &str, message: impl Into<String>) -> GatewayError {
