@@ -376,30 +376,6 @@ fn random(rng: &mut fastrand::Rng, dim: usize) -> Vec<f32> {
 }
 
 /// Recall@5 and MRR of every mode over `questions`, by question language and all.
-/// The rerank step with the local embedder as the ranker (a rerank alias with no
-/// targets): what `retrieval.rerank` does when no provider's reranker answers.
-struct EmbedderRanker {
-    ranker: ragway::generate::Ranker,
-    route: ragway::generate::Route,
-}
-
-#[async_trait::async_trait]
-impl ragway::retrieve::rerank::Rerank for EmbedderRanker {
-    async fn order(
-        &self,
-        question: &str,
-        passages: &[String],
-        deadline: tokio::time::Instant,
-    ) -> Result<Vec<usize>, String> {
-        let ranked = self
-            .ranker
-            .rank(&self.route, question, passages, deadline)
-            .await;
-        let ranking = ranked.result.map_err(|e| e.to_string())?;
-        Ok(ranking.order.into_iter().map(|(i, _)| i).collect())
-    }
-}
-
 async fn quality_table(
     corpus: &Corpus,
     questions: &[ragway::retrieve::eval::Labelled],
@@ -426,12 +402,13 @@ async fn quality_table(
     }
     // Hybrid's 20 candidates, ordered by the embedder as a reranker.
     let embedder = corpus.embedder();
-    let reranker = EmbedderRanker {
-        ranker: ragway::generate::Ranker::new(
+    // A rerank alias with no targets: the embedder ranks.
+    let reranker = ragway::pipeline::AliasRanker::new(
+        Arc::new(ragway::generate::Ranker::new(
             Arc::new(ragway::telemetry::Metrics::new()),
             Some(Arc::clone(embedder)),
-        ),
-        route: ragway::generate::Route {
+        )),
+        Arc::new(ragway::generate::Route {
             alias: "rerank".into(),
             kind: ragway::generate::ModelKind::Rerank,
             rank_locally: true,
@@ -439,8 +416,8 @@ async fn quality_table(
             request_timeout: Duration::from_secs(60),
             failover_on_content_filter: false,
             hedge_after: None,
-        },
-    };
+        }),
+    );
     let mut row = "| Hybrid, reranked by the embedder |".to_owned();
     for lang in [a, b, "all"] {
         let subset: Vec<_> = questions

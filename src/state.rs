@@ -23,7 +23,7 @@ use crate::generate::{
     ChatProvider, LOCAL_ALIAS, LoadError, LocalProvider, OpenAiProvider, Ranker, Route, Router,
     Routes, Target,
 };
-use crate::pipeline::Pipeline;
+use crate::pipeline::{AliasRanker, Pipeline};
 use crate::quota::{Counters, Gate};
 use crate::resilience::Breaker;
 use crate::retrieve::chunk::ChunkSize;
@@ -142,7 +142,7 @@ impl AppState {
                 let (corpus, mut grounding) = retrieval_stage(&config, retrieval, embedder).await?;
                 if let Some(route) = retrieval.rerank.as_deref().and_then(|a| routes.get(a)) {
                     let ranker = Arc::clone(&ranker);
-                    grounding = grounding.reranked_by(Arc::new(AliasRanker { ranker, route }));
+                    grounding = grounding.reranked_by(Arc::new(AliasRanker::new(ranker, route)));
                 }
                 (Some(corpus), Arc::new(grounding) as Arc<dyn Retriever>)
             }
@@ -324,29 +324,6 @@ fn answer_cache(
 }
 
 /// The document store, and the retrieve stage over it.
-/// Retrieval's rerank step on a rerank alias (`retrieval.rerank`).
-struct AliasRanker {
-    ranker: Arc<Ranker>,
-    route: Arc<Route>,
-}
-
-#[async_trait::async_trait]
-impl crate::retrieve::rerank::Rerank for AliasRanker {
-    async fn order(
-        &self,
-        question: &str,
-        passages: &[String],
-        deadline: tokio::time::Instant,
-    ) -> Result<Vec<usize>, String> {
-        let ranked = self
-            .ranker
-            .rank(&self.route, question, passages, deadline)
-            .await;
-        let ranking = ranked.result.map_err(|e| e.to_string())?;
-        Ok(ranking.order.into_iter().map(|(i, _)| i).collect())
-    }
-}
-
 async fn retrieval_stage(
     config: &Config,
     retrieval: &RetrievalConfig,

@@ -120,3 +120,24 @@ fn strip_position(message: &str) -> String {
         None => message.to_owned(),
     }
 }
+
+/// A 400 naming the request's field `param`.
+pub fn invalid(param: &str, message: impl Into<String>) -> GatewayError {
+    GatewayError::invalid(message, Some(param.to_owned()))
+}
+
+/// Refuses the first member of `asked` that is not in `known`, by name (`what`
+/// says what the object is: "a rerank request").
+pub fn only_known(
+    asked: &serde_json::Map<String, serde_json::Value>,
+    known: &[&str],
+    what: &str,
+) -> Result<(), GatewayError> {
+    match asked.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(unknown) => Err(invalid(
+            unknown,
+            format!("`{unknown}`: not a field of {what}"),
+        )),
+        None => Ok(()),
+    }
+}

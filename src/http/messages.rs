@@ -20,7 +20,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
-use super::body::parse_json;
+use super::body::{invalid, only_known, parse_json};
 use super::chat::{Called, respond_with, serve, sse_stream};
 use super::frame::{Chunk, Frame};
 use crate::error::GatewayError;
@@ -56,18 +56,9 @@ pub async fn messages(
     serve(&state, called, &headers, request, message_reply).await
 }
 
-fn invalid(param: &str, message: impl Into<String>) -> GatewayError {
-    GatewayError::invalid(message, Some(param.to_owned()))
-}
-
 /// The Messages request as a chat request.
 fn as_chat(asked: Map<String, Value>) -> Result<ChatRequest, GatewayError> {
-    if let Some(unknown) = asked.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(invalid(
-            unknown,
-            format!("`{unknown}`: not a field of a messages request"),
-        ));
-    }
+    only_known(&asked, FIELDS, "a messages request")?;
     let max_tokens = asked
         .get("max_tokens")
         .and_then(Value::as_u64)

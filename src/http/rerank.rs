@@ -13,7 +13,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
-use super::body::parse_json;
+use super::body::{invalid, only_known, parse_json};
 use super::chat::{Called, recorded};
 use crate::error::GatewayError;
 use crate::generate::ModelKind;
@@ -103,17 +103,8 @@ struct Asked {
     return_documents: bool,
 }
 
-fn invalid(param: &str, message: impl Into<String>) -> GatewayError {
-    GatewayError::invalid(message, Some(param.to_owned()))
-}
-
 fn read(asked: Map<String, Value>) -> Result<Asked, GatewayError> {
-    if let Some(unknown) = asked.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(invalid(
-            unknown,
-            format!("`{unknown}`: not a field of a rerank request"),
-        ));
-    }
+    only_known(&asked, FIELDS, "a rerank request")?;
     let model = asked
         .get("model")
         .and_then(Value::as_str)

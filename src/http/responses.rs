@@ -21,7 +21,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
-use super::body::parse_json;
+use super::body::{invalid, only_known, parse_json};
 use super::chat::{Called, respond_with, serve, sse_stream};
 use super::frame::{Chunk, Frame, ToolCall};
 use crate::error::GatewayError;
@@ -79,18 +79,9 @@ pub async fn responses(
     .await
 }
 
-fn invalid(param: &str, message: impl Into<String>) -> GatewayError {
-    GatewayError::invalid(message, Some(param.to_owned()))
-}
-
 /// The Responses request as a chat request.
 fn as_chat(asked: Map<String, Value>) -> Result<ChatRequest, GatewayError> {
-    if let Some(unknown) = asked.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(invalid(
-            unknown,
-            format!("`{unknown}`: not a field of a responses request"),
-        ));
-    }
+    only_known(&asked, FIELDS, "a responses request")?;
     refuse_what_needs_storage(&asked)?;
     let mut messages = Vec::new();
     if let Some(instructions) = asked.get("instructions").filter(|v| !v.is_null()) {

@@ -13,7 +13,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
-use super::body::parse_json;
+use super::body::{invalid, only_known, parse_json};
 use super::chat::{Called, recorded};
 use crate::error::GatewayError;
 use crate::generate::ModelKind;
@@ -105,21 +105,6 @@ async fn relay(
     }
 }
 
-fn invalid(param: &str, message: impl Into<String>) -> GatewayError {
-    GatewayError::invalid(message, Some(param.to_owned()))
-}
-
-/// Refuses a field not in `known`, by name.
-fn only(asked: &Map<String, Value>, known: &[&str], what: &str) -> Result<(), GatewayError> {
-    match asked.keys().find(|k| !known.contains(&k.as_str())) {
-        Some(unknown) => Err(invalid(
-            unknown,
-            format!("`{unknown}`: not a field of {what}"),
-        )),
-        None => Ok(()),
-    }
-}
-
 fn model(asked: &Map<String, Value>) -> Result<String, GatewayError> {
     asked
         .get("model")
@@ -144,7 +129,7 @@ fn address(param: &str, value: Option<&Value>) -> Result<String, GatewayError> {
 
 /// `{"model", "audio": {"format", "url"}}`; the answer's `data.result.text`.
 fn read_asr(asked: Map<String, Value>) -> Result<(String, PassThrough), GatewayError> {
-    only(&asked, &["model", "audio"], "a speech recognition request")?;
+    only_known(&asked, &["model", "audio"], "a speech recognition request")?;
     let model = model(&asked)?;
     let Some(Value::Object(audio)) = asked.get("audio") else {
         return Err(invalid(
@@ -152,7 +137,7 @@ fn read_asr(asked: Map<String, Value>) -> Result<(String, PassThrough), GatewayE
             "`audio` is required: {\"format\", \"url\"}",
         ));
     };
-    only(audio, &["format", "url"], "`audio`")?;
+    only_known(audio, &["format", "url"], "`audio`")?;
     let format = audio
         .get("format")
         .and_then(Value::as_str)
@@ -181,7 +166,7 @@ fn read_asr(asked: Map<String, Value>) -> Result<(String, PassThrough), GatewayE
 
 /// `{"model", "audio": {"voice_type", "encoding", "speed_ratio"}, "request": {"text"}}`.
 fn read_tts(asked: Map<String, Value>) -> Result<(String, PassThrough), GatewayError> {
-    only(
+    only_known(
         &asked,
         &["model", "audio", "request"],
         "a speech synthesis request",
@@ -193,7 +178,7 @@ fn read_tts(asked: Map<String, Value>) -> Result<(String, PassThrough), GatewayE
             "`audio` is required: {\"voice_type\", \"encoding\"}",
         ));
     };
-    only(audio, &["voice_type", "encoding", "speed_ratio"], "`audio`")?;
+    only_known(audio, &["voice_type", "encoding", "speed_ratio"], "`audio`")?;
     let voice = audio
         .get("voice_type")
         .and_then(Value::as_str)
@@ -229,7 +214,7 @@ fn read_tts(asked: Map<String, Value>) -> Result<(String, PassThrough), GatewayE
     let Some(Value::Object(request)) = asked.get("request") else {
         return Err(invalid("request", "`request` is required: {\"text\"}"));
     };
-    only(request, &["text"], "`request`")?;
+    only_known(request, &["text"], "`request`")?;
     let text = request
         .get("text")
         .and_then(Value::as_str)
@@ -259,7 +244,7 @@ fn read_tts(asked: Map<String, Value>) -> Result<(String, PassThrough), GatewayE
 
 /// `{"model", "url"}`; the answer's `text`.
 fn read_ocr(asked: Map<String, Value>) -> Result<(String, PassThrough), GatewayError> {
-    only(&asked, &["model", "url"], "an OCR request")?;
+    only_known(&asked, &["model", "url"], "an OCR request")?;
     let model = model(&asked)?;
     let url = address("url", asked.get("url"))?;
     let call = PassThrough {

@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 
 pub use ctx::{Caller, RequestCtx};
 pub use passthrough::PassThrough;
-pub use rerank::RerankAsk;
+pub use rerank::{AliasRanker, RerankAsk};
 pub use stream::data_frame;
 
 use crate::admit::admission::{Admit, Ask};

@@ -88,11 +88,14 @@ impl Pipeline {
                 let mut finished = Finished::answered(target.clone(), Outcome::Ok);
                 if let Some(text) = (call.text_of)(&answer) {
                     finished.answer_chars = text.chars().count();
-                    let mut vault = Vault::new();
-                    finished.answer = self
-                        .sanitizer
-                        .sanitize_text(&text, &mut vault)
-                        .unwrap_or_default();
+                    // Sanitised only for a trail that keeps text.
+                    if self.audit.keeps_text() {
+                        let mut vault = Vault::new();
+                        finished.answer = self
+                            .sanitizer
+                            .sanitize_text(&text, &mut vault)
+                            .unwrap_or_default();
+                    }
                 }
                 self.record(&mut ctx, finished);
                 Ok((target, answer, headroom))

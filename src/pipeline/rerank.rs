@@ -7,7 +7,9 @@
 use crate::admit::admission::Ask;
 use crate::call::Outcome;
 use crate::error::GatewayError;
-use crate::generate::Ranking;
+use std::sync::Arc;
+
+use crate::generate::{Ranker, Ranking, Route};
 use crate::quota::Headroom;
 use crate::wire::{ChatRequest, Usage};
 
@@ -83,4 +85,34 @@ fn as_prompt(alias: &str, ask: &RerankAsk) -> Result<ChatRequest, GatewayError> 
         .collect();
     serde_json::from_value(serde_json::json!({"model": alias, "messages": messages}))
         .map_err(|e| GatewayError::Internal(e.to_string()))
+}
+
+/// Retrieval's rerank step (`retrieval.rerank`) on a rerank alias: its targets,
+/// then the embedder, ordering the passages a search found.
+pub struct AliasRanker {
+    ranker: Arc<Ranker>,
+    route: Arc<Route>,
+}
+
+impl AliasRanker {
+    pub fn new(ranker: Arc<Ranker>, route: Arc<Route>) -> AliasRanker {
+        AliasRanker { ranker, route }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::retrieve::rerank::Rerank for AliasRanker {
+    async fn order(
+        &self,
+        question: &str,
+        passages: &[String],
+        deadline: tokio::time::Instant,
+    ) -> Result<Vec<usize>, String> {
+        let ranked = self
+            .ranker
+            .rank(&self.route, question, passages, deadline)
+            .await;
+        let ranking = ranked.result.map_err(|e| e.to_string())?;
+        Ok(ranking.order.into_iter().map(|(i, _)| i).collect())
+    }
 }
