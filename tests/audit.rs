@@ -775,6 +775,44 @@ async fn the_query_endpoint_reads_by_request_tenant_and_time() {
     crate::support::expect_error(anonymous, 401).await;
 }
 
+/// A database that was away when the gateway started is read as soon as it is
+/// back: the reader makes the schema rather than waiting for the writer's next
+/// try (an error said "cannot be read" where the answer was "nothing yet").
+#[tokio::test]
+async fn a_trail_read_before_the_writer_migrated_answers_nothing_yet() {
+    let fake = FakeProvider::start().await;
+    let db = fresh_database().await;
+    let proxy = Proxy::start(address(&db)).await;
+    proxy.cut();
+    let config = format!(
+        "{}\n[auth]\nadmin_key_env = \"ADMIN\"\n{}",
+        config_over(&fake, &[("chat", &["ok"])]),
+        audit_section("gw-early", &temp_dir())
+    );
+    let through_proxy = via(&db, proxy.addr);
+    let gw = Gateway::start_with_env(
+        &config,
+        &[("AUDIT_DB", through_proxy.as_str()), ("ADMIN", "adm")],
+    )
+    .await;
+    // Long enough for the writer's tries to back off past a second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    proxy.restore();
+    for path in ["/admin/audit?since=1h", "/admin/usage?group_by=tenant"] {
+        let response = gw
+            .http()
+            .get(format!("{}{path}", gw.url))
+            .bearer_auth("adm")
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(status, 200, "{path}: {body}");
+        assert_eq!(body["data"], json!([]), "{path}: {body}");
+    }
+}
+
 #[tokio::test]
 async fn csv_exports_defuse_formulas_and_json_lines_keep_the_text() {
     let db = fresh_database().await;

@@ -18,6 +18,7 @@ mod governance;
 mod hedge;
 mod hostile;
 mod limits;
+mod live_asr;
 mod local;
 mod messages;
 mod openai_sdk;

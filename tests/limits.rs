@@ -530,7 +530,7 @@ async fn spent(gw: &Gateway, key: &str) -> f64 {
     let usage: Value = get_as(gw, key, "/v1/usage").await.json().await.unwrap();
     let scope = usage["scopes"]
         .as_array()
-        .unwrap()
+        .unwrap_or_else(|| panic!("{usage}"))
         .iter()
         .find(|s| s["scope"] == "key")
         .unwrap_or_else(|| panic!("{usage}"));

@@ -194,6 +194,24 @@ async fn legacy_completions_through_the_openai_sdk() {
 }
 
 #[tokio::test]
+async fn speech_through_the_openai_sdk() {
+    let fake = crate::support::FakeProvider::start().await;
+    let mut config = crate::support::config_over(&fake, &[("chat", &["echo"])]);
+    config.push_str("\n[models.tts]\nkind = \"tts\"\ntargets = [\"fake:tts\"]\n");
+    let gw = Gateway::start(&config).await;
+    let figures = run_script(&gw, "speech.py", &[]).await;
+    assert_eq!(figures["refused"], "response_format", "{figures}");
+    // Reached the provider in Qiniu's shape.
+    let seen = fake.last_request();
+    assert_eq!(seen.path, "/v1/voice/tts");
+    assert_eq!(
+        seen.body["audio"],
+        serde_json::json!({"voice_type": "tts", "encoding": "wav", "speed_ratio": 1.5})
+    );
+    assert_eq!(seen.body["request"]["text"], "您好，欢迎致电");
+}
+
+#[tokio::test]
 async fn messages_through_the_anthropic_sdk() {
     let fake = crate::support::FakeProvider::start().await;
     let gw = Gateway::over(&fake, &[("chat", &["echo"]), ("tools", &["tool-echo"])]).await;

@@ -208,6 +208,31 @@ async fn bad_speech_and_ocr_requests_are_refused_by_name() {
             "url",
         ),
         (
+            "/v1/audio/speech",
+            json!({"model": "tts", "input": "hi"}),
+            "voice",
+        ),
+        (
+            "/v1/audio/speech",
+            json!({"model": "tts", "voice": "v", "input": " "}),
+            "input",
+        ),
+        (
+            "/v1/audio/speech",
+            json!({"model": "tts", "voice": "v", "input": "hi", "speed": 4}),
+            "speed",
+        ),
+        (
+            "/v1/audio/speech",
+            json!({"model": "tts", "voice": "v", "input": "hi", "instructions": "whisper"}),
+            "instructions",
+        ),
+        (
+            "/v1/audio/speech",
+            json!({"model": "asr", "voice": "v", "input": "hi"}),
+            "model",
+        ),
+        (
             "/v1/images/ocr",
             json!({"model": "chat", "url": "https://a.b/c"}),
             "model",

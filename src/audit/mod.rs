@@ -198,6 +198,8 @@ impl AuditSink for NoAudit {
 pub struct AuditTrail {
     pub writer: Arc<writer::AuditWriter>,
     pub store: Arc<dyn store::AuditStore>,
+    /// Set once a reader has made sure of the schema (see [`AuditTrail::readable`]).
+    schema: tokio::sync::OnceCell<()>,
     /// Held while a chain check asked over HTTP runs: one at a time, since each
     /// reads every row of its range.
     pub verifying: tokio::sync::Mutex<()>,
@@ -237,8 +239,18 @@ impl AuditTrail {
         Ok(AuditTrail {
             writer: Arc::new(writer),
             store,
+            schema: tokio::sync::OnceCell::new(),
             verifying: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// The store, for reading, its schema made first. The writer migrates as it
+    /// connects, in the background and after any backoff; a read that comes
+    /// before (a busy start, a database that was down) would find no table and
+    /// answer an error where the answer is "nothing yet".
+    pub async fn readable(&self) -> Result<&dyn store::AuditStore, store::StoreError> {
+        self.schema.get_or_try_init(|| self.store.migrate()).await?;
+        Ok(self.store.as_ref())
     }
 }
 

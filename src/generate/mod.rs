@@ -9,6 +9,7 @@ pub mod endpoint;
 pub mod error;
 mod frames;
 mod hedge;
+pub mod live;
 mod local;
 pub mod openai;
 mod relay;
@@ -32,7 +33,7 @@ pub use assemble::Assembler;
 pub use error::{ProviderError, TimeoutPhase, UpstreamError};
 pub use local::LocalProvider;
 pub use openai::OpenAiProvider;
-pub use relay::{Relayed, relay};
+pub use relay::{Asking, Relayed, relay, relay_with};
 pub use rerank::{Ranked, Ranker, Ranking};
 pub use route::{LOCAL_ALIAS, LoadError, ModelKind, Route, Routes, Target};
 pub use router::Router;
@@ -76,6 +77,23 @@ pub trait ChatProvider: Send + Sync {
         _path: &str,
         _body: &serde_json::Value,
     ) -> Result<serde_json::Value, UpstreamError> {
+        Err(UpstreamError::Status {
+            status: 404,
+            detail: ProviderError {
+                message: "this provider serves chat only".to_owned(),
+                ..Default::default()
+            },
+            retry_after: None,
+        })
+    }
+
+    /// Opens a WebSocket to another endpoint of its API, `path` below its base
+    /// (`/voice/asr`, the realtime recogniser), for `model` ([`live`]).
+    async fn open_socket(
+        &self,
+        _model: &str,
+        _path: &str,
+    ) -> Result<live::ProviderSocket, UpstreamError> {
         Err(UpstreamError::Status {
             status: 404,
             detail: ProviderError {

@@ -200,6 +200,30 @@ impl ChatProvider for OpenAiProvider {
             _ => Ok(answer),
         }
     }
+
+    async fn open_socket(
+        &self,
+        model: &str,
+        path: &str,
+    ) -> Result<super::live::ProviderSocket, UpstreamError> {
+        let uri = self
+            .endpoint
+            .url_at(model, path)
+            .map_err(UpstreamError::Connect)?;
+        let stream = self.http.connect_raw(&uri).await?;
+        let mut headers = self.headers.clone();
+        headers.remove(header::CONTENT_TYPE);
+        super::live::ProviderSocket::open(stream, &socket_url(&uri), &headers).await
+    }
+}
+
+/// `uri` as a WebSocket address: `ws://` for `http://`, `wss://` for `https://`.
+fn socket_url(uri: &hyper::Uri) -> String {
+    let text = uri.to_string();
+    match text.strip_prefix("http") {
+        Some(rest) => format!("ws{rest}"),
+        None => text,
+    }
 }
 
 /// A DeepSeek prefix completion: its final assistant message says `prefix`.

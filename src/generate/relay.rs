@@ -1,9 +1,11 @@
-//! Calls to a provider API's other endpoints (rerank): a route's remote targets
-//! in order, with the same breakers, retries, back-off, deadlines and failover as
-//! chat, for one JSON answer. The local targets are the caller's to stand in with.
+//! Calls to a provider API's other endpoints (rerank, speech, OCR, the realtime
+//! recogniser's socket): a route's remote targets in order, with the same
+//! breakers, retries, back-off, deadlines and failover as chat, for one answer.
+//! The local targets are the caller's to stand in with.
 
 use std::sync::Arc;
 
+use futures_util::future::BoxFuture;
 use serde_json::Value;
 use tokio::time::{Instant, timeout_at};
 
@@ -21,15 +23,61 @@ pub struct Relayed<T> {
     pub result: Result<(Arc<str>, T), GatewayError>,
 }
 
+/// What is asked of each target in turn: one attempt, bounded by the caller as a
+/// whole answer's first token is.
+pub trait Asking<T>: Sync {
+    fn ask<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, Result<T, UpstreamError>>;
+}
+
 /// POSTs `body(target)` to `path` on each remote target of `route` until one
 /// gives an answer `read` accepts (one it refuses is a malformed answer: the
 /// target failed), within `deadline`.
-pub async fn relay<T>(
+pub async fn relay<T, B, R>(
     metrics: &Metrics,
     route: &Route,
     path: &str,
-    body: impl Fn(&Target) -> Value,
-    read: impl Fn(Value) -> Result<T, String>,
+    body: B,
+    read: R,
+    deadline: Instant,
+) -> Relayed<T>
+where
+    B: Fn(&Target) -> Value + Sync,
+    R: Fn(Value) -> Result<T, String> + Sync,
+{
+    let posting = Posting { path, body, read };
+    relay_with(metrics, route, &posting, deadline).await
+}
+
+/// A JSON body POSTed, its answer read.
+struct Posting<'p, B, R> {
+    path: &'p str,
+    body: B,
+    read: R,
+}
+
+impl<T, B, R> Asking<T> for Posting<'_, B, R>
+where
+    B: Fn(&Target) -> Value + Sync,
+    R: Fn(Value) -> Result<T, String> + Sync,
+{
+    fn ask<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, Result<T, UpstreamError>> {
+        Box::pin(async move {
+            let body = (self.body)(target);
+            let answer = target
+                .provider
+                .post_json(&target.model, self.path, &body)
+                .await?;
+            (self.read)(answer).map_err(UpstreamError::Protocol)
+        })
+    }
+}
+
+/// Asks each remote target of `route` in turn until one answers, within
+/// `deadline`.
+pub async fn relay_with<T>(
+    metrics: &Metrics,
+    route: &Route,
+    asking: &dyn Asking<T>,
     deadline: Instant,
 ) -> Relayed<T> {
     let mut walk = Walk::default();
@@ -46,10 +94,9 @@ pub async fn relay<T>(
             metrics,
             route,
             target,
-            path,
-            read: &read,
+            asking,
         };
-        let left = match call.tries(&body(target), deadline).await {
+        let left = match call.tries(deadline).await {
             (made, Ok(answer)) => {
                 attempts.extend(made);
                 return Relayed {
@@ -86,20 +133,16 @@ pub async fn relay<T>(
 }
 
 /// One target asked for one answer.
-struct Call<'a, R> {
+struct Call<'a, T> {
     metrics: &'a Metrics,
     route: &'a Route,
     target: &'a Target,
-    path: &'a str,
-    read: &'a R,
+    asking: &'a dyn Asking<T>,
 }
 
-impl<R, T> Call<'_, R>
-where
-    R: Fn(Value) -> Result<T, String>,
-{
+impl<T> Call<'_, T> {
     /// The target's attempts, its breaker permitting, retried as chat's are.
-    async fn tries(&self, body: &Value, deadline: Instant) -> (Vec<Attempt>, Result<T, Left>) {
+    async fn tries(&self, deadline: Instant) -> (Vec<Attempt>, Result<T, Left>) {
         let (metrics, target) = (self.metrics, self.target);
         let mut made = Vec::new();
         let mut retries = 0;
@@ -114,7 +157,7 @@ where
                 return (made, Err(Left::Skipped));
             };
             let started = Instant::now();
-            let result = self.attempt(body, deadline).await;
+            let result = self.attempt(deadline).await;
             let latency = started.elapsed();
             let error = match result {
                 Ok(answer) => {
@@ -159,14 +202,13 @@ where
     }
 
     /// One attempt: a whole answer, bounded as a whole chat answer's first token.
-    async fn attempt(&self, body: &Value, deadline: Instant) -> Result<T, UpstreamError> {
+    async fn attempt(&self, deadline: Instant) -> Result<T, UpstreamError> {
         let target = self.target;
         let answer_by = Instant::now()
             .checked_add(target.deadlines.first_token)
             .map_or(deadline, |t| t.min(deadline));
-        let asked = target.provider.post_json(&target.model, self.path, body);
-        match timeout_at(answer_by, asked).await {
-            Ok(answer) => (self.read)(answer?).map_err(UpstreamError::Protocol),
+        match timeout_at(answer_by, self.asking.ask(target)).await {
+            Ok(answer) => answer,
             Err(_) if answer_by == deadline => Err(UpstreamError::Timeout(TimeoutPhase::Total)),
             Err(_) => Err(UpstreamError::Timeout(TimeoutPhase::FirstToken)),
         }

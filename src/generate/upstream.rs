@@ -121,6 +121,45 @@ impl Upstream {
         Ok(response.map(|body| body.map_err(BoxError::from).boxed_unsync()))
     }
 
+    /// A connection of its own to `uri`'s host, in TLS for `https`, for a
+    /// protocol the pools do not speak (a WebSocket). Not through an egress
+    /// proxy: a provider the proxy settings route is refused by name.
+    pub async fn connect_raw(&self, uri: &Uri) -> Result<Box<dyn Io>, UpstreamError> {
+        if self.proxy.intercept(uri).is_some() {
+            return Err(UpstreamError::Connect(
+                "realtime sockets are not opened through an egress proxy".to_owned(),
+            ));
+        }
+        let host = uri
+            .host()
+            .ok_or_else(|| UpstreamError::Connect("the address names no host".to_owned()))?
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let tls = uri.scheme_str() == Some("https");
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let in_time =
+            |_: tokio::time::error::Elapsed| UpstreamError::Timeout(TimeoutPhase::Connect);
+        let tcp = tokio::time::timeout(
+            self.connect_timeout,
+            tokio::net::TcpStream::connect((host, port)),
+        )
+        .await
+        .map_err(in_time)?
+        .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        if !tls {
+            return Ok(Box::new(tcp));
+        }
+        let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+            .map_err(|e| UpstreamError::Connect(format!("{host}: {e}")))?;
+        let connector = tokio_rustls::TlsConnector::from(Arc::clone(&self.tls));
+        let stream = tokio::time::timeout(self.connect_timeout, connector.connect(name, tcp))
+            .await
+            .map_err(in_time)?
+            .map_err(|e| UpstreamError::Connect(format!("TLS: {e}")))?;
+        Ok(Box::new(stream))
+    }
+
     fn pool(&self) -> &Pool {
         self.pools.get_or(|| {
             let mut tcp = HttpConnector::new();
@@ -141,6 +180,11 @@ impl Upstream {
         })
     }
 }
+
+/// A byte stream to a provider, plain or in TLS.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
 
 /// A failure before any response head arrived: a connect deadline passed, or the
 /// connection could not be made or broke.

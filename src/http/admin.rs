@@ -164,7 +164,8 @@ pub(super) async fn audit_rows(
         request_id: empty(q.request_id),
         limit: q.limit.unwrap_or(AUDIT_LIMIT).clamp(1, AUDIT_MAX_LIMIT),
     };
-    trail.store.query(&query).await.map_err(unreadable)
+    let store = trail.readable().await.map_err(unreadable)?;
+    store.query(&query).await.map_err(unreadable)
 }
 
 /// The audit trail, or a 404 saying `path` needs one.

@@ -14,6 +14,7 @@ mod frame;
 mod health;
 mod keys;
 mod limits;
+mod live;
 mod messages;
 mod models;
 pub mod observe;
@@ -42,8 +43,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/responses", post(responses::responses))
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/rerank", post(rerank::rerank))
-        .route("/v1/voice/asr", post(voice::asr))
+        .route("/v1/voice/asr", post(voice::asr).get(live::asr))
         .route("/v1/voice/tts", post(voice::tts))
+        .route("/v1/audio/speech", post(voice::speech))
         .route("/v1/images/ocr", post(voice::ocr))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::get))

@@ -42,20 +42,10 @@ pub async fn rerank(
         origin,
         started,
     } = called;
-    let Some(route) = state
-        .routes
-        .get(&asked.model)
-        .filter(|_| caller.models.allows(&asked.model))
-    else {
-        return GatewayError::ModelNotFound(asked.model).into_response();
+    let route = match super::voice::route_of(&state, &caller, asked.model, ModelKind::Rerank) {
+        Ok(route) => route,
+        Err(error) => return error.into_response(),
     };
-    if route.kind != ModelKind::Rerank {
-        let message = format!(
-            "`{}` is a chat model; rerank with an alias of kind \"rerank\"",
-            route.alias
-        );
-        return GatewayError::invalid(message, Some("model".to_owned())).into_response();
-    }
     let alias = route.alias.clone();
     let mut ctx = RequestCtx::answered_whole(request_id.clone(), caller, route, started);
     if let Some(origin) = origin {

@@ -126,8 +126,9 @@ async fn connection(
     app: Router,
     limits: ConnectionLimits,
     drain: CancellationToken,
-    _slot: Slot,
+    slot: Slot,
 ) {
+    let slot = Arc::new(slot);
     let stream = match TcpStream::from_std(stream) {
         Ok(stream) => stream,
         Err(error) => {
@@ -144,6 +145,13 @@ async fn connection(
         let mut request =
             request.map(|body| Body::new(Deadline::new(body, limits.body_read_timeout)));
         request.extensions_mut().insert(ConnectInfo(peer));
+        // A connection that becomes a WebSocket outlives this function: its
+        // session holds its place instead.
+        if request.headers().contains_key(hyper::header::UPGRADE) {
+            request.extensions_mut().insert(ConnectionHold {
+                _slot: Arc::clone(&slot),
+            });
+        }
         app.clone().oneshot(request)
     });
     let connection = hyper::server::conn::http1::Builder::new()
@@ -152,7 +160,8 @@ async fn connection(
         .serve_connection(
             TokioIo::new(super::quickack::QuickAck::from(stream)),
             service,
-        );
+        )
+        .with_upgrades();
     tokio::pin!(connection);
     let finished = tokio::select! {
         result = connection.as_mut() => Some(result),
@@ -177,6 +186,12 @@ struct Slots {
     per_peer: Arc<Mutex<HashMap<IpAddr, usize>>>,
     max_per_peer: usize,
     metrics: Arc<Metrics>,
+}
+
+/// An upgraded connection's place, held by its session (see [`connection`]).
+#[derive(Clone)]
+pub struct ConnectionHold {
+    _slot: Arc<Slot>,
 }
 
 /// One open connection's place; given back when dropped.

@@ -139,7 +139,8 @@ async fn own_spend(
 
 /// The sums, or a 503 (see [`unreadable`]).
 async fn sums(trail: &AuditTrail, query: &UsageQuery) -> Result<Vec<UsageRow>, GatewayError> {
-    trail.store.usage(query).await.map_err(unreadable)
+    let store = trail.readable().await.map_err(unreadable)?;
+    store.usage(query).await.map_err(unreadable)
 }
 
 fn shown(row: &UsageRow, currency: &str) -> Value {

@@ -68,18 +68,81 @@ async fn relay(
             Ok(read) => read,
             Err(error) => return error.into_response(),
         };
+    passed(&state, called, model, kind, call, |answer| {
+        Json(answer).into_response()
+    })
+    .await
+}
+
+/// `POST /v1/audio/speech` (OpenAI's): `input` spoken in `voice` by a tts
+/// alias's targets, in Qiniu's shape (`voice` is the provider's voice type);
+/// the answer is the audio itself, as `response_format` names it.
+pub async fn speech(
+    State(state): State<AppState>,
+    called: Called,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let asked = parse_json(&headers, body, state.config.server.max_body_bytes);
+    let ((model, call), mime) = match asked.and_then(read_speech) {
+        Ok(read) => read,
+        Err(error) => return error.into_response(),
+    };
+    passed(&state, called, model, ModelKind::Tts, call, |answer| {
+        let audio = spoken_audio(&answer).unwrap_or_default();
+        ([(axum::http::header::CONTENT_TYPE, mime)], audio).into_response()
+    })
+    .await
+}
+
+/// Passes `call` through to alias `model`'s targets (of `kind`); the answer as
+/// `reply` makes it.
+async fn passed(
+    state: &AppState,
+    called: Called,
+    model: String,
+    kind: ModelKind,
+    call: PassThrough,
+    reply: impl FnOnce(Value) -> Response,
+) -> Response {
     let Called {
         caller,
         request_id,
         origin,
         started,
     } = called;
+    let route = match route_of(state, &caller, model, kind) {
+        Ok(route) => route,
+        Err(error) => return error.into_response(),
+    };
+    let alias = route.alias.clone();
+    let mut ctx = RequestCtx::answered_whole(request_id, caller, route, started);
+    if let Some(origin) = origin {
+        ctx.origin = origin;
+    }
+    match state.pipeline.pass_through(ctx, call).await {
+        Ok((target, answer, headroom)) => {
+            let mut response = reply(answer);
+            super::error::put_headroom(response.headers_mut(), &headroom);
+            recorded(response, alias, Some((target, 1)))
+        }
+        Err(error) => recorded(error.into_response(), alias, None),
+    }
+}
+
+/// The route of alias `model`, which the caller may use and which is of `kind`.
+pub(super) fn route_of(
+    state: &AppState,
+    caller: &crate::call::Caller,
+    model: String,
+    kind: ModelKind,
+) -> Result<std::sync::Arc<crate::generate::Route>, GatewayError> {
     let Some(route) = state
         .routes
         .get(&model)
         .filter(|_| caller.models.allows(&model))
     else {
-        return GatewayError::ModelNotFound(model).into_response();
+        return Err(GatewayError::ModelNotFound(model));
     };
     if route.kind != kind {
         let message = format!(
@@ -88,21 +151,9 @@ async fn relay(
             route.kind.name(),
             kind.name()
         );
-        return GatewayError::invalid(message, Some("model".to_owned())).into_response();
+        return Err(GatewayError::invalid(message, Some("model".to_owned())));
     }
-    let alias = route.alias.clone();
-    let mut ctx = RequestCtx::answered_whole(request_id, caller, route, started);
-    if let Some(origin) = origin {
-        ctx.origin = origin;
-    }
-    match state.pipeline.pass_through(ctx, call).await {
-        Ok((target, answer, headroom)) => {
-            let mut response = Json(answer).into_response();
-            super::error::put_headroom(response.headers_mut(), &headroom);
-            recorded(response, alias, Some((target, 1)))
-        }
-        Err(error) => recorded(error.into_response(), alias, None),
-    }
+    Ok(route)
 }
 
 fn model(asked: &Map<String, Value>) -> Result<String, GatewayError> {
@@ -160,6 +211,7 @@ fn read_asr(asked: Map<String, Value>) -> Result<(String, PassThrough), GatewayE
                 .as_str()
                 .map(str::to_owned)
         },
+        accept: |_| Ok(()),
     };
     Ok((model, call))
 }
@@ -238,8 +290,103 @@ fn read_tts(asked: Map<String, Value>) -> Result<(String, PassThrough), GatewayE
         summary: json!({"audio": {"voice_type": voice, "encoding": encoding, "speed_ratio": speed},
             "chars": text.chars().count()}),
         text_of: |_| None,
+        // An answer without audio is a failed attempt: the next target speaks.
+        accept: |answer| match spoken_audio(answer) {
+            Some(_) => Ok(()),
+            None => Err("a speech answer without audio (`data`, base64)".to_owned()),
+        },
     };
     Ok((model, call))
+}
+
+/// The audio of a speech synthesis answer (`data`, base64).
+fn spoken_audio(answer: &Value) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let data = answer.get("data")?.as_str().filter(|d| !d.is_empty())?;
+    base64::engine::general_purpose::STANDARD.decode(data).ok()
+}
+
+/// OpenAI's speech request as Qiniu's: `voice` its voice type, `response_format`
+/// its encoding, `speed` its speed ratio. Also the answer's content type.
+fn read_speech(
+    asked: Map<String, Value>,
+) -> Result<((String, PassThrough), &'static str), GatewayError> {
+    only_known(
+        &asked,
+        &[
+            "model",
+            "input",
+            "voice",
+            "response_format",
+            "speed",
+            "instructions",
+            "stream_format",
+        ],
+        "a speech request",
+    )?;
+    if asked.get("instructions").is_some_and(|v| !v.is_null()) {
+        return Err(invalid(
+            "instructions",
+            "`instructions` is not taken: the voice type sets the voice",
+        ));
+    }
+    if asked
+        .get("stream_format")
+        .is_some_and(|f| !f.is_null() && f != "audio")
+    {
+        return Err(invalid(
+            "stream_format",
+            "`stream_format` is \"audio\": the answer is the audio file",
+        ));
+    }
+    let model = model(&asked)?;
+    let input = asked
+        .get("input")
+        .and_then(Value::as_str)
+        .filter(|t| !t.trim().is_empty())
+        .ok_or_else(|| invalid("input", "`input` is required: the text to speak"))?;
+    if input.chars().count() > MAX_SPOKEN_CHARS {
+        return Err(invalid(
+            "input",
+            format!("`input` is at most {MAX_SPOKEN_CHARS} characters"),
+        ));
+    }
+    let voice = match asked.get("voice") {
+        Some(Value::String(voice)) => Some(voice.as_str()),
+        Some(Value::Object(custom)) => custom.get("id").and_then(Value::as_str),
+        _ => None,
+    }
+    .filter(|v| !v.is_empty())
+    .ok_or_else(|| invalid("voice", "`voice` is required: the provider's voice type"))?;
+    let (encoding, mime) = match asked.get("response_format").and_then(Value::as_str) {
+        None | Some("mp3") => ("mp3", "audio/mpeg"),
+        Some("wav") => ("wav", "audio/wav"),
+        Some("pcm") => ("pcm", "audio/pcm"),
+        Some("opus") => ("ogg_opus", "audio/ogg"),
+        Some(_) => {
+            return Err(invalid(
+                "response_format",
+                "`response_format` is mp3, wav, pcm or opus here",
+            ));
+        }
+    };
+    let speed = match asked.get("speed") {
+        None | Some(Value::Null) => 1.0,
+        Some(speed) => speed
+            .as_f64()
+            .filter(|s| (0.25..=3.0).contains(s))
+            .ok_or_else(|| invalid("speed", "`speed` is a number from 0.25 to 3 here"))?,
+    };
+    let qiniu = [
+        ("model", json!(model)),
+        (
+            "audio",
+            json!({"voice_type": voice, "encoding": encoding, "speed_ratio": speed}),
+        ),
+        ("request", json!({"text": input})),
+    ];
+    let qiniu = qiniu.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    Ok((read_tts(qiniu)?, mime))
 }
 
 /// `{"model", "url"}`; the answer's `text`.
@@ -252,6 +399,7 @@ fn read_ocr(asked: Map<String, Value>) -> Result<(String, PassThrough), GatewayE
         spoken: None,
         summary: json!({"image": {"host": host(&url)}}),
         text_of: |answer| answer.get("text")?.as_str().map(str::to_owned),
+        accept: |_| Ok(()),
     };
     Ok((model, call))
 }

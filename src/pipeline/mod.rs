@@ -3,6 +3,7 @@
 //! lives in its own module behind a small trait.
 
 mod ctx;
+mod live;
 mod passthrough;
 mod record;
 mod rerank;
@@ -16,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 pub use ctx::{Caller, RequestCtx};
+pub use live::{LiveCall, LiveClient, MAX_JSON};
 pub use passthrough::PassThrough;
 pub use rerank::{AliasRanker, RerankAsk};
 pub use stream::data_frame;

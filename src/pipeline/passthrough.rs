@@ -29,6 +29,9 @@ pub struct PassThrough {
     pub summary: Value,
     /// The recognised text in the answer, for the record (sanitised there).
     pub text_of: fn(&Value) -> Option<String>,
+    /// Whether an answer is one: a target whose answer is refused failed, and
+    /// the next is asked.
+    pub accept: fn(&Value) -> Result<(), String>,
 }
 
 impl Pipeline {
@@ -79,8 +82,9 @@ impl Pipeline {
             body
         };
         let deadline = ctx.call().deadline;
+        let accept = |answer: Value| (call.accept)(&answer).map(|()| answer);
         let relayed =
-            crate::generate::relay(&self.metrics, &ctx.route, path, body, Ok, deadline).await;
+            crate::generate::relay(&self.metrics, &ctx.route, path, body, accept, deadline).await;
         ctx.attempts = relayed.attempts;
         let headroom = ctx.permit.as_ref().map(|p| p.headroom).unwrap_or_default();
         match relayed.result {

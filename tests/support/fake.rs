@@ -59,7 +59,7 @@ impl FakeProvider {
             .route("/beta/chat/completions", post(chat))
             .route("/maas/{model}/{chip}/chat/completions", post(chat))
             .route("/v1/rerank", post(rerank))
-            .route("/v1/voice/asr", post(voice))
+            .route("/v1/voice/asr", post(voice).get(live_asr))
             .route("/v1/voice/tts", post(voice))
             .route("/v1/images/ocr", post(voice))
             .with_state(state.clone());
@@ -279,6 +279,103 @@ async fn voice(
         "ocr" => axum::Json(json!({"id": "o1", "text": HEARD})).into_response(),
         _ => respond(behaviour, &model, attempt, false, &body).await,
     }
+}
+
+/// The realtime recogniser, in Qiniu's framing. A provider header `x-fake:
+/// status-503` refuses the upgrade. Otherwise the opening's `request.model_name`
+/// is the behaviour: `asr` answers each audio frame with more of [`HEARD`] and
+/// the last (negative sequence) with all of it, marked last, then closes;
+/// `asr-error` answers the first audio frame with an error frame holding
+/// [`PROVIDER_SECRET`]; `asr-silent` reads and never answers; `asr-drop` closes
+/// after the first audio frame. The opening is kept as the request's body, and
+/// each audio frame's size is kept under `"audio"` in a request of its own.
+async fn live_asr(
+    State(state): State<FakeState>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    upgrade: axum::extract::ws::WebSocketUpgrade,
+) -> Response {
+    if headers.get("x-fake").is_some_and(|v| v == "status-503") {
+        note(&state, "status-503", &uri, &headers, &Value::Null);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"error": {"message": "busy"}})),
+        )
+            .into_response();
+    }
+    upgrade.on_upgrade(move |socket| live_session(state, uri, headers, socket))
+}
+
+/// What a provider's error frame says that must never reach a client.
+pub const PROVIDER_SECRET: &str = "internal trace at asr-node-7 key sk-upstream";
+
+async fn live_session(
+    state: FakeState,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    mut socket: axum::extract::ws::WebSocket,
+) {
+    use axum::extract::ws::Message;
+    use ragway::generate::live::frame::{Frame, Kind};
+    let Some(Ok(Message::Binary(first))) = socket.recv().await else {
+        return;
+    };
+    let Ok(opening) = Frame::parse(&first).and_then(|f| f.json(1 << 16)) else {
+        return;
+    };
+    let model = opening["request"]["model_name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    note(&state, &model, &uri, &headers, &opening);
+    let heard: Vec<char> = HEARD.chars().collect();
+    let mut frames = 0;
+    while let Some(Ok(Message::Binary(message))) = socket.recv().await {
+        let Ok(frame) = Frame::parse(&message) else {
+            return;
+        };
+        frames += 1;
+        note(
+            &state,
+            &format!("{model}/audio"),
+            &uri,
+            &headers,
+            &json!({"audio": message.len()}),
+        );
+        let reply = match model.as_str() {
+            "asr-silent" => continue,
+            "asr-drop" => return,
+            "asr-error" => Frame::encode_json(
+                Kind::Error,
+                0,
+                None,
+                Some(45_000_001),
+                &json!({"message": PROVIDER_SECRET}),
+            ),
+            _ if frame.is_last() => Frame::encode_json(
+                Kind::Answer,
+                0b0010,
+                Some(-frames),
+                None,
+                &json!({"audio_info": {"duration": 320 * frames}, "result": {"text": HEARD}}),
+            ),
+            _ => {
+                let so_far: String = heard.iter().take(3 * frames as usize).collect();
+                Frame::encode_json(
+                    Kind::Answer,
+                    0,
+                    Some(frames),
+                    None,
+                    &json!({"result": {"text": so_far}}),
+                )
+            }
+        };
+        let last = frame.is_last() || model == "asr-error";
+        if socket.send(Message::Binary(reply)).await.is_err() || last {
+            break;
+        }
+    }
+    let _ = socket.send(Message::Close(None)).await;
 }
 
 /// What the fake's speech recognition and OCR read.

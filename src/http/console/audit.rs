@@ -123,7 +123,8 @@ pub async fn verify(
             retry_after: std::time::Duration::from_secs(5),
         });
     };
-    let reports = crate::audit::verify::verify(trail.store.as_ref(), range)
+    let store = trail.readable().await.map_err(admin::unreadable)?;
+    let reports = crate::audit::verify::verify(store, range)
         .await
         .map_err(admin::unreadable)?;
     let chains: Vec<Value> = reports
