@@ -378,3 +378,33 @@ async fn sessions_are_admitted_against_the_keys_limits_for_as_long_as_they_last(
         "{heard:?}"
     );
 }
+
+#[tokio::test]
+async fn shutdown_ends_an_open_session_and_records_it() {
+    let fake = FakeProvider::start().await;
+    let audit = Arc::new(MemoryAudit::default());
+    let sink = audit.clone();
+    let config = live_config(&fake, &["fake:asr"]);
+    let gw = Gateway::start_customized(&config, &[], move |p| p.audit = sink).await;
+    let mut socket = open(&gw, "unused").await;
+    send(&mut socket, opening("asr")).await;
+    send(&mut socket, audio(2, false)).await;
+    assert!(matches!(socket.next().await, Some(Ok(Message::Binary(_)))));
+    gw.state.shutdown.cancel();
+    let (heard, close) = rest(&mut socket).await;
+    let (kind, code, error, _) = heard.last().unwrap();
+    assert_eq!((kind, code), (&Kind::Error, &Some(502)), "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("shutting down")
+    );
+    assert_eq!(close, Some(1011));
+    // Shutdown's wait on background work covers the session's record.
+    gw.state.tasks().close();
+    gw.state.tasks().wait().await;
+    let records = audit.records();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].outcome, Outcome::Interrupted);
+}

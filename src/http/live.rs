@@ -51,11 +51,15 @@ pub async fn asr(
     let mut response = upgrade
         .max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
-        .on_upgrade(move |socket| async move {
-            // The connection stays counted against the server's caps while the
-            // session lasts.
-            let _hold = hold;
-            session(state, called, Client { socket }).await;
+        .on_upgrade(move |socket| {
+            // Shutdown waits for the session's record (it ends the session).
+            let tasks = state.tasks().clone();
+            tasks.track_future(async move {
+                // The connection stays counted against the server's caps while
+                // the session lasts.
+                let _hold = hold;
+                session(state, called, Client { socket }).await;
+            })
         });
     // The session records itself.
     response.extensions_mut().insert(Recorded);
@@ -90,7 +94,10 @@ async fn session(state: AppState, called: Called, mut client: Client) {
     if let Some(origin) = origin {
         ctx.origin = origin;
     }
-    state.pipeline.recognise_live(ctx, call, &mut client).await;
+    state
+        .pipeline
+        .recognise_live(ctx, call, &mut client, &state.shutdown)
+        .await;
 }
 
 /// The record of a session refused before it had a model to go to.

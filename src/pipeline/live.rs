@@ -12,6 +12,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
 
 use crate::admit::admission::Ask;
 use crate::call::Outcome;
@@ -68,11 +69,13 @@ struct Carried {
 }
 
 impl Pipeline {
+    /// Runs one session until it ends, or until `stop` (shutdown) ends it.
     pub async fn recognise_live(
         &self,
         mut ctx: RequestCtx,
         call: LiveCall,
         client: &mut dyn LiveClient,
+        stop: &CancellationToken,
     ) {
         let ask = Ask {
             prompt_tokens: 0,
@@ -111,7 +114,15 @@ impl Pipeline {
             .map_or(Duration::from_secs(30), |t| t.deadlines.idle);
         let started = Instant::now();
         let mut carried = Carried::default();
-        let ended = relay_frames(&mut socket, client, &mut carried, idle).await;
+        let ended = tokio::select! {
+            ended = relay_frames(&mut socket, client, &mut carried, idle) => ended,
+            () = stop.cancelled() => Err((
+                Outcome::Interrupted,
+                GatewayError::StreamInterrupted(
+                    "the gateway is shutting down; open a new session".to_owned(),
+                ),
+            )),
+        };
         socket.close().await;
         let (outcome, error) = match ended {
             Ok(outcome) => (outcome, None),
