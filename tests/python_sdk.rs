@@ -194,21 +194,38 @@ async fn legacy_completions_through_the_openai_sdk() {
 }
 
 #[tokio::test]
-async fn speech_through_the_openai_sdk() {
+async fn speech_and_transcriptions_through_the_openai_sdk() {
     let fake = crate::support::FakeProvider::start().await;
     let mut config = crate::support::config_over(&fake, &[("chat", &["echo"])]);
-    config.push_str("\n[models.tts]\nkind = \"tts\"\ntargets = [\"fake:tts\"]\n");
+    config.push_str(
+        "\n[models.tts]\nkind = \"tts\"\ntargets = [\"fake:tts\"]\n\
+         [models.asr]\nkind = \"asr\"\ntargets = [\"fake:asr\"]\n",
+    );
     let gw = Gateway::start(&config).await;
-    let figures = run_script(&gw, "speech.py", &[]).await;
-    assert_eq!(figures["refused"], "response_format", "{figures}");
-    // Reached the provider in Qiniu's shape.
-    let seen = fake.last_request();
-    assert_eq!(seen.path, "/v1/voice/tts");
+    let figures = run_script(&gw, "audio.py", &[]).await;
     assert_eq!(
-        seen.body["audio"],
+        figures["refused"],
+        serde_json::json!(["response_format", "language"]),
+        "{figures}"
+    );
+    // The provider's own text, its number as it was said.
+    assert_eq!(figures["text"], crate::support::fake::HEARD, "{figures}");
+    // Each reached the provider in Qiniu's shape.
+    let seen = fake.requests();
+    let spoken = seen.iter().find(|r| r.path == "/v1/voice/tts").unwrap();
+    assert_eq!(
+        spoken.body["audio"],
         serde_json::json!({"voice_type": "tts", "encoding": "wav", "speed_ratio": 1.5})
     );
-    assert_eq!(seen.body["request"]["text"], "您好，欢迎致电");
+    assert_eq!(spoken.body["request"]["text"], "您好，欢迎致电");
+    let heard = seen.iter().find(|r| r.path == "/v1/voice/asr").unwrap();
+    assert_eq!(heard.body["audio"]["format"], "wav");
+    use base64::Engine as _;
+    let sent = base64::engine::general_purpose::STANDARD
+        .decode(heard.body["audio"]["data"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(sent.len(), 4 + 32_000);
+    assert!(sent.starts_with(b"RIFF"));
 }
 
 #[tokio::test]

@@ -113,6 +113,56 @@ async fn speech_and_ocr_pass_through_with_failover_and_a_sanitised_record() {
 }
 
 #[tokio::test]
+async fn recognition_takes_its_audio_inline_and_records_its_size_only() {
+    let fake = FakeProvider::start().await;
+    let audit = Arc::new(MemoryAudit::default());
+    let sink = audit.clone();
+    let gw = Gateway::start_customized(&voice_config(&fake), &[], move |p| p.audit = sink).await;
+    // Ten seconds of 16 kHz, 16-bit mono: more than the chat body limit.
+    let audio = vec![7u8; 320_000];
+    let data = base64::engine::general_purpose::STANDARD.encode(&audio);
+    let heard = post(
+        &gw,
+        "unused",
+        "/v1/voice/asr",
+        json!({"model": "asr", "audio": {"format": "wav", "data": data}}),
+    )
+    .await;
+    assert_eq!(heard.status(), 200);
+    let heard: Value = heard.json().await.unwrap();
+    assert_eq!(heard["data"]["result"]["text"], HEARD);
+    assert_eq!(heard["data"]["audio_info"]["inline_bytes"], 320_000);
+    assert_eq!(fake.last_request().body["audio"]["data"], data);
+    gw.idle().await;
+    let row = audit.records().pop().unwrap();
+    assert!(row.prompt.contains("\"bytes\":320000"), "{}", row.prompt);
+    assert!(
+        !row.prompt.contains(&data[..64]),
+        "the audio is not recorded"
+    );
+    for (audio, param) in [
+        (
+            json!({"format": "wav", "data": "not base64!"}),
+            "audio.data",
+        ),
+        (
+            json!({"format": "wav", "data": "", "url": "https://a.b/c"}),
+            "audio.data",
+        ),
+        (json!({"format": "wav", "data": 12}), "audio.data"),
+    ] {
+        let refused = post(
+            &gw,
+            "unused",
+            "/v1/voice/asr",
+            json!({"model": "asr", "audio": audio}),
+        )
+        .await;
+        assert_eq!(expect_error(refused, 400).await["param"], param);
+    }
+}
+
+#[tokio::test]
 async fn text_with_personal_data_is_not_spoken() {
     let fake = FakeProvider::start().await;
     let gw = Gateway::start(&voice_config(&fake)).await;

@@ -1,6 +1,7 @@
 //! The HTTP API: OpenAI-compatible routes plus health and metrics.
 
 mod admin;
+mod audio;
 mod auth;
 mod body;
 mod chat;
@@ -43,9 +44,18 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/responses", post(responses::responses))
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/rerank", post(rerank::rerank))
-        .route("/v1/voice/asr", post(voice::asr).get(live::asr))
+        .route(
+            "/v1/voice/asr",
+            post(voice::asr)
+                .layer(DefaultBodyLimit::max(voice::AUDIO_BODY_LIMIT))
+                .get(live::asr),
+        )
+        .route(
+            "/v1/audio/transcriptions",
+            post(audio::transcriptions).layer(DefaultBodyLimit::max(voice::AUDIO_BODY_LIMIT)),
+        )
         .route("/v1/voice/tts", post(voice::tts))
-        .route("/v1/audio/speech", post(voice::speech))
+        .route("/v1/audio/speech", post(audio::speech))
         .route("/v1/images/ocr", post(voice::ocr))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::get))

@@ -23,7 +23,7 @@ use crate::state::AppState;
 /// The audio formats speech recognition takes.
 const AUDIO_FORMATS: &[&str] = &["raw", "wav", "mp3", "ogg"];
 /// The longest text one speech synthesis may speak, in characters.
-const MAX_SPOKEN_CHARS: usize = 10_000;
+pub(super) const MAX_SPOKEN_CHARS: usize = 10_000;
 
 pub async fn asr(
     state: State<AppState>,
@@ -63,41 +63,24 @@ async fn relay(
     kind: ModelKind,
     read: Read,
 ) -> Response {
-    let (model, call) =
-        match parse_json(headers, body, state.config.server.max_body_bytes).and_then(read) {
-            Ok(read) => read,
-            Err(error) => return error.into_response(),
-        };
+    // Recognition may carry its audio inline.
+    let limit = match kind {
+        ModelKind::Asr => AUDIO_BODY_LIMIT.max(state.config.server.max_body_bytes),
+        _ => state.config.server.max_body_bytes,
+    };
+    let (model, call) = match parse_json(headers, body, limit).and_then(read) {
+        Ok(read) => read,
+        Err(error) => return error.into_response(),
+    };
     passed(&state, called, model, kind, call, |answer| {
         Json(answer).into_response()
     })
     .await
 }
 
-/// `POST /v1/audio/speech` (OpenAI's): `input` spoken in `voice` by a tts
-/// alias's targets, in Qiniu's shape (`voice` is the provider's voice type);
-/// the answer is the audio itself, as `response_format` names it.
-pub async fn speech(
-    State(state): State<AppState>,
-    called: Called,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let asked = parse_json(&headers, body, state.config.server.max_body_bytes);
-    let ((model, call), mime) = match asked.and_then(read_speech) {
-        Ok(read) => read,
-        Err(error) => return error.into_response(),
-    };
-    passed(&state, called, model, ModelKind::Tts, call, |answer| {
-        let audio = spoken_audio(&answer).unwrap_or_default();
-        ([(axum::http::header::CONTENT_TYPE, mime)], audio).into_response()
-    })
-    .await
-}
-
 /// Passes `call` through to alias `model`'s targets (of `kind`); the answer as
 /// `reply` makes it.
-async fn passed(
+pub(super) async fn passed(
     state: &AppState,
     called: Called,
     model: String,
@@ -156,7 +139,7 @@ pub(super) fn route_of(
     Ok(route)
 }
 
-fn model(asked: &Map<String, Value>) -> Result<String, GatewayError> {
+pub(super) fn model(asked: &Map<String, Value>) -> Result<String, GatewayError> {
     asked
         .get("model")
         .and_then(Value::as_str)
@@ -178,17 +161,19 @@ fn address(param: &str, value: Option<&Value>) -> Result<String, GatewayError> {
     }
 }
 
-/// `{"model", "audio": {"format", "url"}}`; the answer's `data.result.text`.
-fn read_asr(asked: Map<String, Value>) -> Result<(String, PassThrough), GatewayError> {
+/// `{"model", "audio": {"format", "url" | "data"}}` (`data`: the audio in
+/// base64, at most [`MAX_INLINE_AUDIO`] bytes once decoded); the answer's
+/// `data.result.text`.
+pub(super) fn read_asr(asked: Map<String, Value>) -> Result<(String, PassThrough), GatewayError> {
     only_known(&asked, &["model", "audio"], "a speech recognition request")?;
     let model = model(&asked)?;
     let Some(Value::Object(audio)) = asked.get("audio") else {
         return Err(invalid(
             "audio",
-            "`audio` is required: {\"format\", \"url\"}",
+            "`audio` is required: {\"format\", \"url\" or \"data\"}",
         ));
     };
-    only_known(audio, &["format", "url"], "`audio`")?;
+    only_known(audio, &["format", "url", "data"], "`audio`")?;
     let format = audio
         .get("format")
         .and_then(Value::as_str)
@@ -199,25 +184,71 @@ fn read_asr(asked: Map<String, Value>) -> Result<(String, PassThrough), GatewayE
                 format!("`audio.format` is one of {}", AUDIO_FORMATS.join(", ")),
             )
         })?;
-    let url = address("audio.url", audio.get("url"))?;
+    let (source, summary) = match (audio.get("url"), audio.get("data")) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "audio.data",
+                "`audio` has a `url` or `data`, not both",
+            ));
+        }
+        (_, Some(data)) => {
+            let bytes = inline_audio(data)?;
+            (
+                json!({"format": format, "data": data}),
+                json!({"audio": {"format": format, "bytes": bytes}}),
+            )
+        }
+        (url, None) => {
+            let url = address("audio.url", url)?;
+            // The address may name a person: the record keeps its host only.
+            let summary = json!({"audio": {"format": format, "host": host(&url)}});
+            (json!({"format": format, "url": url}), summary)
+        }
+    };
     let call = PassThrough {
-        body: json!({"model": model, "audio": {"format": format, "url": url}}),
+        body: json!({"model": model, "audio": source}),
         spoken: None,
-        // The address may name a person: the record keeps its host only.
-        summary: json!({"audio": {"format": format, "host": host(&url)}}),
-        text_of: |answer| {
-            answer
-                .pointer("/data/result/text")?
-                .as_str()
-                .map(str::to_owned)
-        },
+        summary,
+        text_of: |answer| recognised(answer).map(str::to_owned),
         accept: |_| Ok(()),
     };
     Ok((model, call))
 }
 
+/// The most audio one recognition may carry inline (decoded): ten minutes of
+/// 16 kHz, 16-bit mono is 19.2 MB; compress longer recordings or pass a URL.
+pub(super) const MAX_INLINE_AUDIO: usize = 16 << 20;
+
+/// The body a request carrying that much audio needs: base64's four bytes per
+/// three, and room for the rest.
+pub(super) const AUDIO_BODY_LIMIT: usize = MAX_INLINE_AUDIO / 3 * 4 + (64 << 10);
+
+/// Inline audio: base64 of at most [`MAX_INLINE_AUDIO`] bytes; its size.
+fn inline_audio(data: &Value) -> Result<usize, GatewayError> {
+    use base64::Engine as _;
+    let text = data
+        .as_str()
+        .filter(|d| !d.is_empty())
+        .ok_or_else(|| invalid("audio.data", "`audio.data` is the audio in base64"))?;
+    if text.len() > MAX_INLINE_AUDIO / 3 * 4 + 4 {
+        return Err(invalid(
+            "audio.data",
+            format!("`audio.data` holds at most {MAX_INLINE_AUDIO} bytes of audio"),
+        ));
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map(|audio| audio.len())
+        .map_err(|_| invalid("audio.data", "`audio.data` is not base64"))
+}
+
+/// The text a recognition answer holds (`data.result.text`).
+pub(super) fn recognised(answer: &Value) -> Option<&str> {
+    answer.pointer("/data/result/text")?.as_str()
+}
+
 /// `{"model", "audio": {"voice_type", "encoding", "speed_ratio"}, "request": {"text"}}`.
-fn read_tts(asked: Map<String, Value>) -> Result<(String, PassThrough), GatewayError> {
+pub(super) fn read_tts(asked: Map<String, Value>) -> Result<(String, PassThrough), GatewayError> {
     only_known(
         &asked,
         &["model", "audio", "request"],
@@ -300,93 +331,10 @@ fn read_tts(asked: Map<String, Value>) -> Result<(String, PassThrough), GatewayE
 }
 
 /// The audio of a speech synthesis answer (`data`, base64).
-fn spoken_audio(answer: &Value) -> Option<Vec<u8>> {
+pub(super) fn spoken_audio(answer: &Value) -> Option<Vec<u8>> {
     use base64::Engine as _;
     let data = answer.get("data")?.as_str().filter(|d| !d.is_empty())?;
     base64::engine::general_purpose::STANDARD.decode(data).ok()
-}
-
-/// OpenAI's speech request as Qiniu's: `voice` its voice type, `response_format`
-/// its encoding, `speed` its speed ratio. Also the answer's content type.
-fn read_speech(
-    asked: Map<String, Value>,
-) -> Result<((String, PassThrough), &'static str), GatewayError> {
-    only_known(
-        &asked,
-        &[
-            "model",
-            "input",
-            "voice",
-            "response_format",
-            "speed",
-            "instructions",
-            "stream_format",
-        ],
-        "a speech request",
-    )?;
-    if asked.get("instructions").is_some_and(|v| !v.is_null()) {
-        return Err(invalid(
-            "instructions",
-            "`instructions` is not taken: the voice type sets the voice",
-        ));
-    }
-    if asked
-        .get("stream_format")
-        .is_some_and(|f| !f.is_null() && f != "audio")
-    {
-        return Err(invalid(
-            "stream_format",
-            "`stream_format` is \"audio\": the answer is the audio file",
-        ));
-    }
-    let model = model(&asked)?;
-    let input = asked
-        .get("input")
-        .and_then(Value::as_str)
-        .filter(|t| !t.trim().is_empty())
-        .ok_or_else(|| invalid("input", "`input` is required: the text to speak"))?;
-    if input.chars().count() > MAX_SPOKEN_CHARS {
-        return Err(invalid(
-            "input",
-            format!("`input` is at most {MAX_SPOKEN_CHARS} characters"),
-        ));
-    }
-    let voice = match asked.get("voice") {
-        Some(Value::String(voice)) => Some(voice.as_str()),
-        Some(Value::Object(custom)) => custom.get("id").and_then(Value::as_str),
-        _ => None,
-    }
-    .filter(|v| !v.is_empty())
-    .ok_or_else(|| invalid("voice", "`voice` is required: the provider's voice type"))?;
-    let (encoding, mime) = match asked.get("response_format").and_then(Value::as_str) {
-        None | Some("mp3") => ("mp3", "audio/mpeg"),
-        Some("wav") => ("wav", "audio/wav"),
-        Some("pcm") => ("pcm", "audio/pcm"),
-        Some("opus") => ("ogg_opus", "audio/ogg"),
-        Some(_) => {
-            return Err(invalid(
-                "response_format",
-                "`response_format` is mp3, wav, pcm or opus here",
-            ));
-        }
-    };
-    let speed = match asked.get("speed") {
-        None | Some(Value::Null) => 1.0,
-        Some(speed) => speed
-            .as_f64()
-            .filter(|s| (0.25..=3.0).contains(s))
-            .ok_or_else(|| invalid("speed", "`speed` is a number from 0.25 to 3 here"))?,
-    };
-    let qiniu = [
-        ("model", json!(model)),
-        (
-            "audio",
-            json!({"voice_type": voice, "encoding": encoding, "speed_ratio": speed}),
-        ),
-        ("request", json!({"text": input})),
-    ];
-    let qiniu = qiniu.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-    Ok((read_tts(qiniu)?, mime))
 }
 
 /// `{"model", "url"}`; the answer's `text`.

@@ -264,10 +264,19 @@ async fn voice(
     let attempt = note(&state, &model, &uri, &headers, &body);
     let behaviour = model.split(['#', '?']).next().unwrap_or_default();
     match behaviour {
-        "asr" => axum::Json(json!({"reqid": "r1", "operation": "asr", "data": {
-            "audio_info": {"duration": 2300},
-            "result": {"additions": {"duration": "2300"}, "text": HEARD}}}))
-        .into_response(),
+        "asr" => {
+            // Inline audio is decoded, and its size told back.
+            use base64::Engine as _;
+            let inline = body["audio"]["data"].as_str().map(|data| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(data)
+                    .map_or(-1, |audio| audio.len() as i64)
+            });
+            axum::Json(json!({"reqid": "r1", "operation": "asr", "data": {
+                "audio_info": {"duration": 2300, "inline_bytes": inline},
+                "result": {"additions": {"duration": "2300"}, "text": HEARD}}}))
+            .into_response()
+        }
         "tts" => {
             use base64::Engine as _;
             let text = body["request"]["text"].as_str().unwrap_or_default();
