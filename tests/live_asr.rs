@@ -408,3 +408,47 @@ async fn shutdown_ends_an_open_session_and_records_it() {
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].outcome, Outcome::Interrupted);
 }
+
+#[tokio::test]
+async fn an_open_session_keeps_its_place_under_the_connection_caps() {
+    let fake = FakeProvider::start().await;
+    let config = format!(
+        "[server]\nmax_connections_per_peer = 2\n{}",
+        live_config(&fake, &["fake:asr"])
+    );
+    let gw = Gateway::start(&config).await;
+    let mut sessions = Vec::new();
+    for _ in 0..2 {
+        let mut socket = open(&gw, "unused").await;
+        send(&mut socket, opening("asr")).await;
+        send(&mut socket, audio(2, false)).await;
+        assert!(matches!(socket.next().await, Some(Ok(Message::Binary(_)))));
+        sessions.push(socket);
+    }
+    // Both places are held by the sessions, though no request is open on them:
+    // a third connection is refused as it is accepted.
+    let mut third = TcpStream::connect(gw.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let mut refusal = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut third, &mut refusal)
+        .await
+        .unwrap();
+    assert!(refusal.starts_with("HTTP/1.1 503"), "{refusal}");
+    let health = || async {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        client
+            .get(format!("{}/healthz", gw.url))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    };
+    let mut first = sessions.remove(0);
+    send(&mut first, audio(3, true)).await;
+    rest(&mut first).await;
+    drop(first);
+    time_until(async || health().await.is_ok_and(|s| s == 200)).await;
+}

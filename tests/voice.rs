@@ -140,6 +140,10 @@ async fn recognition_takes_its_audio_inline_and_records_its_size_only() {
         !row.prompt.contains(&data[..64]),
         "the audio is not recorded"
     );
+    // Past 16 MiB of audio, the body itself is too large.
+    let huge = json!({"model": "asr", "audio": {"format": "wav", "data": "A".repeat(23 << 20)}});
+    let refused = expect_error(post(&gw, "unused", "/v1/voice/asr", huge).await, 413).await;
+    assert_eq!(refused["code"], "payload_too_large");
     for (audio, param) in [
         (
             json!({"format": "wav", "data": "not base64!"}),
