@@ -139,7 +139,8 @@ impl AppState {
         ));
         let (corpus, retriever) = match (&config.retrieval, &embedder) {
             (Some(retrieval), Some((_, embedder))) => {
-                let (corpus, mut grounding) = retrieval_stage(&config, retrieval, embedder).await?;
+                let (corpus, mut grounding) =
+                    retrieval_stage(&config, retrieval, embedder, &metrics).await?;
                 if let Some(route) = retrieval.rerank.as_deref().and_then(|a| routes.get(a)) {
                     let ranker = Arc::clone(&ranker);
                     grounding = grounding.reranked_by(Arc::new(AliasRanker::new(ranker, route)));
@@ -217,7 +218,7 @@ impl AppState {
         };
         let device = ragway_engine::device(&e.device)?;
         let embedder = Arc::new(ragway_engine::Embedder::load(&e.model, &device)?);
-        let store = open_store(&retrieval.store, &embedder, switch).await?;
+        let store = open_store(&retrieval.store, &embedder, switch, None).await?;
         Ok(Arc::new(corpus(store, embedder, retrieval)))
     }
 
@@ -328,8 +329,9 @@ async fn retrieval_stage(
     config: &Config,
     retrieval: &RetrievalConfig,
     embedder: &Arc<ragway_engine::Embedder>,
+    metrics: &Metrics,
 ) -> Result<(Arc<Corpus>, Grounding), BuildError> {
-    let store = open_store(&retrieval.store, embedder, Switch::Refuse).await?;
+    let store = open_store(&retrieval.store, embedder, Switch::Refuse, Some(metrics)).await?;
     let corpus = Arc::new(corpus(store, Arc::clone(embedder), retrieval));
     let prompts = match &retrieval.prompts {
         Some(dir) => Prompts::load(dir).map_err(BuildError::Retrieval)?,
@@ -369,10 +371,13 @@ const QDRANT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Opens the configured vector store; `switch` says what becomes of a store
 /// another embedder filled: refused when serving, taken over by `ragway reindex`.
+/// The configured document store; a Qdrant collection laid out otherwise than
+/// configured is reported (a warning, and in `metrics` when given).
 async fn open_store(
     store: &StoreConfig,
     embedder: &ragway_engine::Embedder,
     switch: Switch,
+    metrics: Option<&Metrics>,
 ) -> Result<Arc<dyn VectorStore>, BuildError> {
     let dimension = embedder.dimension;
     let space = embedder.search_space();
@@ -388,21 +393,39 @@ async fn open_store(
             url,
             collection,
             api_key,
+            cluster,
             ..
-        } => Arc::new(
-            QdrantServer::connect(
+        } => {
+            let server = QdrantServer::connect_laid_out(
                 url,
                 api_key.as_ref().map(|k| k.expose().to_owned()),
                 collection,
                 dimension,
                 QDRANT_TIMEOUT,
+                *cluster,
             )
             .await
-            .map_err(|e| BuildError::Retrieval(e.to_string()))?
-            .for_embedder(&space, switch)
-            .await
-            .map_err(|e| BuildError::Retrieval(e.to_string()))?,
-        ),
+            .map_err(|e| BuildError::Retrieval(e.to_string()))?;
+            for difference in server.differences() {
+                tracing::warn!(
+                    collection = %collection,
+                    setting = difference.setting,
+                    configured = %difference.configured,
+                    collection_has = %difference.collection,
+                    "the Qdrant collection keeps the layout it was created with; change it on \
+                     the cluster (or the config) to make them agree"
+                );
+                if let Some(metrics) = metrics {
+                    metrics.vector_store_differs(difference.setting);
+                }
+            }
+            Arc::new(
+                server
+                    .for_embedder(&space, switch)
+                    .await
+                    .map_err(|e| BuildError::Retrieval(e.to_string()))?,
+            )
+        }
     })
 }
 

@@ -321,3 +321,44 @@ fn an_embedding_model_is_a_directory_or_an_e5_file() {
     let e5 = "[embeddings]\nmodel = \"models/e5-small-q4.bin\"\n";
     assert!(Config::from_toml(e5, &Env::default()).is_ok());
 }
+
+#[test]
+fn a_qdrant_collections_layout_is_checked_by_key() {
+    let embedded = problems(
+        "[embeddings]\nmodel = \"models/all-MiniLM-L6-v2\"\n[retrieval]\nreplication_factor = 2\n",
+    );
+    assert_eq!(embedded.len(), 1, "{embedded:?}");
+    assert_eq!(embedded[0].key, "retrieval.replication_factor");
+    assert!(embedded[0].message.contains("store = \"qdrant\""));
+    let server = "[embeddings]\nmodel = \"models/all-MiniLM-L6-v2\"\n[retrieval]\n\
+                  store = \"qdrant\"\nurl = \"http://qdrant:6334\"\n";
+    let bad = problems(&format!(
+        "{server}shard_number = 0\nreplication_factor = 2\nwrite_consistency_factor = 3\n"
+    ));
+    let keys: Vec<&str> = bad.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "retrieval.shard_number",
+            "retrieval.write_consistency_factor"
+        ]
+    );
+    let good = format!(
+        "{server}shard_number = 6\nreplication_factor = 3\nwrite_consistency_factor = 2\n\
+         on_disk_payload = true\n"
+    );
+    let config = Config::from_toml(&good, &Env::default()).unwrap();
+    match config.retrieval.unwrap().store {
+        ragway::config::StoreConfig::Qdrant { cluster, .. } => {
+            assert_eq!(
+                (cluster.shard_number, cluster.replication_factor),
+                (Some(6), Some(3))
+            );
+            assert_eq!(
+                (cluster.write_consistency_factor, cluster.on_disk_payload),
+                (Some(2), Some(true))
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}

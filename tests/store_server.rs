@@ -219,3 +219,75 @@ async fn a_qdrant_collection_without_a_record_was_made_by_minilm() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn qdrant_server_lays_out_a_new_collection_and_reports_an_old_ones_layout() {
+    use ragway::retrieve::store::server::ClusterSettings;
+    on_fresh_collection(|url, api_key, collection| async move {
+        let laid_out = ClusterSettings {
+            shard_number: Some(2),
+            replication_factor: Some(1),
+            write_consistency_factor: Some(1),
+            on_disk_payload: Some(false),
+        };
+        let connect = |cluster| {
+            let (url, api_key, collection) = (url.clone(), api_key.clone(), collection.clone());
+            async move {
+                QdrantServer::connect_laid_out(
+                    &url,
+                    api_key,
+                    &collection,
+                    DIMENSION,
+                    TIMEOUT,
+                    cluster,
+                )
+                .await
+                .unwrap()
+            }
+        };
+        // Created as configured: nothing differs.
+        let created = connect(laid_out).await;
+        assert!(
+            created.differences().is_empty(),
+            "{:?}",
+            created.differences()
+        );
+        let client = Qdrant::from_url(&url)
+            .api_key(api_key.clone())
+            .skip_compatibility_check()
+            .build()
+            .unwrap();
+        let info = client
+            .collection_info(&collection)
+            .await
+            .unwrap()
+            .result
+            .unwrap();
+        let params = info.config.unwrap().params.unwrap();
+        #[allow(deprecated)] // what the v1.16 server reports
+        let on_disk = params.on_disk_payload;
+        assert_eq!((params.shard_number, on_disk), (2, false));
+        // The contract holds on two shards.
+        contract(&created).await;
+        // Configured otherwise later: the collection keeps its layout, and says so.
+        let other = connect(ClusterSettings {
+            shard_number: Some(3),
+            on_disk_payload: Some(true),
+            ..laid_out
+        })
+        .await;
+        let differing: Vec<(&str, &str, &str)> = other
+            .differences()
+            .iter()
+            .map(|d| (d.setting, d.configured.as_str(), d.collection.as_str()))
+            .collect();
+        assert_eq!(
+            differing,
+            [
+                ("shard_number", "3", "2"),
+                ("on_disk_payload", "true", "false")
+            ]
+        );
+    })
+    .await;
+}

@@ -50,8 +50,11 @@ pub enum StoreConfig {
         collection: String,
         api_key_env: Option<String>,
         api_key: Option<Secret>,
+        cluster: ClusterSettings,
     },
 }
+
+use crate::retrieve::store::server::ClusterSettings;
 
 pub use crate::retrieve::{PromptLanguage, RagSettings};
 
@@ -64,6 +67,11 @@ pub struct RawRetrieval {
     pub url: Option<String>,
     pub collection: Option<String>,
     pub api_key_env: Option<String>,
+    // The collection's layout on a Qdrant cluster (see `ClusterSettings`).
+    pub shard_number: Option<u32>,
+    pub replication_factor: Option<u32>,
+    pub write_consistency_factor: Option<u32>,
+    pub on_disk_payload: Option<bool>,
     pub prompts: Option<String>,
     pub language: Option<String>,
     pub chunk_tokens: Option<usize>,
@@ -142,6 +150,7 @@ pub(super) fn retrieval(
                     .unwrap_or_else(|| "ragway".to_owned()),
                 api_key_env: raw.api_key_env.clone(),
                 api_key,
+                cluster: cluster(&raw, problems),
             }
         }
         other => {
@@ -154,6 +163,23 @@ pub(super) fn retrieval(
             }
         }
     };
+    if !matches!(store, StoreConfig::Qdrant { .. }) {
+        let laid_out = [
+            ("shard_number", raw.shard_number.is_some()),
+            ("replication_factor", raw.replication_factor.is_some()),
+            (
+                "write_consistency_factor",
+                raw.write_consistency_factor.is_some(),
+            ),
+            ("on_disk_payload", raw.on_disk_payload.is_some()),
+        ];
+        for (key, _) in laid_out.iter().filter(|(_, set)| *set) {
+            problems.add(
+                format!("retrieval.{key}"),
+                "lays out a Qdrant server's collection: set store = \"qdrant\"",
+            );
+        }
+    }
     let language = match raw.language.as_deref().unwrap_or("auto") {
         "auto" => PromptLanguage::Auto,
         "zh" => PromptLanguage::Zh,
@@ -279,5 +305,44 @@ fn settings(
         min_score,
         context_tokens,
         collection: raw.search_collection.or_else(|| base.collection.clone()),
+    }
+}
+
+/// The collection's layout on a Qdrant cluster, each number in range and no
+/// more replicas asked to confirm a write than there are.
+fn cluster(raw: &RawRetrieval, problems: &mut Problems) -> ClusterSettings {
+    let numbers = [
+        ("shard_number", raw.shard_number, 1..=1024),
+        ("replication_factor", raw.replication_factor, 1..=32),
+        (
+            "write_consistency_factor",
+            raw.write_consistency_factor,
+            1..=32,
+        ),
+    ];
+    for (key, value, range) in numbers {
+        if let Some(n) = value
+            && !range.contains(&n)
+        {
+            problems.add(
+                format!("retrieval.{key}"),
+                format!("must be between {} and {}", range.start(), range.end()),
+            );
+        }
+    }
+    if let Some(confirming) = raw.write_consistency_factor
+        && confirming > raw.replication_factor.unwrap_or(1)
+    {
+        problems.add(
+            "retrieval.write_consistency_factor",
+            "must not exceed replication_factor (1 when unset): more replicas would have to \
+             confirm a write than hold it",
+        );
+    }
+    ClusterSettings {
+        shard_number: raw.shard_number,
+        replication_factor: raw.replication_factor,
+        write_consistency_factor: raw.write_consistency_factor,
+        on_disk_payload: raw.on_disk_payload,
     }
 }

@@ -47,6 +47,7 @@ pub struct Metrics {
     connections_refused: IntCounterVec,
     ratelimit_rejections: IntCounterVec,
     limits_shared: IntGaugeVec,
+    vector_store_differs: IntGaugeVec,
     limits_replicas: IntGaugeVec,
     limits_fallback: IntCounterVec,
     budget_remaining: prometheus::GaugeVec,
@@ -205,6 +206,11 @@ impl Metrics {
                 "ragway_ratelimit_rejections_total",
                 "Calls refused at admission, by scope (key, tenant, target) and limit",
                 &["scope", "kind"],
+            ),
+            vector_store_differs: gauge(
+                "ragway_vector_store_setting_differs",
+                "1 for each layout setting the Qdrant collection has otherwise than configured",
+                &["setting"],
             ),
             limits_shared: gauge(
                 "ragway_limits_shared",
@@ -487,6 +493,13 @@ impl Metrics {
         self.ratelimit_rejections
             .with_label_values(&[scope, kind])
             .inc();
+    }
+
+    /// The Qdrant collection's `setting` is not the configured one.
+    pub fn vector_store_differs(&self, setting: &str) {
+        self.vector_store_differs
+            .with_label_values(&[setting])
+            .set(1);
     }
 
     pub fn limits_shared(&self, up: bool) {

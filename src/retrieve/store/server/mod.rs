@@ -52,12 +52,14 @@ use super::{
     StoreError, StoredChunk, Switch, VectorStore, check_chunks,
 };
 
+pub mod cluster;
 pub mod embedder;
 mod errors;
 mod filters;
 mod generations;
 mod schema;
 
+pub use cluster::{ClusterSettings, Difference};
 pub use embedder::{EMBEDDER_KEY, stale_point_id};
 use embedder::{Verdict, payload_tenant, recorded_model, stale_marks, stale_payload};
 use errors::*;
@@ -89,6 +91,10 @@ pub struct QdrantServer {
     superseded_by: Mutex<Option<String>>,
     /// Tenant → (whether its vectors are stale, when that was read here).
     stale: Mutex<HashMap<String, (bool, Instant)>>,
+    /// How the collection is laid out on the cluster, as configured.
+    cluster: ClusterSettings,
+    /// Where the existing collection is laid out otherwise.
+    differences: Vec<Difference>,
 }
 
 impl QdrantServer {
@@ -107,6 +113,20 @@ impl QdrantServer {
         dimension: usize,
         timeout: Duration,
     ) -> Result<QdrantServer, StoreError> {
+        let default = ClusterSettings::default();
+        QdrantServer::connect_laid_out(url, api_key, collection, dimension, timeout, default).await
+    }
+
+    /// [`QdrantServer::connect`], creating the collection laid out as `cluster`
+    /// says and comparing an existing one with it ([`QdrantServer::differences`]).
+    pub async fn connect_laid_out(
+        url: &str,
+        api_key: Option<String>,
+        collection: &str,
+        dimension: usize,
+        timeout: Duration,
+        cluster: ClusterSettings,
+    ) -> Result<QdrantServer, StoreError> {
         let client = Qdrant::from_url(url)
             .api_key(api_key)
             .timeout(timeout)
@@ -119,7 +139,7 @@ impl QdrantServer {
         client.health_check().await.map_err(|e| {
             StoreError::Unavailable(format!("cannot reach Qdrant at {url}: {}", describe(&e)))
         })?;
-        let store = QdrantServer {
+        let mut store = QdrantServer {
             client,
             collection: collection.to_owned(),
             generations_collection: generations_collection(collection),
@@ -128,10 +148,17 @@ impl QdrantServer {
             embedder: None,
             superseded_by: Mutex::new(None),
             stale: Mutex::new(HashMap::new()),
+            cluster,
+            differences: Vec::new(),
         };
-        store.prepare_chunks().await?;
+        store.differences = store.prepare_chunks().await?;
         store.prepare_generations().await?;
         Ok(store)
+    }
+
+    /// Where the existing collection is laid out otherwise than configured.
+    pub fn differences(&self) -> &[Difference] {
+        &self.differences
     }
 
     /// The collection this store writes to.
@@ -224,8 +251,9 @@ impl QdrantServer {
     }
 
     /// Creates the chunks' collection if missing, checks its vectors and creates
-    /// the payload indexes still missing.
-    async fn prepare_chunks(&self) -> Result<(), StoreError> {
+    /// the payload indexes still missing; returns where its layout differs from
+    /// the configured one.
+    async fn prepare_chunks(&self) -> Result<Vec<Difference>, StoreError> {
         let name = &self.collection;
         let mut vectors = VectorsConfigBuilder::default();
         vectors.add_named_vector_params(
@@ -241,9 +269,16 @@ impl QdrantServer {
             .vectors_config(vectors)
             .sparse_vectors_config(sparse)
             .hnsw_config(HnswConfigDiffBuilder::default().payload_m(PAYLOAD_M).m(0));
-        self.ensure_collection(name, create).await?;
+        self.ensure_collection(name, self.cluster.apply(create))
+            .await?;
         let info = self.collection_info(name).await?;
         check_schema(&info, name, self.dimension)?;
+        let differences = info
+            .config
+            .as_ref()
+            .and_then(|c| c.params.as_ref())
+            .map(|params| self.cluster.differences(params))
+            .unwrap_or_default();
         for (field, field_type, params) in payload_indexes() {
             if info.payload_schema.contains_key(field) {
                 continue;
@@ -259,7 +294,7 @@ impl QdrantServer {
                     "cannot index `{field}` in collection `{name}`"
                 )))?;
         }
-        Ok(())
+        Ok(differences)
     }
 
     /// Creates the generations' collection if missing: one point per tenant, with
@@ -269,7 +304,12 @@ impl QdrantServer {
         let name = &self.generations_collection;
         let create = CreateCollectionBuilder::new(name)
             .vectors_config(VectorParamsBuilder::new(1, Distance::Dot));
-        self.ensure_collection(name, create).await
+        // As safely kept as the chunks, in one shard: it holds a point per tenant.
+        let layout = ClusterSettings {
+            shard_number: None,
+            ..self.cluster
+        };
+        self.ensure_collection(name, layout.apply(create)).await
     }
 
     /// Creates a collection unless it exists. Another replica may create it at
