@@ -52,11 +52,15 @@ async fn every_metric_the_dashboard_and_the_alerts_query_is_exported() {
     let mut exprs = Vec::new();
     exprs_in(&dashboard, &mut exprs);
     assert!(exprs.len() >= 10, "{exprs:?}");
-    let alerts: Vec<String> = read("deploy/prometheus/alerts.yml")
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("expr:").map(|e| e.trim().to_owned()))
+    let alerts: Vec<String> = alert_rules()
+        .iter()
+        .map(|rule| rule["expr"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(alerts.len(), 4, "breaker, spool, error rate, p99");
+    assert_eq!(
+        alerts.len(),
+        5,
+        "breaker, spool, error rate, two of first tokens"
+    );
     exprs.extend(alerts);
     let wanted = families(&exprs);
     assert!(wanted.len() >= 15, "{wanted:?}");
@@ -185,12 +189,53 @@ fn the_compose_file_is_valid_and_matches_the_config_it_mounts() {
     );
     let services = services(&normalised);
     let names: Vec<&str> = services.iter().map(|(n, _)| n.as_str()).collect();
-    for wanted in ["ragway", "postgres", "redis", "qdrant", "vllm"] {
+    for wanted in [
+        "ragway",
+        "postgres",
+        "redis",
+        "qdrant",
+        "prometheus",
+        "grafana",
+        "vllm",
+    ] {
         assert!(names.contains(&wanted), "{wanted} in {names:?}");
     }
     for (name, body) in &services {
         assert!(body.contains("healthcheck:"), "{name} has no health check");
+        assert!(body.contains("mem_limit:"), "{name} has no memory limit");
     }
+    let body_of = |name: &str| &services.iter().find(|(n, _)| n == name).unwrap().1;
+    assert!(body_of("qdrant").contains(&format!("image: qdrant/qdrant:{QDRANT_RELEASE}")));
+    // Prometheus evaluates the shipped rules and scrapes ragway where it listens;
+    // Grafana is provisioned with it and the shipped dashboard.
+    let prometheus = body_of("prometheus");
+    assert!(prometheus.contains("deploy/prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro"));
+    assert!(prometheus.contains("deploy/compose/prometheus.yml:/etc/prometheus/prometheus.yml:ro"));
+    let scrape = &yaml_documents("deploy/compose/prometheus.yml")[0];
+    assert_eq!(scrape["rule_files"][0], "/etc/prometheus/alerts.yml");
+    let compose_port = toml::from_str::<toml::Table>(&read("deploy/compose/ragway.toml")).unwrap()
+        ["server"]["listen"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        scrape["scrape_configs"][0]["static_configs"][0]["targets"][0],
+        format!("ragway:{compose_port}")
+    );
+    let grafana = body_of("grafana");
+    assert!(
+        grafana.contains("deploy/grafana/ragway.json:/var/lib/grafana/dashboards/ragway.json:ro")
+    );
+    let dashboards = &yaml_documents("deploy/compose/grafana/dashboards.yml")[0];
+    assert_eq!(
+        dashboards["providers"][0]["options"]["path"],
+        "/var/lib/grafana/dashboards"
+    );
+    let sources = &yaml_documents("deploy/compose/grafana/datasources.yml")[0];
+    assert_eq!(sources["datasources"][0]["url"], "http://prometheus:9090");
     let ragway = &services.iter().find(|(n, _)| n == "ragway").unwrap().1;
     assert!(
         ragway.contains("deploy/compose/ragway.toml:/etc/ragway/ragway.toml:ro"),
@@ -261,7 +306,10 @@ fn yaml_documents(path: &str) -> Vec<Value> {
         .args([
             "-c",
             "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d]))",
-            &format!("{}/{path}", env!("CARGO_MANIFEST_DIR")),
+            &match path.starts_with('/') {
+                true => path.to_owned(),
+                false => format!("{}/{path}", env!("CARGO_MANIFEST_DIR")),
+            },
         ])
         .output()
         .expect("python3 with yaml");
@@ -279,9 +327,191 @@ fn of_kind<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind} {name}"))
 }
 
+/// The rules of deploy/prometheus/alerts.yml.
+fn alert_rules() -> Vec<Value> {
+    let alerts = yaml_documents("deploy/prometheus/alerts.yml");
+    alerts[0]["groups"][0]["rules"].as_array().unwrap().clone()
+}
+
+/// What `kubectl apply -k deploy/k8s` applies: kustomize's rendering, by the
+/// kubectl on the machine; without one, the resources as they are and the
+/// ConfigMap the generator would make (a notice says so).
+fn kustomized() -> Vec<Value> {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let rendered = std::process::Command::new("kubectl")
+        .args(["kustomize", &format!("{root}/deploy/k8s")])
+        .output();
+    match rendered {
+        Ok(output) if output.status.success() => {
+            let path =
+                std::env::temp_dir().join(format!("ragway-k8s-{}.yaml", uuid::Uuid::new_v4()));
+            std::fs::write(&path, &output.stdout).unwrap();
+            let docs = yaml_documents(path.to_str().unwrap());
+            std::fs::remove_file(path).unwrap();
+            docs
+        }
+        _ => {
+            eprintln!(
+                "no kubectl: the manifests are checked as written, not as kustomize renders them"
+            );
+            let kustomization = &yaml_documents("deploy/k8s/kustomization.yaml")[0];
+            let mut docs: Vec<Value> = kustomization["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|r| yaml_documents(&format!("deploy/k8s/{}", r.as_str().unwrap())))
+                .collect();
+            docs.push(serde_json::json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "ragway-config"},
+                "data": {"ragway.toml": read("deploy/k8s/ragway.toml")},
+            }));
+            docs
+        }
+    }
+}
+
+/// The restricted Pod Security standard's checks of a pod template.
+fn assert_restricted(pod: &Value, name: &str) {
+    let spec = &pod["spec"];
+    let context = &spec["securityContext"];
+    assert_eq!(context["runAsNonRoot"], true, "{name}");
+    assert!(context["runAsUser"].as_u64().unwrap() > 0, "{name}");
+    assert_eq!(
+        context["seccompProfile"]["type"], "RuntimeDefault",
+        "{name}"
+    );
+    for key in ["hostNetwork", "hostPID", "hostIPC"] {
+        assert!(spec.get(key).is_none_or(|v| v == false), "{name}: {key}");
+    }
+    for volume in spec["volumes"].as_array().unwrap() {
+        assert!(volume.get("hostPath").is_none(), "{name}: {volume}");
+    }
+    for container in spec["containers"].as_array().unwrap() {
+        let context = &container["securityContext"];
+        assert_eq!(context["allowPrivilegeEscalation"], false, "{name}");
+        assert_eq!(
+            context["capabilities"]["drop"],
+            serde_json::json!(["ALL"]),
+            "{name}"
+        );
+        assert!(
+            context.get("privileged").is_none_or(|p| p == false),
+            "{name}"
+        );
+        assert!(
+            container["startupProbe"].is_object(),
+            "{name} has a startup probe"
+        );
+    }
+}
+
+#[test]
+fn the_kubernetes_manifests_meet_the_restricted_standard_and_roll_on_a_config_change() {
+    let docs = kustomized();
+    let deployment = of_kind(&docs, "Deployment", "ragway");
+    let pod = &deployment["spec"]["template"];
+    assert_restricted(pod, "ragway");
+    assert_restricted(
+        &of_kind(
+            &yaml_documents("deploy/k8s/vllm.yaml"),
+            "Deployment",
+            "vllm",
+        )["spec"]["template"],
+        "vllm",
+    );
+    // A read-only root: what ragway writes has a volume of its own.
+    let container = &pod["spec"]["containers"][0];
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    let mounts: Vec<&str> = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    let toml: toml::Table = toml::from_str(&read("deploy/k8s/ragway.toml")).unwrap();
+    let spool = toml["audit"]["spool_dir"].as_str().unwrap();
+    for writable in [spool, "/tmp"] {
+        assert!(
+            mounts.iter().any(|m| writable.starts_with(m) && *m != "/"),
+            "{writable} is not on a volume: {mounts:?}"
+        );
+    }
+    // Spread over zones and nodes.
+    let keys: Vec<&str> = pod["spec"]["topologySpreadConstraints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["topologyKey"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        keys,
+        ["topology.kubernetes.io/zone", "kubernetes.io/hostname"]
+    );
+    // The config's ConfigMap is the one the pods mount (with kustomize, named by
+    // its content's hash: a change makes a new name, and the pods roll).
+    let mounted = pod["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|v| v["configMap"]["name"].as_str())
+        .unwrap();
+    let config_map = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap")
+        .expect("the generated ConfigMap");
+    assert_eq!(config_map["metadata"]["name"], mounted);
+    assert!(mounted.starts_with("ragway-config"), "{mounted}");
+    assert_eq!(
+        config_map["data"]["ragway.toml"].as_str().unwrap(),
+        read("deploy/k8s/ragway.toml")
+    );
+    // The Operator's objects: the ServiceMonitor finds the Service and its port;
+    // the PrometheusRule says what alerts.yml says.
+    let service = of_kind(&docs, "Service", "ragway");
+    let monitor = of_kind(&docs, "ServiceMonitor", "ragway");
+    for (label, value) in monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+    {
+        assert_eq!(&service["metadata"]["labels"][label], value, "{label}");
+    }
+    let port = monitor["spec"]["endpoints"][0]["port"].as_str().unwrap();
+    assert!(
+        service["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == port)
+    );
+    assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
+    let rule = of_kind(&docs, "PrometheusRule", "ragway");
+    assert_eq!(
+        rule["spec"]["groups"][0]["rules"],
+        Value::Array(alert_rules())
+    );
+    // Time to the first token is judged per alias, not against one global figure.
+    let rules = alert_rules();
+    let first_token: Vec<&Value> = rules
+        .iter()
+        .filter(|r| {
+            r["expr"]
+                .as_str()
+                .unwrap()
+                .contains("ragway_time_to_first_token")
+        })
+        .collect();
+    assert_eq!(first_token.len(), 2);
+    for rule in first_token {
+        let expr = rule["expr"].as_str().unwrap();
+        assert!(expr.contains("sum by (model, le)"), "{expr}");
+        assert!(!expr.contains("> 0.5"), "{expr}");
+    }
+}
+
 #[test]
 fn the_kubernetes_manifests_parse_and_agree_with_each_other() {
-    let ragway = yaml_documents("deploy/k8s/ragway.yaml");
+    let ragway = kustomized();
     let vllm = yaml_documents("deploy/k8s/vllm.yaml");
     let secrets = yaml_documents("deploy/k8s/secret.example.yaml");
     assert!(
@@ -311,13 +541,10 @@ fn the_kubernetes_manifests_parse_and_agree_with_each_other() {
     assert!(read("scripts/qdrant-server.sh").contains(&format!("qdrant-{QDRANT_RELEASE}")));
 
     // The config the Deployment mounts validates, with the Secret's values.
-    let config_text = of_kind(&ragway, "ConfigMap", "ragway-config")["data"]["ragway.toml"]
-        .as_str()
-        .unwrap()
-        .replace(
-            "\"/models/",
-            &format!("\"{}/models/", env!("CARGO_MANIFEST_DIR")),
-        );
+    let config_text = read("deploy/k8s/ragway.toml").replace(
+        "\"/models/",
+        &format!("\"{}/models/", env!("CARGO_MANIFEST_DIR")),
+    );
     let secret = of_kind(&secrets, "Secret", "ragway-secrets")["stringData"]
         .as_object()
         .unwrap();
