@@ -583,11 +583,17 @@ fn ingest_tenant(
 }
 
 fn serve(config: Config) -> ExitCode {
-    let _log_guard = ragway::telemetry::init_logging(&config.log);
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
+    // The trace exporter's gRPC client lives on the runtime.
+    let (_log_guard, traces_guard) = {
+        let _inside = runtime.enter();
+        ragway::telemetry::init_logging(&config.log, config.tracing.as_ref())
+    };
     let result = runtime.block_on(run(config));
+    // What spans are queued are sent while the runtime still runs.
+    drop(traces_guard);
     // Work on blocking threads that nothing waits for any more (a document's
     // extraction whose client left) must not hold the exit: the runtime is not
     // given time to wait for it.

@@ -37,4 +37,5 @@ mod store_server;
 mod tls_config;
 mod tls_postgres;
 mod tls_redis;
+mod traces;
 mod voice;

@@ -21,6 +21,7 @@ mod providers;
 mod raw;
 mod retrieval;
 mod server;
+mod tracing;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -62,6 +63,8 @@ pub struct Config {
     pub audit: Option<AuditConfig>,
     /// Keys and tenants as data; off (keys from `[auth]` only) when absent.
     pub governance: Option<GovernanceConfig>,
+    /// Traces to an OTLP collector; off when the section is absent.
+    pub tracing: Option<tracing::TraceSettings>,
 }
 
 pub use crate::secret::Secret;

@@ -104,6 +104,9 @@ pub(super) fn validate(raw: RawConfig, env: &Env) -> (Config, Vec<Problem>) {
         let redis = cache.as_ref().and_then(|c| c.redis.as_ref());
         super::governance::governance(g, audit, redis, env, &mut problems)
     });
+    let tracing = raw
+        .tracing
+        .map(|t| super::tracing::tracing(t, &mut problems));
     let providers: BTreeMap<_, _> = raw
         .providers
         .into_iter()
@@ -150,6 +153,7 @@ pub(super) fn validate(raw: RawConfig, env: &Env) -> (Config, Vec<Problem>) {
         cache,
         audit,
         governance,
+        tracing,
     };
     (config, problems.0)
 }

@@ -9,6 +9,8 @@ use futures_util::future::BoxFuture;
 use serde_json::Value;
 use tokio::time::{Instant, timeout_at};
 
+use tracing::Instrument as _;
+
 use super::retry::{Disposition, classify};
 use super::router::{Left, Walk, exhausted};
 use super::{Attempt, Route, Target, TimeoutPhase, UpstreamError};
@@ -16,6 +18,7 @@ use crate::call::AttemptKind;
 use crate::error::GatewayError;
 use crate::resilience::{BreakerState, Verdict};
 use crate::telemetry::Metrics;
+use crate::telemetry::traces;
 
 /// What a relayed call did: every attempt, and the answer with who gave it.
 pub struct Relayed<T> {
@@ -207,7 +210,13 @@ impl<T> Call<'_, T> {
         let answer_by = Instant::now()
             .checked_add(target.deadlines.first_token)
             .map_or(deadline, |t| t.min(deadline));
-        match timeout_at(answer_by, self.asking.ask(target)).await {
+        let span = traces::attempt_span(self.route.kind.name(), &target.id, &target.model);
+        let asked = self.asking.ask(target).instrument(span.clone());
+        let answer = timeout_at(answer_by, asked).await;
+        if let Ok(Err(error)) = &answer {
+            span.record("error.type", error.class());
+        }
+        match answer {
             Ok(answer) => answer,
             Err(_) if answer_by == deadline => Err(UpstreamError::Timeout(TimeoutPhase::Total)),
             Err(_) => Err(UpstreamError::Timeout(TimeoutPhase::FirstToken)),

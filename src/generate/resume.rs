@@ -123,6 +123,14 @@ impl ResumeLog {
             .unwrap_or_default()
     }
 
+    /// The targets of the attempts logged so far, in order.
+    pub fn targets(&self) -> Vec<Arc<str>> {
+        self.0
+            .lock()
+            .map(|a| a.iter().map(|a| a.target.clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// The last attempt, which had begun to give the rest, broke too.
     fn failed_last(&self, error: &UpstreamError) {
         if let Ok(mut attempts) = self.0.lock()

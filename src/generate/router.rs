@@ -16,6 +16,8 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use tokio::time::{Instant, timeout_at};
 
+use tracing::Instrument as _;
+
 use super::assemble::{Assembler, collect_into};
 use super::hedge;
 use super::resume::{self, ResumeLog, Resumer};
@@ -28,6 +30,7 @@ use crate::call::{AttemptKind, Call};
 use crate::error::GatewayError;
 use crate::resilience::{BreakerState, Permit, Verdict};
 use crate::telemetry::Metrics;
+use crate::telemetry::traces;
 use crate::wire::{ChatChunk, ChatRequest};
 
 /// What a client is told to wait when nothing better is known.
@@ -176,9 +179,14 @@ impl Router {
             let started = Instant::now();
             let mut partial = None;
             let stream = call.stream || tries.streamed;
+            let span = traces::attempt_span("chat", &target.id, &target.model);
             let result = self
                 .attempt(target, prompt, stream, deadline, &mut partial)
+                .instrument(span.clone())
                 .await;
+            if let Err(error) = &result {
+                span.record("error.type", error.class());
+            }
             let latency = started.elapsed();
             let error = match result {
                 Ok(body) => {

@@ -41,6 +41,20 @@ pub(super) struct Called {
     pub request_id: std::sync::Arc<str>,
     pub origin: Option<Origin>,
     pub started: Instant,
+    /// The request's trace span (disabled with traces off).
+    pub span: tracing::Span,
+}
+
+impl Called {
+    /// The pipeline's context of this call to `route`.
+    pub(super) fn context(self, route: std::sync::Arc<crate::generate::Route>) -> RequestCtx {
+        let mut ctx = RequestCtx::answered_whole(self.request_id, self.caller, route, self.started);
+        if let Some(origin) = self.origin {
+            ctx.origin = origin;
+        }
+        ctx.span = self.span;
+        ctx
+    }
 }
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Called {
@@ -67,6 +81,10 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Called {
             request_id,
             origin: parts.extensions.get::<Origin>().cloned(),
             started,
+            span: parts
+                .extensions
+                .get::<super::observe::TraceSpan>()
+                .map_or_else(tracing::Span::none, |s| s.0.clone()),
         })
     }
 }
@@ -80,12 +98,7 @@ pub(super) async fn serve(
     request: Result<ChatRequest, GatewayError>,
     respond: impl FnOnce(Reply) -> Response,
 ) -> Response {
-    let Called {
-        caller,
-        request_id,
-        origin,
-        started,
-    } = called;
+    let caller = &called.caller;
     let request = match request.and_then(|r| rag_header(headers, r)) {
         Ok(request) => request,
         Err(error) => return error.into_response(),
@@ -108,10 +121,7 @@ pub(super) async fn serve(
         return GatewayError::invalid(message, Some("model".to_owned())).into_response();
     }
     let alias = route.alias.clone();
-    let mut ctx = RequestCtx::new(request_id, caller, route, &request, started);
-    if let Some(origin) = origin {
-        ctx.origin = origin;
-    }
+    let mut ctx = called.context(route).asking(&request);
     if let Some(value) = headers
         .get(header::CACHE_CONTROL)
         .and_then(|v| v.to_str().ok())

@@ -26,7 +26,7 @@ use crate::error::GatewayError;
 use crate::generate::ModelKind;
 use crate::generate::live::MAX_MESSAGE;
 use crate::generate::live::frame::{Frame, Kind};
-use crate::pipeline::{LiveCall, LiveClient, MAX_JSON, RequestCtx};
+use crate::pipeline::{LiveCall, LiveClient, MAX_JSON};
 use crate::state::AppState;
 
 /// How long a client has to send its opening frame after the upgrade.
@@ -73,14 +73,9 @@ async fn session(state: AppState, called: Called, mut client: Client) {
         Ok(None) => return refused(&state, &called, 499, None),
         Err(_) => Err(GatewayError::RequestTimeout),
     };
-    let Called {
-        caller,
-        request_id,
-        origin,
-        started,
-    } = called.clone();
     let routed = opening.and_then(|(model, call)| {
-        super::voice::route_of(&state, &caller, model, ModelKind::Asr).map(|route| (route, call))
+        super::voice::route_of(&state, &called.caller, model, ModelKind::Asr)
+            .map(|route| (route, call))
     });
     let (route, call) = match routed {
         Ok(routed) => routed,
@@ -89,11 +84,8 @@ async fn session(state: AppState, called: Called, mut client: Client) {
             return refused(&state, &called, error.status(), Some(error.code()));
         }
     };
-    let mut ctx = RequestCtx::answered_whole(request_id, caller, route, started);
+    let mut ctx = called.context(route);
     ctx.stream = true;
-    if let Some(origin) = origin {
-        ctx.origin = origin;
-    }
     state
         .pipeline
         .recognise_live(ctx, call, &mut client, &state.shutdown)

@@ -34,6 +34,10 @@ pub struct ServedModel {
     pub attempts: usize,
 }
 
+/// The request's trace span ([`crate::telemetry::traces`]), for the handlers.
+#[derive(Clone)]
+pub struct TraceSpan(pub tracing::Span);
+
 /// Set on a response whose call the pipeline has recorded (or will, when its
 /// stream ends).
 #[derive(Debug, Clone, Copy)]
@@ -67,7 +71,20 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
         }
     });
     let span = tracing::info_span!("request", request_id = %id);
-    let mut response = next.run(request).instrument(span.clone()).await;
+    // Its parent is the client's `traceparent`; disabled without `[tracing]`.
+    let traced =
+        crate::telemetry::traces::request_span(method.as_str(), route_name, request.headers());
+    traced.record("ragway.request_id", &*id);
+    request.extensions_mut().insert(TraceSpan(traced.clone()));
+    let mut response = next
+        .run(request)
+        .instrument(traced.clone())
+        .instrument(span.clone())
+        .await;
+    traced.record(
+        "http.response.status_code",
+        i64::from(response.status().as_u16()),
+    );
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }

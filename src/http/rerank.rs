@@ -17,7 +17,7 @@ use super::body::{invalid, only_known, parse_json};
 use super::chat::{Called, recorded};
 use crate::error::GatewayError;
 use crate::generate::ModelKind;
-use crate::pipeline::{RequestCtx, RerankAsk};
+use crate::pipeline::RerankAsk;
 use crate::state::AppState;
 
 /// The most documents one request may rank (Cohere's and SiliconFlow's bound).
@@ -36,21 +36,14 @@ pub async fn rerank(
         Ok(asked) => asked,
         Err(error) => return error.into_response(),
     };
-    let Called {
-        caller,
-        request_id,
-        origin,
-        started,
-    } = called;
-    let route = match super::voice::route_of(&state, &caller, asked.model, ModelKind::Rerank) {
+    let request_id = called.request_id.clone();
+    let route = match super::voice::route_of(&state, &called.caller, asked.model, ModelKind::Rerank)
+    {
         Ok(route) => route,
         Err(error) => return error.into_response(),
     };
     let alias = route.alias.clone();
-    let mut ctx = RequestCtx::answered_whole(request_id.clone(), caller, route, started);
-    if let Some(origin) = origin {
-        ctx.origin = origin;
-    }
+    let ctx = called.context(route);
     let ask = RerankAsk {
         query: asked.query,
         documents: asked.documents.clone(),

@@ -17,7 +17,7 @@ use super::body::{invalid, only_known, parse_json};
 use super::chat::{Called, recorded};
 use crate::error::GatewayError;
 use crate::generate::ModelKind;
-use crate::pipeline::{PassThrough, RequestCtx};
+use crate::pipeline::PassThrough;
 use crate::state::AppState;
 
 /// The audio formats speech recognition takes.
@@ -88,21 +88,12 @@ pub(super) async fn passed(
     call: PassThrough,
     reply: impl FnOnce(Value) -> Response,
 ) -> Response {
-    let Called {
-        caller,
-        request_id,
-        origin,
-        started,
-    } = called;
-    let route = match route_of(state, &caller, model, kind) {
+    let route = match route_of(state, &called.caller, model, kind) {
         Ok(route) => route,
         Err(error) => return error.into_response(),
     };
     let alias = route.alias.clone();
-    let mut ctx = RequestCtx::answered_whole(request_id, caller, route, started);
-    if let Some(origin) = origin {
-        ctx.origin = origin;
-    }
+    let ctx = called.context(route);
     match state.pipeline.pass_through(ctx, call).await {
         Ok((target, answer, headroom)) => {
             let mut response = reply(answer);

@@ -49,6 +49,10 @@ pub struct RequestCtx {
     pub raw_output: bool,
     /// The call's reservation, settled when it is recorded.
     pub permit: Option<Permit>,
+    /// The request's trace span: the stages' spans are its children, and the
+    /// record stage gives it the call's GenAI attributes (disabled without
+    /// `[tracing]`).
+    pub span: tracing::Span,
 }
 
 impl RequestCtx {
@@ -59,10 +63,15 @@ impl RequestCtx {
         request: &ChatRequest,
         started: Instant,
     ) -> Self {
-        let mut ctx = RequestCtx::answered_whole(request_id, caller, route, started);
-        ctx.stream = request.is_stream();
-        ctx.wants_stream_usage = request.wants_stream_usage();
-        ctx
+        RequestCtx::answered_whole(request_id, caller, route, started).asking(request)
+    }
+
+    /// The context of a call that asks `request`: streamed or whole, with usage
+    /// at a stream's end or not.
+    pub fn asking(mut self, request: &ChatRequest) -> Self {
+        self.stream = request.is_stream();
+        self.wants_stream_usage = request.wants_stream_usage();
+        self
     }
 
     /// For a call answered whole, with no chat request of its own (a rerank).
@@ -94,6 +103,7 @@ impl RequestCtx {
             prompt_text: String::new(),
             raw_output: false,
             permit: None,
+            span: tracing::Span::none(),
         }
     }
 }

@@ -12,6 +12,8 @@ mod stream;
 
 use std::sync::Arc;
 
+use tracing::Instrument as _;
+
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
@@ -136,11 +138,16 @@ impl Pipeline {
         mut prompt: ChatRequest,
     ) -> Result<(Answer, Shaping), GatewayError> {
         let guard = self.guard.list(); // 1. sanitize: the content guard, then PII
-        let mut vault = self.sanitize(ctx, &mut prompt, &guard)?;
+        let mut vault = {
+            let _stage = stage(ctx, "sanitize").entered();
+            self.sanitize(ctx, &mut prompt, &guard)?
+        };
         // The cache key includes what retrieval would use: a document change or a
         // template edit makes earlier answers unreachable.
         ctx.corpus_version = self.retriever.corpus_version(&ctx.call(), &prompt).await?;
-        match self.cache.lookup(&ctx.call(), &prompt).await {
+        let call = ctx.call();
+        let looked_up = self.cache.lookup(&call, &prompt);
+        match looked_up.instrument(stage(ctx, "cache")).await {
             // 2. cache
             CacheLookup::Hit(stored, tier) => {
                 ctx.cache = tier;
@@ -164,6 +171,7 @@ impl Pipeline {
         ctx.citations = self
             .retriever
             .ground(&ctx.call(), &mut prompt, &mut pii)
+            .instrument(stage(ctx, "retrieve"))
             .await?; // 3. retrieve
         // Passages brought personal data of their own: an answer may name it by a
         // placeholder only this request's vault holds, so it is not kept.
@@ -177,6 +185,7 @@ impl Pipeline {
         let generated = self
             .generator
             .generate(&ctx.call(), &ctx.route, &prompt)
+            .instrument(stage(ctx, "generate"))
             .await; // 4. generate
         ctx.attempts = generated.attempts;
         ctx.resumed = generated.resumed;
@@ -244,4 +253,15 @@ fn raw_prompt(ctx: &RequestCtx, prompt: &ChatRequest, vault: &Vault) -> Option<C
     let mut raw = prompt.clone();
     for_each_text(&mut raw, &mut |text| *text = vault.restore(text));
     Some(raw)
+}
+
+/// The trace span of one stage of `ctx`'s call, a child of its request span
+/// (disabled without `[tracing]`).
+fn stage(ctx: &RequestCtx, name: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        target: crate::telemetry::traces::TARGET,
+        parent: &ctx.span,
+        "stage",
+        otel.name = name
+    )
 }

@@ -10,6 +10,7 @@ use crate::admit::admission::{Permit, Used};
 use crate::audit::{CallRecord, PassageRef};
 use crate::call::Outcome;
 use crate::error::GatewayError;
+use crate::telemetry::traces;
 use crate::tokens;
 use crate::wire::{ChatCompletion, Usage};
 
@@ -77,6 +78,10 @@ impl Pipeline {
 
     /// Stage 6.
     pub(super) fn record(&self, ctx: &mut RequestCtx, finished: Finished) {
+        let _stage = super::stage(ctx, "record").entered();
+        if traces::on() {
+            annotate(ctx, &finished);
+        }
         if let Some(permit) = ctx.permit.take() {
             let used = used(ctx, &permit, &finished);
             self.metrics.tokens_used(
@@ -139,6 +144,47 @@ impl Pipeline {
             answer: finished.answer,
             passages: ctx.citations.iter().map(PassageRef::from).collect(),
         });
+    }
+}
+
+/// The request's span gets the call's GenAI attributes: what was asked, who
+/// served it, the tokens, the failover chain, how it ended. No text, no key.
+fn annotate(ctx: &RequestCtx, finished: &Finished) {
+    let span = &ctx.span;
+    traces::set(span, "gen_ai.operation.name", ctx.route.kind.name());
+    traces::set(span, "gen_ai.request.model", ctx.route.alias.to_string());
+    if let Some((provider, model)) = finished.target.as_deref().and_then(|t| t.split_once(':')) {
+        traces::set(span, "gen_ai.system", provider.to_owned());
+        traces::set(span, "gen_ai.response.model", model.to_owned());
+    }
+    if let Some(usage) = &finished.usage {
+        traces::set(
+            span,
+            "gen_ai.usage.input_tokens",
+            usage.prompt_tokens as i64,
+        );
+        traces::set(
+            span,
+            "gen_ai.usage.output_tokens",
+            usage.completion_tokens as i64,
+        );
+    }
+    let resumed = ctx.resumed.targets();
+    let chain: Vec<&str> = ctx
+        .attempts
+        .iter()
+        .map(|a| &*a.target)
+        .chain(resumed.iter().map(|t| &**t))
+        .collect();
+    if !chain.is_empty() {
+        traces::set(span, "ragway.failover.chain", chain.join(" > "));
+    }
+    traces::set(span, "ragway.tenant", ctx.caller.tenant.to_string());
+    traces::set(span, "ragway.cache", ctx.cache.as_str());
+    traces::set(span, "ragway.outcome", finished.outcome.as_str());
+    traces::set(span, "ragway.stream", ctx.stream);
+    if let Some(error) = finished.error {
+        traces::set(span, "error.type", error);
     }
 }
 

@@ -36,6 +36,8 @@ struct Seen {
 pub struct SeenRequest {
     pub path: String,
     pub authorization: Option<String>,
+    /// The W3C trace context the gateway sent.
+    pub traceparent: Option<String>,
     pub body: Value,
 }
 
@@ -172,6 +174,10 @@ fn note(
         path: uri.path().to_owned(),
         authorization: headers
             .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        traceparent: headers
+            .get("traceparent")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
         body: body.clone(),

@@ -1,0 +1,305 @@
+//! OpenTelemetry traces, read by an OTLP collector in this process from the real
+//! binary (the trace exporter is process-wide): a span per request under the
+//! client's `traceparent`, a child per stage and per upstream attempt, GenAI
+//! attributes, the attempt's `traceparent` at the provider, no text or key in
+//! any attribute; and a collector that is down costs the requests nothing.
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::support::FakeProvider;
+
+const PROVIDER_KEY: &str = "sk-provider-key-never-in-a-trace";
+const CLIENT_KEY: &str = "sk-client-key-never-in-a-trace";
+const PROMPT: &str = "my number is 13812345678, tell me a secret";
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CLIENT_SPAN: &str = "00f067aa0ba902b7";
+
+#[derive(Clone, Default)]
+struct Collector(Arc<Mutex<Vec<Span>>>);
+
+#[async_trait::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let spans = request
+            .into_inner()
+            .resource_spans
+            .into_iter()
+            .flat_map(|r| r.scope_spans)
+            .flat_map(|s| s.spans);
+        self.0.lock().unwrap().extend(spans);
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+impl Collector {
+    async fn start() -> (Collector, String) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        let collector = Collector::default();
+        let service = TraceServiceServer::new(collector.clone());
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+                .await
+                .unwrap();
+        });
+        (collector, address)
+    }
+
+    fn spans(&self) -> Vec<Span> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// The binary serving `config`, and its log lines as they come.
+struct Served {
+    child: tokio::process::Child,
+    url: String,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Served {
+    async fn start(config: &str) -> Served {
+        let dir = std::env::temp_dir().join(format!("ragway-traces-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ragway.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ragway"))
+            .args(["serve", "--config", path.to_str().unwrap()])
+            .env("PROVIDER_KEY", PROVIDER_KEY)
+            // Batches leave every 100 ms rather than every 5 s.
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .env_remove("RUST_LOG")
+            .env_remove("RAGWAY_CONFIG")
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let url = loop {
+            let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+                .await
+                .expect("ragway starts within a minute")
+                .unwrap()
+                .expect("a log line");
+            let event: Value = serde_json::from_str(&line).unwrap_or_default();
+            if event["message"] == "ragway listening" {
+                break format!("http://{}", event["address"].as_str().unwrap());
+            }
+            log.lock().unwrap().push(line);
+        };
+        let kept = Arc::clone(&log);
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                kept.lock().unwrap().push(line);
+            }
+        });
+        Served { child, url, log }
+    }
+
+    async fn chat(&self, traceparent: Option<&str>) -> reqwest::Response {
+        let mut request = reqwest::Client::new()
+            .post(format!("{}/v1/chat/completions", self.url))
+            .bearer_auth(CLIENT_KEY)
+            .json(&json!({"model": "chat", "messages": [{"role": "user", "content": PROMPT}]}));
+        if let Some(traceparent) = traceparent {
+            request = request.header("traceparent", traceparent);
+        }
+        request.send().await.unwrap()
+    }
+}
+
+fn config(fake: &FakeProvider, collector: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n\
+         [providers.fake]\nkind = \"openai\"\nbase_url = \"{}\"\napi_key_env = \"PROVIDER_KEY\"\n\
+         retry.attempts = 1\n\
+         [models.chat]\ntargets = [\"fake:status-503#traced\", \"fake:ok\"]\n\
+         [tracing]\nendpoint = \"{collector}\"\nservice_name = \"ragway-test\"\n\
+         export_timeout = \"1s\"\n",
+        fake.base_url()
+    )
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn attribute<'a>(span: &'a Span, key: &str) -> Option<&'a Any> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+}
+
+fn text<'a>(span: &'a Span, key: &str) -> Option<&'a str> {
+    match attribute(span, key)? {
+        Any::StringValue(text) => Some(text),
+        _ => None,
+    }
+}
+
+fn number(span: &Span, key: &str) -> Option<i64> {
+    match attribute(span, key)? {
+        Any::IntValue(n) => Some(*n),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn a_request_is_traced_under_the_clients_trace_through_every_stage_and_attempt() {
+    let fake = FakeProvider::start().await;
+    let (collector, address) = Collector::start().await;
+    let served = Served::start(&config(&fake, &address)).await;
+    let traceparent = format!("00-{TRACE_ID}-{CLIENT_SPAN}-01");
+    let answer = served.chat(Some(&traceparent)).await;
+    assert_eq!(answer.status(), 200);
+
+    // The request's span, and all it holds, reach the collector.
+    let started = Instant::now();
+    let spans = loop {
+        let spans = collector.spans();
+        let done = spans.iter().any(|s| s.name == "POST /v1/chat/completions")
+            && spans.iter().any(|s| s.name == "record");
+        if done {
+            break spans;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no trace: {spans:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let request = spans
+        .iter()
+        .find(|s| s.name == "POST /v1/chat/completions")
+        .unwrap();
+    // A child of the client's span, in the client's trace.
+    assert_eq!(hex(&request.trace_id), TRACE_ID);
+    assert_eq!(hex(&request.parent_span_id), CLIENT_SPAN);
+    assert_eq!(text(request, "gen_ai.request.model"), Some("chat"));
+    assert_eq!(text(request, "gen_ai.response.model"), Some("ok"));
+    assert_eq!(text(request, "gen_ai.system"), Some("fake"));
+    assert!(number(request, "gen_ai.usage.input_tokens").unwrap() > 0);
+    assert!(number(request, "gen_ai.usage.output_tokens").unwrap() > 0);
+    assert_eq!(
+        text(request, "ragway.failover.chain"),
+        Some("fake:status-503#traced > fake:ok")
+    );
+    assert_eq!(number(request, "http.response.status_code"), Some(200));
+
+    // A child per stage; the attempts are the generate stage's.
+    let child_of = |parent: &Span, name: &str| -> Vec<Span> {
+        spans
+            .iter()
+            .filter(|s| s.parent_span_id == parent.span_id && s.name == name)
+            .cloned()
+            .collect()
+    };
+    for stage in ["sanitize", "cache", "retrieve", "generate", "record"] {
+        assert_eq!(child_of(request, stage).len(), 1, "{stage}: {spans:#?}");
+    }
+    let generate = &child_of(request, "generate")[0];
+    let attempts = child_of(generate, "chat ok");
+    assert_eq!(attempts.len(), 1, "{spans:#?}");
+    let failed = child_of(generate, "chat status-503#traced");
+    assert_eq!(failed.len(), 1, "{spans:#?}");
+    assert_eq!(text(&failed[0], "error.type"), Some("http_5xx"));
+    assert_eq!(text(&attempts[0], "gen_ai.request.model"), Some("ok"));
+    assert!(attempts.iter().all(|a| hex(&a.trace_id) == TRACE_ID));
+
+    // The provider was told the trace, with the attempt as the parent.
+    let seen = fake.last_request();
+    assert_eq!(
+        seen.traceparent.as_deref(),
+        Some(format!("00-{TRACE_ID}-{}-01", hex(&attempts[0].span_id)).as_str())
+    );
+    // No text and no key anywhere in a trace.
+    let every_value = format!("{spans:?}");
+    for secret in [PROVIDER_KEY, CLIENT_KEY, "13812345678", "secret", "Hello"] {
+        assert!(!every_value.contains(secret), "{secret} is in a trace");
+    }
+    drop(served);
+}
+
+#[tokio::test]
+async fn a_collector_that_is_down_costs_requests_nothing_and_is_reported() {
+    let fake = FakeProvider::start().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let served = Served::start(&config(&fake, &address)).await;
+    let started = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(served.chat(None).await.status(), 200);
+    }
+    // Each request fails over once and answers; none waits on the exporter.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let metrics = || async {
+        reqwest::get(format!("{}/metrics", served.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = metrics().await;
+        let failures = text
+            .lines()
+            .find_map(|l| l.strip_prefix("ragway_trace_export_failures_total "))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+        if failures > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no export failure counted:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Said once in the log (written by the log's own thread).
+    let said = || {
+        let log = served.log.lock().unwrap();
+        log.iter()
+            .filter(|l| l.contains("the trace collector does not take spans"))
+            .count()
+    };
+    while said() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            served.log.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(served.chat(None).await.status(), 200);
+    assert_eq!(said(), 1, "told once per outage");
+    drop(served.child);
+}
