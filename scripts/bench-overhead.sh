@@ -10,7 +10,9 @@
 # audit); `pii-audit` asks with a mobile number in the question (a placeholder goes
 # upstream, the answer is restored) and writes every call to the Postgres audit table;
 # `governed` admits and settles every call against a managed key's and its tenant's
-# limits and budgets.
+# limits and budgets; `traced` exports every request's trace (100 % sampled) to an
+# OTLP collector on loopback (scripts/lib/otlp_sink.py), and `traced-down` to an
+# address where none listens.
 #
 #   scripts/bench-overhead.sh            (DURATION=10s by default; RAGWAY_BIN=path
 #                                         measures that binary instead of a fresh build)

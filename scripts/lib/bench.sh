@@ -111,10 +111,37 @@ config_toml() {
     governed)
       printf '[auth]\nadmin_key_env = "BENCH_ADMIN_KEY"\n[governance]\ndatabase = "sqlite://%s/keys.db"\n' "$work"
       ;;
+    traced)
+      start_otlp_sink "$OTLP_PORT"
+      printf '[tracing]\nendpoint = "http://127.0.0.1:%s"\nsample_ratio = 1.0\n' "$OTLP_PORT"
+      ;;
+    traced-down)
+      # Nothing listens there: every export fails.
+      printf '[tracing]\nendpoint = "http://127.0.0.1:%s"\nsample_ratio = 1.0\nexport_timeout = "2s"\n' "$((OTLP_PORT + 1))"
+      ;;
     *) echo "unknown configuration: $1" >&2; exit 1 ;;
   esac
 }
 export BENCH_ADMIN_KEY=${BENCH_ADMIN_KEY:-bench-admin}
+OTLP_PORT=${OTLP_PORT:-18317}
+
+# For `traced`: scripts/lib/otlp_sink.py on 127.0.0.1:PORT, in a venv of its own
+# with grpcio (kept under ~/.cache/ragway/bench-venv), once per run.
+start_otlp_sink() { # port
+  [ -n "${otlp_pid:-}" ] && return 0
+  local venv=$HOME/.cache/ragway/bench-venv
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv" >&2
+  "$venv/bin/python" -c 'import grpc' 2>/dev/null || "$venv/bin/pip" install -q grpcio >&2
+  "$venv/bin/python" scripts/lib/otlp_sink.py "$1" 2>"$work/otlp.log" &
+  otlp_pid=$!
+  pids+=($otlp_pid)
+  for _ in $(seq 50); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "the OTLP sink did not start: $(cat "$work/otlp.log")" >&2
+  exit 1
+}
 
 # For `governed`: a managed key of a tenant, both with limits no benchmark reaches
 # and a budget; prints the key. Nothing for the other configurations.
