@@ -71,6 +71,7 @@ rss_lines=()
 audit_rows() { psql "$AUDIT_DATABASE" -Atc "SELECT count(*) FROM audit_log WHERE instance = 'bench'" 2>/dev/null || echo 0; }
 for config in $CONFIGS; do
   [ "$config" = pii-audit ] && rows_before=$(audit_rows)
+  [ "$config" = traced ] && start_otlp_sink "$OTLP_PORT"
   start_gateway "$GATEWAY_PORT" "$UPSTREAM_PORT" "$(config_toml "$config")"
   body=$(body_for "$config")
   key=$(bench_key "$config" "$GATEWAY_PORT")

@@ -406,6 +406,18 @@ async fn open_store(
             )
             .await
             .map_err(|e| BuildError::Retrieval(e.to_string()))?;
+            if let Some(version) = server.untested_version() {
+                tracing::warn!(
+                    url = %url,
+                    version,
+                    "the Qdrant server's release is not one ragway is tested with (1.16 to 1.20): \
+                     what it lacks fails the calls that need it; the v1.16.3 of docker-compose.yml \
+                     and the Helm values is"
+                );
+                if let Some(metrics) = metrics {
+                    metrics.vector_store_differs("server_version");
+                }
+            }
             for difference in server.differences() {
                 tracing::warn!(
                     collection = %collection,

@@ -33,6 +33,36 @@ fn rag_config(fake: &FakeProvider, dir: &TempDir, extra: &str) -> String {
     )
 }
 
+/// `config` with its embedded store in `dir` replaced by `server`'s `[retrieval]`
+/// lines (`None` keeps the embedded store).
+fn on_store(config: String, dir: &TempDir, server: Option<&str>) -> String {
+    let Some(server) = server else {
+        return config;
+    };
+    let embedded = format!("path = \"{}\"", dir.0.join("qdrant").display());
+    assert!(config.contains(&embedded));
+    config.replace(&embedded, server)
+}
+
+/// Runs `test` with the `[retrieval]` lines of a fresh collection on the Qdrant
+/// server `QDRANT_URL` names (skipped without one), and deletes it afterwards.
+async fn on_qdrant_server<F, T>(test: F)
+where
+    F: FnOnce(String) -> T,
+    T: std::future::Future<Output = ()> + Send + 'static,
+{
+    let Some((url, api_key)) = crate::store_server::server() else {
+        return;
+    };
+    let collection = format!("ragway_test_{}", uuid::Uuid::new_v4().simple());
+    let store = format!("store = \"qdrant\"\nurl = \"{url}\"\ncollection = \"{collection}\"");
+    let outcome = tokio::spawn(test(store)).await;
+    crate::store_server::drop_collections(&url, api_key, &collection).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic.into_panic());
+    }
+}
+
 async fn start(extra: &str) -> (FakeProvider, Gateway, TempDir) {
     let fake = FakeProvider::start().await;
     let dir = TempDir::new();
@@ -84,12 +114,23 @@ fn grounding_seen(fake: &FakeProvider) -> String {
 
 #[tokio::test]
 async fn an_ingested_document_grounds_the_answer_and_is_cited() {
+    grounds_and_cites(None).await;
+}
+
+/// The same on a Qdrant server, when one is given (`QDRANT_URL`).
+#[tokio::test]
+async fn an_ingested_document_grounds_the_answer_and_is_cited_on_a_qdrant_server() {
+    on_qdrant_server(|store| async move { grounds_and_cites(Some(store)).await }).await;
+}
+
+/// `server`: the `[retrieval]` lines of a Qdrant server (`None`: the embedded store).
+async fn grounds_and_cites(server: Option<String>) {
     let fake = FakeProvider::start().await;
     let _dir = TempDir::new();
     let audit = std::sync::Arc::new(MemoryAudit::default());
     let sink = audit.clone();
-    let gw = Gateway::start_customized(&rag_config(&fake, &_dir, ""), &[], move |p| p.audit = sink)
-        .await;
+    let config = on_store(rag_config(&fake, &_dir, ""), &_dir, server.as_deref());
+    let gw = Gateway::start_customized(&config, &[], move |p| p.audit = sink).await;
     let response = post_document(
         &gw,
         None,
@@ -663,14 +704,45 @@ async fn hybrid_retrieval_finds_the_labelled_passages() {
     );
 }
 
+/// The labelled questions find the same passages on a Qdrant server as in the
+/// embedded store (when a server is given: `QDRANT_URL`): the same documents,
+/// chunks, vectors and fusion, so the same recall in every mode.
+#[tokio::test]
+async fn a_qdrant_server_finds_the_labelled_passages_as_the_embedded_store_does() {
+    on_qdrant_server(|store| async move {
+        let asked = [
+            (Mode::Dense, "all"),
+            (Mode::Keyword, "all"),
+            (Mode::Hybrid, "all"),
+            (Mode::Hybrid, "cross"),
+        ];
+        let model = "models/e5-small-q4.bin";
+        let server = labelled_scores_on(model, &asked, Some(&store)).await;
+        let embedded = labelled_scores(model, &asked).await;
+        for (((mode, set), on_server), in_process) in asked.iter().zip(&server).zip(&embedded) {
+            assert!(
+                (on_server - in_process).abs() < 1e-9,
+                "{mode:?} {set}: recall@5 {on_server:.3} on the server, {in_process:.3} embedded"
+            );
+        }
+    })
+    .await;
+}
+
 /// Recall@5 with the embedder `model` for each (mode, set) asked, in order: sets
 /// are the labelled questions (`zh`, `en`, `all`) and the cross-lingual ones
 /// (`cross`).
 async fn labelled_scores(model: &str, asked: &[(Mode, &str)]) -> Vec<f64> {
+    labelled_scores_on(model, asked, None).await
+}
+
+/// [`labelled_scores`] on `server` (the `[retrieval]` lines of a Qdrant server).
+async fn labelled_scores_on(model: &str, asked: &[(Mode, &str)], server: Option<&str>) -> Vec<f64> {
     use ragway::retrieve::eval::{evaluate, read_questions};
     let fake = FakeProvider::start().await;
     let dir = TempDir::new();
-    let config = rag_config(&fake, &dir, "").replace("models/all-MiniLM-L6-v2", model);
+    let config = on_store(rag_config(&fake, &dir, ""), &dir, server)
+        .replace("models/all-MiniLM-L6-v2", model);
     let corpus = AppState::open_corpus(&parse(&config)).await.unwrap();
     let root = PathBuf::from("tests/data/rag");
     let mut names: Vec<_> = std::fs::read_dir(root.join("docs"))
@@ -1098,16 +1170,11 @@ async fn a_new_embedder_takes_the_store_over_by_reindexing() {
 /// command runs beside a serving gateway.
 #[tokio::test]
 async fn a_new_embedder_takes_a_qdrant_collection_over_by_reindexing() {
-    let Some((url, api_key)) = crate::store_server::server() else {
-        return;
-    };
-    let collection = format!("ragway_test_{}", uuid::Uuid::new_v4().simple());
-    let store = format!("store = \"qdrant\"\nurl = \"{url}\"\ncollection = \"{collection}\"");
-    let outcome = tokio::spawn(takes_the_store_over_by_reindexing(Some(store))).await;
-    crate::store_server::drop_collections(&url, api_key, &collection).await;
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic.into_panic());
-    }
+    on_qdrant_server(takes_the_store_over_by_reindexing_on).await;
+}
+
+async fn takes_the_store_over_by_reindexing_on(store: String) {
+    takes_the_store_over_by_reindexing(Some(store)).await;
 }
 
 /// `server`: the `[retrieval]` lines of a Qdrant server (`None`: the embedded store).
@@ -1118,11 +1185,7 @@ async fn takes_the_store_over_by_reindexing(server: Option<String>) {
         "{}\n[auth]\nadmin_key_env = \"ADMIN\"\n",
         rag_config(&fake, &dir, "")
     );
-    if let Some(server) = &server {
-        let embedded = format!("path = \"{}\"", dir.0.join("qdrant").display());
-        assert!(minilm.contains(&embedded));
-        minilm = minilm.replace(&embedded, server);
-    }
+    minilm = on_store(minilm, &dir, server.as_deref());
     let e5 = minilm.replace("models/all-MiniLM-L6-v2", "models/e5-small-q4.bin");
     let parse = |config: &str| {
         Config::from_toml(config, &Env::from_pairs([("ADMIN", "admin-secret")])).unwrap()

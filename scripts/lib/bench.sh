@@ -112,7 +112,7 @@ config_toml() {
       printf '[auth]\nadmin_key_env = "BENCH_ADMIN_KEY"\n[governance]\ndatabase = "sqlite://%s/keys.db"\n' "$work"
       ;;
     traced)
-      start_otlp_sink "$OTLP_PORT"
+      # The collector: start_otlp_sink (in the caller's shell, before this).
       printf '[tracing]\nendpoint = "http://127.0.0.1:%s"\nsample_ratio = 1.0\n' "$OTLP_PORT"
       ;;
     traced-down)
@@ -132,7 +132,7 @@ start_otlp_sink() { # port
   local venv=$HOME/.cache/ragway/bench-venv
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv" >&2
   "$venv/bin/python" -c 'import grpc' 2>/dev/null || "$venv/bin/pip" install -q grpcio >&2
-  "$venv/bin/python" scripts/lib/otlp_sink.py "$1" 2>"$work/otlp.log" &
+  "$venv/bin/python" scripts/lib/otlp_sink.py "$1" >"$work/otlp.log" 2>&1 &
   otlp_pid=$!
   pids+=($otlp_pid)
   for _ in $(seq 50); do

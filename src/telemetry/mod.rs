@@ -210,7 +210,7 @@ impl Metrics {
             ),
             vector_store_differs: gauge(
                 "ragway_vector_store_setting_differs",
-                "1 for each layout setting the Qdrant collection has otherwise than configured",
+                "1 for each layout setting the Qdrant collection has otherwise than configured, and for a server release outside those tested (server_version)",
                 &["setting"],
             ),
             limits_shared: gauge(

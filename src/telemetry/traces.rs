@@ -101,7 +101,17 @@ where
         .build();
     let tracer = provider.tracer("ragway");
     let _ = ON.set(TraceContextPropagator::new());
+    // Only what the spans say: no code location, thread, level or target
+    // attributes, no busy/idle timing and no OpenTelemetry context made current
+    // at each poll (the `traceparent` sent upstream is read from the span
+    // itself). Each of those is work per span or per poll on the request path.
     let layer = tracing_opentelemetry::layer()
+        .with_location(false)
+        .with_threads(false)
+        .with_level(false)
+        .with_target(false)
+        .with_tracked_inactivity(false)
+        .with_context_activation(false)
         .with_tracer(tracer)
         .with_filter(
             tracing_subscriber::filter::Targets::new().with_target(TARGET, tracing::Level::INFO),

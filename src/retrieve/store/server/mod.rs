@@ -68,6 +68,21 @@ pub use generations::{GENERATION_TTL, generation_point_id, generations_collectio
 use generations::{next_generation, parse_generation, tenant_point_id, unix_micros};
 use schema::*;
 
+/// The Qdrant server releases this backend is tested with: 1.16 (the suite's
+/// server, v1.16.3) up to the client's own (1.20). Earlier ones lack the
+/// payload and index options the collection is made with.
+pub const TESTED_RELEASES: std::ops::RangeInclusive<(u32, u32)> = (1, 16)..=(1, 20);
+
+/// Whether release `version` (`1.16.3`, `v1.17.0`) is within [`TESTED_RELEASES`].
+fn tested_release(version: &str) -> bool {
+    let mut parts = version.trim_start_matches('v').split('.');
+    let mut number = || parts.next().and_then(|n| n.parse::<u32>().ok());
+    match (number(), number()) {
+        (Some(major), Some(minor)) => TESTED_RELEASES.contains(&(major, minor)),
+        _ => false,
+    }
+}
+
 /// Points per upsert request: a long document's chunks go in several requests
 /// (all written before the old version's stale chunks are deleted).
 const UPSERT_BATCH: usize = 128;
@@ -95,6 +110,8 @@ pub struct QdrantServer {
     cluster: ClusterSettings,
     /// Where the existing collection is laid out otherwise.
     differences: Vec<Difference>,
+    /// The server's release, as it reports it (`1.16.3`).
+    version: String,
 }
 
 impl QdrantServer {
@@ -136,7 +153,7 @@ impl QdrantServer {
             .skip_compatibility_check()
             .build()
             .map_err(|e| StoreError::Unavailable(format!("Qdrant at {url}: {}", describe(&e))))?;
-        client.health_check().await.map_err(|e| {
+        let health = client.health_check().await.map_err(|e| {
             StoreError::Unavailable(format!("cannot reach Qdrant at {url}: {}", describe(&e)))
         })?;
         let mut store = QdrantServer {
@@ -150,6 +167,7 @@ impl QdrantServer {
             stale: Mutex::new(HashMap::new()),
             cluster,
             differences: Vec::new(),
+            version: health.version,
         };
         store.differences = store.prepare_chunks().await?;
         store.prepare_generations().await?;
@@ -159,6 +177,12 @@ impl QdrantServer {
     /// Where the existing collection is laid out otherwise than configured.
     pub fn differences(&self) -> &[Difference] {
         &self.differences
+    }
+
+    /// The server's release when it is not one this backend is tested with
+    /// ([`TESTED_RELEASES`]): it may lack what the backend asks of it.
+    pub fn untested_version(&self) -> Option<&str> {
+        (!tested_release(&self.version)).then_some(self.version.as_str())
     }
 
     /// The collection this store writes to.
@@ -757,6 +781,16 @@ mod tests {
     };
 
     use super::*;
+
+    #[test]
+    fn releases_outside_the_tested_range_are_named() {
+        for tested in ["1.16.3", "v1.16.0", "1.18.2", "1.20.0"] {
+            assert!(tested_release(tested), "{tested}");
+        }
+        for untested in ["1.15.5", "1.21.0", "2.0.0", "dev", ""] {
+            assert!(!tested_release(untested), "{untested}");
+        }
+    }
 
     fn payload() -> ChunkPayload {
         ChunkPayload {
