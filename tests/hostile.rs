@@ -430,7 +430,7 @@ async fn a_hostile_caller_cannot_exhaust_or_stall_the_gateway() {
     // Rounds of slow heads, slow bodies and a burst, with the normal caller
     // asking throughout; memory is read after each round.
     let mut rss = Vec::new();
-    for round in 0..2 {
+    for round in 0..3 {
         let attack = async {
             let heads = slow_heads(ip("127.0.0.2"), to, 150);
             let bodies = slow_bodies(ip("127.0.0.3"), to, 150);
@@ -511,9 +511,13 @@ async fn a_hostile_caller_cannot_exhaust_or_stall_the_gateway() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    // Flat: the second round leaves the process no larger than the first did, give
-    // or take allocator noise.
-    assert!(rss[1] <= rss[0] * 1.10 + 8.0, "RSS {rss:?} MiB");
+    // Flat: the last round leaves the process no larger than the rounds before it
+    // did, give or take allocator noise. A burst's peak varies with how its 2,000
+    // requests overlap (one round's can stand tens of MiB above another's on a
+    // loaded host), so the last is held to the larger of the two before: memory
+    // kept per request grows every round and still shows.
+    let before = rss[0].max(rss[1]);
+    assert!(rss[2] <= before * 1.10 + 8.0, "RSS {rss:?} MiB");
 
     // Abandoned uploads. Two held open fill the tenant's ingestion slots: a third
     // is refused with 429 before its body is read.
