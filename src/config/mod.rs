@@ -21,7 +21,7 @@ mod providers;
 mod raw;
 mod retrieval;
 mod server;
-mod tracing;
+mod traces;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -64,7 +64,7 @@ pub struct Config {
     /// Keys and tenants as data; off (keys from `[auth]` only) when absent.
     pub governance: Option<GovernanceConfig>,
     /// Traces to an OTLP collector; off when the section is absent.
-    pub tracing: Option<tracing::TraceSettings>,
+    pub tracing: Option<traces::TraceSettings>,
 }
 
 pub use crate::secret::Secret;

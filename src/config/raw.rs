@@ -34,5 +34,5 @@ pub struct RawConfig {
     pub cache: Option<super::cache::RawCache>,
     pub audit: Option<super::audit::RawAudit>,
     pub governance: Option<super::governance::RawGovernance>,
-    pub tracing: Option<super::tracing::RawTracing>,
+    pub tracing: Option<super::traces::RawTracing>,
 }

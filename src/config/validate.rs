@@ -104,9 +104,7 @@ pub(super) fn validate(raw: RawConfig, env: &Env) -> (Config, Vec<Problem>) {
         let redis = cache.as_ref().and_then(|c| c.redis.as_ref());
         super::governance::governance(g, audit, redis, env, &mut problems)
     });
-    let tracing = raw
-        .tracing
-        .map(|t| super::tracing::tracing(t, &mut problems));
+    let tracing = raw.tracing.map(|t| super::traces::traces(t, &mut problems));
     let providers: BTreeMap<_, _> = raw
         .providers
         .into_iter()

@@ -15,7 +15,8 @@ use serde_json::{Map, Value, json};
 use super::body::{invalid, only_known, parse_json};
 use super::chat::Called;
 use super::voice::{
-    MAX_INLINE_AUDIO, MAX_SPOKEN_CHARS, model, passed, read_asr, read_tts, recognised, spoken_audio,
+    MAX_INLINE_AUDIO, MAX_SPOKEN_CHARS, model, passed, read_tts, recognised, recognition,
+    spoken_audio,
 };
 use crate::error::GatewayError;
 use crate::generate::ModelKind;
@@ -226,10 +227,12 @@ async fn read_transcription(
             limit: MAX_INLINE_AUDIO,
         });
     }
+    let model = model(&asked)?;
+    // Encoded here from the upload: base64 by construction, its size known.
     use base64::Engine as _;
     let data = base64::engine::general_purpose::STANDARD.encode(&audio);
-    asked.insert("audio".to_owned(), json!({"format": format, "data": data}));
-    let (model, mut call) = read_asr(asked)?;
+    let summary = json!({"audio": {"format": format, "bytes": audio.len()}});
+    let mut call = recognition(&model, json!({"format": format, "data": data}), summary);
     // OpenAI's answer is the text: an answer without one is a failed attempt.
     call.accept = |answer| match recognised(answer) {
         Some(_) => Ok(()),

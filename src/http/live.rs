@@ -19,9 +19,8 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
 use super::chat::Called;
-use super::observe::Recorded;
+use super::observe::{Recorded, refusal};
 use super::server::ConnectionHold;
-use crate::audit::CallRecord;
 use crate::error::GatewayError;
 use crate::generate::ModelKind;
 use crate::generate::live::MAX_MESSAGE;
@@ -98,14 +97,9 @@ fn refused(state: &AppState, called: &Called, status: u16, error: Option<&'stati
         .origin
         .clone()
         .unwrap_or_else(|| crate::audit::Origin::internal("/v1/voice/asr"));
-    let mut record = CallRecord::refused(&called.request_id, origin, status, error);
-    if status == 499 {
-        record.outcome = crate::call::Outcome::Abandoned;
-    }
-    record.latency = called.started.elapsed();
+    let (id, latency) = (&called.request_id, called.started.elapsed());
+    let mut record = refusal(id, origin, (status, error), Some(&called.caller), latency);
     record.stream = true;
-    record.tenant = Some(called.caller.tenant.to_string());
-    record.key_id = called.caller.key_id.as_deref().map(str::to_owned);
     state.pipeline.audit.record(record);
 }
 

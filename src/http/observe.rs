@@ -74,8 +74,10 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     // Its parent is the client's `traceparent`; disabled without `[tracing]`.
     let traced =
         crate::telemetry::traces::request_span(method.as_str(), route_name, request.headers());
-    traced.record("ragway.request_id", &*id);
-    request.extensions_mut().insert(TraceSpan(traced.clone()));
+    if crate::telemetry::traces::on() {
+        traced.record("ragway.request_id", &*id);
+        request.extensions_mut().insert(TraceSpan(traced.clone()));
+    }
     let mut response = next
         .run(request)
         .instrument(traced.clone())
@@ -142,30 +144,46 @@ enum End {
 
 impl Drop for Unrecorded {
     fn drop(&mut self) {
-        let (mut record, caller) = match std::mem::replace(&mut self.end, End::Recorded) {
+        let (status, error, caller) = match std::mem::replace(&mut self.end, End::Recorded) {
             End::Recorded => return,
-            End::Abandoned => {
-                let mut record = CallRecord::refused(&self.id, self.origin.clone(), 499, None);
-                record.outcome = crate::call::Outcome::Abandoned;
-                (record, None)
-            }
+            End::Abandoned => (499, None, None),
             End::Responded {
                 status,
                 error,
                 caller,
-            } => {
-                let record = CallRecord::refused(&self.id, self.origin.clone(), status, error);
-                (record, caller)
-            }
+            } => (status, error, caller),
         };
-        record.latency = self.started.elapsed();
         let caller = caller.or_else(|| identify(&self.state, self.key.take()));
-        if let Some(caller) = caller {
-            record.tenant = Some(caller.tenant.to_string());
-            record.key_id = caller.key_id.as_deref().map(str::to_owned);
-        }
+        let record = refusal(
+            &self.id,
+            self.origin.clone(),
+            (status, error),
+            caller.as_ref(),
+            self.started.elapsed(),
+        );
         self.state.pipeline.audit.record(record);
     }
+}
+
+/// The record of a call the pipeline never ran: refused (`status`, `error`), or
+/// left by its client before an answer (499: abandoned).
+pub(super) fn refusal(
+    id: &str,
+    origin: Origin,
+    (status, error): (u16, Option<&'static str>),
+    caller: Option<&Caller>,
+    latency: std::time::Duration,
+) -> CallRecord {
+    let mut record = CallRecord::refused(id, origin, status, error);
+    if status == 499 {
+        record.outcome = crate::call::Outcome::Abandoned;
+    }
+    record.latency = latency;
+    if let Some(caller) = caller {
+        record.tenant = Some(caller.tenant.to_string());
+        record.key_id = caller.key_id.as_deref().map(str::to_owned);
+    }
+    record
 }
 
 /// Where the request came from: the route's pattern, the client's address (from

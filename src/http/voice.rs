@@ -196,14 +196,19 @@ pub(super) fn read_asr(asked: Map<String, Value>) -> Result<(String, PassThrough
             (json!({"format": format, "url": url}), summary)
         }
     };
-    let call = PassThrough {
-        body: json!({"model": model, "audio": source}),
+    Ok((model.clone(), recognition(&model, source, summary)))
+}
+
+/// The recognition of `audio` (`{"format", "url" | "data"}`, checked) by alias
+/// `model`'s targets; `summary` is what the record keeps of it.
+pub(super) fn recognition(model: &str, audio: Value, summary: Value) -> PassThrough {
+    PassThrough {
+        body: json!({"model": model, "audio": audio}),
         spoken: None,
         summary,
         text_of: |answer| recognised(answer).map(str::to_owned),
         accept: |_| Ok(()),
-    };
-    Ok((model, call))
+    }
 }
 
 /// The most audio one recognition may carry inline (decoded): ten minutes of

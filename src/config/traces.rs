@@ -17,7 +17,7 @@ pub struct RawTracing {
     pub export_timeout: Option<String>,
 }
 
-pub(super) fn tracing(raw: RawTracing, problems: &mut Problems) -> TraceSettings {
+pub(super) fn traces(raw: RawTracing, problems: &mut Problems) -> TraceSettings {
     let endpoint = raw.endpoint.unwrap_or_default();
     if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
         problems.add(
