@@ -5,7 +5,8 @@
 # builds can be told apart by changes a timed run would lose in its noise.
 #
 #   scripts/bench-instructions.sh        (CONFIGS="bare pii-audit", SECONDS_COUNTED=20;
-#                                         RAGWAY_BIN=path counts a given binary)
+#                                         RAGWAY_BIN=path counts a given binary;
+#                                         KEEP_DUMPS=dir keeps the profiles)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +25,7 @@ url="http://127.0.0.1:$GATEWAY_PORT"
 echo "| configuration | requests counted | instructions | instructions per request |"
 echo "|---|---:|---:|---:|"
 for config in $CONFIGS; do
+  [ "$config" = traced ] && start_otlp_sink "$OTLP_PORT"
   GATEWAY_WRAP="valgrind --tool=callgrind --callgrind-out-file=$work/callgrind.$config" \
     start_gateway "$GATEWAY_PORT" "$UPSTREAM_PORT" "$(config_toml "$config")"
   write_post_lua "$(body_for "$config")"
@@ -38,6 +40,8 @@ for config in $CONFIGS; do
   # The dump taken after zeroing is the newest file (the exit writes another, later).
   dump=$(ls -tr "$work"/callgrind."$config"* | grep -v "callgrind.$config\$" | tail -1)
   instructions=$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")
+  # KEEP_DUMPS=dir keeps the profile, for callgrind_annotate.
+  if [ -n "${KEEP_DUMPS:-}" ]; then cp "$dump" "$KEEP_DUMPS/callgrind.$config"; fi
   awk -v k="$config" -v n="$requests" -v i="$instructions" \
     'BEGIN { printf "| %s | %d | %d | %.0f |\n", k, n, i, i / n }'
 done

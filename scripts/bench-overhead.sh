@@ -11,8 +11,9 @@
 # upstream, the answer is restored) and writes every call to the Postgres audit table;
 # `governed` admits and settles every call against a managed key's and its tenant's
 # limits and budgets; `traced` exports every request's trace (100 % sampled) to an
-# OTLP collector on loopback (scripts/lib/otlp_sink.py), and `traced-down` to an
-# address where none listens.
+# OTLP collector on loopback (scripts/lib/otlp_sink.py; its CPU per request is
+# printed, and with OTLP_SINK_IDLE=1 it runs only on otherwise idle cores, as a
+# collector elsewhere would), and `traced-down` to an address where none listens.
 #
 #   scripts/bench-overhead.sh            (DURATION=10s by default; RAGWAY_BIN=path
 #                                         measures that binary instead of a fresh build)
@@ -68,6 +69,7 @@ done
 echo "| configuration | concurrency | direct RPS | ragway RPS | ragway ÷ direct | direct p50 ms | ragway p50 ms | ragway p99 ms | overhead p50 ms | gateway CPU µs/request |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 rss_lines=()
+sink_lines=()
 audit_rows() { psql "$AUDIT_DATABASE" -Atc "SELECT count(*) FROM audit_log WHERE instance = 'bench'" 2>/dev/null || echo 0; }
 for config in $CONFIGS; do
   [ "$config" = pii-audit ] && rows_before=$(audit_rows)
@@ -84,7 +86,16 @@ assert c == "Hello! How can I help you today?", c' >&2
   write_post_lua "$body" "$key"
   for c in $CONCURRENCY; do
     read -r d_rps d_p50 _ _ <<<"${direct[$c]}"
+    [ "$config" = traced ] && sink_before=$(cpu_ticks "$otlp_pid")
     read -r g_rps g_p50 g_p99 g_cpu < <(measure "http://127.0.0.1:$GATEWAY_PORT/v1/chat/completions" "$c" "$ragway_pid")
+    if [ "$config" = traced ]; then
+      # The collector shares these two cores: its CPU per request, and whether
+      # every trace was sent.
+      sink_lines+=("$(awk -v t=$(($(cpu_ticks "$otlp_pid") - sink_before)) -v hz="$(getconf CLK_TCK)" \
+        -v n="$(awk -v r="$g_rps" -v d="${DURATION%s}" 'BEGIN { print r * d }')" -v c="$c" \
+        'BEGIN { printf "traced at %s: the OTLP sink used %.1f µs of CPU per request", c, t / hz / n * 1e6 }'); \
+$(curl -sf "http://127.0.0.1:$GATEWAY_PORT/metrics" | grep -E '^ragway_trace(s_dropped|_export_failures)_total ' | tr '\n' ' ')")
+    fi
     awk -v k="$config" -v c="$c" -v a="$d_rps" -v b="$d_p50" -v e="$g_rps" -v f="$g_p50" -v g="$g_p99" -v u="$g_cpu" \
       'BEGIN { printf "| %s | %s | %.0f | %.0f | %.2f | %.3f | %.3f | %.3f | %.3f | %s |\n", k, c, a, e, e / a, b, f, g, f - b, u }'
   done
@@ -119,3 +130,4 @@ for rate in $RATES; do
 done
 echo
 printf '%s\n' "${rss_lines[@]}"
+if [ ${#sink_lines[@]} -gt 0 ]; then printf '%s\n' "${sink_lines[@]}"; fi

@@ -586,13 +586,14 @@ fn serve(config: Config) -> ExitCode {
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
-    // The trace exporter's gRPC client lives on the runtime.
-    let (_log_guard, traces_guard) = {
-        let _inside = runtime.enter();
-        ragway::telemetry::init_logging(&config.log, config.tracing.as_ref())
-    };
+    let _log_guard = ragway::telemetry::init_logging(&config.log);
+    let traces_guard = config.tracing.as_ref().and_then(|settings| {
+        ragway::telemetry::traces::start(settings)
+            .map_err(|error| tracing::error!(%error, "traces are not exported"))
+            .ok()
+    });
     let result = runtime.block_on(run(config));
-    // What spans are queued are sent while the runtime still runs.
+    // What traces are queued are sent, within the export timeout.
     drop(traces_guard);
     // Work on blocking threads that nothing waits for any more (a document's
     // extraction whose client left) must not hold the exit: the runtime is not

@@ -130,15 +130,36 @@ impl Served {
 }
 
 fn config(fake: &FakeProvider, collector: &str) -> String {
+    config_sampled(fake, collector, 1.0)
+}
+
+fn config_sampled(fake: &FakeProvider, collector: &str, ratio: f64) -> String {
     format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n\
          [providers.fake]\nkind = \"openai\"\nbase_url = \"{}\"\napi_key_env = \"PROVIDER_KEY\"\n\
          retry.attempts = 1\n\
          [models.chat]\ntargets = [\"fake:status-503#traced\", \"fake:ok\"]\n\
+         [models.rr]\nkind = \"rerank\"\ntargets = [\"fake:rerank\"]\nlocal_fallback = false\n\
          [tracing]\nendpoint = \"{collector}\"\nservice_name = \"ragway-test\"\n\
-         export_timeout = \"1s\"\n",
+         export_timeout = \"1s\"\nsample_ratio = {ratio:?}\n",
         fake.base_url()
     )
+}
+
+/// The collector's spans once one named `name` has come (within 20 s).
+async fn spans_once(collector: &Collector, name: &str) -> Vec<Span> {
+    let started = Instant::now();
+    loop {
+        let spans = collector.spans();
+        if spans.iter().any(|s| s.name == name) {
+            return spans;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no {name}: {spans:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -302,4 +323,76 @@ async fn a_collector_that_is_down_costs_requests_nothing_and_is_reported() {
     assert_eq!(served.chat(None).await.status(), 200);
     assert_eq!(said(), 1, "told once per outage");
     drop(served.child);
+}
+
+#[tokio::test]
+async fn the_clients_sampling_decision_is_followed_and_an_unsampled_trace_still_reaches_the_provider()
+ {
+    let fake = FakeProvider::start().await;
+    let (collector, address) = Collector::start().await;
+    // New traces are never kept here: only a client's sampled trace is.
+    let served = Served::start(&config_sampled(&fake, &address, 0.0)).await;
+
+    // No traceparent: a new trace, not kept, but told to the provider unsampled.
+    assert_eq!(served.chat(None).await.status(), 200);
+    let told = fake
+        .last_request()
+        .traceparent
+        .expect("a traceparent upstream");
+    assert!(told.starts_with("00-") && told.ends_with("-00"), "{told}");
+    let unkept = told[3..35].to_owned();
+    assert_ne!(unkept, TRACE_ID);
+
+    // The client's unsampled trace: not kept either, its trace id passed on.
+    let unsampled = format!("00-{TRACE_ID}-{CLIENT_SPAN}-00");
+    assert_eq!(served.chat(Some(&unsampled)).await.status(), 200);
+    let told = fake.last_request().traceparent.unwrap();
+    assert!(
+        told.starts_with(&format!("00-{TRACE_ID}-")) && told.ends_with("-00"),
+        "{told}"
+    );
+    assert!(
+        !told.contains(CLIENT_SPAN),
+        "the attempt is the parent: {told}"
+    );
+
+    // The client's sampled trace is kept, on a relayed endpoint too, and its
+    // `tracestate` is passed on unchanged.
+    let sampled = format!("00-{TRACE_ID}-{CLIENT_SPAN}-01");
+    let answer = reqwest::Client::new()
+        .post(format!("{}/v1/rerank", served.url))
+        .bearer_auth(CLIENT_KEY)
+        .header("traceparent", &sampled)
+        .header("tracestate", "vendor=opaque")
+        .json(&json!({"model": "rr", "query": "invoice", "documents": ["an invoice", "sun"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let seen = fake.last_request();
+    assert_eq!(seen.path, "/v1/rerank");
+    assert_eq!(seen.tracestate.as_deref(), Some("vendor=opaque"));
+    let spans = spans_once(&collector, "POST /v1/rerank").await;
+    let request = spans.iter().find(|s| s.name == "POST /v1/rerank").unwrap();
+    assert_eq!(hex(&request.parent_span_id), CLIENT_SPAN);
+    assert_eq!(request.trace_state, "vendor=opaque");
+    let generate = spans
+        .iter()
+        .find(|s| s.name == "generate" && s.parent_span_id == request.span_id)
+        .expect("the relay is the generate stage");
+    let attempt = spans
+        .iter()
+        .find(|s| s.parent_span_id == generate.span_id)
+        .expect("an attempt under it");
+    assert_eq!(attempt.name, "rerank rerank");
+    assert_eq!(
+        seen.traceparent.as_deref(),
+        Some(format!("00-{TRACE_ID}-{}-01", hex(&attempt.span_id)).as_str())
+    );
+    // Nothing of the unsampled traces was exported.
+    assert!(
+        spans.iter().all(|s| hex(&s.trace_id) == TRACE_ID),
+        "{spans:#?}"
+    );
+    drop(served);
 }

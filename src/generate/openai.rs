@@ -111,8 +111,6 @@ impl OpenAiProvider {
             true => &self.stream_headers,
             false => &self.headers,
         };
-        let traced = crate::telemetry::traces::with_traceparent(headers);
-        let headers = traced.as_ref().unwrap_or(headers);
         let response = self.http.post(uri, headers, body).await?;
         if response.status().is_success() {
             Ok(response)
@@ -189,9 +187,7 @@ impl ChatProvider for OpenAiProvider {
             .map_err(UpstreamError::Connect)?;
         let body = serde_json::to_vec(body)
             .map_err(|e| UpstreamError::Protocol(format!("cannot encode request: {e}")))?;
-        let traced = crate::telemetry::traces::with_traceparent(&self.headers);
-        let headers = traced.as_ref().unwrap_or(&self.headers);
-        let response = self.http.post(uri, headers, body).await?;
+        let response = self.http.post(uri, &self.headers, body).await?;
         if !response.status().is_success() {
             return Err(error_response(response).await);
         }
@@ -215,8 +211,8 @@ impl ChatProvider for OpenAiProvider {
             .url_at(model, path)
             .map_err(UpstreamError::Connect)?;
         let stream = self.http.connect_raw(&uri).await?;
-        let mut headers = crate::telemetry::traces::with_traceparent(&self.headers)
-            .unwrap_or_else(|| self.headers.clone());
+        let mut headers = self.headers.clone();
+        crate::telemetry::traces::propagate(&mut headers);
         headers.remove(header::CONTENT_TYPE);
         super::live::ProviderSocket::open(stream, &socket_url(&uri), &headers).await
     }

@@ -9,8 +9,6 @@ use futures_util::future::BoxFuture;
 use serde_json::Value;
 use tokio::time::{Instant, timeout_at};
 
-use tracing::Instrument as _;
-
 use super::retry::{Disposition, classify};
 use super::router::{Left, Walk, exhausted};
 use super::{Attempt, Route, Target, TimeoutPhase, UpstreamError};
@@ -210,17 +208,14 @@ impl<T> Call<'_, T> {
         let answer_by = Instant::now()
             .checked_add(target.deadlines.first_token)
             .map_or(deadline, |t| t.min(deadline));
-        let span = traces::attempt_span(self.route.kind.name(), &target.id, &target.model);
-        let asked = self.asking.ask(target).instrument(span.clone());
-        let answer = timeout_at(answer_by, asked).await;
-        if let Ok(Err(error)) = &answer {
-            span.record("error.type", error.class());
-        }
-        match answer {
+        let span = traces::Attempt::start(self.route.kind.name(), &target.id);
+        let answer = match timeout_at(answer_by, span.run(self.asking.ask(target))).await {
             Ok(answer) => answer,
             Err(_) if answer_by == deadline => Err(UpstreamError::Timeout(TimeoutPhase::Total)),
             Err(_) => Err(UpstreamError::Timeout(TimeoutPhase::FirstToken)),
-        }
+        };
+        span.end(answer.as_ref().err().map(UpstreamError::class));
+        answer
     }
 }
 

@@ -16,8 +16,6 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use tokio::time::{Instant, timeout_at};
 
-use tracing::Instrument as _;
-
 use super::assemble::{Assembler, collect_into};
 use super::hedge;
 use super::resume::{self, ResumeLog, Resumer};
@@ -179,14 +177,10 @@ impl Router {
             let started = Instant::now();
             let mut partial = None;
             let stream = call.stream || tries.streamed;
-            let span = traces::attempt_span("chat", &target.id, &target.model);
-            let result = self
-                .attempt(target, prompt, stream, deadline, &mut partial)
-                .instrument(span.clone())
-                .await;
-            if let Err(error) = &result {
-                span.record("error.type", error.class());
-            }
+            let span = traces::Attempt::start("chat", &target.id);
+            let attempt = self.attempt(target, prompt, stream, deadline, &mut partial);
+            let result = span.run(attempt).await;
+            span.end(result.as_ref().err().map(UpstreamError::class));
             let latency = started.elapsed();
             let error = match result {
                 Ok(body) => {

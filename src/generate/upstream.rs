@@ -29,6 +29,7 @@ use rustls_platform_verifier::BuilderVerifierExt;
 use thread_local::ThreadLocal;
 
 use super::error::{TimeoutPhase, UpstreamError};
+use crate::telemetry::traces;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Response = hyper::Response<UnsyncBoxBody<Bytes, BoxError>>;
@@ -96,6 +97,7 @@ impl Upstream {
         *request.method_mut() = Method::POST;
         *request.uri_mut() = uri;
         request.headers_mut().clone_from(headers);
+        traces::propagate(request.headers_mut());
         let response = self.pool().request(request).await.map_err(send_error)?;
         Ok(response.map(|body| body.map_err(BoxError::from).boxed_unsync()))
     }
@@ -109,7 +111,11 @@ impl Upstream {
         let response = self
             .proxied
             .post(uri.to_string())
-            .headers(headers.clone())
+            .headers({
+                let mut headers = headers.clone();
+                traces::propagate(&mut headers);
+                headers
+            })
             .body(body)
             .send()
             .await

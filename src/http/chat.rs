@@ -20,6 +20,7 @@ use crate::call::Caller;
 use crate::error::GatewayError;
 use crate::pipeline::{Reply, ReplyBody, RequestCtx};
 use crate::state::AppState;
+use crate::telemetry::traces::Trace;
 use crate::wire::ChatRequest;
 
 pub async fn completions(
@@ -41,8 +42,8 @@ pub(super) struct Called {
     pub request_id: std::sync::Arc<str>,
     pub origin: Option<Origin>,
     pub started: Instant,
-    /// The request's trace span (disabled with traces off).
-    pub span: tracing::Span,
+    /// The request's trace (empty with traces off).
+    pub trace: Trace,
 }
 
 impl Called {
@@ -52,7 +53,7 @@ impl Called {
         if let Some(origin) = self.origin {
             ctx.origin = origin;
         }
-        ctx.span = self.span;
+        ctx.trace = self.trace;
         ctx
     }
 }
@@ -71,7 +72,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Called {
             .get::<Caller>()
             .cloned()
             .ok_or_else(missing)?;
-        let RequestId(request_id) = parts
+        let RequestId(request_id, trace) = parts
             .extensions
             .get::<RequestId>()
             .cloned()
@@ -81,10 +82,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Called {
             request_id,
             origin: parts.extensions.get::<Origin>().cloned(),
             started,
-            span: parts
-                .extensions
-                .get::<super::observe::TraceSpan>()
-                .map_or_else(tracing::Span::none, |s| s.0.clone()),
+            trace,
         })
     }
 }

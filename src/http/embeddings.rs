@@ -50,7 +50,7 @@ enum Encoding {
 pub async fn embeddings(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Extension(RequestId(request_id)): Extension<RequestId>,
+    Extension(RequestId(request_id, _)): Extension<RequestId>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {

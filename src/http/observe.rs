@@ -19,12 +19,15 @@ use crate::audit::{CallRecord, Origin};
 use crate::call::Caller;
 use crate::state::AppState;
 use crate::telemetry::RequestFinished;
+use crate::telemetry::traces::Trace;
 
 pub const REQUEST_ID: &str = "x-request-id";
 
-/// The id of the request being served.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub Arc<str>);
+/// The id of the request being served, and its trace (empty with tracing off):
+/// one extension for both, as each one more may cost the request's map of
+/// extensions a reallocation.
+#[derive(Clone)]
+pub struct RequestId(pub Arc<str>, pub Trace);
 
 /// What a handler tells the access log about the model call it served.
 #[derive(Debug, Clone)]
@@ -33,10 +36,6 @@ pub struct ServedModel {
     pub target: Option<Arc<str>>,
     pub attempts: usize,
 }
-
-/// The request's trace span ([`crate::telemetry::traces`]), for the handlers.
-#[derive(Clone)]
-pub struct TraceSpan(pub tracing::Span);
 
 /// Set on a response whose call the pipeline has recorded (or will, when its
 /// stream ends).
@@ -48,8 +47,13 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     let (id, id_is_ours) = request_id(request.headers());
     let route = request.extensions().get::<MatchedPath>().cloned();
     let method = request.method().clone();
-    request.extensions_mut().insert(RequestId(id.clone()));
     let route_name = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    // Its parent is the client's `traceparent`; empty without `[tracing]`.
+    let trace = Trace::request(&method, route_name, request.headers());
+    trace.set_all(|set| set.push(("ragway.request_id", Arc::clone(&id).into())));
+    request
+        .extensions_mut()
+        .insert(RequestId(id.clone(), trace.clone()));
     // Probes and scrapes are not calls worth a record, nor the console's page
     // views and polls; its sign-ins and changes are.
     let console_view = route_name.starts_with("/console")
@@ -71,19 +75,8 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
         }
     });
     let span = tracing::info_span!("request", request_id = %id);
-    // Its parent is the client's `traceparent`; disabled without `[tracing]`.
-    let traced =
-        crate::telemetry::traces::request_span(method.as_str(), route_name, request.headers());
-    if crate::telemetry::traces::on() {
-        traced.record("ragway.request_id", &*id);
-        request.extensions_mut().insert(TraceSpan(traced.clone()));
-    }
-    let mut response = next
-        .run(request)
-        .instrument(traced.clone())
-        .instrument(span.clone())
-        .await;
-    traced.record(
+    let mut response = next.run(request).instrument(span.clone()).await;
+    trace.set(
         "http.response.status_code",
         i64::from(response.status().as_u16()),
     );

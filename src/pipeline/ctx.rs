@@ -12,6 +12,7 @@ use crate::call::{Attempt, Call};
 use crate::generate::Route;
 use crate::retrieve::Citation;
 use crate::sanitize::Kind;
+use crate::telemetry::traces::Trace;
 use crate::wire::ChatRequest;
 
 pub struct RequestCtx {
@@ -49,10 +50,9 @@ pub struct RequestCtx {
     pub raw_output: bool,
     /// The call's reservation, settled when it is recorded.
     pub permit: Option<Permit>,
-    /// The request's trace span: the stages' spans are its children, and the
-    /// record stage gives it the call's GenAI attributes (disabled without
-    /// `[tracing]`).
-    pub span: tracing::Span,
+    /// The request's trace: the stages' spans are its children, and the record
+    /// stage gives it the call's GenAI attributes (empty without `[tracing]`).
+    pub trace: Trace,
 }
 
 impl RequestCtx {
@@ -103,7 +103,7 @@ impl RequestCtx {
             prompt_text: String::new(),
             raw_output: false,
             permit: None,
-            span: tracing::Span::none(),
+            trace: Trace::default(),
         }
     }
 }

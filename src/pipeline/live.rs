@@ -95,7 +95,8 @@ impl Pipeline {
         }
         let path = ctx.route.kind.route().trim_start_matches("/v1");
         let opener = Opener { call: &call, path };
-        let relayed = relay_with(&self.metrics, &ctx.route, &opener, ctx.call().deadline).await;
+        let opening = relay_with(&self.metrics, &ctx.route, &opener, ctx.call().deadline);
+        let relayed = ctx.trace.stage("generate", opening).await;
         ctx.attempts = relayed.attempts;
         let (target, mut socket) = match relayed.result {
             Ok(opened) => opened,

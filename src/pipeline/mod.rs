@@ -12,8 +12,6 @@ mod stream;
 
 use std::sync::Arc;
 
-use tracing::Instrument as _;
-
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
@@ -139,7 +137,7 @@ impl Pipeline {
     ) -> Result<(Answer, Shaping), GatewayError> {
         let guard = self.guard.list(); // 1. sanitize: the content guard, then PII
         let mut vault = {
-            let _stage = stage(ctx, "sanitize").entered();
+            let _stage = ctx.trace.enter("sanitize");
             self.sanitize(ctx, &mut prompt, &guard)?
         };
         // The cache key includes what retrieval would use: a document change or a
@@ -147,7 +145,7 @@ impl Pipeline {
         ctx.corpus_version = self.retriever.corpus_version(&ctx.call(), &prompt).await?;
         let call = ctx.call();
         let looked_up = self.cache.lookup(&call, &prompt);
-        match looked_up.instrument(stage(ctx, "cache")).await {
+        match ctx.trace.stage("cache", looked_up).await {
             // 2. cache
             CacheLookup::Hit(stored, tier) => {
                 ctx.cache = tier;
@@ -168,11 +166,9 @@ impl Pipeline {
             vault: &mut vault,
         };
         let placeholders = pii.vault.placeholders().count();
-        ctx.citations = self
-            .retriever
-            .ground(&ctx.call(), &mut prompt, &mut pii)
-            .instrument(stage(ctx, "retrieve"))
-            .await?; // 3. retrieve
+        let call = ctx.call();
+        let grounded = self.retriever.ground(&call, &mut prompt, &mut pii);
+        ctx.citations = ctx.trace.stage("retrieve", grounded).await?; // 3. retrieve
         // Passages brought personal data of their own: an answer may name it by a
         // placeholder only this request's vault holds, so it is not kept.
         if vault.placeholders().count() > placeholders {
@@ -182,11 +178,9 @@ impl Pipeline {
             raw: raw_prompt(ctx, &prompt, &vault).map(Arc::new),
             sanitised: Arc::new(prompt),
         };
-        let generated = self
-            .generator
-            .generate(&ctx.call(), &ctx.route, &prompt)
-            .instrument(stage(ctx, "generate"))
-            .await; // 4. generate
+        let call = ctx.call();
+        let generating = self.generator.generate(&call, &ctx.route, &prompt);
+        let generated = ctx.trace.stage("generate", generating).await; // 4. generate
         ctx.attempts = generated.attempts;
         ctx.resumed = generated.resumed;
         let answer = generated.result?;
@@ -253,15 +247,4 @@ fn raw_prompt(ctx: &RequestCtx, prompt: &ChatRequest, vault: &Vault) -> Option<C
     let mut raw = prompt.clone();
     for_each_text(&mut raw, &mut |text| *text = vault.restore(text));
     Some(raw)
-}
-
-/// The trace span of one stage of `ctx`'s call, a child of its request span
-/// (disabled without `[tracing]`).
-fn stage(ctx: &RequestCtx, name: &'static str) -> tracing::Span {
-    tracing::info_span!(
-        target: crate::telemetry::traces::TARGET,
-        parent: &ctx.span,
-        "stage",
-        otel.name = name
-    )
 }

@@ -57,7 +57,11 @@ impl Pipeline {
         }
         let mut summary = call.summary;
         if let (Some(text), Some(at)) = (spoken, call.spoken) {
-            match self.speakable(&mut ctx, &text) {
+            let speakable = {
+                let _stage = ctx.trace.enter("sanitize");
+                self.speakable(&mut ctx, &text)
+            };
+            match speakable {
                 Ok((said, recorded)) => {
                     if let Some(slot) = call.body.pointer_mut(at) {
                         *slot = Value::String(said);
@@ -83,8 +87,9 @@ impl Pipeline {
         };
         let deadline = ctx.call().deadline;
         let accept = |answer: Value| (call.accept)(&answer).map(|()| answer);
-        let relayed =
-            crate::generate::relay(&self.metrics, &ctx.route, path, body, accept, deadline).await;
+        let relaying =
+            crate::generate::relay(&self.metrics, &ctx.route, path, body, accept, deadline);
+        let relayed = ctx.trace.stage("generate", relaying).await;
         ctx.attempts = relayed.attempts;
         let headroom = ctx.permit.as_ref().map(|p| p.headroom).unwrap_or_default();
         match relayed.result {

@@ -78,10 +78,8 @@ impl Pipeline {
 
     /// Stage 6.
     pub(super) fn record(&self, ctx: &mut RequestCtx, finished: Finished) {
-        let _stage = super::stage(ctx, "record").entered();
-        if traces::on() {
-            annotate(ctx, &finished);
-        }
+        let _stage = ctx.trace.enter("record");
+        annotate(ctx, &finished);
         if let Some(permit) = ctx.permit.take() {
             let used = used(ctx, &permit, &finished);
             self.metrics.tokens_used(
@@ -150,42 +148,44 @@ impl Pipeline {
 /// The request's span gets the call's GenAI attributes: what was asked, who
 /// served it, the tokens, the failover chain, how it ended. No text, no key.
 fn annotate(ctx: &RequestCtx, finished: &Finished) {
-    let span = &ctx.span;
-    traces::set(span, "gen_ai.operation.name", ctx.route.kind.name());
-    traces::set(span, "gen_ai.request.model", ctx.route.alias.to_string());
-    if let Some((provider, model)) = finished.target.as_deref().and_then(|t| t.split_once(':')) {
-        traces::set(span, "gen_ai.system", provider.to_owned());
-        traces::set(span, "gen_ai.response.model", model.to_owned());
-    }
-    if let Some(usage) = &finished.usage {
-        traces::set(
-            span,
-            "gen_ai.usage.input_tokens",
-            usage.prompt_tokens as i64,
-        );
-        traces::set(
-            span,
-            "gen_ai.usage.output_tokens",
-            usage.completion_tokens as i64,
-        );
-    }
-    let resumed = ctx.resumed.targets();
-    let chain: Vec<&str> = ctx
-        .attempts
-        .iter()
-        .map(|a| &*a.target)
-        .chain(resumed.iter().map(|t| &**t))
-        .collect();
-    if !chain.is_empty() {
-        traces::set(span, "ragway.failover.chain", chain.join(" > "));
-    }
-    traces::set(span, "ragway.tenant", ctx.caller.tenant.to_string());
-    traces::set(span, "ragway.cache", ctx.cache.as_str());
-    traces::set(span, "ragway.outcome", finished.outcome.as_str());
-    traces::set(span, "ragway.stream", ctx.stream);
-    if let Some(error) = finished.error {
-        traces::set(span, "error.type", error);
-    }
+    ctx.trace.set_all(|attributes| {
+        let mut set = |key, value: traces::Value| attributes.push((key, value));
+        set("gen_ai.operation.name", ctx.route.kind.name().into());
+        set("gen_ai.request.model", Arc::clone(&ctx.route.alias).into());
+        if let Some(target) = &finished.target
+            && let Some((provider, model)) = target.split_once(':')
+        {
+            set("gen_ai.system", provider.to_owned().into());
+            set("gen_ai.response.model", model.to_owned().into());
+        }
+        if let Some(usage) = &finished.usage {
+            set(
+                "gen_ai.usage.input_tokens",
+                (usage.prompt_tokens as i64).into(),
+            );
+            set(
+                "gen_ai.usage.output_tokens",
+                (usage.completion_tokens as i64).into(),
+            );
+        }
+        let resumed = ctx.resumed.targets();
+        let chain: Vec<&str> = ctx
+            .attempts
+            .iter()
+            .map(|a| &*a.target)
+            .chain(resumed.iter().map(|t| &**t))
+            .collect();
+        if !chain.is_empty() {
+            set("ragway.failover.chain", chain.join(" > ").into());
+        }
+        set("ragway.tenant", ctx.caller.tenant.to_string().into());
+        set("ragway.cache", ctx.cache.as_str().into());
+        set("ragway.outcome", finished.outcome.as_str().into());
+        set("ragway.stream", ctx.stream.into());
+        if let Some(error) = finished.error {
+            set("error.type", error.into());
+        }
+    });
 }
 
 /// What a call used: the provider's count; for an answer that ended without one

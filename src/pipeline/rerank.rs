@@ -42,7 +42,11 @@ impl Pipeline {
             }
         }
         let guard = self.guard.list();
-        if let Err(error) = self.sanitize(&mut ctx, &mut prompt, &guard) {
+        let sanitized = {
+            let _stage = ctx.trace.enter("sanitize");
+            self.sanitize(&mut ctx, &mut prompt, &guard)
+        };
+        if let Err(error) = sanitized {
             self.record(&mut ctx, Finished::failed(&error));
             return Err(error);
         }
@@ -53,10 +57,8 @@ impl Pipeline {
         let query = texts.next().unwrap_or_default();
         let documents: Vec<String> = texts.collect();
         let deadline = ctx.call().deadline;
-        let ranked = self
-            .ranker
-            .rank(&ctx.route, &query, &documents, deadline)
-            .await;
+        let ranking = self.ranker.rank(&ctx.route, &query, &documents, deadline);
+        let ranked = ctx.trace.stage("generate", ranking).await;
         ctx.attempts = ranked.attempts;
         let headroom = ctx.permit.as_ref().map(|p| p.headroom).unwrap_or_default();
         match ranked.result {

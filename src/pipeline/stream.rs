@@ -67,21 +67,23 @@ impl Pipeline {
     ) -> mpsc::Receiver<Bytes> {
         let (tx, rx) = mpsc::channel(CHANNEL_FRAMES);
         let pipeline = self.clone();
+        let trace = ctx.trace.clone();
         self.tasks.spawn(
-            async move {
-                let shaper = ChunkShaper::new(&ctx, &target, &shaping);
-                let carried = forward(&pipeline, &ctx, chunks, shaper, tx).await;
-                if !ctx.cache.is_hit() {
-                    pipeline.metrics.upstream_stream_ended(
-                        &target,
-                        carried.end.outcome().as_str(),
-                        started.elapsed(),
-                    );
-                }
-                let finished = pipeline.finished_stream(&ctx, &shaping, target, carried);
-                pipeline.record(&mut ctx, finished); // 6. record
-            }
-            .instrument(tracing::Span::current()),
+            trace
+                .scope(async move {
+                    let shaper = ChunkShaper::new(&ctx, &target, &shaping);
+                    let carried = forward(&pipeline, &ctx, chunks, shaper, tx).await;
+                    if !ctx.cache.is_hit() {
+                        pipeline.metrics.upstream_stream_ended(
+                            &target,
+                            carried.end.outcome().as_str(),
+                            started.elapsed(),
+                        );
+                    }
+                    let finished = pipeline.finished_stream(&ctx, &shaping, target, carried);
+                    pipeline.record(&mut ctx, finished); // 6. record
+                })
+                .instrument(tracing::Span::current()),
         );
         rx
     }

@@ -272,6 +272,7 @@ impl Metrics {
         let _ = metrics
             .registry
             .register(Box::new(traces::EXPORT_FAILURES.clone()));
+        let _ = metrics.registry.register(Box::new(traces::DROPPED.clone()));
         metrics.export_zeros();
         metrics
     }
@@ -654,37 +655,26 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global tracing subscriber: the log, and with `traces` the
-/// OpenTelemetry export ([`traces`]; call it inside the Tokio runtime). `RUST_LOG`
-/// overrides the configured level.
+/// Installs the global tracing subscriber: the log. `RUST_LOG` overrides the
+/// configured level.
 ///
 /// Lines are written to stderr in batches by a background thread (see [`sink`]), so
 /// a request never waits on a write; nothing is dropped. Colours only on a terminal.
-/// Keep the returned guards until exit: dropping them writes what is waiting (drop
-/// the traces' while the runtime still runs).
-pub fn init_logging(
-    config: &LogConfig,
-    traces: Option<&traces::TraceSettings>,
-) -> (sink::LogGuard, Option<traces::TracesGuard>) {
+/// Keep the returned guard until exit: dropping it writes what is waiting.
+pub fn init_logging(config: &LogConfig) -> sink::LogGuard {
     use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     let (writer, guard) = sink::start(std::io::stderr(), crate::secret::scrub);
     // The embedded vector store warns on every index build that its global feature
     // flags were never set: it has no public way to set them, and its defaults are
-    // the ones wanted. The trace spans are the exporter's, not the log's.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new(format!(
-                "{},qdrant_edge::common::flags=error",
-                config.level
-            ))
-        })
-        .add_directive(
-            format!("{}=off", traces::TARGET)
-                .parse()
-                .expect("a static directive"),
-        );
+    // the ones wanted.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!(
+            "{},qdrant_edge::common::flags=error",
+            config.level
+        ))
+    });
     let log = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(writer);
@@ -692,20 +682,11 @@ pub fn init_logging(
         LogFormat::Json => log.json().flatten_event(true).boxed(),
         LogFormat::Text => log.boxed(),
     };
-    let (exported, traces_guard) = match traces.map(traces::layer) {
-        Some(Ok((layer, guard))) => (Some(layer), Some(guard)),
-        Some(Err(error)) => {
-            eprintln!("traces are not exported: {error}");
-            (None, None)
-        }
-        None => (None, None),
-    };
     let result = tracing_subscriber::registry()
         .with(log.with_filter(filter))
-        .with(exported)
         .try_init();
     if let Err(e) = result {
         eprintln!("logging already initialised: {e}");
     }
-    (guard, traces_guard)
+    guard
 }

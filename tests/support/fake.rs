@@ -38,6 +38,7 @@ pub struct SeenRequest {
     pub authorization: Option<String>,
     /// The W3C trace context the gateway sent.
     pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
     pub body: Value,
 }
 
@@ -178,6 +179,10 @@ fn note(
             .map(str::to_owned),
         traceparent: headers
             .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        tracestate: headers
+            .get("tracestate")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
         body: body.clone(),

@@ -1,0 +1,416 @@
+//! A request's trace as it is recorded: the request's span, opened by the
+//! observer, and its children (the stages and each upstream attempt), kept in
+//! memory as ids, times and the few values each needs. Nothing is encoded or
+//! sent on the request's path: when the last holder of the request's trace lets
+//! go (the response sent, or a stream ended), the whole trace is queued for the
+//! exporter as one value.
+//!
+//! The span that is current (a stage, an attempt) is a task-local, so the
+//! provider call deep in `generate` can send its `traceparent` without the
+//! request's context being passed down to it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::future::Either;
+use tokio::task::futures::TaskLocalFuture;
+
+use hyper::Method;
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+
+use super::context::{self, SpanId, TraceId};
+use super::export;
+
+/// An attribute's value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Text(String),
+    Shared(Arc<str>),
+    Static(&'static str),
+    Int(i64),
+    Bool(bool),
+}
+
+impl From<String> for Value {
+    fn from(text: String) -> Value {
+        Value::Text(text)
+    }
+}
+
+impl From<Arc<str>> for Value {
+    fn from(text: Arc<str>) -> Value {
+        Value::Shared(text)
+    }
+}
+
+impl From<&'static str> for Value {
+    fn from(text: &'static str) -> Value {
+        Value::Static(text)
+    }
+}
+
+impl From<i64> for Value {
+    fn from(n: i64) -> Value {
+        Value::Int(n)
+    }
+}
+
+impl From<bool> for Value {
+    fn from(b: bool) -> Value {
+        Value::Bool(b)
+    }
+}
+
+pub type Attribute = (&'static str, Value);
+
+/// A span under the request's: a stage, or one upstream attempt.
+#[derive(Debug, Clone)]
+pub struct Child {
+    pub id: SpanId,
+    pub parent: SpanId,
+    pub start: u64,
+    pub end: u64,
+    pub what: What,
+}
+
+#[derive(Debug, Clone)]
+pub enum What {
+    Stage(&'static str),
+    /// A GenAI client span; `target` is `provider:model`.
+    Attempt {
+        operation: &'static str,
+        target: Arc<str>,
+        error: Option<&'static str>,
+    },
+}
+
+/// A request's whole trace, ended: what the exporter encodes.
+#[derive(Debug)]
+pub struct Finished {
+    pub trace: TraceId,
+    pub span: SpanId,
+    /// The client's span, when its `traceparent` named one.
+    pub parent: Option<SpanId>,
+    pub tracestate: Option<HeaderValue>,
+    pub method: Method,
+    pub route: String,
+    pub start: u64,
+    pub end: u64,
+    pub attributes: Vec<Attribute>,
+    pub children: Vec<Child>,
+}
+
+/// A request's trace: every stage and attempt of the request records into it.
+/// Cheap to clone; does nothing with traces off (`Trace::default()`).
+#[derive(Clone, Default)]
+pub struct Trace(Option<Arc<Recording>>);
+
+struct Recording {
+    trace: TraceId,
+    span: SpanId,
+    parent: Option<SpanId>,
+    /// An unsampled request records nothing, but still tells the providers
+    /// its trace (with the sampled flag off), as W3C Trace Context asks.
+    sampled: bool,
+    tracestate: Option<HeaderValue>,
+    method: Method,
+    route: String,
+    clock: Clock,
+    kept: Mutex<Kept>,
+}
+
+#[derive(Default)]
+struct Kept {
+    attributes: Vec<Attribute>,
+    children: Vec<Child>,
+}
+
+/// Wall-clock nanoseconds from one reading of the system clock and the
+/// monotonic clock after it: a span's times are never out of order.
+struct Clock {
+    unix: u64,
+    at: Instant,
+}
+
+impl Clock {
+    fn start() -> Clock {
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        Clock {
+            unix,
+            at: Instant::now(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        let since = u64::try_from(self.at.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.unix.saturating_add(since)
+    }
+}
+
+impl Trace {
+    /// A request's trace, a child of the span the client's `traceparent` names
+    /// (a new trace without one); nothing with traces off.
+    pub fn request(method: &Method, route: &str, headers: &HeaderMap) -> Trace {
+        let Some(ratio) = super::sample_ratio() else {
+            return Trace::default();
+        };
+        let parent = headers
+            .get(TRACEPARENT)
+            .and_then(|value| context::parse(value.as_bytes()));
+        let (trace, sampled) = match parent {
+            Some(parent) => (parent.trace, parent.sampled),
+            None => {
+                let trace = context::new_trace();
+                (trace, context::kept(ratio, &trace))
+            }
+        };
+        let tracestate = parent.and(headers.get(TRACESTATE).cloned());
+        Trace(Some(Arc::new(Recording {
+            trace,
+            span: context::new_span(),
+            parent: parent.map(|p| p.span),
+            sampled,
+            tracestate,
+            method: method.clone(),
+            route: route.to_owned(),
+            clock: Clock::start(),
+            kept: Mutex::new(match sampled {
+                // A traced chat call keeps about this many of each.
+                true => Kept {
+                    attributes: Vec::with_capacity(16),
+                    children: Vec::with_capacity(8),
+                },
+                false => Kept::default(),
+            }),
+        })))
+    }
+
+    fn recorded(&self) -> Option<&Arc<Recording>> {
+        self.0.as_ref().filter(|r| r.sampled)
+    }
+
+    /// Sets attribute `key` of the request's span.
+    pub fn set(&self, key: &'static str, value: impl Into<Value>) {
+        if let Some(recording) = self.recorded() {
+            recording.keep(|kept| kept.attributes.push((key, value.into())));
+        }
+    }
+
+    /// Sets the attributes `add` gives the request's span (not called for a
+    /// request that records nothing).
+    pub fn set_all(&self, add: impl FnOnce(&mut Vec<Attribute>)) {
+        if let Some(recording) = self.recorded() {
+            recording.keep(|kept| add(&mut kept.attributes));
+        }
+    }
+
+    /// Runs `work` as stage `name`: a child span of the request's, current while
+    /// it runs (the attempts it makes are its children).
+    pub fn stage<F: Future>(&self, name: &'static str, work: F) -> Scoped<F> {
+        let open = self
+            .0
+            .as_ref()
+            .map(|r| Open::new(r, r.span, What::Stage(name)));
+        let current = open.as_ref().map(Open::current);
+        Scoped::new(current, open, work)
+    }
+
+    /// Stage `name` for work that does not wait: it ends when this is dropped.
+    pub fn enter(&self, name: &'static str) -> Entered {
+        Entered {
+            _open: self
+                .recorded()
+                .map(|r| Open::new(r, r.span, What::Stage(name))),
+        }
+    }
+
+    /// Runs `work` with the request's span current: attempts made outside a
+    /// stage (a stream resumed on another target) are the request's children.
+    pub fn scope<F: Future>(&self, work: F) -> Scoped<F> {
+        let current = self.0.as_ref().map(|r| Current {
+            recording: Arc::clone(r),
+            span: r.span,
+        });
+        Scoped::new(current, None, work)
+    }
+}
+
+impl Recording {
+    fn keep(&self, add: impl FnOnce(&mut Kept)) {
+        // A panic while the lock was held lost one attribute at most.
+        add(&mut self.kept.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        if !self.sampled {
+            return;
+        }
+        let kept = std::mem::take(self.kept.get_mut().unwrap_or_else(|p| p.into_inner()));
+        export::queue(Finished {
+            trace: self.trace,
+            span: self.span,
+            parent: self.parent,
+            tracestate: self.tracestate.take(),
+            method: std::mem::replace(&mut self.method, Method::GET),
+            route: std::mem::take(&mut self.route),
+            start: self.clock.unix,
+            end: self.clock.now(),
+            attributes: kept.attributes,
+            children: kept.children,
+        });
+    }
+}
+
+tokio::task_local! {
+    /// The span that is current in this task: a stage or an attempt.
+    static CURRENT: Current;
+}
+
+#[derive(Clone)]
+struct Current {
+    recording: Arc<Recording>,
+    span: SpanId,
+}
+
+/// A child span being recorded; it ends, and is kept, when dropped. Children of
+/// an unsampled request are not kept, but still carry its trace upstream.
+struct Open {
+    recording: Arc<Recording>,
+    id: SpanId,
+    parent: SpanId,
+    start: u64,
+    what: Option<What>,
+}
+
+impl Open {
+    fn new(recording: &Arc<Recording>, parent: SpanId, what: What) -> Open {
+        Open {
+            recording: Arc::clone(recording),
+            id: context::new_span(),
+            parent,
+            start: recording.clock.now(),
+            what: Some(what),
+        }
+    }
+
+    fn current(&self) -> Current {
+        Current {
+            recording: Arc::clone(&self.recording),
+            span: self.id,
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        let (Some(what), true) = (self.what.take(), self.recording.sampled) else {
+            return;
+        };
+        let child = Child {
+            id: self.id,
+            parent: self.parent,
+            start: self.start,
+            end: self.recording.clock.now(),
+            what,
+        };
+        self.recording.keep(|kept| kept.children.push(child));
+    }
+}
+
+/// A stage that does not wait, recorded until dropped.
+pub struct Entered {
+    _open: Option<Open>,
+}
+
+/// One upstream attempt's span, a child of the span current in this task (the
+/// generate stage's); nothing outside a traced request.
+pub struct Attempt(Option<Open>);
+
+impl Attempt {
+    /// Opens the span of an attempt at `target` (`provider:model`).
+    pub fn start(operation: &'static str, target: &Arc<str>) -> Attempt {
+        let open = CURRENT
+            .try_with(|current| {
+                let what = What::Attempt {
+                    operation,
+                    target: Arc::clone(target),
+                    error: None,
+                };
+                Open::new(&current.recording, current.span, what)
+            })
+            .ok();
+        Attempt(open)
+    }
+
+    /// Runs the attempt's `work` with its span current: the provider is sent
+    /// its `traceparent`.
+    pub fn run<F: Future>(&self, work: F) -> Scoped<F> {
+        Scoped::new(self.0.as_ref().map(Open::current), None, work)
+    }
+
+    /// Ends the span; `error` is the failure's class (`error.type`).
+    pub fn end(mut self, error: Option<&'static str>) {
+        if let Some(What::Attempt { error: failed, .. }) =
+            self.0.as_mut().and_then(|open| open.what.as_mut())
+        {
+            *failed = error;
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// `work` with a span current while it is polled, and the span of a stage,
+    /// ended when the work is done (or dropped). Built around the work in
+    /// place, not by an `async` block, which would copy the work's whole state
+    /// once more as it starts.
+    pub struct Scoped<F: Future> {
+        open: Option<Open>,
+        #[pin]
+        work: Either<F, TaskLocalFuture<Current, F>>,
+    }
+}
+
+impl<F: Future> Scoped<F> {
+    fn new(current: Option<Current>, open: Option<Open>, work: F) -> Scoped<F> {
+        let work = match current {
+            Some(current) => Either::Right(CURRENT.scope(current, work)),
+            None => Either::Left(work),
+        };
+        Scoped { open, work }
+    }
+}
+
+impl<F: Future> Future for Scoped<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let done = ready!(this.work.poll(cx));
+        this.open.take(); // the stage ends
+        Poll::Ready(done)
+    }
+}
+
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// Adds to an upstream request's `headers` the `traceparent` of the span
+/// current in this task (and the client's `tracestate`); nothing outside a
+/// traced request.
+pub fn propagate(headers: &mut HeaderMap) {
+    let _ = CURRENT.try_with(|current| {
+        let recording = &current.recording;
+        let parent = context::header(&recording.trace, &current.span, recording.sampled);
+        headers.insert(TRACEPARENT, parent);
+        if let Some(state) = &recording.tracestate {
+            headers.insert(TRACESTATE, state.clone());
+        }
+    });
+}
