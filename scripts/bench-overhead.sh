@@ -11,9 +11,9 @@
 # upstream, the answer is restored) and writes every call to the Postgres audit table;
 # `governed` admits and settles every call against a managed key's and its tenant's
 # limits and budgets; `traced` exports every request's trace (100 % sampled) to an
-# OTLP collector on loopback (scripts/lib/otlp_sink.py; its CPU per request is
-# printed, and with OTLP_SINK_IDLE=1 it runs only on otherwise idle cores, as a
-# collector elsewhere would), and `traced-down` to an address where none listens.
+# OTLP collector on loopback (scripts/lib/otlp_sink.py, on the same cores: its CPU
+# per request is printed, with the traces dropped or not exported), and
+# `traced-down` to an address where none listens.
 #
 #   scripts/bench-overhead.sh            (DURATION=10s by default; RAGWAY_BIN=path
 #                                         measures that binary instead of a fresh build)

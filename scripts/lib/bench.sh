@@ -132,11 +132,7 @@ start_otlp_sink() { # port
   local venv=$HOME/.cache/ragway/bench-venv
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv" >&2
   "$venv/bin/python" -c 'import grpc' 2>/dev/null || "$venv/bin/pip" install -q grpcio >&2
-  # OTLP_SINK_IDLE=1: the sink only runs when a core is otherwise idle, as if
-  # it ran elsewhere (a trace it does not take in time shows in the counters).
-  local priority=()
-  [ -n "${OTLP_SINK_IDLE:-}" ] && priority=(chrt --idle 0)
-  "${priority[@]}" "$venv/bin/python" scripts/lib/otlp_sink.py "$1" >"$work/otlp.log" 2>&1 &
+  "$venv/bin/python" scripts/lib/otlp_sink.py "$1" >"$work/otlp.log" 2>&1 &
   otlp_pid=$!
   pids+=($otlp_pid)
   for _ in $(seq 50); do

@@ -158,20 +158,17 @@ impl Exporter {
         if batch.is_empty() {
             return;
         }
-        let body = Bytes::from(otlp::request(&self.resource, batch));
-        batch.clear();
-        let mut client = tonic::client::Grpc::new(channel.clone());
-        let sent = match client.ready().await {
-            Ok(()) => {
-                let path = hyper::http::uri::PathAndQuery::from_static(EXPORT);
-                client
-                    .unary::<_, (), _>(tonic::Request::new(body), path, Raw)
-                    .await
-                    .map(drop)
-                    .map_err(|status| status.to_string())
-            }
-            Err(error) => Err(error.to_string()),
+        // While the collector fails, an empty export asks first whether it is
+        // back: a batch is not encoded to be dropped.
+        let back = match self.failing.load(Ordering::Relaxed) {
+            true => send(channel, Bytes::new()).await,
+            false => Ok(()),
         };
+        let sent = match back {
+            Ok(()) => send(channel, Bytes::from(otlp::request(&self.resource, batch))).await,
+            Err(error) => Err(error),
+        };
+        batch.clear();
         match sent {
             Ok(()) if self.failing.swap(false, Ordering::Relaxed) => {
                 tracing::info!(endpoint = %self.shown, "the trace collector takes spans again");
@@ -190,6 +187,18 @@ impl Exporter {
             }
         }
     }
+}
+
+/// One export request, `body` encoded.
+async fn send(channel: &Channel, body: Bytes) -> Result<(), String> {
+    let mut client = tonic::client::Grpc::new(channel.clone());
+    client.ready().await.map_err(|e| e.to_string())?;
+    let path = hyper::http::uri::PathAndQuery::from_static(EXPORT);
+    client
+        .unary::<_, (), _>(tonic::Request::new(body), path, Raw)
+        .await
+        .map(drop)
+        .map_err(|status| status.to_string())
 }
 
 /// A gRPC codec for a message already encoded, whose answer is not read: the

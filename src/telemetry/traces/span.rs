@@ -367,20 +367,22 @@ impl Attempt {
 
 pin_project_lite::pin_project! {
     /// `work` with a span current while it is polled, and the span of a stage,
-    /// ended when the work is done (or dropped). Built around the work in
-    /// place, not by an `async` block, which would copy the work's whole state
-    /// once more as it starts.
+    /// ended when the work is done (or dropped). Built around the work, not by
+    /// an `async` block, which would copy the work's whole state once more as
+    /// it starts.
     pub struct Scoped<F: Future> {
         open: Option<Open>,
         #[pin]
-        work: Either<F, TaskLocalFuture<Current, F>>,
+        work: Either<F, TaskLocalFuture<Current, Pin<Box<F>>>>,
     }
 }
 
 impl<F: Future> Scoped<F> {
     fn new(current: Option<Current>, open: Option<Open>, work: F) -> Scoped<F> {
         let work = match current {
-            Some(current) => Either::Right(CURRENT.scope(current, work)),
+            // Boxed: the work (an attempt's state is kilobytes) is copied once,
+            // not at each layer around it.
+            Some(current) => Either::Right(CURRENT.scope(current, Box::pin(work))),
             None => Either::Left(work),
         };
         Scoped { open, work }
