@@ -430,7 +430,8 @@ async fn a_hostile_caller_cannot_exhaust_or_stall_the_gateway() {
     // Rounds of slow heads, slow bodies and a burst, with the normal caller
     // asking throughout; memory is read after each round.
     let mut rss = Vec::new();
-    for round in 0..3 {
+    const ROUNDS: usize = 5;
+    for round in 0..ROUNDS {
         let attack = async {
             let heads = slow_heads(ip("127.0.0.2"), to, 150);
             let bodies = slow_bodies(ip("127.0.0.3"), to, 150);
@@ -494,8 +495,6 @@ async fn a_hostile_caller_cannot_exhaust_or_stall_the_gateway() {
         };
         let after = median(after);
         assert!(after <= bound, "normal request after the burst: {after:?}");
-        rss.push(gateway.rss_mib());
-        eprintln!("round {round}: RSS {:.1} MiB", rss[round]);
         // The burst's clients are gone: the server lets their connections go (the
         // next round counts what it holds from a clean start).
         let settled = Instant::now() + Duration::from_secs(10);
@@ -510,14 +509,18 @@ async fn a_hostile_caller_cannot_exhaust_or_stall_the_gateway() {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        rss.push(gateway.rss_mib());
+        eprintln!("round {round}: RSS {:.1} MiB", rss[round]);
     }
-    // Flat: the last round leaves the process no larger than the rounds before it
-    // did, give or take allocator noise. A burst's peak varies with how its 2,000
-    // requests overlap (one round's can stand tens of MiB above another's on a
-    // loaded host), so the last is held to the larger of the two before: memory
-    // kept per request grows every round and still shows.
+    // Flat: the last round leaves the process keeping no more than the first two
+    // did, give or take what the allocator keeps of a burst's peak, which varies
+    // with how its 2,000 requests overlapped (rounds of one run were seen 70 MiB
+    // apart). Memory kept per request grows every round: over the three rounds
+    // after the first two, 6,000 requests keeping about 17 KiB each would break
+    // the bound.
     let before = rss[0].max(rss[1]);
-    assert!(rss[2] <= before * 1.10 + 8.0, "RSS {rss:?} MiB");
+    let last = rss[ROUNDS - 1];
+    assert!(last <= before * 1.25 + 16.0, "RSS {rss:?} MiB");
 
     // Abandoned uploads. Two held open fill the tenant's ingestion slots: a third
     // is refused with 429 before its body is read.
