@@ -370,9 +370,9 @@ fn corpus(
 const QDRANT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Opens the configured vector store; `switch` says what becomes of a store
-/// another embedder filled: refused when serving, taken over by `ragway reindex`.
-/// The configured document store; a Qdrant collection laid out otherwise than
-/// configured is reported (a warning, and in `metrics` when given).
+/// another embedder filled (refused when serving, taken over by `ragway
+/// reindex`), and a Qdrant collection laid out otherwise than configured is
+/// reported (a warning, and in `metrics` when given).
 async fn open_store(
     store: &StoreConfig,
     embedder: &ragway_engine::Embedder,
@@ -407,12 +407,17 @@ async fn open_store(
             .await
             .map_err(|e| BuildError::Retrieval(e.to_string()))?;
             if let Some(version) = server.untested_version() {
+                let ((low, from), (high, to)) = (
+                    *crate::retrieve::store::server::TESTED_RELEASES.start(),
+                    *crate::retrieve::store::server::TESTED_RELEASES.end(),
+                );
                 tracing::warn!(
                     url = %url,
                     version,
-                    "the Qdrant server's release is not one ragway is tested with (1.16 to 1.20): \
-                     what it lacks fails the calls that need it; the v1.16.3 of docker-compose.yml \
-                     and the Helm values is"
+                    tested = %format!("{low}.{from} to {high}.{to}"),
+                    "the Qdrant server's release is not one ragway is tested with: what it lacks \
+                     fails the calls that need it; the v1.16.3 of docker-compose.yml and the Helm \
+                     values is"
                 );
                 if let Some(metrics) = metrics {
                     metrics.vector_store_differs("server_version");

@@ -77,14 +77,7 @@ pub trait ChatProvider: Send + Sync {
         _path: &str,
         _body: &serde_json::Value,
     ) -> Result<serde_json::Value, UpstreamError> {
-        Err(UpstreamError::Status {
-            status: 404,
-            detail: ProviderError {
-                message: "this provider serves chat only".to_owned(),
-                ..Default::default()
-            },
-            retry_after: None,
-        })
+        Err(chat_only())
     }
 
     /// Opens a WebSocket to another endpoint of its API, `path` below its base
@@ -94,14 +87,19 @@ pub trait ChatProvider: Send + Sync {
         _model: &str,
         _path: &str,
     ) -> Result<live::ProviderSocket, UpstreamError> {
-        Err(UpstreamError::Status {
-            status: 404,
-            detail: ProviderError {
-                message: "this provider serves chat only".to_owned(),
-                ..Default::default()
-            },
-            retry_after: None,
-        })
+        Err(chat_only())
+    }
+}
+
+/// What a provider that serves only chat answers to anything else.
+fn chat_only() -> UpstreamError {
+    UpstreamError::Status {
+        status: 404,
+        detail: ProviderError {
+            message: "this provider serves chat only".to_owned(),
+            ..Default::default()
+        },
+        retry_after: None,
     }
 }
 

@@ -36,7 +36,6 @@ pub async fn completions(
 
 /// Who called, and when: what every dialect's handler hands to [`serve`], read
 /// from what authentication and the request's observer put on it.
-#[derive(Clone)]
 pub(super) struct Called {
     pub caller: Caller,
     pub request_id: std::sync::Arc<str>,

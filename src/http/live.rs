@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
+use super::body::{invalid, only_known};
 use super::chat::Called;
 use super::observe::{Recorded, refusal};
 use super::server::ConnectionHold;
@@ -122,7 +123,7 @@ fn read_opening(message: &[u8]) -> Result<(String, LiveCall), GatewayError> {
             None,
         ));
     };
-    super::body::only_known(&asked, &["user", "audio", "request"], "the opening request")?;
+    only_known(&asked, &["user", "audio", "request"], "the opening request")?;
     let Some(Value::Object(request)) = asked.get("request") else {
         return Err(invalid(
             "request",
@@ -162,7 +163,7 @@ fn audio(value: Option<&Value>) -> Result<Map<String, Value>, GatewayError> {
             "`audio` is required: {\"format\", \"sample_rate\", …}",
         ));
     };
-    super::body::only_known(
+    only_known(
         audio,
         &["format", "sample_rate", "bits", "channel", "codec"],
         "`audio`",
@@ -203,10 +204,6 @@ fn audio(value: Option<&Value>) -> Result<Map<String, Value>, GatewayError> {
         ));
     }
     Ok(audio.clone())
-}
-
-fn invalid(param: &str, message: impl Into<String>) -> GatewayError {
-    GatewayError::invalid(message, Some(param.to_owned()))
 }
 
 /// The client's socket, as the pipeline takes it.

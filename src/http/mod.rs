@@ -38,6 +38,7 @@ use crate::error::GatewayError;
 use crate::state::AppState;
 
 pub fn router(state: AppState) -> Router {
+    let audio_limit = voice::audio_body_limit(state.config.server.max_body_bytes);
     let api = Router::new()
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/completions", post(completions::completions))
@@ -47,12 +48,12 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/voice/asr",
             post(voice::asr)
-                .layer(DefaultBodyLimit::max(voice::AUDIO_BODY_LIMIT))
+                .layer(DefaultBodyLimit::max(audio_limit))
                 .get(live::asr),
         )
         .route(
             "/v1/audio/transcriptions",
-            post(audio::transcriptions).layer(DefaultBodyLimit::max(voice::AUDIO_BODY_LIMIT)),
+            post(audio::transcriptions).layer(DefaultBodyLimit::max(audio_limit)),
         )
         .route("/v1/voice/tts", post(voice::tts))
         .route("/v1/audio/speech", post(audio::speech))

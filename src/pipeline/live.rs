@@ -83,8 +83,9 @@ impl Pipeline {
         };
         // Admitted for as long as a session may last: a place held under
         // `concurrency` is kept that long.
+        let ends = ctx.started + MAX_SESSION;
         let mut session = ctx.call();
-        session.deadline = ctx.started + MAX_SESSION;
+        session.deadline = ends;
         match self.admission.admit(&session, ask).await {
             Ok(permit) => ctx.permit = Some(permit),
             Err(error) => {
@@ -116,7 +117,7 @@ impl Pipeline {
         let started = Instant::now();
         let mut carried = Carried::default();
         let ended = tokio::select! {
-            ended = relay_frames(&mut socket, client, &mut carried, idle) => ended,
+            ended = relay_frames(&mut socket, client, &mut carried, idle, (started, ends)) => ended,
             () = stop.cancelled() => Err((
                 Outcome::Interrupted,
                 GatewayError::StreamInterrupted(
@@ -191,15 +192,15 @@ impl Asking<ProviderSocket> for Opener<'_> {
 }
 
 /// Relays frames each way until the recogniser gives its last answer, either
-/// side leaves, or a deadline or cap is passed; how the session ended.
+/// side leaves, or a deadline or cap is passed (the session's end, as it was
+/// admitted); how the session ended. `started` is when relaying began.
 async fn relay_frames(
     socket: &mut ProviderSocket,
     client: &mut dyn LiveClient,
     carried: &mut Carried,
     idle: Duration,
+    (started, session_ends): (Instant, Instant),
 ) -> Result<Outcome, (Outcome, GatewayError)> {
-    let started = Instant::now();
-    let session_ends = started + MAX_SESSION;
     let mut client_done = false;
     loop {
         let quiet_until = (Instant::now() + idle).min(session_ends);

@@ -53,6 +53,15 @@ pub fn header(trace: &TraceId, span: &SpanId, sampled: bool) -> HeaderValue {
     HeaderValue::from_bytes(&text).expect("hex digits and dashes are a valid header value")
 }
 
+/// A client's `tracestate`, passed on as it came; one longer than W3C Trace
+/// Context asks a service to carry (512 characters) is dropped whole, as it
+/// allows: it would otherwise be copied to every span and every provider.
+pub fn state(value: &HeaderValue) -> Option<HeaderValue> {
+    (value.len() <= MAX_STATE).then(|| value.clone())
+}
+
+const MAX_STATE: usize = 512;
+
 pub fn new_trace() -> TraceId {
     fastrand::u128(1..).to_be_bytes()
 }
@@ -140,6 +149,16 @@ mod tests {
                 .unwrap()
                 .ends_with("-00")
         );
+    }
+
+    #[test]
+    fn a_tracestate_past_512_characters_is_not_carried() {
+        let short = HeaderValue::from_static("vendor=opaque,other=1");
+        assert_eq!(state(&short), Some(short.clone()));
+        let at_most = HeaderValue::from_str(&format!("v={}", "a".repeat(510))).unwrap();
+        assert!(state(&at_most).is_some());
+        let long = HeaderValue::from_str(&format!("v={}", "a".repeat(511))).unwrap();
+        assert_eq!(state(&long), None);
     }
 
     #[test]

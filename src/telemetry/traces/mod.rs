@@ -46,11 +46,7 @@ pub fn start(settings: &TraceSettings) -> Result<TracesGuard, String> {
     Ok(guard)
 }
 
-/// Whether traces are exported.
-pub fn on() -> bool {
-    RATIO.get().is_some()
-}
-
+/// The share of new traces kept; `None` with traces off.
 fn sample_ratio() -> Option<f64> {
     RATIO.get().copied()
 }

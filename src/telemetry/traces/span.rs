@@ -169,7 +169,7 @@ impl Trace {
                 (trace, context::kept(ratio, &trace))
             }
         };
-        let tracestate = parent.and(headers.get(TRACESTATE).cloned());
+        let tracestate = parent.and(headers.get(TRACESTATE).and_then(context::state));
         Trace(Some(Arc::new(Recording {
             trace,
             span: context::new_span(),
@@ -373,16 +373,14 @@ pin_project_lite::pin_project! {
     pub struct Scoped<F: Future> {
         open: Option<Open>,
         #[pin]
-        work: Either<F, TaskLocalFuture<Current, Pin<Box<F>>>>,
+        work: Either<F, TaskLocalFuture<Current, F>>,
     }
 }
 
 impl<F: Future> Scoped<F> {
     fn new(current: Option<Current>, open: Option<Open>, work: F) -> Scoped<F> {
         let work = match current {
-            // Boxed: the work (an attempt's state is kilobytes) is copied once,
-            // not at each layer around it.
-            Some(current) => Either::Right(CURRENT.scope(current, Box::pin(work))),
+            Some(current) => Either::Right(CURRENT.scope(current, work)),
             None => Either::Left(work),
         };
         Scoped { open, work }
