@@ -11,9 +11,10 @@
 # upstream, the answer is restored) and writes every call to the Postgres audit table;
 # `governed` admits and settles every call against a managed key's and its tenant's
 # limits and budgets; `traced` exports every request's trace (100 % sampled) to an
-# OTLP collector on loopback (scripts/lib/otlp_sink.py, on the same cores: its CPU
-# per request is printed, with the traces dropped or not exported), and
-# `traced-down` to an address where none listens.
+# OTLP collector on loopback (OTLP_SINK: nginx by default, or python, the grpcio
+# sink; either shares these cores, and its CPU per request is printed, with the
+# traces dropped or not exported), and `traced-down` to an address where none
+# listens.
 #
 #   scripts/bench-overhead.sh            (DURATION=10s by default; RAGWAY_BIN=path
 #                                         measures that binary instead of a fresh build)
@@ -93,8 +94,9 @@ assert c == "Hello! How can I help you today?", c' >&2
       # every trace was sent.
       sink_lines+=("$(awk -v t=$(($(cpu_ticks "$otlp_pid") - sink_before)) -v hz="$(getconf CLK_TCK)" \
         -v n="$(awk -v r="$g_rps" -v d="${DURATION%s}" 'BEGIN { print r * d }')" -v c="$c" \
-        'BEGIN { printf "traced at %s: the OTLP sink used %.1f µs of CPU per request", c, t / hz / n * 1e6 }'); \
-$(curl -sf "http://127.0.0.1:$GATEWAY_PORT/metrics" | grep -E '^ragway_trace(s_dropped|_export_failures)_total ' | tr '\n' ' ')")
+        -v sink="$OTLP_SINK" 'BEGIN { printf "traced at %s: the OTLP sink (%s) used %.1f µs of CPU per request", c, sink, t / hz / n * 1e6 }'); \
+$(curl -sf "http://127.0.0.1:$GATEWAY_PORT/metrics" | grep -E '^ragway_trace(s_dropped|_export_failures)_total ' | tr '\n' ' ')\
+$([ -f "$work/otlp/exports.log" ] && awk '{ n++; b += $1 } END { printf "; exports taken so far: %d, %.0f bytes", n, b }' "$work/otlp/exports.log")")
     fi
     awk -v k="$config" -v c="$c" -v a="$d_rps" -v b="$d_p50" -v e="$g_rps" -v f="$g_p50" -v g="$g_p99" -v u="$g_cpu" \
       'BEGIN { printf "| %s | %s | %.0f | %.0f | %.2f | %.3f | %.3f | %.3f | %.3f | %s |\n", k, c, a, e, e / a, b, f, g, f - b, u }'

@@ -125,14 +125,68 @@ config_toml() {
 export BENCH_ADMIN_KEY=${BENCH_ADMIN_KEY:-bench-admin}
 OTLP_PORT=${OTLP_PORT:-18317}
 
-# For `traced`: scripts/lib/otlp_sink.py on 127.0.0.1:PORT, in a venv of its own
-# with grpcio (kept under ~/.cache/ragway/bench-venv), once per run.
+# For `traced`: an OTLP/gRPC collector on 127.0.0.1:PORT that takes every export and
+# keeps nothing; sets otlp_pid. OTLP_SINK picks it:
+# - `nginx` (the default): nginx over HTTP/2, reading each export whole and answering
+#   it with an empty message and grpc-status 0, as cheaply as a collector can take
+#   one: it stands for a collector on another host; it logs each export's size to
+#   $work/otlp/exports.log;
+# - `python`: scripts/lib/otlp_sink.py (grpcio, in a venv under
+#   ~/.cache/ragway/bench-venv), a collector that shares these cores as one on the
+#   same host would.
+OTLP_SINK=${OTLP_SINK:-nginx}
 start_otlp_sink() { # port
   [ -n "${otlp_pid:-}" ] && return 0
-  local venv=$HOME/.cache/ragway/bench-venv
-  [ -x "$venv/bin/python" ] || python3 -m venv "$venv" >&2
-  "$venv/bin/python" -c 'import grpc' 2>/dev/null || "$venv/bin/pip" install -q grpcio >&2
-  "$venv/bin/python" scripts/lib/otlp_sink.py "$1" >"$work/otlp.log" 2>&1 &
+  case $OTLP_SINK in
+    nginx)
+      mkdir -p "$work/otlp/root"
+      printf '\0\0\0\0\0' >"$work/otlp/root/export" # an empty message, uncompressed
+      cat >"$work/otlp/nginx.conf" <<CONF
+worker_processes 1;
+pid $work/otlp/nginx.pid;
+error_log $work/otlp/error.log warn;
+events { worker_connections 1024; }
+http {
+  log_format size \$request_length;
+  client_body_temp_path $work/otlp;
+  upstream answer { server 127.0.0.1:$(($1 + 2)); keepalive 4; }
+  server {
+    listen 127.0.0.1:$1 http2;
+    access_log $work/otlp/exports.log size;
+    # Every export is read whole, in memory (a proxied request's body is read before
+    # it is passed on; this one is not passed on), then answered with the empty message.
+    location / {
+      client_max_body_size 0;
+      client_body_buffer_size 16m;
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_set_header Connection "";
+      proxy_http_version 1.1;
+      proxy_method GET;
+      rewrite ^ /export break;
+      proxy_pass http://answer;
+      add_trailer grpc-status 0;
+    }
+  }
+  server {
+    listen 127.0.0.1:$(($1 + 2));
+    access_log off;
+    root $work/otlp/root;
+    location = /export { default_type application/grpc; }
+  }
+}
+CONF
+      nginx -p "$work/otlp" -c "$work/otlp/nginx.conf" -g 'daemon off; master_process off;' \
+        >"$work/otlp.log" 2>&1 &
+      ;;
+    python)
+      local venv=$HOME/.cache/ragway/bench-venv
+      [ -x "$venv/bin/python" ] || python3 -m venv "$venv" >&2
+      "$venv/bin/python" -c 'import grpc' 2>/dev/null || "$venv/bin/pip" install -q grpcio >&2
+      "$venv/bin/python" scripts/lib/otlp_sink.py "$1" >"$work/otlp.log" 2>&1 &
+      ;;
+    *) echo "unknown OTLP_SINK: $OTLP_SINK (nginx or python)" >&2; exit 1 ;;
+  esac
   otlp_pid=$!
   pids+=($otlp_pid)
   for _ in $(seq 50); do

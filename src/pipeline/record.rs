@@ -153,10 +153,11 @@ fn annotate(ctx: &RequestCtx, finished: &Finished) {
         set("gen_ai.operation.name", ctx.route.kind.name().into());
         set("gen_ai.request.model", Arc::clone(&ctx.route.alias).into());
         if let Some(target) = &finished.target
-            && let Some((provider, model)) = target.split_once(':')
+            && let Some(colon) = target.bytes().position(|b| b == b':')
         {
-            set("gen_ai.system", provider.to_owned().into());
-            set("gen_ai.response.model", model.to_owned().into());
+            set("gen_ai.system", traces::Value::part(target, 0, colon));
+            let model = traces::Value::part(target, colon + 1, target.len());
+            set("gen_ai.response.model", model);
         }
         if let Some(usage) = &finished.usage {
             set(
@@ -169,16 +170,17 @@ fn annotate(ctx: &RequestCtx, finished: &Finished) {
             );
         }
         let resumed = ctx.resumed.targets();
-        let chain: Vec<&str> = ctx
-            .attempts
-            .iter()
-            .map(|a| &*a.target)
-            .chain(resumed.iter().map(|t| &**t))
-            .collect();
-        if !chain.is_empty() {
-            set("ragway.failover.chain", chain.join(" > ").into());
+        let mut chain = ctx.attempts.iter().map(|a| &a.target).chain(&resumed);
+        match (chain.next(), chain.next()) {
+            (Some(only), None) => set("ragway.failover.chain", Arc::clone(only).into()),
+            (Some(first), Some(second)) => {
+                let rest = [first, second].into_iter().chain(chain);
+                let chain: Vec<&str> = rest.map(|t| &**t).collect();
+                set("ragway.failover.chain", chain.join(" > ").into());
+            }
+            (None, _) => {}
         }
-        set("ragway.tenant", ctx.caller.tenant.to_string().into());
+        set("ragway.tenant", Arc::clone(&ctx.caller.tenant).into());
         set("ragway.cache", ctx.cache.as_str().into());
         set("ragway.outcome", finished.outcome.as_str().into());
         set("ragway.stream", ctx.stream.into());

@@ -1,44 +1,111 @@
-//! The exporter: traces queued by requests (a bounded queue, never waited on)
-//! are encoded and sent in batches to the collector over OTLP/gRPC, from a
-//! thread and runtime of its own, so a slow or absent collector costs the
-//! requests nothing. A batch the collector does not take is dropped, counted
-//! and told once per outage; traces past the queue are dropped and counted.
+//! The exporter: a request's trace is encoded, as it ends, into the open batch
+//! of the thread it ended on (no lock another thread waits on, and its spans are
+//! read where they were written). A batch that fills is handed to the exporter,
+//! which sends it to the collector over OTLP/gRPC from a thread and runtime of
+//! its own, so a slow or absent collector costs the requests nothing. Batches
+//! past the queue, and those the collector does not take, are dropped, counted
+//! and told once per outage.
 //!
-//! The exporter takes what is queued on a timer: a request queuing its trace
-//! never wakes it (a wake-up is a system call, and would cost more than the
-//! trace).
+//! The exporter takes what is queued on a timer: a request filling a batch
+//! never wakes it (a wake-up is a system call). On the same timer it closes the
+//! batches that have waited their time, on threads with few requests.
 
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf as _, BufMut as _, Bytes};
+use thread_local::ThreadLocal;
 use tokio::sync::{mpsc, oneshot};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
+use super::otlp::{Batch, Head};
 use super::span::Finished;
-use super::{DROPPED, EXPORT_FAILURES, TraceSettings, otlp};
+use super::{DROPPED, EXPORT_FAILURES, TraceSettings};
 
-/// Traces waiting for export past this many are dropped.
-const QUEUE: usize = 4096;
-/// How often the queue is read: at 50,000 requests a second, 1,000 traces.
+/// Full batches waiting for export past this many are dropped (4,096 traces).
+const QUEUE: usize = 16;
+/// How often the queue is read: at 50,000 requests a second, four batches.
 const TICK: Duration = Duration::from_millis(20);
-/// Traces per export request (about seven spans each).
+/// Traces per export request (about seven spans each), unless their spans
+/// reach `BATCH_BYTES` first: collectors take up to 4 MiB by default.
 const BATCH: usize = 256;
+const BATCH_BYTES: usize = 1 << 20;
 /// How long a trace may wait for its batch to fill, unless
 /// `OTEL_BSP_SCHEDULE_DELAY` (milliseconds) says otherwise.
 const DELAY: Duration = Duration::from_secs(5);
 const EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
-static QUEUED: OnceLock<mpsc::Sender<Finished>> = OnceLock::new();
+static BATCHES: OnceLock<Batches> = OnceLock::new();
 
-/// Queues `trace` for export; dropped (and counted) when the queue is full.
-pub fn queue(trace: Finished) {
-    if let Some(queue) = QUEUED.get()
-        && queue.try_send(trace).is_err()
-    {
-        DROPPED.inc();
+/// The open batch of each thread that has ended a trace, and the full ones.
+struct Batches {
+    head: Head,
+    open: ThreadLocal<Mutex<Open>>,
+    full: mpsc::Sender<Full>,
+}
+
+struct Open {
+    batch: Batch,
+    /// When its first trace was added.
+    since: Instant,
+}
+
+/// A closed batch: its export request, and the traces it holds.
+struct Full {
+    request: Bytes,
+    traces: usize,
+}
+
+impl Batches {
+    fn open(&self) -> &Mutex<Open> {
+        self.open.get_or(|| {
+            Mutex::new(Open {
+                batch: Batch::new(&self.head, BATCH),
+                since: Instant::now(),
+            })
+        })
+    }
+
+    /// Hands `full` to the exporter; it is dropped (and counted) when the
+    /// queue is full.
+    fn hand_over(&self, full: Full) {
+        let traces = full.traces;
+        if self.full.try_send(full).is_err() {
+            DROPPED.inc_by(traces as u64);
+        }
+    }
+}
+
+impl Open {
+    fn close(&mut self, head: &Head) -> Full {
+        let traces = self.batch.traces();
+        Full {
+            request: self.batch.close(head),
+            traces,
+        }
+    }
+}
+
+/// Adds `trace` to this thread's open batch, and hands the batch to the
+/// exporter once it is full.
+pub fn queue(trace: &Finished) {
+    let Some(batches) = BATCHES.get() else {
+        return;
+    };
+    // A panic while the lock was held lost one trace at most.
+    let mut open = batches
+        .open()
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if open.batch.traces() == 0 {
+        open.since = Instant::now();
+    }
+    open.batch.add(trace);
+    if open.batch.traces() >= BATCH || open.batch.len() >= BATCH_BYTES {
+        let full = open.close(&batches.head);
+        drop(open);
+        batches.hand_over(full);
     }
 }
 
@@ -77,17 +144,20 @@ pub fn start(settings: &TraceSettings) -> Result<TracesGuard, String> {
         .ok()
         .and_then(|ms| ms.parse().ok())
         .map_or(DELAY, Duration::from_millis);
-    let (sender, queued) = mpsc::channel(QUEUE);
-    QUEUED
-        .set(sender)
+    let (full, queued) = mpsc::channel(QUEUE);
+    BATCHES
+        .set(Batches {
+            head: Head::new(&settings.service_name),
+            open: ThreadLocal::new(),
+            full,
+        })
         .map_err(|_| "traces are exported already".to_owned())?;
     let (stop, stopping) = oneshot::channel();
     let (stopped, has_stopped) = std::sync::mpsc::channel();
     let exporter = Exporter {
         endpoint,
-        resource: otlp::resource(&settings.service_name),
         shown: settings.endpoint.clone(),
-        failing: AtomicBool::new(false),
+        failing: false,
     };
     std::thread::Builder::new()
         .name("ragway-traces".to_owned())
@@ -111,23 +181,23 @@ pub fn start(settings: &TraceSettings) -> Result<TracesGuard, String> {
 
 struct Exporter {
     endpoint: Endpoint,
-    resource: Vec<u8>,
     /// The collector's address, for the log.
     shown: String,
-    failing: AtomicBool,
+    failing: bool,
 }
 
 impl Exporter {
     async fn run(
-        self,
-        mut queued: mpsc::Receiver<Finished>,
+        mut self,
+        mut queued: mpsc::Receiver<Full>,
         mut stopping: oneshot::Receiver<()>,
         delay: Duration,
     ) {
+        let Some(batches) = BATCHES.get() else {
+            return;
+        };
         // Connected on first use, and again after a failure.
         let channel = self.endpoint.connect_lazy();
-        let mut batch = Vec::with_capacity(BATCH);
-        let mut sent = tokio::time::Instant::now();
         let mut ticks = tokio::time::interval(TICK.min(delay));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -135,18 +205,20 @@ impl Exporter {
                 _ = &mut stopping => true,
                 _ = ticks.tick() => false,
             };
-            // Full batches leave at once; a partial one when its time is up
-            // (or at shutdown).
-            while let Ok(trace) = queued.try_recv() {
-                batch.push(trace);
-                if batch.len() == BATCH {
-                    self.export(&channel, &mut batch).await;
-                    sent = tokio::time::Instant::now();
-                }
+            while let Ok(full) = queued.try_recv() {
+                self.export(&channel, full).await;
             }
-            if stop || sent.elapsed() >= delay {
-                self.export(&channel, &mut batch).await;
-                sent = tokio::time::Instant::now();
+            // Batches that have waited their time leave partial (all of them
+            // at shutdown).
+            for open in batches.open.iter() {
+                let due = {
+                    let mut open = open.lock().unwrap_or_else(PoisonError::into_inner);
+                    let due = open.batch.traces() > 0 && (stop || open.since.elapsed() >= delay);
+                    due.then(|| open.close(&batches.head))
+                };
+                if let Some(full) = due {
+                    self.export(&channel, full).await;
+                }
             }
             if stop {
                 break;
@@ -154,29 +226,25 @@ impl Exporter {
         }
     }
 
-    async fn export(&self, channel: &Channel, batch: &mut Vec<Finished>) {
-        if batch.is_empty() {
-            return;
-        }
+    async fn export(&mut self, channel: &Channel, full: Full) {
         // While the collector fails, an empty export asks first whether it is
-        // back: a batch is not encoded to be dropped.
-        let back = match self.failing.load(Ordering::Relaxed) {
+        // back: a batch is not sent to be dropped.
+        let back = match self.failing {
             true => send(channel, Bytes::new()).await,
             false => Ok(()),
         };
         let sent = match back {
-            Ok(()) => send(channel, Bytes::from(otlp::request(&self.resource, batch))).await,
+            Ok(()) => send(channel, full.request).await,
             Err(error) => Err(error),
         };
-        batch.clear();
         match sent {
-            Ok(()) if self.failing.swap(false, Ordering::Relaxed) => {
+            Ok(()) if std::mem::replace(&mut self.failing, false) => {
                 tracing::info!(endpoint = %self.shown, "the trace collector takes spans again");
             }
             Ok(()) => {}
             Err(error) => {
                 EXPORT_FAILURES.inc();
-                if !self.failing.swap(true, Ordering::Relaxed) {
+                if !std::mem::replace(&mut self.failing, true) {
                     tracing::warn!(
                         endpoint = %self.shown,
                         %error,

@@ -5,8 +5,9 @@
 //! `traceparent` of each upstream attempt sent to the provider. No attribute
 //! holds a prompt, an answer or a key.
 //!
-//! A request records its trace as ids and times ([`span`]); the exporter
-//! ([`export`]) encodes ([`otlp`]) and sends it from a thread of its own. With
+//! A request records its trace as ids and times ([`span`]); as it ends, the
+//! trace is encoded ([`otlp`]) into its thread's batch, which the exporter
+//! ([`export`]) sends from a thread of its own once full. With
 //! tracing off, a request's [`Trace`] is empty and every call on it returns at
 //! once.
 
@@ -61,7 +62,8 @@ pub static EXPORT_FAILURES: LazyLock<prometheus::IntCounter> = LazyLock::new(|| 
     .expect("static metric definition")
 });
 
-/// Requests' traces dropped because the export queue was full.
+/// Requests' traces dropped because the export queue was full (a full batch
+/// is dropped whole).
 pub static DROPPED: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
     prometheus::IntCounter::new(
         "ragway_traces_dropped_total",

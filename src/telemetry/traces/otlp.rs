@@ -1,6 +1,13 @@
 //! Traces as OTLP protobuf (`ExportTraceServiceRequest` of
-//! opentelemetry/proto/collector/trace/v1), written straight into one buffer:
-//! no message tree is built per span. Field numbers are the proto's.
+//! opentelemetry/proto/collector/trace/v1), each trace written straight into
+//! its batch's buffer as it ends: no message tree is built per span, and
+//! nothing is moved once written. Field
+//! numbers are the proto's; fields are written in whatever order is cheapest,
+//! as protobuf allows.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
 
 use super::span::{Child, Finished, Value, What};
 
@@ -10,162 +17,328 @@ const LEN: u8 = 2;
 const FIXED32: u8 = 5;
 
 // Span.SpanKind
-const INTERNAL: u64 = 1;
-const SERVER: u64 = 2;
-const CLIENT: u64 = 3;
+const INTERNAL: u8 = 1;
+const SERVER: u8 = 2;
+const CLIENT: u8 = 3;
 // Status.StatusCode
-const ERROR: u64 = 2;
+const ERROR: u8 = 2;
 // Span.flags: the W3C flags in the low byte (all spans kept are sampled), and
 // whether the parent is known to be remote.
 const SAMPLED: u32 = 0x01;
 const HAS_IS_REMOTE: u32 = 0x100;
 const IS_REMOTE: u32 = 0x200;
 
-/// A `Resource` naming the service, written once: every batch carries it.
-pub fn resource(service_name: &str) -> Vec<u8> {
-    let mut buf = Vec::new();
-    text_value(&mut buf, 1, "service.name", service_name.as_bytes());
-    text_value(
-        &mut buf,
-        1,
-        "service.version",
-        env!("CARGO_PKG_VERSION").as_bytes(),
-    );
-    buf
+/// `Span.attributes` (field 9), as its tag byte.
+const ATTRIBUTE: u8 = 9 << 3 | LEN;
+/// `Span.status` holding `code: ERROR` (field 15, then field 3 of Status).
+const STATUS_ERROR: [u8; 4] = [15 << 3 | LEN, 2, 3 << 3 | VARINT, ERROR];
+/// Targets whose attempt spans a batch keeps encoded: past this, it starts
+/// again (targets come from the configuration, so it is never reached).
+const TARGETS_KEPT: usize = 64;
+
+/// What every export request carries ahead of its spans: the resource naming
+/// the service, and the instrumentation scope. Written once.
+pub struct Head {
+    /// `ResourceSpans.resource` and `ScopeSpans.scope`, with their tags.
+    resource: Vec<u8>,
+    scope: Vec<u8>,
 }
 
-/// One export request holding every span of `traces`.
-pub fn request(resource: &[u8], traces: &[Finished]) -> Vec<u8> {
-    let spans: usize = traces.iter().map(|t| 1 + t.children.len()).sum();
-    let mut buf = Vec::with_capacity(64 + resource.len() + spans * 320);
-    // A span is written here first: its length goes before it.
-    let mut span = Vec::with_capacity(1024);
-    message(&mut buf, 1, |buf| {
-        // ResourceSpans
-        bytes(buf, 1, resource);
-        message(buf, 2, |buf| {
-            // ScopeSpans
-            message(buf, 1, |buf| {
-                bytes(buf, 1, b"ragway");
-                bytes(buf, 2, env!("CARGO_PKG_VERSION").as_bytes());
-            });
-            for trace in traces {
-                span.clear();
-                request_span(&mut span, trace);
-                bytes(buf, 2, &span);
-                for child in &trace.children {
-                    span.clear();
-                    child_span(&mut span, trace, child);
-                    bytes(buf, 2, &span);
+impl Head {
+    /// The head for the service named `service_name`.
+    pub fn new(service_name: &str) -> Head {
+        let mut attributes = Vec::new();
+        for (key, text) in [
+            ("service.name", service_name),
+            ("service.version", env!("CARGO_PKG_VERSION")),
+        ] {
+            // `Resource.attributes` is field 1, where a span's are field 9:
+            // the key-value is written as a span's, then its tag changed.
+            let at = attributes.len();
+            text_value(&mut attributes, key, text.as_bytes());
+            attributes[at] = 1 << 3 | LEN;
+        }
+        let mut resource = Vec::new();
+        bytes(&mut resource, 1, &attributes);
+        let mut scope_fields = Vec::new();
+        bytes(&mut scope_fields, 1, b"ragway");
+        bytes(&mut scope_fields, 2, env!("CARGO_PKG_VERSION").as_bytes());
+        let mut scope = Vec::new();
+        bytes(&mut scope, 1, &scope_fields);
+        Head { resource, scope }
+    }
+
+    /// The bytes kept ahead of a batch's spans for the enclosing messages.
+    fn room(&self) -> usize {
+        2 * (1 + MAX_VARINT) + self.resource.len() + self.scope.len()
+    }
+}
+
+/// The spans of the traces gathered for one export request, encoded as each
+/// trace is added. What the spans repeat is written once per batch's life: per
+/// target, the name and GenAI attributes of its attempt spans (the same few
+/// targets serve every request).
+pub struct Batch {
+    buf: Vec<u8>,
+    /// Where the spans start: room for the head is kept before them.
+    room: usize,
+    /// Bytes first reserved for the spans.
+    reserve: usize,
+    traces: usize,
+    attempts: Vec<Attempted>,
+}
+
+/// An attempt span's name, kind and attributes for one operation at a target.
+struct Attempted {
+    operation: &'static str,
+    target: Arc<str>,
+    encoded: Box<[u8]>,
+}
+
+impl Batch {
+    /// An empty batch for requests carrying `head`, with room for about
+    /// `traces` traces of a chat call before it grows.
+    pub fn new(head: &Head, traces: usize) -> Batch {
+        let mut batch = Batch {
+            buf: Vec::new(),
+            room: head.room(),
+            reserve: traces * 1280,
+            traces: 0,
+            attempts: Vec::new(),
+        };
+        batch.restart();
+        batch
+    }
+
+    fn restart(&mut self) {
+        self.buf = Vec::with_capacity(self.room + self.reserve);
+        self.buf.resize(self.room, 0);
+        self.traces = 0;
+    }
+
+    /// The traces in the batch.
+    pub fn traces(&self) -> usize {
+        self.traces
+    }
+
+    /// The bytes of the batch's spans.
+    pub fn len(&self) -> usize {
+        self.buf.len() - self.room
+    }
+
+    /// Adds every span of `trace`.
+    pub fn add(&mut self, trace: &Finished) {
+        request_span(&mut self.buf, trace);
+        for child in &trace.children {
+            match &child.what {
+                What::Stage(name) => stage_span(&mut self.buf, trace, child, name),
+                What::Attempt {
+                    operation,
+                    target,
+                    error,
+                } => {
+                    let at = self.attempted(operation, target);
+                    let named = &self.attempts[at].encoded;
+                    attempt_span(&mut self.buf, trace, child, named, *error);
                 }
             }
-        });
-    });
-    buf
-}
-
-fn request_span(buf: &mut Vec<u8>, trace: &Finished) {
-    ids(buf, trace, &trace.span);
-    if let Some(parent) = &trace.parent {
-        bytes(buf, 4, parent);
-    }
-    let method = trace.method.as_str().as_bytes();
-    let route = trace.route.as_bytes();
-    tag(buf, 5, LEN);
-    varint(buf, (method.len() + 1 + route.len()) as u64);
-    buf.extend_from_slice(method);
-    buf.push(b' ');
-    buf.extend_from_slice(route);
-    varint_field(buf, 6, SERVER);
-    fixed64(buf, 7, trace.start);
-    fixed64(buf, 8, trace.end);
-    text_value(buf, 9, "http.request.method", method);
-    text_value(buf, 9, "http.route", route);
-    let mut failed = false;
-    for (key, value) in &trace.attributes {
-        key_value(buf, key, value);
-        failed |= *key == "error.type";
-    }
-    if failed {
-        status_error(buf);
-    }
-    let remote = match trace.parent {
-        Some(_) => IS_REMOTE,
-        None => 0,
-    };
-    fixed32(buf, 16, SAMPLED | HAS_IS_REMOTE | remote);
-}
-
-fn child_span(buf: &mut Vec<u8>, trace: &Finished, child: &Child) {
-    ids(buf, trace, &child.id);
-    bytes(buf, 4, &child.parent);
-    match &child.what {
-        What::Stage(name) => {
-            bytes(buf, 5, name.as_bytes());
-            varint_field(buf, 6, INTERNAL);
-            fixed64(buf, 7, child.start);
-            fixed64(buf, 8, child.end);
         }
-        What::Attempt {
+        self.traces += 1;
+    }
+
+    /// The export request holding the batch's spans, under `head` (the one the
+    /// batch was made for); the batch is then empty.
+    pub fn close(&mut self, head: &Head) -> Bytes {
+        // ExportTraceServiceRequest { resource_spans: ResourceSpans {
+        //   resource, scope_spans: ScopeSpans { scope, spans } } }
+        let scope_spans = head.scope.len() + self.len();
+        let resource_spans = head.resource.len() + 1 + varint_len(scope_spans) + scope_spans;
+        let mut enclosing = Vec::with_capacity(self.room);
+        tag(&mut enclosing, 1, LEN);
+        varint(&mut enclosing, resource_spans as u64);
+        enclosing.extend_from_slice(&head.resource);
+        tag(&mut enclosing, 2, LEN);
+        varint(&mut enclosing, scope_spans as u64);
+        enclosing.extend_from_slice(&head.scope);
+        let from = self.room - enclosing.len();
+        self.buf[from..self.room].copy_from_slice(&enclosing);
+        let request = Bytes::from(std::mem::take(&mut self.buf)).slice(from..);
+        self.restart();
+        request
+    }
+
+    /// Where in `attempts` the encoding of an attempt span for `operation` at
+    /// `target` (`provider:model`; a local model is named by its provider
+    /// alone) is: found by the target's own text first, as it mostly is.
+    fn attempted(&mut self, operation: &'static str, target: &Arc<str>) -> usize {
+        let same = |a: &Attempted| a.operation == operation && Arc::ptr_eq(&a.target, target);
+        let equal = |a: &Attempted| a.operation == operation && *a.target == **target;
+        if let Some(at) = self.attempts.iter().position(same) {
+            return at;
+        }
+        if let Some(at) = self.attempts.iter().position(equal) {
+            return at;
+        }
+        if self.attempts.len() >= TARGETS_KEPT {
+            self.attempts.clear();
+        }
+        let (system, model) = target.split_once(':').unwrap_or((target, target));
+        let mut named = Vec::with_capacity(160);
+        tag(&mut named, 5, LEN);
+        varint(&mut named, (operation.len() + 1 + model.len()) as u64);
+        named.extend_from_slice(operation.as_bytes());
+        named.push(b' ');
+        named.extend_from_slice(model.as_bytes());
+        named.extend_from_slice(&[6 << 3 | VARINT, CLIENT]);
+        text_value(&mut named, "gen_ai.operation.name", operation.as_bytes());
+        text_value(&mut named, "gen_ai.system", system.as_bytes());
+        text_value(&mut named, "gen_ai.request.model", model.as_bytes());
+        text_value(&mut named, "ragway.target", target.as_bytes());
+        self.attempts.push(Attempted {
             operation,
-            target,
-            error,
-        } => {
-            // `provider:model`; a local model is named by its provider alone.
-            let (system, model) = target.split_once(':').unwrap_or((target, target));
-            tag(buf, 5, LEN);
-            varint(buf, (operation.len() + 1 + model.len()) as u64);
-            buf.extend_from_slice(operation.as_bytes());
-            buf.push(b' ');
-            buf.extend_from_slice(model.as_bytes());
-            varint_field(buf, 6, CLIENT);
-            fixed64(buf, 7, child.start);
-            fixed64(buf, 8, child.end);
-            text_value(buf, 9, "gen_ai.operation.name", operation.as_bytes());
-            text_value(buf, 9, "gen_ai.system", system.as_bytes());
-            text_value(buf, 9, "gen_ai.request.model", model.as_bytes());
-            text_value(buf, 9, "ragway.target", target.as_bytes());
-            if let Some(error) = error {
-                text_value(buf, 9, "error.type", error.as_bytes());
-                status_error(buf);
-            }
-        }
+            target: Arc::clone(target),
+            encoded: named.into_boxed_slice(),
+        });
+        self.attempts.len() - 1
     }
-    fixed32(buf, 16, SAMPLED | HAS_IS_REMOTE);
 }
 
-/// The trace id, span id and trace state every span of `trace` carries.
-fn ids(buf: &mut Vec<u8>, trace: &Finished, span: &[u8; 8]) {
-    bytes(buf, 1, &trace.trace);
-    bytes(buf, 2, span);
+/// The request's span: `METHOD route`, a server span.
+fn request_span(buf: &mut Vec<u8>, trace: &Finished) {
+    nested(buf, |buf| {
+        ids(buf, trace, &trace.span, trace.parent.as_ref());
+        let method = trace.method.as_str().as_bytes();
+        let route = trace.route.as_bytes();
+        tag(buf, 5, LEN);
+        varint(buf, (method.len() + 1 + route.len()) as u64);
+        buf.extend_from_slice(method);
+        buf.push(b' ');
+        buf.extend_from_slice(route);
+        buf.extend_from_slice(&[6 << 3 | VARINT, SERVER]);
+        text_value(buf, "http.request.method", method);
+        text_value(buf, "http.route", route);
+        let mut failed = false;
+        for (key, value) in &trace.attributes {
+            key_value(buf, key, value);
+            failed |= *key == "error.type";
+        }
+        if failed {
+            buf.extend_from_slice(&STATUS_ERROR);
+        }
+        let remote = match trace.parent {
+            Some(_) => IS_REMOTE,
+            None => 0,
+        };
+        times(
+            buf,
+            trace.start,
+            trace.end,
+            SAMPLED | HAS_IS_REMOTE | remote,
+        );
+    });
+}
+
+/// A stage's span: an internal span named by the stage. Its length is known
+/// before it is written.
+fn stage_span(buf: &mut Vec<u8>, trace: &Finished, child: &Child, name: &str) {
+    let state = trace.tracestate.as_ref().map_or(0, |s| field_len(s.len()));
+    let len = IDS + state + field_len(name.len()) + 2 + TIMES;
+    tag(buf, 2, LEN);
+    varint(buf, len as u64);
+    ids(buf, trace, &child.id, Some(&child.parent));
+    bytes(buf, 5, name.as_bytes());
+    buf.extend_from_slice(&[6 << 3 | VARINT, INTERNAL]);
+    times(buf, child.start, child.end, SAMPLED | HAS_IS_REMOTE);
+}
+
+/// An upstream attempt's span: a GenAI client span, `named` as the encoder
+/// keeps it for its target; failed with `error` (`error.type`).
+fn attempt_span(
+    buf: &mut Vec<u8>,
+    trace: &Finished,
+    child: &Child,
+    named: &[u8],
+    error: Option<&str>,
+) {
+    nested(buf, |buf| {
+        ids(buf, trace, &child.id, Some(&child.parent));
+        buf.extend_from_slice(named);
+        if let Some(error) = error {
+            text_value(buf, "error.type", error.as_bytes());
+            buf.extend_from_slice(&STATUS_ERROR);
+        }
+        times(buf, child.start, child.end, SAMPLED | HAS_IS_REMOTE);
+    });
+}
+
+/// The bytes `ids` writes with a parent (the trace state aside).
+const IDS: usize = 18 + 10 + 10;
+
+/// The trace id, span id, parent span id and trace state of a span of `trace`,
+/// as one write.
+fn ids(buf: &mut Vec<u8>, trace: &Finished, span: &[u8; 8], parent: Option<&[u8; 8]>) {
+    let mut ids = [0; IDS];
+    ids[..2].copy_from_slice(&[1 << 3 | LEN, 16]);
+    ids[2..18].copy_from_slice(&trace.trace);
+    ids[18..20].copy_from_slice(&[2 << 3 | LEN, 8]);
+    ids[20..28].copy_from_slice(span);
+    let len = match parent {
+        Some(parent) => {
+            ids[28..30].copy_from_slice(&[4 << 3 | LEN, 8]);
+            ids[30..].copy_from_slice(parent);
+            IDS
+        }
+        None => 28,
+    };
+    buf.extend_from_slice(&ids[..len]);
     if let Some(state) = &trace.tracestate {
         bytes(buf, 3, state.as_bytes());
     }
 }
 
-fn status_error(buf: &mut Vec<u8>) {
-    // Status { code: ERROR }: two bytes.
-    tag(buf, 15, LEN);
-    buf.extend_from_slice(&[2, 3 << 3 | VARINT, ERROR as u8]);
+/// The bytes `times` writes.
+const TIMES: usize = 9 + 9 + 6;
+/// The tag of `Span.flags`: field 16, fixed32, takes two bytes as a varint.
+const FLAGS_TAG: [u8; 2] = [(16 << 3 | FIXED32) | 0x80, 1];
+
+/// Start and end times (fields 7 and 8) and the flags (field 16), as one write.
+fn times(buf: &mut Vec<u8>, start: u64, end: u64, flags: u32) {
+    let mut times = [0; TIMES];
+    times[0] = 7 << 3 | FIXED64;
+    times[1..9].copy_from_slice(&start.to_le_bytes());
+    times[9] = 8 << 3 | FIXED64;
+    times[10..18].copy_from_slice(&end.to_le_bytes());
+    // Field 16 takes two bytes of tag.
+    times[18..20].copy_from_slice(&FLAGS_TAG);
+    times[20..].copy_from_slice(&flags.to_le_bytes());
+    buf.extend_from_slice(&times);
 }
 
 /// A span's attribute (field 9).
 fn key_value(buf: &mut Vec<u8>, key: &str, value: &Value) {
     match value {
-        Value::Text(text) => text_value(buf, 9, key, text.as_bytes()),
-        Value::Shared(text) => text_value(buf, 9, key, text.as_bytes()),
-        Value::Static(text) => text_value(buf, 9, key, text.as_bytes()),
         Value::Bool(b) => scalar_value(buf, key, 2, u64::from(*b)),
         // int64: two's complement, as a varint.
         Value::Int(n) => scalar_value(buf, key, 3, *n as u64),
+        text => text_value(buf, key, text.text().unwrap_or_default().as_bytes()),
     }
 }
 
-/// `KeyValue { key, value: AnyValue { string_value: text } }` as field `field`.
-fn text_value(buf: &mut Vec<u8>, field: u32, key: &str, text: &[u8]) {
-    let any = 1 + varint_len(text.len()) + text.len();
-    let kv = 1 + varint_len(key.len()) + key.len() + 1 + varint_len(any) + any;
-    tag(buf, field, LEN);
+/// `KeyValue { key, value: AnyValue { string_value: text } }` as field 9.
+fn text_value(buf: &mut Vec<u8>, key: &str, text: &[u8]) {
+    if key.len() + text.len() < 0x80 - 6 {
+        // Every length is one byte: the common case, in four writes.
+        let any = 2 + text.len();
+        let kv = 2 + key.len() + 2 + any;
+        buf.extend_from_slice(&[ATTRIBUTE, kv as u8, 1 << 3 | LEN, key.len() as u8]);
+        buf.extend_from_slice(key.as_bytes());
+        buf.extend_from_slice(&[2 << 3 | LEN, any as u8, 1 << 3 | LEN, text.len() as u8]);
+        buf.extend_from_slice(text);
+        return;
+    }
+    let any = field_len(text.len());
+    let kv = field_len(key.len()) + field_len(any);
+    buf.push(ATTRIBUTE);
     varint(buf, kv as u64);
     bytes(buf, 1, key.as_bytes());
     tag(buf, 2, LEN);
@@ -174,16 +347,61 @@ fn text_value(buf: &mut Vec<u8>, field: u32, key: &str, text: &[u8]) {
 }
 
 /// `KeyValue { key, value: AnyValue { <variant>: n } }` for a varint variant.
-fn scalar_value(buf: &mut Vec<u8>, key: &str, variant: u32, n: u64) {
+fn scalar_value(buf: &mut Vec<u8>, key: &str, variant: u8, n: u64) {
     let any = 1 + varint_len(n as usize);
-    let kv = 1 + varint_len(key.len()) + key.len() + 1 + 1 + any;
-    tag(buf, 9, LEN);
+    let kv = field_len(key.len()) + 2 + any;
+    if kv < 0x80 && n < 0x80 {
+        // Every length and the number are one byte: the common case.
+        buf.extend_from_slice(&[ATTRIBUTE, kv as u8, 1 << 3 | LEN, key.len() as u8]);
+        buf.extend_from_slice(key.as_bytes());
+        buf.extend_from_slice(&[2 << 3 | LEN, any as u8, variant << 3 | VARINT, n as u8]);
+        return;
+    }
+    buf.push(ATTRIBUTE);
     varint(buf, kv as u64);
     bytes(buf, 1, key.as_bytes());
     tag(buf, 2, LEN);
     varint(buf, any as u64);
-    varint_field(buf, variant, n);
+    tag(buf, u32::from(variant), VARINT);
+    varint(buf, n);
 }
+
+/// The bytes a length-delimited field of `len` bytes takes, its tag (of one
+/// byte) and length included.
+#[inline]
+fn field_len(len: usize) -> usize {
+    1 + varint_len(len) + len
+}
+
+/// A span (field 2 of ScopeSpans) whose contents `write` appends. Its length
+/// is known only afterwards: two bytes are kept for it (a span's length mostly
+/// takes two), and the few spans that need one or more than two are mended.
+fn nested(buf: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
+    tag(buf, 2, LEN);
+    let at = buf.len();
+    buf.extend_from_slice(&[0, 0]);
+    write(buf);
+    let len = buf.len() - at - 2;
+    match len {
+        0..0x80 => {
+            buf[at] = len as u8;
+            buf.copy_within(at + 2.., at + 1);
+            buf.pop();
+        }
+        0x80..0x4000 => {
+            buf[at] = len as u8 | 0x80;
+            buf[at + 1] = (len >> 7) as u8;
+        }
+        _ => {
+            let mut prefix = Vec::with_capacity(MAX_VARINT);
+            varint(&mut prefix, len as u64);
+            buf.splice(at..at + 2, prefix);
+        }
+    }
+}
+
+/// The most bytes a varint of a 64-bit number takes.
+const MAX_VARINT: usize = 10;
 
 #[inline]
 fn tag(buf: &mut Vec<u8>, field: u32, wire: u8) {
@@ -210,44 +428,11 @@ fn varint_len(n: usize) -> usize {
     bits.div_ceil(7) as usize
 }
 
-fn varint_field(buf: &mut Vec<u8>, field: u32, n: u64) {
-    tag(buf, field, VARINT);
-    varint(buf, n);
-}
-
-fn fixed64(buf: &mut Vec<u8>, field: u32, n: u64) {
-    tag(buf, field, FIXED64);
-    buf.extend_from_slice(&n.to_le_bytes());
-}
-
-fn fixed32(buf: &mut Vec<u8>, field: u32, n: u32) {
-    tag(buf, field, FIXED32);
-    buf.extend_from_slice(&n.to_le_bytes());
-}
-
 #[inline]
 fn bytes(buf: &mut Vec<u8>, field: u32, data: &[u8]) {
     tag(buf, field, LEN);
     varint(buf, data.len() as u64);
     buf.extend_from_slice(data);
-}
-
-/// A length-delimited field whose contents `write` appends (the few that
-/// enclose a whole batch). Its length is known only afterwards: one byte is
-/// kept for it, and the contents are moved along when it needs more.
-fn message(buf: &mut Vec<u8>, field: u32, write: impl FnOnce(&mut Vec<u8>)) {
-    tag(buf, field, LEN);
-    let at = buf.len();
-    buf.push(0);
-    write(buf);
-    let len = (buf.len() - at - 1) as u64;
-    if len < 0x80 {
-        buf[at] = len as u8;
-    } else {
-        let mut prefix = Vec::with_capacity(10);
-        varint(&mut prefix, len);
-        buf.splice(at..=at, prefix);
-    }
 }
 
 #[cfg(test)]
@@ -311,11 +496,27 @@ mod tests {
         ];
         // Many spans, so that the enclosing lengths need several bytes.
         let traces: Vec<Finished> = (0..50).map(|_| trace(children.clone())).collect();
-        let written = request(&resource("ragway-test"), &traces);
-        let read = ExportTraceServiceRequest::decode(written.as_slice()).unwrap();
+        let head = Head::new("ragway-test");
+        let mut batch = Batch::new(&head, 50);
+        let mut written = Vec::new();
+        for _ in 0..2 {
+            // The second batch writes its attempts from what the first kept.
+            traces.iter().for_each(|trace| batch.add(trace));
+            assert_eq!(batch.traces(), 50);
+            written.push(batch.close(&head));
+            assert_eq!((batch.traces(), batch.len()), (0, 0));
+        }
+        assert_eq!(written[0], written[1]);
+        let written = written.remove(0);
+        let read = ExportTraceServiceRequest::decode(written).unwrap();
         let resource_spans = &read.resource_spans[0];
-        let service = &resource_spans.resource.as_ref().unwrap().attributes[0];
-        assert_eq!(service.key, "service.name");
+        let service = &resource_spans.resource.as_ref().unwrap().attributes;
+        assert_eq!(service[0].key, "service.name");
+        assert_eq!(
+            service[0].value.as_ref().unwrap().value,
+            Some(Any::StringValue("ragway-test".to_owned()))
+        );
+        assert_eq!(service[1].key, "service.version");
         let scope = &resource_spans.scope_spans[0];
         assert_eq!(scope.scope.as_ref().unwrap().name, "ragway");
         assert_eq!(scope.spans.len(), 150);
@@ -398,12 +599,94 @@ mod tests {
     }
 
     #[test]
-    fn a_length_past_one_byte_is_a_longer_varint() {
-        let mut buf = Vec::new();
-        message(&mut buf, 1, |buf| buf.extend_from_slice(&[0xab; 300]));
-        // tag 0x0a, then 300 = 0b10_0101100 as 0xac 0x02
-        assert_eq!(&buf[..3], &[0x0a, 0xac, 0x02]);
-        assert_eq!(buf.len(), 303);
-        assert!(buf[3..].iter().all(|&b| b == 0xab));
+    fn a_span_s_length_takes_the_bytes_it_needs() {
+        // tag 0x12, then the length: 5; 300 = 0b10_0101100 as 0xac 0x02;
+        // 20,000 as 0xa0 0x9c 0x01.
+        for (len, prefix) in [
+            (5, &[0x12, 5][..]),
+            (300, &[0x12, 0xac, 0x02]),
+            (20_000, &[0x12, 0xa0, 0x9c, 0x01]),
+        ] {
+            let mut buf = vec![0xcd];
+            nested(&mut buf, |buf| buf.extend_from_slice(&vec![0xab; len]));
+            assert_eq!(buf[0], 0xcd);
+            assert_eq!(&buf[1..1 + prefix.len()], prefix, "{len}");
+            assert_eq!(buf.len(), 1 + prefix.len() + len);
+            assert!(buf[1 + prefix.len()..].iter().all(|&b| b == 0xab));
+        }
+    }
+
+    #[test]
+    fn attributes_either_side_of_one_byte_lengths_are_read_back() {
+        let mut trace = trace(Vec::new());
+        trace.attributes = (100..140)
+            .map(|n| ("gen_ai.system", Value::Text("x".repeat(n))))
+            .chain([200, 127, 128, 16_384].map(|n| ("gen_ai.usage.input_tokens", Value::Int(n))))
+            .collect();
+        let head = Head::new("ragway-test");
+        let mut batch = Batch::new(&head, 1);
+        batch.add(&trace);
+        let read = ExportTraceServiceRequest::decode(batch.close(&head)).unwrap();
+        let span = &read.resource_spans[0].scope_spans[0].spans[0];
+        let texts: Vec<usize> = span
+            .attributes
+            .iter()
+            .filter_map(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                Any::StringValue(text) if kv.key == "gen_ai.system" => Some(text.len()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(texts, (100..140).collect::<Vec<_>>());
+        let ints: Vec<i64> = span
+            .attributes
+            .iter()
+            .filter_map(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                Any::IntValue(n) => Some(*n),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ints, [200, 127, 128, 16_384]);
+    }
+
+    #[test]
+    fn a_trace_without_parent_or_state_and_long_values_is_read_back() {
+        let mut trace = trace(vec![Child {
+            id: [2; 8],
+            parent: [1; 8],
+            start: 5,
+            end: 6,
+            what: What::Stage("retrieve"),
+        }]);
+        trace.parent = None;
+        trace.tracestate = None;
+        trace
+            .attributes
+            .push(("ragway.failover.chain", Value::Text("a:b > ".repeat(3000))));
+        trace
+            .attributes
+            .push(("error.type", Value::Static("timeout")));
+        let head = Head::new("ragway-test");
+        let mut batch = Batch::new(&head, 1);
+        batch.add(&trace);
+        let written = batch.close(&head);
+        let read = ExportTraceServiceRequest::decode(written).unwrap();
+        let spans = &read.resource_spans[0].scope_spans[0].spans;
+        assert_eq!(spans.len(), 2);
+        assert_eq!(spans[0].parent_span_id, Vec::<u8>::new());
+        assert_eq!(spans[0].trace_state, "");
+        assert_eq!(spans[0].flags, 0x101);
+        assert_eq!(
+            spans[0].status.as_ref().unwrap().code,
+            StatusCode::Error as i32
+        );
+        assert_eq!(
+            attribute(&spans[0], "ragway.failover.chain"),
+            Some(&Any::StringValue("a:b > ".repeat(3000)))
+        );
+        assert_eq!(spans[1].name, "retrieve");
+        assert_eq!(
+            (spans[1].start_time_unix_nano, spans[1].end_time_unix_nano),
+            (5, 6)
+        );
     }
 }

@@ -1,22 +1,21 @@
 //! A request's trace as it is recorded: the request's span, opened by the
 //! observer, and its children (the stages and each upstream attempt), kept in
 //! memory as ids, times and the few values each needs. Nothing is encoded or
-//! sent on the request's path: when the last holder of the request's trace lets
-//! go (the response sent, or a stream ended), the whole trace is queued for the
-//! exporter as one value.
+//! sent while the request is served: when the last holder of the request's
+//! trace lets go (the response sent, or a stream ended), the whole trace is
+//! encoded into its thread's batch for the exporter.
 //!
-//! The span that is current (a stage, an attempt) is a task-local, so the
-//! provider call deep in `generate` can send its `traceparent` without the
-//! request's context being passed down to it.
+//! The span that is current (a stage, an attempt) is set on the thread while
+//! the work it covers is polled, as a task-local is, so the provider call deep
+//! in `generate` can send its `traceparent` without the request's context being
+//! passed down to it.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
-
-use futures_util::future::Either;
-use tokio::task::futures::TaskLocalFuture;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use hyper::Method;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
@@ -30,8 +29,35 @@ pub enum Value {
     Text(String),
     Shared(Arc<str>),
     Static(&'static str),
+    /// Bytes `.1` to `.2` of the text, kept without a copy.
+    Part(Arc<str>, u32, u32),
     Int(i64),
     Bool(bool),
+}
+
+impl Value {
+    /// `text[start..end]`, without a copy of it.
+    pub fn part(text: &Arc<str>, start: usize, end: usize) -> Value {
+        match (
+            u32::try_from(start),
+            u32::try_from(end),
+            text.get(start..end),
+        ) {
+            (Ok(from), Ok(to), Some(_)) => Value::Part(Arc::clone(text), from, to),
+            (_, _, part) => Value::Text(part.unwrap_or_default().to_owned()),
+        }
+    }
+
+    /// The text of a text value.
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            Value::Text(text) => Some(text),
+            Value::Shared(text) => Some(text),
+            Value::Static(text) => Some(text),
+            Value::Part(text, start, end) => text.get(*start as usize..*end as usize),
+            Value::Int(_) | Value::Bool(_) => None,
+        }
+    }
 }
 
 impl From<String> for Value {
@@ -87,7 +113,7 @@ pub enum What {
     },
 }
 
-/// A request's whole trace, ended: what the exporter encodes.
+/// A request's whole trace, ended: what its batch encodes.
 #[derive(Debug)]
 pub struct Finished {
     pub trace: TraceId,
@@ -132,7 +158,7 @@ struct Kept {
 /// monotonic clock after it: a span's times are never out of order.
 struct Clock {
     unix: u64,
-    at: Instant,
+    at: u64,
 }
 
 impl Clock {
@@ -142,14 +168,38 @@ impl Clock {
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
         Clock {
             unix,
-            at: Instant::now(),
+            at: monotonic(),
         }
     }
 
     fn now(&self) -> u64 {
-        let since = u64::try_from(self.at.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.unix.saturating_add(since)
+        self.unix
+            .saturating_add(monotonic().saturating_sub(self.at))
     }
+}
+
+/// Nanoseconds on the monotonic clock, read directly: `Instant`'s arithmetic
+/// (a checked subtraction, a 128-bit product) costs more than the reading, and
+/// a traced request reads the clock about fourteen times.
+#[cfg(unix)]
+fn monotonic() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a timespec the call may write; it fails only for a
+    // clock the system lacks, and every Unix has CLOCK_MONOTONIC.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    (now.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(now.tv_nsec as u64)
+}
+
+#[cfg(not(unix))]
+fn monotonic() -> u64 {
+    static ORIGIN: std::sync::LazyLock<std::time::Instant> =
+        std::sync::LazyLock::new(std::time::Instant::now);
+    u64::try_from(ORIGIN.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl Trace {
@@ -253,7 +303,7 @@ impl Drop for Recording {
             return;
         }
         let kept = std::mem::take(self.kept.get_mut().unwrap_or_else(|p| p.into_inner()));
-        export::queue(Finished {
+        export::queue(&Finished {
             trace: self.trace,
             span: self.span,
             parent: self.parent,
@@ -268,15 +318,29 @@ impl Drop for Recording {
     }
 }
 
-tokio::task_local! {
-    /// The span that is current in this task: a stage or an attempt.
-    static CURRENT: Current;
+thread_local! {
+    /// The span that is current while a task's [`Scoped`] work is polled on
+    /// this thread: a stage or an attempt. A cell rather than tokio's
+    /// task-local, which costs several times as much per poll.
+    static CURRENT: Cell<Option<Current>> = const { Cell::new(None) };
 }
 
-#[derive(Clone)]
 struct Current {
     recording: Arc<Recording>,
     span: SpanId,
+}
+
+/// What `read` makes of the span current on this thread; `None` outside one.
+fn current<T>(read: impl FnOnce(&Current) -> T) -> Option<T> {
+    CURRENT
+        .try_with(|cell| {
+            let current = cell.take()?;
+            let read = read(&current);
+            cell.set(Some(current));
+            Some(read)
+        })
+        .ok()
+        .flatten()
 }
 
 /// A child span being recorded; it ends, and is kept, when dropped. Children of
@@ -336,17 +400,14 @@ pub struct Attempt(Option<Open>);
 impl Attempt {
     /// Opens the span of an attempt at `target` (`provider:model`).
     pub fn start(operation: &'static str, target: &Arc<str>) -> Attempt {
-        let open = CURRENT
-            .try_with(|current| {
-                let what = What::Attempt {
-                    operation,
-                    target: Arc::clone(target),
-                    error: None,
-                };
-                Open::new(&current.recording, current.span, what)
-            })
-            .ok();
-        Attempt(open)
+        Attempt(current(|current| {
+            let what = What::Attempt {
+                operation,
+                target: Arc::clone(target),
+                error: None,
+            };
+            Open::new(&current.recording, current.span, what)
+        }))
     }
 
     /// Runs the attempt's `work` with its span current: the provider is sent
@@ -371,19 +432,20 @@ pin_project_lite::pin_project! {
     /// an `async` block, which would copy the work's whole state once more as
     /// it starts.
     pub struct Scoped<F: Future> {
+        current: Option<Current>,
         open: Option<Open>,
         #[pin]
-        work: Either<F, TaskLocalFuture<Current, F>>,
+        work: F,
     }
 }
 
 impl<F: Future> Scoped<F> {
     fn new(current: Option<Current>, open: Option<Open>, work: F) -> Scoped<F> {
-        let work = match current {
-            Some(current) => Either::Right(CURRENT.scope(current, work)),
-            None => Either::Left(work),
-        };
-        Scoped { open, work }
+        Scoped {
+            current,
+            open,
+            work,
+        }
     }
 }
 
@@ -392,9 +454,38 @@ impl<F: Future> Future for Scoped<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        let done = ready!(this.work.poll(cx));
+        let polled = match this.current.take() {
+            Some(current) => {
+                // The span is current until the work returns (or unwinds); the
+                // one it covered, if any, is current again after.
+                let outer = CURRENT.try_with(|cell| cell.replace(Some(current)));
+                let _restore = Restore {
+                    outer: outer.ok().flatten(),
+                    ours: this.current,
+                };
+                this.work.poll(cx)
+            }
+            None => this.work.poll(cx),
+        };
+        let done = ready!(polled);
         this.open.take(); // the stage ends
         Poll::Ready(done)
+    }
+}
+
+/// Puts back the span that was current before a [`Scoped`] poll, and keeps
+/// the poll's own for the next.
+struct Restore<'a> {
+    outer: Option<Current>,
+    ours: &'a mut Option<Current>,
+}
+
+impl Drop for Restore<'_> {
+    fn drop(&mut self) {
+        let outer = self.outer.take();
+        if let Ok(ours) = CURRENT.try_with(|cell| cell.replace(outer)) {
+            *self.ours = ours;
+        }
     }
 }
 
@@ -405,7 +496,7 @@ const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// current in this task (and the client's `tracestate`); nothing outside a
 /// traced request.
 pub fn propagate(headers: &mut HeaderMap) {
-    let _ = CURRENT.try_with(|current| {
+    current(|current| {
         let recording = &current.recording;
         let parent = context::header(&recording.trace, &current.span, recording.sampled);
         headers.insert(TRACEPARENT, parent);
