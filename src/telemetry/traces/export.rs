@@ -10,7 +10,7 @@
 //! never wakes it (a wake-up is a system call). On the same timer it closes the
 //! batches that have waited their time, on threads with few requests.
 
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf as _, BufMut as _, Bytes};
@@ -67,6 +67,21 @@ impl Batches {
         })
     }
 
+    /// `open`, locked. A panic while it was held may have left a span half
+    /// written: the batch is dropped (and counted) rather than sent broken.
+    fn lock<'a>(&self, open: &'a Mutex<Open>) -> MutexGuard<'a, Open> {
+        match open.lock() {
+            Ok(locked) => locked,
+            Err(poisoned) => {
+                open.clear_poison();
+                let mut locked = poisoned.into_inner();
+                DROPPED.inc_by(locked.batch.traces() as u64);
+                locked.batch = Batch::new(&self.head, BATCH);
+                locked
+            }
+        }
+    }
+
     /// Hands `full` to the exporter; it is dropped (and counted) when the
     /// queue is full.
     fn hand_over(&self, full: Full) {
@@ -93,11 +108,7 @@ pub fn queue(trace: &Finished) {
     let Some(batches) = BATCHES.get() else {
         return;
     };
-    // A panic while the lock was held lost one trace at most.
-    let mut open = batches
-        .open()
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
+    let mut open = batches.lock(batches.open());
     if open.batch.traces() == 0 {
         open.since = Instant::now();
     }
@@ -212,7 +223,7 @@ impl Exporter {
             // at shutdown).
             for open in batches.open.iter() {
                 let due = {
-                    let mut open = open.lock().unwrap_or_else(PoisonError::into_inner);
+                    let mut open = batches.lock(open);
                     let due = open.batch.traces() > 0 && (stop || open.since.elapsed() >= delay);
                     due.then(|| open.close(&batches.head))
                 };
@@ -306,5 +317,46 @@ impl Decoder for Raw {
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<()>, tonic::Status> {
         src.advance(src.remaining());
         Ok(Some(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+
+    use super::*;
+
+    #[test]
+    fn a_batch_a_panic_left_behind_is_dropped_not_sent() {
+        let (full, _queued) = mpsc::channel(1);
+        let batches = Batches {
+            head: Head::new("ragway-test"),
+            open: ThreadLocal::new(),
+            full,
+        };
+        let open = batches.open();
+        batches.lock(open).batch.add(&Finished {
+            trace: [1; 16],
+            span: [2; 8],
+            parent: None,
+            tracestate: None,
+            method: hyper::Method::GET,
+            route: "/v1/models".to_owned(),
+            start: 1,
+            end: 2,
+            attributes: Vec::new(),
+            children: Vec::new(),
+        });
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            let _held = open.lock();
+            panic!("a span half written");
+        }));
+        assert!(open.is_poisoned());
+        let dropped = DROPPED.get();
+        let locked = batches.lock(open);
+        assert_eq!((locked.batch.traces(), locked.batch.len()), (0, 0));
+        drop(locked);
+        assert!(DROPPED.get() > dropped);
+        assert!(!open.is_poisoned());
     }
 }

@@ -505,3 +505,21 @@ pub fn propagate(headers: &mut HeaderMap) {
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_part_of_shared_text_is_that_text_or_a_copy_never_a_panic() {
+        let target: Arc<str> = Arc::from("deepseek:deepseek-chat");
+        assert_eq!(Value::part(&target, 0, 8).text(), Some("deepseek"));
+        assert!(matches!(Value::part(&target, 9, 22), Value::Part(..)));
+        assert_eq!(Value::part(&target, 9, 22).text(), Some("deepseek-chat"));
+        // Past the end, or inside a character: an empty or copied text.
+        assert_eq!(Value::part(&target, 9, 99).text(), Some(""));
+        let wide: Arc<str> = Arc::from("é:x");
+        assert_eq!(Value::part(&wide, 1, 3).text(), Some(""));
+        assert_eq!(Value::Int(3).text(), None);
+    }
+}
