@@ -41,11 +41,12 @@ static BATCHES: OnceLock<Batches> = OnceLock::new();
 /// The open batch of each thread that has ended a trace, and the full ones.
 struct Batches {
     head: Head,
-    open: ThreadLocal<Mutex<Open>>,
+    open: ThreadLocal<Mutex<Gathering>>,
     full: mpsc::Sender<Full>,
 }
 
-struct Open {
+/// A thread's open batch, and how long it has gathered.
+struct Gathering {
     batch: Batch,
     /// When its first trace was added.
     since: Instant,
@@ -58,9 +59,9 @@ struct Full {
 }
 
 impl Batches {
-    fn open(&self) -> &Mutex<Open> {
+    fn open(&self) -> &Mutex<Gathering> {
         self.open.get_or(|| {
-            Mutex::new(Open {
+            Mutex::new(Gathering {
                 batch: Batch::new(&self.head, BATCH),
                 since: Instant::now(),
             })
@@ -69,7 +70,7 @@ impl Batches {
 
     /// `open`, locked. A panic while it was held may have left a span half
     /// written: the batch is dropped (and counted) rather than sent broken.
-    fn lock<'a>(&self, open: &'a Mutex<Open>) -> MutexGuard<'a, Open> {
+    fn lock<'a>(&self, open: &'a Mutex<Gathering>) -> MutexGuard<'a, Gathering> {
         match open.lock() {
             Ok(locked) => locked,
             Err(poisoned) => {
@@ -92,7 +93,7 @@ impl Batches {
     }
 }
 
-impl Open {
+impl Gathering {
     fn close(&mut self, head: &Head) -> Full {
         let traces = self.batch.traces();
         Full {

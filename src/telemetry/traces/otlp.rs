@@ -169,14 +169,11 @@ impl Batch {
 
     /// Where in `attempts` the encoding of an attempt span for `operation` at
     /// `target` (`provider:model`; a local model is named by its provider
-    /// alone) is: found by the target's own text first, as it mostly is.
+    /// alone) is. (`Arc<str>`'s equality checks for the same shared text
+    /// first, as it mostly is.)
     fn attempted(&mut self, operation: &'static str, target: &Arc<str>) -> usize {
-        let same = |a: &Attempted| a.operation == operation && Arc::ptr_eq(&a.target, target);
-        let equal = |a: &Attempted| a.operation == operation && *a.target == **target;
-        if let Some(at) = self.attempts.iter().position(same) {
-            return at;
-        }
-        if let Some(at) = self.attempts.iter().position(equal) {
+        let kept = |a: &Attempted| a.operation == operation && a.target == *target;
+        if let Some(at) = self.attempts.iter().position(kept) {
             return at;
         }
         if self.attempts.len() >= TARGETS_KEPT {
