@@ -7,7 +7,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/ragway/target
 CARGO ?= cargo
 CONFIG ?= $(wildcard ragway.toml)
 
-.PHONY: run test lint fmt toolchain models services sdks browser qdrant-server bench-overhead bench-instructions profile-overhead bench-stream-tail bench-local bench-pii bench-rag bench-dialects bench-admission bench-cache bench-audit soak
+.PHONY: run test lint fmt toolchain models services sdks browser qdrant-server bench-overhead bench-tracing bench-instructions profile-overhead bench-stream-tail bench-local bench-pii bench-rag bench-dialects bench-admission bench-cache bench-audit soak
 
 ## Serve on 127.0.0.1:8080 (ragway.toml if present, built-in defaults otherwise).
 run: toolchain models
@@ -57,6 +57,10 @@ fmt:
 ## Gateway overhead benchmark (writes nothing; paste the table into docs/BENCHMARKS.md).
 bench-overhead: toolchain services
 	scripts/bench-overhead.sh
+
+## Tracing's cost in throughput: traced and untraced gateways loaded in turn, in short slices.
+bench-tracing: toolchain
+	scripts/bench-tracing.sh
 
 ## The gateway's user-space instructions per request under callgrind (repeatable where CPU time is not).
 bench-instructions: toolchain services

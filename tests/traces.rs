@@ -2,9 +2,11 @@
 //! binary (the trace exporter is process-wide): a span per request under the
 //! client's `traceparent`, a child per stage and per upstream attempt, GenAI
 //! attributes, the attempt's `traceparent` at the provider, no text or key in
-//! any attribute; and a collector that is down costs the requests nothing.
+//! any attribute; a collector that is down costs the requests nothing; and one
+//! that refuses exports is reported until it takes them again.
 
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,7 +30,11 @@ const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
 
 #[derive(Clone, Default)]
-struct Collector(Arc<Mutex<Vec<Span>>>);
+struct Collector {
+    spans: Arc<Mutex<Vec<Span>>>,
+    /// While set, every export is refused, as a collector that is full is.
+    refusing: Arc<AtomicBool>,
+}
 
 #[async_trait::async_trait]
 impl TraceService for Collector {
@@ -36,13 +42,16 @@ impl TraceService for Collector {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        if self.refusing.load(Ordering::SeqCst) {
+            return Err(tonic::Status::unavailable("the collector is full"));
+        }
         let spans = request
             .into_inner()
             .resource_spans
             .into_iter()
             .flat_map(|r| r.scope_spans)
             .flat_map(|s| s.spans);
-        self.0.lock().unwrap().extend(spans);
+        self.spans.lock().unwrap().extend(spans);
         Ok(tonic::Response::new(ExportTraceServiceResponse {
             partial_success: None,
         }))
@@ -66,7 +75,7 @@ impl Collector {
     }
 
     fn spans(&self) -> Vec<Span> {
-        self.0.lock().unwrap().clone()
+        self.spans.lock().unwrap().clone()
     }
 }
 
@@ -115,6 +124,48 @@ impl Served {
             }
         });
         Served { child, url, log }
+    }
+
+    /// `ragway_trace_export_failures_total`.
+    async fn export_failures(&self) -> u64 {
+        let text = reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("ragway_trace_export_failures_total "))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Waits (20 s at most) until an export has failed.
+    async fn an_export_failed(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.export_failures().await == 0 {
+            assert!(Instant::now() < deadline, "no export failure counted");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The log lines so far that contain `text`.
+    fn said(&self, text: &str) -> usize {
+        let log = self.log.lock().unwrap();
+        log.iter().filter(|l| l.contains(text)).count()
+    }
+
+    /// Waits (20 s at most) until the log (written by its own thread) says `text`.
+    async fn until_said(&self, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.said(text) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "never said {text:?}: {:?}",
+                self.log.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn chat(&self, traceparent: Option<&str>) -> reqwest::Response {
@@ -280,48 +331,36 @@ async fn a_collector_that_is_down_costs_requests_nothing_and_is_reported() {
         "{:?}",
         started.elapsed()
     );
-    let metrics = || async {
-        reqwest::get(format!("{}/metrics", served.url))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = metrics().await;
-        let failures = text
-            .lines()
-            .find_map(|l| l.strip_prefix("ragway_trace_export_failures_total "))
-            .and_then(|n| n.parse::<u64>().ok())
-            .unwrap_or(0);
-        if failures > 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no export failure counted:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // Said once in the log (written by the log's own thread).
-    let said = || {
-        let log = served.log.lock().unwrap();
-        log.iter()
-            .filter(|l| l.contains("the trace collector does not take spans"))
-            .count()
-    };
-    while said() == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "{:?}",
-            served.log.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    served.an_export_failed().await;
+    served.until_said(DOWN).await;
     assert_eq!(served.chat(None).await.status(), 200);
-    assert_eq!(said(), 1, "told once per outage");
+    assert_eq!(served.said(DOWN), 1, "told once per outage");
+    drop(served.child);
+}
+
+const DOWN: &str = "the trace collector does not take spans";
+
+#[tokio::test]
+async fn a_collector_that_refuses_exports_is_reported_and_sent_spans_again_once_it_takes_them() {
+    let fake = FakeProvider::start().await;
+    let (collector, address) = Collector::start().await;
+    collector.refusing.store(true, Ordering::SeqCst);
+    let served = Served::start(&config(&fake, &address)).await;
+    // Refused: the answer's grpc-status is an error (in its only headers).
+    assert_eq!(served.chat(None).await.status(), 200);
+    served.an_export_failed().await;
+    served.until_said(DOWN).await;
+    assert!(collector.spans().is_empty());
+    // Taken again: the next batch gets through (its status in trailers), and
+    // the log says so.
+    collector.refusing.store(false, Ordering::SeqCst);
+    assert_eq!(served.chat(None).await.status(), 200);
+    let spans = spans_once(&collector, "POST /v1/chat/completions").await;
+    assert!(spans.iter().any(|s| s.name == "generate"), "{spans:?}");
+    served
+        .until_said("the trace collector takes spans again")
+        .await;
+    assert_eq!(served.said(DOWN), 1, "told once per outage");
     drop(served.child);
 }
 

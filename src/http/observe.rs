@@ -50,7 +50,7 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     let route_name = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     // Its parent is the client's `traceparent`; empty without `[tracing]`.
     let trace = Trace::request(&method, route_name, request.headers());
-    trace.set_all(|set| set.push(("ragway.request_id", Arc::clone(&id).into())));
+    trace.set_all(|span| span.text("ragway.request_id", &id));
     request
         .extensions_mut()
         .insert(RequestId(id.clone(), trace.clone()));

@@ -10,7 +10,6 @@ use crate::admit::admission::{Permit, Used};
 use crate::audit::{CallRecord, PassageRef};
 use crate::call::Outcome;
 use crate::error::GatewayError;
-use crate::telemetry::traces;
 use crate::tokens;
 use crate::wire::{ChatCompletion, Usage};
 
@@ -148,44 +147,34 @@ impl Pipeline {
 /// The request's span gets the call's GenAI attributes: what was asked, who
 /// served it, the tokens, the failover chain, how it ended. No text, no key.
 fn annotate(ctx: &RequestCtx, finished: &Finished) {
-    ctx.trace.set_all(|attributes| {
-        let mut set = |key, value: traces::Value| attributes.push((key, value));
-        set("gen_ai.operation.name", ctx.route.kind.name().into());
-        set("gen_ai.request.model", Arc::clone(&ctx.route.alias).into());
-        if let Some(target) = &finished.target
-            && let Some(colon) = target.bytes().position(|b| b == b':')
-        {
-            set("gen_ai.system", traces::Value::part(target, 0, colon));
-            let model = traces::Value::part(target, colon + 1, target.len());
-            set("gen_ai.response.model", model);
+    ctx.trace.set_all(|span| {
+        span.set("gen_ai.operation.name", ctx.route.kind.name());
+        span.text("gen_ai.request.model", &ctx.route.alias);
+        if let Some((system, model)) = finished.target.as_deref().and_then(|t| t.split_once(':')) {
+            span.text("gen_ai.system", system);
+            span.text("gen_ai.response.model", model);
         }
         if let Some(usage) = &finished.usage {
-            set(
-                "gen_ai.usage.input_tokens",
-                (usage.prompt_tokens as i64).into(),
-            );
-            set(
-                "gen_ai.usage.output_tokens",
-                (usage.completion_tokens as i64).into(),
-            );
+            span.set("gen_ai.usage.input_tokens", usage.prompt_tokens as i64);
+            span.set("gen_ai.usage.output_tokens", usage.completion_tokens as i64);
         }
         let resumed = ctx.resumed.targets();
         let mut chain = ctx.attempts.iter().map(|a| &a.target).chain(&resumed);
         match (chain.next(), chain.next()) {
-            (Some(only), None) => set("ragway.failover.chain", Arc::clone(only).into()),
+            (Some(only), None) => span.text("ragway.failover.chain", only),
             (Some(first), Some(second)) => {
                 let rest = [first, second].into_iter().chain(chain);
                 let chain: Vec<&str> = rest.map(|t| &**t).collect();
-                set("ragway.failover.chain", chain.join(" > ").into());
+                span.set("ragway.failover.chain", chain.join(" > "));
             }
             (None, _) => {}
         }
-        set("ragway.tenant", Arc::clone(&ctx.caller.tenant).into());
-        set("ragway.cache", ctx.cache.as_str().into());
-        set("ragway.outcome", finished.outcome.as_str().into());
-        set("ragway.stream", ctx.stream.into());
+        span.text("ragway.tenant", &ctx.caller.tenant);
+        span.set("ragway.cache", ctx.cache.as_str());
+        span.set("ragway.outcome", finished.outcome.as_str());
+        span.set("ragway.stream", ctx.stream);
         if let Some(error) = finished.error {
-            set("error.type", error.into());
+            span.set("error.type", error);
         }
     });
 }

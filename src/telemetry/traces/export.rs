@@ -13,11 +13,14 @@
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf as _, BufMut as _, Bytes};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Limited};
+use hyper::header::{CONTENT_TYPE, HeaderValue, TE};
+use hyper::http;
 use thread_local::ThreadLocal;
 use tokio::sync::{mpsc, oneshot};
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tower::{Service as _, ServiceExt as _};
 
 use super::otlp::{Batch, Head};
 use super::span::Finished;
@@ -83,22 +86,21 @@ impl Batches {
         }
     }
 
+    /// Closes the batch `open` gathers.
+    fn close(&self, open: &mut Gathering) -> Full {
+        let traces = open.batch.traces();
+        Full {
+            request: open.batch.close(&self.head),
+            traces,
+        }
+    }
+
     /// Hands `full` to the exporter; it is dropped (and counted) when the
     /// queue is full.
     fn hand_over(&self, full: Full) {
         let traces = full.traces;
         if self.full.try_send(full).is_err() {
             DROPPED.inc_by(traces as u64);
-        }
-    }
-}
-
-impl Gathering {
-    fn close(&mut self, head: &Head) -> Full {
-        let traces = self.batch.traces();
-        Full {
-            request: self.batch.close(head),
-            traces,
         }
     }
 }
@@ -115,7 +117,7 @@ pub fn queue(trace: &Finished) {
     }
     open.batch.add(trace);
     if open.batch.traces() >= BATCH || open.batch.len() >= BATCH_BYTES {
-        let full = open.close(&batches.head);
+        let full = batches.close(&mut open);
         drop(open);
         batches.hand_over(full);
     }
@@ -169,6 +171,7 @@ pub fn start(settings: &TraceSettings) -> Result<TracesGuard, String> {
     let exporter = Exporter {
         endpoint,
         shown: settings.endpoint.clone(),
+        timeout: settings.export_timeout,
         failing: false,
     };
     std::thread::Builder::new()
@@ -195,6 +198,8 @@ struct Exporter {
     endpoint: Endpoint,
     /// The collector's address, for the log.
     shown: String,
+    /// How long one export may take, answer and all.
+    timeout: Duration,
     failing: bool,
 }
 
@@ -226,7 +231,7 @@ impl Exporter {
                 let due = {
                     let mut open = batches.lock(open);
                     let due = open.batch.traces() > 0 && (stop || open.since.elapsed() >= delay);
-                    due.then(|| open.close(&batches.head))
+                    due.then(|| batches.close(&mut open))
                 };
                 if let Some(full) = due {
                     self.export(&channel, full).await;
@@ -242,11 +247,11 @@ impl Exporter {
         // While the collector fails, an empty export asks first whether it is
         // back: a batch is not sent to be dropped.
         let back = match self.failing {
-            true => send(channel, Bytes::new()).await,
+            true => self.send(channel, Bytes::from_static(&EMPTY)).await,
             false => Ok(()),
         };
         let sent = match back {
-            Ok(()) => send(channel, full.request).await,
+            Ok(()) => self.send(channel, full.request).await,
             Err(error) => Err(error),
         };
         match sent {
@@ -267,57 +272,56 @@ impl Exporter {
             }
         }
     }
-}
 
-/// One export request, `body` encoded.
-async fn send(channel: &Channel, body: Bytes) -> Result<(), String> {
-    let mut client = tonic::client::Grpc::new(channel.clone());
-    client.ready().await.map_err(|e| e.to_string())?;
-    let path = hyper::http::uri::PathAndQuery::from_static(EXPORT);
-    client
-        .unary::<_, (), _>(tonic::Request::new(body), path, Raw)
-        .await
-        .map(drop)
-        .map_err(|status| status.to_string())
-}
-
-/// A gRPC codec for a message already encoded, whose answer is not read: the
-/// collector's answer says at most how many spans it rejected.
-#[derive(Clone, Copy)]
-struct Raw;
-
-impl Codec for Raw {
-    type Encode = Bytes;
-    type Decode = ();
-    type Encoder = Raw;
-    type Decoder = Raw;
-
-    fn encoder(&mut self) -> Raw {
-        Raw
-    }
-
-    fn decoder(&mut self) -> Raw {
-        Raw
+    /// One export request, `message` already a gRPC message, within the
+    /// export timeout. It is handed to the channel as it is: a codec would
+    /// copy it into a buffer of its own first.
+    async fn send(&self, channel: &Channel, message: Bytes) -> Result<(), String> {
+        let mut request =
+            http::Request::new(tonic::body::Body::new(http_body_util::Full::new(message)));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = http::Uri::from_static(EXPORT);
+        let headers = request.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+        let exchange = async {
+            let mut channel = channel.clone();
+            let ready = channel.ready().await.map_err(|e| e.to_string())?;
+            let response = ready.call(request).await.map_err(|e| e.to_string())?;
+            answered(response).await
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .unwrap_or_else(|_| Err("no answer within the export timeout".to_owned()))
     }
 }
 
-impl Encoder for Raw {
-    type Item = Bytes;
-    type Error = tonic::Status;
+/// An empty export request, as a gRPC message.
+const EMPTY: [u8; 5] = [0; 5];
+/// The most of a collector's answer read: it says at most how many spans it
+/// rejected, and why.
+const ANSWER_LIMIT: usize = 64 * 1024;
 
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        dst.put(item);
-        Ok(())
+/// Whether the collector's answer says it took the export: its `grpc-status`,
+/// in its headers when it answered with nothing else, else in its trailers.
+async fn answered(response: http::Response<tonic::body::Body>) -> Result<(), String> {
+    if response.status() != http::StatusCode::OK {
+        return Err(format!("HTTP status {}", response.status()));
     }
-}
-
-impl Decoder for Raw {
-    type Item = ();
-    type Error = tonic::Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<()>, tonic::Status> {
-        src.advance(src.remaining());
-        Ok(Some(()))
+    let (head, body) = response.into_parts();
+    let status = match tonic::Status::from_header_map(&head.headers) {
+        Some(status) => status,
+        None => {
+            let read = Limited::new(body, ANSWER_LIMIT).collect().await;
+            let trailers = read.map_err(|e| e.to_string())?.trailers().cloned();
+            trailers
+                .and_then(|trailers| tonic::Status::from_header_map(&trailers))
+                .ok_or("the collector's answer has no grpc-status")?
+        }
+    };
+    match status.code() {
+        tonic::Code::Ok => Ok(()),
+        _ => Err(status.to_string()),
     }
 }
 
@@ -347,6 +351,7 @@ mod tests {
             end: 2,
             attributes: Vec::new(),
             children: Vec::new(),
+            text: String::new(),
         });
         let _ = catch_unwind(AssertUnwindSafe(|| {
             let _held = open.lock();

@@ -20,7 +20,7 @@ use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;
 
 pub use export::TracesGuard;
-pub use span::{Attempt, Attribute, Entered, Scoped, Trace, Value, propagate};
+pub use span::{Attempt, Attribute, Attributes, Entered, Scoped, Trace, Value, propagate};
 
 /// `[tracing]`: where spans go, how many traces are kept, under which name.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]

@@ -5,8 +5,6 @@
 //! numbers are the proto's; fields are written in whatever order is cheapest,
 //! as protobuf allows.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 
 use super::span::{Child, Finished, Value, What};
@@ -32,6 +30,8 @@ const IS_REMOTE: u32 = 0x200;
 const ATTRIBUTE: u8 = 9 << 3 | LEN;
 /// `Span.status` holding `code: ERROR` (field 15, then field 3 of Status).
 const STATUS_ERROR: [u8; 4] = [15 << 3 | LEN, 2, 3 << 3 | VARINT, ERROR];
+/// A gRPC message's prefix: not compressed, then its length (big-endian).
+const GRPC_PREFIX: usize = 5;
 /// Targets whose attempt spans a batch keeps encoded: past this, it starts
 /// again (targets come from the configuration, so it is never reached).
 const TARGETS_KEPT: usize = 64;
@@ -68,9 +68,10 @@ impl Head {
         Head { resource, scope }
     }
 
-    /// The bytes kept ahead of a batch's spans for the enclosing messages.
+    /// The bytes kept ahead of a batch's spans for the gRPC message's prefix
+    /// and the enclosing messages.
     fn room(&self) -> usize {
-        2 * (1 + MAX_VARINT) + self.resource.len() + self.scope.len()
+        GRPC_PREFIX + 2 * (1 + MAX_VARINT) + self.resource.len() + self.scope.len()
     }
 }
 
@@ -91,7 +92,7 @@ pub struct Batch {
 /// An attempt span's name, kind and attributes for one operation at a target.
 struct Attempted {
     operation: &'static str,
-    target: Arc<str>,
+    target: Box<str>,
     encoded: Box<[u8]>,
 }
 
@@ -137,6 +138,7 @@ impl Batch {
                     target,
                     error,
                 } => {
+                    let target = target.text(&trace.text).unwrap_or_default();
                     let at = self.attempted(operation, target);
                     let named = &self.attempts[at].encoded;
                     attempt_span(&mut self.buf, trace, child, named, *error);
@@ -147,13 +149,19 @@ impl Batch {
     }
 
     /// The export request holding the batch's spans, under `head` (the one the
-    /// batch was made for); the batch is then empty.
+    /// batch was made for), as a gRPC message (its prefix first): it is sent as
+    /// it is. The batch is then empty.
     pub fn close(&mut self, head: &Head) -> Bytes {
         // ExportTraceServiceRequest { resource_spans: ResourceSpans {
         //   resource, scope_spans: ScopeSpans { scope, spans } } }
         let scope_spans = head.scope.len() + self.len();
         let resource_spans = head.resource.len() + 1 + varint_len(scope_spans) + scope_spans;
+        let request = 1 + varint_len(resource_spans) + resource_spans;
         let mut enclosing = Vec::with_capacity(self.room);
+        // A batch closes at about 1 MiB: its length always fits.
+        let len = u32::try_from(request).unwrap_or(u32::MAX);
+        enclosing.push(0);
+        enclosing.extend_from_slice(&len.to_be_bytes());
         tag(&mut enclosing, 1, LEN);
         varint(&mut enclosing, resource_spans as u64);
         enclosing.extend_from_slice(&head.resource);
@@ -169,10 +177,9 @@ impl Batch {
 
     /// Where in `attempts` the encoding of an attempt span for `operation` at
     /// `target` (`provider:model`; a local model is named by its provider
-    /// alone) is. (`Arc<str>`'s equality checks for the same shared text
-    /// first, as it mostly is.)
-    fn attempted(&mut self, operation: &'static str, target: &Arc<str>) -> usize {
-        let kept = |a: &Attempted| a.operation == operation && a.target == *target;
+    /// alone) is.
+    fn attempted(&mut self, operation: &'static str, target: &str) -> usize {
+        let kept = |a: &Attempted| a.operation == operation && *a.target == *target;
         if let Some(at) = self.attempts.iter().position(kept) {
             return at;
         }
@@ -193,7 +200,7 @@ impl Batch {
         text_value(&mut named, "ragway.target", target.as_bytes());
         self.attempts.push(Attempted {
             operation,
-            target: Arc::clone(target),
+            target: target.into(),
             encoded: named.into_boxed_slice(),
         });
         self.attempts.len() - 1
@@ -216,7 +223,7 @@ fn request_span(buf: &mut Vec<u8>, trace: &Finished) {
         text_value(buf, "http.route", route);
         let mut failed = false;
         for (key, value) in &trace.attributes {
-            key_value(buf, key, value);
+            key_value(buf, key, value, &trace.text);
             failed |= *key == "error.type";
         }
         if failed {
@@ -311,13 +318,13 @@ fn times(buf: &mut Vec<u8>, start: u64, end: u64, flags: u32) {
     buf.extend_from_slice(&times);
 }
 
-/// A span's attribute (field 9).
-fn key_value(buf: &mut Vec<u8>, key: &str, value: &Value) {
+/// A span's attribute (field 9); `kept` is the text of its trace.
+fn key_value(buf: &mut Vec<u8>, key: &str, value: &Value, kept: &str) {
     match value {
         Value::Bool(b) => scalar_value(buf, key, 2, u64::from(*b)),
         // int64: two's complement, as a varint.
         Value::Int(n) => scalar_value(buf, key, 3, *n as u64),
-        text => text_value(buf, key, text.text().unwrap_or_default().as_bytes()),
+        text => text_value(buf, key, text.text(kept).unwrap_or_default().as_bytes()),
     }
 }
 
@@ -434,8 +441,6 @@ fn bytes(buf: &mut Vec<u8>, field: u32, data: &[u8]) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use hyper::header::HeaderValue;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
@@ -443,6 +448,14 @@ mod tests {
     use prost::Message as _;
 
     use super::*;
+
+    /// The export request a closed batch holds, its gRPC prefix checked.
+    fn read_back(closed: Bytes) -> ExportTraceServiceRequest {
+        assert_eq!(closed[0], 0, "not compressed");
+        let len = u32::from_be_bytes(closed[1..GRPC_PREFIX].try_into().unwrap());
+        assert_eq!(len as usize, closed.len() - GRPC_PREFIX);
+        ExportTraceServiceRequest::decode(closed.slice(GRPC_PREFIX..)).unwrap()
+    }
 
     fn trace(children: Vec<Child>) -> Finished {
         Finished {
@@ -455,12 +468,13 @@ mod tests {
             start: 1_700_000_000_000_000_000,
             end: 1_700_000_000_250_000_000,
             attributes: vec![
-                ("gen_ai.request.model", Value::Shared(Arc::from("chat"))),
+                ("gen_ai.request.model", Value::Kept(0, 4)),
                 ("gen_ai.usage.input_tokens", Value::Int(-3)),
                 ("ragway.stream", Value::Bool(true)),
                 ("ragway.tenant", Value::Text("é".repeat(200))),
             ],
             children,
+            text: "chatdeepseek:deepseek-chat".to_owned(),
         }
     }
 
@@ -486,7 +500,7 @@ mod tests {
                 end: 1_700_000_000_200_000_000,
                 what: What::Attempt {
                     operation: "chat",
-                    target: Arc::from("deepseek:deepseek-chat"),
+                    target: Value::Kept(4, 26),
                     error: Some("http_5xx"),
                 },
             },
@@ -505,7 +519,7 @@ mod tests {
         }
         assert_eq!(written[0], written[1]);
         let written = written.remove(0);
-        let read = ExportTraceServiceRequest::decode(written).unwrap();
+        let read = read_back(written);
         let resource_spans = &read.resource_spans[0];
         let service = &resource_spans.resource.as_ref().unwrap().attributes;
         assert_eq!(service[0].key, "service.name");
@@ -623,7 +637,7 @@ mod tests {
         let head = Head::new("ragway-test");
         let mut batch = Batch::new(&head, 1);
         batch.add(&trace);
-        let read = ExportTraceServiceRequest::decode(batch.close(&head)).unwrap();
+        let read = read_back(batch.close(&head));
         let span = &read.resource_spans[0].scope_spans[0].spans[0];
         let texts: Vec<usize> = span
             .attributes
@@ -666,7 +680,7 @@ mod tests {
         let mut batch = Batch::new(&head, 1);
         batch.add(&trace);
         let written = batch.close(&head);
-        let read = ExportTraceServiceRequest::decode(written).unwrap();
+        let read = read_back(written);
         let spans = &read.resource_spans[0].scope_spans[0].spans;
         assert_eq!(spans.len(), 2);
         assert_eq!(spans[0].parent_span_id, Vec::<u8>::new());

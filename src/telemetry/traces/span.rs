@@ -26,35 +26,22 @@ use super::export;
 /// An attribute's value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
+    /// Bytes `.0` to `.1` of the trace's own text, where [`Attributes::text`]
+    /// copies it.
+    Kept(u32, u32),
     Text(String),
-    Shared(Arc<str>),
     Static(&'static str),
-    /// Bytes `.1` to `.2` of the text, kept without a copy.
-    Part(Arc<str>, u32, u32),
     Int(i64),
     Bool(bool),
 }
 
 impl Value {
-    /// `text[start..end]`, without a copy of it.
-    pub fn part(text: &Arc<str>, start: usize, end: usize) -> Value {
-        match (
-            u32::try_from(start),
-            u32::try_from(end),
-            text.get(start..end),
-        ) {
-            (Ok(from), Ok(to), Some(_)) => Value::Part(Arc::clone(text), from, to),
-            (_, _, part) => Value::Text(part.unwrap_or_default().to_owned()),
-        }
-    }
-
-    /// The text of a text value.
-    pub fn text(&self) -> Option<&str> {
+    /// The text of a text value, `kept` the text of its trace.
+    pub fn text<'a>(&'a self, kept: &'a str) -> Option<&'a str> {
         match self {
+            Value::Kept(start, end) => kept.get(*start as usize..*end as usize),
             Value::Text(text) => Some(text),
-            Value::Shared(text) => Some(text),
             Value::Static(text) => Some(text),
-            Value::Part(text, start, end) => text.get(*start as usize..*end as usize),
             Value::Int(_) | Value::Bool(_) => None,
         }
     }
@@ -63,12 +50,6 @@ impl Value {
 impl From<String> for Value {
     fn from(text: String) -> Value {
         Value::Text(text)
-    }
-}
-
-impl From<Arc<str>> for Value {
-    fn from(text: Arc<str>) -> Value {
-        Value::Shared(text)
     }
 }
 
@@ -108,7 +89,7 @@ pub enum What {
     /// A GenAI client span; `target` is `provider:model`.
     Attempt {
         operation: &'static str,
-        target: Arc<str>,
+        target: Value,
         error: Option<&'static str>,
     },
 }
@@ -127,6 +108,8 @@ pub struct Finished {
     pub end: u64,
     pub attributes: Vec<Attribute>,
     pub children: Vec<Child>,
+    /// The text [`Value::Kept`] values are parts of.
+    pub text: String,
 }
 
 /// A request's trace: every stage and attempt of the request records into it.
@@ -152,6 +135,41 @@ struct Recording {
 struct Kept {
     attributes: Vec<Attribute>,
     children: Vec<Child>,
+    /// The text of attributes and attempts' targets, copied here.
+    text: String,
+}
+
+impl Kept {
+    /// A copy of `text` in the trace's own text. The values a trace names
+    /// come mostly from `Arc`s every request shares (an alias, a target, a
+    /// tenant): counting them would pass their cache lines between the cores
+    /// with every request, where a short copy stays on this one.
+    fn copy(&mut self, text: &str) -> Value {
+        let start = self.text.len();
+        self.text.push_str(text);
+        match (u32::try_from(start), u32::try_from(self.text.len())) {
+            (Ok(start), Ok(end)) => Value::Kept(start, end),
+            // Past 4 GiB of attributes: not a trace a request makes.
+            _ => Value::Static(""),
+        }
+    }
+}
+
+/// The request span's attributes, as [`Trace::set_all`] sets them.
+pub struct Attributes<'a>(&'a mut Kept);
+
+impl Attributes<'_> {
+    /// Sets `key` to `value`.
+    pub fn set(&mut self, key: &'static str, value: impl Into<Value>) {
+        self.0.attributes.push((key, value.into()));
+    }
+
+    /// Sets `key` to a copy of `text`, kept with the trace rather than a
+    /// count of the `Arc` it may come from, which every request shares.
+    pub fn text(&mut self, key: &'static str, text: &str) {
+        let value = self.0.copy(text);
+        self.0.attributes.push((key, value));
+    }
 }
 
 /// Wall-clock nanoseconds from one reading of the system clock and the
@@ -219,7 +237,7 @@ impl Trace {
                 (trace, context::kept(ratio, &trace))
             }
         };
-        let tracestate = parent.and(headers.get(TRACESTATE).and_then(context::state));
+        let tracestate = parent.and_then(|_| headers.get(TRACESTATE).and_then(context::state));
         Trace(Some(Arc::new(Recording {
             trace,
             span: context::new_span(),
@@ -234,6 +252,7 @@ impl Trace {
                 true => Kept {
                     attributes: Vec::with_capacity(16),
                     children: Vec::with_capacity(8),
+                    text: String::with_capacity(256),
                 },
                 false => Kept::default(),
             }),
@@ -253,9 +272,9 @@ impl Trace {
 
     /// Sets the attributes `add` gives the request's span (not called for a
     /// request that records nothing).
-    pub fn set_all(&self, add: impl FnOnce(&mut Vec<Attribute>)) {
+    pub fn set_all(&self, add: impl FnOnce(&mut Attributes)) {
         if let Some(recording) = self.recorded() {
-            recording.keep(|kept| add(&mut kept.attributes));
+            recording.keep(|kept| add(&mut Attributes(kept)));
         }
     }
 
@@ -265,9 +284,8 @@ impl Trace {
         let open = self
             .0
             .as_ref()
-            .map(|r| Open::new(r, r.span, What::Stage(name)));
-        let current = open.as_ref().map(Open::current);
-        Scoped::new(current, open, work)
+            .map(|r| Open::new(Arc::clone(r), r.span, What::Stage(name)));
+        Scoped { span: open, work }
     }
 
     /// Stage `name` for work that does not wait: it ends when this is dropped.
@@ -275,25 +293,22 @@ impl Trace {
         Entered {
             _open: self
                 .recorded()
-                .map(|r| Open::new(r, r.span, What::Stage(name))),
+                .map(|r| Open::new(Arc::clone(r), r.span, What::Stage(name))),
         }
     }
 
     /// Runs `work` with the request's span current: attempts made outside a
     /// stage (a stream resumed on another target) are the request's children.
     pub fn scope<F: Future>(&self, work: F) -> Scoped<F> {
-        let current = self.0.as_ref().map(|r| Current {
-            recording: Arc::clone(r),
-            span: r.span,
-        });
-        Scoped::new(current, None, work)
+        let span = self.0.as_ref().map(|r| Open::follow(r, r.span));
+        Scoped { span, work }
     }
 }
 
 impl Recording {
-    fn keep(&self, add: impl FnOnce(&mut Kept)) {
+    fn keep<T>(&self, add: impl FnOnce(&mut Kept) -> T) -> T {
         // A panic while the lock was held lost one attribute at most.
-        add(&mut self.kept.lock().unwrap_or_else(|p| p.into_inner()));
+        add(&mut self.kept.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
@@ -314,6 +329,7 @@ impl Drop for Recording {
             end: self.clock.now(),
             attributes: kept.attributes,
             children: kept.children,
+            text: kept.text,
         });
     }
 }
@@ -325,22 +341,35 @@ thread_local! {
     static CURRENT: Cell<Option<Current>> = const { Cell::new(None) };
 }
 
+/// A current span: its recording, by a pointer of its `Arc` rather than a
+/// count of it (two atomic operations fewer per stage). It is set only while a
+/// [`Scoped`] holding that `Arc` is polled on this thread, and put back before
+/// the poll returns or unwinds: the recording outlives it.
+#[derive(Clone, Copy)]
 struct Current {
-    recording: Arc<Recording>,
+    recording: *const Recording,
     span: SpanId,
 }
 
-/// What `read` makes of the span current on this thread; `None` outside one.
-fn current<T>(read: impl FnOnce(&Current) -> T) -> Option<T> {
-    CURRENT
-        .try_with(|cell| {
-            let current = cell.take()?;
-            let read = read(&current);
-            cell.set(Some(current));
-            Some(read)
-        })
-        .ok()
-        .flatten()
+/// What `read` makes of the span current on this thread (its recording, and
+/// its id); `None` outside one.
+fn current<T>(read: impl FnOnce(&Recording, SpanId) -> T) -> Option<T> {
+    let current = CURRENT.try_with(Cell::get).ok().flatten()?;
+    // SAFETY: the pointer is a live `Arc`'s while it is current (see `Current`).
+    Some(read(unsafe { &*current.recording }, current.span))
+}
+
+/// The span current on this thread, with a count of its recording: for a
+/// span opened under it.
+fn current_shared() -> Option<(Arc<Recording>, SpanId)> {
+    let current = CURRENT.try_with(Cell::get).ok().flatten()?;
+    // SAFETY: the pointer came from `Arc::as_ptr` of an `Arc` that is live
+    // while it is current (see `Current`); the count taken is the new `Arc`'s.
+    let recording = unsafe {
+        Arc::increment_strong_count(current.recording);
+        Arc::from_raw(current.recording)
+    };
+    Some((recording, current.span))
 }
 
 /// A child span being recorded; it ends, and is kept, when dropped. Children of
@@ -354,19 +383,31 @@ struct Open {
 }
 
 impl Open {
-    fn new(recording: &Arc<Recording>, parent: SpanId, what: What) -> Open {
+    fn new(recording: Arc<Recording>, parent: SpanId, what: What) -> Open {
         Open {
-            recording: Arc::clone(recording),
             id: context::new_span(),
             parent,
             start: recording.clock.now(),
             what: Some(what),
+            recording,
+        }
+    }
+
+    /// Span `id` of `recording`, made current again by work that is not a
+    /// span of its own: it records nothing.
+    fn follow(recording: &Arc<Recording>, id: SpanId) -> Open {
+        Open {
+            recording: Arc::clone(recording),
+            id,
+            parent: id,
+            start: 0,
+            what: None,
         }
     }
 
     fn current(&self) -> Current {
         Current {
-            recording: Arc::clone(&self.recording),
+            recording: Arc::as_ptr(&self.recording),
             span: self.id,
         }
     }
@@ -399,21 +440,29 @@ pub struct Attempt(Option<Open>);
 
 impl Attempt {
     /// Opens the span of an attempt at `target` (`provider:model`).
-    pub fn start(operation: &'static str, target: &Arc<str>) -> Attempt {
-        Attempt(current(|current| {
+    pub fn start(operation: &'static str, target: &str) -> Attempt {
+        Attempt(current_shared().map(|(recording, parent)| {
+            let target = match recording.sampled {
+                true => recording.keep(|kept| kept.copy(target)),
+                false => Value::Static(""),
+            };
             let what = What::Attempt {
                 operation,
-                target: Arc::clone(target),
+                target,
                 error: None,
             };
-            Open::new(&current.recording, current.span, what)
+            Open::new(recording, parent, what)
         }))
     }
 
     /// Runs the attempt's `work` with its span current: the provider is sent
     /// its `traceparent`.
     pub fn run<F: Future>(&self, work: F) -> Scoped<F> {
-        Scoped::new(self.0.as_ref().map(Open::current), None, work)
+        let span = self
+            .0
+            .as_ref()
+            .map(|open| Open::follow(&open.recording, open.id));
+        Scoped { span, work }
     }
 
     /// Ends the span; `error` is the failure's class (`error.type`).
@@ -427,25 +476,13 @@ impl Attempt {
 }
 
 pin_project_lite::pin_project! {
-    /// `work` with a span current while it is polled, and the span of a stage,
-    /// ended when the work is done (or dropped). Built around the work, not by
-    /// an `async` block, which would copy the work's whole state once more as
-    /// it starts.
+    /// `work` with a span current while it is polled; a stage's span ends when
+    /// the work is done (or dropped). Built around the work, not by an `async`
+    /// block, which would copy the work's whole state once more as it starts.
     pub struct Scoped<F: Future> {
-        current: Option<Current>,
-        open: Option<Open>,
+        span: Option<Open>,
         #[pin]
         work: F,
-    }
-}
-
-impl<F: Future> Scoped<F> {
-    fn new(current: Option<Current>, open: Option<Open>, work: F) -> Scoped<F> {
-        Scoped {
-            current,
-            open,
-            work,
-        }
     }
 }
 
@@ -454,38 +491,29 @@ impl<F: Future> Future for Scoped<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        let polled = match this.current.take() {
-            Some(current) => {
-                // The span is current until the work returns (or unwinds); the
-                // one it covered, if any, is current again after.
-                let outer = CURRENT.try_with(|cell| cell.replace(Some(current)));
-                let _restore = Restore {
-                    outer: outer.ok().flatten(),
-                    ours: this.current,
-                };
+        let polled = match this.span {
+            Some(open) => {
+                // The span is current until the work returns (or unwinds),
+                // while `open` holds its recording; the one it covered, if
+                // any, is current again after.
+                let outer = CURRENT.try_with(|cell| cell.replace(Some(open.current())));
+                let _restore = Restore(outer.ok().flatten());
                 this.work.poll(cx)
             }
             None => this.work.poll(cx),
         };
         let done = ready!(polled);
-        this.open.take(); // the stage ends
+        this.span.take(); // a stage ends
         Poll::Ready(done)
     }
 }
 
-/// Puts back the span that was current before a [`Scoped`] poll, and keeps
-/// the poll's own for the next.
-struct Restore<'a> {
-    outer: Option<Current>,
-    ours: &'a mut Option<Current>,
-}
+/// Puts back the span that was current before a [`Scoped`] poll.
+struct Restore(Option<Current>);
 
-impl Drop for Restore<'_> {
+impl Drop for Restore {
     fn drop(&mut self) {
-        let outer = self.outer.take();
-        if let Ok(ours) = CURRENT.try_with(|cell| cell.replace(outer)) {
-            *self.ours = ours;
-        }
+        let _ = CURRENT.try_with(|cell| cell.set(self.0));
     }
 }
 
@@ -496,9 +524,8 @@ const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// current in this task (and the client's `tracestate`); nothing outside a
 /// traced request.
 pub fn propagate(headers: &mut HeaderMap) {
-    current(|current| {
-        let recording = &current.recording;
-        let parent = context::header(&recording.trace, &current.span, recording.sampled);
+    current(|recording, span| {
+        let parent = context::header(&recording.trace, &span, recording.sampled);
         headers.insert(TRACEPARENT, parent);
         if let Some(state) = &recording.tracestate {
             headers.insert(TRACESTATE, state.clone());
@@ -511,15 +538,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_part_of_shared_text_is_that_text_or_a_copy_never_a_panic() {
-        let target: Arc<str> = Arc::from("deepseek:deepseek-chat");
-        assert_eq!(Value::part(&target, 0, 8).text(), Some("deepseek"));
-        assert!(matches!(Value::part(&target, 9, 22), Value::Part(..)));
-        assert_eq!(Value::part(&target, 9, 22).text(), Some("deepseek-chat"));
-        // Past the end, or inside a character: an empty or copied text.
-        assert_eq!(Value::part(&target, 9, 99).text(), Some(""));
-        let wide: Arc<str> = Arc::from("é:x");
-        assert_eq!(Value::part(&wide, 1, 3).text(), Some(""));
-        assert_eq!(Value::Int(3).text(), None);
+    fn copied_text_is_read_back_from_the_traces_own_text() {
+        let mut kept = Kept::default();
+        let system = kept.copy("deepseek");
+        let model = kept.copy("deepseek-chat");
+        let empty = kept.copy("");
+        assert_eq!(system.text(&kept.text), Some("deepseek"));
+        assert_eq!(model.text(&kept.text), Some("deepseek-chat"));
+        assert_eq!(empty.text(&kept.text), Some(""));
+        // A range the text does not hold, or inside a character: no text,
+        // never a panic.
+        assert_eq!(Value::Kept(9, 99).text(&kept.text), None);
+        assert_eq!(Value::Kept(1, 2).text("é"), None);
+        assert_eq!(Value::Int(3).text(&kept.text), None);
     }
 }
