@@ -1,9 +1,8 @@
 //! Traces as OTLP protobuf (`ExportTraceServiceRequest` of
 //! opentelemetry/proto/collector/trace/v1), each trace written straight into
 //! its batch's buffer as it ends: no message tree is built per span, and
-//! nothing is moved once written. Field
-//! numbers are the proto's; fields are written in whatever order is cheapest,
-//! as protobuf allows.
+//! nothing is moved once written. Field numbers are the proto's; fields are
+//! written in whatever order is cheapest, as protobuf allows.
 
 use bytes::Bytes;
 
@@ -468,7 +467,7 @@ mod tests {
             start: 1_700_000_000_000_000_000,
             end: 1_700_000_000_250_000_000,
             attributes: vec![
-                ("gen_ai.request.model", Value::Kept(0, 4)),
+                ("gen_ai.request.model", Value::Copied(0, 4)),
                 ("gen_ai.usage.input_tokens", Value::Int(-3)),
                 ("ragway.stream", Value::Bool(true)),
                 ("ragway.tenant", Value::Text("é".repeat(200))),
@@ -500,7 +499,7 @@ mod tests {
                 end: 1_700_000_000_200_000_000,
                 what: What::Attempt {
                     operation: "chat",
-                    target: Value::Kept(4, 26),
+                    target: Value::Copied(4, 26),
                     error: Some("http_5xx"),
                 },
             },

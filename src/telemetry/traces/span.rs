@@ -27,8 +27,8 @@ use super::export;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     /// Bytes `.0` to `.1` of the trace's own text, where [`Attributes::text`]
-    /// copies it.
-    Kept(u32, u32),
+    /// copied them.
+    Copied(u32, u32),
     Text(String),
     Static(&'static str),
     Int(i64),
@@ -39,7 +39,7 @@ impl Value {
     /// The text of a text value, `kept` the text of its trace.
     pub fn text<'a>(&'a self, kept: &'a str) -> Option<&'a str> {
         match self {
-            Value::Kept(start, end) => kept.get(*start as usize..*end as usize),
+            Value::Copied(start, end) => kept.get(*start as usize..*end as usize),
             Value::Text(text) => Some(text),
             Value::Static(text) => Some(text),
             Value::Int(_) | Value::Bool(_) => None,
@@ -108,7 +108,7 @@ pub struct Finished {
     pub end: u64,
     pub attributes: Vec<Attribute>,
     pub children: Vec<Child>,
-    /// The text [`Value::Kept`] values are parts of.
+    /// The text [`Value::Copied`] values are parts of.
     pub text: String,
 }
 
@@ -148,7 +148,7 @@ impl Kept {
         let start = self.text.len();
         self.text.push_str(text);
         match (u32::try_from(start), u32::try_from(self.text.len())) {
-            (Ok(start), Ok(end)) => Value::Kept(start, end),
+            (Ok(start), Ok(end)) => Value::Copied(start, end),
             // Past 4 GiB of attributes: not a trace a request makes.
             _ => Value::Static(""),
         }
@@ -548,8 +548,8 @@ mod tests {
         assert_eq!(empty.text(&kept.text), Some(""));
         // A range the text does not hold, or inside a character: no text,
         // never a panic.
-        assert_eq!(Value::Kept(9, 99).text(&kept.text), None);
-        assert_eq!(Value::Kept(1, 2).text("é"), None);
+        assert_eq!(Value::Copied(9, 99).text(&kept.text), None);
+        assert_eq!(Value::Copied(1, 2).text("é"), None);
         assert_eq!(Value::Int(3).text(&kept.text), None);
     }
 }
