@@ -165,7 +165,7 @@ fn annotate(ctx: &RequestCtx, finished: &Finished) {
             (Some(first), Some(second)) => {
                 let rest = [first, second].into_iter().chain(chain);
                 let chain: Vec<&str> = rest.map(|t| &**t).collect();
-                span.set("ragway.failover.chain", chain.join(" > "));
+                span.text("ragway.failover.chain", &chain.join(" > "));
             }
             (None, _) => {}
         }

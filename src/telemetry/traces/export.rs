@@ -329,6 +329,7 @@ async fn answered(response: http::Response<tonic::body::Body>) -> Result<(), Str
 mod tests {
     use std::panic::{AssertUnwindSafe, catch_unwind};
 
+    use super::super::otlp::Fields;
     use super::*;
 
     #[test]
@@ -345,11 +346,9 @@ mod tests {
             span: [2; 8],
             parent: None,
             tracestate: None,
-            method: hyper::Method::GET,
-            route: "/v1/models".to_owned(),
             start: 1,
             end: 2,
-            attributes: Vec::new(),
+            fields: Fields::server("GET", "/v1/models", 0),
             children: Vec::new(),
             text: String::new(),
         });

@@ -20,7 +20,8 @@ use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;
 
 pub use export::TracesGuard;
-pub use span::{Attempt, Attribute, Attributes, Entered, Scoped, Trace, Value, propagate};
+pub use otlp::Value;
+pub use span::{Attempt, Attributes, Entered, Scoped, Trace, propagate};
 
 /// `[tracing]`: where spans go, how many traces are kept, under which name.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]

@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 
-use super::span::{Child, Finished, Value, What};
+use super::span::{Child, Finished, What};
 
 const VARINT: u8 = 0;
 const FIXED64: u8 = 1;
@@ -74,6 +74,76 @@ impl Head {
     }
 }
 
+/// An attribute's value, as it is set.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value<'a> {
+    Text(&'a str),
+    Int(i64),
+    Bool(bool),
+}
+
+impl<'a> From<&'a str> for Value<'a> {
+    fn from(text: &'a str) -> Value<'a> {
+        Value::Text(text)
+    }
+}
+
+impl From<i64> for Value<'_> {
+    fn from(n: i64) -> Self {
+        Value::Int(n)
+    }
+}
+
+impl From<bool> for Value<'_> {
+    fn from(b: bool) -> Self {
+        Value::Bool(b)
+    }
+}
+
+/// A request span's own fields (its name, kind and attributes), encoded as
+/// they are set: an attribute's text is copied once, into its encoding, and a
+/// span's end appends them in one write. The text mostly comes from `Arc`s
+/// every request shares (an alias, a target, a tenant): holding counts of them
+/// until the trace ends would pass their cache lines between the cores with
+/// every request, where a copy stays on this one.
+#[derive(Debug, Default)]
+pub struct Fields {
+    buf: Vec<u8>,
+    /// Whether `error.type` was set: the span's status is then an error.
+    failed: bool,
+}
+
+impl Fields {
+    /// The fields of a server span for `method` at `route`: its name
+    /// (`METHOD route`), kind and HTTP attributes, with room for `more` bytes
+    /// of attributes.
+    pub fn server(method: &str, route: &str, more: usize) -> Fields {
+        // The name, and the two attributes' keys (29 bytes) and framing.
+        let own = 2 * (method.len() + route.len()) + 50;
+        let mut buf = Vec::with_capacity(own + more);
+        tag(&mut buf, 5, LEN);
+        varint(&mut buf, (method.len() + 1 + route.len()) as u64);
+        buf.extend_from_slice(method.as_bytes());
+        buf.push(b' ');
+        buf.extend_from_slice(route.as_bytes());
+        buf.extend_from_slice(&[6 << 3 | VARINT, SERVER]);
+        text_value(&mut buf, "http.request.method", method.as_bytes());
+        text_value(&mut buf, "http.route", route.as_bytes());
+        Fields { buf, failed: false }
+    }
+
+    /// Sets attribute `key`; `error.type` makes the span's status an error.
+    pub fn set(&mut self, key: &str, value: Value) {
+        match value {
+            Value::Text(text) => text_value(&mut self.buf, key, text.as_bytes()),
+            Value::Bool(b) => scalar_value(&mut self.buf, key, 2, u64::from(b)),
+            // int64: two's complement, as a varint.
+            Value::Int(n) => scalar_value(&mut self.buf, key, 3, n as u64),
+        }
+        self.failed |= key == "error.type";
+    }
+}
+
 /// The spans of the traces gathered for one export request, encoded as each
 /// trace is added. What the spans repeat is written once per batch's life: per
 /// target, the name and GenAI attributes of its attempt spans (the same few
@@ -137,7 +207,7 @@ impl Batch {
                     target,
                     error,
                 } => {
-                    let target = target.text(&trace.text).unwrap_or_default();
+                    let target = target.read(&trace.text);
                     let at = self.attempted(operation, target);
                     let named = &self.attempts[at].encoded;
                     attempt_span(&mut self.buf, trace, child, named, *error);
@@ -206,56 +276,51 @@ impl Batch {
     }
 }
 
-/// The request's span: `METHOD route`, a server span.
+/// The request's span: a server span, its fields as they were set. Its length
+/// is known before it is written.
 fn request_span(buf: &mut Vec<u8>, trace: &Finished) {
-    nested(buf, |buf| {
-        ids(buf, trace, &trace.span, trace.parent.as_ref());
-        let method = trace.method.as_str().as_bytes();
-        let route = trace.route.as_bytes();
-        tag(buf, 5, LEN);
-        varint(buf, (method.len() + 1 + route.len()) as u64);
-        buf.extend_from_slice(method);
-        buf.push(b' ');
-        buf.extend_from_slice(route);
-        buf.extend_from_slice(&[6 << 3 | VARINT, SERVER]);
-        text_value(buf, "http.request.method", method);
-        text_value(buf, "http.route", route);
-        let mut failed = false;
-        for (key, value) in &trace.attributes {
-            key_value(buf, key, value, &trace.text);
-            failed |= *key == "error.type";
-        }
-        if failed {
-            buf.extend_from_slice(&STATUS_ERROR);
-        }
-        let remote = match trace.parent {
-            Some(_) => IS_REMOTE,
-            None => 0,
-        };
-        times(
-            buf,
-            trace.start,
-            trace.end,
-            SAMPLED | HAS_IS_REMOTE | remote,
-        );
-    });
+    let fields = &trace.fields;
+    let status = match fields.failed {
+        true => &STATUS_ERROR[..],
+        false => &[],
+    };
+    let len = ids_len(trace, trace.parent.is_some()) + fields.buf.len() + status.len() + TIMES;
+    tag(buf, 2, LEN);
+    varint(buf, len as u64);
+    let at = buf.len();
+    ids(buf, trace, &trace.span, trace.parent.as_ref());
+    buf.extend_from_slice(&fields.buf);
+    buf.extend_from_slice(status);
+    let remote = match trace.parent {
+        Some(_) => IS_REMOTE,
+        None => 0,
+    };
+    times(
+        buf,
+        trace.start,
+        trace.end,
+        SAMPLED | HAS_IS_REMOTE | remote,
+    );
+    debug_assert_eq!(buf.len() - at, len);
 }
 
 /// A stage's span: an internal span named by the stage. Its length is known
 /// before it is written.
 fn stage_span(buf: &mut Vec<u8>, trace: &Finished, child: &Child, name: &str) {
-    let state = trace.tracestate.as_ref().map_or(0, |s| field_len(s.len()));
-    let len = IDS + state + field_len(name.len()) + 2 + TIMES;
+    let len = ids_len(trace, true) + field_len(name.len()) + 2 + TIMES;
     tag(buf, 2, LEN);
     varint(buf, len as u64);
+    let at = buf.len();
     ids(buf, trace, &child.id, Some(&child.parent));
     bytes(buf, 5, name.as_bytes());
     buf.extend_from_slice(&[6 << 3 | VARINT, INTERNAL]);
     times(buf, child.start, child.end, SAMPLED | HAS_IS_REMOTE);
+    debug_assert_eq!(buf.len() - at, len);
 }
 
 /// An upstream attempt's span: a GenAI client span, `named` as the encoder
-/// keeps it for its target; failed with `error` (`error.type`).
+/// keeps it for its target; failed with `error` (`error.type`). Its length is
+/// known before it is written.
 fn attempt_span(
     buf: &mut Vec<u8>,
     trace: &Finished,
@@ -263,19 +328,34 @@ fn attempt_span(
     named: &[u8],
     error: Option<&str>,
 ) {
-    nested(buf, |buf| {
-        ids(buf, trace, &child.id, Some(&child.parent));
-        buf.extend_from_slice(named);
-        if let Some(error) = error {
-            text_value(buf, "error.type", error.as_bytes());
-            buf.extend_from_slice(&STATUS_ERROR);
-        }
-        times(buf, child.start, child.end, SAMPLED | HAS_IS_REMOTE);
+    let failed = error.map_or(0, |error| {
+        text_value_len("error.type", error.len()) + STATUS_ERROR.len()
     });
+    let len = ids_len(trace, true) + named.len() + failed + TIMES;
+    tag(buf, 2, LEN);
+    varint(buf, len as u64);
+    let at = buf.len();
+    ids(buf, trace, &child.id, Some(&child.parent));
+    buf.extend_from_slice(named);
+    if let Some(error) = error {
+        text_value(buf, "error.type", error.as_bytes());
+        buf.extend_from_slice(&STATUS_ERROR);
+    }
+    times(buf, child.start, child.end, SAMPLED | HAS_IS_REMOTE);
+    debug_assert_eq!(buf.len() - at, len);
 }
 
 /// The bytes `ids` writes with a parent (the trace state aside).
 const IDS: usize = 18 + 10 + 10;
+
+/// The bytes `ids` writes for a span of `trace`, with a parent or not.
+fn ids_len(trace: &Finished, parent: bool) -> usize {
+    let state = trace.tracestate.as_ref().map_or(0, |s| field_len(s.len()));
+    match parent {
+        true => IDS + state,
+        false => IDS - 10 + state,
+    }
+}
 
 /// The trace id, span id, parent span id and trace state of a span of `trace`,
 /// as one write.
@@ -317,16 +397,6 @@ fn times(buf: &mut Vec<u8>, start: u64, end: u64, flags: u32) {
     buf.extend_from_slice(&times);
 }
 
-/// A span's attribute (field 9); `kept` is the text of its trace.
-fn key_value(buf: &mut Vec<u8>, key: &str, value: &Value, kept: &str) {
-    match value {
-        Value::Bool(b) => scalar_value(buf, key, 2, u64::from(*b)),
-        // int64: two's complement, as a varint.
-        Value::Int(n) => scalar_value(buf, key, 3, *n as u64),
-        text => text_value(buf, key, text.text(kept).unwrap_or_default().as_bytes()),
-    }
-}
-
 /// `KeyValue { key, value: AnyValue { string_value: text } }` as field 9.
 fn text_value(buf: &mut Vec<u8>, key: &str, text: &[u8]) {
     if key.len() + text.len() < 0x80 - 6 {
@@ -347,6 +417,11 @@ fn text_value(buf: &mut Vec<u8>, key: &str, text: &[u8]) {
     tag(buf, 2, LEN);
     varint(buf, any as u64);
     bytes(buf, 1, text);
+}
+
+/// The bytes `text_value` writes for `key` and a text of `len` bytes.
+fn text_value_len(key: &str, len: usize) -> usize {
+    field_len(field_len(key.len()) + field_len(field_len(len)))
 }
 
 /// `KeyValue { key, value: AnyValue { <variant>: n } }` for a varint variant.
@@ -374,33 +449,6 @@ fn scalar_value(buf: &mut Vec<u8>, key: &str, variant: u8, n: u64) {
 #[inline]
 fn field_len(len: usize) -> usize {
     1 + varint_len(len) + len
-}
-
-/// A span (field 2 of ScopeSpans) whose contents `write` appends. Its length
-/// is known only afterwards: two bytes are kept for it (a span's length mostly
-/// takes two), and the few spans that need one or more than two are mended.
-fn nested(buf: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
-    tag(buf, 2, LEN);
-    let at = buf.len();
-    buf.extend_from_slice(&[0, 0]);
-    write(buf);
-    let len = buf.len() - at - 2;
-    match len {
-        0..0x80 => {
-            buf[at] = len as u8;
-            buf.copy_within(at + 2.., at + 1);
-            buf.pop();
-        }
-        0x80..0x4000 => {
-            buf[at] = len as u8 | 0x80;
-            buf[at + 1] = (len >> 7) as u8;
-        }
-        _ => {
-            let mut prefix = Vec::with_capacity(MAX_VARINT);
-            varint(&mut prefix, len as u64);
-            buf.splice(at..at + 2, prefix);
-        }
-    }
 }
 
 /// The most bytes a varint of a 64-bit number takes.
@@ -446,6 +494,7 @@ mod tests {
     use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind, status::StatusCode};
     use prost::Message as _;
 
+    use super::super::span::Copied;
     use super::*;
 
     /// The export request a closed batch holds, its gRPC prefix checked.
@@ -462,18 +511,18 @@ mod tests {
             span: [1; 8],
             parent: Some([9; 8]),
             tracestate: Some(HeaderValue::from_static("vendor=value")),
-            method: hyper::Method::POST,
-            route: "/v1/chat/completions".to_owned(),
             start: 1_700_000_000_000_000_000,
             end: 1_700_000_000_250_000_000,
-            attributes: vec![
-                ("gen_ai.request.model", Value::Copied(0, 4)),
-                ("gen_ai.usage.input_tokens", Value::Int(-3)),
-                ("ragway.stream", Value::Bool(true)),
-                ("ragway.tenant", Value::Text("é".repeat(200))),
-            ],
+            fields: {
+                let mut fields = Fields::server("POST", "/v1/chat/completions", 0);
+                fields.set("gen_ai.request.model", Value::Text("chat"));
+                fields.set("gen_ai.usage.input_tokens", Value::Int(-3));
+                fields.set("ragway.stream", Value::Bool(true));
+                fields.set("ragway.tenant", Value::Text(&"é".repeat(200)));
+                fields
+            },
             children,
-            text: "chatdeepseek:deepseek-chat".to_owned(),
+            text: "deepseek:deepseek-chat".to_owned(),
         }
     }
 
@@ -499,7 +548,7 @@ mod tests {
                 end: 1_700_000_000_200_000_000,
                 what: What::Attempt {
                     operation: "chat",
-                    target: Value::Copied(4, 26),
+                    target: Copied::new(0, 22),
                     error: Some("http_5xx"),
                 },
             },
@@ -609,30 +658,53 @@ mod tests {
     }
 
     #[test]
-    fn a_span_s_length_takes_the_bytes_it_needs() {
-        // tag 0x12, then the length: 5; 300 = 0b10_0101100 as 0xac 0x02;
-        // 20,000 as 0xa0 0x9c 0x01.
-        for (len, prefix) in [
-            (5, &[0x12, 5][..]),
-            (300, &[0x12, 0xac, 0x02]),
-            (20_000, &[0x12, 0xa0, 0x9c, 0x01]),
-        ] {
-            let mut buf = vec![0xcd];
-            nested(&mut buf, |buf| buf.extend_from_slice(&vec![0xab; len]));
-            assert_eq!(buf[0], 0xcd);
-            assert_eq!(&buf[1..1 + prefix.len()], prefix, "{len}");
-            assert_eq!(buf.len(), 1 + prefix.len() + len);
-            assert!(buf[1 + prefix.len()..].iter().all(|&b| b == 0xab));
+    fn spans_whose_lengths_take_one_two_and_three_bytes_are_read_back() {
+        // A request span of about 110 bytes, 400 and 20,000: its length takes
+        // one byte, two and three; the stage after it is read from where the
+        // length says the request's ends.
+        for extra in [0, 300, 20_000] {
+            let mut trace = trace(vec![Child {
+                id: [2; 8],
+                parent: [1; 8],
+                start: 5,
+                end: 6,
+                what: What::Stage("cache"),
+            }]);
+            (trace.parent, trace.tracestate) = (None, None);
+            trace.fields = Fields::server("GET", "/", 0);
+            let tenant = "t".repeat(extra);
+            if extra > 0 {
+                trace.fields.set("ragway.tenant", Value::Text(&tenant));
+            }
+            let head = Head::new("ragway-test");
+            let mut batch = Batch::new(&head, 1);
+            batch.add(&trace);
+            let read = read_back(batch.close(&head));
+            let spans = &read.resource_spans[0].scope_spans[0].spans;
+            assert_eq!(spans.len(), 2);
+            assert_eq!(spans[0].name, "GET /");
+            assert_eq!(spans[0].end_time_unix_nano, trace.end);
+            let read_tenant = attribute(&spans[0], "ragway.tenant").cloned();
+            assert_eq!(read_tenant, (extra > 0).then_some(Any::StringValue(tenant)));
+            assert_eq!(
+                (spans[1].name.as_str(), spans[1].end_time_unix_nano),
+                ("cache", 6)
+            );
         }
     }
 
     #[test]
     fn attributes_either_side_of_one_byte_lengths_are_read_back() {
         let mut trace = trace(Vec::new());
-        trace.attributes = (100..140)
-            .map(|n| ("gen_ai.system", Value::Text("x".repeat(n))))
-            .chain([200, 127, 128, 16_384].map(|n| ("gen_ai.usage.input_tokens", Value::Int(n))))
-            .collect();
+        trace.fields = Fields::server("POST", "/v1/chat/completions", 0);
+        for n in 100..140 {
+            trace
+                .fields
+                .set("gen_ai.system", Value::Text(&"x".repeat(n)));
+        }
+        for n in [200, 127, 128, 16_384] {
+            trace.fields.set("gen_ai.usage.input_tokens", Value::Int(n));
+        }
         let head = Head::new("ragway-test");
         let mut batch = Batch::new(&head, 1);
         batch.add(&trace);
@@ -669,12 +741,11 @@ mod tests {
         }]);
         trace.parent = None;
         trace.tracestate = None;
+        let chain = "a:b > ".repeat(3000);
         trace
-            .attributes
-            .push(("ragway.failover.chain", Value::Text("a:b > ".repeat(3000))));
-        trace
-            .attributes
-            .push(("error.type", Value::Static("timeout")));
+            .fields
+            .set("ragway.failover.chain", Value::Text(&chain));
+        trace.fields.set("error.type", Value::Text("timeout"));
         let head = Head::new("ragway-test");
         let mut batch = Batch::new(&head, 1);
         batch.add(&trace);

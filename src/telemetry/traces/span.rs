@@ -1,9 +1,11 @@
 //! A request's trace as it is recorded: the request's span, opened by the
 //! observer, and its children (the stages and each upstream attempt), kept in
-//! memory as ids, times and the few values each needs. Nothing is encoded or
-//! sent while the request is served: when the last holder of the request's
-//! trace lets go (the response sent, or a stream ended), the whole trace is
-//! encoded into its thread's batch for the exporter.
+//! memory as ids, times and the few values each needs; the request span's
+//! attributes are kept encoded as they are set (a copy, not a count of the
+//! shared text they come from). Nothing is sent while the request is served:
+//! when the last holder of the request's trace lets go (the response sent, or
+//! a stream ended), the whole trace is encoded into its thread's batch for the
+//! exporter.
 //!
 //! The span that is current (a stage, an attempt) is set on the thread while
 //! the work it covers is polled, as a task-local is, so the provider call deep
@@ -22,56 +24,26 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::context::{self, SpanId, TraceId};
 use super::export;
+use super::otlp::{Fields, Value};
 
-/// An attribute's value.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Value {
-    /// Bytes `.0` to `.1` of the trace's own text, where [`Attributes::text`]
-    /// copied them.
-    Copied(u32, u32),
-    Text(String),
-    Static(&'static str),
-    Int(i64),
-    Bool(bool),
-}
+/// Bytes of a trace's text, where [`Kept::copy`] copied them: an attempt's
+/// target.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Copied(u32, u32);
 
-impl Value {
-    /// The text of a text value, `kept` the text of its trace.
-    pub fn text<'a>(&'a self, kept: &'a str) -> Option<&'a str> {
-        match self {
-            Value::Copied(start, end) => kept.get(*start as usize..*end as usize),
-            Value::Text(text) => Some(text),
-            Value::Static(text) => Some(text),
-            Value::Int(_) | Value::Bool(_) => None,
-        }
+impl Copied {
+    #[cfg(test)]
+    pub fn new(start: u32, end: u32) -> Copied {
+        Copied(start, end)
+    }
+
+    /// The copy in `text`, the text of its trace (empty for a range it does
+    /// not hold).
+    pub fn read(self, text: &str) -> &str {
+        text.get(self.0 as usize..self.1 as usize)
+            .unwrap_or_default()
     }
 }
-
-impl From<String> for Value {
-    fn from(text: String) -> Value {
-        Value::Text(text)
-    }
-}
-
-impl From<&'static str> for Value {
-    fn from(text: &'static str) -> Value {
-        Value::Static(text)
-    }
-}
-
-impl From<i64> for Value {
-    fn from(n: i64) -> Value {
-        Value::Int(n)
-    }
-}
-
-impl From<bool> for Value {
-    fn from(b: bool) -> Value {
-        Value::Bool(b)
-    }
-}
-
-pub type Attribute = (&'static str, Value);
 
 /// A span under the request's: a stage, or one upstream attempt.
 #[derive(Debug, Clone)]
@@ -89,7 +61,7 @@ pub enum What {
     /// A GenAI client span; `target` is `provider:model`.
     Attempt {
         operation: &'static str,
-        target: Value,
+        target: Copied,
         error: Option<&'static str>,
     },
 }
@@ -102,13 +74,12 @@ pub struct Finished {
     /// The client's span, when its `traceparent` named one.
     pub parent: Option<SpanId>,
     pub tracestate: Option<HeaderValue>,
-    pub method: Method,
-    pub route: String,
     pub start: u64,
     pub end: u64,
-    pub attributes: Vec<Attribute>,
+    /// The request span's name, kind and attributes, encoded.
+    pub fields: Fields,
     pub children: Vec<Child>,
-    /// The text [`Value::Copied`] values are parts of.
+    /// The text the attempts' [`Copied`] targets are parts of.
     pub text: String,
 }
 
@@ -125,50 +96,46 @@ struct Recording {
     /// its trace (with the sampled flag off), as W3C Trace Context asks.
     sampled: bool,
     tracestate: Option<HeaderValue>,
-    method: Method,
-    route: String,
     clock: Clock,
     kept: Mutex<Kept>,
 }
 
 #[derive(Default)]
 struct Kept {
-    attributes: Vec<Attribute>,
+    fields: Fields,
     children: Vec<Child>,
-    /// The text of attributes and attempts' targets, copied here.
+    /// The attempts' targets, copied here.
     text: String,
 }
 
 impl Kept {
-    /// A copy of `text` in the trace's own text. The values a trace names
-    /// come mostly from `Arc`s every request shares (an alias, a target, a
-    /// tenant): counting them would pass their cache lines between the cores
-    /// with every request, where a short copy stays on this one.
-    fn copy(&mut self, text: &str) -> Value {
+    /// A copy of `text` in the trace's own text. Targets come from `Arc`s
+    /// every request shares: counting them would pass their cache lines
+    /// between the cores with every request, where a short copy stays on
+    /// this one.
+    fn copy(&mut self, text: &str) -> Copied {
         let start = self.text.len();
         self.text.push_str(text);
         match (u32::try_from(start), u32::try_from(self.text.len())) {
-            (Ok(start), Ok(end)) => Value::Copied(start, end),
-            // Past 4 GiB of attributes: not a trace a request makes.
-            _ => Value::Static(""),
+            (Ok(start), Ok(end)) => Copied(start, end),
+            // Past 4 GiB of targets: not a trace a request makes.
+            _ => Copied(0, 0),
         }
     }
 }
 
 /// The request span's attributes, as [`Trace::set_all`] sets them.
-pub struct Attributes<'a>(&'a mut Kept);
+pub struct Attributes<'a>(&'a mut Fields);
 
 impl Attributes<'_> {
     /// Sets `key` to `value`.
-    pub fn set(&mut self, key: &'static str, value: impl Into<Value>) {
-        self.0.attributes.push((key, value.into()));
+    pub fn set<'v>(&mut self, key: &'static str, value: impl Into<Value<'v>>) {
+        self.0.set(key, value.into());
     }
 
-    /// Sets `key` to a copy of `text`, kept with the trace rather than a
-    /// count of the `Arc` it may come from, which every request shares.
+    /// Sets `key` to `text`.
     pub fn text(&mut self, key: &'static str, text: &str) {
-        let value = self.0.copy(text);
-        self.0.attributes.push((key, value));
+        self.0.set(key, Value::Text(text));
     }
 }
 
@@ -244,15 +211,13 @@ impl Trace {
             parent: parent.map(|p| p.span),
             sampled,
             tracestate,
-            method: method.clone(),
-            route: route.to_owned(),
             clock: Clock::start(),
             kept: Mutex::new(match sampled {
-                // A traced chat call keeps about this many of each.
+                // About what a traced chat call keeps.
                 true => Kept {
-                    attributes: Vec::with_capacity(16),
+                    fields: Fields::server(method.as_str(), route, 640),
                     children: Vec::with_capacity(8),
-                    text: String::with_capacity(256),
+                    text: String::with_capacity(64),
                 },
                 false => Kept::default(),
             }),
@@ -264,9 +229,9 @@ impl Trace {
     }
 
     /// Sets attribute `key` of the request's span.
-    pub fn set(&self, key: &'static str, value: impl Into<Value>) {
+    pub fn set<'v>(&self, key: &'static str, value: impl Into<Value<'v>>) {
         if let Some(recording) = self.recorded() {
-            recording.keep(|kept| kept.attributes.push((key, value.into())));
+            recording.keep(|kept| kept.fields.set(key, value.into()));
         }
     }
 
@@ -274,7 +239,7 @@ impl Trace {
     /// request that records nothing).
     pub fn set_all(&self, add: impl FnOnce(&mut Attributes)) {
         if let Some(recording) = self.recorded() {
-            recording.keep(|kept| add(&mut Attributes(kept)));
+            recording.keep(|kept| add(&mut Attributes(&mut kept.fields)));
         }
     }
 
@@ -323,11 +288,9 @@ impl Drop for Recording {
             span: self.span,
             parent: self.parent,
             tracestate: self.tracestate.take(),
-            method: std::mem::replace(&mut self.method, Method::GET),
-            route: std::mem::take(&mut self.route),
             start: self.clock.unix,
             end: self.clock.now(),
-            attributes: kept.attributes,
+            fields: kept.fields,
             children: kept.children,
             text: kept.text,
         });
@@ -444,7 +407,7 @@ impl Attempt {
         Attempt(current_shared().map(|(recording, parent)| {
             let target = match recording.sampled {
                 true => recording.keep(|kept| kept.copy(target)),
-                false => Value::Static(""),
+                false => Copied(0, 0),
             };
             let what = What::Attempt {
                 operation,
@@ -543,13 +506,12 @@ mod tests {
         let system = kept.copy("deepseek");
         let model = kept.copy("deepseek-chat");
         let empty = kept.copy("");
-        assert_eq!(system.text(&kept.text), Some("deepseek"));
-        assert_eq!(model.text(&kept.text), Some("deepseek-chat"));
-        assert_eq!(empty.text(&kept.text), Some(""));
+        assert_eq!(system.read(&kept.text), "deepseek");
+        assert_eq!(model.read(&kept.text), "deepseek-chat");
+        assert_eq!(empty.read(&kept.text), "");
         // A range the text does not hold, or inside a character: no text,
         // never a panic.
-        assert_eq!(Value::Copied(9, 99).text(&kept.text), None);
-        assert_eq!(Value::Copied(1, 2).text("é"), None);
-        assert_eq!(Value::Int(3).text(&kept.text), None);
+        assert_eq!(Copied(9, 99).read(&kept.text), "");
+        assert_eq!(Copied(1, 2).read("é"), "");
     }
 }
