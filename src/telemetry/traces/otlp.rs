@@ -121,12 +121,7 @@ impl Fields {
         // The name, and the two attributes' keys (29 bytes) and framing.
         let own = 2 * (method.len() + route.len()) + 50;
         let mut buf = Vec::with_capacity(own + more);
-        tag(&mut buf, 5, LEN);
-        varint(&mut buf, (method.len() + 1 + route.len()) as u64);
-        buf.extend_from_slice(method.as_bytes());
-        buf.push(b' ');
-        buf.extend_from_slice(route.as_bytes());
-        buf.extend_from_slice(&[6 << 3 | VARINT, SERVER]);
+        name_and_kind(&mut buf, method, route, SERVER);
         text_value(&mut buf, "http.request.method", method.as_bytes());
         text_value(&mut buf, "http.route", route.as_bytes());
         Fields { buf, failed: false }
@@ -257,12 +252,7 @@ impl Batch {
         }
         let (system, model) = target.split_once(':').unwrap_or((target, target));
         let mut named = Vec::with_capacity(160);
-        tag(&mut named, 5, LEN);
-        varint(&mut named, (operation.len() + 1 + model.len()) as u64);
-        named.extend_from_slice(operation.as_bytes());
-        named.push(b' ');
-        named.extend_from_slice(model.as_bytes());
-        named.extend_from_slice(&[6 << 3 | VARINT, CLIENT]);
+        name_and_kind(&mut named, operation, model, CLIENT);
         text_value(&mut named, "gen_ai.operation.name", operation.as_bytes());
         text_value(&mut named, "gen_ai.system", system.as_bytes());
         text_value(&mut named, "gen_ai.request.model", model.as_bytes());
@@ -274,6 +264,16 @@ impl Batch {
         });
         self.attempts.len() - 1
     }
+}
+
+/// A span's name, `first second` (field 5), and its kind (field 6).
+fn name_and_kind(buf: &mut Vec<u8>, first: &str, second: &str, kind: u8) {
+    tag(buf, 5, LEN);
+    varint(buf, (first.len() + 1 + second.len()) as u64);
+    buf.extend_from_slice(first.as_bytes());
+    buf.push(b' ');
+    buf.extend_from_slice(second.as_bytes());
+    buf.extend_from_slice(&[6 << 3 | VARINT, kind]);
 }
 
 /// The request's span: a server span, its fields as they were set. Its length
