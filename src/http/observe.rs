@@ -49,8 +49,7 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     let method = request.method().clone();
     let route_name = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     // Its parent is the client's `traceparent`; empty without `[tracing]`.
-    let trace = Trace::request(&method, route_name, request.headers());
-    trace.set_all(|span| span.text("ragway.request_id", &id));
+    let trace = Trace::request(&method, route_name, request.headers(), &id);
     request
         .extensions_mut()
         .insert(RequestId(id.clone(), trace.clone()));

@@ -41,11 +41,16 @@ const EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Expor
 
 static BATCHES: OnceLock<Batches> = OnceLock::new();
 
+/// Buffers of sent exports kept for the next batches past this many are freed.
+const SPARE: usize = 4;
+
 /// The open batch of each thread that has ended a trace, and the full ones.
 struct Batches {
     head: Head,
     open: ThreadLocal<Mutex<Gathering>>,
     full: mpsc::Sender<Full>,
+    /// The buffers of exports sent, emptied, for the batches that follow.
+    spare: Mutex<Vec<Vec<u8>>>,
 }
 
 /// A thread's open batch, and how long it has gathered.
@@ -86,12 +91,31 @@ impl Batches {
         }
     }
 
-    /// Closes the batch `open` gathers.
+    /// Closes the batch `open` gathers; it goes on in a spare buffer.
     fn close(&self, open: &mut Gathering) -> Full {
         let traces = open.batch.traces();
+        let next = self.spares().pop().unwrap_or_default();
         Full {
-            request: open.batch.close(&self.head),
+            request: open.batch.close(&self.head, next),
             traces,
+        }
+    }
+
+    fn spares(&self) -> MutexGuard<'_, Vec<Vec<u8>>> {
+        // The list is whole between any two of its operations.
+        self.spare.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps the buffer of `sent`, an export request sent, for a batch to come,
+    /// when nothing else holds it.
+    fn recycle(&self, sent: Bytes) {
+        if let Ok(mut buf) = sent.try_into_mut() {
+            // Emptied first: made a `Vec` whole, the bytes would be moved.
+            buf.clear();
+            let mut spares = self.spares();
+            if spares.len() < SPARE {
+                spares.push(buf.into());
+            }
         }
     }
 
@@ -164,6 +188,7 @@ pub fn start(settings: &TraceSettings) -> Result<TracesGuard, String> {
             head: Head::new(&settings.service_name),
             open: ThreadLocal::new(),
             full,
+            spare: Mutex::new(Vec::new()),
         })
         .map_err(|_| "traces are exported already".to_owned())?;
     let (stop, stopping) = oneshot::channel();
@@ -250,10 +275,16 @@ impl Exporter {
             true => self.send(channel, Bytes::from_static(&EMPTY)).await,
             false => Ok(()),
         };
+        // A count of the request's buffer, for the next batch once the
+        // channel has let go of it.
+        let request = full.request.clone();
         let sent = match back {
             Ok(()) => self.send(channel, full.request).await,
             Err(error) => Err(error),
         };
+        if let Some(batches) = BATCHES.get() {
+            batches.recycle(request);
+        }
         match sent {
             Ok(()) if std::mem::replace(&mut self.failing, false) => {
                 tracing::info!(endpoint = %self.shown, "the trace collector takes spans again");
@@ -332,16 +363,18 @@ mod tests {
     use super::super::otlp::Fields;
     use super::*;
 
-    #[test]
-    fn a_batch_a_panic_left_behind_is_dropped_not_sent() {
+    fn batches() -> Batches {
         let (full, _queued) = mpsc::channel(1);
-        let batches = Batches {
+        Batches {
             head: Head::new("ragway-test"),
             open: ThreadLocal::new(),
             full,
-        };
-        let open = batches.open();
-        batches.lock(open).batch.add(&Finished {
+            spare: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn finished() -> Finished {
+        Finished {
             trace: [1; 16],
             span: [2; 8],
             parent: None,
@@ -351,7 +384,50 @@ mod tests {
             fields: Fields::server("GET", "/v1/models", 0),
             children: Vec::new(),
             text: String::new(),
-        });
+        }
+    }
+
+    #[test]
+    fn a_sent_exports_buffer_is_reused_once_nothing_else_holds_it() {
+        let batches = batches();
+        let mut open = batches.lock(batches.open());
+        open.batch.add(&finished());
+        let sent = batches.close(&mut open).request;
+        let held = sent.clone();
+        batches.recycle(sent);
+        assert!(batches.spares().is_empty(), "another count still reads it");
+        batches.recycle(held);
+        let (start, capacity) = {
+            let spares = batches.spares();
+            assert_eq!(spares.len(), 1);
+            assert!(spares[0].is_empty());
+            (spares[0].as_ptr() as usize, spares[0].capacity())
+        };
+        // The next batch goes on in it, and the one after it is written there.
+        open.batch.add(&finished());
+        let _second = batches.close(&mut open);
+        assert!(batches.spares().is_empty());
+        open.batch.add(&finished());
+        let third = batches.close(&mut open).request;
+        let at = third.as_ptr() as usize;
+        assert!((start..start + capacity).contains(&at));
+        // At most `SPARE` are kept.
+        let sent: Vec<Bytes> = (0..SPARE + 2)
+            .map(|_| {
+                open.batch.add(&finished());
+                batches.close(&mut open).request
+            })
+            .collect();
+        sent.into_iter()
+            .for_each(|request| batches.recycle(request));
+        assert_eq!(batches.spares().len(), SPARE);
+    }
+
+    #[test]
+    fn a_batch_a_panic_left_behind_is_dropped_not_sent() {
+        let batches = batches();
+        let open = batches.open();
+        batches.lock(open).batch.add(&finished());
         let _ = catch_unwind(AssertUnwindSafe(|| {
             let _held = open.lock();
             panic!("a span half written");

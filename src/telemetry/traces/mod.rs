@@ -11,6 +11,7 @@
 //! tracing off, a request's [`Trace`] is empty and every call on it returns at
 //! once.
 
+mod children;
 mod context;
 mod export;
 mod otlp;

@@ -171,13 +171,17 @@ impl Batch {
             traces: 0,
             attempts: Vec::new(),
         };
-        batch.restart();
+        batch.restart(Vec::new());
         batch
     }
 
-    fn restart(&mut self) {
-        self.buf = Vec::with_capacity(self.room + self.reserve);
-        self.buf.resize(self.room, 0);
+    /// Starts again in `buf`, emptied (grown when it has less room than a
+    /// batch first takes).
+    fn restart(&mut self, mut buf: Vec<u8>) {
+        buf.clear();
+        buf.reserve(self.room + self.reserve);
+        buf.resize(self.room, 0);
+        self.buf = buf;
         self.traces = 0;
     }
 
@@ -214,8 +218,11 @@ impl Batch {
 
     /// The export request holding the batch's spans, under `head` (the one the
     /// batch was made for), as a gRPC message (its prefix first): it is sent as
-    /// it is. The batch is then empty.
-    pub fn close(&mut self, head: &Head) -> Bytes {
+    /// it is. The batch is then empty, and goes on in `next`: the buffer of an
+    /// export already sent, so that spans are written into memory the caches
+    /// hold rather than into a new allocation (an empty `Vec` when none is
+    /// back yet).
+    pub fn close(&mut self, head: &Head, next: Vec<u8>) -> Bytes {
         // ExportTraceServiceRequest { resource_spans: ResourceSpans {
         //   resource, scope_spans: ScopeSpans { scope, spans } } }
         let scope_spans = head.scope.len() + self.len();
@@ -235,7 +242,7 @@ impl Batch {
         let from = self.room - enclosing.len();
         self.buf[from..self.room].copy_from_slice(&enclosing);
         let request = Bytes::from(std::mem::take(&mut self.buf)).slice(from..);
-        self.restart();
+        self.restart(next);
         request
     }
 
@@ -562,7 +569,7 @@ mod tests {
             // The second batch writes its attempts from what the first kept.
             traces.iter().for_each(|trace| batch.add(trace));
             assert_eq!(batch.traces(), 50);
-            written.push(batch.close(&head));
+            written.push(batch.close(&head, Vec::new()));
             assert_eq!((batch.traces(), batch.len()), (0, 0));
         }
         assert_eq!(written[0], written[1]);
@@ -679,7 +686,7 @@ mod tests {
             let head = Head::new("ragway-test");
             let mut batch = Batch::new(&head, 1);
             batch.add(&trace);
-            let read = read_back(batch.close(&head));
+            let read = read_back(batch.close(&head, Vec::new()));
             let spans = &read.resource_spans[0].scope_spans[0].spans;
             assert_eq!(spans.len(), 2);
             assert_eq!(spans[0].name, "GET /");
@@ -708,7 +715,7 @@ mod tests {
         let head = Head::new("ragway-test");
         let mut batch = Batch::new(&head, 1);
         batch.add(&trace);
-        let read = read_back(batch.close(&head));
+        let read = read_back(batch.close(&head, Vec::new()));
         let span = &read.resource_spans[0].scope_spans[0].spans[0];
         let texts: Vec<usize> = span
             .attributes
@@ -749,7 +756,7 @@ mod tests {
         let head = Head::new("ragway-test");
         let mut batch = Batch::new(&head, 1);
         batch.add(&trace);
-        let written = batch.close(&head);
+        let written = batch.close(&head, Vec::new());
         let read = read_back(written);
         let spans = &read.resource_spans[0].scope_spans[0].spans;
         assert_eq!(spans.len(), 2);

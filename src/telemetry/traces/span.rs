@@ -17,11 +17,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use hyper::Method;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 
+use super::children::Children;
 use super::context::{self, SpanId, TraceId};
 use super::export;
 use super::otlp::{Fields, Value};
@@ -46,7 +46,7 @@ impl Copied {
 }
 
 /// A span under the request's: a stage, or one upstream attempt.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct Child {
     pub id: SpanId,
     pub parent: SpanId,
@@ -55,7 +55,7 @@ pub struct Child {
     pub what: What,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub enum What {
     Stage(&'static str),
     /// A GenAI client span; `target` is `provider:model`.
@@ -98,12 +98,12 @@ struct Recording {
     tracestate: Option<HeaderValue>,
     clock: Clock,
     kept: Mutex<Kept>,
+    children: Children,
 }
 
 #[derive(Default)]
 struct Kept {
     fields: Fields,
-    children: Vec<Child>,
     /// The attempts' targets, copied here.
     text: String,
 }
@@ -148,11 +148,8 @@ struct Clock {
 
 impl Clock {
     fn start() -> Clock {
-        let unix = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
         Clock {
-            unix,
+            unix: unix(),
             at: monotonic(),
         }
     }
@@ -168,14 +165,27 @@ impl Clock {
 /// a traced request reads the clock about fourteen times.
 #[cfg(unix)]
 fn monotonic() -> u64 {
+    read_clock(libc::CLOCK_MONOTONIC)
+}
+
+/// Nanoseconds since the Unix epoch (0 on a clock set before it), read
+/// directly for the same reason.
+#[cfg(unix)]
+fn unix() -> u64 {
+    read_clock(libc::CLOCK_REALTIME)
+}
+
+#[cfg(unix)]
+fn read_clock(clock: libc::clockid_t) -> u64 {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: `now` is a timespec the call may write; it fails only for a
-    // clock the system lacks, and every Unix has CLOCK_MONOTONIC.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    (now.tv_sec as u64)
+    // clock the system lacks, and every Unix has these two.
+    unsafe { libc::clock_gettime(clock, &mut now) };
+    u64::try_from(now.tv_sec)
+        .unwrap_or(0)
         .wrapping_mul(1_000_000_000)
         .wrapping_add(now.tv_nsec as u64)
 }
@@ -187,10 +197,18 @@ fn monotonic() -> u64 {
     u64::try_from(ORIGIN.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
+#[cfg(not(unix))]
+fn unix() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
 impl Trace {
-    /// A request's trace, a child of the span the client's `traceparent` names
-    /// (a new trace without one); nothing with traces off.
-    pub fn request(method: &Method, route: &str, headers: &HeaderMap) -> Trace {
+    /// The trace of request `id`, a child of the span the client's
+    /// `traceparent` names (a new trace without one); nothing with traces off.
+    pub fn request(method: &Method, route: &str, headers: &HeaderMap, id: &str) -> Trace {
         let Some(ratio) = super::sample_ratio() else {
             return Trace::default();
         };
@@ -215,12 +233,16 @@ impl Trace {
             kept: Mutex::new(match sampled {
                 // About what a traced chat call keeps.
                 true => Kept {
-                    fields: Fields::server(method.as_str(), route, 640),
-                    children: Vec::with_capacity(8),
+                    fields: {
+                        let mut fields = Fields::server(method.as_str(), route, 640);
+                        fields.set("ragway.request_id", Value::Text(id));
+                        fields
+                    },
                     text: String::with_capacity(64),
                 },
                 false => Kept::default(),
             }),
+            children: Children::default(),
         })))
     }
 
@@ -245,11 +267,11 @@ impl Trace {
 
     /// Runs `work` as stage `name`: a child span of the request's, current while
     /// it runs (the attempts it makes are its children).
-    pub fn stage<F: Future>(&self, name: &'static str, work: F) -> Scoped<F> {
+    pub fn stage<F: Future>(&self, name: &'static str, work: F) -> Scoped<'_, F> {
         let open = self
             .0
             .as_ref()
-            .map(|r| Open::new(Arc::clone(r), r.span, What::Stage(name)));
+            .map(|r| Open::new(Held::Borrowed(r), r.span, What::Stage(name)));
         Scoped { span: open, work }
     }
 
@@ -258,14 +280,17 @@ impl Trace {
         Entered {
             _open: self
                 .recorded()
-                .map(|r| Open::new(Arc::clone(r), r.span, What::Stage(name))),
+                .map(|r| Open::new(Held::Counted(Arc::clone(r)), r.span, What::Stage(name))),
         }
     }
 
     /// Runs `work` with the request's span current: attempts made outside a
     /// stage (a stream resumed on another target) are the request's children.
-    pub fn scope<F: Future>(&self, work: F) -> Scoped<F> {
-        let span = self.0.as_ref().map(|r| Open::follow(r, r.span));
+    pub fn scope<F: Future>(&self, work: F) -> Scoped<'static, F> {
+        let span = self
+            .0
+            .as_ref()
+            .map(|r| Open::follow(Held::Counted(Arc::clone(r)), r.span));
         Scoped { span, work }
     }
 }
@@ -291,7 +316,7 @@ impl Drop for Recording {
             start: self.clock.unix,
             end: self.clock.now(),
             fields: kept.fields,
-            children: kept.children,
+            children: self.children.take(),
             text: kept.text,
         });
     }
@@ -304,10 +329,12 @@ thread_local! {
     static CURRENT: Cell<Option<Current>> = const { Cell::new(None) };
 }
 
-/// A current span: its recording, by a pointer of its `Arc` rather than a
-/// count of it (two atomic operations fewer per stage). It is set only while a
-/// [`Scoped`] holding that `Arc` is polled on this thread, and put back before
-/// the poll returns or unwinds: the recording outlives it.
+/// A current span: its recording, by a pointer into its `Arc` rather than a
+/// count of it (two atomic operations fewer per stage). Every recording lives
+/// in the `Arc` `Trace::request` made, and a [`Scoped`] holds either a count
+/// of it or a borrow of a holder of one; the pointer is set only while such a
+/// `Scoped` is polled on this thread, and put back before the poll returns or
+/// unwinds: the recording outlives it.
 #[derive(Clone, Copy)]
 struct Current {
     recording: *const Recording,
@@ -326,8 +353,8 @@ fn current<T>(read: impl FnOnce(&Recording, SpanId) -> T) -> Option<T> {
 /// span opened under it.
 fn current_shared() -> Option<(Arc<Recording>, SpanId)> {
     let current = CURRENT.try_with(Cell::get).ok().flatten()?;
-    // SAFETY: the pointer came from `Arc::as_ptr` of an `Arc` that is live
-    // while it is current (see `Current`); the count taken is the new `Arc`'s.
+    // SAFETY: the pointer points into an `Arc` that is live while it is
+    // current (see `Current`); the count taken is the new `Arc`'s.
     let recording = unsafe {
         Arc::increment_strong_count(current.recording);
         Arc::from_raw(current.recording)
@@ -335,18 +362,37 @@ fn current_shared() -> Option<(Arc<Recording>, SpanId)> {
     Some((recording, current.span))
 }
 
+/// The recording a span writes into: a count of it, or a borrow where the
+/// span cannot outlive the `Trace` it came from (a stage awaited where the
+/// trace is held, an attempt's work), which costs no atomic operation.
+enum Held<'a> {
+    Counted(Arc<Recording>),
+    Borrowed(&'a Recording),
+}
+
+impl std::ops::Deref for Held<'_> {
+    type Target = Recording;
+
+    fn deref(&self) -> &Recording {
+        match self {
+            Held::Counted(recording) => recording,
+            Held::Borrowed(recording) => recording,
+        }
+    }
+}
+
 /// A child span being recorded; it ends, and is kept, when dropped. Children of
 /// an unsampled request are not kept, but still carry its trace upstream.
-struct Open {
-    recording: Arc<Recording>,
+struct Open<'a> {
+    recording: Held<'a>,
     id: SpanId,
     parent: SpanId,
     start: u64,
     what: Option<What>,
 }
 
-impl Open {
-    fn new(recording: Arc<Recording>, parent: SpanId, what: What) -> Open {
+impl<'a> Open<'a> {
+    fn new(recording: Held<'a>, parent: SpanId, what: What) -> Open<'a> {
         Open {
             id: context::new_span(),
             parent,
@@ -358,9 +404,9 @@ impl Open {
 
     /// Span `id` of `recording`, made current again by work that is not a
     /// span of its own: it records nothing.
-    fn follow(recording: &Arc<Recording>, id: SpanId) -> Open {
+    fn follow(recording: Held<'a>, id: SpanId) -> Open<'a> {
         Open {
-            recording: Arc::clone(recording),
+            recording,
             id,
             parent: id,
             start: 0,
@@ -370,13 +416,13 @@ impl Open {
 
     fn current(&self) -> Current {
         Current {
-            recording: Arc::as_ptr(&self.recording),
+            recording: &*self.recording,
             span: self.id,
         }
     }
 }
 
-impl Drop for Open {
+impl Drop for Open<'_> {
     fn drop(&mut self) {
         let (Some(what), true) = (self.what.take(), self.recording.sampled) else {
             return;
@@ -388,18 +434,18 @@ impl Drop for Open {
             end: self.recording.clock.now(),
             what,
         };
-        self.recording.keep(|kept| kept.children.push(child));
+        self.recording.children.push(child);
     }
 }
 
 /// A stage that does not wait, recorded until dropped.
 pub struct Entered {
-    _open: Option<Open>,
+    _open: Option<Open<'static>>,
 }
 
 /// One upstream attempt's span, a child of the span current in this task (the
 /// generate stage's); nothing outside a traced request.
-pub struct Attempt(Option<Open>);
+pub struct Attempt(Option<Open<'static>>);
 
 impl Attempt {
     /// Opens the span of an attempt at `target` (`provider:model`).
@@ -414,17 +460,17 @@ impl Attempt {
                 target,
                 error: None,
             };
-            Open::new(recording, parent, what)
+            Open::new(Held::Counted(recording), parent, what)
         }))
     }
 
     /// Runs the attempt's `work` with its span current: the provider is sent
     /// its `traceparent`.
-    pub fn run<F: Future>(&self, work: F) -> Scoped<F> {
+    pub fn run<F: Future>(&self, work: F) -> Scoped<'_, F> {
         let span = self
             .0
             .as_ref()
-            .map(|open| Open::follow(&open.recording, open.id));
+            .map(|open| Open::follow(Held::Borrowed(&open.recording), open.id));
         Scoped { span, work }
     }
 
@@ -442,14 +488,14 @@ pin_project_lite::pin_project! {
     /// `work` with a span current while it is polled; a stage's span ends when
     /// the work is done (or dropped). Built around the work, not by an `async`
     /// block, which would copy the work's whole state once more as it starts.
-    pub struct Scoped<F: Future> {
-        span: Option<Open>,
+    pub struct Scoped<'a, F: Future> {
+        span: Option<Open<'a>>,
         #[pin]
         work: F,
     }
 }
 
-impl<F: Future> Future for Scoped<F> {
+impl<F: Future> Future for Scoped<'_, F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
