@@ -512,6 +512,17 @@ mod tests {
         ExportTraceServiceRequest::decode(closed.slice(GRPC_PREFIX..)).unwrap()
     }
 
+    /// Stage `name`, a child of span `[1; 8]`.
+    fn stage_child(name: &'static str) -> Child {
+        Child {
+            id: [2; 8],
+            parent: [1; 8],
+            start: 5,
+            end: 6,
+            what: What::Stage(name),
+        }
+    }
+
     fn trace(children: Vec<Child>) -> Finished {
         Finished {
             trace: [7; 16],
@@ -670,13 +681,7 @@ mod tests {
         // one byte, two and three; the stage after it is read from where the
         // length says the request's ends.
         for extra in [0, 300, 20_000] {
-            let mut trace = trace(vec![Child {
-                id: [2; 8],
-                parent: [1; 8],
-                start: 5,
-                end: 6,
-                what: What::Stage("cache"),
-            }]);
+            let mut trace = trace(vec![stage_child("cache")]);
             (trace.parent, trace.tracestate) = (None, None);
             trace.fields = Fields::server("GET", "/", 0);
             let tenant = "t".repeat(extra);
@@ -739,13 +744,7 @@ mod tests {
 
     #[test]
     fn a_trace_without_parent_or_state_and_long_values_is_read_back() {
-        let mut trace = trace(vec![Child {
-            id: [2; 8],
-            parent: [1; 8],
-            start: 5,
-            end: 6,
-            what: What::Stage("retrieve"),
-        }]);
+        let mut trace = trace(vec![stage_child("retrieve")]);
         trace.parent = None;
         trace.tracestate = None;
         let chain = "a:b > ".repeat(3000);
