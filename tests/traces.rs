@@ -21,7 +21,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::support::FakeProvider;
+use crate::support::{FakeProvider, TempDir};
 
 const PROVIDER_KEY: &str = "sk-provider-key-never-in-a-trace";
 const CLIENT_KEY: &str = "sk-client-key-never-in-a-trace";
@@ -242,7 +242,17 @@ fn number(span: &Span, key: &str) -> Option<i64> {
 async fn a_request_is_traced_under_the_clients_trace_through_every_stage_and_attempt() {
     let fake = FakeProvider::start().await;
     let (collector, address) = Collector::start().await;
-    let served = Served::start(&config(&fake, &address)).await;
+    // The cache serves the alias and retrieval searches a (new, empty) corpus:
+    // every stage has work to do.
+    let dir = TempDir::new();
+    let every_stage = format!(
+        "{}[cache]\n[embeddings]\nmodel = \"{}/models/all-MiniLM-L6-v2\"\n\
+         [retrieval]\npath = \"{}\"\n",
+        config(&fake, &address).replace("[models.chat]\n", "[models.chat]\ncache = \"always\"\n"),
+        env!("CARGO_MANIFEST_DIR"),
+        dir.0.join("qdrant").display()
+    );
+    let served = Served::start(&every_stage).await;
     let traceparent = format!("00-{TRACE_ID}-{CLIENT_SPAN}-01");
     let answer = served.chat(Some(&traceparent)).await;
     assert_eq!(answer.status(), 200);
@@ -299,6 +309,7 @@ async fn a_request_is_traced_under_the_clients_trace_through_every_stage_and_att
     assert_eq!(text(&failed[0], "error.type"), Some("http_5xx"));
     assert_eq!(text(&attempts[0], "gen_ai.request.model"), Some("ok"));
     assert!(attempts.iter().all(|a| hex(&a.trace_id) == TRACE_ID));
+    assert_eq!(text(request, "ragway.cache"), Some("miss"));
 
     // The provider was told the trace, with the attempt as the parent.
     let seen = fake.last_request();
@@ -311,6 +322,29 @@ async fn a_request_is_traced_under_the_clients_trace_through_every_stage_and_att
     for secret in [PROVIDER_KEY, CLIENT_KEY, "13812345678", "secret", "Hello"] {
         assert!(!every_value.contains(secret), "{secret} is in a trace");
     }
+    drop(served);
+}
+
+#[tokio::test]
+async fn a_stage_with_nothing_to_do_records_no_span() {
+    // No cache and no retrieval: the request's stages are those that ran.
+    let fake = FakeProvider::start().await;
+    let (collector, address) = Collector::start().await;
+    let served = Served::start(&config(&fake, &address)).await;
+    assert_eq!(served.chat(None).await.status(), 200);
+    let spans = spans_once(&collector, "record").await;
+    let request = spans
+        .iter()
+        .find(|s| s.name == "POST /v1/chat/completions")
+        .unwrap();
+    let mut stages: Vec<&str> = spans
+        .iter()
+        .filter(|s| s.parent_span_id == request.span_id)
+        .map(|s| s.name.as_str())
+        .collect();
+    stages.sort_unstable();
+    assert_eq!(stages, ["generate", "record", "sanitize"], "{spans:#?}");
+    assert_eq!(text(request, "ragway.cache"), Some("bypass"));
     drop(served);
 }
 

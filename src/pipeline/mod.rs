@@ -145,7 +145,10 @@ impl Pipeline {
         ctx.corpus_version = self.retriever.corpus_version(&ctx.call(), &prompt).await?;
         let call = ctx.call();
         let looked_up = self.cache.lookup(&call, &prompt);
-        match ctx.trace.stage("cache", looked_up).await {
+        // A request the cache does not serve (its alias's policy, no cache)
+        // records no cache span: nothing was looked up.
+        let used = |found: &CacheLookup| !matches!(found, CacheLookup::Bypass);
+        match ctx.trace.stage_if("cache", looked_up, used).await {
             // 2. cache
             CacheLookup::Hit(stored, tier) => {
                 ctx.cache = tier;
@@ -168,7 +171,12 @@ impl Pipeline {
         let placeholders = pii.vault.placeholders().count();
         let call = ctx.call();
         let grounded = self.retriever.ground(&call, &mut prompt, &mut pii);
-        ctx.citations = ctx.trace.stage("retrieve", grounded).await?; // 3. retrieve
+        // 3. retrieve: a span where there is a corpus to search (its version
+        // says so), none for a request nothing is retrieved for.
+        ctx.citations = match ctx.corpus_version.is_some() {
+            true => ctx.trace.stage("retrieve", grounded).await?,
+            false => grounded.await?,
+        };
         // Passages brought personal data of their own: an answer may name it by a
         // placeholder only this request's vault holds, so it is not kept.
         if vault.placeholders().count() > placeholders {

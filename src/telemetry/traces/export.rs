@@ -373,7 +373,7 @@ mod tests {
         }
     }
 
-    fn finished() -> Finished {
+    fn finished() -> Finished<'static> {
         Finished {
             trace: [1; 16],
             span: [2; 8],
@@ -382,7 +382,8 @@ mod tests {
             start: 1,
             end: 2,
             fields: Fields::server("GET", "/v1/models", 0),
-            children: Vec::new(),
+            children: &[],
+            later: &[],
             text: String::new(),
         }
     }

@@ -198,7 +198,7 @@ impl Batch {
     /// Adds every span of `trace`.
     pub fn add(&mut self, trace: &Finished) {
         request_span(&mut self.buf, trace);
-        for child in &trace.children {
+        for child in trace.children() {
             match &child.what {
                 What::Stage(name) => stage_span(&mut self.buf, trace, child, name),
                 What::Attempt {
@@ -523,7 +523,7 @@ mod tests {
         }
     }
 
-    fn trace(children: Vec<Child>) -> Finished {
+    fn trace(children: &[Child]) -> Finished<'_> {
         Finished {
             trace: [7; 16],
             span: [1; 8],
@@ -540,6 +540,7 @@ mod tests {
                 fields
             },
             children,
+            later: &[],
             text: "deepseek:deepseek-chat".to_owned(),
         }
     }
@@ -551,7 +552,7 @@ mod tests {
 
     #[test]
     fn what_is_written_is_read_back_by_the_otlp_protobuf_types() {
-        let children = vec![
+        let children = [
             Child {
                 id: [2; 8],
                 parent: [1; 8],
@@ -571,8 +572,14 @@ mod tests {
                 },
             },
         ];
-        // Many spans, so that the enclosing lengths need several bytes.
-        let traces: Vec<Finished> = (0..50).map(|_| trace(children.clone())).collect();
+        // Many spans, so that the enclosing lengths need several bytes. The
+        // attempt is kept past the slots: it is written after them.
+        let traces: Vec<Finished> = (0..50)
+            .map(|_| Finished {
+                later: &children[1..],
+                ..trace(&children[..1])
+            })
+            .collect();
         let head = Head::new("ragway-test");
         let mut batch = Batch::new(&head, 50);
         let mut written = Vec::new();
@@ -681,7 +688,8 @@ mod tests {
         // one byte, two and three; the stage after it is read from where the
         // length says the request's ends.
         for extra in [0, 300, 20_000] {
-            let mut trace = trace(vec![stage_child("cache")]);
+            let children = [stage_child("cache")];
+            let mut trace = trace(&children);
             (trace.parent, trace.tracestate) = (None, None);
             trace.fields = Fields::server("GET", "/", 0);
             let tenant = "t".repeat(extra);
@@ -707,7 +715,7 @@ mod tests {
 
     #[test]
     fn attributes_either_side_of_one_byte_lengths_are_read_back() {
-        let mut trace = trace(Vec::new());
+        let mut trace = trace(&[]);
         trace.fields = Fields::server("POST", "/v1/chat/completions", 0);
         for n in 100..140 {
             trace
@@ -744,7 +752,8 @@ mod tests {
 
     #[test]
     fn a_trace_without_parent_or_state_and_long_values_is_read_back() {
-        let mut trace = trace(vec![stage_child("retrieve")]);
+        let children = [stage_child("retrieve")];
+        let mut trace = trace(&children);
         trace.parent = None;
         trace.tracestate = None;
         let chain = "a:b > ".repeat(3000);

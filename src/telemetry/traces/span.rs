@@ -68,7 +68,7 @@ pub enum What {
 
 /// A request's whole trace, ended: what its batch encodes.
 #[derive(Debug)]
-pub struct Finished {
+pub struct Finished<'a> {
     pub trace: TraceId,
     pub span: SpanId,
     /// The client's span, when its `traceparent` named one.
@@ -78,9 +78,19 @@ pub struct Finished {
     pub end: u64,
     /// The request span's name, kind and attributes, encoded.
     pub fields: Fields,
-    pub children: Vec<Child>,
+    /// The child spans, as the trace keeps them: most in `children`, any past
+    /// its slots in `later`.
+    pub children: &'a [Child],
+    pub later: &'a [Child],
     /// The text the attempts' [`Copied`] targets are parts of.
     pub text: String,
+}
+
+impl Finished<'_> {
+    /// Every child span.
+    pub fn children(&self) -> impl Iterator<Item = &Child> {
+        self.children.iter().chain(self.later)
+    }
 }
 
 /// A request's trace: every stage and attempt of the request records into it.
@@ -272,7 +282,26 @@ impl Trace {
             .0
             .as_ref()
             .map(|r| Open::new(Held::Borrowed(r), r.span, What::Stage(name)));
-        Scoped { span: open, work }
+        Scoped {
+            span: open,
+            did: None,
+            work,
+        }
+    }
+
+    /// Stage `name`, kept only when `did` says its outcome did some work: a
+    /// stage that found nothing to do (a cache the request does not use)
+    /// records no span, as it took no time worth showing.
+    pub fn stage_if<F: Future>(
+        &self,
+        name: &'static str,
+        work: F,
+        did: fn(&F::Output) -> bool,
+    ) -> Scoped<'_, F> {
+        Scoped {
+            did: Some(did),
+            ..self.stage(name, work)
+        }
     }
 
     /// Stage `name` for work that does not wait: it ends when this is dropped.
@@ -291,7 +320,11 @@ impl Trace {
             .0
             .as_ref()
             .map(|r| Open::follow(Held::Counted(Arc::clone(r)), r.span));
-        Scoped { span, work }
+        Scoped {
+            span,
+            did: None,
+            work,
+        }
     }
 }
 
@@ -307,16 +340,19 @@ impl Drop for Recording {
         if !self.sampled {
             return;
         }
+        let end = self.clock.now();
         let kept = std::mem::take(self.kept.get_mut().unwrap_or_else(|p| p.into_inner()));
+        let (children, later) = self.children.ended();
         export::queue(&Finished {
             trace: self.trace,
             span: self.span,
             parent: self.parent,
             tracestate: self.tracestate.take(),
             start: self.clock.unix,
-            end: self.clock.now(),
+            end,
             fields: kept.fields,
-            children: self.children.take(),
+            children,
+            later,
             text: kept.text,
         });
     }
@@ -471,7 +507,11 @@ impl Attempt {
             .0
             .as_ref()
             .map(|open| Open::follow(Held::Borrowed(&open.recording), open.id));
-        Scoped { span, work }
+        Scoped {
+            span,
+            did: None,
+            work,
+        }
     }
 
     /// Ends the span; `error` is the failure's class (`error.type`).
@@ -490,6 +530,8 @@ pin_project_lite::pin_project! {
     /// block, which would copy the work's whole state once more as it starts.
     pub struct Scoped<'a, F: Future> {
         span: Option<Open<'a>>,
+        // Whether the work's outcome is worth its span (kept when `None`).
+        did: Option<fn(&F::Output) -> bool>,
         #[pin]
         work: F,
     }
@@ -512,6 +554,11 @@ impl<F: Future> Future for Scoped<'_, F> {
             None => this.work.poll(cx),
         };
         let done = ready!(polled);
+        if let (Some(did), Some(open)) = (this.did, this.span.as_mut())
+            && !did(&done)
+        {
+            open.what = None; // nothing to show: not kept
+        }
         this.span.take(); // a stage ends
         Poll::Ready(done)
     }
