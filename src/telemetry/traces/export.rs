@@ -382,7 +382,7 @@ mod tests {
             start: 1,
             end: 2,
             fields: Fields::server("GET", "/v1/models", 0),
-            children: &[],
+            in_slots: &[],
             later: &[],
             text: String::new(),
         }

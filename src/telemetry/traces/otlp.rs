@@ -523,7 +523,7 @@ mod tests {
         }
     }
 
-    fn trace(children: &[Child]) -> Finished<'_> {
+    fn trace(in_slots: &[Child]) -> Finished<'_> {
         Finished {
             trace: [7; 16],
             span: [1; 8],
@@ -539,7 +539,7 @@ mod tests {
                 fields.set("ragway.tenant", Value::Text(&"é".repeat(200)));
                 fields
             },
-            children,
+            in_slots,
             later: &[],
             text: "deepseek:deepseek-chat".to_owned(),
         }

@@ -78,9 +78,9 @@ pub struct Finished<'a> {
     pub end: u64,
     /// The request span's name, kind and attributes, encoded.
     pub fields: Fields,
-    /// The child spans, as the trace keeps them: most in `children`, any past
-    /// its slots in `later`.
-    pub children: &'a [Child],
+    /// The child spans, as the trace keeps them: most in its slots, any past
+    /// them in `later` ([`Finished::children`] reads both).
+    pub in_slots: &'a [Child],
     pub later: &'a [Child],
     /// The text the attempts' [`Copied`] targets are parts of.
     pub text: String,
@@ -89,7 +89,7 @@ pub struct Finished<'a> {
 impl Finished<'_> {
     /// Every child span.
     pub fn children(&self) -> impl Iterator<Item = &Child> {
-        self.children.iter().chain(self.later)
+        self.in_slots.iter().chain(self.later)
     }
 }
 
@@ -342,7 +342,7 @@ impl Drop for Recording {
         }
         let end = self.clock.now();
         let kept = std::mem::take(self.kept.get_mut().unwrap_or_else(|p| p.into_inner()));
-        let (children, later) = self.children.ended();
+        let (in_slots, later) = self.children.ended();
         export::queue(&Finished {
             trace: self.trace,
             span: self.span,
@@ -351,7 +351,7 @@ impl Drop for Recording {
             start: self.clock.unix,
             end,
             fields: kept.fields,
-            children,
+            in_slots,
             later,
             text: kept.text,
         });
