@@ -229,7 +229,7 @@ impl Batch {
         let resource_spans = head.resource.len() + 1 + varint_len(scope_spans) + scope_spans;
         let request = 1 + varint_len(resource_spans) + resource_spans;
         let mut enclosing = Vec::with_capacity(self.room);
-        // A batch closes at about 1 MiB: its length always fits.
+        // A batch closes at about 2 MiB: its length always fits.
         let len = u32::try_from(request).unwrap_or(u32::MAX);
         enclosing.push(0);
         enclosing.extend_from_slice(&len.to_be_bytes());
