@@ -282,11 +282,7 @@ impl Trace {
             .0
             .as_ref()
             .map(|r| Open::new(Held::Borrowed(r), r.span, What::Stage(name)));
-        Scoped {
-            span: open,
-            did: None,
-            work,
-        }
+        Scoped::new(open, work)
     }
 
     /// Stage `name`, kept only when `did` says its outcome did some work: a
@@ -320,11 +316,7 @@ impl Trace {
             .0
             .as_ref()
             .map(|r| Open::follow(Held::Counted(Arc::clone(r)), r.span));
-        Scoped {
-            span,
-            did: None,
-            work,
-        }
+        Scoped::new(span, work)
     }
 }
 
@@ -507,11 +499,7 @@ impl Attempt {
             .0
             .as_ref()
             .map(|open| Open::follow(Held::Borrowed(&open.recording), open.id));
-        Scoped {
-            span,
-            did: None,
-            work,
-        }
+        Scoped::new(span, work)
     }
 
     /// Ends the span; `error` is the failure's class (`error.type`).
@@ -534,6 +522,17 @@ pin_project_lite::pin_project! {
         did: Option<fn(&F::Output) -> bool>,
         #[pin]
         work: F,
+    }
+}
+
+impl<'a, F: Future> Scoped<'a, F> {
+    /// `work` under `span`, which is kept whatever the outcome.
+    fn new(span: Option<Open<'a>>, work: F) -> Scoped<'a, F> {
+        Scoped {
+            span,
+            did: None,
+            work,
+        }
     }
 }
 
