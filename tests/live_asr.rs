@@ -18,20 +18,18 @@ use ragway::generate::live::frame::{Frame, Kind};
 
 use crate::support::fake::{HEARD, PROVIDER_SECRET};
 use crate::support::keys::{ADMIN, new_key, sqlite_url, time_until};
-use crate::support::{FakeProvider, Gateway, MemoryAudit, TempDir, config_over};
+use crate::support::{FakeProvider, Gateway, MemoryAudit, TempDir, config_over, refusing_address};
 
 type Socket = WebSocketStream<TcpStream>;
 
 /// An alias `asr` whose first target cannot be reached, and the given targets
 /// after it.
 fn live_config(fake: &FakeProvider, targets: &[&str]) -> String {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
+    let down = refusing_address();
     let mut toml = config_over(fake, &[("chat", &["echo"])]);
     let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
     toml.push_str(&format!(
-        "\n[providers.down]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:{port}/v1\"\n\
+        "\n[providers.down]\nkind = \"openai\"\nbase_url = \"http://{down}/v1\"\n\
          [providers.busy]\nkind = \"openai\"\nbase_url = \"{}\"\nheaders = {{ \"x-fake\" = \"status-503\" }}\n\
          [providers.quiet]\nkind = \"openai\"\nbase_url = \"{}\"\nidle_timeout = \"300ms\"\n\
          [models.asr]\nkind = \"asr\"\ntargets = [\"down:asr\", {}]\n",

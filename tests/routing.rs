@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use crate::support::fake::OK_TOKENS;
-use crate::support::{FakeProvider, Gateway, Sse, ask, ask_stream};
+use crate::support::{FakeProvider, Gateway, Sse, ask, ask_stream, refusing_address};
 
 #[tokio::test]
 async fn a_failed_target_fails_over_to_the_next() {
@@ -28,11 +28,8 @@ async fn a_failed_target_fails_over_to_the_next() {
 #[tokio::test]
 async fn a_refused_connection_fails_over() {
     let fake = FakeProvider::start().await;
-    // A port that was just free: nothing listens there.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // Nothing listens there.
+    let closed = refusing_address();
     let toml = format!(
         "[providers.down]\nkind = \"openai\"\nbase_url = \"http://{closed}/v1\"\n\
          [providers.fake]\nkind = \"openai\"\nbase_url = \"{}\"\n\

@@ -21,7 +21,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::support::{FakeProvider, TempDir};
+use crate::support::{FakeProvider, TempDir, refusing_address};
 
 const PROVIDER_KEY: &str = "sk-provider-key-never-in-a-trace";
 const CLIENT_KEY: &str = "sk-client-key-never-in-a-trace";
@@ -351,9 +351,7 @@ async fn a_stage_with_nothing_to_do_records_no_span() {
 #[tokio::test]
 async fn a_collector_that_is_down_costs_requests_nothing_and_is_reported() {
     let fake = FakeProvider::start().await;
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
+    let address = format!("http://{}", refusing_address());
     let served = Served::start(&config(&fake, &address)).await;
     let started = Instant::now();
     for _ in 0..20 {

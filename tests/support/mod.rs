@@ -18,6 +18,18 @@ use serde_json::{Value, json};
 
 pub use fake::FakeProvider;
 
+/// An address on loopback that refuses connections: a target or collector
+/// that is down. Its port stays bound, never listening, until the test run
+/// ends: a port bound and freed again can be handed to the listener of a test
+/// running beside this one, which would then be sent this test's traffic.
+pub fn refusing_address() -> std::net::SocketAddr {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(([127, 0, 0, 1], 0).into()).unwrap();
+    let address = socket.local_addr().unwrap();
+    std::mem::forget(socket); // held for the rest of the run
+    address
+}
+
 /// A gateway serving on `127.0.0.1:0`.
 pub struct Gateway {
     pub url: String,
